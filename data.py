@@ -1,0 +1,111 @@
+"""
+The dataset format: what prepare_wiki.py writes and what train.py memory-maps.
+
+A dataset folder holds
+    meta.json          counts, source, cleaning settings, tokenizer name; written LAST
+    tokenizer.json     the tokenizer spec (see tokenizer.py)
+    train_000.bin ...  shards of uint16 token ids
+    val_000.bin ...
+
+Each shard = a 32-byte header + the tokens:
+    magic b"WGPT" | format version u32 | token count u64 | vocab size u32 | 12 zero bytes
+so a loader can refuse a truncated, foreign or mismatched file before training on garbage.
+"""
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokenizer import Tokenizer
+
+MAGIC = b"WGPT"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sIQI12x")  # 32 bytes
+assert HEADER.size == 32
+
+
+class DatasetError(ValueError):
+    """A dataset folder or shard that cannot be used; the message says how to fix it."""
+
+
+def write_shard(path, tokens: np.ndarray, vocab_size: int):
+    assert tokens.dtype == np.uint16
+    with open(path, "wb") as f:
+        f.write(HEADER.pack(MAGIC, FORMAT_VERSION, len(tokens), vocab_size))
+        f.write(tokens.tobytes())
+
+
+def open_shard(path, vocab_size: int | None = None) -> np.memmap:
+    """Validate a shard's header and size, then memory-map its tokens (read-only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: shard is missing. Re-run prepare_wiki.py to rebuild the dataset.")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(HEADER.size)
+    if len(head) < HEADER.size or head[:4] != MAGIC:
+        raise DatasetError(f"{path}: not a wikigpt token shard (bad header). "
+                           "Point --data at a folder written by prepare_wiki.py.")
+    _, version, n_tokens, shard_vocab = HEADER.unpack(head)
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: shard format version {version}, this code reads "
+                           f"version {FORMAT_VERSION}. Re-run prepare_wiki.py with this version.")
+    if size != HEADER.size + 2 * n_tokens:
+        raise DatasetError(f"{path}: truncated or corrupt: header says {n_tokens} tokens "
+                           f"({HEADER.size + 2 * n_tokens} bytes) but the file has {size} bytes. "
+                           "Re-run prepare_wiki.py with --overwrite.")
+    if vocab_size is not None and shard_vocab != vocab_size:
+        raise DatasetError(f"{path}: shard vocab size {shard_vocab} != tokenizer's {vocab_size}; "
+                           "the folder mixes files from different runs. Rebuild it.")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER.size, shape=(n_tokens,))
+
+
+@dataclass
+class TokenDataset:
+    path: Path
+    meta: dict
+    tokenizer: Tokenizer
+    train: list  # list of np.memmap, one per shard
+    val: list
+
+    def n_tokens(self, split: str) -> int:
+        return sum(len(s) for s in getattr(self, split))
+
+
+def load_dataset(path) -> TokenDataset:
+    """Open a dataset folder written by prepare_wiki.py and validate every shard."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not path.is_dir():
+        raise DatasetError(f"dataset folder {path} does not exist. Build it first, e.g. "
+                           f"`python prepare_wiki.py --out {path}`.")
+    if not meta_path.is_file():
+        raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
+                           "interrupted prepare_wiki.py run?). Re-run prepare_wiki.py --overwrite.")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{meta_path}: not valid JSON ({e}). Re-run prepare_wiki.py --overwrite.")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{meta_path}: dataset format version {meta.get('format_version')}, this "
+                           f"code reads version {FORMAT_VERSION}. Re-run prepare_wiki.py.")
+    tok = Tokenizer.load(path / "tokenizer.json")
+    splits = {}
+    for split in ("train", "val"):
+        shards = [open_shard(path / name, tok.n_vocab) for name in meta["shards"][split]]
+        if sum(len(s) for s in shards) == 0:
+            raise DatasetError(f"{path}: the {split} split is empty. Use a larger source.")
+        splits[split] = shards
+    return TokenDataset(path, meta, tok, splits["train"], splits["val"])
+
+
+def atomic_write_json(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

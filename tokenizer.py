@@ -1,0 +1,161 @@
+"""
+The tokenizer and the chat template: one place that says how text becomes token ids.
+
+Both tokenizers run through tiktoken at encode time:
+  - "gpt2":      tiktoken's GPT-2 BPE (50,257 ranks) plus our special tokens on top;
+  - "bpe:N":     a byte-level BPE with N ids in total, trained with rustbpe on the train split.
+
+Special tokens are reserved at data-prep time, so that one tokenizer serves pretraining
+(the document separator) and chat fine-tuning (the turn markers) alike.
+"""
+import base64
+import json
+from dataclasses import dataclass
+
+import tiktoken
+
+DOC_SEP = "<|endoftext|>"  # starts every article; GPT-2 already has it (id 50256)
+SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+SPECIAL_TOKENS = [DOC_SEP, SYSTEM, USER, ASSISTANT, END_OF_TURN]
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+MAX_VOCAB = 2**16  # token ids are stored as uint16
+MIN_BPE_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # the 256 bytes, our specials, at least one merge
+
+
+class TokenizerError(ValueError):
+    """A tokenizer spec or file that cannot be used; the message says how to fix it."""
+
+
+class Tokenizer:
+    """A tiktoken Encoding with our special tokens, plus the spec to rebuild it anywhere.
+
+    The spec is a small JSON-able dict. It is saved in the dataset folder and inside every
+    checkpoint, so a checkpoint always carries the exact tokenizer it was trained with.
+    """
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        if spec["kind"] == "gpt2":
+            base = tiktoken.get_encoding("gpt2")
+            ranks, pattern = base._mergeable_ranks, base._pat_str
+            special = {DOC_SEP: base.eot_token}
+            for i, tok in enumerate(SPECIAL_TOKENS[1:]):
+                special[tok] = base.n_vocab + i
+        elif spec["kind"] == "bpe":
+            ranks = {base64.b64decode(b): r for b, r in spec["ranks"]}
+            pattern = spec["pattern"]
+            special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        else:
+            raise TokenizerError(f"unknown tokenizer kind {spec['kind']!r}; expected 'gpt2' or 'bpe'")
+        self.enc = tiktoken.Encoding(spec["kind"], pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens=special)
+        self.special = special
+        self.n_vocab = self.enc.n_vocab
+        if self.n_vocab > MAX_VOCAB:
+            raise TokenizerError(f"vocab of {self.n_vocab} ids does not fit uint16 (max {MAX_VOCAB})")
+        self.doc_sep = special[DOC_SEP]
+        self.end_of_turn = special[END_OF_TURN]
+
+    # ----- building -----
+    @classmethod
+    def from_name(cls, name: str, train_texts=None) -> "Tokenizer":
+        """'gpt2', or 'bpe:N' trained on train_texts (an iterable of str)."""
+        if name == "gpt2":
+            return cls({"kind": "gpt2"})
+        vocab_size = parse_bpe_name(name)
+        import rustbpe  # only needed when training
+
+        trainer = rustbpe.Tokenizer()
+        # rustbpe counts the 256 byte tokens in vocab_size; the specials come on top of it
+        trainer.train_from_iterator(train_texts, vocab_size=vocab_size - len(SPECIAL_TOKENS))
+        ranks = sorted(((bytes(b), r) for b, r in trainer.get_mergeable_ranks()), key=lambda x: x[1])
+        spec = {"kind": "bpe", "pattern": trainer.get_pattern(),
+                "ranks": [[base64.b64encode(b).decode("ascii"), r] for b, r in ranks]}
+        return cls(spec)
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.spec, f)
+
+    @property
+    def name(self) -> str:
+        return "gpt2" if self.spec["kind"] == "gpt2" else f"bpe:{self.n_vocab}"
+
+    # ----- using -----
+    def encode(self, text: str) -> list[int]:
+        """Plain text to ids. Special-token strings inside text are encoded as ordinary text,
+        so an article that mentions '<|endoftext|>' cannot inject a document break."""
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([int(i) for i in ids], errors="replace")
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 length of every id (0 for special tokens), for bits-per-byte."""
+        specials = set(self.special.values())
+        return [0 if i in specials else len(self.enc.decode_single_token_bytes(i))
+                for i in range(self.n_vocab)]
+
+    def has_chat_tokens(self) -> bool:
+        return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
+
+
+def parse_bpe_name(name: str) -> int:
+    """'bpe:8192' -> 8192, with a clear error for anything else."""
+    kind, _, size = name.partition(":")
+    if kind != "bpe" or not size.isdigit():
+        raise TokenizerError(f"unknown tokenizer {name!r}: use 'gpt2' or 'bpe:VOCAB_SIZE' (e.g. bpe:8192)")
+    vocab_size = int(size)
+    if not MIN_BPE_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise TokenizerError(f"vocab size {vocab_size} is out of range: a trained BPE needs "
+                             f"{MIN_BPE_VOCAB}..{MAX_VOCAB} ids (tokens are stored as uint16)")
+    return vocab_size
+
+
+# ----------------------------------------------------------------------------------------
+# The chat template: the one definition that SFT, chat and serving use.
+#
+#   <|system|>You are helpful.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>
+#
+# The model learns (loss mask = 1) only the assistant's words and its <|end|>; everything
+# else is context (mask = 0). At chat time we feed the history plus "<|assistant|>" and
+# sample until the model emits <|end|>.
+
+@dataclass
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+def render_chat(tok: Tokenizer, messages: list[Message], add_generation_prompt=False):
+    """Conversation -> (ids, mask): mask[i] = 1 where ids[i] is a token the model must learn."""
+    ids, mask = [], []
+    for m in messages:
+        role_ids = [tok.special[ROLE_TOKENS[m.role]]]
+        body = tok.encode(m.content) + [tok.end_of_turn]
+        learn = 1 if m.role == "assistant" else 0
+        ids += role_ids + body
+        mask += [0] * len(role_ids) + [learn] * len(body)
+    if add_generation_prompt:
+        ids.append(tok.special[ASSISTANT])
+        mask.append(0)
+    return ids, mask
+
+
+def show_mask(tok: Tokenizer, ids, mask) -> str:
+    """Human-readable view of a rendered conversation: learned spans in [[double brackets]]."""
+    out, start = [], 0
+    for i in range(1, len(ids) + 1):  # decode runs of equal mask together (keeps UTF-8 whole)
+        if i == len(ids) or mask[i] != mask[start]:
+            text = tok.decode(ids[start:i])
+            out.append(f"[[{text}]]" if mask[start] else text)
+            start = i
+    return "".join(out)
