@@ -86,6 +86,11 @@ def _hidden_link(title: str) -> bool:
     return bool(colon) and (prefix in HIDDEN_LINK_PREFIXES or bool(INTERLANGUAGE.match(prefix)))
 
 
+# Left where markup was removed, so that a line holding only markup vanishes instead of
+# turning into a paragraph break (only lines blank in the source become blank lines).
+REMOVED = "\ue000"  # a private-use character: never in real text
+
+
 def _render(code) -> str:
     """Wikicode -> plain text, keeping prose and dropping markup (recursive)."""
     from mwparserfromhell import nodes
@@ -97,16 +102,18 @@ def _render(code) -> str:
         elif isinstance(node, nodes.Wikilink):
             title = str(node.title).strip()
             if _hidden_link(title):
+                out.append(REMOVED)
                 continue
             out.append(_render(node.text) if node.text is not None else title.lstrip(":"))
         elif isinstance(node, nodes.ExternalLink):
             if node.brackets and node.title is not None:  # [http://x text] -> text; bare URLs go
                 out.append(_render(node.title))
         elif isinstance(node, nodes.Heading):
-            out.append("\n" + _render(node.title).strip() + "\n")
+            out.append(_render(node.title).strip())  # "== History ==" -> "History"
         elif isinstance(node, nodes.Tag):
             tag = str(node.tag).strip().lower()
             if tag in DROP_TAGS:
+                out.append(REMOVED)
                 continue
             if tag == "br":
                 out.append("\n")
@@ -114,7 +121,8 @@ def _render(code) -> str:
                 out.append(_render(node.contents))
         elif isinstance(node, nodes.HTMLEntity):
             out.append(node.normalize())
-        # Template, Comment, Argument: dropped
+        else:  # Template, Comment, Argument
+            out.append(REMOVED)
     return "".join(out)
 
 
@@ -128,6 +136,7 @@ def _is_disambiguation(code) -> bool:
 
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _EMPTY_PARENS = re.compile(r"[(（][\s,;，；、]*[)）]")
+_PARENS_LEAD = re.compile(r"([(（])[\s,;，；、]+")  # "(;, Greek: ...)" left by a removed template
 _SPACES = re.compile(r"[ \t\u00a0\u2009\u200b]+")
 _WORDLIKE = re.compile(r"\w")
 
@@ -137,10 +146,14 @@ def normalize_text(text: str) -> str:
     between paragraphs. Never inserts spaces, so it is safe for languages written without them."""
     lines, blank = [], False
     for line in text.split("\n"):
-        line = _SPACES.sub(" ", _EMPTY_PARENS.sub("", _MAGIC_WORD.sub("", line))).strip()
-        line = re.sub(r" ([,.;:!?，。；：！？])", r"\1", line)  # a space left before punctuation
-        if not _WORDLIKE.search(line):
+        if not line.strip():  # blank in the source: a paragraph break
             blank = bool(lines)
+            continue
+        line = line.replace(REMOVED, "")
+        line = _PARENS_LEAD.sub(r"\1", _EMPTY_PARENS.sub("", _MAGIC_WORD.sub("", line)))
+        line = _SPACES.sub(" ", line).strip()
+        line = re.sub(r" ([,.;:!?，。；：！？])", r"\1", line)  # a space left before punctuation
+        if not _WORDLIKE.search(line):  # only markup was on this line: drop it silently
             continue
         if blank:
             lines.append("")
@@ -149,11 +162,33 @@ def normalize_text(text: str) -> str:
     return "\n".join(lines)
 
 
+def drop_tables(wikitext: str) -> str:
+    """Remove {| ... |} table blocks line by line. mwparserfromhell gives up on tables with
+    broken attributes and returns them as text; lines that open/close tables are unambiguous."""
+    out, depth = [], 0
+    for line in wikitext.split("\n"):
+        stripped = line.lstrip()
+        if stripped.startswith("{|"):
+            depth += 1
+        elif depth and stripped.startswith("|}"):
+            depth -= 1
+            out.append(REMOVED)
+            continue
+        out.append(REMOVED if depth else line)
+    return "\n".join(out)
+
+
+# Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced '').
+_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
+_QUOTE_MARKUP = re.compile(r"'{2,}")  # two quotes: italic, three: bold
+
+
 def clean_wikitext(title: str, wikitext: str, settings: CleanSettings):
-    """One article's wikitext -> (text, None) or (None, reason it was dropped)."""
+    """One article's wikitext -> ((title, text), None) or (None, reason it was dropped)."""
     import mwparserfromhell
 
-    code = mwparserfromhell.parse(wikitext)
+    code = mwparserfromhell.parse(drop_tables(wikitext))
     if _is_disambiguation(code) or re.search(r"\((disambiguation|消歧义|消歧義)\)$", title):
         return None, "disambiguation"
     # cut at the first trailing reference-like section
@@ -162,18 +197,20 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings):
                 and node.title.strip_code().strip().lower() in TRAILING_SECTIONS):
             code = mwparserfromhell.wikicode.Wikicode(code.nodes[:i])
             break
-    return finish_article(title, _render(code), settings)
+    text = _LEFTOVER_REF.sub(REMOVED, _render(code))
+    text = _QUOTE_MARKUP.sub("", _LEFTOVER_TAG.sub(REMOVED, text))
+    return finish_article(title, text, settings)
 
 
 def finish_article(title: str, text: str, settings: CleanSettings):
     text = normalize_text(text)
     if len(text) < settings.min_chars:
         return None, "too_short"
-    return f"{title}\n\n{text}", None
+    return (title, text), None
 
 
 def clean_batch(job):
-    """Worker: a batch of (title, text, markup) -> list of (document or None, drop reason)."""
+    """Worker: a batch of (title, text, markup) -> list of ((title, text) or None, drop reason)."""
     batch, settings = job
     out = []
     for title, text, markup in batch:
@@ -207,6 +244,11 @@ def _open_maybe_compressed(raw):
     return raw
 
 
+def truncated_message(path, pages: int) -> str:
+    return (f"{path}: the compressed file ends early (truncated download?) after {pages} pages "
+            "were read. Download it again (a URL source resumes a partial download).")
+
+
 def read_xml(path: Path, progress):
     """Stream (title, wikitext, 'wikitext') for namespace-0, non-redirect pages; memory stays
     flat because every finished <page> is cleared from the tree."""
@@ -238,8 +280,7 @@ def read_xml(path: Path, progress):
                 root.clear()
                 progress.at(raw.tell())
         except EOFError:
-            raise WikiError(f"{path}: the compressed file ends early (truncated download?) after "
-                            f"{pages} pages were read. Download it again (a URL source resumes).")
+            raise WikiError(truncated_message(path, pages))
         except ET.ParseError as e:
             line, col = e.position
             hint = ("The file has bytes that are not UTF-8 there." if "invalid token" in str(e)
@@ -301,8 +342,11 @@ def reader_for(path: Path):
         raw.seek(0)
         try:
             head = _open_maybe_compressed(raw).read(1024).lstrip()
-        except (OSError, EOFError) as e:
-            raise WikiError(f"{path}: cannot decompress the start of the file ({e}).")
+        except EOFError:
+            raise WikiError(truncated_message(path, 0))
+        except OSError as e:
+            raise WikiError(f"{path}: cannot decompress the start of the file ({e}). "
+                            "Check that it is a complete .bz2/.gz download.")
     return read_xml if head.startswith(b"<") else read_jsonl
 
 
@@ -407,13 +451,10 @@ def _init_encoder(spec):
     _worker_tok = Tokenizer(spec)
 
 
-def encode_batch(docs: list[str]) -> np.ndarray:
-    """Worker: documents -> one uint16 array, each document preceded by the separator."""
-    out = []
-    for ids in _worker_tok.encode_batch(docs):
-        out.append(_worker_tok.doc_sep)
-        out.extend(ids)
-    return np.array(out, dtype=np.uint16)
+def encode_batch(docs: list[str]) -> list[np.ndarray]:
+    """Worker: documents -> one uint16 array per document, each starting with the separator."""
+    sep = _worker_tok.doc_sep
+    return [np.array([sep] + ids, dtype=np.uint16) for ids in _worker_tok.encode_batch(docs)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -462,20 +503,22 @@ def clean_pass(files, args, settings, work: Path, progress: Progress):
     jobs = ((batch, settings) for batch in batched(raw_articles(), 32))
     with open(work / "articles.jsonl", "w", encoding="utf-8") as out:
         for results in ordered_map(clean_batch, jobs, args.workers):
-            for doc, reason in results:
-                if doc is None:
+            for article, reason in results:
+                if article is None:
                     progress.skip(reason)
                     continue
-                digest = hashlib.blake2b(doc.encode(), digest_size=12).digest()
+                title, body = article
+                digest = hashlib.blake2b(body.encode(), digest_size=12).digest()
                 if digest in seen:
                     progress.skip("duplicate")
                     continue
                 if args.max_articles and n >= args.max_articles:
                     break
                 seen.add(digest)
-                split, u = split_of(doc.split("\n", 1)[0], args.seed, args.val_fraction)
+                split, u = split_of(title, args.seed, args.val_fraction)
                 lowest = min(lowest, (u, n))
                 counts[split] += 1
+                doc = f"{title}\n\n{body}"  # the title opens the document: it says what it is about
                 out.write(json.dumps({"split": split, "text": doc}, ensure_ascii=False) + "\n")
                 n += 1
                 progress.kept = n
@@ -525,13 +568,14 @@ def encode_pass(tok: Tokenizer, work: Path, split: str, force_val: int, args) ->
             yield batch
 
     bar = tqdm(desc=f"tokenize {split}", unit=" tok", unit_scale=True)
-    for arr in ordered_map(encode_batch, docs_in_batches(), args.workers, _init_encoder, (tok.spec,)):
-        buffer.append(arr)
-        buffered += len(arr)
-        stats["tokens"] += len(arr)
-        bar.update(len(arr))
-        if buffered >= args.shard_tokens:
-            flush()
+    for arrays in ordered_map(encode_batch, docs_in_batches(), args.workers, _init_encoder, (tok.spec,)):
+        for arr in arrays:  # shards end at document boundaries
+            buffer.append(arr)
+            buffered += len(arr)
+            stats["tokens"] += len(arr)
+            bar.update(len(arr))
+            if buffered >= args.shard_tokens:
+                flush()
     if buffer:
         flush()
     bar.close()

@@ -1,0 +1,51 @@
+"""Shared test setup: import the flat modules, point tiktoken at the offline cache."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# The machines that run the tests reach no internet: tiktoken's GPT-2 files come from the
+# cache folder beside the repository (tests and CI only; users download them as usual).
+_cache = ROOT.parent / "shared" / "tiktoken-cache"
+if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
+
+
+def run_cli(*args, cwd=None, timeout=600, input=None):
+    """Run one of the project's scripts as a user would: a real process."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, input=input)
+
+
+def page(title, text, ns=0, redirect=None):
+    red = f'<redirect title="{redirect}" />' if redirect else ""
+    esc = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (f"<page><title>{title}</title><ns>{ns}</ns><id>1</id>{red}"
+            f"<revision><id>2</id><text xml:space=\"preserve\">{esc}</text></revision></page>")
+
+
+def dump_xml(*pages):
+    return ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">'
+            "<siteinfo><sitename>Wikipedia</sitename></siteinfo>" + "".join(pages) + "</mediawiki>")
+
+
+PROSE = ("The river flows through the valley and past the old mill, where the farmers of the "
+         "region once brought their grain every autumn to be ground into flour for the winter. ")
+
+
+@pytest.fixture
+def small_dump(tmp_path):
+    """A small plain-XML dump: 12 articles plus pages that must be dropped."""
+    pages = [page(f"Article {i}", f"'''Article {i}''' is number {i}. " + PROSE * 4) for i in range(12)]
+    pages += [page("Talk page", PROSE * 3, ns=1), page("Old name", "#REDIRECT [[Article 1]]",
+                                                        redirect="Article 1"),
+              page("Mercury (disambiguation)", "'''Mercury''' may refer to:\n* a planet\n" + PROSE * 3),
+              page("Copy of article 3", "'''Article 3''' is number 3. " + PROSE * 4)]
+    path = tmp_path / "dump.xml"
+    path.write_text(dump_xml(*pages), encoding="utf-8")
+    return path

@@ -1,0 +1,302 @@
+"""prepare_wiki.py: cleaning, sources, splitting, shards, determinism and bad input."""
+import bz2
+import gzip
+import hashlib
+import http.server
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROSE, dump_xml, page, run_cli
+
+import prepare_wiki
+from data import HEADER, DatasetError, load_dataset, open_shard
+from prepare_wiki import CleanSettings, clean_wikitext, main
+
+ENGLISH = """{{Infobox river|name=Test|length=12 km}}
+'''Testriver''' is a river<ref name="a">{{cite web|url=http://x.org|title=Source}}</ref> in [[Utopia|the land of Utopia]].<ref>Plain ref text</ref>
+[[File:River.jpg|thumb|A caption with [[link]]]]
+It is 12&nbsp;km long. <!-- hidden comment --> It has <span style="color:red">red water</span>.
+See [http://example.com the website] or http://bare.example.com for more.
+
+== History ==
+The river was <b>named</b> in 1900.{{citation needed}}
+{| class="wikitable"
+|-
+| Table cell || 42
+|}
+* A list item about the [[Mill (grinding)|mill]].
+
+== See also ==
+* [[Other river]]
+
+== References ==
+{{reflist}}
+[[Category:Rivers]]
+[[de:Testfluss]]
+"""
+
+CHINESE = """{{Infobox}}
+'''长江'''是[[亚洲]]第一长河<ref>引用</ref>，全长约6300公里。{{noteTag|注}}
+
+== 历史 ==
+长江流域是中华文明的发源地之一。
+
+== 参考文献 ==
+{{reflist}}
+[[Category:河流]]
+[[en:Yangtze]]
+"""
+
+
+def clean(title, text, min_chars=10):
+    article, reason = clean_wikitext(title, text, CleanSettings(min_chars=min_chars))
+    assert reason is None, reason
+    return article[1]
+
+
+def test_cleaning_keeps_prose_and_removes_markup():
+    text = clean("Testriver", ENGLISH)
+    assert text.startswith("Testriver is a river in the land of Utopia.")
+    assert "It is 12 km long. It has red water." in text
+    assert "See the website or for more." in text
+    assert "History\nThe river was named in 1900." in text  # heading kept as a plain line
+    assert "A list item about the mill." in text
+    for gone in ("Infobox", "cite", "Plain ref", "caption", "thumb", "hidden comment", "Table cell",
+                 "42", "http", "Other river", "Rivers", "Testfluss", "{{", "[[", "<", "'''",
+                 "See also", "References"):
+        assert gone not in text, gone
+
+
+def test_cleaning_chinese_inserts_no_spaces_and_drops_reference_sections():
+    text = clean("长江", CHINESE)
+    assert text == "长江是亚洲第一长河，全长约6300公里。\n\n历史\n长江流域是中华文明的发源地之一。"
+
+
+def test_disambiguation_pages_and_short_articles_are_dropped():
+    settings = CleanSettings(min_chars=50)
+    assert clean_wikitext("Mercury", "'''Mercury''' may refer to:\n{{disambiguation}}",
+                          settings) == (None, "disambiguation")
+    assert clean_wikitext("Tiny", "A stub.", settings) == (None, "too_short")
+
+
+def build(source, out, *extra):
+    main([str(source), "--out", str(out), "--tokenizer", "bpe:300", "--min_chars", "50",
+          "--val_fraction", "0.2", *map(str, extra)])
+    return load_dataset(out)
+
+
+def docs_of(ds, split):
+    """Decode a split back to its documents (each starts with the separator)."""
+    tokens = np.concatenate([np.asarray(s) for s in getattr(ds, split)])
+    cuts = np.flatnonzero(tokens == ds.tokenizer.doc_sep).tolist() + [len(tokens)]
+    assert cuts[0] == 0, "every split must start with a document separator"
+    return [ds.tokenizer.decode(tokens[a + 1:b]) for a, b in zip(cuts, cuts[1:])]
+
+
+def test_xml_dump_keeps_articles_only_and_round_trips(small_dump, tmp_path):
+    ds = build(small_dump, tmp_path / "ds", "--workers", "1")
+    meta = ds.meta
+    assert meta["dropped"] == {"not_article": 1, "redirect": 1, "disambiguation": 1, "duplicate": 1}
+    assert meta["splits"]["train"]["articles"] + meta["splits"]["val"]["articles"] == 12
+    assert meta["splits"]["val"]["articles"] >= 1
+    docs = docs_of(ds, "train") + docs_of(ds, "val")
+    assert sorted(d.split("\n")[0] for d in docs) == sorted(f"Article {i}" for i in range(12))
+    assert all(d.endswith(PROSE.strip()) for d in docs)  # tokens -> text is lossless
+    assert meta["splits"]["train"]["chars_per_token"] > 1.0
+
+
+def test_output_is_identical_for_1_and_2_workers_and_across_runs(small_dump, tmp_path):
+    digests = []
+    for i, workers in enumerate((1, 2, 2)):
+        out = tmp_path / f"ds{i}"
+        build(small_dump, out, "--workers", workers, "--shard_tokens", 500)
+        names = sorted(p.name for p in out.iterdir() if p.suffix == ".bin")
+        assert len(names) > 2  # several shards were written
+        digests.append({n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names}
+                       | {"tokenizer": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()})
+    assert digests[0] == digests[1] == digests[2]
+
+
+def test_gpt2_tokenizer_path(small_dump, tmp_path):
+    main([str(small_dump), "--out", str(tmp_path / "g"), "--min_chars", "50", "--workers", "1"])
+    ds = load_dataset(tmp_path / "g")
+    assert ds.tokenizer.name == "gpt2" and ds.tokenizer.n_vocab == 50257 + 4
+    assert ds.tokenizer.doc_sep == 50256
+    assert docs_of(ds, "train")[0].startswith("Article")
+
+
+def test_shard_header_is_validated(small_dump, tmp_path):
+    ds = build(small_dump, tmp_path / "ds")
+    shard = tmp_path / "ds" / ds.meta["shards"]["train"][0]
+    n = len(open_shard(shard))
+    data = shard.read_bytes()
+    assert len(data) == HEADER.size + 2 * n
+
+    (tmp_path / "trunc.bin").write_bytes(data[:-2])
+    with pytest.raises(DatasetError, match="truncated"):
+        open_shard(tmp_path / "trunc.bin")
+    (tmp_path / "foreign.bin").write_bytes(b"\x00" * 64)
+    with pytest.raises(DatasetError, match="not a wikigpt token shard"):
+        open_shard(tmp_path / "foreign.bin")
+    with pytest.raises(DatasetError, match="vocab size"):
+        open_shard(shard, vocab_size=50261)
+    shard.write_bytes(data[:-10])  # a damaged dataset is refused as a whole
+    with pytest.raises(DatasetError, match="truncated"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_bz2_multistream_and_gzip_dumps(small_dump, tmp_path):
+    xml = small_dump.read_bytes()
+    half = xml.index(b"<page>", len(xml) // 2)
+    (tmp_path / "multi.xml-p1p99.bz2").write_bytes(bz2.compress(xml[:half]) + bz2.compress(xml[half:]))
+    (tmp_path / "dump.xml.gz").write_bytes(gzip.compress(xml))
+    plain = build(small_dump, tmp_path / "a")
+    for name in ("multi.xml-p1p99.bz2", "dump.xml.gz"):
+        other = build(tmp_path / name, tmp_path / f"out-{name}")
+        assert other.meta["splits"] == plain.meta["splits"]
+
+
+def test_jsonl_parquet_and_wikiextractor_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": str(i), "title": f"Doc {i}", "text": f"Doc {i} text. " + PROSE} for i in range(6)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet", row_group_size=2)
+    extracted = tmp_path / "extracted" / "AA"
+    extracted.mkdir(parents=True)
+    (extracted / "wiki_00").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (extracted / "wiki_01").write_text("".join(json.dumps(r) + "\n" for r in rows[3:]))
+    results = [build(tmp_path / src, tmp_path / f"o{i}", "--workers", "1")
+               for i, src in enumerate(("a.jsonl", "a.parquet", "extracted"))]
+    for ds in results:
+        docs = docs_of(ds, "train") + docs_of(ds, "val")
+        assert sorted(docs) == sorted(f"Doc {i}\n\nDoc {i} text. {PROSE.strip()}" for i in range(6))
+
+
+def test_default_source_is_the_gensim_sample_end_to_end(tmp_path):
+    r = run_cli("prepare_wiki.py", "--out", tmp_path / "demo", "--tokenizer", "bpe:1024")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {tmp_path / 'demo'}" in r.stdout and "chars/token" in r.stdout
+    ds = load_dataset(tmp_path / "demo")
+    assert ds.meta["splits"]["train"]["articles"] > 80
+    assert ds.meta["dropped"]["redirect"] > 50
+    text = ds.tokenizer.decode(ds.train[0][:20000])
+    assert text.startswith("<|endoftext|>Anarchism\n\nAnarchism is a political philosophy") and "{{" not in text and "[[" not in text and "<ref" not in text
+
+
+def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, tmp_path, capsys,
+                                                                    monkeypatch):
+    out = tmp_path / "ds"
+    build(small_dump, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        build(small_dump, out)
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+
+    def crash(*a, **k):  # a crash in the middle of tokenizing, with --overwrite
+        raise RuntimeError("killed")
+    monkeypatch.setattr(prepare_wiki, "encode_pass", crash)
+    with pytest.raises(RuntimeError):
+        build(small_dump, out, "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old dataset untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]  # no temp left
+
+
+def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
+    out = tmp_path / "ds"
+    build(small_dump, out)
+    (out / "meta.json").unlink()  # what a run killed before its last step leaves
+    with pytest.raises(DatasetError, match="not a complete dataset"):
+        load_dataset(out)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support, as Wikimedia's servers do."""
+    ranges = []
+
+    def do_GET(self):
+        data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+        rng = self.headers.get("Range")
+        self.ranges.append(rng)
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_source_downloads_with_resume(small_dump, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    data = bz2.compress(small_dump.read_bytes())
+    (served / "wiki.xml.bz2").write_bytes(data)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "wiki.xml.bz2.part").write_bytes(data[:100])  # an earlier, interrupted download
+    handler = lambda *a, **k: _RangeHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/wiki.xml.bz2"
+        ds = build(url, tmp_path / "ds", "--cache_dir", cache)
+    finally:
+        server.shutdown()
+    assert _RangeHandler.ranges == ["bytes=100-"]
+    assert (cache / "wiki.xml.bz2").read_bytes() == data
+    assert ds.meta["splits"]["train"]["articles"] + ds.meta["splits"]["val"]["articles"] == 12
+
+
+# ----- bad input: one clear paragraph, exit code 2, no traceback, nothing written -----
+
+def bad_inputs(tmp_path, small_dump):
+    xml = small_dump.read_bytes()
+    big = dump_xml(*[page(f"P{i}", PROSE * 4) for i in range(400)]).encode()
+    half = big.index(b"<page>", len(big) // 2)  # a 2-stream dump whose second stream is cut
+    (tmp_path / "trunc.xml.bz2").write_bytes(bz2.compress(big[:half]) + bz2.compress(big[half:])[:-200])
+    (tmp_path / "malformed.xml").write_bytes(xml.replace(b"</page>", b"</pag>", 3))
+    (tmp_path / "latin1.xml").write_bytes(xml.replace(b"valley", "vallée".encode("latin-1")))
+    (tmp_path / "other.xml").write_text("<html><body>hello</body></html>")
+    (tmp_path / "bad.jsonl").write_text('{"title": "a", "text": "b"}\n{"title": oops}\n')
+    (tmp_path / "notbz2.bz2").write_bytes(b"BZh9 this is not bzip2 data at all" * 10)
+    (tmp_path / "stubs.xml").write_text(dump_xml(page("A", "tiny"), page("B", "tiny too")))
+    return {
+        "missing": ([str(tmp_path / "nope.xml")], "no such file"),
+        "truncated bz2": ([str(tmp_path / "trunc.xml.bz2")], re.compile(r"ends early \(truncated "
+                                                                        r"download\?\) after [1-9]\d+ pages")),
+        "malformed xml": ([str(tmp_path / "malformed.xml")], "malformed XML at line 1"),
+        "non-utf8": ([str(tmp_path / "latin1.xml")], "not UTF-8"),
+        "not a dump": ([str(tmp_path / "other.xml")], "not a MediaWiki dump"),
+        "bad jsonl": ([str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
+        "not bz2": ([str(tmp_path / "notbz2.bz2")], "decompress"),
+        "empty result": ([str(tmp_path / "stubs.xml")], "0 article(s) left after cleaning"),
+        "vocab too big": ([str(small_dump), "--tokenizer", "bpe:70000"], "out of range"),
+        "vocab unknown": ([str(small_dump), "--tokenizer", "sentencepiece"], "unknown tokenizer"),
+        "val fraction": ([str(small_dump), "--val_fraction", "1.5"], "--val_fraction"),
+    }
+
+
+def test_each_bad_input_gets_a_clear_error(small_dump, tmp_path, capsys):
+    for name, (argv, message) in bad_inputs(tmp_path, small_dump).items():
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out", str(out), "--workers", "1"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, name
+        assert (message.search(err) if isinstance(message, re.Pattern) else message in err), (name, err)
+        assert not out.exists(), name
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], name
+
+
+def test_bad_input_as_a_real_process_has_no_traceback(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"title": "a", "text": "b"}\nnot json\n')
+    r = run_cli("prepare_wiki.py", tmp_path / "bad.jsonl", "--out", tmp_path / "o")
+    assert r.returncode == 2
+    assert "bad.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
