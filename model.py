@@ -1,0 +1,328 @@
+"""
+A GPT (decoder-only Transformer) in plain PyTorch, in one file.
+
+Two architecture presets share one code path (GPTConfig.arch):
+  gpt2    LayerNorm, GELU MLP, learned positions, biases, tied input/output embeddings
+  modern  RMSNorm, rotary positions, ReLU^2 (or SwiGLU) MLP, QK-norm, no biases,
+          untied embeddings, zero-initialised output projections
+
+Shapes: B batch, T time (tokens), C width (n_embd), H heads, D head size (C // H), V vocab.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192  # the tokenizer's; the embedding is padded to a multiple of 64
+    block_size: int = 256  # longest context
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    arch: str = "modern"  # "gpt2" | "modern"
+    mlp: str = "auto"  # "auto" (gelu for gpt2, relu2 for modern) | "gelu" | "relu2" | "swiglu"
+
+    @property
+    def padded_vocab(self) -> int:
+        # GPU matmuls run fastest on multiples of 64 (nanoGPT measured ~25% on 50257 -> 50304)
+        return (self.vocab_size + 63) // 64 * 64
+
+    @property
+    def mlp_kind(self) -> str:
+        return self.mlp if self.mlp != "auto" else ("gelu" if self.arch == "gpt2" else "relu2")
+
+    def validate(self):
+        if self.arch not in ("gpt2", "modern"):
+            raise ValueError(f"arch must be 'gpt2' or 'modern', got {self.arch!r}")
+        if self.mlp not in ("auto", "gelu", "relu2", "swiglu"):
+            raise ValueError(f"mlp must be auto, gelu, relu2 or swiglu, got {self.mlp!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+
+
+def norm(cfg: GPTConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.n_embd) if cfg.arch == "gpt2" else nn.RMSNorm(cfg.n_embd)
+
+
+def rotary_tables(head_size: int, max_len: int, base: float = 10000.0):
+    """cos/sin tables for rotary position embeddings, each (max_len, D/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs of channels by a position-dependent angle. x: (B, H, T, D); cos/sin: (T, D/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that generating token
+    t+1 costs one token's work instead of recomputing all t (per-token latency stays flat).
+    k, v: (n_layer, B, H, max_len, D), filled up to `pos`."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
+        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # tokens already cached
+
+    def update(self, layer: int, k, v):
+        """Store this step's k, v (B, H, T, D) and return all keys/values so far."""
+        t = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        bias = cfg.arch == "gpt2"
+        self.layer, self.n_head, self.dropout = layer, cfg.n_head, cfg.dropout
+        self.qk_norm = cfg.arch == "modern"  # normalising q and k keeps attention logits tame
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
+
+    def forward(self, x, rotary=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, pos+T, D)
+        # A new chunk starting at an empty cache is causal; one new token sees the whole cache.
+        causal = cache is None or cache.pos == 0
+        assert causal or T == 1, "with a cache, prefill once, then decode one token at a time"
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        bias, self.kind = cfg.arch == "gpt2", cfg.mlp_kind
+        # SwiGLU has three matrices; 8/3 of the width keeps its parameter count that of 4x MLPs
+        hidden = 4 * cfg.n_embd if self.kind != "swiglu" else int(8 * cfg.n_embd / 3 + 63) // 64 * 64
+        self.c_fc = nn.Linear(cfg.n_embd, hidden * (2 if self.kind == "swiglu" else 1), bias=bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=bias)
+
+    def forward(self, x):
+        h = self.c_fc(x)  # (B, T, 4C)
+        if self.kind == "gelu":
+            h = F.gelu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()  # ReLU^2: as cheap as ReLU, learns faster than GELU
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        return self.c_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1, self.attn = norm(cfg), Attention(cfg, layer)
+        self.ln_2, self.mlp = norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rotary=None, cache=None):
+        x = x + self.drop(self.attn(self.ln_1(x), rotary, cache))  # pre-norm residual blocks
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        V, C = cfg.padded_vocab, cfg.n_embd
+        self.wte = nn.Embedding(V, C)
+        self.wpe = nn.Embedding(cfg.block_size, C) if cfg.arch == "gpt2" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = norm(cfg)
+        self.lm_head = nn.Linear(C, V, bias=False)
+        if cfg.arch == "gpt2":
+            self.lm_head.weight = self.wte.weight  # tied: one matrix reads and writes tokens
+        else:  # not parameters: derived, and kept out of checkpoints
+            cos, sin = rotary_tables(C // cfg.n_head, cfg.block_size)
+            self.register_buffer("rot_cos", cos, persistent=False)
+            self.register_buffer("rot_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                if cfg.arch == "gpt2":  # GPT-2: scale residual outputs by depth
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                else:  # modern: every block starts as the identity
+                    nn.init.zeros_(p)
+        if cfg.arch == "modern":
+            nn.init.zeros_(self.lm_head.weight)  # uniform predictions: loss at init = ln(V) exactly
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def n_params(self, for_flops=False) -> int:
+        """Parameter count. for_flops: only weights that do matmul work per token: learned
+        positions and an untied input embedding are lookups (a tied one is the output head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if for_flops:
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+            if self.lm_head.weight is not self.wte.weight:
+                n -= self.wte.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N for the matmuls (forward + backward) plus attention."""
+        c = self.cfg
+        return 6 * self.n_params(for_flops=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def hidden_states(self, idx, cache: KVCache | None = None):
+        """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+        else:
+            rotary = (self.rot_cos[start:start + T], self.rot_sin[start:start + T])  # (T, D/2)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rotary, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        """With targets (B, T; -1 = ignore): the loss ("mean" over counted tokens, or "none":
+        per-token, (B, T)). Without: logits of the last position only, (B, V)."""
+        x = self.hidden_states(idx)
+        if targets is None:
+            return self.lm_head(x[:, -1]).float()
+        if reduction == "none":
+            logits = self.lm_head(x).float()  # (B, T, V)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1, reduction="none").view(targets.shape)
+        return linear_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+
+    # ------------------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature=0.8, top_k=None,
+                 top_p=None, repetition_penalty=1.0, stop_tokens=(), seed=None, use_cache=True):
+        """Yield new token ids one at a time (streaming). Stops after a stop token (which is
+        yielded) or max_new_tokens. Same seed -> same tokens, with or without the cache."""
+        device = self.wte.weight.device
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        ids = list(prompt)[-self.cfg.block_size:]
+        cache, logits = None, None
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if cache is None or cache.pos >= self.cfg.block_size:
+                    # (re)fill the cache; when the context is full, keep its last 3/4 and go on
+                    ids = ids[-(3 * self.cfg.block_size // 4):] if cache is not None else ids
+                    cache = KVCache(self.cfg, 1, device, self.wte.weight.dtype)
+                    x = self.hidden_states(torch.tensor([ids], device=device), cache)[:, -1]
+                else:
+                    x = self.hidden_states(torch.tensor([ids[-1:]], device=device), cache)[:, -1]
+                logits = self.lm_head(x).float()[0]  # (V,)
+            else:
+                logits = self(torch.tensor([ids[-self.cfg.block_size:]], device=device))[0]
+            tok = sample_next(logits, self.cfg.vocab_size, ids, temperature, top_k, top_p,
+                              repetition_penalty, gen)
+            ids.append(tok)
+            yield tok
+            if tok in stop_tokens:
+                return
+
+
+def sample_next(logits, vocab_size, history, temperature, top_k, top_p, repetition_penalty, gen) -> int:
+    """Pick the next token from logits (V,). temperature 0 = greedy."""
+    logits = logits.clone()
+    logits[vocab_size:] = -float("inf")  # the padding ids are never real tokens
+    if repetition_penalty != 1.0 and history:
+        seen = torch.tensor(sorted(set(history)), device=logits.device)
+        vals = logits[seen]  # CTRL-style: make already-seen tokens less likely
+        logits[seen] = torch.where(vals > 0, vals / repetition_penalty, vals * repetition_penalty)
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, vocab_size)).values[-1]
+        logits[logits < kth] = -float("inf")
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(0) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+# ----------------------------------------------------------------------------------------
+# Output layer + cross-entropy, fused and chunked.
+#
+# The plain way, logits = x @ W.T then F.cross_entropy, materialises a (B*T, V) fp32 logits
+# tensor, a softmax of the same size and its gradient: with the GPT-2 vocab and B*T = 2048
+# that is 3 x 412 MB of memory traffic per step, reallocated every step. Here we walk over
+# the rows in chunks and compute the loss *and* both gradients chunk by chunk in the forward
+# pass, so only one chunk's logits ever exist. Same FLOPs, a fraction of the memory.
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows):
+        # x: (N, C), weight: (V, C), targets: (N,) with -1 = ignore
+        w = weight.to(x.dtype)  # under autocast, x is bf16/fp16: run the matmuls in it
+        n_counted = (targets != -1).sum().clamp(min=1)
+        loss = torch.zeros((), device=x.device, dtype=torch.float32)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        for i in range(0, x.size(0), chunk_rows):
+            xs, ts = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
+            scale = ((ts != -1).float() / n_counted)[:, None]  # (n, 1): 0 on ignored rows
+            safe_t = ts.clamp(min=0)[:, None]
+            logp = torch.log_softmax((xs @ w.t()).float(), dim=-1)  # (n, V), softmax in fp32
+            loss -= (logp.gather(1, safe_t) * scale).sum()
+            # d loss / d logits = (softmax - onehot) * scale, built in place in logp's memory;
+            # the per-row scale is applied to the small (n, C) side of each matmul instead
+            dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(scale, -1.0))
+            grad_x[i:i + chunk_rows] = (dlogits.to(x.dtype) @ w) * scale.to(x.dtype)
+            grad_w += dlogits.t() @ (xs.float() * scale)
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss, None, None
+
+
+def linear_cross_entropy(x, weight, targets, chunk_rows=1024):
+    """mean cross-entropy of (x @ weight.T) against targets, ignoring targets == -1."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        logits = (x @ weight.to(x.dtype).t()).float()
+        return F.cross_entropy(logits, targets, ignore_index=-1)
+    return _LinearCrossEntropy.apply(x, weight, targets, chunk_rows)

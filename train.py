@@ -1,0 +1,694 @@
+"""
+Pretrain a GPT on the token shards of prepare_wiki.py. One GPU, CPU, or many GPUs:
+
+    python train.py config/demo_cpu.toml                      # laptop CPU, minutes
+    python train.py config/gpt2_124m.toml --data=data/enwiki  # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.toml
+    python train.py config/demo_cpu.toml --resume=true        # continue exactly where it stopped
+
+Settings come from the TrainConfig dataclass below, then TOML files, then --key=value.
+The training loop (`train`) is shared with chat_sft.py: only the data source differs.
+"""
+import difflib
+import json
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from data import DatasetError, load_dataset
+from model import GPT, GPTConfig
+from tokenizer import Tokenizer, TokenizerError
+
+CHECKPOINT_VERSION = 1
+
+
+class UsageError(Exception):
+    """A mistake in the command, config, data or checkpoint; printed without a traceback."""
+
+
+def opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = opt("data/wiki", "dataset folder written by prepare_wiki.py")
+    out_dir: str = opt("out/wiki", "where last.pt and best.pt are written")
+    init_from: str = opt("", "start from this checkpoint's weights (fine-tuning)")
+    resume: bool = opt(False, "continue out_dir/last.pt exactly where it stopped")
+    # model (ignored when init_from or resume gives a model)
+    arch: str = opt("modern", "gpt2 | modern (see model.py)")
+    mlp: str = opt("auto", "auto | gelu | relu2 | swiglu")
+    n_layer: int = opt(6, "transformer blocks")
+    n_head: int = opt(6, "attention heads")
+    n_embd: int = opt(384, "width")
+    block_size: int = opt(256, "context length in tokens")
+    dropout: float = opt(0.0, "dropout rate")
+    # optimisation
+    batch_size: int = opt(16, "sequences per micro-step, per process")
+    grad_accum: int = opt(1, "micro-steps per optimizer step, summed over all processes")
+    max_steps: int = opt(2000, "optimizer steps; the LR schedule spans them")
+    stop_after: int = opt(0, "end this run after this step (0: at max_steps); resume continues")
+    optimizer: str = opt("adamw", "adamw | muon (Muon for hidden matrices, AdamW for the rest)")
+    lr: float = opt(3e-3, "peak AdamW learning rate")
+    muon_lr: float = opt(0.02, "peak Muon learning rate")
+    min_lr_frac: float = opt(0.1, "final LR as a fraction of the peak")
+    warmup_steps: int = opt(100, "linear warmup steps")
+    schedule: str = opt("cosine", "cosine | wsd (warmup-stable-decay) | constant")
+    decay_frac: float = opt(0.2, "wsd: share of steps spent decaying")
+    weight_decay: float = opt(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
+    # evaluation, checkpoints, stopping
+    eval_interval: int = opt(200, "evaluate and checkpoint every this many steps")
+    eval_tokens: int = opt(65536, "size of the fixed val subset, in tokens")
+    patience: int = opt(0, "stop after this many evals without val improvement (0: off)")
+    max_time: float = opt(0.0, "stop (with a checkpoint) after this many seconds (0: off)")
+    log_interval: int = opt(10, "print a log line every this many steps")
+    # system
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    compile: bool = opt(False, "torch.compile the model (falls back to eager if it cannot)")
+    seed: int = opt(1337, "seed for weights, data order and dropout")
+    wandb_project: str = opt("", "log to this Weights & Biases project (empty: off)")
+    wandb_run: str = opt("", "W&B run name")
+
+    def validate(self):
+        def need(ok, msg):
+            if not ok:
+                raise UsageError(f"config: {msg}")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                     "max_steps", "eval_interval", "eval_tokens", "log_interval"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.arch in ("gpt2", "modern"), f"arch must be gpt2 or modern, got {self.arch!r}")
+        need(self.mlp in ("auto", "gelu", "relu2", "swiglu"), f"mlp: unknown {self.mlp!r}")
+        need(self.optimizer in ("adamw", "muon"), f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        need(self.schedule in ("cosine", "wsd", "constant"), f"schedule: unknown {self.schedule!r}")
+        need(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype: unknown {self.dtype!r}")
+        need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
+
+
+# ----------------------------------------------------------------------------------------
+# Config: dataclass defaults <- TOML files <- --key=value, type-checked, typos caught
+
+def _coerce(f, value, where: str):
+    """Check/convert one value to the field's type, or say clearly what is wrong."""
+    kind = f.type
+    if isinstance(value, str) and kind is not str:  # from the command line
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+        else:
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_help(cls) -> str:
+    lines = [f"{'key':16s} {'default':>12s}  meaning"]
+    for f in fields(cls):
+        lines.append(f"--{f.name:14s} {str(f.default):>12s}  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def load_config(cls, argv: list[str]):
+    """cls defaults, then each TOML file in argv, then --key=value overrides."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {Path(sys.argv[0]).name} [CONFIG.toml ...] [--key=value ...]\n")
+        print(config_help(cls))
+        sys.exit(0)
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+
+    def check_key(key, where):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise UsageError(f"{where}: unknown config key {key!r}.{hint} Run with -h to list all keys.")
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                raise UsageError(f"{arg}: write overrides as --key=value (e.g. --n_layer=4)")
+            check_key(key, "command line")
+            values[key] = _coerce(known[key], value, "command line")
+        else:
+            path = Path(arg)
+            if not path.is_file():
+                raise UsageError(f"config file {arg} not found (configs live in config/, e.g. config/demo_cpu.toml)")
+            try:
+                table = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"{arg}: not valid TOML ({e})")
+            for key, value in table.items():
+                check_key(key, arg)
+                values[key] = _coerce(known[key], value, f"{arg}, key {key}")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------
+# Processes and devices
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+
+def setup_dist(cfg: TrainConfig) -> Dist:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL between GPUs, gloo between CPU processes."""
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if "RANK" not in os.environ:
+        return Dist(device=want)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if want.startswith("cuda"):
+        torch.cuda.set_device(local)
+        torch_dist.init_process_group("nccl", device_id=torch.device(f"cuda:{local}"))
+        return Dist(rank, world, local, f"cuda:{local}")
+    torch_dist.init_process_group("gloo")
+    return Dist(rank, world, local, "cpu")
+
+
+def pick_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPU autocast to bf16 is slower than fp32 on most CPUs
+
+
+# ----------------------------------------------------------------------------------------
+# Data: random windows of the token stream, without replacement, disjoint per process
+
+class PretrainBatches:
+    """Cuts the train shards into non-overlapping windows of block_size + 1 tokens and visits
+    them in a seeded random order, each exactly once per epoch. Process r of W takes windows
+    r, r+W, r+2W... of that order, so processes never read the same data. The position in
+    the order is the whole state: saving it makes resume continue with the very next batch."""
+
+    def __init__(self, shards, block_size, batch_size, seed, rank=0, world=1, device="cpu"):
+        self.shards, self.T, self.B = shards, block_size, batch_size
+        self.seed, self.rank, self.world, self.device = seed, rank, world, device
+        per_shard = [max(len(s) - 1, 0) // block_size for s in shards]
+        self.first = np.cumsum([0] + per_shard)  # first window index of each shard
+        self.n_windows = int(self.first[-1])
+        if self.n_windows < batch_size * world:
+            raise UsageError(f"the train split holds {sum(len(s) for s in shards):,} tokens: too few "
+                             f"for {batch_size * world} windows of block_size {block_size}. Lower "
+                             "block_size or batch_size, or prepare more data.")
+        self.epoch, self.cursor = 0, 0
+        self._order = None
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state):
+        self.epoch, self.cursor, self._order = state["epoch"], state["cursor"], None
+
+    def order(self):
+        if self._order is None:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
+        return self._order
+
+    def window(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.first, i, side="right")) - 1
+        start = (i - self.first[shard]) * self.T
+        return self.shards[shard][start:start + self.T + 1]
+
+    def next_batch(self):
+        rows = []
+        for _ in range(self.B):
+            if self.cursor + self.world > self.n_windows:  # epoch done: a new order
+                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+            rows.append(self.window(int(self.order()[self.cursor + self.rank])))
+            self.cursor += self.world
+        batch = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
+        return to_device(batch[:, :-1], batch[:, 1:], self.device)
+
+
+def to_device(x, y, device):
+    if device.startswith("cuda"):  # pinned memory lets the copy overlap with GPU work
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def val_windows(shards, block_size, n_tokens):
+    """The fixed val subset: the first n_tokens of the val split, as (x, y) windows."""
+    stream = np.concatenate([np.asarray(s) for s in shards])[:n_tokens + 1].astype(np.int64)
+    n = (len(stream) - 1) // block_size
+    if n == 0:
+        raise UsageError(f"the val split ({len(stream)} tokens) is shorter than block_size "
+                         f"{block_size}. Lower block_size or use a larger val_fraction.")
+    x = torch.from_numpy(stream[:n * block_size].reshape(n, block_size))
+    y = torch.from_numpy(stream[1:n * block_size + 1].reshape(n, block_size))
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints: atomic, self-contained (config, tokenizer, optimizer, RNG, data position)
+
+def save_checkpoint(path: Path, state: dict):
+    """Write to a temporary file, then rename: a crash mid-write leaves the old file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) "
+                         "or check the path.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt "
+                         f"checkpoint ({str(e).splitlines()[0][:120]}).")
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        version = ckpt.get("version") if isinstance(ckpt, dict) else None
+        raise UsageError(f"{path}: checkpoint version {version}, this code reads version "
+                         f"{CHECKPOINT_VERSION}. Use the wikigpt version that wrote it.")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu") -> tuple[GPT, Tokenizer]:
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), Tokenizer(ckpt["tokenizer"])
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizers and schedule
+
+def zeropower_newton_schulz(G, steps=5):
+    """Approximately the orthogonal matrix closest to G (its 'zeroth power' U V^T), by a
+    quintic Newton-Schulz iteration tuned to converge fast from a normalised start."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16() if G.is_cuda else G.float()
+    transposed = X.size(0) > X.size(1)
+    X = X.mT if transposed else X
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if transposed else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD whose update for each hidden matrix is orthogonalised (all its singular
+    values set to ~1), so every direction learns at the same speed. For 2-D weights only."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.add_(zeropower_newton_schulz(update), alpha=-group["lr"] * scale)
+
+
+def build_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
+    """AdamW, decaying matrices only (not norms/biases); with optimizer=muon the hidden
+    (block) matrices go to Muon instead. Each param group keeps its peak lr in 'base_lr'."""
+    hidden = {id(p) for n, p in model.blocks.named_parameters() if p.dim() == 2}
+    use_muon = cfg.optimizer == "muon"
+    decay, no_decay, muon = [], [], []
+    for p in {id(p): p for p in model.parameters()}.values():  # a tied weight once
+        if use_muon and id(p) in hidden:
+            muon.append(p)
+        elif p.dim() >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
+    optimizers = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    fused=device_type == "cuda")]  # fused: one kernel for all params
+    if muon:
+        optimizers.append(Muon([{"params": muon, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr))
+    return optimizers
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier on the peak LR: linear warmup, then cosine / warmup-stable-decay / constant."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    lo = cfg.min_lr_frac
+    if cfg.schedule == "cosine":
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "wsd":
+        decay_start = 1 - cfg.decay_frac
+        return 1.0 if progress < decay_start else 1 - (1 - lo) * min(1.0, (progress - decay_start) / cfg.decay_frac)
+    return 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# Throughput accounting
+
+def peak_flops(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """Peak FLOP/s to state MFU against: known figures for common GPUs; otherwise a matmul
+    peak measured once on this machine and cached in ~/.cache/wikigpt/peak_flops.json."""
+    if device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for key, flops in (("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12),
+                           ("4090", 165e12), ("3090", 71e12)):
+            if key in name:
+                return flops, f"{name} datasheet dense {dtype}"
+    threads = torch.get_num_threads()
+    key = f"{platform_name(device)}|{dtype}|threads={threads}"
+    cache = Path.home() / ".cache" / "wikigpt" / "peak_flops.json"
+    table = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in table:
+        table[key] = measure_matmul_flops(device, dtype)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(table, indent=2))
+    return table[key], f"measured matmul peak ({key})"
+
+
+def platform_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def synchronize(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation
+
+@torch.no_grad()
+def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, autocast) -> dict:
+    """Mean loss over the counted targets (y != -1) and bits per byte: the summed loss in
+    bits divided by the UTF-8 bytes those targets stand for, comparable across tokenizers."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, tokens, bytes
+    for i in range(dist.rank * batch_size, len(x_all), dist.world * batch_size):  # disjoint per rank
+        x, y = to_device(x_all[i:i + batch_size], y_all[i:i + batch_size], dist.device)
+        with autocast:
+            losses = model(x, y, reduction="none")  # (B, T), 0 where y == -1
+        counted = y != -1
+        totals[0] += losses.double().sum()
+        totals[1] += counted.sum()
+        totals[2] += token_bytes[y.clamp(min=0)][counted].sum()
+    if dist.world > 1:
+        torch_dist.all_reduce(totals)
+    model.train()
+    loss_sum, n_tokens, n_bytes = totals.tolist()
+    return {"loss": loss_sum / max(n_tokens, 1), "bpb": loss_sum / math.log(2) / max(n_bytes, 1)}
+
+
+# ----------------------------------------------------------------------------------------
+# The training loop, shared by pretraining and chat SFT
+
+def starting_checkpoint(cfg: TrainConfig) -> dict | None:
+    """The checkpoint a run starts from: out_dir/last.pt to resume, else init_from, else none."""
+    if cfg.resume:
+        return load_checkpoint(Path(cfg.out_dir) / "last.pt")
+    return load_checkpoint(cfg.init_from) if cfg.init_from else None
+
+
+def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: str,
+          start: dict | None = None) -> dict:
+    """Train until max_steps / stop_after / max_time / patience. `batches` has next_batch(),
+    state_dict() and load_state_dict(); val_xy is the fixed (x, y) val set; `start` is the
+    checkpoint from starting_checkpoint(cfg). Returns a summary of the run."""
+    out_dir = Path(cfg.out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    resume = start if cfg.resume else None
+    if resume and resume.get("kind") != kind:
+        raise UsageError(f"{last_path} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
+
+    torch.manual_seed(cfg.seed)  # same initial weights in every process
+    if start is not None:
+        model, _ = model_from_checkpoint(start)
+    else:
+        model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                              arch=cfg.arch, mlp=cfg.mlp))
+    mcfg = model.cfg
+    if mcfg.vocab_size < tok.n_vocab:
+        raise UsageError(f"the model has {mcfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
+    model.to(dist.device)
+    optimizers = build_optimizers(model, cfg, dist.device_type)
+    step, best_val, bad_evals = 0, float("inf"), 0
+    if resume is not None:
+        for o, state in zip(optimizers, resume["optimizer"]):
+            o.load_state_dict(state)
+        step, best_val, bad_evals = resume["step"], resume["best_val"], resume["bad_evals"]
+        batches.load_state_dict(resume["data"])
+        set_rng_state(resume["rng"])
+
+    dtype = pick_dtype(cfg, dist.device_type)
+    autocast = (torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext())
+    scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
+    token_bytes = torch.tensor(tok.token_bytes() + [0] * (mcfg.padded_vocab - tok.n_vocab),
+                               dtype=torch.float64, device=dist.device)
+    runner = torch.compile(model) if cfg.compile else model  # runner: what we call; model: what we save
+    if dist.world > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            runner, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
+    if cfg.grad_accum % dist.world:
+        raise UsageError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of "
+                         f"processes ({dist.world}): each process runs grad_accum / {dist.world} micro-steps.")
+    accum = cfg.grad_accum // dist.world
+    tokens_per_step = cfg.batch_size * mcfg.block_size * cfg.grad_accum
+    flops_peak, peak_note = peak_flops(dist.device, dtype)
+    wandb_run = None
+    if cfg.wandb_project and dist.master:
+        import wandb
+        wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run or None, config=asdict(cfg))
+
+    def checkpoint(path):
+        save_checkpoint(path, {
+            "version": CHECKPOINT_VERSION, "kind": kind, "step": step,
+            "model": model.state_dict(), "model_config": asdict(mcfg), "train_config": asdict(cfg),
+            "tokenizer": tok.spec, "optimizer": [o.state_dict() for o in optimizers],
+            "data": data_state, "rng": rng_state(),
+            "best_val": best_val, "bad_evals": bad_evals, "val": last_val})
+
+    def log(msg):
+        if dist.master:
+            print(msg, flush=True)
+
+    if dist.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log(f"{kind} | {model.n_params():,} parameters | {mcfg.arch} {mcfg.n_layer}x{mcfg.n_embd} "
+            f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {dist.world} process(es) on {dist.device} "
+            f"{str(dtype).replace('torch.', '')} | {tokens_per_step:,} tokens/step")
+        log(f"MFU is against {flops_peak / 1e12:.2f} TFLOP/s: {peak_note}")
+        if resume:
+            log(f"resuming {last_path} at step {step}")
+
+    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+    t_start, t_eval, last_val, stop_reason = time.time(), 0.0, None, "max_steps"
+    t_log, tokens_since_log = time.time(), 0
+    data_state = batches.state_dict()  # the state from which the batch in hand is read
+    x, y = batches.next_batch()
+    first_step = step
+    while True:
+        # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
+        done = step >= stop_at
+        if (step % cfg.eval_interval == 0 and not (resume and step == first_step)) or done:
+            t0 = time.time()
+            last_val = evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast)
+            t_eval += time.time() - t0
+            t_log += time.time() - t0  # tokens/s counts training time only
+            improved = last_val["loss"] < best_val
+            if improved:
+                best_val, bad_evals = last_val["loss"], 0
+            elif step > 0:
+                bad_evals += 1
+            elapsed = time.time() - t_start
+            share = f" | evals took {100 * t_eval / elapsed:.1f}% of the run" if step > first_step else ""
+            log(f"step {step}: val loss {last_val['loss']:.4f}, val bpb {last_val['bpb']:.4f}"
+                f"{' (best)' if improved else ''}{share}")
+            if wandb_run:
+                wandb_run.log({"val/loss": last_val["loss"], "val/bpb": last_val["bpb"]}, step=step)
+            if dist.master:
+                checkpoint(last_path)
+                if improved:
+                    checkpoint(best_path)
+            if cfg.patience and bad_evals >= cfg.patience:
+                done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
+        if cfg.max_time and time.time() - t_start > cfg.max_time and not done:
+            done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
+            if dist.master:
+                checkpoint(last_path)
+        if done:
+            break
+
+        # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
+        lr_mult = lr_factor(step, cfg)
+        for o in optimizers:
+            for g in o.param_groups:
+                g["lr"] = g["base_lr"] * lr_mult
+        loss_sum = 0.0
+        for micro in range(accum):
+            sync = micro == accum - 1
+            no_sync = runner.no_sync() if dist.world > 1 and not sync else nullcontext()
+            with no_sync:
+                with autocast:
+                    loss = runner(x, y) / accum
+                data_state = batches.state_dict()
+                x, y = batches.next_batch()  # fetched while the GPU still works on this step
+                scaler.scale(loss).backward()
+            loss_sum += loss.item()
+        if not math.isfinite(loss_sum):
+            raise UsageError(f"loss became {loss_sum} at step {step}: training diverged. The last "
+                             f"good checkpoint is {last_path} (step {step - step % cfg.eval_interval}). "
+                             "Lower lr, raise warmup_steps, or use dtype=bfloat16 instead of float16.")
+        if cfg.grad_clip:
+            for o in optimizers:
+                scaler.unscale_(o)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for o in optimizers:
+            scaler.step(o)
+        scaler.update()
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since_log += tokens_per_step
+
+        # ---- log
+        if step % cfg.log_interval == 0 or step == stop_at:
+            synchronize(dist.device)
+            dt = time.time() - t_log
+            tok_s = tokens_since_log / max(dt, 1e-9)
+            mfu = tok_s * model.flops_per_token() / flops_peak
+            eta = (stop_at - step) * dt / max(1, tokens_since_log // tokens_per_step)
+            log(f"step {step}/{stop_at} | loss {loss_sum:.4f} | lr {cfg.lr * lr_mult:.2e} | "
+                f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {fmt_time(eta)}")
+            if wandb_run:
+                wandb_run.log({"train/loss": loss_sum, "lr": cfg.lr * lr_mult, "tok_per_s": tok_s,
+                               "mfu": mfu}, step=step)
+            t_log, tokens_since_log = time.time(), 0
+
+    elapsed = time.time() - t_start
+    log(f"done ({stop_reason}) at step {step} in {fmt_time(elapsed)}: val loss {last_val['loss']:.4f}, "
+        f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}")
+    if wandb_run:
+        wandb_run.finish()
+    return {"step": step, "val": last_val, "best_val": best_val, "seconds": elapsed,
+            "eval_share": t_eval / max(elapsed, 1e-9), "stop_reason": stop_reason}
+
+
+def run_main(main_fn):
+    """Run a script's main: user mistakes become one clear line and exit code 2."""
+    try:
+        main_fn(sys.argv[1:])
+    except (UsageError, DatasetError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def main(argv):
+    cfg = load_config(TrainConfig, argv)
+    dist = setup_dist(cfg)
+    if dist.master:
+        print("config:", json.dumps(asdict(cfg)))
+    ds = load_dataset(cfg.data)
+    tok = ds.tokenizer
+    start = starting_checkpoint(cfg)
+    block_size = start["model_config"]["block_size"] if start else cfg.block_size
+    batches = PretrainBatches(ds.train, block_size, cfg.batch_size, cfg.seed, dist.rank, dist.world, dist.device)
+    val_xy = val_windows(ds.val, block_size, cfg.eval_tokens)
+    train(cfg, dist, tok, batches, val_xy, "pretrain", start)
+
+
+if __name__ == "__main__":
+    run_main(main)
