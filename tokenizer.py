@@ -9,6 +9,7 @@ Special tokens are reserved at data-prep time, so that one tokenizer serves pret
 (the document separator) and chat fine-tuning (the turn markers) alike.
 """
 import base64
+import codecs
 import json
 from dataclasses import dataclass
 
@@ -159,3 +160,16 @@ def show_mask(tok: Tokenizer, ids, mask) -> str:
             out.append(f"[[{text}]]" if mask[start] else text)
             start = i
     return "".join(out)
+
+
+def stream_text(tok: Tokenizer, ids):
+    """Yield text as token ids arrive, never splitting a UTF-8 character across two pieces
+    (one Chinese character is often two or three byte-level tokens)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for i in ids:
+        piece = decoder.decode(tok.enc.decode_single_token_bytes(int(i)))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail

@@ -105,10 +105,10 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------
 # Config: dataclass defaults <- TOML files <- --key=value, type-checked, typos caught
 
-def _coerce(f, value, where: str):
+def _coerce(f, value, where: str, from_cli: bool):
     """Check/convert one value to the field's type, or say clearly what is wrong."""
     kind = f.type
-    if isinstance(value, str) and kind is not str:  # from the command line
+    if from_cli and kind is not str:  # command-line values arrive as text
         text = value.strip().lower()
         if kind is bool:
             if text in ("true", "1", "yes", "on"):
@@ -156,7 +156,7 @@ def load_config(cls, argv: list[str]):
             if not eq:
                 raise UsageError(f"{arg}: write overrides as --key=value (e.g. --n_layer=4)")
             check_key(key, "command line")
-            values[key] = _coerce(known[key], value, "command line")
+            values[key] = _coerce(known[key], value, "command line", from_cli=True)
         else:
             path = Path(arg)
             if not path.is_file():
@@ -167,7 +167,7 @@ def load_config(cls, argv: list[str]):
                 raise UsageError(f"{arg}: not valid TOML ({e})")
             for key, value in table.items():
                 check_key(key, arg)
-                values[key] = _coerce(known[key], value, f"{arg}, key {key}")
+                values[key] = _coerce(known[key], value, f"{arg}, key {key}", from_cli=False)
     cfg = cls(**values)
     cfg.validate()
     return cfg
@@ -652,6 +652,12 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                                "mfu": mfu}, step=step)
             t_log, tokens_since_log = time.time(), 0
 
+    if dist.world > 1:  # DDP keeps replicas identical; check it rather than trust it
+        fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dist.device)
+        gathered = [torch.zeros_like(fingerprint) for _ in range(dist.world)]
+        torch_dist.all_gather(gathered, fingerprint)
+        same = all(torch.equal(g, gathered[0]) for g in gathered)
+        log(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
     elapsed = time.time() - t_start
     log(f"done ({stop_reason}) at step {step} in {fmt_time(elapsed)}: val loss {last_val['loss']:.4f}, "
         f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}")

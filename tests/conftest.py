@@ -49,3 +49,31 @@ def small_dump(tmp_path):
     path = tmp_path / "dump.xml"
     path.write_text(dump_xml(*pages), encoding="utf-8")
     return path
+
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+        "--eval_tokens=512", "--log_interval=1", "--warmup_steps=2", "--lr=0.01"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small real dataset (prepare_wiki on a built dump, bpe:300) shared by the tests."""
+    from prepare_wiki import main as prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    pages = [page(f"Article {i}", f"'''Article {i}''' is about topic {i}. " + PROSE * (3 + i % 4))
+             for i in range(30)]
+    (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:300",
+             "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1"])
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_data, tmp_path_factory):
+    """A tiny pretrained checkpoint (20 steps) for the sampling and SFT tests."""
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={out}", "--max_steps=20",
+                "--eval_interval=10", *TINY)
+    assert r.returncode == 0, r.stderr
+    return out / "last.pt"

@@ -1,0 +1,122 @@
+"""model.py: shapes, loss at init, the fused loss, learning, and generation."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, KVCache, linear_cross_entropy
+
+
+def tiny(arch, **kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32, arch=arch, **kw))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_shapes_and_loss_at_init_is_ln_vocab(arch):
+    model = tiny(arch)
+    assert model.cfg.padded_vocab == 320  # padded to a multiple of 64
+    idx = torch.randint(0, 300, (3, 16))
+    assert model(idx).shape == (3, 320)  # last position's logits
+    assert model(idx, idx, reduction="none").shape == (3, 16)
+    targets = torch.randint(0, 300, (3, 16))
+    loss = model(idx, targets).item()
+    assert abs(loss - math.log(300)) < 0.1, loss
+
+
+def test_modern_preset_has_no_biases_and_untied_embeddings():
+    names = [n for n, _ in tiny("modern").named_parameters()]
+    assert not any(n.endswith("bias") for n in names)
+    assert "wpe.weight" not in names and "lm_head.weight" in names
+    gpt2 = tiny("gpt2")
+    assert gpt2.lm_head.weight is gpt2.wte.weight
+
+
+def test_swiglu_mlp_runs():
+    model = tiny("modern", mlp="swiglu")
+    idx = torch.randint(0, 300, (2, 8))
+    model(idx, idx).backward()
+
+
+def test_fused_cross_entropy_matches_plain_with_ignored_targets():
+    torch.manual_seed(0)
+    x = torch.randn(70, 16, requires_grad=True)
+    w = torch.randn(128, 16, requires_grad=True)
+    t = torch.randint(0, 128, (70,))
+    t[::3] = -1
+    fused = linear_cross_entropy(x, w, t, chunk_rows=16)
+    (fused * 2).backward()  # a scaled upstream gradient must flow through
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    plain = F.cross_entropy(x @ w.t(), t, ignore_index=-1)
+    (plain * 2).backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(gx, x.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+
+
+def test_all_ignored_targets_give_zero_loss_not_nan():
+    x = torch.randn(4, 8, requires_grad=True)
+    loss = linear_cross_entropy(x, torch.randn(16, 8), torch.full((4,), -1))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_tiny_model_overfits_one_batch(arch):
+    model = tiny(arch)
+    idx = torch.randint(0, 300, (2, 32))
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1, loss.item()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_with_and_without_cache_gives_the_same_tokens(arch, temperature):
+    model = tiny(arch).eval()
+    prompt = [5, 17, 42, 9]
+    kw = dict(temperature=temperature, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=7)
+    cached = list(model.generate(prompt, 25, use_cache=True, **kw))
+    uncached = list(model.generate(prompt, 25, use_cache=False, **kw))
+    assert cached == uncached and len(cached) == 25
+    assert all(0 <= t < 300 for t in cached)  # never a padding id
+
+
+def test_kv_cache_logits_match_full_forward():
+    model = tiny("modern").eval()
+    idx = torch.randint(0, 300, (1, 12))
+    cache = KVCache(model.cfg, 1, "cpu", torch.float32)
+    model.hidden_states(idx[:, :8], cache)
+    steps = [model.lm_head(model.hidden_states(idx[:, i:i + 1], cache)[:, -1]) for i in range(8, 12)]
+    full = [model(idx[:, :i + 1]) for i in range(8, 12)]
+    for a, b in zip(steps, full):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_generation_stops_at_a_stop_token_and_seed_reproduces():
+    model = tiny("modern").eval()
+    first = list(model.generate([1, 2, 3], 20, temperature=1.0, seed=3))
+    again = list(model.generate([1, 2, 3], 20, temperature=1.0, seed=3))
+    assert first == again
+    stop = first[4]
+    stopped = list(model.generate([1, 2, 3], 20, temperature=1.0, seed=3, stop_tokens={stop}))
+    assert stopped == first[:first.index(stop) + 1]
+
+
+def test_top_k_1_is_greedy():
+    model = tiny("gpt2").eval()
+    greedy = list(model.generate([4, 5], 10, temperature=0.0))
+    top1 = list(model.generate([4, 5], 10, temperature=1.5, top_k=1, seed=1))
+    assert greedy == top1
+
+
+def test_generation_past_the_context_keeps_going():
+    model = tiny("modern").eval()
+    out = list(model.generate(list(range(30)), 40, temperature=1.0, seed=0))
+    assert len(out) == 40

@@ -1,0 +1,204 @@
+"""train.py: config handling, data order, resume, DDP, compile, checkpoints, bad input."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+import train
+from train import (PretrainBatches, TrainConfig, UsageError, load_checkpoint, load_config,
+                   lr_factor, save_checkpoint)
+
+
+# ----- configuration
+
+def test_unknown_key_lists_close_matches():
+    with pytest.raises(UsageError, match=r"unknown config key 'n_layers'.*Did you mean: n_layer"):
+        load_config(TrainConfig, ["--n_layers=3"])
+
+
+def test_values_are_type_checked_from_command_line_and_toml(tmp_path):
+    with pytest.raises(UsageError, match="n_layer expects int, got 'four'"):
+        load_config(TrainConfig, ["--n_layer=four"])
+    (tmp_path / "c.toml").write_text('n_layer = "4"\nlr = 1\n')
+    with pytest.raises(UsageError, match=r"c.toml, key n_layer: n_layer expects int, got str"):
+        load_config(TrainConfig, [str(tmp_path / "c.toml")])
+    (tmp_path / "ok.toml").write_text("n_layer = 4\nlr = 1\ncompile = true\n")
+    cfg = load_config(TrainConfig, [str(tmp_path / "ok.toml"), "--n_layer=3", "--compile=false"])
+    assert (cfg.n_layer, cfg.lr, cfg.compile) == (3, 1.0, False)  # CLI overrides the file
+
+
+def test_invalid_values_and_files_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="arch must be gpt2 or modern"):
+        load_config(TrainConfig, ["--arch=llama"])
+    with pytest.raises(UsageError, match="not found"):
+        load_config(TrainConfig, [str(tmp_path / "missing.toml")])
+    (tmp_path / "bad.toml").write_text("n_layer = = 4\n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_config(TrainConfig, [str(tmp_path / "bad.toml")])
+    with pytest.raises(UsageError, match="--key=value"):
+        load_config(TrainConfig, ["--n_layer", "4"])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, min_lr_frac=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    wsd = TrainConfig(max_steps=110, warmup_steps=10, schedule="wsd", decay_frac=0.2)
+    assert lr_factor(80, wsd) == 1.0 and lr_factor(110, wsd) == pytest.approx(0.1)
+
+
+# ----- data order
+
+def test_batches_are_disjoint_across_processes_and_cover_an_epoch():
+    shard = np.arange(1000, dtype=np.uint16)
+    seen = []
+    for rank in range(2):
+        b = PretrainBatches([shard], block_size=10, batch_size=3, seed=0, rank=rank, world=2)
+        for _ in range(16):  # 16 * 3 * 2 = 96 of the 99 windows
+            x, y = b.next_batch()
+            assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+            seen += [int(r[0]) // 10 for r in x]
+    assert len(seen) == len(set(seen)) == 96
+
+
+def test_batch_state_resumes_the_same_stream():
+    shard = np.arange(5000, dtype=np.uint16)
+    a = PretrainBatches([shard], 16, 4, seed=1)
+    for _ in range(100):  # crosses an epoch boundary (312 windows)
+        a.next_batch()
+    b = PretrainBatches([shard], 16, 4, seed=1)
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+# ----- runs as a user runs them
+
+def losses(stdout):
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/\d+ \| loss ([\d.]+)", stdout)}
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    common = [f"--data={tiny_data}", "--max_steps=12", "--eval_interval=6", "--dropout=0.1", *TINY]
+    straight = run_cli("train.py", *common, f"--out_dir={tmp_path / 'a'}")
+    first = run_cli("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--stop_after=6")
+    second = run_cli("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--resume=true")
+    for r in (straight, first, second):
+        assert r.returncode == 0, r.stderr
+    assert "resuming" in second.stdout
+    expected = losses(straight.stdout)
+    assert len(expected) == 12
+    assert {**losses(first.stdout), **losses(second.stdout)} == expected
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_two_process_torchrun_gloo_keeps_weights_identical(tiny_data, tmp_path):
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=8", "--eval_interval=4",
+                "--grad_accum=2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "2 process(es) on cpu" in r.stdout
+    assert "weights identical on all 2 processes: yes" in r.stdout
+    steps = losses(r.stdout)
+    assert steps[8] < steps[1]
+
+
+def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", "--grad_accum=3", *TINY)
+    assert r.returncode != 0
+    assert "grad_accum (3) must be divisible by the number of processes (2)" in r.stderr
+    assert "Traceback" not in r.stderr.split("error:")[0]
+
+
+def test_compile_path_trains(tiny_data, tmp_path):
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4",
+                "--eval_interval=4", "--compile=true", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert len(losses(r.stdout)) == 4 and "compile failed" not in r.stderr
+
+
+def test_early_stopping_on_patience(tiny_data, tmp_path):
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
+                "--eval_interval=1", "--patience=1", "--lr=1e-9", "--warmup_steps=1", *TINY[:-2])
+    assert r.returncode == 0, r.stderr
+    assert "early stop" in r.stdout
+
+
+def test_sample_py_end_to_end(tiny_ckpt):
+    r = run_cli("sample.py", "--ckpt", tiny_ckpt, "--prompt", "Article 3", "--max_new_tokens", "20",
+                "--seed", "0", "--num_samples", "2")
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("-" * 40)
+    assert len(samples) == 3 and all(s.strip().startswith("Article 3") for s in samples[:2])
+    again = run_cli("sample.py", "--ckpt", tiny_ckpt, "--prompt", "-", "--max_new_tokens", "20",
+                    "--seed", "0", "--num_samples", "2", input="Article 3")
+    assert again.stdout == r.stdout  # stdin prompt, same seed: same text
+
+
+# ----- checkpoints and bad input
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"version": train.CHECKPOINT_VERSION, "step": 1})
+
+    def dying_save(obj, f):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"version": train.CHECKPOINT_VERSION, "step": 2})
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real_forward = train.GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        out = real_forward(self, idx, targets, reduction)
+        if targets is not None and reduction == "mean" and self.training:
+            calls["n"] += 1
+            if calls["n"] > 3:
+                return out * float("nan")
+        return out
+    monkeypatch.setattr(train.GPT, "forward", forward)
+    with pytest.raises(UsageError, match="loss became nan at step 3: training diverged"):
+        train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=10",
+                    "--eval_interval=2", *TINY])
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+
+
+@pytest.fixture
+def broken(tiny_data, tmp_path):
+    import shutil
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_data, corrupt)
+    shard = corrupt / "train_000.bin"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    torch.save({"version": 99}, tmp_path / "future.pt")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data={tmp}/nope"], "does not exist"),
+    (["--data={tmp}/corrupt"], "truncated or corrupt"),
+    (["--init_from={tmp}/missing.pt"], "not found"),
+    (["--init_from={tmp}/trunc.pt"], "truncated or not a wikigpt checkpoint"),
+    (["--init_from={tmp}/future.pt"], "checkpoint version 99"),
+    (["--resume=true", "--out_dir={tmp}/empty"], "not found"),
+    (["--block_size=4096"], "too few"),
+    (["--batch_size=x"], "batch_size expects int"),
+])
+def test_bad_input_gets_a_clear_error(broken, tiny_data, args, message):
+    argv = [f"--data={tiny_data}", f"--out_dir={broken}/out", "--max_steps=2", *TINY]
+    argv += [a.format(tmp=broken) for a in args]
+    r = run_cli("train.py", *argv)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (broken / "out" / "last.pt").exists()
