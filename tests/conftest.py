@@ -52,7 +52,7 @@ def small_dump(tmp_path):
 
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-        "--eval_tokens=512", "--log_interval=1", "--warmup_steps=2", "--lr=0.01"]
+        "--eval_tokens=512", "--log_interval=1", "--warmup_steps=2", "--compile=false", "--lr=0.01"]
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,7 @@ def test_compile_path_trains(tiny_data, tmp_path):
 
 def test_early_stopping_on_patience(tiny_data, tmp_path):
     r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
-                "--eval_interval=1", "--patience=1", "--lr=1e-9", "--warmup_steps=1", *TINY[:-2])
+                "--eval_interval=1", "--patience=1", "--lr=1e-9", "--warmup_steps=1", *TINY[:-1])
     assert r.returncode == 0, r.stderr
     assert "early stop" in r.stdout
 
@@ -202,3 +202,16 @@ def test_bad_input_gets_a_clear_error(broken, tiny_data, args, message):
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (broken / "out" / "last.pt").exists()
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(tiny_data, tmp_path, monkeypatch, capsys):
+    def broken_compile(model):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found\nlong details")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=3", "--eval_interval=3",
+                "--compile=true", *TINY])
+    out = capsys.readouterr()
+    assert "warning: torch.compile failed (RuntimeError: no C++ compiler found); training in eager mode" in out.err
+    assert len(losses(out.out)) == 3

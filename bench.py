@@ -1,0 +1,127 @@
+"""
+Benchmarks on this machine, printed as one table (ratios, not absolute claims):
+
+  1. training tokens/s and MFU (against a matmul peak measured here) for a fixed model:
+     6 layers, 6 heads, width 384, context 256, batch 8, fp32; with an 8k BPE and GPT-2's vocab,
+     eager and torch.compile;
+  2. generation: 256 new tokens with and without the KV cache, and the per-token latency
+     at context 1 vs 256;
+  3. the gpt2 vs modern presets: val bits-per-byte after the same wall-clock budget.
+
+    python bench.py               # about 15 minutes on a 2-core CPU
+    python bench.py --budget 60   # shorter arch comparison
+Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
+"""
+import argparse
+import contextlib
+import io
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import prepare_wiki
+from data import load_dataset
+from model import GPT, GPTConfig
+from train import (Dist, PretrainBatches, TrainConfig, measure_matmul_flops, train, val_windows)
+
+FIXED = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, dtype="float32",
+             eval_interval=10**9, eval_tokens=8192, warmup_steps=5, device="cpu")
+
+
+def dataset(tokenizer: str, name: str):
+    path = Path("data") / name
+    if not (path / "meta.json").is_file():
+        prepare_wiki.main(["--out", str(path), "--tokenizer", tokenizer, "--val_fraction", "0.05",
+                           "--overwrite"])
+    return load_dataset(path)
+
+
+def run(cfg: TrainConfig, ds, quiet=True) -> dict:
+    """One call of the real training loop; its output is kept out of the table."""
+    dist = Dist(device=cfg.device)
+    batches = PretrainBatches(ds.train, cfg.block_size, cfg.batch_size, cfg.seed)
+    val = val_windows(ds.val, cfg.block_size, cfg.eval_tokens)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        return train(cfg, dist, ds.tokenizer, batches, val, "pretrain")
+
+
+def bench_training(ds, compile: bool, steps: int, out: str) -> dict:
+    cfg = TrainConfig(**FIXED, data=str(ds.path), out_dir=out, max_steps=steps, log_interval=3,
+                      compile=compile)
+    return run(cfg, ds)
+
+
+@torch.no_grad()
+def bench_generation(vocab_size: int, new_tokens=256) -> dict:
+    """Latency of each new token from a 1-token prompt, with and without the KV cache. The
+    context is 512 here so that 256 new tokens never hit the window limit."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
+    result = {}
+    for use_cache in (True, False):
+        stamps = [time.perf_counter()]
+        for _ in model.generate([0], new_tokens, temperature=1.0, seed=0, use_cache=use_cache):
+            stamps.append(time.perf_counter())
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        result[use_cache] = {"tok_s": new_tokens / (stamps[-1] - stamps[0]),
+                             "ms_ctx1": 1000 * sum(gaps[1:9]) / 8,  # tokens 2-9: context ~1
+                             "ms_ctx256": 1000 * sum(gaps[-8:]) / 8}  # the last ones: ~256
+    return result
+
+
+def r_lr(arch: str) -> float:
+    """Peak LR per preset: QK-norm and zero-initialised projections let 'modern' take 3x more."""
+    return 3e-3 if arch == "modern" else 1e-3
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
+    p.add_argument("--budget", type=float, default=150, help="seconds per preset in the arch comparison")
+    args = p.parse_args()
+    rows = []
+    peak = measure_matmul_flops("cpu", torch.float32)
+    rows.append(("fp32 matmul peak (2048x2048, best of 6)", f"{peak / 1e9:.1f} GFLOP/s"))
+
+    bpe = dataset("bpe:8192", "bench_bpe8k")
+    gpt2 = dataset("gpt2", "bench_gpt2")
+    speed = {}
+    for ds, vocab in ((bpe, "8k BPE"), (gpt2, "GPT-2 50k")):
+        for compile in (False, True):
+            r = bench_training(ds, compile, args.steps, f"out/bench_{vocab[:3]}_{compile}")
+            speed[(vocab, compile)] = r["tok_per_s"]
+            rows.append((f"train modern, {vocab} vocab, {'compiled' if compile else 'eager'}",
+                         f"{r['tok_per_s']:,.0f} tok/s, MFU {100 * r['mfu']:.1f}%"))
+    for vocab in ("8k BPE", "GPT-2 50k"):
+        rows.append((f"torch.compile speed-up, {vocab}", f"x{speed[(vocab, True)] / speed[(vocab, False)]:.2f}"))
+
+    gen = bench_generation(bpe.tokenizer.n_vocab)
+    for use_cache in (True, False):
+        g = gen[use_cache]
+        rows.append((f"generate 256 tokens, {'KV cache' if use_cache else 'no cache'}",
+                     f"{g['tok_s']:,.1f} tok/s; {g['ms_ctx1']:.1f} ms/token at ctx 1, "
+                     f"{g['ms_ctx256']:.1f} ms/token at ctx 256"))
+    rows.append(("KV cache speed-up (256 tokens)", f"x{gen[True]['tok_s'] / gen[False]['tok_s']:.1f}"))
+
+    # Same wall-clock budget for both presets; each plans its cosine schedule for the steps
+    # it can afford at its own measured speed (so both finish their schedule in time).
+    for arch in ("gpt2", "modern"):
+        base = TrainConfig(**FIXED, data=str(bpe.path), out_dir=f"out/bench_arch_{arch}", arch=arch)
+        probe = run(replace(base, max_steps=8, log_interval=2, warmup_steps=2), bpe)
+        steps = max(20, int(args.budget * probe["tok_per_s"] / (8 * 256)))
+        r = run(replace(base, max_steps=steps, warmup_steps=steps // 20, max_time=args.budget,
+                        eval_interval=steps, eval_tokens=32768, lr=r_lr(arch)), bpe)
+        rows.append((f"{arch} preset, lr {r_lr(arch):g}, {args.budget:.0f} s budget ({r['step']} steps)",
+                     f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'benchmark':{width}s} | result\n{'-' * width}-|-{'-' * 60}")
+    for name, value in rows:
+        print(f"{name:{width}s} | {value}")
+
+
+if __name__ == "__main__":
+    main()
