@@ -5,8 +5,15 @@ VENV   ?= .venv
 # Linux); CI pins the CPU wheel: `make test TORCH=torch==2.13.0`.
 TORCH  ?= torch>=2.4
 BIN    := $(VENV)/bin
+PY     ?= $(BIN)/python
 
-.PHONY: setup demo test bench clean
+# The demo's paths and extra arguments (the tests run it at a tiny scale through these).
+DEMO_DATA     ?= data/demo
+DEMO_OUT      ?= out
+PRETRAIN_ARGS ?=
+SFT_ARGS      ?=
+
+.PHONY: setup demo demo-steps test bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +24,18 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python prepare_wiki.py --out data/demo --tokenizer bpe:8192 --val_fraction 0.05 --overwrite
+	@$(MAKE) --no-print-directory demo-steps
+
+demo-steps:
+	@echo "== 1/4 Wikipedia sample -> clean text -> 8k BPE tokens ($(DEMO_DATA))"
+	$(PY) prepare_wiki.py --out $(DEMO_DATA) --tokenizer bpe:8192 --val_fraction 0.05 --overwrite
+	@echo "== 2/4 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
+	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo $(PRETRAIN_ARGS)
+	$(PY) sample.py --ckpt $(DEMO_OUT)/demo/best.pt --prompt "Aristotle was" --max_new_tokens 60 --seed 1
+	@echo "== 3/4 chat fine-tuning on the built-in dialogues ($(DEMO_OUT)/chat)"
+	$(PY) chat_sft.py config/sft_demo.toml --init_from=$(DEMO_OUT)/demo/best.pt --out_dir=$(DEMO_OUT)/chat $(SFT_ARGS)
+	@echo "== 4/4 a scripted chat"
+	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
 
 test: setup
 	$(BIN)/python -m pytest -q tests

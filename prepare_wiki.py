@@ -473,9 +473,12 @@ class Progress:
 
     def at(self, pos: int):
         self.bar.n = self.done_files + pos
-        if self.bar.update(0) is not False:
-            rate = self.kept / max(time.time() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{self.kept} articles, {rate:.0f} articles/s", refresh=False)
+        self.bar.update(0)  # redraws at most every 0.1 s
+
+    def set_kept(self, n: int):
+        self.kept = n
+        rate = n / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{n} articles, {rate:.0f} articles/s", refresh=False)
 
     def skip(self, reason: str):
         self.skipped[reason] += 1
@@ -521,7 +524,7 @@ def clean_pass(files, args, settings, work: Path, progress: Progress):
                 doc = f"{title}\n\n{body}"  # the title opens the document: it says what it is about
                 out.write(json.dumps({"split": split, "text": doc}, ensure_ascii=False) + "\n")
                 n += 1
-                progress.kept = n
+                progress.set_kept(n)
             if args.max_articles and n >= args.max_articles:
                 break
     progress.bar.close()

@@ -36,16 +36,17 @@ class Tokenizer:
 
     def __init__(self, spec: dict):
         self.spec = spec
+        names = spec.get("special_tokens", SPECIAL_TOKENS)  # all of ours unless a spec says less
         if spec["kind"] == "gpt2":
             base = tiktoken.get_encoding("gpt2")
             ranks, pattern = base._mergeable_ranks, base._pat_str
             special = {DOC_SEP: base.eot_token}
-            for i, tok in enumerate(SPECIAL_TOKENS[1:]):
+            for i, tok in enumerate(t for t in names if t != DOC_SEP):
                 special[tok] = base.n_vocab + i
         elif spec["kind"] == "bpe":
             ranks = {base64.b64decode(b): r for b, r in spec["ranks"]}
             pattern = spec["pattern"]
-            special = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+            special = {tok: len(ranks) + i for i, tok in enumerate(names)}
         else:
             raise TokenizerError(f"unknown tokenizer kind {spec['kind']!r}; expected 'gpt2' or 'bpe'")
         self.enc = tiktoken.Encoding(spec["kind"], pat_str=pattern, mergeable_ranks=ranks,
@@ -55,7 +56,7 @@ class Tokenizer:
         if self.n_vocab > MAX_VOCAB:
             raise TokenizerError(f"vocab of {self.n_vocab} ids does not fit uint16 (max {MAX_VOCAB})")
         self.doc_sep = special[DOC_SEP]
-        self.end_of_turn = special[END_OF_TURN]
+        self.end_of_turn = special.get(END_OF_TURN)
 
     # ----- building -----
     @classmethod

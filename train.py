@@ -507,6 +507,15 @@ def try_compile(model: GPT, x, y, autocast):
     return compiled
 
 
+def out_of_time(t_start: float, max_time: float, dist: Dist) -> bool:
+    """Has the time budget run out? Process 0's clock decides for all, so that every
+    process stops at the same step (one stopping alone would hang the others)."""
+    flag = torch.tensor([float(time.time() - t_start > max_time)], device=dist.device)
+    if dist.world > 1:
+        torch_dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def starting_checkpoint(cfg: TrainConfig) -> dict | None:
     """The checkpoint a run starts from: out_dir/last.pt to resume, else init_from, else none."""
     if cfg.resume:
@@ -589,16 +598,19 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             log(f"resuming {last_path} at step {step}")
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
-    t_start, t_eval, last_val, stop_reason = time.time(), 0.0, None, "max_steps"
+    t_start, t_eval, last_val, first_val, stop_reason = time.time(), 0.0, None, None, "max_steps"
     t_log, tokens_since_log = time.time(), 0
     t_train, tokens_trained = 0.0, 0  # steady-state throughput: after the first log interval
     first_step = step
     while True:
         # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
         done = step >= stop_at
+        if not done and cfg.max_time and out_of_time(t_start, cfg.max_time, dist):
+            done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
         if (step % cfg.eval_interval == 0 and not (resume and step == first_step)) or done:
             t0 = time.time()
             last_val = evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast)
+            first_val = first_val or last_val
             t_eval += time.time() - t0
             t_log += time.time() - t0  # tokens/s counts training time only
             improved = last_val["loss"] < best_val
@@ -618,10 +630,6 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                     checkpoint(best_path)
             if cfg.patience and bad_evals >= cfg.patience:
                 done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
-        if cfg.max_time and time.time() - t_start > cfg.max_time and not done:
-            done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
-            if dist.master:
-                checkpoint(last_path)
         if done:
             break
 
@@ -684,7 +692,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}")
     if wandb_run:
         wandb_run.finish()
-    return {"step": step, "val": last_val, "best_val": best_val, "seconds": elapsed,
+    return {"step": step, "val": last_val, "val_at_start": first_val, "best_val": best_val, "seconds": elapsed,
             "eval_share": t_eval / max(elapsed, 1e-9), "stop_reason": stop_reason,
             "tok_per_s": tokens_trained / t_train if t_train else float("nan"),
             "mfu": tokens_trained / t_train * model.flops_per_token() / flops_peak if t_train else float("nan")}

@@ -1,0 +1,224 @@
+"""chat_sft.py and chat.py: the template's loss mask, dialogue formats, bad input, SFT, chat."""
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+import chat_sft
+from chat_sft import (SFTConfig, check_conversation, parse_sft_data, read_dialogues, rows_of,
+                      _turns)
+from data import load_dataset
+from tokenizer import END_OF_TURN, Message, Tokenizer, render_chat, show_mask
+from train import UsageError, load_checkpoint, save_checkpoint
+
+RECORDS = {
+    "openai": {"messages": [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Where is Paris?"},
+                            {"role": "assistant", "content": "In France."},
+                            {"role": "user", "content": "长江在哪里？"},
+                            {"role": "assistant", "content": "在中国。"}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi there"},
+                                   {"from": "gpt", "value": "Hello! 你好！"}]},
+    "alpaca": {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    "pairs": {"prompt": "Say yes", "response": "Yes."},
+}
+ANSWERS = {"openai": ["In France.", "在中国。"], "sharegpt": ["Hello! 你好！"], "alpaca": ["5"],
+           "pairs": ["Yes."]}
+
+
+@pytest.fixture(scope="module", params=["gpt2", "bpe"])
+def tok(request, tiny_data):
+    return Tokenizer.from_name("gpt2") if request.param == "gpt2" else load_dataset(tiny_data).tokenizer
+
+
+@pytest.mark.parametrize("fmt", list(RECORDS))
+def test_mask_covers_exactly_the_assistant_turns_and_their_end_tokens(tok, fmt):
+    conv = check_conversation(_turns(RECORDS[fmt], "auto"), "")
+    ids, mask = render_chat(tok, conv)
+    assert len(ids) == len(mask)
+    learned, span = [], []
+    for i, m in zip(ids, mask):  # collect maximal runs of mask = 1
+        if m:
+            span.append(i)
+        elif span:
+            learned.append(span)
+            span = []
+    if span:
+        learned.append(span)
+    assert [tok.decode(s) for s in learned] == [a + END_OF_TURN for a in ANSWERS[fmt]]
+    assert tok.decode(ids).count(END_OF_TURN) == len(conv)
+
+
+def test_show_mask_marks_learned_spans(tok):
+    conv = check_conversation(_turns(RECORDS["pairs"], "auto"), "")
+    assert show_mask(tok, *render_chat(tok, conv)) == "<|user|>Say yes<|end|><|assistant|>[[Yes.<|end|>]]"
+
+
+def test_each_format_parses_from_a_file(tmp_path):
+    path = tmp_path / "mix.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS.values()))
+    convs = list(read_dialogues(path, SFTConfig(), []))
+    assert [len(c) for c in convs] == [5, 2, 2, 2]
+    assert convs[2][0] == Message("user", "Add the numbers.\n\n2 and 3")
+    (tmp_path / "arr.json").write_text(json.dumps(list(RECORDS.values())))
+    assert list(read_dialogues(tmp_path / "arr.json", SFTConfig(), [])) == convs
+    with pytest.raises(UsageError, match="arr.json, item 1: pairs record is missing a field"):
+        list(read_dialogues(tmp_path / "arr.json", SFTConfig(sft_format="pairs"), []))
+
+
+BAD = {
+    "broken json": ('{"prompt": oops', "line 2: not valid JSON"),
+    "unknown role": (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}), "unknown role 'wizard'"),
+    "not alternating": (json.dumps({"messages": [{"role": "user", "content": "a"},
+                                                 {"role": "user", "content": "b"}]}), "must alternate"),
+    "empty answer": (json.dumps({"prompt": "a", "response": "  "}), "empty assistant turn"),
+    "unknown format": (json.dumps({"question": "a"}), "unknown format"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_dialogue_records_name_file_and_line(tmp_path, name):
+    text, message = BAD[name]
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine", "response": "ok"}\n' + text + "\n")
+    with pytest.raises(UsageError, match=re.escape(message)) as e:
+        list(read_dialogues(path, SFTConfig(), []))
+    assert "bad.jsonl, line 2" in str(e.value) and "--skip_bad_records" in str(e.value)
+    skipped = []
+    kept = list(read_dialogues(path, SFTConfig(skip_bad_records=True), skipped))
+    assert len(kept) == 1 and skipped[0].endswith("bad.jsonl:2")
+
+
+def test_sft_data_weights_parse():
+    assert parse_sft_data("a.jsonl, b.json:0.5") == [(Path("a.jsonl"), 1.0), (Path("b.json"), 0.5)]
+    assert parse_sft_data(r"C:\data\chat.jsonl") == [(Path(r"C:\data\chat.jsonl"), 1.0)]
+
+
+def test_long_conversations_are_cut_at_turns_and_no_row_is_all_masked(tok):
+    rng = random.Random(0)
+    words = ["river", "mill", "grain", "长江", "flour", "winter", "?", "!"]
+    for _ in range(200):
+        n = rng.randint(1, 6)
+        conv = [Message("system", "Be kind.")] if rng.random() < 0.5 else []
+        for _ in range(n):
+            conv += [Message("user", " ".join(rng.choices(words, k=rng.randint(1, 40)))),
+                     Message("assistant", " ".join(rng.choices(words, k=rng.randint(1, 40))))]
+        max_len = rng.randint(12, 80)
+        for ids, mask in rows_of(tok, conv, max_len):
+            assert len(ids) <= max_len and any(mask)
+            assert ids[0] == tok.doc_sep
+            if len(ids) < max_len:  # not cut inside a turn: ends with an end-of-turn token
+                assert ids[-1] == tok.end_of_turn
+
+
+# ----- real runs
+
+def write_dialogues(path, n=120):
+    rows = [{"prompt": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def val_losses(stdout):
+    return [float(v) for v in re.findall(r"step \d+: val loss (\d+\.\d+)", stdout)]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tiny_ckpt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chat")
+    data = write_dialogues(tmp / "d.jsonl")
+    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={tmp / 'chat'}",
+                f"--sft_data={data}", "--max_steps=30", "--eval_interval=15", "--sft_val_fraction=0.2",
+                "--eot_check=5", *TINY)
+    assert r.returncode == 0, r.stderr
+    return tmp / "chat" / "best.pt", r.stdout
+
+
+def test_sft_lowers_held_out_assistant_loss(tiny_chat):
+    _, stdout = tiny_chat
+    losses = val_losses(stdout)
+    assert losses[-1] < losses[0] - 0.5, losses  # step 0 is the base model on the same rows
+    assert re.search(r"reply ends with <\|end\|> within 128 tokens: \d+%", stdout)
+    assert load_checkpoint(tiny_chat[0])["kind"] == "sft"
+
+
+def test_show_examples_prints_masks(tiny_ckpt, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Hi {i}", "response": "Hello."}) + "\n" for i in range(20)))
+    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path}", f"--sft_data={data}",
+                "--show_examples=1", "--sft_val_fraction=0.2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"<\|endoftext\|><\|user\|>Hi \d+<\|end\|><\|assistant\|>\[\[Hello\.<\|end\|>\]\]",
+                     r.stdout)
+    assert not list(tmp_path.glob("*.pt"))  # it only shows, it does not train
+
+
+def test_one_shot_reply(tiny_chat):
+    r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--prompt", "What is 3 plus 3?", "--seed", "0",
+                "--max_new_tokens", "20")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "<|" not in r.stdout
+
+
+def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
+    script = "What is 3 plus 3?\nWhat is 3 plus 3?\n/reset\nWhat is 3 plus 3?\n/quit\n"
+    r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--temperature", "0", "--max_new_tokens", "16",
+                input=script)
+    assert r.returncode == 0, r.stderr
+    replies = re.findall(r"^bot> (.*)$", r.stdout, re.M)
+    assert len(replies) == 3 and "(conversation cleared)" in r.stdout
+    assert replies[2] == replies[0]  # after /reset the model sees exactly the first question again
+
+
+def test_history_is_trimmed_oldest_first_to_fit(tiny_data):
+    from chat import fit_history
+    tok = load_dataset(tiny_data).tokenizer
+    history = [Message("system", "Be kind.")]
+    for i in range(10):
+        history += [Message("user", f"question {i} " * 5), Message("assistant", f"answer {i} " * 5)]
+    history.append(Message("user", "last question"))
+    ids, kept = fit_history(tok, history, 120)
+    assert len(ids) <= 120 and kept[0].role == "system" and kept[-1].content == "last question"
+    assert len(kept) < len(history) and kept[1].role == "user"
+
+
+# ----- checkpoints that cannot be chat-tuned
+
+def test_sft_refuses_a_non_model_and_a_tokenizer_without_chat_tokens(tiny_ckpt, tmp_path):
+    data = write_dialogues(tmp_path / "d.jsonl", 20)
+    odd = load_checkpoint(tiny_ckpt)
+    odd["kind"] = "optimizer-only"
+    save_checkpoint(tmp_path / "odd.pt", odd)
+    r = run_cli("chat_sft.py", f"--init_from={tmp_path / 'odd.pt'}", f"--sft_data={data}",
+                f"--out_dir={tmp_path / 'o'}", *TINY)
+    assert r.returncode == 2 and "is not a wikigpt model checkpoint" in r.stderr
+    plain = load_checkpoint(tiny_ckpt)
+    plain["tokenizer"] = dict(plain["tokenizer"], special_tokens=["<|endoftext|>"])
+    save_checkpoint(tmp_path / "plain.pt", plain)
+    for cmd in (["chat_sft.py", f"--init_from={tmp_path / 'plain.pt'}", f"--sft_data={data}",
+                 f"--out_dir={tmp_path / 'o'}", *TINY],
+                ["chat.py", "--ckpt", tmp_path / "plain.pt", "--prompt", "hi"]):
+        r = run_cli(*cmd)
+        assert r.returncode == 2 and "no chat tokens" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sft_bad_file_is_a_clear_error_and_nothing_is_written(tiny_ckpt, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\nnot json\n')
+    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--sft_data={tmp_path / 'bad.jsonl'}",
+                f"--out_dir={tmp_path / 'o'}", *TINY)
+    assert r.returncode == 2 and "bad.jsonl, line 2: not valid JSON" in r.stderr
+    assert not list((tmp_path / "o").glob("**/*.pt")) and not list((tmp_path / "o").glob("*tmp*"))
+
+
+def test_builtin_dialogues_have_english_and_chinese():
+    sources = {}
+    for source, conv in chat_sft.builtin_dialogues(""):
+        sources.setdefault(source, []).append(conv)
+    assert len(sources["chitchat"]) > 4000  # of 7,168: the rest hold a single turn, no reply
+    zh = sources["chatterbot-chinese"]
+    assert zh and any("你好" in m.content for c in zh for m in c)
+    assert all(c[0].role == "user" and c[-1].role == "assistant" for convs in sources.values() for c in convs)

@@ -1,0 +1,26 @@
+"""The README's main command, `make demo`, end to end at a tiny scale (same steps, tiny model)."""
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_full_demo_at_tiny_scale(tmp_path):
+    tiny = "--n_layer=1 --n_head=2 --n_embd=32 --compile=false --eval_tokens=2048"
+    r = subprocess.run(
+        ["make", "--no-print-directory", "demo-steps", f"PY={sys.executable}",
+         f"DEMO_DATA={tmp_path / 'data'}", f"DEMO_OUT={tmp_path / 'out'}",
+         f"PRETRAIN_ARGS={tiny} --block_size=64 --max_steps=6 --eval_interval=3",
+         f"SFT_ARGS=--compile=false --eval_tokens=2048 --max_steps=4 --eval_interval=2 --eot_check=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    for step in ("1/4", "2/4", "3/4", "4/4"):
+        assert f"== {step}" in out
+    assert "wrote" in out and "chars/token" in out  # the dataset
+    assert out.count("Aristotle was") >= 1  # the pretrained sample
+    assert "dialogues:" in out and re.search(r"within 128 tokens: \d+%", out)  # SFT
+    assert "you> 你好" in out and "(conversation cleared)" in out  # the scripted chat
+    assert len(re.findall(r"^bot> ", out, re.M)) == 5
+    assert (tmp_path / "out" / "chat" / "best.pt").is_file()
