@@ -181,14 +181,18 @@ def builtin_dialogues(system_prompt: str):
             continue  # e.g. a one-line "conversation": nothing to learn
 
 
+BUILTIN_WEIGHTS = {"chitchat": 0.5, "chatterbot-english": 2.0, "chatterbot-chinese": 10.0}
+
+
 def conversation_sources(cfg: SFTConfig, skipped: list):
-    """(weight, iterable of conversations) per source. Built-in: chatterbot's small en/zh
-    sets are repeated 4x so that they are not drowned by chitchat's 7,168 conversations."""
+    """(weight, iterable of conversations) per source. The built-in mix: chitchat's long
+    conversations would fill ~85% of the rows; half of them, chatterbot's English twice and
+    its 467 Chinese ones 10x give each language a real share of the batches."""
     if not cfg.sft_data:
         groups = {}
         for source, conv in builtin_dialogues(cfg.system_prompt):
             groups.setdefault(source, []).append(conv)
-        return [(1.0 if s == "chitchat" else 4.0, convs) for s, convs in groups.items()]
+        return [(BUILTIN_WEIGHTS[s], convs) for s, convs in groups.items()]
     return [(w, read_dialogues(path, cfg, skipped)) for path, w in parse_sft_data(cfg.sft_data)]
 
 
@@ -256,7 +260,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     """Tokenize every conversation once into out_dir/sft_tokens-<hash>/; reused while the
     inputs (files, settings, tokenizer) are unchanged. Written to a temporary folder first."""
     files = [path for path, _ in parse_sft_data(cfg.sft_data)]
-    key = json.dumps([cfg.sft_data, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
+    key = json.dumps([cfg.sft_data or BUILTIN_WEIGHTS, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
                       cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab,
                       [(str(f), f.stat().st_size, f.stat().st_mtime) for f in files if f.is_file()]])
     key = hashlib.sha256(key.encode() + json.dumps(tok.spec).encode()).hexdigest()[:12]

@@ -211,7 +211,25 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tiny_data, tmp_pat
         return run
     monkeypatch.setattr(torch, "compile", broken_compile)
     train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=3", "--eval_interval=3",
-                "--compile=true", *TINY])
+                *TINY, "--compile=true"])
     out = capsys.readouterr()
     assert "warning: torch.compile failed (RuntimeError: no C++ compiler found); training in eager mode" in out.err
     assert len(losses(out.out)) == 3
+
+
+def test_newton_schulz_orthogonalises():
+    torch.manual_seed(0)
+    g = torch.randn(64, 32) @ torch.diag(torch.logspace(-1, 1, 32))  # singular values over 100x
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 50
+    s = torch.linalg.svdvals(train.zeropower_newton_schulz(g))
+    assert s.min() > 0.5 and s.max() < 1.5  # every direction gets a similar step
+
+
+def test_muon_optimizer_trains(tiny_data, tmp_path):
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=12",
+                "--eval_interval=12", "--optimizer=muon", *TINY)
+    assert r.returncode == 0, r.stderr
+    steps = losses(r.stdout)
+    assert steps[12] < steps[1] - 0.5
+    state = load_checkpoint(tmp_path / "last.pt")["optimizer"]
+    assert len(state) == 2  # AdamW for embeddings/norms, Muon for the hidden matrices
