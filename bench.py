@@ -3,19 +3,19 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
 
   1. training tokens/s and MFU (against a matmul peak measured here) for a fixed model:
      6 layers, 6 heads, width 384, context 256, batch 8, fp32; with an 8k BPE and GPT-2's vocab,
-     eager and torch.compile;
+     eager and torch.compile, with AdamW (Muon's throughput is a row of its own);
   2. generation: 256 new tokens with and without the KV cache, and the per-token latency
      at context 1 vs 256;
-  3. the gpt2 vs modern presets: val bits-per-byte after the same wall-clock budget.
+  3. the gpt2 vs modern presets, each with AdamW and Muon: val bits-per-byte after the same
+     wall-clock budget.
 
-    python bench.py               # about 15 minutes on a 2-core CPU
+    python bench.py               # about 20 minutes on a 2-core CPU
     python bench.py --budget 60   # shorter arch comparison
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse
 import contextlib
 import io
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +29,7 @@ from train import (Dist, PretrainBatches, TrainConfig, measure_matmul_flops, tra
 
 FIXED = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, dtype="float32",
              eval_interval=10**9, eval_tokens=8192, warmup_steps=5, device="cpu")
+ARCH_LR = {"gpt2": 1e-3, "modern": 3e-3}  # best of 1e-3 / 3e-3 for each preset with AdamW
 
 
 def dataset(tokenizer: str, name: str):
@@ -48,9 +49,9 @@ def run(cfg: TrainConfig, ds, quiet=True) -> dict:
         return train(cfg, dist, ds.tokenizer, batches, val, "pretrain")
 
 
-def bench_training(ds, compile: bool, steps: int, out: str) -> dict:
+def bench_training(ds, compile: bool, steps: int, out: str, optimizer="adamw") -> dict:
     cfg = TrainConfig(**FIXED, data=str(ds.path), out_dir=out, max_steps=steps, log_interval=3,
-                      compile=compile)
+                      compile=compile, optimizer=optimizer)
     return run(cfg, ds)
 
 
@@ -72,19 +73,14 @@ def bench_generation(vocab_size: int, new_tokens=256) -> dict:
     return result
 
 
-def r_lr(arch: str) -> float:
-    """Peak LR per preset: QK-norm and zero-initialised projections let 'modern' take 3x more."""
-    return 3e-3 if arch == "modern" else 1e-3
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
-    p.add_argument("--budget", type=float, default=150, help="seconds per preset in the arch comparison")
+    p.add_argument("--budget", type=float, default=120, help="seconds per run in the preset comparison")
     args = p.parse_args()
     rows = []
-    peak = measure_matmul_flops("cpu", torch.float32)
-    rows.append(("fp32 matmul peak (2048x2048, best of 6)", f"{peak / 1e9:.1f} GFLOP/s"))
+    peak = measure_matmul_flops("cpu", torch.float32, reps=20)
+    rows.append(("fp32 matmul peak (2048x2048, best of 21)", f"{peak / 1e9:.1f} GFLOP/s"))
 
     bpe = dataset("bpe:8192", "bench_bpe8k")
     gpt2 = dataset("gpt2", "bench_gpt2")
@@ -93,10 +89,14 @@ def main():
         for compile in (False, True):
             r = bench_training(ds, compile, args.steps, f"out/bench_{vocab[:3]}_{compile}")
             speed[(vocab, compile)] = r["tok_per_s"]
+            mfu = r["tok_per_s"] * r["flops_per_token"] / peak  # against the peak measured above
             rows.append((f"train modern, {vocab} vocab, {'compiled' if compile else 'eager'}",
-                         f"{r['tok_per_s']:,.0f} tok/s, MFU {100 * r['mfu']:.1f}%"))
+                         f"{r['tok_per_s']:,.0f} tok/s, MFU {100 * mfu:.1f}%"))
     for vocab in ("8k BPE", "GPT-2 50k"):
         rows.append((f"torch.compile speed-up, {vocab}", f"x{speed[(vocab, True)] / speed[(vocab, False)]:.2f}"))
+    r = bench_training(bpe, True, args.steps, "out/bench_muon", optimizer="muon")
+    rows.append(("train modern, 8k BPE vocab, compiled, Muon optimizer",
+                 f"{r['tok_per_s']:,.0f} tok/s ({r['tok_per_s'] / speed[('8k BPE', True)]:.2f}x AdamW's)"))
 
     gen = bench_generation(bpe.tokenizer.n_vocab)
     for use_cache in (True, False):
@@ -106,16 +106,18 @@ def main():
                      f"{g['ms_ctx256']:.1f} ms/token at ctx 256"))
     rows.append(("KV cache speed-up (256 tokens)", f"x{gen[True]['tok_s'] / gen[False]['tok_s']:.1f}"))
 
-    # Same wall-clock budget for both presets; each plans its cosine schedule for the steps
-    # it can afford at its own measured speed (so both finish their schedule in time).
-    for arch in ("gpt2", "modern"):
-        base = TrainConfig(**FIXED, data=str(bpe.path), out_dir=f"out/bench_arch_{arch}", arch=arch)
-        probe = run(replace(base, max_steps=8, log_interval=2, warmup_steps=2), bpe)
-        steps = max(20, int(args.budget * probe["tok_per_s"] / (8 * 256)))
-        r = run(replace(base, max_steps=steps, warmup_steps=steps // 20, max_time=args.budget,
-                        eval_interval=steps, eval_tokens=32768, lr=r_lr(arch)), bpe)
-        rows.append((f"{arch} preset, lr {r_lr(arch):g}, {args.budget:.0f} s budget ({r['step']} steps)",
-                     f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
+    # Same wall-clock budget for every preset x optimizer; each plans its cosine schedule for
+    # the steps it can afford at its own measured speed (so all finish their schedule in time).
+    for optimizer in ("adamw", "muon"):
+        for arch in ("gpt2", "modern"):
+            base = TrainConfig(**FIXED, data=str(bpe.path), out_dir=f"out/bench_arch_{arch}",
+                               arch=arch, optimizer=optimizer, lr=ARCH_LR[arch])
+            probe = run(replace(base, max_steps=8, log_interval=2, warmup_steps=2), bpe)
+            steps = max(20, int(args.budget * probe["tok_per_s"] / (8 * 256)))
+            r = run(replace(base, max_steps=steps, warmup_steps=steps // 20, max_time=args.budget,
+                            eval_interval=steps, eval_tokens=32768), bpe)
+            rows.append((f"{arch} preset + {optimizer}, {args.budget:.0f} s ({r['step']} steps)",
+                         f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark':{width}s} | result\n{'-' * width}-|-{'-' * 60}")

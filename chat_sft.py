@@ -19,8 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

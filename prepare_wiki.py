@@ -244,15 +244,16 @@ def _open_maybe_compressed(raw):
     return raw
 
 
-def truncated_message(path, pages: int) -> str:
+def truncated_message(path, pages: int, articles: int) -> str:
     return (f"{path}: the compressed file ends early (truncated download?) after {pages} pages "
-            "were read. Download it again (a URL source resumes a partial download).")
+            f"({articles} of them articles) were read. Download it again (a URL source resumes "
+            "a partial download).")
 
 
 def read_xml(path: Path, progress):
     """Stream (title, wikitext, 'wikitext') for namespace-0, non-redirect pages; memory stays
     flat because every finished <page> is cleared from the tree."""
-    pages = 0
+    pages = articles = 0
     with open(path, "rb") as raw:
         stream = _open_maybe_compressed(raw)
         try:
@@ -276,17 +277,19 @@ def read_xml(path: Path, progress):
                 elif "redirect" in fields or text.lstrip().lower().startswith("#redirect"):
                     progress.skip("redirect")
                 else:
+                    articles += 1
                     yield title, text, "wikitext"
                 root.clear()
                 progress.at(raw.tell())
         except EOFError:
-            raise WikiError(truncated_message(path, pages))
+            raise WikiError(truncated_message(path, pages, articles))
         except ET.ParseError as e:
             line, col = e.position
             hint = ("The file has bytes that are not UTF-8 there." if "invalid token" in str(e)
                     else "The dump is damaged or not XML.")
             raise WikiError(f"{path}: malformed XML at line {line}, column {col} ({e.msg}) after "
-                            f"{pages} pages were read. {hint} Download it again.")
+                            f"{pages} pages ({articles} of them articles) were read. {hint} "
+                            "Download it again.")
         except (OSError, StopIteration) as e:
             raise WikiError(f"{path}: cannot read this as a {'compressed ' if stream is not raw else ''}"
                             f"MediaWiki XML dump ({e or 'empty file'}). Check the file and its extension.")
@@ -343,7 +346,7 @@ def reader_for(path: Path):
         try:
             head = _open_maybe_compressed(raw).read(1024).lstrip()
         except EOFError:
-            raise WikiError(truncated_message(path, 0))
+            raise WikiError(truncated_message(path, 0, 0))
         except OSError as e:
             raise WikiError(f"{path}: cannot decompress the start of the file ({e}). "
                             "Check that it is a complete .bz2/.gz download.")

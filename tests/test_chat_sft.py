@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY, run_cli
 
 import chat_sft

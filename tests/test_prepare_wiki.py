@@ -270,7 +270,7 @@ def bad_inputs(tmp_path, small_dump):
     return {
         "missing": ([str(tmp_path / "nope.xml")], "no such file"),
         "truncated bz2": ([str(tmp_path / "trunc.xml.bz2")], re.compile(r"ends early \(truncated "
-                                                                        r"download\?\) after [1-9]\d+ pages")),
+                                                                        r"download\?\) after [1-9]\d+ pages \([1-9]\d+ of them articles\)")),
         "malformed xml": ([str(tmp_path / "malformed.xml")], "malformed XML at line 1"),
         "non-utf8": ([str(tmp_path / "latin1.xml")], "not UTF-8"),
         "not a dump": ([str(tmp_path / "other.xml")], "not a MediaWiki dump"),

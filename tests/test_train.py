@@ -124,7 +124,7 @@ def test_compile_path_trains(tiny_data, tmp_path):
 
 def test_early_stopping_on_patience(tiny_data, tmp_path):
     r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
-                "--eval_interval=1", "--patience=1", "--lr=1e-9", "--warmup_steps=1", *TINY[:-1])
+                "--eval_interval=1", "--patience=1", "--lr=1e-9", "--optimizer=adamw", *TINY[:-1])
     assert r.returncode == 0, r.stderr
     assert "early stop" in r.stdout
 
