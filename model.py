@@ -220,10 +220,11 @@ class GPT(nn.Module):
         x = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(x[:, -1]).float()
-        if reduction == "none":
-            logits = self.lm_head(x).float()  # (B, T, V)
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1, reduction="none").view(targets.shape)
+        if reduction == "none":  # per-token losses, 1024 rows of logits at a time
+            flat, t = x.view(-1, x.size(-1)), targets.reshape(-1)
+            losses = [F.cross_entropy(self.lm_head(flat[i:i + 1024]).float(), t[i:i + 1024],
+                                      ignore_index=-1, reduction="none") for i in range(0, len(t), 1024)]
+            return torch.cat(losses).view(targets.shape)
         return linear_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
 
     # ------------------------------------------------------------------------------------

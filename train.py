@@ -276,7 +276,13 @@ def to_device(x, y, device):
 
 def val_windows(shards, block_size, n_tokens):
     """The fixed val subset: the first n_tokens of the val split, as (x, y) windows."""
-    stream = np.concatenate([np.asarray(s) for s in shards])[:n_tokens + 1].astype(np.int64)
+    parts, have = [], 0
+    for shard in shards:  # read only what is needed, not the whole val split
+        parts.append(np.asarray(shard[:n_tokens + 1 - have]))
+        have += len(parts[-1])
+        if have > n_tokens:
+            break
+    stream = np.concatenate(parts).astype(np.int64)
     n = (len(stream) - 1) // block_size
     if n == 0:
         raise UsageError(f"the val split ({len(stream)} tokens) is shorter than block_size "
