@@ -16,10 +16,10 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
 
 
-def run_cli(*args, cwd=None, timeout=600, input=None):
+def run_cli(*args, cwd=None, timeout=600, input=None, env=None):
     """Run one of the project's scripts as a user would: a real process."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, input=input)
+                          text=True, timeout=timeout, input=input, env={**os.environ, **(env or {})})
 
 
 def page(title, text, ns=0, redirect=None):

@@ -233,3 +233,12 @@ def test_muon_optimizer_trains(tiny_data, tmp_path):
     assert steps[12] < steps[1] - 0.5
     state = load_checkpoint(tmp_path / "last.pt")["optimizer"]
     assert len(state) == 2  # AdamW for embeddings/norms, Muon for the hidden matrices
+
+
+def test_wandb_logging_works_offline(tiny_data, tmp_path):
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'out'}", "--max_steps=2",
+                "--eval_interval=2", "--wandb_project=wikigpt-test", *TINY,
+                env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert r.returncode == 0, r.stderr
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the run's logged data
