@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,25 +211,32 @@ def parse_sft_data(spec: str) -> list[tuple[Path, float]]:
 # ----------------------------------------------------------------------------------------
 # Tokenizing once into memory-mapped rows
 
-def rows_of(tok: Tokenizer, conv: list[Message], max_len: int):
+def rows_of(tok: Tokenizer, conv: list[Message], max_len: int, cuts: Counter):
     """Conversation -> training rows (ids, mask) of at most max_len tokens, cut at turn
     boundaries; each row repeats the system turn and starts with the document separator.
-    Every row has at least one supervised token, by construction."""
+    Every row has at least one supervised token, by construction. `cuts` counts what did
+    not fit: split conversations, shortened answers, dropped exchanges."""
     system = conv[:1] if conv[0].role == "system" else []
     dialogue = conv[len(system):]
     exchanges = [dialogue[i:i + 2] for i in range(0, len(dialogue), 2)]
     head_ids, head_mask = render_chat(tok, system)
     head_ids, head_mask = [tok.doc_sep] + head_ids, [0] + head_mask
+    if len(head_ids) >= max_len:
+        cuts["system turn longer than the context: conversation dropped"] += 1
+        return
     ids, mask = list(head_ids), list(head_mask)
     for ex in exchanges:
         ex_ids, ex_mask = render_chat(tok, ex)
         if len(ids) + len(ex_ids) > max_len and len(ids) > len(head_ids):  # row full: emit it
+            cuts["conversations split into several rows"] += 1
             yield ids, mask
             ids, mask = list(head_ids), list(head_mask)
         if len(ids) + len(ex_ids) > max_len:  # one exchange alone is too long: cut its answer
             ex_ids, ex_mask = ex_ids[:max_len - len(ids)], ex_mask[:max_len - len(ids)]
             if not any(ex_mask):
-                continue  # the question alone fills the context: nothing to learn here
+                cuts["questions longer than the context: exchange dropped"] += 1
+                continue
+            cuts["answers cut to fit the context"] += 1
         ids, mask = ids + ex_ids, mask + ex_mask
     if any(mask):
         yield ids, mask
@@ -273,6 +281,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         files = {s: (open(tmp / f"{s}_tokens.bin", "wb"), open(tmp / f"{s}_mask.bin", "wb"))
                  for s in ("train", "val")}  # rows are streamed to disk, never all in RAM
         offsets = {"train": [0], "val": [0]}
+        cuts = Counter()
         conv_index = 0
         for weight, conversations in conversation_sources(cfg, skipped):
             for conv in conversations:
@@ -281,7 +290,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
                 split = "val" if (h % 10**6) / 10**6 < cfg.sft_val_fraction else "train"
                 # weight: repeat whole conversations (val: once) - 2.5 means 2 or 3 times
                 repeats = 1 if split == "val" else int(weight) + ((h >> 20) % 1000 < 1000 * (weight % 1))
-                for ids, mask in rows_of(tok, conv, block_size + 1):
+                for ids, mask in rows_of(tok, conv, block_size + 1, cuts):
                     for _ in range(repeats):
                         np.array(ids, dtype=np.uint16).tofile(files[split][0])
                         np.array(mask, dtype=np.uint8).tofile(files[split][1])
@@ -292,6 +301,8 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
             f.close()
         if skipped:
             print(f"skipped {len(skipped)} malformed record(s), e.g. {', '.join(skipped[:5])}")
+        for what, n in sorted(cuts.items()):  # long conversations: say what was done to them
+            print(f"context of {block_size} tokens: {n:,} {what}")
         for split, offs in offsets.items():
             if len(offs) == 1:
                 raise UsageError(f"no {split} conversations: give more dialogue data"
@@ -299,6 +310,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
             np.save(tmp / f"{split}_offsets.npy", np.array(offs, dtype=np.int64))
         meta = {s: dict(zip(("rows", "tokens", "supervised_tokens"), v)) for s, v in stats.items()}
         meta["skipped_records"] = len(skipped)
+        meta["cuts"] = dict(cuts)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             shutil.rmtree(folder)

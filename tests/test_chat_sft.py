@@ -2,6 +2,7 @@
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_long_conversations_are_cut_at_turns_and_no_row_is_all_masked(tok):
             conv += [Message("user", " ".join(rng.choices(words, k=rng.randint(1, 40)))),
                      Message("assistant", " ".join(rng.choices(words, k=rng.randint(1, 40))))]
         max_len = rng.randint(12, 80)
-        for ids, mask in rows_of(tok, conv, max_len):
+        for ids, mask in rows_of(tok, conv, max_len, Counter()):
             assert len(ids) <= max_len and any(mask)
             assert ids[0] == tok.doc_sep
             if len(ids) < max_len:  # not cut inside a turn: ends with an end-of-turn token
@@ -221,3 +222,16 @@ def test_builtin_dialogues_have_english_and_chinese():
     zh = sources["chatterbot-chinese"]
     assert zh and any("你好" in m.content for c in zh for m in c)
     assert all(c[0].role == "user" and c[-1].role == "assistant" for convs in sources.values() for c in convs)
+
+
+def test_what_does_not_fit_is_counted_not_hidden(tok):
+    long_q = [Message("user", "river " * 200), Message("assistant", "Yes.")]
+    long_a = [Message("user", "Why?"), Message("assistant", "because " * 200)]
+    cuts = Counter()
+    assert list(rows_of(tok, long_q, 40, cuts)) == []
+    rows = list(rows_of(tok, long_a, 40, cuts))
+    assert len(rows) == 1 and len(rows[0][0]) == 40 and any(rows[0][1])
+    assert list(rows_of(tok, [Message("system", "be " * 100)] + long_a, 40, cuts)) == []
+    assert cuts == {"questions longer than the context: exchange dropped": 1,
+                    "answers cut to fit the context": 1,
+                    "system turn longer than the context: conversation dropped": 1}
