@@ -1,9 +1,9 @@
 # wikigpt: `make demo` sets everything up and runs the whole journey; `make test` runs the tests.
 PYTHON ?= python3
 VENV   ?= .venv
-# Which torch to install. The default takes the right build for your machine from PyPI (CUDA on
-# Linux); CI pins the CPU wheel: `make test TORCH=torch==2.13.0`.
-TORCH  ?= torch>=2.4
+# Which torch to install (pip arguments). The default takes PyPI's build for your machine (CUDA
+# on Linux); CI pins the CPU wheel it has on disk: `make test TORCH=torch==2.13.0`.
+TORCH  ?= "torch>=2.4"
 BIN    := $(VENV)/bin
 PY     ?= $(BIN)/python
 
@@ -17,7 +17,7 @@ SFT_ARGS      ?=
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
