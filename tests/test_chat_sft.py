@@ -235,3 +235,15 @@ def test_what_does_not_fit_is_counted_not_hidden(tok):
     assert cuts == {"questions longer than the context: exchange dropped": 1,
                     "answers cut to fit the context": 1,
                     "system turn longer than the context: conversation dropped": 1}
+
+
+def test_sft_under_two_process_torchrun(tiny_ckpt, tmp_path):
+    data = write_dialogues(tmp_path / "d.jsonl", 60)
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "chat_sft.py",
+                f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'chat'}", f"--sft_data={data}",
+                "--max_steps=6", "--eval_interval=3", "--grad_accum=2", "--sft_val_fraction=0.2",
+                "--eot_check=2", *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 process(es) on cpu" in r.stdout
+    assert "weights identical on all 2 processes: yes" in r.stdout
+    assert load_checkpoint(tmp_path / "chat" / "best.pt")["kind"] == "sft"
