@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from tokenizer import ASSISTANT, Message, Tokenizer, render_chat, show_mask
-from train import (PretrainBatches, TrainConfig, UsageError, load_config, opt, run_main, setup_dist,
-                   starting_checkpoint, to_device, train)
+from train import (PretrainBatches, TrainConfig, UsageError, load_checkpoint, load_config,
+                   model_from_checkpoint, opt, run_main, setup_dist, starting_checkpoint, to_device,
+                   train)
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
@@ -439,7 +440,6 @@ def main(argv):
     batches = SFTBatches(train_rows, block_size, cfg.batch_size, cfg.seed, dist.rank, dist.world, dist.device)
     summary = train(cfg, dist, tok, batches, val_set(val_rows, block_size, cfg.eval_tokens), "sft", start)
     if dist.master and cfg.eot_check:
-        from train import load_checkpoint, model_from_checkpoint
         model, _ = model_from_checkpoint(load_checkpoint(Path(cfg.out_dir) / "best.pt"), dist.device)
         rate = end_of_turn_rate(model.eval(), tok, val_rows, cfg.eot_check)
         print(f"held-out prompts whose reply ends with <|end|> within 128 tokens: {100 * rate:.0f}% "
