@@ -132,9 +132,10 @@ def _coerce(f, value, where: str, from_cli: bool):
 
 
 def config_help(cls) -> str:
-    lines = [f"{'key':16s} {'default':>12s}  meaning"]
+    width = max(len(f.name) for f in fields(cls)) + 2
+    lines = [f"{'key':{width}s} {'default':>16s}  meaning"]
     for f in fields(cls):
-        lines.append(f"--{f.name:14s} {str(f.default):>12s}  {f.metadata.get('help', '')}")
+        lines.append(f"{'--' + f.name:{width}s} {str(f.default):>16s}  {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 

@@ -242,3 +242,10 @@ def test_wandb_logging_works_offline(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the run's logged data
+
+
+def test_help_lists_every_key_with_its_default():
+    r = run_cli("train.py", "-h")
+    assert r.returncode == 0
+    for f in train.fields(TrainConfig):
+        assert re.search(rf"^--{f.name}\s+{re.escape(str(f.default))}\s", r.stdout, re.M), f.name
