@@ -711,6 +711,9 @@ def run_main(main_fn):
     """Run a script's main: user mistakes become one clear line and exit code 2."""
     try:
         main_fn(sys.argv[1:])
+        if torch_dist.is_initialized():
+            torch_dist.barrier()  # leave together: a process exiting while others still work
+            # (e.g. process 0's final checks) can abort the others' gloo threads
     except (UsageError, DatasetError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
