@@ -421,11 +421,11 @@ def main(argv):
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "
                          "<|end|>...). Pretrain on a dataset made by this version of prepare_wiki.py.")
     block_size = start["model_config"]["block_size"]
-    if dist.master:
-        folder = tokenize_dialogues(cfg, tok, block_size)
-    if dist.world > 1:
+    if not dist.master:
+        torch.distributed.barrier()  # wait while process 0 tokenizes; then the folder is ready
+    folder = tokenize_dialogues(cfg, tok, block_size)
+    if dist.master and dist.world > 1:
         torch.distributed.barrier()
-        folder = tokenize_dialogues(cfg, tok, block_size)  # now found ready: returns at once
     meta = json.loads((folder / "meta.json").read_text())
     train_rows, val_rows = TokenRows.open(folder, "train"), TokenRows.open(folder, "val")
     if dist.master:
