@@ -7,34 +7,25 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
+Replies are decoded by engine.py exactly as serve.py decodes them: same seed, same reply.
 """
 import argparse
 import sys
 
-from sample import add_sampling_args, load_for_inference, sampling_kwargs
-from tokenizer import Message, render_chat, stream_text
-from train import UsageError, run_main
-
-
-def fit_history(tok, history: list[Message], room: int):
-    """Render the conversation plus the assistant prompt, dropping the oldest exchanges
-    (never the system turn) until it fits in `room` tokens."""
-    system = history[:1] if history and history[0].role == "system" else []
-    turns = history[len(system):]
-    while True:
-        ids, _ = render_chat(tok, system + turns, add_generation_prompt=True)
-        if len(ids) <= room or len(turns) <= 1:
-            return ids[-room:], system + turns
-        turns = turns[2:]  # drop the oldest user/assistant exchange
+from checkpoint import load_model
+from cli import UsageError, run_main
+from engine import generate
+from sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
+from tokenizer import ContextOverflow, Message, fit_history, prompt_room, stream_text
 
 
 def reply(model, tok, history: list[Message], args, out=sys.stdout) -> str:
     """Stream one assistant reply to `out` and return its text (without <|end|>)."""
-    room = model.cfg.block_size - args.max_new_tokens
-    ids, history[:] = fit_history(tok, history, max(room, model.cfg.block_size // 2))
+    block = model.cfg.block_size
+    ids, history[:] = fit_history(tok, history, prompt_room(block, args.max_new_tokens), limit=block - 1)
+    tokens = generate(model, ids, args.max_new_tokens, params_from_args(args),
+                      stop_tokens={tok.end_of_turn}, seed=args.seed)
     pieces = []
-    tokens = model.generate(ids, args.max_new_tokens, stop_tokens={tok.end_of_turn},
-                            seed=args.seed, **sampling_kwargs(args))
     for piece in stream_text(tok, (t for t in tokens if t != tok.end_of_turn)):
         out.write(piece)
         out.flush()
@@ -45,20 +36,22 @@ def reply(model, tok, history: list[Message], args, out=sys.stdout) -> str:
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(p)
-    # chat defaults: shorter, a little cooler, and firmer against loops than plain sampling
-    p.set_defaults(ckpt="out/chat/best.pt", max_new_tokens=128, temperature=0.7, top_k=40,
-                   top_p=0.9, repetition_penalty=1.15)
+    add_sampling_args(p, CHAT_DEFAULTS)
+    p.set_defaults(ckpt="out/chat/best.pt", max_new_tokens=128)
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("--prompt", default=None, help="one-shot: print a single reply and exit")
     args = p.parse_args(argv)
-    model, tok = load_for_inference(args)
+    params_from_args(args)  # refuse out-of-range options before loading anything
+    model, tok, _ = load_model(args.ckpt, args.device)
     if not tok.has_chat_tokens():
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
     start = [Message("system", args.system)] if args.system else []
 
     if args.prompt is not None:
-        reply(model, tok, start + [Message("user", args.prompt)], args)
+        try:
+            reply(model, tok, start + [Message("user", args.prompt)], args)
+        except ContextOverflow as e:
+            raise UsageError(str(e))
         return
 
     interactive = sys.stdin.isatty()
@@ -82,7 +75,11 @@ def main(argv):
             continue
         history.append(Message("user", text))
         print("bot> ", end="", flush=True)
-        history.append(Message("assistant", reply(model, tok, history, args)))
+        try:
+            history.append(Message("assistant", reply(model, tok, history, args)))
+        except ContextOverflow as e:
+            history.pop()
+            print(f"(not sent: {e})")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from checkpoint import load_checkpoint, model_from_checkpoint
+from cli import UsageError, load_config, opt, run_main
 from tokenizer import ASSISTANT, Message, Tokenizer, render_chat, show_mask
-from train import (PretrainBatches, TrainConfig, UsageError, load_checkpoint, load_config,
-                   model_from_checkpoint, opt, run_main, setup_dist, starting_checkpoint, to_device,
-                   train)
+from train import PretrainBatches, TrainConfig, setup_dist, starting_checkpoint, to_device, train
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sampling import make_generator, sample_next
+
 
 @dataclass
 class GPTConfig:
@@ -68,7 +70,13 @@ def apply_rotary(x, cos, sin):
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating token
     t+1 costs one token's work instead of recomputing all t (per-token latency stays flat).
-    k, v: (n_layer, B, H, max_len, D), filled up to `pos`."""
+    k, v: (n_layer, B, H, max_len, D), filled up to `pos`; all rows at the same position.
+
+    The model talks to a cache through three methods, so that other layouts can plug in
+    (engine.py's SlotCache: one row per request, each at its own position):
+      positions(T) -> (B or 1, T) position ids of the next T tokens
+      attend(layer, q, k, v) -> (B, H, T, D) attention output, after storing k, v
+      advance(T) after all layers have run"""
 
     def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
         shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
@@ -76,12 +84,21 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # tokens already cached
 
-    def update(self, layer: int, k, v):
-        """Store this step's k, v (B, H, T, D) and return all keys/values so far."""
+    def positions(self, T: int):
+        return torch.arange(self.pos, self.pos + T, device=self.k.device)[None]  # (1, T)
+
+    def attend(self, layer: int, q, k, v):
+        """Store this step's k, v (B, H, T, D); attend q over everything cached so far."""
         t = k.size(2)
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v
-        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+        k, v = self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]  # (B, H, pos+T, D)
+        # A new chunk starting at an empty cache is causal; one new token sees the whole cache.
+        assert self.pos == 0 or t == 1, "with a cache, prefill once, then decode one token at a time"
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.pos == 0)
+
+    def advance(self, T: int):
+        self.pos += T
 
 
 class Attention(nn.Module):
@@ -102,12 +119,10 @@ class Attention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, H, pos+T, D)
-        # A new chunk starting at an empty cache is causal; one new token sees the whole cache.
-        causal = cache is None or cache.pos == 0
-        assert causal or T == 1, "with a cache, prefill once, then decode one token at a time"
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+            y = cache.attend(self.layer, q, k, v)  # (B, H, T, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
@@ -198,20 +213,27 @@ class GPT(nn.Module):
     def hidden_states(self, idx, cache: KVCache | None = None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.cfg.block_size}")
+        if cache is None:  # training and plain forward: positions 0..T-1
+            if T > self.cfg.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:  # rows may sit at different places
+            pos = cache.positions(T)  # (B or 1, T)
+            if int(pos.max()) >= self.cfg.block_size:
+                raise ValueError(f"sequence of {int(pos.max()) + 1} tokens exceeds block_size {self.cfg.block_size}")
         x = self.wte(idx)  # (B, T, C)
         rotary = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+            x = x + self.wpe(pos)  # (T, C) or (B or 1, T, C), broadcast
+        elif cache is None:  # sliced tables (cheap, and what torch.compile sees in training)
+            rotary = (self.rot_cos[:T], self.rot_sin[:T])  # (T, D/2)
         else:
-            rotary = (self.rot_cos[start:start + T], self.rot_sin[start:start + T])  # (T, D/2)
+            rotary = (self.rot_cos[pos].unsqueeze(1), self.rot_sin[pos].unsqueeze(1))  # (B or 1, 1, T, D/2)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rotary, cache)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None, reduction="mean"):
@@ -236,8 +258,7 @@ class GPT(nn.Module):
         """Yield new token ids one at a time (streaming). Stops after a stop token (which is
         yielded) or max_new_tokens. Same seed -> same tokens, with or without the cache."""
         device = self.wte.weight.device
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed if seed is not None else torch.seed())
+        gen = make_generator(device, seed)
         ids = list(prompt)[-self.cfg.block_size:]
         cache, logits = None, None
         for _ in range(max_new_tokens):
@@ -258,33 +279,6 @@ class GPT(nn.Module):
             yield tok
             if tok in stop_tokens:
                 return
-
-
-def sample_next(logits, vocab_size, history, temperature, top_k, top_p, repetition_penalty, gen) -> int:
-    """Pick the next token from logits (V,). temperature 0 = greedy."""
-    logits = logits.clone()
-    logits[vocab_size:] = -float("inf")  # the padding ids are never real tokens
-    if repetition_penalty != 1.0 and history:
-        seen = torch.tensor(sorted(set(history)), device=logits.device)
-        vals = logits[seen]  # CTRL-style: make already-seen tokens less likely
-        logits[seen] = torch.where(vals > 0, vals / repetition_penalty, vals * repetition_penalty)
-    if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, vocab_size)).values[-1]
-        logits[logits < kth] = -float("inf")
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(0) - sorted_p > top_p  # keep the smallest set reaching top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    # inverse-CDF sampling: one uniform number instead of multinomial's one per vocab entry
-    # (~0.2 ms less per token on CPU); side="right" never picks a zero-probability token
-    cdf = probs.cumsum(0)
-    u = torch.rand((), generator=gen, device=probs.device) * cdf[-1]
-    return min(int(torch.searchsorted(cdf, u, side="right")), len(probs) - 1)
 
 
 # ----------------------------------------------------------------------------------------

@@ -163,14 +163,64 @@ def show_mask(tok: Tokenizer, ids, mask) -> str:
     return "".join(out)
 
 
+class TextStream:
+    """Token ids in, text out, never splitting a UTF-8 character across two pieces (one
+    Chinese character is often two or three byte-level tokens)."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self.decoder.decode(self.tok.enc.decode_single_token_bytes(int(token)))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
 def stream_text(tok: Tokenizer, ids):
-    """Yield text as token ids arrive, never splitting a UTF-8 character across two pieces
-    (one Chinese character is often two or three byte-level tokens)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    """Yield text as token ids arrive (see TextStream)."""
+    stream = TextStream(tok)
     for i in ids:
-        piece = decoder.decode(tok.enc.decode_single_token_bytes(int(i)))
+        piece = stream.push(i)
         if piece:
             yield piece
-    tail = decoder.decode(b"", final=True)
+    tail = stream.flush()
     if tail:
         yield tail
+
+
+# ----------------------------------------------------------------------------------------
+# Fitting a conversation into the context: shared by chat.py and serve.py
+
+class ContextOverflow(ValueError):
+    """Even the system turn plus the last message do not fit the room left for the prompt."""
+
+    def __init__(self, needed: int, room: int):
+        super().__init__(f"the last message needs {needed} tokens with the chat template, but only "
+                         f"{room} fit in the context. Shorten it.")
+        self.needed, self.room = needed, room
+
+
+def prompt_room(block_size: int, max_new_tokens: int) -> int:
+    """Tokens the prompt may use: what the reply leaves free, but at least half the context
+    (a long max_new_tokens then ends the reply at the context's end instead of the history)."""
+    return max(block_size - max_new_tokens, block_size // 2)
+
+
+def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | None = None):
+    """Render the conversation plus the assistant prompt, dropping the oldest exchanges
+    (never the system turn) until it fits in `room` tokens. Returns (ids, kept messages).
+    When the system turn and the last message alone exceed `room`, they may still use up to
+    `limit` tokens (the reply then has less space); beyond that, ContextOverflow."""
+    system = history[:1] if history and history[0].role == "system" else []
+    turns = history[len(system):]
+    while True:
+        ids, _ = render_chat(tok, system + turns, add_generation_prompt=True)
+        if len(ids) <= room:
+            return ids, system + turns
+        if len(turns) <= 1:
+            if len(ids) <= (limit or room):
+                return ids, system + turns
+            raise ContextOverflow(len(ids), limit or room)
+        turns = turns[2:] if len(turns) > 2 else turns[-1:]  # drop the oldest user/assistant exchange

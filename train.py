@@ -9,36 +9,25 @@ Pretrain a GPT on the token shards of prepare_wiki.py. One GPU, CPU, or many GPU
 Settings come from the TrainConfig dataclass below, then TOML files, then --key=value.
 The training loop (`train`) is shared with chat_sft.py: only the data source differs.
 """
-import difflib
 import json
 import math
 import os
 import random
 import sys
 import time
-import tomllib
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from data import DatasetError, load_dataset
+from checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from cli import UsageError, load_config, opt, run_main
+from data import load_dataset
 from model import GPT, GPTConfig
-from tokenizer import Tokenizer, TokenizerError
-
-CHECKPOINT_VERSION = 1
-
-
-class UsageError(Exception):
-    """A mistake in the command, config, data or checkpoint; printed without a traceback."""
-
-
-def opt(default, help: str):
-    return field(default=default, metadata={"help": help})
-
+from tokenizer import Tokenizer
 
 @dataclass
 class TrainConfig:
@@ -106,78 +95,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------
-# Config: dataclass defaults <- TOML files <- --key=value, type-checked, typos caught
-
-def _coerce(f, value, where: str, from_cli: bool):
-    """Check/convert one value to the field's type, or say clearly what is wrong."""
-    kind = f.type
-    if from_cli and kind is not str:  # command-line values arrive as text
-        text = value.strip().lower()
-        if kind is bool:
-            if text in ("true", "1", "yes", "on"):
-                return True
-            if text in ("false", "0", "no", "off"):
-                return False
-        else:
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {value!r}")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is not kind:
-        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def config_help(cls) -> str:
-    width = max(len(f.name) for f in fields(cls)) + 2
-    lines = [f"{'key':{width}s} {'default':>16s}  meaning"]
-    for f in fields(cls):
-        lines.append(f"{'--' + f.name:{width}s} {str(f.default):>16s}  {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
-def load_config(cls, argv: list[str]):
-    """cls defaults, then each TOML file in argv, then --key=value overrides."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {Path(sys.argv[0]).name} [CONFIG.toml ...] [--key=value ...]\n")
-        print(config_help(cls))
-        sys.exit(0)
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-
-    def check_key(key, where):
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UsageError(f"{where}: unknown config key {key!r}.{hint} Run with -h to list all keys.")
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            if not eq:
-                raise UsageError(f"{arg}: write overrides as --key=value (e.g. --n_layer=4)")
-            check_key(key, "command line")
-            values[key] = _coerce(known[key], value, "command line", from_cli=True)
-        else:
-            path = Path(arg)
-            if not path.is_file():
-                raise UsageError(f"config file {arg} not found (configs live in config/, e.g. config/demo_cpu.toml)")
-            try:
-                table = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as e:
-                raise UsageError(f"{arg}: not valid TOML ({e})")
-            for key, value in table.items():
-                check_key(key, arg)
-                values[key] = _coerce(known[key], value, f"{arg}, key {key}", from_cli=False)
-    cfg = cls(**values)
-    cfg.validate()
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------
 # Processes and devices
 
 @dataclass
@@ -198,9 +115,7 @@ class Dist:
 
 def setup_dist(cfg: TrainConfig) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL between GPUs, gloo between CPU processes."""
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    want = pick_device(cfg.device)
     if "RANK" not in os.environ:
         return Dist(device=want)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -294,37 +209,7 @@ def val_windows(shards, block_size, n_tokens):
 
 
 # ----------------------------------------------------------------------------------------
-# Checkpoints: atomic, self-contained (config, tokenizer, optimizer, RNG, data position)
-
-def save_checkpoint(path: Path, state: dict):
-    """Write to a temporary file, then rename: a crash mid-write leaves the old file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) "
-                         "or check the path.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt "
-                         f"checkpoint ({str(e).splitlines()[0][:120]}).")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        version = ckpt.get("version") if isinstance(ckpt, dict) else None
-        raise UsageError(f"{path}: checkpoint version {version}, this code reads version "
-                         f"{CHECKPOINT_VERSION}. Use the wikigpt version that wrote it.")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, device="cpu") -> tuple[GPT, Tokenizer]:
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), Tokenizer(ckpt["tokenizer"])
-
+# Random state, saved in checkpoints so that a resumed run continues exactly
 
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
@@ -705,24 +590,6 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             "eval_share": t_eval / max(elapsed, 1e-9), "stop_reason": stop_reason,
             "tok_per_s": tokens_trained / t_train if t_train else float("nan"),
             "flops_per_token": model.flops_per_token()}
-
-
-def run_main(main_fn):
-    """Run a script's main: user mistakes become one clear line and exit code 2."""
-    try:
-        main_fn(sys.argv[1:])
-        if torch_dist.is_initialized():
-            torch_dist.barrier()  # leave together: a process exiting while others still work
-            # (e.g. process 0's final checks) can abort the others' gloo threads
-    except (UsageError, DatasetError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
 
 
 def main(argv):

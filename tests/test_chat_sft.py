@@ -13,7 +13,8 @@ from chat_sft import (SFTConfig, check_conversation, parse_sft_data, read_dialog
                       _turns)
 from data import load_dataset
 from tokenizer import END_OF_TURN, Message, Tokenizer, render_chat, show_mask
-from train import UsageError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import UsageError
 
 RECORDS = {
     "openai": {"messages": [{"role": "system", "content": "Be brief."},
@@ -175,7 +176,7 @@ def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
 
 
 def test_history_is_trimmed_oldest_first_to_fit(tiny_data):
-    from chat import fit_history
+    from tokenizer import fit_history
     tok = load_dataset(tiny_data).tokenizer
     history = [Message("system", "Be kind.")]
     for i in range(10):

@@ -1,5 +1,6 @@
 """train.py: config handling, data order, resume, DDP, compile, checkpoints, bad input."""
 import re
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ import torch
 from conftest import TINY, run_cli
 
 import train
-from train import (PretrainBatches, TrainConfig, UsageError, load_checkpoint, load_config,
-                   lr_factor, save_checkpoint)
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import UsageError, load_config
+from train import PretrainBatches, TrainConfig, lr_factor
 
 
 # ----- configuration
@@ -247,5 +249,5 @@ def test_wandb_logging_works_offline(tiny_data, tmp_path):
 def test_help_lists_every_key_with_its_default():
     r = run_cli("train.py", "-h")
     assert r.returncode == 0
-    for f in train.fields(TrainConfig):
+    for f in fields(TrainConfig):
         assert re.search(rf"^--{f.name}\s+{re.escape(str(f.default))}\s", r.stdout, re.M), f.name

@@ -1,0 +1,87 @@
+"""
+Checkpoint files, and the one way any tool gets a ready model.
+
+A checkpoint is a dict saved with torch.save and read back with weights_only=True (plain
+tensors and Python values: loading a file never runs code from it):
+    version         CHECKPOINT_VERSION
+    kind            "pretrain" | "sft"
+    model           the model's state_dict (clean names, never a compiled wrapper's)
+    model_config    GPTConfig as a dict
+    tokenizer       the tokenizer spec (tokenizer.py), so a checkpoint is self-contained
+    train_config, step, optimizer, data, rng, best_val, bad_evals, val: for exact resume
+
+    model, tok, info = load_model("out/chat/best.pt")          # every inference tool
+"""
+import os
+from pathlib import Path
+
+import torch
+
+from cli import UsageError
+from model import GPT, GPTConfig
+from tokenizer import Tokenizer
+
+CHECKPOINT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_checkpoint(path: Path, state: dict):
+    """Write to a temporary file, then rename: a crash mid-write leaves the old file intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) "
+                         "or check the path.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt "
+                         f"checkpoint ({str(e).splitlines()[0][:120]}).")
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        version = ckpt.get("version") if isinstance(ckpt, dict) else None
+        raise UsageError(f"{path}: checkpoint version {version}, this code reads version "
+                         f"{CHECKPOINT_VERSION}. Use the wikigpt version that wrote it.")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu") -> tuple[GPT, Tokenizer]:
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), Tokenizer(ckpt["tokenizer"])
+
+
+def pick_device(name: str = "auto") -> str:
+    """'auto' -> the best device here (cuda, then mps, then cpu); anything else is checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r}: no CUDA GPU is visible here. Use --device cpu (or auto).")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("device 'mps': Apple's Metal backend is not available here. Use --device cpu.")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
+    return name
+
+
+def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GPT, Tokenizer, dict]:
+    """Checkpoint file -> (model in eval mode on the device, its tokenizer, info). The single
+    place where inference tools turn a path into a model: device choice and weight dtype
+    (None keeps the stored float32) are decided here for all of them."""
+    device = pick_device(device)
+    ckpt = load_checkpoint(path, map_location=device)
+    if ckpt.get("kind") not in ("pretrain", "sft"):
+        raise UsageError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no model to run.")
+    model, tok = model_from_checkpoint(ckpt, device)
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+        model.to(DTYPES[dtype])
+    info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"),
+            "val": ckpt.get("val"), "model_config": ckpt["model_config"], "device": device}
+    return model.eval(), tok, info

@@ -1,0 +1,124 @@
+"""
+What every wikigpt command shares: user errors that print without a traceback (`UsageError`,
+`run_main`) and typed configs (a dataclass <- TOML files <- --key=value, typos caught, `-h`).
+
+    @dataclass
+    class MyConfig:
+        steps: int = opt(100, "how many steps")
+
+    def main(argv):
+        cfg = load_config(MyConfig, argv)
+        ...
+
+    if __name__ == "__main__":
+        run_main(main)
+"""
+import difflib
+import sys
+import tomllib
+from dataclasses import field, fields
+from pathlib import Path
+
+from data import DatasetError
+from tokenizer import TokenizerError
+
+
+class UsageError(Exception):
+    """A mistake in the command, config, data or checkpoint; printed without a traceback."""
+
+
+def run_main(main_fn):
+    """Run a script's main: user mistakes become one clear line and exit code 2."""
+    import torch.distributed as torch_dist  # lazily: the server and tools need no process group
+
+    try:
+        main_fn(sys.argv[1:])
+        if torch_dist.is_initialized():
+            torch_dist.barrier()  # leave together: a process exiting while others still work
+            # (e.g. process 0's final checks) can abort the others' gloo threads
+    except (UsageError, DatasetError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------
+# Typed configs: dataclass defaults <- TOML files <- --key=value, type-checked, typos caught
+
+def opt(default, help: str):
+    """A config field with its help text (shown by -h)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _coerce(f, value, where: str, from_cli: bool):
+    """Check/convert one value to the field's type, or say clearly what is wrong."""
+    kind = f.type
+    if from_cli and kind is not str:  # command-line values arrive as text
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+        else:
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise UsageError(f"{where}: {f.name} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_help(cls) -> str:
+    width = max(len(f.name) for f in fields(cls)) + 2
+    lines = [f"{'key':{width}s} {'default':>16s}  meaning"]
+    for f in fields(cls):
+        lines.append(f"{'--' + f.name:{width}s} {str(f.default):>16s}  {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def load_config(cls, argv: list[str]):
+    """cls defaults, then each TOML file in argv, then --key=value overrides."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {Path(sys.argv[0]).name} [CONFIG.toml ...] [--key=value ...]\n")
+        print(config_help(cls))
+        sys.exit(0)
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+
+    def check_key(key, where):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise UsageError(f"{where}: unknown config key {key!r}.{hint} Run with -h to list all keys.")
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                raise UsageError(f"{arg}: write overrides as --key=value (e.g. --n_layer=4)")
+            check_key(key, "command line")
+            values[key] = _coerce(known[key], value, "command line", from_cli=True)
+        else:
+            path = Path(arg)
+            if not path.is_file():
+                raise UsageError(f"config file {arg} not found (configs live in config/, e.g. config/demo_cpu.toml)")
+            try:
+                table = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"{arg}: not valid TOML ({e})")
+            for key, value in table.items():
+                check_key(key, arg)
+                values[key] = _coerce(known[key], value, f"{arg}, key {key}", from_cli=False)
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
