@@ -13,7 +13,7 @@ DEMO_OUT      ?= out
 PRETRAIN_ARGS ?=
 SFT_ARGS      ?=
 
-.PHONY: setup demo demo-steps test bench clean
+.PHONY: setup demo demo-steps serve test bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 setup: $(VENV)/.installed
+
+# test-only clients (openai SDK, playwright); the browser itself is Debian's chromium (see .ci/run)
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
 
 demo: setup
 	@$(MAKE) --no-print-directory demo-steps
@@ -37,8 +42,11 @@ demo-steps:
 	@echo "== 4/4 a scripted chat"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
 
-test: setup
+test: setup $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q tests
+
+serve: setup
+	$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt
 
 bench: setup
 	$(BIN)/python bench.py

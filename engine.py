@@ -188,14 +188,15 @@ class EngineThread:
     submit() queues a request (at most max_queue waiting); cancel() frees its slot at the next
     step. Requests join the batch as soon as a slot is free."""
 
-    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64):
+    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True):
         self.engine = Engine(model, n_slots)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
         self.wake = threading.Condition()
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="wikigpt-engine", daemon=True)
-        self.thread.start()
+        if start:
+            self.thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -223,7 +224,8 @@ class EngineThread:
         with self.wake:
             self.stopped = True
             self.wake.notify()
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
 
     def _run(self):
         while True:

@@ -1,0 +1,375 @@
+"""serve.py and engine.py: real clients (the openai SDK, raw HTTP, Chromium) against a live
+server on 127.0.0.1, continuous batching, bad input, and the web page."""
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from conftest import ROOT, TINY, run_cli
+
+from checkpoint import load_model
+from engine import Engine, EngineThread, QueueFull, Request, generate
+from model import GPT, GPTConfig
+from sampling import SamplingParams
+
+REPLIES = {"你好": "你好！很高兴见到你。", "Hello": "Hello! How are you today?",
+           "What is a river?": "A river is a stream of water.", "谢谢": "不客气。"}
+
+
+@pytest.fixture(scope="module")
+def chat_ckpt(tiny_data, tmp_path_factory):
+    """A tiny chat model (context 128) that has learned four exchanges by heart, English and
+    Chinese: its greedy replies are known, so the tests can check exact text end to end."""
+    root = tmp_path_factory.mktemp("serve_model")
+    dialogues = root / "d.jsonl"
+    dialogues.write_text("".join(json.dumps({"prompt": q, "response": a}, ensure_ascii=False) + "\n"
+                                 for _ in range(50) for q, a in REPLIES.items()), encoding="utf-8")
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={root / 'pre'}", "--max_steps=10",
+                "--eval_interval=10", *TINY, "--block_size=128")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("chat_sft.py", f"--init_from={root / 'pre' / 'last.pt'}", f"--out_dir={root / 'chat'}",
+                f"--sft_data={dialogues}", "--max_steps=80", "--eval_interval=40", "--eot_check=0",
+                "--sft_val_fraction=0.1", *TINY, "--block_size=128")
+    assert r.returncode == 0, r.stderr
+    return root / "chat" / "best.pt"
+
+
+class LiveServer:
+    """`python serve.py --port 0` as a real process; the URL comes from its first line."""
+
+    def __init__(self, ckpt, *args, env=None):
+        self.proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", str(ckpt), "--port", "0", *args],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        line = self.proc.stdout.readline()  # blocks until the socket is bound (or the process died)
+        assert "http://127.0.0.1:" in line, line + self.proc.stderr.read()
+        self.url = line.split(" on ")[1].split()[0]
+        for _ in range(100):  # uvicorn starts serving right after that line
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(chat_ckpt):
+    s = LiveServer(chat_ckpt)
+    yield s.url
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def ask(content, **kw):
+    return {"messages": [{"role": "user", "content": content}], **kw}
+
+
+# ----- the openai SDK against the live server
+
+def test_chat_completion_with_the_openai_sdk(client):
+    r = client.chat.completions.create(model="any", temperature=0, **ask("你好"))
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "wikigpt-chat"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == REPLIES["你好"] and r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    parts = [{"type": "text", "text": "What is "}, {"type": "text", "text": "a river?"}]
+    r = client.chat.completions.create(model="any", temperature=0, messages=[{"role": "user", "content": parts}])
+    assert r.choices[0].message.content == REPLIES["What is a river?"]
+
+
+def test_streaming_deltas_join_to_the_reply_and_end_with_usage(client):
+    chunks = list(client.chat.completions.create(model="any", temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}, **ask("Hello")))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLIES["Hello"]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_the_raw_stream_is_server_sent_events_ending_in_done(server):
+    with httpx.stream("POST", server + "/v1/chat/completions", json=ask("谢谢", temperature=0, stream=True)) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1]]
+    assert "".join(deltas) == REPLIES["谢谢"]
+
+
+def test_n_choices_with_a_seed_are_reproducible(client):
+    def run():
+        r = client.chat.completions.create(model="any", n=3, seed=11, temperature=1.5, max_tokens=20,
+                                           **ask("Hello"))
+        return [c.message.content for c in sorted(r.choices, key=lambda c: c.index)]
+    first = run()
+    assert len(first) == 3 and run() == first
+
+
+def test_stop_strings_cut_the_reply(client):
+    r = client.chat.completions.create(model="any", temperature=0, stop=["很高兴", "zzz"], **ask("你好"))
+    assert r.choices[0].message.content == "你好！" and r.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="any", temperature=0, stop="How", stream=True,
+                                                 **ask("Hello")))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello! "
+
+
+def test_models_and_plain_completions(client):
+    assert [m.id for m in client.models.list().data] == ["wikigpt-chat"]
+    r = client.completions.create(model="any", prompt="The river", max_tokens=7, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 7 and r.choices[0].text
+    again = client.completions.create(model="any", prompt="The river", max_tokens=7, temperature=0)
+    assert again.choices[0].text == r.choices[0].text
+
+
+def test_same_seed_gives_the_same_text_as_chat_py(client, chat_ckpt):
+    options = dict(temperature=1.2, top_p=0.95, seed=123, max_tokens=40)
+    r = client.chat.completions.create(model="any", **options, **ask("What is a river?"))
+    cli = run_cli("chat.py", "--ckpt", chat_ckpt, "--prompt", "What is a river?", "--temperature", "1.2",
+                  "--top_p", "0.95", "--seed", "123", "--max_new_tokens", "40")
+    assert cli.returncode == 0, cli.stderr
+    assert r.choices[0].message.content.strip() == cli.stdout.strip()
+
+
+def test_eight_streaming_clients_at_once_each_get_what_they_get_alone(server):
+    bodies = [{"prompt": f"Article {i} is", "max_tokens": 40, "temperature": 1.0, "seed": i, "stream": True}
+              for i in range(8)]
+
+    def run(body, out, i):
+        text = ""
+        with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        out[i] = text
+
+    alone = {}
+    for i, body in enumerate(bodies):
+        run(body, alone, i)
+    together = {}
+    threads = [threading.Thread(target=run, args=(b, together, i)) for i, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert together == alone and len(set(alone.values())) > 1
+
+
+# ----- bad input: the right status, OpenAI's error shape, and the server keeps serving
+
+BAD = [
+    ("malformed JSON", b'{"messages": [', 400, "not valid JSON"),
+    ("not an object", b"[1, 2]", 400, "JSON object"),
+    ("missing messages", {"model": "x"}, 400, "'messages' must be a non-empty list"),
+    ("empty messages", {"messages": []}, 400, "'messages' must be a non-empty list"),
+    ("unknown role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role must be one of"),
+    ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "only text parts"),
+    ("temperature", ask("hi", temperature=3), 400, "'temperature' must be between 0.0 and 2.0"),
+    ("top_p zero", ask("hi", top_p=0), 400, "top_p must be in (0, 1.0]"),
+    ("top_p", ask("hi", top_p=1.5), 400, "'top_p' must be between"),
+    ("max_tokens zero", ask("hi", max_tokens=0), 400, "'max_tokens' must be between 1"),
+    ("max_tokens huge", ask("hi", max_tokens=10**7), 400, "'max_tokens' must be between 1"),
+    ("max_tokens text", ask("hi", max_tokens="many"), 400, "'max_tokens' must be an integer"),
+    ("n", ask("hi", n=50), 400, "'n' must be between 1 and 8"),
+    ("stop", ask("hi", stop=[1, 2]), 400, "'stop' must be"),
+    ("stream", ask("hi", stream="yes"), 400, "'stream' must be true or false"),
+    ("too long", ask("word " * 400), 400, "only 127 fit in the context"),
+    ("oversized body", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413, "over the limit"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, name, body, status, message):
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(server + "/v1/chat/completions", headers={"Content-Type": "application/json"}, timeout=30, **kw)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+    good = httpx.post(server + "/v1/chat/completions", json=ask("谢谢", temperature=0), timeout=30)
+    assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] == REPLIES["谢谢"]
+
+
+def test_unknown_paths_and_methods_get_json_errors(server):
+    r = httpx.get(server + "/v2/chat")
+    assert r.status_code == 404 and "the API is under /v1" in r.json()["error"]["message"]
+    r = httpx.get(server + "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"].startswith("GET is not allowed")
+
+
+def test_health_and_prometheus_metrics(server):
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+    httpx.post(server + "/v1/chat/completions", json=ask("Hello", temperature=0), timeout=30)
+    text = httpx.get(server + "/metrics").text
+    for name in ("wikigpt_requests_total{path=\"/v1/chat/completions\",status=\"200\"}",
+                 "wikigpt_time_to_first_token_seconds_bucket", "wikigpt_time_per_output_token_seconds_count",
+                 "wikigpt_queue_depth", "wikigpt_active_sequences", "wikigpt_completion_tokens_total"):
+        assert name in text, name
+
+
+def test_api_key_is_required_when_set(chat_ckpt):
+    s = LiveServer(chat_ckpt, env={"WIKIGPT_API_KEY": "sk-test-123"})
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-test-123"}):
+            r = httpx.post(s.url + "/v1/chat/completions", json=ask("Hello"), headers=headers)
+            assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
+        assert httpx.get(s.url + "/metrics").status_code == 401
+        assert httpx.get(s.url + "/health").json()["auth"] is True  # the page asks for a key
+        r = httpx.post(s.url + "/v1/chat/completions", json=ask("Hello", temperature=0),
+                       headers={"Authorization": "Bearer sk-test-123"}, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["Hello"]
+    finally:
+        s.stop()
+
+
+def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(server, tmp_path):
+    port = server.rsplit(":", 1)[1]
+    r = run_cli("serve.py", "--ckpt", tmp_path / "none.pt", "--port", port)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----- the engine: batching that never changes a request's tokens
+
+def tiny_model(arch="modern"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64, arch=arch)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)  # random but confident: many near-ties would not test much
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_a_request_gets_the_same_logits_and_tokens_whatever_else_is_in_the_batch(arch):
+    model = tiny_model(arch)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(300) for _ in range(rng.randrange(1, 30))] for _ in range(10)]
+    params = SamplingParams(temperature=1.0)
+    alone = [list(generate(model, p, 30, params, seed=i)) for i, p in enumerate(prompts)]
+    crowded, engine = [[] for _ in prompts], Engine(model, n_slots=8)
+    waiting = [Request(p, 30, params, seed=i, emit=lambda r, t, f, i=i: crowded[i].append(t))
+               for i, p in enumerate(prompts)]
+    while waiting or engine.active:  # 10 requests through 8 slots: joins and leaves mid-flight
+        while waiting and engine.free_slots:
+            engine.add(waiting.pop(0))
+        engine.step()
+    assert crowded == alone
+    # and bit for bit: one decode step's logits for row 0 alone vs among 7 others
+    greedy = list(generate(model, prompts[0], 5, SamplingParams(temperature=0)))
+    assert greedy == list(model.generate(prompts[0], 5, temperature=0))  # same as the plain path
+
+
+def test_cancel_frees_the_slot_and_stops_the_tokens():
+    model, got = tiny_model(), []
+    thread = EngineThread(model, n_slots=4)
+    try:
+        req = Request([1, 2, 3], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: got.append(t))
+        thread.submit([req])
+        while len(got) < 3:
+            time.sleep(0.001)
+        thread.cancel(req)
+        time.sleep(0.2)
+        assert thread.active == 0 and len(got) < 60
+    finally:
+        thread.stop()
+
+
+def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
+    model = tiny_model()
+    idle = EngineThread(model, n_slots=4, max_queue=2, start=False)
+    idle.submit([Request([1], 5), Request([2], 5)])
+    with pytest.raises(QueueFull):
+        idle.submit([Request([3], 5)])
+    events = {}
+    thread = EngineThread(model, n_slots=4)
+    try:
+        bad = Request(list(range(64)), 5, emit=lambda r, t, f: events.setdefault("bad", f))  # over the context
+        good = Request([1, 2], 5, emit=lambda r, t, f: events.__setitem__("good", f))
+        thread.submit([bad, good])
+        for _ in range(200):
+            if events.get("good"):
+                break
+            time.sleep(0.01)
+        assert events["bad"].startswith("error: ValueError") and events["good"] == "length"
+    finally:
+        thread.stop()
+
+
+def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt):
+    from fastapi.testclient import TestClient
+
+    from serve import Server, Settings, create_app
+
+    model, tok, _ = load_model(chat_ckpt, "cpu")
+    thread = EngineThread(model, n_slots=4)
+    real_add = thread.engine.add
+
+    def add(req):  # a fault inside the model for one particular prompt
+        if len(req.prompt) > 12:
+            raise RuntimeError("simulated fault")
+        real_add(req)
+    thread.engine.add = add
+    app = create_app(Server(model, tok, Settings(model_name="t"), thread))
+    try:
+        with TestClient(app) as http:
+            r = http.post("/v1/chat/completions", json=ask("What is a river?"))
+            assert r.status_code == 500 and "simulated fault" in r.json()["error"]["message"]
+            r = http.post("/v1/chat/completions", json=ask("谢谢", temperature=0))
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["谢谢"]
+    finally:
+        thread.stop()
+    busy = EngineThread(model, n_slots=4, max_queue=1, start=False)
+    busy.submit([Request([1], 5)])
+    with TestClient(create_app(Server(model, tok, Settings(model_name="t"), busy))) as http:
+        r = http.post("/v1/chat/completions", json=ask("Hello"))
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+
+
+# ----- the web page in a real browser
+
+def test_the_page_streams_english_and_chinese_replies_in_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.add_init_script("localStorage.setItem('wikigpt.temperature', '0')")
+            page.goto(server + "/")
+            assert "wikigpt-chat" in page.inner_text("#model-name")
+            assert not page.is_visible("#settings") and not page.is_visible("#api-key-row")  # no key needed
+            page.click("#toggle-settings")
+            page.fill("#system", "Be brief.")
+            assert page.is_visible("#settings") and page.input_value("#temperature") == "0"
+            for question in ("Hello", "你好"):
+                page.fill("#input", question)
+                page.press("#input", "Enter")
+                reply = page.locator(".msg.assistant").last
+                page.wait_for_selector(".msg.assistant:not(.streaming)", timeout=30_000)
+                page.wait_for_function("!document.querySelector('.msg.assistant.streaming')", timeout=30_000)
+                assert reply.inner_text() == REPLIES[question]
+            assert "\ufffd" not in page.inner_text("#messages")
+            page.screenshot(path=str(tmp_path / "chat.png"))
+            assert (tmp_path / "chat.png").stat().st_size > 10_000
+            page.click("#new-chat")
+            assert page.locator(".msg").count() == 0
+        finally:
+            browser.close()
