@@ -7,15 +7,22 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
   2. generation: 256 new tokens with and without the KV cache, and the per-token latency
      at context 1 vs 256;
   3. the gpt2 vs modern presets, each with AdamW and Muon: val bits-per-byte after the same
-     wall-clock budget.
+     wall-clock budget;
+  4. serving: serve.py on a chat checkpoint, 1/4/8/16 concurrent streaming clients, time to
+     first token and aggregate tokens/s, with continuous batching and with batching off.
 
-    python bench.py               # about 20 minutes on a 2-core CPU
-    python bench.py --budget 60   # shorter arch comparison
+    python bench.py                          # about 25 minutes on a 2-core CPU
+    python bench.py --budget 60              # shorter arch comparison
+    python bench.py --only serve --ckpt out/chat/best.pt
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse
 import contextlib
 import io
+import statistics
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -73,11 +80,73 @@ def bench_generation(vocab_size: int, new_tokens=256) -> dict:
     return result
 
 
+def stream_chat(url: str, question: str, seed: int, max_tokens: int) -> tuple[float, int]:
+    """One streaming chat request: (seconds to the first token, tokens generated)."""
+    import httpx
+
+    body = {"messages": [{"role": "user", "content": question}], "stream": True, "seed": seed,
+            "max_tokens": max_tokens, "stream_options": {"include_usage": True}}
+    t0, ttft, tokens = time.perf_counter(), None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+        for line in r.iter_lines():
+            if ttft is None and '"content": "' in line and '"content": ""' not in line:
+                ttft = time.perf_counter() - t0
+            if '"usage"' in line:
+                tokens = int(line.split('"completion_tokens": ')[1].split(",")[0])
+    return ttft or time.perf_counter() - t0, tokens
+
+
+def bench_serve(ckpt: str, slots: int, clients: int, rounds=3, max_tokens=64) -> dict:
+    """serve.py as a real process on 127.0.0.1; `clients` threads each send `rounds` streaming
+    requests back to back. Aggregate tokens/s = all tokens / wall time."""
+    proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", ckpt, "--port", "0", "--slots", str(slots)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        stream_chat(url, "Hello!", 0, 8)  # warm-up
+        questions = ["What is a river?", "Tell me about Aristotle.", "你好", "How are you?"]
+        ttfts, tokens = [], []
+
+        def client(i):
+            for r in range(rounds):
+                t, n = stream_chat(url, questions[(i + r) % 4], seed=100 * i + r, max_tokens=max_tokens)
+                ttfts.append(t)
+                tokens.append(n)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait()
+    q = statistics.quantiles(ttfts, n=20) if len(ttfts) > 1 else ttfts * 19
+    return {"tok_s": sum(tokens) / wall, "p50": statistics.median(ttfts), "p95": q[18], "tokens": sum(tokens)}
+
+
+def serve_rows(ckpt: str) -> list:
+    rows, base = [], {}
+    for slots, label in ((1, "batching off"), (16, "continuous batching")):
+        for clients in (1, 4, 8, 16):
+            r = bench_serve(ckpt, slots, clients)
+            base.setdefault(slots, r["tok_s"])
+            rows.append((f"serve, {label}, {clients:2d} streaming clients",
+                         f"{r['tok_s']:,.0f} tok/s aggregate (x{r['tok_s'] / base[slots]:.2f} of 1 client), "
+                         f"TTFT p50 {1000 * r['p50']:.0f} ms, p95 {1000 * r['p95']:.0f} ms"))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
     p.add_argument("--budget", type=float, default=120, help="seconds per run in the preset comparison")
+    p.add_argument("--only", default="", help="one section: train | generate | presets | serve")
+    p.add_argument("--ckpt", default="out/chat/best.pt", help="the chat checkpoint for the serve section")
     args = p.parse_args()
+    if args.only == "serve":
+        return print_table(serve_rows(args.ckpt))
     rows = []
     peak = measure_matmul_flops("cpu", torch.float32, reps=20)
     rows.append(("fp32 matmul peak (2048x2048, best of 21)", f"{peak / 1e9:.1f} GFLOP/s"))
@@ -119,6 +188,14 @@ def main():
             rows.append((f"{arch} preset + {optimizer}, {args.budget:.0f} s ({r['step']} steps)",
                          f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
 
+    if Path(args.ckpt).is_file():
+        rows += serve_rows(args.ckpt)
+    else:
+        rows.append(("serve", f"skipped: no chat checkpoint at {args.ckpt} (run make demo first)"))
+    print_table(rows)
+
+
+def print_table(rows):
     width = max(len(r[0]) for r in rows)
     print(f"\n{'benchmark':{width}s} | result\n{'-' * width}-|-{'-' * 60}")
     for name, value in rows:

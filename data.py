@@ -6,14 +6,20 @@ A dataset folder holds
     tokenizer.json     the tokenizer spec (see tokenizer.py)
     train_000.bin ...  shards of uint16 token ids
     val_000.bin ...
+    articles.jsonl.gz  the cleaned articles, one JSON object a line: title, text, split, and
+                       id / url where the source has them (for retrieval and QA; see retrieve.py)
+    index/             the retrieval index, once retrieve.py has built it
 
 Each shard = a 32-byte header + the tokens:
     magic b"WGPT" | format version u32 | token count u64 | vocab size u32 | 12 zero bytes
 so a loader can refuse a truncated, foreign or mismatched file before training on garbage.
 """
+import gzip
+import io
 import json
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 
 from tokenizer import Tokenizer
 
+ARTICLES = "articles.jsonl.gz"
 MAGIC = b"WGPT"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sIQI12x")  # 32 bytes
@@ -109,3 +116,31 @@ def atomic_write_json(path, obj):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------
+# Kept articles: gzip'd JSON lines, read as a stream (a whole Wikipedia never sits in memory)
+
+@contextmanager
+def open_articles_for_writing(path):
+    """A text file that gzips as it goes; mtime 0 and no name in the header, so the same
+    articles always give the same bytes. Level 3: ~4x smaller than the text, and fast."""
+    with (open(path, "wb") as raw,
+          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=3) as gz,
+          io.TextIOWrapper(gz, encoding="utf-8") as text):
+        yield text
+
+
+def read_articles(folder, split: str | None = None):
+    """Yield the kept articles of a dataset folder (dicts: title, text, split, id?, url?)."""
+    folder = Path(folder)
+    path = folder / ARTICLES
+    if not path.is_file():
+        raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
+                           f"prepare_wiki.py. Rebuild it with the same source and options plus "
+                           f"--overwrite, e.g. `python prepare_wiki.py --out {folder} --overwrite`.")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if split is None or row["split"] == split:
+                yield row

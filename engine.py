@@ -105,7 +105,8 @@ class Engine:
 
     def __init__(self, model: GPT, n_slots: int = 16):
         self.model = model
-        self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP
+        self.capacity = n_slots  # requests decoded together (1: batching off)
+        self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP  # cache rows, padding included
         self.cache = SlotCache(model, self.n_slots)
         self.by_slot: dict[int, Request] = {}
         self.device = model.wte.weight.device
@@ -116,7 +117,7 @@ class Engine:
 
     @property
     def free_slots(self) -> int:
-        return self.n_slots - len(self.by_slot)
+        return self.capacity - len(self.by_slot)
 
     @torch.no_grad()
     def add(self, req: Request):

@@ -28,199 +28,36 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
 
-from data import FORMAT_VERSION, atomic_write_json, write_shard
+from data import ARTICLES, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles, write_shard
 from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
+from wikitext import CleanSettings, clean_wikitext, finish_article
 
 
 class WikiError(Exception):
     """A user-facing problem with the input or the options; printed without a traceback."""
 
 
-# ----------------------------------------------------------------------------------------
-# Cleaning wikitext with mwparserfromhell
-
-# Sections that hold no prose; everything from the first such heading on is dropped.
-TRAILING_SECTIONS = {
-    # en
-    "references", "external links", "see also", "notes", "further reading", "bibliography",
-    "sources", "footnotes", "citations", "notes and references", "references and notes",
-    # zh
-    "参考文献", "参考资料", "參考文獻", "參考資料", "外部链接", "外部連結", "参见", "參見",
-    "注释", "註釋", "延伸阅读", "延伸閱讀", "相关条目", "相關條目",
-    # de, fr, es
-    "einzelnachweise", "weblinks", "siehe auch", "literatur", "anmerkungen",
-    "références", "liens externes", "voir aussi", "notes et références",
-    "referencias", "enlaces externos", "véase también",
-}
-# Tags whose contents are not prose (citations, galleries, formulas, tables...).
-DROP_TAGS = {"ref", "references", "gallery", "math", "chem", "ce", "timeline", "imagemap",
-             "score", "graph", "mapframe", "maplink", "templatestyles", "table", "syntaxhighlight",
-             "source", "hiero", "inputbox", "categorytree", "noinclude"}
-# Link prefixes that are not article text: files, categories (a few languages)...
-HIDDEN_LINK_PREFIXES = {"file", "image", "media", "category", "datei", "bild", "kategorie",
-                        "fichier", "catégorie", "archivo", "categoría", "文件", "檔案", "图像",
-                        "圖像", "分类", "分類", "wikipedia", "wp", "template", "help", "portal"}
-# ...and interlanguage links: [[de:Foo]], [[zh-yue:...]], [[simple:...]]
-INTERLANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z]+)*$|^simple$")
-DISAMBIGUATION_TEMPLATES = {"disambiguation", "disambig", "dab", "disamb", "hndis", "geodis",
-                            "set index article", "消歧义", "消歧義", "disambig-cleanup",
-                            "begriffsklärung", "homonymie", "desambiguación"}
-
-
-@dataclass
-class CleanSettings:
-    min_chars: int = 200  # articles shorter than this after cleaning are dropped
-
-
-def _hidden_link(title: str) -> bool:
-    if title.startswith(":"):  # [[:Category:X]] is a visible link to the category page
-        return False
-    prefix, colon, _ = title.partition(":")
-    prefix = prefix.strip().lower()
-    return bool(colon) and (prefix in HIDDEN_LINK_PREFIXES or bool(INTERLANGUAGE.match(prefix)))
-
-
-# Left where markup was removed, so that a line holding only markup vanishes instead of
-# turning into a paragraph break (only lines blank in the source become blank lines).
-REMOVED = "\ue000"  # a private-use character: never in real text
-
-
-def _render(code) -> str:
-    """Wikicode -> plain text, keeping prose and dropping markup (recursive)."""
-    from mwparserfromhell import nodes
-
-    out = []
-    for node in code.nodes:
-        if isinstance(node, nodes.Text):
-            out.append(str(node.value))
-        elif isinstance(node, nodes.Wikilink):
-            title = str(node.title).strip()
-            if _hidden_link(title):
-                out.append(REMOVED)
-                continue
-            out.append(_render(node.text) if node.text is not None else title.lstrip(":"))
-        elif isinstance(node, nodes.ExternalLink):
-            if node.brackets and node.title is not None:  # [http://x text] -> text; bare URLs go
-                out.append(_render(node.title))
-        elif isinstance(node, nodes.Heading):
-            out.append(_render(node.title).strip())  # "== History ==" -> "History"
-        elif isinstance(node, nodes.Tag):
-            tag = str(node.tag).strip().lower()
-            if tag in DROP_TAGS:
-                out.append(REMOVED)
-                continue
-            if tag == "br":
-                out.append("\n")
-            elif node.contents is not None and not node.self_closing:
-                out.append(_render(node.contents))
-        elif isinstance(node, nodes.HTMLEntity):
-            out.append(node.normalize())
-        else:  # Template, Comment, Argument
-            out.append(REMOVED)
-    return "".join(out)
-
-
-def _is_disambiguation(code) -> bool:
-    for t in code.filter_templates(recursive=False):
-        name = str(t.name).strip().lower().replace("_", " ")
-        if name in DISAMBIGUATION_TEMPLATES or name.startswith("disambiguation"):
-            return True
-    return False
-
-
-_MAGIC_WORD = re.compile(r"__[A-Z]+__")
-_EMPTY_PARENS = re.compile(r"[(（][\s,;，；、]*[)）]")
-_PARENS_LEAD = re.compile(r"([(（])[\s,;，；、]+")  # "(;, Greek: ...)" left by a removed template
-_SPACES = re.compile(r"[ \t\u00a0\u2009\u200b]+")
-_WORDLIKE = re.compile(r"\w")
-
-
-def normalize_text(text: str) -> str:
-    """Collapse spaces inside lines, drop lines with no word character, keep one blank line
-    between paragraphs. Never inserts spaces, so it is safe for languages written without them."""
-    lines, blank = [], False
-    for line in text.split("\n"):
-        if not line.strip():  # blank in the source: a paragraph break
-            blank = bool(lines)
-            continue
-        line = line.replace(REMOVED, "")
-        line = _PARENS_LEAD.sub(r"\1", _EMPTY_PARENS.sub("", _MAGIC_WORD.sub("", line)))
-        line = _SPACES.sub(" ", line).strip()
-        line = re.sub(r" ([,.;:!?，。；：！？])", r"\1", line)  # a space left before punctuation
-        if not _WORDLIKE.search(line):  # only markup was on this line: drop it silently
-            continue
-        if blank:
-            lines.append("")
-            blank = False
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def drop_tables(wikitext: str) -> str:
-    """Remove {| ... |} table blocks line by line. mwparserfromhell gives up on tables with
-    broken attributes and returns them as text; lines that open/close tables are unambiguous."""
-    out, depth = [], 0
-    for line in wikitext.split("\n"):
-        stripped = line.lstrip()
-        if stripped.startswith("{|"):
-            depth += 1
-        elif depth and stripped.startswith("|}"):
-            depth -= 1
-            out.append(REMOVED)
-            continue
-        out.append(REMOVED if depth else line)
-    return "\n".join(out)
-
-
-# Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced '').
-_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
-_LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
-_QUOTE_MARKUP = re.compile(r"'{2,}")  # two quotes: italic, three: bold
-
-
-def clean_wikitext(title: str, wikitext: str, settings: CleanSettings):
-    """One article's wikitext -> ((title, text), None) or (None, reason it was dropped)."""
-    import mwparserfromhell
-
-    code = mwparserfromhell.parse(drop_tables(wikitext))
-    if _is_disambiguation(code) or re.search(r"\((disambiguation|消歧义|消歧義)\)$", title):
-        return None, "disambiguation"
-    # cut at the first trailing reference-like section
-    for i, node in enumerate(code.nodes):
-        if (isinstance(node, mwparserfromhell.nodes.Heading)
-                and node.title.strip_code().strip().lower() in TRAILING_SECTIONS):
-            code = mwparserfromhell.wikicode.Wikicode(code.nodes[:i])
-            break
-    text = _LEFTOVER_REF.sub(REMOVED, _render(code))
-    text = _QUOTE_MARKUP.sub("", _LEFTOVER_TAG.sub(REMOVED, text))
-    return finish_article(title, text, settings)
-
-
-def finish_article(title: str, text: str, settings: CleanSettings):
-    text = normalize_text(text)
-    if len(text) < settings.min_chars:
-        return None, "too_short"
-    return (title, text), None
-
-
 def clean_batch(job):
-    """Worker: a batch of (title, text, markup) -> list of ((title, text) or None, drop reason)."""
+    """Worker: a batch of (title, text, markup, info) -> list of ((title, text, info) or None,
+    drop reason); info holds the page id and URL where the source has them."""
     batch, settings = job
     out = []
-    for title, text, markup in batch:
+    for title, text, markup, info in batch:
         try:
             if markup == "wikitext":
-                out.append(clean_wikitext(title, text, settings))
+                article, reason = clean_wikitext(title, text, settings)
             else:  # already plain text (pre-extracted sources)
-                out.append(finish_article(title, text, settings))
+                article, reason = finish_article(title, text, settings)
         except Exception:  # a pathological page must not stop a 20 GB run; it is counted
-            out.append((None, "parse_error"))
+            article, reason = None, "parse_error"
+        out.append(((*article, info) if article else None, reason))
     return out
 
 
@@ -254,6 +91,7 @@ def read_xml(path: Path, progress):
     """Stream (title, wikitext, 'wikitext') for namespace-0, non-redirect pages; memory stays
     flat because every finished <page> is cleared from the tree."""
     pages = articles = 0
+    url_prefix = ""  # from <siteinfo><base>https://en.wikipedia.org/wiki/Main_Page</base>
     with open(path, "rb") as raw:
         stream = _open_maybe_compressed(raw)
         try:
@@ -264,6 +102,8 @@ def read_xml(path: Path, progress):
                                 f"<{_local(root.tag)}>, expected <mediawiki>). Use a "
                                 "*-pages-articles.xml[.bz2] file from dumps.wikimedia.org.")
             for event, elem in context:
+                if event == "end" and _local(elem.tag) == "base" and elem.text:
+                    url_prefix = elem.text.strip().rsplit("/", 1)[0] + "/"
                 if event != "end" or _local(elem.tag) != "page":
                     continue
                 fields = {_local(c.tag): c for c in elem}
@@ -278,7 +118,10 @@ def read_xml(path: Path, progress):
                     progress.skip("redirect")
                 else:
                     articles += 1
-                    yield title, text, "wikitext"
+                    info = {"id": (fields["id"].text or "").strip() if "id" in fields else ""}
+                    if url_prefix:
+                        info["url"] = url_prefix + quote(title.replace(" ", "_"))
+                    yield title, text, "wikitext", info
                 root.clear()
                 progress.at(raw.tell())
         except EOFError:
@@ -314,7 +157,8 @@ def read_jsonl(path: Path, progress):
                 raise WikiError(f'{path}:{lineno}: expected an object with a string "text" field '
                                 f"(and a \"title\"), got {str(row)[:80]!r}.")
             progress.at(raw.tell())
-            yield str(row.get("title", "")), row["text"], "plain"
+            info = {k: str(row[k]) for k in ("id", "url") if row.get(k)}
+            yield str(row.get("title", "")), row["text"], "plain", info
 
 
 def read_parquet(path: Path, progress):
@@ -329,10 +173,12 @@ def read_parquet(path: Path, progress):
     if "text" not in columns or "title" not in columns:
         raise WikiError(f"{path}: parquet needs columns 'title' and 'text'; it has {columns}.")
     size = path.stat().st_size
+    extra = [c for c in ("id", "url") if c in columns]  # wikimedia/wikipedia has both
     for i in range(pf.num_row_groups):
-        table = pf.read_row_group(i, columns=["title", "text"])
-        for title, text in zip(table.column("title").to_pylist(), table.column("text").to_pylist()):
-            yield title or "", text or "", "plain"
+        table = pf.read_row_group(i, columns=["title", "text", *extra]).to_pydict()
+        for j, (title, text) in enumerate(zip(table["title"], table["text"])):
+            info = {c: str(table[c][j]) for c in extra if table[c][j]}
+            yield title or "", text or "", "plain", info
         progress.at(size * (i + 1) // pf.num_row_groups)
 
 
@@ -495,7 +341,7 @@ def split_of(title: str, seed: int, val_fraction: float) -> tuple[str, float]:
 
 
 def clean_pass(files, args, settings, work: Path, progress: Progress):
-    """Pass 1: source -> cleaned, deduplicated articles in work/articles.jsonl."""
+    """Pass 1: source -> cleaned, deduplicated articles in work/articles.jsonl.gz."""
     seen = set()
     counts = {"train": 0, "val": 0}
     lowest = (2.0, -1)  # the article with the lowest split hash: the val fallback
@@ -507,13 +353,13 @@ def clean_pass(files, args, settings, work: Path, progress: Progress):
             progress.done_files += f.stat().st_size
 
     jobs = ((batch, settings) for batch in batched(raw_articles(), 32))
-    with open(work / "articles.jsonl", "w", encoding="utf-8") as out:
+    with open_articles_for_writing(work / ARTICLES) as out:
         for results in ordered_map(clean_batch, jobs, args.workers):
             for article, reason in results:
                 if article is None:
                     progress.skip(reason)
                     continue
-                title, body = article
+                title, body, info = article
                 digest = hashlib.blake2b(body.encode(), digest_size=12).digest()
                 if digest in seen:
                     progress.skip("duplicate")
@@ -524,8 +370,8 @@ def clean_pass(files, args, settings, work: Path, progress: Progress):
                 split, u = split_of(title, args.seed, args.val_fraction)
                 lowest = min(lowest, (u, n))
                 counts[split] += 1
-                doc = f"{title}\n\n{body}"  # the title opens the document: it says what it is about
-                out.write(json.dumps({"split": split, "text": doc}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({"title": title, "split": split, "text": body, **info},
+                                     ensure_ascii=False) + "\n")
                 n += 1
                 progress.set_kept(n)
             if args.max_articles and n >= args.max_articles:
@@ -540,12 +386,23 @@ def clean_pass(files, args, settings, work: Path, progress: Progress):
 
 
 def iter_articles(work: Path, split: str, force_val: int):
-    with open(work / "articles.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            row = json.loads(line)
-            row_split = "val" if i == force_val else row["split"]
-            if row_split == split:
-                yield row["text"]
+    """The documents of one split as the model sees them: the title opens the document
+    (it says what it is about), then the text."""
+    for i, row in enumerate(read_articles(work)):
+        row_split = "val" if i == force_val else row["split"]
+        if row_split == split:
+            yield f"{row['title']}\n\n{row['text']}"
+
+
+def settle_val_fallback(work: Path, force_val: int):
+    """Write the one article moved to val (tiny sources) into the kept articles too."""
+    if force_val < 0:
+        return
+    with open_articles_for_writing(work / (ARTICLES + ".new")) as out:
+        for i, row in enumerate(read_articles(work)):
+            row["split"] = "val" if i == force_val else row["split"]
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(work / (ARTICLES + ".new"), work / ARTICLES)
 
 
 def encode_pass(tok: Tokenizer, work: Path, split: str, force_val: int, args) -> dict:
@@ -635,7 +492,7 @@ def prepare(args) -> Path:
         tok.save(work / "tokenizer.json")
 
         splits = {s: encode_pass(tok, work, s, force_val, args) for s in ("train", "val")}
-        (work / "articles.jsonl").unlink()
+        settle_val_fallback(work, force_val)  # the kept articles stay, for retrieval and QA
         meta = {
             "format_version": FORMAT_VERSION,
             "source": str(args.source or source),
@@ -647,6 +504,7 @@ def prepare(args) -> Path:
             "dropped": dict(progress.skipped),
             "shards": {s: st.pop("shards") for s, st in splits.items()},
             "splits": splits,
+            "articles": ARTICLES,
             "seconds": round(time.time() - t0, 2),
         }
         atomic_write_json(work / "meta.json", meta)  # meta.json last: it marks the folder complete

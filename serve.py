@@ -448,7 +448,7 @@ def main(argv):
                    help="require 'Authorization: Bearer KEY' (default: $WIKIGPT_API_KEY; empty: open)")
     p.add_argument("--model_name", default="", help="the model id clients see (default: wikigpt-FOLDER)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--slots", type=int, default=16, help="requests decoded together (rounded up to 4)")
+    p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a slot before 429")
     p.add_argument("--max_tokens_limit", type=int, default=Settings.max_tokens_limit, help="largest max_tokens")
     p.add_argument("--max_body_bytes", type=int, default=Settings.max_body_bytes, help="largest request body")
@@ -474,7 +474,7 @@ def main(argv):
 
     port = sock.getsockname()[1]
     print(f"serving {args.ckpt} ({info['kind']}, step {info['step']}) as {name!r} on "
-          f"http://{args.host}:{port} ({engine.engine.n_slots} slots, key {'required' if args.api_key else 'off'})",
+          f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'})",
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     engine.stop()
