@@ -4,6 +4,7 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     python chat.py --ckpt out/chat/best.pt
     python chat.py --ckpt out/chat/best.pt --system "You are a helpful assistant."
     python chat.py --ckpt out/chat/best.pt --prompt "What is a river?"     # one reply, then exit
+    python chat.py --ckpt out/chat/best.pt --rag                  # answers from Wikipedia, with sources
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
@@ -15,14 +16,20 @@ import sys
 from checkpoint import load_model
 from cli import UsageError, run_main
 from engine import generate
+from retrieve import grounded_prompt, open_index
 from sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
 from tokenizer import ContextOverflow, Message, fit_history, prompt_room, stream_text
 
 
-def reply(model, tok, history: list[Message], args, out=sys.stdout) -> str:
-    """Stream one assistant reply to `out` and return its text (without <|end|>)."""
+def reply(model, tok, history: list[Message], args, index=None, out=sys.stdout) -> str:
+    """Stream one assistant reply to `out` and return its text (without <|end|>). With an
+    index, passages retrieved for the last turn go into the prompt and are listed after."""
     block = model.cfg.block_size
-    ids, history[:] = fit_history(tok, history, prompt_room(block, args.max_new_tokens), limit=block - 1)
+    room = prompt_room(block, args.max_new_tokens)
+    ids, history[:] = fit_history(tok, history, room, limit=block - 1)  # oldest turns go first
+    sources = []
+    if index is not None:
+        ids, sources = grounded_prompt(index, tok, history, args.rag_k, room, block - 1)
     tokens = generate(model, ids, args.max_new_tokens, params_from_args(args),
                       stop_tokens={tok.end_of_turn}, seed=args.seed)
     pieces = []
@@ -31,6 +38,8 @@ def reply(model, tok, history: list[Message], args, out=sys.stdout) -> str:
         out.flush()
         pieces.append(piece)
     out.write("\n")
+    for i, hit in enumerate(sources, 1):
+        out.write(f"  [{i}] {hit.title}{'  ' + hit.url if hit.url else ''}\n")
     return "".join(pieces).strip()
 
 
@@ -40,16 +49,21 @@ def main(argv):
     p.set_defaults(ckpt="out/chat/best.pt", max_new_tokens=128)
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("--prompt", default=None, help="one-shot: print a single reply and exit")
+    p.add_argument("--rag", action="store_true", help="answer from passages retrieved from Wikipedia")
+    p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
+                   "(default: the one the checkpoint was trained on)")
+    p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
     args = p.parse_args(argv)
     params_from_args(args)  # refuse out-of-range options before loading anything
-    model, tok, _ = load_model(args.ckpt, args.device)
+    model, tok, info = load_model(args.ckpt, args.device)
     if not tok.has_chat_tokens():
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
+    index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
     start = [Message("system", args.system)] if args.system else []
 
     if args.prompt is not None:
         try:
-            reply(model, tok, start + [Message("user", args.prompt)], args)
+            reply(model, tok, start + [Message("user", args.prompt)], args, index)
         except ContextOverflow as e:
             raise UsageError(str(e))
         return
@@ -76,7 +90,7 @@ def main(argv):
         history.append(Message("user", text))
         print("bot> ", end="", flush=True)
         try:
-            history.append(Message("assistant", reply(model, tok, history, args)))
+            history.append(Message("assistant", reply(model, tok, history, args, index)))
         except ContextOverflow as e:
             history.pop()
             print(f"(not sent: {e})")

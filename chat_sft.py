@@ -28,6 +28,8 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import UsageError, load_config, opt, run_main
+import wikiqa
+from retrieve import Index
 from tokenizer import ASSISTANT, Message, Tokenizer, render_chat, show_mask
 from train import PretrainBatches, TrainConfig, setup_dist, starting_checkpoint, to_device, train
 
@@ -53,6 +55,9 @@ class SFTConfig(TrainConfig):
     skip_bad_records: bool = opt(False, "skip malformed records (and say how many) instead of failing")
     show_examples: int = opt(0, "print this many training rows with their loss mask, then exit")
     eot_check: int = opt(50, "after training, how many held-out prompts to test for <|end|>")
+    # knowledge: questions about the articles of `data`, answered from retrieved passages
+    grounded_qa: float = opt(0.0, "weight of grounded Wikipedia QA conversations (wikiqa.py; 0: off)")
+    qa_eval: int = opt(3, "with grounded_qa: held-out QA questions per val article, reported at the end")
 
     def validate(self):
         super().validate()
@@ -60,6 +65,8 @@ class SFTConfig(TrainConfig):
             raise UsageError(f"config: sft_format: unknown {self.sft_format!r}")
         if not 0 < self.sft_val_fraction < 1:
             raise UsageError(f"config: sft_val_fraction must be in (0, 1), got {self.sft_val_fraction}")
+        if self.grounded_qa < 0 or self.qa_eval < 0:
+            raise UsageError("config: grounded_qa and qa_eval must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,16 +192,22 @@ def builtin_dialogues(system_prompt: str):
 BUILTIN_WEIGHTS = {"chitchat": 0.5, "chatterbot-english": 2.0, "chatterbot-chinese": 10.0}
 
 
-def conversation_sources(cfg: SFTConfig, skipped: list):
+def conversation_sources(cfg: SFTConfig, skipped: list, tok: Tokenizer, block_size: int):
     """(weight, iterable of conversations) per source. The built-in mix: chitchat's long
     conversations would fill ~85% of the rows; half of them, chatterbot's English twice and
-    its 467 Chinese ones 10x give each language a real share of the batches."""
+    its 467 Chinese ones 10x give each language a real share of the batches. With
+    grounded_qa, questions about the train articles of `data` join with that weight."""
     if not cfg.sft_data:
         groups = {}
         for source, conv in builtin_dialogues(cfg.system_prompt):
             groups.setdefault(source, []).append(conv)
-        return [(BUILTIN_WEIGHTS[s], convs) for s, convs in groups.items()]
-    return [(w, read_dialogues(path, cfg, skipped)) for path, w in parse_sft_data(cfg.sft_data)]
+        sources = [(BUILTIN_WEIGHTS[s], convs) for s, convs in groups.items()]
+    else:
+        sources = [(w, read_dialogues(path, cfg, skipped)) for path, w in parse_sft_data(cfg.sft_data)]
+    if cfg.grounded_qa:
+        index = Index.open(cfg.data)
+        sources.append((cfg.grounded_qa, wikiqa.grounded_conversations(cfg.data, index, tok, block_size, cfg.seed)))
+    return sources
 
 
 def parse_sft_data(spec: str) -> list[tuple[Path, float]]:
@@ -268,8 +281,9 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     """Tokenize every conversation once into out_dir/sft_tokens-<hash>/; reused while the
     inputs (files, settings, tokenizer) are unchanged. Written to a temporary folder first."""
     files = [path for path, _ in parse_sft_data(cfg.sft_data)]
+    grounded = [cfg.grounded_qa, Index.open(cfg.data).info] if cfg.grounded_qa else []  # its articles' fingerprint
     key = json.dumps([cfg.sft_data or BUILTIN_WEIGHTS, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
-                      cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab,
+                      cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab, grounded,
                       [(str(f), f.stat().st_size, f.stat().st_mtime) for f in files if f.is_file()]])
     key = hashlib.sha256(key.encode() + json.dumps(tok.spec).encode()).hexdigest()[:12]
     folder = Path(cfg.out_dir) / f"sft_tokens-{key}"
@@ -284,7 +298,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         offsets = {"train": [0], "val": [0]}
         cuts = Counter()
         conv_index = 0
-        for weight, conversations in conversation_sources(cfg, skipped):
+        for weight, conversations in conversation_sources(cfg, skipped, tok, block_size):
             for conv in conversations:
                 h = int.from_bytes(hashlib.blake2b(f"{cfg.seed}:{conv_index}".encode(), digest_size=8).digest(), "big")
                 conv_index += 1
@@ -444,6 +458,12 @@ def main(argv):
         rate = end_of_turn_rate(model.eval(), tok, val_rows, cfg.eot_check)
         print(f"held-out prompts whose reply ends with <|end|> within 128 tokens: {100 * rate:.0f}% "
               f"(best.pt, {min(cfg.eot_check, len(val_rows))} prompts)")
+    if dist.master and cfg.grounded_qa and cfg.qa_eval:
+        model, _ = model_from_checkpoint(load_checkpoint(Path(cfg.out_dir) / "best.pt"), dist.device)
+        report = wikiqa.evaluate(model.eval(), tok, cfg.data, Index.open(cfg.data), cfg.qa_eval, cfg.seed)
+        print(wikiqa.format_report(report))
+        (Path(cfg.out_dir) / "qa_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        summary["qa"] = report
     return summary
 
 

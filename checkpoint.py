@@ -82,6 +82,7 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
         if dtype not in DTYPES:
             raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
         model.to(DTYPES[dtype])
-    info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"),
-            "val": ckpt.get("val"), "model_config": ckpt["model_config"], "device": device}
+    info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"), "val": ckpt.get("val"),
+            "model_config": ckpt["model_config"], "device": device,
+            "data": ckpt.get("train_config", {}).get("data", "")}  # the dataset it learned from
     return model.eval(), tok, info

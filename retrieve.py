@@ -217,6 +217,26 @@ class Index:
                 for i in top if scores[i] > 0 for p in [self.passages[int(i)]]]
 
 
+def open_index(folder: str, k: int) -> Index:
+    """The index for a tool's --rag option, with the tool-level checks."""
+    if not folder:
+        raise UsageError("--rag needs the dataset folder with the index: pass --data DATA_FOLDER.")
+    if k < 1:
+        raise UsageError(f"--rag_k must be at least 1, got {k}")
+    return Index.open(folder)
+
+
+def grounded_prompt(index: Index, tok, history: list, k: int, room: int, limit: int):
+    """Retrieve k passages for the last user turn and fit them into the prompt (tokenizer.
+    fit_grounded: the conversation first, passages in what is left). Shared by chat.py --rag
+    and serve.py --rag. Returns (prompt ids, the passages that made it in)."""
+    from tokenizer import fit_grounded
+
+    hits = index.search(history[-1].content, k)
+    ids, _, used = fit_grounded(tok, history, [(h.title, h.text) for h in hits], room, limit)
+    return ids, hits[:len(used)]
+
+
 def search(folder, query: str, k: int = 3) -> list[tuple[str, str, float]]:
     """One-call retrieval: [(title, passage, score)], best first."""
     return [(p.title, p.text, p.score) for p in Index.open(folder).search(query, k)]

@@ -24,6 +24,7 @@ from pathlib import Path
 from checkpoint import load_model
 from cli import UsageError, run_main
 from engine import EngineThread, QueueFull, Request
+from retrieve import grounded_prompt, open_index
 from sampling import CHAT_DEFAULTS, SamplingParams
 from tokenizer import ContextOverflow, Message, TextStream, fit_history, prompt_room
 
@@ -41,6 +42,7 @@ class Settings:
     default_max_tokens: int = 256
     max_n: int = 8
     max_stop: int = 4
+    rag_k: int = 3
 
 
 class ApiError(Exception):
@@ -161,10 +163,10 @@ class Choice:
 class Server:
     """The model, the engine thread and the metrics, with the logic of each endpoint."""
 
-    def __init__(self, model, tok, settings: Settings, engine: EngineThread):
+    def __init__(self, model, tok, settings: Settings, engine: EngineThread, index=None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.model, self.tok, self.settings, self.engine = model, tok, settings, engine
+        self.model, self.tok, self.settings, self.engine, self.index = model, tok, settings, engine, index
         self.block = model.cfg.block_size
         self.registry = r = CollectorRegistry()
         self.requests = Counter("wikigpt_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
@@ -178,17 +180,24 @@ class Server:
         Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
 
     # ----- building prompts
-    def chat_prompt(self, body: dict, max_tokens: int) -> list[int]:
+    def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], list]:
+        """The prompt ids, and the passages retrieved into it (with --rag)."""
         if not self.tok.has_chat_tokens():
             raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
                                 "or serve a checkpoint from chat_sft.py", "messages")
         messages = read_messages(body, self.settings.max_messages)
+        use_rag = body.get("rag", True)
+        if not isinstance(use_rag, bool):
+            raise ApiError(400, "'rag' must be true or false", "rag")
+        room = prompt_room(self.block, max_tokens)
         try:
-            ids, _ = fit_history(self.tok, messages, prompt_room(self.block, max_tokens), limit=self.block - 1)
+            ids, kept = fit_history(self.tok, messages, room, limit=self.block - 1)
         except ContextOverflow as e:
             raise ApiError(400, f"{e} (the model's context is {self.block} tokens)", "messages",
                            "context_length_exceeded")
-        return ids
+        if self.index is None or not use_rag or kept[-1].role != "user":
+            return ids, []
+        return grounded_prompt(self.index, self.tok, kept, self.settings.rag_k, room, self.block - 1)
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         prompt = body.get("prompt")
@@ -349,11 +358,16 @@ def create_app(server: Server):
 
     async def complete(request: HttpRequest, chat: bool):
         body = await read_body(request)
-        prompts = ([server.chat_prompt(body, server.max_tokens(body))] if chat
-                   else server.completion_prompts(body))
+        sources = []
+        if chat:
+            prompt, sources = server.chat_prompt(body, server.max_tokens(body))
+            prompts = [prompt]
+        else:
+            prompts = server.completion_prompts(body)
         kind = "chat.completion" if chat else "text_completion"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind,
                 "created": int(time.time()), "model": s.model_name}
+        cited = {"sources": [{"title": h.title, "url": h.url, "text": h.text} for h in sources]} if sources else {}
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         events = server.generate(prompts, body, chat, request.is_disconnected)
@@ -368,7 +382,7 @@ def create_app(server: Server):
             out = [({"index": c.index, "message": {"role": "assistant", "content": c.text}} if chat
                     else {"index": c.index, "text": c.text}) | {"finish_reason": c.finish, "logprobs": None}
                    for c in choices]
-            return JSONResponse(head | {"choices": out, "usage": server.usage(choices)})
+            return JSONResponse(head | {"choices": out, "usage": server.usage(choices)} | cited)
 
         first = await anext(events, None)  # errors before the first token still get a status code
 
@@ -389,7 +403,7 @@ def create_app(server: Server):
                         seen.add(c.index)
                         yield line(head | {"object": "chat.completion.chunk", "choices": [
                             {"index": c.index, "delta": {"role": "assistant", "content": ""},
-                             "finish_reason": None, "logprobs": None}]})
+                             "finish_reason": None, "logprobs": None}]} | cited)
                     if delta:
                         yield line(chunk(c, delta))
                     if c.finish:
@@ -422,6 +436,7 @@ def create_app(server: Server):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": s.model_name, "chat": server.tok.has_chat_tokens(),
+                "rag": server.index is not None,
                 "context_length": server.block, "auth": bool(s.api_key),
                 "active": server.engine.active, "queued": server.engine.queue_depth}
 
@@ -448,6 +463,10 @@ def main(argv):
                    help="require 'Authorization: Bearer KEY' (default: $WIKIGPT_API_KEY; empty: open)")
     p.add_argument("--model_name", default="", help="the model id clients see (default: wikigpt-FOLDER)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--rag", action="store_true", help="answer chat turns from retrieved Wikipedia passages")
+    p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
+                   "(default: the one the checkpoint was trained on)")
+    p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a slot before 429")
     p.add_argument("--max_tokens_limit", type=int, default=Settings.max_tokens_limit, help="largest max_tokens")
@@ -458,9 +477,10 @@ def main(argv):
     if args.slots < 1 or args.max_queue < 0:
         raise UsageError("--slots must be >= 1 and --max_queue >= 0")
     model, tok, info = load_model(args.ckpt, args.device)
+    index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
     name = args.model_name or f"wikigpt-{Path(args.ckpt).resolve().parent.name}"
     settings = Settings(model_name=name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
-                        max_body_bytes=args.max_body_bytes)
+                        max_body_bytes=args.max_body_bytes, rag_k=args.rag_k)
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -469,12 +489,13 @@ def main(argv):
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). Pick another --port "
                          "(0 picks a free one) or stop what uses it.")
     engine = EngineThread(model, args.slots, args.max_queue)
-    app = create_app(Server(model, tok, settings, engine))
+    app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn
 
     port = sock.getsockname()[1]
     print(f"serving {args.ckpt} ({info['kind']}, step {info['step']}) as {name!r} on "
-          f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'})",
+          f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'}"
+          f"{', retrieval from ' + str(args.data or info['data']) if index else ''})",
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     engine.stop()

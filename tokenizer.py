@@ -224,3 +224,44 @@ def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | 
                 return ids, system + turns
             raise ContextOverflow(len(ids), limit or room)
         turns = turns[2:] if len(turns) > 2 else turns[-1:]  # drop the oldest user/assistant exchange
+
+
+# ----------------------------------------------------------------------------------------
+# Retrieved passages in the chat template: one rendering for grounded SFT rows, chat.py --rag
+# and the server, so the model reads passages at chat time exactly as it learned to.
+#
+#   <|user|>Sources:
+#   [1] Aristotle: Aristotle (384-322 BC) was a Greek philosopher...
+#   [2] Plato: ...
+#
+#   Question: Who was Aristotle?<|end|><|assistant|>
+
+def grounded_question(question: str, passages: list[tuple[str, str]]) -> str:
+    """The user turn for a question with retrieved (title, text) passages, best first."""
+    if not passages:
+        return question
+    sources = "\n".join(f"[{i}] {title}: {text}" for i, (title, text) in enumerate(passages, 1))
+    return f"Sources:\n{sources}\n\nQuestion: {question}"
+
+
+def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[str, str]],
+                 room: int, limit: int | None = None):
+    """fit_history with passages in the last user turn. The conversation is fitted first;
+    the passages get what is left of `room`, best first, the last one shortened (at a
+    character, never inside one) to fit. Returns (ids, kept messages, passages used)."""
+    ids, kept = fit_history(tok, history, room, limit)
+    question = kept[-1].content
+    used = []
+    for title, text in passages:
+        for cut in (len(text), *(int(len(text) * f) for f in (0.75, 0.5, 0.3, 0.15))):
+            trial = used + [(title, text[:cut].rstrip() + ("..." if cut < len(text) else ""))]
+            turn = Message(kept[-1].role, grounded_question(question, trial))
+            trial_ids, _ = render_chat(tok, kept[:-1] + [turn], add_generation_prompt=True)
+            if len(trial_ids) <= room:
+                used, ids = trial, trial_ids
+                break
+        else:
+            break  # not even a short piece fits: the passages after it would not either
+    if used:
+        kept = kept[:-1] + [Message(kept[-1].role, grounded_question(question, used))]
+    return ids, kept, used

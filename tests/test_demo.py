@@ -16,11 +16,14 @@ def test_full_demo_at_tiny_scale(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
-    for step in ("1/4", "2/4", "3/4", "4/4"):
+    for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"== {step}" in out
+    assert re.search(r"indexed [\d,]+ passages of 98 articles", out)  # the search index
     assert "wrote" in out and "chars/token" in out  # the dataset
     assert out.count("Aristotle was") >= 1  # the pretrained sample
     assert "dialogues:" in out and re.search(r"within 128 tokens: \d+%", out)  # SFT
     assert "you> 你好" in out and "(conversation cleared)" in out  # the scripted chat
-    assert len(re.findall(r"^bot> ", out, re.M)) == 5
+    assert "held-out Wikipedia QA" in out and "recall@5" in out  # the knowledge report
+    assert len(re.findall(r"^bot> ", out, re.M)) == 5 + 3  # 3 Wikipedia questions with --rag
+    assert re.search(r"^  \[1\] Aristotle  https://en.wikipedia.org/wiki/Aristotle$", out, re.M)
     assert (tmp_path / "out" / "chat" / "best.pt").is_file()

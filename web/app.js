@@ -72,7 +72,7 @@ async function send(text) {
   if (key) headers.Authorization = "Bearer " + key;
   state.controller = new AbortController();
   setBusy(true);
-  let reply = "", finish = null;
+  let reply = "", finish = null, sources = [];
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers, signal: state.controller.signal,
@@ -88,6 +88,7 @@ async function send(text) {
     }
     for await (const event of readEvents(response)) {
       if (event.error) throw new Error(event.error.message);
+      if (event.sources) sources = event.sources;  // with serve.py --rag: the passages it read
       const choice = event.choices?.[0];
       if (!choice) continue;
       if (choice.delta?.content) {
@@ -106,6 +107,7 @@ async function send(text) {
     bubble.classList.remove("streaming");
     if (reply) state.history.push({ role: "assistant", content: reply });
     else if (!finish) bubble.remove();
+    if (reply && sources.length) bubble.appendChild(sourceList(sources));
     if (finish === "length") {
       const note = document.createElement("span");
       note.className = "note";
@@ -116,6 +118,21 @@ async function send(text) {
     setBusy(false);
     $("input").focus();
   }
+}
+
+function sourceList(sources) {
+  const list = document.createElement("ol");
+  list.className = "sources";
+  for (const source of sources) {
+    const item = document.createElement("li");
+    const link = document.createElement(source.url ? "a" : "span");
+    link.textContent = source.title;
+    if (source.url) { link.href = source.url; link.target = "_blank"; link.rel = "noopener"; }
+    link.title = source.text;
+    item.appendChild(link);
+    list.appendChild(item);
+  }
+  return list;
 }
 
 function newChat() {

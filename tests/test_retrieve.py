@@ -1,0 +1,206 @@
+"""Knowledge integration: kept articles, passages, the BM25 index (en + zh), grounded SFT rows,
+chat.py --rag, serve.py --rag, the held-out QA benchmark and bad input."""
+import json
+import random
+from collections import Counter
+import re
+import shutil
+
+import pytest
+from conftest import PROSE, TINY, dump_xml, page, run_cli
+
+import wikiqa
+from chat_sft import rows_of
+from data import DatasetError, load_dataset, read_articles
+from prepare_wiki import main as prepare
+from retrieve import Index, build_index, grounded_prompt, split_passages, terms
+from tokenizer import Message, fit_grounded, prompt_room, render_chat
+
+SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
+KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]
+PLACES = ["the north", "the old empire", "the eastern coast", "the high valley", "the desert"]
+ZH = [("长江", "长江是中国最长的河流，流经多个省份。"), ("黄山", "黄山是安徽省的一座名山，以奇松怪石闻名。"),
+      ("北京", "北京是中华人民共和国的首都，历史悠久。"), ("熊猫", "熊猫是一种生活在中国西南山区的哺乳动物。"),
+      ("茶", "茶是一种用茶树叶子冲泡的饮料，起源于中国。"), ("长城", "长城是古代中国修建的军事防御工程。")]
+
+
+def invented_articles(n, seed=0):
+    """n articles about invented things: their facts cannot be known without reading them."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
+        if name in seen:
+            continue
+        seen.add(name)
+        lead = f"{name} is a {rng.choice(KINDS)} from {rng.choice(PLACES)}."
+        out.append((name, f"'''{lead[:len(name)]}'''{lead[len(name):]} " + PROSE * 3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rag_data(tmp_path_factory):
+    """A dataset of 40 invented English articles and 6 Chinese ones, with its index."""
+    root = tmp_path_factory.mktemp("rag")
+    pages = [page(t, text) for t, text in invented_articles(40)]
+    pages += [page(t, text + "这里还有更多的介绍和说明文字。" * 12) for t, text in ZH]
+    (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:512", "--min_chars", "50",
+             "--val_fraction", "0.25", "--workers", "1"])
+    build_index(root / "data", quiet=True)
+    return root / "data"
+
+
+# ----- kept articles, passages, terms
+
+def test_prepare_keeps_every_article_with_its_split(rag_data):
+    ds = load_dataset(rag_data)
+    articles = list(read_articles(rag_data))
+    assert len(articles) == 46 and {a["split"] for a in articles} == {"train", "val"}
+    for split in ("train", "val"):
+        assert sum(a["split"] == split for a in articles) == ds.meta["splits"][split]["articles"]
+    assert all(a["id"] == "1" and a["text"] for a in articles)  # the page id of conftest's pages
+
+
+def test_passages_keep_the_text_whole_and_never_split_a_character():
+    text = ("第一段很短。\n" + "这是一个很长的句子，" * 40 + "结束。\n" + "Short line.\n" + "word " * 300)
+    passages = split_passages(text, max_chars=100)
+    assert all(0 < len(p) <= 100 for p in passages)
+    assert "".join("".join(p.split()) for p in passages) == "".join(text.split())  # nothing lost or mangled
+    for p in passages:
+        assert p.encode("utf-8").decode("utf-8") == p and "\ufffd" not in p
+
+
+def test_terms_stem_english_and_use_chinese_characters_and_bigrams():
+    assert terms("The Rivers were flowing") == ["river", "flow"]  # stopwords out, stems in
+    assert terms("亚里士多德") == ["亚", "里", "士", "多", "德", "亚里", "里士", "士多", "多德"]
+
+
+def test_the_index_finds_articles_by_title_in_english_and_chinese(rag_data):
+    index = Index.open(rag_data)
+    english = [a for a in read_articles(rag_data) if not re.search("[\u4e00-\u9fff]", a["title"])]
+    hits = [index.search(f"What is {a['title']}?", 1)[0].title for a in english]
+    assert sum(h == a["title"] for h, a in zip(hits, english)) >= 0.95 * len(english)
+    for title, _ in ZH:
+        assert index.search(f"{title}是什么？", 1)[0].title == title
+    assert index.search("???", 3) == []  # no term at all: nothing, not an error
+
+
+# ----- grounded rows: the same rendering at training and at chat time
+
+def test_grounded_rows_render_passages_exactly_as_chat_time_and_mask_only_the_answer(rag_data):
+    tok = load_dataset(rag_data).tokenizer
+    index, block = Index.open(rag_data), 256
+    convs = list(wikiqa.grounded_conversations(rag_data, index, tok, block, seed=1))
+    train_titles = {a["title"] for a in read_articles(rag_data, "train")}
+    assert len(convs) > 20
+    for user, answer in convs[:10]:
+        question = user.content.rsplit("Question: ", 1)[1]
+        chat_time, _ = grounded_prompt(index, tok, [Message("user", question)], wikiqa.RAG_K,
+                                       prompt_room(block, wikiqa.REPLY_TOKENS), block - 1)
+        train_time, _ = render_chat(tok, [user], add_generation_prompt=True)
+        if not answer.content.startswith("The sources do not say"):
+            assert train_time == chat_time  # identical prompt tokens
+        ids, mask = next(rows_of(tok, [user, answer], block + 1, Counter()))
+        learned = tok.decode([i for i, m in zip(ids, mask) if m])
+        assert learned == answer.content + "<|end|>"
+    # only train articles are asked about; the negatives say so
+    val_titles = {a["title"] for a in read_articles(rag_data, "val")}
+    questions = [u.content.rsplit("Question: ", 1)[1] for u, _ in convs]
+    assert all(any(t in q for t in train_titles) and not any(t in q for t in val_titles) for q in questions)
+    assert any(a.content.startswith("The sources do not say") for _, a in convs)
+
+
+def test_held_out_questions_are_about_val_articles_only(rag_data):
+    val = {a["title"] for a in read_articles(rag_data, "val")}
+    items = wikiqa.qa_items(rag_data, "val", 3)
+    assert items and {i.title for i in items} <= val
+    assert all(i.answer in next(a["text"] for a in read_articles(rag_data) if a["title"] == i.title) for i in items)
+
+
+def test_fit_grounded_shares_the_context_and_cuts_the_last_passage(rag_data):
+    tok = load_dataset(rag_data).tokenizer
+    passages = [("A", "alpha " * 200), ("B", "beta " * 200)]
+    ids, kept, used = fit_grounded(tok, [Message("user", "What is A?")], passages, room=120)
+    assert len(ids) <= 120 and 1 <= len(used) and used[0][1].endswith("...")
+    assert kept[-1].content.endswith("Question: What is A?")
+
+
+def test_scores():
+    assert wikiqa.token_f1("A river in Spain", "a river of Spain") == pytest.approx(0.75)
+    assert wikiqa.rouge_l("the cat sat", "the cat sat") == 1.0 and wikiqa.token_f1("x", "y") == 0.0
+    assert wikiqa.token_f1("长江是河", "长江是中国最长的河流") > 0.4  # characters for Chinese
+
+
+# ----- end to end: SFT with grounded QA, the report, chat.py --rag, serve.py --rag
+
+@pytest.fixture(scope="module")
+def rag_chat(rag_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rag_chat")
+    shape = [a for a in TINY if not a.startswith(("--n_embd", "--block_size", "--n_head"))]
+    shape += ["--n_embd=64", "--n_head=4", "--block_size=256"]
+    r = run_cli("train.py", f"--data={rag_data}", f"--out_dir={out / 'pre'}", "--max_steps=30",
+                "--eval_interval=30", *shape)
+    assert r.returncode == 0, r.stderr
+    dialogues = out / "d.jsonl"
+    dialogues.write_text("".join(json.dumps({"prompt": "Hello", "response": "Hello! How are you?"}) + "\n"
+                                 for _ in range(20)))
+    r = run_cli("chat_sft.py", f"--init_from={out / 'pre' / 'last.pt'}", f"--out_dir={out / 'chat'}",
+                f"--data={rag_data}", f"--sft_data={dialogues}", "--grounded_qa=6", "--max_steps=150",
+                "--eval_interval=75", "--eot_check=0", "--qa_eval=3", *shape, "--lr=0.003")
+    assert r.returncode == 0, r.stderr
+    return out / "chat" / "best.pt", r.stdout
+
+
+def test_retrieval_improves_held_out_answers(rag_chat):
+    ckpt, stdout = rag_chat
+    assert "held-out Wikipedia QA" in stdout
+    report = json.loads((ckpt.parent / "qa_report.json").read_text())
+    assert report["recall@5"] >= 0.9
+    assert report["with retrieval"]["f1"] > 2 * report["without retrieval"]["f1"], report
+
+
+def test_chat_rag_prints_its_sources(rag_chat, rag_data):
+    title = next(read_articles(rag_data, "val"))["title"]
+    r = run_cli("chat.py", "--ckpt", rag_chat[0], "--rag", "--prompt", f"What is {title}?",
+                "--temperature", "0", "--max_new_tokens", "30")
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"^  \[1\] {re.escape(title)}$", r.stdout, re.M)  # the source, after the reply
+
+
+def test_serve_rag_returns_sources(rag_chat, rag_data):
+    import httpx
+    from test_serve import LiveServer
+
+    title = next(read_articles(rag_data, "val"))["title"]
+    s = LiveServer(rag_chat[0], "--rag")
+    try:
+        body = {"messages": [{"role": "user", "content": f"Tell me about {title}."}], "max_tokens": 20}
+        r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60).json()
+        assert r["sources"][0]["title"] == title and r["choices"][0]["message"]["content"] is not None
+        r = httpx.post(s.url + "/v1/chat/completions", json=body | {"rag": False}, timeout=60).json()
+        assert "sources" not in r
+    finally:
+        s.stop()
+
+
+# ----- bad input: one clear paragraph, exit 2, nothing damaged
+
+def test_bad_retrieval_input_gets_clear_errors(rag_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(rag_data, other)
+    r = run_cli("retrieve.py", "--data", other, "")
+    assert r.returncode == 2 and "give a query" in r.stderr
+    shutil.rmtree(other / "index")
+    r = run_cli("retrieve.py", "--data", other, "What is tea?")
+    assert r.returncode == 2 and "has no retrieval index yet" in r.stderr and "--build" in r.stderr
+    shutil.copytree(rag_data / "index", other / "index")
+    with open(other / "articles.jsonl.gz", "ab") as f:  # other articles than the index was built from
+        f.write(b"\0")
+    with pytest.raises(DatasetError, match="built from other articles"):
+        Index.open(other)
+    (other / "articles.jsonl.gz").unlink()
+    r = run_cli("retrieve.py", "--data", other, "--build")
+    assert r.returncode == 2 and "has no kept articles" in r.stderr and "Traceback" not in r.stderr
+    assert (other / "index" / "wikigpt_index.json").is_file()  # the old index is left alone
+    assert Index.open(rag_data).search("What is tea?", 1)  # and the original still works
