@@ -43,7 +43,7 @@ demo-steps:
 	@echo "== 4/5 a scripted chat"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
 	@echo "== 5/5 Wikipedia questions, answered from retrieved passages (with their sources)"
-	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) --temperature 0 < config/demo_rag_questions.txt
+	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) --temperature 0 --max_new_tokens 64 < config/demo_rag_questions.txt
 
 test: setup $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q tests

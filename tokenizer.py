@@ -236,6 +236,9 @@ def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | 
 #
 #   Question: Who was Aristotle?<|end|><|assistant|>
 
+MIN_PASSAGE_CHARS = 40  # a shorter cut of a passage tells the model nothing
+
+
 def grounded_question(question: str, passages: list[tuple[str, str]]) -> str:
     """The user turn for a question with retrieved (title, text) passages, best first."""
     if not passages:
@@ -251,17 +254,28 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
     character, never inside one) to fit. Returns (ids, kept messages, passages used)."""
     ids, kept = fit_history(tok, history, room, limit)
     question = kept[-1].content
+
+    def render(trial):
+        turn = Message(kept[-1].role, grounded_question(question, trial))
+        return render_chat(tok, kept[:-1] + [turn], add_generation_prompt=True)[0]
+
     used = []
     for title, text in passages:
-        for cut in (len(text), *(int(len(text) * f) for f in (0.75, 0.5, 0.3, 0.15))):
-            trial = used + [(title, text[:cut].rstrip() + ("..." if cut < len(text) else ""))]
-            turn = Message(kept[-1].role, grounded_question(question, trial))
-            trial_ids, _ = render_chat(tok, kept[:-1] + [turn], add_generation_prompt=True)
-            if len(trial_ids) <= room:
-                used, ids = trial, trial_ids
-                break
-        else:
-            break  # not even a short piece fits: the passages after it would not either
+        trial_ids = render(used + [(title, text)])
+        if len(trial_ids) <= room:
+            used, ids = used + [(title, text)], trial_ids
+            continue
+        lo, hi = 0, len(text)  # the longest cut that fits: binary search on characters
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(render(used + [(title, text[:mid].rstrip() + "...")])) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= MIN_PASSAGE_CHARS:
+            used = used + [(title, text[:lo].rstrip() + "...")]
+            ids = render(used)
+        break  # the context is full
     if used:
         kept = kept[:-1] + [Message(kept[-1].role, grounded_question(question, used))]
     return ids, kept, used

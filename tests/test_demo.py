@@ -11,7 +11,7 @@ def test_full_demo_at_tiny_scale(tmp_path):
     r = subprocess.run(
         ["make", "--no-print-directory", "demo-steps", f"PY={sys.executable}",
          f"DEMO_DATA={tmp_path / 'data'}", f"DEMO_OUT={tmp_path / 'out'}",
-         f"PRETRAIN_ARGS={tiny} --block_size=64 --max_steps=6 --eval_interval=3",
+         f"PRETRAIN_ARGS={tiny} --block_size=128 --max_steps=6 --eval_interval=3",
          "SFT_ARGS=--compile=false --eval_tokens=2048 --max_steps=4 --eval_interval=2 --eot_check=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
