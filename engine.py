@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from sampling import SamplingParams, make_generator, sample_next
+from sampling import SamplingParams, make_generator, sample_rows
 
 ROW_GROUP = 4
 
@@ -90,14 +90,11 @@ class Request:
     seed: int | None = None
     emit: Callable = lambda request, token, finish_reason: None
     # state, owned by the engine
-    tokens: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
     gen: torch.Generator | None = None
     finished: bool = False
     cancelled: bool = False
-
-    def __post_init__(self):
-        self.history = list(self.prompt)  # what the repetition penalty looks at
 
 
 class Engine:
@@ -110,6 +107,8 @@ class Engine:
         self.cache = SlotCache(model, self.n_slots)
         self.by_slot: dict[int, Request] = {}
         self.device = model.wte.weight.device
+        # ids each slot's sequence holds so far, for the repetition penalty: (S, V) bool
+        self.seen = torch.zeros(self.n_slots, model.cfg.padded_vocab, dtype=torch.bool, device=self.device)
 
     @property
     def active(self) -> int:
@@ -128,11 +127,14 @@ class Engine:
         req.slot, req.gen = slot, make_generator(self.device, req.seed)
         self.by_slot[slot] = req
         self.cache.pos[slot], self.cache.slot = 0, slot
+        prompt = torch.tensor([req.prompt], device=self.device)  # (1, T)
+        self.seen[slot] = False
+        self.seen[slot, prompt[0]] = True
         try:
-            x = self.model.hidden_states(torch.tensor([req.prompt], device=self.device), self.cache)
+            x = self.model.hidden_states(prompt, self.cache)
         finally:
             self.cache.slot = None
-        self._sample(req, self.model.lm_head(x[:, -1]).float()[0])
+        self._sample([req], self.model.lm_head(x[:, -1]).float())
 
     @torch.no_grad()
     def step(self):
@@ -149,21 +151,25 @@ class Engine:
         self.cache.n = n
         self.cache.pos[:n][~self.cache.live[:n]] = 0  # padding rows compute at position 0, unused
         logits = self.model.lm_head(self.model.hidden_states(last, self.cache)[:, -1]).float()  # (n, V)
-        for s, req in list(self.by_slot.items()):
-            self._sample(req, logits[s])
+        slots = sorted(self.by_slot)
+        self._sample([self.by_slot[s] for s in slots], logits[slots])
 
-    def _sample(self, req: Request, logits):
-        token = sample_next(logits, self.model.cfg.vocab_size, req.history, gen=req.gen, **req.params.kwargs())
-        req.tokens.append(token)
-        req.history.append(token)
-        finish = None
-        if token in req.stop_tokens:
-            finish = "stop"
-        elif len(req.tokens) >= req.max_new_tokens or int(self.cache.pos[req.slot]) >= self.model.cfg.block_size:
-            finish = "length"  # asked-for length, or the context is full
-        if finish:
-            self.release(req)
-        req.emit(req, token, finish)
+    def _sample(self, reqs: list[Request], logits):
+        """One new token for each request from its row of logits (len(reqs), V)."""
+        slots = [r.slot for r in reqs]
+        tokens = sample_rows(logits, self.model.cfg.vocab_size, self.seen[slots], [r.params for r in reqs],
+                             [r.gen for r in reqs])
+        for req, token in zip(reqs, tokens):
+            req.tokens.append(token)
+            self.seen[req.slot, token] = True
+            finish = None
+            if token in req.stop_tokens:
+                finish = "stop"
+            elif len(req.tokens) >= req.max_new_tokens or int(self.cache.pos[req.slot]) >= self.model.cfg.block_size:
+                finish = "length"  # asked-for length, or the context is full
+            if finish:
+                self.release(req)
+            req.emit(req, token, finish)
 
     def release(self, req: Request):
         req.finished = True

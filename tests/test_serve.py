@@ -280,9 +280,10 @@ def test_a_decode_row_has_bit_identical_logits_alone_and_in_a_full_batch():
     model = tiny_model()
 
     class Recording(Engine):
-        def _sample(self, req, logits):
-            req.logits = getattr(req, "logits", []) + [logits.clone()]
-            super()._sample(req, logits)
+        def _sample(self, reqs, logits):
+            for req, row in zip(reqs, logits):
+                req.logits = getattr(req, "logits", []) + [row.clone()]
+            super()._sample(reqs, logits)
 
     def run(others: int):
         engine = Recording(model, n_slots=8)
