@@ -397,3 +397,30 @@ def test_the_page_streams_english_and_chinese_replies_in_chromium(server, tmp_pa
             assert page.locator(".msg").count() == 0
         finally:
             browser.close()
+
+
+def test_the_page_asks_for_the_key_and_shows_errors(chat_ckpt):
+    from playwright.sync_api import sync_playwright
+
+    s = LiveServer(chat_ckpt, "--api_key", "sk-page")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = browser.new_page()
+            page.add_init_script("localStorage.setItem('wikigpt.temperature', '0')")
+            page.goto(s.url + "/")
+            page.wait_for_selector("#api-key-row", state="visible")  # /health says a key is needed
+            page.fill("#input", "Hello")
+            page.press("#input", "Enter")
+            page.wait_for_selector("#error", state="visible")
+            assert "API key" in page.inner_text("#error") and page.locator(".msg.assistant").count() == 0
+            page.fill("#api-key", "sk-page")
+            page.fill("#input", "Hello")
+            page.press("#input", "Enter")
+            page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 1 && "
+                                   "!document.querySelector('.msg.assistant.streaming')", timeout=30_000)
+            assert page.locator(".msg.assistant").last.inner_text() == REPLIES["Hello"]
+            assert not page.is_visible("#error")
+            browser.close()
+    finally:
+        s.stop()
