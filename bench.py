@@ -22,7 +22,6 @@ import io
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -96,32 +95,36 @@ def stream_chat(url: str, question: str, seed: int, max_tokens: int) -> tuple[fl
     return ttft or time.perf_counter() - t0, tokens
 
 
+QUESTIONS = ["What is a river?", "Tell me about Aristotle.", "你好", "How are you?"]
+
+
+def serve_client(job) -> list[tuple[float, int]]:
+    """One client: `rounds` streaming requests back to back; [(TTFT, tokens)]."""
+    url, i, rounds, max_tokens = job
+    return [stream_chat(url, QUESTIONS[(i + r) % 4], seed=100 * i + r, max_tokens=max_tokens) for r in range(rounds)]
+
+
 def bench_serve(ckpt: str, slots: int, clients: int, rounds=3, max_tokens=64) -> dict:
-    """serve.py as a real process on 127.0.0.1; `clients` threads each send `rounds` streaming
+    """serve.py as a real process on 127.0.0.1; `clients` client processes (as real clients
+    are: separate programs, not threads sharing one interpreter) each send `rounds` streaming
     requests back to back. Aggregate tokens/s = all tokens / wall time."""
+    import multiprocessing
+
     proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", ckpt, "--port", "0", "--slots", str(slots)],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().split(" on ")[1].split()[0]
         stream_chat(url, "Hello!", 0, 8)  # warm-up
-        questions = ["What is a river?", "Tell me about Aristotle.", "你好", "How are you?"]
-        ttfts, tokens = [], []
-
-        def client(i):
-            for r in range(rounds):
-                t, n = stream_chat(url, questions[(i + r) % 4], seed=100 * i + r, max_tokens=max_tokens)
-                ttfts.append(t)
-                tokens.append(n)
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        with multiprocessing.get_context("fork").Pool(clients) as pool:
+            pool.map(abs, range(clients))  # the client processes exist before the clock starts
+            t0 = time.perf_counter()
+            results = [x for per_client in pool.map(serve_client, [(url, i, rounds, max_tokens) for i in range(clients)])
+                       for x in per_client]
+            wall = time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait()
+    ttfts, tokens = [t for t, _ in results], [n for _, n in results]
     q = statistics.quantiles(ttfts, n=20) if len(ttfts) > 1 else ttfts * 19
     return {"tok_s": sum(tokens) / wall, "p50": statistics.median(ttfts), "p95": q[18], "tokens": sum(tokens)}
 
