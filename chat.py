@@ -31,7 +31,7 @@ def reply(model, tok, history: list[Message], args, index=None, out=sys.stdout) 
     if index is not None:
         ids, sources = grounded_prompt(index, tok, history, args.rag_k, room, block - 1)
     tokens = generate(model, ids, args.max_new_tokens, params_from_args(args),
-                      stop_tokens={tok.end_of_turn}, seed=args.seed)
+                      stop_tokens={tok.end_of_turn}, seed=args.seed, tok=tok)
     pieces = []
     for piece in stream_text(tok, (t for t in tokens if t != tok.end_of_turn)):
         out.write(piece)

@@ -100,7 +100,7 @@ class Request:
 class Engine:
     """The batch: slots, the cache, one step at a time. Not thread-safe (see EngineThread)."""
 
-    def __init__(self, model: GPT, n_slots: int = 16):
+    def __init__(self, model: GPT, n_slots: int = 16, tok=None):
         self.model = model
         self.capacity = n_slots  # requests decoded together (1: batching off)
         self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP  # cache rows, padding included
@@ -109,6 +109,9 @@ class Engine:
         self.device = model.wte.weight.device
         # ids each slot's sequence holds so far, for the repetition penalty: (S, V) bool
         self.seen = torch.zeros(self.n_slots, model.cfg.padded_vocab, dtype=torch.bool, device=self.device)
+        # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
+        self.utf8 = tok.utf8_table(model.cfg.padded_vocab).to(self.device) if tok is not None else None
+        self.utf8_state = [0] * self.n_slots  # each slot's UTF-8 decoder state
 
     @property
     def active(self) -> int:
@@ -130,6 +133,7 @@ class Engine:
         prompt = torch.tensor([req.prompt], device=self.device)  # (1, T)
         self.seen[slot] = False
         self.seen[slot, prompt[0]] = True
+        self.utf8_state[slot] = 0  # a prompt is whole characters
         try:
             x = self.model.hidden_states(prompt, self.cache)
         finally:
@@ -157,11 +161,14 @@ class Engine:
     def _sample(self, reqs: list[Request], logits):
         """One new token for each request from its row of logits (len(reqs), V)."""
         slots = [r.slot for r in reqs]
+        allowed = self.utf8[[self.utf8_state[s] for s in slots]] >= 0 if self.utf8 is not None else None
         tokens = sample_rows(logits, self.model.cfg.vocab_size, self.seen[slots], [r.params for r in reqs],
-                             [r.gen for r in reqs])
+                             [r.gen for r in reqs], allowed)
         for req, token in zip(reqs, tokens):
             req.tokens.append(token)
             self.seen[req.slot, token] = True
+            if self.utf8 is not None:
+                self.utf8_state[req.slot] = int(self.utf8[self.utf8_state[req.slot], token])
             finish = None
             if token in req.stop_tokens:
                 finish = "stop"
@@ -195,8 +202,8 @@ class EngineThread:
     submit() queues a request (at most max_queue waiting); cancel() frees its slot at the next
     step. Requests join the batch as soon as a slot is free."""
 
-    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True):
-        self.engine = Engine(model, n_slots)
+    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None):
+        self.engine = Engine(model, n_slots, tok)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
         self.wake = threading.Condition()
@@ -259,9 +266,10 @@ class EngineThread:
 
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
-             stop_tokens=(), seed=None):
-    """Yield the new tokens of one request, decoded exactly as the server decodes it."""
-    engine, out = Engine(model, n_slots=ROW_GROUP), []
+             stop_tokens=(), seed=None, tok=None):
+    """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
+    tokenizer, as the server does, to keep the text valid UTF-8)."""
+    engine, out = Engine(model, n_slots=ROW_GROUP, tok=tok), []
     req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
                   emit=lambda r, token, finish: out.append(token))
     engine.add(req)

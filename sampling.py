@@ -70,14 +70,17 @@ def sample_next(logits, vocab_size, history, temperature, top_k, top_p, repetiti
     return sample_rows(logits[None], vocab_size, seen, [params], [gen])[0]
 
 
-def sample_rows(logits, vocab_size: int, seen, params: list[SamplingParams], gens: list) -> list[int]:
+def sample_rows(logits, vocab_size: int, seen, params: list[SamplingParams], gens: list, allowed=None) -> list[int]:
     """Pick one token per row: logits (n, V), seen (n, V) bool (ids already in each row's
-    sequence, for the repetition penalty), each row with its own options and random stream.
+    sequence, for the repetition penalty), each row with its own options and random stream;
+    allowed (n, V) bool, if given, rules ids out (e.g. those that would break UTF-8).
     Every step is row-wise, so a row's token never depends on the other rows."""
     n, V = logits.shape
     col = lambda values: torch.tensor(values, dtype=logits.dtype, device=logits.device)[:, None]  # (n, 1)
     logits = logits.clone()
     logits[:, vocab_size:] = -float("inf")  # the padding ids are never real tokens
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, -float("inf"))
     penalty = col([p.repetition_penalty for p in params])
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # CTRL-style
     logits = torch.where(seen & (penalty != 1.0), penalised, logits)

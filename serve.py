@@ -501,7 +501,7 @@ def main(argv):
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). Pick another --port "
                          "(0 picks a free one) or stop what uses it.")
-    engine = EngineThread(model, args.slots, args.max_queue)
+    engine = EngineThread(model, args.slots, args.max_queue, tok=tok)
     app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn
 

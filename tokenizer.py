@@ -106,8 +106,47 @@ class Tokenizer:
         return [0 if i in specials else len(self.enc.decode_single_token_bytes(i))
                 for i in range(self.n_vocab)]
 
+    def utf8_table(self, size: int):
+        """(8, size) long: the UTF-8 decoder state after each id, from each of its 8 states
+        (0 = between characters), or -1 where that id would make the text invalid. A byte-level
+        BPE can emit byte sequences that are not UTF-8 (a small model does, and each broken
+        character shows as U+FFFD); sampling only ids with a state >= 0 keeps replies valid."""
+        import torch
+
+        if getattr(self, "_utf8_table", None) is not None and self._utf8_table.size(1) == size:
+            return self._utf8_table  # built once per tokenizer: ~1 s for 8k ids
+        table = torch.full((len(_UTF8_NEXT), size), -1, dtype=torch.long)
+        for i in range(self.n_vocab):
+            data = self.enc.decode_single_token_bytes(i)
+            for start in range(len(_UTF8_NEXT)):
+                state = start
+                for byte in data:
+                    state = _utf8_next(state, byte)
+                    if state < 0:
+                        break
+                table[start, i] = state
+        self._utf8_table = table
+        return table
+
     def has_chat_tokens(self) -> bool:
         return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
+
+
+# A UTF-8 decoder as a state machine: state -> [(byte range, next state)]. 0 = between
+# characters; 1-3 = that many continuation bytes to come; 4-7 = the first continuation byte
+# of E0 / ED / F0 / F4 sequences, whose range is narrower (no overlong forms, surrogates, or
+# code points past U+10FFFF).
+_CONT = (0x80, 0xBF)
+_UTF8_NEXT = [
+    [((0x00, 0x7F), 0), ((0xC2, 0xDF), 1), ((0xE0, 0xE0), 4), ((0xE1, 0xEC), 2), ((0xED, 0xED), 5),
+     ((0xEE, 0xEF), 2), ((0xF0, 0xF0), 6), ((0xF1, 0xF3), 3), ((0xF4, 0xF4), 7)],
+    [(_CONT, 0)], [(_CONT, 1)], [(_CONT, 2)],
+    [((0xA0, 0xBF), 1)], [((0x80, 0x9F), 1)], [((0x90, 0xBF), 2)], [((0x80, 0x8F), 2)],
+]
+
+
+def _utf8_next(state: int, byte: int) -> int:
+    return next((nxt for (lo, hi), nxt in _UTF8_NEXT[state] if lo <= byte <= hi), -1)
 
 
 def parse_bpe_name(name: str) -> int:
@@ -175,7 +214,10 @@ class TextStream:
         return self.decoder.decode(self.tok.enc.decode_single_token_bytes(int(token)))
 
     def flush(self) -> str:
-        return self.decoder.decode(b"", final=True)
+        """The end of the text. Bytes of a character that never completed (a reply cut by a
+        length limit) are dropped rather than shown as U+FFFD."""
+        pending, _ = self.decoder.getstate()
+        return "" if pending else self.decoder.decode(b"", final=True)
 
 
 def stream_text(tok: Tokenizer, ids):

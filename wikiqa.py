@@ -149,7 +149,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy answers for many prompts at once, batched by the serving engine."""
-    engine, out = Engine(model, n_slots=8), [[] for _ in prompts]
+    engine, out = Engine(model, n_slots=8, tok=tok), [[] for _ in prompts]
     waiting = [Request(p, max_new_tokens, SamplingParams(temperature=0.0, repetition_penalty=1.0),
                        {tok.end_of_turn}, emit=lambda r, t, f, i=i: out[i].append(t))
                for i, p in enumerate(prompts)]

@@ -424,3 +424,35 @@ def test_the_page_asks_for_the_key_and_shows_errors(chat_ckpt):
             browser.close()
     finally:
         s.stop()
+
+
+def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
+    from data import load_dataset
+
+    tok = load_dataset(tiny_data).tokenizer  # byte-level: any byte sequence is one step away
+    model = tiny_model()  # random weights: they pick bytes with no regard for UTF-8
+    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    prompt = tok.encode("你好，世界")
+
+    def text(seed, constrained):
+        ids = list(generate(model, prompt, 40, params, seed=seed, tok=tok if constrained else None))
+        return tok.decode(ids).rstrip("\ufffd")  # a reply cut by max_tokens may end inside a character
+    assert any("\ufffd" in text(seed, False) for seed in range(10))  # unconstrained: broken characters
+    assert not any("\ufffd" in text(seed, True) for seed in range(10))
+
+
+def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
+    from data import load_dataset
+
+    tok = load_dataset(tiny_data).tokenizer  # bpe:300: every byte is a token
+    table = tok.utf8_table(320)
+    state = 0
+    for i in tok.encode("Grüße aus 北京 🎉 नमस्ते"):
+        state = int(table[state, i])
+        assert state >= 0
+    assert state == 0
+    byte = {tok.enc.decode_single_token_bytes(i): i for i in range(tok.n_vocab)}
+    assert table[0, byte[b"\x80"]] == -1 and table[1, byte[b"\x80"]] == 0  # continuation: only when awaited
+    assert table[2, byte[b"a"]] == -1  # a new character may not start inside one
+    assert table[0, byte[b"\xe0"]] == 4 and table[4, byte[b"\x91"]] == -1  # overlong E0 91
+    assert table[0, byte[b"\xc0"]] == -1 and table[0, byte[b"\xff"]] == -1  # never UTF-8
