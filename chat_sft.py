@@ -192,11 +192,11 @@ def builtin_dialogues(system_prompt: str):
 BUILTIN_WEIGHTS = {"chitchat": 0.5, "chatterbot-english": 2.0, "chatterbot-chinese": 10.0}
 
 
-def conversation_sources(cfg: SFTConfig, skipped: list, tok: Tokenizer, block_size: int):
+def conversation_sources(cfg: SFTConfig, skipped: list, tok: Tokenizer, block_size: int, index=None):
     """(weight, iterable of conversations) per source. The built-in mix: chitchat's long
     conversations would fill ~85% of the rows; half of them, chatterbot's English twice and
-    its 467 Chinese ones 10x give each language a real share of the batches. With
-    grounded_qa, questions about the train articles of `data` join with that weight."""
+    its 467 Chinese ones 10x give each language a real share of the batches. With an index
+    (grounded_qa), questions about the train articles of `data` join with that weight."""
     if not cfg.sft_data:
         groups = {}
         for source, conv in builtin_dialogues(cfg.system_prompt):
@@ -204,8 +204,7 @@ def conversation_sources(cfg: SFTConfig, skipped: list, tok: Tokenizer, block_si
         sources = [(BUILTIN_WEIGHTS[s], convs) for s, convs in groups.items()]
     else:
         sources = [(w, read_dialogues(path, cfg, skipped)) for path, w in parse_sft_data(cfg.sft_data)]
-    if cfg.grounded_qa:
-        index = Index.open(cfg.data)
+    if index is not None:
         sources.append((cfg.grounded_qa, wikiqa.grounded_conversations(cfg.data, index, tok, block_size, cfg.seed)))
     return sources
 
@@ -281,7 +280,8 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     """Tokenize every conversation once into out_dir/sft_tokens-<hash>/; reused while the
     inputs (files, settings, tokenizer) are unchanged. Written to a temporary folder first."""
     files = [path for path, _ in parse_sft_data(cfg.sft_data)]
-    grounded = [cfg.grounded_qa, Index.open(cfg.data).info] if cfg.grounded_qa else []  # its articles' fingerprint
+    index = Index.open(cfg.data) if cfg.grounded_qa else None
+    grounded = [cfg.grounded_qa, index.info] if index else []  # the info holds its articles' fingerprint
     key = json.dumps([cfg.sft_data or BUILTIN_WEIGHTS, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
                       cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab, grounded,
                       [(str(f), f.stat().st_size, f.stat().st_mtime) for f in files if f.is_file()]])
@@ -298,7 +298,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         offsets = {"train": [0], "val": [0]}
         cuts = Counter()
         conv_index = 0
-        for weight, conversations in conversation_sources(cfg, skipped, tok, block_size):
+        for weight, conversations in conversation_sources(cfg, skipped, tok, block_size, index):
             for conv in conversations:
                 h = int.from_bytes(hashlib.blake2b(f"{cfg.seed}:{conv_index}".encode(), digest_size=8).digest(), "big")
                 conv_index += 1

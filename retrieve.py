@@ -186,7 +186,7 @@ class Index:
         path = folder / INDEX_DIR
         build = f"Build it: python retrieve.py --data {folder} --build"
         if not (folder / ARTICLES).is_file():
-            list(read_articles(folder))  # raises the "no kept articles, rebuild" error
+            next(read_articles(folder))  # raises the "no kept articles, rebuild" error
         if not (path / "wikigpt_index.json").is_file():
             raise DatasetError(f"{folder} has no retrieval index yet. {build}")
         info = json.loads((path / "wikigpt_index.json").read_text())

@@ -394,14 +394,19 @@ def create_app(server: Server):
 
         first = await anext(events, None)  # errors before the first token still get a status code
 
-        def chunk(c, delta, finish=None):
-            piece = {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
-            return head | {"object": kind + (".chunk" if chat else ""),
-                           "choices": [{"index": c.index, **piece, "finish_reason": finish, "logprobs": None}]}
+        stream_kind = kind + ".chunk" if chat else kind
+
+        def event(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        def chunk(c, piece: dict, finish=None, **extra) -> str:
+            return event(head | {"object": stream_kind, "choices": [
+                {"index": c.index, **piece, "finish_reason": finish, "logprobs": None}]} | extra)
+
+        def text(delta: str) -> dict:
+            return {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
 
         async def sse():
-            def line(obj):
-                return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
             seen, ended = set(), []
             try:
                 item = first
@@ -409,20 +414,17 @@ def create_app(server: Server):
                     c, delta = item
                     if chat and c.index not in seen:  # the first delta of each choice carries the role
                         seen.add(c.index)
-                        yield line(head | {"object": "chat.completion.chunk", "choices": [
-                            {"index": c.index, "delta": {"role": "assistant", "content": ""},
-                             "finish_reason": None, "logprobs": None}]} | cited)
+                        yield chunk(c, {"delta": {"role": "assistant", "content": ""}}, **cited)
                     if delta:
-                        yield line(chunk(c, delta))
+                        yield chunk(c, text(delta))
                     if c.finish:
                         ended.append(c)
-                        yield line(chunk(c, "", c.finish))
+                        yield chunk(c, text(""), c.finish)
                     item = await anext(events, None)
                 if include_usage:
-                    yield line(head | {"object": kind + (".chunk" if chat else ""), "choices": [],
-                                       "usage": server.usage(ended)})
+                    yield event(head | {"object": stream_kind, "choices": [], "usage": server.usage(ended)})
             except ApiError as e:
-                yield line(e.body())
+                yield event(e.body())
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream",
