@@ -12,6 +12,7 @@ DEMO_DATA     ?= data/demo
 DEMO_OUT      ?= out
 PRETRAIN_ARGS ?=
 SFT_ARGS      ?=
+EVAL_ARGS     ?=
 
 .PHONY: setup demo demo-steps serve test bench clean
 
@@ -32,18 +33,21 @@ demo: setup
 	@$(MAKE) --no-print-directory demo-steps
 
 demo-steps:
-	@echo "== 1/5 Wikipedia sample -> clean text -> 8k BPE tokens ($(DEMO_DATA)), and a search index"
+	@echo "== 1/6 Wikipedia sample -> clean text -> 8k BPE tokens ($(DEMO_DATA)), and a search index"
 	$(PY) prepare_wiki.py --out $(DEMO_DATA) --tokenizer bpe:8192 --val_fraction 0.05 --overwrite
 	$(PY) retrieve.py --data $(DEMO_DATA) --build --k 1 "Who was Aristotle?"
-	@echo "== 2/5 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
+	@echo "== 2/6 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
 	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo $(PRETRAIN_ARGS)
 	$(PY) sample.py --ckpt $(DEMO_OUT)/demo/best.pt --prompt "Aristotle was" --max_new_tokens 60 --seed 1
-	@echo "== 3/5 chat fine-tuning: built-in dialogues + questions answered from Wikipedia passages ($(DEMO_OUT)/chat)"
+	@echo "== 3/6 chat fine-tuning: built-in dialogues + questions answered from Wikipedia passages ($(DEMO_OUT)/chat)"
 	$(PY) chat_sft.py config/sft_demo.toml --init_from=$(DEMO_OUT)/demo/best.pt --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/chat $(SFT_ARGS)
-	@echo "== 4/5 a scripted chat"
+	@echo "== 4/6 a scripted chat"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
-	@echo "== 5/5 Wikipedia questions, answered from retrieved passages (with their sources)"
+	@echo "== 5/6 Wikipedia questions, answered from retrieved passages (with their sources)"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) --temperature 0 --max_new_tokens 64 < config/demo_rag_questions.txt
+	@echo "== 6/6 is it any good? the base and chat models side by side, and their loss curves"
+	$(PY) eval.py --ckpt $(DEMO_OUT)/demo/best.pt --ckpt $(DEMO_OUT)/chat/best.pt --out $(DEMO_OUT)/report.json $(EVAL_ARGS)
+	$(PY) eval.py plot $(DEMO_OUT)/demo $(DEMO_OUT)/chat --out $(DEMO_OUT)/loss.png
 
 test: setup $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q tests

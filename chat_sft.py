@@ -209,6 +209,24 @@ def conversation_sources(cfg: SFTConfig, skipped: list, tok: Tokenizer, block_si
     return sources
 
 
+def split_hash(seed: int, conv_index: int) -> int:
+    """A stable 64-bit hash of a conversation's place in the sources: it decides the split."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{conv_index}".encode(), digest_size=8).digest(), "big")
+
+
+def is_val(h: int, val_fraction: float) -> bool:
+    return (h % 10**6) / 10**6 < val_fraction
+
+
+def heldout_conversations(cfg: SFTConfig, tok: Tokenizer, block_size: int):
+    """The dialogue conversations a run with this config held out for val (the grounded QA
+    ones, which come last, are left out: wikiqa.evaluate has its own held-out articles)."""
+    convs = (c for _, group in conversation_sources(cfg, [], tok, block_size) for c in group)
+    for i, conv in enumerate(convs):
+        if is_val(split_hash(cfg.seed, i), cfg.sft_val_fraction):
+            yield conv
+
+
 def parse_sft_data(spec: str) -> list[tuple[Path, float]]:
     """'a.jsonl,b.json:0.5' -> [(a.jsonl, 1.0), (b.json, 0.5)]."""
     out = []
@@ -300,9 +318,9 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         conv_index = 0
         for weight, conversations in conversation_sources(cfg, skipped, tok, block_size, index):
             for conv in conversations:
-                h = int.from_bytes(hashlib.blake2b(f"{cfg.seed}:{conv_index}".encode(), digest_size=8).digest(), "big")
+                h = split_hash(cfg.seed, conv_index)
                 conv_index += 1
-                split = "val" if (h % 10**6) / 10**6 < cfg.sft_val_fraction else "train"
+                split = "val" if is_val(h, cfg.sft_val_fraction) else "train"
                 # weight: repeat whole conversations (val: once) - 2.5 means 2 or 3 times
                 repeats = 1 if split == "val" else int(weight) + ((h >> 20) % 1000 < 1000 * (weight % 1))
                 for ids, mask in rows_of(tok, conv, block_size + 1, cuts):

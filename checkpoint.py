@@ -84,5 +84,6 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
         model.to(DTYPES[dtype])
     info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"), "val": ckpt.get("val"),
             "model_config": ckpt["model_config"], "device": device,
-            "data": ckpt.get("train_config", {}).get("data", "")}  # the dataset it learned from
+            "data": ckpt.get("train_config", {}).get("data", ""),  # the dataset it learned from
+            "train_config": ckpt.get("train_config", {})}
     return model.eval(), tok, info

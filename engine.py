@@ -279,3 +279,19 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: Samplin
         if req.finished:
             return
         engine.step()
+
+
+def generate_batch(model: GPT, tok, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
+                   seeds: list | None = None, n_slots: int = 8) -> list[list[int]]:
+    """The new tokens of many chat replies (each ends at <|end|> or max_new_tokens), decoded
+    n_slots at a time; the same tokens as one by one, since a row's logits do not depend on
+    the rest of the batch."""
+    engine = Engine(model, n_slots=n_slots, tok=tok)
+    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None)
+                for i, p in enumerate(prompts)]
+    waiting = list(reversed(requests))
+    while waiting or engine.active:
+        while waiting and engine.free_slots:
+            engine.add(waiting.pop())
+        engine.step()
+    return [r.tokens for r in requests]

@@ -41,15 +41,20 @@ CHAT_DEFAULTS = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_
 
 
 def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
-    """The knobs shared by sample.py and chat.py."""
+    """The options shared by sample.py and chat.py."""
     p.add_argument("--ckpt", default="out/demo/best.pt", help="checkpoint to load")
     p.add_argument("--max_new_tokens", type=int, default=200)
+    add_sampling_knobs(p, defaults)
+    p.add_argument("--seed", type=int, default=None, help="for reproducible samples")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+
+
+def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
+    """The SamplingParams fields as options (params_from_args reads them back)."""
     p.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
     p.add_argument("--top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1: off)")
     p.add_argument("--repetition_penalty", type=float, default=defaults.repetition_penalty, help="1: off")
-    p.add_argument("--seed", type=int, default=None, help="for reproducible samples")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
 
 
 def params_from_args(args) -> SamplingParams:

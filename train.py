@@ -27,6 +27,8 @@ from checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoin
 from cli import UsageError, load_config, opt, run_main
 from data import load_dataset
 from model import GPT, GPTConfig
+from optim import build_optimizers, lr_factor
+from runlog import METRICS, PLOT, MetricsLog, plot_runs
 from tokenizer import Tokenizer
 
 @dataclass
@@ -226,79 +228,6 @@ def set_rng_state(state: dict):
 
 
 # ----------------------------------------------------------------------------------------
-# Optimizers and schedule
-
-def zeropower_newton_schulz(G, steps=5):
-    """Approximately the orthogonal matrix closest to G (its 'zeroth power' U V^T), by a
-    quintic Newton-Schulz iteration tuned to converge fast from a normalised start."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()
-    transposed = X.size(0) > X.size(1)
-    X = X.mT if transposed else X
-    X = X / (X.norm() + 1e-7)
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if transposed else X).to(G.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Momentum SGD whose update for each hidden matrix is orthogonalised (all its singular
-    values set to ~1), so every direction learns at the same speed. For 2-D weights only."""
-
-    def __init__(self, params, lr=0.02, momentum=0.95):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.add_(zeropower_newton_schulz(update), alpha=-group["lr"] * scale)
-
-
-def build_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
-    """AdamW, decaying matrices only (not norms/biases); with optimizer=muon the hidden
-    (block) matrices go to Muon instead. Each param group keeps its peak lr in 'base_lr'."""
-    hidden = {id(p) for n, p in model.blocks.named_parameters() if p.dim() == 2}
-    use_muon = cfg.optimizer == "muon"
-    decay, no_decay, muon = [], [], []
-    for p in {id(p): p for p in model.parameters()}.values():  # a tied weight once
-        if use_muon and id(p) in hidden:
-            muon.append(p)
-        elif p.dim() >= 2:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
-    optimizers = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                    fused=device_type == "cuda")]  # fused: one kernel for all params
-    if muon:
-        optimizers.append(Muon([{"params": muon, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr))
-    return optimizers
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier on the peak LR: linear warmup, then cosine / warmup-stable-decay / constant."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    lo = cfg.min_lr_frac
-    if cfg.schedule == "cosine":
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if cfg.schedule == "wsd":
-        decay_start = 1 - cfg.decay_frac
-        return 1.0 if progress < decay_start else 1 - (1 - lo) * min(1.0, (progress - decay_start) / cfg.decay_frac)
-    return 1.0
-
-
-# ----------------------------------------------------------------------------------------
 # Throughput accounting
 
 def peak_flops(device: str, dtype: torch.dtype) -> tuple[float, str]:
@@ -359,6 +288,11 @@ def fmt_time(seconds: float) -> str:
 
 # ----------------------------------------------------------------------------------------
 # Evaluation
+
+def token_bytes_table(tok: Tokenizer, padded_vocab: int, device) -> torch.Tensor:
+    """(padded_vocab,) UTF-8 bytes each id stands for (0 for specials and padding): bits per byte."""
+    return torch.tensor(tok.token_bytes() + [0] * (padded_vocab - tok.n_vocab), dtype=torch.float64, device=device)
+
 
 @torch.no_grad()
 def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, autocast) -> dict:
@@ -453,8 +387,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     dtype = pick_dtype(cfg, dist.device_type)
     autocast = (torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
-    token_bytes = torch.tensor(tok.token_bytes() + [0] * (mcfg.padded_vocab - tok.n_vocab),
-                               dtype=torch.float64, device=dist.device)
+    token_bytes = token_bytes_table(tok, mcfg.padded_vocab, dist.device)
     runner = try_compile(model, x, y, autocast) if cfg.compile else model  # runner: what we call
     if dist.world > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
@@ -482,8 +415,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         if dist.master:
             print(msg, flush=True)
 
+    metrics = None  # OUT_DIR/metrics.jsonl, written by process 0
     if dist.master:
         out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(out_dir, kind, resume_step=step if resume else None)
         log(f"{kind} | {model.n_params():,} parameters | {mcfg.arch} {mcfg.n_layer}x{mcfg.n_embd} "
             f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {dist.world} process(es) on {dist.device} "
             f"{str(dtype).replace('torch.', '')} | {tokens_per_step:,} tokens/step")
@@ -519,6 +454,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             if wandb_run:
                 wandb_run.log({"val/loss": last_val["loss"], "val/bpb": last_val["bpb"]}, step=step)
             if dist.master:
+                metrics.log("eval", step, elapsed, tokens=step * tokens_per_step,
+                            val_loss=last_val["loss"], val_bpb=last_val["bpb"])
+                plot_runs([(out_dir.name, metrics.rows())], out_dir / PLOT)
                 checkpoint(last_path)
                 if improved:
                     checkpoint(best_path)
@@ -573,6 +511,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             if wandb_run:
                 wandb_run.log({"train/loss": loss_sum, "lr": cfg.lr * lr_mult, "tok_per_s": tok_s,
                                "mfu": mfu}, step=step)
+            if metrics:
+                metrics.log("train", step, time.time() - t_start, tokens=step * tokens_per_step, loss=loss_sum,
+                            lr=cfg.lr * lr_mult, tok_per_s=tok_s, mfu=mfu)
             t_log, tokens_since_log = time.time(), 0
 
     if dist.world > 1:  # DDP keeps replicas identical; check it rather than trust it
@@ -583,7 +524,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         log(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
     elapsed = time.time() - t_start
     log(f"done ({stop_reason}) at step {step} in {fmt_time(elapsed)}: val loss {last_val['loss']:.4f}, "
-        f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}")
+        f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}; "
+        f"metrics: {out_dir / METRICS}, loss curves: {out_dir / PLOT}")
     if wandb_run:
         wandb_run.finish()
     return {"step": step, "val": last_val, "val_at_start": first_val, "best_val": best_val, "seconds": elapsed,

@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass
 
 from data import read_articles
-from engine import Engine, Request
-from retrieve import CJK, Index
+from engine import generate_batch
+from retrieve import Index
 from sampling import SamplingParams
+from scores import CJK_CHAR, rouge_l, token_f1
 from tokenizer import Message, Tokenizer, fit_grounded, fit_history, prompt_room
 
 EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t}?",
@@ -27,7 +28,6 @@ NOT_IN_SOURCES = {"en": "The sources do not say anything about {t}.", "zh": "资
 RAG_K = 3  # passages retrieved per question
 REPLY_TOKENS = 64  # room kept for a grounded answer (an opening sentence is 20-50 tokens)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|(?<=[。！？])")
-_CJK_CHAR = re.compile(f"[{CJK}]")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class QAItem:
 
 def language(text: str) -> str:
     letters = [c for c in text[:400] if c.isalpha()]
-    return "zh" if letters and sum(bool(_CJK_CHAR.match(c)) for c in letters) > 0.3 * len(letters) else "en"
+    return "zh" if letters and sum(bool(CJK_CHAR.match(c)) for c in letters) > 0.3 * len(letters) else "en"
 
 
 def opening_sentence(text: str, min_chars: int = 40, max_chars: int = 240) -> str:
@@ -110,59 +110,18 @@ def grounded_conversations(folder, index: Index, tok: Tokenizer, block_size: int
 
 
 # ----------------------------------------------------------------------------------------
-# Scores: token F1 (SQuAD's) and ROUGE-L, on words for English and characters for Chinese
-
-def score_tokens(text: str) -> list[str]:
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return [t for run in text.split() for t in (list(run) if _CJK_CHAR.search(run) else [run])]
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = score_tokens(prediction), score_tokens(reference)
-    common = sum(min(pred.count(t), ref.count(t)) for t in set(pred))
-    if not pred or not ref or not common:
-        return 0.0
-    p, r = common / len(pred), common / len(ref)
-    return 2 * p * r / (p + r)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """F-measure of the longest common subsequence of tokens."""
-    pred, ref = score_tokens(prediction), score_tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    prev = [0] * (len(ref) + 1)
-    for a in pred:
-        cur = [0]
-        for j, b in enumerate(ref):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if not lcs:
-        return 0.0
-    p, r = lcs / len(pred), lcs / len(ref)
-    return 2 * p * r / (p + r)
-
-
-# ----------------------------------------------------------------------------------------
 # The benchmark
 
 def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy answers for many prompts at once, batched by the serving engine."""
-    engine, out = Engine(model, n_slots=8, tok=tok), [[] for _ in prompts]
-    waiting = [Request(p, max_new_tokens, SamplingParams(temperature=0.0, repetition_penalty=1.0),
-                       {tok.end_of_turn}, emit=lambda r, t, f, i=i: out[i].append(t))
-               for i, p in enumerate(prompts)]
-    while waiting or engine.active:
-        while waiting and engine.free_slots:
-            engine.add(waiting.pop(0))
-        engine.step()
-    return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in out]
+    replies = generate_batch(model, tok, prompts, max_new_tokens, SamplingParams(temperature=0.0, repetition_penalty=1.0))
+    return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in replies]
 
 
-def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, seed: int = 0) -> dict:
+def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, seed: int = 0,
+             max_items: int | None = None) -> dict:
     """Held-out QA on the val articles: retrieval recall and answer quality with/without it."""
-    items = qa_items(folder, "val", per_article, seed)
+    items = qa_items(folder, "val", per_article, seed)[:max_items]
     block = model.cfg.block_size
     room = prompt_room(block, REPLY_TOKENS)
     plain, grounded, found1, found5 = [], [], 0, 0

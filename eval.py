@@ -1,0 +1,344 @@
+"""
+Is my model any good? Score checkpoints on the same data, side by side, and draw loss curves.
+
+    python eval.py --ckpt out/demo/best.pt --ckpt out/chat/best.pt --out out/report.json
+    python eval.py --ckpt out/chat/best.pt --sft_data my_test.jsonl --max_examples 500
+    python eval.py plot out/demo out/chat --out out/loss.png      # several runs in one figure
+
+Writes report.json and report.md (one column per checkpoint) and prints the table:
+  pretraining  val bits per byte, loss and perplexity on the dataset's val split: the same
+               text for every checkpoint (bits per byte also compares different tokenizers)
+  chat         (chat checkpoints) held-out dialogues: the assistant-token loss, and sampled
+               replies scored against the real ones (scores.py): BLEU, chrF, ROUGE-L,
+               distinct-1/2, the share of replies that loop, end-of-turn and role-leak rates
+  knowledge    (chat checkpoints, a dataset with a search index) held-out Wikipedia questions:
+               retrieval recall and answer F1 without and with retrieval (wikiqa.py)
+Everything is seeded: the same command gives the same report.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import scores
+import wikiqa
+from chat_sft import SFTConfig, TokenRows, heldout_conversations, parse_sft_data, read_dialogues, rows_of, val_set
+from checkpoint import load_model
+from cli import UsageError, run_main
+from data import load_dataset
+from engine import generate_batch
+from retrieve import INDEX_DIR, Index
+from runlog import METRICS, plot_runs, read_metrics
+from sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
+from tokenizer import ContextOverflow, Message, fit_history, prompt_room
+from train import Dist, evaluate, token_bytes_table, val_windows
+
+
+def label_of(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+# ----------------------------------------------------------------------------------------
+# Pretraining: the dataset's val split
+
+def retokenize(ids: np.ndarray, src, dst) -> np.ndarray:
+    """Val ids of one tokenizer -> the same text in another, document breaks kept as breaks."""
+    docs, start = [], 0
+    for i in [*np.flatnonzero(ids == src.doc_sep), len(ids)]:
+        docs.append(src.decode(ids[start:i]))
+        start = i + 1
+    out = []
+    for k, doc in enumerate(dst.encode_batch(docs)):
+        out += ([dst.doc_sep] if k else []) + doc
+    return np.array(out, dtype=np.int64)
+
+
+def loss_on(model, tok, x, y, batch_size) -> dict:
+    device = str(model.wte.weight.device)
+    r = evaluate(model, x, y, token_bytes_table(tok, model.cfg.padded_vocab, device), batch_size,
+                 Dist(device=device), nullcontext())
+    model.eval()  # evaluate() hands the model back in training mode
+    return r
+
+
+def pretraining_rows(models, ds, args) -> list[dict]:
+    """Every model reads the same val text in windows of the smallest context among them."""
+    block = min(m.cfg.block_size for m, _, _ in models)
+    x, y = val_windows(ds.val, block, args.eval_tokens)
+    stream = torch.cat([x.flatten(), y[-1, -1:]])  # (n * block + 1,) the val text as ids
+    values = {"bpb": [], "loss": [], "ppl": []}
+    for model, tok, info in models:
+        if tok.spec != ds.tokenizer.spec:  # another tokenizer: the same text, its own ids
+            ids = torch.from_numpy(retokenize(stream.numpy(), ds.tokenizer, tok))
+            n = max((len(ids) - 1) // block, 1)
+            mx, my = ids[:n * block].view(n, block), ids[1:n * block + 1].view(n, block)
+        else:
+            mx, my = x, y
+        r = loss_on(model, tok, mx, my, args.batch_size)
+        values["bpb"].append(r["bpb"])
+        values["loss"].append(None if args.bpb_only else r["loss"])
+        values["ppl"].append(None if args.bpb_only else math.exp(min(r["loss"], 50)))
+    rows = [row("pretraining", "val bits per byte", values["bpb"], "lower")]
+    if not args.bpb_only:
+        rows += [row("pretraining", "val loss (nats per token)", values["loss"], "lower"),
+                 row("pretraining", "val perplexity", values["ppl"], "lower")]
+    return rows
+
+
+def row(section, name, values, better, digits=3) -> dict:
+    return {"section": section, "metric": name, "values": values, "better": better, "digits": digits}
+
+
+# ----------------------------------------------------------------------------------------
+# Chat: held-out dialogues
+
+def chat_conversations(args, chat_infos: list[dict], tok, block: int) -> tuple[list, str]:
+    """The dialogue set: --sft_data files whole, or the conversations the (first) chat
+    checkpoint's own SFT run held out of the built-in data."""
+    cfg = SFTConfig()
+    if args.sft_data:
+        convs, skipped = [], []
+        for path, _ in parse_sft_data(args.sft_data):
+            convs += list(read_dialogues(path, cfg, skipped))
+        where = args.sft_data
+    else:
+        stored = chat_infos[0]["train_config"]
+        for f in fields(SFTConfig):
+            if f.name in ("seed", "sft_val_fraction", "system_prompt"):
+                setattr(cfg, f.name, stored.get(f.name, getattr(cfg, f.name)))
+        convs = list(heldout_conversations(cfg, tok, block))
+        where = f"built-in dialogues held out by {chat_infos[0]['label']}'s SFT (seed {cfg.seed})"
+    if not convs:
+        raise UsageError(f"no conversations in {where}: give a dialogue file with --sft_data.")
+    return convs, where
+
+
+def reply_examples(convs, max_examples: int, seed: int) -> list[tuple[list[Message], str]]:
+    """(history, reference reply): one assistant turn, chosen at random, of each of up to
+    max_examples conversations in a seeded random order (so every source and language shows)."""
+    rng, out = random.Random(seed), []
+    for conv in rng.sample(convs, len(convs)):
+        turns = [j for j, m in enumerate(conv) if m.role == "assistant" and j > 0]
+        if turns:
+            j = rng.choice(turns)
+            out.append((conv[:j], conv[j].content))
+        if len(out) == max_examples:
+            break
+    return out
+
+
+def chat_scores(model, tok, convs, examples, args, seed: int) -> dict:
+    block = model.cfg.block_size
+    rows = [r for conv in convs for r in rows_of(tok, conv, block + 1, Counter())]
+    tokens = np.array([t for ids, _ in rows for t in ids], dtype=np.uint16)
+    mask = np.array([m for _, ms in rows for m in ms], dtype=np.uint8)
+    offsets = np.cumsum([0] + [len(ids) for ids, _ in rows])
+    x, y = val_set(TokenRows(tokens, mask, offsets), block, args.eval_tokens)
+    loss = loss_on(model, tok, x, y, args.batch_size)["loss"]
+
+    room = prompt_room(block, args.max_new_tokens)
+    prompts, refs = [], []
+    for history, reference in examples:
+        try:
+            prompts.append(fit_history(tok, history, room, block - 1)[0])
+            refs.append(reference)
+        except ContextOverflow:
+            continue  # a last message longer than the context: nothing to ask
+    replies = generate_batch(model, tok, prompts, args.max_new_tokens, params_from_args(args),
+                             seeds=[seed + i for i in range(len(prompts))])
+    other_specials = set(tok.special.values()) - {tok.end_of_turn}
+    texts = [tok.decode([t for t in r if t not in tok.special.values()]).strip() for r in replies]
+    n = max(len(replies), 1)
+    return {
+        "assistant_loss": loss, "bleu": scores.bleu(texts, refs), "chrf": scores.chrf(texts, refs),
+        "rouge_l": sum(scores.rouge_l(t, r) for t, r in zip(texts, refs)) / n,
+        "distinct_1": scores.distinct(texts, 1), "distinct_2": scores.distinct(texts, 2),
+        "loops": sum(map(scores.loops, texts)) / n,
+        "end_of_turn": sum(r[-1:] == [tok.end_of_turn] for r in replies) / n,
+        "role_leaks": sum(bool(other_specials & set(r)) for r in replies) / n,
+        "reply_tokens": sum(len(r) for r in replies) / n,
+        "replies": len(replies),
+        "examples": [{"prompt": h[-1].content, "reply": t, "reference": r}
+                     for (h, r), t in list(zip(examples, texts))[:3]]}
+
+
+CHAT_ROWS = [("assistant_loss", "held-out assistant-token loss", "lower"),
+             ("bleu", "BLEU (0-100)", "higher"), ("chrf", "chrF (0-100)", "higher"),
+             ("rouge_l", "ROUGE-L F", "higher"), ("distinct_1", "distinct-1", "higher"),
+             ("distinct_2", "distinct-2", "higher"), ("loops", "replies that loop (share)", "lower"),
+             ("end_of_turn", "replies ending their turn (share)", "higher"),
+             ("role_leaks", "replies leaking a role token (share)", "lower"),
+             ("reply_tokens", "mean reply length (tokens)", "")]
+QA_ROWS = [(("recall@1",), "retrieval recall@1", "higher"), (("recall@5",), "retrieval recall@5", "higher"),
+           (("without retrieval", "f1"), "answer F1 without retrieval", "higher"),
+           (("with retrieval", "f1"), "answer F1 with retrieval", "higher"),
+           (("without retrieval", "rouge_l"), "answer ROUGE-L without retrieval", "higher"),
+           (("with retrieval", "rouge_l"), "answer ROUGE-L with retrieval", "higher")]
+
+
+# ----------------------------------------------------------------------------------------
+# The report
+
+def format_table(report: dict) -> str:
+    labels = [c["label"] for c in report["checkpoints"]]
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    section = None
+    for r in report["rows"]:
+        if r["section"] != section:
+            section = r["section"]
+            lines.append(f"| **{section}** |" + " |" * len(labels))
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(r["better"], "")
+        cells = ["–" if v is None else f"{v:.{r['digits']}f}" for v in r["values"]]
+        lines.append(f"| {r['metric']}{arrow} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    notes = "".join(f"- {n}\n" for n in report["notes"])
+    md = f"# Evaluation report\n\n{format_table(report)}\n\n↓ lower is better, ↑ higher is better.\n\n{notes}"
+    for c in report["checkpoints"]:
+        for ex in c.get("examples", []):
+            md += f"\n{c['label']}: **{ex['prompt']}**  \n→ {ex['reply']}  \n(reference: {ex['reference']})\n"
+    out.with_suffix(".md").write_text(md, encoding="utf-8")
+
+
+def check_tokenizers(models, bpb_only: bool):
+    if len({json.dumps(tok.spec, sort_keys=True) for _, tok, _ in models}) > 1 and not bpb_only:
+        detail = ", ".join(f"{info['label']}: {tok.name}" for _, tok, info in models)
+        raise UsageError(f"the checkpoints use different tokenizers ({detail}), so their losses per "
+                         "token cannot be compared. Compare them by bits per byte only, which does not "
+                         "depend on the tokenizer: add --bpb_only.")
+
+
+def run_eval(args) -> dict:
+    models = []
+    for path in args.ckpt:
+        model, tok, info = load_model(path, args.device)
+        info["label"] = label_of(path)
+        models.append((model, tok, info))
+    check_tokenizers(models, args.bpb_only)
+    data = args.data or next((i["data"] for _, _, i in models if (Path(i["data"]) / "meta.json").is_file()), "")
+    if not data:
+        raise UsageError("which dataset? None of the checkpoints' training datasets is here ("
+                         + ", ".join(sorted({i["data"] or "none" for _, _, i in models})) + "): pass --data FOLDER.")
+    ds = load_dataset(data)
+    torch.manual_seed(args.seed)
+    report = {"checkpoints": [{"path": i["path"], "label": i["label"], "kind": i["kind"], "step": i["step"],
+                               "parameters": m.n_params(), "tokenizer": t.name} for m, t, i in models],
+              "settings": {k: v for k, v in vars(args).items() if k != "command"}, "rows": [], "notes": []}
+    print(f"pretraining: {len(models)} checkpoint(s) on {data} val ...", file=sys.stderr)
+    report["rows"] += pretraining_rows(models, ds, args)
+    block = min(m.cfg.block_size for m, _, _ in models)
+    report["notes"].append(f"pretraining: the first {args.eval_tokens:,} val tokens of {data} (in "
+                           f"{models[0][1].name} tokens), windows of {block}; bits per byte = loss in "
+                           "bits / UTF-8 bytes, comparable across tokenizers.")
+    chat = [(m, t, i) for m, t, i in models if i["kind"] == "sft"]
+    for _, _, info in models:
+        if info["kind"] != "sft":
+            report["notes"].append(f"{info['label']} is a base (pretrained) checkpoint: it gets the "
+                                   "pretraining rows only (it was never taught the chat turns).")
+    if chat and not args.bpb_only:
+        convs, where = chat_conversations(args, [i for _, _, i in chat], chat[0][1], chat[0][0].cfg.block_size)
+        examples = reply_examples(convs, args.max_examples, args.seed)
+        report["notes"].append(f"chat: {len(convs)} conversations ({where}); {len(examples)} replies "
+                               f"sampled (temperature {args.temperature}, top-k {args.top_k}, top-p "
+                               f"{args.top_p}, repetition penalty {args.repetition_penalty}, seed {args.seed}).")
+        index = Index.open(data) if (Path(data) / INDEX_DIR).is_dir() else None
+        if index is None:
+            report["notes"].append(f"knowledge: {data} has no search index (python retrieve.py --data {data} --build).")
+        per_model = {}
+        for model, tok, info in tqdm(chat, desc="chat checkpoints", file=sys.stderr, disable=len(chat) < 2):
+            per_model[info["label"]] = chat_scores(model, tok, convs, examples, args, args.seed)
+            if index is not None:
+                per_model[info["label"]]["qa"] = wikiqa.evaluate(model, tok, data, index, 3, args.seed,
+                                                                 max_items=args.max_examples)
+
+        def values(get):
+            return [get(per_model[i["label"]]) if i["label"] in per_model else None for _, _, i in models]
+
+        for key, name, better in CHAT_ROWS:
+            report["rows"].append(row("chat", name, values(lambda s: s[key]), better,
+                                      1 if key in ("bleu", "chrf", "reply_tokens") else 3))
+        if index is not None:
+            qa = next(iter(per_model.values()))["qa"]
+            report["notes"].append(f"knowledge: {qa['questions']} questions about {qa['articles']} val "
+                                   f"articles of {data}, never trained on; answers compared with each "
+                                   "article's opening sentence.")
+            for keys, name, better in QA_ROWS:
+                report["rows"].append(row("knowledge", name, values(lambda s: _dig(s["qa"], keys)), better))
+        for c in report["checkpoints"]:
+            if c["label"] in per_model:
+                c["examples"] = per_model[c["label"]]["examples"]
+    return report
+
+
+def _dig(d, keys):
+    for k in keys:
+        d = d[k]
+    return d
+
+
+# ----------------------------------------------------------------------------------------
+
+def plot_main(argv):
+    p = argparse.ArgumentParser(prog="eval.py plot", description="Overlay the loss curves of several runs.")
+    p.add_argument("runs", nargs="+", help=f"run folders (with {METRICS}) or metrics files")
+    p.add_argument("--out", default="loss.png", help="the PNG to write")
+    args = p.parse_args(argv)
+    runs = []
+    for run in map(Path, args.runs):
+        path = run / METRICS if run.is_dir() else run
+        if not path.is_file():
+            raise UsageError(f"{run}: no {METRICS} there. Give the out_dir of a train.py or chat_sft.py run.")
+        rows = read_metrics(path)
+        if not rows:
+            raise UsageError(f"{path} holds no metrics yet: the run logged nothing.")
+        runs.append((run.name if run.is_dir() else run.parent.name, rows))
+    print(f"wrote {plot_runs(runs, args.out)} ({len(runs)} runs)")
+
+
+def main(argv):
+    if argv[:1] == ["plot"]:
+        return plot_main(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", action="append", required=True, help="a checkpoint; repeat to compare several")
+    p.add_argument("--out", default="report.json", help="report.json path (report.md is written beside it)")
+    p.add_argument("--data", default="", help="dataset folder (default: the one the first checkpoint trained on)")
+    p.add_argument("--sft_data", default="", help="dialogue files to score chat on (default: held-out built-in dialogues)")
+    p.add_argument("--max_examples", type=int, default=100, help="replies sampled and QA questions asked, at most")
+    p.add_argument("--max_new_tokens", type=int, default=64, help="length limit of each sampled reply")
+    p.add_argument("--eval_tokens", type=int, default=65536, help="val tokens for the losses")
+    p.add_argument("--batch_size", type=int, default=16, help="windows per forward for the losses")
+    p.add_argument("--bpb_only", action="store_true", help="only val bits per byte (any tokenizers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_sampling_knobs(p, CHAT_DEFAULTS)
+    args = p.parse_args(argv)
+    params_from_args(args)  # bad sampling knobs: a clear error before any work
+    for name in ("max_examples", "max_new_tokens", "eval_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    t0 = time.time()
+    report = run_eval(args)
+    write_report(report, Path(args.out))
+    print(format_table(report))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,96 @@
+"""
+What a training run leaves behind besides checkpoints: OUT_DIR/metrics.jsonl, one JSON object
+per log step ("train") and per eval ("eval"), and OUT_DIR/loss.png drawn from it.
+
+    {"type": "train", "kind": "pretrain", "step": 40, "tokens": 81920, "loss": 5.91, "lr": 0.003,
+     "tok_per_s": 4100.0, "mfu": 0.012, "elapsed": 21.3}
+    {"type": "eval", "kind": "pretrain", "step": 40, "tokens": 81920, "val_loss": 5.87, "val_bpb": 2.41, ...}
+
+train.py and chat_sft.py write it (process 0 only); `python eval.py plot RUN...` overlays runs.
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+PLOT = "loss.png"
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of a metrics file, or of RUN_DIR/metrics.jsonl. A line cut short by a kill
+    (the last one, mid-write) is skipped."""
+    path = Path(path)
+    path = path / METRICS if path.is_dir() else path
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class MetricsLog:
+    """Appends rows to OUT_DIR/metrics.jsonl. A fresh run starts the file anew; a resumed run
+    (resume_step = the checkpoint's step) keeps the rows up to that step and drops the ones
+    logged after it, which the resumed run logs again: no step twice, none missing. The
+    elapsed time goes on from the kept rows', so a resumed run's clock does not restart at 0."""
+
+    def __init__(self, out_dir, kind: str, resume_step: int | None = None):
+        self.path, self.kind = Path(out_dir) / METRICS, kind
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        self.elapsed_before = max((r.get("elapsed", 0.0) for r in kept), default=0.0)
+        tmp = self.path.with_name(f"{METRICS}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)  # atomic: a kill here leaves the old file or the new, never half
+
+    def log(self, type: str, step: int, elapsed: float, **values):
+        row = {"type": type, "kind": self.kind, "step": step, **values,
+               "elapsed": round(self.elapsed_before + elapsed, 3)}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def rows(self) -> list[dict]:
+        return read_metrics(self.path)
+
+
+# ----------------------------------------------------------------------------------------
+# Loss curves
+
+def _series(rows, type, key):
+    pts = [(r["tokens"], r[key]) for r in rows if r.get("type") == type and key in r
+           and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_runs(runs: list[tuple[str, list[dict]]], path):
+    """Draw runs = [(label, rows)] into one PNG: loss (train line, val dots) and val bits per
+    byte against tokens seen. An SFT run's val loss is its held-out assistant-token loss."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_loss, ax_bpb = fig.subplots(1, 2)
+    colors = matplotlib.colormaps["tab10"].colors
+    for i, (label, rows) in enumerate(runs):
+        c = colors[i % len(colors)]
+        sft = any(r.get("kind") == "sft" for r in rows)
+        val_name = "held-out assistant loss" if sft else "val loss"
+        ax_loss.plot(*_series(rows, "train", "loss"), color=c, alpha=0.45, lw=1, label=f"{label}: train loss")
+        ax_loss.plot(*_series(rows, "eval", "val_loss"), "o-", color=c, ms=3, lw=1.5, label=f"{label}: {val_name}")
+        ax_bpb.plot(*_series(rows, "eval", "val_bpb"), "o-", color=c, ms=3, lw=1.5, label=label)
+    ax_loss.set(xlabel="tokens seen", ylabel="loss (nats per token)", title="loss")
+    ax_bpb.set(xlabel="tokens seen", ylabel="bits per byte", title="val bits per byte (lower is better)")
+    for ax in (ax_loss, ax_bpb):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, metadata={"Title": "wikigpt loss curves",  # PNG text: which runs are drawn
+                                        "Description": "runs: " + ", ".join(label for label, _ in runs)})
+    tmp.replace(path)  # readers never see half a PNG
+    return path

@@ -1,0 +1,224 @@
+"""Metrics logs, loss plots, text scores and eval.py's report."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, TINY, dump_xml, page, run_cli, PROSE
+from PIL import Image
+
+import scores
+from runlog import MetricsLog, read_metrics
+
+DIALOGUES = [("Hello", "Hello! How are you today?"), ("What is a river?", "A river is a stream of water."),
+             ("你好", "你好！很高兴见到你。"), ("Thanks", "You are welcome.")]
+
+
+def write_dialogues(path, repeat):
+    path.write_text("".join(json.dumps({"prompt": q, "response": a}, ensure_ascii=False) + "\n"
+                            for _ in range(repeat) for q, a in DIALOGUES), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    """A tiny base model and a chat model fine-tuned from it, with their metrics files."""
+    root = tmp_path_factory.mktemp("eval_runs")
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={root / 'base'}", "--max_steps=20",
+                "--eval_interval=10", *TINY, "--block_size=64")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("chat_sft.py", f"--init_from={root / 'base' / 'best.pt'}", f"--out_dir={root / 'chat'}",
+                f"--sft_data={write_dialogues(root / 'd.jsonl', 30)}", "--max_steps=30", "--eval_interval=15",
+                "--eot_check=0", "--sft_val_fraction=0.1", *TINY, "--block_size=64")
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def evaluate(*args, out):
+    return run_cli("eval.py", "--max_examples=8", "--max_new_tokens=16", "--eval_tokens=512", "--device=cpu",
+                   *args, "--out", out)  # later options win
+
+
+# ----------------------------------------------------------------------------------------
+# metrics.jsonl and loss.png
+
+def test_training_writes_metrics_rows_and_a_loss_plot(runs):
+    rows = read_metrics(runs / "base")
+    train = [r for r in rows if r["type"] == "train"]
+    evals = [r for r in rows if r["type"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 21))  # log_interval=1
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    for key in ("tokens", "loss", "lr", "tok_per_s", "mfu", "elapsed"):
+        assert all(isinstance(r[key], float | int) for r in train), key
+    assert evals[-1]["tokens"] == 20 * 4 * 64 and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert all(r["kind"] == "sft" for r in read_metrics(runs / "chat"))
+    png = Image.open(runs / "chat" / "loss.png")
+    assert png.format == "PNG" and png.text["Description"] == "runs: chat"
+
+
+def test_metrics_survive_a_kill_and_resume_without_duplicated_or_missing_steps(tiny_data, tmp_path):
+    args = [sys.executable, "train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
+            "--eval_interval=25", *TINY]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill it after a checkpoint, mid-interval
+        done = [r["step"] for r in read_metrics(tmp_path)] if (tmp_path / "metrics.jsonl").is_file() else []
+        if done and max(done) >= 60:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: raise max_steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in read_metrics(tmp_path))
+    assert 60 <= killed_at < 400
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
+                "--eval_interval=25", *TINY, "--resume=true")
+    assert r.returncode == 0, r.stderr
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 401))
+    assert [r["step"] for r in rows if r["type"] == "eval"] == list(range(0, 401, 25))
+    elapsed = [r["elapsed"] for r in rows]
+    assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from the kept rows
+
+
+def test_a_fresh_run_starts_a_new_metrics_file_and_resume_drops_rows_past_the_checkpoint(tmp_path):
+    log = MetricsLog(tmp_path, "pretrain")
+    for step in range(1, 6):
+        log.log("train", step, float(step), loss=1.0)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"type": "train", "step": 6, "lo')  # a line cut short by a kill
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    resumed = MetricsLog(tmp_path, "pretrain", resume_step=3)
+    resumed.log("train", 4, 0.5, loss=0.9)
+    assert [(r["step"], r["elapsed"]) for r in resumed.rows()] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 3.5)]
+    MetricsLog(tmp_path, "pretrain")
+    assert read_metrics(tmp_path) == []
+
+
+def test_plot_overlays_several_runs(runs, tmp_path):
+    out = tmp_path / "both.png"
+    r = run_cli("eval.py", "plot", runs / "base", runs / "chat", "--out", out)
+    assert r.returncode == 0, r.stderr
+    Image.open(out).verify()  # a whole, valid PNG
+    assert Image.open(out).text["Description"] == "runs: base, chat"
+    r = run_cli("eval.py", "plot", tmp_path / "nothing", "--out", out)
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Text scores
+
+def test_bleu_chrf_and_rouge_on_known_pairs():
+    same = ["the cat sat on the mat today"]
+    assert scores.bleu(same, same) == pytest.approx(100) and scores.chrf(same, same) == pytest.approx(100)
+    assert scores.rouge_l(same[0], same[0]) == pytest.approx(1.0)
+    assert scores.bleu(["a b c d"], ["w x y z"]) == 0 and scores.chrf(["abc"], ["xyz"]) == 0
+    assert scores.rouge_l("a b c", "x y z") == 0
+    # Chinese is scored by characters: 7 characters, 6 shared in order
+    hyp, ref = "我很喜欢这只猫", "我很喜欢这只狗"
+    assert scores.bleu([hyp], [ref]) == pytest.approx(100 * (6 / 7 * 5 / 6 * 4 / 5 * 3 / 4) ** 0.25)
+    assert scores.rouge_l(hyp, ref) == pytest.approx(6 / 7)
+
+
+def test_distinct_and_loops():
+    assert scores.distinct(["a b c", "a b d"], 1) == pytest.approx(4 / 6)
+    assert scores.distinct(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
+    assert scores.loops("I am a bot I am a bot I am a bot")
+    assert not scores.loops("I am a bot and I like to talk about rivers")
+    assert scores.loops("好的好的好的好的好的")  # characters for Chinese
+
+
+# ----------------------------------------------------------------------------------------
+# eval.py
+
+def test_report_scores_base_and_chat_side_by_side_and_is_deterministic(runs, tmp_path):
+    args = ["--ckpt", runs / "base" / "best.pt", "--ckpt", runs / "chat" / "best.pt",
+            "--sft_data", write_dialogues(tmp_path / "test.jsonl", 2)]
+    r = evaluate(*args, out=tmp_path / "a" / "report.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    table = {row["metric"]: row["values"] for row in report["rows"]}
+    base_bpb, chat_bpb = table["val bits per byte"]
+    assert 0 < base_bpb < 10 and 0 < chat_bpb < 10
+    assert table["val perplexity"][0] == pytest.approx(math.exp(table["val loss (nats per token)"][0]))
+    for metric in ("held-out assistant-token loss", "BLEU (0-100)", "chrF (0-100)", "ROUGE-L F",
+                   "distinct-1", "replies that loop (share)", "replies ending their turn (share)",
+                   "replies leaking a role token (share)", "mean reply length (tokens)"):
+        assert table[metric][0] is None and table[metric][1] is not None, metric  # base: no chat rows
+    assert any(n.startswith("base/best.pt is a base") for n in report["notes"])
+    assert "| metric | base/best.pt | chat/best.pt |" in r.stdout
+    assert (tmp_path / "a" / "report.md").read_text().count("|") > 40
+    assert evaluate(*args, out=tmp_path / "b" / "report.json").returncode == 0
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    report["settings"].pop("out"), again["settings"].pop("out")
+    assert again == report
+
+
+def test_a_chat_model_that_learned_its_replies_scores_high_on_them(runs, tiny_data, tmp_path):
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", "--sft_data", write_dialogues(tmp_path / "t.jsonl", 1),
+                 "--data", tiny_data,
+                 "--temperature=0", "--repetition_penalty=1", "--max_new_tokens=60", out=tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    table = {row["metric"]: row["values"][0] for row in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert table["chrF (0-100)"] > 50 and table["replies ending their turn (share)"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("other_tok")
+    pages = [page(f"Topic {i}", f"'''Topic {i}''' is a subject. " + PROSE * 3) for i in range(20)]
+    (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    r = run_cli("prepare_wiki.py", root / "dump.xml", "--out", root / "data", "--tokenizer", "bpe:320",
+                "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train.py", f"--data={root / 'data'}", f"--out_dir={root / 'out'}", "--max_steps=4",
+                "--eval_interval=4", *TINY)
+    assert r.returncode == 0, r.stderr
+    return root / "out" / "best.pt"
+
+
+def test_different_tokenizers_compare_by_bits_per_byte_only(runs, other_tokenizer_ckpt, tiny_data, tmp_path):
+    args = ["--ckpt", runs / "base" / "best.pt", "--ckpt", other_tokenizer_ckpt, "--data", tiny_data]
+    r = evaluate(*args, out=tmp_path / "r.json")
+    assert r.returncode == 2 and "different tokenizers" in r.stderr and "--bpb_only" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "r.json").exists()
+    r = evaluate(*args, "--bpb_only", out=tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [row["metric"] for row in rows] == ["val bits per byte"]
+    assert all(0 < v < 10 for v in rows[0]["values"])
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "empty_dialogues", "bad_option", "no_dataset"])
+def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
+    ckpt = runs / "chat" / "best.pt"
+    extra = ["--data", tiny_data]
+    if case == "missing":
+        ckpt = tmp_path / "nope.pt"
+    elif case == "not_a_checkpoint":
+        ckpt = tmp_path / "junk.pt"
+        ckpt.write_text("not a checkpoint")
+    elif case == "empty_dialogues":
+        (tmp_path / "empty.jsonl").write_text("")
+        extra += ["--sft_data", tmp_path / "empty.jsonl"]
+    elif case == "bad_option":
+        extra += ["--max_examples=0"]
+    else:
+        extra = []  # the chat run learned from no dataset folder
+    r = evaluate("--ckpt", ckpt, *extra, out=tmp_path / "r.json")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error:") or "error:" in r.stderr.splitlines()[-1]
+    assert "Traceback" not in r.stderr and not (tmp_path / "r.json").exists()
+    assert ckpt.is_file() or case == "missing"  # nothing of the user's is touched
+
+
+def test_a_base_checkpoint_alone_gets_the_pretraining_rows_with_a_note(runs, tmp_path):
+    r = evaluate("--ckpt", runs / "base" / "best.pt", out=tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {row["section"] for row in report["rows"]} == {"pretraining"}
+    assert any("base (pretrained) checkpoint" in n for n in report["notes"])
