@@ -82,7 +82,8 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path):
         val_name = "held-out assistant loss" if sft else "val loss"
         ax_loss.plot(*_series(rows, "train", "loss"), color=c, alpha=0.45, lw=1, label=f"{label}: train loss")
         ax_loss.plot(*_series(rows, "eval", "val_loss"), "o-", color=c, ms=3, lw=1.5, label=f"{label}: {val_name}")
-        ax_bpb.plot(*_series(rows, "eval", "val_bpb"), "o-", color=c, ms=3, lw=1.5, label=label)
+        ax_bpb.plot(*_series(rows, "eval", "val_bpb"), "o-", color=c, ms=3, lw=1.5,
+                    label=f"{label}: {'held-out assistant tokens' if sft else 'val text'}")
     ax_loss.set(xlabel="tokens seen", ylabel="loss (nats per token)", title="loss")
     ax_bpb.set(xlabel="tokens seen", ylabel="bits per byte", title="val bits per byte (lower is better)")
     for ax in (ax_loss, ax_bpb):
