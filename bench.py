@@ -7,13 +7,14 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
   2. generation: 256 new tokens with and without the KV cache, and the per-token latency
      at context 1 vs 256;
   3. the gpt2 vs modern presets, each with AdamW and Muon: val bits-per-byte after the same
-     wall-clock budget;
+     wall-clock budget; and on the demo's own config, the modern preset's ReLU^2 vs SwiGLU MLP;
   4. serving: serve.py on a chat checkpoint, 1/4/8/16 concurrent streaming clients, time to
      first token and aggregate tokens/s, with continuous batching and with batching off.
 
     python bench.py                          # about 25 minutes on a 2-core CPU
     python bench.py --budget 60              # shorter arch comparison
     python bench.py --only serve --ckpt out/chat/best.pt
+    python bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, serve
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse
@@ -141,22 +142,8 @@ def serve_rows(ckpt: str) -> list:
     return rows
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
-    p.add_argument("--budget", type=float, default=120, help="seconds per run in the preset comparison")
-    p.add_argument("--only", default="", help="one section: train | generate | presets | serve")
-    p.add_argument("--ckpt", default="out/chat/best.pt", help="the chat checkpoint for the serve section")
-    args = p.parse_args()
-    if args.only == "serve":
-        return print_table(serve_rows(args.ckpt))
-    rows = []
-    peak = measure_matmul_flops("cpu", torch.float32, reps=20)
-    rows.append(("fp32 matmul peak (2048x2048, best of 21)", f"{peak / 1e9:.1f} GFLOP/s"))
-
-    bpe = dataset("bpe:8192", "bench_bpe8k")
-    gpt2 = dataset("gpt2", "bench_gpt2")
-    speed = {}
+def train_rows(args, bpe, gpt2, peak) -> list:
+    rows, speed = [], {}
     for ds, vocab in ((bpe, "8k BPE"), (gpt2, "GPT-2 50k")):
         for compile in (False, True):
             r = bench_training(ds, compile, args.steps, f"out/bench_{vocab[:3]}_{compile}")
@@ -169,32 +156,87 @@ def main():
     r = bench_training(bpe, True, args.steps, "out/bench_muon", optimizer="muon")
     rows.append(("train modern, 8k BPE vocab, compiled, Muon optimizer",
                  f"{r['tok_per_s']:,.0f} tok/s ({r['tok_per_s'] / speed[('8k BPE', True)]:.2f}x AdamW's)"))
+    return rows
 
-    gen = bench_generation(bpe.tokenizer.n_vocab)
+
+def generation_rows(bpe) -> list:
+    rows, gen = [], bench_generation(bpe.tokenizer.n_vocab)
     for use_cache in (True, False):
         g = gen[use_cache]
         rows.append((f"generate 256 tokens, {'KV cache' if use_cache else 'no cache'}",
                      f"{g['tok_s']:,.1f} tok/s; {g['ms_ctx1']:.1f} ms/token at ctx 1, "
                      f"{g['ms_ctx256']:.1f} ms/token at ctx 256"))
     rows.append(("KV cache speed-up (256 tokens)", f"x{gen[True]['tok_s'] / gen[False]['tok_s']:.1f}"))
+    return rows
 
-    # Same wall-clock budget for every preset x optimizer; each plans its cosine schedule for
-    # the steps it can afford at its own measured speed (so all finish their schedule in time).
+
+def budget_run(base: TrainConfig, ds, budget: float) -> dict:
+    """Train for `budget` seconds; the cosine schedule is planned for the steps this config can
+    afford at its own measured speed (so every contender finishes its schedule in time)."""
+    probe = run(replace(base, max_steps=8, log_interval=2, warmup_steps=2, eval_interval=10**9), ds)
+    steps = max(20, int(budget * probe["tok_per_s"] / (base.batch_size * base.block_size)))
+    return run(replace(base, max_steps=steps, warmup_steps=steps // 20, max_time=budget,
+                       eval_interval=steps, eval_tokens=32768), ds)
+
+
+def preset_rows(args, bpe) -> list:
+    rows = []
     for optimizer in ("adamw", "muon"):
         for arch in ("gpt2", "modern"):
             base = TrainConfig(**FIXED, data=str(bpe.path), out_dir=f"out/bench_arch_{arch}",
-                               arch=arch, optimizer=optimizer, lr=ARCH_LR[arch])
-            probe = run(replace(base, max_steps=8, log_interval=2, warmup_steps=2), bpe)
-            steps = max(20, int(args.budget * probe["tok_per_s"] / (8 * 256)))
-            r = run(replace(base, max_steps=steps, warmup_steps=steps // 20, max_time=args.budget,
-                            eval_interval=steps, eval_tokens=32768), bpe)
+                               arch=arch, optimizer=optimizer, lr=ARCH_LR[arch], mlp="gelu" if arch == "gpt2" else "relu2")
+            r = budget_run(base, bpe, args.budget)
             rows.append((f"{arch} preset + {optimizer}, {args.budget:.0f} s ({r['step']} steps)",
                          f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
+    return rows
 
-    if Path(args.ckpt).is_file():
-        rows += serve_rows(args.ckpt)
-    else:
-        rows.append(("serve", f"skipped: no chat checkpoint at {args.ckpt} (run make demo first)"))
+
+def mlp_rows(args) -> list:
+    """The modern preset's MLP on the demo itself (config/demo_cpu.toml, the demo's data and
+    size, Muon), same wall-clock budget: ReLU^2 against SwiGLU (which exports exactly to
+    transformers' Qwen3 layout, see export.py)."""
+    from cli import load_config
+
+    ds = dataset("bpe:8192", "demo")
+    rows = []
+    for mlp in ("relu2", "swiglu"):
+        base = load_config(TrainConfig, ["config/demo_cpu.toml", f"--mlp={mlp}", "--out_dir=out/bench_mlp",
+                                         "--compile=true", "--log_interval=10", "--device=cpu"])
+        r = budget_run(base, ds, args.budget)
+        rows.append((f"demo config, modern + {mlp} MLP, {args.budget:.0f} s ({r['step']} steps, "
+                     f"{r['tok_per_s']:,.0f} tok/s)", f"val bpb {r['val']['bpb']:.4f} (val loss {r['val']['loss']:.3f})"))
+    return rows
+
+
+SECTIONS = ("train", "generate", "presets", "mlp", "serve")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
+    p.add_argument("--budget", type=float, default=120, help="seconds per run in the preset and MLP comparisons")
+    p.add_argument("--only", default="", choices=("", *SECTIONS), help="one section")
+    p.add_argument("--ckpt", default="out/chat/best.pt", help="chat checkpoint for the serve benchmark")
+    args = p.parse_args()
+    wanted = [args.only] if args.only else SECTIONS
+    rows = []
+    if {"train", "generate", "presets"} & set(wanted):
+        bpe = dataset("bpe:8192", "bench_bpe8k")
+    if "train" in wanted:
+        peak = measure_matmul_flops("cpu", torch.float32, reps=20)
+        rows.append(("fp32 matmul peak (2048x2048, best of 21)", f"{peak / 1e9:.1f} GFLOP/s"))
+        rows += train_rows(args, bpe, dataset("gpt2", "bench_gpt2"), peak)
+    if "generate" in wanted:
+        rows += generation_rows(bpe)
+    if "presets" in wanted:
+        rows += preset_rows(args, bpe)
+    if "mlp" in wanted:
+        rows += mlp_rows(args)
+    if "serve" in wanted:
+        if Path(args.ckpt).is_file():
+            rows += serve_rows(args.ckpt)
+        else:
+            rows.append(("serve", f"skipped: no chat checkpoint at {args.ckpt} (run make demo first)"))
     print_table(rows)
 
 

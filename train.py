@@ -26,7 +26,7 @@ import torch.distributed as torch_dist
 from checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 from cli import UsageError, load_config, opt, run_main
 from data import load_dataset
-from model import GPT, GPTConfig
+from model import GPT, PRESET_MLP, GPTConfig
 from optim import build_optimizers, lr_factor
 from runlog import METRICS, PLOT, MetricsLog, plot_runs
 from tokenizer import Tokenizer
@@ -40,7 +40,7 @@ class TrainConfig:
     resume: bool = opt(False, "continue out_dir/last.pt exactly where it stopped")
     # model (ignored when init_from or resume gives a model)
     arch: str = opt("modern", "gpt2 | modern (see model.py)")
-    mlp: str = opt("auto", "auto | gelu | relu2 | swiglu")
+    mlp: str = opt("auto", "auto (the preset's: gelu for gpt2, swiglu for modern) | gelu | relu2 | swiglu")
     n_layer: int = opt(6, "transformer blocks")
     n_head: int = opt(6, "attention heads")
     n_embd: int = opt(384, "width")
@@ -368,7 +368,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     else:
         model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                              arch=cfg.arch, mlp=cfg.mlp))
+                              arch=cfg.arch, mlp=PRESET_MLP[cfg.arch] if cfg.mlp == "auto" else cfg.mlp))
     mcfg = model.cfg
     if mcfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {mcfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")

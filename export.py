@@ -1,0 +1,198 @@
+"""
+Export a checkpoint as a Hugging Face model folder that stock `transformers` loads (no remote
+code) and that computes exactly what our model computes.
+
+    python export.py --ckpt out/chat/best.pt --out hf/wikigpt-chat
+    python export.py --ckpt out/demo/best.pt --out hf/wikigpt-base --dtype bfloat16
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained("hf/wikigpt-chat")
+    model = AutoModelForCausalLM.from_pretrained("hf/wikigpt-chat")
+
+Which architecture each preset becomes (weights renamed, nothing approximated):
+  arch=gpt2   (GELU MLP)    -> GPT2LMHeadModel: Conv1D weights are our Linear weights transposed,
+                               exact GELU ("gelu", not GPT-2's tanh "gelu_new"), tied head
+  arch=modern (SwiGLU MLP)  -> Qwen3ForCausalLM: RMSNorm, QK-norm before RoPE (weights of ones:
+                               ours has none), rotate-half RoPE, SwiGLU, untied head
+A modern model with the ReLU^2 MLP has no exact transformers counterpart: refused.
+The vocabulary is cut back from the padded size to the tokenizer's, so no id exists that our
+sampler could never pick.
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
+from cli import UsageError, run_main
+from hf_tokenizer import chat_template, tokenizer_json
+from sampling import CHAT_DEFAULTS
+from tokenizer import DOC_SEP, END_OF_TURN
+
+ROPE_THETA = 10000.0  # model.rotary_tables' base
+
+
+def gpt2_weights(model, n_vocab: int) -> tuple[dict, dict]:
+    c = model.cfg
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": n_vocab,
+              "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+              "n_inner": 4 * c.n_embd, "activation_function": "gelu", "layer_norm_epsilon": 1e-5,
+              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True}
+    w = {"transformer.wte.weight": model.wte.weight[:n_vocab], "transformer.wpe.weight": model.wpe.weight,
+         "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias}
+    for i, b in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        for ours, theirs in ((b.ln_1, "ln_1"), (b.ln_2, "ln_2")):
+            w[p + theirs + ".weight"], w[p + theirs + ".bias"] = ours.weight, ours.bias
+        for ours, theirs in ((b.attn.c_attn, "attn.c_attn"), (b.attn.c_proj, "attn.c_proj"),
+                             (b.mlp.c_fc, "mlp.c_fc"), (b.mlp.c_proj, "mlp.c_proj")):
+            w[p + theirs + ".weight"] = ours.weight.t()  # Conv1D keeps (in, out)
+            w[p + theirs + ".bias"] = ours.bias
+    return config, w
+
+
+def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
+    c = model.cfg
+    D, hidden = c.n_embd // c.n_head, model.blocks[0].mlp.c_proj.in_features
+    config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": n_vocab,
+              "hidden_size": c.n_embd, "intermediate_size": hidden, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": D,
+              "hidden_act": "silu", "max_position_embeddings": c.block_size,
+              # nn.RMSNorm / F.rms_norm without eps use the dtype's epsilon: float32's
+              "rms_norm_eps": torch.finfo(torch.float32).eps,
+              "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA}, "rope_theta": ROPE_THETA,
+              "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": False,
+              "use_sliding_window": False}
+    w = {"model.embed_tokens.weight": model.wte.weight[:n_vocab], "model.norm.weight": model.ln_f.weight,
+         "lm_head.weight": model.lm_head.weight[:n_vocab]}
+    for i, b in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = b.attn.c_attn.weight.split(c.n_embd, dim=0)
+        gate, up = b.mlp.c_fc.weight.split(hidden, dim=0)  # MLP.forward: h.chunk(2) -> gate, up
+        w.update({p + "input_layernorm.weight": b.ln_1.weight, p + "post_attention_layernorm.weight": b.ln_2.weight,
+                  p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                  p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.c_proj.weight,
+                  p + "self_attn.q_norm.weight": torch.ones(D), p + "self_attn.k_norm.weight": torch.ones(D),
+                  p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                  p + "mlp.down_proj.weight": b.mlp.c_proj.weight})
+    return config, w
+
+
+def hf_weights(model, n_vocab: int, path: str) -> tuple[dict, dict]:
+    c = model.cfg
+    if c.arch == "gpt2" and c.mlp_kind == "gelu":
+        return gpt2_weights(model, n_vocab)
+    if c.arch == "modern" and c.mlp_kind == "swiglu":
+        return qwen3_weights(model, n_vocab)
+    raise UsageError(f"{path}: a {c.arch} model with the {c.mlp_kind} MLP has no exact transformers "
+                     "architecture (gpt2 exports with its GELU MLP as GPT2LMHeadModel, modern with "
+                     "the SwiGLU MLP as Qwen3ForCausalLM). It still loads and runs here; to export, "
+                     "train with --mlp=swiglu (the modern default) or --arch=gpt2.")
+
+
+def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
+    tc, kind = ckpt.get("train_config", {}), ckpt["kind"]
+    val = ckpt.get("val") or {}
+    chat = kind == "sft"
+    c = model.cfg
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [wikigpt]", "---", "",
+        f"# {'wikigpt chat model' if chat else 'wikigpt base model (Wiki-GPT)'}", "",
+        f"A {model.n_params() / 1e6:.1f}M-parameter GPT trained from scratch with "
+        "wikigpt on Wikipedia text"
+        + (" and then fine-tuned on dialogues (chat SFT)." if chat else "."), "",
+        "| | |", "|---|---|",
+        f"| architecture | {hf_arch} ({c.arch} preset, {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, {c.mlp_kind} MLP) |",
+        f"| context | {c.block_size} tokens |",
+        f"| tokenizer | {tok.name} ({tok.n_vocab} ids, byte-level BPE; chat tokens {', '.join(tok.special)}) |",
+        f"| data | {tc.get('data', '?')}" + (f" + {tc.get('sft_data') or 'built-in dialogues (chitchat, chatterbot en/zh)'}" if chat else "") + " |",
+        f"| training | {ckpt.get('step')} steps{', from ' + tc['init_from'] if chat and tc.get('init_from') else ''} |",
+        f"| val loss | {val.get('loss', float('nan')):.4f}" + ("" if chat else f" (bits per byte {val.get('bpb', float('nan')):.4f})") + " |",
+        f"| weights | {dtype} |", "",
+        "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)"]
+    if chat:
+        lines += ['ids = tok.apply_chat_template([{"role": "user", "content": "What is a river?"}],',
+                  '                              add_generation_prompt=True, return_tensors="pt")',
+                  "out = model.generate(ids, max_new_tokens=64)  # stops at <|end|>",
+                  "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))"]
+    else:
+        lines += ['ids = tok("<|endoftext|>Aristotle was", return_tensors="pt").input_ids',
+                  "print(tok.decode(model.generate(ids, max_new_tokens=60, do_sample=True)[0]))"]
+    lines += ["```", "", "## Limits", "",
+              "A small model trained briefly: it writes fluent-looking text but is often wrong; do not "
+              "rely on what it says. It has seen only the data above.",
+              "Chat turns are `<|role|>content<|end|>`; literal special-token text inside a message "
+              "is encoded as the special token here, but as plain text by wikigpt itself."]
+    return "\n".join(lines) + "\n"
+
+
+def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("kind") not in ("pretrain", "sft"):
+        raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
+    model, tok = model_from_checkpoint(ckpt)
+    config, weights = hf_weights(model, tok.n_vocab, ckpt_path)
+    chat = ckpt["kind"] == "sft"
+    eos = tok.end_of_turn if chat else tok.doc_sep
+    config.update({"torch_dtype": dtype, "dtype": dtype, "bos_token_id": tok.doc_sep, "eos_token_id": eos,
+                   "pad_token_id": eos})
+
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(f".{out.name}.tmp-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", config)
+        generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos,
+                      "max_length": model.cfg.block_size}
+        if chat:
+            generation.update({"do_sample": True, **CHAT_DEFAULTS.kwargs()})
+        write_json(tmp / "generation_config.json", generation)
+        write_json(tmp / "tokenizer.json", tokenizer_json(tok))
+        special = {s: s for s in tok.special}
+        write_json(tmp / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.block_size,
+            "bos_token": DOC_SEP, "eos_token": END_OF_TURN if chat else DOC_SEP,
+            "pad_token": END_OF_TURN if chat else DOC_SEP, "clean_up_tokenization_spaces": False,
+            "additional_special_tokens": [s for s in special if s != DOC_SEP],
+            **({"chat_template": chat_template()} if tok.has_chat_tokens() else {})})
+        (tmp / "README.md").write_text(model_card(ckpt, model, tok, config["architectures"][0], dtype), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)  # the folder appears whole, or not at all
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def write_json(path: Path, obj):
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint to export (pretrain or chat)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--dtype", default="float32", help="weights as float32 | bfloat16 | float16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    args = p.parse_args(argv)
+    out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.1f} MB): load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,140 @@
+"""export.py: stock transformers, in a fresh process that cannot import this repository, loads
+the exported folder and computes what our model computes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from checkpoint import load_model
+from hf_tokenizer import chat_template, tokenizer_json
+from tokenizer import Message, Tokenizer, render_chat
+
+TEXTS = ["Aristotle was a Greek philosopher.", "长江是中国最长的河流。", "emoji 🎉👍🏽 and café, naïve",
+         "  spaces\tand\nnew lines  ", "plain text that says <|end|> and <|user|>"]
+CONVERSATION = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi! 你好"}, {"role": "user", "content": "What is a river?"}]
+DIALOGUES = [("Hello", "Hello! How are you today?"), ("你好", "你好！很高兴见到你。")]
+
+# Runs with `python -I` in the export's parent folder: no path to this repository anywhere.
+HF_SIDE = r"""
+import importlib.util, json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert importlib.util.find_spec("model") is None and importlib.util.find_spec("tokenizer") is None
+path, texts, conversation, with_model = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "1"
+tok = AutoTokenizer.from_pretrained(path)
+out = {"ids": [tok(t, add_special_tokens=False).input_ids for t in texts],
+       "decoded": [tok.decode(tok(t, add_special_tokens=False).input_ids) for t in texts]}
+if tok.chat_template:
+    out["chat"] = list(tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False))
+if with_model:
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    out["arch"] = type(model).__name__
+    with torch.no_grad():
+        out["logits"] = [model(torch.tensor([[tok.bos_token_id] + ids])).logits[0].tolist() for ids in out["ids"][:2]]
+        prompt = torch.tensor([out["chat"]])
+        room = min(20, tok.model_max_length - prompt.shape[1])  # within the context (64 here)
+        gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=room, do_sample=False,
+                             repetition_penalty=1.0, temperature=None, top_k=None, top_p=None)
+    out["greedy"] = gen[0, prompt.shape[1]:].tolist()
+print(json.dumps(out))
+"""
+
+
+def hf_side(folder, with_model=True):
+    script = folder.parent / "hf_side.py"
+    script.write_text(HF_SIDE)
+    r = subprocess.run([sys.executable, "-I", script.name, folder.name, json.dumps(TEXTS),
+                        json.dumps(CONVERSATION), "1" if with_model else "0"],
+                       cwd=folder.parent, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def check_tokenizer(tok: Tokenizer, hf: dict):
+    # a transformers tokenizer reads special-token text as the special tokens (as tiktoken with
+    # allowed_special does); ours keeps a document's text plain, and the two agree everywhere else
+    assert hf["ids"] == [tok.enc.encode(t, allowed_special="all") for t in TEXTS]
+    assert hf["ids"][:4] == [tok.encode(t) for t in TEXTS[:4]]
+    assert hf["decoded"] == TEXTS
+    conv = [Message(m["role"], m["content"]) for m in CONVERSATION]
+    assert hf["chat"] == render_chat(tok, conv, add_generation_prompt=True)[0]
+
+
+@pytest.fixture(scope="module", params=["modern", "gpt2"])
+def chat_export(request, tiny_data, tmp_path_factory):
+    """A tiny chat model of each exportable preset, exported."""
+    root = tmp_path_factory.mktemp(f"export_{request.param}")
+    arch = ["--arch=modern"] if request.param == "modern" else ["--arch=gpt2"]  # their default MLPs
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={root / 'base'}", "--max_steps=30",
+                "--eval_interval=30", *TINY, "--block_size=64", *arch)
+    assert r.returncode == 0, r.stderr
+    dialogues = root / "d.jsonl"
+    dialogues.write_text("".join(json.dumps({"prompt": q, "response": a}, ensure_ascii=False) + "\n"
+                                 for _ in range(20) for q, a in DIALOGUES), encoding="utf-8")
+    r = run_cli("chat_sft.py", f"--init_from={root / 'base' / 'best.pt'}", f"--out_dir={root / 'chat'}",
+                f"--sft_data={dialogues}", "--max_steps=20", "--eval_interval=20", "--eot_check=0",
+                "--sft_val_fraction=0.2", *TINY, "--block_size=64")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export.py", "--ckpt", root / "chat" / "best.pt", "--out", root / "hf")
+    assert r.returncode == 0, r.stderr
+    return request.param, root / "chat" / "best.pt", root / "hf"
+
+
+def test_transformers_computes_what_we_compute(chat_export):
+    preset, ckpt, folder = chat_export
+    hf = hf_side(folder)
+    assert hf["arch"] == {"modern": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}[preset]
+    model, tok, _ = load_model(ckpt, "cpu")
+    check_tokenizer(tok, hf)
+    with torch.no_grad():
+        for ids, theirs in zip(hf["ids"][:2], hf["logits"]):  # English and Chinese
+            ours = model.lm_head(model.hidden_states(torch.tensor([[tok.doc_sep] + ids])))[0, :, :tok.n_vocab]
+            assert ours.abs().max() > 0.1  # a trained head, not the zero init
+            assert (ours - torch.tensor(theirs)).abs().max() < 1e-4
+    prompt = hf["chat"]
+    room = min(20, model.cfg.block_size - len(prompt))
+    assert room >= 8
+    greedy = list(model.generate(prompt, room, temperature=0.0, stop_tokens={tok.end_of_turn}))
+    assert hf["greedy"] == greedy
+    config = json.loads((folder / "config.json").read_text())
+    assert config["eos_token_id"] == tok.end_of_turn  # generate stops at the end of the turn
+    assert "Qwen3" in (folder / "README.md").read_text() or preset == "gpt2"
+
+
+def test_gpt2_tokenizer_exports_exactly(tmp_path):
+    tok = Tokenizer({"kind": "gpt2"})
+    folder = tmp_path / "gpt2tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json(tok)))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": chat_template(), "bos_token": "<|endoftext|>"}))
+    check_tokenizer(tok, hf_side(folder, with_model=False))
+
+
+def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data, tiny_ckpt, tmp_path):
+    ckpt = tiny_ckpt  # a base model of the modern preset (SwiGLU): exportable
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'relu2'}", "--max_steps=1",
+                "--eval_interval=1", *TINY, "--mlp=relu2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export.py", "--ckpt", tmp_path / "relu2" / "best.pt", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "no exact transformers architecture" in r.stderr and "--mlp=swiglu" in r.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+    (tmp_path / "junk.pt").write_text("junk")
+    for bad in (tmp_path / "junk.pt", tmp_path / "missing.pt"):
+        r = run_cli("export.py", "--ckpt", bad, "--out", tmp_path / "y")
+        assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "y").exists()
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken", "--overwrite", "--dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "taken" / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["Qwen3ForCausalLM"]
+    assert config["eos_token_id"] == load_model(ckpt, "cpu")[1].doc_sep  # a base model ends at a document
+    assert not (tmp_path / "taken" / "keep.txt").exists()
