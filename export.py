@@ -15,6 +15,11 @@ Which architecture each preset becomes (weights renamed, nothing approximated):
   arch=modern (SwiGLU MLP)  -> Qwen3ForCausalLM: RMSNorm, QK-norm before RoPE (weights of ones:
                                ours has none), rotate-half RoPE, SwiGLU, untied head
 A modern model with the ReLU^2 MLP has no exact transformers counterpart: refused.
+
+    python export.py --ckpt out/chat/best.pt --out hf/wikigpt-chat.gguf --format gguf
+
+writes one GGUF file for llama.cpp (and so Ollama, LM Studio): llama.cpp's "qwen3" architecture
+for the modern preset. Its GPT-2 architecture uses the tanh GELU, ours the exact one: refused.
 The vocabulary is cut back from the padded size to the tokenizer's, so no id exists that our
 sampler could never pick.
 """
@@ -92,6 +97,78 @@ def hf_weights(model, n_vocab: int, path: str) -> tuple[dict, dict]:
                      "train with --mlp=swiglu (the modern default) or --arch=gpt2.")
 
 
+# ----------------------------------------------------------------------------------------
+# GGUF: the Qwen3 tensors under llama.cpp's names
+
+GGUF_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+              "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down"}
+# llama.cpp's pre-tokenizers (how text is split before BPE) by our split pattern: GPT-2's, and
+# the one our trained BPE uses, whose splits are llama-3's ("llama-bpe"; tests/test_export.py
+# checks that the two patterns split text the same)
+GGUF_PRE = {"gpt2": "gpt-2", "bpe": "llama-bpe"}
+
+
+def gguf_name(hf_name: str) -> str:
+    base = hf_name.removesuffix(".weight")
+    if base in GGUF_NAMES:
+        return GGUF_NAMES[base] + ".weight"
+    layer, rest = base.removeprefix("model.layers.").split(".", 1)
+    return f"blk.{layer}.{GGUF_NAMES[rest]}.weight"
+
+
+def write_gguf(path: Path, ckpt: dict, tok, config: dict, weights: dict, dtype: str):
+    import gguf
+    import numpy as np
+
+    from hf_tokenizer import merge_of, spell
+
+    if config["model_type"] != "qwen3":
+        raise UsageError("--format gguf: llama.cpp's gpt2 architecture computes GELU with the tanh "
+                         "approximation, this model the exact GELU, so the file would be a subtly "
+                         "different model. Export a modern-preset model, or use the transformers folder.")
+    if dtype not in ("float32", "float16"):
+        raise UsageError("--format gguf takes --dtype float32 or float16.")
+    chat = ckpt["kind"] == "sft"
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_name("wikigpt chat" if chat else "wikigpt base")
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_key_length(config["head_dim"])
+    w.add_value_length(config["head_dim"])
+    w.add_rope_freq_base(ROPE_THETA)
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16)
+    ranks = tok.enc._mergeable_ranks
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    specials = sorted(tok.special.items(), key=lambda kv: kv[1])
+    w.add_tokenizer_model("gpt2")  # llama.cpp's name for a byte-level BPE
+    w.add_tokenizer_pre(GGUF_PRE[tok.spec["kind"]])
+    w.add_token_list([spell(t) for t, _ in by_rank] + [s for s, _ in specials])
+    w.add_token_types([gguf.TokenType.NORMAL] * len(by_rank) + [gguf.TokenType.CONTROL] * len(specials))
+    w.add_token_merges([" ".join(map(spell, merge_of(t, ranks))) for t, _ in by_rank if len(t) > 1])
+    w.add_bos_token_id(tok.doc_sep)
+    w.add_eos_token_id(config["eos_token_id"])
+    w.add_add_bos_token(not chat)  # base models read documents as "<|endoftext|>text"; chat turns start bare
+    if chat:
+        w.add_chat_template(chat_template())
+    for name, t in weights.items():
+        keep32 = t.dim() == 1  # norms stay float32, as llama.cpp's own converter keeps them
+        data = t.detach().to(torch.float32 if keep32 or dtype == "float32" else torch.float16).numpy()
+        w.add_tensor(gguf_name(name), np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
     tc, kind = ckpt.get("train_config", {}), ckpt["kind"]
     val = ckpt.get("val") or {}
@@ -129,9 +206,11 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False, format: str = "hf") -> Path:
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    if format not in ("hf", "gguf"):
+        raise UsageError(f"--format {format!r}: use hf (a transformers folder) or gguf (one llama.cpp file).")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
     ckpt = load_checkpoint(ckpt_path)
@@ -144,9 +223,19 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
     config.update({"torch_dtype": dtype, "dtype": dtype, "bos_token_id": tok.doc_sep, "eos_token_id": eos,
                    "pad_token_id": eos})
 
+    tmp = out.with_name(f".{out.name}.tmp-export")
+    if format == "gguf":
+        try:
+            write_gguf(tmp, ckpt, tok, config, weights, dtype)
+            if out.is_dir():
+                shutil.rmtree(out)
+            tmp.replace(out)  # the file appears whole, or not at all
+        finally:
+            tmp.unlink(missing_ok=True)
+        return out
+
     from safetensors.torch import save_file
 
-    tmp = out.with_name(f".{out.name}.tmp-export")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -186,9 +275,14 @@ def main(argv):
     p.add_argument("--ckpt", required=True, help="checkpoint to export (pretrain or chat)")
     p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
     p.add_argument("--dtype", default="float32", help="weights as float32 | bfloat16 | float16")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--format", default="hf", help="hf (a transformers folder) | gguf (one llama.cpp file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite)
+    out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite, args.format)
+    if args.format == "gguf":
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama.cpp, "
+              f"e.g. llama-cli -m {out} --jinja -cnv")
+        return
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB): load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r})")

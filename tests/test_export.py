@@ -138,3 +138,52 @@ def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data
     assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["Qwen3ForCausalLM"]
     assert config["eos_token_id"] == load_model(ckpt, "cpu")[1].doc_sep  # a base model ends at a document
     assert not (tmp_path / "taken" / "keep.txt").exists()
+
+
+def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_path):
+    preset, ckpt, folder = chat_export
+    out = tmp_path / "model.gguf"
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", out, "--format", "gguf")
+    if preset == "gpt2":  # llama.cpp's GPT-2 uses the tanh GELU: refused rather than approximated
+        assert r.returncode == 2 and "tanh" in r.stderr and not out.exists()
+        return
+    assert r.returncode == 0, r.stderr
+    import gguf
+
+    reader = gguf.GGUFReader(out)
+    field = {name: f.contents() for name, f in reader.fields.items()}
+    model, tok, _ = load_model(ckpt, "cpu")
+    c = model.cfg
+    assert field["general.architecture"] == "qwen3" and field["qwen3.block_count"] == c.n_layer
+    assert field["qwen3.context_length"] == c.block_size and field["qwen3.attention.head_count"] == c.n_head
+    assert field["tokenizer.ggml.eos_token_id"] == tok.end_of_turn and field["tokenizer.ggml.add_bos_token"] is False
+    assert field["tokenizer.chat_template"] == chat_template()
+    hf_tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = sorted(hf_tok["model"]["vocab"], key=hf_tok["model"]["vocab"].get) + list(tok.special)
+    assert field["tokenizer.ggml.tokens"] == vocab and len(vocab) == tok.n_vocab
+    assert field["tokenizer.ggml.merges"] == [" ".join(m) for m in hf_tok["model"]["merges"]]
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == 3 + 11 * c.n_layer
+    head = tensors["output.weight"]
+    assert [int(d) for d in head.shape] == [c.n_embd, tok.n_vocab]  # GGUF lists dims innermost first
+    assert torch.equal(torch.from_numpy(head.data.copy()).view(tok.n_vocab, c.n_embd),
+                       model.lm_head.weight[:tok.n_vocab])
+    assert torch.equal(torch.from_numpy(tensors["blk.0.ffn_gate.weight"].data.copy()),
+                       model.blocks[0].mlp.c_fc.weight[:model.blocks[0].mlp.c_proj.in_features])
+
+
+# llama-3's split pattern, which llama.cpp's "llama-bpe" pre-tokenizer applies
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def test_our_trained_bpe_splits_text_like_llama3(tiny_data):
+    import regex
+
+    from data import read_articles
+
+    ours = Tokenizer.load(tiny_data / "tokenizer.json").enc._pat_str
+    texts = [a["text"] for a in read_articles(tiny_data, "train")] + TEXTS + [
+        "It's DON'T we'LL\n\n\n  x", "a\r\n\r\nb  \n", "123456789 ½ ٣٤", "中文，标点。English!", "  \t\n end ", "...!!??"]
+    for text in texts:
+        assert regex.findall(ours, text) == regex.findall(LLAMA3_SPLIT, text), text
