@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import prepare_wiki
+from checkpoint import load_checkpoint
 from data import load_dataset
 from model import GPT, GPTConfig
 from train import (Dist, PretrainBatches, TrainConfig, measure_matmul_flops, train, val_windows)
@@ -208,7 +209,103 @@ def mlp_rows(args) -> list:
     return rows
 
 
-SECTIONS = ("train", "generate", "presets", "mlp", "serve")
+@torch.no_grad()
+def decode_tok_s(model, batch: int, new_tokens=64, prompt_len=16) -> float:
+    """Greedy decoding with the KV cache: batch 1 through model.generate, batch 8 through the
+    serving engine (one batched forward per step)."""
+    from engine import generate_batch
+    from sampling import SamplingParams
+
+    prompts = [[(7 * i + j) % 200 + 1 for j in range(prompt_len)] for i in range(batch)]
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0)
+    list(model.generate(prompts[0], 4, temperature=0.0))  # warm-up: first-call allocations
+    t0 = time.perf_counter()
+    if batch == 1:
+        n = len(list(model.generate(prompts[0], new_tokens, temperature=0.0)))
+    else:
+        n = sum(map(len, generate_batch(model, _NoTok(), prompts, new_tokens, greedy, n_slots=batch)))
+    return n / (time.perf_counter() - t0)
+
+
+class _NoTok:
+    """What generate_batch needs of a tokenizer, for token-count benchmarks: no stop token."""
+    end_of_turn = -1
+
+    def utf8_table(self, size):
+        return torch.zeros(8, size, dtype=torch.long)  # every id allowed, the decoder stays in state 0
+
+
+def dtype_rows(args) -> list:
+    """Decode speed and val bits/byte for float32, bfloat16 and int8 weights, side by side: the
+    demo's chat model and a 6x384 model with GPT-2's 50k vocabulary (random weights: speed only)."""
+    from checkpoint import load_model
+
+    rows = []
+    models = {}
+    if Path(args.ckpt).is_file():
+        models["demo chat model"] = lambda dtype: load_model(args.ckpt, "cpu", dtype)[0]
+
+    def big(dtype):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, mlp="swiglu")).eval()
+        if dtype == "int8":
+            from quant import quantize_model
+            return quantize_model(model)
+        return model.to(getattr(torch, dtype))
+    models["6x384, GPT-2 vocab"] = big
+    for name, make in models.items():
+        base = {}
+        for dtype in ("float32", "bfloat16", "int8"):
+            model = make(dtype)
+            speeds = {b: decode_tok_s(model, b) for b in (1, 8)}
+            base.setdefault("s", speeds)
+            rows.append((f"decode with KV cache, {name}, {dtype}",
+                         "; ".join(f"batch {b}: {s:,.0f} tok/s (x{s / base['s'][b]:.2f})" for b, s in speeds.items())))
+    if "demo chat model" in models:
+        ds = load_dataset(load_model(args.ckpt, "cpu")[2]["data"] or "data/demo")
+        from train import evaluate, token_bytes_table
+        bpb = {}
+        for dtype in ("float32", "bfloat16", "int8"):
+            model, tok, _ = load_model(args.ckpt, "cpu", dtype)
+            x, y = val_windows(ds.val, model.cfg.block_size, 32768)
+            bpb[dtype] = evaluate(model, x, y, token_bytes_table(tok, model.cfg.padded_vocab, "cpu"), 16,
+                                  Dist(), contextlib.nullcontext())["bpb"]
+            rows.append((f"val bits/byte, demo chat model, {dtype}",
+                         f"{bpb[dtype]:.4f} ({100 * (bpb[dtype] / bpb['float32'] - 1):+.2f}% vs float32)"))
+    return rows
+
+
+def lora_rows(args) -> list:
+    """The demo's chat SFT, full vs LoRA (rank 16), same steps, as real processes: held-out
+    assistant loss, tokens/s, peak memory, checkpoint size."""
+    import re
+
+    rows, sft = [], {}
+    base_ckpt = "out/demo/best.pt"
+    if not Path(base_ckpt).is_file():
+        return [("LoRA vs full SFT", f"skipped: no {base_ckpt} (run make demo first)")]
+    for name, extra in (("full SFT", []), ("LoRA r=16", ["--lora_rank=16", "--lora_alpha=16", "--lr=3e-3"])):
+        out = f"out/bench_sft_{'lora' if extra else 'full'}"
+        r = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb %M", sys.executable, "chat_sft.py", "config/sft_demo.toml",
+                            f"--init_from={base_ckpt}", f"--out_dir={out}", f"--max_steps={args.sft_steps}",
+                            f"--eval_interval={args.sft_steps}", "--max_time=0", *extra],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(r.stderr[-2000:])
+        loss = float(re.findall(r"val loss (\d+\.\d+)", r.stdout)[-1])
+        tok_s = [float(v.replace(",", "")) for v in re.findall(r"\| ([\d,]+) tok/s", r.stdout)][1:]
+        rss = int(re.search(r"peak_rss_kb (\d+)", r.stderr).group(1)) / 1e6
+        size = Path(out, "best.pt").stat().st_size / 1e6
+        sft[name] = loss
+        rows.append((f"chat SFT on the demo, {name}, {args.sft_steps} steps",
+                     f"held-out assistant loss {loss:.3f}" + (f" ({100 * (loss / sft['full SFT'] - 1):+.1f}% vs full)" if extra else "")
+                     + f"; {statistics.mean(tok_s):,.0f} tok/s; peak RSS {rss:.2f} GB; best.pt {size:.1f} MB"))
+    weights_mb = 4 * GPT(GPTConfig(**load_checkpoint(base_ckpt)["model_config"])).n_params() / 1e6
+    rows.append(("LoRA adapter file vs the model's float32 weights", f"{size:.1f} MB / {weights_mb:.1f} MB = {size / weights_mb:.1%}"))
+    return rows
+
+
+SECTIONS = ("train", "generate", "presets", "mlp", "dtypes", "lora", "serve")
 
 
 def main():
@@ -216,7 +313,8 @@ def main():
     p.add_argument("--steps", type=int, default=12, help="training steps per throughput run")
     p.add_argument("--budget", type=float, default=120, help="seconds per run in the preset and MLP comparisons")
     p.add_argument("--only", default="", choices=("", *SECTIONS), help="one section")
-    p.add_argument("--ckpt", default="out/chat/best.pt", help="chat checkpoint for the serve benchmark")
+    p.add_argument("--ckpt", default="out/chat/best.pt", help="chat checkpoint for the serve and dtype benchmarks")
+    p.add_argument("--sft_steps", type=int, default=100, help="SFT steps of each run in the LoRA comparison")
     args = p.parse_args()
     wanted = [args.only] if args.only else SECTIONS
     rows = []
@@ -232,6 +330,10 @@ def main():
         rows += preset_rows(args, bpe)
     if "mlp" in wanted:
         rows += mlp_rows(args)
+    if "dtypes" in wanted:
+        rows += dtype_rows(args)
+    if "lora" in wanted:
+        rows += lora_rows(args)
     if "serve" in wanted:
         if Path(args.ckpt).is_file():
             rows += serve_rows(args.ckpt)

@@ -55,7 +55,7 @@ def main(argv):
     p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
     args = p.parse_args(argv)
     params_from_args(args)  # refuse out-of-range options before loading anything
-    model, tok, info = load_model(args.ckpt, args.device)
+    model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     if not tok.has_chat_tokens():
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
     index = open_index(args.data or info["data"], args.rag_k) if args.rag else None

@@ -50,10 +50,25 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, device="cpu") -> tuple[GPT, Tokenizer]:
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), Tokenizer(ckpt["tokenizer"])
+def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tuple[GPT, Tokenizer]:
+    """The model a checkpoint holds. A LoRA checkpoint (only adapters) is resolved to its base
+    checkpoint (hash-checked) with the adapters applied, unmerged (see lora.py)."""
+    if "lora" not in ckpt:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        if ckpt.get("quant") == "int8":  # written by quant.py: int8 tensors into the int8 layout
+            from quant import quantize_model
+            quantize_model(model, empty=True)
+        model.load_state_dict(ckpt["model"])
+        return model.to(device), Tokenizer(ckpt["tokenizer"])
+    from lora import apply_lora, resolve_base
+
+    info = ckpt["lora"]
+    model, tok = model_from_checkpoint(load_checkpoint(resolve_base(info, path)))
+    apply_lora(model, info["rank"], info["alpha"], info["dropout"], info["targets"])
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if unexpected or any(".lora_" in k for k in missing):
+        raise UsageError(f"{path}: its adapters do not fit the LoRA layers of its base model.")
+    return model.to(device), tok
 
 
 def pick_device(name: str = "auto") -> str:
@@ -77,10 +92,21 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no model to run.")
-    model, tok = model_from_checkpoint(ckpt, device)
-    if dtype is not None:
+    model, tok = model_from_checkpoint(ckpt, device, path)
+    if "lora" in ckpt:
+        from lora import merge_lora
+        merge_lora(model)  # folded in once: inference runs at the base model's speed
+    if ckpt.get("quant") == "int8" and dtype not in (None, "int8"):
+        raise UsageError(f"{path} holds int8 weights: run it as it is (no --dtype, or --dtype int8); for "
+                         f"{dtype}, use the checkpoint it was quantised from.")
+    if dtype == "int8":
+        from quant import check_int8_support, quantize_model
+        check_int8_support(device)
+        if ckpt.get("quant") != "int8":
+            quantize_model(model)
+    elif dtype is not None:
         if dtype not in DTYPES:
-            raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+            raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)} or int8.")
         model.to(DTYPES[dtype])
     info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"), "val": ckpt.get("val"),
             "model_config": ckpt["model_config"], "device": device,

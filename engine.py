@@ -43,13 +43,13 @@ class SlotCache:
     step over slots 0..n-1 (see the cache interface in model.KVCache)."""
 
     def __init__(self, model: GPT, n_slots: int):
-        cfg, p = model.cfg, model.wte.weight
+        cfg, device = model.cfg, model.device
         shape = (cfg.n_layer, n_slots, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.pos = torch.zeros(n_slots, dtype=torch.long, device=p.device)  # (S,)
+        self.k = torch.zeros(shape, device=device, dtype=model.act_dtype)
+        self.v = torch.zeros(shape, device=device, dtype=model.act_dtype)
+        self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
         self.slot, self.n = None, 0  # this forward: a prefill of slot `slot`, or a decode of n rows
-        self.live = torch.zeros(n_slots, dtype=torch.bool, device=p.device)  # which rows advance
+        self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # which rows advance
 
     def positions(self, T: int):
         if self.slot is not None:
@@ -106,7 +106,7 @@ class Engine:
         self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP  # cache rows, padding included
         self.cache = SlotCache(model, self.n_slots)
         self.by_slot: dict[int, Request] = {}
-        self.device = model.wte.weight.device
+        self.device = model.device
         # ids each slot's sequence holds so far, for the repetition penalty: (S, V) bool
         self.seen = torch.zeros(self.n_slots, model.cfg.padded_vocab, dtype=torch.bool, device=self.device)
         # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
@@ -282,12 +282,13 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: Samplin
 
 
 def generate_batch(model: GPT, tok, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
-                   seeds: list | None = None, n_slots: int = 8) -> list[list[int]]:
+                   seeds: list | None = None, n_slots: int = 8, on_done=None) -> list[list[int]]:
     """The new tokens of many chat replies (each ends at <|end|> or max_new_tokens), decoded
     n_slots at a time; the same tokens as one by one, since a row's logits do not depend on
-    the rest of the batch."""
+    the rest of the batch. on_done() is called as each reply ends (for a progress bar)."""
     engine = Engine(model, n_slots=n_slots, tok=tok)
-    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None)
+    done = (lambda request, token, finish: finish and on_done()) if on_done else (lambda *_: None)
+    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None, done)
                 for i, p in enumerate(prompts)]
     waiting = list(reversed(requests))
     while waiting or engine.active:

@@ -65,7 +65,7 @@ def retokenize(ids: np.ndarray, src, dst) -> np.ndarray:
 
 
 def loss_on(model, tok, x, y, batch_size) -> dict:
-    device = str(model.wte.weight.device)
+    device = str(model.device)
     r = evaluate(model, x, y, token_bytes_table(tok, model.cfg.padded_vocab, device), batch_size,
                  Dist(device=device), nullcontext())
     model.eval()  # evaluate() hands the model back in training mode
@@ -155,8 +155,9 @@ def chat_scores(model, tok, convs, examples, args, seed: int) -> dict:
             refs.append(reference)
         except ContextOverflow:
             continue  # a last message longer than the context: nothing to ask
-    replies = generate_batch(model, tok, prompts, args.max_new_tokens, params_from_args(args),
-                             seeds=[seed + i for i in range(len(prompts))])
+    with tqdm(total=len(prompts), desc="sampling replies", unit="reply", file=sys.stderr) as bar:
+        replies = generate_batch(model, tok, prompts, args.max_new_tokens, params_from_args(args),
+                                 seeds=[seed + i for i in range(len(prompts))], on_done=bar.update)
     other_specials = set(tok.special.values()) - {tok.end_of_turn}
     texts = [tok.decode([t for t in r if t not in tok.special.values()]).strip() for r in replies]
     n = max(len(replies), 1)
@@ -260,7 +261,8 @@ def run_eval(args) -> dict:
         if index is None:
             report["notes"].append(f"knowledge: {data} has no search index (python retrieve.py --data {data} --build).")
         per_model = {}
-        for model, tok, info in tqdm(chat, desc="chat checkpoints", file=sys.stderr, disable=len(chat) < 2):
+        for model, tok, info in chat:
+            print(f"chat: {info['label']} ...", file=sys.stderr)
             per_model[info["label"]] = chat_scores(model, tok, convs, examples, args, args.seed)
             if index is not None:
                 per_model[info["label"]]["qa"] = wikiqa.evaluate(model, tok, data, index, 3, args.seed,

@@ -202,6 +202,16 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    @property
+    def device(self) -> torch.device:
+        return self.ln_f.weight.device
+
+    @property
+    def act_dtype(self) -> torch.dtype:
+        """The dtype activations (and the KV cache) run in: the weights', or float32 for int8
+        weights (quant.py), whose norms stay float32."""
+        return self.ln_f.weight.dtype
+
     def n_params(self, for_flops=False) -> int:
         """Parameter count. for_flops: only weights that do matmul work per token: learned
         positions and an untied input embedding are lookups (a tied one is the output head)."""
@@ -265,7 +275,7 @@ class GPT(nn.Module):
                  top_p=None, repetition_penalty=1.0, stop_tokens=(), seed=None, use_cache=True):
         """Yield new token ids one at a time (streaming). Stops after a stop token (which is
         yielded) or max_new_tokens. Same seed -> same tokens, with or without the cache."""
-        device = self.wte.weight.device
+        device = self.device
         gen = make_generator(device, seed)
         ids = list(prompt)[-self.cfg.block_size:]
         cache, logits = None, None
@@ -274,7 +284,7 @@ class GPT(nn.Module):
                 if cache is None or cache.pos >= self.cfg.block_size:
                     # (re)fill the cache; when the context is full, keep its last 3/4 and go on
                     ids = ids[-(3 * self.cfg.block_size // 4):] if cache is not None else ids
-                    cache = KVCache(self.cfg, 1, device, self.wte.weight.dtype)
+                    cache = KVCache(self.cfg, 1, device, self.act_dtype)
                     x = self.hidden_states(torch.tensor([ids], device=device), cache)[:, -1]
                 else:
                     x = self.hidden_states(torch.tensor([ids[-1:]], device=device), cache)[:, -1]

@@ -45,11 +45,16 @@ class Muon(torch.optim.Optimizer):
 
 def build_optimizers(model: GPT, cfg, device_type: str) -> list:
     """AdamW, decaying matrices only (not norms/biases); with optimizer=muon the hidden
-    (block) matrices go to Muon instead. Each param group keeps its peak lr in 'base_lr'."""
-    hidden = {id(p) for n, p in model.blocks.named_parameters() if p.dim() == 2}
+    (block) matrices go to Muon instead. Each param group keeps its peak lr in 'base_lr'.
+    Frozen parameters (LoRA's base) get no optimizer state; LoRA's low-rank A and B train
+    with AdamW, since orthogonalising a rank-r update (Muon) would set all r directions to
+    the same size."""
+    hidden = {id(p) for n, p in model.blocks.named_parameters() if p.dim() == 2 and ".lora_" not in n}
     use_muon = cfg.optimizer == "muon"
     decay, no_decay, muon = [], [], []
     for p in {id(p): p for p in model.parameters()}.values():  # a tied weight once
+        if not p.requires_grad:
+            continue
         if use_muon and id(p) in hidden:
             muon.append(p)
         elif p.dim() >= 2:

@@ -32,7 +32,7 @@ def main(argv):
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context per token")
     args = p.parse_args(argv)
     params = params_from_args(args)
-    model, tok, _ = load_model(args.ckpt, args.device)
+    model, tok, _ = load_model(args.ckpt, args.device, args.dtype)
     prompt = read_prompt(args)
     # articles were trained as "<|endoftext|>Title\n\ntext": start the same way
     ids = [tok.doc_sep] + tok.encode(prompt)

@@ -47,6 +47,12 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = Sam
     add_sampling_knobs(p, defaults)
     p.add_argument("--seed", type=int, default=None, help="for reproducible samples")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_dtype_arg(p)
+
+
+def add_dtype_arg(p: argparse.ArgumentParser):
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
+                   help="weights to run with (default: as stored); int8: weight-only int8, see quant.py")
 
 
 def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):

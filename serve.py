@@ -27,7 +27,7 @@ from checkpoint import load_model
 from cli import UsageError, run_main
 from engine import EngineThread, QueueFull, Request
 from retrieve import grounded_prompt, open_index
-from sampling import CHAT_DEFAULTS, SamplingParams
+from sampling import CHAT_DEFAULTS, SamplingParams, add_dtype_arg
 from tokenizer import ContextOverflow, Message, TextStream, fit_history, prompt_room
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -473,6 +473,7 @@ def main(argv):
                    help="require 'Authorization: Bearer KEY' (default: $WIKIGPT_API_KEY; empty: open)")
     p.add_argument("--model_name", default="", help="the model id clients see (default: wikigpt-FOLDER)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_dtype_arg(p)
     p.add_argument("--rag", action="store_true", help="answer chat turns from retrieved Wikipedia passages")
     p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
                    "(default: the one the checkpoint was trained on)")
@@ -491,7 +492,7 @@ def main(argv):
     # On CPU the model's threads and the HTTP event loop share the cores; measured on 2 cores
     # at 8 streaming clients: 615 tok/s with 1 model thread, 531 with 2 (which starve the loop)
     torch.set_num_threads(args.threads)
-    model, tok, info = load_model(args.ckpt, args.device)
+    model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
     name = args.model_name or f"wikigpt-{Path(args.ckpt).resolve().parent.name}"
     settings = Settings(model_name=name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,

@@ -26,6 +26,7 @@ import torch.distributed as torch_dist
 from checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 from cli import UsageError, load_config, opt, run_main
 from data import load_dataset
+from lora import DEFAULT_TARGETS, adapter_state, apply_lora, base_reference
 from model import GPT, PRESET_MLP, GPTConfig
 from optim import build_optimizers, lr_factor
 from runlog import METRICS, PLOT, MetricsLog, plot_runs
@@ -70,6 +71,11 @@ class TrainConfig:
     patience: int = opt(0, "stop after this many evals without val improvement (0: off)")
     max_time: float = opt(0.0, "stop (with a checkpoint) after this many seconds (0: off)")
     log_interval: int = opt(10, "print a log line every this many steps")
+    # LoRA (lora.py): train small adapters on a frozen model instead of all weights
+    lora_rank: int = opt(0, "adapter rank (0: off, train all weights); needs init_from")
+    lora_alpha: float = opt(16.0, "adapter scale numerator: updates are scaled by lora_alpha / lora_rank")
+    lora_dropout: float = opt(0.0, "dropout on the adapters' input")
+    lora_targets: str = opt(DEFAULT_TARGETS, "comma-separated linear layer name patterns to adapt")
     # system
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
@@ -94,6 +100,9 @@ class TrainConfig:
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
+        need(self.lora_rank >= 0 and 0 <= self.lora_dropout < 1, "lora_rank must be >= 0 and lora_dropout in [0, 1)")
+        need(not self.lora_rank or self.init_from or self.resume,
+             "lora_rank needs a model to adapt: set init_from (e.g. --init_from=out/demo/best.pt)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -363,8 +372,16 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         raise UsageError(f"{last_path} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
 
     torch.manual_seed(cfg.seed)  # same initial weights in every process
+    lora = start.get("lora") if start is not None else None  # a LoRA run being resumed
+    if lora and not resume:
+        raise UsageError(f"{cfg.init_from} holds LoRA adapters: merge them into a plain checkpoint first "
+                         f"(python lora.py merge {cfg.init_from} merged.pt) and start from that.")
     if start is not None:
-        model, _ = model_from_checkpoint(start)
+        model, _ = model_from_checkpoint(start, path=last_path if resume else cfg.init_from)
+        if cfg.lora_rank and not lora:
+            apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+            lora = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                    "targets": cfg.lora_targets, "base": base_reference(cfg.init_from)}
     else:
         model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
@@ -406,7 +423,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     def checkpoint(path):
         save_checkpoint(path, {
             "version": CHECKPOINT_VERSION, "kind": kind, "step": step,
-            "model": model.state_dict(), "model_config": asdict(mcfg), "train_config": asdict(cfg),
+            "model": adapter_state(model) if lora else model.state_dict(), **({"lora": lora} if lora else {}),
+            "model_config": asdict(mcfg), "train_config": asdict(cfg),
             "tokenizer": tok.spec, "optimizer": [o.state_dict() for o in optimizers],
             "data": data_state, "rng": rng_state(),
             "best_val": best_val, "bad_evals": bad_evals, "val": last_val})
@@ -423,6 +441,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {dist.world} process(es) on {dist.device} "
             f"{str(dtype).replace('torch.', '')} | {tokens_per_step:,} tokens/step")
         log(f"MFU is against {flops_peak / 1e12:.2f} TFLOP/s: {peak_note}")
+        if lora:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log(f"LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {lora['targets']}: {trainable:,} trainable "
+                f"parameters ({100 * trainable / model.n_params():.2f}%), base {lora['base']['path']} frozen")
         if resume:
             log(f"resuming {last_path} at step {step}")
 

@@ -1,0 +1,125 @@
+"""
+Weight-only int8: every Linear (and the token embedding, whose rows are the output head's rows
+when tied) stored as int8 with one float scale per output channel, w ~= scale * q, q in
+[-127, 127]. Activations, norms and the KV cache stay in float32.
+
+    python quant.py out/chat/best.pt out/chat/int8.pt     # an int8 checkpoint, ~0.26x the file
+    python chat.py --ckpt out/chat/int8.pt                # runs it (int8 weights in memory)
+    python chat.py --ckpt out/chat/best.pt --dtype int8   # quantises at load
+
+The matmul is torch's int8 weight kernel (aten._weight_int8pack_mm: float activations times
+int8 weights, scaled per output channel), so the weights stay int8 in memory; see bench.py
+--only dtypes for its speed against float32 and bfloat16 on this machine.
+"""
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cli import UsageError, run_main
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> int8 (out, in) and float32 scales (out,): symmetric, per row."""
+    scale = w.float().abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, out_features: int, in_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.ones(out_features, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        m = cls(linear.out_features, linear.in_features, linear.bias is not None, linear.weight.device)
+        m.qweight.copy_(quantize_rows(linear.weight.detach())[0])
+        m.scale.copy_(quantize_rows(linear.weight.detach())[1])
+        if linear.bias is not None:
+            m.bias.copy_(linear.bias.detach().float())
+        return m
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight (out, in): for the loss path, which reads the head's matrix."""
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x):  # x: (..., in) float32
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight, self.scale.to(x.dtype))
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y + self.bias if self.bias is not None else y
+
+
+class Int8Embedding(nn.Module):
+    """Token rows in int8 with a scale per row; a lookup dequantises only the rows it reads."""
+
+    def __init__(self, num: int, dim: int, device=None):
+        super().__init__()
+        self.register_buffer("qweight", torch.zeros(num, dim, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.ones(num, device=device))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, idx):  # (B, T) -> (B, T, C)
+        return F.embedding(idx, self.qweight).float() * self.scale[idx].unsqueeze(-1)
+
+
+def quantize_model(model: nn.Module, empty: bool = False) -> nn.Module:
+    """Replace the embedding and every Linear by int8 modules (in place). empty=True builds the
+    int8 layout only, to load an int8 checkpoint's tensors into."""
+    tied = model.lm_head.weight is model.wte.weight
+    emb = Int8Embedding(*model.wte.weight.shape, device=model.wte.weight.device)
+    if not empty:
+        emb.qweight.copy_(quantize_rows(model.wte.weight.detach())[0])
+        emb.scale.copy_(quantize_rows(model.wte.weight.detach())[1])
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and not (tied and name == "lm_head"):
+            path, _, attr = name.rpartition(".")
+            parent = model.get_submodule(path) if path else model
+            setattr(parent, attr, Int8Linear(m.out_features, m.in_features, m.bias is not None, m.weight.device)
+                    if empty else Int8Linear.from_linear(m))
+    model.wte = emb
+    if tied:  # the head reads the embedding's int8 rows: still one matrix
+        head = Int8Linear(emb.qweight.size(0), emb.qweight.size(1), False, emb.qweight.device)
+        head.qweight, head.scale = emb.qweight, emb.scale
+        model.lm_head = head
+    return model
+
+
+def check_int8_support(device: str):
+    if not device.startswith("cpu") and not device.startswith("cuda"):
+        raise UsageError(f"--dtype int8 runs on cpu or cuda, not {device}: use --dtype float16 there.")
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        raise UsageError(f"--dtype int8 needs torch's int8 weight kernel (torch >= 2.4); this is torch "
+                         f"{torch.__version__}. Upgrade torch or use --dtype bfloat16.")
+
+
+def main(argv):
+    from checkpoint import CHECKPOINT_VERSION, load_model, save_checkpoint
+    from model import GPT, GPTConfig
+
+    if len(argv) != 2 or argv[0].startswith("-"):
+        raise UsageError("usage: python quant.py CHECKPOINT.pt OUT_INT8.pt")
+    src, out = argv[0], Path(argv[1])
+    if out.exists():
+        raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
+    model, tok, info = load_model(src, "cpu", "int8")
+    save_checkpoint(out, {"version": CHECKPOINT_VERSION, "kind": info["kind"], "step": info["step"],
+                          "quant": "int8", "model": model.state_dict(), "model_config": info["model_config"],
+                          "train_config": info["train_config"], "tokenizer": tok.spec, "val": info["val"]})
+    fp32_bytes = 4 * GPT(GPTConfig(**info["model_config"])).n_params()  # the same weights in float32
+    size = out.stat().st_size
+    print(f"wrote {out}: int8 weights, {size / 1e6:.1f} MB ({size / fp32_bytes:.2f}x the {fp32_bytes / 1e6:.1f} MB "
+          "of float32 weights)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)
