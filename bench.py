@@ -284,7 +284,8 @@ def lora_rows(args) -> list:
     base_ckpt = "out/demo/best.pt"
     if not Path(base_ckpt).is_file():
         return [("LoRA vs full SFT", f"skipped: no {base_ckpt} (run make demo first)")]
-    for name, extra in (("full SFT", []), ("LoRA r=16", ["--lora_rank=16", "--lora_alpha=16", "--lr=3e-3"])):
+    lora = [f"--lora_rank={args.lora_rank}", f"--lora_alpha={2 * args.lora_rank}", "--lr=1e-2"]
+    for name, extra in (("full SFT", []), (f"LoRA r={args.lora_rank}", lora)):
         out = f"out/bench_sft_{'lora' if extra else 'full'}"
         r = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb %M", sys.executable, "chat_sft.py", "config/sft_demo.toml",
                             f"--init_from={base_ckpt}", f"--out_dir={out}", f"--max_steps={args.sft_steps}",
@@ -315,6 +316,7 @@ def main():
     p.add_argument("--only", default="", choices=("", *SECTIONS), help="one section")
     p.add_argument("--ckpt", default="out/chat/best.pt", help="chat checkpoint for the serve and dtype benchmarks")
     p.add_argument("--sft_steps", type=int, default=100, help="SFT steps of each run in the LoRA comparison")
+    p.add_argument("--lora_rank", type=int, default=16, help="adapter rank in the LoRA comparison")
     args = p.parse_args()
     wanted = [args.only] if args.only else SECTIONS
     rows = []

@@ -64,9 +64,9 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
 
     info = ckpt["lora"]
     model, tok = model_from_checkpoint(load_checkpoint(resolve_base(info, path)))
-    apply_lora(model, info["rank"], info["alpha"], info["dropout"], info["targets"])
+    apply_lora(model, info["rank"], info["alpha"], info["dropout"], info["targets"], info.get("token_rows", []))
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if unexpected or any(".lora_" in k for k in missing):
+    if unexpected or any(".lora_" in k or k.endswith(".delta") for k in missing):
         raise UsageError(f"{path}: its adapters do not fit the LoRA layers of its base model.")
     return model.to(device), tok
 

@@ -174,6 +174,7 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
     val = ckpt.get("val") or {}
     chat = kind == "sft"
     c = model.cfg
+    specials = ", ".join(f"`{s}`" for s in tok.special).replace("|", "\\|")  # a | would end the table cell
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [wikigpt]", "---", "",
         f"# {'wikigpt chat model' if chat else 'wikigpt base model (Wiki-GPT)'}", "",
@@ -183,7 +184,7 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
         "| | |", "|---|---|",
         f"| architecture | {hf_arch} ({c.arch} preset, {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, {c.mlp_kind} MLP) |",
         f"| context | {c.block_size} tokens |",
-        f"| tokenizer | {tok.name} ({tok.n_vocab} ids, byte-level BPE; chat tokens {', '.join(tok.special)}) |",
+        f"| tokenizer | {tok.name} ({tok.n_vocab} ids, byte-level BPE; special tokens {specials}) |",
         f"| data | {tc.get('data', '?')}" + (f" + {tc.get('sft_data') or 'built-in dialogues (chitchat, chatterbot en/zh)'}" if chat else "") + " |",
         f"| training | {ckpt.get('step')} steps{', from ' + tc['init_from'] if chat and tc.get('init_from') else ''} |",
         f"| val loss | {val.get('loss', float('nan')):.4f}" + ("" if chat else f" (bits per byte {val.get('bpb', float('nan')):.4f})") + " |",
@@ -216,7 +217,10 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
-    model, tok = model_from_checkpoint(ckpt)
+    model, tok = model_from_checkpoint(ckpt, path=ckpt_path)
+    if "lora" in ckpt:
+        from lora import merge_lora
+        merge_lora(model)  # adapters folded in: the export is a plain model
     config, weights = hf_weights(model, tok.n_vocab, ckpt_path)
     chat = ckpt["kind"] == "sft"
     eos = tok.end_of_turn if chat else tok.doc_sep
@@ -243,8 +247,7 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
         tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", config)
-        generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos,
-                      "max_length": model.cfg.block_size}
+        generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos}
         if chat:
             generation.update({"do_sample": True, **CHAT_DEFAULTS.kwargs()})
         write_json(tmp / "generation_config.json", generation)

@@ -76,6 +76,7 @@ class TrainConfig:
     lora_alpha: float = opt(16.0, "adapter scale numerator: updates are scaled by lora_alpha / lora_rank")
     lora_dropout: float = opt(0.0, "dropout on the adapters' input")
     lora_targets: str = opt(DEFAULT_TARGETS, "comma-separated linear layer name patterns to adapt")
+    lora_special_rows: bool = opt(True, "also train the special tokens' embedding and head rows")
     # system
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
@@ -379,9 +380,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     if start is not None:
         model, _ = model_from_checkpoint(start, path=last_path if resume else cfg.init_from)
         if cfg.lora_rank and not lora:
-            apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+            rows = sorted(tok.special.values()) if cfg.lora_special_rows else []
+            apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, rows)
             lora = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                    "targets": cfg.lora_targets, "base": base_reference(cfg.init_from)}
+                    "targets": cfg.lora_targets, "token_rows": rows, "base": base_reference(cfg.init_from)}
     else:
         model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
@@ -415,19 +417,25 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     accum = cfg.grad_accum // dist.world
     tokens_per_step = cfg.batch_size * mcfg.block_size * cfg.grad_accum
     flops_peak, peak_note = peak_flops(dist.device, dtype)
+    flops_per_token = model.flops_per_token()
+    if lora:  # frozen weights get no weight gradient: 4 of the 6 FLOPs per weight and token
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        flops_per_token -= 2 * (model.n_params(for_flops=True) - trainable)
     wandb_run = None
     if cfg.wandb_project and dist.master:
         import wandb
         wandb_run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run or None, config=asdict(cfg))
 
-    def checkpoint(path):
-        save_checkpoint(path, {
-            "version": CHECKPOINT_VERSION, "kind": kind, "step": step,
-            "model": adapter_state(model) if lora else model.state_dict(), **({"lora": lora} if lora else {}),
-            "model_config": asdict(mcfg), "train_config": asdict(cfg),
-            "tokenizer": tok.spec, "optimizer": [o.state_dict() for o in optimizers],
-            "data": data_state, "rng": rng_state(),
-            "best_val": best_val, "bad_evals": bad_evals, "val": last_val})
+    def checkpoint(path, resumable: bool):
+        """last.pt can resume (optimizer, data position, RNG); best.pt holds what tools load:
+        the weights (or adapters) and their description, a third of last.pt's size with AdamW."""
+        state = {"version": CHECKPOINT_VERSION, "kind": kind, "step": step,
+                 "model": adapter_state(model) if lora else model.state_dict(), **({"lora": lora} if lora else {}),
+                 "model_config": asdict(mcfg), "train_config": asdict(cfg), "tokenizer": tok.spec, "val": last_val}
+        if resumable:
+            state.update({"optimizer": [o.state_dict() for o in optimizers], "data": data_state, "rng": rng_state(),
+                          "best_val": best_val, "bad_evals": bad_evals})
+        save_checkpoint(path, state)
 
     def log(msg):
         if dist.master:
@@ -479,9 +487,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 metrics.log("eval", step, elapsed, tokens=step * tokens_per_step,
                             val_loss=last_val["loss"], val_bpb=last_val["bpb"])
                 plot_runs([(out_dir.name, metrics.rows())], out_dir / PLOT)
-                checkpoint(last_path)
+                checkpoint(last_path, resumable=True)
                 if improved:
-                    checkpoint(best_path)
+                    checkpoint(best_path, resumable=False)
             if cfg.patience and bad_evals >= cfg.patience:
                 done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
         if done:
@@ -524,7 +532,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             synchronize(dist.device)
             dt = time.time() - t_log
             tok_s = tokens_since_log / max(dt, 1e-9)
-            mfu = tok_s * model.flops_per_token() / flops_peak
+            mfu = tok_s * flops_per_token / flops_peak
             eta = (stop_at - step) * dt / max(1, tokens_since_log // tokens_per_step)
             if step - first_step > cfg.log_interval:  # the first interval holds compile + warmup
                 t_train, tokens_trained = t_train + dt, tokens_trained + tokens_since_log
@@ -553,7 +561,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     return {"step": step, "val": last_val, "val_at_start": first_val, "best_val": best_val, "seconds": elapsed,
             "eval_share": t_eval / max(elapsed, 1e-9), "stop_reason": stop_reason,
             "tok_per_s": tokens_trained / t_train if t_train else float("nan"),
-            "flops_per_token": model.flops_per_token()}
+            "flops_per_token": flops_per_token}
 
 
 def main(argv):
