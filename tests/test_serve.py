@@ -456,3 +456,17 @@ def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
     assert table[2, byte[b"a"]] == -1  # a new character may not start inside one
     assert table[0, byte[b"\xe0"]] == 4 and table[4, byte[b"\x91"]] == -1  # overlong E0 91
     assert table[0, byte[b"\xc0"]] == -1 and table[0, byte[b"\xff"]] == -1  # never UTF-8
+
+
+def test_an_int8_server_gives_the_learned_replies(chat_ckpt):
+    """--dtype int8 (quant.py) behind the same API: the replies the model learned by heart survive."""
+    import openai
+
+    live = LiveServer(chat_ckpt, "--dtype", "int8")
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for question in ("你好", "What is a river?"):
+            r = client.chat.completions.create(model="any", temperature=0, **ask(question))
+            assert r.choices[0].message.content == REPLIES[question]
+    finally:
+        live.stop()
