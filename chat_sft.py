@@ -31,7 +31,8 @@ from cli import UsageError, load_config, opt, run_main
 import wikiqa
 from retrieve import Index
 from tokenizer import ASSISTANT, Message, Tokenizer, render_chat, show_mask
-from train import PretrainBatches, TrainConfig, setup_dist, starting_checkpoint, to_device, train
+from train import (PretrainBatches, TrainConfig, resolve_resume, setup_dist, starting_checkpoint, to_device,
+                   train)
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
@@ -441,6 +442,7 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
 
 def main(argv):
     cfg = load_config(SFTConfig, argv)
+    resolve_resume(cfg)
     dist = setup_dist(cfg)
     start = starting_checkpoint(cfg)
     if start is None:

@@ -14,6 +14,7 @@ What every wikigpt command shares: user errors that print without a traceback (`
         run_main(main)
 """
 import difflib
+import os
 import sys
 import tomllib
 from dataclasses import field, fields
@@ -37,7 +38,8 @@ def run_main(main_fn):
             torch_dist.barrier()  # leave together: a process exiting while others still work
             # (e.g. process 0's final checks) can abort the others' gloo threads
     except (UsageError, DatasetError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process hits it: say it once
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)

@@ -38,7 +38,8 @@ class TrainConfig:
     data: str = opt("data/wiki", "dataset folder written by prepare_wiki.py")
     out_dir: str = opt("out/wiki", "where last.pt and best.pt are written")
     init_from: str = opt("", "start from this checkpoint's weights (fine-tuning)")
-    resume: bool = opt(False, "continue out_dir/last.pt exactly where it stopped")
+    resume: str = opt("false", "true: continue out_dir/last.pt exactly where it stopped; auto: continue it "
+                                "if it exists, else start (for torchrun --max_restarts); false")
     # model (ignored when init_from or resume gives a model)
     arch: str = opt("modern", "gpt2 | modern (see model.py)")
     mlp: str = opt("auto", "auto (the preset's: gelu for gpt2, swiglu for modern) | gelu | relu2 | swiglu")
@@ -102,7 +103,8 @@ class TrainConfig:
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
         need(self.lora_rank >= 0 and 0 <= self.lora_dropout < 1, "lora_rank must be >= 0 and lora_dropout in [0, 1)")
-        need(not self.lora_rank or self.init_from or self.resume,
+        need(self.resume in ("false", "true", "auto"), f"resume must be false, true or auto, got {self.resume!r}")
+        need(not self.lora_rank or self.init_from or self.resume != "false",
              "lora_rank needs a model to adapt: set init_from (e.g. --init_from=out/demo/best.pt)")
 
 
@@ -354,9 +356,21 @@ def out_of_time(t_start: float, max_time: float, dist: Dist) -> bool:
     return bool(flag.item())
 
 
+def resolve_resume(cfg: TrainConfig):
+    """resume=auto -> true when out_dir/last.pt exists (a restarted worker), else false. Called
+    before the process group forms, so no process can see a last.pt written by this run."""
+    if cfg.resume == "auto":
+        cfg.resume = "true" if (Path(cfg.out_dir) / "last.pt").is_file() else "false"
+
+
+def resuming(cfg: TrainConfig) -> bool:
+    assert cfg.resume != "auto", "resolve_resume(cfg) first"
+    return cfg.resume == "true"
+
+
 def starting_checkpoint(cfg: TrainConfig) -> dict | None:
     """The checkpoint a run starts from: out_dir/last.pt to resume, else init_from, else none."""
-    if cfg.resume:
+    if resuming(cfg):
         return load_checkpoint(Path(cfg.out_dir) / "last.pt")
     return load_checkpoint(cfg.init_from) if cfg.init_from else None
 
@@ -368,7 +382,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     checkpoint from starting_checkpoint(cfg). Returns a summary of the run."""
     out_dir = Path(cfg.out_dir)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    resume = start if cfg.resume else None
+    resume = start if resuming(cfg) else None
     if resume and resume.get("kind") != kind:
         raise UsageError(f"{last_path} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
 
@@ -566,6 +580,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
 
 def main(argv):
     cfg = load_config(TrainConfig, argv)
+    resolve_resume(cfg)
     dist = setup_dist(cfg)
     if dist.master:
         print("config:", json.dumps(asdict(cfg)))

@@ -1,11 +1,17 @@
 """train.py: config handling, data order, resume, DDP, compile, checkpoints, bad input."""
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import ROOT, TINY, run_cli
 
 import optim
 import train
@@ -117,6 +123,7 @@ def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
     assert r.returncode != 0
     assert "grad_accum (3) must be divisible by the number of processes (2)" in r.stderr
     assert "Traceback" not in r.stderr.split("error:")[0]
+    assert r.stderr.count("error: grad_accum") == 1  # said once, by process 0, not by every process
 
 
 def test_compile_path_trains(tiny_data, tmp_path):
@@ -253,3 +260,62 @@ def test_help_lists_every_key_with_its_default():
     assert r.returncode == 0
     for f in fields(TrainConfig):
         assert re.search(rf"^--{f.name}\s+{re.escape(str(f.default))}\s", r.stdout, re.M), f.name
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_a_killed_worker_restarts_and_the_run_ends_as_if_never_interrupted(tiny_data, tmp_path):
+    """torchrun --max_restarts with --resume=auto: a SIGKILLed worker makes torchrun restart the
+    group, which continues from last.pt; the final weights equal an uninterrupted run's."""
+    from runlog import read_metrics
+
+    def launch(out, restarts):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                f"--max_restarts={restarts}", "train.py", f"--data={tiny_data}", f"--out_dir={out}",
+                "--max_steps=150", "--eval_interval=25", "--grad_accum=2", "--resume=auto", *TINY]
+
+    straight = subprocess.run(launch(tmp_path / "a", 0), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(launch(tmp_path / "b", 2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        metrics = tmp_path / "b" / "metrics.jsonl"
+        if metrics.is_file() and max((r["step"] for r in read_metrics(metrics)), default=0) >= 60:
+            workers = _children(proc.pid)
+            if len(workers) == 2:
+                killed = workers[-1]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=600)
+    assert killed is not None, "the run ended before a worker could be killed: raise max_steps"
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming" in out  # the restarted group continued from last.pt
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 150
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_two_nodes_on_loopback_train_as_one_run(tiny_data, tmp_path):
+    """Two torchrun launchers (one process each) meeting through a c10d rendezvous on 127.0.0.1,
+    as two machines would: one run, identical weights, one set of checkpoints."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
+         f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=6", "--eval_interval=3", "--grad_accum=2", *TINY],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), [e[-1500:] for _, e in outs]
+    stdout = "".join(o for o, _ in outs)
+    assert "2 process(es) on cpu" in stdout and "weights identical on all 2 processes: yes" in stdout
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
