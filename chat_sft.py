@@ -31,8 +31,8 @@ from cli import UsageError, load_config, opt, run_main
 import wikiqa
 from retrieve import Index
 from tokenizer import ASSISTANT, Message, Tokenizer, render_chat, show_mask
-from train import (PretrainBatches, TrainConfig, resolve_resume, setup_dist, starting_checkpoint, to_device,
-                   train)
+from train import (PretrainBatches, TrainConfig, batch_plan, resolve_resume, setup_dist, starting_checkpoint,
+                   to_device, train)
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
@@ -471,7 +471,8 @@ def main(argv):
             print(f"--- row {i} ({int(mask.sum())} of {len(ids)} tokens learned, in [[...]]) ---")
             print(show_mask(tok, ids.tolist(), mask.tolist()))
         return
-    batches = SFTBatches(train_rows, block_size, cfg.batch_size, cfg.seed, dist.rank, dist.world, dist.device)
+    micro, _ = batch_plan(cfg, block_size, dist.world)
+    batches = SFTBatches(train_rows, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
     summary = train(cfg, dist, tok, batches, val_set(val_rows, block_size, cfg.eval_tokens), "sft", start)
     if dist.master and cfg.eot_check:
         model, _ = model_from_checkpoint(load_checkpoint(Path(cfg.out_dir) / "best.pt"), dist.device)

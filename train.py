@@ -50,7 +50,9 @@ class TrainConfig:
     dropout: float = opt(0.0, "dropout rate")
     # optimisation
     batch_size: int = opt(16, "sequences per micro-step, per process")
-    grad_accum: int = opt(1, "micro-steps per optimizer step, summed over all processes")
+    grad_accum: int = opt(1, "micro-steps per optimizer step (with total_batch_tokens 0)")
+    total_batch_tokens: int = opt(0, "tokens per optimizer step over all processes (0: batch_size x "
+                                     "block_size x grad_accum); the same maths on 1 process or N")
     max_steps: int = opt(2000, "optimizer steps; the LR schedule spans them")
     stop_after: int = opt(0, "end this run after this step (0: at max_steps); resume continues")
     # measured (bench.py, 150 s on 2 CPU cores, val bits/byte): modern+muon 2.35, gpt2+muon 2.47,
@@ -102,6 +104,7 @@ class TrainConfig:
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
+        need(self.total_batch_tokens >= 0, "total_batch_tokens must be >= 0")
         need(self.lora_rank >= 0 and 0 <= self.lora_dropout < 1, "lora_rank must be >= 0 and lora_dropout in [0, 1)")
         need(self.resume in ("false", "true", "auto"), f"resume must be false, true or auto, got {self.resume!r}")
         need(not self.lora_rank or self.init_from or self.resume != "false",
@@ -196,6 +199,23 @@ class PretrainBatches:
             self.cursor += self.world
         batch = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
         return to_device(batch[:, :-1], batch[:, 1:], self.device)
+
+
+def batch_plan(cfg: TrainConfig, block_size: int, world: int) -> tuple[int, int]:
+    """(rows per micro-step per process, micro-steps per optimizer step) adding up to
+    total_batch_tokens over `world` processes, so a config means the same optimisation on 1
+    process or N: rows per process are batch_size, or fewer when a step holds fewer."""
+    total = cfg.total_batch_tokens or cfg.batch_size * block_size * cfg.grad_accum
+    rows, rest = divmod(total, block_size)
+    unit = block_size * world
+    if rest or rows % world:
+        below, above = total // unit * unit, (total // unit + 1) * unit
+        raise UsageError(f"{total:,} tokens per optimizer step cannot be split into whole windows of "
+                         f"{block_size} tokens over {world} process(es): it must be a multiple of {unit:,}. "
+                         f"Set total_batch_tokens to {f'{below:,} or ' if below else ''}{above:,}.")
+    per_process = rows // world
+    micro = max(d for d in range(1, min(cfg.batch_size, per_process) + 1) if per_process % d == 0)
+    return micro, per_process // micro
 
 
 def to_device(x, y, device):
@@ -425,11 +445,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     if dist.world > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
-    if cfg.grad_accum % dist.world:
-        raise UsageError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of "
-                         f"processes ({dist.world}): each process runs grad_accum / {dist.world} micro-steps.")
-    accum = cfg.grad_accum // dist.world
-    tokens_per_step = cfg.batch_size * mcfg.block_size * cfg.grad_accum
+    micro, accum = batch_plan(cfg, mcfg.block_size, dist.world)
+    assert batches.B == micro, "build the batches with batch_plan's rows per process"
+    tokens_per_step = micro * mcfg.block_size * accum * dist.world
     flops_peak, peak_note = peak_flops(dist.device, dtype)
     flops_per_token = model.flops_per_token()
     if lora:  # frozen weights get no weight gradient: 4 of the 6 FLOPs per weight and token
@@ -461,7 +479,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         metrics = MetricsLog(out_dir, kind, resume_step=step if resume else None)
         log(f"{kind} | {model.n_params():,} parameters | {mcfg.arch} {mcfg.n_layer}x{mcfg.n_embd} "
             f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {dist.world} process(es) on {dist.device} "
-            f"{str(dtype).replace('torch.', '')} | {tokens_per_step:,} tokens/step")
+            f"{str(dtype).replace('torch.', '')} | {tokens_per_step:,} tokens/step = {dist.world} process(es) "
+            f"x {accum} micro-step(s) x {micro} rows x {mcfg.block_size}")
         log(f"MFU is against {flops_peak / 1e12:.2f} TFLOP/s: {peak_note}")
         if lora:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -543,6 +562,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
 
         # ---- log
         if step % cfg.log_interval == 0 or step == stop_at:
+            if dist.world > 1:  # the whole batch's loss, not only process 0's share of it
+                total = torch.tensor([loss_sum], dtype=torch.float64, device=dist.device)
+                torch_dist.all_reduce(total)
+                loss_sum = total.item() / dist.world
             synchronize(dist.device)
             dt = time.time() - t_log
             tok_s = tokens_since_log / max(dt, 1e-9)
@@ -588,7 +611,8 @@ def main(argv):
     tok = ds.tokenizer
     start = starting_checkpoint(cfg)
     block_size = start["model_config"]["block_size"] if start else cfg.block_size
-    batches = PretrainBatches(ds.train, block_size, cfg.batch_size, cfg.seed, dist.rank, dist.world, dist.device)
+    micro, _ = batch_plan(cfg, block_size, dist.world)
+    batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
     val_xy = val_windows(ds.val, block_size, cfg.eval_tokens)
     train(cfg, dist, tok, batches, val_xy, "pretrain", start)
 

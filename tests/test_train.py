@@ -119,11 +119,26 @@ def test_two_process_torchrun_gloo_keeps_weights_identical(tiny_data, tmp_path):
 
 def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
     r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", "--grad_accum=3", *TINY)
+                f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", *TINY, "--batch_size=3")
     assert r.returncode != 0
-    assert "grad_accum (3) must be divisible by the number of processes (2)" in r.stderr
+    assert "96 tokens per optimizer step cannot be split" in r.stderr and "Set total_batch_tokens to 64 or 128" in r.stderr
     assert "Traceback" not in r.stderr.split("error:")[0]
-    assert r.stderr.count("error: grad_accum") == 1  # said once, by process 0, not by every process
+    assert r.stderr.count("error: ") == 1  # said once, by process 0, not by every process
+
+
+def test_one_config_gives_the_same_run_on_one_process_and_on_two(tiny_data, tmp_path):
+    """batch_size 4, grad_accum 1 means 4 windows per step: on 2 processes, 2 each; the same
+    windows, the same mean loss, the same weights (up to float summation order)."""
+    common = [f"--data={tiny_data}", "--max_steps=6", "--eval_interval=3", *TINY]
+    one = run_cli("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    two = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *common,
+                  f"--out_dir={tmp_path / 'two'}")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "128 tokens/step = 2 process(es) x 1 micro-step(s) x 2 rows x 32" in two.stdout
+    a, b = losses(one.stdout), losses(two.stdout)
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 2e-4 for s in a)  # printed to 4 decimals
+    wa, wb = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
 def test_compile_path_trains(tiny_data, tmp_path):
