@@ -37,6 +37,9 @@ def run_main(main_fn):
         if torch_dist.is_initialized():
             torch_dist.barrier()  # leave together: a process exiting while others still work
             # (e.g. process 0's final checks) can abort the others' gloo threads
+            torch_dist.destroy_process_group()
+    # On the error paths the process group is left to the exit: with a peer gone (a killed
+    # worker), destroying it can block forever, and torchrun could then never restart the group.
     except (UsageError, DatasetError, TokenizerError) as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process hits it: say it once
             print(f"error: {e}", file=sys.stderr)
@@ -44,9 +47,6 @@ def run_main(main_fn):
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
         sys.exit(130)
-    finally:
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------

@@ -277,44 +277,6 @@ def test_help_lists_every_key_with_its_default():
         assert re.search(rf"^--{f.name}\s+{re.escape(str(f.default))}\s", r.stdout, re.M), f.name
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
-
-
-def test_a_killed_worker_restarts_and_the_run_ends_as_if_never_interrupted(tiny_data, tmp_path):
-    """torchrun --max_restarts with --resume=auto: a SIGKILLed worker makes torchrun restart the
-    group, which continues from last.pt; the final weights equal an uninterrupted run's."""
-    from runlog import read_metrics
-
-    def launch(out, restarts):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                f"--max_restarts={restarts}", "train.py", f"--data={tiny_data}", f"--out_dir={out}",
-                "--max_steps=150", "--eval_interval=25", "--grad_accum=2", "--resume=auto", *TINY]
-
-    straight = subprocess.run(launch(tmp_path / "a", 0), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    proc = subprocess.Popen(launch(tmp_path / "b", 2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, killed = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None and killed is None:
-        metrics = tmp_path / "b" / "metrics.jsonl"
-        if metrics.is_file() and max((r["step"] for r in read_metrics(metrics)), default=0) >= 60:
-            workers = _children(proc.pid)
-            if len(workers) == 2:
-                killed = workers[-1]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    out, err = proc.communicate(timeout=600)
-    assert killed is not None, "the run ended before a worker could be killed: raise max_steps"
-    assert proc.returncode == 0, err[-3000:]
-    assert "resuming" in out  # the restarted group continued from last.pt
-    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["step"] == b["step"] == 150
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-
 def test_two_nodes_on_loopback_train_as_one_run(tiny_data, tmp_path):
     """Two torchrun launchers (one process each) meeting through a c10d rendezvous on 127.0.0.1,
     as two machines would: one run, identical weights, one set of checkpoints."""
