@@ -1,12 +1,8 @@
 """train.py: config handling, data order, resume, DDP, compile, checkpoints, bad input."""
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import pytest
