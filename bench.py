@@ -33,7 +33,8 @@ import prepare_wiki
 from checkpoint import load_checkpoint
 from data import load_dataset
 from model import GPT, GPTConfig
-from train import (Dist, PretrainBatches, TrainConfig, measure_matmul_flops, train, val_windows)
+from throughput import measure_matmul_flops
+from train import Dist, PretrainBatches, TrainConfig, train, val_windows
 
 FIXED = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, dtype="float32",
              eval_interval=10**9, eval_tokens=8192, warmup_steps=5, device="cpu")

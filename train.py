@@ -30,6 +30,7 @@ from lora import DEFAULT_TARGETS, adapter_state, apply_lora, base_reference
 from model import GPT, PRESET_MLP, GPTConfig
 from optim import build_optimizers, lr_factor
 from runlog import METRICS, PLOT, MetricsLog, plot_runs
+from throughput import fmt_time, peak_flops, synchronize
 from tokenizer import Tokenizer
 
 @dataclass
@@ -257,65 +258,6 @@ def set_rng_state(state: dict):
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------
-# Throughput accounting
-
-def peak_flops(device: str, dtype: torch.dtype) -> tuple[float, str]:
-    """Peak FLOP/s to state MFU against: known figures for common GPUs; otherwise a matmul
-    peak measured once on this machine and cached in ~/.cache/wikigpt/peak_flops.json."""
-    if device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for key, flops in (("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12),
-                           ("4090", 165e12), ("3090", 71e12)):
-            if key in name:
-                return flops, f"{name} datasheet dense {dtype}"
-    threads = torch.get_num_threads()
-    key = f"{platform_name(device)}|{dtype}|threads={threads}"
-    cache = Path.home() / ".cache" / "wikigpt" / "peak_flops.json"
-    table = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key not in table:
-        table[key] = measure_matmul_flops(device, dtype)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(table, indent=2))
-    return table[key], f"measured matmul peak ({key})"
-
-
-def platform_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    import platform
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps + 1):
-        synchronize(device)
-        t = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-def synchronize(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 # ----------------------------------------------------------------------------------------
@@ -569,6 +511,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             synchronize(dist.device)
             dt = time.time() - t_log
             tok_s = tokens_since_log / max(dt, 1e-9)
+            flops_peak = max(flops_peak, tok_s * flops_per_token)  # a peak below what we just did was mismeasured
             mfu = tok_s * flops_per_token / flops_peak
             eta = (stop_at - step) * dt / max(1, tokens_since_log // tokens_per_step)
             if step - first_step > cfg.log_interval:  # the first interval holds compile + warmup

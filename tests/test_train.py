@@ -142,6 +142,9 @@ def test_compile_path_trains(tiny_data, tmp_path):
                 "--eval_interval=4", "--compile=true", *TINY)
     assert r.returncode == 0, r.stderr
     assert len(losses(r.stdout)) == 4 and "compile failed" not in r.stderr
+    assert "matmul peak measured at start" in r.stdout
+    mfus = [float(m) for m in re.findall(r"MFU ([\d.]+)%", r.stdout)]
+    assert len(mfus) == 4 and all(0 < m <= 100 for m in mfus)
 
 
 def test_early_stopping_on_patience(tiny_data, tmp_path):
