@@ -72,9 +72,8 @@ def loss_on(model, tok, x, y, batch_size) -> dict:
     return r
 
 
-def pretraining_rows(models, ds, args) -> list[dict]:
-    """Every model reads the same val text in windows of the smallest context among them."""
-    block = min(m.cfg.block_size for m, _, _ in models)
+def pretraining_rows(models, ds, block: int, args) -> list[dict]:
+    """Every model reads the same val text, in windows of `block` (the smallest context)."""
     x, y = val_windows(ds.val, block, args.eval_tokens)
     stream = torch.cat([x.flatten(), y[-1, -1:]])  # (n * block + 1,) the val text as ids
     values = {"bpb": [], "loss": [], "ppl": []}
@@ -241,8 +240,8 @@ def run_eval(args) -> dict:
                                "parameters": m.n_params(), "tokenizer": t.name} for m, t, i in models],
               "settings": {k: v for k, v in vars(args).items() if k != "command"}, "rows": [], "notes": []}
     print(f"pretraining: {len(models)} checkpoint(s) on {data} val ...", file=sys.stderr)
-    report["rows"] += pretraining_rows(models, ds, args)
     block = min(m.cfg.block_size for m, _, _ in models)
+    report["rows"] += pretraining_rows(models, ds, block, args)
     report["notes"].append(f"pretraining: the first {args.eval_tokens:,} val tokens of {data} (in "
                            f"{models[0][1].name} tokens), windows of {block}; bits per byte = loss in "
                            "bits / UTF-8 bytes, comparable across tokenizers.")

@@ -124,7 +124,7 @@ def write_gguf(path: Path, ckpt: dict, tok, config: dict, weights: dict, dtype: 
     import gguf
     import numpy as np
 
-    from hf_tokenizer import merge_of, spell
+    from hf_tokenizer import vocab_and_merges
 
     if config["model_type"] != "qwen3":
         raise UsageError("--format gguf: llama.cpp's gpt2 architecture computes GELU with the tanh "
@@ -146,14 +146,13 @@ def write_gguf(path: Path, ckpt: dict, tok, config: dict, weights: dict, dtype: 
     w.add_rope_freq_base(ROPE_THETA)
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16)
-    ranks = tok.enc._mergeable_ranks
-    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    vocab, merges = vocab_and_merges(tok)
     specials = sorted(tok.special.items(), key=lambda kv: kv[1])
     w.add_tokenizer_model("gpt2")  # llama.cpp's name for a byte-level BPE
     w.add_tokenizer_pre(GGUF_PRE[tok.spec["kind"]])
-    w.add_token_list([spell(t) for t, _ in by_rank] + [s for s, _ in specials])
-    w.add_token_types([gguf.TokenType.NORMAL] * len(by_rank) + [gguf.TokenType.CONTROL] * len(specials))
-    w.add_token_merges([" ".join(map(spell, merge_of(t, ranks))) for t, _ in by_rank if len(t) > 1])
+    w.add_token_list(vocab + [s for s, _ in specials])
+    w.add_token_types([gguf.TokenType.NORMAL] * len(vocab) + [gguf.TokenType.CONTROL] * len(specials))
+    w.add_token_merges([" ".join(m) for m in merges])
     w.add_bos_token_id(tok.doc_sep)
     w.add_eos_token_id(config["eos_token_id"])
     w.add_add_bos_token(not chat)  # base models read documents as "<|endoftext|>text"; chat turns start bare

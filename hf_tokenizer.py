@@ -47,12 +47,18 @@ def merge_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     return parts[0], parts[1]
 
 
+def vocab_and_merges(tok: Tokenizer) -> tuple[list[str], list[tuple[str, str]]]:
+    """The BPE tokens spelled byte-level, in id order (specials not included), and the merges
+    in rank order: what both tokenizer.json and a GGUF file hold."""
+    ranks = tok.enc._mergeable_ranks  # bytes -> id, in merge order
+    by_rank = sorted(ranks, key=ranks.get)
+    merges = [tuple(map(spell, merge_of(token, ranks))) for token in by_rank if len(token) > 1]
+    return [spell(t) for t in by_rank], merges
+
+
 def tokenizer_json(tok: Tokenizer) -> dict:
     enc = tok.enc
-    ranks = enc._mergeable_ranks  # bytes -> id, in merge order
-    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
-    merges = [[spell(a), spell(b)] for token, _ in by_rank if len(token) > 1
-              for a, b in [merge_of(token, ranks)]]
+    vocab, merges = vocab_and_merges(tok)
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for s, i in sorted(tok.special.items(), key=lambda kv: kv[1])]
     return {
@@ -64,7 +70,8 @@ def tokenizer_json(tok: Tokenizer) -> dict:
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": True, "vocab": {spell(t): r for t, r in by_rank}, "merges": merges},
+                  "ignore_merges": True, "vocab": {t: i for i, t in enumerate(vocab)},
+                  "merges": [list(m) for m in merges]},
     }
 
 

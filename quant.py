@@ -39,8 +39,9 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         m = cls(linear.out_features, linear.in_features, linear.bias is not None, linear.weight.device)
-        m.qweight.copy_(quantize_rows(linear.weight.detach())[0])
-        m.scale.copy_(quantize_rows(linear.weight.detach())[1])
+        q, scale = quantize_rows(linear.weight.detach())
+        m.qweight.copy_(q)
+        m.scale.copy_(scale)
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach().float())
         return m
@@ -82,8 +83,9 @@ def quantize_model(model: nn.Module, empty: bool = False) -> nn.Module:
     tied = model.lm_head.weight is model.wte.weight
     emb = Int8Embedding(*model.wte.weight.shape, device=model.wte.weight.device)
     if not empty:
-        emb.qweight.copy_(quantize_rows(model.wte.weight.detach())[0])
-        emb.scale.copy_(quantize_rows(model.wte.weight.detach())[1])
+        q, scale = quantize_rows(model.wte.weight.detach())
+        emb.qweight.copy_(q)
+        emb.scale.copy_(scale)
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.Linear) and not (tied and name == "lm_head"):
             path, _, attr = name.rpartition(".")

@@ -392,8 +392,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     tokens_per_step = micro * mcfg.block_size * accum * dist.world
     flops_peak, peak_note = peak_flops(dist.device, dtype)
     flops_per_token = model.flops_per_token()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if lora:  # frozen weights get no weight gradient: 4 of the 6 FLOPs per weight and token
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         flops_per_token -= 2 * (model.n_params(for_flops=True) - trainable)
     wandb_run = None
     if cfg.wandb_project and dist.master:
@@ -425,7 +425,6 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             f"x {accum} micro-step(s) x {micro} rows x {mcfg.block_size}")
         log(f"MFU is against {flops_peak / 1e12:.2f} TFLOP/s: {peak_note}")
         if lora:
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log(f"LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {lora['targets']}: {trainable:,} trainable "
                 f"parameters ({100 * trainable / model.n_params():.2f}%), base {lora['base']['path']} frozen")
         if resume:
