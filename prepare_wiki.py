@@ -2,23 +2,25 @@
 Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see data.py).
 
     python prepare_wiki.py                                  # the built-in English sample
-    python prepare_wiki.py zhwiki-latest-pages-articles.xml.bz2 --tokenizer bpe:32768 --out data/zh
+    python prepare_wiki.py zhwiki-latest-pages-articles-multistream.xml.bz2 --tokenizer bpe:32768 --out data/zh
     python prepare_wiki.py https://dumps.wikimedia.org/simplewiki/latest/simplewiki-latest-pages-articles.xml.bz2
     python prepare_wiki.py train-00000-of-00041.parquet     # Hugging Face wikimedia/wikipedia
     python prepare_wiki.py extracted/                       # WikiExtractor --json output
 
 Three passes, each in parallel worker processes where the work is heavy:
-  1. read the source as a stream, clean each article's wikitext, drop duplicates, split train/val;
+  1. read the source, clean each article's wikitext, drop duplicates, split train/val
+     (multistream dumps are decompressed and parsed by the workers too: see dumps.py);
   2. (bpe only) train the tokenizer on the train split;
   3. tokenize and write the shards.
-Everything is written into a temporary folder that is renamed into place only at the very end,
-so an interrupted run never leaves something that loads as a dataset.
+Work happens in a hidden folder beside --out that is renamed into place only at the very end,
+so an interrupted run never leaves something that loads as a dataset. Progress is saved there
+every --checkpoint_mb of source: after a crash or Ctrl-C, the same command continues where it
+stopped and writes the same bytes as a run that was never interrupted.
 """
 import argparse
-import bz2
+import base64
 import gzip
 import hashlib
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -26,237 +28,20 @@ import re
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter, deque
+from contextlib import ExitStack
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
 
 from data import ARTICLES, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles, write_shard
+from dumps import (Stitcher, WikiError, default_source, download, range_plan, read_range,
+                   reader_for, source_files, split_pages, parse_pages, truncated_message)
 from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
 from wikitext import CleanSettings, clean_wikitext, finish_article
-
-
-class WikiError(Exception):
-    """A user-facing problem with the input or the options; printed without a traceback."""
-
-
-def clean_batch(job):
-    """Worker: a batch of (title, text, markup, info) -> list of ((title, text, info) or None,
-    drop reason); info holds the page id and URL where the source has them."""
-    batch, settings = job
-    out = []
-    for title, text, markup, info in batch:
-        try:
-            if markup == "wikitext":
-                article, reason = clean_wikitext(title, text, settings)
-            else:  # already plain text (pre-extracted sources)
-                article, reason = finish_article(title, text, settings)
-        except Exception:  # a pathological page must not stop a 20 GB run; it is counted
-            article, reason = None, "parse_error"
-        out.append(((*article, info) if article else None, reason))
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# Sources: MediaWiki XML (plain / .bz2 / .gz), JSONL (incl. WikiExtractor), parquet, folders
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]  # drop the XML namespace: "{http://...}page" -> "page"
-
-
-def _open_maybe_compressed(raw):
-    """Wrap a binary file in a decompressor chosen by its magic bytes, not its name
-    (dump part names like '...xml-p1p41242.bz2' defeat extension checks)."""
-    magic = raw.read(3)
-    raw.seek(0)
-    if magic == b"BZh":
-        return bz2.BZ2File(raw)  # handles multistream dumps (many concatenated streams)
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw)
-    return raw
-
-
-def truncated_message(path, pages: int, articles: int) -> str:
-    return (f"{path}: the compressed file ends early (truncated download?) after {pages} pages "
-            f"({articles} of them articles) were read. Download it again (a URL source resumes "
-            "a partial download).")
-
-
-def read_xml(path: Path, progress):
-    """Stream (title, wikitext, 'wikitext') for namespace-0, non-redirect pages; memory stays
-    flat because every finished <page> is cleared from the tree."""
-    pages = articles = 0
-    url_prefix = ""  # from <siteinfo><base>https://en.wikipedia.org/wiki/Main_Page</base>
-    with open(path, "rb") as raw:
-        stream = _open_maybe_compressed(raw)
-        try:
-            context = ET.iterparse(stream, events=("start", "end"))
-            _, root = next(context)
-            if _local(root.tag) != "mediawiki":
-                raise WikiError(f"{path}: this XML is not a MediaWiki dump (its root element is "
-                                f"<{_local(root.tag)}>, expected <mediawiki>). Use a "
-                                "*-pages-articles.xml[.bz2] file from dumps.wikimedia.org.")
-            for event, elem in context:
-                if event == "end" and _local(elem.tag) == "base" and elem.text:
-                    url_prefix = elem.text.strip().rsplit("/", 1)[0] + "/"
-                if event != "end" or _local(elem.tag) != "page":
-                    continue
-                fields = {_local(c.tag): c for c in elem}
-                revision = {_local(c.tag): c for c in fields.get("revision", [])}
-                title = (fields["title"].text or "") if "title" in fields else ""
-                ns = (fields["ns"].text or "0").strip() if "ns" in fields else "0"
-                text = revision["text"].text or "" if "text" in revision else ""
-                pages += 1
-                if ns != "0":
-                    progress.skip("not_article")
-                elif "redirect" in fields or text.lstrip().lower().startswith("#redirect"):
-                    progress.skip("redirect")
-                else:
-                    articles += 1
-                    info = {"id": (fields["id"].text or "").strip() if "id" in fields else ""}
-                    if url_prefix:
-                        info["url"] = url_prefix + quote(title.replace(" ", "_"))
-                    yield title, text, "wikitext", info
-                root.clear()
-                progress.at(raw.tell())
-        except EOFError:
-            raise WikiError(truncated_message(path, pages, articles))
-        except ET.ParseError as e:
-            line, col = e.position
-            hint = ("The file has bytes that are not UTF-8 there." if "invalid token" in str(e)
-                    else "The dump is damaged or not XML.")
-            raise WikiError(f"{path}: malformed XML at line {line}, column {col} ({e.msg}) after "
-                            f"{pages} pages ({articles} of them articles) were read. {hint} "
-                            "Download it again.")
-        except (OSError, StopIteration) as e:
-            raise WikiError(f"{path}: cannot read this as a {'compressed ' if stream is not raw else ''}"
-                            f"MediaWiki XML dump ({e or 'empty file'}). Check the file and its extension.")
-
-
-def read_jsonl(path: Path, progress):
-    """Pre-extracted articles, one JSON object per line with "title" and "text"
-    (Hugging Face exports, WikiExtractor --json). Text is taken as plain text."""
-    with open(path, "rb") as raw:
-        for lineno, line in enumerate(_open_maybe_compressed(raw), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise WikiError(f"{path}:{lineno}: bytes that are not UTF-8 at column {e.start + 1}. "
-                                "Re-encode the file as UTF-8.")
-            except json.JSONDecodeError as e:
-                raise WikiError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                                'Each line must be one object like {"title": ..., "text": ...}.')
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise WikiError(f'{path}:{lineno}: expected an object with a string "text" field '
-                                f"(and a \"title\"), got {str(row)[:80]!r}.")
-            progress.at(raw.tell())
-            info = {k: str(row[k]) for k in ("id", "url") if row.get(k)}
-            yield str(row.get("title", "")), row["text"], "plain", info
-
-
-def read_parquet(path: Path, progress):
-    """Hugging Face wikimedia/wikipedia parquet: columns "title" and "text", read in batches."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        raise WikiError(f"{path}: cannot open as parquet ({e}).")
-    columns = pf.schema_arrow.names
-    if "text" not in columns or "title" not in columns:
-        raise WikiError(f"{path}: parquet needs columns 'title' and 'text'; it has {columns}.")
-    size = path.stat().st_size
-    extra = [c for c in ("id", "url") if c in columns]  # wikimedia/wikipedia has both
-    for i in range(pf.num_row_groups):
-        table = pf.read_row_group(i, columns=["title", "text", *extra]).to_pydict()
-        for j, (title, text) in enumerate(zip(table["title"], table["text"])):
-            info = {c: str(table[c][j]) for c in extra if table[c][j]}
-            yield title or "", text or "", "plain", info
-        progress.at(size * (i + 1) // pf.num_row_groups)
-
-
-def reader_for(path: Path):
-    """Pick the reader by the file's content: parquet magic, else the first non-blank
-    decompressed byte: '<' is XML, anything else is taken as JSON lines."""
-    with open(path, "rb") as raw:
-        if raw.read(4) == b"PAR1":
-            return read_parquet
-        raw.seek(0)
-        try:
-            head = _open_maybe_compressed(raw).read(1024).lstrip()
-        except EOFError:
-            raise WikiError(truncated_message(path, 0, 0))
-        except OSError as e:
-            raise WikiError(f"{path}: cannot decompress the start of the file ({e}). "
-                            "Check that it is a complete .bz2/.gz download.")
-    return read_xml if head.startswith(b"<") else read_jsonl
-
-
-def source_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise WikiError(f"{path}: the folder holds no files.")
-        return files
-    if not path.is_file():
-        raise WikiError(f"{path}: no such file or folder. Pass a dump (.xml/.xml.bz2/.xml.gz), "
-                        "a .jsonl/.parquet of articles, a folder of them, or an https:// URL.")
-    return [path]
-
-
-def default_source() -> Path:
-    """The real English Wikipedia fragment (106 pages) that gensim's wheel ships for its tests."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or spec.origin is None:
-        raise WikiError("no source given and the built-in sample is not installed. Run "
-                        "`pip install gensim` (it ships a small English dump) or pass a dump path/URL.")
-    path = (Path(spec.origin).parent / "test" / "test_data" /
-            "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
-    if not path.is_file():
-        raise WikiError(f"the built-in sample {path} is missing from this gensim install; "
-                        "pass a dump path or URL instead.")
-    return path
-
-
-def download(url: str, cache_dir: Path) -> Path:
-    """Download url into cache_dir, resuming a partial download (HTTP Range)."""
-    import requests
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    dest = cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
-    if dest.is_file():
-        print(f"using cached {dest}")
-        return dest
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    try:
-        with requests.get(url, headers=headers, stream=True, timeout=60) as r:
-            if r.status_code == 416:  # the partial file is already complete
-                part.rename(dest)
-                return dest
-            r.raise_for_status()
-            if r.status_code != 206:  # server ignored the Range: start over
-                have = 0
-            total = have + int(r.headers.get("Content-Length", 0)) or None
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar:
-                for chunk in r.iter_content(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except requests.RequestException as e:
-        raise WikiError(f"downloading {url} failed ({e}). Run the same command again: it resumes "
-                        f"from the {part.stat().st_size if part.exists() else 0} bytes in {part}.")
-    part.rename(dest)
-    return dest
-
 
 # ----------------------------------------------------------------------------------------
 # Parallel helpers: ordered results, bounded memory, identical output for any worker count
@@ -306,31 +91,72 @@ def encode_batch(docs: list[str]) -> list[np.ndarray]:
     return [np.array([sep] + ids, dtype=np.uint16) for ids in _worker_tok.encode_batch(docs)]
 
 
+
 # ----------------------------------------------------------------------------------------
-# The pipeline
+# Pass 1: clean, in jobs of pages (one-stream sources) or of byte ranges (multistream dumps)
+
+
+def clean_pages(pages: list, settings: CleanSettings) -> list:
+    """RawPages -> one (article (title, text, info) or None, drop reason) each."""
+    out = []
+    for page in pages:
+        if page.skip:
+            out.append((None, page.skip))
+            continue
+        try:
+            if page.markup == "wikitext":
+                article, reason = clean_wikitext(page.title, page.text, settings)
+            else:  # already plain text (pre-extracted sources)
+                article, reason = finish_article(page.title, page.text, settings)
+        except Exception:  # a pathological page must not stop a 20 GB run; it is counted
+            article, reason = None, "parse_error"
+        out.append(((*article, page.info) if article else None, reason))
+    return out
+
+
+def _where(path, start, end, compressed, skip, offset) -> str:
+    """Names a place in a range's XML for an error message."""
+    if compressed:
+        return f"{path}: in the bz2 streams at bytes {start}-{end}, byte {skip + offset} of their XML"
+    return f"{path}: at byte {start + skip + offset}"
+
+
+def clean_job(job):
+    """Worker: ("pages", pages, settings) or ("range", path, start, end, compressed, url_prefix,
+    settings) -> (results, stitch): stitch = (head, has_body, tail, truncated) of a range, for
+    Stitcher."""
+    if job[0] == "pages":
+        return clean_pages(job[1], job[2]), None
+    _, path, start, end, compressed, url_prefix, settings = job
+    xml, truncated = read_range(path, start, end, compressed)
+    head, body, tail = split_pages(xml)
+    where = partial(_where, path, start, end, compressed, len(head))
+    pages = parse_pages(body, url_prefix, where) if body else []
+    return clean_pages(pages, settings), (head, body is not None, tail, truncated)
 
 
 class Progress:
-    """A bytes-of-source progress bar that also counts kept and skipped articles."""
+    """A bytes-of-source progress bar (so tqdm shows MB/s) with pages/s and articles kept."""
 
     def __init__(self, total_bytes: int):
         self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="clean", smoothing=0.1)
-        self.done_files = 0  # bytes of files already finished
-        self.kept = 0
-        self.skipped = Counter()
+        self.file_base = 0  # bytes of the files before the one being read
+        self.pages = self.articles = 0  # read (articles: pages that are not redirects etc.)
         self.t0 = time.time()
 
-    def at(self, pos: int):
-        self.bar.n = self.done_files + pos
-        self.bar.update(0)  # redraws at most every 0.1 s
+    def at(self, pos: int):  # a one-stream reader's position in its file
+        self.to(self.file_base + pos)
 
-    def set_kept(self, n: int):
-        self.kept = n
-        rate = n / max(time.time() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{n} articles, {rate:.0f} articles/s", refresh=False)
+    def to(self, done: int):
+        if done > self.bar.n:
+            self.bar.n = done
+            self.bar.update(0)  # redraws at most every 0.1 s
 
-    def skip(self, reason: str):
-        self.skipped[reason] += 1
+    def count(self, results: list, kept: int):
+        self.pages += len(results)
+        self.articles += sum(reason not in ("redirect", "not_article") for _, reason in results)
+        rate = self.pages / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} pages/s, {kept:,} articles kept", refresh=False)
 
 
 def split_of(title: str, seed: int, val_fraction: float) -> tuple[str, float]:
@@ -340,73 +166,152 @@ def split_of(title: str, seed: int, val_fraction: float) -> tuple[str, float]:
     return ("val" if u < val_fraction else "train"), u
 
 
-def clean_pass(files, args, settings, work: Path, progress: Progress):
-    """Pass 1: source -> cleaned, deduplicated articles in work/articles.jsonl.gz."""
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=12).digest()
+
+
+def source_jobs(files, settings, progress, metas: deque):
+    """Every job of pass 1 in order, the same for any number of workers; a job's (file, end
+    position, source bytes, range plan) goes into metas as it is handed out."""
+    base = 0
+    for f in files:
+        progress.file_base = base
+        plan = range_plan(f)
+        if plan:
+            for start, end in plan.ranges():
+                metas.append((base + end, end - start, plan, end == f.stat().st_size))
+                yield ("range", f, start, end, plan.compressed, plan.url_prefix, settings)
+        else:
+            last = 0
+            for batch in batched(reader_for(f)(f, progress), 32):
+                here = progress.bar.n - base
+                metas.append((base + here, here - last, None, False))
+                last = here
+                yield ("pages", batch, settings)
+        base += f.stat().st_size
+
+
+def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
+    """Pass 1: source -> cleaned, deduplicated articles in work/parts/, checkpointed in `state`
+    after every part (--checkpoint_mb of source), then joined into work/articles.jsonl.gz."""
+    parts = work / "parts"
+    parts.mkdir(exist_ok=True)
+    c = state.setdefault("clean", {"jobs": 0, "parts": 0, "kept": 0, "skipped": {}, "splits":
+                                   {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": ""})
+    part_path = lambda i: parts / f"part-{i:05d}.jsonl.gz"  # noqa: E731
     seen = set()
-    counts = {"train": 0, "val": 0}
-    lowest = (2.0, -1)  # the article with the lowest split hash: the val fallback
-    n = 0
+    for i in range(c["parts"]):  # a resumed run: the articles kept so far
+        with gzip.open(part_path(i), "rt", encoding="utf-8") as f:
+            seen.update(_digest(json.loads(line)["text"]) for line in f)
+    skipped = Counter(c["skipped"])
+    stitcher = Stitcher(base64.b64decode(c["carry"]))
+    progress = Progress(sum(f.stat().st_size for f in files))
+    if c["jobs"]:
+        print(f"resuming after {c['jobs']} jobs: {c['kept']:,} articles already kept")
+    metas = deque()
 
-    def raw_articles():
-        for f in files:
-            yield from reader_for(f)(f, progress)
-            progress.done_files += f.stat().st_size
+    def jobs():
+        for i, job in enumerate(source_jobs(files, settings, progress, metas)):
+            if i < c["jobs"]:  # done before the interruption
+                progress.to(metas.pop()[0])
+                continue
+            yield job
 
-    jobs = ((batch, settings) for batch in batched(raw_articles(), 32))
-    with open_articles_for_writing(work / ARTICLES) as out:
-        for results in ordered_map(clean_batch, jobs, args.workers):
-            for article, reason in results:
-                if article is None:
-                    progress.skip(reason)
-                    continue
-                title, body, info = article
-                digest = hashlib.blake2b(body.encode(), digest_size=12).digest()
-                if digest in seen:
-                    progress.skip("duplicate")
-                    continue
-                if args.max_articles and n >= args.max_articles:
+    checkpoint_bytes, since, done = args.checkpoint_mb * 1e6, 0, False
+
+    def save_part():
+        nonlocal since
+        stack.close()
+        os.replace(part_path(c["parts"]).with_suffix(".tmp"), part_path(c["parts"]))
+        c.update(parts=c["parts"] + 1, skipped=dict(skipped), carry=base64.b64encode(stitcher.carry).decode())
+        atomic_write_json(work / PROGRESS, state)
+        since = 0
+
+    with ExitStack() as stack:
+        out = stack.enter_context(open_articles_for_writing(part_path(c["parts"]).with_suffix(".tmp")))
+        try:
+            for results, stitch in ordered_map(clean_job, jobs(), args.workers):
+                end, nbytes, plan, last_of_file = metas.popleft()
+                if stitch:  # pages across the range boundary come before this range's own pages
+                    head, has_body, tail, truncated = stitch
+                    joined = stitcher.feed(head, has_body, tail, plan.url_prefix,
+                                           lambda i: f"{plan.path}: in the page that ends near byte {end}")
+                    results = clean_pages(joined, settings) + results
+                    if last_of_file:
+                        stitcher.finish(plan.path)
+                        stitcher = Stitcher()
+                    progress.to(end)
+                for article, reason in results:
+                    if article is not None and _digest(article[1]) in seen:
+                        article, reason = None, "duplicate"
+                    if article is None:
+                        skipped[reason] += 1
+                        continue
+                    if args.max_articles and c["kept"] >= args.max_articles:
+                        done = True
+                        break
+                    title, body, info = article
+                    seen.add(_digest(body))
+                    split, u = split_of(title, args.seed, args.val_fraction)
+                    c["lowest"] = min(c["lowest"], [u, c["kept"]])
+                    c["splits"][split] += 1
+                    out.write(json.dumps({"title": title, "split": split, "text": body, **info},
+                                         ensure_ascii=False) + "\n")
+                    c["kept"] += 1
+                progress.count(results, c["kept"])
+                if stitch and truncated:
+                    raise WikiError(truncated_message(plan.path, progress.pages, progress.articles))
+                c["jobs"] += 1
+                since += nbytes
+                if done:
                     break
-                seen.add(digest)
-                split, u = split_of(title, args.seed, args.val_fraction)
-                lowest = min(lowest, (u, n))
-                counts[split] += 1
-                out.write(json.dumps({"title": title, "split": split, "text": body, **info},
-                                     ensure_ascii=False) + "\n")
-                n += 1
-                progress.set_kept(n)
-            if args.max_articles and n >= args.max_articles:
-                break
-    progress.bar.close()
+                if since >= checkpoint_bytes:
+                    save_part()
+                    out = stack.enter_context(open_articles_for_writing(
+                        part_path(c["parts"]).with_suffix(".tmp")))
+            save_part()
+        finally:
+            progress.bar.close()  # before any error message
+    n = c["kept"]
     if n < 2:
-        raise WikiError(f"only {n} article(s) left after cleaning ({dict(progress.skipped)} "
-                        f"dropped), too few to train on: need at least one train and one val "
-                        f"article. Use a larger dump, or lower --min_chars (now {settings.min_chars}).")
-    force_val = lowest[1] if counts["val"] == 0 else -1  # at least one val article
-    return n, force_val
+        raise WikiError(f"only {n} article(s) left after cleaning ({dict(skipped)} dropped), too few "
+                        f"to train on: need at least one train and one val article. Use a larger "
+                        f"dump, or lower --min_chars (now {settings.min_chars}).")
+    with open(work / (ARTICLES + ".tmp"), "wb") as joined:  # gzip members join into one file
+        for i in range(c["parts"]):
+            with open(part_path(i), "rb") as f:
+                shutil.copyfileobj(f, joined, 1 << 20)
+    os.replace(work / (ARTICLES + ".tmp"), work / ARTICLES)
+    if c["splits"]["val"] == 0:  # a tiny source: move the article with the lowest hash to val
+        settle_val_fallback(work, c["lowest"][1])
+    shutil.rmtree(parts)
+    state["cleaned"] = {"articles": n, "dropped": dict(skipped)}
+    atomic_write_json(work / PROGRESS, state)
+    return state["cleaned"]
 
 
-def iter_articles(work: Path, split: str, force_val: int):
-    """The documents of one split as the model sees them: the title opens the document
-    (it says what it is about), then the text."""
-    for i, row in enumerate(read_articles(work)):
-        row_split = "val" if i == force_val else row["split"]
-        if row_split == split:
-            yield f"{row['title']}\n\n{row['text']}"
-
-
-def settle_val_fallback(work: Path, force_val: int):
-    """Write the one article moved to val (tiny sources) into the kept articles too."""
-    if force_val < 0:
-        return
+def settle_val_fallback(work: Path, index: int):
+    """Move one article to val in the kept articles (so that val is never empty)."""
     with open_articles_for_writing(work / (ARTICLES + ".new")) as out:
         for i, row in enumerate(read_articles(work)):
-            row["split"] = "val" if i == force_val else row["split"]
+            row["split"] = "val" if i == index else row["split"]
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(work / (ARTICLES + ".new"), work / ARTICLES)
 
 
-def encode_pass(tok: Tokenizer, work: Path, split: str, force_val: int, args) -> dict:
-    """Pass 3: tokenize one split in parallel and write its shards."""
+def iter_articles(work: Path, split: str):
+    """The documents of one split as the model sees them: the title opens the document
+    (it says what it is about), then the text."""
+    for row in read_articles(work, split):
+        yield f"{row['title']}\n\n{row['text']}"
+
+
+# ----------------------------------------------------------------------------------------
+# Pass 3: tokenize
+
+
+def encode_pass(tok: Tokenizer, work: Path, split: str, args) -> dict:
+    """Tokenize one split in parallel and write its shards."""
     stats = {"articles": 0, "chars": 0, "bytes": 0, "tokens": 0, "shards": []}
     buffer, buffered = [], 0
 
@@ -419,7 +324,7 @@ def encode_pass(tok: Tokenizer, work: Path, split: str, force_val: int, args) ->
 
     def docs_in_batches():
         batch = []
-        for doc in iter_articles(work, split, force_val):
+        for doc in iter_articles(work, split):
             stats["articles"] += 1
             stats["chars"] += len(doc)
             stats["bytes"] += len(doc.encode("utf-8"))
@@ -447,12 +352,41 @@ def encode_pass(tok: Tokenizer, work: Path, split: str, force_val: int, args) ->
     return stats
 
 
-def prepare(args) -> Path:
-    t0 = time.time()
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
-                        "another --out. (Nothing was changed.)")
+# ----------------------------------------------------------------------------------------
+# The pipeline, resumable
+
+PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
+
+
+def fingerprint(files, args) -> dict:
+    """What the output depends on: the source files as they are now, and the options."""
+    return {"files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+            "options": {k: getattr(args, k) for k in ("tokenizer", "val_fraction", "seed", "min_chars",
+                                                      "max_articles", "shard_tokens", "checkpoint_mb")},
+            "format_version": FORMAT_VERSION}
+
+
+def open_work(out: Path, files, args) -> tuple[Path, dict]:
+    """The work folder beside `out` and its saved progress: resumed when it was made by the same
+    command on the same source files, started afresh otherwise."""
+    work = out.parent / f".{out.name}.partial"
+    want = fingerprint(files, args)
+    if work.exists():
+        try:
+            state = json.loads((work / PROGRESS).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("fingerprint") == want:
+            return work, state
+        print(f"note: {work} holds an unfinished run of another command or source; starting over.")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    state = {"fingerprint": want}
+    atomic_write_json(work / PROGRESS, state)
+    return work, state
+
+
+def check_options(args):
     if not 0.0 < args.val_fraction < 1.0:
         raise WikiError(f"--val_fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
     if args.tokenizer != "gpt2":
@@ -462,7 +396,17 @@ def prepare(args) -> Path:
             raise WikiError(f"--tokenizer: {e}")
     if args.workers < 1:
         raise WikiError(f"--workers must be at least 1, got {args.workers}.")
+    if args.checkpoint_mb <= 0:
+        raise WikiError(f"--checkpoint_mb must be positive, got {args.checkpoint_mb}.")
 
+
+def prepare(args) -> Path:
+    t0 = time.time()
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
+                        "another --out. (Nothing was changed.)")
+    check_options(args)
     if args.source is None:
         source = default_source()
     elif re.match(r"^https?://", args.source):
@@ -474,25 +418,30 @@ def prepare(args) -> Path:
     print(f"source: {source} ({len(files)} file(s)); workers: {args.workers}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    work.mkdir()
+    work, state = open_work(out, files, args)
     try:
-        progress = Progress(sum(f.stat().st_size for f in files))
-        n, force_val = clean_pass(files, args, settings, work, progress)
-        t_clean = time.time() - t0
-        print(f"cleaned {n} articles in {t_clean:.1f}s; dropped: {dict(progress.skipped)}")
+        cleaned = state.get("cleaned") or clean_pass(files, args, settings, work, state)
+        print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; "
+              f"dropped: {cleaned['dropped']}")
 
         if args.tokenizer == "gpt2":
             tok = Tokenizer.from_name("gpt2")
+        elif state.get("tokenizer"):
+            tok = Tokenizer.load(work / "tokenizer.json")
         else:
             t = time.time()
             print(f"training {args.tokenizer} tokenizer on the train split...")
-            tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train", force_val))
+            tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
             print(f"  trained in {time.time() - t:.1f}s")
         tok.save(work / "tokenizer.json")
+        state["tokenizer"] = True
+        atomic_write_json(work / PROGRESS, state)
 
-        splits = {s: encode_pass(tok, work, s, force_val, args) for s in ("train", "val")}
-        settle_val_fallback(work, force_val)  # the kept articles stay, for retrieval and QA
+        splits = state.setdefault("splits", {})
+        for s in ("train", "val"):
+            if s not in splits:
+                splits[s] = encode_pass(tok, work, s, args)
+                atomic_write_json(work / PROGRESS, state)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": str(args.source or source),
@@ -501,25 +450,26 @@ def prepare(args) -> Path:
             "seed": args.seed,
             "tokenizer": tok.name,
             "vocab_size": tok.n_vocab,
-            "dropped": dict(progress.skipped),
-            "shards": {s: st.pop("shards") for s, st in splits.items()},
-            "splits": splits,
+            "dropped": cleaned["dropped"],
+            "shards": {s: st["shards"] for s, st in splits.items()},
+            "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
             "articles": ARTICLES,
             "seconds": round(time.time() - t0, 2),
         }
+        (work / PROGRESS).unlink()
         atomic_write_json(work / "meta.json", meta)  # meta.json last: it marks the folder complete
-        if out.exists():  # --overwrite: swap the old folder out only now that the new one is whole
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old)
-        else:
-            work.rename(out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
+    except WikiError:  # bad input: nothing to resume
+        shutil.rmtree(work)
+        raise
+    if out.exists():  # --overwrite: swap the old folder out only now that the new one is whole
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old)
+    else:
+        work.rename(out)
 
-    tr, va = splits["train"], splits["val"]
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
     print(f"\nwrote {out}/ in {meta['seconds']:.1f}s (tokenizer {tok.name}, vocab {tok.n_vocab})")
     for s, st in (("train", tr), ("val", va)):
         print(f"  {s:5s}: {st['articles']:>8,} articles {st['chars']:>14,} chars "
@@ -537,9 +487,12 @@ def parse_args(argv=None):
     p.add_argument("--val_fraction", type=float, default=0.01, help="share of articles for val")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
     p.add_argument("--min_chars", type=int, default=200, help="drop articles shorter than this")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (the output is the same for any number)")
     p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard (about)")
     p.add_argument("--max_articles", type=int, default=0, help="stop after this many articles (0: all)")
+    p.add_argument("--checkpoint_mb", type=float, default=256,
+                   help="save progress every this many MB of source read (a re-run continues from there)")
     p.add_argument("--cache_dir", default="~/.cache/wikigpt", help="where URL sources are downloaded")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p.parse_args(argv)
@@ -553,7 +506,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: nothing was written (the temporary folder was removed).", file=sys.stderr)
+        print(f"\ninterrupted: progress is saved in {Path(args.out).parent}/.{Path(args.out).name}"
+              ".partial; run the same command again to continue.", file=sys.stderr)
         sys.exit(130)
 
 

@@ -205,6 +205,13 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, 
     with pytest.raises(RuntimeError):
         build(small_dump, out, "--overwrite")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old dataset untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.partial", "ds", "dump.xml"]
+    monkeypatch.undo()  # the same command again finishes the run from its saved progress
+    capsys.readouterr()
+    build(small_dump, out, "--overwrite")
+    assert "training bpe" not in capsys.readouterr().out  # cleaned and trained before the crash
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.pop("meta.json") and after == {k: v for k, v in before.items() if k != "meta.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]  # no temp left
 
 
@@ -272,7 +279,7 @@ def bad_inputs(tmp_path, small_dump):
         "missing": ([str(tmp_path / "nope.xml")], "no such file"),
         "truncated bz2": ([str(tmp_path / "trunc.xml.bz2")], re.compile(r"ends early \(truncated "
                                                                         r"download\?\) after [1-9]\d+ pages \([1-9]\d+ of them articles\)")),
-        "malformed xml": ([str(tmp_path / "malformed.xml")], "malformed XML at line 1"),
+        "malformed xml": ([str(tmp_path / "malformed.xml")], re.compile(r"malformed.xml: at byte 9\d\d: malformed XML \(mismatched tag\)")),
         "non-utf8": ([str(tmp_path / "latin1.xml")], "not UTF-8"),
         "not a dump": ([str(tmp_path / "other.xml")], "not a MediaWiki dump"),
         "bad jsonl": ([str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
