@@ -52,13 +52,13 @@ def build_dump(copies: int, folder: Path) -> Path:
 
 
 def run_measured(cmd: list) -> tuple[float, float]:
-    """Run cmd; its wall time and the peak of the summed RSS of its process tree (MB), polled."""
+    """Run cmd; its wall time and the peak memory (PSS) of its process tree (MB), polled."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.05)
+        time.sleep(0.25)
     seconds = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr.read()[-2000:]}")
@@ -66,10 +66,12 @@ def run_measured(cmd: list) -> tuple[float, float]:
 
 
 def tree_rss(pid: int) -> int:
-    """Resident bytes of pid and all its descendants, from /proc."""
+    """Memory of pid and all its descendants, from /proc: the proportional set size (PSS),
+    which counts a page shared by forked workers once in total, not once per process."""
     total = 0
     try:
-        total += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) * 1024
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        total += int(re.search(r"Pss:\s+(\d+)", rollup)[1]) * 1024
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 total += tree_rss(int(child))
@@ -114,7 +116,7 @@ def main():
     tools = [("prepare_wiki.py (clean + tokenize + shards)", ours)]
     if not args.no_extractor:
         tools.insert(0, ("WikiExtractor 3.1.0 --json (text only)", extractor))
-    print("| dump | tool | workers | wall s | MB/s of XML | peak RSS MB | articles | leftover markup |")
+    print("| dump | tool | workers | wall s | MB/s of XML | peak memory MB (PSS) | articles | leftover markup |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for copies in args.copies:
         dump = build_dump(copies, folder)

@@ -290,7 +290,7 @@ class RangePlan(NamedTuple):
         """(start, end) byte ranges for the worker jobs, cut only at self.starts: about
         JOB_BYTES each, smaller for small files so that even they keep every worker busy."""
         size = self.path.stat().st_size
-        job_bytes = min(JOB_BYTES, max(size // 64, 64 << 10))
+        job_bytes = min(JOB_BYTES, max(size // 64, 4096))
         begin = 0
         for s in self.starts[1:]:
             if s - begin >= job_bytes:

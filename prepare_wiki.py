@@ -29,10 +29,10 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
-from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -77,41 +77,54 @@ def batched(items, max_items: int, max_chars: int = 4_000_000):
         yield batch
 
 
-_worker_tok = None
-
-
-def _init_encoder(spec):
-    global _worker_tok
-    _worker_tok = Tokenizer(spec)
-
-
-def encode_batch(docs: list[str]) -> list[np.ndarray]:
-    """Worker: documents -> one uint16 array per document, each starting with the separator."""
-    sep = _worker_tok.doc_sep
-    return [np.array([sep] + ids, dtype=np.uint16) for ids in _worker_tok.encode_batch(docs)]
-
-
-
 # ----------------------------------------------------------------------------------------
 # Pass 1: clean, in jobs of pages (one-stream sources) or of byte ranges (multistream dumps)
 
 
-def clean_pages(pages: list, settings: CleanSettings) -> list:
-    """RawPages -> one (article (title, text, info) or None, drop reason) each."""
-    out = []
+class Kept(NamedTuple):
+    """A cleaned article as a worker hands it to the main process, which only decides whether
+    it stays (a duplicate, or one past --max_articles, does not)."""
+    digest: bytes
+    split: str
+    u: float  # the split hash, in [0, 1)
+    line: bytes  # its line of articles.jsonl.gz, UTF-8
+
+
+class JobOptions(NamedTuple):
+    settings: CleanSettings
+    seed: int
+    val_fraction: float
+
+
+def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
+    """RawPages -> (one Kept or drop reason each, the Kept lines as one gzip member). Workers
+    compress: zlib in the main process was the ceiling on scaling with workers."""
+    results = []
     for page in pages:
         if page.skip:
-            out.append((None, page.skip))
+            results.append(page.skip)
             continue
         try:
             if page.markup == "wikitext":
-                article, reason = clean_wikitext(page.title, page.text, settings)
+                article, reason = clean_wikitext(page.title, page.text, opts.settings)
             else:  # already plain text (pre-extracted sources)
-                article, reason = finish_article(page.title, page.text, settings)
+                article, reason = finish_article(page.title, page.text, opts.settings)
         except Exception:  # a pathological page must not stop a 20 GB run; it is counted
             article, reason = None, "parse_error"
-        out.append(((*article, page.info) if article else None, reason))
-    return out
+        if article is None:
+            results.append(reason)
+            continue
+        title, text = article
+        split, u = split_of(title, opts.seed, opts.val_fraction)
+        line = json.dumps({"title": title, "split": split, "text": text, **page.info}, ensure_ascii=False)
+        results.append(Kept(_digest(text), split, u, (line + "\n").encode()))
+    return results, gzip_member([r.line for r in results if isinstance(r, Kept)])
+
+
+def gzip_member(lines: list) -> bytes:
+    """Lines -> one gzip member (members concatenate into one valid .gz); mtime 0 and level 3
+    as in data.open_articles_for_writing, so the same articles give the same bytes."""
+    return gzip.compress(b"".join(lines), compresslevel=3, mtime=0) if lines else b""
 
 
 def _where(path, start, end, compressed, skip, offset) -> str:
@@ -122,17 +135,17 @@ def _where(path, start, end, compressed, skip, offset) -> str:
 
 
 def clean_job(job):
-    """Worker: ("pages", pages, settings) or ("range", path, start, end, compressed, url_prefix,
-    settings) -> (results, stitch): stitch = (head, has_body, tail, truncated) of a range, for
-    Stitcher."""
+    """Worker: ("pages", pages, opts) or ("range", path, start, end, compressed, url_prefix, opts)
+    -> (clean_pages' results and gzip member, stitch): stitch = (head, has_body, tail, truncated)
+    of a range, for Stitcher."""
     if job[0] == "pages":
         return clean_pages(job[1], job[2]), None
-    _, path, start, end, compressed, url_prefix, settings = job
+    _, path, start, end, compressed, url_prefix, opts = job
     xml, truncated = read_range(path, start, end, compressed)
     head, body, tail = split_pages(xml)
     where = partial(_where, path, start, end, compressed, len(head))
     pages = parse_pages(body, url_prefix, where) if body else []
-    return clean_pages(pages, settings), (head, body is not None, tail, truncated)
+    return clean_pages(pages, opts), (head, body is not None, tail, truncated)
 
 
 class Progress:
@@ -154,7 +167,7 @@ class Progress:
 
     def count(self, results: list, kept: int):
         self.pages += len(results)
-        self.articles += sum(reason not in ("redirect", "not_article") for _, reason in results)
+        self.articles += sum(r not in ("redirect", "not_article") for r in results)
         rate = self.pages / max(time.time() - self.t0, 1e-9)
         self.bar.set_postfix_str(f"{rate:,.0f} pages/s, {kept:,} articles kept", refresh=False)
 
@@ -170,7 +183,7 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=12).digest()
 
 
-def source_jobs(files, settings, progress, metas: deque):
+def source_jobs(files, opts: JobOptions, progress, metas: deque):
     """Every job of pass 1 in order, the same for any number of workers; a job's (file, end
     position, source bytes, range plan) goes into metas as it is handed out."""
     base = 0
@@ -180,14 +193,14 @@ def source_jobs(files, settings, progress, metas: deque):
         if plan:
             for start, end in plan.ranges():
                 metas.append((base + end, end - start, plan, end == f.stat().st_size))
-                yield ("range", f, start, end, plan.compressed, plan.url_prefix, settings)
+                yield ("range", f, start, end, plan.compressed, plan.url_prefix, opts)
         else:
             last = 0
             for batch in batched(reader_for(f)(f, progress), 32):
                 here = progress.bar.n - base
                 metas.append((base + here, here - last, None, False))
                 last = here
-                yield ("pages", batch, settings)
+                yield ("pages", batch, opts)
         base += f.stat().st_size
 
 
@@ -197,7 +210,8 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
     parts = work / "parts"
     parts.mkdir(exist_ok=True)
     c = state.setdefault("clean", {"jobs": 0, "parts": 0, "kept": 0, "skipped": {}, "splits":
-                                   {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": ""})
+                                   {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": "",
+                                   "members": []})  # sizes of the gzip members, in file order
     part_path = lambda i: parts / f"part-{i:05d}.jsonl.gz"  # noqa: E731
     seen = set()
     for i in range(c["parts"]):  # a resumed run: the articles kept so far
@@ -208,70 +222,74 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
     progress = Progress(sum(f.stat().st_size for f in files))
     if c["jobs"]:
         print(f"resuming after {c['jobs']} jobs: {c['kept']:,} articles already kept")
-    metas = deque()
+    opts, metas = JobOptions(settings, args.seed, args.val_fraction), deque()
 
     def jobs():
-        for i, job in enumerate(source_jobs(files, settings, progress, metas)):
+        for i, job in enumerate(source_jobs(files, opts, progress, metas)):
             if i < c["jobs"]:  # done before the interruption
                 progress.to(metas.pop()[0])
                 continue
             yield job
 
-    checkpoint_bytes, since, done = args.checkpoint_mb * 1e6, 0, False
+    def keep(results: list, member: bytes) -> bytes:
+        """Count and keep the articles of one job; the gzip member to write for them."""
+        lines = []
+        for r in results:
+            if isinstance(r, str):
+                skipped[r] += 1
+            elif r.digest in seen:
+                skipped["duplicate"] += 1
+            elif args.max_articles and c["kept"] >= args.max_articles:
+                break
+            else:
+                seen.add(r.digest)
+                c["lowest"] = min(c["lowest"], [r.u, c["kept"]])
+                c["splits"][r.split] += 1
+                c["kept"] += 1
+                lines.append(r.line)
+        everything = len(lines) == sum(isinstance(r, Kept) for r in results)
+        member = member if everything else gzip_member(lines)  # recompress only after a drop
+        if member:
+            c["members"].append(len(member))
+        return member
 
-    def save_part():
-        nonlocal since
-        stack.close()
-        os.replace(part_path(c["parts"]).with_suffix(".tmp"), part_path(c["parts"]))
+    def finish_part():  # the part is whole: name it, then save the progress that counts it
+        out.close()
+        os.replace(out.name, part_path(c["parts"]))
         c.update(parts=c["parts"] + 1, skipped=dict(skipped), carry=base64.b64encode(stitcher.carry).decode())
         atomic_write_json(work / PROGRESS, state)
-        since = 0
+        return open(part_path(c["parts"]).with_suffix(".tmp"), "wb")
 
-    with ExitStack() as stack:
-        out = stack.enter_context(open_articles_for_writing(part_path(c["parts"]).with_suffix(".tmp")))
-        try:
-            for results, stitch in ordered_map(clean_job, jobs(), args.workers):
-                end, nbytes, plan, last_of_file = metas.popleft()
-                if stitch:  # pages across the range boundary come before this range's own pages
-                    head, has_body, tail, truncated = stitch
-                    joined = stitcher.feed(head, has_body, tail, plan.url_prefix,
-                                           lambda i: f"{plan.path}: in the page that ends near byte {end}")
-                    results = clean_pages(joined, settings) + results
-                    if last_of_file:
-                        stitcher.finish(plan.path)
-                        stitcher = Stitcher()
-                    progress.to(end)
-                for article, reason in results:
-                    if article is not None and _digest(article[1]) in seen:
-                        article, reason = None, "duplicate"
-                    if article is None:
-                        skipped[reason] += 1
-                        continue
-                    if args.max_articles and c["kept"] >= args.max_articles:
-                        done = True
-                        break
-                    title, body, info = article
-                    seen.add(_digest(body))
-                    split, u = split_of(title, args.seed, args.val_fraction)
-                    c["lowest"] = min(c["lowest"], [u, c["kept"]])
-                    c["splits"][split] += 1
-                    out.write(json.dumps({"title": title, "split": split, "text": body, **info},
-                                         ensure_ascii=False) + "\n")
-                    c["kept"] += 1
-                progress.count(results, c["kept"])
-                if stitch and truncated:
-                    raise WikiError(truncated_message(plan.path, progress.pages, progress.articles))
-                c["jobs"] += 1
-                since += nbytes
-                if done:
-                    break
-                if since >= checkpoint_bytes:
-                    save_part()
-                    out = stack.enter_context(open_articles_for_writing(
-                        part_path(c["parts"]).with_suffix(".tmp")))
-            save_part()
-        finally:
-            progress.bar.close()  # before any error message
+    checkpoint_bytes, since = args.checkpoint_mb * 1e6, 0
+    out = open(part_path(c["parts"]).with_suffix(".tmp"), "wb")
+    try:
+        for (results, member), stitch in ordered_map(clean_job, jobs(), args.workers):
+            end, nbytes, plan, last_of_file = metas.popleft()
+            if stitch:  # pages across the range boundary come before this range's own pages
+                head, has_body, tail, truncated = stitch
+                joined = stitcher.feed(head, has_body, tail, plan.url_prefix,
+                                       lambda i: f"{plan.path}: in the page that ends near byte {end}")
+                joined_results, joined_member = clean_pages(joined, opts)
+                out.write(keep(joined_results, joined_member))
+                progress.count(joined_results, c["kept"])
+                if last_of_file:
+                    stitcher.finish(plan.path)
+                    stitcher = Stitcher()
+                progress.to(end)
+            out.write(keep(results, member))
+            progress.count(results, c["kept"])
+            if stitch and truncated:
+                raise WikiError(truncated_message(plan.path, progress.pages, progress.articles))
+            c["jobs"] += 1
+            since += nbytes
+            if args.max_articles and c["kept"] >= args.max_articles:
+                break
+            if since >= checkpoint_bytes:
+                out, since = finish_part(), 0
+        finish_part().close()
+    finally:
+        out.close()
+        progress.bar.close()  # before any error message
     n = c["kept"]
     if n < 2:
         raise WikiError(f"only {n} article(s) left after cleaning ({dict(skipped)} dropped), too few "
@@ -284,8 +302,9 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
     os.replace(work / (ARTICLES + ".tmp"), work / ARTICLES)
     if c["splits"]["val"] == 0:  # a tiny source: move the article with the lowest hash to val
         settle_val_fallback(work, c["lowest"][1])
+        c["members"] = [(work / ARTICLES).stat().st_size]
     shutil.rmtree(parts)
-    state["cleaned"] = {"articles": n, "dropped": dict(skipped)}
+    state["cleaned"] = {"articles": n, "dropped": dict(skipped), "members": c.pop("members")}
     atomic_write_json(work / PROGRESS, state)
     return state["cleaned"]
 
@@ -307,49 +326,91 @@ def iter_articles(work: Path, split: str):
 
 
 # ----------------------------------------------------------------------------------------
-# Pass 3: tokenize
+# Pass 3: tokenize. Workers read the kept articles themselves, a few gzip members each, so the
+# main process only writes shards (reading and sending the text from it ran 1.6x on 2 workers).
+
+SPLITS = ("train", "val")
+_worker_tok = None
 
 
-def encode_pass(tok: Tokenizer, work: Path, split: str, args) -> dict:
-    """Tokenize one split in parallel and write its shards."""
-    stats = {"articles": 0, "chars": 0, "bytes": 0, "tokens": 0, "shards": []}
-    buffer, buffered = [], 0
+def _init_encoder(tok: Tokenizer):
+    global _worker_tok
+    _worker_tok = tok  # forked workers share the main process's copy (loading GPT-2's costs 0.3 s)
 
-    def flush():
-        nonlocal buffer, buffered
-        name = f"{split}_{len(stats['shards']):03d}.bin"
-        write_shard(work / name, np.concatenate(buffer), tok.n_vocab)
-        stats["shards"].append(name)
-        buffer, buffered = [], 0
 
-    def docs_in_batches():
-        batch = []
-        for doc in iter_articles(work, split):
-            stats["articles"] += 1
-            stats["chars"] += len(doc)
-            stats["bytes"] += len(doc.encode("utf-8"))
-            batch.append(doc)
-            if len(batch) == 256:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+def encode_members(job) -> dict:
+    """Worker: (articles file, start, end) -> per split, one uint16 array per document (each
+    starting with the separator) and the split's counts."""
+    path, start, end = job
+    with open(path, "rb") as f:
+        f.seek(start)
+        rows = [json.loads(line) for line in gzip.decompress(f.read(end - start)).splitlines()]
+    out = {}
+    for split in SPLITS:
+        docs = [f"{r['title']}\n\n{r['text']}" for r in rows if r["split"] == split]
+        sep = _worker_tok.doc_sep
+        out[split] = ([np.array([sep] + ids, dtype=np.uint16) for ids in _worker_tok.encode_batch(docs)],
+                      {"articles": len(docs), "chars": sum(map(len, docs)),
+                       "bytes": sum(len(d.encode("utf-8")) for d in docs)})
+    return out
 
-    bar = tqdm(desc=f"tokenize {split}", unit=" tok", unit_scale=True)
-    for arrays in ordered_map(encode_batch, docs_in_batches(), args.workers, _init_encoder, (tok.spec,)):
-        for arr in arrays:  # shards end at document boundaries
-            buffer.append(arr)
-            buffered += len(arr)
-            stats["tokens"] += len(arr)
-            bar.update(len(arr))
-            if buffered >= args.shard_tokens:
-                flush()
-    if buffer:
-        flush()
+
+def member_ranges(members: list, target: int = 256 << 10):
+    """Byte ranges of the articles file made of whole gzip members, about `target` each."""
+    start = end = 0
+    for size in members:
+        end += size
+        if end - start >= target:
+            yield start, end
+            start = end
+    if end > start:
+        yield start, end
+
+
+class ShardWriter:
+    """Appends documents to one split's shards; a shard ends at the first document boundary
+    past --shard_tokens."""
+
+    def __init__(self, work: Path, split: str, tok: Tokenizer, shard_tokens: int):
+        self.work, self.split, self.tok, self.shard_tokens = work, split, tok, shard_tokens
+        self.stats = {"articles": 0, "chars": 0, "bytes": 0, "tokens": 0, "shards": []}
+        self.buffer, self.buffered = [], 0
+
+    def add(self, arrays: list, counts: dict):
+        for key, value in counts.items():
+            self.stats[key] += value
+        for arr in arrays:
+            self.buffer.append(arr)
+            self.buffered += len(arr)
+            self.stats["tokens"] += len(arr)
+            if self.buffered >= self.shard_tokens:
+                self.flush()
+
+    def flush(self):
+        name = f"{self.split}_{len(self.stats['shards']):03d}.bin"
+        write_shard(self.work / name, np.concatenate(self.buffer), self.tok.n_vocab)
+        self.stats["shards"].append(name)
+        self.buffer, self.buffered = [], 0
+
+    def close(self) -> dict:
+        if self.buffer:
+            self.flush()
+        text_tokens = self.stats["tokens"] - self.stats["articles"]  # not counting the separators
+        self.stats["chars_per_token"] = round(self.stats["chars"] / max(text_tokens, 1), 4)
+        return self.stats
+
+
+def encode_pass(tok: Tokenizer, work: Path, members: list, args) -> dict:
+    """Tokenize both splits in parallel and write their shards."""
+    writers = {s: ShardWriter(work, s, tok, args.shard_tokens) for s in SPLITS}
+    jobs = ((work / ARTICLES, a, b) for a, b in member_ranges(members))
+    bar = tqdm(desc="tokenize", unit=" tok", unit_scale=True)
+    for result in ordered_map(encode_members, jobs, args.workers, _init_encoder, (tok,)):
+        for split, (arrays, counts) in result.items():
+            writers[split].add(arrays, counts)
+            bar.update(sum(map(len, arrays)))
     bar.close()
-    text_tokens = stats["tokens"] - stats["articles"]  # not counting the separators
-    stats["chars_per_token"] = round(stats["chars"] / max(text_tokens, 1), 4)
-    return stats
+    return {s: w.close() for s, w in writers.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -437,11 +498,10 @@ def prepare(args) -> Path:
         state["tokenizer"] = True
         atomic_write_json(work / PROGRESS, state)
 
-        splits = state.setdefault("splits", {})
-        for s in ("train", "val"):
-            if s not in splits:
-                splits[s] = encode_pass(tok, work, s, args)
-                atomic_write_json(work / PROGRESS, state)
+        if "splits" not in state:
+            state["splits"] = encode_pass(tok, work, cleaned["members"], args)
+            atomic_write_json(work / PROGRESS, state)
+        splits = state["splits"]
         meta = {
             "format_version": FORMAT_VERSION,
             "source": str(args.source or source),

@@ -95,9 +95,12 @@ def _render(code) -> str:
 
 
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
-_EMPTY_PARENS = re.compile(r"[(（](?:[^\S\n]|[,;，；、])*[)）]")
-_PARENS_LEAD = re.compile(r"([(（])(?:[^\S\n]|[,;，；、])+")  # "(;, Greek: ...)" left by a removed template
-_SPACES = re.compile(r"[ \t\u00a0\u2009\u200b]+")
+# Patterns start with a literal character where they can: the regex engine then jumps to
+# candidates instead of trying every position (10x faster on 5 MB of text: 2 vs 18 ms).
+_EMPTY_PARENS = [re.compile(r"\((?:[^\S\n]|[,;，；、])*[)）]"), re.compile(r"（(?:[^\S\n]|[,;，；、])*[)）]")]
+_PARENS_LEAD = [re.compile(r"(\()(?:[^\S\n]|[,;，；、])+"), re.compile(r"(（)(?:[^\S\n]|[,;，；、])+")]  # "(;, Greek: ...)"
+_SPACE_CHARS = "\t\u00a0\u2009\u200b"
+_SPACE_RUN = re.compile(r"  +")
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?，。；：！？])")
 _WORDLIKE = re.compile(r"\w")
 
@@ -108,7 +111,11 @@ def normalize_text(text: str) -> str:
     blank_in_source = [not line.strip() for line in text.split("\n")]
     # whole-text passes (none crosses a line end), ~3x faster than line by line
     text = _MAGIC_WORD.sub("", text.replace(REMOVED, ""))
-    text = _SPACES.sub(" ", _PARENS_LEAD.sub(r"\1", _EMPTY_PARENS.sub("", text)))
+    for empty, lead in zip(_EMPTY_PARENS, _PARENS_LEAD):
+        text = lead.sub(r"\1", empty.sub("", text))
+    for ch in _SPACE_CHARS:
+        text = text.replace(ch, " ")
+    text = _SPACE_RUN.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)  # a space left before punctuation
     lines, blank = [], False
     for was_blank, line in zip(blank_in_source, text.split("\n")):
@@ -144,14 +151,20 @@ def drop_tables(wikitext: str) -> str:
 # Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced '').
 _LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
 _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
-_QUOTE_MARKUP = re.compile(r"'{2,}")  # two quotes: italic, three: bold
-_BOLD_LINE = re.compile(r"^.*'{3}.*$", re.M)  # only a line with bold can hide an apostrophe
+_QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
 
-def _drop_quote_line(m) -> str:
+def _drop_quotes(wikitext: str) -> str:
+    """Italic and bold quotes -> REMOVED. Only a line with bold can hide an apostrophe."""
+    if "'''" in wikitext:
+        wikitext = "\n".join(_drop_quote_line(line) if "'''" in line else line
+                             for line in wikitext.split("\n"))
+    return _QUOTE_MARKUP.sub(REMOVED, wikitext)
+
+
+def _drop_quote_line(line: str) -> str:
     """Italic/bold quotes of one line -> REMOVED, keeping apostrophes the way MediaWiki does:
     in ''A Modest Proposal'''s the three quotes are an apostrophe + the end of the italics."""
-    line = m[0]
     runs = list(_QUOTE_MARKUP.finditer(line))
     sizes = [3 if len(r[0]) == 4 else min(len(r[0]), 5) for r in runs]  # 4 quotes = ' + bold
     if sum(n in (2, 5) for n in sizes) % 2 and sum(n in (3, 5) for n in sizes) % 2:
@@ -173,8 +186,8 @@ _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _REF = re.compile(r"<ref(?:\s[^<>]*)?/>|<ref(?:\s[^<>]*)?>.*?</ref\s*>", re.S | re.I)
 _INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")  # one without templates inside
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([^{}|<>\n]+?)\s*(?:\||\}\})")
-_HEADING = re.compile(r"^(={1,6})(.+?)\1[ \t]*$", re.M)
-_LIST_MARKS = re.compile(r"^[*#:;]+", re.M)  # "* item", "# step", ": indented"
+_HEADING = re.compile(r"\n(={1,6})(.+?)\1[ \t]*(?=\n|$)")  # matched in "\n" + text
+_LIST_MARKS = re.compile(r"\n[*#:;]+")  # "* item", "# step", ": indented"
 _LINK_MARKUP = re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]|'{2,}")
 
 
@@ -188,10 +201,10 @@ def _has_disambiguation_template(wikitext: str) -> bool:
 
 def _cut_trailing_sections(wikitext: str) -> str:
     """Everything before the first References / See also / ... heading."""
-    for m in _HEADING.finditer(wikitext):
+    for m in _HEADING.finditer("\n" + wikitext):
         title = _LINK_MARKUP.sub(r"\1", m[2]).replace(REMOVED, "").strip().lower()
         if title in TRAILING_SECTIONS:
-            return wikitext[:m.start()]
+            return wikitext[:m.start()]  # m.start() is the line end before the heading
     return wikitext
 
 
@@ -219,6 +232,18 @@ def _drop_file_links(wikitext: str) -> str:
     return "".join(out) + wikitext[pos:]
 
 
+_SIMPLE_LINK = re.compile(r"\[\[([^\[\]{}|\n]*)(?:\|([^\[\]{}\n]*))?\]\]")  # no nesting
+
+
+def _link_text(m) -> str:
+    """[[target|text]] -> text, [[target]] -> target, hidden links (categories, other
+    languages) -> REMOVED: what _render does, without the parser building a node."""
+    title = m[1].strip()
+    if _hidden_link(title):
+        return REMOVED
+    return m[2] if m[2] is not None else title.lstrip(":")
+
+
 def _drop_templates(wikitext: str) -> str:
     """Remove {{templates}} innermost first (an infobox nests 3-4 deep). Unbalanced braces
     are left for the parser, which reads them as text as before."""
@@ -237,8 +262,8 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings):
         return None, "disambiguation"
     wikitext = _cut_trailing_sections(_COMMENT.sub(REMOVED, wikitext))
     wikitext = _drop_file_links(_drop_templates(drop_tables(_REF.sub(REMOVED, wikitext))))
-    wikitext = _QUOTE_MARKUP.sub(REMOVED, _BOLD_LINE.sub(_drop_quote_line, wikitext))
-    wikitext = _LIST_MARKS.sub("", wikitext)  # quotes and list marks: parsed as tags, then dropped
+    wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
+    wikitext = _SIMPLE_LINK.sub(_link_text, wikitext)
     code = mwparserfromhell.parse(wikitext)
     for i, node in enumerate(code.nodes):  # a trailing heading the regex could not read
         if (isinstance(node, mwparserfromhell.nodes.Heading)

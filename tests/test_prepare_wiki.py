@@ -4,7 +4,12 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from conftest import PROSE, dump_xml, page, run_cli
 
 import prepare_wiki
 from data import HEADER, DatasetError, load_dataset, open_shard
+from dumps import range_plan, write_multistream
 from prepare_wiki import main
 from wikitext import CleanSettings, clean_wikitext
 
@@ -275,6 +281,7 @@ def bad_inputs(tmp_path, small_dump):
     (tmp_path / "bad.jsonl").write_text('{"title": "a", "text": "b"}\n{"title": oops}\n')
     (tmp_path / "notbz2.bz2").write_bytes(b"BZh9 this is not bzip2 data at all" * 10)
     (tmp_path / "stubs.xml").write_text(dump_xml(page("A", "tiny"), page("B", "tiny too")))
+    (tmp_path / "notes.txt").write_text("Aristotle was a philosopher.\nPlato was his teacher.\n")
     return {
         "missing": ([str(tmp_path / "nope.xml")], "no such file"),
         "truncated bz2": ([str(tmp_path / "trunc.xml.bz2")], re.compile(r"ends early \(truncated "
@@ -283,6 +290,9 @@ def bad_inputs(tmp_path, small_dump):
         "non-utf8": ([str(tmp_path / "latin1.xml")], "not UTF-8"),
         "not a dump": ([str(tmp_path / "other.xml")], "not a MediaWiki dump"),
         "bad jsonl": ([str(tmp_path / "bad.jsonl")], "bad.jsonl:2: not valid JSON"),
+        "plain text": ([str(tmp_path / "notes.txt")], re.compile(r"notes.txt: not a source this tool reads: "
+                                                               r"it starts with text \('Aristotle was a philosopher.'\)\. "
+                                                               r"Expected a MediaWiki XML dump")),
         "not bz2": ([str(tmp_path / "notbz2.bz2")], "decompress"),
         "empty result": ([str(tmp_path / "stubs.xml")], "0 article(s) left after cleaning"),
         "vocab too big": ([str(small_dump), "--tokenizer", "bpe:70000"], "out of range"),
@@ -298,6 +308,7 @@ def test_each_bad_input_gets_a_clear_error(small_dump, tmp_path, capsys):
             main(argv + ["--out", str(out), "--workers", "1"])
         err = capsys.readouterr().err
         assert e.value.code == 2, name
+        assert re.search(r"(^|\n)error: ", err), (name, err)  # on a line of its own, after any bar
         assert (message.search(err) if isinstance(message, re.Pattern) else message in err), (name, err)
         assert not out.exists(), name
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], name
@@ -308,3 +319,107 @@ def test_bad_input_as_a_real_process_has_no_traceback(tmp_path):
     r = run_cli("prepare_wiki.py", tmp_path / "bad.jsonl", "--out", tmp_path / "o")
     assert r.returncode == 2
     assert "bad.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----- dump scale: byte ranges in the workers, stitching, resuming -----
+
+WORDS = ("river valley mill farmer grain autumn winter flour bridge town market church castle "
+         "forest hill stone road king queen war peace law trade ship harbour island coast").split()
+
+
+def wordy_pages(n: int, seed: int = 0) -> list:
+    """Articles of varied words (bz2 cannot squeeze them to nothing, so dumps have many
+    streams and ranges), plus a redirect and a talk page every 50."""
+    rng = random.Random(seed)
+    pages = []
+    for i in range(n):
+        text = f"'''Place {i}''' is a [[place]].\n\n" + " ".join(rng.choice(WORDS) for _ in range(300))
+        pages.append(page(f"Place {i}", text + "\n\n== References ==\n{{reflist}}"))
+        if i % 50 == 0:
+            pages += [page(f"Old {i}", f"#REDIRECT [[Place {i}]]", redirect=f"Place {i}"),
+                      page(f"Talk {i}", text, ns=1)]
+    return pages
+
+
+def shards_of(out: Path) -> dict:
+    """Digests of the shards, the tokenizer and the kept articles (as text: how the gzip file
+    is cut into members follows the source's layout)."""
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
+               if p.suffix == ".bin" or p.name == "tokenizer.json"}
+    return digests | {"articles": hashlib.sha256(gzip.decompress((out / "articles.jsonl.gz").read_bytes())).hexdigest()}
+
+
+def multistream(pages: list, path: Path, per_stream: int) -> Path:
+    xml = dump_xml(*pages).encode()
+    first, last = xml.index(b"<page>"), xml.rindex(b"</page>") + len(b"</page>")
+    write_multistream(xml[:first], [p.encode() for p in pages], xml[last:], path, per_stream)
+    return path
+
+
+def test_multistream_dump_is_read_in_ranges_and_matches_every_other_way(tmp_path):
+    pages = wordy_pages(400)
+    xml = dump_xml(*pages).encode()
+    dump = multistream(pages, tmp_path / "enwiki-x-pages-articles-multistream.xml.bz2", per_stream=20)
+    index = tmp_path / "enwiki-x-pages-articles-multistream-index.txt.bz2"
+    offsets = sorted({int(line.split(":")[0]) for line in bz2.decompress(index.read_bytes()).decode().splitlines()})
+    plan = range_plan(dump)
+    assert plan.starts == [0] + offsets and len(plan.starts) == 1 + 21  # header + 20 page streams
+    assert len(list(plan.ranges())) > 4  # several jobs even for a small dump
+    (tmp_path / "plain.xml").write_bytes(xml)
+    (tmp_path / "one-stream.xml.bz2").write_bytes(bz2.compress(xml))
+    assert range_plan(tmp_path / "one-stream.xml.bz2") is None  # read as one stream
+    (tmp_path / "src").mkdir()  # streams cut anywhere, as a parallel bzip2 writes them
+    cut = tmp_path / "src" / "dump.xml.bz2"
+    cut.write_bytes(b"".join(bz2.compress(xml[i:i + 5000]) for i in range(0, len(xml), 5000)))
+    assert len(range_plan(cut).starts) == -(-len(xml) // 5000)  # found by scanning
+    digests = {}
+    for name, src, workers in [("index-1", dump, 1), ("index-2", dump, 2), ("plain", tmp_path / "plain.xml", 2),
+                               ("one-stream", tmp_path / "one-stream.xml.bz2", 2), ("cut", cut, 2)]:
+        main([str(src), "--out", str(tmp_path / name), "--min_chars", "50", "--val_fraction", "0.1",
+              "--workers", str(workers), "--shard_tokens", "20000"])
+        digests[name] = shards_of(tmp_path / name)
+    assert len(digests["index-1"]) > 4  # several shards
+    assert all(d == digests["index-1"] for d in digests.values())
+    meta = json.loads((tmp_path / "cut" / "meta.json").read_text())
+    assert meta["dropped"] == {"redirect": 8, "not_article": 8}
+    assert meta["splits"]["train"]["articles"] + meta["splits"]["val"]["articles"] == 400
+
+
+def test_an_index_of_another_dump_falls_back_to_scanning(tmp_path, capsys):
+    dump = multistream(wordy_pages(100), tmp_path / "a-multistream.xml.bz2", per_stream=10)
+    main([str(dump), "--out", str(tmp_path / "with-index"), "--workers", "1"])
+    multistream(wordy_pages(60, seed=1), tmp_path / "b-multistream.xml.bz2", per_stream=7)
+    os.replace(tmp_path / "b-multistream-index.txt.bz2", tmp_path / "a-multistream-index.txt.bz2")
+    capsys.readouterr()
+    main([str(dump), "--out", str(tmp_path / "scanned"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert "warning: the index a-multistream-index.txt.bz2 does not match a-multistream.xml.bz2" in err
+    assert "Finding the streams by scanning instead" in err
+    assert shards_of(tmp_path / "scanned") == shards_of(tmp_path / "with-index")
+
+
+def test_a_killed_run_resumes_and_writes_the_same_bytes(tmp_path):
+    dump = multistream(wordy_pages(1500), tmp_path / "enwiki-multistream.xml.bz2", per_stream=20)
+    args = [dump, "--min_chars", "50", "--val_fraction", "0.1", "--workers", "1", "--checkpoint_mb", "0.02",
+            "--shard_tokens", "50000"]
+    assert run_cli("prepare_wiki.py", *args, "--out", tmp_path / "whole").returncode == 0
+    work = tmp_path / ".resumed.partial"
+    proc = subprocess.Popen([sys.executable, "prepare_wiki.py", *map(str, args), "--out", tmp_path / "resumed"],
+                            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None:  # kill it as soon as it has saved some progress
+        try:
+            saved = json.loads((work / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if saved.get("clean", {}).get("parts", 0) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert "cleaned" not in saved and not (tmp_path / "resumed").exists()
+    r = run_cli("prepare_wiki.py", *args, "--out", tmp_path / "resumed")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming after {saved['clean']['jobs']} jobs" in r.stdout
+    assert shards_of(tmp_path / "resumed") == shards_of(tmp_path / "whole")
+    assert not work.exists()
+    r = run_cli("prepare_wiki.py", *args, "--out", tmp_path / "resumed")  # a finished one is kept
+    assert r.returncode == 2 and "--overwrite" in r.stderr
