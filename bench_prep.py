@@ -15,6 +15,7 @@ writes the shards.
 import argparse
 import bz2
 import gzip
+import importlib.util
 import json
 import re
 import shutil
@@ -115,12 +116,15 @@ def main():
     folder = Path(args.folder)
     tools = [("prepare_wiki.py (clean + tokenize + shards)", ours)]
     if not args.no_extractor:
+        if importlib.util.find_spec("wikiextractor") is None:
+            sys.exit("WikiExtractor is not installed: `pip install wikiextractor==3.1.0`, "
+                     "or pass --no-extractor to time prepare_wiki.py alone.")
         tools.insert(0, ("WikiExtractor 3.1.0 --json (text only)", extractor))
     print("| dump | tool | workers | wall s | MB/s of XML | peak memory MB (PSS) | articles | leftover markup |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for copies in args.copies:
         dump = build_dump(copies, folder)
-        xml_mb = sum(len(bz2.decompress(dump.read_bytes())) for _ in [0]) / 1e6
+        xml_mb = len(bz2.decompress(dump.read_bytes())) / 1e6
         for name, tool in tools:
             for w in args.workers:
                 r = tool(dump, w, folder / f"out-x{copies}-{tool.__name__}-{w}")

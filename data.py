@@ -38,11 +38,23 @@ class DatasetError(ValueError):
     """A dataset folder or shard that cannot be used; the message says how to fix it."""
 
 
-def write_shard(path, tokens: np.ndarray, vocab_size: int):
-    assert tokens.dtype == np.uint16
-    with open(path, "wb") as f:
-        f.write(HEADER.pack(MAGIC, FORMAT_VERSION, len(tokens), vocab_size))
-        f.write(tokens.tobytes())
+class ShardFile:
+    """A shard written as tokens come (memory stays flat however big the shard); the header's
+    token count is filled in by close(), so a shard cut short by a crash fails validation."""
+
+    def __init__(self, path, vocab_size: int):
+        self.f, self.vocab_size, self.tokens = open(path, "wb"), vocab_size, 0
+        self.f.write(HEADER.pack(b"\0" * 4, FORMAT_VERSION, 0, vocab_size))  # not a shard yet
+
+    def write(self, tokens: np.ndarray):
+        assert tokens.dtype == np.uint16
+        self.f.write(tokens.tobytes())
+        self.tokens += len(tokens)
+
+    def close(self):
+        self.f.seek(0)
+        self.f.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.tokens, self.vocab_size))
+        self.f.close()
 
 
 def open_shard(path, vocab_size: int | None = None) -> np.memmap:

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from data import ARTICLES, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles, write_shard
+from data import ARTICLES, FORMAT_VERSION, ShardFile, atomic_write_json, open_articles_for_writing, read_articles
 from dumps import (Stitcher, WikiError, default_source, download, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
 from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
@@ -87,7 +87,7 @@ class Kept(NamedTuple):
     digest: bytes
     split: str
     u: float  # the split hash, in [0, 1)
-    line: bytes  # its line of articles.jsonl.gz, UTF-8
+    size: int  # bytes of its line in the job's gzip member (the text itself stays in the member)
 
 
 class JobOptions(NamedTuple):
@@ -99,7 +99,7 @@ class JobOptions(NamedTuple):
 def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
     """RawPages -> (one Kept or drop reason each, the Kept lines as one gzip member). Workers
     compress: zlib in the main process was the ceiling on scaling with workers."""
-    results = []
+    results, lines = [], []
     for page in pages:
         if page.skip:
             results.append(page.skip)
@@ -117,8 +117,9 @@ def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
         title, text = article
         split, u = split_of(title, opts.seed, opts.val_fraction)
         line = json.dumps({"title": title, "split": split, "text": text, **page.info}, ensure_ascii=False)
-        results.append(Kept(_digest(text), split, u, (line + "\n").encode()))
-    return results, gzip_member([r.line for r in results if isinstance(r, Kept)])
+        lines.append((line + "\n").encode())
+        results.append(Kept(_digest(text), split, u, len(lines[-1])))
+    return results, gzip_member(lines)
 
 
 def gzip_member(lines: list) -> bytes:
@@ -233,7 +234,7 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
 
     def keep(results: list, member: bytes) -> bytes:
         """Count and keep the articles of one job; the gzip member to write for them."""
-        lines = []
+        kept = []
         for r in results:
             if isinstance(r, str):
                 skipped[r] += 1
@@ -246,9 +247,12 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
                 c["lowest"] = min(c["lowest"], [r.u, c["kept"]])
                 c["splits"][r.split] += 1
                 c["kept"] += 1
-                lines.append(r.line)
-        everything = len(lines) == sum(isinstance(r, Kept) for r in results)
-        member = member if everything else gzip_member(lines)  # recompress only after a drop
+                kept.append(r)
+        articles = [r for r in results if isinstance(r, Kept)]
+        if len(kept) < len(articles):  # a duplicate or --max_articles: recompress what stays
+            data, ends = gzip.decompress(member), np.cumsum([0] + [r.size for r in articles])
+            stays = {id(r) for r in kept}
+            member = gzip_member([data[a:b] for r, a, b in zip(articles, ends, ends[1:]) if id(r) in stays])
         if member:
             c["members"].append(len(member))
         return member
@@ -368,33 +372,31 @@ def member_ranges(members: list, target: int = 256 << 10):
 
 
 class ShardWriter:
-    """Appends documents to one split's shards; a shard ends at the first document boundary
-    past --shard_tokens."""
+    """Appends documents to one split's shards, straight to disk; a shard ends at the first
+    document boundary past --shard_tokens."""
 
     def __init__(self, work: Path, split: str, tok: Tokenizer, shard_tokens: int):
         self.work, self.split, self.tok, self.shard_tokens = work, split, tok, shard_tokens
         self.stats = {"articles": 0, "chars": 0, "bytes": 0, "tokens": 0, "shards": []}
-        self.buffer, self.buffered = [], 0
+        self.shard = None
 
     def add(self, arrays: list, counts: dict):
         for key, value in counts.items():
             self.stats[key] += value
         for arr in arrays:
-            self.buffer.append(arr)
-            self.buffered += len(arr)
+            if self.shard is None:
+                name = f"{self.split}_{len(self.stats['shards']):03d}.bin"
+                self.shard = ShardFile(self.work / name, self.tok.n_vocab)
+                self.stats["shards"].append(name)
+            self.shard.write(arr)
             self.stats["tokens"] += len(arr)
-            if self.buffered >= self.shard_tokens:
-                self.flush()
-
-    def flush(self):
-        name = f"{self.split}_{len(self.stats['shards']):03d}.bin"
-        write_shard(self.work / name, np.concatenate(self.buffer), self.tok.n_vocab)
-        self.stats["shards"].append(name)
-        self.buffer, self.buffered = [], 0
+            if self.shard.tokens >= self.shard_tokens:
+                self.shard.close()
+                self.shard = None
 
     def close(self) -> dict:
-        if self.buffer:
-            self.flush()
+        if self.shard is not None:
+            self.shard.close()
         text_tokens = self.stats["tokens"] - self.stats["articles"]  # not counting the separators
         self.stats["chars_per_token"] = round(self.stats["chars"] / max(text_tokens, 1), 4)
         return self.stats
