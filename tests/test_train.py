@@ -144,7 +144,8 @@ def test_compile_path_trains(tiny_data, tmp_path):
     assert len(losses(r.stdout)) == 4 and "compile failed" not in r.stderr
     assert "matmul peak measured at start" in r.stdout
     mfus = [float(m) for m in re.findall(r"MFU ([\d.]+)%", r.stdout)]
-    assert len(mfus) == 4 and all(0 < m <= 100 for m in mfus)
+    assert len(mfus) == 4 and 0 <= mfus[0] <= 100  # step 1 holds compilation: it may print 0.0
+    assert all(0 < m <= 100 for m in mfus[1:])
 
 
 def test_early_stopping_on_patience(tiny_data, tmp_path):
