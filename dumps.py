@@ -299,14 +299,16 @@ class RangePlan(NamedTuple):
         yield begin, size
 
 
-def _index_for(path: Path) -> Path | None:
+def index_name(dump_name: str) -> str | None:
     """enwiki-X-pages-articles-multistream.xml.bz2 -> ...-multistream-index.txt.bz2;
     ...-multistream1.xml-p1p41242.bz2 -> ...-multistream-index1.txt-p1p41242.bz2"""
-    m = re.match(r"^(.*multistream)(\d*)\.xml(.*)$", path.name)
-    if not m:
-        return None
-    index = path.with_name(f"{m[1]}-index{m[2]}.txt{m[3]}")
-    return index if index.is_file() else None
+    m = re.match(r"^(.*multistream)(\d*)\.xml(.*)$", dump_name)
+    return f"{m[1]}-index{m[2]}.txt{m[3]}" if m else None
+
+
+def _index_for(path: Path) -> Path | None:
+    name = index_name(path.name)
+    return path.with_name(name) if name and path.with_name(name).is_file() else None
 
 
 def _starts_from_index(path: Path, index: Path) -> list | None:

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import ARTICLES, FORMAT_VERSION, ShardFile, atomic_write_json, open_articles_for_writing, read_articles
-from dumps import (Stitcher, WikiError, default_source, download, range_plan, read_range,
+from dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
 from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
 from wikitext import CleanSettings, clean_wikitext, finish_article
@@ -474,6 +474,12 @@ def prepare(args) -> Path:
         source = default_source()
     elif re.match(r"^https?://", args.source):
         source = download(args.source, Path(args.cache_dir).expanduser())
+        if index := index_name(source.name):  # a multistream dump: its index lets workers split it
+            try:
+                download(args.source.rsplit("/", 1)[0] + "/" + index, source.parent)
+            except WikiError as e:
+                print(f"warning: no index for {source.name} ({e}); its streams will be found "
+                      "by scanning.", file=sys.stderr)
     else:
         source = Path(args.source)
     files = source_files(source)

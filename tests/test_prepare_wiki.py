@@ -258,14 +258,18 @@ def test_url_source_downloads_with_resume(small_dump, tmp_path):
     handler = lambda *a, **k: _RangeHandler(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    multistream(wordy_pages(50), served / "xwiki-multistream.xml.bz2", per_stream=10)
     try:
         url = f"http://127.0.0.1:{server.server_port}/wiki.xml.bz2"
         ds = build(url, tmp_path / "ds", "--cache_dir", cache)
+        build(url.replace("wiki.xml", "xwiki-multistream.xml"), tmp_path / "ms", "--cache_dir", cache)
     finally:
         server.shutdown()
-    assert _RangeHandler.ranges == ["bytes=100-"]
+    assert _RangeHandler.ranges == ["bytes=100-", None, None]
     assert (cache / "wiki.xml.bz2").read_bytes() == data
     assert ds.meta["splits"]["train"]["articles"] + ds.meta["splits"]["val"]["articles"] == 12
+    index = "xwiki-multistream-index.txt.bz2"  # a multistream dump's index comes with it
+    assert (cache / index).read_bytes() == (served / index).read_bytes()
 
 
 # ----- bad input: one clear paragraph, exit code 2, no traceback, nothing written -----
