@@ -1,0 +1,129 @@
+"""
+Pass 3 of prepare_wiki.py: the kept articles -> uint16 token shards, tokenized in worker
+processes that read the articles file themselves, a few gzip members each, so the main process
+only writes shards (reading and sending the text from it scaled 1.6x on 2 workers, this 1.8x).
+Also the ordered, bounded parallel map both passes run on.
+"""
+import gzip
+import json
+import multiprocessing as mp
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data import ARTICLES, ShardFile, read_articles
+from tokenizer import Tokenizer
+
+
+def ordered_map(fn, jobs, workers: int, initializer=None, initargs=()):
+    """Like map(fn, jobs), in worker processes, in order, with at most 2*workers jobs in
+    flight (Pool.imap would read the whole input ahead: not an option for a 20 GB dump)."""
+    if workers <= 1:
+        if initializer:
+            initializer(*initargs)
+        yield from map(fn, jobs)
+        return
+    with mp.Pool(workers, initializer, initargs) as pool:
+        pending = deque()
+        for job in jobs:
+            pending.append(pool.apply_async(fn, (job,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def document(row: dict) -> str:
+    """A kept article as the model sees it: the title opens the document (it says what it is
+    about), then the text."""
+    return f"{row['title']}\n\n{row['text']}"
+
+
+def iter_articles(work: Path, split: str):
+    """The documents of one split, in order."""
+    for row in read_articles(work, split):
+        yield document(row)
+
+
+SPLITS = ("train", "val")
+_worker_tok = None
+
+
+def _init_encoder(tok: Tokenizer):
+    global _worker_tok
+    _worker_tok = tok  # forked workers share the main process's copy (loading GPT-2's costs 0.3 s)
+
+
+def encode_members(job) -> dict:
+    """Worker: (articles file, start, end) -> per split, one uint16 array per document (each
+    starting with the separator) and the split's counts."""
+    path, start, end = job
+    with open(path, "rb") as f:
+        f.seek(start)
+        rows = [json.loads(line) for line in gzip.decompress(f.read(end - start)).splitlines()]
+    out = {}
+    for split in SPLITS:
+        docs = [document(r) for r in rows if r["split"] == split]
+        sep = _worker_tok.doc_sep
+        out[split] = ([np.array([sep] + ids, dtype=np.uint16) for ids in _worker_tok.encode_batch(docs)],
+                      {"articles": len(docs), "chars": sum(map(len, docs)),
+                       "bytes": sum(len(d.encode("utf-8")) for d in docs)})
+    return out
+
+
+def member_ranges(members: list, target: int = 256 << 10):
+    """Byte ranges of the articles file made of whole gzip members, about `target` each."""
+    start = end = 0
+    for size in members:
+        end += size
+        if end - start >= target:
+            yield start, end
+            start = end
+    if end > start:
+        yield start, end
+
+
+class ShardWriter:
+    """Appends documents to one split's shards, straight to disk; a shard ends at the first
+    document boundary past --shard_tokens."""
+
+    def __init__(self, work: Path, split: str, tok: Tokenizer, shard_tokens: int):
+        self.work, self.split, self.tok, self.shard_tokens = work, split, tok, shard_tokens
+        self.stats = {"articles": 0, "chars": 0, "bytes": 0, "tokens": 0, "shards": []}
+        self.shard = None
+
+    def add(self, arrays: list, counts: dict):
+        for key, value in counts.items():
+            self.stats[key] += value
+        for arr in arrays:
+            if self.shard is None:
+                name = f"{self.split}_{len(self.stats['shards']):03d}.bin"
+                self.shard = ShardFile(self.work / name, self.tok.n_vocab)
+                self.stats["shards"].append(name)
+            self.shard.write(arr)
+            self.stats["tokens"] += len(arr)
+            if self.shard.tokens >= self.shard_tokens:
+                self.shard.close()
+                self.shard = None
+
+    def close(self) -> dict:
+        if self.shard is not None:
+            self.shard.close()
+        text_tokens = self.stats["tokens"] - self.stats["articles"]  # not counting the separators
+        self.stats["chars_per_token"] = round(self.stats["chars"] / max(text_tokens, 1), 4)
+        return self.stats
+
+
+def encode_pass(tok: Tokenizer, work: Path, members: list, args) -> dict:
+    """Tokenize both splits in parallel and write their shards."""
+    writers = {s: ShardWriter(work, s, tok, args.shard_tokens) for s in SPLITS}
+    jobs = ((work / ARTICLES, a, b) for a, b in member_ranges(members))
+    bar = tqdm(desc="tokenize", unit=" tok", unit_scale=True)
+    for result in ordered_map(encode_members, jobs, args.workers, _init_encoder, (tok,)):
+        for split, (arrays, counts) in result.items():
+            writers[split].add(arrays, counts)
+            bar.update(sum(map(len, arrays)))
+    bar.close()
+    return {s: w.close() for s, w in writers.items()}
