@@ -31,7 +31,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):  # closure: the Optimizer interface (DCP's state init passes it)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -40,7 +40,23 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"])  # Nesterov
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.add_(zeropower_newton_schulz(update), alpha=-group["lr"] * scale)
+                p.add_(orthogonalise(update), alpha=-group["lr"] * scale)
+
+
+def orthogonalise(update):
+    """zeropower_newton_schulz of a whole matrix. A sharded one (FSDP: a DTensor, each process
+    holding some rows) is gathered, orthogonalised by every process alike, and each keeps its
+    own rows. Cost: one all-gather per matrix and step, and every process repeats ~30 n^3 FLOPs
+    (5 iterations of 3 n x n matmuls) against 6 n^2 per token for its share T/N of the step's T
+    tokens: 5nN/T of the compute, 1 % for n = 1024 at T = 0.5M tokens on one process, 8 % on 8.
+    Orthogonalising each matrix on one owner and broadcasting it would remove the N factor for
+    a broadcast per matrix; not done: simpler, exact, and small at the sizes FSDP here is for."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(update, DTensor):
+        return zeropower_newton_schulz(update)
+    full = zeropower_newton_schulz(update.full_tensor())
+    return distribute_tensor(full, update.device_mesh, update.placements, src_data_rank=None)
 
 
 def build_optimizers(model: GPT, cfg, device_type: str) -> list:

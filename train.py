@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -82,6 +83,8 @@ class TrainConfig:
     lora_targets: str = opt(DEFAULT_TARGETS, "comma-separated linear layer name patterns to adapt")
     lora_special_rows: bool = opt(True, "also train the special tokens' embedding and head rows")
     # system
+    shard: str = opt("none", "none (DDP: every process holds the whole model) | fsdp (FSDP2: each holds "
+                             "1/N of weights, gradients and optimizer state; checkpoints in out_dir/last.dcp)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     # measured on a 2-core CPU (bench.py): +13% tokens/s with the 8k vocab, +22% with GPT-2's
@@ -108,6 +111,9 @@ class TrainConfig:
         need(self.total_batch_tokens >= 0, "total_batch_tokens must be >= 0")
         need(self.lora_rank >= 0 and 0 <= self.lora_dropout < 1, "lora_rank must be >= 0 and lora_dropout in [0, 1)")
         need(self.resume in ("false", "true", "auto"), f"resume must be false, true or auto, got {self.resume!r}")
+        need(self.shard in ("none", "fsdp"), f"shard must be none or fsdp, got {self.shard!r}")
+        need(not (self.lora_rank and self.shard == "fsdp"), "LoRA trains a few parameters on a frozen "
+             "model, which DDP already fits: use shard=none with lora_rank")
         need(not self.lora_rank or self.init_from or self.resume != "false",
              "lora_rank needs a model to adapt: set init_from (e.g. --init_from=out/demo/best.pt)")
 
@@ -134,6 +140,9 @@ class Dist:
 def setup_dist(cfg: TrainConfig) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL between GPUs, gloo between CPU processes."""
     want = pick_device(cfg.device)
+    if "RANK" not in os.environ and cfg.shard == "fsdp":  # FSDP needs a process group, even of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     if "RANK" not in os.environ:
         return Dist(device=want)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -143,6 +152,12 @@ def setup_dist(cfg: TrainConfig) -> Dist:
         return Dist(rank, world, local, f"cuda:{local}")
     torch_dist.init_process_group("gloo")
     return Dist(rank, world, local, "cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pick_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
@@ -274,8 +289,13 @@ def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, auto
     bits divided by the UTF-8 bytes those targets stand for, comparable across tokenizers."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, tokens, bytes
-    for i in range(dist.rank * batch_size, len(x_all), dist.world * batch_size):  # disjoint per rank
-        x, y = to_device(x_all[i:i + batch_size], y_all[i:i + batch_size], dist.device)
+    stride = dist.world * batch_size
+    for start in range(0, len(x_all), stride):  # the same number of forwards in every process
+        i = start + dist.rank * batch_size  # (FSDP gathers weights inside each: all must take part)
+        if i >= len(x_all):  # this process has no rows left: a counted-nothing batch
+            x, y = to_device(x_all[:1], torch.full_like(y_all[:1], -1), dist.device)
+        else:
+            x, y = to_device(x_all[i:i + batch_size], y_all[i:i + batch_size], dist.device)
         with autocast:
             losses = model(x, y, reduction="none")  # (B, T), 0 where y == -1
         counted = y != -1
@@ -309,6 +329,19 @@ def try_compile(model: GPT, x, y, autocast):
     return compiled
 
 
+def gradient_sync(wrapper, sync: bool, distributed: bool):
+    """Average gradients over processes only on an optimizer step's last micro-step. wrapper:
+    the DDP module, or the FSDP-sharded model (not a compiled wrapper around it)."""
+    if not distributed or sync:
+        if hasattr(wrapper, "set_requires_gradient_sync"):  # FSDP: on again after skipped ones
+            wrapper.set_requires_gradient_sync(True)
+        return nullcontext()
+    if hasattr(wrapper, "no_sync"):  # DDP
+        return wrapper.no_sync()
+    wrapper.set_requires_gradient_sync(False)  # FSDP: gradients stay unsharded until the last
+    return nullcontext()
+
+
 def out_of_time(t_start: float, max_time: float, dist: Dist) -> bool:
     """Has the time budget run out? Process 0's clock decides for all, so that every
     process stops at the same step (one stopping alone would hang the others)."""
@@ -318,11 +351,16 @@ def out_of_time(t_start: float, max_time: float, dist: Dist) -> bool:
     return bool(flag.item())
 
 
+def last_path(cfg: TrainConfig) -> Path:
+    """The resumable checkpoint: one file, or with shard=fsdp a folder of shards (DCP)."""
+    return Path(cfg.out_dir) / ("last.dcp" if cfg.shard == "fsdp" else "last.pt")
+
+
 def resolve_resume(cfg: TrainConfig):
-    """resume=auto -> true when out_dir/last.pt exists (a restarted worker), else false. Called
-    before the process group forms, so no process can see a last.pt written by this run."""
+    """resume=auto -> true when the last checkpoint exists (a restarted worker), else false.
+    Called before the process group forms, so no process can see one written by this run."""
     if cfg.resume == "auto":
-        cfg.resume = "true" if (Path(cfg.out_dir) / "last.pt").is_file() else "false"
+        cfg.resume = "true" if last_path(cfg).exists() else "false"
 
 
 def resuming(cfg: TrainConfig) -> bool:
@@ -331,9 +369,14 @@ def resuming(cfg: TrainConfig) -> bool:
 
 
 def starting_checkpoint(cfg: TrainConfig) -> dict | None:
-    """The checkpoint a run starts from: out_dir/last.pt to resume, else init_from, else none."""
+    """The checkpoint a run starts from: the last one to resume, else init_from, else none. A
+    sharded one gives its training state here; its tensors load once the model is sharded."""
+    if resuming(cfg) and cfg.shard == "fsdp":
+        import fsdp
+
+        return fsdp.load_train_state(last_path(cfg))
     if resuming(cfg):
-        return load_checkpoint(Path(cfg.out_dir) / "last.pt")
+        return load_checkpoint(last_path(cfg))
     return load_checkpoint(cfg.init_from) if cfg.init_from else None
 
 
@@ -343,18 +386,21 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     state_dict() and load_state_dict(); val_xy is the fixed (x, y) val set; `start` is the
     checkpoint from starting_checkpoint(cfg). Returns a summary of the run."""
     out_dir = Path(cfg.out_dir)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_ckpt, best_path = last_path(cfg), out_dir / "best.pt"
+    sharded = cfg.shard == "fsdp"
     resume = start if resuming(cfg) else None
     if resume and resume.get("kind") != kind:
-        raise UsageError(f"{last_path} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
+        raise UsageError(f"{last_ckpt} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
 
     torch.manual_seed(cfg.seed)  # same initial weights in every process
     lora = start.get("lora") if start is not None else None  # a LoRA run being resumed
     if lora and not resume:
         raise UsageError(f"{cfg.init_from} holds LoRA adapters: merge them into a plain checkpoint first "
                          f"(python lora.py merge {cfg.init_from} merged.pt) and start from that.")
-    if start is not None:
-        model, _ = model_from_checkpoint(start, path=last_path if resume else cfg.init_from)
+    if resume and sharded:  # the weights come later, into the sharded model
+        model = GPT(GPTConfig(**start["model_config"]))
+    elif start is not None:
+        model, _ = model_from_checkpoint(start, path=last_ckpt if resume else cfg.init_from)
         if cfg.lora_rank and not lora:
             rows = sorted(tok.special.values()) if cfg.lora_special_rows else []
             apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, rows)
@@ -368,23 +414,30 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     if mcfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {mcfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     model.to(dist.device)
+    dtype = pick_dtype(cfg, dist.device_type)
+    if sharded:
+        import fsdp
+
+        fsdp.shard_model(model, dist.device_type, dist.world, dtype)
     optimizers = build_optimizers(model, cfg, dist.device_type)
     step, best_val, bad_evals = 0, float("inf"), 0
     if resume is not None:
-        for o, state in zip(optimizers, resume["optimizer"]):
-            o.load_state_dict(state)
+        if sharded:  # written by any number of processes: DCP reshards on load
+            fsdp.load(last_ckpt, model, optimizers)
+        else:
+            for o, state in zip(optimizers, resume["optimizer"]):
+                o.load_state_dict(state)
         step, best_val, bad_evals = resume["step"], resume["best_val"], resume["bad_evals"]
         batches.load_state_dict(resume["data"])
         set_rng_state(resume["rng"])
 
     data_state = batches.state_dict()  # the state from which the batch in hand is read
     x, y = batches.next_batch()
-    dtype = pick_dtype(cfg, dist.device_type)
     autocast = (torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
     token_bytes = token_bytes_table(tok, mcfg.padded_vocab, dist.device)
     runner = try_compile(model, x, y, autocast) if cfg.compile else model  # runner: what we call
-    if dist.world > 1:
+    if dist.world > 1 and not sharded:
         runner = torch.nn.parallel.DistributedDataParallel(
             runner, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
     micro, accum = batch_plan(cfg, mcfg.block_size, dist.world)
@@ -402,14 +455,21 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
 
     def checkpoint(path, resumable: bool):
         """last.pt can resume (optimizer, data position, RNG); best.pt holds what tools load:
-        the weights (or adapters) and their description, a third of last.pt's size with AdamW."""
-        state = {"version": CHECKPOINT_VERSION, "kind": kind, "step": step,
-                 "model": adapter_state(model) if lora else model.state_dict(), **({"lora": lora} if lora else {}),
+        the weights (or adapters) and their description, a third of last.pt's size with AdamW.
+        Sharded: every process calls this; last.dcp is written by all, best.pt by process 0."""
+        state = {"version": CHECKPOINT_VERSION, "kind": kind, "step": step, **({"lora": lora} if lora else {}),
                  "model_config": asdict(mcfg), "train_config": asdict(cfg), "tokenizer": tok.spec, "val": last_val}
         if resumable:
-            state.update({"optimizer": [o.state_dict() for o in optimizers], "data": data_state, "rng": rng_state(),
-                          "best_val": best_val, "bad_evals": bad_evals})
-        save_checkpoint(path, state)
+            state.update({"data": data_state, "rng": rng_state(), "best_val": best_val, "bad_evals": bad_evals})
+        if sharded and resumable:
+            if step > 0:  # at step 0 there is nothing to resume, and DCP would give the
+                fsdp.save(path, model, optimizers, state, dist.master)  # optimizers a fake step
+            return
+        weights = fsdp.full_state(model) if sharded else adapter_state(model) if lora else model.state_dict()
+        if resumable:
+            state["optimizer"] = [o.state_dict() for o in optimizers]
+        if dist.master:
+            save_checkpoint(path, {**state, "model": weights})
 
     def log(msg):
         if dist.master:
@@ -428,7 +488,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             log(f"LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {lora['targets']}: {trainable:,} trainable "
                 f"parameters ({100 * trainable / model.n_params():.2f}%), base {lora['base']['path']} frozen")
         if resume:
-            log(f"resuming {last_path} at step {step}")
+            log(f"resuming {last_ckpt} at step {step}")
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     t_start, t_eval, last_val, first_val, stop_reason = time.time(), 0.0, None, None, "max_steps"
@@ -461,7 +521,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 metrics.log("eval", step, elapsed, tokens=step * tokens_per_step,
                             val_loss=last_val["loss"], val_bpb=last_val["bpb"])
                 plot_runs([(out_dir.name, metrics.rows())], out_dir / PLOT)
-                checkpoint(last_path, resumable=True)
+            if dist.master or sharded:
+                checkpoint(last_ckpt, resumable=True)
                 if improved:
                     checkpoint(best_path, resumable=False)
             if cfg.patience and bad_evals >= cfg.patience:
@@ -477,8 +538,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         loss_sum = 0.0
         for micro in range(accum):
             sync = micro == accum - 1
-            no_sync = runner.no_sync() if dist.world > 1 and not sync else nullcontext()
-            with no_sync:
+            with gradient_sync(model if sharded else runner, sync, dist.world > 1):
                 with autocast:
                     loss = runner(x, y) / accum
                 data_state = batches.state_dict()
@@ -487,7 +547,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             loss_sum += loss.item()
         if not math.isfinite(loss_sum):
             raise UsageError(f"loss became {loss_sum} at step {step}: training diverged. The last "
-                             f"good checkpoint is {last_path} (step {step - step % cfg.eval_interval}). "
+                             f"good checkpoint is {last_ckpt} (step {step - step % cfg.eval_interval}). "
                              "Lower lr, raise warmup_steps, or use dtype=bfloat16 instead of float16.")
         if cfg.grad_clip:
             for o in optimizers:
@@ -525,7 +585,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                             lr=cfg.lr * lr_mult, tok_per_s=tok_s, mfu=mfu)
             t_log, tokens_since_log = time.time(), 0
 
-    if dist.world > 1:  # DDP keeps replicas identical; check it rather than trust it
+    if dist.world > 1 and not sharded:  # DDP keeps replicas identical; check it rather than trust it
         fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dist.device)
         gathered = [torch.zeros_like(fingerprint) for _ in range(dist.world)]
         torch_dist.all_gather(gathered, fingerprint)
@@ -533,7 +593,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         log(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
     elapsed = time.time() - t_start
     log(f"done ({stop_reason}) at step {step} in {fmt_time(elapsed)}: val loss {last_val['loss']:.4f}, "
-        f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_path}, {best_path}; "
+        f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_ckpt}, {best_path}; "
         f"metrics: {out_dir / METRICS}, loss curves: {out_dir / PLOT}")
     if wandb_run:
         wandb_run.finish()

@@ -296,3 +296,38 @@ def test_two_nodes_on_loopback_train_as_one_run(tiny_data, tmp_path):
     assert "2 process(es) on cpu" in stdout and "weights identical on all 2 processes: yes" in stdout
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "last.pt"]
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
+
+
+def test_fsdp_matches_ddp_resumes_across_world_sizes_and_converts(tiny_data, tmp_path):
+    """FSDP2 on 2 CPU processes (gloo), Muon for the hidden matrices and AdamW for the rest:
+    the same losses as DDP; stopped after step 2 and resumed on 1 process, then on 2 again,
+    the same losses as one straight run; the DCP folder converts to a file the tools load."""
+    common = [f"--data={tiny_data}", *TINY, "--max_steps=6", "--eval_interval=2", "--total_batch_tokens=256"]
+    two = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    ddp = run_cli(*two, *common, f"--out_dir={tmp_path / 'ddp'}")
+    straight = run_cli(*two, *common, "--shard=fsdp", f"--out_dir={tmp_path / 'fsdp'}")
+    assert ddp.returncode == 0 and straight.returncode == 0, straight.stderr[-2000:]
+    a, b = losses(ddp.stdout), losses(straight.stdout)
+    assert sorted(a) == list(range(1, 7)) and a.keys() == b.keys()
+    assert all(abs(a[s] - b[s]) < 2e-4 for s in a), (a, b)  # printed to 4 decimals
+
+    out = tmp_path / "resumed"
+    parts = [run_cli(*two, *common, "--shard=fsdp", "--stop_after=2", f"--out_dir={out}"),
+             run_cli("train.py", *common, "--shard=fsdp", "--stop_after=4", "--resume=true", f"--out_dir={out}"),
+             run_cli(*two, *common, "--shard=fsdp", "--resume=auto", f"--out_dir={out}")]
+    assert all(r.returncode == 0 for r in parts), [r.stderr[-1500:] for r in parts]
+    assert "1 process(es)" in parts[1].stdout and "resuming" in parts[1].stdout
+    resumed = {s: v for r in parts for s, v in losses(r.stdout).items()}
+    assert resumed.keys() == b.keys() and all(abs(resumed[s] - b[s]) < 2e-4 for s in b), (resumed, b)
+    assert sorted(p.name for p in (out / "last.dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                                  "train_state.pt"]  # a shard per process
+
+    r = run_cli("fsdp.py", "convert", out / "last.dcp", tmp_path / "last.pt")
+    assert r.returncode == 0, r.stderr
+    converted, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(out / "best.pt")
+    assert converted["step"] == best["step"] == 6  # val improved at every eval of this run
+    assert all(torch.equal(converted["model"][k], best["model"][k]) for k in best["model"])
+    r = run_cli("sample.py", "--ckpt", tmp_path / "last.pt", "--max_new_tokens=4", "--prompt=The")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("fsdp.py", "convert", out / "last.dcp", tmp_path / "last.pt")  # never overwrites
+    assert r.returncode == 2 and "exists" in r.stderr
