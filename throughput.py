@@ -1,6 +1,6 @@
 """
-Throughput accounting for train.py: the peak FLOP/s that MFU is stated against, and timing
-helpers. MFU = tokens/s x training FLOPs per token / peak.
+Throughput and memory accounting for train.py: the peak FLOP/s that MFU is stated against,
+timing helpers, and what a process holds. MFU = tokens/s x training FLOPs per token / peak.
 """
 import time
 from pathlib import Path
@@ -48,6 +48,29 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 2048, reps: i
         synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def peak_memory_mb(device: str) -> float:
+    """This process's peak memory: allocated on a GPU, resident (RSS) on the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def held_mb(model, optimizers) -> tuple[float, float]:
+    """(weights, optimizer state) in MB that this process holds: its shards under FSDP
+    (DTensor local parts), everything under DDP. Gradients, during a step, are as big as the
+    trainable weights."""
+    def local_bytes(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    weights = sum(local_bytes(p) for p in model.parameters())
+    state = sum(local_bytes(v) for o in optimizers for s in o.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return weights / 2**20, state / 2**20
 
 
 def synchronize(device: str):

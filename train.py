@@ -31,7 +31,7 @@ from lora import DEFAULT_TARGETS, adapter_state, apply_lora, base_reference
 from model import GPT, PRESET_MLP, GPTConfig
 from optim import build_optimizers, lr_factor
 from runlog import METRICS, PLOT, MetricsLog, plot_runs
-from throughput import fmt_time, peak_flops, synchronize
+from throughput import fmt_time, held_mb, peak_flops, peak_memory_mb, synchronize
 from tokenizer import Tokenizer
 
 @dataclass
@@ -443,7 +443,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     micro, accum = batch_plan(cfg, mcfg.block_size, dist.world)
     assert batches.B == micro, "build the batches with batch_plan's rows per process"
     tokens_per_step = micro * mcfg.block_size * accum * dist.world
-    flops_peak, peak_note = peak_flops(dist.device, dtype)
+    flops_peak, peak_note = peak_flops(dist.device, dtype)  # one process's
+    flops_peak *= dist.world  # tokens/s counts every process's tokens, so the peak counts them all
+    peak_note = f"{dist.world} x {peak_note}" if dist.world > 1 else peak_note
     flops_per_token = model.flops_per_token()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if lora:  # frozen weights get no weight gradient: 4 of the 6 FLOPs per weight and token
@@ -591,6 +593,14 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         torch_dist.all_gather(gathered, fingerprint)
         same = all(torch.equal(g, gathered[0]) for g in gathered)
         log(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
+    peaks = [torch.tensor([peak_memory_mb(dist.device)], device=dist.device) for _ in range(dist.world)]
+    if dist.world > 1:
+        torch_dist.all_gather(peaks, peaks[dist.rank].clone())
+    weights_mb, state_mb = held_mb(model, optimizers)
+    log(f"process 0 holds {weights_mb:,.0f} MB of weights and {state_mb:,.0f} MB of optimizer state "
+        f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
+        f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
+        f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")
     elapsed = time.time() - t_start
     log(f"done ({stop_reason}) at step {step} in {fmt_time(elapsed)}: val loss {last_val['loss']:.4f}, "
         f"val bpb {last_val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last_ckpt}, {best_path}; "
