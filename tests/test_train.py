@@ -331,3 +331,24 @@ def test_fsdp_matches_ddp_resumes_across_world_sizes_and_converts(tiny_data, tmp
     assert r.returncode == 0, r.stderr
     r = run_cli("fsdp.py", "convert", out / "last.dcp", tmp_path / "last.pt")  # never overwrites
     assert r.returncode == 2 and "exists" in r.stderr
+
+
+@pytest.mark.parametrize("name, worlds", [("gpt2_124m", (1, 8)), ("gpt2_350m", (1, 8)), ("demo_cpu", (1, 2))])
+def test_shipped_configs_load_and_split_over_their_gpus(name, worlds):
+    """Every config loads, validates, and cuts its tokens per step into whole windows on one
+    process and on the GPU counts its comments name; the parameter counts they state hold."""
+    from model import GPT, GPTConfig
+
+    cfg = load_config(TrainConfig, [str(ROOT / "config" / f"{name}.toml")])
+    for world in worlds:
+        micro, accum = train.batch_plan(cfg, cfg.block_size, world)
+        assert micro * accum * world * cfg.block_size == (cfg.total_batch_tokens or
+                                                          cfg.batch_size * cfg.block_size * cfg.grad_accum)
+    with torch.device("meta"):  # no memory: shapes only
+        model = GPT(GPTConfig(vocab_size=50261, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, arch=cfg.arch))
+    stated = {"gpt2_124m": 162e6, "gpt2_350m": 407e6}  # "modern" counts in the configs' comments
+    if name in stated:
+        assert abs(model.n_params() - stated[name]) / stated[name] < 0.01
+    if name == "gpt2_350m":
+        assert cfg.shard == "fsdp" and train.batch_plan(cfg, cfg.block_size, 8) == (16, 4)
