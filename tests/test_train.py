@@ -1,8 +1,12 @@
 """train.py: config handling, data order, resume, DDP, compile, checkpoints, bad input."""
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +356,48 @@ def test_shipped_configs_load_and_split_over_their_gpus(name, worlds):
         assert abs(model.n_params() - stated[name]) / stated[name] < 0.01
     if name == "gpt2_350m":
         assert cfg.shard == "fsdp" and train.batch_plan(cfg, cfg.block_size, 8) == (16, 4)
+
+
+def _worker_pid(out_dir, rank: int, attempt: int):
+    """The pid of torchrun's worker `rank` in restart round `attempt` of the run writing out_dir."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        env = dict(e.split(b"=", 1) for e in env if b"=" in e)
+        if (b"train.py" in cmd and str(out_dir).encode() in cmd and env.get(b"RANK") == str(rank).encode()
+                and env.get(b"TORCHELASTIC_RESTART_COUNT") == str(attempt).encode()):
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_never_interrupted(tiny_data, tmp_path):
+    common = [f"--data={tiny_data}", *TINY, "--max_steps=30", "--eval_interval=5", "--total_batch_tokens=256",
+              "--resume=auto"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max_restarts=2",
+              "train.py", *common]
+    straight = subprocess.run([*launch, f"--out_dir={tmp_path / 'straight'}"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*launch, f"--out_dir={out}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed, deadline = False, time.time() + 120
+    while not killed and proc.poll() is None and time.time() < deadline:
+        evals = (out / "metrics.jsonl").read_text().count('"type": "eval"') if (out / "metrics.jsonl").exists() else 0
+        if evals >= 3 and (pid := _worker_pid(out, rank=1, attempt=0)):  # last.pt holds step 5 or 10
+            os.kill(pid, signal.SIGKILL)  # a lost worker, mid-run
+            killed = True
+        time.sleep(0.02)
+    try:
+        stdout, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the restarted group did not finish")
+    assert killed and proc.returncode == 0, stdout[-3000:]
+    assert re.search(r"resuming \S+ at step (5|10)\b", stdout) and "done (max_steps) at step 30" in stdout
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(out / "last.pt")
+    assert a["step"] == b["step"] == 30
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bit for bit
