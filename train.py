@@ -609,7 +609,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     if dist.world > 1:
         torch_dist.all_gather(peaks, peaks[dist.rank].clone())
     weights_mb, state_mb = held_mb(model, optimizers)
-    log(f"process 0 holds {weights_mb:,.0f} MB of weights and {state_mb:,.0f} MB of optimizer state "
+    log(f"process 0 holds {weights_mb:,.1f} MB of weights and {state_mb:,.1f} MB of optimizer state "
         f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
         f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
         f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")

@@ -402,8 +402,14 @@ def test_an_index_of_another_dump_falls_back_to_scanning(tmp_path, capsys):
     assert shards_of(tmp_path / "scanned") == shards_of(tmp_path / "with-index")
 
 
-def test_a_killed_run_resumes_and_writes_the_same_bytes(tmp_path):
-    dump = multistream(wordy_pages(1500), tmp_path / "enwiki-multistream.xml.bz2", per_stream=20)
+@pytest.mark.parametrize("layout", ["index", "cut anywhere"])
+def test_a_killed_run_resumes_and_writes_the_same_bytes(tmp_path, layout):
+    if layout == "index":  # streams of 20 pages and their index
+        dump = multistream(wordy_pages(1500), tmp_path / "enwiki-multistream.xml.bz2", per_stream=20)
+    else:  # 4 kB streams: a page is cut between ranges, and between saved parts (the carry)
+        xml = dump_xml(*wordy_pages(1500)).encode()
+        dump = tmp_path / "cut.xml.bz2"
+        dump.write_bytes(b"".join(bz2.compress(xml[i:i + 4000]) for i in range(0, len(xml), 4000)))
     args = [dump, "--min_chars", "50", "--val_fraction", "0.1", "--workers", "1", "--checkpoint_mb", "0.02",
             "--shard_tokens", "50000"]
     assert run_cli("prepare_wiki.py", *args, "--out", tmp_path / "whole").returncode == 0
@@ -420,6 +426,7 @@ def test_a_killed_run_resumes_and_writes_the_same_bytes(tmp_path):
             break
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert "cleaned" not in saved and not (tmp_path / "resumed").exists()
+    assert layout == "index" or saved["clean"]["carry"]  # bytes of an unfinished page were carried over
     r = run_cli("prepare_wiki.py", *args, "--out", tmp_path / "resumed")
     assert r.returncode == 0, r.stderr
     assert f"resuming after {saved['clean']['jobs']} jobs" in r.stdout
