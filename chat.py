@@ -17,7 +17,7 @@ from checkpoint import load_model
 from cli import UsageError, run_main
 from engine import generate
 from retrieve import grounded_prompt, open_index
-from sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
+from sampling import CHAT_DEFAULTS, CopySource, add_sampling_args, params_from_args
 from tokenizer import ContextOverflow, Message, fit_history, prompt_room, stream_text
 
 
@@ -30,8 +30,9 @@ def reply(model, tok, history: list[Message], args, index=None, out=sys.stdout) 
     sources = []
     if index is not None:
         ids, sources = grounded_prompt(index, tok, history, args.rag_k, room, block - 1)
+    copy = CopySource.from_passages(tok, [(h.title, h.text) for h in sources]) if sources else None
     tokens = generate(model, ids, args.max_new_tokens, params_from_args(args),
-                      stop_tokens={tok.end_of_turn}, seed=args.seed, tok=tok)
+                      stop_tokens={tok.end_of_turn}, seed=args.seed, tok=tok, copy_from=copy)
     pieces = []
     for piece in stream_text(tok, (t for t in tokens if t != tok.end_of_turn)):
         out.write(piece)

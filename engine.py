@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from sampling import SamplingParams, make_generator, sample_rows
+from sampling import CopySource, SamplingParams, make_generator, mix_copy, sample_rows
 
 ROW_GROUP = 4
 
@@ -89,6 +89,7 @@ class Request:
     stop_tokens: set = field(default_factory=set)
     seed: int | None = None
     emit: Callable = lambda request, token, finish_reason: None
+    copy_from: CopySource | None = None  # retrieved passages, when params.copy > 0
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
@@ -161,6 +162,9 @@ class Engine:
     def _sample(self, reqs: list[Request], logits):
         """One new token for each request from its row of logits (len(reqs), V)."""
         slots = [r.slot for r in reqs]
+        for i, r in enumerate(reqs):  # the copy distribution, for rows that answer from passages
+            if r.params.copy > 0 and r.copy_from is not None and (q := r.copy_from.prior(r.tokens)):
+                logits[i] = mix_copy(logits[i], q, r.params.copy)
         allowed = self.utf8[[self.utf8_state[s] for s in slots]] >= 0 if self.utf8 is not None else None
         tokens = sample_rows(logits, self.model.cfg.vocab_size, self.seen[slots], [r.params for r in reqs],
                              [r.gen for r in reqs], allowed)
@@ -266,12 +270,12 @@ class EngineThread:
 
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
-             stop_tokens=(), seed=None, tok=None):
+             stop_tokens=(), seed=None, tok=None, copy_from=None):
     """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
     tokenizer, as the server does, to keep the text valid UTF-8)."""
     engine, out = Engine(model, n_slots=ROW_GROUP, tok=tok), []
     req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
-                  emit=lambda r, token, finish: out.append(token))
+                  emit=lambda r, token, finish: out.append(token), copy_from=copy_from)
     engine.add(req)
     while True:
         yield from out
@@ -282,13 +286,16 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: Samplin
 
 
 def generate_batch(model: GPT, tok, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
-                   seeds: list | None = None, n_slots: int = 8, on_done=None) -> list[list[int]]:
+                   seeds: list | None = None, n_slots: int = 8, on_done=None,
+                   copy_from: list | None = None) -> list[list[int]]:
     """The new tokens of many chat replies (each ends at <|end|> or max_new_tokens), decoded
     n_slots at a time; the same tokens as one by one, since a row's logits do not depend on
-    the rest of the batch. on_done() is called as each reply ends (for a progress bar)."""
+    the rest of the batch. on_done() is called as each reply ends (for a progress bar);
+    copy_from: a CopySource (or None) per prompt, used when params.copy > 0."""
     engine = Engine(model, n_slots=n_slots, tok=tok)
     done = (lambda request, token, finish: finish and on_done()) if on_done else (lambda *_: None)
-    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None, done)
+    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None, done,
+                        copy_from=copy_from[i] if copy_from else None)
                 for i, p in enumerate(prompts)]
     waiting = list(reversed(requests))
     while waiting or engine.active:

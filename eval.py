@@ -183,8 +183,10 @@ CHAT_ROWS = [("assistant_loss", "held-out assistant-token loss", "lower"),
 QA_ROWS = [(("recall@1",), "retrieval recall@1", "higher"), (("recall@5",), "retrieval recall@5", "higher"),
            (("without retrieval", "f1"), "answer F1 without retrieval", "higher"),
            (("with retrieval", "f1"), "answer F1 with retrieval", "higher"),
+           (("with retrieval, copying", "f1"), "answer F1 with retrieval, copying", "higher"),
            (("without retrieval", "rouge_l"), "answer ROUGE-L without retrieval", "higher"),
-           (("with retrieval", "rouge_l"), "answer ROUGE-L with retrieval", "higher")]
+           (("with retrieval", "rouge_l"), "answer ROUGE-L with retrieval", "higher"),
+           (("with retrieval, copying", "rouge_l"), "answer ROUGE-L with retrieval, copying", "higher")]
 
 
 # ----------------------------------------------------------------------------------------

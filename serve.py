@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from checkpoint import load_model
 from cli import UsageError, run_main
 from engine import EngineThread, QueueFull, Request
 from retrieve import grounded_prompt, open_index
-from sampling import CHAT_DEFAULTS, SamplingParams, add_dtype_arg
+from sampling import CHAT_DEFAULTS, RAG_COPY, CopySource, SamplingParams, add_dtype_arg
 from tokenizer import ContextOverflow, Message, TextStream, fit_history, prompt_room
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -79,7 +79,8 @@ def sampling_of(body: dict, defaults: SamplingParams) -> SamplingParams:
         temperature=float(number(body, "temperature", defaults.temperature, 0.0, 2.0)),
         top_k=number(body, "top_k", defaults.top_k, 0, 10**6, integer=True),
         top_p=float(number(body, "top_p", defaults.top_p, 0.0, 1.0)),
-        repetition_penalty=float(number(body, "repetition_penalty", defaults.repetition_penalty, 0.5, 2.0)))
+        repetition_penalty=float(number(body, "repetition_penalty", defaults.repetition_penalty, 0.5, 2.0)),
+        copy=float(number(body, "copy", defaults.copy, 0.0, 1.0)))
     for problem in params.problems():
         raise ApiError(400, problem, problem.split()[0])
     return params
@@ -221,12 +222,15 @@ class Server:
         return value or number(body, "max_tokens", self.settings.default_max_tokens, 1, limit, integer=True)
 
     # ----- generation
-    async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone):
+    async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, sources=()):
         """Run every choice (n per prompt) through the engine; yield (choice, delta) as text
-        arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops."""
+        arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops.
+        With retrieved passages (sources) replies may copy from them (the 'copy' option)."""
         n = number(body, "n", 1, 1, self.settings.max_n, integer=True)
         seed = number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
-        params = sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
+        defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if sources else CHAT_DEFAULTS if chat else SamplingParams()
+        params = sampling_of(body, defaults)
+        copy_from = CopySource.from_passages(self.tok, [(h.title, h.text) for h in sources]) if sources else None
         stops, max_new = stop_strings(body, self.settings.max_stop), self.max_tokens(body)
         end = self.tok.end_of_turn if chat else self.tok.doc_sep
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -235,7 +239,8 @@ class Server:
             for j in range(n):
                 c = Choice(len(choices), prompt, TextStream(self.tok), stops)
                 c.request = Request(prompt, max_new, params, {end}, None if seed is None else seed + j,
-                                    emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)))
+                                    emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)),
+                                    copy_from=copy_from)
                 choices.append(c)
         t0 = last = time.perf_counter()
         try:
@@ -378,7 +383,7 @@ def create_app(server: Server):
         cited = {"sources": [{"title": h.title, "url": h.url, "text": h.text} for h in sources]} if sources else {}
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        events = server.generate(prompts, body, chat, request.is_disconnected)
+        events = server.generate(prompts, body, chat, request.is_disconnected, sources)
 
         if not body.get("stream"):
             done = {}

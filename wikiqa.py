@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from data import read_articles
 from engine import generate_batch
 from retrieve import Index
-from sampling import SamplingParams
+from sampling import CopySource, SamplingParams
 from scores import CJK_CHAR, rouge_l, token_f1
 from tokenizer import Message, Tokenizer, fit_grounded, fit_history, prompt_room
 
@@ -26,6 +26,8 @@ EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t
 ZH_QUESTIONS = ["{t}是什么？", "介绍一下{t}。", "请告诉我关于{t}的事。", "{t}是谁？", "你知道{t}吗？"]
 NOT_IN_SOURCES = {"en": "The sources do not say anything about {t}.", "zh": "资料中没有关于{t}的内容。"}
 RAG_K = 3  # passages retrieved per question
+COPYING = "with retrieval, copying"  # the model + a copy distribution over the passages (CopySource)
+COPY_WEIGHT = 0.5  # the copy distribution's share: at 0.5 a found continuation always wins greedy decoding
 REPLY_TOKENS = 64  # room kept for a grounded answer (an opening sentence is 20-50 tokens)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|(?<=[。！？])")
 
@@ -112,9 +114,12 @@ def grounded_conversations(folder, index: Index, tok: Tokenizer, block_size: int
 # ----------------------------------------------------------------------------------------
 # The benchmark
 
-def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy answers for many prompts at once, batched by the serving engine."""
-    replies = generate_batch(model, tok, prompts, max_new_tokens, SamplingParams(temperature=0.0, repetition_penalty=1.0))
+def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int,
+               copy_from: list | None = None, copy: float = 0.0) -> list[str]:
+    """Greedy answers for many prompts at once, batched by the serving engine (copying from
+    each prompt's passages with weight `copy`, when given)."""
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, copy=copy)
+    replies = generate_batch(model, tok, prompts, max_new_tokens, params, copy_from=copy_from)
     return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in replies]
 
 
@@ -124,7 +129,7 @@ def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, 
     items = qa_items(folder, "val", per_article, seed)[:max_items]
     block = model.cfg.block_size
     room = prompt_room(block, REPLY_TOKENS)
-    plain, grounded, found1, found5 = [], [], 0, 0
+    plain, grounded, sources, found1, found5 = [], [], [], 0, 0
     for item in items:
         hits = index.search(item.question, 5)
         titles = [h.title for h in hits]
@@ -132,11 +137,14 @@ def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, 
         found5 += item.title in titles
         question = [Message("user", item.question)]
         plain.append(fit_history(tok, question, room, block - 1)[0])
-        grounded.append(fit_grounded(tok, question, [(h.title, h.text) for h in hits[:RAG_K]], room, block - 1)[0])
+        ids, _, used = fit_grounded(tok, question, [(h.title, h.text) for h in hits[:RAG_K]], room, block - 1)
+        grounded.append(ids)
+        sources.append(CopySource.from_passages(tok, used))
     report = {"questions": len(items), "articles": len({i.title for i in items}),
               "recall@1": found1 / max(len(items), 1), "recall@5": found5 / max(len(items), 1)}
-    for name, prompts in (("without retrieval", plain), ("with retrieval", grounded)):
-        answers = answer_all(model, tok, prompts, REPLY_TOKENS)
+    for name, prompts, copy in (("without retrieval", plain, 0.0), ("with retrieval", grounded, 0.0),
+                                (COPYING, grounded, COPY_WEIGHT)):
+        answers = answer_all(model, tok, prompts, REPLY_TOKENS, sources, copy)
         report[name] = {
             "f1": sum(token_f1(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
             "rouge_l": sum(rouge_l(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
@@ -148,10 +156,11 @@ def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, 
 def format_report(r: dict) -> str:
     lines = [f"held-out Wikipedia QA ({r['questions']} questions about {r['articles']} val articles, "
              f"never trained on): retrieval recall@1 {r['recall@1']:.2f}, recall@5 {r['recall@5']:.2f}",
-             f"  {'':18s} {'token F1':>9s} {'ROUGE-L':>8s}"]
-    for name in ("without retrieval", "with retrieval"):
-        lines.append(f"  {name:18s} {r[name]['f1']:9.3f} {r[name]['rouge_l']:8.3f}")
+             f"  {'':30s} {'token F1':>9s} {'ROUGE-L':>8s}"]
+    for name in ("without retrieval", "with retrieval", COPYING):
+        lines.append(f"  {name:30s} {r[name]['f1']:9.3f} {r[name]['rouge_l']:8.3f}")
     base = r["without retrieval"]["f1"]
-    lines.append(f"  answer F1 with retrieval: x{r['with retrieval']['f1'] / base:.1f} the figure without"
-                 if base > 0 else "  (no overlap at all without retrieval)")
+    for name in ("with retrieval", COPYING):
+        lines.append(f"  answer F1 {name}: x{r[name]['f1'] / base:.1f} the figure without"
+                     if base > 0 else "  (no overlap at all without retrieval)")
     return "\n".join(lines)

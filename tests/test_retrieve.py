@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from conftest import PROSE, TINY, dump_xml, page, run_cli
 
 import scores
@@ -15,6 +16,7 @@ from chat_sft import rows_of
 from data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
 from retrieve import Index, build_index, grounded_prompt, split_passages, terms
+from sampling import CopySource, mix_copy
 from tokenizer import Message, fit_grounded, prompt_room, render_chat
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
@@ -162,6 +164,30 @@ def test_retrieval_improves_held_out_answers(rag_chat):
     report = json.loads((ckpt.parent / "qa_report.json").read_text())
     assert report["recall@5"] >= 0.9
     assert report["with retrieval"]["f1"] > 2 * report["without retrieval"]["f1"], report
+    assert report["with retrieval, copying"]["f1"] > 3 * report["without retrieval"]["f1"], report
+
+
+def test_copy_source_follows_the_passages_and_ends_with_their_sentence():
+    class Tok:  # ids 1..9 are words; 9 ends a sentence; 0 ends the turn
+        end_of_turn = 0
+
+        def encode(self, text):
+            return [int(c) for c in text]
+
+        def sentence_end_ids(self):
+            return {9}
+
+    src = CopySource.from_passages(Tok(), [("A", "1234569"), ("B", "1278")])
+    assert src.prior([]) == pytest.approx({1: 1.0})  # both passages start with 1
+    assert src.prior([5, 1, 2]) == pytest.approx({3: 0.5, 7: 0.5})  # "1 2" goes on as 3 or 7
+    assert src.prior([1, 2, 7]) == {8: 1.0}  # the longest match decides
+    assert src.prior([3, 4, 5, 6, 9]) == {0: 1.0}  # a sentence's end: the turn ends
+    assert src.prior([8, 8]) is None  # nothing to copy after an unknown run
+    assert CopySource.from_passages(Tok(), [("A", "54"), ("B", "74")]).prior([]) == pytest.approx({5: 2 / 3, 7: 1 / 3})
+    logits = torch.tensor([0.0, 5.0, 0.0, 0.0])  # the model is sure of 1; half the mass copies 2
+    mixed = mix_copy(logits, {2: 1.0}, 0.5)
+    assert int(mixed.argmax()) == 2 and torch.allclose(mixed.exp().sum(), torch.tensor(1.0))
+    assert torch.allclose(mix_copy(logits, {2: 1.0}, 0.0).exp(), torch.softmax(logits, -1))
 
 
 def test_chat_rag_prints_its_sources(rag_chat, rag_data):
