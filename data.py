@@ -28,6 +28,7 @@ import numpy as np
 from tokenizer import Tokenizer
 
 ARTICLES = "articles.jsonl.gz"
+ARTICLES_GZIP = dict(mtime=0, compresslevel=3)  # no timestamp: the same articles, the same bytes
 MAGIC = b"WGPT"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sIQI12x")  # 32 bytes
@@ -138,7 +139,7 @@ def open_articles_for_writing(path):
     """A text file that gzips as it goes; mtime 0 and no name in the header, so the same
     articles always give the same bytes. Level 3: ~4x smaller than the text, and fast."""
     with (open(path, "wb") as raw,
-          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=3) as gz,
+          gzip.GzipFile(filename="", mode="wb", fileobj=raw, **ARTICLES_GZIP) as gz,
           io.TextIOWrapper(gz, encoding="utf-8") as text):
         yield text
 

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from data import ARTICLES, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
+from data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
 from dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
 from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
@@ -102,9 +102,9 @@ def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
 
 
 def gzip_member(lines: list) -> bytes:
-    """Lines -> one gzip member (members concatenate into one valid .gz); mtime 0 and level 3
-    as in data.open_articles_for_writing, so the same articles give the same bytes."""
-    return gzip.compress(b"".join(lines), compresslevel=3, mtime=0) if lines else b""
+    """Lines -> one gzip member (members concatenate into one valid .gz), compressed as
+    data.open_articles_for_writing compresses, so the same articles give the same bytes."""
+    return gzip.compress(b"".join(lines), **ARTICLES_GZIP) if lines else b""
 
 
 def _where(path, start, end, compressed, skip, offset) -> str:

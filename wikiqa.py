@@ -144,7 +144,7 @@ def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, 
               "recall@1": found1 / max(len(items), 1), "recall@5": found5 / max(len(items), 1)}
     for name, prompts, copy in (("without retrieval", plain, 0.0), ("with retrieval", grounded, 0.0),
                                 (COPYING, grounded, COPY_WEIGHT)):
-        answers = answer_all(model, tok, prompts, REPLY_TOKENS, sources, copy)
+        answers = answer_all(model, tok, prompts, REPLY_TOKENS, sources if copy else None, copy)
         report[name] = {
             "f1": sum(token_f1(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
             "rouge_l": sum(rouge_l(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
