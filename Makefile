@@ -56,7 +56,7 @@ serve: setup
 	$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt
 
 bench: setup
-	$(BIN)/python bench.py
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) data out

@@ -13,12 +13,14 @@ Replies are decoded by engine.py exactly as serve.py decodes them: same seed, sa
 import argparse
 import sys
 
-from checkpoint import load_model
-from cli import UsageError, run_main
-from engine import generate
-from retrieve import grounded_prompt, open_index
-from sampling import CHAT_DEFAULTS, CopySource, add_sampling_args, params_from_args
-from tokenizer import ContextOverflow, Message, fit_history, prompt_room, stream_text
+from wikigpt.checkpoint import load_model
+from wikigpt.cli import UsageError, run_main
+from wikigpt.engine import generate
+from wikigpt.grounding import grounded_prompt
+from wikigpt.retrieval import open_index
+from wikigpt.sampling import CHAT_DEFAULTS, CopySource, add_sampling_args, params_from_args
+from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
+from wikigpt.tokenizer import stream_text
 
 
 def reply(model, tok, history: list[Message], args, index=None, out=sys.stdout) -> str:

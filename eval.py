@@ -30,18 +30,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import scores
-import wikiqa
-from chat_sft import SFTConfig, TokenRows, heldout_conversations, parse_sft_data, read_dialogues, rows_of, val_set
-from checkpoint import load_model
-from cli import UsageError, run_main
-from data import load_dataset
-from engine import generate_batch
-from retrieve import INDEX_DIR, Index
-from runlog import METRICS, plot_runs, read_metrics
-from sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
-from tokenizer import ContextOverflow, Message, fit_history, prompt_room
-from train import Dist, evaluate, token_bytes_table, val_windows
+from wikigpt import scores
+from wikigpt import wikiqa
+from wikigpt.config import SFTConfig
+from wikigpt.sft_rows import TokenRows, rows_of, val_set
+from wikigpt.sft_data import heldout_conversations, parse_sft_data, read_dialogues
+from wikigpt.checkpoint import load_model
+from wikigpt.cli import UsageError, run_main
+from wikigpt.data import load_dataset
+from wikigpt.engine import generate_batch
+from wikigpt.retrieval import INDEX_DIR, Index
+from wikigpt.runlog import METRICS, plot_runs, read_metrics
+from wikigpt.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
+from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
+from wikigpt.dist import Dist
+from wikigpt.loss_eval import evaluate, token_bytes_table
+from wikigpt.batches import val_windows
 
 
 def label_of(path: str) -> str:
@@ -266,7 +270,7 @@ def run_eval(args) -> dict:
             print(f"chat: {info['label']} ...", file=sys.stderr)
             per_model[info["label"]] = chat_scores(model, tok, convs, examples, args, args.seed)
             if index is not None:
-                per_model[info["label"]]["qa"] = wikiqa.evaluate(model, tok, data, index, 3, args.seed,
+                per_model[info["label"]]["qa"] = wikiqa.evaluate_qa(model, tok, data, index, 3, args.seed,
                                                                  max_items=args.max_examples)
 
         def values(get):

@@ -15,8 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sampling import make_generator, sample_next
-
 
 # The MLP a new model of each preset gets. Measured on the demo (bench.py --only mlp, 150 s
 # each): modern + SwiGLU val bits/byte 2.150 vs ReLU^2 2.158 at the same tokens/s, and SwiGLU
@@ -271,31 +269,41 @@ class GPT(nn.Module):
     # Generation
 
     @torch.no_grad()
-    def generate(self, prompt: list[int], max_new_tokens: int, temperature=0.8, top_k=None,
-                 top_p=None, repetition_penalty=1.0, stop_tokens=(), seed=None, use_cache=True):
-        """Yield new token ids one at a time (streaming). Stops after a stop token (which is
-        yielded) or max_new_tokens. Same seed -> same tokens, with or without the cache."""
-        device = self.device
-        gen = make_generator(device, seed)
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature=0.8, top_k=None, stop_tokens=(),
+                 seed=None, use_cache=True):
+        """Yield new token ids one at a time (streaming): the simplest sampler, temperature and
+        top-k. Stops after a stop token (which is yielded) or max_new_tokens. Same seed -> same
+        tokens, with or without the cache. Batching, top-p, repetition penalty and copying
+        from passages are the engine's (wikigpt/engine.py)."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
         ids = list(prompt)[-self.cfg.block_size:]
-        cache, logits = None, None
+        cache = None
         for _ in range(max_new_tokens):
-            if use_cache:
+            if not use_cache:
+                logits = self(torch.tensor([ids[-self.cfg.block_size:]], device=self.device))[0]
+            else:
                 if cache is None or cache.pos >= self.cfg.block_size:
                     # (re)fill the cache; when the context is full, keep its last 3/4 and go on
                     ids = ids[-(3 * self.cfg.block_size // 4):] if cache is not None else ids
-                    cache = KVCache(self.cfg, 1, device, self.act_dtype)
-                    x = self.hidden_states(torch.tensor([ids], device=device), cache)[:, -1]
+                    cache = KVCache(self.cfg, 1, self.device, self.act_dtype)
+                    new = ids
                 else:
-                    x = self.hidden_states(torch.tensor([ids[-1:]], device=device), cache)[:, -1]
+                    new = ids[-1:]
+                x = self.hidden_states(torch.tensor([new], device=self.device), cache)[:, -1]
                 logits = self.lm_head(x).float()[0]  # (V,)
+            logits = logits[:self.cfg.vocab_size]  # the padding ids are never real tokens
+            if temperature <= 0:
+                token = int(logits.argmax())
             else:
-                logits = self(torch.tensor([ids[-self.cfg.block_size:]], device=device))[0]
-            tok = sample_next(logits, self.cfg.vocab_size, ids, temperature, top_k, top_p,
-                              repetition_penalty, gen)
-            ids.append(tok)
-            yield tok
-            if tok in stop_tokens:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, -float("inf"))
+                token = int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=gen))
+            ids.append(token)
+            yield token
+            if token in stop_tokens:
                 return
 
 

@@ -36,12 +36,12 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
-from dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
+from wikigpt.data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
+from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
-from tokenizer import Tokenizer, TokenizerError, parse_bpe_name
-from shards import encode_pass, iter_articles, ordered_map
-from wikitext import CleanSettings, clean_wikitext, finish_article
+from wikigpt.tokenizer import Tokenizer, TokenizerError, parse_bpe_name
+from wikigpt.prep.shards import encode_pass, iter_articles, ordered_map
+from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article
 
 
 def batched(items, max_items: int, max_chars: int = 4_000_000):

@@ -8,10 +8,11 @@ Sample text from a checkpoint, streaming tokens as they are generated.
 import argparse
 import sys
 
-from checkpoint import load_model
-from cli import UsageError, run_main
-from sampling import add_sampling_args, params_from_args
-from tokenizer import stream_text
+from wikigpt.checkpoint import load_model
+from wikigpt.cli import UsageError, run_main
+from wikigpt.engine import generate
+from wikigpt.sampling import add_sampling_args, params_from_args
+from wikigpt.tokenizer import stream_text
 
 
 def read_prompt(args) -> str:
@@ -23,13 +24,28 @@ def read_prompt(args) -> str:
     return sys.stdin.read() if args.prompt == "-" else args.prompt
 
 
+def continuation(model, tok, ids: list[int], max_new_tokens: int, params, seed):
+    """The engine's decoding, past the end of the context too: when the context is full, go on
+    from its last 3/4 (as a sliding window), until max_new_tokens or the end of the document."""
+    block, left = model.cfg.block_size, max_new_tokens
+    while left > 0:
+        window = ids[-(block - 1):] if len(ids) < block else ids[-(3 * block // 4):]
+        new = list(generate(model, window, left, params, {tok.doc_sep}, seed, tok))
+        yield from new
+        ids, left = ids + new, left - len(new)
+        if not new or new[-1] == tok.doc_sep:
+            return
+        seed = None if seed is None else seed + 1_000_003  # a fresh stream for the next window
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(p)
     p.add_argument("--prompt", default="", help="text to continue; '-' reads stdin")
     p.add_argument("--prompt_file", default="", help="read the prompt from this file")
     p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--no_cache", action="store_true", help="recompute the whole context per token")
+    p.add_argument("--no_cache", action="store_true", help="recompute the whole context per token (model.py's "
+                   "own generate: temperature and top_k only)")
     args = p.parse_args(argv)
     params = params_from_args(args)
     model, tok, _ = load_model(args.ckpt, args.device, args.dtype)
@@ -40,8 +56,11 @@ def main(argv):
         print(f"(prompt is {len(ids)} tokens; keeping its last {model.cfg.block_size - 1})", file=sys.stderr)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        new = model.generate(ids, args.max_new_tokens, seed=seed, stop_tokens={tok.doc_sep},
-                             use_cache=not args.no_cache, **params.kwargs())
+        if args.no_cache:  # the model's plain sampler, as a check on the engine's cached decoding
+            new = model.generate(ids, args.max_new_tokens, params.temperature, params.top_k, {tok.doc_sep}, seed,
+                                 use_cache=False)
+        else:
+            new = continuation(model, tok, ids, args.max_new_tokens, params, seed)
         sys.stdout.write(prompt)
         for piece in stream_text(tok, (t for t in new if t != tok.doc_sep)):
             sys.stdout.write(piece)

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli
 
-import chat_sft
-from chat_sft import (SFTConfig, check_conversation, parse_sft_data, read_dialogues, rows_of,
-                      _turns)
-from data import load_dataset
-from tokenizer import END_OF_TURN, Message, Tokenizer, render_chat, show_mask
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import UsageError
+from wikigpt import sft_data
+from wikigpt.config import SFTConfig
+from wikigpt.sft_data import _turns, check_conversation, parse_sft_data, read_dialogues
+from wikigpt.sft_rows import rows_of
+from wikigpt.data import load_dataset
+from wikigpt.tokenizer import END_OF_TURN, Tokenizer
+from wikigpt.chat_template import Message, render_chat, show_mask
+from wikigpt.checkpoint import load_checkpoint, save_checkpoint
+from wikigpt.cli import UsageError
 
 RECORDS = {
     "openai": {"messages": [{"role": "system", "content": "Be brief."},
@@ -176,7 +178,7 @@ def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
 
 
 def test_history_is_trimmed_oldest_first_to_fit(tiny_data):
-    from tokenizer import fit_history
+    from wikigpt.chat_template import fit_history
     tok = load_dataset(tiny_data).tokenizer
     history = [Message("system", "Be kind.")]
     for i in range(10):
@@ -217,7 +219,7 @@ def test_sft_bad_file_is_a_clear_error_and_nothing_is_written(tiny_ckpt, tmp_pat
 
 def test_builtin_dialogues_have_english_and_chinese():
     sources = {}
-    for source, conv in chat_sft.builtin_dialogues(""):
+    for source, conv in sft_data.builtin_dialogues(""):
         sources.setdefault(source, []).append(conv)
     assert len(sources["chitchat"]) > 4000  # of 7,168: the rest hold a single turn, no reply
     zh = sources["chatterbot-chinese"]

@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, TINY, dump_xml, page, run_cli, PROSE
 from PIL import Image
 
-import scores
-from runlog import MetricsLog, read_metrics
+from wikigpt import scores
+from wikigpt.runlog import MetricsLog, read_metrics
 
 DIALOGUES = [("Hello", "Hello! How are you today?"), ("What is a river?", "A river is a stream of water."),
              ("你好", "你好！很高兴见到你。"), ("Thanks", "You are welcome.")]

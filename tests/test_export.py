@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from checkpoint import load_model
-from hf_tokenizer import chat_template, tokenizer_json
-from tokenizer import Message, Tokenizer, render_chat
+from wikigpt.checkpoint import load_model
+from wikigpt.hf_tokenizer import chat_template, tokenizer_json
+from wikigpt.chat_template import Message, render_chat
+from wikigpt.tokenizer import Tokenizer
 
 TEXTS = ["Aristotle was a Greek philosopher.", "长江是中国最长的河流。", "emoji 🎉👍🏽 and café, naïve",
          "  spaces\tand\nnew lines  ", "plain text that says <|end|> and <|user|>"]
@@ -180,7 +181,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 def test_our_trained_bpe_splits_text_like_llama3(tiny_data):
     import regex
 
-    from data import read_articles
+    from wikigpt.data import read_articles
 
     ours = Tokenizer.load(tiny_data / "tokenizer.json").enc._pat_str
     texts = [a["text"] for a in read_articles(tiny_data, "train")] + TEXTS + [

@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from checkpoint import load_checkpoint, load_model, model_from_checkpoint
-from cli import UsageError
-from lora import adapter_state, apply_lora, merge_lora
+from wikigpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from wikigpt.cli import UsageError
+from wikigpt.lora import adapter_state, apply_lora, merge_lora
 from model import GPT, GPTConfig
 
 LORA = ["--lora_rank=4", "--lora_alpha=8", "--max_steps=12", "--eval_interval=6", "--lr=0.01"]
@@ -85,7 +85,7 @@ def test_merged_and_unmerged_models_agree_and_merge_writes_a_plain_checkpoint(lo
         merged = model.lm_head(model.hidden_states(x))
     assert (unmerged - merged).abs().max() < 1e-5
     assert list(model.generate([tok.doc_sep, 5, 6], 12, temperature=0.0)) == greedy
-    r = run_cli("lora.py", "merge", out / "best.pt", tmp_path / "merged.pt")
+    r = run_cli("convert.py", "lora", out / "best.pt", tmp_path / "merged.pt")
     assert r.returncode == 0, r.stderr
     plain = load_checkpoint(tmp_path / "merged.pt")
     assert "lora" not in plain
@@ -120,7 +120,7 @@ def test_lora_bad_input(tiny_ckpt, lora_run, tmp_path):
     data = load_checkpoint(tiny_ckpt)["train_config"]["data"]
     r = run_cli("train.py", f"--data={data}", f"--out_dir={tmp_path / 'a'}", *TINY, "--lora_rank=4")
     assert r.returncode == 2 and "needs a model to adapt" in r.stderr
-    r = run_cli("lora.py", "merge", tiny_ckpt, tmp_path / "m.pt")
+    r = run_cli("convert.py", "lora", tiny_ckpt, tmp_path / "m.pt")
     assert r.returncode == 2 and "not a LoRA checkpoint" in r.stderr and not (tmp_path / "m.pt").exists()
     # an adapter whose base changed: the hash check refuses it
     ckpt = load_checkpoint(out / "best.pt")
@@ -152,7 +152,7 @@ def test_int8_and_bf16_stay_close_to_fp32_and_the_cache_changes_nothing(tiny_ckp
 
 def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
     out = tmp_path / "int8.pt"
-    r = run_cli("quant.py", tiny_ckpt, out)
+    r = run_cli("convert.py", "int8", tiny_ckpt, out)
     assert r.returncode == 0, r.stderr
     ratio = float(re.search(r"\((\d\.\d+)x the", r.stderr).group(1))
     assert ratio < 0.4  # 32-wide rows: the float32 scale per row is 1/8 extra; the demo model's is 0.26x
@@ -166,12 +166,12 @@ def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("sample.py", "--ckpt", out, "--prompt", "The", "--dtype", "bfloat16")
     assert r.returncode == 2 and "holds int8 weights" in r.stderr
-    r = run_cli("quant.py", tiny_ckpt, out)
+    r = run_cli("convert.py", "int8", tiny_ckpt, out)
     assert r.returncode == 2 and "exists" in r.stderr
 
 
 def test_int8_on_a_device_without_the_kernel_is_a_clear_error():
-    from quant import check_int8_support
+    from wikigpt.quant import check_int8_support
     with pytest.raises(UsageError, match="int8 runs on the CPU"):
         check_int8_support("cuda:0")
 

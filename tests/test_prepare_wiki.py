@@ -18,10 +18,10 @@ import pytest
 from conftest import PROSE, dump_xml, page, run_cli
 
 import prepare_wiki
-from data import HEADER, DatasetError, load_dataset, open_shard
-from dumps import range_plan, write_multistream
+from wikigpt.data import HEADER, DatasetError, load_dataset, open_shard
+from wikigpt.prep.dumps import range_plan, write_multistream
 from prepare_wiki import main
-from wikitext import CleanSettings, clean_wikitext
+from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 
 ENGLISH = """{{Infobox river|name=Test|length=12 km}}
 '''Testriver''' is a river<ref name="a">{{cite web|url=http://x.org|title=Source}}</ref> in [[Utopia|the land of Utopia]].<ref>Plain ref text</ref>

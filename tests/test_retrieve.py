@@ -10,14 +10,16 @@ import pytest
 import torch
 from conftest import PROSE, TINY, dump_xml, page, run_cli
 
-import scores
-import wikiqa
-from chat_sft import rows_of
-from data import DatasetError, load_dataset, read_articles
+from wikigpt import scores
+from wikigpt import wikiqa
+from wikigpt.sft_rows import rows_of
+from wikigpt.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
-from retrieve import Index, build_index, grounded_prompt, split_passages, terms
-from sampling import CopySource, mix_copy
-from tokenizer import Message, fit_grounded, prompt_room, render_chat
+from wikigpt.retrieval import Index, build_index, split_passages, terms
+from wikigpt.grounding import grounded_prompt
+from wikigpt.sampling import CopySource, mix_copy
+from wikigpt.chat_template import Message, prompt_room, render_chat
+from wikigpt.grounding import fit_grounded
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
 KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]

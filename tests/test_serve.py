@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
 
-from checkpoint import load_model
-from engine import Engine, EngineThread, QueueFull, Request, generate
+from wikigpt.checkpoint import load_model
+from wikigpt.engine import Engine, EngineThread, QueueFull, Request, generate
 from model import GPT, GPTConfig
-from sampling import SamplingParams
+from wikigpt.sampling import SamplingParams
 
 REPLIES = {"你好": "你好！很高兴见到你。", "Hello": "Hello! How are you today?",
            "What is a river?": "A river is a stream of water.", "谢谢": "不客气。"}
@@ -342,7 +342,9 @@ def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
 def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt):
     from fastapi.testclient import TestClient
 
-    from serve import Server, Settings, create_app
+    from wikigpt.server.app import create_app
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.generation import Server
 
     model, tok, _ = load_model(chat_ckpt, "cpu")
     thread = EngineThread(model, n_slots=4)
@@ -428,7 +430,7 @@ def test_the_page_asks_for_the_key_and_shows_errors(chat_ckpt):
 
 
 def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
-    from data import load_dataset
+    from wikigpt.data import load_dataset
 
     tok = load_dataset(tiny_data).tokenizer  # byte-level: any byte sequence is one step away
     model = tiny_model()  # random weights: they pick bytes with no regard for UTF-8
@@ -443,7 +445,7 @@ def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
 
 
 def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
-    from data import load_dataset
+    from wikigpt.data import load_dataset
 
     tok = load_dataset(tiny_data).tokenizer  # bpe:300: every byte is a token
     table = tok.utf8_table(320)

@@ -13,12 +13,14 @@ import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
 
-import optim
+from wikigpt import optim
 import train
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import UsageError, load_config
-from optim import lr_factor
-from train import PretrainBatches, TrainConfig
+from wikigpt.batches import batch_plan
+from wikigpt.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from wikigpt.cli import UsageError, load_config
+from wikigpt.optim import lr_factor
+from wikigpt.batches import PretrainBatches
+from wikigpt.config import TrainConfig
 
 
 # ----- configuration
@@ -174,14 +176,14 @@ def test_sample_py_end_to_end(tiny_ckpt):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"version": train.CHECKPOINT_VERSION, "step": 1})
+    save_checkpoint(path, {"version": CHECKPOINT_VERSION, "step": 1})
 
     def dying_save(obj, f):
         open(f, "wb").write(b"partial")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"version": train.CHECKPOINT_VERSION, "step": 2})
+        save_checkpoint(path, {"version": CHECKPOINT_VERSION, "step": 2})
     assert load_checkpoint(path)["step"] == 1
 
 
@@ -326,14 +328,14 @@ def test_fsdp_matches_ddp_resumes_across_world_sizes_and_converts(tiny_data, tmp
     assert sorted(p.name for p in (out / "last.dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
                                                                   "train_state.pt"]  # a shard per process
 
-    r = run_cli("fsdp.py", "convert", out / "last.dcp", tmp_path / "last.pt")
+    r = run_cli("convert.py", "dcp", out / "last.dcp", tmp_path / "last.pt")
     assert r.returncode == 0, r.stderr
     converted, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(out / "best.pt")
     assert converted["step"] == best["step"] == 6  # val improved at every eval of this run
     assert all(torch.equal(converted["model"][k], best["model"][k]) for k in best["model"])
     r = run_cli("sample.py", "--ckpt", tmp_path / "last.pt", "--max_new_tokens=4", "--prompt=The")
     assert r.returncode == 0, r.stderr
-    r = run_cli("fsdp.py", "convert", out / "last.dcp", tmp_path / "last.pt")  # never overwrites
+    r = run_cli("convert.py", "dcp", out / "last.dcp", tmp_path / "last.pt")  # never overwrites
     assert r.returncode == 2 and "exists" in r.stderr
 
 
@@ -345,7 +347,7 @@ def test_shipped_configs_load_and_split_over_their_gpus(name, worlds):
 
     cfg = load_config(TrainConfig, [str(ROOT / "config" / f"{name}.toml")])
     for world in worlds:
-        micro, accum = train.batch_plan(cfg, cfg.block_size, world)
+        micro, accum = batch_plan(cfg, cfg.block_size, world)
         assert micro * accum * world * cfg.block_size == (cfg.total_batch_tokens or
                                                           cfg.batch_size * cfg.block_size * cfg.grad_accum)
     with torch.device("meta"):  # no memory: shapes only
@@ -355,7 +357,7 @@ def test_shipped_configs_load_and_split_over_their_gpus(name, worlds):
     if name in stated:
         assert abs(model.n_params() - stated[name]) / stated[name] < 0.01
     if name == "gpt2_350m":
-        assert cfg.shard == "fsdp" and train.batch_plan(cfg, cfg.block_size, 8) == (16, 4)
+        assert cfg.shard == "fsdp" and batch_plan(cfg, cfg.block_size, 8) == (16, 4)
 
 
 def _worker_pid(out_dir, rank: int, attempt: int):

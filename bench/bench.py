@@ -11,30 +11,35 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
   4. serving: serve.py on a chat checkpoint, 1/4/8/16 concurrent streaming clients, time to
      first token and aggregate tokens/s, with continuous batching and with batching off.
 
-    python bench.py                          # about 25 minutes on a 2-core CPU
-    python bench.py --budget 60              # shorter arch comparison
-    python bench.py --only serve --ckpt out/chat/best.pt
-    python bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, serve
+    python bench/bench.py                          # about 25 minutes on a 2-core CPU
+    python bench/bench.py --budget 60              # shorter arch comparison
+    python bench/bench.py --only serve --ckpt out/chat/best.pt
+    python bench/bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, serve
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse
 import contextlib
-import io
+import json
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-import prepare_wiki
-from checkpoint import load_checkpoint
-from data import load_dataset
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: its commands and wikigpt/
+sys.path.insert(0, str(ROOT))
+
+from wikigpt.checkpoint import load_checkpoint
+from wikigpt.data import load_dataset
 from model import GPT, GPTConfig
-from throughput import measure_matmul_flops
-from train import Dist, PretrainBatches, TrainConfig, train, val_windows
+from wikigpt.throughput import measure_matmul_flops
+from wikigpt.dist import Dist
+from wikigpt.batches import val_windows
+from wikigpt.config import TrainConfig
+from wikigpt.runlog import SUMMARY
 
 FIXED = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, dtype="float32",
              eval_interval=10**9, eval_tokens=8192, warmup_steps=5, device="cpu")
@@ -44,18 +49,19 @@ ARCH_LR = {"gpt2": 1e-3, "modern": 3e-3}  # best of 1e-3 / 3e-3 for each preset 
 def dataset(tokenizer: str, name: str):
     path = Path("data") / name
     if not (path / "meta.json").is_file():
-        prepare_wiki.main(["--out", str(path), "--tokenizer", tokenizer, "--val_fraction", "0.05",
-                           "--overwrite"])
+        subprocess.run([sys.executable, ROOT / "prepare_wiki.py", "--out", str(path), "--tokenizer", tokenizer,
+                        "--val_fraction", "0.05", "--overwrite"], check=True)
     return load_dataset(path)
 
 
 def run(cfg: TrainConfig, ds, quiet=True) -> dict:
-    """One call of the real training loop; its output is kept out of the table."""
-    dist = Dist(device=cfg.device)
-    batches = PretrainBatches(ds.train, cfg.block_size, cfg.batch_size, cfg.seed)
-    val = val_windows(ds.val, cfg.block_size, cfg.eval_tokens)
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        return train(cfg, dist, ds.tokenizer, batches, val, "pretrain")
+    """One run of train.py, as a user runs it; its output is kept out of the table. Returns the
+    run's summary (train.py writes it to out_dir/summary.json)."""
+    args = [f"--{k}={v}" for k, v in asdict(cfg).items()]
+    r = subprocess.run([sys.executable, ROOT / "train.py", *args], capture_output=quiet, text=True)
+    if r.returncode:
+        sys.exit(f"train.py failed:\n{(r.stderr or '')[-2000:]}")
+    return json.loads((Path(cfg.out_dir) / SUMMARY).read_text())
 
 
 def bench_training(ds, compile: bool, steps: int, out: str, optimizer="adamw") -> dict:
@@ -197,7 +203,7 @@ def mlp_rows(args) -> list:
     """The modern preset's MLP on the demo itself (config/demo_cpu.toml, the demo's data and
     size, Muon), same wall-clock budget: ReLU^2 against SwiGLU (which exports exactly to
     transformers' Qwen3 layout, see export.py)."""
-    from cli import load_config
+    from wikigpt.cli import load_config
 
     ds = dataset("bpe:8192", "demo")
     rows = []
@@ -214,8 +220,8 @@ def mlp_rows(args) -> list:
 def decode_tok_s(model, batch: int, new_tokens=64, prompt_len=16) -> float:
     """Greedy decoding with the KV cache: batch 1 through model.generate, batch 8 through the
     serving engine (one batched forward per step)."""
-    from engine import generate_batch
-    from sampling import SamplingParams
+    from wikigpt.engine import generate_batch
+    from wikigpt.sampling import SamplingParams
 
     prompts = [[(7 * i + j) % 200 + 1 for j in range(prompt_len)] for i in range(batch)]
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0)
@@ -239,7 +245,7 @@ class _NoTok:
 def dtype_rows(args) -> list:
     """Decode speed and val bits/byte for float32, bfloat16 and int8 weights, side by side: the
     demo's chat model and a 6x384 model with GPT-2's 50k vocabulary (random weights: speed only)."""
-    from checkpoint import load_model
+    from wikigpt.checkpoint import load_model
 
     rows = []
     models = {}
@@ -250,7 +256,7 @@ def dtype_rows(args) -> list:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, mlp="swiglu")).eval()
         if dtype == "int8":
-            from quant import quantize_model
+            from wikigpt.quant import quantize_model
             return quantize_model(model)
         return model.to(getattr(torch, dtype))
     models["6x384, GPT-2 vocab"] = big
@@ -264,7 +270,7 @@ def dtype_rows(args) -> list:
                          "; ".join(f"batch {b}: {s:,.0f} tok/s (x{s / base['s'][b]:.2f})" for b, s in speeds.items())))
     if "demo chat model" in models:
         ds = load_dataset(load_model(args.ckpt, "cpu")[2]["data"] or "data/demo")
-        from train import evaluate, token_bytes_table
+        from wikigpt.loss_eval import evaluate, token_bytes_table
         bpb = {}
         for dtype in ("float32", "bfloat16", "int8"):
             model, tok, _ = load_model(args.ckpt, "cpu", dtype)

@@ -1,5 +1,6 @@
 """
-The tokenizer and the chat template: one place that says how text becomes token ids.
+The tokenizer: one place that says how text becomes token ids (the chat template that
+uses its special tokens is chat_template.py).
 
 Both tokenizers run through tiktoken at encode time:
   - "gpt2":      tiktoken's GPT-2 BPE (50,257 ranks) plus our special tokens on top;
@@ -11,7 +12,6 @@ Special tokens are reserved at data-prep time, so that one tokenizer serves pret
 import base64
 import codecs
 import json
-from dataclasses import dataclass
 
 import tiktoken
 
@@ -169,47 +169,6 @@ def parse_bpe_name(name: str) -> int:
     return vocab_size
 
 
-# ----------------------------------------------------------------------------------------
-# The chat template: the one definition that SFT, chat and serving use.
-#
-#   <|system|>You are helpful.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>
-#
-# The model learns (loss mask = 1) only the assistant's words and its <|end|>; everything
-# else is context (mask = 0). At chat time we feed the history plus "<|assistant|>" and
-# sample until the model emits <|end|>.
-
-@dataclass
-class Message:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-def render_chat(tok: Tokenizer, messages: list[Message], add_generation_prompt=False):
-    """Conversation -> (ids, mask): mask[i] = 1 where ids[i] is a token the model must learn."""
-    ids, mask = [], []
-    for m in messages:
-        role_ids = [tok.special[ROLE_TOKENS[m.role]]]
-        body = tok.encode(m.content) + [tok.end_of_turn]
-        learn = 1 if m.role == "assistant" else 0
-        ids += role_ids + body
-        mask += [0] * len(role_ids) + [learn] * len(body)
-    if add_generation_prompt:
-        ids.append(tok.special[ASSISTANT])
-        mask.append(0)
-    return ids, mask
-
-
-def show_mask(tok: Tokenizer, ids, mask) -> str:
-    """Human-readable view of a rendered conversation: learned spans in [[double brackets]]."""
-    out, start = [], 0
-    for i in range(1, len(ids) + 1):  # decode runs of equal mask together (keeps UTF-8 whole)
-        if i == len(ids) or mask[i] != mask[start]:
-            text = tok.decode(ids[start:i])
-            out.append(f"[[{text}]]" if mask[start] else text)
-            start = i
-    return "".join(out)
-
-
 class TextStream:
     """Token ids in, text out, never splitting a UTF-8 character across two pieces (one
     Chinese character is often two or three byte-level tokens)."""
@@ -238,94 +197,3 @@ def stream_text(tok: Tokenizer, ids):
     tail = stream.flush()
     if tail:
         yield tail
-
-
-# ----------------------------------------------------------------------------------------
-# Fitting a conversation into the context: shared by chat.py and serve.py
-
-class ContextOverflow(ValueError):
-    """Even the system turn plus the last message do not fit the room left for the prompt."""
-
-    def __init__(self, needed: int, room: int):
-        super().__init__(f"the last message needs {needed} tokens with the chat template, but only "
-                         f"{room} fit in the context. Shorten it.")
-        self.needed, self.room = needed, room
-
-
-def prompt_room(block_size: int, max_new_tokens: int) -> int:
-    """Tokens the prompt may use: what the reply leaves free, but at least half the context
-    (a long max_new_tokens then ends the reply at the context's end instead of the history)."""
-    return max(block_size - max_new_tokens, block_size // 2)
-
-
-def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | None = None):
-    """Render the conversation plus the assistant prompt, dropping the oldest exchanges
-    (never the system turn) until it fits in `room` tokens. Returns (ids, kept messages).
-    When the system turn and the last message alone exceed `room`, they may still use up to
-    `limit` tokens (the reply then has less space); beyond that, ContextOverflow."""
-    system = history[:1] if history and history[0].role == "system" else []
-    turns = history[len(system):]
-    while True:
-        ids, _ = render_chat(tok, system + turns, add_generation_prompt=True)
-        if len(ids) <= room:
-            return ids, system + turns
-        if len(turns) <= 1:
-            if len(ids) <= (limit or room):
-                return ids, system + turns
-            raise ContextOverflow(len(ids), limit or room)
-        turns = turns[2:] if len(turns) > 2 else turns[-1:]  # drop the oldest user/assistant exchange
-
-
-# ----------------------------------------------------------------------------------------
-# Retrieved passages in the chat template: one rendering for grounded SFT rows, chat.py --rag
-# and the server, so the model reads passages at chat time exactly as it learned to.
-#
-#   <|user|>Sources:
-#   [1] Aristotle: Aristotle (384-322 BC) was a Greek philosopher...
-#   [2] Plato: ...
-#
-#   Question: Who was Aristotle?<|end|><|assistant|>
-
-MIN_PASSAGE_CHARS = 40  # a shorter cut of a passage tells the model nothing
-
-
-def grounded_question(question: str, passages: list[tuple[str, str]]) -> str:
-    """The user turn for a question with retrieved (title, text) passages, best first."""
-    if not passages:
-        return question
-    sources = "\n".join(f"[{i}] {title}: {text}" for i, (title, text) in enumerate(passages, 1))
-    return f"Sources:\n{sources}\n\nQuestion: {question}"
-
-
-def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[str, str]],
-                 room: int, limit: int | None = None):
-    """fit_history with passages in the last user turn. The conversation is fitted first;
-    the passages get what is left of `room`, best first, the last one shortened (at a
-    character, never inside one) to fit. Returns (ids, kept messages, passages used)."""
-    ids, kept = fit_history(tok, history, room, limit)
-    question = kept[-1].content
-
-    def render(trial):
-        turn = Message(kept[-1].role, grounded_question(question, trial))
-        return render_chat(tok, kept[:-1] + [turn], add_generation_prompt=True)[0]
-
-    used = []
-    for title, text in passages:
-        trial_ids = render(used + [(title, text)])
-        if len(trial_ids) <= room:
-            used, ids = used + [(title, text)], trial_ids
-            continue
-        lo, hi = 0, len(text)  # the longest cut that fits: binary search on characters
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if len(render(used + [(title, text[:mid].rstrip() + "...")])) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo >= MIN_PASSAGE_CHARS:
-            used = used + [(title, text[:lo].rstrip() + "...")]
-            ids = render(used)
-        break  # the context is full
-    if used:
-        kept = kept[:-1] + [Message(kept[-1].role, grounded_question(question, used))]
-    return ids, kept, used

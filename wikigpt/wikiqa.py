@@ -14,12 +14,14 @@ import random
 import re
 from dataclasses import dataclass
 
-from data import read_articles
-from engine import generate_batch
-from retrieve import Index
-from sampling import CopySource, SamplingParams
-from scores import CJK_CHAR, rouge_l, token_f1
-from tokenizer import Message, Tokenizer, fit_grounded, fit_history, prompt_room
+from wikigpt.data import read_articles
+from wikigpt.engine import generate_batch
+from wikigpt.retrieval import Index
+from wikigpt.sampling import CopySource, SamplingParams
+from wikigpt.scores import CJK_CHAR, rouge_l, token_f1
+from wikigpt.chat_template import Message, fit_history, prompt_room
+from wikigpt.tokenizer import Tokenizer
+from wikigpt.grounding import fit_grounded
 
 EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t}?",
                 "Who or what is {t}?", "Can you explain what {t} is?"]
@@ -83,7 +85,7 @@ def grounded_conversations(folder, index: Index, tok: Tokenizer, block_size: int
     different answers depending on the sources: the model cannot answer from memory, it must
     read [1]. A share of questions gets only passages about other articles and the answer
     "the sources do not say". Positives whose answer did not fit in the context are skipped."""
-    from retrieve import split_passages
+    from wikigpt.retrieval import split_passages
 
     rng = random.Random(seed)
     room = prompt_room(block_size, REPLY_TOKENS)
@@ -123,7 +125,7 @@ def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: 
     return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in replies]
 
 
-def evaluate(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, seed: int = 0,
+def evaluate_qa(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, seed: int = 0,
              max_items: int | None = None) -> dict:
     """Held-out QA on the val articles: retrieval recall and answer quality with/without it."""
     items = qa_items(folder, "val", per_article, seed)[:max_items]

@@ -2,8 +2,8 @@
 Data preparation at dump scale, side by side with WikiExtractor (the tool people use for this
 job): wall time, MB/s of XML, peak memory and the markup left in the output.
 
-    python bench_prep.py                  # x10 and x40 samples, 1 and 2 workers (~6 minutes)
-    python bench_prep.py --copies 10 --workers 2 --no-extractor
+    python bench/bench_prep.py                  # x10 and x40 samples, 1 and 2 workers (~6 minutes)
+    python bench/bench_prep.py --copies 10 --workers 2 --no-extractor
 
 The dumps are the built-in Wikipedia sample (206 pages) repeated `copies` times (each copy's
 titles, ids and first line made distinct, so that no copy is dropped as a duplicate), written
@@ -24,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from dumps import default_source, write_multistream
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: its commands and wikigpt/
+
+from wikigpt.prep.dumps import default_source, write_multistream
 
 LEFTOVERS = {"{{": "{{", "}}": "}}", "[[": "[[", "[[File:": "[[File:", "<ref": "<ref",
              "&amp;": "&amp;", "&lt;": "&lt;", "&nbsp;": "&nbsp;"}

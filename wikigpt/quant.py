@@ -3,7 +3,7 @@ Weight-only int8: every Linear (and the token embedding, whose rows are the outp
 when tied) stored as int8 with one float scale per output channel, w ~= scale * q, q in
 [-127, 127]. Activations, norms and the KV cache stay in float32.
 
-    python quant.py out/chat/best.pt out/chat/int8.pt     # an int8 checkpoint, ~0.26x the file
+    python convert.py int8 out/chat/best.pt out/chat/int8.pt  # an int8 checkpoint, ~0.26x the file
     python chat.py --ckpt out/chat/int8.pt                # runs it (int8 weights in memory)
     python chat.py --ckpt out/chat/best.pt --dtype int8   # quantises at load
 
@@ -11,14 +11,11 @@ The matmul is torch's int8 weight kernel (aten._weight_int8pack_mm: bfloat16 act
 int8 weights, scaled per output channel), so the weights stay int8 in memory; CPU only. See
 bench.py --only dtypes for its speed against float32 and bfloat16 on this machine.
 """
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import UsageError, run_main
+from wikigpt.cli import UsageError
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,26 +104,3 @@ def check_int8_support(device: str):
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         raise UsageError(f"--dtype int8 needs torch's int8 weight kernel (torch >= 2.4); this is torch "
                          f"{torch.__version__}. Upgrade torch or use --dtype bfloat16.")
-
-
-def main(argv):
-    from checkpoint import CHECKPOINT_VERSION, load_model, save_checkpoint
-    from model import GPT, GPTConfig
-
-    if len(argv) != 2 or argv[0].startswith("-"):
-        raise UsageError("usage: python quant.py CHECKPOINT.pt OUT_INT8.pt")
-    src, out = argv[0], Path(argv[1])
-    if out.exists():
-        raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
-    model, tok, info = load_model(src, "cpu", "int8")
-    save_checkpoint(out, {"version": CHECKPOINT_VERSION, "kind": info["kind"], "step": info["step"],
-                          "quant": "int8", "model": model.state_dict(), "model_config": info["model_config"],
-                          "train_config": info["train_config"], "tokenizer": tok.spec, "val": info["val"]})
-    fp32_bytes = 4 * GPT(GPTConfig(**info["model_config"])).n_params()  # the same weights in float32
-    size = out.stat().st_size
-    print(f"wrote {out}: int8 weights, {size / 1e6:.1f} MB ({size / fp32_bytes:.2f}x the {fp32_bytes / 1e6:.1f} MB "
-          "of float32 weights)", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -20,8 +20,8 @@ import tomllib
 from dataclasses import field, fields
 from pathlib import Path
 
-from data import DatasetError
-from tokenizer import TokenizerError
+from wikigpt.data import DatasetError
+from wikigpt.tokenizer import TokenizerError
 
 
 class UsageError(Exception):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer import Tokenizer
+from wikigpt.tokenizer import Tokenizer
 
 ARTICLES = "articles.jsonl.gz"
 ARTICLES_GZIP = dict(mtime=0, compresslevel=3)  # no timestamp: the same articles, the same bytes

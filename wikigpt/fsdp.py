@@ -9,11 +9,9 @@ own shards in parallel, and a run resumes from them on any number of processes (
 best.pt stays one ordinary file that every tool loads; `convert` makes one of last.dcp too:
 
     torchrun --nproc_per_node=8 train.py config/gpt2_350m.toml --shard=fsdp
-    python fsdp.py convert out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
+    python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
 """
-import argparse
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,9 +22,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
-from cli import UsageError, run_main
-from model import GPT, GPTConfig
+from wikigpt.cli import UsageError
+from model import GPT
 
 TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, configs (process 0)
 
@@ -84,36 +81,3 @@ def load(folder: Path, model: GPT, optimizers: list):
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, checkpoint_id=folder)
     set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-
-def convert(src: Path, dst: Path):
-    """last.dcp -> one weights-only checkpoint file, read by one process without a process group."""
-    meta = load_train_state(src)
-    model = GPT(GPTConfig(**meta["model_config"]))
-    weights = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # "no process group: loading in one process" is the intent
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(weights, checkpoint_id=src, no_dist=True)  # fills our tensors, whatever the sharding
-    state = {k: v for k, v in meta.items() if k in ("kind", "step", "model_config", "train_config", "tokenizer", "val")}
-    save_checkpoint(dst, {"version": CHECKPOINT_VERSION, **state, "model": weights["model"]})
-    load_checkpoint(dst)  # what the tools will do: fail here, not there
-
-
-def main(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="a DCP checkpoint folder -> one checkpoint file")
-    c.add_argument("src", help="e.g. out/run/last.dcp")
-    c.add_argument("dst", help="the .pt file to write")
-    args = p.parse_args(argv)
-    src, dst = Path(args.src), Path(args.dst)
-    if not src.is_dir():
-        raise UsageError(f"{src}: no such checkpoint folder (train.py --shard=fsdp writes out_dir/last.dcp).")
-    if dst.exists():
-        raise UsageError(f"{dst} exists; choose another name (nothing was changed).")
-    convert(src, dst)
-    print(f"wrote {dst} (step {load_train_state(src)['step']}): load it with sample.py, chat.py, serve.py")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -4,14 +4,13 @@ LoRA: fine-tune a frozen model through small low-rank adapters.
     python chat_sft.py config/sft_demo.toml --lora_rank=16             # adapters only
     python train.py config/demo_cpu.toml --init_from=out/demo/best.pt --lora_rank=8 --out_dir=out/more
     python chat.py --ckpt out/chat_lora/best.pt                        # loads base + adapters
-    python lora.py merge out/chat_lora/best.pt out/chat_merged.pt      # a plain checkpoint
+    python convert.py lora out/chat_lora/best.pt out/chat_merged.pt    # a plain checkpoint
 
 Each chosen nn.Linear y = W x becomes y = W x + (alpha / r) * B A dropout(x), with A (r, in)
 random and B (out, r) zero, so a fresh adapter changes nothing. Only A and B train: no
 gradients and no optimizer state for W. A LoRA checkpoint holds the adapters, the LoRA settings
 and the base checkpoint's path and SHA-256; loading checks the hash.
 """
-import argparse
 import fnmatch
 import hashlib
 import math
@@ -22,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from cli import UsageError, run_main
+from wikigpt.cli import UsageError
 
 # every attention and MLP matrix, and the output head: on the demo's chat SFT (100 steps, rank
 # 16) adapting the head too took the held-out loss from 5.89 to 5.16, against 4.99 for full SFT
@@ -64,7 +63,7 @@ class LowRankDelta(nn.Module):
         return weight + (self.lora_B @ self.lora_A).to(weight.dtype) * self.scale
 
 
-class TokenRows(nn.Module):
+class TrainableRows(nn.Module):
     """Trainable changes to a few rows of a (V, C) token matrix: the special tokens' rows of the
     embedding and the output head. Chat SFT teaches <|user|>, <|assistant|>, <|end|>, which
     pretraining never showed: with those rows frozen, the model could not learn to end a turn."""
@@ -124,10 +123,10 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target
             setattr(parent, attr, LoRALinear(layer, rank, alpha, dropout))
     if token_rows:
         tied = model.lm_head.weight is model.wte.weight
-        rows = TokenRows(list(token_rows), model.wte.weight.size(1), model.wte.weight.device)
+        rows = TrainableRows(list(token_rows), model.wte.weight.size(1), model.wte.weight.device)
         parametrize.register_parametrization(model.wte, "weight", rows)
         # tied (gpt2): the head reads the same rows, so it shares the same deltas
-        head_rows = rows if tied else TokenRows(list(token_rows), model.lm_head.weight.size(1), rows.ids.device)
+        head_rows = rows if tied else TrainableRows(list(token_rows), model.lm_head.weight.size(1), rows.ids.device)
         parametrize.register_parametrization(model.lm_head, "weight", head_rows)
     return names
 
@@ -181,37 +180,3 @@ def resolve_base(info: dict, adapter_path) -> Path:
                          "trained (SHA-256 differs), so they would run on the wrong weights. Restore the "
                          "original base or train the adapters again.")
     return base
-
-
-def merge_main(argv):
-    from checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
-    from lora import merge_lora  # the module's own, not __main__'s: checkpoint.py built the layers from it
-
-    p = argparse.ArgumentParser(prog="lora.py merge", description="Write a plain checkpoint with the adapters folded in.")
-    p.add_argument("adapter", help="a checkpoint written by a --lora_rank run")
-    p.add_argument("out", help="the plain checkpoint to write (must not exist)")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
-    ckpt = load_checkpoint(args.adapter)
-    if "lora" not in ckpt:
-        raise UsageError(f"{args.adapter} is not a LoRA checkpoint (no adapters in it): nothing to merge.")
-    model, _ = model_from_checkpoint(ckpt)
-    merge_lora(model)
-    save_checkpoint(out, {"version": CHECKPOINT_VERSION, "kind": ckpt["kind"], "step": ckpt.get("step"),
-                          "model": model.state_dict(), "model_config": ckpt["model_config"],
-                          "train_config": ckpt.get("train_config", {}), "tokenizer": ckpt["tokenizer"],
-                          "val": ckpt.get("val"), "merged_from": {"adapter": str(args.adapter), **ckpt["lora"]}})
-    print(f"wrote {out}: {Path(ckpt['lora']['base']['path']).name} with the adapters of {args.adapter} merged in")
-
-
-def main(argv):
-    if argv[:1] != ["merge"]:
-        raise UsageError("usage: python lora.py merge ADAPTER.pt OUT.pt (training: --lora_rank=R in "
-                         "train.py or chat_sft.py)")
-    merge_main(argv[1:])
-
-
-if __name__ == "__main__":
-    run_main(main)

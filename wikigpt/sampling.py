@@ -71,7 +71,7 @@ def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = Sa
 
 
 def params_from_args(args) -> SamplingParams:
-    from cli import UsageError
+    from wikigpt.cli import UsageError
 
     copy = args.copy if args.copy is not None else RAG_COPY if getattr(args, "rag", False) else 0.0
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, copy)

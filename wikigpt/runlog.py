@@ -1,6 +1,7 @@
 """
 What a training run leaves behind besides checkpoints: OUT_DIR/metrics.jsonl, one JSON object
-per log step ("train") and per eval ("eval"), and OUT_DIR/loss.png drawn from it.
+per log step ("train") and per eval ("eval"), OUT_DIR/loss.png drawn from it, and
+OUT_DIR/summary.json at the end of a run.
 
     {"type": "train", "kind": "pretrain", "step": 40, "tokens": 81920, "loss": 5.91, "lr": 0.003,
      "tok_per_s": 4100.0, "mfu": 0.012, "elapsed": 21.3}
@@ -15,6 +16,7 @@ from pathlib import Path
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
+SUMMARY = "summary.json"  # how the run ended: steps, val loss, tokens/s (what train() returns)
 
 
 def read_metrics(path) -> list[dict]:

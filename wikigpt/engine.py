@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from sampling import CopySource, SamplingParams, make_generator, mix_copy, sample_rows
+from wikigpt.sampling import CopySource, SamplingParams, make_generator, mix_copy, sample_rows
 
 ROW_GROUP = 4
 

@@ -8,21 +8,35 @@ tensors and Python values: loading a file never runs code from it):
     model           the model's state_dict (clean names, never a compiled wrapper's)
     model_config    GPTConfig as a dict
     tokenizer       the tokenizer spec (tokenizer.py), so a checkpoint is self-contained
-    train_config, step, optimizer, data, rng, best_val, bad_evals, val: for exact resume
+    train_config, step, val: how it was trained and how good it was
+    optimizer, data, rng, best_val, bad_evals: exact resume (last.pt only)
+    lora | quant | merged_from: adapters only, int8 weights, or what convert.py merged
 
     model, tok, info = load_model("out/chat/best.pt")          # every inference tool
 """
 import os
+import random
 from pathlib import Path
 
 import torch
 
-from cli import UsageError
+from wikigpt.cli import UsageError
 from model import GPT, GPTConfig
-from tokenizer import Tokenizer
+from wikigpt.tokenizer import Tokenizer
 
 CHECKPOINT_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_checkpoint(kind: str, model_state: dict, model_config: dict, tokenizer: dict, *,
+                     train_config: dict | None = None, step: int | None = None, val: dict | None = None,
+                     **extra) -> dict:
+    """The one place a checkpoint dict is put together (schema above). `extra`: the resume
+    state (optimizer, data, rng, best_val, bad_evals) or what the file was made from (lora,
+    quant, merged_from)."""
+    return {"version": CHECKPOINT_VERSION, "kind": kind, "step": step, "model": model_state,
+            "model_config": model_config, "train_config": train_config or {}, "tokenizer": tokenizer,
+            "val": val, **extra}
 
 
 def save_checkpoint(path: Path, state: dict):
@@ -56,11 +70,11 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
     if "lora" not in ckpt:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         if ckpt.get("quant") == "int8":  # written by quant.py: int8 tensors into the int8 layout
-            from quant import quantize_model
+            from wikigpt.quant import quantize_model
             quantize_model(model, empty=True)
         model.load_state_dict(ckpt["model"])
         return model.to(device), Tokenizer(ckpt["tokenizer"])
-    from lora import apply_lora, resolve_base
+    from wikigpt.lora import apply_lora, resolve_base
 
     info = ckpt["lora"]
     model, tok = model_from_checkpoint(load_checkpoint(resolve_base(info, path)))
@@ -94,13 +108,13 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
         raise UsageError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no model to run.")
     model, tok = model_from_checkpoint(ckpt, device, path)
     if "lora" in ckpt:
-        from lora import merge_lora
+        from wikigpt.lora import merge_lora
         merge_lora(model)  # folded in once: inference runs at the base model's speed
     if ckpt.get("quant") == "int8" and dtype not in (None, "int8"):
         raise UsageError(f"{path} holds int8 weights: run it as it is (no --dtype, or --dtype int8); for "
                          f"{dtype}, use the checkpoint it was quantised from.")
     if dtype == "int8":
-        from quant import check_int8_support, quantize_model
+        from wikigpt.quant import check_int8_support, quantize_model
         check_int8_support(device)
         if ckpt.get("quant") != "int8":
             quantize_model(model)
@@ -113,3 +127,17 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
             "data": ckpt.get("train_config", {}).get("data", ""),  # the dataset it learned from
             "train_config": ckpt.get("train_config", {})}
     return model.eval(), tok, info
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,7 +9,7 @@ bytes spelled as GPT-2's printable characters (`ByteLevel`).
 """
 from functools import lru_cache
 
-from tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer
+from wikigpt.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer
 
 
 @lru_cache(maxsize=1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data import ARTICLES, ShardFile, read_articles
-from tokenizer import Tokenizer
+from wikigpt.data import ARTICLES, ShardFile, read_articles
+from wikigpt.tokenizer import Tokenizer
 
 
 def ordered_map(fn, jobs, workers: int, initializer=None, initargs=()):

@@ -1,0 +1,85 @@
+"""
+Turn one checkpoint into another: merge LoRA adapters, quantise to int8, or gather a sharded
+(FSDP) checkpoint folder into one file. Every output is an ordinary checkpoint that sample.py,
+chat.py, serve.py, eval.py and export.py load; the input is never changed.
+
+    python convert.py lora out/chat_lora/best.pt out/chat_merged.pt   # adapters folded in
+    python convert.py int8 out/chat/best.pt out/chat/int8.pt          # int8 weights, ~0.26x the file
+    python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+
+from model import GPT, GPTConfig
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from wikigpt.cli import UsageError, run_main
+from wikigpt.fsdp import load_train_state
+from wikigpt.lora import merge_lora
+
+
+def merge_adapters(src: str, out: Path):
+    ckpt = load_checkpoint(src)
+    if "lora" not in ckpt:
+        raise UsageError(f"{src} is not a LoRA checkpoint (no adapters in it): nothing to merge.")
+    model, _ = model_from_checkpoint(ckpt)
+    merge_lora(model)
+    save_checkpoint(out, build_checkpoint(ckpt["kind"], model.state_dict(), ckpt["model_config"], ckpt["tokenizer"],
+                                          train_config=ckpt.get("train_config"), step=ckpt.get("step"),
+                                          val=ckpt.get("val"), merged_from={"adapter": str(src), **ckpt["lora"]}))
+    print(f"wrote {out}: {Path(ckpt['lora']['base']['path']).name} with the adapters of {src} merged in")
+
+
+def quantise(src: str, out: Path):
+    model, tok, info = load_model(src, "cpu", "int8")
+    save_checkpoint(out, build_checkpoint(info["kind"], model.state_dict(), info["model_config"], tok.spec,
+                                          train_config=info["train_config"], step=info["step"], val=info["val"],
+                                          quant="int8"))
+    fp32_bytes = 4 * GPT(GPTConfig(**info["model_config"])).n_params()  # the same weights in float32
+    size = out.stat().st_size
+    print(f"wrote {out}: int8 weights, {size / 1e6:.1f} MB ({size / fp32_bytes:.2f}x the {fp32_bytes / 1e6:.1f} MB "
+          "of float32 weights)", file=sys.stderr)
+
+
+def gather_shards(src: Path, out: Path):
+    """last.dcp -> one weights-only checkpoint file, read by one process without a process group."""
+    if not src.is_dir():
+        raise UsageError(f"{src}: no such checkpoint folder (train.py --shard=fsdp writes out_dir/last.dcp).")
+    meta = load_train_state(src)
+    model = GPT(GPTConfig(**meta["model_config"]))
+    weights = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "no process group: loading in one process" is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(weights, checkpoint_id=src, no_dist=True)  # fills our tensors, whatever the sharding
+    save_checkpoint(out, build_checkpoint(meta["kind"], weights["model"], meta["model_config"], meta["tokenizer"],
+                                          train_config=meta.get("train_config"), step=meta.get("step"),
+                                          val=meta.get("val")))
+    load_checkpoint(out)  # what the tools will do: fail here, not there
+    print(f"wrote {out} (step {meta['step']}): load it with sample.py, chat.py, serve.py")
+
+
+CONVERSIONS = {"lora": (merge_adapters, "a LoRA checkpoint (--lora_rank run) -> a plain one, adapters merged"),
+               "int8": (quantise, "a checkpoint -> int8 weights (CPU inference, ~0.26x the file)"),
+               "dcp": (gather_shards, "a sharded checkpoint folder (--shard=fsdp's last.dcp) -> one file")}
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="conversion", required=True)
+    for name, (_, help) in CONVERSIONS.items():
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("src", help="the checkpoint to read (left as it is)")
+        c.add_argument("out", help="the checkpoint to write (must not exist)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
+    convert, _ = CONVERSIONS[args.conversion]
+    convert(Path(args.src) if args.conversion == "dcp" else args.src, out)
+
+
+if __name__ == "__main__":
+    run_main(main)

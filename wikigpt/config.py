@@ -1,0 +1,125 @@
+"""
+The settings of a training run, with their defaults: TrainConfig for pretraining (train.py),
+SFTConfig for chat fine-tuning (chat_sft.py). Both read TOML files and --key=value (cli.py);
+`python train.py -h` prints the table. One place for every default of a run.
+"""
+from dataclasses import dataclass
+
+from wikigpt.cli import UsageError, opt
+from wikigpt.lora import DEFAULT_TARGETS
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = opt("data/wiki", "dataset folder written by prepare_wiki.py")
+    out_dir: str = opt("out/wiki", "where last.pt and best.pt are written")
+    init_from: str = opt("", "start from this checkpoint's weights (fine-tuning)")
+    resume: str = opt("false", "true: continue out_dir/last.pt exactly where it stopped; auto: continue it "
+                                "if it exists, else start (for torchrun --max_restarts); false")
+    # model (ignored when init_from or resume gives a model)
+    arch: str = opt("modern", "gpt2 | modern (see model.py)")
+    mlp: str = opt("auto", "auto (the preset's: gelu for gpt2, swiglu for modern) | gelu | relu2 | swiglu")
+    n_layer: int = opt(6, "transformer blocks")
+    n_head: int = opt(6, "attention heads")
+    n_embd: int = opt(384, "width")
+    block_size: int = opt(256, "context length in tokens")
+    dropout: float = opt(0.0, "dropout rate")
+    # optimisation
+    batch_size: int = opt(16, "sequences per micro-step, per process")
+    grad_accum: int = opt(1, "micro-steps per optimizer step (with total_batch_tokens 0)")
+    total_batch_tokens: int = opt(0, "tokens per optimizer step over all processes (0: batch_size x "
+                                     "block_size x grad_accum); the same maths on 1 process or N")
+    max_steps: int = opt(2000, "optimizer steps; the LR schedule spans them")
+    stop_after: int = opt(0, "end this run after this step (0: at max_steps); resume continues")
+    # measured (bench.py, 150 s on 2 CPU cores, val bits/byte): modern+muon 2.35, gpt2+muon 2.47,
+    # gpt2+adamw 2.56, modern+adamw 2.58: Muon and the modern preset together learn fastest
+    optimizer: str = opt("muon", "muon (Muon for hidden matrices, AdamW for the rest) | adamw")
+    lr: float = opt(3e-3, "peak AdamW learning rate")
+    muon_lr: float = opt(0.02, "peak Muon learning rate")
+    min_lr_frac: float = opt(0.1, "final LR as a fraction of the peak")
+    warmup_steps: int = opt(100, "linear warmup steps")
+    schedule: str = opt("cosine", "cosine | wsd (warmup-stable-decay) | constant")
+    decay_frac: float = opt(0.2, "wsd: share of steps spent decaying")
+    weight_decay: float = opt(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
+    # evaluation, checkpoints, stopping
+    eval_interval: int = opt(200, "evaluate and checkpoint every this many steps")
+    eval_tokens: int = opt(65536, "size of the fixed val subset, in tokens")
+    patience: int = opt(0, "stop after this many evals without val improvement (0: off)")
+    max_time: float = opt(0.0, "stop (with a checkpoint) after this many seconds (0: off)")
+    log_interval: int = opt(10, "print a log line every this many steps")
+    # LoRA (lora.py): train small adapters on a frozen model instead of all weights
+    lora_rank: int = opt(0, "adapter rank (0: off, train all weights); needs init_from")
+    lora_alpha: float = opt(16.0, "adapter scale numerator: updates are scaled by lora_alpha / lora_rank")
+    lora_dropout: float = opt(0.0, "dropout on the adapters' input")
+    lora_targets: str = opt(DEFAULT_TARGETS, "comma-separated linear layer name patterns to adapt")
+    lora_special_rows: bool = opt(True, "also train the special tokens' embedding and head rows")
+    # system
+    shard: str = opt("none", "none (DDP: every process holds the whole model) | fsdp (FSDP2: each holds "
+                             "1/N of weights, gradients and optimizer state; checkpoints in out_dir/last.dcp)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    # measured on a 2-core CPU (bench.py): +13% tokens/s with the 8k vocab, +22% with GPT-2's
+    compile: bool = opt(True, "torch.compile the model (falls back to eager if it cannot)")
+    seed: int = opt(1337, "seed for weights, data order and dropout")
+    wandb_project: str = opt("", "log to this Weights & Biases project (empty: off)")
+    wandb_run: str = opt("", "W&B run name")
+
+    def validate(self):
+        def need(ok, msg):
+            if not ok:
+                raise UsageError(f"config: {msg}")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                     "max_steps", "eval_interval", "eval_tokens", "log_interval"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.arch in ("gpt2", "modern"), f"arch must be gpt2 or modern, got {self.arch!r}")
+        need(self.mlp in ("auto", "gelu", "relu2", "swiglu"), f"mlp: unknown {self.mlp!r}")
+        need(self.optimizer in ("adamw", "muon"), f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        need(self.schedule in ("cosine", "wsd", "constant"), f"schedule: unknown {self.schedule!r}")
+        need(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype: unknown {self.dtype!r}")
+        need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
+        need(self.total_batch_tokens >= 0, "total_batch_tokens must be >= 0")
+        need(self.lora_rank >= 0 and 0 <= self.lora_dropout < 1, "lora_rank must be >= 0 and lora_dropout in [0, 1)")
+        need(self.resume in ("false", "true", "auto"), f"resume must be false, true or auto, got {self.resume!r}")
+        need(self.shard in ("none", "fsdp"), f"shard must be none or fsdp, got {self.shard!r}")
+        need(not (self.lora_rank and self.shard == "fsdp"), "LoRA trains a few parameters on a frozen "
+             "model, which DDP already fits: use shard=none with lora_rank")
+        need(not self.lora_rank or self.init_from or self.resume != "false",
+             "lora_rank needs a model to adapt: set init_from (e.g. --init_from=out/demo/best.pt)")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    # defaults for fine-tuning (the model's shape comes from init_from)
+    out_dir: str = opt("out/chat", "where last.pt and best.pt are written")
+    init_from: str = opt("out/demo/best.pt", "the pretrained checkpoint to fine-tune")
+    lr: float = opt(1e-3, "peak AdamW learning rate")
+    max_steps: int = opt(300, "optimizer steps")
+    warmup_steps: int = opt(20, "linear warmup steps")
+    eval_interval: int = opt(50, "evaluate and checkpoint every this many steps")
+    eval_tokens: int = opt(16384, "size of the fixed val subset, in tokens")
+    # dialogue data
+    sft_data: str = opt("", "comma-separated files, each optionally :weight (empty: built-in en+zh)")
+    sft_format: str = opt("auto", "auto | openai | sharegpt | alpaca | pairs")
+    system_prompt: str = opt("", "system turn added to conversations that have none")
+    sft_val_fraction: float = opt(0.05, "share of conversations held out for val")
+    skip_bad_records: bool = opt(False, "skip malformed records (and say how many) instead of failing")
+    show_examples: int = opt(0, "print this many training rows with their loss mask, then exit")
+    eot_check: int = opt(50, "after training, how many held-out prompts to test for <|end|>")
+    # knowledge: questions about the articles of `data`, answered from retrieved passages
+    grounded_qa: float = opt(0.0, "weight of grounded Wikipedia QA conversations (wikiqa.py; 0: off)")
+    qa_eval: int = opt(3, "with grounded_qa: held-out QA questions per val article, reported at the end")
+
+    def validate(self):
+        super().validate()
+        if self.sft_format not in ("auto", "openai", "sharegpt", "alpaca", "pairs"):
+            raise UsageError(f"config: sft_format: unknown {self.sft_format!r}")
+        if not 0 < self.sft_val_fraction < 1:
+            raise UsageError(f"config: sft_val_fraction must be in (0, 1), got {self.sft_val_fraction}")
+        if self.grounded_qa < 0 or self.qa_eval < 0:
+            raise UsageError("config: grounded_qa and qa_eval must be >= 0")

@@ -1,0 +1,171 @@
+"""
+The server's model side: prompts built from checked requests (chat template, history fitting,
+retrieval), their choices run through the engine thread, text handed out as it arrives (stop
+strings held back until they can be ruled out), and the Prometheus metrics.
+"""
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+
+from wikigpt.chat_template import ContextOverflow, fit_history, prompt_room
+from wikigpt.engine import EngineThread, QueueFull, Request
+from wikigpt.grounding import grounded_prompt
+from wikigpt.sampling import CHAT_DEFAULTS, RAG_COPY, CopySource, SamplingParams
+from wikigpt.server.checks import ApiError, Settings, number, read_messages, sampling_of, stop_strings
+from wikigpt.tokenizer import TextStream
+
+
+@dataclass
+class Choice:
+    index: int
+    prompt: list[int]
+    stream: TextStream
+    stops: list[str]
+    text: str = ""  # generated so far (cut at a stop string)
+    sent: int = 0  # characters of text already handed out
+    tokens: int = 0
+    finish: str | None = None
+    request: Request | None = field(default=None, repr=False)
+
+    def add(self, token: int | None, finish: str | None, hidden: set) -> str:
+        """Take one engine event; return the text that may be shown now."""
+        if token is not None:
+            self.tokens += 1
+            if token not in hidden:
+                self.text += self.stream.push(token)
+        if finish:
+            self.text += self.stream.flush()
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, finish = self.text[:cut], "stop"
+        self.finish = finish
+        held = 0 if finish else max((k for s in self.stops for k in range(len(s), 0, -1)
+                                     if self.text.endswith(s[:k])), default=0)
+        delta = self.text[self.sent:len(self.text) - held]  # hold back a possible stop string's start
+        self.sent += len(delta)
+        return delta
+
+
+class Server:
+    """The model, the engine thread and the metrics, with the logic of each endpoint."""
+
+    def __init__(self, model, tok, settings: Settings, engine: EngineThread, index=None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.model, self.tok, self.settings, self.engine, self.index = model, tok, settings, engine, index
+        self.block = model.cfg.block_size
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("wikigpt_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
+        self.tokens_in = Counter("wikigpt_prompt_tokens", "prompt tokens processed", registry=r)
+        self.tokens_out = Counter("wikigpt_completion_tokens", "tokens generated", registry=r)
+        self.ttft = Histogram("wikigpt_time_to_first_token_seconds", "request arrival to first token", registry=r,
+                              buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.tpot = Histogram("wikigpt_time_per_output_token_seconds", "time between tokens of a request",
+                              registry=r, buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1))
+        Gauge("wikigpt_queue_depth", "requests waiting for a slot", registry=r).set_function(lambda: engine.queue_depth)
+        Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
+
+    # ----- building prompts
+    def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], list]:
+        """The prompt ids, and the passages retrieved into it (with --rag)."""
+        if not self.tok.has_chat_tokens():
+            raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
+                                "or serve a checkpoint from chat_sft.py", "messages")
+        messages = read_messages(body, self.settings.max_messages)
+        use_rag = body.get("rag", True)
+        if not isinstance(use_rag, bool):
+            raise ApiError(400, "'rag' must be true or false", "rag")
+        room = prompt_room(self.block, max_tokens)
+        try:
+            ids, kept = fit_history(self.tok, messages, room, limit=self.block - 1)
+        except ContextOverflow as e:
+            raise ApiError(400, f"{e} (the model's context is {self.block} tokens)", "messages",
+                           "context_length_exceeded")
+        if self.index is None or not use_rag or kept[-1].role != "user":
+            return ids, []
+        return grounded_prompt(self.index, self.tok, kept, self.settings.rag_k, room, self.block - 1)
+
+    def completion_prompts(self, body: dict) -> list[list[int]]:
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+        out = []
+        for p in prompts:
+            ids = [self.tok.doc_sep] + self.tok.encode(p)  # articles were trained as <|endoftext|>text
+            if len(ids) >= self.block:
+                raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {self.block}. "
+                                    "Shorten it.", "prompt", "context_length_exceeded")
+            out.append(ids)
+        return out
+
+    def max_tokens(self, body: dict) -> int:
+        limit = self.settings.max_tokens_limit
+        value = number(body, "max_completion_tokens", None, 1, limit, integer=True)
+        return value or number(body, "max_tokens", self.settings.default_max_tokens, 1, limit, integer=True)
+
+    # ----- generation
+    async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, sources=()):
+        """Run every choice (n per prompt) through the engine; yield (choice, delta) as text
+        arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops.
+        With retrieved passages (sources) replies may copy from them (the 'copy' option)."""
+        n = number(body, "n", 1, 1, self.settings.max_n, integer=True)
+        seed = number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
+        defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if sources else CHAT_DEFAULTS if chat else SamplingParams()
+        params = sampling_of(body, defaults)
+        copy_from = CopySource.from_passages(self.tok, [(h.title, h.text) for h in sources]) if sources else None
+        stops, max_new = stop_strings(body, self.settings.max_stop), self.max_tokens(body)
+        end = self.tok.end_of_turn if chat else self.tok.doc_sep
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        choices = []
+        for p, prompt in enumerate(prompts):
+            for j in range(n):
+                c = Choice(len(choices), prompt, TextStream(self.tok), stops)
+                c.request = Request(prompt, max_new, params, {end}, None if seed is None else seed + j,
+                                    emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)),
+                                    copy_from=copy_from)
+                choices.append(c)
+        t0 = last = time.perf_counter()
+        try:
+            self.engine.submit([c.request for c in choices])
+        except QueueFull as e:
+            raise ApiError(429, f"the server is busy: {e}. Retry in a moment.", code="queue_full")
+        self.tokens_in.inc(sum(len(c.prompt) for c in choices))
+        try:
+            pending, first = len(choices), True
+            while pending:
+                try:
+                    batch = [await asyncio.wait_for(events.get(), timeout=1.0)]
+                except asyncio.TimeoutError:
+                    if await is_gone():
+                        return
+                    continue
+                while not events.empty():  # under load several tokens wait: they go out as one delta
+                    batch.append(events.get_nowait())
+                deltas = {}  # choice index -> (choice, text), in arrival order
+                for c, token, finish in batch:
+                    if c.finish:
+                        continue  # already ended by a stop string
+                    if finish and finish.startswith("error"):
+                        raise ApiError(500, f"generation failed: {finish[7:]}", code="generation_error")
+                    now = time.perf_counter()
+                    (self.ttft if first else self.tpot).observe(now - (t0 if first else last))
+                    first, last = False, now
+                    self.tokens_out.inc(token is not None)
+                    delta = c.add(token, finish, {end})
+                    if c.finish:
+                        pending -= 1
+                        self.engine.cancel(c.request)  # a stop string may end it before the engine does
+                    deltas[c.index] = (c, deltas.get(c.index, (c, ""))[1] + delta)
+                for c, delta in deltas.values():
+                    if delta or c.finish:
+                        yield c, delta
+        finally:
+            for c in choices:
+                if not c.finish:
+                    self.engine.cancel(c.request)  # the client left: free its slot at once
+
+    def usage(self, choices: list[Choice]) -> dict:
+        prompt = sum(len(p) for p in {id(c.prompt): c.prompt for c in choices}.values())
+        done = sum(c.tokens for c in choices)
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}

@@ -1,0 +1,66 @@
+"""
+The two shapes of an OpenAI reply: one JSON object when the generation is done, or a stream of
+server-sent events (`data: {...}` chunks, then `data: [DONE]`) as text arrives. Both take the
+(choice, delta) events of Server.generate; neither knows how the text was made.
+"""
+import json
+import time
+import uuid
+
+from wikigpt.server.checks import ApiError
+
+
+def reply_head(chat: bool, model_name: str) -> dict:
+    kind = "chat.completion" if chat else "text_completion"
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind,
+            "created": int(time.time()), "model": model_name}
+
+
+async def json_reply(events, head: dict, chat: bool, usage, cited: dict) -> dict:
+    """The whole reply as one object, once every choice has finished."""
+    done = {}
+    async for c, _ in events:
+        done[c.index] = c
+    choices = [done[i] for i in sorted(done)]
+    out = [({"index": c.index, "message": {"role": "assistant", "content": c.text}} if chat
+            else {"index": c.index, "text": c.text}) | {"finish_reason": c.finish, "logprobs": None}
+           for c in choices]
+    return head | {"choices": out, "usage": usage(choices)} | cited
+
+
+def event(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def sse_reply(first, events, head: dict, chat: bool, usage, cited: dict, include_usage: bool):
+    """The reply as server-sent events. `first` is the first event, awaited by the caller, so
+    that an error before the first token still gets a status code instead of a broken stream.
+    Later errors arrive as an error object in the stream, before [DONE]."""
+    stream_kind = head["object"] + ".chunk" if chat else head["object"]
+
+    def chunk(c, piece: dict, finish=None, **extra) -> str:
+        return event(head | {"object": stream_kind, "choices": [
+            {"index": c.index, **piece, "finish_reason": finish, "logprobs": None}]} | extra)
+
+    def text(delta: str) -> dict:
+        return {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
+
+    seen, ended = set(), []
+    try:
+        item = first
+        while item is not None:
+            c, delta = item
+            if chat and c.index not in seen:  # the first delta of each choice carries the role
+                seen.add(c.index)
+                yield chunk(c, {"delta": {"role": "assistant", "content": ""}}, **cited)
+            if delta:
+                yield chunk(c, text(delta))
+            if c.finish:
+                ended.append(c)
+                yield chunk(c, text(""), c.finish)
+            item = await anext(events, None)
+        if include_usage:
+            yield event(head | {"object": stream_kind, "choices": [], "usage": usage(ended)})
+    except ApiError as e:
+        yield event(e.body())
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,121 @@
+"""
+What the training loop says while it runs: the log lines (process 0), OUT_DIR/metrics.jsonl
+and its loss plot (runlog.py), Weights & Biases if asked, and the clock behind tokens/s, MFU
+and the ETA. The loop calls `TrainLog.train_step` and `TrainLog.evaluated`; it keeps no timers
+of its own.
+"""
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from wikigpt.runlog import PLOT, MetricsLog, plot_runs
+from wikigpt.throughput import fmt_time, peak_flops, synchronize
+
+
+class TrainLog:
+    def __init__(self, cfg, dist, kind: str, model, dtype, tokens_per_step: int, lora: dict | None,
+                 resume_step: int | None):
+        self.cfg, self.dist, self.tokens_per_step = cfg, dist, tokens_per_step
+        self.out_dir = Path(cfg.out_dir)
+        peak, note = peak_flops(dist.device, dtype)  # one process's
+        self.flops_peak = peak * dist.world  # tokens/s counts every process's tokens, so the peak counts them all
+        self.peak_note = f"{dist.world} x {note}" if dist.world > 1 else note
+        self.flops_per_token = model.flops_per_token()
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if lora:  # frozen weights get no weight gradient: 4 of the 6 FLOPs per weight and token
+            self.flops_per_token -= 2 * (model.n_params(for_flops=True) - self.trainable)
+        self.wandb = None
+        if cfg.wandb_project and dist.master:
+            import wandb
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run or None, config=asdict(cfg))
+        self.metrics = None  # OUT_DIR/metrics.jsonl, written by process 0
+        if dist.master:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics = MetricsLog(self.out_dir, kind, resume_step=resume_step)
+        self.t_start = time.time()
+        self.t_eval = 0.0
+        self.t_log, self.tokens_since_log = time.time(), 0
+        self.t_train, self.tokens_trained = 0.0, 0  # steady-state throughput: after the first log interval
+        self.first_step = resume_step or 0
+
+    def __call__(self, msg: str):
+        if self.dist.master:
+            print(msg, flush=True)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
+
+    def start(self, kind, model, tok, dtype, micro: int, accum: int, lora: dict | None, resumed_from):
+        mcfg, d = model.cfg, self.dist
+        self(f"{kind} | {model.n_params():,} parameters | {mcfg.arch} {mcfg.n_layer}x{mcfg.n_embd} "
+             f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {d.world} process(es) on {d.device} "
+             f"{str(dtype).replace('torch.', '')} | {self.tokens_per_step:,} tokens/step = {d.world} process(es) "
+             f"x {accum} micro-step(s) x {micro} rows x {mcfg.block_size}")
+        self(f"MFU is against {self.flops_peak / 1e12:.2f} TFLOP/s: {self.peak_note}")
+        if lora:
+            self(f"LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {lora['targets']}: {self.trainable:,} "
+                 f"trainable parameters ({100 * self.trainable / model.n_params():.2f}%), base "
+                 f"{lora['base']['path']} frozen")
+        if resumed_from:
+            self(f"resuming {resumed_from} at step {self.first_step}")
+
+    @contextmanager
+    def evaluating(self):
+        """Time spent inside (evaluation, checkpoints, plots) is not training time."""
+        t0 = time.time()
+        yield
+        self.t_eval += time.time() - t0
+        self.t_log += time.time() - t0  # tokens/s counts training time only
+
+    def evaluated(self, step: int, val: dict, improved: bool):
+        share = f" | evals took {100 * self.t_eval / self.elapsed():.1f}% of the run" if step > self.first_step else ""
+        self(f"step {step}: val loss {val['loss']:.4f}, val bpb {val['bpb']:.4f}"
+             f"{' (best)' if improved else ''}{share}")
+        if self.wandb:
+            self.wandb.log({"val/loss": val["loss"], "val/bpb": val["bpb"]}, step=step)
+        if self.metrics:
+            self.metrics.log("eval", step, self.elapsed(), tokens=step * self.tokens_per_step,
+                             val_loss=val["loss"], val_bpb=val["bpb"])
+            plot_runs([(self.out_dir.name, self.metrics.rows())], self.out_dir / PLOT)
+
+    def train_step(self, step: int, stop_at: int, loss_sum: float, lr: float):
+        """Count one optimizer step; every log_interval steps (and at the last) print a line."""
+        self.tokens_since_log += self.tokens_per_step
+        if not (step % self.cfg.log_interval == 0 or step == stop_at):
+            return
+        d = self.dist
+        if d.world > 1:  # the whole batch's loss, not only process 0's share of it
+            total = torch.tensor([loss_sum], dtype=torch.float64, device=d.device)
+            torch_dist.all_reduce(total)
+            loss_sum = total.item() / d.world
+        synchronize(d.device)
+        dt = time.time() - self.t_log
+        tok_s = self.tokens_since_log / max(dt, 1e-9)
+        # a peak below what we just did was mismeasured
+        self.flops_peak = max(self.flops_peak, tok_s * self.flops_per_token)
+        mfu = tok_s * self.flops_per_token / self.flops_peak
+        eta = (stop_at - step) * dt / max(1, self.tokens_since_log // self.tokens_per_step)
+        if step - self.first_step > self.cfg.log_interval:  # the first interval holds compile + warmup
+            self.t_train, self.tokens_trained = self.t_train + dt, self.tokens_trained + self.tokens_since_log
+        self(f"step {step}/{stop_at} | loss {loss_sum:.4f} | lr {lr:.2e} | "
+             f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {fmt_time(eta)}")
+        if self.wandb:
+            self.wandb.log({"train/loss": loss_sum, "lr": lr, "tok_per_s": tok_s, "mfu": mfu}, step=step)
+        if self.metrics:
+            self.metrics.log("train", step, self.elapsed(), tokens=step * self.tokens_per_step, loss=loss_sum,
+                             lr=lr, tok_per_s=tok_s, mfu=mfu)
+        self.t_log, self.tokens_since_log = time.time(), 0
+
+    def summary(self) -> dict:
+        elapsed = self.elapsed()
+        return {"seconds": elapsed, "eval_share": self.t_eval / max(elapsed, 1e-9),
+                "tok_per_s": self.tokens_trained / self.t_train if self.t_train else float("nan"),
+                "flops_per_token": self.flops_per_token}
+
+    def finish(self):
+        if self.wandb:
+            self.wandb.finish()
