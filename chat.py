@@ -8,7 +8,7 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
-Replies are decoded by engine.py exactly as serve.py decodes them: same seed, same reply.
+Replies are decoded by wikigpt/engine.py exactly as serve.py decodes them: same seed, same reply.
 """
 import argparse
 import sys

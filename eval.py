@@ -9,10 +9,10 @@ Writes report.json and report.md (one column per checkpoint) and prints the tabl
   pretraining  val bits per byte, loss and perplexity on the dataset's val split: the same
                text for every checkpoint (bits per byte also compares different tokenizers)
   chat         (chat checkpoints) held-out dialogues: the assistant-token loss, and sampled
-               replies scored against the real ones (scores.py): BLEU, chrF, ROUGE-L,
+               replies scored against the real ones (wikigpt/scores.py): BLEU, chrF, ROUGE-L,
                distinct-1/2, the share of replies that loop, end-of-turn and role-leak rates
   knowledge    (chat checkpoints, a dataset with a search index) held-out Wikipedia questions:
-               retrieval recall and answer F1 without and with retrieval (wikiqa.py)
+               retrieval recall and answer F1 without and with retrieval (wikigpt/wikiqa.py)
 Everything is seeded: the same command gives the same report.
 """
 import argparse
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wikigpt import scores
 from wikigpt import wikiqa
@@ -36,7 +35,7 @@ from wikigpt.config import SFTConfig
 from wikigpt.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.sft_data import heldout_conversations, parse_sft_data, read_dialogues
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, progress_bar, run_main
 from wikigpt.data import load_dataset
 from wikigpt.engine import generate_batch
 from wikigpt.retrieval import INDEX_DIR, Index
@@ -158,7 +157,7 @@ def chat_scores(model, tok, convs, examples, args, seed: int) -> dict:
             refs.append(reference)
         except ContextOverflow:
             continue  # a last message longer than the context: nothing to ask
-    with tqdm(total=len(prompts), desc="sampling replies", unit="reply", file=sys.stderr) as bar:
+    with progress_bar(total=len(prompts), desc="sampling replies", unit="reply", file=sys.stderr) as bar:
         replies = generate_batch(model, tok, prompts, args.max_new_tokens, params_from_args(args),
                                  seeds=[seed + i for i in range(len(prompts))], on_done=bar.update)
     other_specials = set(tok.special.values()) - {tok.end_of_turn}

@@ -87,11 +87,11 @@ def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
 
 def hf_weights(model, n_vocab: int, path: str) -> tuple[dict, dict]:
     c = model.cfg
-    if c.arch == "gpt2" and c.mlp_kind == "gelu":
+    if c.arch == "gpt2" and c.mlp == "gelu":
         return gpt2_weights(model, n_vocab)
-    if c.arch == "modern" and c.mlp_kind == "swiglu":
+    if c.arch == "modern" and c.mlp == "swiglu":
         return qwen3_weights(model, n_vocab)
-    raise UsageError(f"{path}: a {c.arch} model with the {c.mlp_kind} MLP has no exact transformers "
+    raise UsageError(f"{path}: a {c.arch} model with the {c.mlp} MLP has no exact transformers "
                      "architecture (gpt2 exports with its GELU MLP as GPT2LMHeadModel, modern with "
                      "the SwiGLU MLP as Qwen3ForCausalLM). It still loads and runs here; to export, "
                      "train with --mlp=swiglu (the modern default) or --arch=gpt2.")
@@ -181,7 +181,7 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
         "wikigpt on Wikipedia text"
         + (" and then fine-tuned on dialogues (chat SFT)." if chat else "."), "",
         "| | |", "|---|---|",
-        f"| architecture | {hf_arch} ({c.arch} preset, {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, {c.mlp_kind} MLP) |",
+        f"| architecture | {hf_arch} ({c.arch} preset, {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, {c.mlp} MLP) |",
         f"| context | {c.block_size} tokens |",
         f"| tokenizer | {tok.name} ({tok.n_vocab} ids, byte-level BPE; special tokens {specials}) |",
         f"| data | {tc.get('data', '?')}" + (f" + {tc.get('sft_data') or 'built-in dialogues (chitchat, chatterbot en/zh)'}" if chat else "") + " |",

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# The MLP a new model of each preset gets. Measured on the demo (bench.py --only mlp, 150 s
+# The MLP a new model of each preset gets. Measured on the demo (bench/bench.py --only mlp, 150 s
 # each): modern + SwiGLU val bits/byte 2.150 vs ReLU^2 2.158 at the same tokens/s, and SwiGLU
 # makes the preset exactly transformers' Qwen3 layout (export.py).
 PRESET_MLP = {"gpt2": "gelu", "modern": "swiglu"}
@@ -31,24 +31,21 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     arch: str = "modern"  # "gpt2" | "modern"
-    # "gelu" | "relu2" | "swiglu"; "auto" is what checkpoints from before PRESET_MLP hold: it
-    # means gelu for gpt2 and relu2 for modern, so that they load as they were trained
-    mlp: str = "auto"
+    mlp: str | None = None  # "gelu" | "relu2" | "swiglu"; None: the preset's (PRESET_MLP)
+
+    def __post_init__(self):
+        self.mlp = self.mlp or PRESET_MLP.get(self.arch, "swiglu")
 
     @property
     def padded_vocab(self) -> int:
         # GPU matmuls run fastest on multiples of 64 (nanoGPT measured ~25% on 50257 -> 50304)
         return (self.vocab_size + 63) // 64 * 64
 
-    @property
-    def mlp_kind(self) -> str:
-        return self.mlp if self.mlp != "auto" else ("gelu" if self.arch == "gpt2" else "relu2")
-
     def validate(self):
         if self.arch not in ("gpt2", "modern"):
             raise ValueError(f"arch must be 'gpt2' or 'modern', got {self.arch!r}")
-        if self.mlp not in ("auto", "gelu", "relu2", "swiglu"):
-            raise ValueError(f"mlp must be auto, gelu, relu2 or swiglu, got {self.mlp!r}")
+        if self.mlp not in ("gelu", "relu2", "swiglu"):
+            raise ValueError(f"mlp must be gelu, relu2 or swiglu, got {self.mlp!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
@@ -79,7 +76,7 @@ class KVCache:
     k, v: (n_layer, B, H, max_len, D), filled up to `pos`; all rows at the same position.
 
     The model talks to a cache through three methods, so that other layouts can plug in
-    (engine.py's SlotCache: one row per request, each at its own position):
+    (wikigpt/engine.py's SlotCache: one row per request, each at its own position):
       positions(T) -> (B or 1, T) position ids of the next T tokens
       attend(layer, q, k, v) -> (B, H, T, D) attention output, after storing k, v
       advance(T) after all layers have run"""
@@ -135,7 +132,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        bias, self.kind = cfg.arch == "gpt2", cfg.mlp_kind
+        bias, self.kind = cfg.arch == "gpt2", cfg.mlp
         # SwiGLU has three matrices; 8/3 of the width keeps its parameter count that of 4x MLPs
         hidden = 4 * cfg.n_embd if self.kind != "swiglu" else int(8 * cfg.n_embd / 3 + 63) // 64 * 64
         self.c_fc = nn.Linear(cfg.n_embd, hidden * (2 if self.kind == "swiglu" else 1), bias=bias)
@@ -207,7 +204,7 @@ class GPT(nn.Module):
     @property
     def act_dtype(self) -> torch.dtype:
         """The dtype activations (and the KV cache) run in: the weights', or float32 for int8
-        weights (quant.py), whose norms stay float32."""
+        weights (wikigpt/quant.py), whose norms stay float32."""
         return self.ln_f.weight.dtype
 
     def n_params(self, for_flops=False) -> int:

@@ -1,5 +1,5 @@
 """
-Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see data.py).
+Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see wikigpt/data.py).
 
     python prepare_wiki.py                                  # the built-in English sample
     python prepare_wiki.py zhwiki-latest-pages-articles-multistream.xml.bz2 --tokenizer bpe:32768 --out data/zh
@@ -9,7 +9,7 @@ Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see
 
 Three passes, each in parallel worker processes where the work is heavy:
   1. read the source, clean each article's wikitext, drop duplicates, split train/val
-     (multistream dumps are decompressed and parsed by the workers too: see dumps.py);
+     (multistream dumps are decompressed and parsed by the workers too: see wikigpt/prep/dumps.py);
   2. (bpe only) train the tokenizer on the train split;
   3. tokenize and write the shards.
 Work happens in a hidden folder beside --out that is renamed into place only at the very end,
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from wikigpt.data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
 from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
@@ -42,6 +41,7 @@ from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, i
 from wikigpt.tokenizer import Tokenizer, TokenizerError, parse_bpe_name
 from wikigpt.prep.shards import encode_pass, iter_articles, ordered_map
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article
+from wikigpt.cli import progress_bar
 
 
 def batched(items, max_items: int, max_chars: int = 4_000_000):
@@ -129,10 +129,10 @@ def clean_job(job):
 
 
 class Progress:
-    """A bytes-of-source progress bar (so tqdm shows MB/s) with pages/s and articles kept."""
+    """A bytes-of-source progress bar (so the bar shows MB/s) with pages/s and articles kept."""
 
     def __init__(self, total_bytes: int):
-        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="clean", smoothing=0.1)
+        self.bar = progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="clean", smoothing=0.1)
         self.file_base = 0  # bytes of the files before the one being read
         self.pages = self.articles = 0  # read (articles: pages that are not redirects etc.)
         self.t0 = time.time()

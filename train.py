@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from model import GPT, PRESET_MLP, GPTConfig
+from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
@@ -106,7 +106,7 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: dict | None, resume: bo
     else:
         model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                              arch=cfg.arch, mlp=PRESET_MLP[cfg.arch] if cfg.mlp == "auto" else cfg.mlp))
+                              arch=cfg.arch, mlp=None if cfg.mlp == "auto" else cfg.mlp))
     if model.cfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     return model, lora

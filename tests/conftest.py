@@ -1,4 +1,4 @@
-"""Shared test setup: import the flat modules, point tiktoken at the offline cache."""
+"""Shared test setup: the repository root, tiktoken pointed at the offline cache, helpers."""
 import os
 import subprocess
 import sys
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest settings
 
 # The machines that run the tests reach no internet: tiktoken's GPT-2 files come from the
 # cache folder beside the repository (tests and CI only; users download them as usual).

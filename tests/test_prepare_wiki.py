@@ -434,3 +434,20 @@ def test_a_killed_run_resumes_and_writes_the_same_bytes(tmp_path, layout):
     assert not work.exists()
     r = run_cli("prepare_wiki.py", *args, "--out", tmp_path / "resumed")  # a finished one is kept
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(small_dump, tmp_path):
+    import io
+
+    from wikigpt.cli import progress_bar
+
+    log = io.StringIO()  # not a terminal, like a CI log or `make demo > log`
+    bar = progress_bar(total=5000, file=log, desc="clean", unit="B")
+    for _ in range(5000):
+        bar.update(1)
+    bar.close()
+    assert "\r" not in log.getvalue() and 1 <= len(log.getvalue().splitlines()) <= 3
+    assert "5000/5000" in log.getvalue().splitlines()[-1]
+    r = run_cli("prepare_wiki.py", small_dump, "--out", tmp_path / "o", "--tokenizer", "bpe:300")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout + r.stderr and "clean" in r.stderr

@@ -61,6 +61,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         version = ckpt.get("version") if isinstance(ckpt, dict) else None
         raise UsageError(f"{path}: checkpoint version {version}, this code reads version "
                          f"{CHECKPOINT_VERSION}. Use the wikigpt version that wrote it.")
+    return upgrade(ckpt)
+
+
+def upgrade(ckpt: dict) -> dict:
+    """Older checkpoints of this version, read as they were trained (the one place for it):
+    mlp "auto" (written before model.PRESET_MLP) meant gelu for gpt2 and relu2 for modern."""
+    mc = ckpt.get("model_config")
+    if isinstance(mc, dict) and mc.get("mlp") == "auto":
+        mc["mlp"] = "gelu" if mc.get("arch") == "gpt2" else "relu2"
     return ckpt
 
 

@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from wikigpt.checkpoint import upgrade
 from wikigpt.cli import UsageError
 from model import GPT
 
@@ -71,7 +72,7 @@ def load_train_state(folder: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{folder} is not a complete sharded checkpoint (no {TRAIN_STATE}). Start without "
                          "--resume, or point out_dir at the run that wrote it.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return upgrade(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def load(folder: Path, model: GPT, optimizers: list):

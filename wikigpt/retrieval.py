@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wikigpt.cli import UsageError
+from wikigpt.cli import UsageError, progress_bar
 from wikigpt.data import ARTICLES, DatasetError, read_articles
 
 INDEX_DIR = "index"
@@ -127,13 +127,12 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False) -> dict:
     """Index every kept article of a dataset folder (train and val: the index is the model's
     library, not its training data) into folder/index/, atomically."""
     import bm25s
-    from tqdm import tqdm
 
     folder = Path(folder)
     t0 = time.time()
     passages, corpus_terms, n_articles = [], [], 0
     lead_ids, title_terms_of_articles = [], []  # each article's first passage, and its title's terms
-    for article in tqdm(read_articles(folder), desc="passages", unit=" articles", disable=quiet):
+    for article in progress_bar(read_articles(folder), desc="passages", unit=" articles", disable=quiet):
         n_articles += 1
         title_terms = terms(article["title"])
         lead_ids.append(len(passages))

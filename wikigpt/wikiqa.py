@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from wikigpt.data import read_articles
 from wikigpt.engine import generate_batch
 from wikigpt.retrieval import Index
-from wikigpt.sampling import CopySource, SamplingParams
+from wikigpt.sampling import RAG_COPY, CopySource, SamplingParams
 from wikigpt.scores import CJK_CHAR, rouge_l, token_f1
 from wikigpt.chat_template import Message, fit_history, prompt_room
 from wikigpt.tokenizer import Tokenizer
@@ -29,7 +29,6 @@ ZH_QUESTIONS = ["{t}是什么？", "介绍一下{t}。", "请告诉我关于{t}�
 NOT_IN_SOURCES = {"en": "The sources do not say anything about {t}.", "zh": "资料中没有关于{t}的内容。"}
 RAG_K = 3  # passages retrieved per question
 COPYING = "with retrieval, copying"  # the model + a copy distribution over the passages (CopySource)
-COPY_WEIGHT = 0.5  # the copy distribution's share: at 0.5 a found continuation always wins greedy decoding
 REPLY_TOKENS = 64  # room kept for a grounded answer (an opening sentence is 20-50 tokens)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|(?<=[。！？])")
 
@@ -145,7 +144,7 @@ def evaluate_qa(model, tok: Tokenizer, folder, index: Index, per_article: int = 
     report = {"questions": len(items), "articles": len({i.title for i in items}),
               "recall@1": found1 / max(len(items), 1), "recall@5": found5 / max(len(items), 1)}
     for name, prompts, copy in (("without retrieval", plain, 0.0), ("with retrieval", grounded, 0.0),
-                                (COPYING, grounded, COPY_WEIGHT)):
+                                (COPYING, grounded, RAG_COPY)):
         answers = answer_all(model, tok, prompts, REPLY_TOKENS, sources if copy else None, copy)
         report[name] = {
             "f1": sum(token_f1(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),

@@ -27,7 +27,8 @@ from typing import NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import unescape
 
-from tqdm import tqdm
+from wikigpt.cli import progress_bar
+
 
 
 class WikiError(Exception):
@@ -263,7 +264,7 @@ def download(url: str, cache_dir: Path) -> Path:
             if r.status_code != 206:  # server ignored the Range: start over
                 have = 0
             total = have + int(r.headers.get("Content-Length", 0)) or None
-            with open(part, "ab" if have else "wb") as f, tqdm(
+            with open(part, "ab" if have else "wb") as f, progress_bar(
                     total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar:
                 for chunk in r.iter_content(1 << 20):
                     f.write(chunk)

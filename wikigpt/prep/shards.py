@@ -11,8 +11,8 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from wikigpt.cli import progress_bar
 from wikigpt.data import ARTICLES, ShardFile, read_articles
 from wikigpt.tokenizer import Tokenizer
 
@@ -120,7 +120,7 @@ def encode_pass(tok: Tokenizer, work: Path, members: list, args) -> dict:
     """Tokenize both splits in parallel and write their shards."""
     writers = {s: ShardWriter(work, s, tok, args.shard_tokens) for s in SPLITS}
     jobs = ((work / ARTICLES, a, b) for a, b in member_ranges(members))
-    bar = tqdm(desc="tokenize", unit=" tok", unit_scale=True)
+    bar = progress_bar(desc="tokenize", unit=" tok", unit_scale=True)
     for result in ordered_map(encode_members, jobs, args.workers, _init_encoder, (tok,)):
         for split, (arrays, counts) in result.items():
             writers[split].add(arrays, counts)

@@ -1,0 +1,65 @@
+"""The layout rules, read from the code's own imports: commands at the top import the library
+(wikigpt/), the library imports model.py, never the other way; no cycles; short files."""
+import ast
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+TOP = sorted(p for p in ROOT.glob("*.py"))
+LIBRARY = sorted((ROOT / "wikigpt").rglob("*.py"))
+BENCH = sorted((ROOT / "bench").glob("*.py"))
+COMMANDS = {p.stem for p in TOP} - {"model"}
+
+
+def module(p: Path) -> str:
+    parts = p.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(p: Path) -> set[str]:
+    """Every module p imports, at any depth of its code (lazy imports count too)."""
+    out = set()
+    for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+GRAPH = {module(p): imports(p) for p in TOP + LIBRARY + BENCH}
+
+
+def test_the_top_level_is_the_journey():
+    assert {"model", "train", "sample", "prepare_wiki", "chat_sft"} <= {p.stem for p in TOP}
+    assert len(TOP) <= 12 and len(LIBRARY) >= 10, [p.name for p in TOP]
+
+
+def test_model_py_needs_only_the_standard_library_and_torch():
+    outside = {m.split(".")[0] for m in GRAPH["model"]} - set(sys.stdlib_module_names) - {"torch"}
+    assert not outside, outside
+
+
+def test_the_library_and_benchmarks_never_import_a_command():
+    for name, deps in GRAPH.items():
+        if name.startswith(("wikigpt", "bench")):
+            assert not {d.split(".")[0] for d in deps} & COMMANDS, (name, deps & COMMANDS)
+
+
+def test_no_import_cycles():
+    project = {m: {d for d in deps if d in GRAPH and d != m} for m, deps in GRAPH.items()}
+
+    def reaches(start, goal, seen):
+        return any(d == goal or (d not in seen and not seen.add(d) and reaches(d, goal, seen)) for d in project[start])
+    cyclic = [m for m in project if reaches(m, m, set())]
+    assert not cyclic, cyclic
+
+
+def test_files_and_functions_stay_short():
+    for p in TOP + LIBRARY + BENCH:
+        text = p.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 500, p
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 120, f"{p.name}:{node.lineno} {node.name}"
