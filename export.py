@@ -43,7 +43,7 @@ def gpt2_weights(model, n_vocab: int) -> tuple[dict, dict]:
     c = model.cfg
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": n_vocab,
               "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-              "n_inner": 4 * c.n_embd, "activation_function": "gelu", "layer_norm_epsilon": 1e-5,
+              "n_inner": c.mlp_width, "activation_function": "gelu", "layer_norm_epsilon": 1e-5,
               "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True}
     w = {"transformer.wte.weight": model.wte.weight[:n_vocab], "transformer.wpe.weight": model.wpe.weight,
          "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias}
@@ -60,7 +60,7 @@ def gpt2_weights(model, n_vocab: int) -> tuple[dict, dict]:
 
 def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
     c = model.cfg
-    D, hidden = c.n_embd // c.n_head, model.blocks[0].mlp.c_proj.in_features
+    D, hidden = c.head_size, c.mlp_width  # a pruned model's (prune.py) as much as a trained one's
     config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": n_vocab,
               "hidden_size": c.n_embd, "intermediate_size": hidden, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": D,
@@ -74,7 +74,7 @@ def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
          "lm_head.weight": model.lm_head.weight[:n_vocab]}
     for i, b in enumerate(model.blocks):
         p = f"model.layers.{i}."
-        q, k, v = b.attn.c_attn.weight.split(c.n_embd, dim=0)
+        q, k, v = b.attn.c_attn.weight.split(c.n_head * D, dim=0)  # each (H*D, C)
         gate, up = b.mlp.c_fc.weight.split(hidden, dim=0)  # MLP.forward: h.chunk(2) -> gate, up
         w.update({p + "input_layernorm.weight": b.ln_1.weight, p + "post_attention_layernorm.weight": b.ln_2.weight,
                   p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
@@ -88,6 +88,11 @@ def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
 def hf_weights(model, n_vocab: int, path: str) -> tuple[dict, dict]:
     c = model.cfg
     if c.arch == "gpt2" and c.mlp == "gelu":
+        if c.n_head * c.head_size != c.n_embd:
+            raise UsageError(f"{path}: this gpt2 model's heads were pruned ({c.n_head} heads of {c.head_size} "
+                             f"= {c.n_head * c.head_size} wide, the model {c.n_embd}); transformers' GPT-2 "
+                             "needs heads x head size = width, so it cannot hold it exactly. It still runs "
+                             "here; to export, prune only layers and MLP width (prune.py --keep_heads unset).")
         return gpt2_weights(model, n_vocab)
     if c.arch == "modern" and c.mlp == "swiglu":
         return qwen3_weights(model, n_vocab)

@@ -6,7 +6,8 @@ Two architecture presets share one code path (GPTConfig.arch):
   modern  RMSNorm, rotary positions, SwiGLU (or ReLU^2) MLP, QK-norm, no biases,
           untied embeddings, zero-initialised output projections
 
-Shapes: B batch, T time (tokens), C width (n_embd), H heads, D head size (C // H), V vocab.
+Shapes: B batch, T time (tokens), C width (n_embd), H heads, D head size (C // H, or
+GPTConfig.head_dim for a model whose heads were pruned: then H * D < C), V vocab.
 """
 import math
 from dataclasses import dataclass
@@ -32,9 +33,24 @@ class GPTConfig:
     dropout: float = 0.0
     arch: str = "modern"  # "gpt2" | "modern"
     mlp: str | None = None  # "gelu" | "relu2" | "swiglu"; None: the preset's (PRESET_MLP)
+    # A pruned shape (prune.py): removing heads keeps each head's size, removing MLP units
+    # narrows every layer alike. 0 (what checkpoints without these keys get): the usual shape.
+    head_dim: int = 0  # D; 0: n_embd // n_head
+    mlp_hidden: int = 0  # MLP hidden units per layer; 0: the preset's width (mlp_width)
 
     def __post_init__(self):
         self.mlp = self.mlp or PRESET_MLP.get(self.arch, "swiglu")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        # SwiGLU has three matrices; 8/3 of the width keeps its parameter count that of 4x MLPs
+        return 4 * self.n_embd if self.mlp != "swiglu" else int(8 * self.n_embd / 3 + 63) // 64 * 64
 
     @property
     def padded_vocab(self) -> int:
@@ -46,10 +62,12 @@ class GPTConfig:
             raise ValueError(f"arch must be 'gpt2' or 'modern', got {self.arch!r}")
         if self.mlp not in ("gelu", "relu2", "swiglu"):
             raise ValueError(f"mlp must be gelu, relu2 or swiglu, got {self.mlp!r}")
-        if self.n_embd % self.n_head:
+        if self.head_dim < 0 or self.mlp_hidden < 0:
+            raise ValueError(f"head_dim ({self.head_dim}) and mlp_hidden ({self.mlp_hidden}) must be >= 0")
+        if not self.head_dim and self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        if self.arch == "modern" and self.head_size % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
 
 
 def norm(cfg: GPTConfig) -> nn.Module:
@@ -82,12 +100,14 @@ class KVCache:
       advance(T) after all layers have run"""
 
     def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
-        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # tokens already cached
 
     def positions(self, T: int):
+        if self.pos + T > self.k.size(3):
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds block_size {self.k.size(3)}")
         return torch.arange(self.pos, self.pos + T, device=self.k.device)[None]  # (1, T)
 
     def attend(self, layer: int, q, k, v):
@@ -109,14 +129,17 @@ class Attention(nn.Module):
         super().__init__()
         bias = cfg.arch == "gpt2"
         self.layer, self.n_head, self.dropout = layer, cfg.n_head, cfg.dropout
+        self.head_size = cfg.head_size
         self.qk_norm = cfg.arch == "modern"  # normalising q and k keeps attention logits tame
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
+        inner = cfg.n_head * cfg.head_size  # H * D: C, unless heads were pruned
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * inner, bias=bias)
+        self.c_proj = nn.Linear(inner, cfg.n_embd, bias=bias)
 
     def forward(self, x, rotary=None, cache: KVCache | None = None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        HD = self.n_head * self.head_size
+        q, k, v = self.c_attn(x).split(HD, dim=2)  # 3 x (B, T, H*D)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:
@@ -126,20 +149,19 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, HD))  # (B, T, C)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         bias, self.kind = cfg.arch == "gpt2", cfg.mlp
-        # SwiGLU has three matrices; 8/3 of the width keeps its parameter count that of 4x MLPs
-        hidden = 4 * cfg.n_embd if self.kind != "swiglu" else int(8 * cfg.n_embd / 3 + 63) // 64 * 64
+        hidden = cfg.mlp_width
         self.c_fc = nn.Linear(cfg.n_embd, hidden * (2 if self.kind == "swiglu" else 1), bias=bias)
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=bias)
 
     def forward(self, x):
-        h = self.c_fc(x)  # (B, T, 4C)
+        h = self.c_fc(x)  # (B, T, hidden), twice that for SwiGLU
         if self.kind == "gelu":
             h = F.gelu(h)
         elif self.kind == "relu2":
@@ -172,12 +194,13 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, C) if cfg.arch == "gpt2" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.activation_checkpointing = False  # set by train.py's --activation_checkpointing
         self.ln_f = norm(cfg)
         self.lm_head = nn.Linear(C, V, bias=False)
         if cfg.arch == "gpt2":
             self.lm_head.weight = self.wte.weight  # tied: one matrix reads and writes tokens
         else:  # not parameters: derived, and kept out of checkpoints
-            cos, sin = rotary_tables(C // cfg.n_head, cfg.block_size)
+            cos, sin = rotary_tables(cfg.head_size, cfg.block_size)
             self.register_buffer("rot_cos", cos, persistent=False)
             self.register_buffer("rot_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -221,7 +244,7 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6N for the matmuls (forward + backward) plus attention."""
         c = self.cfg
-        return 6 * self.n_params(for_flops=True) + 12 * c.n_layer * c.n_embd * c.block_size
+        return 6 * self.n_params(for_flops=True) + 12 * c.n_layer * c.n_head * c.head_size * c.block_size
 
     def hidden_states(self, idx, cache: KVCache | None = None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
@@ -230,10 +253,8 @@ class GPT(nn.Module):
             if T > self.cfg.block_size:
                 raise ValueError(f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}")
             pos = torch.arange(T, device=idx.device)  # (T,)
-        else:  # rows may sit at different places
+        else:  # rows may sit at different places (the cache checks they fit: reading them here would sync)
             pos = cache.positions(T)  # (B or 1, T)
-            if int(pos.max()) >= self.cfg.block_size:
-                raise ValueError(f"sequence of {int(pos.max()) + 1} tokens exceeds block_size {self.cfg.block_size}")
         x = self.wte(idx)  # (B, T, C)
         rotary = None
         if self.wpe is not None:
@@ -244,7 +265,12 @@ class GPT(nn.Module):
             rotary = (self.rot_cos[pos].unsqueeze(1), self.rot_sin[pos].unsqueeze(1))  # (B or 1, 1, T, D/2)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rotary, cache)
+            if self.activation_checkpointing and self.training and cache is None:
+                # keep only each block's input; its activations are recomputed in backward:
+                # ~1/3 more compute for the memory of a whole model's activations (350M/1.5B)
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, use_reentrant=False)
+            else:
+                x = block(x, rotary, cache)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
@@ -317,22 +343,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_rows):
         # x: (N, C), weight: (V, C), targets: (N,) with -1 = ignore
-        w = weight.to(x.dtype)  # under autocast, x is bf16/fp16: run the matmuls in it
+        # The precision of each matmul is set here, not left to autocast: under autocast every
+        # chunk's x @ W.T would cast all of W again (x arrives in fp32 from the final norm).
+        cd = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        x_c, w = x.to(cd), weight.to(cd)  # W cast once, to the compute dtype (bf16/fp16 or fp32)
         n_counted = (targets != -1).sum().clamp(min=1)
         loss = torch.zeros((), device=x.device, dtype=torch.float32)
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        for i in range(0, x.size(0), chunk_rows):
-            xs, ts = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
-            scale = ((ts != -1).float() / n_counted)[:, None]  # (n, 1): 0 on ignored rows
-            safe_t = ts.clamp(min=0)[:, None]
-            logp = torch.log_softmax((xs @ w.t()).float(), dim=-1)  # (n, V), softmax in fp32
-            loss -= (logp.gather(1, safe_t) * scale).sum()
-            # d loss / d logits = (softmax - onehot) * scale, built in place in logp's memory;
-            # the per-row scale is applied to the small (n, C) side of each matmul instead
-            dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(scale, -1.0))
-            grad_x[i:i + chunk_rows] = (dlogits.to(x.dtype) @ w) * scale.to(x.dtype)
-            grad_w += dlogits.t() @ (xs.float() * scale)
+        with torch.autocast(x.device.type, enabled=False):
+            for i in range(0, x.size(0), chunk_rows):
+                xs, ts = x_c[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
+                scale = ((ts != -1).float() / n_counted)[:, None]  # (n, 1): 0 on ignored rows
+                safe_t = ts.clamp(min=0)[:, None]
+                logp = torch.log_softmax((xs @ w.t()).float(), dim=-1)  # (n, V): matmul in cd, softmax in fp32
+                loss -= (logp.gather(1, safe_t) * scale).sum()
+                # d loss / d logits = (softmax - onehot) * scale, built in place in logp's memory;
+                # the per-row scale is applied to the small (n, C) side of each matmul instead
+                dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(scale, -1.0))
+                grad_x[i:i + chunk_rows] = ((dlogits.to(cd) @ w) * scale.to(cd)).to(x.dtype)  # (n, C), in cd
+                grad_w += dlogits.t() @ (xs.float() * scale)  # (V, C), in fp32: W's gradient accumulates here
         ctx.save_for_backward(grad_x, grad_w)
         return loss
 

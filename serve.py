@@ -14,6 +14,7 @@ wikigpt/server/: checks.py (requests), generation.py (the model side), replies.p
 import argparse
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -43,6 +44,9 @@ def main(argv):
                    "(default: the one the checkpoint was trained on)")
     p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up, "
+                        "~40 s a row bucket on 2 cores, is long for what it gains: see docs/gpu.md)")
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a slot before 429")
     p.add_argument("--max_tokens_limit", type=int, default=Settings.max_tokens_limit, help="largest max_tokens")
     p.add_argument("--max_body_bytes", type=int, default=Settings.max_body_bytes, help="largest request body")
@@ -68,7 +72,12 @@ def main(argv):
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). Pick another --port "
                          "(0 picks a free one) or stop what uses it.")
-    engine = EngineThread(model, args.slots, args.max_queue, tok=tok)
+    compile = {"auto": None, "on": True, "off": False}[args.compile]
+    engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
+    if engine.engine.compiled:
+        print(f"compiling the decode step for up to {args.slots} rows...", file=sys.stderr, flush=True)
+        engine.engine.warm_up()
+    engine.thread.start()
     app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn
 

@@ -11,7 +11,6 @@ Settings: wikigpt/config.py's TrainConfig (defaults), then TOML files, then --ke
 the batches differ. Read `train` first: build, then a loop of evaluate/checkpoint, step, log.
 """
 import json
-import math
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as torch_dist
 
 from model import GPT, GPTConfig
+from wikigpt import distill
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
@@ -40,9 +40,10 @@ from wikigpt.train_log import TrainLog
 # ----------------------------------------------------------------------------------------
 # The training loop, shared by pretraining and chat SFT
 
-def try_compile(model: GPT, x, y, autocast):
-    """torch.compile the model and run one forward/backward to trigger compilation; if that
-    fails (no C++ compiler or Triton, Windows...), say so in one line and stay eager."""
+def try_compile(model: torch.nn.Module, x, y, autocast):
+    """torch.compile the model (or its DDP wrapper) and run one forward/backward to trigger
+    compilation; if that fails (no C++ compiler or Triton, Windows...), say so in one line and
+    stay eager."""
     compiled = torch.compile(model)
     rng = rng_state()  # the trial must not shift dropout's random stream (exact resume)
     try:
@@ -121,6 +122,25 @@ class Progress:
     data: dict | None = None  # the batches' state from which the batch in hand was read
     val: dict | None = None  # the last evaluation
 
+    def record(self, val: dict) -> bool:
+        """Take an evaluation; True when its loss is the best so far."""
+        self.val = val
+        if val["loss"] < self.best_val:
+            self.best_val, self.bad_evals = val["loss"], 0
+            return True
+        self.bad_evals += self.step > 0
+        return False
+
+
+def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
+    """Stop with a clear message if a step's loss was NaN or infinite since the last check."""
+    bad = log.diverged()
+    if bad:
+        step, loss = bad
+        raise UsageError(f"loss became {loss} at step {step}: training diverged. The last good checkpoint is "
+                         f"{last_ckpt} (step {step - step % cfg.eval_interval}). Lower lr, raise "
+                         "warmup_steps, or use dtype=bfloat16 instead of float16.")
+
 
 def restore(resume: dict, model: GPT, optimizers: list, batches, sharded: bool, path: Path) -> Progress:
     """Put a resumed run back where it was: optimizer state, data position, random state."""
@@ -172,6 +192,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         raise UsageError(f"{last_ckpt} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
     model, lora = build_model(cfg, tok, start, resume is not None)
     model.to(dist.device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     dtype = pick_dtype(cfg, dist.device_type)
     if sharded:
         from wikigpt import fsdp
@@ -183,10 +204,14 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
     token_bytes = token_bytes_table(tok, model.cfg.padded_vocab, dist.device)
-    runner = try_compile(model, x, y, autocast) if cfg.compile else model  # runner: what we call
+    # what turns (x, y) into the loss: the student, or with a teacher its distillation loss
+    trained = distill.student_loss(model, cfg, tok, dist.device) if cfg.teacher else model
+    # DDP wraps before the compile: Dynamo then splits the graph at DDP's gradient buckets, and
+    # each bucket's all-reduce overlaps the rest of backward (compiled first, it never does)
     if dist.world > 1 and not sharded:
-        runner = torch.nn.parallel.DistributedDataParallel(
-            runner, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            trained, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
+    runner = try_compile(trained, x, y, autocast) if cfg.compile else trained  # runner: what we call
     micro, accum = batch_plan(cfg, model.cfg.block_size, dist.world)
     assert batches.B == micro, "build the batches with batch_plan's rows per process"
     log = TrainLog(cfg, dist, kind, model, dtype, micro * model.cfg.block_size * accum * dist.world, lora,
@@ -198,22 +223,18 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     while True:
         # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
         done = run.step >= stop_at
-        if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist):
+        if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist, run.step, cfg.log_interval):
             done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
         if (run.step % cfg.eval_interval == 0 and not (resume and run.step == log.first_step)) or done:
+            check_finite(log, last_ckpt, cfg)  # never checkpoint weights a diverged step wrote
             with log.evaluating():
-                run.val = evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast)
-            first_val = first_val or run.val
-            improved = run.val["loss"] < run.best_val
-            if improved:
-                run.best_val, run.bad_evals = run.val["loss"], 0
-            elif run.step > 0:
-                run.bad_evals += 1
-            log.evaluated(run.step, run.val, improved)
-            if dist.master or sharded:
-                save_run(last_ckpt, True, cfg, kind, model, optimizers, tok, lora, run, dist)
-                if improved:
-                    save_run(best_path, False, cfg, kind, model, optimizers, tok, lora, run, dist)
+                improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
+                first_val = first_val or run.val
+                log.evaluated(run.step, run.val, improved)
+                if dist.master or sharded:
+                    save_run(last_ckpt, True, cfg, kind, model, optimizers, tok, lora, run, dist)
+                    if improved:
+                        save_run(best_path, False, cfg, kind, model, optimizers, tok, lora, run, dist)
             if cfg.patience and run.bad_evals >= cfg.patience:
                 done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
         if done:
@@ -224,19 +245,16 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         for o in optimizers:
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * lr_mult
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=dist.device)
         for i in range(accum):
-            with gradient_sync(model if sharded else runner, i == accum - 1, dist.world > 1):
+            with gradient_sync(model if sharded else trained, i == accum - 1, dist.world > 1):
                 with autocast:
                     loss = runner(x, y) / accum
                 run.data = batches.state_dict()
                 x, y = batches.next_batch()  # fetched while the GPU still works on this step
                 scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        if not math.isfinite(loss_sum):
-            raise UsageError(f"loss became {loss_sum} at step {run.step}: training diverged. The last good "
-                             f"checkpoint is {last_ckpt} (step {run.step - run.step % cfg.eval_interval}). "
-                             "Lower lr, raise warmup_steps, or use dtype=bfloat16 instead of float16.")
+            loss_sum += loss.detach()
+        log.watch(run.step, loss_sum)
         if cfg.grad_clip:
             for o in optimizers:
                 scaler.unscale_(o)
@@ -247,7 +265,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         run.step += 1
-        log.train_step(run.step, stop_at, loss_sum, cfg.lr * lr_mult)  # ---- log
+        if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
+            check_finite(log, last_ckpt, cfg)
+        log.train_step(run.step, stop_at, cfg.lr * lr_mult)
 
     report_replicas_and_memory(model, optimizers, dist, sharded, log)
     log(f"done ({stop_reason}) at step {run.step} in {fmt_time(log.elapsed())}: val loss {run.val['loss']:.4f}, "

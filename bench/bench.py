@@ -14,7 +14,7 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
     python bench/bench.py                          # about 25 minutes on a 2-core CPU
     python bench/bench.py --budget 60              # shorter arch comparison
     python bench/bench.py --only serve --ckpt out/chat/best.pt
-    python bench/bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, serve
+    python bench/bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, dtypes, lora, prune, serve
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse
@@ -313,7 +313,89 @@ def lora_rows(args) -> list:
     return rows
 
 
-SECTIONS = ("train", "generate", "presets", "mlp", "dtypes", "lora", "serve")
+# The prune section's recipe (docs/prune.md): the demo chat model's 4 layers -> 2, then healing
+# split between distillation on the Wikipedia text and on the dialogues, the teacher in both.
+PRUNE_SHAPE = ["--keep_layers", "2"]
+HEAL = (("train.py", "config/demo_cpu.toml", 0.5), ("chat_sft.py", "config/sft_demo.toml", 0.5))
+DEMO_STEP_TOKENS = 16 * 256  # both demo configs: batch 16 x context 256
+
+
+def timed_phase(script: str, args: list, budget: float, out: Path) -> Path:
+    """One run of `script` for `budget` seconds, its LR schedule sized to the steps a probe run
+    measured it can afford (as budget_run does); returns its last checkpoint."""
+    def go(where: Path, *more):
+        r = subprocess.run([sys.executable, ROOT / script, *args, f"--out_dir={where}", *more],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"{script} failed:\n{r.stderr[-2000:]}")
+        return json.loads((where / SUMMARY).read_text())
+    probe = go(out.with_name(out.name + "_probe"), "--max_steps=8", "--warmup_steps=2", "--eval_interval=1000",
+               "--eval_tokens=4096", "--max_time=0")
+    steps = max(20, int(budget * probe["tok_per_s"] / DEMO_STEP_TOKENS))
+    go(out, f"--max_steps={steps}", f"--warmup_steps={max(2, steps // 20)}", f"--eval_interval={steps}",
+       f"--max_time={budget}")
+    return out / "last.pt"
+
+
+def heal(init: Path, teacher: str | None, budget: float, out: Path) -> Path:
+    """HEAL's phases one after the other from `init`, with the teacher or (None) without."""
+    ckpt = init
+    for i, (script, config, share) in enumerate(HEAL):
+        args = [config, f"--init_from={ckpt}", "--data=data/demo"] + ([f"--teacher={teacher}"] if teacher else [])
+        args += ["--eot_check=0", "--qa_eval=0"] if script == "chat_sft.py" else []
+        ckpt = timed_phase(script, args, share * budget, out / f"phase{i}")
+    return ckpt
+
+
+def prune_rows(args) -> list:
+    """Structured pruning + distillation on the demo chat model: the teacher, the pruned model
+    as prune.py writes it, that model after args.heal_budget s of distillation, and the same
+    shape from random weights, trained the same way for the same time without a teacher."""
+    import shutil
+
+    from wikigpt.checkpoint import build_checkpoint, load_model, save_checkpoint
+
+    teacher = args.ckpt
+    if not Path(teacher).is_file():
+        return [("pruning + distillation", f"skipped: no {teacher} (run make demo first)")]
+    out = Path("out/bench_prune")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    r = subprocess.run([sys.executable, ROOT / "prune.py", "--ckpt", teacher, "--out", out / "pruned.pt",
+                        *PRUNE_SHAPE], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"prune.py failed:\n{r.stderr[-2000:]}")
+    pruned = load_checkpoint(out / "pruned.pt")
+    torch.manual_seed(1337)  # the from-scratch contender: the same shape, fresh weights
+    fresh = GPT(GPTConfig(**pruned["model_config"]))
+    save_checkpoint(out / "random.pt", build_checkpoint("pretrain", fresh.state_dict(), pruned["model_config"],
+                                                        pruned["tokenizer"]))
+    shutil.copy(heal(out / "pruned.pt", teacher, args.heal_budget, out / "healing"), out / "healed.pt")
+    shutil.copy(heal(out / "random.pt", None, args.heal_budget, out / "scratch_run"), out / "scratch.pt")
+    names = {teacher: "teacher (demo chat model)", out / "pruned.pt": f"pruned {' '.join(PRUNE_SHAPE)}, no healing",
+             out / "healed.pt": f"pruned + {args.heal_budget:.0f} s distillation",
+             out / "scratch.pt": f"same shape from scratch, {args.heal_budget:.0f} s"}
+    r = subprocess.run([sys.executable, ROOT / "eval.py", *(a for p in names for a in ("--ckpt", str(p))),
+                        "--data", "data/demo", "--out", str(out / "report.json"), "--max_examples", "20"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"eval.py failed:\n{r.stderr[-2000:]}")
+    metric = {m["metric"]: m["values"] for m in json.loads((out / "report.json").read_text())["rows"]}
+    bpb, assistant = metric["val bits per byte"], metric["held-out assistant-token loss"]
+    rows, speed1 = [], []
+    for i, (path, name) in enumerate(names.items()):
+        model = load_model(path, "cpu")[0]
+        speed = {b: max(decode_tok_s(model, b) for _ in range(3)) for b in (1, 8)}  # best of 3: least disturbed
+        speed1.append(speed[1])
+        rows.append((f"prune: {name}", f"{model.n_params() / 1e6:.2f}M params; decode {speed[1]:,.0f} / {speed[8]:,.0f} "
+                     f"tok/s (batch 1 / 8); val bpb {bpb[i]:.4f}; held-out assistant loss {assistant[i]:.3f}"))
+    rows.append(("prune: targets, healed vs teacher and vs scratch",
+                 f"decode x{speed1[2] / speed1[0]:.2f} at batch 1 (target >= 1.5); val bpb {100 * (bpb[2] / bpb[0] - 1):+.1f}% "
+                 f"(target <= +5%); {bpb[2]:.4f} vs {bpb[3]:.4f} from scratch (target: lower)"))
+    return rows
+
+
+SECTIONS = ("train", "generate", "presets", "mlp", "dtypes", "decode", "lora", "prune", "serve")
 
 
 def main():
@@ -324,6 +406,7 @@ def main():
     p.add_argument("--ckpt", default="out/chat/best.pt", help="chat checkpoint for the serve and dtype benchmarks")
     p.add_argument("--sft_steps", type=int, default=100, help="SFT steps of each run in the LoRA comparison")
     p.add_argument("--lora_rank", type=int, default=16, help="adapter rank in the LoRA comparison")
+    p.add_argument("--heal_budget", type=float, default=120, help="prune section: seconds of healing, and of training from scratch")
     args = p.parse_args()
     wanted = [args.only] if args.only else SECTIONS
     rows = []
@@ -341,8 +424,14 @@ def main():
         rows += mlp_rows(args)
     if "dtypes" in wanted:
         rows += dtype_rows(args)
+    if "decode" in wanted:
+        from bench_decode import decode_rows  # bench/, beside this file
+        rows += decode_rows(args.ckpt) if Path(args.ckpt).is_file() else [
+            ("decode", f"skipped: no chat checkpoint at {args.ckpt} (run make demo first)")]
     if "lora" in wanted:
         rows += lora_rows(args)
+    if "prune" in wanted:
+        rows += prune_rows(args)
     if "serve" in wanted:
         if Path(args.ckpt).is_file():
             rows += serve_rows(args.ckpt)

@@ -51,8 +51,9 @@ class PretrainBatches:
                 self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
             rows.append(self.window(int(self.order()[self.cursor + self.rank])))
             self.cursor += self.world
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
-        return to_device(batch[:, :-1], batch[:, 1:], self.device)
+        batch = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1), one contiguous block
+        batch = on_device(batch, self.device)
+        return batch[:, :-1], batch[:, 1:]  # x, y: views of the block, sliced on the device
 
 
 def batch_plan(cfg: TrainConfig, block_size: int, world: int) -> tuple[int, int]:
@@ -72,10 +73,17 @@ def batch_plan(cfg: TrainConfig, block_size: int, world: int) -> tuple[int, int]
     return micro, per_process // micro
 
 
+def on_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A contiguous CPU tensor on the device. To a GPU through pinned memory, asynchronously: the
+    copy overlaps with the GPU's work on the step before (a pageable tensor would be copied
+    through a staging buffer, synchronously; so would a non-contiguous slice)."""
+    if device.startswith("cuda"):
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def to_device(x, y, device):
-    if device.startswith("cuda"):  # pinned memory lets the copy overlap with GPU work
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    return on_device(x, device), on_device(y, device)
 
 
 def val_windows(shards, block_size, n_tokens):

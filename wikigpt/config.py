@@ -32,8 +32,8 @@ class TrainConfig:
                                      "block_size x grad_accum); the same maths on 1 process or N")
     max_steps: int = opt(2000, "optimizer steps; the LR schedule spans them")
     stop_after: int = opt(0, "end this run after this step (0: at max_steps); resume continues")
-    # measured (bench.py, 150 s on 2 CPU cores, val bits/byte): modern+muon 2.35, gpt2+muon 2.47,
-    # gpt2+adamw 2.56, modern+adamw 2.58: Muon and the modern preset together learn fastest
+    # Muon and the modern preset together learn fastest in a fixed time (bench/bench.py --only
+    # presets; the figures are in docs/measured.md)
     optimizer: str = opt("muon", "muon (Muon for hidden matrices, AdamW for the rest) | adamw")
     lr: float = opt(3e-3, "peak AdamW learning rate")
     muon_lr: float = opt(0.02, "peak Muon learning rate")
@@ -57,13 +57,19 @@ class TrainConfig:
     lora_dropout: float = opt(0.0, "dropout on the adapters' input")
     lora_targets: str = opt(DEFAULT_TARGETS, "comma-separated linear layer name patterns to adapt")
     lora_special_rows: bool = opt(True, "also train the special tokens' embedding and head rows")
+    # distillation (distill.py): also learn the predictions of a bigger model (docs/prune.md)
+    teacher: str = opt("", "teacher checkpoint to distil from, same tokenizer (empty: off)")
+    distill_alpha: float = opt(0.5, "loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy")
+    distill_temperature: float = opt(2.0, "T: both distributions are softened by it in the KL term")
     # system
     shard: str = opt("none", "none (DDP: every process holds the whole model) | fsdp (FSDP2: each holds "
                              "1/N of weights, gradients and optimizer state; checkpoints in out_dir/last.dcp)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 or fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    # measured on a 2-core CPU (bench.py): +13% tokens/s with the 8k vocab, +22% with GPT-2's
+    # on by default: faster even on a 2-core CPU, more with a large vocab (docs/measured.md)
     compile: bool = opt(True, "torch.compile the model (falls back to eager if it cannot)")
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in backward instead of "
+                                                "keeping them (~1/3 more compute, far less memory: 350M/1.5B)")
     seed: int = opt(1337, "seed for weights, data order and dropout")
     wandb_project: str = opt("", "log to this Weights & Biases project (empty: off)")
     wandb_run: str = opt("", "W&B run name")
@@ -91,6 +97,13 @@ class TrainConfig:
              "model, which DDP already fits: use shard=none with lora_rank")
         need(not self.lora_rank or self.init_from or self.resume != "false",
              "lora_rank needs a model to adapt: set init_from (e.g. --init_from=out/demo/best.pt)")
+        need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        need(self.distill_temperature > 0, f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.teacher:
+            need(self.shard == "none", "distillation reads the student's output head directly, which FSDP "
+                 "shards: use shard=none (DDP) with a teacher")
+            from wikigpt.distill import check_files
+            check_files(self)  # a bad teacher fails here, before anything is written
 
 
 @dataclass

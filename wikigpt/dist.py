@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from wikigpt.checkpoint import pick_device
+from wikigpt.checkpoint import enable_tf32, gpu_dtype, pick_device
 from wikigpt.config import TrainConfig
 
 
@@ -34,6 +34,8 @@ class Dist:
 def setup_dist(cfg: TrainConfig) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL between GPUs, gloo between CPU processes."""
     want = pick_device(cfg.device)
+    if want.startswith("cuda"):
+        enable_tf32()  # the fp32 parts (and dtype=float32 runs) on tensor cores
     if "RANK" not in os.environ and cfg.shard == "fsdp":  # FSDP needs a process group, even of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
@@ -69,8 +71,8 @@ def free_port() -> int:
 def pick_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
-    if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device_type == "cuda":  # bfloat16 where the GPU runs it natively, float16 + GradScaler before
+        return getattr(torch, gpu_dtype())
     return torch.float32  # CPU autocast to bf16 is slower than fp32 on most CPUs
 
 
@@ -87,10 +89,16 @@ def gradient_sync(wrapper, sync: bool, distributed: bool):
     return nullcontext()
 
 
-def out_of_time(t_start: float, max_time: float, dist: Dist) -> bool:
-    """Has the time budget run out? Process 0's clock decides for all, so that every
-    process stops at the same step (one stopping alone would hang the others)."""
-    flag = torch.tensor([float(time.time() - t_start > max_time)], device=dist.device)
-    if dist.world > 1:
-        torch_dist.broadcast(flag, src=0)
+def out_of_time(t_start: float, max_time: float, dist: Dist, step: int, every: int) -> bool:
+    """Has the time budget run out? One process reads its clock at every step (no device work).
+    Several: process 0's clock decides for all, so that every process stops at the same step
+    (one stopping alone would hang the others); that takes a broadcast, a host sync, so they
+    look only every `every` steps."""
+    over = time.time() - t_start > max_time
+    if dist.world == 1:
+        return over
+    if step % every:
+        return False
+    flag = torch.tensor([float(over)], device=dist.device)
+    torch_dist.broadcast(flag, src=0)
     return bool(flag.item())

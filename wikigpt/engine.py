@@ -3,20 +3,28 @@ Continuous batching: many requests decoded together, one batched forward per ste
 
 Each request owns a slot (one row) of a batched KV cache and sits at its own position in it.
 A new request is prefilled alone into a free slot (its first token comes out of that prefill),
-then joins the next decode step; a finished or cancelled one leaves and frees its slot. On a
-2-core CPU one decode step of the demo model costs 7.4 ms for 1 row and 11 ms for 8: batching
-is worth several times the throughput of serving one request at a time.
+then joins the next decode step; a finished or cancelled one leaves and frees its slot.
+Batching is worth several times the throughput of serving one request at a time.
+
+The decode step (forward + sampling) runs on the device from state that lives there: tokens,
+positions, each row's options, its random stream (a counter-based hash), the tokens seen, its
+UTF-8 state. The host reads one thing per step, the new tokens (one `tolist()`), and writes
+only when a request joins or leaves. So the step has no host sync, and torch.compile takes it
+whole (fullgraph=True): on a GPU as CUDA graphs per row bucket (mode="reduce-overhead"),
+where a step is then a handful of launches instead of hundreds.
 
 Same seed -> same tokens, whatever else is in the batch. Floating-point sums depend on how a
 kernel blocks its work, and that depends on the batch shape, so two rules keep every row's
 arithmetic independent of the others:
   - decode attention always spans the whole cache (block_size keys, future ones masked), so
-    its matmuls have one shape whatever the other rows' lengths;
-  - the decode batch is padded to a multiple of ROW_GROUP rows: the CPU matmul kernels here
-    (oneDNN/MKL, AVX2) handle rows in groups of 4, and a row's result differs in the last bit
-    when it falls in a leftover group of another size (measured: M=5 vs M=8).
+    its kernels have one shape whatever the other rows' lengths;
+  - the decode batch is padded to a bucket of rows (4, 8, 16, ... up to n_slots): the CPU matmul
+    kernels here (oneDNN/MKL, AVX2) handle rows in groups of 4, and a row's result differs in
+    the last bit when it falls in a leftover group of another size (measured: M=5 vs M=8); a
+    compiled step has one graph per bucket.
 tests/test_serve.py checks bitwise-equal logits across batch compositions on this machine;
-another BLAS may group rows differently, and then sampled tokens can differ in rare near-ties.
+cuBLAS may pick other kernels for other buckets, and then sampled tokens can differ in rare
+near-ties between a request decoded alone and in a crowd.
 
     engine = Engine(model, n_slots=16)
     engine.add(Request(prompt_ids, 64, SamplingParams(), stop_tokens={end}, seed=0, emit=print))
@@ -32,9 +40,14 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from wikigpt.sampling import CopySource, SamplingParams, make_generator, mix_copy, sample_rows
+from wikigpt.sampling import CopySource, SamplingParams, knobs_row, mix_dense, sample_tokens, seed_of, uniform
 
-ROW_GROUP = 4
+ROW_GROUP = 4  # the smallest bucket of decode rows (see the module's docstring)
+
+
+def bucket(rows: int, n_slots: int) -> int:
+    """Rows a decode step runs for `rows` busy slots: 4, 8, 16... (one compiled graph each)."""
+    return min(max(ROW_GROUP, 1 << (rows - 1).bit_length()), n_slots)
 
 
 class SlotCache:
@@ -44,17 +57,18 @@ class SlotCache:
 
     def __init__(self, model: GPT, n_slots: int):
         cfg, device = model.cfg, model.device
-        shape = (cfg.n_layer, n_slots, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        shape = (cfg.n_layer, n_slots, cfg.n_head, cfg.block_size, cfg.head_size)
         self.k = torch.zeros(shape, device=device, dtype=model.act_dtype)
         self.v = torch.zeros(shape, device=device, dtype=model.act_dtype)
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
+        self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
         self.slot, self.n = None, 0  # this forward: a prefill of slot `slot`, or a decode of n rows
-        self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # which rows advance
 
     def positions(self, T: int):
         if self.slot is not None:
             return self.pos[self.slot] + torch.arange(T, device=self.pos.device)[None]  # (1, T)
-        return self.pos[:self.n, None]  # (n, 1)
+        # rows without a request compute at position 0, unused (theirs may be past the end)
+        return torch.where(self.live[:self.n], self.pos[:self.n], 0)[:, None]  # (n, 1)
 
     def attend(self, layer: int, q, k, v):
         if self.slot is not None:  # prefill one fresh slot: causal attention within the prompt
@@ -62,20 +76,18 @@ class SlotCache:
             self.k[layer, self.slot, :, :T], self.v[layer, self.slot, :, :T] = k[0], v[0]
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
         rows = torch.arange(self.n, device=q.device)
-        at = self.pos[:self.n]
+        at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
         self.k[layer, rows, :, at], self.v[layer, rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
         keys, values = self.k[layer, :self.n], self.v[layer, :self.n]  # (n, H, T_max, D), views
-        t_max = keys.size(2)
-        visible = torch.arange(t_max, device=q.device)[None] <= at[:, None]  # (n, T_max)
-        scores = (q @ keys.transpose(-1, -2)) / math.sqrt(q.size(-1))  # (n, H, 1, T_max)
-        scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values  # (n, H, 1, D)
+        visible = torch.arange(keys.size(2), device=q.device)[None] <= at[:, None]  # (n, T_max)
+        # in the cache's dtype (the model's), through the fused kernel
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])  # (n, H, 1, D)
 
     def advance(self, T: int):
         if self.slot is not None:
             self.pos[self.slot] += T
         else:
-            self.pos[:self.n] += self.live[:self.n].long()  # padding rows stay where they are
+            self.pos[:self.n] += self.live[:self.n].long()  # rows without a request stay where they are
 
 
 @dataclass(eq=False)
@@ -93,26 +105,72 @@ class Request:
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
-    gen: torch.Generator | None = None
     finished: bool = False
     cancelled: bool = False
 
 
-class Engine:
-    """The batch: slots, the cache, one step at a time. Not thread-safe (see EngineThread)."""
+class DecodeState:
+    """What a decode step reads and writes, per slot, on the device (S slots, V ids)."""
 
-    def __init__(self, model: GPT, n_slots: int = 16, tok=None):
+    def __init__(self, model: GPT, n_slots: int, tok=None):
+        S, V, device = n_slots, model.cfg.padded_vocab, model.device
+        self.cache = SlotCache(model, S)
+        self.last = torch.zeros(S, dtype=torch.long, device=device)  # each slot's newest token
+        self.seen = torch.zeros(S, V, dtype=torch.bool, device=device)  # ids in its text so far
+        self.knobs = torch.zeros(S, 4, device=device)  # its sampling options (sampling.KNOBS)
+        self.key = torch.zeros(S, dtype=torch.long, device=device)  # its random stream...
+        self.count = torch.zeros(S, dtype=torch.long, device=device)  # ...and the draws taken
+        self.copy_w = torch.zeros(S, device=device)  # its copy weight this step (0: none)
+        self.copy_q = torch.zeros(S, V, device=device)  # its copy distribution this step
+        # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
+        self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
+        self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
+        if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
+            for t in (self.cache.k, self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
+                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
+                torch._dynamo.mark_static_address(t)
+
+
+def pick(state: DecodeState, model: GPT, rows, logits):
+    """Sample the next token of `rows` (a slice or index tensor) from their logits (n, V) and
+    update their state: all on the device. Returns the tokens, (n,) int64."""
+    logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
+    allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
+    u = uniform(state.key[rows], state.count[rows])
+    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed)
+    n = tokens.size(0)
+    idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
+    state.seen[idx, tokens] = True
+    if state.utf8 is not None:
+        state.utf8_state[idx] = state.utf8[state.utf8_state[idx], tokens]
+    state.count[idx] += 1
+    state.last[idx] = tokens
+    return tokens.view(n)
+
+
+def decode_step(model: GPT, state: DecodeState):
+    """One token for each of the first state.cache.n slots: forward + sampling, no host sync."""
+    n = state.cache.n
+    x = model.hidden_states(state.last[:n, None], state.cache)[:, -1]  # (n, C)
+    return pick(state, model, slice(0, n), model.lm_head(x).float())  # (n,)
+
+
+class Engine:
+    """The batch: slots, the cache, one step at a time. Not thread-safe (see EngineThread).
+    compile: torch.compile the decode step (None: on CUDA, as CUDA graphs; eager elsewhere)."""
+
+    def __init__(self, model: GPT, n_slots: int = 16, tok=None, compile: bool | None = None):
         self.model = model
         self.capacity = n_slots  # requests decoded together (1: batching off)
         self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP  # cache rows, padding included
-        self.cache = SlotCache(model, self.n_slots)
+        self.state = DecodeState(model, self.n_slots, tok)
+        self.cache = self.state.cache
         self.by_slot: dict[int, Request] = {}
         self.device = model.device
-        # ids each slot's sequence holds so far, for the repetition penalty: (S, V) bool
-        self.seen = torch.zeros(self.n_slots, model.cfg.padded_vocab, dtype=torch.bool, device=self.device)
-        # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
-        self.utf8 = tok.utf8_table(model.cfg.padded_vocab).to(self.device) if tok is not None else None
-        self.utf8_state = [0] * self.n_slots  # each slot's UTF-8 decoder state
+        cuda = self.device.type == "cuda"
+        self.compiled = cuda if compile is None else compile
+        self.step_fn = (torch.compile(decode_step, fullgraph=True, dynamic=False,
+                                      mode="reduce-overhead" if cuda else None) if self.compiled else decode_step)
 
     @property
     def active(self) -> int:
@@ -122,24 +180,47 @@ class Engine:
     def free_slots(self) -> int:
         return self.capacity - len(self.by_slot)
 
+    def warm_up(self):
+        """Compile (or capture) the step of every row bucket now, not at the first requests:
+        a bucket is compiled the first time a step runs that many rows."""
+        if not self.compiled:
+            return
+        rows = ROW_GROUP
+        while True:
+            rows = bucket(rows, self.n_slots)
+            dummies = [Request([0], 2, SamplingParams(temperature=0)) for _ in range(rows)]
+            for req in dummies:
+                self.add(req)
+            self.step()
+            for req in dummies:
+                self.release(req)
+            if rows >= self.n_slots:
+                return
+            rows += 1
+
     @torch.no_grad()
     def add(self, req: Request):
         """Prefill the request's prompt into the lowest free slot and emit its first token."""
         if not req.prompt or len(req.prompt) >= self.model.cfg.block_size:
             raise ValueError(f"prompt of {len(req.prompt)} tokens: need 1..{self.model.cfg.block_size - 1}")
         slot = min(set(range(self.n_slots)) - set(self.by_slot))
-        req.slot, req.gen = slot, make_generator(self.device, req.seed)
+        req.slot, st = slot, self.state
         self.by_slot[slot] = req
-        self.cache.pos[slot], self.cache.slot = 0, slot
         prompt = torch.tensor([req.prompt], device=self.device)  # (1, T)
-        self.seen[slot] = False
-        self.seen[slot, prompt[0]] = True
-        self.utf8_state[slot] = 0  # a prompt is whole characters
+        # the slot's state, written once as it joins (host -> device copies, no sync)
+        st.seen[slot] = False
+        st.seen[slot, prompt[0]] = True
+        st.knobs[slot] = torch.tensor(knobs_row(req.params))
+        st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, 0  # a prompt is whole characters
+        st.copy_w[slot] = 0.0
+        self.cache.pos[slot], self.cache.live[slot], self.cache.slot = 0, True, slot
         try:
             x = self.model.hidden_states(prompt, self.cache)
         finally:
             self.cache.slot = None
-        self._sample([req], self.model.lm_head(x[:, -1]).float())
+        self.set_copy([req])
+        token = pick(st, self.model, torch.tensor([slot], device=self.device), self.model.lm_head(x[:, -1]).float())
+        self.emitted([req], token.tolist())
 
     @torch.no_grad()
     def step(self):
@@ -147,36 +228,34 @@ class Engine:
         self.drop_cancelled()
         if not self.by_slot:
             return
-        n = min(math.ceil((max(self.by_slot) + 1) / ROW_GROUP) * ROW_GROUP, self.n_slots)
-        last = torch.zeros(n, 1, dtype=torch.long, device=self.device)  # (n, 1); free rows: token 0
-        self.cache.live.zero_()
-        for s, req in self.by_slot.items():
-            last[s, 0] = req.tokens[-1]
-            self.cache.live[s] = True
-        self.cache.n = n
-        self.cache.pos[:n][~self.cache.live[:n]] = 0  # padding rows compute at position 0, unused
-        logits = self.model.lm_head(self.model.hidden_states(last, self.cache)[:, -1]).float()  # (n, V)
-        slots = sorted(self.by_slot)
-        self._sample([self.by_slot[s] for s in slots], logits[slots])
+        self.cache.n = bucket(max(self.by_slot) + 1, self.n_slots)
+        reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
+        self.set_copy(reqs)
+        tokens = self.step_fn(self.model, self.state).tolist()  # the step's one host read
+        self.emitted(reqs, [tokens[r.slot] for r in reqs])
 
-    def _sample(self, reqs: list[Request], logits):
-        """One new token for each request from its row of logits (len(reqs), V)."""
-        slots = [r.slot for r in reqs]
-        for i, r in enumerate(reqs):  # the copy distribution, for rows that answer from passages
-            if r.params.copy > 0 and r.copy_from is not None and (q := r.copy_from.prior(r.tokens)):
-                logits[i] = mix_copy(logits[i], q, r.params.copy)
-        allowed = self.utf8[[self.utf8_state[s] for s in slots]] >= 0 if self.utf8 is not None else None
-        tokens = sample_rows(logits, self.model.cfg.vocab_size, self.seen[slots], [r.params for r in reqs],
-                             [r.gen for r in reqs], allowed)
+    def set_copy(self, reqs: list[Request]):
+        """This step's copy distribution of the rows that answer from passages (CopySource): q
+        is computed on the host from the reply so far and written to the device."""
+        st = self.state
+        copying = [r for r in reqs if r.params.copy > 0 and r.copy_from is not None]
+        for r in copying:
+            q = r.copy_from.prior(r.tokens)
+            st.copy_w[r.slot] = r.params.copy if q else 0.0
+            if q:
+                row = torch.zeros(st.copy_q.size(1))
+                row[list(q)] = torch.tensor(list(q.values()))
+                st.copy_q[r.slot] = row.to(self.device, non_blocking=True)
+
+    def emitted(self, reqs: list[Request], tokens: list[int]):
+        """The host's side of a step: record each request's new token, finish it if it is done."""
         for req, token in zip(reqs, tokens):
             req.tokens.append(token)
-            self.seen[req.slot, token] = True
-            if self.utf8 is not None:
-                self.utf8_state[req.slot] = int(self.utf8[self.utf8_state[req.slot], token])
             finish = None
             if token in req.stop_tokens:
                 finish = "stop"
-            elif len(req.tokens) >= req.max_new_tokens or int(self.cache.pos[req.slot]) >= self.model.cfg.block_size:
+            elif (len(req.tokens) >= req.max_new_tokens
+                  or len(req.prompt) + len(req.tokens) - 1 >= self.model.cfg.block_size):
                 finish = "length"  # asked-for length, or the context is full
             if finish:
                 self.release(req)
@@ -186,6 +265,7 @@ class Engine:
         req.finished = True
         if req.slot is not None and self.by_slot.get(req.slot) is req:
             del self.by_slot[req.slot]
+            self.cache.live[req.slot] = False
 
     def drop_cancelled(self):
         for req in [r for r in self.by_slot.values() if r.cancelled]:
@@ -206,8 +286,9 @@ class EngineThread:
     submit() queues a request (at most max_queue waiting); cancel() frees its slot at the next
     step. Requests join the batch as soon as a slot is free."""
 
-    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None):
-        self.engine = Engine(model, n_slots, tok)
+    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None,
+                 compile: bool | None = None):
+        self.engine = Engine(model, n_slots, tok, compile)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
         self.wake = threading.Condition()

@@ -29,12 +29,20 @@ from model import GPT
 TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, configs (process 0)
 
 
+def mixed_precision(device_type: str, dtype: torch.dtype) -> MixedPrecisionPolicy:
+    """On GPU with a low-precision dtype the gathered weights compute in it and gradients reduce
+    in fp32. Block inputs are left as they come (cast_forward_inputs=False): the residual stream
+    stays float32 as under DDP, where autocast casts each matmul's inputs, not the stream;
+    FSDP's default casts every block's input, so the residual sums would round to bfloat16."""
+    if device_type == "cuda" and dtype != torch.float32:
+        return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    return MixedPrecisionPolicy()
+
+
 def shard_model(model: GPT, device_type: str, world: int, dtype: torch.dtype) -> GPT:
-    """Shard every block, then the rest (embeddings, final norm, head) as the root group. On GPU
-    with a low-precision dtype the gathered weights compute in it and gradients reduce in fp32."""
+    """Shard every block, then the rest (embeddings, final norm, head) as the root group."""
     mesh = init_device_mesh(device_type, (world,))
-    policy = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-              if device_type == "cuda" and dtype != torch.float32 else MixedPrecisionPolicy())
+    policy = mixed_precision(device_type, dtype)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)

@@ -9,7 +9,7 @@ when tied) stored as int8 with one float scale per output channel, w ~= scale * 
 
 The matmul is torch's int8 weight kernel (aten._weight_int8pack_mm: bfloat16 activations times
 int8 weights, scaled per output channel), so the weights stay int8 in memory; CPU only. See
-bench.py --only dtypes for its speed against float32 and bfloat16 on this machine.
+bench/bench.py --only dtypes for its speed against float32 and bfloat16 on this machine.
 """
 import torch
 import torch.nn as nn
@@ -99,8 +99,8 @@ def quantize_model(model: nn.Module, empty: bool = False) -> nn.Module:
 
 def check_int8_support(device: str):
     if not device.startswith("cpu"):
-        raise UsageError(f"--dtype int8 runs on the CPU (torch's int8-weight kernel), not on {device}: "
-                         "use --dtype bfloat16 (or float16) there, or --device cpu.")
+        raise UsageError(f"int8 runs on the CPU (torch's int8-weight kernel), not on {device}: use "
+                         "--device cpu, or on the GPU the float checkpoint (with --dtype bfloat16 or float16).")
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         raise UsageError(f"--dtype int8 needs torch's int8 weight kernel (torch >= 2.4); this is torch "
                          f"{torch.__version__}. Upgrade torch or use --dtype bfloat16.")

@@ -3,11 +3,12 @@ Sampling: how the next token is picked, and the options every tool shares for it
 (sample.py, chat.py, serve.py). One definition of each knob, its default and its valid range.
 """
 import argparse
+import hashlib
+import random
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # valid ranges, checked the same way on the command line and in server requests
 RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "top_k": (0, 10**6),
@@ -33,7 +34,7 @@ class SamplingParams:
         return out
 
     def kwargs(self) -> dict:
-        """The keyword arguments of sample_next / GPT.generate."""
+        """As keyword arguments of a generate() call (transformers' generation config)."""
         return dict(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p,
                     repetition_penalty=self.repetition_penalty)
 
@@ -58,7 +59,7 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = Sam
 
 def add_dtype_arg(p: argparse.ArgumentParser):
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
-                   help="weights to run with (default: as stored); int8: weight-only int8, see quant.py")
+                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/quant.py")
 
 
 def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
@@ -81,57 +82,62 @@ def params_from_args(args) -> SamplingParams:
     return params
 
 
-def sample_next(logits, vocab_size, history, temperature, top_k, top_p, repetition_penalty, gen) -> int:
-    """Pick the next token from logits (V,) after the ids in `history`. temperature 0 = greedy."""
-    seen = torch.zeros(1, logits.size(-1), dtype=torch.bool, device=logits.device)
-    if history:
-        seen[0, torch.tensor(sorted(set(history)), device=logits.device)] = True
-    params = SamplingParams(temperature, top_k or 0, top_p if top_p is not None else 1.0, repetition_penalty)
-    return sample_rows(logits[None], vocab_size, seen, [params], [gen])[0]
+KNOBS = ("temperature", "top_k", "top_p", "repetition_penalty")  # the columns of a knobs tensor
 
 
-def sample_rows(logits, vocab_size: int, seen, params: list[SamplingParams], gens: list, allowed=None) -> list[int]:
-    """Pick one token per row: logits (n, V), seen (n, V) bool (ids already in each row's
-    sequence, for the repetition penalty), each row with its own options and random stream;
-    allowed (n, V) bool, if given, rules ids out (e.g. those that would break UTF-8).
-    Every step is row-wise, so a row's token never depends on the other rows."""
-    n, V = logits.shape
-    col = lambda values: torch.tensor(values, dtype=logits.dtype, device=logits.device)[:, None]  # (n, 1)
-    logits = logits.clone()
-    logits[:, vocab_size:] = -float("inf")  # the padding ids are never real tokens
+def knobs_row(params: SamplingParams) -> list[float]:
+    """A request's sampling options as one row of the (n, 4) knobs tensor (top_k 0: off)."""
+    return [float(getattr(params, name)) for name in KNOBS]
+
+
+def seed_of(seed: int | None) -> int:
+    """Any seed (None: a fresh random one) -> the 31-bit key of a request's random stream."""
+    if seed is None:
+        return random.SystemRandom().getrandbits(31)
+    return int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=4).digest(), "big") >> 1
+
+
+def uniform(key, count):
+    """A uniform number in [0, 1) per row from (key, count): the count-th draw of the stream that
+    `key` names. A counter-based generator (an integer hash on the device): no generator object
+    per row, no host round trip, and a row's numbers never depend on the other rows. Every
+    product stays below 2^62, so int64 arithmetic never overflows. key, count: (n,) int64."""
+    x = (key ^ (count * 40503)) & 0x7FFFFFFF
+    for a in (1103515245, 214013, 69069):
+        x = (x * a + 12345) & 0x7FFFFFFF
+        x = x ^ (x >> 15)
+    return (x >> 7).float() * (1.0 / 2**24)  # (n,), 24 random bits: a float32's mantissa
+
+
+def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None):
+    """Pick one token per row, all on the device, with no host sync (torch.compile(fullgraph=True)
+    takes it): logits (n, V); seen (n, V) bool, ids already in each row's text (for the
+    repetition penalty); knobs (n, 4) float, each row's KNOBS; u (n,) uniform numbers; allowed
+    (n, V) bool, if given, rules ids out (e.g. those that would break UTF-8). Every step is
+    row-wise, so a row's token never depends on the other rows. Returns (n,) int64."""
+    V = logits.size(-1)
+    temperature, top_k, top_p, penalty = (knobs[:, i:i + 1] for i in range(4))  # each (n, 1)
+    padding = torch.arange(V, device=logits.device) >= vocab_size  # (V,): never real tokens
+    logits = logits.masked_fill(padding, -float("inf"))
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -float("inf"))
-    penalty = col([p.repetition_penalty for p in params])
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # CTRL-style
     logits = torch.where(seen & (penalty != 1.0), penalised, logits)
-    greedy = logits.argmax(dim=-1)
-    temperature = col([p.temperature if p.temperature > 0 else 1.0 for p in params])
-    logits = logits / temperature
-    ks = [min(p.top_k, vocab_size) if p.top_k else 0 for p in params]
-    top = None
-    if any(ks):
-        top = torch.topk(logits, max(ks), dim=-1)  # (n, k_max), best first
-        kth = torch.stack([top.values[i, k - 1] if k else torch.tensor(-float("inf")) for i, k in enumerate(ks)])
-        logits = logits.masked_fill(logits < kth[:, None], -float("inf"))
-    probs = F.softmax(logits, dim=-1)
-    top_p = col([p.top_p for p in params])
-    nucleus = top_p < 1.0  # (n, 1)
-    if nucleus.any():
-        if top is not None and all(k for k, p in zip(ks, params) if p.top_p < 1.0):
-            order = top.indices  # with top-k on, only its k_max candidates can be kept: sort those,
-            sorted_p = probs.gather(1, order)  # not all V (~4x less sampling time at k=40, V=8192)
-        else:
-            # stable sort: equal probabilities keep index order, whatever the batch
-            sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-        drop = (sorted_p.cumsum(-1) - sorted_p > top_p) & nucleus  # keep the smallest set reaching top_p
-        kept = torch.zeros_like(probs).scatter(1, order, sorted_p.masked_fill(drop, 0.0))
-        probs = torch.where(nucleus, kept, probs)
-    # inverse-CDF sampling: one uniform number per row instead of multinomial's one per vocab
-    # entry (~0.2 ms less per token on CPU); right=True never picks a zero-probability token
-    cdf = probs.cumsum(-1)  # (n, V)
-    u = torch.stack([torch.rand((), generator=g, device=logits.device) for g in gens])[:, None] * cdf[:, -1:]
-    picked = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=V - 1)
-    return [int(greedy[i]) if p.temperature <= 0 else int(picked[i]) for i, p in enumerate(params)]
+    greedy = logits.argmax(dim=-1)  # (n,)
+    scaled = logits / torch.where(temperature > 0, temperature, 1.0)
+    # One stable sort serves top-k (the k-th largest) and top-p (mass in order); equal values
+    # keep index order, whatever the batch.
+    sorted_l, order = scaled.sort(dim=-1, descending=True, stable=True)  # (n, V)
+    kth = sorted_l.gather(1, (top_k.long() - 1).clamp(0, V - 1))  # (n, 1)
+    sorted_l = sorted_l.masked_fill((top_k > 0) & (sorted_l < kth), -float("inf"))
+    sorted_p = torch.softmax(sorted_l, dim=-1)
+    drop = (sorted_p.cumsum(-1) - sorted_p > top_p) & (top_p < 1.0)  # keep the smallest set reaching top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    # inverse-CDF sampling: one uniform number per row; right=True never picks a zero-probability id
+    cdf = sorted_p.cumsum(-1)  # (n, V)
+    at = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous(), right=True).clamp(max=V - 1)
+    sampled = order.gather(1, at)[:, 0]  # (n,)
+    return torch.where(temperature[:, 0] > 0, sampled, greedy)
 
 
 MAX_COPY_N = 8  # the longest run of generated tokens looked up in the passages
@@ -178,14 +184,15 @@ class CopySource:
 
 def mix_copy(logits, q: dict, weight: float):
     """Logits (V,) of the model mixed with a copy distribution q: log((1-w) softmax + w q)."""
-    p = F.softmax(logits, dim=-1) * (1 - weight)
-    ids = torch.tensor(list(q), device=logits.device)
-    p[ids] += weight * torch.tensor(list(q.values()), dtype=p.dtype, device=logits.device)
-    return p.log()
+    dense = torch.zeros_like(logits)
+    dense[torch.tensor(list(q), device=logits.device)] = torch.tensor(list(q.values()), dtype=logits.dtype,
+                                                                      device=logits.device)
+    return (torch.softmax(logits, dim=-1) * (1 - weight) + weight * dense).log()
 
 
-def make_generator(device, seed: int | None) -> torch.Generator:
-    """A private random stream: same seed -> same samples, whatever else runs meanwhile."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed if seed is not None else torch.seed())
-    return gen
+def mix_dense(logits, q, weight):
+    """mix_copy for a batch: logits (n, V), q (n, V) dense copy distributions, weight (n,);
+    rows with weight 0 keep their logits exactly."""
+    w = weight[:, None]
+    mixed = (torch.softmax(logits, dim=-1) * (1 - w) + w * q).log()
+    return torch.where(w > 0, mixed, logits)

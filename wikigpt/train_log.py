@@ -37,10 +37,11 @@ class TrainLog:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.out_dir, kind, resume_step=resume_step)
         self.t_start = time.time()
-        self.t_eval = 0.0
+        self.t_eval, self.t_block = 0.0, None  # time in eval blocks; the start of the one running
         self.t_log, self.tokens_since_log = time.time(), 0
         self.t_train, self.tokens_trained = 0.0, 0  # steady-state throughput: after the first log interval
         self.first_step = resume_step or 0
+        self.first_bad, self.loss_sum = None, None  # see watch()
 
     def __call__(self, msg: str):
         if self.dist.master:
@@ -65,14 +66,17 @@ class TrainLog:
 
     @contextmanager
     def evaluating(self):
-        """Time spent inside (evaluation, checkpoints, plots) is not training time."""
-        t0 = time.time()
+        """Time spent inside (evaluation, checkpoints, plots) is not training time: tokens/s
+        and MFU count the steps alone."""
+        self.t_block = time.time()
         yield
-        self.t_eval += time.time() - t0
-        self.t_log += time.time() - t0  # tokens/s counts training time only
+        spent = time.time() - self.t_block
+        self.t_eval, self.t_log, self.t_block = self.t_eval + spent, self.t_log + spent, None
 
     def evaluated(self, step: int, val: dict, improved: bool):
-        share = f" | evals took {100 * self.t_eval / self.elapsed():.1f}% of the run" if step > self.first_step else ""
+        spent = self.t_eval + (time.time() - self.t_block if self.t_block else 0.0)
+        share = (f" | evals and checkpoints took {100 * spent / self.elapsed():.1f}% of the run"
+                 if step > self.first_step else "")
         self(f"step {step}: val loss {val['loss']:.4f}, val bpb {val['bpb']:.4f}"
              f"{' (best)' if improved else ''}{share}")
         if self.wandb:
@@ -82,16 +86,30 @@ class TrainLog:
                              val_loss=val["loss"], val_bpb=val["bpb"])
             plot_runs([(self.out_dir.name, self.metrics.rows())], self.out_dir / PLOT)
 
-    def train_step(self, step: int, stop_at: int, loss_sum: float, lr: float):
+    def watch(self, step: int, loss_sum: torch.Tensor):
+        """Take a step's loss without reading it: it stays on the device (reading it is a host
+        sync, one per micro-step before), and so does the first step whose loss was not finite."""
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss_sum.device)
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss_sum), step, self.first_bad)
+        self.loss_sum = loss_sum
+
+    def diverged(self) -> tuple[int, float] | None:
+        """(step, loss) of the first step whose loss was not finite, if any (one host sync)."""
+        step = int(self.first_bad) if self.first_bad is not None else -1
+        return (step, float(self.loss_sum)) if step >= 0 else None
+
+    def train_step(self, step: int, stop_at: int, lr: float):
         """Count one optimizer step; every log_interval steps (and at the last) print a line."""
         self.tokens_since_log += self.tokens_per_step
         if not (step % self.cfg.log_interval == 0 or step == stop_at):
             return
         d = self.dist
+        total = self.loss_sum.detach().double()
         if d.world > 1:  # the whole batch's loss, not only process 0's share of it
-            total = torch.tensor([loss_sum], dtype=torch.float64, device=d.device)
+            total = total.reshape(1)
             torch_dist.all_reduce(total)
-            loss_sum = total.item() / d.world
+        loss_sum = total.item() / d.world
         synchronize(d.device)
         dt = time.time() - self.t_log
         tok_s = self.tokens_since_log / max(dt, 1e-9)

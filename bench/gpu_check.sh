@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The GPU check in one command (see bench/gpu_check.py): bash bench/gpu_check.sh [--quick]
+# Uses .venv if `make setup` made one; on a CPU the CUDA rows say "not run".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+exec "$PY" bench/gpu_check.py "$@"

@@ -1,0 +1,125 @@
+"""GPU properties pinned on the CPU: steps that compile whole (fullgraph=True: no graph break, so
+no host sync inside), ops whose tensors stay on one device (run on the meta device), CUDA
+defaults decided without a GPU (int8 refused, bf16 only where native, exact peak names)."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from wikigpt.batches import PretrainBatches
+from wikigpt.checkpoint import build_checkpoint, gpu_dtype, load_model, save_checkpoint
+from wikigpt.cli import UsageError
+from wikigpt.engine import Engine, Request
+from wikigpt.fsdp import mixed_precision
+from wikigpt.quant import quantize_model
+from wikigpt.sampling import SamplingParams, knobs_row, mix_dense, sample_tokens, uniform
+from wikigpt.throughput import datasheet_peak
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=48, n_layer=2, n_head=2, n_embd=32, **kw)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)  # confident logits: few near-ties between eager and compiled arithmetic
+    return model
+
+
+def decode(model, compile: bool, params: SamplingParams) -> list[list[int]]:
+    engine, out = Engine(model, n_slots=4, compile=compile), [[] for _ in range(3)]
+    for i in range(3):
+        engine.add(Request([1 + i, 2, 3], 12, params, seed=i, emit=lambda r, t, f, i=i: out[i].append(t)))
+    while engine.active:
+        engine.step()
+    return out
+
+
+def test_the_decode_step_compiles_whole_and_decodes_as_eager():
+    model = tiny()
+    params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2)
+    assert decode(model, True, params) == decode(model, False, params)  # fullgraph=True: a break would raise
+
+
+def test_the_training_micro_step_compiles_whole():
+    model = tiny().train()
+    x, y = torch.randint(0, 300, (2, 48)), torch.randint(0, 300, (2, 48))
+    compiled = torch.compile(model, fullgraph=True)
+    compiled(x, y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x, y).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, model.parameters()))
+
+
+def test_sampling_a_mixed_batch_keeps_every_tensor_on_the_rows_device():
+    # top_k 0 next to top_k 5 once stacked a CPU -inf with the rows' values: a crash on CUDA.
+    # On the meta device any tensor made elsewhere fails the same way, with no GPU needed.
+    n, V = 3, 320
+    rows = [SamplingParams(top_k=0), SamplingParams(top_k=5, top_p=0.5), SamplingParams(temperature=0)]
+    logits = mix_dense(torch.randn(n, V, device="meta"), torch.zeros(n, V, device="meta"), torch.zeros(n, device="meta"))
+    u = uniform(torch.tensor([1, 2, 3], device="meta"), torch.zeros(n, dtype=torch.long, device="meta"))
+    tokens = sample_tokens(logits, 300, torch.zeros(n, V, dtype=torch.bool, device="meta"),
+                           torch.tensor([knobs_row(p) for p in rows], device="meta"), u,
+                           torch.ones(n, V, dtype=torch.bool, device="meta"))
+    assert tokens.device.type == "meta" and tokens.shape == (n,)
+
+
+def test_sampling_follows_top_k_and_greedy_and_never_picks_padding():
+    logits = torch.zeros(2, 320)
+    logits[:, 7], logits[:, 9], logits[:, 310] = 5.0, 4.0, 50.0  # 310: a padding id (vocab 300)
+    knobs = torch.tensor([knobs_row(SamplingParams(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=1.0)),
+                          knobs_row(SamplingParams(temperature=0.0, repetition_penalty=1.0))])
+    picks = {tuple(sample_tokens(logits, 300, torch.zeros(2, 320, dtype=torch.bool), knobs,
+                                 uniform(torch.tensor([s, s]), torch.zeros(2, dtype=torch.long))).tolist())
+             for s in range(40)}
+    assert {p[0] for p in picks} == {7, 9} and {p[1] for p in picks} == {7}
+
+
+def test_an_int8_checkpoint_is_refused_on_a_gpu_before_any_weight_moves(tmp_path, monkeypatch):
+    model = tiny()
+    quantize_model(model)
+    path = tmp_path / "int8.pt"
+    tok_spec = {"kind": "bpe", "n_vocab": 300}
+    save_checkpoint(path, build_checkpoint("sft", model.state_dict(), vars(model.cfg), tok_spec, quant="int8"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU "is there"; the load is real
+    with pytest.raises(UsageError, match="int8 runs on the CPU"):
+        load_model(path, "cuda")
+
+
+def test_bf16_is_chosen_only_where_the_gpu_runs_it_natively(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert gpu_dtype() == "float16"  # a V100/T4: bf16 only emulated
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert gpu_dtype() == "bfloat16"
+
+
+def test_mfu_peaks_are_keyed_by_exact_device_names():
+    assert datasheet_peak("NVIDIA L40S", torch.bfloat16) == 362e12
+    assert datasheet_peak("NVIDIA L4", torch.bfloat16) == 121e12
+    assert datasheet_peak("NVIDIA H100 PCIe", torch.bfloat16) < datasheet_peak("NVIDIA H100 80GB HBM3", torch.bfloat16)
+    assert datasheet_peak("NVIDIA H200", torch.float16) == 989e12
+    assert datasheet_peak("NVIDIA L4 something new", torch.bfloat16) is None  # measured instead
+    assert datasheet_peak("NVIDIA L4", torch.float32) is None
+
+
+def test_fsdp_keeps_the_residual_stream_in_float32_as_ddp_does():
+    policy = mixed_precision("cuda", torch.bfloat16)
+    assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
+    assert policy.cast_forward_inputs is False
+    assert mixed_precision("cpu", torch.float32).param_dtype is None
+
+
+def test_a_batch_is_one_contiguous_block_sliced_into_x_and_y():
+    shard = torch.arange(2000).numpy().astype("uint16")
+    x, y = PretrainBatches([shard], 16, 4, seed=0).next_batch()
+    assert x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()  # one copy to the device
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny().train()
+    x, y = torch.randint(0, 300, (2, 48)), torch.randint(0, 300, (2, 48))
+    model(x, y).backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing = True
+    model(x, y).backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(plain, model.parameters()))
