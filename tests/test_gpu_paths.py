@@ -38,6 +38,16 @@ def test_the_decode_step_compiles_whole_and_decodes_as_eager():
     assert decode(model, True, params) == decode(model, False, params)  # fullgraph=True: a break would raise
 
 
+def test_an_int8_model_decode_step_compiles_whole_too():
+    model = quantize_model(tiny())
+    params = SamplingParams(temperature=0.0)
+    engine = Engine(model, n_slots=4, compile=True)
+    engine.add(Request([1, 2, 3], 6, params))
+    engine.step()
+    assert engine.compiled  # no fallback to eager: the int8 kernel is an opaque op to the compiler
+    assert decode(model, True, params) == decode(model, False, params)
+
+
 def test_the_training_micro_step_compiles_whole():
     model = tiny().train()
     x, y = torch.randint(0, 300, (2, 48)), torch.randint(0, 300, (2, 48))

@@ -283,11 +283,11 @@ def test_a_decode_row_has_bit_identical_logits_alone_and_in_a_full_batch(monkeyp
     model, rows_seen = tiny_model(), {}
     real_pick = engine_module.pick
 
-    def recording(state, model, rows, logits):  # the logits each slot's token is sampled from
+    def recording(state, model, rows, logits, k_max):  # the logits each slot's token is sampled from
         slots = torch.arange(state.last.size(0))[rows].tolist()
         for slot, row in zip(slots, logits):
             rows_seen.setdefault(slot, []).append(row.clone())
-        return real_pick(state, model, rows, logits)
+        return real_pick(state, model, rows, logits, k_max)
     monkeypatch.setattr(engine_module, "pick", recording)
 
     def run(others: int):

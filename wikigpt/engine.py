@@ -31,6 +31,7 @@ near-ties between a request decoded alone and in a crowd.
     while engine.active: engine.step()
 """
 import math
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from wikigpt.sampling import CopySource, SamplingParams, knobs_row, mix_dense, sample_tokens, seed_of, uniform
+from wikigpt.sampling import (CopySource, SamplingParams, candidates, knobs_row, mix_dense, sample_tokens, seed_of,
+                              uniform)
 
 ROW_GROUP = 4  # the smallest bucket of decode rows (see the module's docstring)
 
@@ -51,15 +53,17 @@ def bucket(rows: int, n_slots: int) -> int:
 
 
 class SlotCache:
-    """Keys and values of n_slots independent sequences: k, v (L, S, H, T, D). Slot s holds
+    """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). Slot s holds
     one request at position pos[s]. A forward runs either one slot's prefill or a decode
     step over slots 0..n-1 (see the cache interface in model.KVCache)."""
 
     def __init__(self, model: GPT, n_slots: int):
         cfg, device = model.cfg, model.device
-        shape = (cfg.n_layer, n_slots, cfg.n_head, cfg.block_size, cfg.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=model.act_dtype)
-        self.v = torch.zeros(shape, device=device, dtype=model.act_dtype)
+        # one tensor per layer, not slices of one: a compiled step then writes each in place
+        # (the write into a slice of a larger tensor was copied whole, per layer and step)
+        shape = (n_slots, cfg.n_head, cfg.block_size, cfg.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
         self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
         self.slot, self.n = None, 0  # this forward: a prefill of slot `slot`, or a decode of n rows
@@ -73,12 +77,12 @@ class SlotCache:
     def attend(self, layer: int, q, k, v):
         if self.slot is not None:  # prefill one fresh slot: causal attention within the prompt
             T = k.size(2)
-            self.k[layer, self.slot, :, :T], self.v[layer, self.slot, :, :T] = k[0], v[0]
+            self.k[layer][self.slot, :, :T], self.v[layer][self.slot, :, :T] = k[0], v[0]
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
         rows = torch.arange(self.n, device=q.device)
         at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
-        self.k[layer, rows, :, at], self.v[layer, rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
-        keys, values = self.k[layer, :self.n], self.v[layer, :self.n]  # (n, H, T_max, D), views
+        self.k[layer][rows, :, at], self.v[layer][rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
+        keys, values = self.k[layer][:self.n], self.v[layer][:self.n]  # (n, H, T_max, D), views
         visible = torch.arange(keys.size(2), device=q.device)[None] <= at[:, None]  # (n, T_max)
         # in the cache's dtype (the model's), through the fused kernel
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])  # (n, H, 1, D)
@@ -126,18 +130,19 @@ class DecodeState:
         self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
         self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
         if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
-            for t in (self.cache.k, self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
+            for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
                       self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
                 torch._dynamo.mark_static_address(t)
 
 
-def pick(state: DecodeState, model: GPT, rows, logits):
+def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
     """Sample the next token of `rows` (a slice or index tensor) from their logits (n, V) and
-    update their state: all on the device. Returns the tokens, (n,) int64."""
+    update their state: all on the device. k_max: see sampling.candidates. Returns the
+    tokens, (n,) int64."""
     logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
     allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
     u = uniform(state.key[rows], state.count[rows])
-    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed)
+    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max)
     n = tokens.size(0)
     idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
     state.seen[idx, tokens] = True
@@ -148,11 +153,11 @@ def pick(state: DecodeState, model: GPT, rows, logits):
     return tokens.view(n)
 
 
-def decode_step(model: GPT, state: DecodeState):
+def decode_step(model: GPT, state: DecodeState, k_max: int):
     """One token for each of the first state.cache.n slots: forward + sampling, no host sync."""
     n = state.cache.n
     x = model.hidden_states(state.last[:n, None], state.cache)[:, -1]  # (n, C)
-    return pick(state, model, slice(0, n), model.lm_head(x).float())  # (n,)
+    return pick(state, model, slice(0, n), model.lm_head(x).float(), k_max)  # (n,)
 
 
 class Engine:
@@ -181,19 +186,21 @@ class Engine:
         return self.capacity - len(self.by_slot)
 
     def warm_up(self):
-        """Compile (or capture) the step of every row bucket now, not at the first requests:
-        a bucket is compiled the first time a step runs that many rows."""
+        """Compile (or capture) the step of every row bucket now, not at the first requests: a
+        graph is made the first time a step runs that many rows with that many candidates
+        (sampling.candidates: top_k on, or off)."""
         if not self.compiled:
             return
         rows = ROW_GROUP
         while True:
             rows = bucket(rows, self.n_slots)
-            dummies = [Request([0], 2, SamplingParams(temperature=0)) for _ in range(rows)]
-            for req in dummies:
-                self.add(req)
-            self.step()
-            for req in dummies:
-                self.release(req)
+            for top_k in (SamplingParams().top_k, 0):
+                dummies = [Request([0], 2, SamplingParams(temperature=0, top_k=top_k)) for _ in range(rows)]
+                for req in dummies:
+                    self.add(req)
+                self.step()
+                for req in dummies:
+                    self.release(req)
             if rows >= self.n_slots:
                 return
             rows += 1
@@ -219,7 +226,8 @@ class Engine:
         finally:
             self.cache.slot = None
         self.set_copy([req])
-        token = pick(st, self.model, torch.tensor([slot], device=self.device), self.model.lm_head(x[:, -1]).float())
+        token = pick(st, self.model, torch.tensor([slot], device=self.device), self.model.lm_head(x[:, -1]).float(),
+                     candidates([req.params.top_k], self.model.cfg.padded_vocab))
         self.emitted([req], token.tolist())
 
     @torch.no_grad()
@@ -231,7 +239,14 @@ class Engine:
         self.cache.n = bucket(max(self.by_slot) + 1, self.n_slots)
         reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
         self.set_copy(reqs)
-        tokens = self.step_fn(self.model, self.state).tolist()  # the step's one host read
+        k_max = candidates([r.params.top_k for r in reqs], self.model.cfg.padded_vocab)
+        try:
+            tokens = self.step_fn(self.model, self.state, k_max).tolist()  # the step's one host read
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # fails while compiling, before it runs
+            print(f"warning: the decode step does not compile ({str(e).splitlines()[0][:150]}); decoding "
+                  "eagerly instead.", file=sys.stderr)
+            self.compiled, self.step_fn = False, decode_step
+            tokens = decode_step(self.model, self.state, k_max).tolist()
         self.emitted(reqs, [tokens[r.slot] for r in reqs])
 
     def set_copy(self, reqs: list[Request]):

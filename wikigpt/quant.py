@@ -25,6 +25,19 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+@torch.library.custom_op("wikigpt::int8_mm", mutates_args=())
+def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (M, in) bf16 @ int8 qweight (out, in).T * scale (out,): torch's int8-weight kernel, as an
+    opaque op, so that torch.compile calls the kernel as it is instead of lowering it (its
+    lowering fails on this torch: an AssertionError inside inductor)."""
+    return torch.ops.aten._weight_int8pack_mm(x, qweight, scale)
+
+
+@int8_mm.register_fake
+def _(x, qweight, scale):
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
 class Int8Linear(nn.Module):
     def __init__(self, out_features: int, in_features: int, bias: bool, device=None):
         super().__init__()
@@ -52,8 +65,7 @@ class Int8Linear(nn.Module):
         # The kernel is fast with bfloat16 activations and slow with float32 ones, measured on
         # a 2-core AVX2 CPU for the 50304x384 head: 0.27 ms (bf16) vs 6.3 ms (fp32) per token,
         # against 5.1 ms for the plain float32 matmul; so x is rounded to bfloat16 here.
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16),
-                                               self.qweight, self.scale.to(torch.bfloat16))
+        y = int8_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.qweight, self.scale.to(torch.bfloat16))
         y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y + self.bias if self.bias is not None else y
 
