@@ -24,16 +24,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent  # the repository root: its commands and wikigpt/
 sys.path.insert(0, str(ROOT))
 
+from bench_decode import engine_tok_s  # noqa: E402  (bench/, beside this file)
 from model import GPT, GPTConfig  # noqa: E402
 from wikigpt.batches import PretrainBatches  # noqa: E402
 from wikigpt.checkpoint import load_model  # noqa: E402
 from wikigpt.cli import load_config  # noqa: E402
 from wikigpt.config import TrainConfig  # noqa: E402
 from wikigpt.data import load_dataset  # noqa: E402
-from wikigpt.engine import Engine, Request  # noqa: E402
 from wikigpt.optim import build_optimizers  # noqa: E402
 from wikigpt.runlog import SUMMARY  # noqa: E402
-from wikigpt.sampling import SamplingParams  # noqa: E402
 from wikigpt.throughput import peak_flops  # noqa: E402
 
 NOT_RUN = "not run (needs CUDA)"
@@ -95,23 +94,6 @@ def syncs_per_step(data: Path, cuda: bool) -> str:
     return f"{len(syncs)} in one step of 2 micro-steps" + (f" ({'; '.join(where[:3])})" if where else "")
 
 
-def decode_tok_s(model, rows: int, compile: bool, new_tokens: int) -> float:
-    engine = Engine(model, n_slots=rows, compile=compile)
-
-    def run(n):
-        for i in range(rows):
-            engine.add(Request([(7 * i + j) % 200 + 1 for j in range(16)], n, SamplingParams(temperature=0.8)))
-        t, steps = time.perf_counter(), 0
-        while engine.active:
-            engine.step()
-            steps += 1
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return steps * rows / (time.perf_counter() - t)
-    run(8)  # warm-up: compiles (or captures) this bucket
-    return max(run(new_tokens) for _ in range(2))
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer steps and tokens")
@@ -137,8 +119,8 @@ def main():
     row("host syncs per optimizer step", syncs_per_step(data, cuda))
     model, _, _ = load_model(work / "train_b8" / "best.pt", "cuda" if cuda else "cpu")
     for rows in (1, 8, 16) if cuda else (1, 8):
-        eager = decode_tok_s(model, rows, False, 32 if quick else 128)
-        graphs = decode_tok_s(model, rows, True, 32 if quick else 128)
+        eager, _ = engine_tok_s(model, rows, False, 32 if quick else 128, repeats=2)
+        graphs, _ = engine_tok_s(model, rows, True, 32 if quick else 128, repeats=2)  # each step reads its tokens: timed whole
         label = "CUDA graphs" if cuda else "compiled"
         row(f"engine decode, {rows} rows", f"eager {eager:,.0f} tok/s, {label} {graphs:,.0f} tok/s (x{graphs / eager:.2f})")
     int8 = work / "int8.pt"
