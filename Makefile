@@ -33,9 +33,9 @@ demo: setup
 	@$(MAKE) --no-print-directory demo-steps
 
 demo-steps:
-	@echo "== 1/6 Wikipedia sample -> clean text -> 8k BPE tokens ($(DEMO_DATA)), and a search index"
+	@echo "== 1/6 Wikipedia sample -> clean text -> 8k BPE tokens + a knowledge graph ($(DEMO_DATA)), and a search index"
 	$(PY) prepare_wiki.py --out $(DEMO_DATA) --tokenizer bpe:8192 --val_fraction 0.05 --overwrite
-	$(PY) retrieve.py --data $(DEMO_DATA) --build --k 1 "Who was Aristotle?"
+	$(PY) retrieve.py --data $(DEMO_DATA) --build --k 1 "What is the capital of Andorra?"
 	@echo "== 2/6 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
 	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo $(PRETRAIN_ARGS)
 	$(PY) sample.py --ckpt $(DEMO_OUT)/demo/best.pt --prompt "Aristotle was" --max_new_tokens 60 --seed 1
@@ -43,9 +43,9 @@ demo-steps:
 	$(PY) chat_sft.py config/sft_demo.toml --init_from=$(DEMO_OUT)/demo/best.pt --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/chat $(SFT_ARGS)
 	@echo "== 4/6 a scripted chat"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
-	@echo "== 5/6 Wikipedia questions, answered from retrieved passages (with their sources)"
+	@echo "== 5/6 Wikipedia questions (a lead, a fact, a section, one the articles cannot answer), answered from the evidence found, with its sources"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) --temperature 0 --max_new_tokens 64 < config/demo_rag_questions.txt
-	@echo "== 6/6 is it any good? the base and chat models side by side, and their loss curves"
+	@echo "== 6/6 is it any good? the base and chat models side by side, per kind of question, and their loss curves"
 	$(PY) eval.py --ckpt $(DEMO_OUT)/demo/best.pt --ckpt $(DEMO_OUT)/chat/best.pt --out $(DEMO_OUT)/report.json $(EVAL_ARGS)
 	$(PY) eval.py plot $(DEMO_OUT)/demo $(DEMO_OUT)/chat --out $(DEMO_OUT)/loss.png
 

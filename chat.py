@@ -5,6 +5,7 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     python chat.py --ckpt out/chat/best.pt --system "You are a helpful assistant."
     python chat.py --ckpt out/chat/best.pt --prompt "What is a river?"     # one reply, then exit
     python chat.py --ckpt out/chat/best.pt --rag                  # answers from Wikipedia, with sources
+    python chat.py --ckpt out/chat/best.pt --rag --copy 0         # the model alone reads the evidence
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
@@ -12,38 +13,51 @@ Replies are decoded by wikigpt/engine.py exactly as serve.py decodes them: same 
 """
 import argparse
 import sys
+from dataclasses import replace
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.engine import generate
-from wikigpt.grounding import grounded_prompt
+from wikigpt.evidence import EvidenceCopy, Reader, not_found
+from wikigpt.grounding import evidence_prompt, reader_of
 from wikigpt.retrieval import open_index
-from wikigpt.sampling import CHAT_DEFAULTS, CopySource, add_sampling_args, params_from_args
+from wikigpt.sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
 from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.tokenizer import stream_text
 
 
-def reply(model, tok, history: list[Message], args, index=None, out=sys.stdout) -> str:
-    """Stream one assistant reply to `out` and return its text (without <|end|>). With an
-    index, passages retrieved for the last turn go into the prompt and are listed after."""
+def reply(model, tok, history: list[Message], args, reader: Reader | None = None, out=sys.stdout) -> str:
+    """Stream one assistant reply to `out` and return its text (without <|end|>). With a
+    reader (--rag), the evidence found for the last turn goes into the prompt, best first, and
+    the sources are listed after the reply. With copying on (--copy > 0, the default with
+    --rag) the reply copies the best evidence, or, when it scores below the threshold, says
+    that the articles do not answer and shows what was closest; --copy 0 shows the model alone."""
     block = model.cfg.block_size
     room = prompt_room(block, args.max_new_tokens)
     ids, history[:] = fit_history(tok, history, room, limit=block - 1)  # oldest turns go first
-    sources = []
-    if index is not None:
-        ids, sources = grounded_prompt(index, tok, history, args.rag_k, room, block - 1)
-    copy = CopySource.from_passages(tok, [(h.title, h.text) for h in sources]) if sources else None
-    tokens = generate(model, ids, args.max_new_tokens, params_from_args(args),
-                      stop_tokens={tok.end_of_turn}, seed=args.seed, tok=tok, copy_from=copy)
-    pieces = []
-    for piece in stream_text(tok, (t for t in tokens if t != tok.end_of_turn)):
+    params, sources, copy, text = params_from_args(args), [], None, None
+    if reader is not None:
+        ids, found, sources = evidence_prompt(reader, tok, history, room, block - 1)
+        if params.copy > 0 and not found.answerable:
+            text = not_found(found)  # honest "not found": nothing is generated or copied
+        elif params.copy > 0 and found.best is not None:
+            copy = EvidenceCopy.from_item(tok, found.best)
+            # the evidence is in the prompt by construction: a repetition penalty would push the copy away
+            params = replace(params, repetition_penalty=1.0)
+    pieces = [text] if text is not None else []
+    if text is None:
+        tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens={tok.end_of_turn},
+                          seed=args.seed, tok=tok, copy_from=copy)
+        pieces = stream_text(tok, (t for t in tokens if t != tok.end_of_turn))
+    shown = []
+    for piece in pieces:
         out.write(piece)
         out.flush()
-        pieces.append(piece)
+        shown.append(piece)
     out.write("\n")
     for i, hit in enumerate(sources, 1):
         out.write(f"  [{i}] {hit.title}{'  ' + hit.url if hit.url else ''}\n")
-    return "".join(pieces).strip()
+    return "".join(shown).strip()
 
 
 def main(argv):
@@ -55,18 +69,22 @@ def main(argv):
     p.add_argument("--rag", action="store_true", help="answer from passages retrieved from Wikipedia")
     p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
                    "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
+    p.add_argument("--rag_k", type=int, default=3, help="with --rag: at least 1 (the evidence decides what is shown)")
     args = p.parse_args(argv)
     params_from_args(args)  # refuse out-of-range options before loading anything
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     if not tok.has_chat_tokens():
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
-    index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt is empty: give a question, e.g. --prompt \"What is the capital of Andorra?\"")
+    reader = reader_of(open_index(args.data or info["data"], args.rag_k)) if args.rag else None
+    if reader is not None and reader.note:
+        print(f"note: {reader.note}", file=sys.stderr)
     start = [Message("system", args.system)] if args.system else []
 
     if args.prompt is not None:
         try:
-            reply(model, tok, start + [Message("user", args.prompt)], args, index)
+            reply(model, tok, start + [Message("user", args.prompt.strip())], args, reader)
         except ContextOverflow as e:
             raise UsageError(str(e))
         return
@@ -93,7 +111,7 @@ def main(argv):
         history.append(Message("user", text))
         print("bot> ", end="", flush=True)
         try:
-            history.append(Message("assistant", reply(model, tok, history, args, index)))
+            history.append(Message("assistant", reply(model, tok, history, args, reader)))
         except ContextOverflow as e:
             history.pop()
             print(f"(not sent: {e})")

@@ -16,6 +16,7 @@ Training itself is train.py's loop; the dialogue batches come from wikigpt/sft_d
 split) and wikigpt/sft_rows.py (rows, packing).
 """
 import json
+import tomllib
 from pathlib import Path
 
 import torch
@@ -52,6 +53,17 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
     return ended / max(tried, 1)
 
 
+def sets_data(argv: list[str]) -> bool:
+    """Whether the command line or one of its config files sets `data` (defaults do not)."""
+    for arg in argv:
+        if arg.startswith("--data="):
+            return True
+        if not arg.startswith("--") and Path(arg).is_file():
+            if "data" in tomllib.loads(Path(arg).read_text(encoding="utf-8")):  # load_config checked it
+                return True
+    return False
+
+
 def main(argv):
     cfg = load_config(SFTConfig, argv)
     resolve_resume(cfg)
@@ -62,6 +74,12 @@ def main(argv):
                          "--init_from=out/demo/best.pt) or resume=true.")
     if start.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{cfg.init_from} is not a wikigpt model checkpoint (kind {start.get('kind')!r}).")
+    learned_from = start.get("train_config", {}).get("data", "")
+    if not sets_data(argv) and learned_from:  # chat.py --rag and eval.py then find the same folder
+        cfg.data = learned_from
+        if dist.master:
+            print(f"data: {cfg.data} (the dataset {cfg.init_from or 'the run'} learned from; --data=FOLDER "
+                  "to choose another)")
     tok = Tokenizer(start["tokenizer"])
     if not tok.has_chat_tokens():
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "

@@ -11,8 +11,10 @@ Writes report.json and report.md (one column per checkpoint) and prints the tabl
   chat         (chat checkpoints) held-out dialogues: the assistant-token loss, and sampled
                replies scored against the real ones (wikigpt/scores.py): BLEU, chrF, ROUGE-L,
                distinct-1/2, the share of replies that loop, end-of-turn and role-leak rates
-  knowledge    (chat checkpoints, a dataset with a search index) held-out Wikipedia questions:
-               retrieval recall and answer F1 without and with retrieval (wikigpt/wikiqa.py)
+  knowledge    (chat checkpoints, a dataset with a search index) held-out Wikipedia questions of
+               four kinds (lead, fact, section, out-of-corpus): retrieval recall, answer accuracy
+               and F1 without retrieval, with retrieval and with copying, and "not found"
+               precision / recall (wikigpt/wikiqa.py; the per-kind table is printed and in report.md)
 Everything is seeded: the same command gives the same report.
 """
 import argparse
@@ -190,6 +192,12 @@ QA_ROWS = [(("recall@1",), "retrieval recall@1", "higher"), (("recall@5",), "ret
            (("without retrieval", "rouge_l"), "answer ROUGE-L without retrieval", "higher"),
            (("with retrieval", "rouge_l"), "answer ROUGE-L with retrieval", "higher"),
            (("with retrieval, copying", "rouge_l"), "answer ROUGE-L with retrieval, copying", "higher")]
+# the other kinds of question (wikiqa.py); the whole per-kind table is in report.md
+QA_ROWS += [(("kinds", kind, row_name, key), f"{kind} {metric} {row_name}", "higher") for row_name in wikiqa.ROWS
+            for kind, key, metric in (("fact", "accuracy", "accuracy"), ("section", "f1", "F1"),
+                                      ("out-of-corpus", "abstained", "abstained"))]
+QA_ROWS += [(("abstention", wikiqa.COPYING, "precision"), "'not found' precision, copying", "higher"),
+            (("abstention", wikiqa.COPYING, "answered"), "in-corpus answered, copying", "higher")]
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,6 +222,8 @@ def write_report(report: dict, out: Path):
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     notes = "".join(f"- {n}\n" for n in report["notes"])
     md = f"# Evaluation report\n\n{format_table(report)}\n\n↓ lower is better, ↑ higher is better.\n\n{notes}"
+    for label, table in report.get("qa_tables", {}).items():
+        md += f"\n## Knowledge, per kind of question: {label}\n\n```\n{table}\n```\n"
     for c in report["checkpoints"]:
         for ex in c.get("examples", []):
             md += f"\n{c['label']}: **{ex['prompt']}**  \n→ {ex['reply']}  \n(reference: {ex['reference']})\n"
@@ -281,8 +291,10 @@ def run_eval(args) -> dict:
         if index is not None:
             qa = next(iter(per_model.values()))["qa"]
             report["notes"].append(f"knowledge: {qa['questions']} questions about {qa['articles']} val "
-                                   f"articles of {data}, never trained on; answers compared with each "
-                                   "article's opening sentence.")
+                                   f"articles of {data}, never trained on, and out-of-corpus ones; 'answer' "
+                                   "rows: lead questions against each article's opening sentence; fact: the "
+                                   "infobox value; section: its first sentence (per-kind table below).")
+            report["qa_tables"] = {label: wikiqa.format_report(s["qa"]) for label, s in per_model.items()}
             for keys, name, better in QA_ROWS:
                 report["rows"].append(row("knowledge", name, values(lambda s: _dig(s["qa"], keys)), better))
         for c in report["checkpoints"]:
@@ -341,6 +353,8 @@ def main(argv):
     report = run_eval(args)
     write_report(report, Path(args.out))
     print(format_table(report))
+    for label, table in report.get("qa_tables", {}).items():
+        print(f"\n{label}: {table}\n")
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')} in {time.time() - t0:.0f}s")

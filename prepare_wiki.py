@@ -10,6 +10,8 @@ Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see
 Three passes, each in parallel worker processes where the work is heavy:
   1. read the source, clean each article's wikitext, drop duplicates, split train/val
      (multistream dumps are decompressed and parsed by the workers too: see wikigpt/prep/dumps.py);
+     from the same wikitext, the knowledge graph: infobox facts, outgoing links, section openings
+     and redirects as aliases, into knowledge.sqlite (see wikigpt/knowledge.py);
   2. (bpe only) train the tokenizer on the train split;
   3. tokenize and write the shards.
 Work happens in a hidden folder beside --out that is renamed into place only at the very end,
@@ -28,6 +30,7 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -36,12 +39,13 @@ from typing import NamedTuple
 import numpy as np
 
 from wikigpt.data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
+from wikigpt.knowledge import KNOWLEDGE, write_knowledge
+from wikigpt.prep.facts import article_knowledge
 from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
 from wikigpt.tokenizer import Tokenizer, TokenizerError, parse_bpe_name
-from wikigpt.prep.shards import encode_pass, iter_articles, ordered_map
-from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article
-from wikigpt.cli import progress_bar
+from wikigpt.prep.shards import Progress, encode_pass, iter_articles, ordered_map
+from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article, link_target
 
 
 def batched(items, max_items: int, max_chars: int = 4_000_000):
@@ -67,6 +71,7 @@ class Kept(NamedTuple):
     split: str
     u: float  # the split hash, in [0, 1)
     size: int  # bytes of its line in the job's gzip member (the text itself stays in the member)
+    knowledge: bytes  # its line of the knowledge part: facts, links, sections (JSON)
 
 
 class JobOptions(NamedTuple):
@@ -75,17 +80,22 @@ class JobOptions(NamedTuple):
     val_fraction: float
 
 
-def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
-    """RawPages -> (one Kept or drop reason each, the Kept lines as one gzip member). Workers
-    compress: zlib in the main process was the ceiling on scaling with workers."""
-    results, lines = [], []
+def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes, bytes]:
+    """RawPages -> (one Kept or drop reason each, the Kept lines as one gzip member, the
+    redirects as knowledge lines). Workers compress: zlib in the main process was the ceiling
+    on scaling with workers."""
+    results, lines, redirects = [], [], []
     for page in pages:
         if page.skip:
+            if page.info.get("redirect"):  # a redirect is an alias of its target
+                redirects.append(json.dumps({"redirect": page.title, "target": link_target(page.info["redirect"])},
+                                            ensure_ascii=False) + "\n")
             results.append(page.skip)
             continue
+        links = []
         try:
             if page.markup == "wikitext":
-                article, reason = clean_wikitext(page.title, page.text, opts.settings)
+                article, reason = clean_wikitext(page.title, page.text, opts.settings, links)
             else:  # already plain text (pre-extracted sources)
                 article, reason = finish_article(page.title, page.text, opts.settings)
         except Exception:  # a pathological page must not stop a 20 GB run; it is counted
@@ -94,11 +104,16 @@ def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes]:
             results.append(reason)
             continue
         title, text = article
+        try:
+            known = article_knowledge(page.text, text, links) if page.markup == "wikitext" else {}
+        except Exception:  # the article stays; only its share of the knowledge graph is lost
+            known = {}
         split, u = split_of(title, opts.seed, opts.val_fraction)
         line = json.dumps({"title": title, "split": split, "text": text, **page.info}, ensure_ascii=False)
         lines.append((line + "\n").encode())
-        results.append(Kept(_digest(text), split, u, len(lines[-1])))
-    return results, gzip_member(lines)
+        known = json.dumps({"title": title, **known}, ensure_ascii=False) + "\n"
+        results.append(Kept(_digest(text), split, u, len(lines[-1]), known.encode()))
+    return results, gzip_member(lines), "".join(redirects).encode()
 
 
 def gzip_member(lines: list) -> bytes:
@@ -116,8 +131,8 @@ def _where(path, start, end, compressed, skip, offset) -> str:
 
 def clean_job(job):
     """Worker: ("pages", pages, opts) or ("range", path, start, end, compressed, url_prefix, opts)
-    -> (clean_pages' results and gzip member, stitch): stitch = (head, has_body, tail, truncated)
-    of a range, for Stitcher."""
+    -> (clean_pages' results, gzip member and redirects, stitch): stitch = (head, has_body, tail,
+    truncated) of a range, for Stitcher."""
     if job[0] == "pages":
         return clean_pages(job[1], job[2]), None
     _, path, start, end, compressed, url_prefix, opts = job
@@ -126,30 +141,6 @@ def clean_job(job):
     where = partial(_where, path, start, end, compressed, len(head))
     pages = parse_pages(body, url_prefix, where) if body else []
     return clean_pages(pages, opts), (head, body is not None, tail, truncated)
-
-
-class Progress:
-    """A bytes-of-source progress bar (so the bar shows MB/s) with pages/s and articles kept."""
-
-    def __init__(self, total_bytes: int):
-        self.bar = progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="clean", smoothing=0.1)
-        self.file_base = 0  # bytes of the files before the one being read
-        self.pages = self.articles = 0  # read (articles: pages that are not redirects etc.)
-        self.t0 = time.time()
-
-    def at(self, pos: int):  # a one-stream reader's position in its file
-        self.to(self.file_base + pos)
-
-    def to(self, done: int):
-        if done > self.bar.n:
-            self.bar.n = done
-            self.bar.update(0)  # redraws at most every 0.1 s
-
-    def count(self, results: list, kept: int):
-        self.pages += len(results)
-        self.articles += sum(r not in ("redirect", "not_article") for r in results)
-        rate = self.pages / max(time.time() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{rate:,.0f} pages/s, {kept:,} articles kept", refresh=False)
 
 
 def split_of(title: str, seed: int, val_fraction: float) -> tuple[str, float]:
@@ -193,6 +184,8 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
                                    {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": "",
                                    "members": []})  # sizes of the gzip members, in file order
     part_path = lambda i: parts / f"part-{i:05d}.jsonl.gz"  # noqa: E731
+    know_path = lambda i: work / KNOWLEDGE_PARTS / f"{i:05d}.jsonl"  # noqa: E731
+    know_path(0).parent.mkdir(exist_ok=True)
     seen = set()
     for i in range(c["parts"]):  # a resumed run: the articles kept so far
         with gzip.open(part_path(i), "rt", encoding="utf-8") as f:
@@ -211,8 +204,9 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
                 continue
             yield job
 
-    def keep(results: list, member: bytes) -> bytes:
-        """Count and keep the articles of one job; the gzip member to write for them."""
+    def keep(results: list, member: bytes, redirects: bytes) -> bytes:
+        """Count and keep the articles of one job; the gzip member to write for them (their
+        knowledge lines, and the job's redirects, go to the knowledge part)."""
         kept = []
         for r in results:
             if isinstance(r, str):
@@ -234,32 +228,36 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
             member = gzip_member([data[a:b] for r, a, b in zip(articles, ends, ends[1:]) if id(r) in stays])
         if member:
             c["members"].append(len(member))
+        kout.write(b"".join(r.knowledge for r in kept) + redirects)
         return member
 
     def finish_part():  # the part is whole: name it, then save the progress that counts it
         out.close()
+        kout.close()
+        os.replace(kout.name, know_path(c["parts"]))
         os.replace(out.name, part_path(c["parts"]))
         c.update(parts=c["parts"] + 1, skipped=dict(skipped), carry=base64.b64encode(stitcher.carry).decode())
         atomic_write_json(work / PROGRESS, state)
-        return open(part_path(c["parts"]).with_suffix(".tmp"), "wb")
+        return open(part_path(c["parts"]).with_suffix(".tmp"), "wb"), open(know_path(c["parts"]).with_suffix(".tmp"), "wb")
 
     checkpoint_bytes, since = args.checkpoint_mb * 1e6, 0
     out = open(part_path(c["parts"]).with_suffix(".tmp"), "wb")
+    kout = open(know_path(c["parts"]).with_suffix(".tmp"), "wb")
     try:
-        for (results, member), stitch in ordered_map(clean_job, jobs(), args.workers):
+        for (results, member, redirects), stitch in ordered_map(clean_job, jobs(), args.workers):
             end, nbytes, plan, last_of_file = metas.popleft()
             if stitch:  # pages across the range boundary come before this range's own pages
                 head, has_body, tail, truncated = stitch
                 joined = stitcher.feed(head, has_body, tail, plan.url_prefix,
                                        lambda i: f"{plan.path}: in the page that ends near byte {end}")
-                joined_results, joined_member = clean_pages(joined, opts)
-                out.write(keep(joined_results, joined_member))
+                joined_results, joined_member, joined_redirects = clean_pages(joined, opts)
+                out.write(keep(joined_results, joined_member, joined_redirects))
                 progress.count(joined_results, c["kept"])
                 if last_of_file:
                     stitcher.finish(plan.path)
                     stitcher = Stitcher()
                 progress.to(end)
-            out.write(keep(results, member))
+            out.write(keep(results, member, redirects))
             progress.count(results, c["kept"])
             if stitch and truncated:
                 raise WikiError(truncated_message(plan.path, progress.pages, progress.articles))
@@ -268,10 +266,12 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
             if args.max_articles and c["kept"] >= args.max_articles:
                 break
             if since >= checkpoint_bytes:
-                out, since = finish_part(), 0
-        finish_part().close()
+                (out, kout), since = finish_part(), 0
+        for f in finish_part():
+            f.close()
     finally:
         out.close()
+        kout.close()
         progress.bar.close()  # before any error message
     n = c["kept"]
     if n < 2:
@@ -305,6 +305,7 @@ def settle_val_fallback(work: Path, index: int):
 # The pipeline, resumable
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
+KNOWLEDGE_PARTS = "knowledge-parts"  # in the work folder: the knowledge graph's lines, until it is written
 
 
 def fingerprint(files, args) -> dict:
@@ -379,6 +380,12 @@ def prepare(args) -> Path:
         print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; "
               f"dropped: {cleaned['dropped']}")
 
+        writing = None
+        if "knowledge" not in state:  # knowledge.sqlite, in a thread beside passes 2 and 3 (the
+            # main process mostly waits for workers there): ~0.1 s off the x10 sample's 4 s
+            parts = sorted((work / KNOWLEDGE_PARTS).glob("*.jsonl"))
+            writing = ThreadPoolExecutor(1).submit(write_knowledge, work / KNOWLEDGE, parts)
+
         if args.tokenizer == "gpt2":
             tok = Tokenizer.from_name("gpt2")
         elif state.get("tokenizer"):
@@ -396,6 +403,10 @@ def prepare(args) -> Path:
             state["splits"] = encode_pass(tok, work, cleaned["members"], args)
             atomic_write_json(work / PROGRESS, state)
         splits = state["splits"]
+        if writing is not None:
+            state["knowledge"] = writing.result()
+            shutil.rmtree(work / KNOWLEDGE_PARTS)
+            atomic_write_json(work / PROGRESS, state)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": str(args.source or source),
@@ -408,6 +419,7 @@ def prepare(args) -> Path:
             "shards": {s: st["shards"] for s, st in splits.items()},
             "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
             "articles": ARTICLES,
+            "knowledge": state["knowledge"],
             "seconds": round(time.time() - t0, 2),
         }
         (work / PROGRESS).unlink()
@@ -429,6 +441,10 @@ def prepare(args) -> Path:
         print(f"  {s:5s}: {st['articles']:>8,} articles {st['chars']:>14,} chars "
               f"{st['tokens']:>13,} tokens  {st['chars_per_token']:.2f} chars/token  "
               f"{len(meta['shards'][s])} shard(s)")
+    k = meta["knowledge"]
+    print(f"  knowledge graph: {k['facts']:,} facts from {k['infoboxes']:,} infoboxes, {k['aliases']:,} aliases "
+          f"(of {k['redirects']:,} redirects), {k['links']:,} links, {k['sections']:,} section openings "
+          f"-> {out / KNOWLEDGE}")
     return out
 
 

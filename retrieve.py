@@ -1,18 +1,64 @@
 """
-Search the articles of a dataset folder: build its BM25 index, or print the passages a query finds.
+Search the articles of a dataset folder: build its BM25 index, or show the evidence and passages
+a question finds.
 
     python retrieve.py --data data/demo --build               # writes data/demo/index/
-    python retrieve.py --data data/demo "Who was Aristotle?"   # the top passages, titles, scores
+    python retrieve.py --data data/demo "What is the capital of Andorra?"
     python retrieve.py --data data/zh --k 5 "亚里士多德是谁？"
 
-The index itself (passages, terms, scoring) is wikigpt/retrieval.py.
+--build also chooses the "not found" threshold on the train split's questions (wikigpt/qa_items.py)
+and stores it with the index. A query prints the entities it names, the best evidence (facts,
+section openings, sentences: wikigpt/evidence.py) with its score, and the top passages. The
+index itself is wikigpt/retrieval.py; the knowledge graph it reads with, wikigpt/knowledge.py.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from wikigpt.cli import UsageError, run_main
-from wikigpt.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, build_index
+from wikigpt.evidence import Reader
+from wikigpt.knowledge import KNOWLEDGE, Knowledge
+from wikigpt.qa_items import calibrate
+from wikigpt.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_index_info, build_index
+
+
+def build(folder: str, passage_chars: int):
+    if (Path(folder) / KNOWLEDGE).exists():
+        Knowledge.open(folder)  # a damaged graph: say so before anything is rebuilt
+    info = build_index(folder, passage_chars)
+    print(f"indexed {info['passages']:,} passages of {info['articles']:,} articles in "
+          f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(folder) / INDEX_DIR}")
+    reader = Reader.open(folder)
+    if reader.kb is None:
+        print(f"note: {reader.note}")
+        return
+    chosen = calibrate(folder, reader)
+    if chosen:
+        add_index_info(folder, chosen)
+        c = chosen["calibration"]
+        print(f"'not found' below an evidence score of {chosen['abstain_below']:.2f}, chosen on {c['questions']} "
+              f"train questions ({100 * c['answered']:.0f}% answered) and {c['out_of_corpus']} out-of-corpus ones "
+              f"({100 * c['abstained']:.0f}% abstained); knowledge graph: {reader.kb.counts['facts']:,} facts, "
+              f"{reader.kb.counts['aliases']:,} aliases, {reader.kb.counts['links']:,} links")
+
+
+def show(folder: str, query: str, k: int):
+    index = Index.open(folder)
+    reader = Reader.open(folder, index)
+    if reader.note:
+        print(f"note: {reader.note}")
+    found = reader.find(query)
+    named = ", ".join(link.title for link in found.links) or "nothing in the knowledge graph"
+    verdict = "answerable" if found.answerable else "not found: below the threshold"
+    print(f"{query!r} names {named}; best evidence {found.score:.2f} ({verdict}, threshold {found.threshold:.2f})")
+    for item in found.items[:3]:
+        print(f"  {item.score:.2f} {item.kind:8s} {item.label}: {item.text[:200]}")
+    if not found.passages:
+        print(f"no passage shares a term with {query!r}.")
+    for rank, hit in enumerate(found.passages[:k], 1):
+        print(f"[{rank}] {hit.title}  (score {hit.score:.2f}){'  ' + hit.url if hit.url else ''}")
+        print("    " + hit.text.replace("\n", "\n    ")[:600])
+    sys.stdout.flush()
 
 
 def main(argv):
@@ -26,9 +72,7 @@ def main(argv):
     if args.build:
         if args.passage_chars < 50:
             raise UsageError(f"--passage_chars must be at least 50, got {args.passage_chars}")
-        info = build_index(args.data, args.passage_chars)
-        print(f"indexed {info['passages']:,} passages of {info['articles']:,} articles in "
-              f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(args.data) / INDEX_DIR}")
+        build(args.data, args.passage_chars)
         if not args.query:
             return
     query = " ".join(args.query).strip()
@@ -36,14 +80,7 @@ def main(argv):
         raise UsageError('give a query, e.g. python retrieve.py --data data/demo "Who was Aristotle?"')
     if args.k < 1:
         raise UsageError(f"--k must be at least 1, got {args.k}")
-    index = Index.open(args.data)
-    found = index.search(query, args.k)
-    if not found:
-        print(f"no passage shares a term with {query!r}.")
-    for rank, hit in enumerate(found, 1):
-        print(f"[{rank}] {hit.title}  (score {hit.score:.2f}){'  ' + hit.url if hit.url else ''}")
-        print("    " + hit.text.replace("\n", "\n    ")[:600])
-    sys.stdout.flush()
+    show(args.data, query, args.k)
 
 
 if __name__ == "__main__":

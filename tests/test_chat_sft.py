@@ -160,6 +160,17 @@ def test_show_examples_prints_masks(tiny_ckpt, tmp_path):
     assert not list(tmp_path.glob("*.pt"))  # it only shows, it does not train
 
 
+def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckpt, tiny_data, tmp_path):
+    data = write_dialogues(tmp_path / "d.jsonl", 20)
+    common = [f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'o'}", f"--sft_data={data}", "--show_examples=1", *TINY]
+    r = run_cli("chat_sft.py", *common)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith(f"data: {tiny_data} (the dataset {tiny_ckpt} learned from")
+    r = run_cli("chat_sft.py", *common, f"--data={tmp_path / 'nope'}", "--grounded_qa=1")
+    assert r.returncode == 2 and f"{tmp_path / 'nope'}: no such folder" in r.stderr  # not "an older prepare_wiki.py"
+    assert "older prepare_wiki.py" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_one_shot_reply(tiny_chat):
     r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--prompt", "What is 3 plus 3?", "--seed", "0",
                 "--max_new_tokens", "20")

@@ -24,13 +24,24 @@ def test_full_demo_at_tiny_scale(tmp_path):
     assert out.count("Aristotle was") >= 1  # the pretrained sample
     assert "dialogues:" in out  # SFT
     assert "you> 你好" in out and "(conversation cleared)" in out  # the scripted chat
-    assert len(re.findall(r"^bot> ", out, re.M)) == 5 + 3  # 3 Wikipedia questions with --rag
+    assert len(re.findall(r"^bot> ", out, re.M)) == 5 + 4  # 4 Wikipedia questions with --rag
     assert re.search(r"^  \[1\] Aristotle  https://en.wikipedia.org/wiki/Aristotle$", out, re.M)
+    # the knowledge graph, its threshold, and answers from the right evidence (copied: any model size)
+    assert re.search(r"knowledge graph: [1-9][\d,]* facts from [1-9]\d* infoboxes, [1-9]\d* aliases", out)
+    assert "'not found' below an evidence score of" in out
+    assert re.search(r"^bot> Andorra la Vella$", out, re.M)  # the fact, copied and stopped at its end
+    assert re.search(r"^  \[1\] Andorra \(capital\)  https://en.wikipedia.org/wiki/Andorra$", out, re.M)
+    assert re.search(r"^  \[1\] Albania \(Economy\)  https://en.wikipedia.org/wiki/Albania$", out, re.M)
+    assert re.search(r"^bot> 我的资料里没有这个问题的答案。", out, re.M)  # honest "not found", in the question's language
     assert (tmp_path / "out" / "chat" / "best.pt").is_file()
     # the report: base and chat side by side, with the knowledge rows, and the loss curves
     assert "| metric | demo/best.pt | chat/best.pt |" in out
     for metric in ("val bits per byte", "held-out assistant-token loss", "chrF", "retrieval recall@5",
-                   "answer F1 with retrieval"):
+                   "answer F1 with retrieval", "fact accuracy with retrieval, copying", "section F1 with retrieval",
+                   "out-of-corpus abstained with retrieval, copying"):
         assert re.search(rf"^\| {re.escape(metric)}.*\| [\d.]+ \|$", out, re.M), metric
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "chat" / "loss.png").is_file()
+    assert "Knowledge, per kind of question" in (tmp_path / "out" / "report.md").read_text()
+    for kind in ("lead", "fact", "section", "out-of-corpus", "abstention"):  # the per-kind table, printed
+        assert re.search(rf"^  {kind} ", out, re.M), kind
     assert f"wrote {tmp_path / 'out' / 'loss.png'} (2 runs)" in out

@@ -12,6 +12,7 @@ from conftest import ROOT, TINY, dump_xml, page, run_cli, PROSE
 from PIL import Image
 
 from wikigpt import scores
+from wikigpt.checkpoint import load_checkpoint, save_checkpoint
 from wikigpt.runlog import MetricsLog, read_metrics
 
 DIALOGUES = [("Hello", "Hello! How are you today?"), ("What is a river?", "A river is a stream of water."),
@@ -207,8 +208,13 @@ def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
         extra += ["--sft_data", tmp_path / "empty.jsonl"]
     elif case == "bad_option":
         extra += ["--max_examples=0"]
-    else:
-        extra = []  # the chat run learned from no dataset folder
+    else:  # a run whose dataset folder is gone (chat_sft.py records its base's folder: tiny_data)
+        gone = load_checkpoint(ckpt)
+        assert gone["train_config"]["data"] == str(tiny_data)
+        gone["train_config"]["data"] = str(tmp_path / "deleted")
+        ckpt = tmp_path / "gone.pt"
+        save_checkpoint(ckpt, gone)
+        extra = []
     r = evaluate("--ckpt", ckpt, *extra, out=tmp_path / "r.json")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error:") or "error:" in r.stderr.splitlines()[-1]

@@ -104,10 +104,14 @@ def docs_of(ds, split):
     return [ds.tokenizer.decode(tokens[a + 1:b]) for a, b in zip(cuts, cuts[1:])]
 
 
-def test_xml_dump_keeps_articles_only_and_round_trips(small_dump, tmp_path):
+def test_xml_dump_keeps_articles_only_and_round_trips(small_dump, tmp_path, capsys):
     ds = build(small_dump, tmp_path / "ds", "--workers", "1")
     meta = ds.meta
     assert meta["dropped"] == {"not_article": 1, "redirect": 1, "disambiguation": 1, "duplicate": 1}
+    # the redirect is kept as an alias of its target, counted in the summary and meta.json
+    assert meta["knowledge"]["aliases"] == 1 and meta["knowledge"]["articles"] == 12
+    assert re.search(r"knowledge graph: 0 facts from 0 infoboxes, 1 aliases \(of 1 redirects\), \d+ links",
+                     capsys.readouterr().out)
     assert meta["splits"]["train"]["articles"] + meta["splits"]["val"]["articles"] == 12
     assert meta["splits"]["val"]["articles"] >= 1
     docs = docs_of(ds, "train") + docs_of(ds, "val")
@@ -124,7 +128,8 @@ def test_output_is_identical_for_1_and_2_workers_and_across_runs(small_dump, tmp
         names = sorted(p.name for p in out.iterdir() if p.suffix == ".bin")
         assert len(names) > 2  # several shards were written
         digests.append({n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names}
-                       | {"tokenizer": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()})
+                       | {"tokenizer": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
+                          "knowledge": hashlib.sha256((out / "knowledge.sqlite").read_bytes()).hexdigest()})
     assert digests[0] == digests[1] == digests[2]
 
 
@@ -349,7 +354,7 @@ def shards_of(out: Path) -> dict:
     """Digests of the shards, the tokenizer and the kept articles (as text: how the gzip file
     is cut into members follows the source's layout)."""
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
-               if p.suffix == ".bin" or p.name == "tokenizer.json"}
+               if p.suffix == ".bin" or p.name in ("tokenizer.json", "knowledge.sqlite")}
     return digests | {"articles": hashlib.sha256(gzip.decompress((out / "articles.jsonl.gz").read_bytes())).hexdigest()}
 
 

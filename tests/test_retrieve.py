@@ -1,5 +1,5 @@
 """Knowledge integration: kept articles, passages, the BM25 index (en + zh), grounded SFT rows,
-chat.py --rag, serve.py --rag, the held-out QA benchmark and bad input."""
+chat.py --rag, serve.py --rag, the held-out QA benchmark (per kind of question) and bad input."""
 import json
 import random
 from collections import Counter
@@ -20,6 +20,7 @@ from wikigpt.grounding import grounded_prompt
 from wikigpt.sampling import CopySource, mix_copy
 from wikigpt.chat_template import Message, prompt_room, render_chat
 from wikigpt.grounding import fit_grounded
+from wikigpt.evidence import is_abstention
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
 KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]
@@ -106,17 +107,17 @@ def test_grounded_rows_render_passages_exactly_as_chat_time_and_mask_only_the_an
                                           prompt_room(block, wikiqa.REPLY_TOKENS), block - 1)
         train_time, _ = render_chat(tok, [user], add_generation_prompt=True)
         if hits and user.content.startswith(f"Sources:\n[1] {hits[0].title}: {hits[0].text}\n"):
-            assert train_time == chat_time  # same sources: identical prompt tokens
+            assert train_time == chat_time  # same evidence first: identical prompt tokens
             same += 1
         ids, mask = next(rows_of(tok, [user, answer], block + 1, Counter()))
         learned = tok.decode([i for i, m in zip(ids, mask) if m])
         assert learned == answer.content + "<|end|>"
-    assert same >= 5  # (a row's [1] is the passage it asks about; retrieval agrees on many)
-    # only train articles are asked about; the negatives say so
+    assert same >= 5  # (a row's [1] is the sentence it answers with; retrieval agrees on the leads)
+    # only train articles are asked about; out-of-corpus questions are answered "not found"
     val_titles = {a["title"] for a in read_articles(rag_data, "val")}
-    questions = [u.content.rsplit("Question: ", 1)[1] for u, _ in convs]
+    questions = [u.content.rsplit("Question: ", 1)[1] for u, a in convs if not is_abstention(a.content)]
     assert all(any(t in q for t in train_titles) and not any(t in q for t in val_titles) for q in questions)
-    assert any(a.content.startswith("The sources do not say") for _, a in convs)
+    assert any(is_abstention(a.content) for _, a in convs)
 
 
 def test_held_out_questions_are_about_val_articles_only(rag_data):
@@ -167,6 +168,12 @@ def test_retrieval_improves_held_out_answers(rag_chat):
     assert report["recall@5"] >= 0.9
     assert report["with retrieval"]["f1"] > 2 * report["without retrieval"]["f1"], report
     assert report["with retrieval, copying"]["f1"] > 3 * report["without retrieval"]["f1"], report
+    kinds = report["kinds"]
+    assert kinds["lead"]["questions"] > 0 and kinds["out-of-corpus"]["questions"] > 0
+    assert kinds["lead"]["with retrieval, copying"]["accuracy"] >= 0.8  # the opening sentence, copied whole
+    assert kinds["out-of-corpus"]["with retrieval, copying"]["abstained"] >= 0.9
+    assert report["abstention"]["with retrieval, copying"]["answered"] >= 0.9
+    assert "out-of-corpus" in stdout and "abstention" in stdout  # the per-kind table
 
 
 def test_copy_source_follows_the_passages_and_ends_with_their_sentence():

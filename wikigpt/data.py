@@ -8,6 +8,7 @@ A dataset folder holds
     val_000.bin ...
     articles.jsonl.gz  the cleaned articles, one JSON object a line: title, text, split, and
                        id / url where the source has them (for retrieval and QA; see retrieve.py)
+    knowledge.sqlite   the knowledge graph: infobox facts, names, links (see knowledge.py)
     index/             the retrieval index, once retrieve.py has built it
 
 Each shard = a 32-byte header + the tokens:
@@ -148,6 +149,9 @@ def read_articles(folder, split: str | None = None):
     """Yield the kept articles of a dataset folder (dicts: title, text, split, id?, url?)."""
     folder = Path(folder)
     path = folder / ARTICLES
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder. Build the dataset first, e.g. "
+                           f"`python prepare_wiki.py --out {folder}`.")
     if not path.is_file():
         raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
                            f"prepare_wiki.py. Rebuild it with the same source and options plus "

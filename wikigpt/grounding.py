@@ -1,23 +1,29 @@
 """
-Answers from Wikipedia: retrieved passages put into the chat template. One rendering for the
-grounded SFT rows (wikiqa.py), chat.py --rag and the server, so the model reads passages at chat
-time exactly as it learned to.
+Answers from Wikipedia: the evidence and passages retrieved for a question, put into the chat
+template. One rendering for the grounded SFT rows (wikiqa.py), chat.py --rag and the server,
+so the model reads sources at chat time exactly as it learned to.
 """
+from dataclasses import replace
+
 from wikigpt.chat_template import Message, fit_history, render_chat
-from wikigpt.retrieval import Index
+from wikigpt.evidence import Found, Reader
+from wikigpt.retrieval import Index, Passage
 from wikigpt.tokenizer import Tokenizer
 
 #   <|user|>Sources:
-#   [1] Aristotle: Aristotle (384-322 BC) was a Greek philosopher...
-#   [2] Plato: ...
+#   [1] Andorra (capital): Andorra la Vella                  <- the best evidence first
+#   [2] Andorra: Its capital Andorra la Vella is the highest capital city in Europe, ...
+#   [3] Andorra: Andorra, officially the Principality of Andorra, ...   <- then the top passage
 #
-#   Question: Who was Aristotle?<|end|><|assistant|>
+#   Question: What is the capital of Andorra?<|end|><|assistant|>
 
 MIN_PASSAGE_CHARS = 40  # a shorter cut of a passage tells the model nothing
+EVIDENCE_K = 3  # evidence items shown before the passage...
+CLOSE = 0.3  # ...those within this of the best score ("What is X?": X's lead sentence, not its facts)
 
 
 def grounded_question(question: str, passages: list[tuple[str, str]]) -> str:
-    """The user turn for a question with retrieved (title, text) passages, best first."""
+    """The user turn for a question with retrieved (title, text) sources, best first."""
     if not passages:
         return question
     sources = "\n".join(f"[{i}] {title}: {text}" for i, (title, text) in enumerate(passages, 1))
@@ -26,9 +32,9 @@ def grounded_question(question: str, passages: list[tuple[str, str]]) -> str:
 
 def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[str, str]],
                  room: int, limit: int | None = None):
-    """fit_history with passages in the last user turn. The conversation is fitted first;
-    the passages get what is left of `room`, best first, the last one shortened (at a
-    character, never inside one) to fit. Returns (ids, kept messages, passages used)."""
+    """fit_history with sources in the last user turn. The conversation is fitted first;
+    the sources get what is left of `room`, best first, the last one shortened (at a
+    character, never inside one) to fit. Returns (ids, kept messages, sources used)."""
     ids, kept = fit_history(tok, history, room, limit)
     question = kept[-1].content
 
@@ -58,9 +64,37 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
     return ids, kept, used
 
 
+def sources_of(found: Found, passages: int = 1) -> list[Passage]:
+    """What the prompt shows, in order: the best evidence items (those close to the best), then
+    the top retrieved passages that are more than one of those items."""
+    close = [i for i in found.items[:EVIDENCE_K] if i.score >= found.score - CLOSE]
+    out = [Passage(item.label, item.text, item.url, item.score) for item in close]
+    shown = {p.text for p in out}
+    out += [p for p in found.passages if p.text not in shown][:passages]
+    return out
+
+
+def evidence_prompt(reader: Reader, tok: Tokenizer, history: list[Message], room: int, limit: int,
+                    found: Found | None = None):
+    """Find the evidence for the last user turn and fit it, best first, into the prompt (the
+    conversation first, the sources in what is left). Returns (prompt ids, the Found, the
+    sources that made it in, as Passages: label, text as shown, url)."""
+    found = found or reader.find(history[-1].content)
+    sources = sources_of(found)
+    ids, _, used = fit_grounded(tok, history, [(s.title, s.text) for s in sources], room, limit)
+    return ids, found, [replace(s, text=text) for s, (_, text) in zip(sources, used)]  # as shown (cut)
+
+
+def reader_of(index: Index) -> Reader:
+    """The evidence reader over an opened index (made once, kept on the index)."""
+    if getattr(index, "reader", None) is None:
+        index.reader = Reader.open(index.folder, index)
+    return index.reader
+
+
 def grounded_prompt(index: Index, tok, history: list, k: int, room: int, limit: int):
-    """Retrieve k passages for the last user turn and fit them into the prompt (fit_grounded: the conversation first, passages in what is left). Shared by chat.py --rag
-    and serve.py --rag. Returns (prompt ids, the passages that made it in)."""
-    hits = index.search(history[-1].content, k)
-    ids, _, used = fit_grounded(tok, history, [(h.title, h.text) for h in hits], room, limit)
-    return ids, hits[:len(used)]
+    """The prompt for the last user turn with its evidence and passages (evidence_prompt), for
+    serve.py --rag: returns (prompt ids, the sources that made it in). `k` is kept for the
+    callers: the evidence decides what is shown."""
+    ids, _, sources = evidence_prompt(reader_of(index), tok, history, room, limit)
+    return ids, sources

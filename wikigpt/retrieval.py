@@ -28,14 +28,15 @@ import numpy as np
 
 from wikigpt.cli import UsageError, progress_bar
 from wikigpt.data import ARTICLES, DatasetError, read_articles
+from wikigpt.sentences import CJK
 
 INDEX_DIR = "index"
 INDEX_VERSION = 1
 TITLE_BOOST = 2.0  # weight of the title match on lead passages: at 1.0 a body passage that
 # repeats the topic word 5 times still beat the lead for "Tell me about Achilles"
+LINK_BOOST = 1.0  # added to a named entity's passages, above the best score: they come first
 QUERY_FILLER = {"tell", "know", "explain", "describe", "pleas", "give", "talk", "inform"}  # stemmed
 PASSAGE_CHARS = 500  # ~120 tokens of an 8k BPE: two or three fit a 256-token context with a question
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"  # kana, CJK, hangul
 TERM = re.compile(rf"[{CJK}]+|[^\W_{CJK}]+")  # a run of CJK characters, or a word of anything else
 SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 
@@ -162,6 +163,15 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False) -> dict:
     return info
 
 
+def add_index_info(folder, extra: dict) -> dict:
+    """Store more about a built index (e.g. the "not found" threshold) in its info file."""
+    path = Path(folder) / INDEX_DIR / "wikigpt_index.json"
+    info = json.loads(path.read_text()) | extra
+    path.with_suffix(".tmp").write_text(json.dumps(info, indent=2))
+    path.with_suffix(".tmp").replace(path)
+    return info
+
+
 class Index:
     """An opened index: search(query, k) -> passages, best first.
 
@@ -171,9 +181,10 @@ class Index:
     first, and "Tell me about Albania" does not rank a passage that merely says "tells"
     above the Albania article."""
 
-    def __init__(self, retriever, titles, lead_ids, info: dict):
+    def __init__(self, retriever, titles, lead_ids, info: dict, folder=None):
         self.retriever, self.titles, self.lead_ids, self.info = retriever, titles, lead_ids, info
-        self.passages = retriever.corpus
+        self.passages, self.folder = retriever.corpus, folder
+        self.reader = None  # the evidence reader over it, made on first use (grounding.reader_of)
 
     @classmethod
     def open(cls, folder) -> "Index":
@@ -195,15 +206,26 @@ class Index:
                                f"(the dataset was rebuilt, or the index copied from elsewhere). {build}")
         retriever = bm25s.BM25.load(str(path), mmap=True, load_corpus=True, show_progress=False)
         titles = bm25s.BM25.load(str(path / "titles"), mmap=True, show_progress=False)
-        return cls(retriever, titles, np.load(path / "lead_ids.npy", mmap_mode="r"), info)
+        return cls(retriever, titles, np.load(path / "lead_ids.npy", mmap_mode="r"), info, folder)
 
-    def search(self, query: str, k: int = 3) -> list[Passage]:
-        """The k best passages for a query (fewer if fewer share a term with it)."""
+    def article_passages(self, article: int) -> range:
+        """The passage numbers of the article-th article (in the order of the kept articles)."""
+        end = int(self.lead_ids[article + 1]) if article + 1 < len(self.lead_ids) else len(self.passages)
+        return range(int(self.lead_ids[article]), end)
+
+    def search(self, query: str, k: int = 3, boost: list[int] = ()) -> list[Passage]:
+        """The k best passages for a query (fewer if fewer share a term with it); the passages
+        of the articles in `boost` (the entities a question names) rank above all others."""
         q = query_terms(query)
         in_text = [t for t in q if t in self.retriever.vocab_dict]
-        if not in_text:
+        if not in_text and not boost:
             return []
-        scores = self.retriever.get_scores(in_text)  # (n_passages,)
+        scores = (self.retriever.get_scores(in_text) if in_text  # (n_passages,)
+                  else np.zeros(len(self.passages), dtype=np.float32))
+        top = float(scores.max())
+        for article in boost:
+            span = self.article_passages(article)
+            scores[span.start:span.stop] += LINK_BOOST + top
         in_titles = [t for t in q if t in self.titles.vocab_dict]
         if in_titles:
             scores[self.lead_ids] += TITLE_BOOST * self.titles.get_scores(in_titles)  # (n_articles,) onto the leads

@@ -1,115 +1,93 @@
 """
-Questions about Wikipedia articles, answered from the articles themselves.
+Questions about Wikipedia articles, answered from the articles themselves (questions and their
+references: qa_items.py; evidence: evidence.py).
 
-  - Grounded SFT conversations (train split only): "What is X?" / "X是什么？" with the passages
-    retrieved for it in the user turn, and the article's opening sentence as the answer; plus
-    questions whose passages are about something else, answered "the sources do not say".
+  - Grounded SFT conversations (train split only), rendered exactly as at chat time: lead
+    questions ("What is X?" -> the sentence shown as source [1]), fact questions ("What is the
+    capital of X?" -> "The capital of X is Y.", en + zh), section questions ("Tell me about the
+    economy of X." -> the section's first sentence) and out-of-corpus ones, answered "the
+    articles do not answer this".
   - The held-out QA benchmark (val split only: articles never seen in pretraining or SFT):
-    retrieval recall@1/@5, and answer token F1 and ROUGE-L against the opening sentence, with
-    and without retrieval.
+    per kind of question (lead, fact, section, out-of-corpus), answer accuracy and token F1
+    without retrieval, with retrieval (the model alone reads the evidence) and with copying
+    (the reply copies the best evidence, or says "not found" below the threshold), plus
+    retrieval recall and abstention precision / recall.
 
-A small model cannot memorise Wikipedia, but it can learn to read a passage and answer from it.
+A small model cannot memorise Wikipedia, but it can learn to read a source and answer from it.
 """
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 
+from wikigpt.chat_template import Message, fit_history, prompt_room
 from wikigpt.data import read_articles
 from wikigpt.engine import generate_batch
-from wikigpt.retrieval import Index
-from wikigpt.sampling import RAG_COPY, CopySource, SamplingParams
-from wikigpt.scores import CJK_CHAR, rouge_l, token_f1
-from wikigpt.chat_template import Message, fit_history, prompt_room
+from wikigpt.evidence import ABSTAIN, EvidenceCopy, Item, Reader, is_abstention, not_found
+from wikigpt.grounding import evidence_prompt, grounded_question, reader_of
+from wikigpt.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
+                              fact_and_section_items, lead_items, out_of_corpus_items)
+from wikigpt.retrieval import split_passages
+from wikigpt.sampling import RAG_COPY, SamplingParams
+from wikigpt.scores import rouge_l, token_f1, words
+from wikigpt.sentences import language, opening_sentence
 from wikigpt.tokenizer import Tokenizer
-from wikigpt.grounding import fit_grounded
 
-EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t}?",
-                "Who or what is {t}?", "Can you explain what {t} is?"]
-ZH_QUESTIONS = ["{t}是什么？", "介绍一下{t}。", "请告诉我关于{t}的事。", "{t}是谁？", "你知道{t}吗？"]
-NOT_IN_SOURCES = {"en": "The sources do not say anything about {t}.", "zh": "资料中没有关于{t}的内容。"}
-RAG_K = 3  # passages retrieved per question
-COPYING = "with retrieval, copying"  # the model + a copy distribution over the passages (CopySource)
+RAG_K = 3  # evidence items shown (grounding.EVIDENCE_K), kept for callers
+COPYING = "with retrieval, copying"  # the model + a copy distribution over the best evidence (EvidenceCopy)
+ROWS = ("without retrieval", "with retrieval", COPYING)
 REPLY_TOKENS = 64  # room kept for a grounded answer (an opening sentence is 20-50 tokens)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|(?<=[。！？])")
+qa_items = lead_items  # the lead questions, by their old name
 
 
-@dataclass
-class QAItem:
-    question: str
-    answer: str  # the reference: the article's opening sentence(s)
-    title: str
-    lang: str  # "en" | "zh"
+def _row(reader: Reader, tok: Tokenizer, question: str, answer: str, room: int, block: int, first: Item | None = None):
+    """One grounded conversation rendered as chat.py renders it; `first` (if given) is shown as
+    source [1], the evidence found for the question after it."""
+    found = reader.find(question)
+    if first is not None:  # shown as the best evidence is: with the best score
+        found.items = [replace(first, score=max(found.score, 1.0))] + [i for i in found.items if i.text != first.text]
+    _, found, used = evidence_prompt(reader, tok, [Message("user", question)], room, block - 1, found)
+    if not used or (first is not None and used[0].text != first.text):
+        return None  # the source to read did not fit
+    return [Message("user", grounded_question(question, [(s.title, s.text) for s in used])),
+            Message("assistant", answer)]
 
 
-def language(text: str) -> str:
-    letters = [c for c in text[:400] if c.isalpha()]
-    return "zh" if letters and sum(bool(CJK_CHAR.match(c)) for c in letters) > 0.3 * len(letters) else "en"
-
-
-def opening_sentence(text: str, min_chars: int = 40, max_chars: int = 240) -> str:
-    """The article's first sentence (two if the first is very short), at most max_chars."""
-    lead = text.strip().split("\n", 1)[0]
-    sentences = [s.strip() for s in _SENTENCE.split(lead) if s.strip()]
-    answer = ""
-    for s in sentences:
-        answer = f"{answer} {s}".strip() if answer and language(s) == "en" else answer + s
-        if len(answer) >= min_chars:
-            break
-    return answer[:max_chars]
-
-
-def qa_items(folder, split: str, per_article: int, seed: int = 0) -> list[QAItem]:
-    """per_article templated questions about each article of one split."""
-    rng = random.Random(f"{seed}:{split}")
-    items = []
-    for article in read_articles(folder, split):
-        answer = opening_sentence(article["text"])
-        if len(answer) < 20:
-            continue
-        lang = language(article["text"])
-        templates = ZH_QUESTIONS if lang == "zh" else EN_QUESTIONS
-        for template in rng.sample(templates, min(per_article, len(templates))):
-            items.append(QAItem(template.format(t=article["title"]), answer, article["title"], lang))
-    return items
-
-
-def grounded_conversations(folder, index: Index, tok: Tokenizer, block_size: int, seed: int = 0,
-                           passages_per_article: int = 40, negative_share: float = 0.1):
+def grounded_conversations(folder, index, tok: Tokenizer, block_size: int, seed: int = 0,
+                           passages_per_article: int = 20, negative_share: float = 0.1):
     """Yield SFT conversations [user: sources + question, assistant: answer] about the train
     articles, rendered and fitted exactly as at chat time.
 
-    One conversation per passage (up to passages_per_article per article): a question about
-    the article's title, that passage as source [1] (then what retrieval finds for the
-    question), and the passage's first sentence as the answer. The same question thus gets
-    different answers depending on the sources: the model cannot answer from memory, it must
-    read [1]. A share of questions gets only passages about other articles and the answer
-    "the sources do not say". Positives whose answer did not fit in the context are skipped."""
-    from wikigpt.retrieval import split_passages
-
-    rng = random.Random(seed)
+    Lead: one conversation per passage (up to passages_per_article per article): a question
+    about the article, that passage's first sentence as source [1] and as the answer; the same
+    question thus gets different answers depending on the sources: the model cannot answer
+    from memory, it must read [1]. Facts and section openings: the question asked of each,
+    answered from its evidence. A share of out-of-corpus questions, answered ABSTAIN."""
+    rng, reader = random.Random(seed), reader_of(index)
     room = prompt_room(block_size, REPLY_TOKENS)
-    articles = list(read_articles(folder, "train"))
-    for article in articles:
-        lang = language(article["text"])
-        title, templates = article["title"], ZH_QUESTIONS if lang == "zh" else EN_QUESTIONS
+    titles = [a["title"] for a in read_articles(folder, "train")]
+    n = 0
+    for article in read_articles(folder, "train"):
+        lang, title = language(article["text"]), article["title"]
         for text in split_passages(article["text"])[:passages_per_article]:
-            question = rng.choice(templates).format(t=title)
-            if rng.random() < negative_share:
-                other = rng.choice(articles)["title"]
-                sources = [(h.title, h.text) for h in index.search(other, RAG_K) if h.title != title]
-                answer = NOT_IN_SOURCES[lang].format(t=title)
-            else:
-                answer = opening_sentence(text)
-                if len(answer) < 20:
-                    continue
-                sources = [(title, text)] + [(h.title, h.text) for h in index.search(question, RAG_K)
-                                             if h.text != text][:RAG_K - 1]
-            if not sources:
-                continue
-            _, kept, used = fit_grounded(tok, [Message("user", question)], sources, room, block_size - 1)
-            if answer != NOT_IN_SOURCES[lang].format(t=title) and not (used and answer in used[0][1]):
-                continue
-            yield [kept[-1], Message("assistant", answer)]
+            answer = opening_sentence(text)
+            if len(answer) >= 20:
+                question = rng.choice(ZH_QUESTIONS if lang == "zh" else EN_QUESTIONS).format(t=title)
+                if conv := _row(reader, tok, question, answer, room, block_size, Item("sentence", title, answer)):
+                    n += 1
+                    yield conv
+    for item in fact_and_section_items(reader, titles, per_article=12, seed=seed):
+        if item.kind == "fact":
+            first = Item("fact", item.title, item.answer, item.attribute)
+            words_ = ZH_WORDS.get(item.attribute, item.attribute) if item.lang == "zh" else item.attribute
+            answer = FACT_ANSWERS[item.lang].format(a=words_, t=item.title, v=item.answer)
+        else:
+            first, answer = Item("section", item.title, item.answer, item.attribute), item.answer
+        if conv := _row(reader, tok, item.question, answer, room, block_size, first):
+            n += 1
+            yield conv
+    for item in out_of_corpus_items(reader, titles, int(n * negative_share), seed):
+        if conv := _row(reader, tok, item.question, ABSTAIN[item.lang], room, block_size):
+            yield conv
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,50 +96,108 @@ def grounded_conversations(folder, index: Index, tok: Tokenizer, block_size: int
 def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: int,
                copy_from: list | None = None, copy: float = 0.0) -> list[str]:
     """Greedy answers for many prompts at once, batched by the serving engine (copying from
-    each prompt's passages with weight `copy`, when given)."""
+    each prompt's evidence with weight `copy`, when given)."""
+    if not prompts:
+        return []
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, copy=copy)
     replies = generate_batch(model, tok, prompts, max_new_tokens, params, copy_from=copy_from)
     return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in replies]
 
 
-def evaluate_qa(model, tok: Tokenizer, folder, index: Index, per_article: int = 3, seed: int = 0,
-             max_items: int | None = None) -> dict:
-    """Held-out QA on the val articles: retrieval recall and answer quality with/without it."""
-    items = qa_items(folder, "val", per_article, seed)[:max_items]
+def normalised(text: str) -> str:
+    return " ".join(words(text))
+
+
+def correct(reply: str, reference: str) -> bool:
+    """The reference (a value, a sentence) is in the reply, case, spaces and punctuation aside."""
+    ref = normalised(reference)
+    return bool(ref) and f" {ref} " in f" {normalised(reply)} "
+
+
+def benchmark_items(folder, reader: Reader, per_article: int = 3, seed: int = 0) -> list[QAItem]:
+    """The held-out questions: lead, fact and section questions about the val articles, and as
+    many out-of-corpus ones as fact questions (none the train articles link to)."""
+    val = [a["title"] for a in read_articles(folder, "val")]
+    train = [a["title"] for a in read_articles(folder, "train")]
+    inside = lead_items(folder, "val", per_article, seed) + fact_and_section_items(reader, val, 3 * per_article, seed)
+    trained = {t for title in train for t in reader.kb.links(reader.kb.subject(title))} if reader.kb else set()
+    return inside + out_of_corpus_items(reader, val, max(len(inside) // 3, 6), seed + 1, skip=trained,
+                                        zh_names=ZH_NAMES[1::2])  # the other half chose the threshold
+
+
+def evaluate_qa(model, tok: Tokenizer, folder, index, per_article: int = 3, seed: int = 0,
+                max_items: int | None = None) -> dict:
+    """Held-out QA on the val articles, per kind of question (see the module doc)."""
+    reader = reader_of(index)
+    items = benchmark_items(folder, reader, per_article, seed)
+    if max_items:
+        items = [i for k in KINDS for i in [i for i in items if i.kind == k][:max(max_items // len(KINDS), 2)]]
     block = model.cfg.block_size
     room = prompt_room(block, REPLY_TOKENS)
-    plain, grounded, sources, found1, found5 = [], [], [], 0, 0
+    plain, grounded, copies, founds = [], [], [], []
     for item in items:
-        hits = index.search(item.question, 5)
-        titles = [h.title for h in hits]
-        found1 += titles[:1] == [item.title]
-        found5 += item.title in titles
         question = [Message("user", item.question)]
         plain.append(fit_history(tok, question, room, block - 1)[0])
-        ids, _, used = fit_grounded(tok, question, [(h.title, h.text) for h in hits[:RAG_K]], room, block - 1)
+        ids, found, _ = evidence_prompt(reader, tok, question, room, block - 1)
         grounded.append(ids)
-        sources.append(CopySource.from_passages(tok, used))
-    report = {"questions": len(items), "articles": len({i.title for i in items}),
-              "recall@1": found1 / max(len(items), 1), "recall@5": found5 / max(len(items), 1)}
-    for name, prompts, copy in (("without retrieval", plain, 0.0), ("with retrieval", grounded, 0.0),
-                                (COPYING, grounded, RAG_COPY)):
-        answers = answer_all(model, tok, prompts, REPLY_TOKENS, sources if copy else None, copy)
-        report[name] = {
-            "f1": sum(token_f1(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
-            "rouge_l": sum(rouge_l(a, i.answer) for a, i in zip(answers, items)) / max(len(items), 1),
-            "examples": [{"question": i.question, "answer": a, "reference": i.answer}
-                         for a, i in list(zip(answers, items))[:3]]}
+        founds.append(found)
+        copies.append(EvidenceCopy.from_item(tok, found.best) if found.best else None)
+    lead = [(i, f) for i, f in zip(items, founds) if i.kind == "lead"]
+    titles = lambda f: list(dict.fromkeys(p.title for p in f.passages))[:5]  # noqa: E731
+    report = {"questions": len(items), "articles": len({i.title for i in items if i.title}),
+              "recall@1": sum(titles(f)[:1] == [i.title] for i, f in lead) / max(len(lead), 1),
+              "recall@5": sum(i.title in titles(f) for i, f in lead) / max(len(lead), 1),
+              "threshold": reader.threshold, "kinds": {}, "abstention": {}}
+    answers = {ROWS[0]: answer_all(model, tok, plain, REPLY_TOKENS),
+               ROWS[1]: answer_all(model, tok, grounded, REPLY_TOKENS)}
+    go = [k for k, f in enumerate(founds) if f.answerable and copies[k] is not None]
+    copied = dict(zip(go, answer_all(model, tok, [grounded[k] for k in go], REPLY_TOKENS,
+                                     [copies[k] for k in go], RAG_COPY)))
+    answers[COPYING] = [copied.get(k) or not_found(f) for k, f in enumerate(founds)]
+    for name in ROWS:
+        report[name] = score_row(name, items, answers[name], report)
+        report[name]["examples"] = [{"kind": i.kind, "question": i.question, "answer": a, "reference": i.answer}
+                                    for k in KINDS for i, a in [(i, a) for i, a in zip(items, answers[name])
+                                                                if i.kind == k][:1]]
     return report
 
 
+def score_row(name: str, items: list[QAItem], answers: list[str], report: dict) -> dict:
+    """One row's scores: the lead kind's F1 / ROUGE-L at the top (today's figures), each kind's
+    accuracy and F1 into report["kinds"], abstention into report["abstention"]."""
+    for kind in KINDS[:3]:
+        pairs = [(a, i.answer) for i, a in zip(items, answers) if i.kind == kind]
+        report["kinds"].setdefault(kind, {"questions": len(pairs)})[name] = {
+            "accuracy": sum(correct(a, r) for a, r in pairs) / max(len(pairs), 1),
+            "f1": sum(token_f1(a, r) for a, r in pairs) / max(len(pairs), 1)}
+    out = [is_abstention(a) for a in answers]
+    ooc = [i.kind == "out-of-corpus" for i in items]
+    hits = sum(o and a for o, a in zip(ooc, out))
+    report["kinds"].setdefault("out-of-corpus", {"questions": sum(ooc)})[name] = {"abstained": hits / max(sum(ooc), 1)}
+    report["abstention"][name] = {"precision": hits / max(sum(out), 1), "recall": hits / max(sum(ooc), 1),
+                                  "answered": 1 - sum(a for o, a in zip(ooc, out) if not o) / max(len(ooc) - sum(ooc), 1)}
+    lead = [(a, i.answer) for i, a in zip(items, answers) if i.kind == "lead"]
+    return {"f1": sum(token_f1(a, r) for a, r in lead) / max(len(lead), 1),
+            "rouge_l": sum(rouge_l(a, r) for a, r in lead) / max(len(lead), 1)}
+
+
 def format_report(r: dict) -> str:
-    lines = [f"held-out Wikipedia QA ({r['questions']} questions about {r['articles']} val articles, "
-             f"never trained on): retrieval recall@1 {r['recall@1']:.2f}, recall@5 {r['recall@5']:.2f}",
-             f"  {'':30s} {'token F1':>9s} {'ROUGE-L':>8s}"]
-    for name in ("without retrieval", "with retrieval", COPYING):
-        lines.append(f"  {name:30s} {r[name]['f1']:9.3f} {r[name]['rouge_l']:8.3f}")
-    base = r["without retrieval"]["f1"]
-    for name in ("with retrieval", COPYING):
-        lines.append(f"  answer F1 {name}: x{r[name]['f1'] / base:.1f} the figure without"
-                     if base > 0 else "  (no overlap at all without retrieval)")
-    return "\n".join(lines)
+    """The per-kind table (what eval.py and make demo print)."""
+    head = "".join(f" | {n:>23s}" for n in ROWS)
+    lines = [f"held-out Wikipedia QA ({r['questions']} questions, {r['articles']} val articles never trained on; "
+             f"retrieval recall@1 {r['recall@1']:.2f}, recall@5 {r['recall@5']:.2f}; 'not found' below {r['threshold']:.2f})",
+             f"  {'kind':14s} {'n':>4s}{head}",
+             f"  {'':14s} {'':>4s}" + " | accuracy  F1           " * 3]
+    for kind in KINDS:
+        k = r["kinds"].get(kind, {})
+        if kind == "out-of-corpus":
+            cells = "".join(f" | abstained {k[n]['abstained']:4.2f}        " for n in ROWS)
+        else:
+            cells = "".join(f" |    {k[n]['accuracy']:5.2f} {k[n]['f1']:5.3f}      " for n in ROWS)
+        lines.append(f"  {kind:14s} {k.get('questions', 0):4d}{cells}")
+    a = r["abstention"]
+    lines.append(f"  {'abstention':19s}" + "".join(f" | P {a[n]['precision']:4.2f} R {a[n]['recall']:4.2f} "
+                                                 f"ans {a[n]['answered']:4.2f}" for n in ROWS))
+    lines.append("  (accuracy: the reference - a fact's value, a sentence - is in the reply; abstention: P/R of "
+                 "'not found' on out-of-corpus questions, ans: in-corpus questions answered)")
+    return "\n".join(re.sub(r" +$", "", line) for line in lines)

@@ -39,7 +39,7 @@ class RawPage(NamedTuple):
     title: str
     text: str
     markup: str  # "wikitext" (dumps) or "plain" (pre-extracted sources)
-    info: dict  # page id and URL where the source has them
+    info: dict  # page id and URL where the source has them; a redirect's target title
     skip: str | None = None  # why the page is not an article ("redirect", "not_article")
 
 
@@ -77,6 +77,9 @@ def _not_a_dump(path, root: str) -> WikiError:
                      "dumps.wikimedia.org.")
 
 
+_REDIRECT_LINK = re.compile(r"\[\[([^\[\]|]+)")
+
+
 def raw_page(elem, url_prefix: str) -> RawPage:
     """A parsed <page> element -> RawPage; namespace-0 pages that are not redirects are articles."""
     fields = {_local(c.tag): c for c in elem}
@@ -88,7 +91,10 @@ def raw_page(elem, url_prefix: str) -> RawPage:
     if ns != "0":
         return RawPage(title, "", "wikitext", info, "not_article")
     if "redirect" in fields or text.lstrip().lower().startswith("#redirect"):
-        return RawPage(title, "", "wikitext", info, "redirect")
+        target = fields["redirect"].get("title") if "redirect" in fields else None
+        if not target and (m := _REDIRECT_LINK.search(text)):
+            target = m[1]
+        return RawPage(title, "", "wikitext", {**info, "redirect": target or ""}, "redirect")  # an alias
     if url_prefix:
         info["url"] = url_prefix + quote(title.replace(" ", "_"))
     return RawPage(title, text, "wikitext", info)

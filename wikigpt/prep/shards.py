@@ -2,11 +2,12 @@
 Pass 3 of prepare_wiki.py: the kept articles -> uint16 token shards, tokenized in worker
 processes that read the articles file themselves, a few gzip members each, so the main process
 only writes shards (reading and sending the text from it scaled 1.6x on 2 workers, this 1.8x).
-Also the ordered, bounded parallel map both passes run on.
+Also the ordered, bounded parallel map both passes run on, and pass 1's progress bar.
 """
 import gzip
 import json
 import multiprocessing as mp
+import time
 from collections import deque
 from pathlib import Path
 
@@ -33,6 +34,30 @@ def ordered_map(fn, jobs, workers: int, initializer=None, initargs=()):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+class Progress:
+    """A bytes-of-source progress bar (so the bar shows MB/s) with pages/s and articles kept."""
+
+    def __init__(self, total_bytes: int):
+        self.bar = progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="clean", smoothing=0.1)
+        self.file_base = 0  # bytes of the files before the one being read
+        self.pages = self.articles = 0  # read (articles: pages that are not redirects etc.)
+        self.t0 = time.time()
+
+    def at(self, pos: int):  # a one-stream reader's position in its file
+        self.to(self.file_base + pos)
+
+    def to(self, done: int):
+        if done > self.bar.n:
+            self.bar.n = done
+            self.bar.update(0)  # redraws at most every 0.1 s
+
+    def count(self, results: list, kept: int):
+        self.pages += len(results)
+        self.articles += sum(r not in ("redirect", "not_article") for r in results)
+        rate = self.pages / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} pages/s, {kept:,} articles kept", refresh=False)
 
 
 def document(row: dict) -> str:

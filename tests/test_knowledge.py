@@ -1,0 +1,218 @@
+"""The knowledge graph (infobox facts, aliases, links in knowledge.sqlite), entity linking,
+evidence ranking, honest "not found", evidence-bounded copying, and their bad input."""
+import json
+import shutil
+
+import pytest
+from conftest import PROSE, dump_xml, page, run_cli
+
+from prepare_wiki import main as prepare
+from wikigpt.chat_template import Message, render_chat
+from wikigpt.data import DatasetError, load_dataset, read_articles
+from wikigpt.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
+from wikigpt.grounding import evidence_prompt
+from wikigpt.knowledge import Knowledge, name_key
+from wikigpt.prep.facts import facts
+from wikigpt.prep.templates import render_templates
+from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
+from wikigpt.qa_items import calibrate
+from wikigpt.retrieval import Index, Passage, add_index_info, build_index
+from wikigpt import wikiqa
+
+ANDORRA = """{{Infobox country
+|conventional_long_name = Principality of Andorra
+|image_flag      = Flag of Andorra.svg
+|capital         = [[Andorra la Vella]]
+|official_languages = [[Catalan language|Catalan]]<sup>a</sup>
+|recognised_languages = {{hlist|[[Spanish language|Spanish]]|[[French language|French]]}}
+|leader_title1   = [[Head of Government of Andorra|Prime Minister]]
+|leader_name1    = [[Antoni Martí]]
+|area_km2        = 467.63
+|population_estimate = 85,470<ref name="cia">{{cite web|url=http://x.org|title=Y}}</ref>
+|established_date1 = {{birth date|1278|9|8}}
+|latd = 42
+}}
+'''Andorra''' is a landlocked microstate in [[europe|southwestern Europe]]. It is less than {{convert|72|km|mi}} from [[Italy]].
+
+== Economy ==
+Tourism is the mainstay of the tiny economy of Andorra. Banking also matters.
+
+== Parishes ==
+Andorra consists of seven parishes:
+* Canillo
+* Encamp
+"""
+FILLER = ["Mountain", "River", "Valley", "Lake", "Forest", "Glacier", "Harbour", "Meadow", "Island", "Desert"]
+
+
+@pytest.fixture(scope="module")
+def kb_data(tmp_path_factory):
+    """Andorra with its infobox, a capital, a Chinese article, two redirects (one to a page the
+    dump lacks) and filler articles, prepared and indexed, the threshold chosen."""
+    root = tmp_path_factory.mktemp("kb")
+    pages = [page("Andorra", ANDORRA + PROSE * 2),
+             page("Andorra la Vella", "'''Andorra la Vella''' is the capital of [[Andorra]]. " + PROSE * 2),
+             page("长江", "{{Infobox river|length = {{convert|6300|km}}|mouth = [[东海]]}}'''长江'''是亚洲第一长河。"
+                  + "长江流域是中华文明的发源地之一。" * 8),
+             page("Principality of Andorra", "#REDIRECT [[Andorra]]", redirect="Andorra"),
+             page("Lost page", "#REDIRECT [[Not in this dump]]", redirect="Not in this dump")]
+    pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] near [[Ruritania]] and [[Zembla]]. " + PROSE * 2) for t in FILLER]
+    (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
+             "--val_fraction", "0.2", "--workers", "1"])
+    build_index(root / "data", quiet=True)
+    add_index_info(root / "data", calibrate(root / "data", Reader.open(root / "data")))
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def reader(kb_data):
+    return Reader.open(kb_data)
+
+
+# ----- reading the wikitext
+
+def test_infobox_fields_become_facts_with_plain_text_values():
+    got = dict(facts(ANDORRA))
+    assert got["capital"] == "Andorra la Vella"  # the link's text
+    assert got["official languages"] == "Catalan"  # no footnote mark
+    assert got["recognised languages"] == "Spanish, French"  # a list, joined
+    assert got["prime minister"] == "Antoni Martí"  # leader_title1 / leader_name1 paired
+    assert got["area"] == "467.63 km²"  # the unit of area_km2 kept with the number
+    assert got["population estimate"] == "85,470"  # the ref gone
+    assert "image flag" not in got and "latd" not in got  # layout, not knowledge
+
+
+def test_quantities_and_dates_render_as_the_page_shows_them():
+    assert render_templates("{{convert|72|km|mi}}, {{convert|1|-|2|km}}, {{convert|20|C|F}}") == "72 km, 1–2 km, 20°C"
+    assert render_templates("{{birth date|1889|4|20}} {{cite web|url=x}}") == "20 April 1889 "
+    (_, text), _ = clean_wikitext("Andorra", ANDORRA, CleanSettings(min_chars=10))
+    assert "It is less than 72 km from Italy." in text  # before: "It is less than from Italy."
+
+
+def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
+    kb = Knowledge.open(kb_data)
+    andorra = kb.subject("Andorra")
+    assert ("capital", "Andorra la Vella") in kb.facts(andorra)
+    assert kb.aliases(andorra) == ["Principality of Andorra"]  # the other redirect's target is not here
+    assert kb.links(andorra) == ["Europe", "Italy"]  # the text's links, in order, first letters folded up
+    assert ("Economy", "Tourism is the mainstay of the tiny economy of Andorra.") in kb.sections(andorra)
+    assert ("length", "6300 km") in kb.facts(kb.subject("长江"))
+    meta = load_dataset(kb_data).meta["knowledge"]
+    assert meta == kb.counts and meta["aliases"] == 1 and meta["redirects"] == 2
+    assert meta["facts"] == len(facts(ANDORRA)) + 2 and meta["infoboxes"] == 2
+
+
+def test_names_link_longest_first_case_folded_accents_aside_and_in_chinese(reader):
+    assert [l.title for l in reader.links("what is ANDORRA LA VELLA?")] == ["Andorra la Vella"]
+    assert [l.title for l in reader.links("Where is the principality of andorra?")] == ["Andorra"]  # a redirect
+    assert [l.title for l in reader.links("长江有多长？")] == ["长江"]
+    assert name_key("André  Agassi") == "andre agassi" and name_key("长江") == "长 江"
+
+
+# ----- evidence
+
+@pytest.mark.parametrize("question, kind, text", [
+    ("What is the capital of Andorra?", "fact", "Andorra la Vella"),
+    ("Andorra的首都是什么？", "fact", "Andorra la Vella"),
+    ("Who is the prime minister of Andorra?", "fact", "Antoni Martí"),
+    ("Tell me about the economy of Andorra.", "section", "Tourism is the mainstay of the tiny economy of Andorra."),
+    ("What is Andorra?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
+])
+def test_the_best_evidence_is_what_the_question_asks(reader, question, kind, text):
+    found = reader.find(question)
+    assert found.answerable and found.best.kind == kind and found.best.text == text, found.items[:3]
+
+
+@pytest.mark.parametrize("question", ["阿富汗的首都是哪里？", "What is the capital of Ruritania?", "Who was Zembla?"])
+def test_what_the_corpus_does_not_hold_is_not_found(reader, question):
+    found = reader.find(question)
+    assert not found.answerable, found.items[:2]
+    reply = not_found(found)
+    assert is_abstention(reply) and found.best.text in reply  # says so, and shows what was closest
+    assert reply.startswith(ABSTAIN["zh" if "阿富汗" in question else "en"])
+
+
+def test_the_threshold_is_chosen_on_train_questions_and_stored_with_the_index(kb_data, reader):
+    info = json.loads((kb_data / "index" / "wikigpt_index.json").read_text())
+    assert 0.5 < info["abstain_below"] < 1.0 and reader.threshold == info["abstain_below"]
+    assert info["calibration"]["answered"] >= 0.9 and info["calibration"]["abstained"] >= 0.9
+
+
+def test_the_prompt_shows_the_best_evidence_first_and_names_the_attribute(kb_data, reader):
+    tok = load_dataset(kb_data).tokenizer
+    ids, found, sources = evidence_prompt(reader, tok, [Message("user", "What is the capital of Andorra?")], 200, 255)
+    prompt = tok.decode(ids)
+    assert "Sources:\n[1] Andorra (capital): Andorra la Vella\n" in prompt and sources[0].title == "Andorra (capital)"
+    assert prompt.endswith("Question: What is the capital of Andorra?<|end|><|assistant|>")
+
+
+def test_a_list_passage_gives_one_piece_of_evidence_per_item(reader):
+    items = reader.candidates([], [Passage("Andorra", "Parishes\nCanillo\nEncamp is a parish. It is old.")])
+    assert [(i.text, i.attribute) for i in items] == [("Canillo", "Parishes"), ("Encamp is a parish.", "Parishes"),
+                                                      ("It is old.", "Parishes")]
+
+
+def test_evidence_copy_starts_at_the_evidence_and_stops_at_its_end():
+    copy = EvidenceCopy([5, 6, 7, 5, 8], end_of_turn=0)
+    assert copy.prior([]) == {5: 1.0}
+    assert copy.prior([5]) == {6: 1.0} and copy.prior([5, 6, 7, 5]) == {8: 1.0}  # the longest match decides
+    assert copy.prior([5, 6, 7, 5, 8]) == {0: 1.0}  # the evidence's end ends the turn (no sentence end needed)
+    assert copy.prior([9]) is None and EvidenceCopy([], 0).prior([]) is None
+
+
+def test_sft_rows_teach_facts_sections_and_not_found_rendered_as_at_chat_time(kb_data):
+    tok = load_dataset(kb_data).tokenizer
+    index = Index.open(kb_data)
+    convs = list(wikiqa.grounded_conversations(kb_data, index, tok, 256, seed=0))
+    answers = [a.content for _, a in convs]
+    train = {r["title"] for r in read_articles(kb_data, "train")}
+    for user, answer in convs:
+        label, text = user.content.split("\n")[1][len("[1] "):].split(": ", 1)  # [1]: what to read
+        if answer.content == ABSTAIN["en"]:
+            continue
+        assert label.rsplit(" (", 1)[0] in train  # only train articles are taught
+        if answer.content != text:  # a fact, said as a sentence that quotes [1]'s value
+            title, attribute = label[:-1].rsplit(" (", 1)
+            assert answer.content == f"The {attribute} of {title} is {text}.", (label, answer)
+    assert ABSTAIN["en"] in answers
+    if "Andorra" in train:
+        assert "The capital of Andorra is Andorra la Vella." in answers
+    user, answer = convs[0]
+    ids, _ = render_chat(tok, [user], add_generation_prompt=True)
+    question = user.content.rsplit("Question: ", 1)[1]
+    assert len(ids) <= 256 and question in user.content
+
+
+# ----- bad input
+
+def test_an_older_folder_without_the_graph_still_retrieves_and_says_how_to_rebuild(kb_data, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(kb_data, old)
+    (old / "knowledge.sqlite").unlink()
+    reader = Reader.open(old)
+    assert reader.kb is None and "prepare_wiki.py" in reader.note and "--overwrite" in reader.note
+    found = reader.find("Tell me about the economy of Andorra.")
+    assert found.answerable and "economy" in found.best.text  # passages only, and never "not found"
+    r = run_cli("retrieve.py", "--data", old, "What is the capital of Andorra?")
+    assert r.returncode == 0 and "no knowledge graph" in r.stdout and "[1] Andorra" in r.stdout
+
+
+def test_a_corrupt_graph_is_a_clear_error_and_nothing_is_overwritten(kb_data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(kb_data, bad)
+    (bad / "knowledge.sqlite").write_bytes(b"this is not a database" * 100)
+    before = (bad / "knowledge.sqlite").read_bytes()
+    with pytest.raises(DatasetError, match="not a readable knowledge graph"):
+        Knowledge.open(bad)
+    for args in (["What is Andorra?"], ["--build"]):
+        r = run_cli("retrieve.py", "--data", bad, *args)
+        assert r.returncode == 2 and "not a readable knowledge graph" in r.stderr and "Traceback" not in r.stderr
+    assert (bad / "knowledge.sqlite").read_bytes() == before
+
+
+def test_chat_refuses_an_empty_question_and_one_longer_than_the_context(tiny_ckpt):
+    r = run_cli("chat.py", "--ckpt", tiny_ckpt, "--prompt", "   ")
+    assert r.returncode == 2 and "--prompt is empty" in r.stderr
+    r = run_cli("chat.py", "--ckpt", tiny_ckpt, "--prompt", "word " * 400, "--max_new_tokens", "8")
+    assert r.returncode == 2 and "Shorten it" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,301 @@
+"""
+Question -> evidence: the sentence or fact of the knowledge base that answers a question, how
+well it does, and whether to say "not found" instead. Used by chat.py --rag, serve.py --rag
+(through grounding.py) and the QA benchmark (wikiqa.py).
+
+    reader = Reader.open("data/demo")
+    found = reader.find("What is the capital of Andorra?")
+    found.best         # Item(kind='fact', title='Andorra', attribute='capital', text='Andorra la Vella', score=1.0)
+    found.answerable   # best score >= the threshold chosen on train questions (stored with the index)
+
+How: (1) link the question to entities: the longest title or alias it names (knowledge.py);
+what is left of the question is what it asks ("capital"), with a small en + zh table of the
+words infobox fields and section headings use for it (首都 -> capital, born -> birth);
+(2) retrieve passages by BM25, the linked entity's first; (3) score every candidate - the
+linked entity's facts, its section openings and lead sentence, and the sentences of the
+retrieved passages - by the share of what is asked that it covers (terms weighted by IDF),
+counted in full only for the entity the question names. A question that names nothing in the
+corpus (another language, an article it lacks) therefore scores at most 0.5.
+"""
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+from wikigpt.data import DatasetError
+from wikigpt.knowledge import Knowledge, Link
+from wikigpt.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
+from wikigpt.sentences import language, opening_sentence, split_sentences
+
+RETRIEVE_K = 8  # passages whose sentences compete as evidence
+DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (1.0) and "names nothing" (<= 0.5)
+UNLINKED = 0.5  # weight of evidence about an entity the question does not name
+ABSTAIN = {"en": "The articles I have do not answer this.", "zh": "我的资料里没有这个问题的答案。"}
+CLOSEST = {"en": " The closest I found ({title}): {text}", "zh": "最接近的是（{title}）：{text}"}
+# words every question has: not what it asks about
+QUESTION_WORDS = set("what who whom whose which why how many much me tell about do does did you know can could "
+                     "please explain describe give is are was were there any it its s called us i".split())
+ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
+                     "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
+                     "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
+                     "请", "我", "你", "了", "有", "在", "？", "。", "！"]
+# a question's word -> the words infobox fields and section headings use for it (en + zh)
+ASKED = {
+    "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
+    "人口": "population", "inhabitants": "population", "people": "population", "born": "birth",
+    "birth": "birth", "出生": "birth", "生日": "birth date", "died": "death", "die": "death",
+    "去世": "death", "逝世": "death", "死亡": "death", "area": "area", "面积": "area", "big": "area",
+    "size": "area", "language": "languages lang", "languages": "languages lang",
+    "语言": "languages lang", "spoken": "languages", "currency": "currency", "货币": "currency",
+    "money": "currency", "president": "president", "总统": "president", "总理": "prime minister",
+    "首相": "prime minister", "leader": "president prime minister premier leader",
+    "领导人": "president prime minister premier leader", "anthem": "anthem", "国歌": "anthem",
+    "motto": "motto", "格言": "motto", "城市": "city", "最大": "largest", "founded": "established founded",
+    "成立": "established founded", "建立": "established founded", "teacher": "influences advisor teacher",
+    "老师": "influences advisor teacher", "wife": "spouse", "husband": "spouse", "妻子": "spouse",
+    "丈夫": "spouse", "配偶": "spouse", "国籍": "nationality citizenship", "wrote": "author",
+    "作者": "author", "religion": "religion", "宗教": "religion", "government": "government",
+    "政府": "government", "官方": "official", "where": "place location", "when": "date year",
+    "经济": "economy", "历史": "history", "地理": "geography", "文化": "culture", "政治": "politics",
+    "气候": "climate", "教育": "education", "体育": "sports", "交通": "transport", "军事": "military",
+    "名字": "etymology name", "名称": "etymology name", "时区": "time zone", "货币代码": "currency code",
+}
+_ZH_ASKED = sorted((w for w in ASKED if re.match(f"[{CJK}]", w)), key=len, reverse=True)
+TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
+_HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
+
+
+@dataclass
+class Item:
+    """A piece of evidence: a fact (attribute: value), a section's opening, an article's lead
+    sentence, or a sentence (or list item) of a retrieved passage."""
+    kind: str  # "fact" | "section" | "lead" | "sentence"
+    title: str  # the article it comes from
+    text: str  # what an answer quotes: the fact's value, or the sentence
+    attribute: str = ""  # a fact's attribute, a section's heading
+    url: str = ""
+    score: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """How a source is named in the prompt and under a reply: 'Andorra (capital)'."""
+        return f"{self.title} ({self.attribute})" if self.kind in ("fact", "section") else self.title
+
+
+@dataclass
+class Found:
+    question: str
+    lang: str
+    links: list  # the entities the question names, the one it is about first
+    items: list  # evidence, best first
+    passages: list  # the retrieved passages (retrieval.Passage), best first
+    threshold: float
+
+    @property
+    def best(self) -> Item | None:
+        return self.items[0] if self.items else None
+
+    @property
+    def score(self) -> float:
+        return self.items[0].score if self.items else 0.0
+
+    @property
+    def answerable(self) -> bool:
+        return self.score >= self.threshold
+
+
+@dataclass
+class Asked:
+    """What a question asks: its terms with their IDF weight and the terms that cover each."""
+    weights: dict = field(default_factory=dict)  # term -> idf
+    covers: dict = field(default_factory=dict)  # term -> the set of terms that count as it
+    tell: bool = False  # "Tell me about the economy of X": a section's opening, not a fact
+
+    def coverage(self, item_terms: set) -> float:
+        total = sum(self.weights.values())
+        if not total:
+            return 0.0
+        return sum(w for t, w in self.weights.items() if self.covers[t] & item_terms) / total
+
+
+class Reader:
+    """The retrieval index and the knowledge graph of a dataset folder, read together."""
+
+    def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
+        self.index, self.kb, self.note = index, kb, ""
+        self.threshold = threshold if threshold is not None else index.info.get("abstain_below", DEFAULT_THRESHOLD)
+        if kb is None:
+            self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
+        self.stopwords = _stemmer_and_stopwords()[1]
+        scores, vocab = index.retriever.scores, index.retriever.vocab_dict
+        self._df, self._vocab, self._n = scores["indptr"], vocab, max(int(scores["num_docs"]), 1)
+        if kb is not None and kb.counts.get("articles") != index.info.get("articles"):
+            raise DatasetError(f"{kb.path} holds {kb.counts.get('articles')} articles but the index "
+                               f"{index.info.get('articles')}: they come from different runs. Rebuild the "
+                               f"index: python retrieve.py --data {kb.path.parent} --build")
+
+    @classmethod
+    def open(cls, folder, index: Index | None = None) -> "Reader":
+        """The folder's index and knowledge graph; a folder without the graph (an older one)
+        still reads passages, and reader.note says how to get facts."""
+        index = index or Index.open(folder)
+        try:
+            kb = Knowledge.open(folder)
+        except DatasetError as e:
+            if "no knowledge graph" not in str(e):
+                raise  # a damaged file: say so, never answer from half of it
+            reader = cls(index, None)
+            reader.note = str(e)
+            return reader
+        return cls(index, kb)
+
+    def idf(self, term: str) -> float:
+        i = self._vocab.get(term)
+        df = int(self._df[i + 1] - self._df[i]) if i is not None else 0
+        return math.log(1 + (self._n - df + 0.5) / (df + 0.5))
+
+    # ----- the question
+
+    def links(self, question: str) -> list[Link]:
+        """The entities a question names, the one it is about first: the longest name, and of
+        equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital)."""
+        if self.kb is None:
+            return []
+        links = self.kb.link(question, self.stopwords)
+        return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.idf, terms(question[l.start:l.end])))))
+
+    def asked(self, question: str, links: list[Link]) -> Asked:
+        """The question without the entity it is about and without its question words."""
+        rest = question
+        if links:
+            rest = question[:links[0].start] + " " + question[links[0].end:]
+        asked = Asked(tell=bool(TELL.search(question)))
+        for word in _ZH_ASKED:  # Chinese words of the table first: they have no spaces to split at
+            if word in rest:
+                rest = rest.replace(word, " ")
+                self._ask(asked, [], terms(ASKED[word]))
+        for word in ZH_QUESTION_WORDS:
+            rest = rest.replace(word, " ")
+        for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest.lower()):
+            if w not in QUESTION_WORDS:
+                self._ask(asked, terms(w), terms(ASKED.get(w, "")))
+        return asked
+
+    def _ask(self, asked: Asked, own: list, synonyms: list = ()):
+        """One asked word: its own terms (a Chinese word has none: then one term stands for
+        it), the first covered by any of the table's words for it."""
+        own = own or list(synonyms[:1])
+        for t in own:
+            asked.weights.setdefault(t, self.idf(t))
+            asked.covers.setdefault(t, {t})
+        if own:
+            asked.covers[own[0]].update(synonyms or own)
+
+    # ----- evidence
+
+    def candidates(self, links: list[Link], passages: list[Passage]) -> list[Item]:
+        items = []
+        for subject in dict.fromkeys(l.subject for l in links):  # the entities named, in order
+            lead = self.index.passages[int(self.index.lead_ids[subject])]
+            title, url = lead["title"], lead.get("url", "")
+            items.append(Item("lead", title, opening_sentence(lead["text"]), url=url))
+            items += [Item("fact", title, value, attribute, url) for attribute, value in self.kb.facts(subject)]
+            items += [Item("section", title, opening, heading, url) for heading, opening in self.kb.sections(subject)]
+        headings = {}
+        for p in passages:
+            if p.title not in headings:
+                headings[p.title] = self.headings(p.title)
+            heading = ""
+            for line in p.text.split("\n"):
+                line = line.strip()
+                if line in headings[p.title] if headings[p.title] is not None else _HEADING_LINE.match(line):
+                    heading = line  # a section title: context for the sentences under it
+                    continue
+                items += [Item("sentence", p.title, s, heading, p.url) for s in split_sentences(line)]
+        return items
+
+    def headings(self, title: str) -> set | None:
+        """The section titles of an article (None without the graph: then a short line without
+        a sentence's punctuation is taken for one, and a list item may be too)."""
+        subject = self.kb.subject(title) if self.kb is not None else None
+        return None if subject is None else {h for h, _ in self.kb.sections(subject)}
+
+    def score(self, item: Item, asked: Asked, subjects: dict) -> float:
+        """(1 if the item is about the entity named, else UNLINKED) x (0.5 + 0.5 x coverage): the
+        share of what is asked that the item covers. A question that asks nothing beyond its
+        entity ("What is X?") is answered by X's lead sentence."""
+        about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
+        if not asked.weights:
+            return about if item.kind == "lead" and item.title in subjects else about * 0.5
+        if item.kind == "fact":  # a field answers when its name is what is asked, not its value
+            names = set(terms(item.attribute))
+            covered = asked.coverage(names)
+            exact = len(names & {t for c in asked.covers.values() for t in c}) / max(len(names), 1)
+            coverage = covered * (0.8 + 0.2 * exact)
+        elif item.kind == "section":
+            names = set(terms(item.attribute))
+            coverage = max(asked.coverage(names), 0.9 * asked.coverage(names | set(terms(item.text))))
+        else:
+            coverage = 0.85 * asked.coverage(set(terms(item.text)) | set(terms(item.attribute)))
+        form = 0.95 if (item.kind == "fact") == asked.tell else 1.0  # "tell me about": a section
+        return about * (0.5 + 0.5 * coverage) * (form if item.kind in ("fact", "section") else 1.0)
+
+    def find(self, question: str, k: int = RETRIEVE_K) -> Found:
+        """Rank the evidence for a question (see the module doc)."""
+        question = question.strip()
+        links = self.links(question)
+        passages = self.index.search(question, k, boost=[l.subject for l in links[:1]])
+        asked = self.asked(question, links)
+        subjects = {}
+        for rank, l in enumerate(links):
+            subjects.setdefault(l.title, rank)
+        items = []
+        for order, item in enumerate(self.candidates(links, passages)):
+            items.append((self.score(item, asked, subjects), -order, item))
+        items.sort(key=lambda x: (x[0], x[1]), reverse=True)  # equal scores: the earlier one
+        ranked, seen = [], set()
+        for s, _, item in items:
+            if item.text and item.text not in seen:
+                seen.add(item.text)
+                ranked.append(replace(item, score=round(s, 4)))
+        return Found(question, language(question), links, ranked, passages, self.threshold)
+
+
+def not_found(found: Found) -> str:
+    """The reply when the best evidence is below the threshold: say so, and show the closest."""
+    lang = found.lang if found.lang in ABSTAIN else "en"
+    best = found.best
+    if best is None:
+        return ABSTAIN[lang]
+    return ABSTAIN[lang] + CLOSEST[lang].format(title=best.label, text=best.text)
+
+
+def is_abstention(reply: str) -> bool:
+    return any(a[:20] in reply for a in ABSTAIN.values())
+
+
+class EvidenceCopy:
+    """A CopySource for the engine (prior(reply) -> {id: p} | None, see wikigpt/sampling.py)
+    that copies one piece of evidence and stops at its end: the reply starts at the evidence's
+    first token, follows it (after its last n tokens, n = 8 down to 1, the token that comes next
+    in it) and ends the turn after the evidence's last token - a sentence's end, a list item's
+    line end, a fact's value. Nothing is copied from the passages around it."""
+
+    def __init__(self, ids: list[int], end_of_turn: int, max_n: int = 8):
+        self.ids, self.end_of_turn, self.max_n = ids, end_of_turn, max_n
+
+    @classmethod
+    def from_item(cls, tok, item: Item) -> "EvidenceCopy":
+        return cls(tok.encode(item.text), tok.end_of_turn)
+
+    def prior(self, reply: list[int]) -> dict | None:
+        ids = self.ids
+        if not ids:
+            return None
+        if not reply:
+            return {ids[0]: 1.0}
+        for n in range(min(self.max_n, len(reply), len(ids)), 0, -1):
+            tail = reply[-n:]
+            for end in range(n, len(ids) + 1):  # the first place the reply's last n tokens occur
+                if ids[end - n:end] == tail:
+                    return {self.end_of_turn: 1.0} if end == len(ids) else {ids[end]: 1.0}
+        return None

@@ -1,0 +1,259 @@
+"""
+The knowledge graph of a dataset folder, DATA/knowledge.sqlite: Wikipedia's entities (the kept
+articles), their attributes (infobox facts), their names (titles and redirects) and relations
+(outgoing links). prepare_wiki.py writes it in its cleaning pass (wikigpt/prep/facts.py reads
+the wikitext); retrieval reads it through `Knowledge`, read-only.
+
+    kb = Knowledge.open("data/demo")
+    kb.link("What is the capital of Andorra?")   # [Link(title='Andorra', subject=32, ...)]
+    kb.facts(32)                                  # [("capital", "Andorra la Vella"), ...]
+    kb.sections(32)                               # [("Economy", "Tourism, the mainstay of ..."), ...]
+
+SQLite, from the standard library: one file, no server, indexed lookups that stay fast at the
+full dump's size. Tables:
+    meta(key, value)                          format version and counts
+    articles(no, title)                       the kept articles, numbered in the order of
+                                              articles.jsonl.gz (the retrieval index's order)
+    facts(subject, ord, attribute, value)     infobox fields as plain text; indexed by subject
+    sections(subject, ord, heading, opening)  each section's first sentence; indexed by subject
+    links(subject, targets)                   outgoing wikilinks, one row per article, the targets
+                                              newline-separated: enwiki has ~150 M links, and one
+                                              row per article keeps the table at its 6.7 M rows
+    aliases(alias, subject)                   redirects to a kept article
+    names(key, subject, kind)                 what entity linking looks up: titles (kind 0),
+                                              redirects (1), other names (2: "Animalia" for
+                                              "Animalia (book)", an infobox's long or native name),
+                                              case-folded and accent-free; indexed by key
+It is written to a temporary file in the order of the articles, then renamed into place: the
+same articles give the same bytes, and an interrupted run never leaves half a database.
+"""
+import json
+import os
+import re
+import sqlite3
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from wikigpt.data import DatasetError
+from wikigpt.sentences import CJK
+
+KNOWLEDGE = "knowledge.sqlite"
+KNOWLEDGE_VERSION = 1
+MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
+UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
+NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
+# one-character CJK words a question is made of ("what", "is", ...): never a name on their own
+ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁吗呢么什怎为请把被从对就也都很")
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE articles(no INTEGER PRIMARY KEY, title TEXT NOT NULL);
+CREATE TABLE facts(subject INTEGER NOT NULL, ord INTEGER NOT NULL, attribute TEXT NOT NULL, value TEXT NOT NULL);
+CREATE TABLE sections(subject INTEGER NOT NULL, ord INTEGER NOT NULL, heading TEXT NOT NULL, opening TEXT NOT NULL);
+CREATE TABLE links(subject INTEGER PRIMARY KEY, targets TEXT NOT NULL);
+CREATE TABLE aliases(alias TEXT NOT NULL, subject INTEGER NOT NULL);
+CREATE TABLE names(key TEXT PRIMARY KEY, subject INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TEMP TABLE redirects(alias TEXT NOT NULL, target TEXT NOT NULL);
+"""
+INDEXES = """
+CREATE UNIQUE INDEX articles_title ON articles(title);
+CREATE INDEX facts_subject ON facts(subject);
+CREATE INDEX sections_subject ON sections(subject);
+CREATE INDEX aliases_alias ON aliases(alias);
+"""
+
+
+def name_units(text: str) -> list[tuple[str, int, int]]:
+    """Text -> its (unit, start, end): words and CJK characters, case-folded, accents gone."""
+    out = []
+    for m in UNIT.finditer(text):
+        unit = m[0].casefold()
+        if not unit.isascii():
+            unit = unicodedata.normalize("NFC", "".join(c for c in unicodedata.normalize("NFD", unit)
+                                                         if unicodedata.category(c) != "Mn"))
+        out.append((unit, m.start(), m.end()))
+    return out
+
+
+def name_key(text: str) -> str:
+    """'André Agassi' -> 'andre agassi'; '阿富汗' -> '阿 富 汗': what names are matched by."""
+    return " ".join(u for u, _, _ in name_units(text))
+
+
+def _without_qualifier(title: str) -> str:
+    return re.sub(r"\s*\([^()]*\)$", "", title)  # "Animalia (book)" -> "Animalia"
+
+
+class KnowledgeWriter:
+    """Builds knowledge.sqlite: add articles (in the order of articles.jsonl.gz) and redirects,
+    then close() -> counts. Writes PATH.tmp and renames it only when it is whole."""
+
+    def __init__(self, path):
+        self.path, self.tmp = Path(path), Path(f"{path}.tmp")
+        self.tmp.unlink(missing_ok=True)
+        self.db = sqlite3.connect(self.tmp)
+        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+        self.counts = {"articles": 0, "infoboxes": 0, "facts": 0, "sections": 0, "links": 0,
+                       "redirects": 0, "aliases": 0, "names": 0}
+
+    def article(self, title: str, record: dict):
+        """One kept article: record holds its facts, sections and links (facts.article_knowledge;
+        the links as one newline-separated string)."""
+        no, c = self.counts["articles"], self.counts
+        self.db.execute("INSERT INTO articles VALUES (?, ?)", (no, title))
+        facts, sections, links = record.get("facts", []), record.get("sections", []), record.get("links", "")
+        self.db.executemany("INSERT INTO facts VALUES (?, ?, ?, ?)", [(no, i, a, v) for i, (a, v) in enumerate(facts)])
+        self.db.executemany("INSERT INTO sections VALUES (?, ?, ?, ?)",
+                            [(no, i, h, o) for i, (h, o) in enumerate(sections)])
+        if links:  # newline-separated titles
+            self.db.execute("INSERT INTO links VALUES (?, ?)", (no, links))
+        c.update(articles=no + 1, infoboxes=c["infoboxes"] + bool(facts), facts=c["facts"] + len(facts),
+                 sections=c["sections"] + len(sections), links=c["links"] + (links.count("\n") + 1 if links else 0))
+
+    def redirect(self, alias: str, target: str):
+        if alias and target:
+            self.db.execute("INSERT INTO redirects VALUES (?, ?)", (alias, target))
+            self.counts["redirects"] += 1
+
+    def close(self) -> dict:
+        db, c = self.db, self.counts
+        db.executescript(INDEXES)
+        # a redirect is an alias when its target was kept (not a dropped page, not outside the dump)
+        db.execute("INSERT INTO aliases SELECT r.alias, a.no FROM redirects r JOIN articles a "
+                   "ON a.title = r.target ORDER BY r.rowid")
+        c["aliases"] = db.execute("SELECT count(*) FROM aliases").fetchone()[0]
+        names = [(name_key(t), no, 0) for no, t in db.execute("SELECT no, title FROM articles ORDER BY no")]
+        names += [(name_key(a), no, 1) for a, no in db.execute("SELECT alias, subject FROM aliases ORDER BY rowid")]
+        names += [(name_key(_without_qualifier(t)), no, 2) for no, t in db.execute("SELECT no, title FROM articles ORDER BY no")]
+        names += [(name_key(v), s, 2) for s, v in db.execute(
+            f"SELECT subject, value FROM facts WHERE attribute IN ({','.join('?' * len(NAME_FACTS))}) "
+            "ORDER BY subject, ord", NAME_FACTS) if len(v) <= 80]
+        db.executemany("INSERT OR IGNORE INTO names VALUES (?, ?, ?)", [n for n in names if n[0]])  # first one wins
+        c["names"] = db.execute("SELECT count(*) FROM names").fetchone()[0]
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("version", str(KNOWLEDGE_VERSION)),
+                                                          ("counts", json.dumps(c, sort_keys=True))])
+        db.commit()
+        db.close()
+        os.replace(self.tmp, self.path)
+        return dict(c)
+
+
+def write_knowledge(path, parts: list) -> dict:
+    """prepare_wiki.py's knowledge parts (JSON lines: an article's record, or a redirect), in
+    order -> knowledge.sqlite at path; its counts."""
+    writer = KnowledgeWriter(path)
+    for part in parts:
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if "redirect" in row:
+                    writer.redirect(row["redirect"], row["target"])
+                else:
+                    writer.article(row["title"], row)
+    return writer.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+@dataclass
+class Link:
+    """A name found in a question: the article it names, and where (characters of the question)."""
+    title: str
+    subject: int  # the article's number
+    start: int
+    end: int
+    units: int  # how many words (or CJK characters) the name spans
+    kind: int  # 0 title, 1 redirect, 2 other name
+
+
+def rebuild_hint(folder) -> str:
+    return (f"Rebuild the folder with this version: python prepare_wiki.py SOURCE --out {folder} "
+            f"--overwrite (the same source and options), then python retrieve.py --data {folder} --build.")
+
+
+class Knowledge:
+    """A read-only knowledge.sqlite. Every lookup is one indexed query."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, counts: dict):
+        self.db, self.path, self.counts = db, path, counts
+
+    @classmethod
+    def open(cls, folder) -> "Knowledge":
+        folder = Path(folder)
+        path = folder / KNOWLEDGE
+        if not path.is_file():
+            raise DatasetError(f"{folder} has no knowledge graph ({KNOWLEDGE}): it was made by an older "
+                               f"prepare_wiki.py. Retrieval works without it, but facts, names and "
+                               f"'not found' need it. {rebuild_hint(folder)}")
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            counts = json.loads(meta["counts"])
+        except (sqlite3.DatabaseError, KeyError, ValueError) as e:
+            raise DatasetError(f"{path}: not a readable knowledge graph ({e}). {rebuild_hint(folder)}")
+        if meta.get("version") != str(KNOWLEDGE_VERSION):
+            raise DatasetError(f"{path}: knowledge graph format {meta.get('version')}, this code reads "
+                               f"{KNOWLEDGE_VERSION}. {rebuild_hint(folder)}")
+        return cls(db, path, counts)
+
+    def _rows(self, sql: str, args=()) -> list:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:  # damaged after it opened: a clear error, not a traceback
+            raise DatasetError(f"{self.path}: the knowledge graph is damaged ({e}). "
+                               f"{rebuild_hint(self.path.parent)}")
+
+    def title(self, subject: int) -> str:
+        rows = self._rows("SELECT title FROM articles WHERE no = ?", (subject,))
+        return rows[0][0] if rows else ""
+
+    def subject(self, title: str) -> int | None:
+        rows = self._rows("SELECT no FROM articles WHERE title = ?", (title,))
+        return rows[0][0] if rows else None
+
+    def facts(self, subject: int) -> list[tuple[str, str]]:
+        return self._rows("SELECT attribute, value FROM facts WHERE subject = ? ORDER BY ord", (subject,))
+
+    def sections(self, subject: int) -> list[tuple[str, str]]:
+        return self._rows("SELECT heading, opening FROM sections WHERE subject = ? ORDER BY ord", (subject,))
+
+    def links(self, subject: int) -> list[str]:
+        """The titles an article links to, in order, each once (first letters folded up, as
+        MediaWiki reads them)."""
+        rows = self._rows("SELECT targets FROM links WHERE subject = ?", (subject,))
+        return list(dict.fromkeys(t[:1].upper() + t[1:] for t in rows[0][0].split("\n"))) if rows else []
+
+    def aliases(self, subject: int) -> list[str]:
+        return [a for a, in self._rows("SELECT alias FROM aliases WHERE subject = ? ORDER BY rowid", (subject,))]
+
+    def knows(self, name: str) -> bool:
+        """Whether a name (title, redirect or other name) is in the graph."""
+        return bool(self._rows("SELECT 1 FROM names WHERE key = ?", (name_key(name),)))
+
+    def link(self, question: str, stopwords: frozenset = frozenset()) -> list[Link]:
+        """The names in a question, longest first, never overlapping: every span of up to
+        MAX_NAME_UNITS words (or CJK characters) is looked up in one query; a span made only of
+        stopwords or one-character function words ("a", "的") names nothing."""
+        units = name_units(question)[:256]  # a longer question: its start holds the names
+        spans = {}
+        for n in range(1, MAX_NAME_UNITS + 1):
+            for i in range(len(units) - n + 1):
+                words = [u for u, _, _ in units[i:i + n]]
+                if all(w in stopwords or w in ZH_FUNCTION_CHARS or (len(w) == 1 and w.isascii()) for w in words):
+                    continue
+                spans.setdefault(" ".join(words), []).append((i, n))
+        found = []
+        keys = list(spans)
+        for k in range(0, len(keys), 500):  # SQLite's limit on parameters per query
+            chunk = keys[k:k + 500]
+            found += self._rows(f"SELECT key, subject, kind FROM names WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+        candidates = sorted(((n, kind, i, subject) for key, subject, kind in found for i, n in spans[key]),
+                            key=lambda c: (-c[0], c[1], c[2]))
+        taken, links = set(), []
+        for n, kind, i, subject in candidates:
+            if taken.isdisjoint(range(i, i + n)):
+                taken.update(range(i, i + n))
+                links.append(Link(self.title(subject), subject, units[i][1], units[i + n - 1][2], n, kind))
+        return links
