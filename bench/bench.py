@@ -389,7 +389,7 @@ def prune_rows(args) -> list:
     bpb, assistant = metric["val bits per byte"], metric["held-out assistant-token loss"]
     models = [load_model(path, "cpu")[0] for path in names]
     speed = [{1: 0.0, 8: 0.0} for _ in models]
-    for _ in range(5):  # the models take turns, best of 5 each: a busy moment slows one round, not one model
+    for _ in range(8):  # the models take turns, best of 8 each: a busy moment slows one round, not one model
         for model, best in zip(models, speed):
             for b in best:
                 best[b] = max(best[b], decode_tok_s(model, b))

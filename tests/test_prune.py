@@ -213,12 +213,14 @@ def test_dry_run_prints_size_and_speed_per_choice_and_writes_nothing(tiny_ckpt, 
 
 @pytest.fixture(scope="module")
 def odd_checkpoints(tiny_ckpt, tmp_path_factory):
-    """An int8 checkpoint (convert.py), one marked as LoRA adapters, one with another tokenizer."""
+    """An int8 checkpoint (convert.py), one marked as LoRA adapters, one with another tokenizer,
+    one with a shorter context."""
     root = tmp_path_factory.mktemp("odd")
     assert run_cli("convert.py", "int8", tiny_ckpt, root / "int8.pt").returncode == 0
     ckpt = load_checkpoint(tiny_ckpt)
     save_checkpoint(root / "lora.pt", {**ckpt, "lora": {"rank": 4}})
     save_checkpoint(root / "gpt2tok.pt", {**ckpt, "tokenizer": {"kind": "gpt2"}})
+    save_checkpoint(root / "short.pt", {**ckpt, "model_config": {**ckpt["model_config"], "block_size": 16}})
     return root
 
 
@@ -246,7 +248,8 @@ def test_a_bad_prune_request_exits_2_with_one_line(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize("teacher,student,message", [
     ("@int8", None, "teacher .* holds int8 weights"), ("@lora", None, "teacher .* merge them first"),
-    ("@gpt2tok", None, "both must use the same one"), (None, "@int8", r"student \(init_from\) .* int8"),
+    ("@gpt2tok", None, "both must use the same one"), ("@short", None, "reads 16 tokens at most"),
+    (None, "@int8", r"student \(init_from\) .* int8"),
 ])
 def test_bad_teachers_and_students_are_refused_before_anything_is_written(tiny_ckpt, odd_checkpoints, tmp_path,
                                                                           teacher, student, message):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model import GPT
+from model import GPT, GPTConfig
 from wikigpt.checkpoint import load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError
 from wikigpt.tokenizer import Tokenizer
@@ -44,34 +44,38 @@ def refuse_unrunnable(ckpt: dict, path, role: str):
 
 def check_files(cfg):
     """Called by TrainConfig.validate, before anything is read or written: the teacher and
-    the student's starting checkpoint are runnable and share a tokenizer."""
+    the student's starting checkpoint are runnable and fit together."""
     teacher = load_checkpoint(cfg.teacher)
     refuse_unrunnable(teacher, cfg.teacher, "teacher")
     if cfg.init_from and Path(cfg.init_from).is_file() and cfg.resume != "true":
         student = load_checkpoint(cfg.init_from)
         refuse_unrunnable(student, cfg.init_from, "student (init_from)")
-        same_tokenizer(teacher, student["tokenizer"], cfg.teacher, f"the student {cfg.init_from}")
+        check_pair(teacher, cfg.teacher, student["tokenizer"], GPTConfig(**student["model_config"]),
+                   f"the student {cfg.init_from}")
 
 
-def same_tokenizer(teacher: dict, spec: dict, teacher_path, other: str):
+def check_pair(teacher: dict, path, spec: dict, student: GPTConfig, who: str):
+    """Can this teacher checkpoint teach a student of this tokenizer and shape?"""
+    t = GPTConfig(**teacher["model_config"])
     if teacher["tokenizer"] != spec:
-        raise UsageError(f"teacher {teacher_path} uses the tokenizer {Tokenizer(teacher['tokenizer']).name}, "
-                         f"{other} {Tokenizer(spec).name}: distillation compares their predictions id by "
+        raise UsageError(f"teacher {path} uses the tokenizer {Tokenizer(teacher['tokenizer']).name}, "
+                         f"{who} {Tokenizer(spec).name}: distillation compares their predictions id by "
                          "id, so both must use the same one. Distil from a teacher trained on this dataset.")
+    if t.padded_vocab != student.padded_vocab:
+        raise UsageError(f"teacher {path} has {t.vocab_size} token ids, {who} {student.vocab_size}: "
+                         "they must predict over the same ids.")
+    if t.block_size < student.block_size:
+        raise UsageError(f"teacher {path} reads {t.block_size} tokens at most, {who} {student.block_size}: "
+                         "use a teacher with at least the student's context.")
 
 
 def load_teacher(path, tok: Tokenizer, student: GPT, device) -> GPT:
-    """The teacher, checked against the student: frozen, in eval mode, on the device."""
+    """The teacher, checked against the student (again: a new or resumed student is known
+    only here): frozen, in eval mode, on the device."""
     ckpt = load_checkpoint(path)
     refuse_unrunnable(ckpt, path, "teacher")
-    same_tokenizer(ckpt, tok.spec, path, "this run's data")
+    check_pair(ckpt, path, tok.spec, student.cfg, "this run's student")
     teacher, _ = model_from_checkpoint(ckpt, device, path)
-    if teacher.cfg.padded_vocab != student.cfg.padded_vocab:
-        raise UsageError(f"teacher {path} has {teacher.cfg.vocab_size} token ids, the student "
-                         f"{student.cfg.vocab_size}: they must predict over the same ids.")
-    if teacher.cfg.block_size < student.cfg.block_size:
-        raise UsageError(f"teacher {path} reads {teacher.cfg.block_size} tokens at most, the student's windows "
-                         f"are {student.cfg.block_size}: use a teacher with at least the student's context.")
     return teacher.eval().requires_grad_(False)
 
 
