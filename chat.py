@@ -55,8 +55,11 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
         out.flush()
         shown.append(piece)
     out.write("\n")
-    for i, hit in enumerate(sources, 1):
-        out.write(f"  [{i}] {hit.title}{'  ' + hit.url if hit.url else ''}\n")
+    listed = set()
+    for i, hit in enumerate(sources, 1):  # each source once, under the number it first had
+        if (hit.title, hit.url) not in listed:
+            listed.add((hit.title, hit.url))
+            out.write(f"  [{i}] {hit.title}{'  ' + hit.url if hit.url else ''}\n")
     return "".join(shown).strip()
 
 

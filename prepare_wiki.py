@@ -92,10 +92,10 @@ def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes, bytes]:
                                             ensure_ascii=False) + "\n")
             results.append(page.skip)
             continue
-        links = []
+        found = {}  # what the knowledge graph reads on the way: links, headings
         try:
             if page.markup == "wikitext":
-                article, reason = clean_wikitext(page.title, page.text, opts.settings, links)
+                article, reason = clean_wikitext(page.title, page.text, opts.settings, found)
             else:  # already plain text (pre-extracted sources)
                 article, reason = finish_article(page.title, page.text, opts.settings)
         except Exception:  # a pathological page must not stop a 20 GB run; it is counted
@@ -105,7 +105,7 @@ def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes, bytes]:
             continue
         title, text = article
         try:
-            known = article_knowledge(page.text, text, links) if page.markup == "wikitext" else {}
+            known = article_knowledge(page.text, text, found) if page.markup == "wikitext" else {}
         except Exception:  # the article stays; only its share of the knowledge graph is lost
             known = {}
         split, u = split_of(title, opts.seed, opts.val_fraction)

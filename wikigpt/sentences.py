@@ -13,7 +13,8 @@ CJK_CHAR = re.compile(f"[{CJK}]")
 _LETTER = re.compile(r"[^\W\d_]")  # what str.isalpha() accepts, near enough
 # a sentence ends at .!? before a space and an upper-case letter, digit or quote ("Dr. who" and
 # "3.5 km" stay whole), or right after 。！？
-_END = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(\u00c0-\u024f])|[。！？]")  # searched, not split: 5x faster
+# (closing quotes and brackets stay with their sentence: 'of labour." In 1886' ends after the quote)
+_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[A-Z0-9\"'“‘(\u00c0-\u024f])|[。！？][”’」』）]*")  # searched, not split: 5x faster
 
 
 def language(text: str) -> str:

@@ -16,7 +16,6 @@ references: qa_items.py; evidence: evidence.py).
 A small model cannot memorise Wikipedia, but it can learn to read a source and answer from it.
 """
 import random
-import re
 from dataclasses import replace
 
 from wikigpt.chat_template import Message, fit_history, prompt_room
@@ -182,22 +181,22 @@ def score_row(name: str, items: list[QAItem], answers: list[str], report: dict) 
 
 
 def format_report(r: dict) -> str:
-    """The per-kind table (what eval.py and make demo print)."""
-    head = "".join(f" | {n:>23s}" for n in ROWS)
+    """The per-kind table (what chat_sft.py, eval.py and make demo print)."""
+    cell = lambda text: f" | {text:>23s}"  # noqa: E731
     lines = [f"held-out Wikipedia QA ({r['questions']} questions, {r['articles']} val articles never trained on; "
              f"retrieval recall@1 {r['recall@1']:.2f}, recall@5 {r['recall@5']:.2f}; 'not found' below {r['threshold']:.2f})",
-             f"  {'kind':14s} {'n':>4s}{head}",
-             f"  {'':14s} {'':>4s}" + " | accuracy  F1           " * 3]
+             f"  {'kind':14s} {'n':>4s}" + "".join(cell(n) for n in ROWS),
+             f"  {'':14s} {'':>4s}" + cell("accuracy    F1") * len(ROWS)]
     for kind in KINDS:
         k = r["kinds"].get(kind, {})
         if kind == "out-of-corpus":
-            cells = "".join(f" | abstained {k[n]['abstained']:4.2f}        " for n in ROWS)
+            cells = "".join(cell(f"abstained {k[n]['abstained']:.2f}") for n in ROWS)
         else:
-            cells = "".join(f" |    {k[n]['accuracy']:5.2f} {k[n]['f1']:5.3f}      " for n in ROWS)
+            cells = "".join(cell(f"{k[n]['accuracy']:.2f}  {k[n]['f1']:.3f}") for n in ROWS)
         lines.append(f"  {kind:14s} {k.get('questions', 0):4d}{cells}")
     a = r["abstention"]
-    lines.append(f"  {'abstention':19s}" + "".join(f" | P {a[n]['precision']:4.2f} R {a[n]['recall']:4.2f} "
-                                                 f"ans {a[n]['answered']:4.2f}" for n in ROWS))
-    lines.append("  (accuracy: the reference - a fact's value, a sentence - is in the reply; abstention: P/R of "
-                 "'not found' on out-of-corpus questions, ans: in-corpus questions answered)")
-    return "\n".join(re.sub(r" +$", "", line) for line in lines)
+    lines.append(f"  {'abstention':19s}" + "".join(cell(f"P {a[n]['precision']:.2f} R {a[n]['recall']:.2f} "
+                                                        f"ans {a[n]['answered']:.2f}") for n in ROWS))
+    lines.append("  (accuracy: the reference - a fact's value, a sentence - is in the reply; abstention: precision "
+                 "P and recall R of 'not found' on out-of-corpus questions; ans: in-corpus questions answered)")
+    return "\n".join(lines)

@@ -81,15 +81,17 @@ def plain_value(raw: str) -> str:
 
 def attribute_name(key: str) -> str:
     """'official_languages' -> 'official languages'; 'OfficialLang' -> 'official lang'."""
-    return _SPACES.sub(" ", _CAMEL.sub(" ", key).replace("_", " ")).strip().lower()
+    key = key.strip()
+    if not key.islower():
+        key = _CAMEL.sub(" ", key).lower()
+    key = key.replace("_", " ")
+    return _SPACES.sub(" ", key).strip() if "  " in key or "\t" in key or "\u00a0" in key else key
 
 
 def infobox_spans(wikitext: str) -> list[tuple[int, int]]:
     """(start, end) of each infobox template, nested ones included, by counting braces."""
     spans = []
-    if "box" not in wikitext:  # most pages have none: a C-level search, then no regex at all
-        return spans
-    for m in BOXES.finditer(wikitext):
+    for m in BOXES.finditer(wikitext):  # anywhere: a section can hold one (Lincoln's "Infobox U.S. Cabinet")
         depth = 0
         for b in BRACES.finditer(wikitext, m.start()):
             depth += 1 if b[0] == "{{" else -1
@@ -149,18 +151,12 @@ def facts(wikitext: str) -> list[tuple[str, str]]:
     return unique
 
 
-_HEADING = re.compile(r"\n(={1,6})(.+?)\1[ \t]*(?=\n|$)")  # in "\n" + text: a literal start is fast
-
-
-def headings(wikitext: str) -> list[str]:
-    """The section titles of a page as plain text ('== [[Economy]] ==' -> 'Economy')."""
+def headings(titles: list[str]) -> list[str]:
+    """The cleaner's section titles ('[[Economy]]' already 'Economy') as plain text."""
     out = []
-    for m in _HEADING.finditer("\n" + wikitext):
-        title = m[2]
-        if "{{" in title or "<" in title:
+    for title in titles:
+        if "{{" in title or "<" in title or "''" in title:
             title = plain_value(title)
-        else:
-            title = _QUOTES.sub("", _LINK.sub(lambda k: k[2] if k[2] is not None else k[1], title)).strip()
         if title:
             out.append(title)
     return out
@@ -205,8 +201,9 @@ def link_targets(links: list[str]) -> str:
     return "\n".join(dict.fromkeys(titles))
 
 
-def article_knowledge(wikitext: str, text: str, links: list[str]) -> dict:
+def article_knowledge(wikitext: str, text: str, found: dict) -> dict:
     """One kept article's share of the knowledge graph: its facts, its outgoing links (each
-    target once, in order of first use, newline-separated) and its sections' opening sentences."""
-    return {"facts": facts(wikitext), "links": link_targets(links),
-            "sections": section_openings(text, headings(wikitext), opening_sentence)}
+    target once, in order of first use, newline-separated) and its sections' opening sentences.
+    `found` is what the cleaner collected (clean_wikitext's `found`: links, headings)."""
+    return {"facts": facts(wikitext), "links": link_targets(found.get("links", [])),
+            "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence)}

@@ -213,12 +213,15 @@ def _has_disambiguation_template(wikitext: str) -> bool:
     return False
 
 
-def _cut_trailing_sections(wikitext: str) -> str:
-    """Everything before the first References / See also / ... heading."""
+def _cut_trailing_sections(wikitext: str, headings: list | None = None) -> str:
+    """Everything before the first References / See also / ... heading; `headings`, if given,
+    receives the titles of the sections kept (as plain text, for the knowledge graph)."""
     for m in _HEADING.finditer("\n" + wikitext):
-        title = _LINK_MARKUP.sub(r"\1", m[2]).replace(REMOVED, "").strip().lower()
-        if title in TRAILING_SECTIONS:
+        title = _LINK_MARKUP.sub(r"\1", m[2]).replace(REMOVED, "").strip()
+        if title.lower() in TRAILING_SECTIONS:
             return wikitext[:m.start()]  # m.start() is the line end before the heading
+        if headings is not None:
+            headings.append(title)
     return wikitext
 
 
@@ -284,14 +287,18 @@ def _drop_templates(wikitext: str) -> str:
         wikitext = shorter
 
 
-def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, links: list | None = None):
+def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: dict | None = None):
     """One article's wikitext -> ((title, text), None) or (None, reason it was dropped).
-    `links`, if given, receives the targets of the article's links in order (with repeats)."""
+    `found`, if given, receives what the knowledge graph reads on the way (every link and
+    heading passes here): "links", the targets of the links in order (with repeats), and
+    "headings", the titles of the sections kept."""
     import mwparserfromhell
 
     if _has_disambiguation_template(wikitext) or re.search(r"\((disambiguation|消歧义|消歧義)\)$", title):
         return None, "disambiguation"
-    wikitext = _cut_trailing_sections(_COMMENT.sub(REMOVED, wikitext))
+    links = found.setdefault("links", []) if found is not None else None
+    wikitext = _cut_trailing_sections(_COMMENT.sub(REMOVED, wikitext),
+                                      found.setdefault("headings", []) if found is not None else None)
     wikitext = render_quantities(drop_tables(_REF.sub(REMOVED, wikitext)))
     wikitext = _drop_file_links(_drop_templates(wikitext))
     wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
