@@ -13,13 +13,12 @@ Replies are decoded by wikigpt/engine.py exactly as serve.py decodes them: same 
 """
 import argparse
 import sys
-from dataclasses import replace
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.engine import generate
-from wikigpt.evidence import EvidenceCopy, Reader, not_found
-from wikigpt.grounding import evidence_prompt, reader_of
+from wikigpt.evidence import RETRIEVE_K, Reader
+from wikigpt.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.retrieval import open_index
 from wikigpt.sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
 from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
@@ -38,12 +37,7 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
     params, sources, copy, text = params_from_args(args), [], None, None
     if reader is not None:
         ids, found, sources = evidence_prompt(reader, tok, history, room, block - 1)
-        if params.copy > 0 and not found.answerable:
-            text = not_found(found)  # honest "not found": nothing is generated or copied
-        elif params.copy > 0 and found.best is not None:
-            copy = EvidenceCopy.from_item(tok, found.best)
-            # the evidence is in the prompt by construction: a repetition penalty would push the copy away
-            params = replace(params, repetition_penalty=1.0)
+        params, text, copy = copy_plan(tok, found, params)  # "not found", or the evidence to copy
     pieces = [text] if text is not None else []
     if text is None:
         tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens={tok.end_of_turn},
@@ -72,7 +66,8 @@ def main(argv):
     p.add_argument("--rag", action="store_true", help="answer from passages retrieved from Wikipedia")
     p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
                    "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=3, help="with --rag: at least 1 (the evidence decides what is shown)")
+    p.add_argument("--rag_k", type=int, default=RETRIEVE_K,
+                   help="with --rag: passages retrieved per question, whose sentences compete as evidence")
     args = p.parse_args(argv)
     params_from_args(args)  # refuse out-of-range options before loading anything
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
@@ -80,7 +75,7 @@ def main(argv):
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt is empty: give a question, e.g. --prompt \"What is the capital of Andorra?\"")
-    reader = reader_of(open_index(args.data or info["data"], args.rag_k)) if args.rag else None
+    reader = reader_of(open_index(args.data or info["data"], args.rag_k), args.rag_k) if args.rag else None
     if reader is not None and reader.note:
         print(f"note: {reader.note}", file=sys.stderr)
     start = [Message("system", args.system)] if args.system else []

@@ -22,6 +22,8 @@ import torch
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.engine import EngineThread
+from wikigpt.evidence import RETRIEVE_K
+from wikigpt.grounding import reader_of
 from wikigpt.retrieval import open_index
 from wikigpt.sampling import add_dtype_arg
 from wikigpt.server.app import create_app
@@ -42,7 +44,8 @@ def main(argv):
     p.add_argument("--rag", action="store_true", help="answer chat turns from retrieved Wikipedia passages")
     p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
                    "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=3, help="passages retrieved per question")
+    p.add_argument("--rag_k", type=int, default=RETRIEVE_K,
+                   help="with --rag: passages retrieved per question, whose sentences compete as evidence")
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up, "
@@ -62,9 +65,11 @@ def main(argv):
     torch.set_num_threads(args.threads)
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
+    if index is not None and (reader := reader_of(index, args.rag_k)).note:
+        print(f"note: {reader.note}", file=sys.stderr)
     name = args.model_name or f"wikigpt-{Path(args.ckpt).resolve().parent.name}"
     settings = Settings(model_name=name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
-                        max_body_bytes=args.max_body_bytes, rag_k=args.rag_k)
+                        max_body_bytes=args.max_body_bytes)
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

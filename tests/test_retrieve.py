@@ -16,8 +16,8 @@ from wikigpt.sft_rows import rows_of
 from wikigpt.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
 from wikigpt.retrieval import Index, build_index, split_passages, terms
-from wikigpt.grounding import grounded_prompt
-from wikigpt.sampling import CopySource, mix_copy
+from wikigpt.grounding import grounded_prompt, reader_of
+from wikigpt.sampling import mix_dense
 from wikigpt.chat_template import Message, prompt_room, render_chat
 from wikigpt.grounding import fit_grounded
 from wikigpt.evidence import is_abstention
@@ -103,7 +103,7 @@ def test_grounded_rows_render_passages_exactly_as_chat_time_and_mask_only_the_an
     same = 0
     for user, answer in convs:
         question = user.content.rsplit("Question: ", 1)[1]
-        chat_time, hits = grounded_prompt(index, tok, [Message("user", question)], wikiqa.RAG_K,
+        chat_time, _, hits = grounded_prompt(index, tok, [Message("user", question)],
                                           prompt_room(block, wikiqa.REPLY_TOKENS), block - 1)
         train_time, _ = render_chat(tok, [user], add_generation_prompt=True)
         if hits and user.content.startswith(f"Sources:\n[1] {hits[0].title}: {hits[0].text}\n"):
@@ -176,27 +176,13 @@ def test_retrieval_improves_held_out_answers(rag_chat):
     assert "out-of-corpus" in stdout and "abstention" in stdout  # the per-kind table
 
 
-def test_copy_source_follows_the_passages_and_ends_with_their_sentence():
-    class Tok:  # ids 1..9 are words; 9 ends a sentence; 0 ends the turn
-        end_of_turn = 0
-
-        def encode(self, text):
-            return [int(c) for c in text]
-
-        def sentence_end_ids(self):
-            return {9}
-
-    src = CopySource.from_passages(Tok(), [("A", "1234569"), ("B", "1278")])
-    assert src.prior([]) == pytest.approx({1: 1.0})  # both passages start with 1
-    assert src.prior([5, 1, 2]) == pytest.approx({3: 0.5, 7: 0.5})  # "1 2" goes on as 3 or 7
-    assert src.prior([1, 2, 7]) == {8: 1.0}  # the longest match decides
-    assert src.prior([3, 4, 5, 6, 9]) == {0: 1.0}  # a sentence's end: the turn ends
-    assert src.prior([8, 8]) is None  # nothing to copy after an unknown run
-    assert CopySource.from_passages(Tok(), [("A", "54"), ("B", "74")]).prior([]) == pytest.approx({5: 2 / 3, 7: 1 / 3})
-    logits = torch.tensor([0.0, 5.0, 0.0, 0.0])  # the model is sure of 1; half the mass copies 2
-    mixed = mix_copy(logits, {2: 1.0}, 0.5)
-    assert int(mixed.argmax()) == 2 and torch.allclose(mixed.exp().sum(), torch.tensor(1.0))
-    assert torch.allclose(mix_copy(logits, {2: 1.0}, 0.0).exp(), torch.softmax(logits, -1))
+def test_the_copy_mixture_moves_mass_only_for_rows_that_copy():
+    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0]])  # the model is sure of 1
+    q = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])  # the evidence says 2
+    mixed = mix_dense(logits, q, torch.tensor([0.5, 0.0]))
+    assert int(mixed[0].argmax()) == 2 and torch.allclose(mixed[0].exp().sum(), torch.tensor(1.0))
+    assert torch.allclose(mixed[0].exp(), 0.5 * torch.softmax(logits[0], -1) + 0.5 * q[0])
+    assert torch.equal(mixed[1], logits[1])  # weight 0: the model alone, exactly
 
 
 def test_chat_rag_prints_its_sources(rag_chat, rag_data):
@@ -207,17 +193,25 @@ def test_chat_rag_prints_its_sources(rag_chat, rag_data):
     assert re.search(rf"^  \[1\] {re.escape(title)}$", r.stdout, re.M)  # the source, after the reply
 
 
-def test_serve_rag_returns_sources(rag_chat, rag_data):
+def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
     import httpx
     from test_serve import LiveServer
 
     title = next(read_articles(rag_data, "val"))["title"]
+    best = reader_of(Index.open(rag_data)).find(f"What is {title}?").best
     s = LiveServer(rag_chat[0], "--rag")
     try:
-        body = {"messages": [{"role": "user", "content": f"Tell me about {title}."}], "max_tokens": 20}
-        r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60).json()
-        assert r["sources"][0]["title"] == title and r["choices"][0]["message"]["content"] is not None
-        r = httpx.post(s.url + "/v1/chat/completions", json=body | {"rag": False}, timeout=60).json()
+        ask = lambda q, **kw: httpx.post(s.url + "/v1/chat/completions", timeout=60, json={  # noqa: E731
+            "messages": [{"role": "user", "content": q}], "max_tokens": 60, "temperature": 0} | kw).json()
+        r = ask(f"What is {title}?")
+        assert r["sources"][0]["title"] == title
+        assert r["choices"][0]["message"]["content"] == best.text  # the best evidence, copied to its end
+        r = ask("What is the capital of Ruritania?", n=2)
+        assert all(is_abstention(c["message"]["content"]) for c in r["choices"])  # nothing invented
+        assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] > 0
+        r = ask("What is the capital of Ruritania?", copy=0)  # the model alone: whatever it writes
+        assert not is_abstention(r["choices"][0]["message"]["content"])
+        r = ask(f"What is {title}?", rag=False)
         assert "sources" not in r
     finally:
         s.stop()

@@ -121,7 +121,7 @@ class Reader:
     """The retrieval index and the knowledge graph of a dataset folder, read together."""
 
     def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
-        self.index, self.kb, self.note = index, kb, ""
+        self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
         self.threshold = threshold if threshold is not None else index.info.get("abstain_below", DEFAULT_THRESHOLD)
         if kb is None:
             self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
@@ -239,11 +239,12 @@ class Reader:
         form = 0.95 if (item.kind == "fact") == asked.tell else 1.0  # "tell me about": a section
         return about * (0.5 + 0.5 * coverage) * (form if item.kind in ("fact", "section") else 1.0)
 
-    def find(self, question: str, k: int = RETRIEVE_K) -> Found:
-        """Rank the evidence for a question (see the module doc)."""
+    def find(self, question: str, k: int | None = None) -> Found:
+        """Rank the evidence for a question (see the module doc), from the sentences of the
+        top k passages (default self.k: --rag_k)."""
         question = question.strip()
         links = self.links(question)
-        passages = self.index.search(question, k, boost=[l.subject for l in links[:1]])
+        passages = self.index.search(question, k or self.k, boost=[l.subject for l in links[:1]])
         asked = self.asked(question, links)
         subjects = {}
         for rank, l in enumerate(links):

@@ -6,8 +6,9 @@ so the model reads sources at chat time exactly as it learned to.
 from dataclasses import replace
 
 from wikigpt.chat_template import Message, fit_history, render_chat
-from wikigpt.evidence import Found, Reader
+from wikigpt.evidence import RETRIEVE_K, EvidenceCopy, Found, Reader, not_found
 from wikigpt.retrieval import Index, Passage
+from wikigpt.sampling import SamplingParams
 from wikigpt.tokenizer import Tokenizer
 
 #   <|user|>Sources:
@@ -85,16 +86,31 @@ def evidence_prompt(reader: Reader, tok: Tokenizer, history: list[Message], room
     return ids, found, [replace(s, text=text) for s, (_, text) in zip(sources, used)]  # as shown (cut)
 
 
-def reader_of(index: Index) -> Reader:
-    """The evidence reader over an opened index (made once, kept on the index)."""
+def copy_plan(tok: Tokenizer, found: Found, params: SamplingParams):
+    """What copying (params.copy > 0) makes of the evidence found, for chat.py, the server and
+    the benchmark alike. Returns (params, reply, copy): below the threshold the reply is
+    "not found" with the closest evidence, said as it is (nothing generated); otherwise the
+    EvidenceCopy of the best evidence to mix into the model's choices, with the repetition
+    penalty off (the evidence is in the prompt by construction: a penalty would push the copy
+    away). With params.copy == 0, the model alone: (params, None, None)."""
+    if params.copy <= 0:
+        return params, None, None
+    if not found.answerable or found.best is None:
+        return params, not_found(found), None
+    return replace(params, repetition_penalty=1.0), None, EvidenceCopy.from_item(tok, found.best)
+
+
+def reader_of(index: Index, k: int | None = None) -> Reader:
+    """The evidence reader over an opened index (made once, kept on the index); `k`, when given,
+    sets how many passages it retrieves per question (--rag_k)."""
     if getattr(index, "reader", None) is None:
         index.reader = Reader.open(index.folder, index)
+    if k is not None:
+        index.reader.k = k
     return index.reader
 
 
-def grounded_prompt(index: Index, tok, history: list, k: int, room: int, limit: int):
+def grounded_prompt(index: Index, tok, history: list, room: int, limit: int):
     """The prompt for the last user turn with its evidence and passages (evidence_prompt), for
-    serve.py --rag: returns (prompt ids, the sources that made it in). `k` is kept for the
-    callers: the evidence decides what is shown."""
-    ids, _, sources = evidence_prompt(reader_of(index), tok, history, room, limit)
-    return ids, sources
+    serve.py --rag: returns (prompt ids, the Found, the sources that made it in)."""
+    return evidence_prompt(reader_of(index), tok, history, room, limit)

@@ -5,8 +5,8 @@ Sampling: how the next token is picked, and the options every tool shares for it
 import argparse
 import hashlib
 import random
-from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -21,7 +21,7 @@ class SamplingParams:
     top_k: int = 50  # keep the k most likely tokens (0: off)
     top_p: float = 0.95  # nucleus: the smallest set reaching this mass (1: off)
     repetition_penalty: float = 1.1  # CTRL-style penalty on tokens already seen (1: off)
-    copy: float = 0.0  # with retrieved passages: weight of copying from them (see CopySource; 0: off)
+    copy: float = 0.0  # with --rag: weight of copying the best evidence (see CopySource; 0: off)
 
     def problems(self) -> list[str]:
         """What is out of range, as messages naming the field and its valid range."""
@@ -39,7 +39,7 @@ class SamplingParams:
                     repetition_penalty=self.repetition_penalty)
 
 
-# copying from retrieved passages (CopySource) when answering from them: chosen on the demo's
+# copying the best evidence (CopySource) when answering from the sources: chosen on the demo's
 # *train* questions (token F1 0.06 / 0.46 / 0.89 / 0.89 / 0.89 at 0 / 0.3 / 0.5 / 0.7 / 0.9); at 0.5
 # a found continuation always wins greedy decoding
 RAG_COPY = 0.5
@@ -154,54 +154,14 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     return torch.where(temperature[:, 0] > 0, sampled, greedy)
 
 
-MAX_COPY_N = 8  # the longest run of generated tokens looked up in the passages
-
-
-class CopySource:
-    """Retrieved passages a reply may copy from: a copy distribution mixed into the model's,
-    p = (1 - copy) p_model + copy q, as a kNN-LM mixes in its neighbours' (Khandelwal et al.
-    2020), with q from the passages themselves: at the start of the reply, the passages' first
-    tokens (the best-ranked weighs most: 1, 1/2, 1/3...); then after the reply's last n tokens
-    (n = 8 down to 1, the longest found), the tokens that follow those n in the passages; after
-    a sentence's last token, the end of the turn. A small model that cannot yet read a passage back in its
-    context (the demo's: see the README) can then answer from it; a model that can, needs less."""
-
-    def __init__(self, passages: list[list[int]], sentence_ends: set, end_of_turn: int):
-        self.follow: dict[tuple, Counter] = {}  # n-gram -> what follows it, counted
-        self.starts = Counter()
-        for rank, ids in enumerate(p for p in passages if p):
-            self.starts[ids[0]] += 1 / (rank + 1)
-        for ids in passages:
-            for i in range(1, len(ids)):
-                for n in range(1, min(MAX_COPY_N, i) + 1):
-                    self.follow.setdefault(tuple(ids[i - n:i]), Counter())[ids[i]] += 1
-        self.sentence_ends, self.end_of_turn = sentence_ends, end_of_turn
-
-    @classmethod
-    def from_passages(cls, tok, passages: list[tuple[str, str]]) -> "CopySource":
-        """From (title, text) passages as retrieved (their texts: what an answer quotes)."""
-        return cls([tok.encode(text) for _, text in passages], tok.sentence_end_ids(), tok.end_of_turn)
+class CopySource(Protocol):
+    """What a reply may copy from (evidence.EvidenceCopy: the best evidence sentence or fact): a
+    copy distribution q over the next token, mixed into the model's as a kNN-LM mixes in its
+    neighbours' (Khandelwal et al. 2020): p = (1 - copy) p_model + copy q (mix_dense). A small
+    model that cannot yet read a source back from its context can then answer from it."""
 
     def prior(self, reply: list[int]) -> dict | None:
-        """q over the next token as {id: probability}, or None: nothing to copy here."""
-        if not reply:
-            total = sum(self.starts.values())
-            return {t: w / total for t, w in self.starts.items()} if total else None
-        if reply[-1] in self.sentence_ends:
-            return {self.end_of_turn: 1.0}
-        for n in range(min(MAX_COPY_N, len(reply)), 0, -1):
-            if follow := self.follow.get(tuple(reply[-n:])):
-                total = sum(follow.values())
-                return {t: c / total for t, c in follow.items()}
-        return None
-
-
-def mix_copy(logits, q: dict, weight: float):
-    """Logits (V,) of the model mixed with a copy distribution q: log((1-w) softmax + w q)."""
-    dense = torch.zeros_like(logits)
-    dense[torch.tensor(list(q), device=logits.device)] = torch.tensor(list(q.values()), dtype=logits.dtype,
-                                                                      device=logits.device)
-    return (torch.softmax(logits, dim=-1) * (1 - weight) + weight * dense).log()
+        """q over the token after `reply` as {id: probability}, or None: nothing to copy here."""
 
 
 def mix_dense(logits, q, weight):

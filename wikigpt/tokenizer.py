@@ -128,14 +128,6 @@ class Tokenizer:
         self._utf8_table = table
         return table
 
-    def sentence_end_ids(self) -> set:
-        """Ids whose text ends a sentence ('.', '!', '?' and the full-width ones)."""
-        if getattr(self, "_sentence_ends", None) is None:
-            self._sentence_ends = {i for i in range(self.n_vocab) if i not in self.special.values()
-                                   and self.enc.decode_single_token_bytes(i).rstrip().decode("utf-8", "ignore")
-                                   .endswith((".", "!", "?", "。", "！", "？"))}
-        return self._sentence_ends
-
     def has_chat_tokens(self) -> bool:
         return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 from wikigpt.chat_template import Message, fit_history, prompt_room
 from wikigpt.data import read_articles
 from wikigpt.engine import generate_batch
-from wikigpt.evidence import ABSTAIN, EvidenceCopy, Item, Reader, is_abstention, not_found
-from wikigpt.grounding import evidence_prompt, grounded_question, reader_of
+from wikigpt.evidence import ABSTAIN, Item, Reader, is_abstention
+from wikigpt.grounding import copy_plan, evidence_prompt, grounded_question, reader_of
 from wikigpt.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
                               fact_and_section_items, lead_items, out_of_corpus_items)
 from wikigpt.retrieval import split_passages
@@ -31,7 +31,6 @@ from wikigpt.scores import rouge_l, token_f1, words
 from wikigpt.sentences import language, opening_sentence
 from wikigpt.tokenizer import Tokenizer
 
-RAG_K = 3  # evidence items shown (grounding.EVIDENCE_K), kept for callers
 COPYING = "with retrieval, copying"  # the model + a copy distribution over the best evidence (EvidenceCopy)
 ROWS = ("without retrieval", "with retrieval", COPYING)
 REPLY_TOKENS = 64  # room kept for a grounded answer (an opening sentence is 20-50 tokens)
@@ -133,14 +132,13 @@ def evaluate_qa(model, tok: Tokenizer, folder, index, per_article: int = 3, seed
         items = [i for k in KINDS for i in [i for i in items if i.kind == k][:max(max_items // len(KINDS), 2)]]
     block = model.cfg.block_size
     room = prompt_room(block, REPLY_TOKENS)
-    plain, grounded, copies, founds = [], [], [], []
+    plain, grounded, founds = [], [], []
     for item in items:
         question = [Message("user", item.question)]
         plain.append(fit_history(tok, question, room, block - 1)[0])
         ids, found, _ = evidence_prompt(reader, tok, question, room, block - 1)
         grounded.append(ids)
         founds.append(found)
-        copies.append(EvidenceCopy.from_item(tok, found.best) if found.best else None)
     lead = [(i, f) for i, f in zip(items, founds) if i.kind == "lead"]
     titles = lambda f: list(dict.fromkeys(p.title for p in f.passages))[:5]  # noqa: E731
     report = {"questions": len(items), "articles": len({i.title for i in items if i.title}),
@@ -149,10 +147,11 @@ def evaluate_qa(model, tok: Tokenizer, folder, index, per_article: int = 3, seed
               "threshold": reader.threshold, "kinds": {}, "abstention": {}}
     answers = {ROWS[0]: answer_all(model, tok, plain, REPLY_TOKENS),
                ROWS[1]: answer_all(model, tok, grounded, REPLY_TOKENS)}
-    go = [k for k, f in enumerate(founds) if f.answerable and copies[k] is not None]
+    plans = [copy_plan(tok, f, SamplingParams(copy=RAG_COPY))[1:] for f in founds]  # ("not found" | None, copy)
+    go = [k for k, (said, _) in enumerate(plans) if said is None]
     copied = dict(zip(go, answer_all(model, tok, [grounded[k] for k in go], REPLY_TOKENS,
-                                     [copies[k] for k in go], RAG_COPY)))
-    answers[COPYING] = [copied.get(k) or not_found(f) for k, f in enumerate(founds)]
+                                     [plans[k][1] for k in go], RAG_COPY)))
+    answers[COPYING] = [plans[k][0] or copied[k] for k in range(len(items))]
     for name in ROWS:
         report[name] = score_row(name, items, answers[name], report)
         report[name]["examples"] = [{"kind": i.kind, "question": i.question, "answer": a, "reference": i.answer}

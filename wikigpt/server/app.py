@@ -57,15 +57,15 @@ async def complete(server: Server, request, chat: bool):
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     body = await read_body(request, server.settings.max_body_bytes)
-    sources = []
+    found, sources = None, []
     if chat:
-        prompt, sources = server.chat_prompt(body, server.max_tokens(body))
+        prompt, found, sources = server.chat_prompt(body, server.max_tokens(body))
         prompts = [prompt]
     else:
         prompts = server.completion_prompts(body)
     head = reply_head(chat, server.settings.model_name)
     cited = {"sources": [{"title": h.title, "url": h.url, "text": h.text} for h in sources]} if sources else {}
-    events = server.generate(prompts, body, chat, request.is_disconnected, sources)
+    events = server.generate(prompts, body, chat, request.is_disconnected, found)
     if not body.get("stream"):
         reply = await json_reply(events, head, chat, server.usage, cited)
         if await request.is_disconnected():

@@ -22,7 +22,6 @@ class Settings:
     default_max_tokens: int = 256
     max_n: int = 8
     max_stop: int = 4
-    rag_k: int = 3
 
 
 class ApiError(Exception):

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 
 from wikigpt.chat_template import ContextOverflow, fit_history, prompt_room
 from wikigpt.engine import EngineThread, QueueFull, Request
-from wikigpt.grounding import grounded_prompt
-from wikigpt.sampling import CHAT_DEFAULTS, RAG_COPY, CopySource, SamplingParams
+from wikigpt.evidence import Found
+from wikigpt.grounding import copy_plan, grounded_prompt
+from wikigpt.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
 from wikigpt.server.checks import ApiError, Settings, number, read_messages, sampling_of, stop_strings
 from wikigpt.tokenizer import TextStream
 
@@ -66,8 +67,9 @@ class Server:
         Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
 
     # ----- building prompts
-    def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], list]:
-        """The prompt ids, and the passages retrieved into it (with --rag)."""
+    def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
+        """The prompt ids, the evidence found for the last turn and the sources shown in the
+        prompt (with --rag; else None and [])."""
         if not self.tok.has_chat_tokens():
             raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
                                 "or serve a checkpoint from chat_sft.py", "messages")
@@ -82,8 +84,8 @@ class Server:
             raise ApiError(400, f"{e} (the model's context is {self.block} tokens)", "messages",
                            "context_length_exceeded")
         if self.index is None or not use_rag or kept[-1].role != "user":
-            return ids, []
-        return grounded_prompt(self.index, self.tok, kept, self.settings.rag_k, room, self.block - 1)
+            return ids, None, []
+        return grounded_prompt(self.index, self.tok, kept, room, self.block - 1)
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         prompt = body.get("prompt")
@@ -105,15 +107,17 @@ class Server:
         return value or number(body, "max_tokens", self.settings.default_max_tokens, 1, limit, integer=True)
 
     # ----- generation
-    async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, sources=()):
+    async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, found: Found | None = None):
         """Run every choice (n per prompt) through the engine; yield (choice, delta) as text
         arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops.
-        With retrieved passages (sources) replies may copy from them (the 'copy' option)."""
+        With evidence (found, --rag) a reply copies the best evidence, or says "not found" when
+        it scores below the threshold, as chat.py does (the 'copy' option; 0: the model alone)."""
         n = number(body, "n", 1, 1, self.settings.max_n, integer=True)
         seed = number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
-        defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if sources else CHAT_DEFAULTS if chat else SamplingParams()
-        params = sampling_of(body, defaults)
-        copy_from = CopySource.from_passages(self.tok, [(h.title, h.text) for h in sources]) if sources else None
+        defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if found else CHAT_DEFAULTS if chat else SamplingParams()
+        params, said, copy_from = sampling_of(body, defaults), None, None
+        if found is not None:
+            params, said, copy_from = copy_plan(self.tok, found, params)
         stops, max_new = stop_strings(body, self.settings.max_stop), self.max_tokens(body)
         end = self.tok.end_of_turn if chat else self.tok.doc_sep
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -125,6 +129,11 @@ class Server:
                                     emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)),
                                     copy_from=copy_from)
                 choices.append(c)
+        if said is not None:  # "not found": said as it is, nothing generated
+            for c in choices:
+                c.text, c.sent, c.finish, c.tokens = said, len(said), "stop", len(self.tok.encode(said))
+                yield c, said
+            return
         t0 = last = time.perf_counter()
         try:
             self.engine.submit([c.request for c in choices])
