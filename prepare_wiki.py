@@ -43,7 +43,7 @@ from wikigpt.knowledge import KNOWLEDGE, write_knowledge
 from wikigpt.prep.facts import article_knowledge
 from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
                    reader_for, source_files, split_pages, parse_pages, truncated_message)
-from wikigpt.tokenizer import Tokenizer, TokenizerError, parse_bpe_name
+from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 from wikigpt.prep.shards import Progress, encode_pass, iter_articles, ordered_map
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article, link_target
 
@@ -339,11 +339,10 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
 def check_options(args):
     if not 0.0 < args.val_fraction < 1.0:
         raise WikiError(f"--val_fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
-    if args.tokenizer != "gpt2":
-        try:
-            parse_bpe_name(args.tokenizer)
-        except TokenizerError as e:
-            raise WikiError(f"--tokenizer: {e}")
+    try:  # before hours of cleaning: GPT-2's encoding is a download the first time
+        gpt2_encoding() if args.tokenizer == "gpt2" else parse_bpe_name(args.tokenizer)
+    except TokenizerError as e:
+        raise WikiError(f"--tokenizer: {e}")
     if args.workers < 1:
         raise WikiError(f"--workers must be at least 1, got {args.workers}.")
     if args.checkpoint_mb <= 0:

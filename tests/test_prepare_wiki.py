@@ -330,6 +330,15 @@ def test_bad_input_as_a_real_process_has_no_traceback(tmp_path):
     assert "bad.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_gpt2_without_its_download_says_what_to_do_before_any_work(small_dump, tmp_path):
+    offline = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}  # a refused loopback port: no network
+    r = run_cli("prepare_wiki.py", small_dump, "--out", tmp_path / "o", "--tokenizer", "gpt2", env=offline)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "GPT-2's encoding" in r.stderr and "TIKTOKEN_CACHE_DIR" in r.stderr and "bpe:8192" in r.stderr
+    assert "cleaned" not in r.stdout and not (tmp_path / "o").exists()  # refused before any work
+
+
 # ----- dump scale: byte ranges in the workers, stitching, resuming -----
 
 WORDS = ("river valley mill farmer grain autumn winter flour bridge town market church castle "

@@ -213,6 +213,9 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
         assert not is_abstention(r["choices"][0]["message"]["content"])
         r = ask(f"What is {title}?", rag=False)
         assert "sources" not in r
+        r = httpx.post(s.url + "/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": " "}]})
+        assert r.status_code == 400 and "no question to look up" in r.json()["error"]["message"]
+        assert ask(f"What is {title}?")["choices"][0]["message"]["content"] == best.text  # still serving
     finally:
         s.stop()
 

@@ -27,6 +27,19 @@ class TokenizerError(ValueError):
     """A tokenizer spec or file that cannot be used; the message says how to fix it."""
 
 
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's GPT-2 BPE. tiktoken downloads its two files once (to $TIKTOKEN_CACHE_DIR, or a
+    temporary folder); without a network that is an error that says what to do."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' ConnectionError, a timeout, a proxy's answer, a cut file
+        raise TokenizerError(
+            f"could not get GPT-2's encoding for tiktoken ({type(e).__name__}: {str(e)[:120]}). tiktoken "
+            "downloads it once from openaipublic.blob.core.windows.net: connect to the internet, or point "
+            "TIKTOKEN_CACHE_DIR at a folder that holds it (copied from a machine that has it), or "
+            "use a tokenizer trained here, with no download: --tokenizer bpe:8192") from e
+
+
 class Tokenizer:
     """A tiktoken Encoding with our special tokens, plus the spec to rebuild it anywhere.
 
@@ -38,7 +51,7 @@ class Tokenizer:
         self.spec = spec
         names = spec.get("special_tokens", SPECIAL_TOKENS)  # all of ours unless a spec says less
         if spec["kind"] == "gpt2":
-            base = tiktoken.get_encoding("gpt2")
+            base = gpt2_encoding()
             ranks, pattern = base._mergeable_ranks, base._pat_str
             special = {DOC_SEP: base.eot_token}
             for i, tok in enumerate(t for t in names if t != DOC_SEP):

@@ -85,6 +85,9 @@ class Server:
                            "context_length_exceeded")
         if self.index is None or not use_rag or kept[-1].role != "user":
             return ids, None, []
+        if not kept[-1].content.strip():
+            raise ApiError(400, "the last user message is empty: there is no question to look up in the "
+                                "articles. Ask one, or send \"rag\": false", f"messages[{len(messages) - 1}].content")
         return grounded_prompt(self.index, self.tok, kept, room, self.block - 1)
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
