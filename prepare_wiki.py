@@ -342,7 +342,8 @@ def check_options(args):
     try:  # before hours of cleaning: GPT-2's encoding is a download the first time
         gpt2_encoding() if args.tokenizer == "gpt2" else parse_bpe_name(args.tokenizer)
     except TokenizerError as e:
-        raise WikiError(f"--tokenizer: {e}")
+        hint = "; or train a tokenizer here, with no download: --tokenizer bpe:8192" if args.tokenizer == "gpt2" else ""
+        raise WikiError(f"--tokenizer: {e}{hint}")
     if args.workers < 1:
         raise WikiError(f"--workers must be at least 1, got {args.workers}.")
     if args.checkpoint_mb <= 0:

@@ -2,6 +2,7 @@
 evidence ranking, honest "not found", evidence-bounded copying, and their bad input."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from conftest import PROSE, dump_xml, page, run_cli
@@ -10,13 +11,14 @@ from prepare_wiki import main as prepare
 from wikigpt.chat_template import Message, render_chat
 from wikigpt.data import DatasetError, load_dataset, read_articles
 from wikigpt.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
-from wikigpt.grounding import evidence_prompt
+from wikigpt.grounding import copy_plan, evidence_prompt
 from wikigpt.knowledge import Knowledge, name_key
 from wikigpt.prep.facts import facts
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 from wikigpt.qa_items import calibrate
 from wikigpt.retrieval import Index, Passage, add_index_info, build_index
+from wikigpt.sampling import SamplingParams
 from wikigpt import wikiqa
 
 ANDORRA = """{{Infobox country
@@ -159,6 +161,19 @@ def test_evidence_copy_starts_at_the_evidence_and_stops_at_its_end():
     assert copy.prior([5]) == {6: 1.0} and copy.prior([5, 6, 7, 5]) == {8: 1.0}  # the longest match decides
     assert copy.prior([5, 6, 7, 5, 8]) == {0: 1.0}  # the evidence's end ends the turn (no sentence end needed)
     assert copy.prior([9]) is None and EvidenceCopy([], 0).prior([]) is None
+
+
+def test_copy_plan_copies_the_best_evidence_says_not_found_or_leaves_the_model_alone(kb_data, reader):
+    tok = load_dataset(kb_data).tokenizer
+    chat = SamplingParams(repetition_penalty=1.15, copy=0.5)
+    found = reader.find("What is the capital of Andorra?")
+    params, said, copy = copy_plan(tok, found, chat)
+    assert said is None and copy.ids == tok.encode("Andorra la Vella") and params.repetition_penalty == 1.0
+    missing = reader.find("What is the capital of Ruritania?")
+    params, said, copy = copy_plan(tok, missing, chat)
+    assert said == not_found(missing) and copy is None and params == chat
+    assert copy_plan(tok, found, replace(chat, copy=0.0)) == (replace(chat, copy=0.0), None, None)  # the model alone
+    assert copy_plan(tok, missing, replace(chat, copy=0.0))[1] is None  # ...which may say anything
 
 
 def test_sft_rows_teach_facts_sections_and_not_found_rendered_as_at_chat_time(kb_data):

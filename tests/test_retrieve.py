@@ -20,7 +20,7 @@ from wikigpt.grounding import grounded_prompt, reader_of
 from wikigpt.sampling import mix_dense
 from wikigpt.chat_template import Message, prompt_room, render_chat
 from wikigpt.grounding import fit_grounded
-from wikigpt.evidence import is_abstention
+from wikigpt.evidence import ABSTAIN, is_abstention
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
 KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]
@@ -206,11 +206,25 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
         r = ask(f"What is {title}?")
         assert r["sources"][0]["title"] == title
         assert r["choices"][0]["message"]["content"] == best.text  # the best evidence, copied to its end
+        generated = lambda: float(re.search(r"^wikigpt_completion_tokens_total (\S+)$",  # noqa: E731
+                                            httpx.get(s.url + "/metrics").text, re.M)[1])
+        before = generated()
         r = ask("What is the capital of Ruritania?", n=2)
         assert all(is_abstention(c["message"]["content"]) for c in r["choices"])  # nothing invented
         assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] > 0
-        r = ask("What is the capital of Ruritania?", copy=0)  # the model alone: whatever it writes
-        assert not is_abstention(r["choices"][0]["message"]["content"])
+        assert generated() == before  # said, not generated
+        with httpx.stream("POST", s.url + "/v1/chat/completions", timeout=60, json={"stream": True, "n": 2,
+                          "max_tokens": 4, "messages": [{"role": "user", "content": "What is the capital of Ruritania?"}]}) as events:
+            chunks = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: {")]
+        texts, ends = {}, {}
+        for c in chunks:
+            for choice in c["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["delta"].get("content", "")
+                ends[choice["index"]] = choice["finish_reason"] or ends.get(choice["index"])
+        assert ends == {0: "length", 1: "length"} and texts[0] == texts[1]  # cut at max_tokens, as any reply
+        assert texts[0] and ABSTAIN["en"].startswith(texts[0])
+        r = ask("What is the capital of Ruritania?", copy=0)  # the model alone: it writes its reply
+        assert generated() > before
         r = ask(f"What is {title}?", rag=False)
         assert "sources" not in r
         r = httpx.post(s.url + "/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": " "}]})

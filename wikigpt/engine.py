@@ -105,7 +105,7 @@ class Request:
     stop_tokens: set = field(default_factory=set)
     seed: int | None = None
     emit: Callable = lambda request, token, finish_reason: None
-    copy_from: CopySource | None = None  # retrieved passages, when params.copy > 0
+    copy_from: CopySource | None = None  # the evidence to copy, when params.copy > 0
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
@@ -250,7 +250,7 @@ class Engine:
         self.emitted(reqs, [tokens[r.slot] for r in reqs])
 
     def set_copy(self, reqs: list[Request]):
-        """This step's copy distribution of the rows that answer from passages (CopySource): q
+        """This step's copy distribution of the rows that copy evidence (CopySource): q
         is computed on the host from the reply so far and written to the device."""
         st = self.state
         copying = [r for r in reqs if r.params.copy > 0 and r.copy_from is not None]

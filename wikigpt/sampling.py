@@ -68,8 +68,8 @@ def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = Sa
     p.add_argument("--top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1: off)")
     p.add_argument("--repetition_penalty", type=float, default=defaults.repetition_penalty, help="1: off")
-    p.add_argument("--copy", type=float, default=None, help="with retrieved passages (--rag): weight of "
-                   f"copying from them, 0-1 (0: off; default {RAG_COPY} with --rag, else {defaults.copy})")
+    p.add_argument("--copy", type=float, default=None, help="with --rag: weight of copying the best "
+                   f"evidence, 0-1 (0: the model alone; default {RAG_COPY} with --rag, else {defaults.copy})")
 
 
 def params_from_args(args) -> SamplingParams:
@@ -165,8 +165,8 @@ class CopySource(Protocol):
 
 
 def mix_dense(logits, q, weight):
-    """mix_copy for a batch: logits (n, V), q (n, V) dense copy distributions, weight (n,);
-    rows with weight 0 keep their logits exactly."""
+    """The model's logits (n, V) mixed with dense copy distributions q (n, V), one weight per
+    row (n,): log((1 - w) softmax(logits) + w q); rows with weight 0 keep their logits exactly."""
     w = weight[:, None]
     mixed = (torch.softmax(logits, dim=-1) * (1 - w) + w * q).log()
     return torch.where(w > 0, mixed, logits)

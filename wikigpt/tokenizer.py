@@ -36,8 +36,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
         raise TokenizerError(
             f"could not get GPT-2's encoding for tiktoken ({type(e).__name__}: {str(e)[:120]}). tiktoken "
             "downloads it once from openaipublic.blob.core.windows.net: connect to the internet, or point "
-            "TIKTOKEN_CACHE_DIR at a folder that holds it (copied from a machine that has it), or "
-            "use a tokenizer trained here, with no download: --tokenizer bpe:8192") from e
+            "TIKTOKEN_CACHE_DIR at a folder that holds it (copied from a machine that has it)") from e
 
 
 class Tokenizer:

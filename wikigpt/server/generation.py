@@ -133,9 +133,9 @@ class Server:
                                     copy_from=copy_from)
                 choices.append(c)
         if said is not None:  # "not found": said as it is, nothing generated
+            self.tokens_in.inc(sum(len(c.prompt) for c in choices))
             for c in choices:
-                c.text, c.sent, c.finish, c.tokens = said, len(said), "stop", len(self.tok.encode(said))
-                yield c, said
+                yield c, self.say(c, said, max_new, end)
             return
         t0 = last = time.perf_counter()
         try:
@@ -176,6 +176,18 @@ class Server:
             for c in choices:
                 if not c.finish:
                     self.engine.cancel(c.request)  # the client left: free its slot at once
+
+    def say(self, c: Choice, text: str, max_new: int, end: int) -> str:
+        """A fixed reply through the same steps as generated tokens (stop strings, max_tokens,
+        token counts): returns the text it shows."""
+        ids = self.tok.encode(text)
+        shown = ""
+        for k, token in enumerate(ids[:max_new]):
+            last = k + 1 == min(len(ids), max_new)
+            shown += c.add(token, ("stop" if len(ids) <= max_new else "length") if last else None, {end})
+            if c.finish:
+                break
+        return shown
 
     def usage(self, choices: list[Choice]) -> dict:
         prompt = sum(len(p) for p in {id(c.prompt): c.prompt for c in choices}.values())
