@@ -39,6 +39,10 @@ ANDORRA = """{{Infobox country
 == Economy ==
 Tourism is the mainstay of the tiny economy of Andorra. Banking also matters.
 
+== History ==
+=== Early history ===
+Charlemagne granted a charter to the people of Andorra in 805. Later counts ruled it.
+
 == Parishes ==
 Andorra consists of seven parishes:
 * Canillo
@@ -99,6 +103,9 @@ def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     assert kb.aliases(andorra) == ["Principality of Andorra"]  # the other redirect's target is not here
     assert kb.links(andorra) == ["Europe", "Italy"]  # the text's links, in order, first letters folded up
     assert ("Economy", "Tourism is the mainstay of the tiny economy of Andorra.") in kb.sections(andorra)
+    charter = "Charlemagne granted a charter to the people of Andorra in 805."
+    assert ("History", charter) in kb.sections(andorra)  # opened by its first subsection's text
+    assert ("Early history", charter) in kb.sections(andorra)
     assert ("length", "6300 km") in kb.facts(kb.subject("长江"))
     meta = load_dataset(kb_data).meta["knowledge"]
     assert meta == kb.counts and meta["aliases"] == 1 and meta["redirects"] == 2
@@ -119,6 +126,7 @@ def test_names_link_longest_first_case_folded_accents_aside_and_in_chinese(reade
     ("Andorra的首都是什么？", "fact", "Andorra la Vella"),
     ("Who is the prime minister of Andorra?", "fact", "Antoni Martí"),
     ("Tell me about the economy of Andorra.", "section", "Tourism is the mainstay of the tiny economy of Andorra."),
+    ("Tell me about the history of Andorra.", "section", "Charlemagne granted a charter to the people of Andorra in 805."),
     ("What is Andorra?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
 ])
 def test_the_best_evidence_is_what_the_question_asks(reader, question, kind, text):

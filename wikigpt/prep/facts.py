@@ -165,19 +165,22 @@ def headings(titles: list[str]) -> list[str]:
 def section_openings(text: str, titles: list[str], opening) -> list[tuple[str, str]]:
     """(heading, its first sentence) for each section of the cleaned text; `opening(paragraph)`
     picks the sentence. A heading is a line of the text equal to one of the page's titles,
-    found in order with str.find (walking every line in Python cost 3x more)."""
+    found in order with str.find (walking every line in Python cost 3x more). A section whose
+    first line is a subsection's heading ("History", then "Ancient history") opens with that
+    subsection's first sentence."""
     out, pos, text = [], 0, "\n" + text + "\n"
     for title in titles:
         at = text.find("\n" + title + "\n", pos)
         if at < 0:
             continue
-        start = at + len(title) + 2
-        while text.startswith("\n", start):  # the blank line after a heading
-            start += 1
-        end = text.find("\n", start)
-        pos = start
-        line = text[start:end]
-        if line and line not in titles and (first := opening(line[:400])):  # an opening is <= 240 chars
+        pos = start = at + len(title) + 1  # the heading's line end: the next title is looked for from here
+        line = ""
+        while (end := text.find("\n", start + 1)) > 0:
+            line = text[start + 1:end]
+            if line and line not in titles:
+                break  # the section's first paragraph
+            start, line = end, ""  # a blank line, or a subsection's heading straight after
+        if line and (first := opening(line[:400])):  # an opening is <= 240 chars
             out.append((title, first))
     return out
 
