@@ -128,6 +128,8 @@ def test_names_link_longest_first_case_folded_accents_aside_and_in_chinese(reade
     ("Tell me about the economy of Andorra.", "section", "Tourism is the mainstay of the tiny economy of Andorra."),
     ("Tell me about the history of Andorra.", "section", "Charlemagne granted a charter to the people of Andorra in 805."),
     ("What is Andorra?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
+    ("What is Andorra known for?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
+    ("How many people live in Andorra?", "fact", "85,470"),
 ])
 def test_the_best_evidence_is_what_the_question_asks(reader, question, kind, text):
     found = reader.find(question)

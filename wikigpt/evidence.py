@@ -33,7 +33,8 @@ ABSTAIN = {"en": "The articles I have do not answer this.", "zh": "我的资料�
 CLOSEST = {"en": " The closest I found ({title}): {text}", "zh": "最接近的是（{title}）：{text}"}
 # words every question has: not what it asks about
 QUESTION_WORDS = set("what who whom whose which why how many much me tell about do does did you know can could "
-                     "please explain describe give is are was were there any it its s called us i".split())
+                     "please explain describe give is are was were there any it its s called us i "
+                     "use uses used have has had known famous".split())  # "What currency does X use?"
 ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
                      "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
@@ -41,7 +42,8 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
-    "人口": "population", "inhabitants": "population", "people": "population", "born": "birth",
+    "人口": "population", "inhabitants": "population", "people": "population", "live": "population residence",
+    "lives": "population residence", "lived": "residence", "born": "birth",
     "birth": "birth", "出生": "birth", "生日": "birth date", "died": "death", "die": "death",
     "去世": "death", "逝世": "death", "死亡": "death", "area": "area", "面积": "area", "big": "area",
     "size": "area", "language": "languages lang", "languages": "languages lang",
