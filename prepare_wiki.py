@@ -376,54 +376,57 @@ def prepare(args) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     work, state = open_work(out, files, args)
     try:
-        cleaned = state.get("cleaned") or clean_pass(files, args, settings, work, state)
-        print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; "
-              f"dropped: {cleaned['dropped']}")
+        # the pool's exit waits for the writer: after a crash no thread is left writing into
+        # work/ to race the run that resumes it (or the cleanup of bad input)
+        with ThreadPoolExecutor(1) as pool:
+            cleaned = state.get("cleaned") or clean_pass(files, args, settings, work, state)
+            print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; "
+                  f"dropped: {cleaned['dropped']}")
 
-        writing = None
-        if "knowledge" not in state:  # knowledge.sqlite, in a thread beside passes 2 and 3 (the
-            # main process mostly waits for workers there): ~0.1 s off the x10 sample's 4 s
-            parts = sorted((work / KNOWLEDGE_PARTS).glob("*.jsonl"))
-            writing = ThreadPoolExecutor(1).submit(write_knowledge, work / KNOWLEDGE, parts)
+            writing = None
+            if "knowledge" not in state:  # knowledge.sqlite, in a thread beside passes 2 and 3 (the
+                # main process mostly waits for workers there): ~0.1 s off the x10 sample's 4 s
+                parts = sorted((work / KNOWLEDGE_PARTS).glob("*.jsonl"))
+                writing = pool.submit(write_knowledge, work / KNOWLEDGE, parts)
 
-        if args.tokenizer == "gpt2":
-            tok = Tokenizer.from_name("gpt2")
-        elif state.get("tokenizer"):
-            tok = Tokenizer.load(work / "tokenizer.json")
-        else:
-            t = time.time()
-            print(f"training {args.tokenizer} tokenizer on the train split...")
-            tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
-            print(f"  trained in {time.time() - t:.1f}s")
-        tok.save(work / "tokenizer.json")
-        state["tokenizer"] = True
-        atomic_write_json(work / PROGRESS, state)
-
-        if "splits" not in state:
-            state["splits"] = encode_pass(tok, work, cleaned["members"], args)
+            if args.tokenizer == "gpt2":
+                tok = Tokenizer.from_name("gpt2")
+            elif state.get("tokenizer"):
+                tok = Tokenizer.load(work / "tokenizer.json")
+            else:
+                t = time.time()
+                print(f"training {args.tokenizer} tokenizer on the train split...")
+                tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
+                print(f"  trained in {time.time() - t:.1f}s")
+            tok.save(work / "tokenizer.json")
+            state["tokenizer"] = True
             atomic_write_json(work / PROGRESS, state)
-        splits = state["splits"]
-        if writing is not None:
-            state["knowledge"] = writing.result()
-            shutil.rmtree(work / KNOWLEDGE_PARTS)
-            atomic_write_json(work / PROGRESS, state)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "source": str(args.source or source),
-            "cleaning": asdict(settings),
-            "val_fraction": args.val_fraction,
-            "seed": args.seed,
-            "tokenizer": tok.name,
-            "vocab_size": tok.n_vocab,
-            "dropped": cleaned["dropped"],
-            "shards": {s: st["shards"] for s, st in splits.items()},
-            "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
-            "articles": ARTICLES,
-            "knowledge": state["knowledge"],
-            "seconds": round(time.time() - t0, 2),
-        }
-        (work / PROGRESS).unlink()
-        atomic_write_json(work / "meta.json", meta)  # meta.json last: it marks the folder complete
+
+            if "splits" not in state:
+                state["splits"] = encode_pass(tok, work, cleaned["members"], args)
+                atomic_write_json(work / PROGRESS, state)
+            splits = state["splits"]
+            if writing is not None:
+                state["knowledge"] = writing.result()
+                shutil.rmtree(work / KNOWLEDGE_PARTS)
+                atomic_write_json(work / PROGRESS, state)
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "source": str(args.source or source),
+                "cleaning": asdict(settings),
+                "val_fraction": args.val_fraction,
+                "seed": args.seed,
+                "tokenizer": tok.name,
+                "vocab_size": tok.n_vocab,
+                "dropped": cleaned["dropped"],
+                "shards": {s: st["shards"] for s, st in splits.items()},
+                "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
+                "articles": ARTICLES,
+                "knowledge": state["knowledge"],
+                "seconds": round(time.time() - t0, 2),
+            }
+            (work / PROGRESS).unlink()
+            atomic_write_json(work / "meta.json", meta)  # meta.json last: it marks the folder complete
     except WikiError:  # bad input: nothing to resume
         shutil.rmtree(work)
         raise

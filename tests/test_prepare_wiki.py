@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from conftest import PROSE, dump_xml, page, run_cli
 
 import prepare_wiki
 from wikigpt.data import HEADER, DatasetError, load_dataset, open_shard
+from wikigpt.knowledge import write_knowledge
 from wikigpt.prep.dumps import range_plan, write_multistream
 from prepare_wiki import main
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
@@ -212,9 +214,16 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, 
 
     def crash(*a, **k):  # a crash in the middle of tokenizing, with --overwrite
         raise RuntimeError("killed")
+
+    def slow_knowledge(*a, **k):  # the graph's writer thread still busy when the crash comes
+        time.sleep(0.5)
+        return write_knowledge(*a, **k)
     monkeypatch.setattr(prepare_wiki, "encode_pass", crash)
+    monkeypatch.setattr(prepare_wiki, "write_knowledge", slow_knowledge)
     with pytest.raises(RuntimeError):
         build(small_dump, out, "--overwrite")
+    # the crash waited for the writer: no thread is left to race the resumed run's writer
+    assert sorted(p.name for p in (tmp_path / ".ds.partial").glob("knowledge.sqlite*")) == ["knowledge.sqlite"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old dataset untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.partial", "ds", "dump.xml"]
     monkeypatch.undo()  # the same command again finishes the run from its saved progress
