@@ -314,11 +314,16 @@ def test_cancel_frees_the_slot_and_stops_the_tokens():
         thread.submit([req])
         while len(got) < 3:
             time.sleep(0.001)
+        at_cancel = len(got)
         thread.cancel(req)
-        time.sleep(0.05)
+        deadline = time.time() + 30  # a loaded machine may be slow to run the next step
+        while thread.active and time.time() < deadline:
+            time.sleep(0.001)
         n = len(got)
         time.sleep(0.1)
-        assert thread.active == 0 and len(got) == n < 10  # no token after the next step
+        # the slot is free, and no step begun after cancel() emitted a token (one may end
+        # between counting and cancelling, and the next be in flight)
+        assert thread.active == 0 and len(got) == n <= at_cancel + 2 < 60
     finally:
         thread.stop()
 
@@ -335,9 +340,8 @@ def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
         bad = Request(list(range(64)), 5, emit=lambda r, t, f: events.setdefault("bad", f))  # over the context
         good = Request([1, 2], 5, emit=lambda r, t, f: events.__setitem__("good", f))
         thread.submit([bad, good])
-        for _ in range(200):
-            if events.get("good"):
-                break
+        deadline = time.time() + 30  # a loaded machine may be slow
+        while not events.get("good") and time.time() < deadline:
             time.sleep(0.01)
         assert events["bad"].startswith("error: ValueError") and events["good"] == "length"
     finally:
