@@ -42,7 +42,7 @@ from wikigpt.data import load_dataset
 from wikigpt.engine import generate_batch
 from wikigpt.retrieval import INDEX_DIR, Index
 from wikigpt.runlog import METRICS, plot_runs, read_metrics
-from wikigpt.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
+from wikigpt.sampling import CHAT_DEFAULTS, add_dtype_arg, add_sampling_knobs, params_from_args
 from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.dist import Dist
 from wikigpt.loss_eval import evaluate, token_bytes_table
@@ -241,7 +241,7 @@ def check_tokenizers(models, bpb_only: bool):
 def run_eval(args) -> dict:
     models = []
     for path in args.ckpt:
-        model, tok, info = load_model(path, args.device)
+        model, tok, info = load_model(path, args.device, args.dtype)
         info["label"] = label_of(path)
         models.append((model, tok, info))
     check_tokenizers(models, args.bpb_only)
@@ -343,6 +343,7 @@ def main(argv):
     p.add_argument("--bpb_only", action="store_true", help="only val bits per byte (any tokenizers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_dtype_arg(p)
     add_sampling_knobs(p, CHAT_DEFAULTS)
     args = p.parse_args(argv)
     params_from_args(args)  # bad sampling knobs: a clear error before any work

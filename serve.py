@@ -48,8 +48,8 @@ def main(argv):
                    help="with --rag: passages retrieved per question, whose sentences compete as evidence")
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                   help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up, "
-                        "~40 s a row bucket on 2 cores, is long for what it gains: see docs/gpu.md)")
+                   help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up "
+                        "is long for what it gains: see docs/gpu.md)")
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a slot before 429")
     p.add_argument("--max_tokens_limit", type=int, default=Settings.max_tokens_limit, help="largest max_tokens")
     p.add_argument("--max_body_bytes", type=int, default=Settings.max_body_bytes, help="largest request body")

@@ -14,7 +14,7 @@ Benchmarks on this machine, printed as one table (ratios, not absolute claims):
     python bench/bench.py                          # about 25 minutes on a 2-core CPU
     python bench/bench.py --budget 60              # shorter arch comparison
     python bench/bench.py --only serve --ckpt out/chat/best.pt
-    python bench/bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, dtypes, lora, prune, serve
+    python bench/bench.py --only mlp --budget 150  # sections: train, generate, presets, mlp, dtypes, decode, lora, prune, serve
 Datasets are built from the built-in Wikipedia sample into data/bench_* when missing.
 """
 import argparse

@@ -194,6 +194,19 @@ def test_different_tokenizers_compare_by_bits_per_byte_only(runs, other_tokenize
     assert all(0 < v < 10 for v in rows[0]["values"])
 
 
+def test_dtype_chooses_the_weights_the_report_is_measured_with(runs, tiny_data, tmp_path):
+    bpb = {}
+    for dtype in ("float32", "bfloat16"):
+        r = evaluate("--ckpt", runs / "base" / "best.pt", "--data", tiny_data, "--bpb_only", "--dtype", dtype,
+                     out=tmp_path / f"{dtype}.json")
+        assert r.returncode == 0, r.stderr
+        report = json.loads((tmp_path / f"{dtype}.json").read_text())
+        assert report["settings"]["dtype"] == dtype
+        bpb[dtype] = report["rows"][0]["values"][0]
+    # bf16 keeps 8 bits of mantissa: the same model, close but not bit-identical losses
+    assert bpb["bfloat16"] != bpb["float32"] and bpb["bfloat16"] == pytest.approx(bpb["float32"], rel=0.02)
+
+
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "empty_dialogues", "bad_option", "no_dataset"])
 def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
     ckpt = runs / "chat" / "best.pt"
