@@ -356,6 +356,9 @@ def prepare(args) -> Path:
     if out.exists() and not args.overwrite:
         raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
                         "another --out. (Nothing was changed.)")
+    if out.exists() and not (out / "meta.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise WikiError(f"{out} is not a dataset folder (no meta.json), so --overwrite will not "
+                        "replace it: choose another --out. (Nothing was changed.)")
     check_options(args)
     if args.source is None:
         source = default_source()

@@ -12,6 +12,7 @@ never waits on the model and new requests join at the next step. The server itse
 wikigpt/server/: checks.py (requests), generation.py (the model side), replies.py, app.py (routes).
 """
 import argparse
+import errno
 import os
 import socket
 import sys
@@ -75,8 +76,9 @@ def main(argv):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
     except OSError as e:
-        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). Pick another --port "
-                         "(0 picks a free one) or stop what uses it.")
+        fix = ("Pick another --port (0 picks a free one) or stop what uses it." if e.errno == errno.EADDRINUSE
+               else "Check --host: an address of this machine (127.0.0.1, or 0.0.0.0 for all of them).")
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). {fix}")
     compile = {"auto": None, "on": True, "off": False}[args.compile]
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
     if engine.engine.compiled:

@@ -175,10 +175,11 @@ def test_evidence_copy_starts_at_the_evidence_and_stops_at_its_end():
 
 def test_copy_plan_copies_the_best_evidence_says_not_found_or_leaves_the_model_alone(kb_data, reader):
     tok = load_dataset(kb_data).tokenizer
-    chat = SamplingParams(repetition_penalty=1.15, copy=0.5)
+    chat = SamplingParams(temperature=0.7, repetition_penalty=1.15, copy=0.5)
     found = reader.find("What is the capital of Andorra?")
     params, said, copy = copy_plan(tok, found, chat)
-    assert said is None and copy.ids == tok.encode("Andorra la Vella") and params.repetition_penalty == 1.0
+    assert said is None and copy.ids == tok.encode("Andorra la Vella")
+    assert params == replace(chat, temperature=0.0, repetition_penalty=1.0)  # read back greedily, as benchmarked
     missing = reader.find("What is the capital of Ruritania?")
     params, said, copy = copy_plan(tok, missing, chat)
     assert said == not_found(missing) and copy is None and params == chat

@@ -235,6 +235,16 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]  # no temp left
 
 
+def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
+    run = tmp_path / "out" / "chat"  # a training run's folder, named as --out by mistake
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as e:
+        build(small_dump, run, "--overwrite")
+    assert e.value.code == 2 and "not a dataset folder" in capsys.readouterr().err
+    assert (run / "best.pt").read_bytes() == b"weights" and sorted(p.name for p in run.parent.iterdir()) == ["chat"]
+
+
 def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
     out = tmp_path / "ds"
     build(small_dump, out)

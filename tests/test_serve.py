@@ -199,6 +199,15 @@ BAD = [
 ]
 
 
+
+def test_a_port_in_use_and_an_address_not_here_are_told_apart(server, chat_ckpt):
+    port = server.rsplit(":", 1)[1]
+    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--port", port)  # the live server holds it
+    assert r.returncode == 2 and "Pick another --port" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1: no one's
+    assert r.returncode == 2 and "Check --host" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("name,body,status,message", BAD, ids=[b[0] for b in BAD])
 def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, name, body, status, message):
     kw = {"content": body} if isinstance(body, bytes) else {"json": body}

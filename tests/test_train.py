@@ -213,6 +213,9 @@ def broken(tiny_data, tmp_path):
     shard = corrupt / "train_000.bin"
     shard.write_bytes(shard.read_bytes()[:-7])
     (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "notes.txt").write_text("a README, say")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
     torch.save({"version": 99}, tmp_path / "future.pt")
     return tmp_path
 
@@ -222,6 +225,9 @@ def broken(tiny_data, tmp_path):
     (["--data={tmp}/corrupt"], "truncated or corrupt"),
     (["--init_from={tmp}/missing.pt"], "not found"),
     (["--init_from={tmp}/trunc.pt"], "truncated or not a wikigpt checkpoint"),
+    (["--init_from={tmp}/notes.txt"], "not a torch.save archive"),
+    (["--init_from={tmp}"], "is a folder (future.pt, trunc.pt): pass a checkpoint file"),
+    (["--data={tmp}/run"], "holds a training run (checkpoints), not a dataset"),
     (["--init_from={tmp}/future.pt"], "checkpoint version 99"),
     (["--resume=true", "--out_dir={tmp}/empty"], "not found"),
     (["--block_size=4096"], "too few"),

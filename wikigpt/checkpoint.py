@@ -16,6 +16,7 @@ tensors and Python values: loading a file never runs code from it):
 """
 import os
 import random
+import zipfile
 from pathlib import Path
 
 import torch
@@ -49,14 +50,19 @@ def save_checkpoint(path: Path, state: dict):
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        inside = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt file"
+        raise UsageError(f"{path} is a folder ({inside}): pass a checkpoint file, e.g. {path / 'best.pt'}.")
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) "
                          "or check the path.")
+    unreadable = f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt checkpoint"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise UsageError(f"{unreadable} (not a torch.save archive).")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt "
-                         f"checkpoint ({str(e).splitlines()[0][:120]}).")
+    except Exception as e:  # torch's message is about torch.load's options, not about the file
+        raise UsageError(f"{unreadable} ({type(e).__name__}).")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         version = ckpt.get("version") if isinstance(ckpt, dict) else None
         raise UsageError(f"{path}: checkpoint version {version}, this code reads version "

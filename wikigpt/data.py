@@ -96,6 +96,14 @@ class TokenDataset:
         return sum(len(s) for s in getattr(self, split))
 
 
+def refuse_a_run_folder(folder: Path):
+    """A training run's folder given where a dataset belongs is said to be one, before any
+    advice to rebuild it with prepare_wiki.py --overwrite (which would replace the run)."""
+    if any(folder.glob("*.pt")) or any(folder.glob("*.dcp")) or (folder / "metrics.jsonl").is_file():
+        raise DatasetError(f"{folder} holds a training run (checkpoints), not a dataset: pass the "
+                           "folder prepare_wiki.py wrote, e.g. --data data/demo.")
+
+
 def load_dataset(path) -> TokenDataset:
     """Open a dataset folder written by prepare_wiki.py and validate every shard."""
     path = Path(path)
@@ -103,6 +111,7 @@ def load_dataset(path) -> TokenDataset:
     if not path.is_dir():
         raise DatasetError(f"dataset folder {path} does not exist. Build it first, e.g. "
                            f"`python prepare_wiki.py --out {path}`.")
+    refuse_a_run_folder(path)
     if not meta_path.is_file():
         raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
                            "interrupted prepare_wiki.py run?). Re-run prepare_wiki.py --overwrite.")
@@ -152,6 +161,7 @@ def read_articles(folder, split: str | None = None):
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder. Build the dataset first, e.g. "
                            f"`python prepare_wiki.py --out {folder}`.")
+    refuse_a_run_folder(folder)
     if not path.is_file():
         raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
                            f"prepare_wiki.py. Rebuild it with the same source and options plus "
