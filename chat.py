@@ -20,7 +20,7 @@ from wikigpt.engine import generate
 from wikigpt.evidence import RETRIEVE_K, Reader
 from wikigpt.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.retrieval import open_index
-from wikigpt.sampling import CHAT_DEFAULTS, add_sampling_args, params_from_args
+from wikigpt.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
 from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.tokenizer import stream_text
 
@@ -68,11 +68,17 @@ def main(argv):
                    "(default: the one the checkpoint was trained on)")
     p.add_argument("--rag_k", type=int, default=RETRIEVE_K,
                    help="with --rag: passages retrieved per question, whose sentences compete as evidence")
+    add_copy_arg(p)
     args = p.parse_args(argv)
+    if not args.rag and (args.copy is not None or args.data):
+        raise UsageError("--copy and --data choose how --rag answers from Wikipedia: add --rag.")
     params_from_args(args)  # refuse out-of-range options before loading anything
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     if not tok.has_chat_tokens():
         raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens; fine-tune it with chat_sft.py first.")
+    if info["kind"] == "pretrain":
+        print(f"note: {args.ckpt} is a base (pretrained) model, never taught the chat turns: it continues "
+              "text as Wikipedia would. Fine-tune it with chat_sft.py for replies.", file=sys.stderr)
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt is empty: give a question, e.g. --prompt \"What is the capital of Andorra?\"")
     reader = reader_of(open_index(args.data or info["data"], args.rag_k), args.rag_k) if args.rag else None

@@ -16,7 +16,7 @@ import torch.distributed.checkpoint as dcp
 
 from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.fsdp import load_train_state
 from wikigpt.lora import merge_lora
 
@@ -77,6 +77,7 @@ def main(argv):
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
+    output_file(out, "out")
     convert, _ = CONVERSIONS[args.conversion]
     convert(Path(args.src) if args.conversion == "dcp" else args.src, out)
 

@@ -37,7 +37,7 @@ from wikigpt.config import SFTConfig
 from wikigpt.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.sft_data import heldout_conversations, parse_sft_data, read_dialogues
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, progress_bar, run_main
+from wikigpt.cli import UsageError, output_file, progress_bar, run_main
 from wikigpt.data import load_dataset
 from wikigpt.engine import generate_batch
 from wikigpt.retrieval import INDEX_DIR, Index
@@ -350,9 +350,10 @@ def main(argv):
     for name in ("max_examples", "max_new_tokens", "eval_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    out = output_file(args.out, "--out")  # before minutes of evaluation
     t0 = time.time()
     report = run_eval(args)
-    write_report(report, Path(args.out))
+    write_report(report, out)
     print(format_table(report))
     for label, table in report.get("qa_tables", {}).items():
         print(f"\n{label}: {table}\n")

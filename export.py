@@ -218,6 +218,8 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
         raise UsageError(f"--format {format!r}: use hf (a transformers folder) or gguf (one llama.cpp file).")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
+    if format == "hf" and out.is_file():
+        raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
@@ -282,9 +284,11 @@ def main(argv):
     p.add_argument("--ckpt", required=True, help="checkpoint to export (pretrain or chat)")
     p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
     p.add_argument("--dtype", default="float32", help="weights as float32 | bfloat16 | float16")
-    p.add_argument("--format", default="hf", help="hf (a transformers folder) | gguf (one llama.cpp file)")
+    p.add_argument("--format", default=None, help="hf (a transformers folder) | gguf (one llama.cpp "
+                   "file); default: gguf when --out ends in .gguf, else hf")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
+    args.format = args.format or ("gguf" if args.out.lower().endswith(".gguf") else "hf")
     out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite, args.format)
     if args.format == "gguf":
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama.cpp, "

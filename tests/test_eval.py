@@ -194,6 +194,12 @@ def test_different_tokenizers_compare_by_bits_per_byte_only(runs, other_tokenize
     assert all(0 < v < 10 for v in rows[0]["values"])
 
 
+def test_a_folder_as_out_is_refused_before_the_evaluation(runs, tmp_path):
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", out=tmp_path)
+    assert r.returncode == 2 and "is a folder: give a file path" in r.stderr and "Traceback" not in r.stderr
+    assert "val bits per byte" not in r.stdout  # refused before any work
+
+
 def test_dtype_chooses_the_weights_the_report_is_measured_with(runs, tiny_data, tmp_path):
     bpb = {}
     for dtype in ("float32", "bfloat16"):

@@ -139,12 +139,15 @@ def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data
     assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["Qwen3ForCausalLM"]
     assert config["eos_token_id"] == load_model(ckpt, "cpu")[1].doc_sep  # a base model ends at a document
     assert not (tmp_path / "taken" / "keep.txt").exists()
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken" / "config.json", "--overwrite")
+    assert r.returncode == 2 and "is a file, and a transformers export is a folder" in r.stderr
+    assert json.loads((tmp_path / "taken" / "config.json").read_text()) == config  # left as it was
 
 
 def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_path):
     preset, ckpt, folder = chat_export
     out = tmp_path / "model.gguf"
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", out, "--format", "gguf")
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", out)  # the format follows the .gguf name
     if preset == "gpt2":  # llama.cpp's GPT-2 uses the tanh GELU: refused rather than approximated
         assert r.returncode == 2 and "tanh" in r.stderr and not out.exists()
         return

@@ -151,7 +151,7 @@ def test_int8_and_bf16_stay_close_to_fp32_and_the_cache_changes_nothing(tiny_ckp
 
 
 def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
-    out = tmp_path / "int8.pt"
+    out = tmp_path / "new" / "int8.pt"  # its folder is made
     r = run_cli("convert.py", "int8", tiny_ckpt, out)
     assert r.returncode == 0, r.stderr
     ratio = float(re.search(r"\((\d\.\d+)x the", r.stderr).group(1))

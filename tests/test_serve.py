@@ -206,6 +206,8 @@ def test_a_port_in_use_and_an_address_not_here_are_told_apart(server, chat_ckpt)
     assert r.returncode == 2 and "Pick another --port" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1: no one's
     assert r.returncode == 2 and "Check --host" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--max_body_bytes", "-1")
+    assert r.returncode == 2 and "--max_body_bytes" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("name,body,status,message", BAD, ids=[b[0] for b in BAD])

@@ -55,6 +55,19 @@ class UsageError(Exception):
     """A mistake in the command, config, data or checkpoint; printed without a traceback."""
 
 
+def output_file(path, option: str) -> Path:
+    """A file a command will write, checked before its work: not a folder, and its parent
+    folder made (where a file stands in the way, a clear error)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file path, e.g. {path / 'report.json'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{option} {path}: a file stands where its folder should be.")
+    return path
+
+
 def run_main(main_fn):
     """Run a script's main: user mistakes become one clear line and exit code 2."""
     import torch.distributed as torch_dist  # lazily: the server and tools need no process group

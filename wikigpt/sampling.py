@@ -68,14 +68,19 @@ def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = Sa
     p.add_argument("--top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1: off)")
     p.add_argument("--repetition_penalty", type=float, default=defaults.repetition_penalty, help="1: off")
+
+
+def add_copy_arg(p: argparse.ArgumentParser):
+    """--copy, for the commands that answer from evidence (chat.py --rag)."""
     p.add_argument("--copy", type=float, default=None, help="with --rag: weight of copying the best "
-                   f"evidence, 0-1 (0: the model alone; default {RAG_COPY} with --rag, else {defaults.copy})")
+                   f"evidence, 0-1 (0: the model alone; default {RAG_COPY})")
 
 
 def params_from_args(args) -> SamplingParams:
     from wikigpt.cli import UsageError
 
-    copy = args.copy if args.copy is not None else RAG_COPY if getattr(args, "rag", False) else 0.0
+    copy = getattr(args, "copy", None)
+    copy = copy if copy is not None else RAG_COPY if getattr(args, "rag", False) else 0.0
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, copy)
     if params.problems():
         raise UsageError("; ".join(params.problems()))
