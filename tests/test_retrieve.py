@@ -133,6 +133,13 @@ def test_fit_grounded_shares_the_context_and_cuts_the_last_passage(rag_data):
     ids, kept, used = fit_grounded(tok, [Message("user", "What is A?")], passages, room=120)
     assert len(ids) <= 120 and 1 <= len(used) and used[0][1].endswith("...")
     assert kept[-1].content.endswith("Question: What is A?")
+    # a conversation that fills the context: its oldest exchanges give way to the best source
+    talk = [Message("system", "Be brief.")] + [Message(r, f"turn {i}")  # short turns: little slack
+                                               for i in range(40) for r in ("user", "assistant")]
+    ids, kept, used = fit_grounded(tok, talk + [Message("user", "What is A?")], passages, room=120)
+    assert len(ids) <= 120 and used and used[0][0] == "A"
+    assert kept[0].content == "Be brief." and kept[-1].content.endswith("Question: What is A?")
+    assert len(kept) < len(talk) + 1
 
 
 def test_scores():

@@ -359,6 +359,33 @@ def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
         thread.stop()
 
 
+def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
+    from fastapi.testclient import TestClient
+
+    from wikigpt.server.app import create_app
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.generation import Server
+
+    model, tok, _ = load_model(chat_ckpt, "cpu")
+
+    V, C = model.lm_head.weight.shape  # (padded vocab, width)
+    model.lm_head = torch.nn.Linear(C, V)  # a chat model whose every choice is to end its turn
+    with torch.no_grad():
+        model.lm_head.weight.zero_(), model.lm_head.bias.zero_()
+        model.lm_head.bias[tok.end_of_turn] = 10.0
+    thread = EngineThread(model, n_slots=4)
+    try:
+        with TestClient(create_app(Server(model, tok, Settings(model_name="t"), thread))) as http:
+            r = http.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 20, "temperature": 0})
+            assert r.status_code == 200, r.text
+            choice = r.json()["choices"][0]
+            # the turn's end stops it and is not shown as text ("<|end|>" before)
+            assert r.status_code == 200 and choice["finish_reason"] == "stop" and choice["text"] == ""
+            assert r.json()["usage"]["completion_tokens"] == 1
+    finally:
+        thread.stop()
+
+
 def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt):
     from fastapi.testclient import TestClient
 

@@ -35,7 +35,9 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
                  room: int, limit: int | None = None):
     """fit_history with sources in the last user turn. The conversation is fitted first;
     the sources get what is left of `room`, best first, the last one shortened (at a
-    character, never inside one) to fit. Returns (ids, kept messages, sources used)."""
+    character, never inside one) to fit; where not even the best one fits, the oldest exchange
+    gives way to it (an answer without its source would be worse than a shorter memory).
+    Returns (ids, kept messages, sources used)."""
     ids, kept = fit_history(tok, history, room, limit)
     question = kept[-1].content
 
@@ -60,6 +62,9 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
             used = used + [(title, text[:lo].rstrip() + "...")]
             ids = render(used)
         break  # the context is full
+    first = 1 if kept[0].role == "system" else 0
+    if passages and not used and len(kept) > first + 1:
+        return fit_grounded(tok, kept[:first] + kept[first + 2:], passages, room, limit)
     if used:
         kept = kept[:-1] + [Message(kept[-1].role, grounded_question(question, used))]
     return ids, kept, used

@@ -123,12 +123,14 @@ class Server:
             params, said, copy_from = copy_plan(self.tok, found, params)
         stops, max_new = stop_strings(body, self.settings.max_stop), self.max_tokens(body)
         end = self.tok.end_of_turn if chat else self.tok.doc_sep
+        # a plain continuation ends with the document, or with a chat model's turn
+        ends = {end} if chat else {end, self.tok.end_of_turn} - {None}
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         choices = []
         for p, prompt in enumerate(prompts):
             for j in range(n):
                 c = Choice(len(choices), prompt, TextStream(self.tok), stops)
-                c.request = Request(prompt, max_new, params, {end}, None if seed is None else seed + j,
+                c.request = Request(prompt, max_new, params, ends, None if seed is None else seed + j,
                                     emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)),
                                     copy_from=copy_from)
                 choices.append(c)
@@ -164,7 +166,7 @@ class Server:
                     (self.ttft if first else self.tpot).observe(now - (t0 if first else last))
                     first, last = False, now
                     self.tokens_out.inc(token is not None)
-                    delta = c.add(token, finish, {end})
+                    delta = c.add(token, finish, ends)
                     if c.finish:
                         pending -= 1
                         self.engine.cancel(c.request)  # a stop string may end it before the engine does
