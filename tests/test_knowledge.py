@@ -43,6 +43,13 @@ Tourism is the mainstay of the tiny economy of Andorra. Banking also matters.
 === Early history ===
 Charlemagne granted a charter to the people of Andorra in 805. Later counts ruled it.
 
+== Culture ==
+Source: the national archive
+Catalan culture shapes the festivals of Andorra.
+
+== Gallery ==
+Photos by the tourism office
+
 == Parishes ==
 Andorra consists of seven parishes:
 * Canillo
@@ -106,6 +113,9 @@ def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     charter = "Charlemagne granted a charter to the people of Andorra in 805."
     assert ("History", charter) in kb.sections(andorra)  # opened by its first subsection's text
     assert ("Early history", charter) in kb.sections(andorra)
+    sections = dict(kb.sections(andorra))  # a caption is passed over; a section of captions has no opening
+    assert sections["Culture"] == "Catalan culture shapes the festivals of Andorra."
+    assert "Gallery" not in sections and sections["Parishes"] == "Andorra consists of seven parishes:"
     assert ("length", "6300 km") in kb.facts(kb.subject("长江"))
     meta = load_dataset(kb_data).meta["knowledge"]
     assert meta == kb.counts and meta["aliases"] == 1 and meta["redirects"] == 2

@@ -162,24 +162,36 @@ def headings(titles: list[str]) -> list[str]:
     return out
 
 
+_PROSE_END = re.compile(r"[.!?:;。！？：；][\"'”’)）\]]*$")  # a sentence's end, closing marks after it
+
+
 def section_openings(text: str, titles: list[str], opening) -> list[tuple[str, str]]:
     """(heading, its first sentence) for each section of the cleaned text; `opening(paragraph)`
     picks the sentence. A heading is a line of the text equal to one of the page's titles,
     found in order with str.find (walking every line in Python cost 3x more). A section whose
     first line is a subsection's heading ("History", then "Ancient history") opens with that
-    subsection's first sentence."""
+    subsection's first sentence. A line that does not end as prose does ("Sources: Census.gov",
+    a caption left by a table) is passed over, twice at most; a section with no prose line
+    before the next heading has no opening."""
     out, pos, text = [], 0, "\n" + text + "\n"
     for title in titles:
         at = text.find("\n" + title + "\n", pos)
         if at < 0:
             continue
         pos = start = at + len(title) + 1  # the heading's line end: the next title is looked for from here
-        line = ""
+        line, passed = "", 0
         while (end := text.find("\n", start + 1)) > 0:
             line = text[start + 1:end]
             if line and line not in titles:
-                break  # the section's first paragraph
-            start, line = end, ""  # a blank line, or a subsection's heading straight after
+                if _PROSE_END.search(line):
+                    break  # the section's first paragraph
+                passed += 1
+            elif line and passed:
+                passed = 3  # the next section's heading, after a caption
+            if passed > 2:
+                line = ""
+                break
+            start, line = end, ""  # a blank line, a caption, or a subsection's heading straight after
         if line and (first := opening(line[:400])):  # an opening is <= 240 chars
             out.append((title, first))
     return out
