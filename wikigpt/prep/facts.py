@@ -183,8 +183,8 @@ def section_openings(text: str, titles: list[str], opening) -> list[tuple[str, s
         while (end := text.find("\n", start + 1)) > 0:
             line = text[start + 1:end]
             if line and line not in titles:
-                if _PROSE_END.search(line):
-                    break  # the section's first paragraph
+                if _PROSE_END.search(line) and not (passed and line[0].islower()):
+                    break  # the section's first paragraph (after a caption, not a sentence's tail)
                 passed += 1
             elif line and passed:
                 passed = 3  # the next section's heading, after a caption
