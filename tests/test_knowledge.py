@@ -49,6 +49,7 @@ Catalan culture shapes the festivals of Andorra.
 
 == Gallery ==
 Photos by the tourism office
+and by visitors.
 
 == Parishes ==
 Andorra consists of seven parishes:
