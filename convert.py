@@ -34,6 +34,8 @@ def merge_adapters(src: str, out: Path):
 
 
 def quantise(src: str, out: Path):
+    if load_checkpoint(src).get("quant") == "int8":
+        raise UsageError(f"{src} holds int8 weights already: nothing to convert.")
     model, tok, info = load_model(src, "cpu", "int8")
     save_checkpoint(out, build_checkpoint(info["kind"], model.state_dict(), info["model_config"], tok.spec,
                                           train_config=info["train_config"], step=info["step"], val=info["val"],

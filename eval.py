@@ -336,7 +336,8 @@ def main(argv):
     p.add_argument("--out", default="report.json", help="report.json path (report.md is written beside it)")
     p.add_argument("--data", default="", help="dataset folder (default: the one the first checkpoint trained on)")
     p.add_argument("--sft_data", default="", help="dialogue files to score chat on (default: held-out built-in dialogues)")
-    p.add_argument("--max_examples", type=int, default=100, help="replies sampled and QA questions asked, at most")
+    p.add_argument("--max_examples", type=int, default=100, help="replies sampled, at most; QA questions asked: about as many, "
+                   "shared among the kinds (at least 2 of each)")
     p.add_argument("--max_new_tokens", type=int, default=64, help="length limit of each sampled reply")
     p.add_argument("--eval_tokens", type=int, default=65536, help="val tokens for the losses")
     p.add_argument("--batch_size", type=int, default=16, help="windows per forward for the losses")

@@ -47,6 +47,10 @@ def main(argv):
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context per token (model.py's "
                    "own generate: temperature and top_k only)")
     args = p.parse_args(argv)
+    if args.prompt and args.prompt_file:
+        raise UsageError("--prompt and --prompt_file both give the prompt: choose one.")
+    if args.num_samples < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {args.num_samples}.")
     params = params_from_args(args)
     model, tok, _ = load_model(args.ckpt, args.device, args.dtype)
     prompt = read_prompt(args)

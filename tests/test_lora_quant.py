@@ -168,6 +168,8 @@ def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
     assert r.returncode == 2 and "holds int8 weights" in r.stderr
     r = run_cli("convert.py", "int8", tiny_ckpt, out)
     assert r.returncode == 2 and "exists" in r.stderr
+    r = run_cli("convert.py", "int8", out, tmp_path / "twice.pt")
+    assert r.returncode == 2 and "int8 weights already" in r.stderr and not (tmp_path / "twice.pt").exists()
 
 
 def test_int8_on_a_device_without_the_kernel_is_a_clear_error():

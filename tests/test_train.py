@@ -170,6 +170,10 @@ def test_sample_py_end_to_end(tiny_ckpt):
     again = run_cli("sample.py", "--ckpt", tiny_ckpt, "--prompt", "-", "--max_new_tokens", "20",
                     "--seed", "0", "--num_samples", "2", input="Article 3")
     assert again.stdout == r.stdout  # stdin prompt, same seed: same text
+    for bad, said in ((["--prompt_file", "p.txt"], "choose one"), (["--num_samples", "0"], "--num_samples must be"),
+                      (["--max_new_tokens", "0"], "--max_new_tokens must be")):
+        r = run_cli("sample.py", "--ckpt", tiny_ckpt, "--prompt", "Article 3", *bad)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # ----- checkpoints and bad input

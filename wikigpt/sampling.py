@@ -82,8 +82,11 @@ def params_from_args(args) -> SamplingParams:
     copy = getattr(args, "copy", None)
     copy = copy if copy is not None else RAG_COPY if getattr(args, "rag", False) else 0.0
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, copy)
-    if params.problems():
-        raise UsageError("; ".join(params.problems()))
+    problems = params.problems()
+    if getattr(args, "max_new_tokens", 1) < 1:
+        problems.append(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if problems:
+        raise UsageError("; ".join(problems))
     return params
 
 
