@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, progress_bar, run_main
 from wikigpt.engine import EngineThread
 from wikigpt.evidence import RETRIEVE_K
 from wikigpt.grounding import reader_of
@@ -82,8 +82,10 @@ def main(argv):
     compile = {"auto": None, "on": True, "off": False}[args.compile]
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
     if engine.engine.compiled:
-        print(f"compiling the decode step for up to {args.slots} rows...", file=sys.stderr, flush=True)
-        engine.engine.warm_up()
+        graphs = 2 * len(engine.engine.row_buckets())  # a bucket's step with top_k on, and off
+        with progress_bar(total=graphs, desc=f"compiling the decode step, up to {args.slots} rows",
+                          unit="graph") as bar:
+            engine.engine.warm_up(bar.update)
     engine.thread.start()
     app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn

@@ -48,6 +48,14 @@ def test_an_int8_model_decode_step_compiles_whole_too():
     assert decode(model, True, params) == decode(model, False, params)
 
 
+def test_warm_up_compiles_each_row_bucket_before_the_first_request():
+    assert Engine(tiny(), n_slots=16).row_buckets() == [4, 8, 16]
+    assert Engine(tiny(), n_slots=4).row_buckets() == [4]
+    engine, graphs = Engine(tiny(), n_slots=4, compile=True), []
+    engine.warm_up(lambda: graphs.append(engine.active))
+    assert graphs == [0, 0] and engine.free_slots == 4  # top_k on and off, each slot given back
+
+
 def test_the_training_micro_step_compiles_whole():
     model = tiny().train()
     x, y = torch.randint(0, 300, (2, 48)), torch.randint(0, 300, (2, 48))

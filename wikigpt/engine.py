@@ -185,15 +185,20 @@ class Engine:
     def free_slots(self) -> int:
         return self.capacity - len(self.by_slot)
 
-    def warm_up(self):
+    def row_buckets(self) -> list[int]:
+        """The batch sizes a step runs at (bucket: ROW_GROUP, 8, 16... up to n_slots)."""
+        out = [bucket(ROW_GROUP, self.n_slots)]
+        while out[-1] < self.n_slots:
+            out.append(bucket(out[-1] + 1, self.n_slots))
+        return out
+
+    def warm_up(self, on_graph=lambda: None):
         """Compile (or capture) the step of every row bucket now, not at the first requests: a
         graph is made the first time a step runs that many rows with that many candidates
-        (sampling.candidates: top_k on, or off)."""
+        (sampling.candidates: top_k on, or off); on_graph() after each, for a progress bar."""
         if not self.compiled:
             return
-        rows = ROW_GROUP
-        while True:
-            rows = bucket(rows, self.n_slots)
+        for rows in self.row_buckets():
             for top_k in (SamplingParams().top_k, 0):
                 dummies = [Request([0], 2, SamplingParams(temperature=0, top_k=top_k)) for _ in range(rows)]
                 for req in dummies:
@@ -201,9 +206,7 @@ class Engine:
                 self.step()
                 for req in dummies:
                     self.release(req)
-            if rows >= self.n_slots:
-                return
-            rows += 1
+                on_graph()
 
     @torch.no_grad()
     def add(self, req: Request):
