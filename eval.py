@@ -348,7 +348,7 @@ def main(argv):
     add_sampling_knobs(p, CHAT_DEFAULTS)
     args = p.parse_args(argv)
     params_from_args(args)  # bad sampling knobs: a clear error before any work
-    for name in ("max_examples", "max_new_tokens", "eval_tokens", "batch_size"):
+    for name in ("max_examples", "eval_tokens", "batch_size"):  # (max_new_tokens: params_from_args)
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     out = output_file(args.out, "--out")  # before minutes of evaluation

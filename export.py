@@ -216,10 +216,10 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
         raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
     if format not in ("hf", "gguf"):
         raise UsageError(f"--format {format!r}: use hf (a transformers folder) or gguf (one llama.cpp file).")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
     if format == "hf" and out.is_file():
         raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")

@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wikigpt.data import ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing, read_articles
+from wikigpt.data import (ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing,
+                          read_articles, replaceable)
 from wikigpt.knowledge import KNOWLEDGE, write_knowledge
 from wikigpt.prep.facts import article_knowledge
 from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
@@ -353,12 +354,12 @@ def check_options(args):
 def prepare(args) -> Path:
     t0 = time.time()
     out = Path(args.out)
+    if out.exists() and not replaceable(out):
+        raise WikiError(f"{out} is not a dataset folder (it holds other files), so prepare_wiki.py "
+                        "will not replace it: choose another --out. (Nothing was changed.)")
     if out.exists() and not args.overwrite:
         raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
                         "another --out. (Nothing was changed.)")
-    if out.exists() and not (out / "meta.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise WikiError(f"{out} is not a dataset folder (no meta.json), so --overwrite will not "
-                        "replace it: choose another --out. (Nothing was changed.)")
     check_options(args)
     if args.source is None:
         source = default_source()

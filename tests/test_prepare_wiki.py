@@ -243,6 +243,11 @@ def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
         build(small_dump, run, "--overwrite")
     assert e.value.code == 2 and "not a dataset folder" in capsys.readouterr().err
     assert (run / "best.pt").read_bytes() == b"weights" and sorted(p.name for p in run.parent.iterdir()) == ["chat"]
+    half = tmp_path / "half"  # a dataset whose meta.json was lost: --overwrite rebuilds it, as data.py advises
+    build(small_dump, half)
+    (half / "meta.json").unlink()
+    build(small_dump, half, "--overwrite")
+    assert (half / "meta.json").is_file()
 
 
 def test_a_half_written_folder_does_not_load(small_dump, tmp_path):

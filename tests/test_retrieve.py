@@ -140,6 +140,11 @@ def test_fit_grounded_shares_the_context_and_cuts_the_last_passage(rag_data):
     assert len(ids) <= 120 and used and used[0][0] == "A"
     assert kept[0].content == "Be brief." and kept[-1].content.endswith("Question: What is A?")
     assert len(kept) < len(talk) + 1
+    for odd in ([Message("assistant", "Hello! " * 10)], [Message("system", "Hi " * 5), Message("user", "x " * 10)]):
+        talk = odd + [Message("user", "What is A?")]  # no whole exchange before the question to drop
+        room = len(render_chat(tok, talk, add_generation_prompt=True)[0]) + 5  # no source fits
+        ids, kept, used = fit_grounded(tok, talk, passages, room=room)
+        assert kept == talk and not used  # the question stays, unsourced, rather than lost
 
 
 def test_scores():

@@ -220,6 +220,7 @@ def broken(tiny_data, tmp_path):
     (tmp_path / "notes.txt").write_text("a README, say")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best.pt").write_bytes(b"")
+    (tmp_path / "last.dcp").mkdir()
     torch.save({"version": 99}, tmp_path / "future.pt")
     return tmp_path
 
@@ -231,6 +232,7 @@ def broken(tiny_data, tmp_path):
     (["--init_from={tmp}/trunc.pt"], "truncated or not a wikigpt checkpoint"),
     (["--init_from={tmp}/notes.txt"], "not a torch.save archive"),
     (["--init_from={tmp}"], "is a folder (future.pt, trunc.pt): pass a checkpoint file"),
+    (["--init_from={tmp}/last.dcp"], "make one file of it with `python convert.py dcp"),
     (["--data={tmp}/run"], "holds a training run (checkpoints), not a dataset"),
     (["--init_from={tmp}/future.pt"], "checkpoint version 99"),
     (["--resume=true", "--out_dir={tmp}/empty"], "not found"),

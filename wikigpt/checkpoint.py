@@ -50,6 +50,9 @@ def save_checkpoint(path: Path, state: dict):
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
+    if path.is_dir() and path.suffix == ".dcp":
+        raise UsageError(f"{path} is a sharded checkpoint (--shard=fsdp): make one file of it with "
+                         f"`python convert.py dcp {path} {path.parent / 'gathered.pt'}`.")
     if path.is_dir():
         inside = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt file"
         raise UsageError(f"{path} is a folder ({inside}): pass a checkpoint file, e.g. {path / 'best.pt'}.")

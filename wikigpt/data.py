@@ -96,10 +96,24 @@ class TokenDataset:
         return sum(len(s) for s in getattr(self, split))
 
 
+def holds_a_run(folder: Path) -> bool:
+    """Whether a folder holds a training run (checkpoints, metrics), which no dataset does."""
+    return any(folder.glob("*.pt")) or any(folder.glob("*.dcp")) or (folder / "metrics.jsonl").is_file()
+
+
+def replaceable(folder: Path) -> bool:
+    """Whether prepare_wiki.py --overwrite may replace a folder: an empty one or a dataset, whole
+    or half made; never a training run or a folder of other files."""
+    if not folder.is_dir() or holds_a_run(folder):
+        return False
+    marks = ("meta.json", "tokenizer.json", ARTICLES)
+    return not any(folder.iterdir()) or any((folder / m).exists() for m in marks) or any(folder.glob("train_*.bin"))
+
+
 def refuse_a_run_folder(folder: Path):
     """A training run's folder given where a dataset belongs is said to be one, before any
     advice to rebuild it with prepare_wiki.py --overwrite (which would replace the run)."""
-    if any(folder.glob("*.pt")) or any(folder.glob("*.dcp")) or (folder / "metrics.jsonl").is_file():
+    if holds_a_run(folder):
         raise DatasetError(f"{folder} holds a training run (checkpoints), not a dataset: pass the "
                            "folder prepare_wiki.py wrote, e.g. --data data/demo.")
 
@@ -111,8 +125,8 @@ def load_dataset(path) -> TokenDataset:
     if not path.is_dir():
         raise DatasetError(f"dataset folder {path} does not exist. Build it first, e.g. "
                            f"`python prepare_wiki.py --out {path}`.")
-    refuse_a_run_folder(path)
     if not meta_path.is_file():
+        refuse_a_run_folder(path)
         raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
                            "interrupted prepare_wiki.py run?). Re-run prepare_wiki.py --overwrite.")
     try:
@@ -161,8 +175,8 @@ def read_articles(folder, split: str | None = None):
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder. Build the dataset first, e.g. "
                            f"`python prepare_wiki.py --out {folder}`.")
-    refuse_a_run_folder(folder)
     if not path.is_file():
+        refuse_a_run_folder(folder)
         raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
                            f"prepare_wiki.py. Rebuild it with the same source and options plus "
                            f"--overwrite, e.g. `python prepare_wiki.py --out {folder} --overwrite`.")

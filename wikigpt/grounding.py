@@ -63,7 +63,7 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
             ids = render(used)
         break  # the context is full
     first = 1 if kept[0].role == "system" else 0
-    if passages and not used and len(kept) > first + 1:
+    if passages and not used and len(kept) - first > 2:  # an exchange to drop before the last turn
         return fit_grounded(tok, kept[:first] + kept[first + 2:], passages, room, limit)
     if used:
         kept = kept[:-1] + [Message(kept[-1].role, grounded_question(question, used))]

@@ -171,8 +171,8 @@ def section_openings(text: str, titles: list[str], opening) -> list[tuple[str, s
     found in order with str.find (walking every line in Python cost 3x more). A section whose
     first line is a subsection's heading ("History", then "Ancient history") opens with that
     subsection's first sentence. A line that does not end as prose does ("Sources: Census.gov",
-    a caption left by a table) is passed over, twice at most; a section with no prose line
-    before the next heading has no opening."""
+    a caption left by a table) is passed over, twice at most; after one, the next heading
+    ends the search, and the section has no opening."""
     out, pos, text = [], 0, "\n" + text + "\n"
     for title in titles:
         at = text.find("\n" + title + "\n", pos)
@@ -187,7 +187,7 @@ def section_openings(text: str, titles: list[str], opening) -> list[tuple[str, s
                     break  # the section's first paragraph (after a caption, not a sentence's tail)
                 passed += 1
             elif line and passed:
-                passed = 3  # the next section's heading, after a caption
+                passed = 3  # a heading after a caption: no prose opens this section
             if passed > 2:
                 line = ""
                 break
