@@ -186,6 +186,7 @@ BAD = [
      400, "only text parts"),
     ("temperature", ask("hi", temperature=3), 400, "'temperature' must be between 0.0 and 2.0"),
     ("copy", ask("hi", copy=1.5), 400, "'copy' must be between 0.0 and 1.0"),
+    ("model not a name", ask("hi", model=42), 400, "'model' must be a string"),
     ("top_p zero", ask("hi", top_p=0), 400, "top_p must be in (0, 1.0]"),
     ("top_p", ask("hi", top_p=1.5), 400, "'top_p' must be between"),
     ("max_tokens zero", ask("hi", max_tokens=0), 400, "'max_tokens' must be between 1"),

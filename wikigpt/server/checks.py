@@ -126,4 +126,6 @@ async def read_body(request, max_bytes: int) -> dict:
         raise ApiError(400, "the body must be a JSON object")
     if not isinstance(body.get("stream", False), bool):
         raise ApiError(400, "'stream' must be true or false", "stream")
+    if not isinstance(body.get("model", ""), str):  # any name gets the one model; a number is a client bug
+        raise ApiError(400, "'model' must be a string", "model")
     return body
