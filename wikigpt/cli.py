@@ -60,7 +60,7 @@ def output_file(path, option: str) -> Path:
     folder made (where a file stands in the way, a clear error)."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder: give a file path, e.g. {path / 'report.json'}.")
+        raise UsageError(f"{option} {path} is a folder: give a file path (one inside it, say).")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
