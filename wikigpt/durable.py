@@ -1,0 +1,70 @@
+"""
+Files that appear whole or not at all, even across a power cut.
+
+A rename is atomic, but without fsync the kernel may write the new name to disk before the new
+file's bytes: after a crash the name points at a short or empty file. So every save here is
+    write a temporary file beside the target -> fsync it -> rename over the target -> fsync the folder
+and a crash at any point leaves either the old file or the new one.
+
+    with replacing(path) as tmp:         # any writer that takes a path
+        torch.save(state, tmp)
+    write_text(path, json.dumps(report))  # small text files (reports, summaries)
+"""
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_path(path) -> None:
+    """Flush a file's bytes, or a folder's entries (names), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder) -> None:
+    """Every file under a folder, then every folder (deepest first): before a folder is renamed
+    into place, all of it is on disk."""
+    folders = []
+    for root, _, files in os.walk(folder):
+        folders.append(root)
+        for name in files:
+            fsync_path(os.path.join(root, name))
+    for root in reversed(folders):
+        fsync_path(root)
+
+
+def replace_durably(tmp, dest) -> None:
+    """Rename a finished temporary file or folder over dest, with its bytes and the rename on disk."""
+    tmp, dest = Path(tmp), Path(dest)
+    if tmp.is_dir():
+        fsync_tree(tmp)
+    else:
+        fsync_path(tmp)
+    os.replace(tmp, dest)
+    fsync_path(dest.parent)
+
+
+@contextmanager
+def replacing(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside `path`; when the block ends without an error, that file
+    replaces `path` durably; on an error it is removed and `path` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        yield tmp
+        replace_durably(tmp, path)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
+
+
+def write_bytes(path, data: bytes) -> None:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text(path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
