@@ -289,7 +289,11 @@ def test_a_request_gets_the_same_tokens_whatever_else_is_in_the_batch(arch):
     assert greedy == list(model.generate(prompts[0], 5, temperature=0))  # same as the plain path
 
 
-def test_a_decode_row_has_bit_identical_logits_alone_and_in_a_full_batch(monkeypatch):
+def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_greedy_tokens_are_equal(monkeypatch):
+    """The engine's promise (wikigpt/engine.py): a row's logits alone and beside 6 other rows agree
+    within ROW_LOGIT_TOLERANCE (BLAS kernels split rows and threads differently by batch shape, so
+    bitwise equality holds on some machines and not others), and greedy tokens are equal where the
+    top two logits are further apart than that."""
     import wikigpt.engine as engine_module
 
     model, rows_seen = tiny_model(), {}
@@ -311,9 +315,14 @@ def test_a_decode_row_has_bit_identical_logits_alone_and_in_a_full_batch(monkeyp
         engine.add(target)
         while not target.finished:
             engine.step()
-        return rows_seen[target.slot][:len(target.tokens)]
-    alone, crowded = run(0), run(6)
-    assert all(torch.equal(a, b) for a, b in zip(alone, crowded)) and len(alone) == 6
+        return rows_seen[target.slot][:len(target.tokens)], target.tokens
+    (alone, alone_tokens), (crowded, crowded_tokens) = run(0), run(6)
+    assert len(alone) == 6
+    for a, b in zip(alone, crowded):
+        torch.testing.assert_close(b, a, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
+        top2 = a.topk(2).values
+        assert top2[0] - top2[1] > 2 * engine_module.ROW_LOGIT_TOLERANCE  # no tie within the tolerance: tokens must agree
+    assert crowded_tokens == alone_tokens
 
 
 def test_cancel_frees_the_slot_and_stops_the_tokens():
