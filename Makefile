@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 # Which torch to install (pip arguments). The default takes PyPI's build for your machine (CUDA
 # on Linux); CI pins the CPU wheel it has on disk: `make test TORCH=torch==2.13.0`.
-TORCH  ?= "torch>=2.4"
+TORCH  ?= "torch>=2.6"
 BIN    := $(VENV)/bin
 PY     ?= $(BIN)/python
 
