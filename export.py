@@ -35,6 +35,7 @@ from wikigpt.cli import UsageError, run_main
 from wikigpt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.sampling import CHAT_DEFAULTS
 from wikigpt.tokenizer import DOC_SEP, END_OF_TURN
+from model import RMS_EPS
 
 ROPE_THETA = 10000.0  # model.rotary_tables' base
 
@@ -65,8 +66,7 @@ def qwen3_weights(model, n_vocab: int) -> tuple[dict, dict]:
               "hidden_size": c.n_embd, "intermediate_size": hidden, "num_hidden_layers": c.n_layer,
               "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": D,
               "hidden_act": "silu", "max_position_embeddings": c.block_size,
-              # nn.RMSNorm / F.rms_norm without eps use the dtype's epsilon: float32's
-              "rms_norm_eps": torch.finfo(torch.float32).eps,
+              "rms_norm_eps": RMS_EPS,
               "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA}, "rope_theta": ROPE_THETA,
               "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": False,
               "use_sliding_window": False}

@@ -70,8 +70,14 @@ class GPTConfig:
             raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
 
 
+# RMSNorm's epsilon, fixed: left as None, torch uses the input dtype's own (float32: 1.2e-7,
+# bfloat16: 7.8e-3), so a model trained with float32 activations would normalise differently
+# when run in bfloat16. export.py writes this value as Qwen3's rms_norm_eps.
+RMS_EPS = torch.finfo(torch.float32).eps
+
+
 def norm(cfg: GPTConfig) -> nn.Module:
-    return nn.LayerNorm(cfg.n_embd) if cfg.arch == "gpt2" else nn.RMSNorm(cfg.n_embd)
+    return nn.LayerNorm(cfg.n_embd) if cfg.arch == "gpt2" else nn.RMSNorm(cfg.n_embd, eps=RMS_EPS)
 
 
 def rotary_tables(head_size: int, max_len: int, base: float = 10000.0):
@@ -141,7 +147,7 @@ class Attention(nn.Module):
         q, k, v = self.c_attn(x).split(HD, dim=2)  # 3 x (B, T, H*D)
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if self.qk_norm:
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+            q, k = F.rms_norm(q, (q.size(-1),), eps=RMS_EPS), F.rms_norm(k, (k.size(-1),), eps=RMS_EPS)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:

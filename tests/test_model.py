@@ -1,4 +1,5 @@
 """model.py: shapes, loss at init, the fused loss, learning, and generation."""
+import copy
 import math
 
 import pytest
@@ -120,3 +121,29 @@ def test_generation_past_the_context_keeps_going():
     model = tiny("modern").eval()
     out = list(model.generate(list(range(30)), 40, temperature=1.0, seed=0))
     assert len(out) == 40
+
+
+def test_rms_norm_has_one_epsilon_whatever_the_activation_dtype():
+    """Training runs the residual stream in float32; inference may run in bfloat16. With torch's
+    default eps (the input dtype's: 7.8e-3 in bfloat16) a vector of small values (mean square
+    1e-4) would shrink ~9x in bfloat16; with one explicit eps both agree within bfloat16's
+    rounding (2e-2 relative)."""
+    from model import RMS_EPS, norm
+    cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, arch="modern")
+    ln = norm(cfg)
+    x = torch.randn(4, 32) * 1e-2  # (B, C), mean square ~1e-4
+    ref = ln(x)
+    low = copy.deepcopy(ln).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    torch.testing.assert_close(low, ref, rtol=2e-2, atol=2e-2)
+    # torch 2.13 computes a bfloat16 RMSNorm in float32 and agrees either way; other versions use
+    # the dtype's eps when none is given: so every norm names its own (float32's, as trained on CPU)
+    assert RMS_EPS == torch.finfo(torch.float32).eps
+    assert all(m.eps == RMS_EPS for m in GPT(cfg).modules() if isinstance(m, torch.nn.RMSNorm))
+
+    attn = GPT(cfg).eval().blocks[0].attn  # the attention's q/k norm too: small q and k
+    with torch.no_grad():
+        attn.c_attn.weight.mul_(0.1)  # q and k of mean square ~1e-4
+        attn.c_proj.weight.normal_(0, 0.2)  # zero at init: the output would say nothing
+        x = torch.randn(2, 16, 32)  # (B, T, C)
+        ref, low = attn(x), copy.deepcopy(attn).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max(), ((low - ref).abs().max(), ref.abs().max())
