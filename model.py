@@ -360,15 +360,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for i in range(0, x.size(0), chunk_rows):
                 xs, ts = x_c[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
-                scale = ((ts != -1).float() / n_counted)[:, None]  # (n, 1): 0 on ignored rows
+                counted = (ts != -1).float()[:, None]  # (n, 1): 0 on ignored rows
                 safe_t = ts.clamp(min=0)[:, None]
                 logp = torch.log_softmax((xs @ w.t()).float(), dim=-1)  # (n, V): matmul in cd, softmax in fp32
-                loss -= (logp.gather(1, safe_t) * scale).sum()
-                # d loss / d logits = (softmax - onehot) * scale, built in place in logp's memory;
-                # the per-row scale is applied to the small (n, C) side of each matmul instead
-                dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(scale, -1.0))
-                grad_x[i:i + chunk_rows] = ((dlogits.to(cd) @ w) * scale.to(cd)).to(x.dtype)  # (n, C), in cd
-                grad_w += dlogits.t() @ (xs.float() * scale)  # (V, C), in fp32: W's gradient accumulates here
+                loss -= (logp.gather(1, safe_t) * counted).sum()
+                # d loss / d logits = (softmax - onehot) * counted / n_counted, built in place in
+                # logp's memory; the row mask and 1/n_counted are applied on the small (n, C) side.
+                # Both matmuls run in cd, and 1/n_counted after them in fp32: in fp16, 1/n_counted
+                # (~1e-5 for 65k tokens) times a gradient falls below fp16's smallest normal (6e-5)
+                # before GradScaler's factor (applied in backward) could lift it
+                dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(counted, -1.0)).to(cd)  # (n, V)
+                grad_x[i:i + chunk_rows] = ((dlogits @ w).float() * (counted / n_counted)).to(x.dtype)  # (n, C)
+                grad_w += (dlogits.t() @ (xs * counted.to(cd))).float()  # (V, C): in cd, summed in fp32
+        loss /= n_counted
+        grad_w /= n_counted
         ctx.save_for_backward(grad_x, grad_w)
         return loss
 

@@ -147,3 +147,34 @@ def test_rms_norm_has_one_epsilon_whatever_the_activation_dtype():
         x = torch.randn(2, 16, 32)  # (B, T, C)
         ref, low = attn(x), copy.deepcopy(attn).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
     assert (low - ref).abs().max() < 0.05 * ref.abs().max(), ((low - ref).abs().max(), ref.abs().max())
+
+
+def test_fused_loss_gradients_in_float16_match_float32_under_a_grad_scaler():
+    """fp16 GPUs (T4, V100) train with fp16 autocast and GradScaler. A micro-batch of 16 x 1024
+    tokens gives each row 1/16384 of the gradient, and with a head at its init scale (std 0.02)
+    a row's input gradient is ~1e-6: scaled in fp16 it lands among fp16's subnormals (or 0)
+    before the scaler's factor arrives in backward. The fused loss scales in fp32, so its fp16
+    gradients match the fp32 ones within 0.3 % of their norm (measured 0.03 %; 1.2 % before)."""
+    torch.manual_seed(0)
+    N, C, V = 16384, 16, 48
+    x32 = torch.randn(N, C)  # (N, C): the final norm's output, float32 under autocast
+    w32 = torch.randn(V, C) * 0.02  # (V, C): the head, at GPT-2's init scale
+    targets = torch.randint(0, V, (N,))
+    targets[::7] = -1  # some rows ignored, as SFT's masks do
+
+    def grads(dtype):
+        x, w = x32.clone().requires_grad_(), w32.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = linear_cross_entropy(x, w, targets, chunk_rows=8192)
+        (loss * 65536.0).backward()  # what GradScaler does before backward
+        return loss.detach(), x.grad / 65536.0, w.grad / 65536.0
+    loss16, gx16, gw16 = grads(torch.float16)
+    loss32, gx32, gw32 = grads(torch.float32)
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    assert (gx16 - gx32).norm() < 3e-3 * gx32.norm(), (gx16 - gx32).norm() / gx32.norm()
+    assert (gw16 - gw32).norm() < 3e-3 * gw32.norm(), (gw16 - gw32).norm() / gw32.norm()
+    # and the fp32 path is the plain cross-entropy's
+    x, w = x32.clone().requires_grad_(), w32.clone().requires_grad_()
+    F.cross_entropy(x @ w.t(), targets, ignore_index=-1).backward()
+    torch.testing.assert_close(gx32, x.grad, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(gw32, w.grad, rtol=1e-4, atol=1e-7)

@@ -124,7 +124,7 @@ class _DistillCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
         for i in range(0, x.size(0), chunk_rows):
             xs, ts = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
-            scale = ((ts != -1).float() / n_counted)[:, None]  # (n, 1): 0 on ignored rows
+            counted = (ts != -1).float()[:, None]  # (n, 1): 0 on ignored rows
             safe_t = ts.clamp(min=0)[:, None]
             logits = (xs @ w.t()).float()  # (n, V)
             log_q = torch.log_softmax(logits / T, dim=-1)  # (n, V) student at temperature T
@@ -134,12 +134,16 @@ class _DistillCrossEntropy(torch.autograd.Function):
             p_t = log_pt.exp()
             kl = log_pt.sub_(log_q).mul_(p_t).sum(-1, keepdim=True)  # (n, 1) KL(teacher || student)
             # the same operations as the fused cross-entropy, so alpha = 0 gives its exact bits
-            loss = loss + (1 - alpha) * -(logp.gather(1, safe_t) * scale).sum() + alpha * T * T * (kl * scale).sum()
-            # d loss / d logits = (1 - alpha) (softmax - onehot) + alpha T (q_T - p_T), times scale
-            dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(scale, -1.0))
+            loss = loss + (1 - alpha) * -(logp.gather(1, safe_t) * counted).sum() + alpha * T * T * (kl * counted).sum()
+            # d loss / d logits = (1 - alpha) (softmax - onehot) + alpha T (q_T - p_T), times
+            # counted / n_counted, applied in fp32 after the matmuls (model.py says why)
+            dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(counted, -1.0))
             dlogits.mul_(1 - alpha).add_(log_q.exp_().sub_(p_t), alpha=alpha * T)
-            grad_x[i:i + chunk_rows] = (dlogits.to(x.dtype) @ w) * scale.to(x.dtype)
-            grad_w += dlogits.t() @ (xs.float() * scale)
+            dlogits = dlogits.to(x.dtype)  # (n, V)
+            grad_x[i:i + chunk_rows] = ((dlogits @ w).float() * (counted / n_counted)).to(x.dtype)  # (n, C)
+            grad_w += (dlogits.t() @ (xs * counted.to(x.dtype))).float()  # (V, C), summed in fp32
+        loss /= n_counted
+        grad_w /= n_counted
         ctx.save_for_backward(grad_x, grad_w)
         return loss
 
