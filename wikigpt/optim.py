@@ -2,6 +2,7 @@
 Optimizers and the learning-rate schedule of train.py (and so of chat_sft.py): AdamW for
 embeddings, head and norms; Muon for the hidden matrices (optimizer=muon, the default).
 """
+import functools
 import math
 
 import torch
@@ -11,16 +12,26 @@ from model import GPT
 
 def zeropower_newton_schulz(G, steps=5):
     """Approximately the orthogonal matrix closest to G (its 'zeroth power' U V^T), by a
-    quintic Newton-Schulz iteration tuned to converge fast from a normalised start."""
+    quintic Newton-Schulz iteration tuned to converge fast from a normalised start.
+    G: one matrix (m, n) or a batch of same-shape matrices (k, m, n), each on its own."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()
-    transposed = X.size(0) > X.size(1)
+    X = G.to(newton_schulz_dtype(G.device))
+    transposed = X.size(-2) > X.size(-1)
     X = X.mT if transposed else X
-    X = X / (X.norm() + 1e-7)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        A = X @ X.mT
+        A = X @ X.mT  # (k, m, m), m the shorter side
         X = a * X + (b * A + c * A @ A) @ X
     return (X.mT if transposed else X).to(G.dtype)
+
+
+@functools.cache
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU that runs it natively (the iteration converges in it, at tensor-core
+    speed); float32 on a CPU and on GPUs that only emulate bfloat16 (V100, T4), where it is slower."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float32
 
 
 class Muon(torch.optim.Optimizer):
@@ -33,20 +44,46 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # closure: the Optimizer interface (DCP's state init passes it)
         for group in self.param_groups:
-            sharded = []  # (param, update, scale) of FSDP's matrices, orthogonalised together below
+            updates = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                updates.append((p, p.grad.lerp(buf, group["momentum"])))  # Nesterov
+            for p, ortho in orthogonalise(updates):
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if is_sharded(update):
-                    sharded.append((p, update, scale))
-                else:
-                    p.add_(zeropower_newton_schulz(update), alpha=-group["lr"] * scale)
-            for p, ortho, scale in orthogonalise_sharded(sharded):
                 p.add_(ortho, alpha=-group["lr"] * scale)
+
+
+def orthogonalise(updates: list) -> list:
+    """[(param, update)] -> [(param, orthogonalised update)]. Same-shape matrices go through
+    Newton-Schulz as one batch. Under torchrun the work is divided among the processes, as
+    nanochat's distributed Muon does: each orthogonalises its share of a batch and one
+    all-gather per shape gives every process all of them: N times less arithmetic, and with
+    DDP (whose updates are the same everywhere) every process ends with the same weights.
+    FSDP's updates (DTensors: each process holds some rows) are gathered first, one all-gather
+    per shape too, and each process keeps its own rows of the result."""
+    by_shape = {}
+    for p, u in updates:
+        by_shape.setdefault((tuple(p.shape), is_sharded(u)), []).append((p, u))
+    out = []
+    for (_, sharded), items in by_shape.items():
+        params, us = zip(*items)
+        if sharded:
+            group = us[0].device_mesh.get_group()
+            full = gather_rows(us, group)  # (k, m, n) on every process
+            ortho = orthogonalise_shared(full, group)
+            out += [(p, rows_of(o, u)) for p, o, u in zip(params, ortho, us)]
+        else:
+            full = torch.stack(us)  # (k, m, n)
+            out += zip(params, orthogonalise_shared(full, None) if distributed() else zeropower_newton_schulz(full))
+    return out
+
+
+def distributed() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def is_sharded(t) -> bool:
@@ -54,27 +91,41 @@ def is_sharded(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def orthogonalise_sharded(items: list) -> list:
-    """zeropower_newton_schulz of FSDP's sharded matrices (DTensors, each process holding some
-    rows), the work divided among the processes: matrix i is gathered whole and orthogonalised
-    by process i mod N alone, then broadcast (asynchronously: the next matrices are worked on
-    meanwhile), and every process keeps its own rows. The same arithmetic on one process as
-    before on all: exact, and N times less of it (~30 n^3 FLOPs a matrix)."""
+def orthogonalise_shared(full, group):
+    """Newton-Schulz of a batch (k, m, n) that every process holds: process r does the r-th
+    share (the batch padded with zeros to a multiple of N), one all-gather shares the results."""
     import torch.distributed as dist
-    from torch.distributed.tensor import distribute_tensor
 
-    out, pending = [], []
-    for i, (p, update, scale) in enumerate(items):
-        group = update.device_mesh.get_group()
-        owner = i % dist.get_world_size(group)
-        full = update.full_tensor()  # an all-gather: every process takes part
-        ortho = zeropower_newton_schulz(full) if dist.get_rank(group) == owner else torch.empty_like(full)
-        work = dist.broadcast(ortho, src=dist.get_global_rank(group, owner), group=group, async_op=True)
-        pending.append((p, update, scale, ortho, work))
-    for p, update, scale, ortho, work in pending:
-        work.wait()
-        out.append((p, distribute_tensor(ortho, update.device_mesh, update.placements, src_data_rank=None), scale))
-    return out
+    world, rank, k = dist.get_world_size(group), dist.get_rank(group), full.size(0)
+    per = -(-k // world)
+    padded = torch.cat([full, full.new_zeros((per * world - k, *full.shape[1:]))])  # (per * N, m, n)
+    mine = zeropower_newton_schulz(padded[rank * per:(rank + 1) * per])  # (per, m, n)
+    gathered = torch.empty_like(padded)
+    dist.all_gather(list(gathered.chunk(world)), mine.contiguous(), group=group)
+    return gathered[:k]
+
+
+def gather_rows(updates, group):
+    """Whole matrices (k, m, n) from FSDP's row shards of k same-shape DTensors, in one
+    all-gather (each process's rows padded to the largest share, torch.chunk's split)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    world, (m, n) = dist.get_world_size(group), updates[0].shape
+    if any(u.placements != (Shard(0),) for u in updates):  # not FSDP's usual split: one at a time
+        return torch.stack([u.full_tensor() for u in updates])
+    share = -(-m // world)
+    local = torch.stack([u.to_local() for u in updates])  # (k, rows here, n)
+    local = torch.cat([local, local.new_zeros((local.size(0), share - local.size(1), n))], dim=1)  # (k, share, n)
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local, group=group)
+    return torch.cat(parts, dim=1)[:, :m]  # (k, m, n)
+
+
+def rows_of(full, like):
+    """This process's rows of a whole matrix, as a DTensor shaped like `like` (no communication)."""
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def build_optimizers(model: GPT, cfg, device_type: str) -> list:

@@ -1,0 +1,73 @@
+"""Muon's orthogonalisation: batched by shape, and divided among processes under torchrun
+(each process does its share, one all-gather per shape), with every process ending with the
+updates one process alone would compute."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from wikigpt import optim
+
+SHAPES = [(32, 16)] * 5 + [(16, 48)] * 3  # two shapes, batches that do not divide by 2
+
+
+def updates(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g) for s in SHAPES]
+
+
+def test_a_batch_of_same_shape_matrices_is_orthogonalised_as_each_alone():
+    mats = updates()[:5]
+    batched = optim.zeropower_newton_schulz(torch.stack(mats))  # (5, 32, 16)
+    for m, b in zip(mats, batched):
+        torch.testing.assert_close(b, optim.zeropower_newton_schulz(m), rtol=1e-4, atol=1e-5)
+        s = torch.linalg.svdvals(b)
+        assert s.min() > 0.5 and s.max() < 1.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, world: int, port: int, sharded: bool, out: dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        done = []  # matrices this process put through Newton-Schulz
+        real = optim.zeropower_newton_schulz
+
+        def counting(G, steps=5):
+            done.append(G.size(0) if G.dim() == 3 else 1)
+            return real(G, steps)
+        optim.zeropower_newton_schulz = counting
+        ups = updates()
+        params = [torch.zeros_like(u) for u in ups]
+        if sharded:  # FSDP's layout: each process holds some rows of each matrix (DTensors)
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard, distribute_tensor
+            mesh = init_device_mesh("cpu", (world,))
+            ups = [distribute_tensor(u, mesh, [Shard(0)]) for u in ups]
+            params = [distribute_tensor(p, mesh, [Shard(0)]) for p in params]
+        result = optim.orthogonalise(list(zip(params, ups)))
+        full = [o.full_tensor() if sharded else o for _, o in result]
+        out[rank] = ([f.clone() for f in full], sum(done))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_share_the_newton_schulz_work_and_get_one_processes_result(sharded):
+    out = mp.Manager().dict()
+    mp.spawn(worker, args=(2, free_port(), sharded, out), nprocs=2, join=True)
+    alone = [optim.zeropower_newton_schulz(u) for u in updates()]
+    for rank in (0, 1):
+        got, worked = out[rank]
+        assert worked == 3 + 2  # ceil(5/2) of the first shape + ceil(3/2) of the second, not all 8
+        for g, a in zip(got, alone):
+            torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))  # the same bits everywhere
