@@ -72,13 +72,17 @@ def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | 
     When the system turn and the last message alone exceed `room`, they may still use up to
     `limit` tokens (the reply then has less space); beyond that, ContextOverflow."""
     system = history[:1] if history and history[0].role == "system" else []
-    turns = history[len(system):]
-    while True:
-        ids, _ = render_chat(tok, system + turns, add_generation_prompt=True)
-        if len(ids) <= room:
-            return ids, system + turns
-        if len(turns) <= 1:
-            if len(ids) <= (limit or room):
-                return ids, system + turns
-            raise ContextOverflow(len(ids), limit or room)
-        turns = turns[2:] if len(turns) > 2 else turns[-1:]  # drop the oldest user/assistant exchange
+    turns, head = history[len(system):], render_chat(tok, system)[0]
+    # renderings add up message by message: each is tokenized once, newest first, as far back as room reaches
+    pieces, sizes = [], [len(head) + 1]  # sizes[k]: tokens with the last k turns (+1: <|assistant|>)
+    for m in reversed(turns):
+        pieces.append(render_chat(tok, [m])[0])
+        sizes.append(sizes[-1] + len(pieces[-1]))
+        if sizes[-1] > room:
+            break
+    n, least = len(turns), min(len(turns), 1)  # keep n, n-2, n-4, ... turns (whole exchanges), or the last one
+    k = max((k for k in range(least, len(sizes)) if sizes[k] <= room and (k == least or (n - k) % 2 == 0)),
+            default=least)
+    if sizes[k] > max(room, limit or room):
+        raise ContextOverflow(sizes[k], limit or room)
+    return head + [i for p in reversed(pieces[:k]) for i in p] + [tok.special[ASSISTANT]], system + turns[n - k:]
