@@ -307,14 +307,15 @@ class QueueFull(Exception):
 
 class EngineThread:
     """Runs an Engine in a background thread so that the server's event loop never blocks.
-    submit() queues a request (at most max_queue waiting); cancel() frees its slot at the next
-    step. Requests join the batch as soon as a slot is free."""
+    submit() queues a request (at most max_queue beyond the free slots: 0, no waiting); cancel()
+    frees its slot at the next step. Requests join the batch as soon as a slot is free."""
 
     def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None,
                  compile: bool | None = None):
         self.engine = Engine(model, n_slots, tok, compile)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
+        self.joining = 0  # taken from `waiting`, being prefilled into a slot
         self.wake = threading.Condition()
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="wikigpt-engine", daemon=True)
@@ -329,11 +330,18 @@ class EngineThread:
     def active(self) -> int:
         return self.engine.active
 
+    @property
+    def capacity(self) -> int:
+        """Requests held at once: decoding in a slot or waiting for one."""
+        return self.engine.capacity + self.max_queue
+
     def submit(self, requests: list[Request]):
         """Queue requests together (all or none), or raise QueueFull."""
         with self.wake:
-            if len(self.waiting) + len(requests) > self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting (limit {self.max_queue})")
+            held = self.engine.active + self.joining + len(self.waiting)
+            if held + len(requests) > self.capacity:
+                raise QueueFull(f"{held} requests are running or waiting (limit {self.engine.capacity} slots + "
+                                f"{self.max_queue} waiting)")
             self.waiting.extend(requests)
             self.wake.notify()
 
@@ -360,6 +368,7 @@ class EngineThread:
                 joining = []
                 while self.waiting and len(joining) < self.engine.free_slots:
                     joining.append(self.waiting.popleft())
+                self.joining = len(joining)
             for req in joining:  # prefill newcomers; a failure fails that request alone
                 if req.cancelled:
                     continue
@@ -368,6 +377,7 @@ class EngineThread:
                 except Exception as e:
                     self.engine.release(req)
                     req.emit(req, None, f"error: {type(e).__name__}: {e}")
+            self.joining = 0  # in a slot now (or failed): counted by engine.active
             try:
                 self.engine.step()
             except Exception as e:  # one batched forward: its failure fails the requests in it
