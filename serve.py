@@ -3,7 +3,7 @@ Serve a checkpoint over an OpenAI-compatible HTTP API, with continuous batching 
 
     python serve.py --ckpt out/chat/best.pt                      # http://127.0.0.1:8000
     python serve.py --ckpt out/chat/best.pt --port 8080 --api_key sk-local
-    WIKIGPT_API_KEY=sk-local python serve.py --ckpt out/chat/best.pt --host 0.0.0.0
+    WIKIGPT_API_KEY=sk-local python serve.py --ckpt out/chat/best.pt --host 0.0.0.0   # a key is required there
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
 GET /metrics (Prometheus), and the chat page at /. Generation runs in wikigpt/engine.py's background
@@ -28,17 +28,20 @@ from wikigpt.grounding import reader_of
 from wikigpt.retrieval import open_index
 from wikigpt.sampling import add_dtype_arg
 from wikigpt.server.app import create_app
-from wikigpt.server.checks import Settings
+from wikigpt.server.checks import Settings, host_names, is_loopback
+from wikigpt.server.connections import uvicorn_config
 from wikigpt.server.generation import Server
 
 
-def main(argv):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="out/chat/best.pt", help="checkpoint to serve")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; needs a key)")
     p.add_argument("--port", type=int, default=8000, help="0: pick a free port")
     p.add_argument("--api_key", default=os.environ.get("WIKIGPT_API_KEY", ""),
                    help="require 'Authorization: Bearer KEY' (default: $WIKIGPT_API_KEY; empty: open)")
+    p.add_argument("--insecure_no_key", action="store_true",
+                   help="serve without a key on an address other machines reach (anyone there may use the model)")
     p.add_argument("--model_name", default="", help="the model id clients see (default: wikigpt-FOLDER)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     add_dtype_arg(p)
@@ -51,16 +54,52 @@ def main(argv):
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up "
                         "is long for what it gains: see docs/gpu.md)")
-    p.add_argument("--max_queue", type=int, default=64, help="requests waiting for a slot before 429")
+    p.add_argument("--max_queue", type=int, default=64,
+                   help="requests waiting for a slot before 429 (0: none wait, a request needs a free slot)")
     p.add_argument("--max_tokens_limit", type=int, default=Settings.max_tokens_limit, help="largest max_tokens")
     p.add_argument("--max_body_bytes", type=int, default=Settings.max_body_bytes, help="largest request body")
+    p.add_argument("--max_connections", type=int, default=Settings.max_connections,
+                   help="open connections at once (over it: 503)")
+    p.add_argument("--request_timeout", type=float, default=Settings.request_timeout_s,
+                   help="seconds a request may take, queue included (over it: 504, or an error event in a stream)")
+    p.add_argument("--stall_timeout", type=float, default=Settings.stall_timeout_s,
+                   help="seconds a streaming client may read nothing before its request is cancelled")
+    p.add_argument("--header_timeout", type=float, default=Settings.header_timeout_s,
+                   help="seconds a connection has to send its request's headers before it is closed")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="CPU threads for the model (default: all cores but one, which serves HTTP)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
-    if min(args.slots, args.threads, args.max_body_bytes, args.max_tokens_limit) < 1 or args.max_queue < 0:
-        raise UsageError("--slots, --threads, --max_body_bytes and --max_tokens_limit must be >= 1, --max_queue >= 0")
+    if min(args.slots, args.threads, args.max_body_bytes, args.max_tokens_limit, args.max_connections) < 1 \
+            or args.max_queue < 0:
+        raise UsageError("--slots, --threads, --max_body_bytes, --max_tokens_limit and --max_connections must be "
+                         ">= 1, --max_queue >= 0")
+    if min(args.request_timeout, args.stall_timeout, args.header_timeout) <= 0:
+        raise UsageError("--request_timeout, --stall_timeout and --header_timeout must be > 0 (seconds)")
+    if not args.api_key and not is_loopback(args.host) and not args.insecure_no_key:
+        raise UsageError(f"--host {args.host} lets other machines reach the server, and no API key is set: anyone "
+                         "there could use the model. Set a key (--api_key KEY, or WIKIGPT_API_KEY=KEY; clients "
+                         "send 'Authorization: Bearer KEY'), or pass --insecure_no_key to serve it open on purpose.")
+    return args
+
+
+def listen(host: str, port: int) -> socket.socket:
+    try:
+        # IPPROTO_TCP spelled out: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
+        # so, and with it on, each reply's body waited ~40 ms behind its headers for the client's ACK
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        fix = ("Pick another --port (0 picks a free one) or stop what uses it." if e.errno == errno.EADDRINUSE
+               else "Check --host: an address of this machine (127.0.0.1, or 0.0.0.0 for all of them).")
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}). {fix}")
+    return sock
+
+
+def main(argv):
+    args = parse_args(argv)
     # On CPU the model's threads and the HTTP event loop share the cores; measured on 2 cores
     # at 8 streaming clients: 615 tok/s with 1 model thread, 531 with 2 (which starve the loop)
     torch.set_num_threads(args.threads)
@@ -69,16 +108,13 @@ def main(argv):
     if index is not None and (reader := reader_of(index, args.rag_k)).note:
         print(f"note: {reader.note}", file=sys.stderr)
     name = args.model_name or f"wikigpt-{Path(args.ckpt).resolve().parent.name}"
+    sock = listen(args.host, args.port)
+    port = sock.getsockname()[1]
     settings = Settings(model_name=name, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
-                        max_body_bytes=args.max_body_bytes)
-    try:
-        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
-    except OSError as e:
-        fix = ("Pick another --port (0 picks a free one) or stop what uses it." if e.errno == errno.EADDRINUSE
-               else "Check --host: an address of this machine (127.0.0.1, or 0.0.0.0 for all of them).")
-        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror}). {fix}")
+                        max_body_bytes=args.max_body_bytes, max_connections=args.max_connections,
+                        request_timeout_s=args.request_timeout, stall_timeout_s=args.stall_timeout,
+                        header_timeout_s=args.header_timeout,
+                        trusted_hosts=None if args.api_key else host_names(args.host, port))
     compile = {"auto": None, "on": True, "off": False}[args.compile]
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
     if engine.engine.compiled:
@@ -90,12 +126,11 @@ def main(argv):
     app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn
 
-    port = sock.getsockname()[1]
     print(f"serving {args.ckpt} ({info['kind']}, step {info['step']}) as {name!r} on "
           f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'}"
           f"{', retrieval from ' + str(args.data or info['data']) if index else ''})",
           flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
     engine.stop()
 
 

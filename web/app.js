@@ -120,14 +120,26 @@ async function send(text) {
   }
 }
 
+// A source's address as a link target, or null: only http(s) addresses. It comes from the
+// index the server reads, and a javascript: or data: address there would run in this page.
+function webAddress(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
 function sourceList(sources) {
   const list = document.createElement("ol");
   list.className = "sources";
   for (const source of sources) {
     const item = document.createElement("li");
-    const link = document.createElement(source.url ? "a" : "span");
+    const href = source.url ? webAddress(source.url) : null;
+    const link = document.createElement(href ? "a" : "span");
     link.textContent = source.title;
-    if (source.url) { link.href = source.url; link.target = "_blank"; link.rel = "noopener"; }
+    if (href) { link.href = href; link.target = "_blank"; link.rel = "noopener noreferrer"; }
     link.title = source.text;
     item.appendChild(link);
     list.appendChild(item);

@@ -1,16 +1,23 @@
 """
 The HTTP layer: FastAPI routes for the OpenAI-compatible API, the chat page and /metrics; the
-API key guard (constant-time compare); errors as OpenAI's error JSON with the right status,
-so that a bad request never stops the server.
+guard in front of them (API key, compared in constant time; the Host header of a keyless
+server; request counts); errors as OpenAI's error JSON with the right status, so that a bad
+request never stops the server; a stream whose client stops reading is cancelled.
 """
+import asyncio
 import hmac
+import sys
+from functools import cache
 from pathlib import Path
 
-from wikigpt.server.checks import ApiError, read_body
+from wikigpt.server.checks import ApiError, internal_error, read_body
 from wikigpt.server.generation import Server
 from wikigpt.server.replies import json_reply, reply_head, sse_reply
 
 WEB = Path(__file__).resolve().parent.parent.parent / "web"  # index.html, app.js, style.css
+# the request counter's path label: these routes, and "other" for any other path (a label per
+# path would let anyone grow the metrics without bound by asking for random ones)
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/")
 
 
 def authorized(scope, api_key: str) -> bool:
@@ -24,9 +31,26 @@ def error_response(e: ApiError):
     return JSONResponse(e.body(), status_code=e.status)
 
 
+def refusal(scope, settings) -> ApiError | None:
+    """Why the guard turns a request away before any route sees it, if it does."""
+    if (size := sum(len(k) + len(v) for k, v in scope["headers"])) > settings.max_header_bytes:
+        # uvicorn (h11) refuses a header block over the limit only while it is incomplete
+        return ApiError(431, f"the request's headers hold {size:,} bytes (limit {settings.max_header_bytes:,})")
+    headers = dict(scope["headers"])
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    if not settings.api_key and settings.trusted_hosts is not None and host not in settings.trusted_hosts:
+        return ApiError(421, f"this server answers to {' or '.join(sorted(settings.trusted_hosts))}, not to Host "
+                             f"{host!r}: open it by one of those names. (Another name is how a web page reaches a "
+                             "local server through DNS rebinding; a server with --api_key answers any name.)")
+    path = scope["path"]
+    if settings.api_key and (path.startswith("/v1/") or path == "/metrics") and not authorized(scope, settings.api_key):
+        return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+                        code="invalid_api_key")
+    return None
+
+
 def guard(server: Server):
-    """ASGI middleware: API key check and request counts by path and status."""
-    api_key = server.settings.api_key
+    """ASGI middleware: the Host and API key checks, and request counts by route and status."""
 
     class Guard:
         def __init__(self, inner):
@@ -35,34 +59,65 @@ def guard(server: Server):
         async def __call__(self, scope, receive, send):
             if scope["type"] != "http":
                 return await self.inner(scope, receive, send)
-            path, status = scope["path"], [500]
-            if api_key and (path.startswith("/v1/") or path == "/metrics") and not authorized(scope, api_key):
-                status[0] = 401
-                await error_response(ApiError(401, "missing or wrong API key: send the header "
-                                                   "'Authorization: Bearer YOUR_KEY'", code="invalid_api_key")
-                                     )(scope, receive, send)
-            else:
-                async def send_and_note(message):
-                    if message["type"] == "http.response.start":
-                        status[0] = message["status"]
-                    await send(message)
-                await self.inner(scope, receive, send_and_note)
-            if path.startswith("/v1/"):
-                server.requests.labels(path, status[0]).inc()
+            status = [500]  # what a crash that escapes the routes becomes
+            try:
+                if refused := refusal(scope, server.settings):
+                    status[0] = refused.status
+                    await error_response(refused)(scope, receive, send)
+                else:
+                    async def send_and_note(message):
+                        if message["type"] == "http.response.start":
+                            status[0] = message["status"]
+                        await send(message)
+                    await self.inner(scope, receive, send_and_note)
+            finally:
+                server.requests.labels(scope["path"] if scope["path"] in ROUTES else "other", status[0]).inc()
     return Guard
+
+
+class ClientStalled(Exception):
+    pass
+
+
+@cache
+def event_stream_class():
+    """StreamingResponse that gives up on a client who stops reading: once a chunk cannot be
+    handed to the connection for stall_s seconds (its buffers are full), the stream is closed
+    and its generation cancelled, instead of holding the slots and queueing events for it."""
+    from fastapi.responses import StreamingResponse
+    import anyio
+
+    class EventStream(StreamingResponse):
+        stall_s: float = 10
+
+        async def stream_response(self, send):
+            async def send_or_give_up(message):
+                try:
+                    await asyncio.wait_for(send(message), self.stall_s)
+                except TimeoutError:
+                    raise ClientStalled from None
+            try:
+                await super().stream_response(send_or_give_up)
+            except ClientStalled:
+                print(f"note: a streaming client stopped reading for {self.stall_s:g} s: its request is cancelled",
+                      file=sys.stderr)
+            finally:
+                with anyio.CancelScope(shield=True):  # the generation ends now, even when the task is cancelled
+                    await self.body_iterator.aclose()
+    return EventStream
 
 
 async def complete(server: Server, request, chat: bool):
     """POST /v1/chat/completions and /v1/completions: checks, prompts, then one of the replies."""
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
 
-    body = await read_body(request, server.settings.max_body_bytes)
+    body = await read_body(request, server.settings)
     found, sources = None, []
     if chat:
-        prompt, found, sources = server.chat_prompt(body, server.max_tokens(body))
+        prompt, found, sources = await server.off_loop(server.chat_prompt, body, server.max_tokens(body))
         prompts = [prompt]
     else:
-        prompts = server.completion_prompts(body)
+        prompts = await server.off_loop(server.completion_prompts, body)
     head = reply_head(chat, server.settings.model_name)
     cited = {"sources": [{"title": h.title, "url": h.url, "text": h.text} for h in sources]} if sources else {}
     events = server.generate(prompts, body, chat, request.is_disconnected, found)
@@ -74,9 +129,11 @@ async def complete(server: Server, request, chat: bool):
     options = body.get("stream_options") or {}
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     first = await anext(events, None)  # errors before the first token still get a status code
-    return StreamingResponse(sse_reply(first, events, head, chat, server.usage, cited, include_usage),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream = event_stream_class()(sse_reply(first, events, head, chat, server.usage, cited, include_usage),
+                                  media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream.stall_s = server.settings.stall_timeout_s
+    return stream
 
 
 def create_app(server: Server):
@@ -100,8 +157,8 @@ def create_app(server: Server):
         return error_response(ApiError(e.status_code, message))
 
     @app.exception_handler(Exception)
-    async def on_crash(request, e: Exception):
-        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
+    async def on_crash(request, e: Exception):  # the details, paths and all, go to the log only
+        return error_response(internal_error(f"{request.method} {request.url.path}", e))
 
     app.add_middleware(guard(server))
 

@@ -3,13 +3,25 @@ What the server accepts: its limits (Settings), the checks every request field g
 and ApiError, a refusal answered with OpenAI's error JSON and the right status code. Nothing
 here knows about HTTP frameworks or the model.
 """
+import asyncio
+import ipaddress
 import json
-from dataclasses import dataclass
+import sys
+import traceback
+import uuid
+from dataclasses import dataclass, replace
 
 from wikigpt.chat_template import Message
 from wikigpt.sampling import RANGES, SamplingParams
 
 ROLES = ("system", "user", "assistant")
+# The text a prompt can use is bounded by the context: English Wikipedia runs about 4.5
+# characters per GPT-2 token (3.5 with the 8k BPE, about 1 for Chinese), so a context of B
+# tokens holds some 5 B characters of real text. A message over 16 B characters (3x that: room
+# for text that packs tighter, tables, code) cannot fit and is refused before it is tokenized;
+# a request may carry 64 B characters (the history beyond one context is dropped, oldest
+# first, but a chat client sends it all). A 1,024-token model: 16 KiB a message, 64 KiB a request.
+MESSAGE_CHARS_PER_TOKEN, REQUEST_CHARS_PER_TOKEN = 16, 64
 
 
 @dataclass
@@ -22,6 +34,52 @@ class Settings:
     default_max_tokens: int = 256
     max_n: int = 8
     max_stop: int = 4
+    # a stop string is a word or a turn marker: 256 characters is far beyond a real one (OpenAI's
+    # own limit is of that order), and bounds what every token is checked against
+    max_stop_chars: int = 256
+    max_message_chars: int = 0  # 0: from the model's context (text_limits)
+    max_request_chars: int = 0  # 0: from the model's context
+    # connections (uvicorn's settings, connections.py): each open one costs a few tens of KB;
+    # 256 is 16 slots + 64 queued requests with room for pages, probes and idle keep-alives
+    max_connections: int = 256
+    keep_alive_s: float = 5  # an idle connection between requests (uvicorn's default)
+    header_timeout_s: float = 10  # a request line and headers arrive in one packet; 10 s: a slow link
+    max_header_bytes: int = 16 << 10  # a client's headers are under 2 KB (h11's default limit)
+    shutdown_timeout_s: float = 5  # on SIGTERM, open streams get this long to end
+    # a stream sends ~250 bytes a token, n x 20-100 tokens/s: 64 KB (the kernel doubles it) is
+    # seconds of reply, ample for a slow link; Linux would grow it to 4 MB for a client not reading
+    send_buffer_bytes: int = 64 << 10
+    body_timeout_s: float = 30  # 1 MiB at 1 Mbit/s takes 8 s
+    # a request's whole life: 2,048 tokens at the 20 tokens/s of 16 streams on a 2-core CPU
+    # take ~100 s; 300 s leaves room for the queue. Over it: 504 (or an error event in a stream)
+    request_timeout_s: float = 300
+    stall_timeout_s: float = 10  # a stream whose client reads nothing for this long is cancelled
+    trusted_hosts: frozenset | None = None  # the Host headers a keyless server answers (host_names)
+
+
+def text_limits(settings: Settings, block_size: int) -> Settings:
+    """Settings with the character limits that were left 0 derived from the model's context."""
+    return replace(settings, max_message_chars=settings.max_message_chars or MESSAGE_CHARS_PER_TOKEN * block_size,
+                   max_request_chars=settings.max_request_chars or REQUEST_CHARS_PER_TOKEN * block_size)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def host_names(bind_host: str, port: int) -> frozenset | None:
+    """The Host header values a keyless server answers to: its own names with its port. A web
+    page on another site can make the browser send requests to 127.0.0.1 under its own name
+    (DNS rebinding: evil.example resolved to 127.0.0.1); that Host header is refused. None
+    (any) for a server on every interface: opened on purpose (--insecure_no_key), it answers
+    whatever name reaches it."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return None
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{bind_host}]" if ":" in bind_host else bind_host.lower()}
+    return frozenset({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
 
 
 class ApiError(Exception):
@@ -33,8 +91,20 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
-                500: "server_error", 503: "server_error"}.get(self.status, "invalid_request_error")
+                500: "server_error", 503: "server_error", 504: "server_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def internal_error(what: str, detail: BaseException | str) -> ApiError:
+    """A failure of the server itself. Its details (which may name this machine's files) go to
+    stderr under a short reference; the client gets the reference only."""
+    ref = uuid.uuid4().hex[:8]
+    print(f"error {ref}: {what}", file=sys.stderr)
+    if isinstance(detail, BaseException):
+        traceback.print_exception(detail, file=sys.stderr)
+    else:
+        print(detail, file=sys.stderr)
+    return ApiError(500, f"{what}: internal error, see the server's log (reference {ref})", code="internal_error")
 
 
 # ----------------------------------------------------------------------------------------
@@ -64,13 +134,15 @@ def sampling_of(body: dict, defaults: SamplingParams) -> SamplingParams:
     return params
 
 
-def stop_strings(body: dict, limit: int) -> list[str]:
+def stop_strings(body: dict, limit: int, max_chars: int) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         return []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > limit:
         raise ApiError(400, f"'stop' must be a non-empty string or a list of at most {limit} of them", "stop")
+    if (longest := max(map(len, stop), default=0)) > max_chars:
+        raise ApiError(400, f"a 'stop' string may be at most {max_chars} characters, got one of {longest:,}", "stop")
     return stop
 
 
@@ -90,13 +162,15 @@ def message_text(m, i: int) -> str:
     raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
 
 
-def read_messages(body: dict, limit: int) -> list[Message]:
+def read_messages(body: dict, settings: Settings) -> list[Message]:
+    """The messages, refused before any tokenizing when they hold more text than the model's
+    context could use (Settings.max_message_chars, max_request_chars)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects", "messages")
-    if len(messages) > limit:
-        raise ApiError(400, f"too many messages: {len(messages)} (limit {limit})", "messages")
-    out = []
+    if len(messages) > settings.max_messages:
+        raise ApiError(400, f"too many messages: {len(messages)} (limit {settings.max_messages})", "messages")
+    out, total = [], 0
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
         role = "system" if role == "developer" else role  # OpenAI's newer name for the system turn
@@ -104,24 +178,54 @@ def read_messages(body: dict, limit: int) -> list[Message]:
             raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                            f"messages[{i}].role")
         out.append(Message(role, message_text(m, i)))
+        total += len(out[-1].content)
+        check_chars(len(out[-1].content), total, settings, f"messages[{i}].content")
     return out
 
 
-async def read_body(request, max_bytes: int) -> dict:
-    """The JSON object a request carries, read at most max_bytes far (a bigger one is refused
-    before it is all in memory)."""
+def check_chars(chars: int, total: int, settings: Settings, param: str):
+    """A text of `chars` characters within a message's limit, `total` so far within a request's."""
+    if chars > settings.max_message_chars:
+        raise ApiError(400, f"{param} has {chars:,} characters (limit {settings.max_message_chars:,}, "
+                            "more than the model's context holds): shorten it", param, "context_length_exceeded")
+    if total > settings.max_request_chars:
+        raise ApiError(400, f"the request's text is over {total:,} characters (limit {settings.max_request_chars:,}, "
+                            "several times what the model's context holds): send the recent turns only", param,
+                       "context_length_exceeded")
+
+
+async def read_body(request, settings: Settings) -> dict:
+    """The JSON object a request carries, read at most max_body_bytes far (a bigger one is
+    refused before it is all in memory) and within body_timeout_s. Only a JSON content type is
+    taken: a web page on another site may POST text/plain to this server without the browser
+    asking it first (a CORS "simple" request); application/json needs the server's consent."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, f"send the body as JSON with the header 'Content-Type: application/json' "
+                            f"(got {kind or 'no content type'!r})")
+    max_bytes = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > max_bytes:
+                    raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
+    return parse_body(raw)
+
+
+def parse_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON ({e}); send Content-Type: application/json")
+    except RecursionError:  # the parser recurses once per level: 200,000 '[' overflow its stack
+        raise ApiError(400, "the body's JSON is nested too deeply for this server (a request is a few levels deep)")
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     if not isinstance(body.get("stream", False), bool):

@@ -5,6 +5,7 @@ strings held back until they can be ruled out), and the Prometheus metrics.
 """
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from wikigpt.chat_template import ContextOverflow, fit_history, prompt_room
@@ -12,8 +13,59 @@ from wikigpt.engine import EngineThread, QueueFull, Request
 from wikigpt.evidence import Found
 from wikigpt.grounding import copy_plan, grounded_prompt
 from wikigpt.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
-from wikigpt.server.checks import ApiError, Settings, number, read_messages, sampling_of, stop_strings
+from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
+                                   stop_strings, text_limits)
 from wikigpt.tokenizer import TextStream
+
+# How often a reply in progress asks whether its client is still there: often enough that one
+# who left frees the slots within a fraction of a second, rarely enough to cost nothing per token
+DISCONNECT_CHECK_S = 0.25
+# Threads that build prompts (tokenizing, fitting the history, retrieval with --rag) off the
+# event loop, so /health and the streams keep going meanwhile. One: the retrieval index is not
+# promised to be thread-safe, and after the character limits a prompt takes milliseconds.
+PROMPT_WORKERS = 1
+
+
+class StopScan:
+    """Stop strings found in a text that grows at its end. Per string, the length of its longest
+    prefix that the text ends with, moved on over the new characters only (Knuth-Morris-Pratt):
+    O(len(stop)) at worst per token, O(1) per character over a reply, however long the text.
+    (Testing every prefix of every stop against the text cost O(len(stop)^2) per token.)"""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.matched = stops, [0] * len(stops)
+        self.fallback = [kmp_fallback(s) for s in stops]
+
+    def feed(self, text: str, start: int) -> int:
+        """Scan text[start:]; return where the earliest stop string in it begins, or -1."""
+        cut = -1
+        for j, (stop, fallback) in enumerate(zip(self.stops, self.fallback)):
+            k = self.matched[j]
+            for i in range(start, len(text)):
+                while k and stop[k] != text[i]:
+                    k = fallback[k - 1]
+                k += stop[k] == text[i]
+                if k == len(stop):
+                    cut = i + 1 - k if cut < 0 else min(cut, i + 1 - k)
+                    break
+            self.matched[j] = k
+        return cut
+
+    @property
+    def held(self) -> int:
+        """Characters at the text's end that may be the start of a stop string."""
+        return max(self.matched, default=0)
+
+
+def kmp_fallback(s: str) -> list[int]:
+    """fallback[i]: the longest proper prefix of s[:i + 1] that is also its suffix."""
+    out, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = out[k - 1]
+        k += s[i] == s[k]
+        out[i] = k
+    return out
 
 
 @dataclass
@@ -27,21 +79,25 @@ class Choice:
     tokens: int = 0
     finish: str | None = None
     request: Request | None = field(default=None, repr=False)
+    scan: StopScan = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.scan = StopScan(self.stops)
 
     def add(self, token: int | None, finish: str | None, hidden: set) -> str:
         """Take one engine event; return the text that may be shown now."""
+        scanned = len(self.text)
         if token is not None:
             self.tokens += 1
             if token not in hidden:
                 self.text += self.stream.push(token)
         if finish:
             self.text += self.stream.flush()
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = self.scan.feed(self.text, scanned)
         if cut >= 0:
             self.text, finish = self.text[:cut], "stop"
         self.finish = finish
-        held = 0 if finish else max((k for s in self.stops for k in range(len(s), 0, -1)
-                                     if self.text.endswith(s[:k])), default=0)
+        held = 0 if finish else self.scan.held
         delta = self.text[self.sent:len(self.text) - held]  # hold back a possible stop string's start
         self.sent += len(delta)
         return delta
@@ -53,8 +109,10 @@ class Server:
     def __init__(self, model, tok, settings: Settings, engine: EngineThread, index=None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.model, self.tok, self.settings, self.engine, self.index = model, tok, settings, engine, index
+        self.model, self.tok, self.engine, self.index = model, tok, engine, index
         self.block = model.cfg.block_size
+        self.settings = text_limits(settings, self.block)
+        self.prompt_pool = ThreadPoolExecutor(PROMPT_WORKERS, thread_name_prefix="wikigpt-prompt")
         self.registry = r = CollectorRegistry()
         self.requests = Counter("wikigpt_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
         self.tokens_in = Counter("wikigpt_prompt_tokens", "prompt tokens processed", registry=r)
@@ -67,13 +125,17 @@ class Server:
         Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
 
     # ----- building prompts
+    async def off_loop(self, build, *args):
+        """build(*args) in the prompt thread: tokenizing and retrieval never hold up the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, build, *args)
+
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn and the sources shown in the
         prompt (with --rag; else None and [])."""
         if not self.tok.has_chat_tokens():
             raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
                                 "or serve a checkpoint from chat_sft.py", "messages")
-        messages = read_messages(body, self.settings.max_messages)
+        messages = read_messages(body, self.settings)
         use_rag = body.get("rag", True)
         if not isinstance(use_rag, bool):
             raise ApiError(400, "'rag' must be true or false", "rag")
@@ -95,6 +157,11 @@ class Server:
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+        self.check_room(self.n(body) * len(prompts))
+        total = 0
+        for i, p in enumerate(prompts):
+            total += len(p)
+            check_chars(len(p), total, self.settings, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
         out = []
         for p in prompts:
             ids = [self.tok.doc_sep] + self.tok.encode(p)  # articles were trained as <|endoftext|>text
@@ -104,6 +171,17 @@ class Server:
             out.append(ids)
         return out
 
+    def n(self, body: dict) -> int:
+        return number(body, "n", 1, 1, self.settings.max_n, integer=True)
+
+    def check_room(self, choices: int):
+        """A request the engine could never hold at once (n x prompts over its slots and queue)
+        is refused for what it is, not told to retry (429) forever."""
+        if choices > self.engine.capacity:
+            raise ApiError(400, f"this request asks for {choices} choices (n x prompts); this server runs at most "
+                                f"{self.engine.capacity} at once ({self.engine.engine.capacity} slots + "
+                                f"{self.engine.max_queue} waiting): ask for fewer", "n")
+
     def max_tokens(self, body: dict) -> int:
         limit = self.settings.max_tokens_limit
         value = number(body, "max_completion_tokens", None, 1, limit, integer=True)
@@ -112,16 +190,19 @@ class Server:
     # ----- generation
     async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, found: Found | None = None):
         """Run every choice (n per prompt) through the engine; yield (choice, delta) as text
-        arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops.
+        arrives, and (choice, "") when it finishes. Cancels what is left if the consumer stops,
+        the client leaves (asked every DISCONNECT_CHECK_S) or the request's time is up (504).
         With evidence (found, --rag) a reply copies the best evidence, or says "not found" when
         it scores below the threshold, as chat.py does (the 'copy' option; 0: the model alone)."""
-        n = number(body, "n", 1, 1, self.settings.max_n, integer=True)
+        n = self.n(body)
+        self.check_room(n * len(prompts))
         seed = number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
         defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if found else CHAT_DEFAULTS if chat else SamplingParams()
         params, said, copy_from = sampling_of(body, defaults), None, None
         if found is not None:
             params, said, copy_from = copy_plan(self.tok, found, params)
-        stops, max_new = stop_strings(body, self.settings.max_stop), self.max_tokens(body)
+        stops = stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
+        max_new = self.max_tokens(body)
         end = self.tok.end_of_turn if chat else self.tok.doc_sep
         # a plain continuation ends with the document, or with a chat model's turn
         ends = {end} if chat else {end, self.tok.end_of_turn} - {None}
@@ -139,45 +220,63 @@ class Server:
             for c in choices:
                 yield c, self.say(c, said, max_new, end)
             return
-        t0 = last = time.perf_counter()
+        clock = [time.perf_counter(), None]  # the request's start, its latest token
         try:
             self.engine.submit([c.request for c in choices])
         except QueueFull as e:
             raise ApiError(429, f"the server is busy: {e}. Retry in a moment.", code="queue_full")
         self.tokens_in.inc(sum(len(c.prompt) for c in choices))
+        deadline, checked = clock[0] + self.settings.request_timeout_s, clock[0]
         try:
-            pending, first = len(choices), True
+            pending = len(choices)
             while pending:
-                try:
-                    batch = [await asyncio.wait_for(events.get(), timeout=1.0)]
-                except asyncio.TimeoutError:
+                batch = await self.next_events(events, deadline)
+                if time.perf_counter() - checked >= DISCONNECT_CHECK_S:  # tokens flowing or not
+                    checked = time.perf_counter()
                     if await is_gone():
                         return
-                    continue
-                while not events.empty():  # under load several tokens wait: they go out as one delta
-                    batch.append(events.get_nowait())
-                deltas = {}  # choice index -> (choice, text), in arrival order
-                for c, token, finish in batch:
-                    if c.finish:
-                        continue  # already ended by a stop string
-                    if finish and finish.startswith("error"):
-                        raise ApiError(500, f"generation failed: {finish[7:]}", code="generation_error")
-                    now = time.perf_counter()
-                    (self.ttft if first else self.tpot).observe(now - (t0 if first else last))
-                    first, last = False, now
-                    self.tokens_out.inc(token is not None)
-                    delta = c.add(token, finish, ends)
-                    if c.finish:
-                        pending -= 1
-                        self.engine.cancel(c.request)  # a stop string may end it before the engine does
-                    deltas[c.index] = (c, deltas.get(c.index, (c, ""))[1] + delta)
-                for c, delta in deltas.values():
+                for c, delta in self.take(batch, ends, clock).values():
+                    pending -= bool(c.finish)
                     if delta or c.finish:
                         yield c, delta
         finally:
             for c in choices:
                 if not c.finish:
                     self.engine.cancel(c.request)  # the client left: free its slot at once
+
+    async def next_events(self, events: asyncio.Queue, deadline: float) -> list:
+        """The engine events waiting (at least one), or [] after DISCONNECT_CHECK_S without
+        any; past the deadline, a 504."""
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise ApiError(504, f"the request ran past the server's time limit of {self.settings.request_timeout_s:g} s: "
+                                "ask for fewer tokens or choices, or retry when the server is less busy", code="timeout")
+        try:
+            batch = [await asyncio.wait_for(events.get(), timeout=min(DISCONNECT_CHECK_S, left))]
+        except asyncio.TimeoutError:
+            return []
+        while not events.empty():  # under load several tokens wait: they go out as one delta
+            batch.append(events.get_nowait())
+        return batch
+
+    def take(self, batch: list, ends: set, clock: list) -> dict:
+        """Engine events into their choices: {choice index: (choice, new text)} in arrival order,
+        for the choices that moved (a finished one included)."""
+        deltas = {}
+        for c, token, finish in batch:
+            if c.finish:
+                continue  # already ended by a stop string
+            if finish and finish.startswith("error"):
+                raise internal_error("generation failed", finish[7:])
+            now = time.perf_counter()
+            (self.ttft if clock[1] is None else self.tpot).observe(now - (clock[1] or clock[0]))
+            clock[1] = now
+            self.tokens_out.inc(token is not None)
+            delta = c.add(token, finish, ends)
+            if c.finish:
+                self.engine.cancel(c.request)  # a stop string may end it before the engine does
+            deltas[c.index] = (c, deltas.get(c.index, (c, ""))[1] + delta)
+        return deltas
 
     def say(self, c: Choice, text: str, max_new: int, end: int) -> str:
         """A fixed reply through the same steps as generated tokens (stop strings, max_tokens,

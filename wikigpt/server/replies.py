@@ -63,4 +63,6 @@ async def sse_reply(first, events, head: dict, chat: bool, usage, cited: dict, i
             yield event(head | {"object": stream_kind, "choices": [], "usage": usage(ended)})
     except ApiError as e:
         yield event(e.body())
+    finally:
+        await events.aclose()  # closed early (the client left or stalled): its generation is cancelled now
     yield "data: [DONE]\n\n"

@@ -1,0 +1,53 @@
+"""
+How the server holds its connections: uvicorn's settings, taken from Settings, so that no
+client can hold more than its share. At most max_connections at once (over it: 503), headers
+under max_header_bytes (over: 400), a request's line and headers within header_timeout_s of
+the connection opening or of its previous reply (else it is closed), idle keep-alive
+connections closed after keep_alive_s, a kernel send buffer of send_buffer_bytes, and on
+SIGTERM, shutdown_timeout_s for open streams.
+"""
+import socket
+
+from wikigpt.server.checks import Settings
+
+
+def bounded(protocol: type, settings: Settings) -> type:
+    """uvicorn's HTTP protocol with two bounds of its own:
+      - a connection whose next request has not fully arrived header_timeout_s after the
+        connection opened or its previous reply ended is closed: uvicorn waits forever for a
+        first request, so a client that trickles its headers (slowloris) or sends nothing would
+        hold a connection as long as it liked;
+      - its kernel send buffer is send_buffer_bytes, not the up to 4 MB Linux grows it to
+        (tcp_wmem) for a client that does not read: what a stalled reader makes the server keep
+        stays small, and the stall guard (app.py) sees it stall within seconds."""
+    seconds = settings.header_timeout_s
+
+    class Bounded(protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+            self.arm_header_deadline()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self.arm_header_deadline()
+
+        def arm_header_deadline(self):
+            self.loop.call_later(seconds, self.header_deadline, self.cycle)
+
+        def header_deadline(self, cycle_then):
+            if self.cycle is cycle_then and not self.transport.is_closing():  # no new request since
+                self.transport.close()
+    return Bounded
+
+
+def uvicorn_config(app, settings: Settings):
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return uvicorn.Config(app, log_level="warning", http=bounded(H11Protocol, settings),
+                          limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
+                          h11_max_incomplete_event_size=settings.max_header_bytes,
+                          timeout_graceful_shutdown=settings.shutdown_timeout_s)
