@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -41,14 +42,17 @@ def chat_ckpt(tiny_data, tmp_path_factory):
 
 
 class LiveServer:
-    """`python serve.py --port 0` as a real process; the URL comes from its first line."""
+    """`python serve.py --port 0` as a real process; the URL comes from its first line. Its
+    stderr goes to a file (a pipe nobody reads would block the server once 64 KB of log
+    lines filled it); `log()` reads it."""
 
     def __init__(self, ckpt, *args, env=None):
+        self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", str(ckpt), "--port", "0", *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()  # blocks until the socket is bound (or the process died)
-        assert "http://127.0.0.1:" in line, line + self.proc.stderr.read()
+        assert "http://127.0.0.1:" in line, line + self.log()
         self.url = line.split(" on ")[1].split()[0]
         for _ in range(100):  # uvicorn starts serving right after that line
             try:
@@ -57,12 +61,17 @@ class LiveServer:
             except httpx.TransportError:
                 time.sleep(0.05)
 
+    def log(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()
+
     def stop(self):
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +214,7 @@ def test_a_port_in_use_and_an_address_not_here_are_told_apart(server, chat_ckpt)
     port = server.rsplit(":", 1)[1]
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--port", port)  # the live server holds it
     assert r.returncode == 2 and "Pick another --port" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1: no one's
+    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--host", "192.0.2.1", "--port", "0", "--api_key", "k")  # TEST-NET-1
     assert r.returncode == 2 and "Check --host" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--max_body_bytes", "-1")
     assert r.returncode == 2 and "--max_body_bytes" in r.stderr and "Traceback" not in r.stderr
@@ -252,6 +261,28 @@ def test_api_key_is_required_when_set(chat_ckpt):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["Hello"]
     finally:
         s.stop()
+
+
+def test_a_keyless_server_on_an_address_others_reach_needs_insecure_no_key(tmp_path):
+    for host in ("0.0.0.0", "myhost.example"):  # refused before the checkpoint is even read
+        r = run_cli("serve.py", "--ckpt", tmp_path / "none.pt", "--host", host, env={"WIKIGPT_API_KEY": ""})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "--api_key KEY" in r.stderr and "WIKIGPT_API_KEY" in r.stderr and "--insecure_no_key" in r.stderr
+    r = run_cli("serve.py", "--ckpt", tmp_path / "none.pt", "--host", "0.0.0.0", "--insecure_no_key",
+                env={"WIKIGPT_API_KEY": ""})  # past that check (with a key too: the port test above)
+    assert r.returncode == 2 and "not found" in r.stderr, r.stderr
+
+
+def test_replies_on_a_kept_alive_connection_are_not_held_back_by_nagle(server):
+    """The listening socket says IPPROTO_TCP, so asyncio turns Nagle off: a reply's body used to
+    wait ~40 ms behind its headers for the client's delayed ACK, on every request but the first."""
+    with httpx.Client(timeout=10) as http:
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            assert http.get(server + "/health").status_code == 200
+            times.append(time.perf_counter() - t0)
+    assert sorted(times)[5] < 0.02, times  # the median: a loaded machine may slow one or two
 
 
 def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(server, tmp_path):
@@ -351,10 +382,10 @@ def test_cancel_frees_the_slot_and_stops_the_tokens():
 
 def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
     model = tiny_model()
-    idle = EngineThread(model, n_slots=4, max_queue=2, start=False)
-    idle.submit([Request([1], 5), Request([2], 5)])
+    idle = EngineThread(model, n_slots=4, max_queue=2, start=False)  # holds 4 slots + 2 waiting
+    idle.submit([Request([i], 5) for i in range(6)])
     with pytest.raises(QueueFull):
-        idle.submit([Request([3], 5)])
+        idle.submit([Request([7], 5)])
     events = {}
     thread = EngineThread(model, n_slots=4)
     try:
@@ -396,7 +427,18 @@ def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
         thread.stop()
 
 
-def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt):
+def test_max_queue_0_means_no_waiting_not_always_busy():
+    thread, done = EngineThread(tiny_model(), n_slots=4, max_queue=0), threading.Event()
+    try:
+        thread.submit([Request([1, 2], 3, emit=lambda r, t, f: f and done.set())])  # a free slot takes it
+        assert done.wait(30)
+        with pytest.raises(QueueFull):
+            thread.submit([Request([i], 5) for i in range(5)])  # more than the 4 slots at once
+    finally:
+        thread.stop()
+
+
+def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt, capsys):
     from fastapi.testclient import TestClient
 
     from wikigpt.server.app import create_app
@@ -412,17 +454,29 @@ def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt):
             raise RuntimeError("simulated fault")
         real_add(req)
     thread.engine.add = add
-    app = create_app(Server(model, tok, Settings(model_name="t"), thread))
+    server = Server(model, tok, Settings(model_name="t"), thread)
+
+    def broken_prompts(body):  # a fault outside generation: a bug, or a file gone from under the server
+        raise FileNotFoundError("/home/someone/private/index.bin")
+    server.completion_prompts = broken_prompts
+    app = create_app(server)
     try:
-        with TestClient(app) as http:
-            r = http.post("/v1/chat/completions", json=ask("What is a river?"))
-            assert r.status_code == 500 and "simulated fault" in r.json()["error"]["message"]
+        with TestClient(app, raise_server_exceptions=False) as http:
+            for path, body, what in (("/v1/chat/completions", ask("What is a river?"), "generation failed"),
+                                     ("/v1/completions", {"prompt": "x"}, "POST /v1/completions")):
+                r = http.post(path, json=body)
+                message = r.json()["error"]["message"]  # the fault's text, paths and all, stays in the log
+                assert r.status_code == 500 and "see the server's log" in message, message
+                assert "simulated fault" not in message and "/home" not in message
+                log = capsys.readouterr().err
+                assert f"error {message.split('reference ')[1].rstrip(')')}: {what}" in log
+                assert "simulated fault" in log or "/home/someone/private" in log
             r = http.post("/v1/chat/completions", json=ask("谢谢", temperature=0))
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["谢谢"]
     finally:
         thread.stop()
     busy = EngineThread(model, n_slots=4, max_queue=1, start=False)
-    busy.submit([Request([1], 5)])
+    busy.submit([Request([i], 5) for i in range(5)])  # its 4 slots and 1 place in the queue, taken
     with TestClient(create_app(Server(model, tok, Settings(model_name="t"), busy))) as http:
         r = http.post("/v1/chat/completions", json=ask("Hello"))
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
@@ -484,6 +538,35 @@ def test_the_page_asks_for_the_key_and_shows_errors(chat_ckpt):
             browser.close()
     finally:
         s.stop()
+
+
+def test_the_page_makes_only_web_addresses_of_sources_clickable(server):
+    """A source's url comes from the index: a javascript: or data: one must not become a link
+    that runs in the page when clicked. The reply is served by the test (page.route)."""
+    from playwright.sync_api import sync_playwright
+
+    sources = [{"title": "River", "url": "https://en.wikipedia.org/wiki/River", "text": "A river flows."},
+               {"title": "Script", "url": "javascript:alert(1)", "text": "x"},
+               {"title": "Data", "url": "data:text/html,<script>alert(1)</script>", "text": "x"},
+               {"title": "Spaced", "url": " JavaScript:alert(1)", "text": "x"}]
+    first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "A river."}, "finish_reason": None}],
+             "sources": sources}
+    last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    body = f"data: {json.dumps(first)}\n\ndata: {json.dumps(last)}\n\ndata: [DONE]\n\n"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.route("**/v1/chat/completions",
+                       lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
+            page.goto(server + "/")
+            page.fill("#input", "What is a river?")
+            page.press("#input", "Enter")
+            page.wait_for_function("document.querySelectorAll('.sources li').length === 4", timeout=30_000)
+            links = page.eval_on_selector_all(".sources li > *", "els => els.map(e => [e.tagName, e.getAttribute('href')])")
+            assert links == [["A", "https://en.wikipedia.org/wiki/River"], ["SPAN", None], ["SPAN", None], ["SPAN", None]]
+        finally:
+            browser.close()
 
 
 def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):

@@ -1,0 +1,471 @@
+"""A hostile client against one live server (serve.py on 127.0.0.1, a tiny random model): each
+test sends what a buggy or malicious client can send, and checks the answer, that /health keeps
+answering within a second while it goes on (probed from another thread), that the slots come
+back afterwards, and that the server's memory stays within a bound across the whole file."""
+import base64
+import json
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict
+
+import httpx
+import pytest
+import torch
+from test_serve import LiveServer
+
+from model import GPT, GPTConfig
+from wikigpt.checkpoint import build_checkpoint, save_checkpoint
+from wikigpt.tokenizer import Tokenizer
+
+BLOCK = 1024  # the test model's context: the server's character limits derive from it
+MESSAGE_CHARS, REQUEST_CHARS = 16 * BLOCK, 64 * BLOCK  # checks.py: 16 and 64 characters per token
+HEALTH_WITHIN_S = 1.0
+# The whole file sends a few MB of bodies and a few hundred requests: a server that kept each
+# body, label or event queue would grow by tens of MB; torch's and the allocator's own growth
+# after the warm-up stays far below this.
+RSS_GROWTH_LIMIT = 150 << 20
+STALL_S, DEADLINE_S, HEADER_S, CONNECTIONS = 1, 3, 2, 32
+SERVER_ARGS = ["--slots", "8", "--max_queue", "0", "--threads", "1", "--stall_timeout", str(STALL_S),
+               "--request_timeout", str(DEADLINE_S), "--header_timeout", str(HEADER_S),
+               "--max_connections", str(CONNECTIONS)]
+LONG = 1000  # tokens: a reply this long takes the test model about 10 s (its context is 1,024)
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def byte_tokenizer() -> Tokenizer:
+    """Bytes as tokens, the chat tokens on top: no training, no download."""
+    ranks = [[base64.b64encode(bytes([b])).decode(), b] for b in range(256)]
+    return Tokenizer({"kind": "bpe", "pattern": GPT2_SPLIT, "ranks": ranks})
+
+
+def random_chat_checkpoint(path):
+    """A chat checkpoint with random weights that never ends its turn: every special token's
+    logit is pushed to -50 through one constant feature of the final norm, so a reply runs to
+    max_tokens, as a long one from a real model does."""
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=BLOCK, n_layer=4, n_head=4, n_embd=128, arch="gpt2")
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+        model.ln_f.weight[0], model.ln_f.bias[0] = 0.0, 1.0  # feature 0 is always 1...
+        model.wte.weight[:, 0] = 0.0  # ...and the output head (tied) reads it only for the special tokens
+        model.wte.weight[list(tok.special.values()), 0] = -50.0
+    save_checkpoint(path, build_checkpoint("sft", model.state_dict(), asdict(cfg), tok.spec, step=0))
+    return path
+
+
+def rss(pid: int) -> int:
+    """The process's resident memory in bytes (VmRSS in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmRSS:"))
+    return int(kb) * 1024
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    return random_chat_checkpoint(tmp_path_factory.mktemp("abuse") / "random.pt")
+
+
+@pytest.fixture(scope="module")
+def live(random_ckpt):
+    s = LiveServer(random_ckpt, *SERVER_ARGS)
+    r = httpx.post(s.url + "/v1/chat/completions", json=ask("warm up", max_tokens=8), timeout=30)
+    assert r.status_code == 200, r.text
+    s.rss_start = rss(s.proc.pid)
+    yield s
+    s.stop()
+
+
+def ask(content, **kw):
+    return {"messages": [{"role": "user", "content": content}], **kw}
+
+
+def health(url: str) -> dict:
+    return httpx.get(url + "/health", timeout=HEALTH_WITHIN_S).json()
+
+
+@contextmanager
+def health_answers(url: str):
+    """Probe /health from another thread for as long as the block runs (at least once): every
+    probe must be answered, 200, within HEALTH_WITHIN_S."""
+    done, slow = threading.Event(), []
+    probes = []
+
+    def probe():
+        with httpx.Client(timeout=HEALTH_WITHIN_S) as client:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    ok = client.get(url + "/health").status_code == 200
+                except httpx.HTTPError as e:
+                    ok = repr(e)
+                probes.append(time.perf_counter() - t0)
+                if ok is not True or probes[-1] > HEALTH_WITHIN_S:
+                    slow.append((round(probes[-1], 3), ok))
+                if done.wait(0.05):  # pacing between probes, not synchronisation
+                    return
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=10)
+    assert probes and not slow, f"/health was slow or failed while the request ran: {slow}"
+
+
+def settled(live, within=5.0):
+    """After a test: the slots and the queue are back to 0 within `within` seconds, and the
+    server's memory has grown less than RSS_GROWTH_LIMIT since the file began."""
+    deadline = time.monotonic() + within
+    while (h := health(live.url))["active"] or h["queued"]:
+        assert time.monotonic() < deadline, f"slots still busy {within} s later: {h}"
+        time.sleep(0.05)
+    grown = rss(live.proc.pid) - live.rss_start
+    assert grown < RSS_GROWTH_LIMIT, f"the server grew by {grown >> 20} MB"
+
+
+def wait_active(url: str, count: int, within=10.0):
+    deadline = time.monotonic() + within
+    while health(url)["active"] < count:
+        assert time.monotonic() < deadline, f"the request never took {count} slots"
+        time.sleep(0.02)
+
+
+def raw_post(url: str, path: str, body: bytes, rcvbuf: int | None = None) -> socket.socket:
+    """A POST on a bare socket, left open: the test decides whether to read, wait or leave."""
+    host, port = url.split("//")[1].split(":")
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def post(url: str, body, path="/v1/chat/completions") -> httpx.Response:
+    kw = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    return httpx.post(url + path, timeout=30, **kw)
+
+
+# ----- item 1: stop strings
+
+def test_a_stop_string_over_256_characters_is_a_400_and_four_at_the_limit_with_n_8_cost_nothing(live):
+    with health_answers(live.url):
+        r = post(live.url, ask("hi", stop=["x" * 257]))
+        assert r.status_code == 400 and "256 characters" in r.json()["error"]["message"], r.text
+        stops = [chr(ord("a") + i) * 255 + "!" for i in range(4)]
+        r = post(live.url, ask("hi", stop=stops, n=8, max_tokens=64, temperature=1.5))
+        assert r.status_code == 200, r.text
+        assert [c["finish_reason"] for c in r.json()["choices"]] == ["length"] * 8
+    settled(live)
+
+
+# ----- item 2: metrics labels
+
+def test_random_paths_add_no_metrics_labels(live):
+    with health_answers(live.url), httpx.Client(timeout=10) as client:
+        before = client.get(live.url + "/metrics").text
+        for _ in range(300):
+            assert client.get(f"{live.url}/v1/{uuid.uuid4().hex}").status_code == 404
+        after = client.get(live.url + "/metrics").text
+    labels = {line.split("{")[1].split(",")[0] for line in after.splitlines()
+              if line.startswith("wikigpt_requests_total{")}
+    assert labels <= {'path="/v1/chat/completions"', 'path="/v1/completions"', 'path="/v1/models"',
+                      'path="/health"', 'path="/metrics"', 'path="/"', 'path="other"'}, labels
+    assert 'wikigpt_requests_total{path="other",status="404"}' in after
+    assert abs(len(after) - len(before)) < 500  # the same lines, other counts
+    settled(live)
+
+
+# ----- item 3: prompt building
+
+def test_a_history_over_the_request_limit_is_a_400_without_blocking_health(live):
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 800} for i in range(254)]
+    with health_answers(live.url):
+        r = post(live.url, {"messages": messages, "max_tokens": 1})
+    assert r.status_code == 400 and f"limit {REQUEST_CHARS:,}" in r.json()["error"]["message"], r.text
+    settled(live)
+
+
+def test_a_message_over_its_limit_is_a_400_and_the_largest_history_allowed_leaves_health_answering(live):
+    r = post(live.url, ask("x" * (MESSAGE_CHARS + 1)))
+    assert r.status_code == 400 and f"limit {MESSAGE_CHARS:,}" in r.json()["error"]["message"], r.text
+    chunk = "The river flows past the old mill. " * 20  # 700 characters: 700 tokens of this byte-level model
+    count = REQUEST_CHARS // len(chunk) - 1
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": chunk} for i in range(count | 1)]
+    with health_answers(live.url):
+        r = post(live.url, {"messages": messages, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    settled(live)
+
+
+# ----- item 4: a client that leaves
+
+def test_a_client_that_leaves_a_json_reply_frees_its_8_slots_within_a_second(live):
+    sock = raw_post(live.url, "/v1/chat/completions", json.dumps(ask("hi", n=8, max_tokens=LONG)).encode())
+    with health_answers(live.url):
+        wait_active(live.url, 8)
+        sock.close()
+        left = time.monotonic()
+        settled(live, within=1.0)  # the reply had ~10 s to go
+    assert time.monotonic() - left < 1.5
+
+
+# ----- item 5: connections and time
+
+def test_a_stream_that_is_never_read_is_cancelled_and_frees_its_slots(live):
+    body = json.dumps(ask("hi", n=8, max_tokens=LONG, stream=True)).encode()
+    sock = raw_post(live.url, "/v1/chat/completions", body, rcvbuf=4096)  # and never read
+    try:
+        with health_answers(live.url):
+            wait_active(live.url, 8)
+            settled(live, within=6.0)  # once the buffers are full, STALL_S seconds; the reply had ~10 s to go
+        assert "stopped reading" in live.log()  # the stall guard ended it (a deadline cannot: it is not running)
+    finally:
+        sock.close()
+
+
+def test_a_request_past_its_deadline_gets_a_504_or_an_error_event_in_its_stream(live):
+    out = {}
+
+    def stream():
+        with httpx.stream("POST", live.url + "/v1/chat/completions", timeout=30,
+                          json=ask("hi", max_tokens=LONG, stream=True)) as r:
+            out["stream"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+    thread = threading.Thread(target=stream)
+    with health_answers(live.url):
+        thread.start()
+        t0 = time.monotonic()
+        r = post(live.url, ask("hi", max_tokens=LONG))
+        took = time.monotonic() - t0
+        thread.join(timeout=30)
+    assert r.status_code == 504 and "time limit" in r.json()["error"]["message"], r.text
+    assert DEADLINE_S <= took < DEADLINE_S + 2
+    assert out["stream"][-1] == "data: [DONE]" and "time limit" in json.loads(out["stream"][-2][6:])["error"]["message"]
+    settled(live)
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(live):
+    host, port = live.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x")  # ... and nothing more
+        sock.settimeout(HEADER_S + 5)
+        t0 = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - t0 < HEADER_S + 2
+    settled(live)
+
+
+def test_headers_over_16_kib_are_a_431(live):
+    with health_answers(live.url):
+        r = httpx.get(live.url + "/health", headers={"X-Padding": "x" * (17 << 10)}, timeout=10)
+    assert r.status_code == 431 and "limit 16,384" in r.json()["error"]["message"], r.text
+    settled(live)
+
+
+def test_connections_over_the_limit_get_a_503_and_the_server_recovers(live):
+    host, port = live.url.split("//")[1].split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(CONNECTIONS)]
+    try:
+        r = httpx.get(live.url + "/health", timeout=5)
+        assert r.status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while httpx.get(live.url + "/health", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    settled(live)
+
+
+# ----- item 6: cross-site requests
+
+def test_a_cross_site_text_plain_post_is_a_415(live):
+    body = json.dumps(ask("hi", max_tokens=2))
+    with health_answers(live.url):
+        for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+            r = httpx.post(live.url + "/v1/chat/completions", content=body, headers=headers, timeout=10)
+            assert r.status_code == 415 and "application/json" in r.json()["error"]["message"], (headers, r.text)
+        r = httpx.post(live.url + "/v1/chat/completions", content=body, timeout=10,
+                       headers={"Content-Type": "application/json; charset=utf-8"})
+        assert r.status_code == 200, r.text
+    settled(live)
+
+
+def test_a_keyless_server_answers_only_to_its_own_host_names(live):
+    port = live.url.rsplit(":", 1)[1]
+    with health_answers(live.url):
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1:1", "localhost"):
+            r = httpx.get(live.url + "/v1/models", headers={"Host": host}, timeout=10)
+            assert r.status_code == 421 and "--api_key" in r.json()["error"]["message"], (host, r.text)
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}"):
+            assert httpx.get(live.url + "/v1/models", headers={"Host": host}, timeout=10).status_code == 200, host
+    settled(live)
+
+
+# ----- item 7: errors that were 500s or endless 429s
+
+def test_json_nested_200000_deep_is_a_400(live):
+    body = b'{"messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    with health_answers(live.url):
+        r = post(live.url, body)
+    assert r.status_code == 400 and "nested" in r.json()["error"]["message"], r.text
+    settled(live)
+
+
+def test_max_queue_0_serves_what_fits_the_slots_and_refuses_more_choices_than_they_hold(live):
+    with health_answers(live.url):
+        r = post(live.url, ask("hi", max_tokens=4))  # --max_queue 0: no waiting, yet a free slot serves it
+        assert r.status_code == 200, r.text
+        r = post(live.url, {"prompt": ["a", "b"], "n": 8, "max_tokens": 4}, path="/v1/completions")
+        error = r.json()["error"]["message"]
+        assert r.status_code == 400 and "16 choices" in error and "8" in error, r.text
+    settled(live)
+
+
+# ----- in process: the costs behind items 1 and 3
+
+class PieceStream:
+    """TextStream's interface: token i is the text PIECES[i]."""
+    def push(self, token: int) -> str:
+        return PIECES[token]
+
+    def flush(self) -> str:
+        return ""
+
+
+PIECES = ["a", "b", "ab", "ba", "aab", "", "bbb"]
+
+
+def shown_by_the_definition(pieces: list[str], stops: list[str]) -> list[tuple[str, str | None]]:
+    """What a reply shows as pieces arrive, straight from the definition: cut at the earliest
+    stop string; hold back the longest end of the text that begins a stop string."""
+    text, sent, out = "", 0, []
+    for i, piece in enumerate(pieces):
+        finish = "length" if i == len(pieces) - 1 else None
+        text += piece
+        cut = min((k for k in (text.find(s) for s in stops) if k >= 0), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        held = 0 if finish else max((k for s in stops for k in range(1, len(s) + 1) if text.endswith(s[:k])), default=0)
+        out.append((text[sent:len(text) - held], finish))
+        sent += len(out[-1][0])
+        if finish:
+            return out
+    return out
+
+
+def test_stop_strings_cut_and_hold_back_as_their_definition_says():
+    import random
+
+    from wikigpt.server.generation import Choice
+
+    rng = random.Random(0)
+    for _ in range(500):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        tokens = [rng.randrange(len(PIECES)) for _ in range(rng.randint(1, 20))]
+        c, got = Choice(0, [], PieceStream(), stops), []
+        for i, token in enumerate(tokens):
+            got.append((c.add(token, "length" if i == len(tokens) - 1 else None, set()), c.finish))
+            if c.finish:
+                break
+        assert got == shown_by_the_definition([PIECES[t] for t in tokens], stops), (stops, tokens)
+
+
+def test_a_40000_character_stop_string_costs_microseconds_per_token():
+    """The check runs on the event loop for every token of every choice: its cost must not grow
+    with the stop string (each token used to test all 40,000 prefixes: ~15 ms)."""
+    from wikigpt.server.generation import Choice
+
+    c = Choice(0, [], PieceStream(), ["a" * 39_999 + "b"])
+    t0 = time.perf_counter()
+    shown = "".join(c.add(0, None, set()) for _ in range(300))  # "a" each time: always a possible start
+    assert time.perf_counter() - t0 < 0.5
+    assert shown == "" and c.text == "a" * 300 and c.finish is None  # all of it held back
+
+
+def fit_by_dropping(tok, history, room, limit=None):
+    """fit_history as it was before it tokenized each message once: render, drop the oldest
+    exchange, render again. The reference its result must equal."""
+    from wikigpt.chat_template import ContextOverflow, render_chat
+
+    system = history[:1] if history and history[0].role == "system" else []
+    turns = history[len(system):]
+    while True:
+        ids, _ = render_chat(tok, system + turns, add_generation_prompt=True)
+        if len(ids) <= room or (len(turns) <= 1 and len(ids) <= (limit or room)):
+            return ids, system + turns
+        if len(turns) <= 1:
+            raise ContextOverflow(len(ids), limit or room)
+        turns = turns[2:] if len(turns) > 2 else turns[-1:]
+
+
+def test_fit_history_tokenizes_each_message_once_and_keeps_what_it_kept():
+    import random
+
+    from wikigpt.chat_template import ContextOverflow, Message, fit_history
+
+    tok, rng = byte_tokenizer(), random.Random(0)
+    for _ in range(400):
+        history = [Message("system", "Be brief.")] if rng.random() < 0.5 else []
+        history += [Message(("user", "assistant")[i % 2], "word " * rng.randint(0, 12)) for i in range(rng.randint(0, 9))]
+        room = rng.randint(5, 200)
+        limit = rng.choice([None, room + rng.randint(0, 60)])
+        try:
+            expected = fit_by_dropping(tok, history, room, limit)
+        except ContextOverflow as e:
+            with pytest.raises(ContextOverflow) as raised:
+                fit_history(tok, history, room, limit)
+            assert (raised.value.needed, raised.value.room) == (e.needed, e.room)
+            continue
+        assert fit_history(tok, history, room, limit) == expected
+    calls, encode = [], tok.encode
+    tok.encode = lambda text: calls.append(text) or encode(text)
+    history = [Message(("user", "assistant")[i % 2], f"message {i} " * 10) for i in range(255)]
+    fit_history(tok, history, 1000)
+    assert len(calls) < 20  # the ~9 newest messages that fit, and one more (16,375 calls before)
+
+
+def test_prompts_are_built_off_the_event_loop(random_ckpt):
+    """Tokenizing, fitting the history and retrieval run in the prompt thread, so /health and
+    the streams keep going while a big prompt is built."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from wikigpt.checkpoint import load_model
+    from wikigpt.engine import EngineThread
+    from wikigpt.server.app import create_app
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.generation import Server
+
+    model, tok, _ = load_model(random_ckpt, "cpu")
+    engine = EngineThread(model, n_slots=4)
+    server = Server(model, tok, Settings(), engine)
+    where = []
+
+    def spy(build):
+        def built_where(*args):
+            try:
+                asyncio.get_running_loop()
+                where.append("the event loop")
+            except RuntimeError:  # no loop runs in this thread
+                where.append(threading.current_thread().name)
+            return build(*args)
+        return built_where
+    server.chat_prompt, server.completion_prompts = spy(server.chat_prompt), spy(server.completion_prompts)
+    try:
+        with TestClient(create_app(server)) as http:
+            assert http.post("/v1/chat/completions", json=ask("hi", max_tokens=2)).status_code == 200
+            assert http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+    finally:
+        engine.stop()
+    assert len(where) == 2 and all(w.startswith("wikigpt-prompt") for w in where), where
