@@ -28,6 +28,7 @@ from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import SFTConfig
 from wikigpt.dist import setup_dist
+from wikigpt.durable import write_text
 from wikigpt.engine import generate
 from wikigpt.chat_template import show_mask
 from wikigpt.retrieval import Index
@@ -113,7 +114,7 @@ def main(argv):
         model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)
         report = wikiqa.evaluate_qa(model, tok, cfg.data, Index.open(cfg.data), cfg.qa_eval, cfg.seed)
         print(wikiqa.format_report(report))
-        (Path(cfg.out_dir) / "qa_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        write_text(Path(cfg.out_dir) / "qa_report.json", json.dumps(report, indent=2, ensure_ascii=False))
         summary["qa"] = report
     return summary
 

@@ -39,6 +39,7 @@ from wikigpt.sft_data import heldout_conversations, parse_sft_data, read_dialogu
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, output_file, progress_bar, run_main
 from wikigpt.data import load_dataset
+from wikigpt.durable import write_text
 from wikigpt.engine import generate_batch
 from wikigpt.retrieval import INDEX_DIR, Index
 from wikigpt.runlog import METRICS, plot_runs, read_metrics
@@ -219,7 +220,7 @@ def format_table(report: dict) -> str:
 
 def write_report(report: dict, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")  # each file whole, even after a crash
     notes = "".join(f"- {n}\n" for n in report["notes"])
     md = f"# Evaluation report\n\n{format_table(report)}\n\n↓ lower is better, ↑ higher is better.\n\n{notes}"
     for label, table in report.get("qa_tables", {}).items():
@@ -227,7 +228,7 @@ def write_report(report: dict, out: Path):
     for c in report["checkpoints"]:
         for ex in c.get("examples", []):
             md += f"\n{c['label']}: **{ex['prompt']}**  \n→ {ex['reply']}  \n(reference: {ex['reference']})\n"
-    out.with_suffix(".md").write_text(md, encoding="utf-8")
+    write_text(out.with_suffix(".md"), md)
 
 
 def check_tokenizers(models, bpb_only: bool):

@@ -14,7 +14,6 @@ tensors and Python values: loading a file never runs code from it):
 
     model, tok, info = load_model("out/chat/best.pt")          # every inference tool
 """
-import os
 import random
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.cli import UsageError
+from wikigpt.durable import replacing
 from model import GPT, GPTConfig
 from wikigpt.tokenizer import Tokenizer
 
@@ -41,11 +41,10 @@ def build_checkpoint(kind: str, model_state: dict, model_config: dict, tokenizer
 
 
 def save_checkpoint(path: Path, state: dict):
-    """Write to a temporary file, then rename: a crash mid-write leaves the old file intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file, fsync it, rename it over `path`, fsync the folder: after
+    a crash or a power cut, `path` is the old checkpoint or the new one, whole (durable.py)."""
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

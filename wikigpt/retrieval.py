@@ -28,6 +28,7 @@ import numpy as np
 
 from wikigpt.cli import UsageError, progress_bar
 from wikigpt.data import ARTICLES, DatasetError, read_articles
+from wikigpt.durable import fsync_tree, replace_durably, write_text
 from wikigpt.sentences import CJK
 
 INDEX_DIR = "index"
@@ -157,9 +158,10 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False) -> dict:
             "articles": n_articles, "passages": len(passages), "passage_chars": max_chars,
             "seconds": round(seconds, 2), "terms_seconds": round(t_terms, 2),
             "passages_per_s": round(len(passages) / max(seconds, 1e-9))}
-    (tmp / "wikigpt_index.json").write_text(json.dumps(info, indent=2))
+    (tmp / "wikigpt_index.json").write_text(json.dumps(info, indent=2))  # last: Index.open looks for it
+    fsync_tree(tmp)  # the new index on disk before the old one goes
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_durably(tmp, final)
     return info
 
 
@@ -167,8 +169,7 @@ def add_index_info(folder, extra: dict) -> dict:
     """Store more about a built index (e.g. the "not found" threshold) in its info file."""
     path = Path(folder) / INDEX_DIR / "wikigpt_index.json"
     info = json.loads(path.read_text()) | extra
-    path.with_suffix(".tmp").write_text(json.dumps(info, indent=2))
-    path.with_suffix(".tmp").replace(path)
+    write_text(path, json.dumps(info, indent=2))
     return info
 
 

@@ -11,8 +11,9 @@ train.py and chat_sft.py write it (process 0 only); `python eval.py plot RUN...`
 """
 import json
 import math
-import os
 from pathlib import Path
+
+from wikigpt.durable import replacing, write_text
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
@@ -45,9 +46,8 @@ class MetricsLog:
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
         self.elapsed_before = max((r.get("elapsed", 0.0) for r in kept), default=0.0)
-        tmp = self.path.with_name(f"{METRICS}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.path)  # atomic: a kill here leaves the old file or the new, never half
+        # a kill or a power cut here leaves the old file or the new, never half
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, type: str, step: int, elapsed: float, **values):
         row = {"type": type, "kind": self.kind, "step": step, **values,
@@ -92,8 +92,7 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, metadata={"Title": "wikigpt loss curves",  # PNG text: which runs are drawn
-                                        "Description": "runs: " + ", ".join(label for label, _ in runs)})
-    tmp.replace(path)  # readers never see half a PNG
+    with replacing(path) as tmp:  # readers never see half a PNG
+        fig.savefig(tmp, format="png", dpi=110, metadata={  # PNG text: which runs are drawn
+            "Title": "wikigpt loss curves", "Description": "runs: " + ", ".join(label for label, _ in runs)})
     return path

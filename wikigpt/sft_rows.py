@@ -18,6 +18,7 @@ from wikigpt.batches import PretrainBatches, to_device
 from wikigpt.chat_template import Message, render_chat
 from wikigpt.cli import UsageError
 from wikigpt.config import SFTConfig
+from wikigpt.durable import replace_durably
 from wikigpt.retrieval import Index
 from wikigpt.sft_data import BUILTIN_WEIGHTS, conversation_sources, is_val, parse_sft_data, split_hash
 from wikigpt.tokenizer import Tokenizer
@@ -128,7 +129,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_durably(tmp, folder)  # rows and meta.json on disk before the folder has its name
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -15,6 +15,8 @@ import json
 
 import tiktoken
 
+from wikigpt.durable import write_text
+
 DOC_SEP = "<|endoftext|>"  # starts every article; GPT-2 already has it (id 50256)
 SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = [DOC_SEP, SYSTEM, USER, ASSISTANT, END_OF_TURN]
@@ -93,8 +95,7 @@ class Tokenizer:
             return cls(json.load(f))
 
     def save(self, path):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.spec, f)
+        write_text(path, json.dumps(self.spec))  # whole or not at all, even after a crash
 
     @property
     def name(self) -> str:
