@@ -9,15 +9,12 @@ chat.py, serve.py, eval.py and export.py load; the input is never changed.
 """
 import argparse
 import sys
-import warnings
 from pathlib import Path
-
-import torch.distributed.checkpoint as dcp
 
 from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError, output_file, run_main
-from wikigpt.fsdp import load_train_state
+from wikigpt.fsdp import load_shards, load_train_state
 from wikigpt.lora import merge_lora
 
 
@@ -50,12 +47,10 @@ def gather_shards(src: Path, out: Path):
     """last.dcp -> one weights-only checkpoint file, read by one process without a process group."""
     if not src.is_dir():
         raise UsageError(f"{src}: no such checkpoint folder (train.py --shard=fsdp writes out_dir/last.dcp).")
-    meta = load_train_state(src)
+    meta = load_train_state(src)  # refuses a folder whose metadata names code, before any work
     model = GPT(GPTConfig(**meta["model_config"]))
     weights = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # "no process group: loading in one process" is the intent
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(weights, checkpoint_id=src, no_dist=True)  # fills our tensors, whatever the sharding
+    load_shards(weights, src, no_dist=True)  # fills our tensors, whatever the sharding; never runs code
     save_checkpoint(out, build_checkpoint(meta["kind"], weights["model"], meta["model_config"], meta["tokenizer"],
                                           train_config=meta.get("train_config"), step=meta.get("step"),
                                           val=meta.get("val")))

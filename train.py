@@ -28,6 +28,7 @@ from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.data import load_dataset
 from wikigpt.dist import Dist, gradient_sync, out_of_time, pick_dtype, setup_dist
+from wikigpt.durable import write_text
 from wikigpt.lora import adapter_state, apply_lora, base_reference
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
@@ -63,11 +64,20 @@ def last_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / ("last.dcp" if cfg.shard == "fsdp" else "last.pt")
 
 
+def resumable_checkpoint(cfg: TrainConfig) -> Path | None:
+    """last_path(cfg) if it exists; with shard=fsdp, else the folder a cut-short save left."""
+    from wikigpt import fsdp
+    last = last_path(cfg)
+    return fsdp.resumable(last) if cfg.shard == "fsdp" else last if last.exists() else None
+
+
 def resolve_resume(cfg: TrainConfig):
     """resume=auto -> true when the last checkpoint exists (a restarted worker), else false.
     Called before the process group forms, so no process can see one written by this run."""
     if cfg.resume == "auto":
-        cfg.resume = "true" if last_path(cfg).exists() else "false"
+        from wikigpt import fsdp
+        fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
+        cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
 
 
 def resuming(cfg: TrainConfig) -> bool:
@@ -81,7 +91,7 @@ def starting_checkpoint(cfg: TrainConfig) -> dict | None:
     if resuming(cfg) and cfg.shard == "fsdp":
         from wikigpt import fsdp
 
-        return fsdp.load_train_state(last_path(cfg))
+        return fsdp.load_train_state(resumable_checkpoint(cfg) or last_path(cfg))
     if resuming(cfg):
         return load_checkpoint(last_path(cfg))
     return load_checkpoint(cfg.init_from) if cfg.init_from else None
@@ -188,6 +198,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     last_ckpt, best_path = last_path(cfg), Path(cfg.out_dir) / "best.pt"
     sharded = cfg.shard == "fsdp"
     resume = start if resuming(cfg) else None
+    resumed_from = (resumable_checkpoint(cfg) or last_ckpt) if resume else None
     if resume and resume.get("kind") != kind:
         raise UsageError(f"{last_ckpt} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
     model, lora = build_model(cfg, tok, start, resume is not None)
@@ -198,7 +209,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         from wikigpt import fsdp
         fsdp.shard_model(model, dist.device_type, dist.world, dtype)
     optimizers = build_optimizers(model, cfg, dist.device_type)
-    run = restore(resume, model, optimizers, batches, sharded, last_ckpt) if resume else Progress()
+    run = restore(resume, model, optimizers, batches, sharded, resumed_from) if resume else Progress()
     run.data = batches.state_dict()
     x, y = batches.next_batch()
     autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -216,7 +227,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     assert batches.B == micro, "build the batches with batch_plan's rows per process"
     log = TrainLog(cfg, dist, kind, model, dtype, micro * model.cfg.block_size * accum * dist.world, lora,
                    resume_step=run.step if resume else None)
-    log.start(kind, model, tok, dtype, micro, accum, lora, last_ckpt if resume else None)
+    log.start(kind, model, tok, dtype, micro, accum, lora, resumed_from)
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     first_val, stop_reason = None, "max_steps"
@@ -277,7 +288,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     summary = {"step": run.step, "val": run.val, "val_at_start": first_val, "best_val": run.best_val,
                "stop_reason": stop_reason, **log.summary()}
     if dist.master:
-        (Path(cfg.out_dir) / SUMMARY).write_text(json.dumps(summary, indent=2))
+        write_text(Path(cfg.out_dir) / SUMMARY, json.dumps(summary, indent=2))  # whole, even after a crash
     return summary
 
 

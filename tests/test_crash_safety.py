@@ -1,8 +1,12 @@
-"""Saves that survive a crash: a writer killed at any moment leaves the old file or the new one;
-every save is fsynced before its rename and its folder after."""
+"""Saves that survive a crash, and sharded checkpoints that never run code: a writer killed at
+any moment leaves the old file or the new one; every save is fsynced before its rename and its
+folder after; a .dcp folder whose pickles name anything but DCP's own metadata is refused; a
+save cut short between the renames of a .dcp swap resumes from the folder it left."""
 import json
 import os
+import pickle
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -12,9 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY, run_cli
 
+import train
+from wikigpt import fsdp
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
+from wikigpt.cli import UsageError
+from wikigpt.config import TrainConfig
 
 # ----------------------------------------------------------------------------------------
 # A writer killed at random points
@@ -153,3 +161,113 @@ def test_the_index_and_its_info_are_fsynced_before_their_rename(disk_log, tiny_d
     assert_durable(disk_log, data / INDEX_DIR)
     add_index_info(data, {"threshold": 1.5})
     assert_durable(disk_log, data / INDEX_DIR / "wikigpt_index.json")
+
+
+def test_a_training_run_saves_checkpoints_and_summary_durably(disk_log, tiny_data, tmp_path):
+    train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=1", "--eval_interval=1", *TINY])
+    for name in ("last.pt", "best.pt", "summary.json"):
+        assert_durable(disk_log, tmp_path / name)
+
+
+# ----------------------------------------------------------------------------------------
+# Sharded (.dcp) checkpoints: never run code, resumable after a cut-short save
+
+class Payload:
+    """What a hostile pickle holds: unpickling it runs a command (here: creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+SHARDED = [*TINY, "--shard=fsdp", "--max_steps=4", "--eval_interval=2"]
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tiny_data, tmp_path_factory):
+    """A real run's folder with last.dcp at step 2 (FSDP on one process over gloo)."""
+    out = tmp_path_factory.mktemp("sharded")
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={out}", *SHARDED, "--stop_after=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_a_dcp_folder_whose_metadata_names_other_code_is_refused_and_runs_nothing(sharded_run, tiny_data, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(sharded_run, run)
+    for name in (".metadata", "__0.metadata"):  # the global file, and the per-rank one DCP falls back to
+        (run / "last.dcp" / name).write_bytes(pickle.dumps(Payload(marker)))
+    refusal = f"{run / 'last.dcp'} is not a checkpoint this code wrote: its metadata names posix.system; refusing"
+    r = run_cli("convert.py", "dcp", run / "last.dcp", tmp_path / "out.pt")
+    assert r.returncode == 2 and refusal in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out.pt").exists()
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={run}", *SHARDED, "--resume=auto")
+    assert r.returncode == 2 and refusal in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()
+
+    r = run_cli("convert.py", "dcp", sharded_run / "last.dcp", tmp_path / "genuine.pt")  # a real one converts
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "genuine.pt")["step"] == 2
+
+
+def test_a_dcp_item_that_is_not_plain_data_is_refused_and_runs_nothing(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    folder, marker = tmp_path / "x.dcp", tmp_path / "PWNED"
+    dcp.save({"w": torch.ones(3), "note": Payload(marker)}, checkpoint_id=folder, no_dist=True)
+    state = {"w": torch.zeros(3), "note": None}
+    with pytest.raises(UsageError, match=r"x.dcp: its item 'note' is not plain data .*refusing to load it"):
+        fsdp.load_shards(state, folder)
+    assert not marker.exists()
+    dcp.save({"w": torch.ones(3), "note": (0.9, "plain")}, checkpoint_id=tmp_path / "y.dcp", no_dist=True)
+    fsdp.load_shards(state, tmp_path / "y.dcp")  # plain values load
+    assert torch.equal(state["w"], torch.ones(3)) and state["note"] == (0.9, "plain")
+
+
+def test_a_dcp_save_cut_between_its_renames_resumes_from_the_folder_it_left(sharded_run, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sharded_run, run)
+    (run / "last.dcp").rename(run / "last.dcp.old")  # the crash: the old folder moved aside, the new not in
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={run}", *SHARDED, "--resume=auto")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {run / 'last.dcp.old'} at step 2" in r.stdout
+    assert f"{run / 'last.dcp'} is missing" in r.stdout  # and says why
+    assert "step 3/4" in r.stdout and "step 1/4" not in r.stdout
+    assert sorted(p.name for p in run.glob("last.dcp*")) == ["last.dcp"]
+    assert fsdp.load_train_state(run / "last.dcp")["step"] == 4
+
+
+def fake_dcp(folder: Path, complete: bool = True):
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(b"")
+    if complete:  # train_state.pt is the last file a save writes
+        (folder / fsdp.TRAIN_STATE).write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("left, resumed", [
+    ({"last.dcp": True, "last.dcp.old": True}, "last.dcp"),  # cut after the second rename
+    ({"last.dcp.old": True, "last.dcp.tmp": True}, "last.dcp.tmp"),  # between the renames: the newer one
+    ({"last.dcp.old": True, "last.dcp.tmp": False}, "last.dcp.old"),
+    ({"last.dcp": True, "last.dcp.tmp": False}, "last.dcp"),  # cut while writing
+    ({"last.dcp.tmp": False}, None),  # the first save cut short: nothing to resume
+])
+def test_the_folder_a_cut_save_left_is_the_one_resumed_and_the_next_save_tidies_up(tmp_path, left, resumed):
+    for name, complete in left.items():
+        fake_dcp(tmp_path / name, complete)
+    found = fsdp.resumable(tmp_path / "last.dcp")
+    assert found == (tmp_path / resumed if resumed else None)
+    fsdp.settle(tmp_path / "last.dcp")  # what the next save does first
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["last.dcp"] if resumed else [])
+
+
+def test_resume_auto_never_restarts_from_0_beside_the_other_kind_of_checkpoint(tmp_path):
+    fake_dcp(tmp_path / "last.dcp")
+    with pytest.raises(UsageError, match=r"last.dcp.*--shard=fsdp"):
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto"))
+    shutil.rmtree(tmp_path / "last.dcp")
+    save_checkpoint(tmp_path / "last.pt", {"version": 1})
+    with pytest.raises(UsageError, match=r"last.pt.*without --shard=fsdp"):
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto", shard="fsdp"))

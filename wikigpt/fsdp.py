@@ -10,13 +10,26 @@ best.pt stays one ordinary file that every tool loads; `convert` makes one of la
 
     torchrun --nproc_per_node=8 train.py config/gpt2_350m.toml --shard=fsdp
     python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
+
+Loading a folder never runs code from it (as checkpoint.py promises for files): DCP's reader
+unpickles .metadata and loads non-tensor items with weights_only=False; ours (SafeReader)
+allows only DCP's own metadata classes and loads every item with weights_only=True. A save
+writes last.dcp.tmp, moves last.dcp aside to last.dcp.old, renames the new folder in and
+deletes the old one; a crash between the renames leaves a folder `resumable` finds.
 """
+import io
+import pickle
+import re
 import shutil
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 import torch.distributed as torch_dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
@@ -24,6 +37,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from wikigpt.checkpoint import upgrade
 from wikigpt.cli import UsageError
+from wikigpt.durable import fsync_tree, replace_durably, replacing
 from model import GPT
 
 TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, configs (process 0)
@@ -55,31 +69,203 @@ def full_state(model: GPT) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+# ----------------------------------------------------------------------------------------
+# Saving: a folder that appears whole, and where a save cut short left it
+
+def aside(folder: Path) -> tuple[Path, Path]:
+    """(the new folder being written, the old one moved aside while the new one goes in)."""
+    return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+
+
+def complete(folder: Path) -> bool:
+    """DCP writes .metadata after every process's shards, and save() train_state.pt after that."""
+    return (folder / ".metadata").is_file() and (folder / TRAIN_STATE).is_file()
+
+
+def resumable(folder: Path) -> Path | None:
+    """The checkpoint folder a restarted run continues from: `folder` (last.dcp), or, where a
+    save was cut short between its two renames, the newest complete one it left (the new
+    last.dcp.tmp, else last.dcp.old); None when there is none."""
+    tmp, old = aside(folder)
+    if folder.is_dir():
+        return folder
+    if complete(tmp):
+        return tmp
+    return old if old.is_dir() else None
+
+
+def refuse_other_kind(out_dir: Path, sharded: bool):
+    """resume=auto beside only the other kind's checkpoint (last.pt of an unsharded run, last.dcp
+    of a sharded one) would start that run over from step 0, over its files: refused."""
+    folder, single = resumable(out_dir / "last.dcp"), out_dir / "last.pt"
+    other = (single if sharded and folder is None and single.exists() else
+             folder if not sharded and folder is not None and not single.exists() else None)
+    if other is not None:
+        raise UsageError(f"{other} is the last checkpoint of a run {'without' if sharded else 'with'} "
+                         f"--shard=fsdp: resume it {'without' if sharded else 'with'} --shard=fsdp, or choose "
+                         "another out_dir (resume=auto never starts a run over beside its checkpoint).")
+
+
+def settle(folder: Path):
+    """Before a save (process 0): the folder `resumable` chose goes back to its name, and what
+    a cut-short save left beside it (an unfinished .tmp, a stale .old) is deleted."""
+    tmp, old = aside(folder)
+    found = resumable(folder)
+    if found is not None and found != folder:
+        replace_durably(found, folder)
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+
+
+def swap_in(tmp: Path, folder: Path):
+    """Rename a finished save in place of the last one (process 0). A directory cannot be
+    renamed over a full one, so the old one moves aside first; a crash between any two steps
+    leaves a folder that `resumable` finds: last.dcp, or the complete .tmp, or .old."""
+    old = aside(folder)[1]
+    fsync_tree(tmp)  # every process's shards and train_state.pt on disk before any rename
+    if folder.exists():
+        replace_durably(folder, old)
+    replace_durably(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def save(folder: Path, model: GPT, optimizers: list, train_state: dict, master: bool):
     """A resumable checkpoint folder: sharded weights + optimizer state (DCP), and the rest of
-    the training state from process 0. Written under a temporary name, then renamed."""
-    tmp = folder.with_name(folder.name + ".tmp")
+    the training state from process 0. Written under a temporary name, then swapped in."""
+    tmp = aside(folder)[0]
+    if master:
+        settle(folder)  # a run resumed from .tmp or .old has read it by now (restore() is before any save)
+    torch_dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizers)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
     if master:
-        torch.save(train_state, tmp / TRAIN_STATE)
+        with replacing(tmp / TRAIN_STATE) as path:  # written last: its presence marks the folder complete
+            torch.save(train_state, path)
     torch_dist.barrier()
     if master:
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        if old.exists():
-            shutil.rmtree(old)
+        swap_in(tmp, folder)
     torch_dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------
+# Loading: DCP's reader, minus the two places it would run code from the folder
+
+_DCP = "torch.distributed.checkpoint"
+# Every global a .metadata of this code's saves names (listed from real folders, torch 2.13):
+# DCP's metadata classes and the few torch and pathlib types inside them. None runs code.
+METADATA_GLOBALS = {(f"{_DCP}.metadata", name) for name in (
+    "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+    "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")} | {
+    (f"{_DCP}.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch.serialization", "_get_layout")}
+# the path the folder was saved under (informative only): read as a pure path, which any OS can make
+SAVED_PATHS = {"PosixPath": PurePosixPath, "PurePosixPath": PurePosixPath, "WindowsPath": PureWindowsPath,
+               "PureWindowsPath": PureWindowsPath}
+
+
+class _Foreign(Exception):
+    """A pickle named a global that is not on the list."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module == "pathlib" and name in SAVED_PATHS:
+            return SAVED_PATHS[name]
+        if (module, name) in METADATA_GLOBALS:
+            return super().find_class(module, name)
+        raise _Foreign(f"{module}.{name}")
+
+
+def read_metadata_file(path: Path, folder) -> Metadata:
+    """A .metadata file, unpickled with only DCP's own classes allowed."""
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except _Foreign as e:
+        raise UsageError(f"{folder} is not a checkpoint this code wrote: its metadata names {e}; refusing to load "
+                         "it. Load only sharded checkpoints from sources you trust.")
+    except FileNotFoundError:
+        raise UsageError(f"{folder} is not a complete sharded checkpoint (no {path.name}). Start without --resume, "
+                         "or point at the last.dcp folder of the run that wrote it.")
+    except Exception as e:  # truncated, or not a pickle at all
+        raise UsageError(f"{folder}: cannot read its {path.name} ({type(e).__name__}): the folder is truncated "
+                         "or not a sharded checkpoint.")
+    if not isinstance(metadata, Metadata):
+        raise UsageError(f"{folder} is not a checkpoint this code wrote: its metadata is a "
+                         f"{type(metadata).__name__}; refusing to load it.")
+    return metadata
+
+
+class _PlainItems:
+    """The load planner as the reader calls it, except that a non-tensor item (an optimizer's
+    lr, betas, param names...) is read with weights_only=True; what the planner then gets is
+    those plain values, pickled again by us."""
+
+    def __init__(self, planner, folder):
+        self._planner, self._folder = planner, folder
+
+    def __getattr__(self, name):
+        return getattr(self._planner, name)
+
+    def load_bytes(self, read_item, value: io.BytesIO):
+        try:
+            plain = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            named = re.search(r"GLOBAL (\S+)", str(e))
+            raise UsageError(f"{self._folder}: its item {read_item.dest_index.fqn!r} is not plain data "
+                             f"({'it names ' + named[1] if named else 'weights_only refuses it'}); refusing to "
+                             "load it. Load only sharded checkpoints from sources you trust.")
+        repickled = io.BytesIO()
+        torch.save(plain, repickled)
+        repickled.seek(0)
+        self._planner.load_bytes(read_item, repickled)
+
+
+class SafeReader(FileSystemReader):
+    """torch's FileSystemReader, which unpickles .metadata and loads non-tensor items with
+    weights_only=False (filesystem.py read_metadata; default_planner.py load_bytes): here the
+    metadata may name only DCP's classes and items load as plain data. Tensors are read by
+    torch as before, with weights_only=True."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        metadata = read_metadata_file(Path(self._get_metadata_path(kwargs.get("rank"))), self.path)
+        if getattr(metadata, "storage_meta", None) is None:  # as torch's reader does
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def read_data(self, plan, planner):
+        return super().read_data(plan, _PlainItems(planner, self.path))
+
+
+def load_shards(state: dict, folder, no_dist: bool = False):
+    """Fill `state` (tensors and plain values) from a .dcp folder, whatever the number of
+    processes that wrote it; no_dist: one process without a process group."""
+    reader = SafeReader(folder)
+    reader.read_metadata()  # a foreign or broken folder is refused here, before DCP starts
+    try:
+        with warnings.catch_warnings():
+            if no_dist:  # "no process group: loading in one process" is the intent
+                warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=reader, no_dist=no_dist)
+    except CheckpointException as e:  # DCP wraps what a process raised: ours says what to do
+        ours = [error for error, _ in e.failures.values() if isinstance(error, UsageError)]
+        if ours:
+            raise ours[0] from None
+        raise
 
 
 def load_train_state(folder: Path) -> dict:
-    """What a DCP checkpoint folder holds besides tensors (step, configs, data position...)."""
+    """What a DCP checkpoint folder holds besides tensors (step, configs, data position...);
+    its metadata is checked here too, so a foreign folder is refused before any work."""
     path = Path(folder) / TRAIN_STATE
     if not path.is_file():
         raise UsageError(f"{folder} is not a complete sharded checkpoint (no {TRAIN_STATE}). Start without "
                          "--resume, or point out_dir at the run that wrote it.")
+    SafeReader(folder).read_metadata()
     return upgrade(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -88,5 +274,5 @@ def load(folder: Path, model: GPT, optimizers: list):
     optimizers, whatever the number of processes that wrote them."""
     model_sd, optim_sd = get_state_dict(model, optimizers)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=folder)
+    load_shards(state, folder)
     set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

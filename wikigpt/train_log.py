@@ -63,6 +63,9 @@ class TrainLog:
                  f"{lora['base']['path']} frozen")
         if resumed_from:
             self(f"resuming {resumed_from} at step {self.first_step}")
+        if resumed_from and resumed_from.suffix in (".tmp", ".old"):  # fsdp.resumable's fallbacks
+            self(f"{resumed_from.with_suffix('')} is missing: a save was cut short between its renames and "
+                 f"left {resumed_from.name}, the newest complete checkpoint; the next save renames it back")
 
     @contextmanager
     def evaluating(self):
