@@ -32,6 +32,7 @@ import torch
 
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError, run_main
+from wikigpt.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.sampling import CHAT_DEFAULTS
 from wikigpt.tokenizer import DOC_SEP, END_OF_TURN
@@ -211,15 +212,53 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What an export folder holds, and what says export.py wrote it: --overwrite replaces only that
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "README.md"}
+CARD_TAG = "tags: [wikigpt]"  # in the model card's front matter (model_card)
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
+
+
+def not_an_export(out: Path) -> str | None:
+    """None when `out` is an empty folder or something export.py wrote (a folder of exactly an
+    export's files with our model card, or a GGUF file); else what is there, in words."""
+    if out.is_file():
+        with open(out, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+        return None if magic == GGUF_MAGIC else "a file export.py did not write (not a GGUF file)"
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if n not in EXPORT_FILES]
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        return f"files export.py did not write ({', '.join(foreign[:5])}{more})"
+    if names and not ({"config.json", "model.safetensors"} <= set(names) and (out / "README.md").is_file()
+                      and CARD_TAG in (out / "README.md").read_text(encoding="utf-8", errors="replace")):
+        return f"a model folder export.py did not write ({', '.join(names)}, without wikigpt's model card)"
+    return None
+
+
+def check_out(out: Path, format: str, overwrite: bool):
+    """Before any work: --out may be new, an empty folder, or (with --overwrite) what an earlier
+    export wrote; anything else, a training run's folder above all, is refused and left alone."""
+    if format == "hf" and out.is_file():
+        raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    there = not_an_export(out)
+    if there:
+        raise UsageError(f"{out} holds {there}: choose another --out (nothing was deleted; --overwrite replaces "
+                         "only an earlier export: a folder of export.py's files, or a .gguf file).")
+    if not overwrite:
+        raise UsageError(f"{out} holds an earlier export: pass --overwrite to replace it, or choose another --out.")
+
+
 def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False, format: str = "hf") -> Path:
+    out = Path(out)
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
     if format not in ("hf", "gguf"):
         raise UsageError(f"--format {format!r}: use hf (a transformers folder) or gguf (one llama.cpp file).")
-    if format == "hf" and out.is_file():
-        raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{out} exists and is not empty: choose another --out, or pass --overwrite.")
+    check_out(out, format, overwrite)
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
@@ -234,45 +273,57 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
                    "pad_token_id": eos})
 
     tmp = out.with_name(f".{out.name}.tmp-export")
-    if format == "gguf":
-        try:
+    try:
+        if format == "gguf":
             write_gguf(tmp, ckpt, tok, config, weights, dtype)
-            if out.is_dir():
-                shutil.rmtree(out)
-            tmp.replace(out)  # the file appears whole, or not at all
-        finally:
-            tmp.unlink(missing_ok=True)
-        return out
+        else:
+            write_hf_folder(tmp, ckpt, model, tok, config, weights, dtype)
+        put_in_place(tmp, out)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        tmp.unlink(missing_ok=True)
+    return out
 
+
+def write_hf_folder(tmp: Path, ckpt: dict, model, tok, config: dict, weights: dict, dtype: str):
     from safetensors.torch import save_file
 
+    chat, eos = ckpt["kind"] == "sft", config["eos_token_id"]
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    try:
-        tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        write_json(tmp / "config.json", config)
-        generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos}
-        if chat:
-            generation.update({"do_sample": True, **CHAT_DEFAULTS.kwargs()})
-        write_json(tmp / "generation_config.json", generation)
-        write_json(tmp / "tokenizer.json", tokenizer_json(tok))
-        special = {s: s for s in tok.special}
-        write_json(tmp / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.block_size,
-            "bos_token": DOC_SEP, "eos_token": END_OF_TURN if chat else DOC_SEP,
-            "pad_token": END_OF_TURN if chat else DOC_SEP, "clean_up_tokenization_spaces": False,
-            "additional_special_tokens": [s for s in special if s != DOC_SEP],
-            **({"chat_template": chat_template()} if tok.has_chat_tokens() else {})})
-        (tmp / "README.md").write_text(model_card(ckpt, model, tok, config["architectures"][0], dtype), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)  # the folder appears whole, or not at all
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
+    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+    write_json(tmp / "config.json", config)
+    generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos}
+    if chat:
+        generation.update({"do_sample": True, **CHAT_DEFAULTS.kwargs()})
+    write_json(tmp / "generation_config.json", generation)
+    write_json(tmp / "tokenizer.json", tokenizer_json(tok))
+    special = {s: s for s in tok.special}
+    write_json(tmp / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.block_size,
+        "bos_token": DOC_SEP, "eos_token": END_OF_TURN if chat else DOC_SEP,
+        "pad_token": END_OF_TURN if chat else DOC_SEP, "clean_up_tokenization_spaces": False,
+        "additional_special_tokens": [s for s in special if s != DOC_SEP],
+        **({"chat_template": chat_template()} if tok.has_chat_tokens() else {})})
+    (tmp / "README.md").write_text(model_card(ckpt, model, tok, config["architectures"][0], dtype), encoding="utf-8")
+
+
+def put_in_place(tmp: Path, out: Path):
+    """The finished file or folder replaces what check_out allowed at `out` (an empty folder or
+    an earlier export): fsynced first, so that a crash leaves the old export or the new one
+    whole (a crash between the delete and the rename: none, and nothing half-written)."""
+    if tmp.is_dir():
+        fsync_tree(tmp)
+    else:
+        fsync_path(tmp)
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    replace_durably(tmp, out)
 
 
 def write_json(path: Path, obj):
@@ -282,11 +333,12 @@ def write_json(path: Path, obj):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint to export (pretrain or chat)")
-    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--out", required=True, help="folder (or .gguf file) to write: new, or an empty folder")
     p.add_argument("--dtype", default="float32", help="weights as float32 | bfloat16 | float16")
     p.add_argument("--format", default=None, help="hf (a transformers folder) | gguf (one llama.cpp "
                    "file); default: gguf when --out ends in .gguf, else hf")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (never "
+                   "anything else: a folder of export.py's files, or a .gguf file)")
     args = p.parse_args(argv)
     args.format = args.format or ("gguf" if args.out.lower().endswith(".gguf") else "hf")
     out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite, args.format)

@@ -1,6 +1,7 @@
 """export.py: stock transformers, in a fresh process that cannot import this repository, loads
 the exported folder and computes what our model computes."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 from conftest import TINY, run_cli
 
 from wikigpt.checkpoint import load_model
+from wikigpt.cli import UsageError
 from wikigpt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.chat_template import Message, render_chat
 from wikigpt.tokenizer import Tokenizer
@@ -126,22 +128,54 @@ def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data
     assert not (tmp_path / "x").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken")
-    assert r.returncode == 2 and "--overwrite" in r.stderr
-    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+    for overwrite in ([], ["--overwrite"]):  # --overwrite replaces only what export.py made
+        r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken", *overwrite)
+        assert r.returncode == 2 and "keep.txt" in r.stderr and "choose another --out" in r.stderr, r.stderr
+        assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
     (tmp_path / "junk.pt").write_text("junk")
     for bad in (tmp_path / "junk.pt", tmp_path / "missing.pt"):
         r = run_cli("export.py", "--ckpt", bad, "--out", tmp_path / "y")
         assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "y").exists()
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken", "--overwrite", "--dtype", "bfloat16")
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "hf", "--dtype", "bfloat16")
     assert r.returncode == 0, r.stderr
-    config = json.loads((tmp_path / "taken" / "config.json").read_text())
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["Qwen3ForCausalLM"]
     assert config["eos_token_id"] == load_model(ckpt, "cpu")[1].doc_sep  # a base model ends at a document
-    assert not (tmp_path / "taken" / "keep.txt").exists()
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken" / "config.json", "--overwrite")
+    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "hf" / "config.json", "--overwrite")
     assert r.returncode == 2 and "is a file, and a transformers export is a folder" in r.stderr
-    assert json.loads((tmp_path / "taken" / "config.json").read_text()) == config  # left as it was
+    assert json.loads((tmp_path / "hf" / "config.json").read_text()) == config  # left as it was
+
+
+def test_overwrite_replaces_an_earlier_export_and_nothing_else(tiny_ckpt, tmp_path):
+    from export import export
+
+    run = tmp_path / "run"  # a training run's folder: checkpoints, metrics, plot
+    shutil.copytree(tiny_ckpt.parent, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for out in (run, run / "best.pt"):
+        with pytest.raises(UsageError, match=r"holds (files|a file) export.py did not write.*choose another --out"):
+            export(tiny_ckpt, out, overwrite=True, format="gguf" if out.is_file() else "hf")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing deleted or changed
+
+    hf = export(tiny_ckpt, tmp_path / "hf")
+    with pytest.raises(UsageError, match="holds an earlier export: pass --overwrite"):
+        export(tiny_ckpt, hf, dtype="bfloat16")
+    export(tiny_ckpt, hf, dtype="bfloat16", overwrite=True)  # an earlier export is replaced
+    assert json.loads((hf / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    (hf / "notes.txt").write_text("my notes")  # a user's file in it: no longer only an export
+    with pytest.raises(UsageError, match=r"export.py did not write \(notes.txt\)"):
+        export(tiny_ckpt, hf, overwrite=True)
+    assert (hf / "notes.txt").read_text() == "my notes"
+
+    gguf_file = export(tiny_ckpt, tmp_path / "m.gguf", format="gguf")
+    export(tiny_ckpt, gguf_file, dtype="float16", overwrite=True, format="gguf")
+    assert gguf_file.read_bytes()[:4] == b"GGUF"
+    (tmp_path / "other.gguf").write_text("not a model")
+    with pytest.raises(UsageError, match=r"a file export.py did not write \(not a GGUF file.*choose another --out"):
+        export(tiny_ckpt, tmp_path / "other.gguf", overwrite=True, format="gguf")
+    assert (tmp_path / "other.gguf").read_text() == "not a model"
+    (tmp_path / "empty").mkdir()  # an empty folder is taken as it is
+    assert (export(tiny_ckpt, tmp_path / "empty") / "config.json").is_file()
 
 
 def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_path):
