@@ -93,7 +93,8 @@ def event_stream_class():
         async def stream_response(self, send):
             async def send_or_give_up(message):
                 try:
-                    await asyncio.wait_for(send(message), self.stall_s)
+                    async with asyncio.timeout(self.stall_s):
+                        await send(message)
                 except TimeoutError:
                     raise ClientStalled from None
             try:
