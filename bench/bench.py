@@ -88,14 +88,28 @@ def bench_generation(vocab_size: int, new_tokens=256) -> dict:
     return result
 
 
+def start_server(ckpt: str, *extra, stderr=None) -> tuple[subprocess.Popen, str]:
+    """serve.py as a real process on a free port of 127.0.0.1: (the process, its URL), once it
+    listens. `extra`: more serve.py options; stderr: where its log goes (None: here)."""
+    proc = subprocess.Popen([sys.executable, ROOT / "serve.py", "--ckpt", ckpt, "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    line = proc.stdout.readline()  # its first line names the URL, once the socket is bound
+    if " on http://" not in line:
+        proc.wait()
+        sys.exit(f"serve.py did not start (exit code {proc.returncode}): {line.strip()}")
+    return proc, line.split(" on ")[1].split()[0]
+
+
 def stream_chat(url: str, question: str, seed: int, max_tokens: int) -> tuple[float, int]:
-    """One streaming chat request: (seconds to the first token, tokens generated)."""
+    """One streaming chat request: (seconds to the first token, tokens generated). A refusal
+    raises httpx.HTTPStatusError."""
     import httpx
 
     body = {"messages": [{"role": "user", "content": question}], "stream": True, "seed": seed,
             "max_tokens": max_tokens, "stream_options": {"include_usage": True}}
     t0, ttft, tokens = time.perf_counter(), None, 0
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
         for line in r.iter_lines():
             if ttft is None and '"content": "' in line and '"content": ""' not in line:
                 ttft = time.perf_counter() - t0
@@ -119,10 +133,8 @@ def bench_serve(ckpt: str, slots: int, clients: int, rounds=3, max_tokens=64, ex
     requests back to back. Aggregate tokens/s = all tokens / wall time."""
     import multiprocessing
 
-    proc = subprocess.Popen([sys.executable, ROOT / "serve.py", "--ckpt", ckpt, "--port", "0", "--slots", str(slots),
-                             *extra], stdout=subprocess.PIPE, text=True)
+    proc, url = start_server(ckpt, "--slots", str(slots), *extra)
     try:
-        url = proc.stdout.readline().split(" on ")[1].split()[0]
         stream_chat(url, "Hello!", 0, 8)  # warm-up
         with multiprocessing.get_context("fork").Pool(clients) as pool:
             pool.map(abs, range(clients))  # the client processes exist before the clock starts
