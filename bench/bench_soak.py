@@ -73,7 +73,8 @@ def attacks(context: int) -> list:
     def post(body):
         def send(client, url):
             kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-            return client.post(url + "/v1/chat/completions", headers={"Content-Type": "application/json"}, **kw).status_code
+            r = client.post(url + "/v1/chat/completions", headers={"Content-Type": "application/json"}, **kw)
+            return r.status_code
         return send
 
     def leave_mid_stream(client, url):
@@ -165,7 +166,8 @@ def main():
         mixed = row("8 clients + 1 hostile", mixed_phase)
     rows = []
     for name, r in (alone, mixed):
-        rows.append((name, f"{r['requests']} requests, TTFT p50 {1000 * r['p50']:.0f} ms, p95 {1000 * r['p95']:.0f} ms, "
+        rows.append((name, f"{r['requests']} requests, TTFT p50 {1000 * r['p50']:.0f} ms, "
+                           f"p95 {1000 * r['p95']:.0f} ms, "
                            f"{r['tok_s']:,.0f} tok/s, 5xx {r['5xx']}, RSS {r['rss_2nd'] / 2**20:.0f} MB at the 2nd "
                            f"{'minute' if seconds >= 300 else 'fifth'}, {r['rss_last'] / 2**20:.0f} MB at the last"))
     rows.append(("hostile client's requests", json.dumps(dict(sorted(mixed_phase.hostile.items())))))

@@ -114,7 +114,8 @@ class Server:
         self.settings = text_limits(settings, self.block)
         self.prompt_pool = ThreadPoolExecutor(PROMPT_WORKERS, thread_name_prefix="wikigpt-prompt")
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("wikigpt_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
+        self.requests = Counter("wikigpt_requests", "HTTP requests by route (app.ROUTES, else other) and status",
+                                ["path", "status"], registry=r)
         self.tokens_in = Counter("wikigpt_prompt_tokens", "prompt tokens processed", registry=r)
         self.tokens_out = Counter("wikigpt_completion_tokens", "tokens generated", registry=r)
         self.ttft = Histogram("wikigpt_time_to_first_token_seconds", "request arrival to first token", registry=r,
@@ -249,8 +250,9 @@ class Server:
         any; past the deadline, a 504."""
         left = deadline - time.perf_counter()
         if left <= 0:
-            raise ApiError(504, f"the request ran past the server's time limit of {self.settings.request_timeout_s:g} s: "
-                                "ask for fewer tokens or choices, or retry when the server is less busy", code="timeout")
+            raise ApiError(504, f"the request ran past the server's time limit of "
+                                f"{self.settings.request_timeout_s:g} s: ask for fewer tokens or choices, or retry "
+                                "when the server is less busy", code="timeout")
         try:
             batch = [await asyncio.wait_for(events.get(), timeout=min(DISCONNECT_CHECK_S, left))]
         except asyncio.TimeoutError:
