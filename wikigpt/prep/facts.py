@@ -15,12 +15,17 @@ rest of the knowledge pass together.
 """
 import re
 
+from wikigpt.prep.scan import drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
-from wikigpt.prep.wikitext import REMOVED, _hidden_link
+from wikigpt.prep.wikitext import _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
 from wikigpt.sentences import opening_sentence
 
-BOXES = re.compile(r"\{\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b", re.I)
-BRACES = re.compile(r"\{\{|\}\}")
+_BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
+# "{{Infobox" opens an infobox, any other "{{" a template, "}}" closes ("{{{Infobox": "{" + one)
+BOX_TOKENS = re.compile(r"(?P<open>\{%s)|(?P<template>\{\{)(?!%s)|(?P<close>\}\})" % (_BOX, _BOX), re.I)
+# A page has a few infoboxes; each nested one is read again inside the one around it, so a page
+# of thousands nested would cost the square of its size: the first ones are read, no more
+MAX_INFOBOXES = 64
 # fields that are layout, not knowledge
 SKIP_KEY = re.compile(r"^(?:image|img|logo|flag|coat|seal|symbol|map|pushpin|caption|alt|signature|footnote|"
                       r"module|embed|lat|long|(?:lat|long)(?:d|m|s|ns|ew)|coor|label|status system|display parents|trend|name|common name|"
@@ -38,19 +43,20 @@ KEY_UNITS = {"km2": "km²", "sq mi": "sq mi", "sqmi": "sq mi", "km": "km", "mi":
 _KEY_UNIT = re.compile(r"^(.*?)[ ](km2|sq mi|sqmi|km|mi|m|ft|kg|lb|ha)$")
 _NUMBERISH = re.compile(r"^[\d.,\s]+$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
-_REF = re.compile(r"<ref(?:\s[^<>]*)?/>|<ref(?:\s[^<>]*)?>.*?</ref\s*>", re.S | re.I)
-_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
 _BR = re.compile(r"<br\s*/?>|</?(?:p|div|center)\b[^>]*>", re.I)
 _SUP = re.compile(r"<sup\b[^>]*>.{0,12}?</sup>", re.I | re.S)  # footnote marks: "Catalan<sup>a</sup>"
 _TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
-_FILE = re.compile(r"\[\[\s*(?:file|image|media)\s*:[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I)
 _LINK = re.compile(r"\[\[([^\[\]|]*)(?:\|([^\[\]]*))?\]\]")
-_EXTERNAL = re.compile(r"\[(?:https?:)?//[^\s\]]+\s*([^\]]*)\]")
+_EXTERNAL = re.compile(r"\[(?:https?:)?//[^\s\[\]]++\s*+([^\[\]]*+)\]")  # stops at the next bracket: linear
 _QUOTES = re.compile(r"''+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _SPACE_PUNCT = re.compile(r"\s+([,.;:)])")
 _WORD = re.compile(r"\w")
 MAX_VALUE_CHARS = 250  # longer fields are prose, not a fact
+# a field's wikitext longer than this is not read at all: refs and templates can make a short
+# value long (a population with three cited sources: ~2 kB), not 20 kB; and rendering a value
+# costs the value's length, which nested infoboxes would otherwise multiply
+MAX_RAW_VALUE_CHARS = 20_000
 
 
 def plain_value(raw: str) -> str:
@@ -58,9 +64,9 @@ def plain_value(raw: str) -> str:
     when its markup is there: most values are a link or a number (3x faster on the sample)."""
     text = raw.strip()
     if "<" in text:
-        text = _BR.sub("\n", _SUP.sub("", _REF.sub("", _COMMENT.sub("", text))))
+        text = _BR.sub("\n", _SUP.sub("", drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "")))
     if "[[" in text:
-        text = _FILE.sub("", text)
+        text = drop_file_links(text, "")
     if "{{" in text:
         text = render_templates(text, pattern=INNERMOST)
     if "[" in text:
@@ -89,16 +95,11 @@ def attribute_name(key: str) -> str:
 
 
 def infobox_spans(wikitext: str) -> list[tuple[int, int]]:
-    """(start, end) of each infobox template, nested ones included, by counting braces."""
-    spans = []
-    for m in BOXES.finditer(wikitext):  # anywhere: a section can hold one (Lincoln's "Infobox U.S. Cabinet")
-        depth = 0
-        for b in BRACES.finditer(wikitext, m.start()):
-            depth += 1 if b[0] == "{{" else -1
-            if depth == 0:
-                spans.append((m.start(), b.end()))
-                break
-    return spans
+    """(start, end) of each infobox template, nested ones included, by pairing braces; anywhere:
+    a section can hold one (Lincoln's "Infobox U.S. Cabinet")."""
+    if "{{" not in wikitext:
+        return []
+    return matched_spans(wikitext, BOX_TOKENS)[:MAX_INFOBOXES]
 
 
 def _pair(fields: dict, attr: str) -> tuple[str, str] | None:
@@ -126,7 +127,7 @@ def facts(wikitext: str) -> list[tuple[str, str]]:
             key, eq, value = arg.partition("=")
             attr = attribute_name(key) if eq else ""
             # rendering a value is most of the cost: only for fields that can become facts
-            if attr and (not SKIP_KEY.search(attr) or _PAIRED.search(attr)):
+            if attr and (not SKIP_KEY.search(attr) or _PAIRED.search(attr)) and len(value) <= MAX_RAW_VALUE_CHARS:
                 fields[attr] = plain_value(value)
         paired = set()
         for attr in fields:

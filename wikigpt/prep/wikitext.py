@@ -13,6 +13,8 @@ Nothing assumes spaces between words, so Chinese and Japanese clean the same way
 import re
 from dataclasses import dataclass
 
+from wikigpt.prep.scan import (cut_spans, drop_comments, drop_spans, matched_spans, outermost, reduce_innermost,
+                               unmatched_openers)
 from wikigpt.prep.templates import render_quantities
 
 
@@ -154,8 +156,9 @@ def drop_tables(wikitext: str) -> str:
     return "\n".join(out)
 
 
-# Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced '').
-_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+# Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced ''):
+# <ref ...>...</ref> or <ref .../>, found by scan.drop_spans (a lazy pattern is quadratic)
+_LEFTOVER_REF_OPEN, _LEFTOVER_REF_CLOSE = re.compile(r"<ref[^>]*>", re.I), re.compile(r"</ref>", re.I)
 _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
@@ -186,12 +189,18 @@ def _drop_quote_line(line: str) -> str:
 
 # Cheap pre-passes: most of an article's wikitext is citations and templates (infoboxes,
 # {{cite ...}} inside <ref>s), which the parser spends ~60 % of its time building only for
-# _render to drop them. Removing them with regexes first, and cutting the trailing sections
-# before parsing, makes cleaning ~3x faster for the same text.
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_REF = re.compile(r"<ref(?:\s[^<>]*)?/>|<ref(?:\s[^<>]*)?>.*?</ref\s*>", re.S | re.I)
+# _render to drop them. Removing them first, and cutting the trailing sections before
+# parsing, makes cleaning ~3x faster for the same text. Each pass is linear in the page
+# however much markup is left unclosed (scan.py), and what stays unclosed is taken from the
+# parser too, which goes quadratic on it: an unclosed <ref ...> or {{ becomes REMOVED (the
+# parser showed them as text; the safety nets below then removed the <ref>), and an
+# unclosed <!-- hides the rest of the page, as MediaWiki shows it.
+# <ref ...>...</ref> or <ref .../> (an opener that ends in "/>" closes itself)
+_REF_OPEN, _REF_CLOSE = re.compile(r"<ref(?:\s[^<>]*)?/?>", re.I), re.compile(r"</ref\s*>", re.I)
 _INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")  # one without templates inside
-_TEMPLATE_NAME = re.compile(r"\{\{\s*([^{}|<>\n]+?)\s*(?:\||\}\})")
+_DOUBLE_BRACES = re.compile(r"(?P<open>\{\{)|(?P<close>\}\})")
+_DOUBLE_BRACKETS = re.compile(r"(?P<open>\[\[)|(?P<close>\]\])")
+_TEMPLATE_NAME = re.compile(r"\{\{\s*+([^{}|<>\n]*+)(?:\||\}\})")  # possessive: no backtracking
 _HEADING = re.compile(r"\n(={1,6})(.+?)\1[ \t]*(?=\n|$)")  # matched in "\n" + text
 _LIST_MARKS = re.compile(r"\n[*#:;]+")  # "* item", "# step", ": indented"
 _LINK_MARKUP = re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]|'{2,}")
@@ -227,29 +236,36 @@ def _cut_trailing_sections(wikitext: str, headings: list | None = None) -> str:
 
 FILE_PREFIXES = ("file", "image", "media", "datei", "bild", "fichier", "archivo", "文件", "檔案",
                  "图像", "圖像")
-_FILE_LINK = re.compile(r"\[\[[ \t]*(?:%s)[ \t]*:" % "|".join(FILE_PREFIXES), re.I)
-_BRACKETS = re.compile(r"\[\[|\]\]")
+_FILE = r"\[[ \t]*(?:%s)[ \t]*:" % "|".join(FILE_PREFIXES)  # after the first "["
+# "[[File:" opens a file link, any other "[[" a link, "]]" closes: "[[[File:" reads as "[" and
+# a file link, as the search for "[[File:" found it
+_FILE_TOKENS = re.compile(r"(?P<open>\[%s)|(?P<link>\[\[)(?!%s)|(?P<close>\]\])" % (_FILE, _FILE), re.I)
 
 
-def _drop_file_links(wikitext: str) -> str:
-    """Remove [[File:...]] images with their captions, counting nested [[links]] to find the
-    end: the parser gives up on a caption with unbalanced '' and leaves the link as text."""
-    out, pos = [], 0
-    while m := _FILE_LINK.search(wikitext, pos):
-        depth = 0
-        for b in _BRACKETS.finditer(wikitext, m.start()):
-            depth += 1 if b[0] == "[[" else -1
-            if depth == 0:
-                out += [wikitext[pos:m.start()], REMOVED]
-                pos = b.end()
-                break
-        else:  # never closed: leave it to the parser
-            out.append(wikitext[pos:m.end()])
-            pos = m.end()
-    return "".join(out) + wikitext[pos:]
+def drop_file_links(wikitext: str, replacement: str = REMOVED) -> str:
+    """Remove [[File:...]] images with their captions, pairing nested [[links]] to find the
+    end: the parser gives up on a caption with unbalanced '' and leaves the link as text. One
+    that never closes is left to the parser."""
+    if "[[" not in wikitext:
+        return wikitext
+    return cut_spans(wikitext, outermost(matched_spans(wikitext, _FILE_TOKENS)), replacement)
 
 
 _SIMPLE_LINK = re.compile(r"\[\[([^\[\]{}|\n]*)(?:\|([^\[\]{}\n]*))?\]\]")  # no nesting
+_EXTERNAL_OPEN = re.compile(r"\[(?=(?:https?:|ftp:)?//)", re.I)
+
+
+def _drop_unclosed_external_links(wikitext: str) -> str:
+    """The "[" of an external link that no "]" closes on its line -> REMOVED (the parser read
+    such a line again from each "[": quadratic; it showed the "[" as text)."""
+    if not _EXTERNAL_OPEN.search(wikitext):
+        return wikitext
+    lines = wikitext.split("\n")
+    for i, line in enumerate(lines):
+        last = line.rfind("]") + 1
+        if "[" in line[last:]:
+            lines[i] = line[:last] + _EXTERNAL_OPEN.sub(REMOVED, line[last:])
+    return "\n".join(lines)
 
 
 _LINK_SPACES = re.compile(r"[ \t\u00a0_]+")
@@ -278,13 +294,18 @@ def _link_text(m) -> str:
 
 
 def _drop_templates(wikitext: str) -> str:
-    """Remove {{templates}} innermost first (an infobox nests 3-4 deep). Unbalanced braces
-    are left for the parser, which reads them as text as before."""
-    while True:
+    """Remove {{templates}} innermost first (an infobox nests 3-4 deep): a regex pass per
+    level, and past 8 levels (never seen in an article) scan.reduce_innermost, which is linear
+    however deep. A "{{" that no "}}" closes then becomes REMOVED; other unbalanced braces
+    are left for the parser, which reads them as text."""
+    for _ in range(8):
         shorter = _INNER_TEMPLATE.sub(REMOVED, wikitext)
         if len(shorter) == len(wikitext):
-            return wikitext
+            break
         wikitext = shorter
+    else:
+        wikitext = reduce_innermost(wikitext, REMOVED)
+    return unmatched_openers(wikitext, _DOUBLE_BRACES, REMOVED) if "{{" in wikitext else wikitext
 
 
 def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: dict | None = None):
@@ -297,10 +318,10 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
     if _has_disambiguation_template(wikitext) or re.search(r"\((disambiguation|消歧义|消歧義)\)$", title):
         return None, "disambiguation"
     links = found.setdefault("links", []) if found is not None else None
-    wikitext = _cut_trailing_sections(_COMMENT.sub(REMOVED, wikitext),
+    wikitext = _cut_trailing_sections(drop_comments(wikitext, REMOVED),
                                       found.setdefault("headings", []) if found is not None else None)
-    wikitext = render_quantities(drop_tables(_REF.sub(REMOVED, wikitext)))
-    wikitext = _drop_file_links(_drop_templates(wikitext))
+    wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, unclosed=REMOVED)))
+    wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
     wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
     if links is None:
         wikitext = _SIMPLE_LINK.sub(_link_text, wikitext)
@@ -312,13 +333,15 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
                 return REMOVED
             return m[2] if m[2] is not None else title.lstrip(":")
         wikitext = _SIMPLE_LINK.sub(seen, wikitext)
+    if "[[" in wikitext:  # a link that never closes: its "[[" goes, its text stays (see _drop_templates)
+        wikitext = unmatched_openers(wikitext, _DOUBLE_BRACKETS, REMOVED)
     code = mwparserfromhell.parse(wikitext)
     for i, node in enumerate(code.nodes):  # a trailing heading the regex could not read
         if (isinstance(node, mwparserfromhell.nodes.Heading)
                 and node.title.strip_code().strip().lower() in TRAILING_SECTIONS):
             code = mwparserfromhell.wikicode.Wikicode(code.nodes[:i])
             break
-    text = _LEFTOVER_REF.sub(REMOVED, _render(code))
+    text = drop_spans(_render(code), _LEFTOVER_REF_OPEN, _LEFTOVER_REF_CLOSE, REMOVED)
     text = _QUOTE_MARKUP.sub("", _LEFTOVER_TAG.sub(REMOVED, text))
     return finish_article(title, text, settings)
 
