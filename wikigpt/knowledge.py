@@ -28,7 +28,6 @@ It is written to a temporary file in the order of the articles, then renamed int
 same articles give the same bytes, and an interrupted run never leaves half a database.
 """
 import json
-import os
 import re
 import sqlite3
 import unicodedata
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wikigpt.data import DatasetError
+from wikigpt.durable import replace_durably
 from wikigpt.sentences import CJK
 
 KNOWLEDGE = "knowledge.sqlite"
@@ -135,7 +135,7 @@ class KnowledgeWriter:
                                                           ("counts", json.dumps(c, sort_keys=True))])
         db.commit()
         db.close()
-        os.replace(self.tmp, self.path)
+        replace_durably(self.tmp, self.path)  # written with synchronous=OFF: on disk before its name
         return dict(c)
 
 
@@ -188,7 +188,10 @@ class Knowledge:
                                f"prepare_wiki.py. Retrieval works without it, but facts, names and "
                                f"'not found' need it. {rebuild_hint(folder)}")
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            # a URI from the raw path would read '#' or '?' in a folder's name as the URI's own
+            # (dropping mode=ro, creating a stray empty file): as_uri() percent-encodes them
+            uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             meta = dict(db.execute("SELECT key, value FROM meta"))
             counts = json.loads(meta["counts"])
         except (sqlite3.DatabaseError, KeyError, ValueError) as e:
