@@ -15,17 +15,20 @@ rest of the knowledge pass together.
 """
 import re
 
-from wikigpt.prep.scan import drop_comments, drop_spans, matched_spans
+from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
-from wikigpt.prep.wikitext import _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
+from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
 from wikigpt.sentences import opening_sentence
 
 _BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
 # "{{Infobox" opens an infobox, any other "{{" a template, "}}" closes ("{{{Infobox": "{" + one)
-BOX_TOKENS = re.compile(r"(?P<open>\{%s)|(?P<template>\{\{)(?!%s)|(?P<close>\}\})" % (_BOX, _BOX), re.I)
+BOX_TOKENS = re.compile(r"\{%s|\{\{(?!%s)|\}\}" % (_BOX, _BOX), re.I)
+BRACES = re.compile(r"\{\{|\}\}")
+BOXES = re.compile(r"\{" + _BOX, re.I)
 # A page has a few infoboxes; each nested one is read again inside the one around it, so a page
-# of thousands nested would cost the square of its size: the first ones are read, no more
-MAX_INFOBOXES = 64
+# of thousands nested would cost the square of its size: the first ones are read, while what
+# they hold in all is at most MAX_INFOBOX_READS times the page (real pages: under 2)
+MAX_INFOBOXES, MAX_INFOBOX_READS = 64, 4
 # fields that are layout, not knowledge
 SKIP_KEY = re.compile(r"^(?:image|img|logo|flag|coat|seal|symbol|map|pushpin|caption|alt|signature|footnote|"
                       r"module|embed|lat|long|(?:lat|long)(?:d|m|s|ns|ew)|coor|label|status system|display parents|trend|name|common name|"
@@ -64,7 +67,7 @@ def plain_value(raw: str) -> str:
     when its markup is there: most values are a link or a number (3x faster on the sample)."""
     text = raw.strip()
     if "<" in text:
-        text = _BR.sub("\n", _SUP.sub("", drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "")))
+        text = _BR.sub("\n", _SUP.sub("", drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "", None, _REF)))
     if "[[" in text:
         text = drop_file_links(text, "")
     if "{{" in text:
@@ -97,9 +100,17 @@ def attribute_name(key: str) -> str:
 def infobox_spans(wikitext: str) -> list[tuple[int, int]]:
     """(start, end) of each infobox template, nested ones included, by pairing braces; anywhere:
     a section can hold one (Lincoln's "Infobox U.S. Cabinet")."""
-    if "{{" not in wikitext:
-        return []
-    return matched_spans(wikitext, BOX_TOKENS)[:MAX_INFOBOXES]
+    spans, scanned = [], 0
+    for m in BOXES.finditer(wikitext):
+        end = closing_end(wikitext, m.start(), BRACES, "}}")
+        # one that never closes, or boxes nested so deep that counting from each one rereads
+        # the page: pair them all at once (the count per box is cheaper for the usual few)
+        if end is None or (scanned := scanned + end - m.start()) > 2 * len(wikitext):
+            return matched_spans(wikitext, BOX_TOKENS, "}}")[:MAX_INFOBOXES]
+        spans.append((m.start(), end))
+        if len(spans) == MAX_INFOBOXES:
+            break
+    return spans
 
 
 def _pair(fields: dict, attr: str) -> tuple[str, str] | None:
@@ -119,8 +130,10 @@ def _pair(fields: dict, attr: str) -> tuple[str, str] | None:
 
 def facts(wikitext: str) -> list[tuple[str, str]]:
     """The (attribute, value) facts of an article's infoboxes, in their order, without repeats."""
-    out, seen = [], set()
+    out, seen, budget = [], set(), MAX_INFOBOX_READS * len(wikitext)
     for start, end in infobox_spans(wikitext):
+        if (budget := budget - (end - start)) < 0:
+            break
         args = split_args(wikitext[start + 2:end - 2])[1:]  # [0] is the template's name
         fields = {}
         for arg in args:

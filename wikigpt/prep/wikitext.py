@@ -13,8 +13,8 @@ Nothing assumes spaces between words, so Chinese and Japanese clean the same way
 import re
 from dataclasses import dataclass
 
-from wikigpt.prep.scan import (cut_spans, drop_comments, drop_spans, matched_spans, outermost, reduce_innermost,
-                               unmatched_openers)
+from wikigpt.prep.scan import (closing_end, cut_spans, drop_comments, drop_spans, matched_spans, outermost,
+                               reduce_innermost, unmatched_openers)
 from wikigpt.prep.templates import render_quantities
 
 
@@ -159,6 +159,7 @@ def drop_tables(wikitext: str) -> str:
 # Safety net for markup the parser had to leave as text (e.g. a <ref> holding unbalanced ''):
 # <ref ...>...</ref> or <ref .../>, found by scan.drop_spans (a lazy pattern is quadratic)
 _LEFTOVER_REF_OPEN, _LEFTOVER_REF_CLOSE = re.compile(r"<ref[^>]*>", re.I), re.compile(r"</ref>", re.I)
+_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)  # where all close (scan.drop_spans)
 _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
@@ -197,9 +198,9 @@ def _drop_quote_line(line: str) -> str:
 # unclosed <!-- hides the rest of the page, as MediaWiki shows it.
 # <ref ...>...</ref> or <ref .../> (an opener that ends in "/>" closes itself)
 _REF_OPEN, _REF_CLOSE = re.compile(r"<ref(?:\s[^<>]*)?/?>", re.I), re.compile(r"</ref\s*>", re.I)
+_REF = re.compile(r"<ref(?:\s[^<>]*)?/>|<ref(?:\s[^<>]*)?>.*?</ref\s*>", re.S | re.I)  # where all close
 _INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")  # one without templates inside
-_DOUBLE_BRACES = re.compile(r"(?P<open>\{\{)|(?P<close>\}\})")
-_DOUBLE_BRACKETS = re.compile(r"(?P<open>\[\[)|(?P<close>\]\])")
+_DOUBLE_BRACES, _DOUBLE_BRACKETS = re.compile(r"\{\{|\}\}"), re.compile(r"\[\[|\]\]")
 _TEMPLATE_NAME = re.compile(r"\{\{\s*+([^{}|<>\n]*+)(?:\||\}\})")  # possessive: no backtracking
 _HEADING = re.compile(r"\n(={1,6})(.+?)\1[ \t]*(?=\n|$)")  # matched in "\n" + text
 _LIST_MARKS = re.compile(r"\n[*#:;]+")  # "* item", "# step", ": indented"
@@ -237,18 +238,25 @@ def _cut_trailing_sections(wikitext: str, headings: list | None = None) -> str:
 FILE_PREFIXES = ("file", "image", "media", "datei", "bild", "fichier", "archivo", "文件", "檔案",
                  "图像", "圖像")
 _FILE = r"\[[ \t]*(?:%s)[ \t]*:" % "|".join(FILE_PREFIXES)  # after the first "["
+_FILE_LINK = re.compile(r"\[" + _FILE, re.I)
 # "[[File:" opens a file link, any other "[[" a link, "]]" closes: "[[[File:" reads as "[" and
 # a file link, as the search for "[[File:" found it
-_FILE_TOKENS = re.compile(r"(?P<open>\[%s)|(?P<link>\[\[)(?!%s)|(?P<close>\]\])" % (_FILE, _FILE), re.I)
+_FILE_TOKENS = re.compile(r"\[%s|\[\[(?!%s)|\]\]" % (_FILE, _FILE), re.I)
 
 
 def drop_file_links(wikitext: str, replacement: str = REMOVED) -> str:
     """Remove [[File:...]] images with their captions, pairing nested [[links]] to find the
     end: the parser gives up on a caption with unbalanced '' and leaves the link as text. One
     that never closes is left to the parser."""
-    if "[[" not in wikitext:
-        return wikitext
-    return cut_spans(wikitext, outermost(matched_spans(wikitext, _FILE_TOKENS)), replacement)
+    out, pos = [], 0
+    while m := _FILE_LINK.search(wikitext, pos):
+        end = closing_end(wikitext, m.start(), _DOUBLE_BRACKETS, "]]")
+        if end is None:  # counting on from each later opener would be quadratic: pair the rest at once
+            rest = wikitext[pos:]
+            return "".join(out) + cut_spans(rest, outermost(matched_spans(rest, _FILE_TOKENS, "]]")), replacement)
+        out += [wikitext[pos:m.start()], replacement]
+        pos = end
+    return "".join(out) + wikitext[pos:] if out else wikitext
 
 
 _SIMPLE_LINK = re.compile(r"\[\[([^\[\]{}|\n]*)(?:\|([^\[\]{}\n]*))?\]\]")  # no nesting
@@ -257,15 +265,17 @@ _EXTERNAL_OPEN = re.compile(r"\[(?=(?:https?:|ftp:)?//)", re.I)
 
 def _drop_unclosed_external_links(wikitext: str) -> str:
     """The "[" of an external link that no "]" closes on its line -> REMOVED (the parser read
-    such a line again from each "[": quadratic; it showed the "[" as text)."""
-    if not _EXTERNAL_OPEN.search(wikitext):
-        return wikitext
-    lines = wikitext.split("\n")
-    for i, line in enumerate(lines):
-        last = line.rfind("]") + 1
-        if "[" in line[last:]:
-            lines[i] = line[:last] + _EXTERNAL_OPEN.sub(REMOVED, line[last:])
-    return "\n".join(lines)
+    such a line again from each "[": quadratic; it showed the "[" as text). A line's last "]"
+    is looked up once, however many links it holds."""
+    out, pos, eol, last_close = [], 0, -1, -1
+    for m in _EXTERNAL_OPEN.finditer(wikitext):
+        if m.start() > eol:  # the first on its line
+            eol = wikitext.find("\n", m.start()) % (len(wikitext) + 1)  # -1 (the last line): its end
+            last_close = wikitext.rfind("]", m.start(), eol)
+        if m.start() > last_close:
+            out += [wikitext[pos:m.start()], REMOVED]
+            pos = m.end()
+    return "".join(out) + wikitext[pos:] if out else wikitext
 
 
 _LINK_SPACES = re.compile(r"[ \t\u00a0_]+")
@@ -295,17 +305,17 @@ def _link_text(m) -> str:
 
 def _drop_templates(wikitext: str) -> str:
     """Remove {{templates}} innermost first (an infobox nests 3-4 deep): a regex pass per
-    level, and past 8 levels (never seen in an article) scan.reduce_innermost, which is linear
+    level, and past 15 levels (the built-in sample needs 7 at most) scan.reduce_innermost, which is linear
     however deep. A "{{" that no "}}" closes then becomes REMOVED; other unbalanced braces
     are left for the parser, which reads them as text."""
-    for _ in range(8):
+    for _ in range(16):
         shorter = _INNER_TEMPLATE.sub(REMOVED, wikitext)
         if len(shorter) == len(wikitext):
             break
         wikitext = shorter
     else:
         wikitext = reduce_innermost(wikitext, REMOVED)
-    return unmatched_openers(wikitext, _DOUBLE_BRACES, REMOVED) if "{{" in wikitext else wikitext
+    return unmatched_openers(wikitext, _DOUBLE_BRACES, "}}", REMOVED) if "{{" in wikitext else wikitext
 
 
 def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: dict | None = None):
@@ -320,7 +330,7 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
     links = found.setdefault("links", []) if found is not None else None
     wikitext = _cut_trailing_sections(drop_comments(wikitext, REMOVED),
                                       found.setdefault("headings", []) if found is not None else None)
-    wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, unclosed=REMOVED)))
+    wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, REMOVED, _REF)))
     wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
     wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
     if links is None:
@@ -334,14 +344,14 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
             return m[2] if m[2] is not None else title.lstrip(":")
         wikitext = _SIMPLE_LINK.sub(seen, wikitext)
     if "[[" in wikitext:  # a link that never closes: its "[[" goes, its text stays (see _drop_templates)
-        wikitext = unmatched_openers(wikitext, _DOUBLE_BRACKETS, REMOVED)
+        wikitext = unmatched_openers(wikitext, _DOUBLE_BRACKETS, "]]", REMOVED)
     code = mwparserfromhell.parse(wikitext)
     for i, node in enumerate(code.nodes):  # a trailing heading the regex could not read
         if (isinstance(node, mwparserfromhell.nodes.Heading)
                 and node.title.strip_code().strip().lower() in TRAILING_SECTIONS):
             code = mwparserfromhell.wikicode.Wikicode(code.nodes[:i])
             break
-    text = drop_spans(_render(code), _LEFTOVER_REF_OPEN, _LEFTOVER_REF_CLOSE, REMOVED)
+    text = drop_spans(_render(code), _LEFTOVER_REF_OPEN, _LEFTOVER_REF_CLOSE, REMOVED, None, _LEFTOVER_REF)
     text = _QUOTE_MARKUP.sub("", _LEFTOVER_TAG.sub(REMOVED, text))
     return finish_article(title, text, settings)
 
