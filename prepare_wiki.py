@@ -15,14 +15,15 @@ Three passes, each in parallel worker processes where the work is heavy:
   2. (bpe only) train the tokenizer on the train split;
   3. tokenize and write the shards.
 Work happens in a hidden folder beside --out that is renamed into place only at the very end,
-so an interrupted run never leaves something that loads as a dataset. Progress is saved there
-every --checkpoint_mb of source: after a crash or Ctrl-C, the same command continues where it
-stopped and writes the same bytes as a run that was never interrupted.
+every byte of it on disk first, so neither a crash nor a power cut leaves something that loads
+as a dataset unless it is whole (wikigpt/prep/workdir.py). Progress is saved there every
+--checkpoint_mb of source: after a crash or Ctrl-C, the same command continues where it stopped
+and writes the same bytes as a run that was never interrupted. What one page may cost is
+bounded (4 MiB of XML, --page_timeout seconds of cleaning): see docs/data.md, "Limits".
 """
 import argparse
 import base64
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -32,192 +33,92 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from wikigpt.data import (ARTICLES, ARTICLES_GZIP, FORMAT_VERSION, atomic_write_json, open_articles_for_writing,
-                          read_articles, replaceable)
+from wikigpt.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
+                          open_articles_for_writing, read_articles)
+from wikigpt.durable import fsync_path, replace_durably
 from wikigpt.knowledge import KNOWLEDGE, write_knowledge
-from wikigpt.prep.facts import article_knowledge
-from wikigpt.prep.dumps import (Stitcher, WikiError, default_source, download, index_name, range_plan, read_range,
-                   reader_for, source_files, split_pages, parse_pages, truncated_message)
+from wikigpt.prep.download import download
+from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
+from wikigpt.prep.jobs import Kept, JobOptions, clean_job, digest, gzip_member, source_jobs
+from wikigpt.prep.pagecap import MAX_PAGE_BYTES
+from wikigpt.prep.shards import Progress, encode_pass, iter_articles
+from wikigpt.prep.wikitext import CleanSettings
+from wikigpt.prep.workdir import PROGRESS, open_work, publish
+from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
-from wikigpt.prep.shards import Progress, encode_pass, iter_articles, ordered_map
-from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article, link_target
-
-
-def batched(items, max_items: int, max_chars: int = 4_000_000):
-    batch, chars = [], 0
-    for item in items:
-        batch.append(item)
-        chars += len(item[1])
-        if len(batch) >= max_items or chars >= max_chars:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
 
 
 # ----------------------------------------------------------------------------------------
-# Pass 1: clean, in jobs of pages (one-stream sources) or of byte ranges (multistream dumps)
+# Pass 1: clean, in jobs of pages (one-stream sources) or of byte ranges (multistream dumps);
+# the jobs themselves, which run in the workers, are wikigpt/prep/jobs.py
+
+KNOWLEDGE_PARTS = "knowledge-parts"  # in the work folder: the knowledge graph's lines, until it is written
+MAX_WARNINGS = 20  # pages named in warnings per reason; the rest are counted in meta.json's "dropped"
+# The largest real pages (2 MiB of wikitext) clean in about a second; a page that takes a
+# minute is one the parser goes quadratic or worse on: skipped, so one page never stalls a run
+PAGE_SECONDS = 60.0
 
 
-class Kept(NamedTuple):
-    """A cleaned article as a worker hands it to the main process, which only decides whether
-    it stays (a duplicate, or one past --max_articles, does not)."""
-    digest: bytes
-    split: str
-    u: float  # the split hash, in [0, 1)
-    size: int  # bytes of its line in the job's gzip member (the text itself stays in the member)
-    knowledge: bytes  # its line of the knowledge part: facts, links, sections (JSON)
-
-
-class JobOptions(NamedTuple):
-    settings: CleanSettings
-    seed: int
-    val_fraction: float
-
-
-def clean_pages(pages: list, opts: JobOptions) -> tuple[list, bytes, bytes]:
-    """RawPages -> (one Kept or drop reason each, the Kept lines as one gzip member, the
-    redirects as knowledge lines). Workers compress: zlib in the main process was the ceiling
-    on scaling with workers."""
-    results, lines, redirects = [], [], []
-    for page in pages:
-        if page.skip:
-            if page.info.get("redirect"):  # a redirect is an alias of its target
-                redirects.append(json.dumps({"redirect": page.title, "target": link_target(page.info["redirect"])},
-                                            ensure_ascii=False) + "\n")
-            results.append(page.skip)
-            continue
-        found = {}  # what the knowledge graph reads on the way: links, headings
-        try:
-            if page.markup == "wikitext":
-                article, reason = clean_wikitext(page.title, page.text, opts.settings, found)
-            else:  # already plain text (pre-extracted sources)
-                article, reason = finish_article(page.title, page.text, opts.settings)
-        except Exception:  # a pathological page must not stop a 20 GB run; it is counted
-            article, reason = None, "parse_error"
-        if article is None:
-            results.append(reason)
-            continue
-        title, text = article
-        try:
-            known = article_knowledge(page.text, text, found) if page.markup == "wikitext" else {}
-        except Exception:  # the article stays; only its share of the knowledge graph is lost
-            known = {}
-        split, u = split_of(title, opts.seed, opts.val_fraction)
-        line = json.dumps({"title": title, "split": split, "text": text, **page.info}, ensure_ascii=False)
-        lines.append((line + "\n").encode())
-        known = json.dumps({"title": title, **known}, ensure_ascii=False) + "\n"
-        results.append(Kept(_digest(text), split, u, len(lines[-1]), known.encode()))
-    return results, gzip_member(lines), "".join(redirects).encode()
-
-
-def gzip_member(lines: list) -> bytes:
-    """Lines -> one gzip member (members concatenate into one valid .gz), compressed as
-    data.open_articles_for_writing compresses, so the same articles give the same bytes."""
-    return gzip.compress(b"".join(lines), **ARTICLES_GZIP) if lines else b""
-
-
-def _where(path, start, end, compressed, skip, offset) -> str:
-    """Names a place in a range's XML for an error message."""
-    if compressed:
-        return f"{path}: in the bz2 streams at bytes {start}-{end}, byte {skip + offset} of their XML"
-    return f"{path}: at byte {start + skip + offset}"
-
-
-def clean_job(job):
-    """Worker: ("pages", pages, opts) or ("range", path, start, end, compressed, url_prefix, opts)
-    -> (clean_pages' results, gzip member and redirects, stitch): stitch = (head, has_body, tail,
-    truncated) of a range, for Stitcher."""
-    if job[0] == "pages":
-        return clean_pages(job[1], job[2]), None
-    _, path, start, end, compressed, url_prefix, opts = job
-    xml, truncated = read_range(path, start, end, compressed)
-    head, body, tail = split_pages(xml)
-    where = partial(_where, path, start, end, compressed, len(head))
-    pages = parse_pages(body, url_prefix, where) if body else []
-    return clean_pages(pages, opts), (head, body is not None, tail, truncated)
-
-
-def split_of(title: str, seed: int, val_fraction: float) -> tuple[str, float]:
-    """Deterministic train/val assignment by article title (same title -> same split)."""
-    h = hashlib.blake2b(f"{seed}:{title}".encode(), digest_size=8).digest()
-    u = int.from_bytes(h, "big") / 2**64
-    return ("val" if u < val_fraction else "train"), u
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=12).digest()
-
-
-def source_jobs(files, opts: JobOptions, progress, metas: deque):
-    """Every job of pass 1 in order, the same for any number of workers; a job's (file, end
-    position, source bytes, range plan) goes into metas as it is handed out."""
-    base = 0
-    for f in files:
-        progress.file_base = base
-        plan = range_plan(f)
-        if plan:
-            for start, end in plan.ranges():
-                metas.append((base + end, end - start, plan, end == f.stat().st_size))
-                yield ("range", f, start, end, plan.compressed, plan.url_prefix, opts)
-        else:
-            last = 0
-            for batch in batched(reader_for(f)(f, progress), 32):
-                here = progress.bar.n - base
-                metas.append((base + here, here - last, None, False))
-                last = here
-                yield ("pages", batch, opts)
-        base += f.stat().st_size
-
-
-def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
+class CleanPass:
     """Pass 1: source -> cleaned, deduplicated articles in work/parts/, checkpointed in `state`
-    after every part (--checkpoint_mb of source), then joined into work/articles.jsonl.gz."""
-    parts = work / "parts"
-    parts.mkdir(exist_ok=True)
-    c = state.setdefault("clean", {"jobs": 0, "parts": 0, "kept": 0, "skipped": {}, "splits":
-                                   {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": "",
-                                   "members": []})  # sizes of the gzip members, in file order
-    part_path = lambda i: parts / f"part-{i:05d}.jsonl.gz"  # noqa: E731
-    know_path = lambda i: work / KNOWLEDGE_PARTS / f"{i:05d}.jsonl"  # noqa: E731
-    know_path(0).parent.mkdir(exist_ok=True)
-    seen = set()
-    for i in range(c["parts"]):  # a resumed run: the articles kept so far
-        with gzip.open(part_path(i), "rt", encoding="utf-8") as f:
-            seen.update(_digest(json.loads(line)["text"]) for line in f)
-    skipped = Counter(c["skipped"])
-    stitcher = Stitcher(base64.b64decode(c["carry"]))
-    progress = Progress(sum(f.stat().st_size for f in files))
-    if c["jobs"]:
-        print(f"resuming after {c['jobs']} jobs: {c['kept']:,} articles already kept")
-    opts, metas = JobOptions(settings, args.seed, args.val_fraction), deque()
+    after every part (--checkpoint_mb of source), then joined into work/articles.jsonl.gz.
+    An article is kept once: a later one with the same text ("duplicate") or the same title
+    ("duplicate_title": the knowledge graph and retrieval name articles by title) is skipped."""
 
-    def jobs():
-        for i, job in enumerate(source_jobs(files, opts, progress, metas)):
-            if i < c["jobs"]:  # done before the interruption
-                progress.to(metas.pop()[0])
+    def __init__(self, files, args, settings, work: Path, state: dict):
+        self.files, self.args, self.settings, self.work = files, args, settings, work
+        (work / "parts").mkdir(exist_ok=True)
+        (work / KNOWLEDGE_PARTS).mkdir(exist_ok=True)
+        self.c = state.setdefault("clean", {"jobs": 0, "parts": 0, "kept": 0, "skipped": {}, "splits":
+                                            {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": "",
+                                            "members": []})  # sizes of the gzip members, in file order
+        self.state, self.texts, self.titles = state, set(), set()
+        for i in range(self.c["parts"]):  # a resumed run: the articles kept so far
+            with gzip.open(self.part_path(i), "rt", encoding="utf-8") as f:
+                for row in map(json.loads, f):
+                    self.texts.add(digest(row["text"]))
+                    self.titles.add(digest(row["title"]))
+        self.skipped = Counter(self.c["skipped"])
+        self.stitcher = Stitcher(base64.b64decode(self.c["carry"]))
+        self.progress = Progress(sum(f.stat().st_size for f in files))
+        self.opts, self.metas = JobOptions(settings, args.seed, args.val_fraction), deque()
+        if self.c["jobs"]:
+            print(f"resuming after {self.c['jobs']} jobs: {self.c['kept']:,} articles already kept")
+
+    def part_path(self, i: int) -> Path:
+        return self.work / "parts" / f"part-{i:05d}.jsonl.gz"
+
+    def know_path(self, i: int) -> Path:
+        return self.work / KNOWLEDGE_PARTS / f"{i:05d}.jsonl"
+
+    def jobs(self):
+        for i, job in enumerate(source_jobs(self.files, self.opts, self.progress, self.metas)):
+            if i < self.c["jobs"]:  # done before the interruption
+                self.progress.to(self.metas.pop()[0])
                 continue
             yield job
 
-    def keep(results: list, member: bytes, redirects: bytes) -> bytes:
-        """Count and keep the articles of one job; the gzip member to write for them (their
+    def keep(self, results: list, member: bytes, redirects: bytes):
+        """Count and keep the articles of one job; write the gzip member for them (their
         knowledge lines, and the job's redirects, go to the knowledge part)."""
-        kept = []
+        kept, c = [], self.c
         for r in results:
             if isinstance(r, str):
-                skipped[r] += 1
-            elif r.digest in seen:
-                skipped["duplicate"] += 1
-            elif args.max_articles and c["kept"] >= args.max_articles:
+                self.skip(*r.split("\t", 1))
+            elif r.digest in self.texts:
+                self.skipped["duplicate"] += 1
+            elif r.title_digest in self.titles:
+                self.skip("duplicate_title")
+                c.setdefault("repeated_title", json.loads(r.knowledge)["title"])  # the example the summary names
+            elif self.args.max_articles and c["kept"] >= self.args.max_articles:
                 break
             else:
-                seen.add(r.digest)
+                self.texts.add(r.digest)
+                self.titles.add(r.title_digest)
                 c["lowest"] = min(c["lowest"], [r.u, c["kept"]])
                 c["splits"][r.split] += 1
                 c["kept"] += 1
@@ -229,68 +130,95 @@ def clean_pass(files, args, settings, work: Path, state: dict) -> dict:
             member = gzip_member([data[a:b] for r, a, b in zip(articles, ends, ends[1:]) if id(r) in stays])
         if member:
             c["members"].append(len(member))
-        kout.write(b"".join(r.knowledge for r in kept) + redirects)
-        return member
+        self.out.write(member)
+        self.kout.write(b"".join(r.knowledge for r in kept) + redirects)
+        self.progress.count(results, c["kept"])
 
-    def finish_part():  # the part is whole: name it, then save the progress that counts it
-        out.close()
-        kout.close()
-        os.replace(kout.name, know_path(c["parts"]))
-        os.replace(out.name, part_path(c["parts"]))
-        c.update(parts=c["parts"] + 1, skipped=dict(skipped), carry=base64.b64encode(stitcher.carry).decode())
-        atomic_write_json(work / PROGRESS, state)
-        return open(part_path(c["parts"]).with_suffix(".tmp"), "wb"), open(know_path(c["parts"]).with_suffix(".tmp"), "wb")
+    def skip(self, reason: str, title: str | None = None):
+        self.skipped[reason] += 1
+        n, why = self.skipped[reason], {
+            "too_large": f"more than {MAX_PAGE_BYTES >> 20} MiB of XML (Wikipedia stores at most 2 MiB of "
+                         "wikitext a page)",
+            "timeout": f"its cleaning took more than {self.args.page_timeout:g} s (--page_timeout)",
+            "crashed": "the worker process cleaning it died (a crash in the parser)"}.get(reason)
+        if why and n <= MAX_WARNINGS:
+            more = "; any more such pages are only counted (meta.json's 'dropped')" if n == MAX_WARNINGS else ""
+            self.progress.bar.write(f"warning: skipped the page {title!r}: {why}{more}", file=sys.stderr)
 
-    checkpoint_bytes, since = args.checkpoint_mb * 1e6, 0
-    out = open(part_path(c["parts"]).with_suffix(".tmp"), "wb")
-    kout = open(know_path(c["parts"]).with_suffix(".tmp"), "wb")
-    try:
-        for (results, member, redirects), stitch in ordered_map(clean_job, jobs(), args.workers):
-            end, nbytes, plan, last_of_file = metas.popleft()
-            if stitch:  # pages across the range boundary come before this range's own pages
-                head, has_body, tail, truncated = stitch
-                joined = stitcher.feed(head, has_body, tail, plan.url_prefix,
-                                       lambda i: f"{plan.path}: in the page that ends near byte {end}")
-                joined_results, joined_member, joined_redirects = clean_pages(joined, opts)
-                out.write(keep(joined_results, joined_member, joined_redirects))
-                progress.count(joined_results, c["kept"])
-                if last_of_file:
-                    stitcher.finish(plan.path)
-                    stitcher = Stitcher()
-                progress.to(end)
-            out.write(keep(results, member, redirects))
-            progress.count(results, c["kept"])
-            if stitch and truncated:
-                raise WikiError(truncated_message(plan.path, progress.pages, progress.articles))
-            c["jobs"] += 1
-            since += nbytes
-            if args.max_articles and c["kept"] >= args.max_articles:
-                break
-            if since >= checkpoint_bytes:
-                (out, kout), since = finish_part(), 0
-        for f in finish_part():
-            f.close()
-    finally:
-        out.close()
-        kout.close()
-        progress.bar.close()  # before any error message
-    n = c["kept"]
-    if n < 2:
-        raise WikiError(f"only {n} article(s) left after cleaning ({dict(skipped)} dropped), too few "
-                        f"to train on: need at least one train and one val article. Use a larger "
-                        f"dump, or lower --min_chars (now {settings.min_chars}).")
-    with open(work / (ARTICLES + ".tmp"), "wb") as joined:  # gzip members join into one file
-        for i in range(c["parts"]):
-            with open(part_path(i), "rb") as f:
-                shutil.copyfileobj(f, joined, 1 << 20)
-    os.replace(work / (ARTICLES + ".tmp"), work / ARTICLES)
-    if c["splits"]["val"] == 0:  # a tiny source: move the article with the lowest hash to val
-        settle_val_fallback(work, c["lowest"][1])
-        c["members"] = [(work / ARTICLES).stat().st_size]
-    shutil.rmtree(parts)
-    state["cleaned"] = {"articles": n, "dropped": dict(skipped), "members": c.pop("members")}
-    atomic_write_json(work / PROGRESS, state)
-    return state["cleaned"]
+    def open_part(self):
+        i = self.c["parts"]
+        self.out = open(self.part_path(i).with_suffix(".tmp"), "wb")
+        self.kout = open(self.know_path(i).with_suffix(".tmp"), "wb")
+
+    def finish_part(self):
+        """The part is whole: its bytes on disk, named, then the progress that counts it saved."""
+        self.out.close()
+        self.kout.close()
+        replace_durably(self.kout.name, self.know_path(self.c["parts"]))
+        replace_durably(self.out.name, self.part_path(self.c["parts"]))
+        self.c.update(parts=self.c["parts"] + 1, skipped=dict(self.skipped),
+                      carry=base64.b64encode(self.stitcher.carry).decode())
+        atomic_write_json(self.work / PROGRESS, self.state)
+
+    def stitch(self, pool, stitch, end: int, plan, last_of_file: bool):
+        """The pages across the range boundary, cleaned before this range's own pages."""
+        head, has_body, tail, truncated = stitch
+        joined = self.stitcher.feed(head, has_body, tail, plan.url_prefix,
+                                    lambda i: f"{plan.path}: in the page that ends near byte {end}", plan.path)
+        if joined:  # in a worker too: the same time bound as every page
+            self.keep(*run_now(pool, ("pages", joined, self.opts))[0])
+        if last_of_file:
+            self.stitcher.finish(plan.path)
+            self.stitcher = Stitcher()
+        self.progress.to(end)
+
+    def run(self) -> dict:
+        args, c, since = self.args, self.c, 0
+        self.open_part()
+        try:
+            with worker_pool(clean_job, args.workers, page_seconds=args.page_timeout or None) as pool:
+                for (results, member, redirects), stitch in ordered_map(pool, self.jobs()):
+                    end, nbytes, plan, last_of_file = self.metas.popleft()
+                    if stitch:
+                        self.stitch(pool, stitch, end, plan, last_of_file)
+                    self.keep(results, member, redirects)
+                    if stitch and stitch[3]:  # the file's last bz2 stream is cut short
+                        raise WikiError(truncated_message(plan.path, self.progress.pages, self.progress.articles))
+                    c["jobs"] += 1
+                    since += nbytes
+                    if args.max_articles and c["kept"] >= args.max_articles:
+                        break
+                    if since >= args.checkpoint_mb * 1e6:
+                        self.finish_part()
+                        self.open_part()
+                        since = 0
+            self.finish_part()
+        finally:
+            self.out.close()
+            self.kout.close()
+            self.progress.bar.close()  # before any error message
+        return self.join()
+
+    def join(self) -> dict:
+        """The parts -> work/articles.jsonl.gz (gzip members join into one file)."""
+        c, work = self.c, self.work
+        if c["kept"] < 2:
+            raise WikiError(f"only {c['kept']} article(s) left after cleaning ({dict(self.skipped)} dropped), too "
+                            f"few to train on: need at least one train and one val article. Use a larger "
+                            f"dump, or lower --min_chars (now {self.settings.min_chars}).")
+        with open(work / (ARTICLES + ".tmp"), "wb") as joined:
+            for i in range(c["parts"]):
+                with open(self.part_path(i), "rb") as f:
+                    shutil.copyfileobj(f, joined, 1 << 20)
+        replace_durably(work / (ARTICLES + ".tmp"), work / ARTICLES)
+        if c["splits"]["val"] == 0:  # a tiny source: move the article with the lowest hash to val
+            settle_val_fallback(work, c["lowest"][1])
+            c["members"] = [(work / ARTICLES).stat().st_size]
+        shutil.rmtree(work / "parts")
+        self.state["cleaned"] = {"articles": c["kept"], "dropped": dict(self.skipped), "members": c.pop("members"),
+                                 "repeated_title": c.get("repeated_title")}
+        atomic_write_json(work / PROGRESS, self.state)
+        return self.state["cleaned"]
 
 
 def settle_val_fallback(work: Path, index: int):
@@ -299,43 +227,11 @@ def settle_val_fallback(work: Path, index: int):
         for i, row in enumerate(read_articles(work)):
             row["split"] = "val" if i == index else row["split"]
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(work / (ARTICLES + ".new"), work / ARTICLES)
+    replace_durably(work / (ARTICLES + ".new"), work / ARTICLES)
 
 
 # ----------------------------------------------------------------------------------------
 # The pipeline, resumable
-
-PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
-KNOWLEDGE_PARTS = "knowledge-parts"  # in the work folder: the knowledge graph's lines, until it is written
-
-
-def fingerprint(files, args) -> dict:
-    """What the output depends on: the source files as they are now, and the options."""
-    return {"files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "options": {k: getattr(args, k) for k in ("tokenizer", "val_fraction", "seed", "min_chars",
-                                                      "max_articles", "shard_tokens", "checkpoint_mb")},
-            "format_version": FORMAT_VERSION}
-
-
-def open_work(out: Path, files, args) -> tuple[Path, dict]:
-    """The work folder beside `out` and its saved progress: resumed when it was made by the same
-    command on the same source files, started afresh otherwise."""
-    work = out.parent / f".{out.name}.partial"
-    want = fingerprint(files, args)
-    if work.exists():
-        try:
-            state = json.loads((work / PROGRESS).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state.get("fingerprint") == want:
-            return work, state
-        print(f"note: {work} holds an unfinished run of another command or source; starting over.")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    state = {"fingerprint": want}
-    atomic_write_json(work / PROGRESS, state)
-    return work, state
-
 
 def check_options(args):
     if not 0.0 < args.val_fraction < 1.0:
@@ -349,99 +245,124 @@ def check_options(args):
         raise WikiError(f"--workers must be at least 1, got {args.workers}.")
     if args.checkpoint_mb <= 0:
         raise WikiError(f"--checkpoint_mb must be positive, got {args.checkpoint_mb}.")
+    if args.page_timeout < 0:
+        raise WikiError(f"--page_timeout must be 0 (no bound) or more seconds, got {args.page_timeout}.")
+
+
+def check_out(out: Path, overwrite: bool):
+    """Before any work: --out is new, or a folder prepare_wiki.py made and --overwrite says to replace."""
+    if not out.exists():
+        return
+    if looks := not_replaceable(out):
+        raise WikiError(f"{out} is not a dataset folder prepare_wiki.py made: it {looks}. So --overwrite "
+                        "will not replace it: choose another --out. (Nothing was changed.)")
+    if not overwrite:
+        raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
+                        "another --out. (Nothing was changed.)")
+
+
+def resolve_source(args) -> Path:
+    if args.source is None:
+        return default_source()
+    if not re.match(r"^https?://", args.source):
+        return Path(args.source)
+    source = download(args.source, Path(args.cache_dir).expanduser())
+    if index := index_name(source.name):  # a multistream dump: its index lets workers split it
+        try:
+            download(args.source.rsplit("/", 1)[0] + "/" + index, source.parent)
+        except WikiError as e:
+            print(f"warning: no index for {source.name} ({e}); its streams will be found "
+                  "by scanning.", file=sys.stderr)
+    return source
+
+
+def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
+    """Pass 2: the tokenizer (bpe: trained on the train split), saved in the work folder."""
+    if args.tokenizer == "gpt2":
+        tok = Tokenizer.from_name("gpt2")
+    elif state.get("tokenizer"):
+        return Tokenizer.load(work / "tokenizer.json")
+    else:
+        t = time.time()
+        print(f"training {args.tokenizer} tokenizer on the train split...")
+        tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
+        print(f"  trained in {time.time() - t:.1f}s")
+    tok.save(work / "tokenizer.json")
+    fsync_path(work / "tokenizer.json")  # on disk before the progress that says it is there
+    state["tokenizer"] = True
+    atomic_write_json(work / PROGRESS, state)
+    return tok
+
+
+def build(files, args, work: Path, state: dict, t0: float) -> tuple[dict, Tokenizer]:
+    """The three passes into the work folder -> (meta.json's contents, the tokenizer)."""
+    settings = CleanSettings(min_chars=args.min_chars)
+    # the pool's exit waits for the writer: after a crash no thread is left writing into
+    # work/ to race the run that resumes it (or the cleanup of bad input)
+    with ThreadPoolExecutor(1) as pool:
+        cleaned = state.get("cleaned") or CleanPass(files, args, settings, work, state).run()
+        print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; dropped: {cleaned['dropped']}")
+        if n := cleaned["dropped"].get("duplicate_title"):
+            print(f"skipped {n} article(s) whose title repeats an earlier one: e.g. {cleaned['repeated_title']!r} "
+                  "(the first article of a title is kept)")
+        writing = None
+        if "knowledge" not in state:  # knowledge.sqlite, in a thread beside passes 2 and 3 (the
+            # main process mostly waits for workers there): ~0.1 s off the x10 sample's 4 s
+            parts = sorted((work / KNOWLEDGE_PARTS).glob("*.jsonl"))
+            writing = pool.submit(write_knowledge, work / KNOWLEDGE, parts)
+        tok = tokenizer_for(args, work, state)
+        if "splits" not in state:
+            state["splits"] = encode_pass(tok, work, cleaned["members"], args)
+            atomic_write_json(work / PROGRESS, state)
+        if writing is not None:
+            state["knowledge"] = writing.result()
+            shutil.rmtree(work / KNOWLEDGE_PARTS)
+            atomic_write_json(work / PROGRESS, state)
+    splits = state["splits"]
+    return {
+        "format_version": FORMAT_VERSION,
+        "made_by": MADE_BY,  # what --overwrite looks for before it replaces a folder
+        "source": str(args.source or files[0]),
+        "cleaning": asdict(settings),
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "tokenizer": tok.name,
+        "vocab_size": tok.n_vocab,
+        "dropped": cleaned["dropped"],
+        "shards": {s: st["shards"] for s, st in splits.items()},
+        "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
+        "articles": ARTICLES,
+        "knowledge": state["knowledge"],
+        "seconds": round(time.time() - t0, 2),
+    }, tok
 
 
 def prepare(args) -> Path:
     t0 = time.time()
     out = Path(args.out)
-    if out.exists() and not replaceable(out):
-        raise WikiError(f"{out} is not a dataset folder (it holds other files), so prepare_wiki.py "
-                        "will not replace it: choose another --out. (Nothing was changed.)")
-    if out.exists() and not args.overwrite:
-        raise WikiError(f"{out} already exists. Pass --overwrite to replace it, or choose "
-                        "another --out. (Nothing was changed.)")
+    check_out(out, args.overwrite)
     check_options(args)
-    if args.source is None:
-        source = default_source()
-    elif re.match(r"^https?://", args.source):
-        source = download(args.source, Path(args.cache_dir).expanduser())
-        if index := index_name(source.name):  # a multistream dump: its index lets workers split it
-            try:
-                download(args.source.rsplit("/", 1)[0] + "/" + index, source.parent)
-            except WikiError as e:
-                print(f"warning: no index for {source.name} ({e}); its streams will be found "
-                      "by scanning.", file=sys.stderr)
-    else:
-        source = Path(args.source)
+    source = resolve_source(args)
     files = source_files(source)
-    settings = CleanSettings(min_chars=args.min_chars)
     print(f"source: {source} ({len(files)} file(s)); workers: {args.workers}")
-
     out.parent.mkdir(parents=True, exist_ok=True)
     work, state = open_work(out, files, args)
     try:
-        # the pool's exit waits for the writer: after a crash no thread is left writing into
-        # work/ to race the run that resumes it (or the cleanup of bad input)
-        with ThreadPoolExecutor(1) as pool:
-            cleaned = state.get("cleaned") or clean_pass(files, args, settings, work, state)
-            print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; "
-                  f"dropped: {cleaned['dropped']}")
-
-            writing = None
-            if "knowledge" not in state:  # knowledge.sqlite, in a thread beside passes 2 and 3 (the
-                # main process mostly waits for workers there): ~0.1 s off the x10 sample's 4 s
-                parts = sorted((work / KNOWLEDGE_PARTS).glob("*.jsonl"))
-                writing = pool.submit(write_knowledge, work / KNOWLEDGE, parts)
-
-            if args.tokenizer == "gpt2":
-                tok = Tokenizer.from_name("gpt2")
-            elif state.get("tokenizer"):
-                tok = Tokenizer.load(work / "tokenizer.json")
-            else:
-                t = time.time()
-                print(f"training {args.tokenizer} tokenizer on the train split...")
-                tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
-                print(f"  trained in {time.time() - t:.1f}s")
-            tok.save(work / "tokenizer.json")
-            state["tokenizer"] = True
-            atomic_write_json(work / PROGRESS, state)
-
-            if "splits" not in state:
-                state["splits"] = encode_pass(tok, work, cleaned["members"], args)
-                atomic_write_json(work / PROGRESS, state)
-            splits = state["splits"]
-            if writing is not None:
-                state["knowledge"] = writing.result()
-                shutil.rmtree(work / KNOWLEDGE_PARTS)
-                atomic_write_json(work / PROGRESS, state)
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "source": str(args.source or source),
-                "cleaning": asdict(settings),
-                "val_fraction": args.val_fraction,
-                "seed": args.seed,
-                "tokenizer": tok.name,
-                "vocab_size": tok.n_vocab,
-                "dropped": cleaned["dropped"],
-                "shards": {s: st["shards"] for s, st in splits.items()},
-                "splits": {s: {k: v for k, v in st.items() if k != "shards"} for s, st in splits.items()},
-                "articles": ARTICLES,
-                "knowledge": state["knowledge"],
-                "seconds": round(time.time() - t0, 2),
-            }
-            (work / PROGRESS).unlink()
-            atomic_write_json(work / "meta.json", meta)  # meta.json last: it marks the folder complete
+        meta, tok = build(files, args, work, state, t0)
     except WikiError:  # bad input: nothing to resume
         shutil.rmtree(work)
         raise
-    if out.exists():  # --overwrite: swap the old folder out only now that the new one is whole
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old)
-    else:
-        work.rename(out)
+    (work / PROGRESS).unlink()
+    # every file's size (meta.json last: it marks the folder complete), so a loader or a
+    # check can tell a whole dataset from one that is not
+    meta["files"] = {p.name: p.stat().st_size for p in sorted(work.iterdir())}
+    atomic_write_json(work / "meta.json", meta)
+    publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
+    report(out, meta, tok)
+    return out
 
+
+def report(out: Path, meta: dict, tok: Tokenizer):
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     print(f"\nwrote {out}/ in {meta['seconds']:.1f}s (tokenizer {tok.name}, vocab {tok.n_vocab})")
     for s, st in (("train", tr), ("val", va)):
@@ -452,7 +373,6 @@ def prepare(args) -> Path:
     print(f"  knowledge graph: {k['facts']:,} facts from {k['infoboxes']:,} infoboxes, {k['aliases']:,} aliases "
           f"(of {k['redirects']:,} redirects), {k['links']:,} links, {k['sections']:,} section openings "
           f"-> {out / KNOWLEDGE}")
-    return out
 
 
 def parse_args(argv=None):
@@ -470,8 +390,11 @@ def parse_args(argv=None):
     p.add_argument("--max_articles", type=int, default=0, help="stop after this many articles (0: all)")
     p.add_argument("--checkpoint_mb", type=float, default=256,
                    help="save progress every this many MB of source read (a re-run continues from there)")
+    p.add_argument("--page_timeout", type=float, default=PAGE_SECONDS,
+                   help=f"skip (and name) a page whose cleaning takes longer than this many seconds "
+                        f"(default {PAGE_SECONDS:g}; the largest real pages take ~1 s; 0: no bound)")
     p.add_argument("--cache_dir", default="~/.cache/wikigpt", help="where URL sources are downloaded")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that prepare_wiki.py made")
     return p.parse_args(argv)
 
 
@@ -482,6 +405,9 @@ def main(argv=None):
     except WikiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except WorkerLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"\ninterrupted: progress is saved in {Path(args.out).parent}/.{Path(args.out).name}"
               ".partial; run the same command again to continue.", file=sys.stderr)

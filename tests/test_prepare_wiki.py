@@ -259,7 +259,7 @@ def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with HTTP Range support, as Wikimedia's servers do."""
+    """Serves files with ETags and HTTP Range support, as Wikimedia's servers do."""
     ranges = []
 
     def do_GET(self):
@@ -268,7 +268,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.ranges.append(rng)
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
         self.send_response(206 if rng else 200)
+        self.send_header("ETag", f'"{len(data)}"')
         self.send_header("Content-Length", str(len(data) - start))
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
         self.wfile.write(data[start:])
 
@@ -289,7 +292,8 @@ def test_url_source_downloads_with_resume(small_dump, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     multistream(wordy_pages(50), served / "xwiki-multistream.xml.bz2", per_stream=10)
     try:
-        url = f"http://127.0.0.1:{server.server_port}/wiki.xml.bz2"
+        url = f"http://127.0.0.1:{server.server_port}/wiki.xml.bz2"  # the ETag it gave then, beside it:
+        (cache / "wiki.xml.bz2.part.json").write_text(json.dumps({"url": url, "validator": f'"{len(data)}"'}))
         ds = build(url, tmp_path / "ds", "--cache_dir", cache)
         build(url.replace("wiki.xml", "xwiki-multistream.xml"), tmp_path / "ms", "--cache_dir", cache)
     finally:

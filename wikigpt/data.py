@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import os
+import re
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wikigpt.durable import write_text
 from wikigpt.tokenizer import Tokenizer
 
 ARTICLES = "articles.jsonl.gz"
@@ -56,6 +58,8 @@ class ShardFile:
     def close(self):
         self.f.seek(0)
         self.f.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.tokens, self.vocab_size))
+        self.f.flush()
+        os.fsync(self.f.fileno())  # on disk before the progress that counts it is saved
         self.f.close()
 
 
@@ -101,13 +105,50 @@ def holds_a_run(folder: Path) -> bool:
     return any(folder.glob("*.pt")) or any(folder.glob("*.dcp")) or (folder / "metrics.jsonl").is_file()
 
 
-def replaceable(folder: Path) -> bool:
-    """Whether prepare_wiki.py --overwrite may replace a folder: an empty one or a dataset, whole
-    or half made; never a training run or a folder of other files."""
-    if not folder.is_dir() or holds_a_run(folder):
-        return False
-    marks = ("meta.json", "tokenizer.json", ARTICLES)
-    return not any(folder.iterdir()) or any((folder / m).exists() for m in marks) or any(folder.glob("train_*.bin"))
+MADE_BY = "prepare_wiki.py"  # meta.json's "made_by": a folder prepare_wiki.py --overwrite may replace
+# every name prepare_wiki.py (any version) and retrieve.py put in a dataset or its work folder
+DATASET_NAMES = re.compile(r"(meta\.json|tokenizer\.json|articles\.jsonl\.gz|knowledge\.sqlite|(train|val)_\d{3}\.bin"
+                           r"|index|index\.tmp|progress\.json|parts|knowledge-parts|[^/]*\.tmp)")
+MODEL_FILES = re.compile(r".*\.(safetensors|pt|pth|ckpt|gguf|onnx)$|config\.json|pytorch_model\.bin")
+
+
+def not_replaceable(folder: Path) -> str | None:
+    """None when prepare_wiki.py --overwrite may replace folder: an empty one, a dataset it made
+    (meta.json's "made_by"), or one an older version made or left half made, told by its files:
+    only a dataset's names, and a meta.json of this format, a shard or saved progress among
+    them. Anything else: what the folder looks like, for the refusal."""
+    if not folder.is_dir():
+        return "is a file"
+    names = sorted(p.name for p in folder.iterdir())
+    if holds_a_run(folder):
+        return "holds a training run (checkpoints)"
+    meta = _json_or_empty(folder / "meta.json")
+    if not names or meta.get("made_by") == MADE_BY:
+        return None
+    foreign = [n for n in names if not DATASET_NAMES.fullmatch(n)]
+    if not foreign and ({"format_version", "shards", "tokenizer"} <= meta.keys() or "progress.json" in names
+                        or any(_is_shard(folder / n) for n in names if n.endswith(".bin") and (folder / n).is_file())):
+        return None
+    listed = foreign or names
+    shown = ", ".join(listed[:6]) + (f" and {len(listed) - 6} more" if len(listed) > 6 else "")
+    if any(MODEL_FILES.fullmatch(n) for n in names):
+        return f"holds {shown} (a model export, it seems)"
+    if foreign:
+        return f"holds {shown}, which no dataset holds"
+    return f"holds {shown} but no meta.json or shard of a dataset"
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_shard(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == MAGIC
 
 
 def refuse_a_run_folder(folder: Path):
@@ -147,12 +188,8 @@ def load_dataset(path) -> TokenDataset:
 
 
 def atomic_write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The file whole or not at all, and on disk (durable.py: fsync, rename, fsync the folder)."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------------------

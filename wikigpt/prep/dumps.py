@@ -27,12 +27,11 @@ from typing import NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import unescape
 
-from wikigpt.cli import progress_bar
+from wikigpt.prep.errors import WikiError
+from wikigpt.prep.pagecap import (MAX_PAGE_BYTES, PAGE_CLOSE, TOO_LARGE, CappedReader, PageCap, capped_lines,
+                                  cut_page, not_a_dump)
 
-
-
-class WikiError(Exception):
-    """A user-facing problem with the input or the options; printed without a traceback."""
+__all__ = ["WikiError"]  # raised by every reader; imported from here by the commands
 
 
 class RawPage(NamedTuple):
@@ -40,7 +39,7 @@ class RawPage(NamedTuple):
     text: str
     markup: str  # "wikitext" (dumps) or "plain" (pre-extracted sources)
     info: dict  # page id and URL where the source has them; a redirect's target title
-    skip: str | None = None  # why the page is not an article ("redirect", "not_article")
+    skip: str | None = None  # why the page is not an article ("redirect", "not_article", "too_large")
 
 
 BZ2_STREAM = re.compile(rb"BZh[1-9]1AY&SY")  # stream header + first block magic (0x314159265359)
@@ -85,6 +84,8 @@ def raw_page(elem, url_prefix: str) -> RawPage:
     fields = {_local(c.tag): c for c in elem}
     revision = {_local(c.tag): c for c in fields.get("revision", [])}
     title = (fields["title"].text or "") if "title" in fields else ""
+    if "wikigpt-too-large" in fields:  # cut by PageCap: counted, and named in a warning
+        return RawPage(title, "", "wikitext", {}, "too_large")
     ns = (fields["ns"].text or "0").strip() if "ns" in fields else "0"
     text = revision["text"].text or "" if "text" in revision else ""
     info = {"id": (fields["id"].text or "").strip() if "id" in fields else ""}
@@ -111,13 +112,13 @@ def _url_prefix(base: str) -> str:
 
 def read_xml(path: Path, progress):
     """Stream the RawPages of an XML dump; memory stays flat because every finished <page> is
-    cleared from the tree."""
+    cleared from the tree, and no page holds more than MAX_PAGE_BYTES (pagecap.py)."""
     pages = articles = 0
     url_prefix = ""
     with open(path, "rb") as raw:
         stream = open_maybe_compressed(raw)
         try:
-            context = ET.iterparse(stream, events=("start", "end"))
+            context = ET.iterparse(CappedReader(stream, path), events=("start", "end"))
             _, root = next(context)
             if _local(root.tag) != "mediawiki":
                 raise _not_a_dump(path, _local(root.tag))
@@ -150,7 +151,10 @@ def read_jsonl(path: Path, progress):
     """Pre-extracted articles, one JSON object per line with "title" and "text"
     (Hugging Face exports, WikiExtractor --json). Text is taken as plain text."""
     with open(path, "rb") as raw:
-        for lineno, line in enumerate(open_maybe_compressed(raw), 1):
+        for lineno, (line, too_large) in enumerate(capped_lines(open_maybe_compressed(raw)), 1):
+            if too_large:  # over MAX_PAGE_BYTES: skipped, counted, named by its title
+                yield RawPage(_jsonl_title(line), "", "plain", {}, "too_large")
+                continue
             if not line.strip():
                 continue
             try:
@@ -167,6 +171,18 @@ def read_jsonl(path: Path, progress):
             progress.at(raw.tell())
             info = {k: str(row[k]) for k in ("id", "url") if row.get(k)}
             yield RawPage(str(row.get("title", "")), row["text"], "plain", info)
+
+
+_JSON_TITLE = re.compile(rb'"title"\s*:\s*("(?:[^"\\]|\\.){0,1024}")')
+
+
+def _jsonl_title(start: bytes) -> str:
+    """The title of a JSON line too long to read, from its first bytes ('' when not there)."""
+    m = _JSON_TITLE.search(start)
+    try:
+        return json.loads(m[1]) if m else ""
+    except ValueError:
+        return ""
 
 
 def read_parquet(path: Path, progress):
@@ -247,39 +263,6 @@ def default_source() -> Path:
         raise WikiError(f"the built-in sample {path} is missing from this gensim install; "
                         "pass a dump path or URL instead.")
     return path
-
-
-def download(url: str, cache_dir: Path) -> Path:
-    """Download url into cache_dir, resuming a partial download (HTTP Range)."""
-    import requests
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    dest = cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
-    if dest.is_file():
-        print(f"using cached {dest}")
-        return dest
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    try:
-        with requests.get(url, headers=headers, stream=True, timeout=60) as r:
-            if r.status_code == 416:  # the partial file is already complete
-                part.rename(dest)
-                return dest
-            r.raise_for_status()
-            if r.status_code != 206:  # server ignored the Range: start over
-                have = 0
-            total = have + int(r.headers.get("Content-Length", 0)) or None
-            with open(part, "ab" if have else "wb") as f, progress_bar(
-                    total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar:
-                for chunk in r.iter_content(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except requests.RequestException as e:
-        raise WikiError(f"downloading {url} failed ({e}). Run the same command again: it resumes "
-                        f"from the {part.stat().st_size if part.exists() else 0} bytes in {part}.")
-    part.rename(dest)
-    return dest
 
 
 # ----------------------------------------------------------------------------------------
@@ -388,36 +371,14 @@ def range_plan(path: Path) -> RangePlan | None:
             return None
         size = path.stat().st_size
         starts, compressed = list(range(0, size, PLAIN_JOB_BYTES)), False
+    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):  # a byte-order mark, blanks, then XML
+        raise WikiError(f"{path}: not a MediaWiki dump: its first stream is not XML (it starts with "
+                        f"{head[:40]!r}). Use a *-pages-articles.xml[.bz2] file from dumps.wikimedia.org.")
     root = re.search(rb"<(?!\?|!)([\w:.-]+)", head)  # the first element, after <?xml ...?>
     if root and _local(root[1].decode("ascii", "replace")).split(":")[-1] != "mediawiki":
         raise _not_a_dump(path, root[1].decode("ascii", "replace"))
     base = re.search(rb"<base>([^<]*)</base>", head)
     return RangePlan(path, compressed, starts, _url_prefix(base[1].decode()) if base else "")
-
-
-def read_range(path: Path, start: int, end: int, compressed: bool) -> tuple[bytes, bool]:
-    """The XML bytes of a byte range (whole bz2 streams when compressed), and whether the range
-    is the end of a truncated file (its last stream cut short: what came before it is kept)."""
-    with open(path, "rb") as raw:
-        raw.seek(start)
-        data = raw.read(end - start)
-    if not compressed:
-        return data, False
-    out = []
-    try:
-        while data:  # stream by stream: concatenated streams, and a cut one at the very end
-            dec = bz2.BZ2Decompressor()
-            out.append(dec.decompress(data))
-            if not dec.eof:
-                if end == path.stat().st_size:
-                    return b"".join(out), True
-                raise ValueError("a bz2 stream continues past the end of its range")
-            data = dec.unused_data
-    except (OSError, ValueError, EOFError) as e:
-        raise WikiError(f"{path}: bytes {start}-{end} are not whole bz2 streams ({e}). The dump "
-                        "is damaged, or its index belongs to another dump: download it again, "
-                        "or move the index file away to find the streams by scanning.")
-    return b"".join(out), False
 
 
 def split_pages(data: bytes):
@@ -449,19 +410,35 @@ def parse_pages(body: bytes, url_prefix: str, where) -> list:
 
 class Stitcher:
     """Joins the pages that span two ranges, in order: the tail of one range + the head of the
-    next hold whole pages (a Wikimedia multistream cuts between pages, so both are blank)."""
+    next hold whole pages (a Wikimedia multistream cuts between pages, so both are blank).
+    What it carries is capped as the ranges are (pagecap.py): a page that goes on past
+    MAX_PAGE_BYTES is carried as its cut start only, and the rest of it is dropped as it comes."""
 
     def __init__(self, carry: bytes = b""):
         self.carry = carry
 
-    def feed(self, head: bytes, has_body: bool, tail: bytes, url_prefix: str, where) -> list:
+    def feed(self, head: bytes, has_body: bool, tail: bytes, url_prefix: str, where, name) -> list:
         """The RawPages completed by this range's head (to go before its body's pages)."""
-        if not has_body:  # a page longer than the whole range: keep collecting
-            self.carry += head
-            return []
-        joined, self.carry = self.carry + head, tail
+        carry = self.carry
+        if carry.endswith(TOO_LARGE):  # a page cut in an earlier range: the rest of it goes
+            close = head.find(PAGE_CLOSE)
+            head = head[close:] if close >= 0 else b""
+        elif head.startswith(TOO_LARGE):  # this range starts deep inside the carried page
+            carry, head = self._cut(carry, name), head[len(TOO_LARGE):]
+        joined = carry + head
+        if len(joined) > MAX_PAGE_BYTES:  # a page across ranges too long to keep, closed or not
+            cap = PageCap(name)
+            joined = cap.feed(joined) + cap.end()
         _, body, rest = split_pages(joined)
+        self.carry = tail if has_body else rest if body else joined  # no page here: keep collecting
         return parse_pages(body, url_prefix, where) if body else []
+
+    @staticmethod
+    def _cut(carry: bytes, name) -> bytes:
+        opening = carry.rfind(b"<page>")
+        if opening < 0:
+            raise not_a_dump(name)
+        return carry[:opening] + cut_page(carry[opening:])
 
     def finish(self, path: Path):
         if b"<page>" in self.carry:

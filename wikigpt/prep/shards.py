@@ -2,38 +2,19 @@
 Pass 3 of prepare_wiki.py: the kept articles -> uint16 token shards, tokenized in worker
 processes that read the articles file themselves, a few gzip members each, so the main process
 only writes shards (reading and sending the text from it scaled 1.6x on 2 workers, this 1.8x).
-Also the ordered, bounded parallel map both passes run on, and pass 1's progress bar.
+Also pass 1's progress bar (both passes run on workers.py's ordered map).
 """
 import gzip
 import json
-import multiprocessing as mp
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from wikigpt.cli import progress_bar
 from wikigpt.data import ARTICLES, ShardFile, read_articles
+from wikigpt.prep.workers import ordered_map, worker_pool
 from wikigpt.tokenizer import Tokenizer
-
-
-def ordered_map(fn, jobs, workers: int, initializer=None, initargs=()):
-    """Like map(fn, jobs), in worker processes, in order, with at most 2*workers jobs in
-    flight (Pool.imap would read the whole input ahead: not an option for a 20 GB dump)."""
-    if workers <= 1:
-        if initializer:
-            initializer(*initargs)
-        yield from map(fn, jobs)
-        return
-    with mp.Pool(workers, initializer, initargs) as pool:
-        pending = deque()
-        for job in jobs:
-            pending.append(pool.apply_async(fn, (job,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 class Progress:
@@ -146,9 +127,10 @@ def encode_pass(tok: Tokenizer, work: Path, members: list, args) -> dict:
     writers = {s: ShardWriter(work, s, tok, args.shard_tokens) for s in SPLITS}
     jobs = ((work / ARTICLES, a, b) for a, b in member_ranges(members))
     bar = progress_bar(desc="tokenize", unit=" tok", unit_scale=True)
-    for result in ordered_map(encode_members, jobs, args.workers, _init_encoder, (tok,)):
-        for split, (arrays, counts) in result.items():
-            writers[split].add(arrays, counts)
-            bar.update(sum(map(len, arrays)))
+    with worker_pool(encode_members, args.workers, _init_encoder, (tok,)) as pool:
+        for result in ordered_map(pool, jobs):
+            for split, (arrays, counts) in result.items():
+                writers[split].add(arrays, counts)
+                bar.update(sum(map(len, arrays)))
     bar.close()
     return {s: w.close() for s, w in writers.items()}
