@@ -128,6 +128,21 @@ def test_one_stream_gzip_page_and_jsonl_line_bombs_are_skipped(tmp_path):
         assert meta["splits"]["train"]["articles"] + meta["splits"]["val"]["articles"] == kept
 
 
+def test_an_index_of_one_endless_line_is_not_read_whole(tmp_path, a_run, capsys):
+    from wikigpt.prep.dumps import range_plan, write_multistream
+
+    pages = pages_of_words(30, 40)
+    xml = dump_xml(*pages).encode()
+    first, last = xml.index(b"<page>"), xml.rindex(b"</page>") + len(b"</page>")
+    dump = tmp_path / "x-multistream.xml.bz2"
+    write_multistream(xml[:first], [p.encode() for p in pages], xml[last:], dump, 10)
+    (tmp_path / "x-multistream-index.txt.bz2").write_bytes(a_run * (BOMB // RUN + 1))  # 1 GiB, no newline
+    t0 = time.monotonic()
+    plan = range_plan(dump)
+    assert time.monotonic() - t0 < 2 and len(plan.starts) == 5  # header, 3 streams of pages, footer: by scanning
+    assert "a line of more than 4096 characters" in capsys.readouterr().err
+
+
 def test_a_page_over_the_cap_is_skipped_alike_in_every_layout_of_a_dump(tmp_path, capsys):
     from wikigpt.prep.dumps import write_multistream
 

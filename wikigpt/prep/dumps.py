@@ -202,7 +202,8 @@ def read_parquet(path: Path, progress):
         table = pf.read_row_group(i, columns=["title", "text", *extra]).to_pydict()
         for j, (title, text) in enumerate(zip(table["title"], table["text"])):
             info = {c: str(table[c][j]) for c in extra if table[c][j]}
-            yield RawPage(title or "", text or "", "plain", info)
+            too_large = len(text or "") > MAX_PAGE_BYTES  # the cap of every source (pagecap.py)
+            yield RawPage(title or "", "" if too_large else text or "", "plain", info, "too_large" if too_large else None)
         progress.at(size * (i + 1) // pf.num_row_groups)
 
 
@@ -307,7 +308,7 @@ def _starts_from_index(path: Path, index: Path) -> list | None:
     size = path.stat().st_size
     try:
         with bz2.open(index, "rt", encoding="utf-8") as f:
-            offsets = sorted({int(line.split(":", 1)[0]) for line in f if line.strip()})
+            offsets = sorted({int(line.split(":", 1)[0]) for line in _index_lines(f)})
     except (OSError, EOFError, ValueError, UnicodeDecodeError) as e:
         print(f"warning: cannot read the index {index} ({e}); finding the streams of {path.name} "
               "by scanning instead.", file=sys.stderr)
@@ -321,6 +322,16 @@ def _starts_from_index(path: Path, index: Path) -> list | None:
                       "streams by scanning instead.", file=sys.stderr)
                 return None
     return sorted({0, *offsets})
+
+
+def _index_lines(f, limit: int = 4096):
+    """The lines of an index ("offset:page id:title", a title at most 255 bytes), each read with
+    a limit: a damaged or crafted index cannot make one line a memory bomb."""
+    while line := f.readline(limit):
+        if len(line) == limit and not line.endswith("\n"):
+            raise ValueError(f"a line of more than {limit} characters")
+        if line.strip():
+            yield line
 
 
 def _scan_starts(path: Path, limit: int | None = None) -> list:
