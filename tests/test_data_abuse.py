@@ -298,21 +298,21 @@ def test_a_resumed_download_never_splices_two_versions(tmp_path, capsys, changed
     from wikigpt.prep.download import download
     from wikigpt.prep.dumps import WikiError
 
-    old, new = os.urandom(300_000), os.urandom(300_000)
+    old, new = os.urandom(3_000_000), os.urandom(3_000_000)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/wiki-latest.xml.bz2"
     try:
-        _Server.file, _Server.cut_after, _Server.seen = (old, '"v1"'), 100_000, []
+        _Server.file, _Server.cut_after, _Server.seen = (old, '"v1"'), 2_500_000, []
         with pytest.raises(WikiError, match="Run the same command again"):
-            download(url, tmp_path)  # the connection breaks off after 100 kB
+            download(url, tmp_path)  # the connection breaks off after 2.5 MB
         if changed:  # "latest" republished in between
             _Server.file = (new, '"v2"')
         path = download(url, tmp_path)
     finally:
         server.shutdown()
     rng, if_range = _Server.seen[1]  # resumed after the bytes it kept, only if still the same file
-    assert 0 < int(rng.removeprefix("bytes=").removesuffix("-")) <= 100_000 and if_range == '"v1"'
+    assert 0 < int(rng.removeprefix("bytes=").removesuffix("-")) <= 2_500_000 and if_range == '"v1"'
     assert path.read_bytes() == (new if changed else old)
     assert ("starting over" in capsys.readouterr().out) == changed
 
