@@ -10,13 +10,14 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
 Replies are decoded by wikigpt/engine.py exactly as serve.py decodes them: same seed, same reply.
+One engine serves every turn; --compile compiles its step once, before the first reply.
 """
 import argparse
 import sys
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.engine import generate
+from wikigpt.engine import generate, warmed_engine
 from wikigpt.evidence import RETRIEVE_K, Reader
 from wikigpt.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.retrieval import open_index
@@ -41,7 +42,7 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
     pieces = [text] if text is not None else []
     if text is None:
         tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens={tok.end_of_turn},
-                          seed=args.seed, tok=tok, copy_from=copy)
+                          seed=args.seed, tok=tok, copy_from=copy, compile=getattr(args, "compile", False))
         pieces = stream_text(tok, (t for t in tokens if t != tok.end_of_turn))
     shown = []
     for piece in pieces:
@@ -85,6 +86,8 @@ def main(argv):
     if reader is not None and reader.note:
         print(f"note: {reader.note}", file=sys.stderr)
     start = [Message("system", args.system)] if args.system else []
+    if args.compile:  # every graph now: the replies compile nothing, however long the chat
+        warmed_engine(model, tok)
 
     if args.prompt is not None:
         try:

@@ -10,7 +10,7 @@ import sys
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.engine import generate
+from wikigpt.engine import generate, warmed_engine
 from wikigpt.sampling import add_sampling_args, params_from_args
 from wikigpt.tokenizer import stream_text
 
@@ -24,13 +24,13 @@ def read_prompt(args) -> str:
     return sys.stdin.read() if args.prompt == "-" else args.prompt
 
 
-def continuation(model, tok, ids: list[int], max_new_tokens: int, params, seed):
+def continuation(model, tok, ids: list[int], max_new_tokens: int, params, seed, compile=False):
     """The engine's decoding, past the end of the context too: when the context is full, go on
     from its last 3/4 (as a sliding window), until max_new_tokens or the end of the document."""
     block, left = model.cfg.block_size, max_new_tokens
     while left > 0:
         window = ids[-(block - 1):] if len(ids) < block else ids[-(3 * block // 4):]
-        new = list(generate(model, window, left, params, {tok.doc_sep}, seed, tok))
+        new = list(generate(model, window, left, params, {tok.doc_sep}, seed, tok, compile=compile))
         yield from new
         ids, left = ids + new, left - len(new)
         if not new or new[-1] == tok.doc_sep:
@@ -58,13 +58,15 @@ def main(argv):
     ids = [tok.doc_sep] + tok.encode(prompt)
     if len(ids) >= model.cfg.block_size:
         print(f"(prompt is {len(ids)} tokens; keeping its last {model.cfg.block_size - 1})", file=sys.stderr)
+    if args.compile and not args.no_cache:  # every graph once, for every sample and window
+        warmed_engine(model, tok)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         if args.no_cache:  # the model's plain sampler, as a check on the engine's cached decoding
             new = model.generate(ids, args.max_new_tokens, params.temperature, params.top_k, {tok.doc_sep}, seed,
                                  use_cache=False)
         else:
-            new = continuation(model, tok, ids, args.max_new_tokens, params, seed)
+            new = continuation(model, tok, ids, args.max_new_tokens, params, seed, args.compile)
         sys.stdout.write(prompt)
         for piece in stream_text(tok, (t for t in new if t != tok.doc_sep)):
             sys.stdout.write(piece)

@@ -14,6 +14,7 @@ wikigpt/server/: checks.py (requests), generation.py (the model side), replies.p
 import argparse
 import errno
 import os
+import queue
 import socket
 import sys
 from pathlib import Path
@@ -98,6 +99,22 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warm_up(engine: EngineThread, slots: int):
+    """Start the engine thread; a compiled step is compiled and recorded there, graph by graph
+    (CUDA graph trees are per thread), while this thread shows the progress."""
+    compiled, progress = engine.engine.compiled, queue.SimpleQueue()
+    engine.start(progress)
+    with progress_bar(total=engine.engine.graph_count, desc=f"compiling the decode step, up to {slots} rows",
+                      unit="graph", disable=not compiled) as bar:
+        while progress.get():
+            bar.update()
+    if engine.warm_error is not None:
+        engine.stop()
+        e = engine.warm_error
+        raise UsageError(f"warming up the decode step failed ({type(e).__name__}: {str(e)[:200]}): try fewer "
+                         "--slots, or --compile off.")
+
+
 def main(argv):
     args = parse_args(argv)
     # On CPU the model's threads and the HTTP event loop share the cores; measured on 2 cores
@@ -117,12 +134,7 @@ def main(argv):
                         trusted_hosts=None if args.api_key else host_names(args.host, port))
     compile = {"auto": None, "on": True, "off": False}[args.compile]
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
-    if engine.engine.compiled:
-        graphs = 2 * len(engine.engine.row_buckets())  # a bucket's step with top_k on, and off
-        with progress_bar(total=graphs, desc=f"compiling the decode step, up to {args.slots} rows",
-                          unit="graph") as bar:
-            engine.engine.warm_up(bar.update)
-    engine.thread.start()
+    warm_up(engine, args.slots)
     app = create_app(Server(model, tok, settings, engine, index))
     import uvicorn
 

@@ -8,6 +8,7 @@ from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, gpu_dtype, load_model, save_checkpoint
 from wikigpt.cli import UsageError
+from wikigpt.decode import key_spans
 from wikigpt.engine import Engine, Request
 from wikigpt.fsdp import mixed_precision
 from wikigpt.quant import quantize_model
@@ -49,11 +50,13 @@ def test_an_int8_model_decode_step_compiles_whole_too():
 
 
 def test_warm_up_compiles_each_row_bucket_before_the_first_request():
-    assert Engine(tiny(), n_slots=16).row_buckets() == [4, 8, 16]
-    assert Engine(tiny(), n_slots=4).row_buckets() == [4]
-    engine, graphs = Engine(tiny(), n_slots=4, compile=True), []
+    assert Engine(tiny(), n_slots=16).row_buckets() == [1, 4, 8, 16]  # 1: a request alone in slot 0
+    assert Engine(tiny(), n_slots=4).row_buckets() == [1, 4]
+    assert key_spans(48) == [48] and key_spans(1024) == [64, 256, 1024] and key_spans(512) == [128, 512]
+    engine, graphs = Engine(tiny(), n_slots=1, compile=True), []
     engine.warm_up(lambda: graphs.append(engine.active))
-    assert graphs == [0, 0] and engine.free_slots == 4  # top_k on and off, each slot given back
+    assert graphs == [0, 0] and engine.free_slots == 1  # top_k on and off, each slot given back
+    assert engine.compiled and engine.graph_count == 2 and set(engine.step_fn.calls.values()) == {3}
 
 
 def test_the_training_micro_step_compiles_whole():

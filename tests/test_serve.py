@@ -1,8 +1,7 @@
-"""serve.py and engine.py: real clients (the openai SDK, raw HTTP, Chromium) against a live
-server on 127.0.0.1, continuous batching, bad input, and the web page."""
+"""serve.py: real clients (the openai SDK, raw HTTP, Chromium) against a live server on
+127.0.0.1, continuous batching, bad input, and the web page (the engine alone: test_engine.py)."""
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -13,10 +12,10 @@ import httpx
 import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
+from test_engine import tiny_model
 
 from wikigpt.checkpoint import load_model
-from wikigpt.engine import Engine, EngineThread, QueueFull, Request, generate
-from model import GPT, GPTConfig
+from wikigpt.engine import EngineThread, Request, generate
 from wikigpt.sampling import SamplingParams
 
 REPLIES = {"你好": "你好！很高兴见到你。", "Hello": "Hello! How are you today?",
@@ -291,115 +290,6 @@ def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(server, tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
-# ----- the engine: batching that never changes a request's tokens
-
-def tiny_model(arch="modern"):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64, arch=arch)).eval()
-    for p in model.parameters():
-        p.data.normal_(0, 0.1)  # random but confident: many near-ties would not test much
-    return model
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "modern"])
-def test_a_request_gets_the_same_tokens_whatever_else_is_in_the_batch(arch):
-    model = tiny_model(arch)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(300) for _ in range(rng.randrange(1, 30))] for _ in range(10)]
-    params = SamplingParams(temperature=1.0)
-    alone = [list(generate(model, p, 30, params, seed=i)) for i, p in enumerate(prompts)]
-    crowded, engine = [[] for _ in prompts], Engine(model, n_slots=8)
-    waiting = [Request(p, 30, params, seed=i, emit=lambda r, t, f, i=i: crowded[i].append(t))
-               for i, p in enumerate(prompts)]
-    while waiting or engine.active:  # 10 requests through 8 slots: joins and leaves mid-flight
-        while waiting and engine.free_slots:
-            engine.add(waiting.pop(0))
-        engine.step()
-    assert crowded == alone
-    greedy = list(generate(model, prompts[0], 5, SamplingParams(temperature=0)))
-    assert greedy == list(model.generate(prompts[0], 5, temperature=0))  # same as the plain path
-
-
-def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_greedy_tokens_are_equal(monkeypatch):
-    """The engine's promise (wikigpt/engine.py): a row's logits alone and beside 6 other rows agree
-    within ROW_LOGIT_TOLERANCE (BLAS kernels split rows and threads differently by batch shape, so
-    bitwise equality holds on some machines and not others), and greedy tokens are equal where the
-    top two logits are further apart than that."""
-    import wikigpt.engine as engine_module
-
-    model, rows_seen = tiny_model(), {}
-    real_pick = engine_module.pick
-
-    def recording(state, model, rows, logits, k_max):  # the logits each slot's token is sampled from
-        slots = torch.arange(state.last.size(0))[rows].tolist()
-        for slot, row in zip(slots, logits):
-            rows_seen.setdefault(slot, []).append(row.clone())
-        return real_pick(state, model, rows, logits, k_max)
-    monkeypatch.setattr(engine_module, "pick", recording)
-
-    def run(others: int):
-        rows_seen.clear()
-        engine = Engine(model, n_slots=8, compile=False)
-        target = Request([5, 6, 7, 8], 6, SamplingParams(temperature=0))
-        for i in range(others):  # other requests first: the target lands in a later slot
-            engine.add(Request(list(range(1, 3 + 5 * i)), 6, SamplingParams(temperature=0)))
-        engine.add(target)
-        while not target.finished:
-            engine.step()
-        return rows_seen[target.slot][:len(target.tokens)], target.tokens
-    (alone, alone_tokens), (crowded, crowded_tokens) = run(0), run(6)
-    assert len(alone) == 6
-    for a, b in zip(alone, crowded):
-        torch.testing.assert_close(b, a, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
-        top2 = a.topk(2).values
-        assert top2[0] - top2[1] > 2 * engine_module.ROW_LOGIT_TOLERANCE  # no tie within the tolerance: tokens must agree
-    assert crowded_tokens == alone_tokens
-
-
-def test_cancel_frees_the_slot_and_stops_the_tokens():
-    model, got = tiny_model(), []
-    thread = EngineThread(model, n_slots=4)
-    real_step = thread.engine.step
-    thread.engine.step = lambda: (time.sleep(0.005), real_step())  # a model slow enough to catch mid-reply
-    try:
-        req = Request([1, 2, 3], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: got.append(t))
-        thread.submit([req])
-        while len(got) < 3:
-            time.sleep(0.001)
-        at_cancel = len(got)
-        thread.cancel(req)
-        deadline = time.time() + 30  # a loaded machine may be slow to run the next step
-        while thread.active and time.time() < deadline:
-            time.sleep(0.001)
-        n = len(got)
-        time.sleep(0.1)
-        # the slot is free, and no step begun after cancel() emitted a token (one may end
-        # between counting and cancelling, and the next be in flight)
-        assert thread.active == 0 and len(got) == n <= at_cancel + 2 < 60
-    finally:
-        thread.stop()
-
-
-def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
-    model = tiny_model()
-    idle = EngineThread(model, n_slots=4, max_queue=2, start=False)  # holds 4 slots + 2 waiting
-    idle.submit([Request([i], 5) for i in range(6)])
-    with pytest.raises(QueueFull):
-        idle.submit([Request([7], 5)])
-    events = {}
-    thread = EngineThread(model, n_slots=4)
-    try:
-        bad = Request(list(range(64)), 5, emit=lambda r, t, f: events.setdefault("bad", f))  # over the context
-        good = Request([1, 2], 5, emit=lambda r, t, f: events.__setitem__("good", f))
-        thread.submit([bad, good])
-        deadline = time.time() + 30  # a loaded machine may be slow
-        while not events.get("good") and time.time() < deadline:
-            time.sleep(0.01)
-        assert events["bad"].startswith("error: ValueError") and events["good"] == "length"
-    finally:
-        thread.stop()
-
-
 def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
     from fastapi.testclient import TestClient
 
@@ -423,17 +313,6 @@ def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
             # the turn's end stops it and is not shown as text ("<|end|>" before)
             assert r.status_code == 200 and choice["finish_reason"] == "stop" and choice["text"] == ""
             assert r.json()["usage"]["completion_tokens"] == 1
-    finally:
-        thread.stop()
-
-
-def test_max_queue_0_means_no_waiting_not_always_busy():
-    thread, done = EngineThread(tiny_model(), n_slots=4, max_queue=0), threading.Event()
-    try:
-        thread.submit([Request([1, 2], 3, emit=lambda r, t, f: f and done.set())])  # a free slot takes it
-        assert done.wait(30)
-        with pytest.raises(QueueFull):
-            thread.submit([Request([i], 5) for i in range(5)])  # more than the 4 slots at once
     finally:
         thread.stop()
 

@@ -4,16 +4,11 @@ Continuous batching: many requests decoded together, one batched forward per ste
 Each request owns a slot (one row) of a batched KV cache and sits at its own position in it.
 A new request is prefilled alone into a free slot (its first token comes out of that prefill),
 then joins the next decode step; a finished or cancelled one leaves and frees its slot.
-Batching is worth several times the throughput of serving one request at a time.
+Batching is worth several times the throughput of serving one request at a time. The step
+(wikigpt/decode.py) runs from state on the device: the host reads one thing per step, the new
+tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
 
-The decode step (forward + sampling) runs on the device from state that lives there: tokens,
-positions, each row's options, its random stream (a counter-based hash), the tokens seen, its
-UTF-8 state. The host reads one thing per step, the new tokens (one `tolist()`), and writes
-only when a request joins or leaves. So the step has no host sync, and torch.compile takes it
-whole (fullgraph=True): on a GPU as CUDA graphs per row bucket (mode="reduce-overhead"),
-where a step is then a handful of launches instead of hundreds.
-
-What a request may count on, whatever else is in the batch (tests/test_serve.py checks each):
+What a request may count on, whatever else is in the batch (tests/test_engine.py checks each):
   - its logits agree within ROW_LOGIT_TOLERANCE with those it gets decoded alone (float32);
   - so greedy decoding gives the same tokens, unless its top two logits are closer than that;
   - seeded sampling draws the same random numbers (its own counter-based stream), so it gives
@@ -23,81 +18,40 @@ Not promised: bitwise-equal logits. Floating-point sums depend on how a kernel s
 (rows, threads, SIMD width), and CPU BLAS libraries and cuBLAS choose differently by batch shape
 and machine: on one 2-core AMD EPYC the rows differed by 7e-8 at the default thread count and
 not at all with OMP_NUM_THREADS=1. Two rules keep the differences that small and rare:
-  - decode attention always spans the whole cache (block_size keys, future ones masked), so
-    its kernels have one shape whatever the other rows' lengths;
-  - the decode batch is padded to a bucket of rows (4, 8, 16, ... up to n_slots): the CPU matmul
-    kernels here (oneDNN/MKL, AVX2) handle rows in groups of 4, and a row's result differs in
-    the last bit when it falls in a leftover group of another size (measured: M=5 vs M=8); a
-    compiled step has one graph per bucket.
+  - decode attention spans a bucket of keys that holds the longest live row (block_size, a
+    quarter of it... down to KEY_SPAN_MIN: 64, 256, 1024 for a 1,024-token context); a row's
+    keys past its position are masked, so they weigh exactly 0 at any span;
+  - the decode batch is padded to a bucket of rows (1 for a request alone in slot 0, then 4, 8,
+    16, ... up to n_slots): the CPU matmul kernels here (oneDNN/MKL, AVX2) handle rows in groups
+    of 4, and a row's result differs in the last bit when it falls in a leftover group of
+    another size (measured: M=5 vs M=8).
+A compiled step has one graph per (row bucket, key span, candidate count): warm_up() compiles
+and records them all, on the thread that will step the engine.
 
     engine = Engine(model, n_slots=16)
     engine.add(Request(prompt_ids, 64, SamplingParams(), stop_tokens={end}, seed=0, emit=print))
     while engine.active: engine.step()
 """
 import math
+import queue
 import sys
 import threading
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from model import GPT
-from wikigpt.sampling import (CopySource, SamplingParams, candidates, knobs_row, mix_dense, sample_tokens, seed_of,
-                              uniform)
+from wikigpt.decode import ROW_GROUP, DecodeState, Step, bucket, key_spans, pick
+from wikigpt.sampling import CopySource, SamplingParams, candidates, knobs_row, seed_of
 
-ROW_GROUP = 4  # the smallest bucket of decode rows (see the module's docstring)
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5
-
-
-def bucket(rows: int, n_slots: int) -> int:
-    """Rows a decode step runs for `rows` busy slots: 4, 8, 16... (one compiled graph each)."""
-    return min(max(ROW_GROUP, 1 << (rows - 1).bit_length()), n_slots)
-
-
-class SlotCache:
-    """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). Slot s holds
-    one request at position pos[s]. A forward runs either one slot's prefill or a decode
-    step over slots 0..n-1 (see the cache interface in model.KVCache)."""
-
-    def __init__(self, model: GPT, n_slots: int):
-        cfg, device = model.cfg, model.device
-        # one tensor per layer, not slices of one: a compiled step then writes each in place
-        # (the write into a slice of a larger tensor was copied whole, per layer and step)
-        shape = (n_slots, cfg.n_head, cfg.block_size, cfg.head_size)
-        self.k = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
-        self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
-        self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
-        self.slot, self.n = None, 0  # this forward: a prefill of slot `slot`, or a decode of n rows
-
-    def positions(self, T: int):
-        if self.slot is not None:
-            return self.pos[self.slot] + torch.arange(T, device=self.pos.device)[None]  # (1, T)
-        # rows without a request compute at position 0, unused (theirs may be past the end)
-        return torch.where(self.live[:self.n], self.pos[:self.n], 0)[:, None]  # (n, 1)
-
-    def attend(self, layer: int, q, k, v):
-        if self.slot is not None:  # prefill one fresh slot: causal attention within the prompt
-            T = k.size(2)
-            self.k[layer][self.slot, :, :T], self.v[layer][self.slot, :, :T] = k[0], v[0]
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
-        rows = torch.arange(self.n, device=q.device)
-        at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
-        self.k[layer][rows, :, at], self.v[layer][rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
-        keys, values = self.k[layer][:self.n], self.v[layer][:self.n]  # (n, H, T_max, D), views
-        visible = torch.arange(keys.size(2), device=q.device)[None] <= at[:, None]  # (n, T_max)
-        # in the cache's dtype (the model's), through the fused kernel
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None])  # (n, H, 1, D)
-
-    def advance(self, T: int):
-        if self.slot is not None:
-            self.pos[self.slot] += T
-        else:
-            self.pos[:self.n] += self.live[:self.n].long()  # rows without a request stay where they are
+# Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
+# on the second call and replay it from the third (on a CPU the first call compiles it).
+WARM_CALLS = 3
 
 
 @dataclass(eq=False)
@@ -119,69 +73,28 @@ class Request:
     cancelled: bool = False
 
 
-class DecodeState:
-    """What a decode step reads and writes, per slot, on the device (S slots, V ids)."""
-
-    def __init__(self, model: GPT, n_slots: int, tok=None):
-        S, V, device = n_slots, model.cfg.padded_vocab, model.device
-        self.cache = SlotCache(model, S)
-        self.last = torch.zeros(S, dtype=torch.long, device=device)  # each slot's newest token
-        self.seen = torch.zeros(S, V, dtype=torch.bool, device=device)  # ids in its text so far
-        self.knobs = torch.zeros(S, 4, device=device)  # its sampling options (sampling.KNOBS)
-        self.key = torch.zeros(S, dtype=torch.long, device=device)  # its random stream...
-        self.count = torch.zeros(S, dtype=torch.long, device=device)  # ...and the draws taken
-        self.copy_w = torch.zeros(S, device=device)  # its copy weight this step (0: none)
-        self.copy_q = torch.zeros(S, V, device=device)  # its copy distribution this step
-        # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
-        self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
-        self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
-        if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
-            for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
-                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
-                torch._dynamo.mark_static_address(t)
-
-
-def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
-    """Sample the next token of `rows` (a slice or index tensor) from their logits (n, V) and
-    update their state: all on the device. k_max: see sampling.candidates. Returns the
-    tokens, (n,) int64."""
-    logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
-    allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
-    u = uniform(state.key[rows], state.count[rows])
-    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max)
-    n = tokens.size(0)
-    idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
-    state.seen[idx, tokens] = True
-    if state.utf8 is not None:
-        state.utf8_state[idx] = state.utf8[state.utf8_state[idx], tokens]
-    state.count[idx] += 1
-    state.last[idx] = tokens
-    return tokens.view(n)
-
-
-def decode_step(model: GPT, state: DecodeState, k_max: int):
-    """One token for each of the first state.cache.n slots: forward + sampling, no host sync."""
-    n = state.cache.n
-    x = model.hidden_states(state.last[:n, None], state.cache)[:, -1]  # (n, C)
-    return pick(state, model, slice(0, n), model.lm_head(x).float(), k_max)  # (n,)
-
-
 class Engine:
     """The batch: slots, the cache, one step at a time. Not thread-safe (see EngineThread).
-    compile: torch.compile the decode step (None: on CUDA, as CUDA graphs; eager elsewhere)."""
+    compile: torch.compile the decode step (None: on CUDA, as CUDA graphs; eager elsewhere). A
+    compiled step that fails to compile, or fails on a graph's first call, decodes eagerly."""
 
     def __init__(self, model: GPT, n_slots: int = 16, tok=None, compile: bool | None = None):
         self.model = model
         self.capacity = n_slots  # requests decoded together (1: batching off)
-        self.n_slots = math.ceil(n_slots / ROW_GROUP) * ROW_GROUP  # cache rows, padding included
+        # cache rows, padding included (one slot needs none: its bucket is one row)
+        self.n_slots = 1 if n_slots == 1 else math.ceil(n_slots / ROW_GROUP) * ROW_GROUP
         self.state = DecodeState(model, self.n_slots, tok)
         self.cache = self.state.cache
         self.by_slot: dict[int, Request] = {}
         self.device = model.device
-        cuda = self.device.type == "cuda"
-        self.compiled = cuda if compile is None else compile
-        self.step_fn = (torch.compile(decode_step, fullgraph=True, dynamic=False,
-                                      mode="reduce-overhead" if cuda else None) if self.compiled else decode_step)
+        compile = self.device.type == "cuda" if compile is None else compile
+        self.step_fn = Step(self.graph_count if compile else 0, self.device.type == "cuda")
+        self.warmed = False
+        self.leased = False  # held by a generate() call (see engine_for)
+
+    @property
+    def compiled(self) -> bool:
+        return self.step_fn.compiled
 
     @property
     def active(self) -> int:
@@ -192,27 +105,44 @@ class Engine:
         return self.capacity - len(self.by_slot)
 
     def row_buckets(self) -> list[int]:
-        """The batch sizes a step runs at (bucket: ROW_GROUP, 8, 16... up to n_slots)."""
-        out = [bucket(ROW_GROUP, self.n_slots)]
+        """The batch sizes a step runs at (bucket: 1, ROW_GROUP, 8, 16... up to n_slots)."""
+        out = [1]
         while out[-1] < self.n_slots:
             out.append(bucket(out[-1] + 1, self.n_slots))
         return out
 
+    def graph_plan(self) -> list[tuple[int, int, int]]:
+        """Every (rows, keys, top_k) a step runs at, one compiled graph each: top_k stands for
+        its candidate count (sampling.candidates: top_k on, or off; one count for a small vocab)."""
+        V = self.model.cfg.padded_vocab
+        top_ks = {candidates([k], V): k for k in (0, SamplingParams().top_k)}.values()
+        return [(rows, span, k) for rows in self.row_buckets() for span in key_spans(self.model.cfg.block_size)
+                for k in top_ks]
+
+    @property
+    def graph_count(self) -> int:
+        return len(self.graph_plan())
+
     def warm_up(self, on_graph=lambda: None):
-        """Compile (or capture) the step of every row bucket now, not at the first requests: a
-        graph is made the first time a step runs that many rows with that many candidates
-        (sampling.candidates: top_k on, or off); on_graph() after each, for a progress bar."""
-        if not self.compiled:
+        """Compile every graph of graph_plan() now, not at the first requests: dummy requests run
+        each WARM_CALLS times (on a GPU: compiled, recorded as a CUDA graph, replayed). CUDA graph
+        trees are per thread: call it on the thread that steps the engine (EngineThread does).
+        on_graph() after each graph, for a progress bar."""
+        if not self.compiled or self.warmed:
             return
-        for rows in self.row_buckets():
-            for top_k in (SamplingParams().top_k, 0):
-                dummies = [Request([0], 2, SamplingParams(temperature=0, top_k=top_k)) for _ in range(rows)]
-                for req in dummies:
-                    self.add(req)
+        if self.by_slot:
+            raise RuntimeError("warm_up() needs an engine with no request in it")
+        for rows, span, top_k in self.graph_plan():
+            if not self.compiled:
+                break  # compiling failed: decoding is eager, nothing is left to warm
+            for i in range(rows):  # the first one's keys fill the span's top (span - 2 .. span)
+                prompt = [0] * (max(1, span - WARM_CALLS) if i == 0 else 1)
+                self.add(Request(prompt, WARM_CALLS + 1, SamplingParams(temperature=0, top_k=top_k)))
+            for _ in range(WARM_CALLS):
                 self.step()
-                for req in dummies:
-                    self.release(req)
-                on_graph()
+            self.clear()
+            on_graph()
+        self.warmed = True
 
     @torch.no_grad()
     def add(self, req: Request):
@@ -245,17 +175,13 @@ class Engine:
         self.drop_cancelled()
         if not self.by_slot:
             return
-        self.cache.n = bucket(max(self.by_slot) + 1, self.n_slots)
         reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
+        self.cache.n = bucket(reqs[-1].slot + 1, self.n_slots)
+        # the longest row's keys: its prompt and tokens, the newest of which this step writes
+        keys = max(len(r.prompt) + len(r.tokens) for r in reqs)
+        self.cache.span = next(s for s in key_spans(self.model.cfg.block_size) if s >= keys)
         self.set_copy(reqs)
-        k_max = candidates([r.params.top_k for r in reqs], self.model.cfg.padded_vocab)
-        try:
-            tokens = self.step_fn(self.model, self.state, k_max).tolist()  # the step's one host read
-        except torch._dynamo.exc.BackendCompilerFailed as e:  # fails while compiling, before it runs
-            print(f"warning: the decode step does not compile ({str(e).splitlines()[0][:150]}); decoding "
-                  "eagerly instead.", file=sys.stderr)
-            self.compiled, self.step_fn = False, decode_step
-            tokens = decode_step(self.model, self.state, k_max).tolist()
+        tokens = self.step_fn(self.model, self.state, candidates([r.params.top_k for r in reqs], self.model.cfg.padded_vocab))
         self.emitted(reqs, [tokens[r.slot] for r in reqs])
 
     def set_copy(self, reqs: list[Request]):
@@ -263,6 +189,7 @@ class Engine:
         is computed on the host from the reply so far and written to the device."""
         st = self.state
         copying = [r for r in reqs if r.params.copy > 0 and r.copy_from is not None]
+        st.copying = self.compiled or bool(copying)
         for r in copying:
             q = r.copy_from.prior(r.tokens)
             st.copy_w[r.slot] = r.params.copy if q else 0.0
@@ -300,6 +227,11 @@ class Engine:
             self.release(req)
             req.emit(req, None, f"error: {message}")
 
+    def clear(self):
+        """Release every request (a generate() closed half-way, warm-up's dummies)."""
+        for req in list(self.by_slot.values()):
+            self.release(req)
+
 
 class QueueFull(Exception):
     pass
@@ -318,9 +250,18 @@ class EngineThread:
         self.joining = 0  # taken from `waiting`, being prefilled into a slot
         self.wake = threading.Condition()
         self.stopped = False
+        self.progress: queue.SimpleQueue | None = None
+        self.warm_error: Exception | None = None  # what stopped warm-up, if anything did
         self.thread = threading.Thread(target=self._run, name="wikigpt-engine", daemon=True)
         if start:
-            self.thread.start()
+            self.start()
+
+    def start(self, progress: queue.SimpleQueue | None = None):
+        """Start the thread. A compiled engine warms up there first, since CUDA graph trees are
+        per thread (a graph recorded on one thread fails on another); requests submitted
+        meanwhile wait. progress, if given, gets True after each graph and False at the end."""
+        self.progress = progress
+        self.thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -358,7 +299,19 @@ class EngineThread:
         if self.thread.is_alive():
             self.thread.join(timeout=10)
 
+    def warm_up(self):
+        tick = (lambda: self.progress.put(True)) if self.progress else (lambda: None)
+        try:
+            self.engine.warm_up(tick)
+        except Exception as e:  # e.g. out of memory at a large --slots: serve.py says so and stops
+            self.warm_error = e
+            self.engine.clear()
+        finally:
+            if self.progress:
+                self.progress.put(False)
+
     def _run(self):
+        self.warm_up()
         while True:
             with self.wake:
                 while not self.stopped and not self.waiting and not self.engine.active:
@@ -384,37 +337,85 @@ class EngineThread:
                 self.engine.fail_all(f"{type(e).__name__}: {e}")
 
 
+_ENGINES = threading.Lock()  # guards the engines kept with each model, and their leases
+
+
+def engine_for(model: GPT, n_slots: int = 1, tok=None, compile: bool | None = False) -> Engine:
+    """The process's engine for this model, slot count, tokenizer and compile choice, made once
+    and kept with the model (it goes when the model goes). Its buffers and compiled graphs serve
+    every call: a new engine per call compiled and recorded every graph again (a chat's turns,
+    chat SFT's eot_check), until dynamo's recompile limit failed the call."""
+    compile = model.device.type == "cuda" if compile is None else bool(compile)
+    with _ENGINES:
+        engines = model.__dict__.setdefault("_wikigpt_engines", {})
+        key = (n_slots, id(tok), compile)
+        if key not in engines or engines[key][0] is not tok:
+            engines[key] = (tok, Engine(model, n_slots, tok, compile))
+        return engines[key][1]
+
+
+def warmed_engine(model: GPT, tok, n_slots: int = 1) -> Engine:
+    """engine_for(..., compile=True) with every graph compiled now, with a progress bar: a chat's
+    replies then compile nothing (chat.py and sample.py --compile)."""
+    from wikigpt.cli import progress_bar
+
+    engine = engine_for(model, n_slots, tok, compile=True)
+    if engine.compiled and not engine.warmed:
+        with progress_bar(total=engine.graph_count, desc="compiling the decode step", unit="graph") as bar:
+            engine.warm_up(bar.update)
+    return engine
+
+
+@contextmanager
+def leased(model: GPT, n_slots: int, tok, compile: bool | None):
+    """engine_for's engine, held for one call; while another call holds it (a generator not run
+    to its end, another thread), a private eager engine instead."""
+    engine = engine_for(model, n_slots, tok, compile)
+    with _ENGINES:
+        mine, engine.leased = not engine.leased, True
+    if not mine:
+        engine = Engine(model, n_slots, tok, compile=False)
+    try:
+        yield engine
+    finally:
+        engine.clear()  # a generator closed half-way leaves its request in a slot
+        if mine:
+            engine.leased = False
+
+
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
-             stop_tokens=(), seed=None, tok=None, copy_from=None):
+             stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False):
     """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
-    tokenizer, as the server does, to keep the text valid UTF-8)."""
-    engine, out = Engine(model, n_slots=ROW_GROUP, tok=tok), []
-    req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
-                  emit=lambda r, token, finish: out.append(token), copy_from=copy_from)
-    engine.add(req)
-    while True:
-        yield from out
-        out.clear()
-        if req.finished:
-            return
-        engine.step()
+    tokenizer, as the server does, to keep the text valid UTF-8). compile: through the compiled
+    step (warmed_engine warms it first); one-shot tools decode eagerly."""
+    with leased(model, 1, tok, compile) as engine:
+        out = []
+        req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
+                      emit=lambda r, token, finish: out.append(token), copy_from=copy_from)
+        engine.add(req)
+        while True:
+            yield from out
+            out.clear()
+            if req.finished:
+                return
+            engine.step()
 
 
 def generate_batch(model: GPT, tok, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
                    seeds: list | None = None, n_slots: int = 8, on_done=None,
-                   copy_from: list | None = None) -> list[list[int]]:
+                   copy_from: list | None = None, compile: bool = False) -> list[list[int]]:
     """The new tokens of many chat replies (each ends at <|end|> or max_new_tokens), decoded
     n_slots at a time; the same tokens as one by one, since a row's logits do not depend on
     the rest of the batch. on_done() is called as each reply ends (for a progress bar);
     copy_from: a CopySource (or None) per prompt, used when params.copy > 0."""
-    engine = Engine(model, n_slots=n_slots, tok=tok)
     done = (lambda request, token, finish: finish and on_done()) if on_done else (lambda *_: None)
     requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None, done,
                         copy_from=copy_from[i] if copy_from else None)
                 for i, p in enumerate(prompts)]
     waiting = list(reversed(requests))
-    while waiting or engine.active:
-        while waiting and engine.free_slots:
-            engine.add(waiting.pop())
-        engine.step()
+    with leased(model, n_slots, tok, compile) as engine:
+        while waiting or engine.active:
+            while waiting and engine.free_slots:
+                engine.add(waiting.pop())
+            engine.step()
     return [r.tokens for r in requests]

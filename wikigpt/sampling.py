@@ -55,6 +55,8 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = Sam
     p.add_argument("--seed", type=int, default=None, help="for reproducible samples")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     add_dtype_arg(p)
+    p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU) before "
+                   "the first token: a few graphs of seconds each, paid back over a long session (default: eager)")
 
 
 def add_dtype_arg(p: argparse.ArgumentParser):

@@ -1,0 +1,285 @@
+"""wikigpt/engine.py: continuous batching that never changes a request's tokens (beyond
+ROW_LOGIT_TOLERANCE), the engine thread's queue, and the compiled step as a GPU needs it: one
+engine per model reused by every call, a graph count the recompile limit allows, warm-up on the
+serving thread, eager decoding when compiling fails, and attention over only the keys in use.
+
+Most compiled tests run dynamo with its "eager" backend (the `dynamo_only` fixture): graphs,
+guards, recompiles and the recompile limit are dynamo's, whatever backend turns the graphs into
+code, and inductor takes seconds per graph on a CPU. One test compiles through inductor."""
+import functools
+import queue
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import wikigpt.decode as decode_module
+import wikigpt.engine as engine_module
+from model import GPT, GPTConfig
+from wikigpt.engine import Engine, EngineThread, QueueFull, Request, generate
+from wikigpt.sampling import SamplingParams
+
+
+def tiny_model(arch="modern"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64, arch=arch)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)  # random but confident: many near-ties would not test much
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_a_request_gets_the_same_tokens_whatever_else_is_in_the_batch(arch):
+    model = tiny_model(arch)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(300) for _ in range(rng.randrange(1, 30))] for _ in range(10)]
+    params = SamplingParams(temperature=1.0)
+    alone = [list(generate(model, p, 30, params, seed=i)) for i, p in enumerate(prompts)]
+    crowded, engine = [[] for _ in prompts], Engine(model, n_slots=8)
+    waiting = [Request(p, 30, params, seed=i, emit=lambda r, t, f, i=i: crowded[i].append(t))
+               for i, p in enumerate(prompts)]
+    while waiting or engine.active:  # 10 requests through 8 slots: joins and leaves mid-flight
+        while waiting and engine.free_slots:
+            engine.add(waiting.pop(0))
+        engine.step()
+    assert crowded == alone
+    greedy = list(generate(model, prompts[0], 5, SamplingParams(temperature=0)))
+    assert greedy == list(model.generate(prompts[0], 5, temperature=0))  # same as the plain path
+
+
+def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_greedy_tokens_are_equal(monkeypatch):
+    """The engine's promise (wikigpt/engine.py): a row's logits alone and beside 6 other rows agree
+    within ROW_LOGIT_TOLERANCE (BLAS kernels split rows and threads differently by batch shape, so
+    bitwise equality holds on some machines and not others), and greedy tokens are equal where the
+    top two logits are further apart than that."""
+    model, rows_seen = tiny_model(), {}
+    real_pick = decode_module.pick
+
+    def recording(state, model, rows, logits, k_max):  # the logits each slot's token is sampled from
+        slots = torch.arange(state.last.size(0))[rows].tolist()
+        for slot, row in zip(slots, logits):
+            rows_seen.setdefault(slot, []).append(row.clone())
+        return real_pick(state, model, rows, logits, k_max)
+    for module in (engine_module, decode_module):  # the prefill's first token, and the steps'
+        monkeypatch.setattr(module, "pick", recording)
+
+    def run(others: int):
+        rows_seen.clear()
+        engine = Engine(model, n_slots=8, compile=False)
+        target = Request([5, 6, 7, 8], 6, SamplingParams(temperature=0))
+        for i in range(others):  # other requests first: the target lands in a later slot
+            engine.add(Request(list(range(1, 3 + 5 * i)), 6, SamplingParams(temperature=0)))
+        engine.add(target)
+        while not target.finished:
+            engine.step()
+        return rows_seen[target.slot][:len(target.tokens)], target.tokens
+    (alone, alone_tokens), (crowded, crowded_tokens) = run(0), run(6)
+    assert len(alone) == 6
+    for a, b in zip(alone, crowded):
+        torch.testing.assert_close(b, a, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
+        top2 = a.topk(2).values
+        assert top2[0] - top2[1] > 2 * engine_module.ROW_LOGIT_TOLERANCE  # no tie within the tolerance: tokens must agree
+    assert crowded_tokens == alone_tokens
+
+
+def test_cancel_frees_the_slot_and_stops_the_tokens():
+    model, got = tiny_model(), []
+    thread = EngineThread(model, n_slots=4)
+    real_step = thread.engine.step
+    thread.engine.step = lambda: (time.sleep(0.005), real_step())  # a model slow enough to catch mid-reply
+    try:
+        req = Request([1, 2, 3], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: got.append(t))
+        thread.submit([req])
+        while len(got) < 3:
+            time.sleep(0.001)
+        at_cancel = len(got)
+        thread.cancel(req)
+        deadline = time.time() + 30  # a loaded machine may be slow to run the next step
+        while thread.active and time.time() < deadline:
+            time.sleep(0.001)
+        n = len(got)
+        time.sleep(0.1)
+        # the slot is free, and no step begun after cancel() emitted a token (one may end
+        # between counting and cancelling, and the next be in flight)
+        assert thread.active == 0 and len(got) == n <= at_cancel + 2 < 60
+    finally:
+        thread.stop()
+
+
+def test_a_full_queue_is_refused_and_a_failing_request_fails_alone():
+    model = tiny_model()
+    idle = EngineThread(model, n_slots=4, max_queue=2, start=False)  # holds 4 slots + 2 waiting
+    idle.submit([Request([i], 5) for i in range(6)])
+    with pytest.raises(QueueFull):
+        idle.submit([Request([7], 5)])
+    events = {}
+    thread = EngineThread(model, n_slots=4)
+    try:
+        bad = Request(list(range(64)), 5, emit=lambda r, t, f: events.setdefault("bad", f))  # over the context
+        good = Request([1, 2], 5, emit=lambda r, t, f: events.__setitem__("good", f))
+        thread.submit([bad, good])
+        deadline = time.time() + 30  # a loaded machine may be slow
+        while not events.get("good") and time.time() < deadline:
+            time.sleep(0.01)
+        assert events["bad"].startswith("error: ValueError") and events["good"] == "length"
+    finally:
+        thread.stop()
+
+
+def test_max_queue_0_means_no_waiting_not_always_busy():
+    thread, done = EngineThread(tiny_model(), n_slots=4, max_queue=0), threading.Event()
+    try:
+        thread.submit([Request([1, 2], 3, emit=lambda r, t, f: f and done.set())])  # a free slot takes it
+        assert done.wait(30)
+        with pytest.raises(QueueFull):
+            thread.submit([Request([i], 5) for i in range(5)])  # more than the 4 slots at once
+    finally:
+        thread.stop()
+
+
+
+# ----- the compiled step as a GPU needs it
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture
+def dynamo_only(monkeypatch):
+    """torch.compile through dynamo with its "eager" backend: the same graphs, guards and limits,
+    without inductor's seconds of code generation per graph."""
+    real = torch.compile  # wrapped: the engine reads its signature
+    monkeypatch.setattr(torch, "compile", functools.wraps(real)(lambda fn, **kw: real(fn, **{**kw, "backend": "eager",
+                                                                                            "mode": None})))
+
+
+def one_layer():
+    """The smallest model for compiled tests: tracing time grows with the layers."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=300, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+
+
+def graphs_made() -> tuple[int, int]:
+    """(graphs dynamo made, frames it was asked to compile) in this process so far."""
+    return counters["stats"]["unique_graphs"], counters["frames"]["total"]
+
+
+def test_ten_generate_calls_share_one_engine_and_compile_once(monkeypatch):
+    # Each call made a new Engine: new buffers (CUDA graphs re-recorded on their addresses) and,
+    # on a GPU, a recompile per call until FailOnRecompileLimitHit (a chat's 9th turn, chat SFT's
+    # eot_check). Through inductor here: the compile a CPU user gets with --compile.
+    model, caches = one_layer(), []
+    real_init = decode_module.SlotCache.__init__
+    monkeypatch.setattr(decode_module.SlotCache, "__init__", lambda self, *a: (caches.append(self), real_init(self, *a))[1])
+    first = list(generate(model, [1, 2, 3], 4, GREEDY, compile=True))
+    made = graphs_made()
+    for _ in range(9):
+        assert list(generate(model, [1, 2, 3], 4, GREEDY, compile=True)) == first
+    assert len(caches) == 1 and graphs_made() == made  # one engine; nothing compiled after the first call
+
+
+def test_a_compiled_engine_with_48_slots_warms_up_and_then_never_recompiles(dynamo_only):
+    # 48 slots: row buckets 1, 4, 8, 16, 32, 48, two candidate counts each: 12 graphs, over
+    # dynamo's default limit of 8 (with fullgraph=True, the 9th raised FailOnRecompileLimitHit)
+    engine = Engine(one_layer(), n_slots=48, compile=True)
+    engine.warm_up()
+    made = graphs_made()
+    for rows in engine.row_buckets():
+        for top_k in (50, 0):
+            requests = [Request([1, 2], 3, SamplingParams(top_k=top_k), seed=i) for i in range(rows)]
+            for r in requests:
+                engine.add(r)
+            while engine.active:
+                engine.step()
+    assert engine.compiled and graphs_made() == made
+
+
+def test_warm_up_runs_on_the_engine_thread_and_calls_each_graph_three_times(dynamo_only):
+    # CUDA graph trees are per thread, and record a graph on its 2nd call (the 1st is a warm-up
+    # run): a graph warmed on the main thread and first replayed on the engine thread failed there
+    thread = EngineThread(one_layer(), n_slots=4, start=False, compile=True)
+    engine, calls = thread.engine, []
+    compiled = engine.step_fn.fn
+
+    def spy(model, state, k_max):
+        calls.append((threading.get_ident(), state.cache.n, state.cache.span, k_max))
+        return compiled(model, state, k_max)
+    engine.step_fn.fn = spy
+    progress, ticks, done = queue.SimpleQueue(), 0, threading.Event()
+    try:
+        thread.start(progress)
+        while progress.get(timeout=60):
+            ticks += 1
+        warm = list(calls)
+        thread.submit([Request([1, 2, 3], 4, GREEDY, emit=lambda r, t, f: f and done.set())])
+        assert done.wait(30) and len(calls) > len(warm)
+    finally:
+        thread.stop()
+    assert {ident for ident, *_ in calls} == {thread.thread.ident}  # warm-up and serving: one thread
+    per_graph = Counter(call[1:] for call in warm)
+    assert ticks == len(per_graph) == engine.graph_count == 4  # rows 1 and 4, top_k on and off
+    assert min(per_graph.values()) >= 3
+
+
+@pytest.mark.parametrize("error", [torch._dynamo.exc.FailOnRecompileLimitHit("limit hit"),
+                                   torch._dynamo.exc.InternalTorchDynamoError("internal"),
+                                   RuntimeError("a kernel the compiler cannot take")],
+                         ids=["recompile-limit", "dynamo-error", "any-error-on-the-first-call"])
+def test_a_compile_failure_decodes_eagerly_with_one_warning(error, capsys):
+    model = tiny_model()
+    eager = [list(generate(model, [1 + i, 2, 3], 8, GREEDY)) for i in range(2)]
+    engine, got = Engine(model, n_slots=4, compile=True), [[], []]
+
+    def failing(*args):
+        raise error
+    engine.step_fn.fn = failing
+    for i in range(2):
+        engine.add(Request([1 + i, 2, 3], 8, GREEDY, emit=lambda r, t, f, i=i: got[i].append(t)))
+    while engine.active:
+        engine.step()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert got == eager and not engine.compiled
+    assert len(warnings) == 1 and "eager" in warnings[0] and str(error) in warnings[0]
+
+
+def test_a_short_request_reads_only_the_keys_it_needs_and_keeps_the_alone_crowd_promise(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=256, n_layer=2, n_head=2, n_embd=64)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    real_sdpa, real_pick = torch.nn.functional.scaled_dot_product_attention, decode_module.pick
+    keys, logits = [], {}
+
+    def sdpa(q, k, v, **kw):
+        if q.size(2) == 1:  # a decode step (a prefill attends within its prompt)
+            keys.append(k.size(2))
+        return real_sdpa(q, k, v, **kw)
+
+    def pick(state, model, rows, row_logits, k_max):
+        for slot, row in zip(torch.arange(state.last.size(0))[rows].tolist(), row_logits):
+            logits.setdefault(slot, []).append(row.clone())
+        return real_pick(state, model, rows, row_logits, k_max)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+    for module in (engine_module, decode_module):
+        monkeypatch.setattr(module, "pick", pick)
+
+    def run(beside_a_long_one: bool):
+        keys.clear(), logits.clear()
+        engine, target = Engine(model, n_slots=8, compile=False), Request([5, 6, 7, 8], 6, GREEDY)
+        if beside_a_long_one:
+            engine.add(Request([1 + i % 200 for i in range(180)], 6, GREEDY))
+        engine.add(target)
+        while not target.finished:
+            engine.step()
+        return set(keys), logits[target.slot][:len(target.tokens)], target.tokens
+    short_keys, alone, alone_tokens = run(False)
+    long_keys, crowded, crowded_tokens = run(True)
+    assert short_keys == {64} and long_keys == {256}  # (64 is the shortest span; all 256 before)
+    for a, b in zip(alone, crowded):  # masked keys weigh exactly 0: the tolerance still holds
+        torch.testing.assert_close(b, a, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
+        top2 = a.topk(2).values
+        assert top2[0] - top2[1] > 2 * engine_module.ROW_LOGIT_TOLERANCE
+    assert len(alone) == 6 and crowded_tokens == alone_tokens

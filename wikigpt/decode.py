@@ -1,0 +1,205 @@
+"""
+The decode step of wikigpt/engine.py, on the device: the shapes it runs at (row buckets, key
+spans), the state it reads and writes (every piece of a request's state lives on the device),
+and the step itself, forward + sampling with no host sync, compiled whole (fullgraph=True) with a
+graph limit of its own. Why rows and keys come in buckets: the engine's docstring.
+"""
+import inspect
+import sys
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from model import GPT
+from wikigpt.sampling import mix_dense, sample_tokens, uniform
+
+ROW_GROUP = 4  # the smallest bucket of decode rows beside other rows (see wikigpt/engine.py)
+# Decode attention's key spans. Each is a graph of its own per row bucket, compiled (seconds to
+# tens of seconds each on a GPU) before a server listens: growing by 4 keeps 3 spans for a
+# 1,024-token context (by 2: 5), and a request reads at most 4x the keys it needs, where it read
+# up to 16x (64 of 1,024). Under 64 keys, attention is too small a part of a step to matter.
+KEY_SPAN_MIN, KEY_SPAN_GROWTH = 64, 4
+# What a compiler failure raises (FailOnRecompileLimitHit is not a TorchDynamoException)
+COMPILE_ERRORS = tuple(getattr(torch._dynamo.exc, name) for name in ("TorchDynamoException", "FailOnRecompileLimitHit")
+                       if hasattr(torch._dynamo.exc, name))
+
+
+def bucket(rows: int, n_slots: int) -> int:
+    """Rows a decode step runs for `rows` (the highest busy slot + 1): 1, then 4, 8, 16... up to
+    n_slots (one compiled graph each). A request alone in slot 0 runs as one row, as
+    model.generate runs it: the row group is about a row's neighbours, and it has none."""
+    if rows == 1:
+        return 1
+    return min(max(ROW_GROUP, 1 << (rows - 1).bit_length()), n_slots)
+
+
+def key_spans(block_size: int) -> list[int]:
+    """The key lengths decode attention runs at, shortest first (see KEY_SPAN_MIN)."""
+    spans = [block_size]
+    while spans[-1] // KEY_SPAN_GROWTH >= KEY_SPAN_MIN:
+        spans.append(spans[-1] // KEY_SPAN_GROWTH)
+    return spans[::-1]
+
+
+class SlotCache:
+    """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). Slot s holds
+    one request at position pos[s]. A forward runs either one slot's prefill or a decode
+    step over slots 0..n-1 and keys 0..span-1 (see the cache interface in model.KVCache)."""
+
+    def __init__(self, model: GPT, n_slots: int):
+        cfg, device = model.cfg, model.device
+        # one tensor per layer, not slices of one: a compiled step then writes each in place
+        # (the write into a slice of a larger tensor was copied whole, per layer and step)
+        shape = (n_slots, cfg.n_head, cfg.block_size, cfg.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
+        self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
+        self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
+        # this forward: a prefill of slot `slot`, or a decode of n rows over `span` keys
+        self.slot, self.n, self.span = None, 0, cfg.block_size
+        self.decoding = None  # a decode step's (rows, write positions, key mask), made once for all layers
+
+    def positions(self, T: int):
+        if self.slot is not None:
+            return self.pos[self.slot] + torch.arange(T, device=self.pos.device)[None]  # (1, T)
+        # rows without a request compute at position 0, unused (theirs may be past the end)
+        at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
+        visible = torch.arange(self.span, device=at.device)[None] <= at[:, None]  # (n, span)
+        self.decoding = torch.arange(self.n, device=at.device), at, visible[:, None, None]
+        return at[:, None]  # (n, 1)
+
+    def attend(self, layer: int, q, k, v):
+        if self.slot is not None:  # prefill one fresh slot: causal attention within the prompt
+            T = k.size(2)
+            self.k[layer][self.slot, :, :T], self.v[layer][self.slot, :, :T] = k[0], v[0]
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
+        rows, at, visible = self.decoding
+        self.k[layer][rows, :, at], self.v[layer][rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
+        keys, values = self.k[layer][:self.n, :, :self.span], self.v[layer][:self.n, :, :self.span]  # views
+        # in the cache's dtype (the model's), through the fused kernel; masked keys weigh exactly 0
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (n, H, 1, D)
+
+    def advance(self, T: int):
+        if self.slot is not None:
+            self.pos[self.slot] += T
+        else:
+            self.pos[:self.n] += self.live[:self.n].long()  # rows without a request stay where they are
+        self.decoding = None
+class DecodeState:
+    """What a decode step reads and writes, per slot, on the device (S slots, V ids)."""
+
+    def __init__(self, model: GPT, n_slots: int, tok=None):
+        S, V, device = n_slots, model.cfg.padded_vocab, model.device
+        self.cache = SlotCache(model, S)
+        self.last = torch.zeros(S, dtype=torch.long, device=device)  # each slot's newest token
+        self.seen = torch.zeros(S, V, dtype=torch.bool, device=device)  # ids in its text so far
+        self.knobs = torch.zeros(S, 4, device=device)  # its sampling options (sampling.KNOBS)
+        self.key = torch.zeros(S, dtype=torch.long, device=device)  # its random stream...
+        self.count = torch.zeros(S, dtype=torch.long, device=device)  # ...and the draws taken
+        self.copy_w = torch.zeros(S, device=device)  # its copy weight this step (0: none)
+        self.copy_q = torch.zeros(S, V, device=device)  # its copy distribution this step
+        # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
+        self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
+        self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
+        # whether a row copies this step (the host knows): eager steps skip the mixture when none
+        # does; a compiled one always mixes (rows with weight 0 keep their logits exactly), one graph
+        self.copying = True
+        if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
+            for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
+                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
+                torch._dynamo.mark_static_address(t)
+
+    def mutable(self) -> tuple:
+        """What a step changes besides the keys and values (which a rerun writes again the same)."""
+        return self.cache.pos, self.last, self.seen, self.count, self.utf8_state
+
+    def snapshot(self) -> list:
+        return [t.clone() for t in self.mutable()]
+
+    def restore(self, saved: list):
+        for t, s in zip(self.mutable(), saved):
+            t.copy_(s)
+
+
+def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
+    """Sample the next token of `rows` (a slice or index tensor) from their logits (n, V) and
+    update their state: all on the device. k_max: see sampling.candidates. Returns the
+    tokens, (n,) int64."""
+    if state.copying:
+        logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
+    allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
+    u = uniform(state.key[rows], state.count[rows])
+    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max)
+    n = tokens.size(0)
+    idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
+    state.seen[idx, tokens] = True
+    if state.utf8 is not None:
+        state.utf8_state[idx] = state.utf8[state.utf8_state[idx], tokens]
+    state.count[idx] += 1
+    state.last[idx] = tokens
+    return tokens.view(n)
+
+
+def decode_step(model: GPT, state: DecodeState, k_max: int):
+    """One token for each of the first state.cache.n slots: forward + sampling, no host sync."""
+    n = state.cache.n
+    x = model.hidden_states(state.last[:n, None], state.cache)[:, -1]  # (n, C)
+    return pick(state, model, slice(0, n), model.lm_head(x).float(), k_max)  # (n,)
+
+
+_graphs_in_process = 0  # compiled engines' graphs, for torch versions without a per-compile limit
+
+
+def compiled_step(graphs: int, cuda: bool):
+    """decode_step under torch.compile, allowed the `graphs` graphs its engine plans (dynamo's
+    default limit of 8 is below a 16-slot engine's: with fullgraph=True the 9th graph raised)."""
+    options = dict(fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else None)
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        # a limit of this engine's own: other engines' graphs of decode_step do not count
+        return torch.compile(decode_step, recompile_limit=graphs, isolate_recompiles=True, **options)
+    # older torch: one limit per code object, shared by every engine in the process: raise it to all of theirs
+    global _graphs_in_process
+    _graphs_in_process += graphs
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, _graphs_in_process)
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, _graphs_in_process)
+    return torch.compile(decode_step, **options)
+
+
+class Step:
+    """decode_step, compiled when `graphs` > 0 (the graphs its engine plans), as its tokens (the
+    step's one host read). A compile that fails (dynamo's or the backend's error, the recompile
+    limit, anything raised by a graph's first call) decodes eagerly from then on, and says so once."""
+
+    def __init__(self, graphs: int, cuda: bool):
+        self.fn = compiled_step(graphs, cuda) if graphs else None
+        self.calls = Counter()  # (rows, keys, k_max) -> calls that ran that compiled graph
+
+    @property
+    def compiled(self) -> bool:
+        return self.fn is not None
+
+    def __call__(self, model: GPT, state: DecodeState, k_max: int) -> list[int]:
+        if self.fn is None:
+            return decode_step(model, state, k_max).tolist()
+        graph = (state.cache.n, state.cache.span, k_max)
+        first = graph not in self.calls
+        saved = state.snapshot() if first else None  # a first call that fails may stop half-way
+        try:
+            tokens = self.fn(model, state, k_max).tolist()
+        except Exception as e:
+            if not (first or isinstance(e, COMPILE_ERRORS)):
+                raise  # a graph that ran before: a real failure, not the compiler's
+            self.fall_back(e, state, saved)
+            return decode_step(model, state, k_max).tolist()
+        self.calls[graph] += 1
+        return tokens
+
+    def fall_back(self, error: Exception, state: DecodeState, saved: list | None):
+        if saved is not None:
+            state.restore(saved)
+        what = (str(error).strip().splitlines() or [""])[0][:150]
+        print(f"warning: the decode step does not compile ({type(error).__name__}: {what}); decoding eagerly "
+              "instead.", file=sys.stderr)
+        self.fn = None
