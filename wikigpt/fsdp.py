@@ -44,22 +44,28 @@ TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, c
 
 
 def mixed_precision(device_type: str, dtype: torch.dtype) -> MixedPrecisionPolicy:
-    """On GPU with a low-precision dtype the gathered weights compute in it and gradients reduce
-    in fp32. Block inputs are left as they come (cast_forward_inputs=False): the residual stream
-    stays float32 as under DDP, where autocast casts each matmul's inputs, not the stream;
-    FSDP's default casts every block's input, so the residual sums would round to bfloat16."""
+    """The blocks' policy: on GPU with a low-precision dtype the gathered weights compute in it
+    and gradients reduce in fp32. Block inputs are left as they come (cast_forward_inputs=False):
+    the residual stream stays float32 as under DDP, where autocast casts each matmul's inputs,
+    not the stream; FSDP's default casts every block's input, so the residual sums would round
+    to bfloat16. (The root group is float32: shard_model.)"""
     if device_type == "cuda" and dtype != torch.float32:
         return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     return MixedPrecisionPolicy()
 
 
 def shard_model(model: GPT, device_type: str, world: int, dtype: torch.dtype) -> GPT:
-    """Shard every block, then the rest (embeddings, final norm, head) as the root group."""
+    """Shard every block, then the rest (embeddings, final norm, head) as the root group. The
+    root group keeps float32 weights, as under DDP: gathered in bf16, wte(idx) would be bf16 and
+    so would every residual sum after it (the blocks' cast_forward_inputs=False keeps nothing
+    fp32 that arrives bf16). The head's matmul still runs in the compute dtype: the fused loss
+    casts its weight to autocast's dtype once. The price: the root group's all-gather moves
+    fp32, twice the bytes (embeddings + head: 0.3 GB for gpt2_124m's modern shape)."""
     mesh = init_device_mesh(device_type, (world,))
     policy = mixed_precision(device_type, dtype)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy())  # float32 throughout
     return model
 
 
