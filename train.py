@@ -22,12 +22,12 @@ import torch.distributed as torch_dist
 from model import GPT, GPTConfig
 from wikigpt import distill
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
-from wikigpt.checkpoint import (build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
                                 set_rng_state)
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.data import load_dataset
-from wikigpt.dist import Dist, gradient_sync, out_of_time, pick_dtype, setup_dist
+from wikigpt.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
 from wikigpt.durable import write_text
 from wikigpt.lora import adapter_state, apply_lora, base_reference
 from wikigpt.loss_eval import evaluate, token_bytes_table
@@ -165,29 +165,32 @@ def restore(resume: dict, model: GPT, optimizers: list, batches, sharded: bool, 
     return Progress(resume["step"], resume["best_val"], resume["bad_evals"])
 
 
-def save_run(path: Path, resumable: bool, cfg: TrainConfig, kind: str, model: GPT, optimizers: list,
-             tok: Tokenizer, lora: dict | None, run: Progress, dist: Dist):
-    """last.pt can resume (optimizer, data position, RNG); best.pt holds what tools load:
-    the weights (or adapters) and their description, a third of last.pt's size with AdamW.
-    Sharded: every process calls this; last.dcp is written by all, best.pt by process 0."""
+def save_checkpoints(saver: BackgroundSaver, improved: bool, cfg: TrainConfig, kind: str, model: GPT,
+                     optimizers: list, tok: Tokenizer, lora: dict | None, run: Progress, dist: Dist):
+    """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
+    tools load: the weights (or adapters) and their description, a third of last.pt's size with
+    AdamW. Both are copied to the CPU here and written by `saver` while training goes on.
+    Sharded: every process calls this; last.dcp is written by all, here, and best.pt by process 0."""
     from wikigpt import fsdp
     sharded = cfg.shard == "fsdp"
-    extra = {"lora": lora} if lora else {}
-    if resumable:
-        extra.update(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
-    if sharded and resumable:
-        if run.step > 0:  # at step 0 there is nothing to resume, and DCP would give the optimizers a fake step
-            state = build_checkpoint(kind, None, asdict(model.cfg), tok.spec, train_config=asdict(cfg),
-                                     step=run.step, val=run.val, **extra)
-            del state["model"]
-            fsdp.save(path, model, optimizers, state, dist.master)
+
+    def checkpoint(weights, **extra) -> dict:
+        return build_checkpoint(kind, weights, asdict(model.cfg), tok.spec, train_config=asdict(cfg), step=run.step,
+                                val=run.val, **({"lora": lora} if lora else {}), **extra)
+    resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
+    if sharded and run.step > 0:  # at step 0 there is nothing to resume, and DCP would give the optimizers a fake step
+        state = checkpoint(None, **resume_state)
+        del state["model"]
+        fsdp.save(last_path(cfg), model, optimizers, state, dist.master)
+    if sharded and not improved:
         return
     weights = fsdp.full_state(model) if sharded else adapter_state(model) if lora else model.state_dict()
-    if resumable:
-        extra["optimizer"] = [o.state_dict() for o in optimizers]
+    files = [] if sharded else [(last_path(cfg), checkpoint(weights, optimizer=[o.state_dict() for o in optimizers],
+                                                            **resume_state))]
+    if improved:
+        files.append((Path(cfg.out_dir) / "best.pt", checkpoint(weights)))
     if dist.master:
-        save_checkpoint(path, build_checkpoint(kind, weights, asdict(model.cfg), tok.spec, train_config=asdict(cfg),
-                                               step=run.step, val=run.val, **extra))
+        saver.save(files)
 
 
 def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: str,
@@ -220,8 +223,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     # DDP wraps before the compile: Dynamo then splits the graph at DDP's gradient buckets, and
     # each bucket's all-reduce overlaps the rest of backward (compiled first, it never does)
     if dist.world > 1 and not sharded:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None)
+        trained = data_parallel(trained, dist)
     runner = try_compile(trained, x, y, autocast) if cfg.compile else trained  # runner: what we call
     micro, accum = batch_plan(cfg, model.cfg.block_size, dist.world)
     assert batches.B == micro, "build the batches with batch_plan's rows per process"
@@ -231,54 +233,57 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     first_val, stop_reason = None, "max_steps"
-    while True:
-        # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
-        done = run.step >= stop_at
-        if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist, run.step, cfg.log_interval):
-            done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
-        if (run.step % cfg.eval_interval == 0 and not (resume and run.step == log.first_step)) or done:
-            check_finite(log, last_ckpt, cfg)  # never checkpoint weights a diverged step wrote
-            with log.evaluating():
-                improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
-                first_val = first_val or run.val
-                log.evaluated(run.step, run.val, improved)
-                if dist.master or sharded:
-                    save_run(last_ckpt, True, cfg, kind, model, optimizers, tok, lora, run, dist)
-                    if improved:
-                        save_run(best_path, False, cfg, kind, model, optimizers, tok, lora, run, dist)
-            if cfg.patience and run.bad_evals >= cfg.patience:
-                done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
-        if done:
-            break
+    with BackgroundSaver() as saver:  # on any way out, the write in flight finishes first
+        while True:
+            # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
+            done = run.step >= stop_at
+            if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist, run.step,
+                                                         cfg.log_interval):
+                done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
+            if (run.step % cfg.eval_interval == 0 and not (resume and run.step == log.first_step)) or done:
+                check_finite(log, last_ckpt, cfg)  # never checkpoint weights a diverged step wrote
+                with log.evaluating():
+                    improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
+                    first_val = first_val or run.val
+                    if dist.master or sharded:
+                        with log.saving():  # the copy to the CPU; the write goes on while training does
+                            save_checkpoints(saver, improved, cfg, kind, model, optimizers, tok, lora, run, dist)
+                    log.evaluated(run.step, run.val, improved)
+                if cfg.patience and run.bad_evals >= cfg.patience:
+                    done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
+            if done:
+                break
 
-        # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
-        lr_mult = lr_factor(run.step, cfg)
-        for o in optimizers:
-            for g in o.param_groups:
-                g["lr"] = g["base_lr"] * lr_mult
-        loss_sum = torch.zeros((), device=dist.device)
-        for i in range(accum):
-            with gradient_sync(model if sharded else trained, i == accum - 1, dist.world > 1):
-                with autocast:
-                    loss = runner(x, y) / accum
-                run.data = batches.state_dict()
-                x, y = batches.next_batch()  # fetched while the GPU still works on this step
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        log.watch(run.step, loss_sum)
-        if cfg.grad_clip:
+            # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
+            lr_mult = lr_factor(run.step, cfg)
             for o in optimizers:
-                scaler.unscale_(o)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for o in optimizers:
-            scaler.step(o)
-        scaler.update()
-        for o in optimizers:
-            o.zero_grad(set_to_none=True)
-        run.step += 1
-        if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
-            check_finite(log, last_ckpt, cfg)
-        log.train_step(run.step, stop_at, cfg.lr * lr_mult)
+                for g in o.param_groups:
+                    g["lr"] = g["base_lr"] * lr_mult
+            loss_sum = torch.zeros((), device=dist.device)
+            for i in range(accum):
+                with gradient_sync(model if sharded else trained, i == accum - 1, dist.world > 1):
+                    with autocast:
+                        loss = runner(x, y) / accum
+                    run.data = batches.state_dict()
+                    x, y = batches.next_batch()  # fetched while the GPU still works on this step
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            log.watch(run.step, loss_sum)
+            if cfg.grad_clip:
+                for o in optimizers:
+                    scaler.unscale_(o)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for o in optimizers:
+                scaler.step(o)
+            scaler.update()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            run.step += 1
+            if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
+                check_finite(log, last_ckpt, cfg)
+            log.train_step(run.step, stop_at, cfg.lr * lr_mult)
+        with log.saving():
+            saver.wait()  # the last write, whole, before the run says it is done
 
     report_replicas_and_memory(model, optimizers, dist, sharded, log)
     log(f"done ({stop_reason}) at step {run.step} in {fmt_time(log.elapsed())}: val loss {run.val['loss']:.4f}, "

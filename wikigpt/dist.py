@@ -76,6 +76,17 @@ def pick_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
     return torch.float32  # CPU autocast to bf16 is slower than fp32 on most CPUs
 
 
+def data_parallel(module: torch.nn.Module, dist: Dist) -> torch.nn.parallel.DistributedDataParallel:
+    """DDP as train.py wraps the model, without two of its defaults' costs:
+    broadcast_buffers=False: by default process 0's buffers are broadcast before every forward;
+    ours (the rotary tables, LoRA's row ids) are computed alike by every process, never trained.
+    gradient_as_bucket_view=True: gradients are views into the all-reduce buckets instead of a
+    second copy beside them (4 bytes per parameter: 0.65 GB for gpt2_124m's 162M)."""
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None,
+        broadcast_buffers=False, gradient_as_bucket_view=True)
+
+
 def gradient_sync(wrapper, sync: bool, distributed: bool):
     """Average gradients over processes only on an optimizer step's last micro-step. wrapper:
     the DDP module, or the FSDP-sharded model (not a compiled wrapper around it)."""

@@ -15,6 +15,12 @@ import torch.distributed as torch_dist
 from wikigpt.runlog import PLOT, MetricsLog, plot_runs
 from wikigpt.throughput import fmt_time, peak_flops, synchronize
 
+# A non-finite loss, coded for an all-reduce MIN across processes: BAD_KINDS_N * step + the index
+# of its kind, so that the earliest step wins and its kind comes with it in one integer.
+BAD_KINDS = (float("nan"), float("inf"), float("-inf"))
+BAD_KINDS_N = len(BAD_KINDS)
+NOT_DIVERGED = 2 ** 62  # larger than any code: what MIN keeps while no step went bad
+
 
 class TrainLog:
     def __init__(self, cfg, dist, kind: str, model, dtype, tokens_per_step: int, lora: dict | None,
@@ -38,6 +44,7 @@ class TrainLog:
             self.metrics = MetricsLog(self.out_dir, kind, resume_step=resume_step)
         self.t_start = time.time()
         self.t_eval, self.t_block = 0.0, None  # time in eval blocks; the start of the one running
+        self.t_save, self.last_save = 0.0, None  # the loop's time for checkpoints (see saving())
         self.t_log, self.tokens_since_log = time.time(), 0
         self.t_train, self.tokens_trained = 0.0, 0  # steady-state throughput: after the first log interval
         self.first_step = resume_step or 0
@@ -76,12 +83,24 @@ class TrainLog:
         spent = time.time() - self.t_block
         self.t_eval, self.t_log, self.t_block = self.t_eval + spent, self.t_log + spent, None
 
+    @contextmanager
+    def saving(self):
+        """The time the loop stops for a checkpoint: the copy to the CPU and any wait for the
+        previous write (the write itself runs beside training), or the whole of a .dcp save.
+        Inside an evaluating() block it is out of tok/s too; the eval line and the summary
+        report it on its own."""
+        t = time.time()
+        yield
+        self.last_save = time.time() - t
+        self.t_save += self.last_save
+
     def evaluated(self, step: int, val: dict, improved: bool):
         spent = self.t_eval + (time.time() - self.t_block if self.t_block else 0.0)
         share = (f" | evals and checkpoints took {100 * spent / self.elapsed():.1f}% of the run"
                  if step > self.first_step else "")
+        saved = f" | checkpoint {self.last_save:.2f} s" if self.last_save is not None else ""
         self(f"step {step}: val loss {val['loss']:.4f}, val bpb {val['bpb']:.4f}"
-             f"{' (best)' if improved else ''}{share}")
+             f"{' (best)' if improved else ''}{saved}{share}")
         if self.wandb:
             self.wandb.log({"val/loss": val["loss"], "val/bpb": val["bpb"]}, step=step)
         if self.metrics:
@@ -91,16 +110,27 @@ class TrainLog:
 
     def watch(self, step: int, loss_sum: torch.Tensor):
         """Take a step's loss without reading it: it stays on the device (reading it is a host
-        sync, one per micro-step before), and so does the first step whose loss was not finite."""
+        sync, one per micro-step before), and so does the first step whose loss was not finite,
+        coded as BAD_KINDS_N * step + its kind (see diverged)."""
         if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss_sum.device)
-        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss_sum), step, self.first_bad)
+            self.first_bad = torch.full((), NOT_DIVERGED, dtype=torch.long, device=loss_sum.device)
+        kind = torch.where(torch.isnan(loss_sum), 0, torch.where(loss_sum > 0, 1, 2))  # BAD_KINDS' order
+        bad_here = torch.where(torch.isfinite(loss_sum), NOT_DIVERGED, BAD_KINDS_N * step + kind)
+        self.first_bad = torch.minimum(self.first_bad, bad_here)
         self.loss_sum = loss_sum
 
     def diverged(self) -> tuple[int, float] | None:
-        """(step, loss) of the first step whose loss was not finite, if any (one host sync)."""
-        step = int(self.first_bad) if self.first_bad is not None else -1
-        return (step, float(self.loss_sum)) if step >= 0 else None
+        """(step, loss) of the first step whose loss was not finite on any process, if any.
+        Every process must agree: one stopping alone leaves the others waiting in their next
+        collective until NCCL's timeout. The earliest bad step of all is an all-reduce MIN of
+        the coded steps, read in the one host sync this check always took."""
+        if self.first_bad is None:  # no step yet (on every process alike)
+            return None
+        first_bad = self.first_bad.clone()
+        if self.dist.world > 1:
+            torch_dist.all_reduce(first_bad, op=torch_dist.ReduceOp.MIN)
+        code = int(first_bad)
+        return None if code == NOT_DIVERGED else (code // BAD_KINDS_N, BAD_KINDS[code % BAD_KINDS_N])
 
     def train_step(self, step: int, stop_at: int, lr: float):
         """Count one optimizer step; every log_interval steps (and at the last) print a line."""
@@ -133,7 +163,7 @@ class TrainLog:
 
     def summary(self) -> dict:
         elapsed = self.elapsed()
-        return {"seconds": elapsed, "eval_share": self.t_eval / max(elapsed, 1e-9),
+        return {"seconds": elapsed, "eval_share": self.t_eval / max(elapsed, 1e-9), "checkpoint_seconds": self.t_save,
                 "tok_per_s": self.tokens_trained / self.t_train if self.t_train else float("nan"),
                 "flops_per_token": self.flops_per_token}
 
