@@ -2,6 +2,7 @@
 Processes and devices: one process, or many under torchrun (NCCL between GPUs, gloo between
 CPU processes), and the collective helpers the training loop calls.
 """
+import inspect
 import os
 import socket
 import time
@@ -76,15 +77,23 @@ def pick_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype:
     return torch.float32  # CPU autocast to bf16 is slower than fp32 on most CPUs
 
 
+# No buffer broadcast before every forward: torch 2.13 names it forward_sync_buffers (the old
+# broadcast_buffers warns there); the oldest torch we support (2.6) knows only broadcast_buffers.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
 def data_parallel(module: torch.nn.Module, dist: Dist) -> torch.nn.parallel.DistributedDataParallel:
     """DDP as train.py wraps the model, without two of its defaults' costs:
-    broadcast_buffers=False: by default process 0's buffers are broadcast before every forward;
-    ours (the rotary tables, LoRA's row ids) are computed alike by every process, never trained.
+    no buffer sync per forward: by default process 0's buffers are broadcast before every
+    forward; ours (the rotary tables, LoRA's row ids) are computed alike by every process and
+    never trained.
     gradient_as_bucket_view=True: gradients are views into the all-reduce buckets instead of a
     second copy beside them (4 bytes per parameter: 0.65 GB for gpt2_124m's 162M)."""
     return torch.nn.parallel.DistributedDataParallel(
         module, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None,
-        broadcast_buffers=False, gradient_as_bucket_view=True)
+        gradient_as_bucket_view=True, **_NO_BUFFER_SYNC)
 
 
 def gradient_sync(wrapper, sync: bool, distributed: bool):
