@@ -150,8 +150,10 @@ def test_compile_path_trains(tiny_data, tmp_path):
     assert len(losses(r.stdout)) == 4 and "compile failed" not in r.stderr
     assert "matmul peak measured at start" in r.stdout
     mfus = [float(m) for m in re.findall(r"MFU ([\d.]+)%", r.stdout)]
-    assert len(mfus) == 4 and 0 <= mfus[0] <= 100  # step 1 holds compilation: it may print 0.0
-    assert all(0 < m <= 100 for m in mfus[1:])
+    rates = [float(t.replace(",", "")) for t in re.findall(r"([\d,]+) tok/s", r.stdout)]
+    # a tiny model's MFU is a fraction of a percent: printed to 0.1 %, it reads 0.0 on a loaded machine
+    assert len(mfus) == 4 and all(0 <= m <= 100 for m in mfus)
+    assert len(rates) >= 4 and all(t > 0 for t in rates[1:])  # step 1 holds compilation
 
 
 def test_early_stopping_on_patience(tiny_data, tmp_path):
