@@ -33,7 +33,7 @@ from wikigpt.lora import adapter_state, apply_lora, base_reference
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
 from wikigpt.runlog import METRICS, PLOT, SUMMARY
-from wikigpt.throughput import fmt_time, held_mb, peak_memory_mb
+from wikigpt.throughput import HostSyncWatch, fmt_time, held_mb, peak_memory_mb
 from wikigpt.tokenizer import Tokenizer
 from wikigpt.train_log import TrainLog
 
@@ -259,6 +259,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             for o in optimizers:
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * lr_mult
+            watch = cfg.sync_check and dist.device_type == "cuda" and run.step == log.first_step + 2
+            syncs = HostSyncWatch().start() if watch else None  # bench/gpu_check.sh: 0 is the aim
             loss_sum = torch.zeros((), device=dist.device)
             for i in range(accum):
                 with gradient_sync(model if sharded else trained, i == accum - 1, dist.world > 1):
@@ -278,6 +280,8 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             scaler.update()
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
+            if syncs:
+                log(f"host syncs in step {run.step + 1}: {syncs.stop()}")
             run.step += 1
             if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
                 check_finite(log, last_ckpt, cfg)

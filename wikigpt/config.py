@@ -72,6 +72,8 @@ class TrainConfig:
     compile: bool = opt(True, "torch.compile the model (falls back to eager if it cannot)")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward instead of "
                                                 "keeping them (~1/3 more compute, far less memory: 350M/1.5B)")
+    sync_check: bool = opt(False, "on CUDA: count the host syncs of the third optimizer step and print them "
+                                  "(bench/gpu_check.sh; 0 is the aim)")
     seed: int = opt(1337, "seed for weights, data order and dropout")
     wandb_project: str = opt("", "log to this Weights & Biases project (empty: off)")
     wandb_run: str = opt("", "W&B run name")

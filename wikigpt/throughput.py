@@ -3,6 +3,7 @@ Throughput and memory accounting for train.py: the peak FLOP/s that MFU is state
 timing helpers, and what a process holds. MFU = tokens/s x training FLOPs per token / peak.
 """
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -105,6 +106,28 @@ def held_mb(model, optimizers) -> tuple[float, float]:
     state = sum(local_bytes(v) for o in optimizers for s in o.state.values() for v in s.values()
                 if isinstance(v, torch.Tensor) and v.dim() > 0)
     return weights / 2**20, state / 2**20
+
+
+class HostSyncWatch:
+    """Counts the host syncs CUDA sees between start and stop (torch.cuda.set_sync_debug_mode
+    warns at each one): train.py's sync_check runs one optimizer step under it."""
+
+    def __init__(self):
+        self.caught = warnings.catch_warnings(record=True)
+
+    def start(self) -> "HostSyncWatch":
+        self.seen = self.caught.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def stop(self) -> str:
+        torch.cuda.synchronize()  # the step's own work, before the mode goes back
+        torch.cuda.set_sync_debug_mode(0)
+        self.caught.__exit__(None, None, None)
+        syncs = [w for w in self.seen if "synchroniz" in str(w.message)]
+        first = f" (first at {syncs[0].filename}:{syncs[0].lineno})" if syncs else ""
+        return f"{len(syncs)}{first}"
 
 
 def synchronize(device: str):
