@@ -357,3 +357,25 @@ def test_healing_a_pruned_chat_model_by_distillation_beats_no_healing(chat_pair,
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["val"]["loss"] < summary["val_at_start"]["loss"] - 0.3, summary
+
+
+def test_kd_loss_casts_each_head_once_under_autocast_not_per_chunk():
+    """Under bf16 autocast every chunk's x @ W.T would cast the (V, C) head again (8 chunks: 8
+    casts of each head); the loss casts both heads to the compute dtype once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self, *heads):
+            super().__init__()
+            self.at, self.heads = {h.data_ptr() for h in heads}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.at:
+                self.heads += 1
+            return func(*args, **(kwargs or {}))
+    torch.manual_seed(0)
+    x, w, y = torch.randn(800, 16, requires_grad=True), torch.randn(100, 16, requires_grad=True), torch.randint(0, 100, (800,))
+    tw = torch.randn(100, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16), CountCasts(w, tw) as casts:
+        loss = distill_cross_entropy(x, w, torch.randn(800, 8), tw, y, 0.5, 2.0, chunk_rows=100)
+    assert torch.isfinite(loss) and casts.heads == 2, casts.heads  # student's head and teacher's, once each

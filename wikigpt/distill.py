@@ -117,31 +117,35 @@ class _DistillCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, t_x, t_weight, targets, alpha, temperature, chunk_rows):
         # x: (N, C) student, weight: (V, C); t_x: (N, C_t) teacher, t_weight: (V, C_t); targets: (N,)
-        w, tw, T = weight.to(x.dtype), t_weight.to(t_x.dtype), temperature
+        # Each matmul's dtype is set here, as in model.linear_cross_entropy: both heads are cast
+        # to the compute dtype once, not by autocast in every chunk
+        cd = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        x_c, w, t_x, tw, T = x.to(cd), weight.to(cd), t_x.to(cd), t_weight.to(cd), temperature
         n_counted = (targets != -1).sum().clamp(min=1)
         loss = torch.zeros((), device=x.device, dtype=torch.float32)
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        for i in range(0, x.size(0), chunk_rows):
-            xs, ts = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
-            counted = (ts != -1).float()[:, None]  # (n, 1): 0 on ignored rows
-            safe_t = ts.clamp(min=0)[:, None]
-            logits = (xs @ w.t()).float()  # (n, V)
-            log_q = torch.log_softmax(logits / T, dim=-1)  # (n, V) student at temperature T
-            logp = torch.log_softmax(logits, dim=-1)  # (n, V) student, for the cross-entropy
-            del logits
-            log_pt = torch.log_softmax((t_x[i:i + chunk_rows] @ tw.t()).float() / T, dim=-1)  # (n, V) teacher
-            p_t = log_pt.exp()
-            kl = log_pt.sub_(log_q).mul_(p_t).sum(-1, keepdim=True)  # (n, 1) KL(teacher || student)
-            # the same operations as the fused cross-entropy, so alpha = 0 gives its exact bits
-            loss = loss + (1 - alpha) * -(logp.gather(1, safe_t) * counted).sum() + alpha * T * T * (kl * counted).sum()
-            # d loss / d logits = (1 - alpha) (softmax - onehot) + alpha T (q_T - p_T), times
-            # counted / n_counted, applied in fp32 after the matmuls (model.py says why)
-            dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(counted, -1.0))
-            dlogits.mul_(1 - alpha).add_(log_q.exp_().sub_(p_t), alpha=alpha * T)
-            dlogits = dlogits.to(x.dtype)  # (n, V)
-            grad_x[i:i + chunk_rows] = ((dlogits @ w).float() * (counted / n_counted)).to(x.dtype)  # (n, C)
-            grad_w += (dlogits.t() @ (xs * counted.to(x.dtype))).float()  # (V, C), summed in fp32
+        with torch.autocast(x.device.type, enabled=False):
+            for i in range(0, x.size(0), chunk_rows):
+                xs, ts = x_c[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
+                counted = (ts != -1).float()[:, None]  # (n, 1): 0 on ignored rows
+                safe_t = ts.clamp(min=0)[:, None]
+                logits = (xs @ w.t()).float()  # (n, V)
+                log_q = torch.log_softmax(logits / T, dim=-1)  # (n, V) student at temperature T
+                logp = torch.log_softmax(logits, dim=-1)  # (n, V) student, for the cross-entropy
+                del logits
+                log_pt = torch.log_softmax((t_x[i:i + chunk_rows] @ tw.t()).float() / T, dim=-1)  # (n, V) teacher
+                p_t = log_pt.exp()
+                kl = log_pt.sub_(log_q).mul_(p_t).sum(-1, keepdim=True)  # (n, 1) KL(teacher || student)
+                # the same operations as the fused cross-entropy, so alpha = 0 gives its exact bits
+                loss = loss + (1 - alpha) * -(logp.gather(1, safe_t) * counted).sum() + alpha * T * T * (kl * counted).sum()
+                # d loss / d logits = (1 - alpha) (softmax - onehot) + alpha T (q_T - p_T), times
+                # counted / n_counted, applied in fp32 after the matmuls (model.py says why)
+                dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(counted, -1.0))
+                dlogits.mul_(1 - alpha).add_(log_q.exp_().sub_(p_t), alpha=alpha * T)
+                dlogits = dlogits.to(cd)  # (n, V)
+                grad_x[i:i + chunk_rows] = ((dlogits @ w).float() * (counted / n_counted)).to(x.dtype)  # (n, C)
+                grad_w += (dlogits.t() @ (xs * counted.to(cd))).float()  # (V, C), summed in fp32
         loss /= n_counted
         grad_w /= n_counted
         ctx.save_for_backward(grad_x, grad_w)
