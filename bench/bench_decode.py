@@ -1,18 +1,26 @@
 """
-The engine's decode step, eager against compiled (torch.compile, fullgraph=True), and int8
-against float32 weights: tokens/s of the demo chat model at batch 1 and 8, in one run.
+The engine's decode step: eager against compiled (torch.compile, fullgraph=True), int8 against
+float32 weights (tokens/s of the demo chat model at batch 1 and 8); one user's request through
+the engine against model.generate; and a compiled chat session's compile time, in one run.
 
     python bench/bench.py --only decode --ckpt out/chat/best.pt
 
-Warm-up (compilation of each row bucket) is left out of the timed runs and reported apart.
+Warm-up (compilation of each graph) is left out of the timed runs and reported apart. Without
+the checkpoint, only the rows of the random 6x384 model run.
 """
 import time
+from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
+from model import GPT, GPTConfig
 from wikigpt.checkpoint import load_model
-from wikigpt.engine import Engine, Request
-from wikigpt.sampling import SamplingParams
+from wikigpt.engine import Engine, Request, generate, warmed_engine
+from wikigpt.sampling import CHAT_DEFAULTS, SamplingParams
+
+ONE_USER = 256  # new tokens of the one-user runs (fewer where the context is shorter)
+CHAT_TURNS = 20
 
 
 def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64, repeats: int = 3) -> tuple[float, float]:
@@ -28,12 +36,13 @@ def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64, repeats:
             steps += 1
         return steps * rows / (time.perf_counter() - t)
     t0 = time.perf_counter()
+    engine.warm_up()  # every graph (row bucket, key span, candidate count): none is compiled in a timed run
     run(8)
     warm = time.perf_counter() - t0
     return max(run(new_tokens) for _ in range(repeats)), warm
 
 
-def decode_rows(ckpt: str) -> list:
+def engine_rows(ckpt: str) -> list:
     rows, speed = [], {}
     for dtype in (None, "int8"):
         model = load_model(ckpt, "cpu", dtype)[0]
@@ -56,3 +65,57 @@ def decode_rows(ckpt: str) -> list:
                 rows.append((f"int8 / float32 decode, batch {batch}, {'compiled' if compile else 'eager'}",
                              f"x{speed[('int8', batch, compile)] / speed[('float32', batch, compile)]:.2f}"))
     return rows
+
+
+def one_user_rows(model, name: str, repeats: int = 3) -> list:
+    """One request at a time, eager: the engine's generate against model.generate (temperature
+    and top-k, with its KV cache), from a 1-token prompt. Interleaved, best of `repeats` each, so
+    that a busy machine slows both alike. The engine's sampler with the same knobs (top-p and the
+    repetition penalty off), and with its defaults (both on: more work per token)."""
+    n = min(ONE_USER, model.cfg.block_size - 2)  # the engine ends a reply where the context ends
+    runs = {"model.generate": lambda: model.generate([0], n, temperature=0.8, top_k=50, seed=0),
+            "engine, same knobs": lambda: generate(model, [0], n, SamplingParams(0.8, 50, 1.0, 1.0), seed=0),
+            "engine, default knobs": lambda: generate(model, [0], n, SamplingParams(), seed=0)}
+    best = dict.fromkeys(runs, 0.0)
+    for round in range(repeats + 1):  # round 0 warms up (allocations, the engine made once)
+        for what, run in runs.items():
+            t = time.perf_counter()
+            tokens = len(list(run()))
+            if round:
+                best[what] = max(best[what], tokens / (time.perf_counter() - t))
+    base = best["model.generate"]
+    return [(f"one user, {name}, {n} tokens, {what}", f"{tok_s:,.0f} tok/s (x{tok_s / base:.2f} of model.generate)")
+            for what, tok_s in best.items()]
+
+
+def chat_session_rows(model, tok, new_tokens: int = 32) -> list:
+    """chat.py --compile: the step compiled once before the first reply, then CHAT_TURNS replies
+    with a growing history (every key span is reached). Before, each reply made a new engine and
+    compiled again; now the turns compile nothing."""
+    t0 = time.perf_counter()
+    engine = warmed_engine(model, tok)
+    warm, graphs = time.perf_counter() - t0, counters["stats"]["unique_graphs"]
+    step = max(1, (model.cfg.block_size - new_tokens - 16) // CHAT_TURNS)  # the history grows to the context
+    times = []
+    for turn in range(CHAT_TURNS):
+        prompt = [(5 * j + turn) % 200 + 1 for j in range(8 + step * turn)]
+        t = time.perf_counter()
+        list(generate(model, prompt, new_tokens, CHAT_DEFAULTS, {tok.end_of_turn}, seed=turn, tok=tok, compile=True))
+        times.append(time.perf_counter() - t)
+    after = counters["stats"]["unique_graphs"] - graphs
+    return [(f"chat --compile, {CHAT_TURNS} turns", f"warm-up {warm:.1f} s ({engine.graph_count} graphs, "
+             f"compiled={engine.compiled}); turn 1 {times[0]:.2f} s, turns 2-{CHAT_TURNS} {max(times[1:]):.2f} s at "
+             f"most; graphs compiled during the turns: {after}")]
+
+
+def random_6x384():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
+
+
+def decode_rows(ckpt: str) -> list:
+    rows = one_user_rows(random_6x384(), "6x384 random init")
+    if not Path(ckpt).is_file():
+        return rows + [("decode, demo chat model", f"skipped: no chat checkpoint at {ckpt} (run make demo first)")]
+    model, tok, _ = load_model(ckpt, "cpu")
+    return rows + one_user_rows(model, "demo chat model") + engine_rows(ckpt) + chat_session_rows(model, tok)

@@ -245,20 +245,40 @@ def test_a_compile_failure_decodes_eagerly_with_one_warning(error, capsys):
     assert len(warnings) == 1 and "eager" in warnings[0] and str(error) in warnings[0]
 
 
-def test_a_short_request_reads_only_the_keys_it_needs_and_keeps_the_alone_crowd_promise(monkeypatch):
+def model_of_256():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=300, block_size=256, n_layer=2, n_head=2, n_embd=64)).eval()
     for p in model.parameters():
         p.data.normal_(0, 0.1)
+    return model
+
+
+def short_and_beside_a_long_one(model, compile: bool, on_step=lambda engine: None):
+    """A short greedy request alone, then beside a 180-token one: its tokens in each run."""
+    out = []
+    for long in (False, True):
+        engine, target = Engine(model, n_slots=8, compile=compile), Request([5, 6, 7, 8], 6, GREEDY)
+        if long:
+            engine.add(Request([1 + i % 200 for i in range(180)], 6, GREEDY))
+        engine.add(target)
+        while not target.finished:
+            engine.step()
+            on_step(engine)
+        out.append(target.tokens)
+    return out
+
+
+def test_a_short_request_reads_only_the_keys_it_needs_and_keeps_the_alone_crowd_promise(monkeypatch):
+    # attention spanned all block_size keys whatever the rows' lengths: 256 here for 5 to 9 used
+    model, keys, logits = model_of_256(), set(), {}
     real_sdpa, real_pick = torch.nn.functional.scaled_dot_product_attention, decode_module.pick
-    keys, logits = [], {}
 
     def sdpa(q, k, v, **kw):
         if q.size(2) == 1:  # a decode step (a prefill attends within its prompt)
-            keys.append(k.size(2))
+            keys.add(k.size(2))
         return real_sdpa(q, k, v, **kw)
 
-    def pick(state, model, rows, row_logits, k_max):
+    def pick(state, model, rows, row_logits, k_max):  # the logits each slot's token is sampled from
         for slot, row in zip(torch.arange(state.last.size(0))[rows].tolist(), row_logits):
             logits.setdefault(slot, []).append(row.clone())
         return real_pick(state, model, rows, row_logits, k_max)
@@ -274,12 +294,20 @@ def test_a_short_request_reads_only_the_keys_it_needs_and_keeps_the_alone_crowd_
         engine.add(target)
         while not target.finished:
             engine.step()
-        return set(keys), logits[target.slot][:len(target.tokens)], target.tokens
+        return set(keys), logits[target.slot], target.tokens
     short_keys, alone, alone_tokens = run(False)
     long_keys, crowded, crowded_tokens = run(True)
-    assert short_keys == {64} and long_keys == {256}  # (64 is the shortest span; all 256 before)
+    # eager: exactly the longest row's keys (its prompt, its tokens): 5..9 alone, 181..185 beside
+    assert short_keys == set(range(5, 10)) and long_keys == set(range(181, 186))
     for a, b in zip(alone, crowded):  # masked keys weigh exactly 0: the tolerance still holds
         torch.testing.assert_close(b, a, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
         top2 = a.topk(2).values
         assert top2[0] - top2[1] > 2 * engine_module.ROW_LOGIT_TOLERANCE
     assert len(alone) == 6 and crowded_tokens == alone_tokens
+
+
+def test_a_compiled_step_rounds_the_keys_up_to_a_span(dynamo_only):
+    model, spans = model_of_256(), []
+    tokens = short_and_beside_a_long_one(model, True, lambda engine: spans.append((engine.cache.n, engine.cache.span)))
+    assert set(spans[:5]) == {(1, 64)} and set(spans[5:]) == {(4, 256)}  # spans of 256: 64, 256
+    assert tokens == short_and_beside_a_long_one(model, False)

@@ -56,17 +56,23 @@ class SlotCache:
         self.v = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
         self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
-        # this forward: a prefill of slot `slot`, or a decode of n rows over `span` keys
-        self.slot, self.n, self.span = None, 0, cfg.block_size
-        self.decoding = None  # a decode step's (rows, write positions, key mask), made once for all layers
+        # this forward: a prefill of slot `slot`, or a decode of n rows over `span` keys, masked
+        # unless every one is a key of the row (one row, its own keys: an eager step alone)
+        self.slot, self.n, self.span, self.masked = None, 0, cfg.block_size, True
+        self.decoding = None  # a decode step's (where the new keys go, key mask), made once for all layers
 
     def positions(self, T: int):
+        device = self.pos.device
         if self.slot is not None:
-            return self.pos[self.slot] + torch.arange(T, device=self.pos.device)[None]  # (1, T)
+            return self.pos[self.slot] + torch.arange(T, device=device)[None]  # (1, T)
         # rows without a request compute at position 0, unused (theirs may be past the end)
         at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
-        visible = torch.arange(self.span, device=at.device)[None] <= at[:, None]  # (n, span)
-        self.decoding = torch.arange(self.n, device=at.device), at, visible[:, None, None]
+        H, T_max = self.k[0].shape[1:3]
+        # row r's new key, head h, in a layer's (S*H*T, D) view: one index_copy_ per layer
+        heads = torch.arange(self.n, device=device)[:, None] * H + torch.arange(H, device=device)[None]  # (n, H)
+        rows = (heads * T_max + at[:, None]).view(-1)  # (n*H,)
+        visible = torch.arange(self.span, device=device)[None] <= at[:, None]  # (n, span)
+        self.decoding = rows, visible[:, None, None] if self.masked else None
         return at[:, None]  # (n, 1)
 
     def attend(self, layer: int, q, k, v):
@@ -74,8 +80,10 @@ class SlotCache:
             T = k.size(2)
             self.k[layer][self.slot, :, :T], self.v[layer][self.slot, :, :T] = k[0], v[0]
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
-        rows, at, visible = self.decoding
-        self.k[layer][rows, :, at], self.v[layer][rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
+        rows, visible = self.decoding
+        D = k.size(-1)
+        self.k[layer].view(-1, D).index_copy_(0, rows, k.reshape(-1, D))  # k, v: (n, H, 1, D)
+        self.v[layer].view(-1, D).index_copy_(0, rows, v.reshape(-1, D))
         keys, values = self.k[layer][:self.n, :, :self.span], self.v[layer][:self.n, :, :self.span]  # views
         # in the cache's dtype (the model's), through the fused kernel; masked keys weigh exactly 0
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (n, H, 1, D)
@@ -102,13 +110,20 @@ class DecodeState:
         # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
         self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
         self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
-        # whether a row copies this step (the host knows): eager steps skip the mixture when none
-        # does; a compiled one always mixes (rows with weight 0 keep their logits exactly), one graph
-        self.copying = True
+        self.copying = self.penalty = self.nucleus = self.sampling = True  # see use()
         if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
             for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
                       self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
                 torch._dynamo.mark_static_address(t)
+
+    def use(self, params: list, copying: bool, everything: bool):
+        """Which parts of sampling this step's rows use, from their options (the host knows them):
+        an eager step skips the others, whose ops would leave every logit as it is; a compiled
+        step (everything) runs them all, one graph whatever the rows ask."""
+        self.copying = everything or copying
+        self.penalty = everything or any(p.repetition_penalty != 1 for p in params)
+        self.nucleus = everything or any(p.top_p < 1 for p in params)
+        self.sampling = everything or any(p.temperature > 0 for p in params)
 
     def mutable(self) -> tuple:
         """What a step changes besides the keys and values (which a rerun writes again the same)."""
@@ -129,8 +144,9 @@ def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
     if state.copying:
         logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
     allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
-    u = uniform(state.key[rows], state.count[rows])
-    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max)
+    u = uniform(state.key[rows], state.count[rows]) if state.sampling else None
+    tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max,
+                           state.penalty, state.nucleus)
     n = tokens.size(0)
     idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
     state.seen[idx, tokens] = True

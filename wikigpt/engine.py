@@ -18,9 +18,9 @@ Not promised: bitwise-equal logits. Floating-point sums depend on how a kernel s
 (rows, threads, SIMD width), and CPU BLAS libraries and cuBLAS choose differently by batch shape
 and machine: on one 2-core AMD EPYC the rows differed by 7e-8 at the default thread count and
 not at all with OMP_NUM_THREADS=1. Two rules keep the differences that small and rare:
-  - decode attention spans a bucket of keys that holds the longest live row (block_size, a
-    quarter of it... down to KEY_SPAN_MIN: 64, 256, 1024 for a 1,024-token context); a row's
-    keys past its position are masked, so they weigh exactly 0 at any span;
+  - decode attention spans the keys of the longest live row, rounded up when compiled to a
+    span (block_size, a quarter of it... down to KEY_SPAN_MIN: 64, 256, 1024 for a 1,024-token
+    context); a row's keys past its position are masked, so they weigh exactly 0 at any span;
   - the decode batch is padded to a bucket of rows (1 for a request alone in slot 0, then 4, 8,
     16, ... up to n_slots): the CPU matmul kernels here (oneDNN/MKL, AVX2) handle rows in groups
     of 4, and a row's result differs in the last bit when it falls in a leftover group of
@@ -177,19 +177,22 @@ class Engine:
             return
         reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
         self.cache.n = bucket(reqs[-1].slot + 1, self.n_slots)
-        # the longest row's keys: its prompt and tokens, the newest of which this step writes
+        # the longest row's keys: its prompt and tokens, the newest of which this step writes; a
+        # compiled step rounds them up to a span (one graph each), an eager one attends to just those
         keys = max(len(r.prompt) + len(r.tokens) for r in reqs)
-        self.cache.span = next(s for s in key_spans(self.model.cfg.block_size) if s >= keys)
+        self.cache.span = next(s for s in key_spans(self.model.cfg.block_size) if s >= keys) if self.compiled else keys
+        self.cache.masked = self.compiled or self.cache.n > 1
         self.set_copy(reqs)
         tokens = self.step_fn(self.model, self.state, candidates([r.params.top_k for r in reqs], self.model.cfg.padded_vocab))
         self.emitted(reqs, [tokens[r.slot] for r in reqs])
 
     def set_copy(self, reqs: list[Request]):
-        """This step's copy distribution of the rows that copy evidence (CopySource): q
-        is computed on the host from the reply so far and written to the device."""
+        """This step's copy distribution of the rows that copy evidence (CopySource): q is
+        computed on the host from the reply so far and written to the device. And what of
+        sampling the rows use (DecodeState.use)."""
         st = self.state
         copying = [r for r in reqs if r.params.copy > 0 and r.copy_from is not None]
-        st.copying = self.compiled or bool(copying)
+        st.use([r.params for r in reqs], bool(copying), self.compiled)
         for r in copying:
             q = r.copy_from.prior(r.tokens)
             st.copy_w[r.slot] = r.params.copy if q else 0.0

@@ -127,22 +127,28 @@ def candidates(top_ks: list[int], vocab: int) -> int:
     return min(vocab, 64) if top_ks and 0 < max(top_ks) <= 64 and min(top_ks) > 0 else vocab
 
 
-def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: int | None = None):
+def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: int | None = None,
+                  penalty: bool = True, nucleus: bool = True):
     """Pick one token per row, all on the device, with no host sync (torch.compile(fullgraph=True)
     takes it): logits (n, V); seen (n, V) bool, ids already in each row's text (for the
-    repetition penalty); knobs (n, 4) float, each row's KNOBS; u (n,) uniform numbers; allowed
-    (n, V) bool, if given, rules ids out (e.g. those that would break UTF-8); k_max: every
-    row's top_k is at most this (see candidates(); None: V). Every step is row-wise, so a row's
-    token never depends on the other rows. Returns (n,) int64."""
+    repetition penalty); knobs (n, 4) float, each row's KNOBS; u (n,) uniform numbers (None:
+    every row is greedy); allowed (n, V) bool, if given, rules ids out (e.g. those that would
+    break UTF-8); k_max: every row's top_k is at most this (see candidates(); None: V);
+    penalty, nucleus: False when no row has a repetition penalty, a top_p (their ops would
+    change nothing: an eager step skips them). Every step is row-wise, so a row's token never
+    depends on the other rows. Returns (n,) int64."""
     V = logits.size(-1)
-    temperature, top_k, top_p, penalty = (knobs[:, i:i + 1] for i in range(4))  # each (n, 1)
+    temperature, top_k, top_p, rep = (knobs[:, i:i + 1] for i in range(4))  # each (n, 1)
     padding = torch.arange(V, device=logits.device) >= vocab_size  # (V,): never real tokens
     logits = logits.masked_fill(padding, -float("inf"))
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -float("inf"))
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # CTRL-style
-    logits = torch.where(seen & (penalty != 1.0), penalised, logits)
+    if penalty:
+        penalised = torch.where(logits > 0, logits / rep, logits * rep)  # CTRL-style
+        logits = torch.where(seen & (rep != 1.0), penalised, logits)
     greedy = logits.argmax(dim=-1)  # (n,)
+    if u is None:
+        return greedy
     scaled = logits / torch.where(temperature > 0, temperature, 1.0)
     # One sort of the k_max most likely ids serves top-k (the k-th largest) and top-p (mass in
     # order): ids outside a row's top k are never picked, so they need no place in the order.
@@ -155,8 +161,9 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     kth = sorted_l.gather(1, (top_k.long() - 1).clamp(0, K - 1))  # (n, 1)
     sorted_l = sorted_l.masked_fill((top_k > 0) & (sorted_l < kth), -float("inf"))
     sorted_p = torch.softmax(sorted_l, dim=-1)
-    drop = (sorted_p.cumsum(-1) - sorted_p > top_p) & (top_p < 1.0)  # keep the smallest set reaching top_p
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    if nucleus:
+        drop = (sorted_p.cumsum(-1) - sorted_p > top_p) & (top_p < 1.0)  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
     # inverse-CDF sampling: one uniform number per row; right=True never picks a zero-probability id
     cdf = sorted_p.cumsum(-1)  # (n, K)
     at = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous(), right=True).clamp(max=K - 1)
