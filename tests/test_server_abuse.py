@@ -27,11 +27,11 @@ HEALTH_WITHIN_S = 1.0
 # bound leaves room for another allocator or torch version; what it catches is growth without
 # end (the replies of readers that never read, ~2 MB each here, kept; or a metrics label per path).
 RSS_GROWTH_LIMIT = 64 << 20
-STALL_S, DEADLINE_S, HEADER_S, CONNECTIONS = 1, 3, 2, 32
+STALL_S, DEADLINE_S, HEADER_S, CONNECTIONS = 1, 5, 2, 32
 SERVER_ARGS = ["--slots", "8", "--max_queue", "0", "--threads", "1", "--stall_timeout", str(STALL_S),
                "--request_timeout", str(DEADLINE_S), "--header_timeout", str(HEADER_S),
                "--max_connections", str(CONNECTIONS)]
-LONG = 1000  # tokens: a reply this long takes the test model about 10 s (its context is 1,024)
+LONG = 1000  # tokens: a reply this long takes the test model about 9 s (its context is 1,024)
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -47,7 +47,9 @@ def random_chat_checkpoint(path):
     max_tokens, as a long one from a real model does."""
     tok = byte_tokenizer()
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=BLOCK, n_layer=4, n_head=4, n_embd=128, arch="gpt2")
+    # wide enough that a LONG reply takes seconds on any machine of ours (the deadline and disconnect
+    # tests need replies that outlast them): 8.6 s for 1,000 tokens alone on one EPYC core
+    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=BLOCK, n_layer=8, n_head=4, n_embd=384, arch="gpt2")
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -244,7 +246,7 @@ def test_a_request_past_its_deadline_gets_a_504_or_an_error_event_in_its_stream(
     with health_answers(live.url):
         thread.start()
         t0 = time.monotonic()
-        r = post(live.url, ask("hi", max_tokens=LONG))
+        r = post(live.url, ask("hi", n=6, max_tokens=LONG))  # 6 rows beside the stream: far past the deadline
         took = time.monotonic() - t0
         thread.join(timeout=30)
     assert r.status_code == 504 and "time limit" in r.json()["error"]["message"], r.text
