@@ -139,8 +139,9 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     depends on the other rows. Returns (n,) int64."""
     V = logits.size(-1)
     temperature, top_k, top_p, rep = (knobs[:, i:i + 1] for i in range(4))  # each (n, 1)
-    padding = torch.arange(V, device=logits.device) >= vocab_size  # (V,): never real tokens
-    logits = logits.masked_fill(padding, -float("inf"))
+    if vocab_size < V:
+        padding = torch.arange(V, device=logits.device) >= vocab_size  # (V,): never real tokens
+        logits = logits.masked_fill(padding, -float("inf"))
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -float("inf"))
     if penalty:
