@@ -351,7 +351,7 @@ def engine_for(model: GPT, n_slots: int = 1, tok=None, compile: bool | None = Fa
     compile = model.device.type == "cuda" if compile is None else bool(compile)
     with _ENGINES:
         engines = model.__dict__.setdefault("_wikigpt_engines", {})
-        key = (n_slots, id(tok), compile)
+        key = (n_slots, id(tok), compile, model.device, model.act_dtype)  # (a model moved or cast: anew)
         if key not in engines or engines[key][0] is not tok:
             engines[key] = (tok, Engine(model, n_slots, tok, compile))
         return engines[key][1]
