@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one command (see bench/gpu_check.py): bash bench/gpu_check.sh [--quick]
+# The GPU check in one command (bench/gpu_check.py): bash bench/gpu_check.sh [--only env,engine,...]
+# At most 8 minutes on one GPU, each check under its own timeout; exits 1 if a row says FAILED.
 # Uses .venv if `make setup` made one; on a CPU the CUDA rows say "not run".
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,300 @@
+"""
+The checks of bench/gpu_check.py, one per process: `python bench/gpu_steps.py NAME --work DIR`
+prints its rows as 'ROW<TAB>name<TAB>value' lines. A row that shows a defect starts with
+"FAILED"; a row that needs CUDA on a machine without it says "not run (needs CUDA)".
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: its commands and wikigpt/
+sys.path.insert(0, str(ROOT))
+
+from model import GPT, GPTConfig  # noqa: E402
+from wikigpt.runlog import SUMMARY  # noqa: E402
+from wikigpt.throughput import peak_flops  # noqa: E402
+
+NOT_RUN = "not run (needs CUDA)"
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+EAGER_WARNING = "torch.compile failed"  # train.py's line when it falls back to eager
+
+
+def row(name: str, value: str):
+    print(f"ROW\t{name}\t{value}", flush=True)
+
+
+def command(*args, check=True, timeout=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode:
+        sys.exit(f"{args[0]} failed: {r.stderr.strip()[-1500:]}")
+    return r
+
+
+def gpt2_124m(vocab: int = 50304) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab, block_size=1024, n_layer=12, n_head=12, n_embd=768, arch="modern")
+
+
+# ----------------------------------------------------------------------------------------
+
+def check_env(work: Path):
+    if CUDA:
+        name = torch.cuda.get_device_name(0)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        row("device", f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+                      f"bf16 {'native' if native else 'emulated: training uses fp16 + GradScaler'}")
+    else:
+        row("device", f"cpu, torch {torch.__version__}: the CUDA rows are not run")
+    peak, note = peak_flops(DEVICE, torch.bfloat16 if CUDA else torch.float32)
+    row("peak used for MFU", f"{peak / 1e12:.1f} TFLOP/s ({note})")
+
+
+def check_data(work: Path):
+    data = work / "data"
+    if not (data / "meta.json").is_file():
+        command("prepare_wiki.py", "--out", data, "--tokenizer", "bpe:8192", "--val_fraction", "0.05", "--overwrite")
+    meta = json.loads((data / "meta.json").read_text())
+    row("dataset", f"{data}: the built-in sample, 8k BPE, {meta['splits']['train']['tokens']:,} train tokens "
+                   "(no download)")
+
+
+def check_model(work: Path):
+    """gpt2_124m's shape on synthetic tokens: one compiled micro-step and a full step."""
+    if not CUDA:
+        return row("gpt2_124m shape, compiled, bf16", NOT_RUN)
+    from torch._dynamo.utils import counters
+    from wikigpt.optim import build_optimizers
+    from wikigpt.config import TrainConfig
+
+    cfg, B, accum = gpt2_124m(), 16, 4
+    model = GPT(cfg).cuda()
+    optimizers = build_optimizers(model, TrainConfig(), "cuda")
+    compiled = torch.compile(model)
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.block_size), device="cuda")  # (B, T)
+
+    def micro():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(x, x) / accum
+        loss.backward()
+
+    def full():
+        for _ in range(accum):
+            micro()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for o in optimizers:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    counters.clear()
+    t = time.perf_counter()
+    full()
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t
+    after_first = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    full()  # warm
+    torch.cuda.reset_peak_memory_stats()
+    rates = {}
+    for name, fn, tokens in (("micro-step", micro, B * cfg.block_size), ("full step", full, accum * B * cfg.block_size)):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        rates[name] = 3 * tokens / (time.perf_counter() - t)
+    peak, _ = peak_flops("cuda", torch.bfloat16)
+    flops = model.flops_per_token()
+    row("gpt2_124m compile (first full step)", f"{compile_s:.0f} s")
+    for name, rate in rates.items():
+        row(f"gpt2_124m {name}, B={B}x1024, bf16", f"{rate:,.0f} tok/s, MFU {100 * rate * flops / peak:.1f}%")
+    row("gpt2_124m peak memory", f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    breaks = sum(counters["graph_break"].values())
+    recompiles = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    row("gpt2_124m graph breaks, recompiles after the first step",
+        f"{'FAILED: ' if breaks or recompiles > after_first else ''}{breaks} graph breaks, "
+        f"{recompiles - after_first} recompiles")
+    row("attention kernel", attention_kernel(model, x))
+
+
+def attention_kernel(model: GPT, x) -> str:
+    """Which SDPA kernel a forward ran, from the profiler's CUDA kernel names."""
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(x[:2])
+        torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages()}
+    for kernel, pattern in (("flash attention", r"flash"), ("cuDNN attention", r"cudnn.*(fmha|attn|sdpa)"),
+                            ("memory-efficient attention", r"fmha|efficient_attention|mem_eff"),
+                            ):
+        if any(re.search(pattern, n, re.I) for n in names):
+            return kernel
+    return "FAILED: the math fallback (no fused attention kernel ran)"
+
+
+def train_run(work: Path, name: str, dtype: str, *extra) -> tuple[dict, str]:
+    out = work / name
+    shape = ["config/gpt2_124m.toml", "--batch_size=8", "--grad_accum=1"] if CUDA else ["config/demo_cpu.toml"]
+    r = command("train.py", *shape, f"--data={work / 'data'}", f"--out_dir={out}", "--max_steps=20",
+                "--eval_interval=20", "--eval_tokens=16384", "--log_interval=5", "--warmup_steps=5",
+                f"--dtype={dtype}", "--total_batch_tokens=0", *extra)
+    return json.loads((out / SUMMARY).read_text()), r.stdout + r.stderr
+
+
+def check_train(work: Path, dtype: str):
+    label = f"train.py 20 steps, {dtype}" + (", gpt2_124m shape" if CUDA else ", demo shape")
+    if dtype == "float16" and not CUDA:
+        return row(label, NOT_RUN)
+    summary, log = train_run(work, f"train_{dtype}", dtype, "--sync_check=true")
+    peak, _ = peak_flops(DEVICE, torch.bfloat16 if CUDA else torch.float32)
+    eager = EAGER_WARNING in log
+    row(label, f"{'FAILED: fell back to eager; ' if eager else ''}{summary['tok_per_s']:,.0f} tok/s, "
+               f"MFU {100 * summary['tok_per_s'] * summary['flops_per_token'] / peak:.1f}%, "
+               f"val loss {summary['val']['loss']:.3f}")
+    syncs = re.search(r"host syncs in step (\d+): (\d+)(.*)", log)
+    if CUDA:
+        row(f"host syncs in one train.py step, {dtype}",
+            f"{'FAILED: ' if not syncs or syncs[2] != '0' else ''}"
+            + (f"{syncs[2]} in step {syncs[1]}{syncs[3]}" if syncs else "train.py did not report them"))
+
+
+def check_serve(work: Path):
+    """serve.py with 8 concurrent streaming clients: every stream 200 with tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench import start_server, stream_chat
+
+    ckpt = sft_checkpoint(work)
+    server, url = start_server(str(ckpt), "--slots", "8")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            t = time.perf_counter()
+            results = list(pool.map(lambda i: stream_chat(url, "What is the capital of Andorra?", i, 64), range(8)))
+            wall = time.perf_counter() - t
+    except Exception as e:
+        return row("serve.py, 8 concurrent streams", f"FAILED: {type(e).__name__}: {str(e)[:200]}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ttft = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    ok = all(r[1] > 0 for r in results)
+    row("serve.py, 8 concurrent streams", f"{'' if ok else 'FAILED: a stream without tokens; '}all 200, "
+        f"TTFT median {1000 * ttft[4]:.0f} ms, max {1000 * ttft[-1]:.0f} ms; {tokens} tokens, "
+        f"{1000 * wall * 8 / max(tokens, 1):.1f} ms per token per stream")
+
+
+def sft_checkpoint(work: Path) -> Path:
+    """A chat checkpoint (chat tokens in its tokenizer) of the check's own dataset: a few SFT steps."""
+    out = work / "chat"
+    if not (out / "best.pt").is_file():
+        base = next(p for p in (work / "train_bfloat16" / "best.pt", work / "train_float32" / "best.pt") if p.is_file())
+        command("chat_sft.py", "config/sft_demo.toml", f"--init_from={base}", f"--data={work / 'data'}",
+                f"--out_dir={out}", "--max_steps=4", "--eval_interval=4", "--grounded_qa=0", "--eot_check=0")
+    return out / "best.pt"
+
+
+def check_engine(work: Path):
+    """The engine eager vs compiled (CUDA graphs on a GPU) at 1/8/16 rows, greedy tokens equal,
+    a second generate() compiling nothing, and (on a GPU) a 48-slot server engine warming up."""
+    from torch._dynamo.utils import counters
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_decode import engine_tok_s
+    from wikigpt.checkpoint import load_model
+    from wikigpt.engine import Engine, generate, warmed_engine
+    from wikigpt.sampling import SamplingParams
+
+    ckpt = next(p for p in (work / "train_bfloat16" / "best.pt", work / "train_float32" / "best.pt") if p.is_file())
+    model, tok, _ = load_model(ckpt, DEVICE)
+    label = "CUDA graphs" if CUDA else "compiled"
+    for rows in (1, 8, 16) if CUDA else (1, 8):
+        eager, _ = engine_tok_s(model, rows, False, 64, repeats=2)
+        graphs, warm = engine_tok_s(model, rows, True, 64, repeats=2)
+        row(f"engine decode, {rows} rows", f"eager {eager:,.0f} tok/s, {label} {graphs:,.0f} tok/s "
+                                           f"(x{graphs / eager:.2f}; warm-up {warm:.0f} s)")
+    prompt, greedy = tok.encode("The history of"), SamplingParams(temperature=0)
+    eager = list(generate(model, prompt, 48, greedy, tok=tok))
+    warmed_engine(model, tok)
+    counters.clear()
+    first = list(generate(model, prompt, 48, greedy, tok=tok, compile=True))
+    graphs = sum(counters["stats"].get(k, 0) for k in ("unique_graphs",))
+    second = list(generate(model, tok.encode("A second prompt"), 48, greedy, tok=tok, compile=True))
+    more = sum(counters["stats"].get(k, 0) for k in ("unique_graphs",)) - graphs
+    recompiles = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    same = first == eager
+    row("engine greedy tokens, eager vs " + label, f"{'equal' if same else 'FAILED: different'} (48 tokens)")
+    row("two generate() calls after warm-up", f"{'' if more == 0 and recompiles == 0 and second else 'FAILED: '}"
+                                              f"{more} new graphs, {recompiles} recompiles")
+    if not CUDA:
+        return row("48-slot server engine warm-up", NOT_RUN)
+    engine = Engine(model, 48, tok, compile=True)
+    t = time.perf_counter()
+    engine.warm_up()
+    row("48-slot server engine warm-up", f"{'' if engine.compiled else 'FAILED: fell back to eager; '}"
+        f"{engine.graph_count} graphs in {time.perf_counter() - t:.0f} s")
+
+
+def check_fsdp(work: Path):
+    """FSDP on one GPU: the first block's input is float32 (as under DDP) with bf16 blocks, and
+    a run stopped at half and resumed ends where a straight run does (within 1e-3: attention's
+    backward adds with atomics, so two runs are close, not bitwise equal)."""
+    if not CUDA:
+        return row("FSDP on 1 GPU", NOT_RUN)
+    import os
+    import torch.distributed as dist
+    from wikigpt import fsdp
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    model = fsdp.shard_model(GPT(gpt2_124m()).cuda(), "cuda", 1, torch.bfloat16)
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("stream", args[0].dtype))
+    model.blocks[0].mlp.c_fc.register_forward_pre_hook(lambda m, args: seen.setdefault("weight", m.weight.dtype))
+    x = torch.randint(0, 50304, (2, 1024), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x, x).backward()
+    dist.destroy_process_group()
+    right = seen == {"stream": torch.float32, "weight": torch.bfloat16}
+    row("FSDP residual stream / block weights", f"{'' if right else 'FAILED: '}{seen.get('stream')} / {seen.get('weight')}")
+    runs = ["--shard=fsdp", "--max_steps=20", "--eval_interval=10", "--batch_size=8", "--grad_accum=1",
+            "--compile=false", "--total_batch_tokens=0"]
+    straight, _ = train_run(work, "fsdp_straight", "bfloat16", *runs)
+    train_run(work, "fsdp_resumed", "bfloat16", *runs, "--stop_after=10")
+    resumed, _ = train_run(work, "fsdp_resumed", "bfloat16", *runs, "--resume=true")
+    gap = abs(resumed["val"]["loss"] - straight["val"]["loss"])
+    row("FSDP on 1 GPU, stopped at step 10 and resumed", f"{'' if gap < 1e-3 else 'FAILED: '}val loss "
+        f"{resumed['val']['loss']:.4f} vs straight {straight['val']['loss']:.4f} (gap {gap:.1e}, bound 1e-3)")
+
+
+def check_int8(work: Path):
+    if not CUDA:
+        return row("int8 checkpoint on the GPU", NOT_RUN)
+    base = work / "train_bfloat16" / "best.pt"
+    int8 = work / "int8.pt"
+    int8.unlink(missing_ok=True)
+    command("convert.py", "int8", base, int8)
+    r = command("sample.py", "--ckpt", int8, "--device", "cuda", "--max_new_tokens", "4", check=False)
+    refused = r.returncode == 2 and "int8" in r.stderr and "Traceback" not in r.stderr
+    row("int8 checkpoint on the GPU", "refused with a clear message" if refused else f"FAILED: {r.stderr[-200:]}")
+
+
+CHECKS = {"env": check_env, "data": check_data, "model": check_model,
+          "train_bf16": lambda w: check_train(w, "bfloat16" if CUDA else "float32"),
+          "train_fp16": lambda w: check_train(w, "float16"), "engine": check_engine, "serve": check_serve,
+          "fsdp": check_fsdp,
+          "int8": check_int8}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("check", choices=sorted(CHECKS))
+    p.add_argument("--work", required=True)
+    args = p.parse_args()
+    CHECKS[args.check](Path(args.work))
+
+
+if __name__ == "__main__":
+    main()
