@@ -4,6 +4,7 @@ answering within a second while it goes on (probed from another thread), that th
 back afterwards, and that the server's memory stays within a bound across the whole file."""
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ HEALTH_WITHIN_S = 1.0
 # bound leaves room for another allocator or torch version; what it catches is growth without
 # end (the replies of readers that never read, ~2 MB each here, kept; or a metrics label per path).
 RSS_GROWTH_LIMIT = 64 << 20
-STALL_S, DEADLINE_S, HEADER_S, CONNECTIONS = 1, 5, 2, 32
+STALL_S, DEADLINE_S, HEADER_S, CONNECTIONS = 1, 8, 2, 32
 SERVER_ARGS = ["--slots", "8", "--max_queue", "0", "--threads", "1", "--stall_timeout", str(STALL_S),
                "--request_timeout", str(DEADLINE_S), "--header_timeout", str(HEADER_S),
                "--max_connections", str(CONNECTIONS)]
@@ -223,14 +224,23 @@ def test_a_client_that_leaves_a_json_reply_frees_its_8_slots_within_a_second(liv
 
 # ----- item 5: connections and time
 
-def test_a_stream_that_is_never_read_is_cancelled_and_frees_its_slots(live):
+def open_sockets(pid: int) -> int:
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_stream_that_is_never_read_is_cancelled_and_frees_its_slots_and_its_connection(live):
+    before = open_sockets(live.proc.pid)
     body = json.dumps(ask("hi", n=8, max_tokens=LONG, stream=True)).encode()
-    sock = raw_post(live.url, "/v1/chat/completions", body, rcvbuf=4096)  # and never read
+    sock = raw_post(live.url, "/v1/chat/completions", body, rcvbuf=4096)  # and never read, never closed
     try:
         with health_answers(live.url):
             wait_active(live.url, 8)
-            settled(live, within=6.0)  # once the buffers are full, STALL_S seconds; the reply had ~10 s to go
-        assert "stopped reading" in live.log()  # the stall guard ended it (a deadline cannot: it is not running)
+            settled(live, within=DEADLINE_S - 1)  # once the buffers are full, STALL_S seconds
+        assert "stopped reading" in live.log()  # the stall guard ended it, before the deadline could
+        deadline = time.monotonic() + 10  # the connection too: closing alone waits for a reader who is gone
+        while open_sockets(live.proc.pid) > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_sockets(live.proc.pid) <= before
     finally:
         sock.close()
 

@@ -10,6 +10,9 @@ import socket
 
 from wikigpt.server.checks import Settings
 
+# a closed connection whose bytes are still unsent after this long is dropped (its reader is gone)
+CLOSE_GRACE_S = 1.0
+
 
 def bounded(protocol: type, settings: Settings) -> type:
     """uvicorn's HTTP protocol with two bounds of its own:
@@ -28,6 +31,16 @@ def bounded(protocol: type, settings: Settings) -> type:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+            close = transport.close
+
+            def close_or_abort():  # close() waits for the write buffer to drain: for a client that
+                close()            # stopped reading (the stall guard's) it never does, and the
+                self.loop.call_later(CLOSE_GRACE_S, abort_if_stuck)  # connection would stay counted
+
+            def abort_if_stuck():
+                if transport.get_write_buffer_size():
+                    transport.abort()
+            transport.close = close_or_abort
             self.arm_header_deadline()
 
         def on_response_complete(self):
