@@ -22,6 +22,10 @@ from collections import deque
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 
+# fork where the platform has it: workers start at once with the parent's modules already imported
+# (Python 3.14 makes forkserver Linux's default, which would import them again in each worker)
+CONTEXT = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+
 # In a worker process: its shared slot, the pages of the current job to skip, the page count.
 _slot, _skips, _page = None, {}, -1
 
@@ -95,9 +99,9 @@ class Workers:
             self._start(i)
 
     def _start(self, i: int):
-        parent, child = mp.Pipe()
+        parent, child = CONTEXT.Pipe()
         self.slots[2 * i + 1] = 0.0
-        proc = mp.Process(target=_worker, args=(child, (self.slots, 2 * i), self.fn, self.initializer,
+        proc = CONTEXT.Process(target=_worker, args=(child, (self.slots, 2 * i), self.fn, self.initializer,
                                                 self.initargs), daemon=True)
         proc.start()
         child.close()
