@@ -61,6 +61,7 @@ def uvicorn_config(app, settings: Settings):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     return uvicorn.Config(app, log_level="warning", http=bounded(H11Protocol, settings),
-                          limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
+                          # uvicorn counts the new connection among those open: +1 serves max_connections
+                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_s,
                           h11_max_incomplete_event_size=settings.max_header_bytes,
                           timeout_graceful_shutdown=settings.shutdown_timeout_s)
