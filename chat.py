@@ -9,7 +9,7 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
 Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
-Replies are decoded by wikigpt/engine.py exactly as serve.py decodes them: same seed, same reply.
+Replies are decoded by wikigpt/decoding/engine.py exactly as serve.py decodes them: same seed, same reply.
 One engine serves every turn; --compile compiles its step once, before the first reply.
 """
 import argparse
@@ -17,12 +17,12 @@ import sys
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.engine import generate, warmed_engine
-from wikigpt.evidence import RETRIEVE_K, Reader
-from wikigpt.grounding import copy_plan, evidence_prompt, reader_of
-from wikigpt.retrieval import open_index
-from wikigpt.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
-from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
+from wikigpt.decoding.engine import generate, warmed_engine
+from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
+from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
+from wikigpt.knowledge.retrieval import open_index
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
+from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.tokenizer import stream_text
 
 

@@ -11,9 +11,9 @@ Dialogue files (JSONL, or a JSON array), format detected per record or forced by
     sharegpt  {"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", ...}]}
     alpaca    {"instruction": "...", "input": "...", "output": "..."}
     pairs     {"prompt": "...", "response": "..."}
-The model learns only the assistant's tokens and its end-of-turn token (wikigpt/chat_template.py).
-Training itself is train.py's loop; the dialogue batches come from wikigpt/sft_data.py (files,
-split) and wikigpt/sft_rows.py (rows, packing).
+The model learns only the assistant's tokens and its end-of-turn token (wikigpt/chat/chat_template.py).
+Training itself is train.py's loop; the dialogue batches come from wikigpt/chat/sft_data.py (files,
+split) and wikigpt/chat/sft_rows.py (rows, packing).
 """
 import json
 import tomllib
@@ -22,18 +22,18 @@ from pathlib import Path
 import torch
 
 from train import resolve_resume, starting_checkpoint, train
-from wikigpt import wikiqa
+from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import SFTConfig
-from wikigpt.dist import setup_dist
-from wikigpt.durable import write_text
-from wikigpt.engine import generate
-from wikigpt.chat_template import show_mask
-from wikigpt.retrieval import Index
-from wikigpt.sampling import CHAT_DEFAULTS
-from wikigpt.sft_rows import SFTBatches, TokenRows, tokenize_dialogues, val_set
+from wikigpt.run.dist import setup_dist
+from wikigpt.run.durable import write_text
+from wikigpt.decoding.engine import generate
+from wikigpt.chat.chat_template import show_mask
+from wikigpt.knowledge.retrieval import Index
+from wikigpt.decoding.sampling import CHAT_DEFAULTS
+from wikigpt.chat.sft_rows import SFTBatches, TokenRows, tokenize_dialogues, val_set
 from wikigpt.tokenizer import ASSISTANT, Tokenizer
 
 

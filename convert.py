@@ -14,8 +14,8 @@ from pathlib import Path
 from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError, output_file, run_main
-from wikigpt.fsdp import load_shards, load_train_state
-from wikigpt.lora import merge_lora
+from wikigpt.run.fsdp import load_shards, load_train_state
+from wikigpt.adapt.lora import merge_lora
 
 
 def merge_adapters(src: str, out: Path):

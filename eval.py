@@ -9,12 +9,12 @@ Writes report.json and report.md (one column per checkpoint) and prints the tabl
   pretraining  val bits per byte, loss and perplexity on the dataset's val split: the same
                text for every checkpoint (bits per byte also compares different tokenizers)
   chat         (chat checkpoints) held-out dialogues: the assistant-token loss, and sampled
-               replies scored against the real ones (wikigpt/scores.py): BLEU, chrF, ROUGE-L,
+               replies scored against the real ones (wikigpt/knowledge/scores.py): BLEU, chrF, ROUGE-L,
                distinct-1/2, the share of replies that loop, end-of-turn and role-leak rates
   knowledge    (chat checkpoints, a dataset with a search index) held-out Wikipedia questions of
                four kinds (lead, fact, section, out-of-corpus): retrieval recall, answer accuracy
                and F1 without retrieval, with retrieval and with copying, and "not found"
-               precision / recall (wikigpt/wikiqa.py; the per-kind table is printed and in report.md)
+               precision / recall (wikigpt/knowledge/wikiqa.py; the per-kind table is printed and in report.md)
 Everything is seeded: the same command gives the same report.
 """
 import argparse
@@ -31,21 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wikigpt import scores
-from wikigpt import wikiqa
+from wikigpt.knowledge import scores
+from wikigpt.knowledge import wikiqa
 from wikigpt.config import SFTConfig
-from wikigpt.sft_rows import TokenRows, rows_of, val_set
-from wikigpt.sft_data import heldout_conversations, parse_sft_data, read_dialogues
+from wikigpt.chat.sft_rows import TokenRows, rows_of, val_set
+from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_dialogues
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, output_file, progress_bar, run_main
-from wikigpt.data import load_dataset
-from wikigpt.durable import write_text
-from wikigpt.engine import generate_batch
-from wikigpt.retrieval import INDEX_DIR, Index
-from wikigpt.runlog import METRICS, plot_runs, read_metrics
-from wikigpt.sampling import CHAT_DEFAULTS, add_dtype_arg, add_sampling_knobs, params_from_args
-from wikigpt.chat_template import ContextOverflow, Message, fit_history, prompt_room
-from wikigpt.dist import Dist
+from wikigpt.prep.data import load_dataset
+from wikigpt.run.durable import write_text
+from wikigpt.decoding.engine import generate_batch
+from wikigpt.knowledge.retrieval import INDEX_DIR, Index
+from wikigpt.run.runlog import METRICS, plot_runs, read_metrics
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_dtype_arg, add_sampling_knobs, params_from_args
+from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
+from wikigpt.run.dist import Dist
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.batches import val_windows
 

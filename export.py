@@ -32,9 +32,9 @@ import torch
 
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError, run_main
-from wikigpt.durable import fsync_path, fsync_tree, replace_durably
-from wikigpt.hf_tokenizer import chat_template, tokenizer_json
-from wikigpt.sampling import CHAT_DEFAULTS
+from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
+from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
+from wikigpt.decoding.sampling import CHAT_DEFAULTS
 from wikigpt.tokenizer import DOC_SEP, END_OF_TURN
 from model import RMS_EPS
 
@@ -130,7 +130,7 @@ def write_gguf(path: Path, ckpt: dict, tok, config: dict, weights: dict, dtype: 
     import gguf
     import numpy as np
 
-    from wikigpt.hf_tokenizer import vocab_and_merges
+    from wikigpt.adapt.hf_tokenizer import vocab_and_merges
 
     if config["model_type"] != "qwen3":
         raise UsageError("--format gguf: llama.cpp's gpt2 architecture computes GELU with the tanh "
@@ -264,7 +264,7 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
     model, tok = model_from_checkpoint(ckpt, path=ckpt_path)
     if "lora" in ckpt:
-        from wikigpt.lora import merge_lora
+        from wikigpt.adapt.lora import merge_lora
         merge_lora(model)  # adapters folded in: the export is a plain model
     config, weights = hf_weights(model, tok.n_vocab, ckpt_path)
     chat = ckpt["kind"] == "sft"

@@ -100,7 +100,7 @@ class KVCache:
     k, v: (n_layer, B, H, max_len, D), filled up to `pos`; all rows at the same position.
 
     The model talks to a cache through three methods, so that other layouts can plug in
-    (wikigpt/engine.py's SlotCache: one row per request, each at its own position):
+    (wikigpt/decoding/engine.py's SlotCache: one row per request, each at its own position):
       positions(T) -> (B or 1, T) position ids of the next T tokens
       attend(layer, q, k, v) -> (B, H, T, D) attention output, after storing k, v
       advance(T) after all layers have run"""
@@ -233,7 +233,7 @@ class GPT(nn.Module):
     @property
     def act_dtype(self) -> torch.dtype:
         """The dtype activations (and the KV cache) run in: the weights', or float32 for int8
-        weights (wikigpt/quant.py), whose norms stay float32."""
+        weights (wikigpt/adapt/quant.py), whose norms stay float32."""
         return self.ln_f.weight.dtype
 
     def n_params(self, for_flops=False) -> int:
@@ -303,7 +303,7 @@ class GPT(nn.Module):
         """Yield new token ids one at a time (streaming): the simplest sampler, temperature and
         top-k. Stops after a stop token (which is yielded) or max_new_tokens. Same seed -> same
         tokens, with or without the cache. Batching, top-p, repetition penalty and copying
-        from passages are the engine's (wikigpt/engine.py)."""
+        from passages are the engine's (wikigpt/decoding/engine.py)."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
         ids = list(prompt)[-self.cfg.block_size:]

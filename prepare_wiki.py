@@ -1,5 +1,5 @@
 """
-Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see wikigpt/data.py).
+Wikipedia dump -> clean text -> tokens -> a dataset folder of uint16 shards (see wikigpt/prep/data.py).
 
     python prepare_wiki.py                                  # the built-in English sample
     python prepare_wiki.py zhwiki-latest-pages-articles-multistream.xml.bz2 --tokenizer bpe:32768 --out data/zh
@@ -11,7 +11,7 @@ Three passes, each in parallel worker processes where the work is heavy:
   1. read the source, clean each article's wikitext, drop duplicates, split train/val
      (multistream dumps are decompressed and parsed by the workers too: see wikigpt/prep/dumps.py);
      from the same wikitext, the knowledge graph: infobox facts, outgoing links, section openings
-     and redirects as aliases, into knowledge.sqlite (see wikigpt/knowledge.py);
+     and redirects as aliases, into knowledge.sqlite (see wikigpt/knowledge/graph.py);
   2. (bpe only) train the tokenizer on the train split;
   3. tokenize and write the shards.
 Work happens in a hidden folder beside --out that is renamed into place only at the very end,
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wikigpt.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
+from wikigpt.prep.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
                           open_articles_for_writing, read_articles)
-from wikigpt.durable import fsync_path, replace_durably
-from wikigpt.knowledge import KNOWLEDGE, write_knowledge
+from wikigpt.run.durable import fsync_path, replace_durably
+from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
 from wikigpt.prep.jobs import Kept, JobOptions, clean_job, digest, gzip_member, source_jobs

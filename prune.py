@@ -1,7 +1,7 @@
 """
 Cut a smaller model out of a trained one: whole layers, attention heads (the same number in
 every layer) and MLP hidden units (the same width in every layer), the least important first,
-as measured on a few thousand train tokens (wikigpt/prune.py says how). The result is an
+as measured on a few thousand train tokens (wikigpt/adapt/prune.py says how). The result is an
 ordinary checkpoint of a smaller shape that every tool loads; it records where it came from.
 
     python prune.py --ckpt out/chat/best.pt --out out/small.pt --keep_layers 2
@@ -22,10 +22,10 @@ from model import GPT
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
 from wikigpt.cli import UsageError, run_main
-from wikigpt.data import load_dataset
-from wikigpt.distill import refuse_unrunnable
-from wikigpt.lora import base_reference
-from wikigpt.prune import Plan, choose, mean_loss, mean_loss_masked, prune, pruned_config
+from wikigpt.prep.data import load_dataset
+from wikigpt.adapt.distill import refuse_unrunnable
+from wikigpt.adapt.lora import base_reference
+from wikigpt.adapt.prune import Plan, choose, mean_loss, mean_loss_masked, prune, pruned_config
 
 
 def count(text: str | None, total: int, what: str, fraction_ok=False) -> int:

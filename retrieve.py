@@ -6,20 +6,20 @@ a question finds.
     python retrieve.py --data data/demo "What is the capital of Andorra?"
     python retrieve.py --data data/zh --k 5 "亚里士多德是谁？"
 
---build also chooses the "not found" threshold on the train split's questions (wikigpt/qa_items.py)
+--build also chooses the "not found" threshold on the train split's questions (wikigpt/knowledge/qa_items.py)
 and stores it with the index. A query prints the entities it names, the best evidence (facts,
-section openings, sentences: wikigpt/evidence.py) with its score, and the top passages. The
-index itself is wikigpt/retrieval.py; the knowledge graph it reads with, wikigpt/knowledge.py.
+section openings, sentences: wikigpt/knowledge/evidence.py) with its score, and the top passages. The
+index itself is wikigpt/knowledge/retrieval.py; the knowledge graph it reads with, wikigpt/knowledge/graph.py.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from wikigpt.cli import UsageError, run_main
-from wikigpt.evidence import Reader
-from wikigpt.knowledge import KNOWLEDGE, Knowledge
-from wikigpt.qa_items import calibrate
-from wikigpt.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_index_info, build_index
+from wikigpt.knowledge.evidence import Reader
+from wikigpt.knowledge.graph import KNOWLEDGE, Knowledge
+from wikigpt.knowledge.qa_items import calibrate
+from wikigpt.knowledge.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_index_info, build_index
 
 
 def build(folder: str, passage_chars: int):

@@ -10,8 +10,8 @@ import sys
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.engine import generate, warmed_engine
-from wikigpt.sampling import add_sampling_args, params_from_args
+from wikigpt.decoding.engine import generate, warmed_engine
+from wikigpt.decoding.sampling import add_sampling_args, params_from_args
 from wikigpt.tokenizer import stream_text
 
 

@@ -6,7 +6,7 @@ Serve a checkpoint over an OpenAI-compatible HTTP API, with continuous batching 
     WIKIGPT_API_KEY=sk-local python serve.py --ckpt out/chat/best.pt --host 0.0.0.0   # a key is required there
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
-GET /metrics (Prometheus), and the chat page at /. Generation runs in wikigpt/engine.py's background
+GET /metrics (Prometheus), and the chat page at /. Generation runs in wikigpt/decoding/engine.py's background
 thread: every active request advances in one batched forward per step, so the event loop
 never waits on the model and new requests join at the next step. The server itself is
 wikigpt/server/: checks.py (requests), generation.py (the model side), replies.py, app.py (routes).
@@ -23,11 +23,11 @@ import torch
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, progress_bar, run_main
-from wikigpt.engine import EngineThread
-from wikigpt.evidence import RETRIEVE_K
-from wikigpt.grounding import reader_of
-from wikigpt.retrieval import open_index
-from wikigpt.sampling import add_dtype_arg
+from wikigpt.decoding.engine import EngineThread
+from wikigpt.knowledge.evidence import RETRIEVE_K
+from wikigpt.knowledge.grounding import reader_of
+from wikigpt.knowledge.retrieval import open_index
+from wikigpt.decoding.sampling import add_dtype_arg
 from wikigpt.server.app import create_app
 from wikigpt.server.checks import Settings, host_names, is_loopback
 from wikigpt.server.connections import uvicorn_config

@@ -20,22 +20,22 @@ import torch
 import torch.distributed as torch_dist
 
 from model import GPT, GPTConfig
-from wikigpt import distill
+from wikigpt.adapt import distill
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
                                 set_rng_state)
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
-from wikigpt.data import load_dataset
-from wikigpt.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
-from wikigpt.durable import write_text
-from wikigpt.lora import adapter_state, apply_lora, base_reference
+from wikigpt.prep.data import load_dataset
+from wikigpt.run.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
+from wikigpt.run.durable import write_text
+from wikigpt.adapt.lora import adapter_state, apply_lora, base_reference
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
-from wikigpt.runlog import METRICS, PLOT, SUMMARY
-from wikigpt.throughput import HostSyncWatch, fmt_time, held_mb, peak_memory_mb
+from wikigpt.run.runlog import METRICS, PLOT, SUMMARY
+from wikigpt.run.throughput import HostSyncWatch, fmt_time, held_mb, peak_memory_mb
 from wikigpt.tokenizer import Tokenizer
-from wikigpt.train_log import TrainLog
+from wikigpt.run.train_log import TrainLog
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def last_path(cfg: TrainConfig) -> Path:
 
 def resumable_checkpoint(cfg: TrainConfig) -> Path | None:
     """last_path(cfg) if it exists; with shard=fsdp, else the folder a cut-short save left."""
-    from wikigpt import fsdp
+    from wikigpt.run import fsdp
     last = last_path(cfg)
     return fsdp.resumable(last) if cfg.shard == "fsdp" else last if last.exists() else None
 
@@ -75,7 +75,7 @@ def resolve_resume(cfg: TrainConfig):
     """resume=auto -> true when the last checkpoint exists (a restarted worker), else false.
     Called before the process group forms, so no process can see one written by this run."""
     if cfg.resume == "auto":
-        from wikigpt import fsdp
+        from wikigpt.run import fsdp
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
 
@@ -89,7 +89,7 @@ def starting_checkpoint(cfg: TrainConfig) -> dict | None:
     """The checkpoint a run starts from: the last one to resume, else init_from, else none. A
     sharded one gives its training state here; its tensors load once the model is sharded."""
     if resuming(cfg) and cfg.shard == "fsdp":
-        from wikigpt import fsdp
+        from wikigpt.run import fsdp
 
         return fsdp.load_train_state(resumable_checkpoint(cfg) or last_path(cfg))
     if resuming(cfg):
@@ -155,7 +155,7 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
 def restore(resume: dict, model: GPT, optimizers: list, batches, sharded: bool, path: Path) -> Progress:
     """Put a resumed run back where it was: optimizer state, data position, random state."""
     if sharded:  # written by any number of processes: DCP reshards on load
-        from wikigpt import fsdp
+        from wikigpt.run import fsdp
         fsdp.load(path, model, optimizers)
     else:
         for o, state in zip(optimizers, resume["optimizer"]):
@@ -171,7 +171,7 @@ def save_checkpoints(saver: BackgroundSaver, improved: bool, cfg: TrainConfig, k
     tools load: the weights (or adapters) and their description, a third of last.pt's size with
     AdamW. Both are copied to the CPU here and written by `saver` while training goes on.
     Sharded: every process calls this; last.dcp is written by all, here, and best.pt by process 0."""
-    from wikigpt import fsdp
+    from wikigpt.run import fsdp
     sharded = cfg.shard == "fsdp"
 
     def checkpoint(weights, **extra) -> dict:
@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     model.activation_checkpointing = cfg.activation_checkpointing
     dtype = pick_dtype(cfg, dist.device_type)
     if sharded:
-        from wikigpt import fsdp
+        from wikigpt.run import fsdp
         fsdp.shard_model(model, dist.device_type, dist.world, dtype)
     optimizers = build_optimizers(model, cfg, dist.device_type)
     run = restore(resume, model, optimizers, batches, sharded, resumed_from) if resume else Progress()

@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root: its comman
 sys.path.insert(0, str(ROOT))
 
 from wikigpt.checkpoint import load_checkpoint
-from wikigpt.data import load_dataset
+from wikigpt.prep.data import load_dataset
 from model import GPT, GPTConfig
-from wikigpt.throughput import measure_matmul_flops
-from wikigpt.dist import Dist
+from wikigpt.run.throughput import measure_matmul_flops
+from wikigpt.run.dist import Dist
 from wikigpt.batches import val_windows
 from wikigpt.config import TrainConfig
-from wikigpt.runlog import SUMMARY
+from wikigpt.run.runlog import SUMMARY
 
 FIXED = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, dtype="float32",
              eval_interval=10**9, eval_tokens=8192, warmup_steps=5, device="cpu")
@@ -233,8 +233,8 @@ def mlp_rows(args) -> list:
 def decode_tok_s(model, batch: int, new_tokens=64, prompt_len=16) -> float:
     """Greedy decoding with the KV cache: batch 1 through model.generate, batch 8 through the
     serving engine (one batched forward per step)."""
-    from wikigpt.engine import generate_batch
-    from wikigpt.sampling import SamplingParams
+    from wikigpt.decoding.engine import generate_batch
+    from wikigpt.decoding.sampling import SamplingParams
 
     prompts = [[(7 * i + j) % 200 + 1 for j in range(prompt_len)] for i in range(batch)]
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0)
@@ -269,7 +269,7 @@ def dtype_rows(args) -> list:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=50304, block_size=256, n_layer=6, n_head=6, n_embd=384, mlp="swiglu")).eval()
         if dtype == "int8":
-            from wikigpt.quant import quantize_model
+            from wikigpt.adapt.quant import quantize_model
             return quantize_model(model)
         return model.to(getattr(torch, dtype))
     models["6x384, GPT-2 vocab"] = big

@@ -16,8 +16,8 @@ from torch._dynamo.utils import counters
 
 from model import GPT, GPTConfig
 from wikigpt.checkpoint import load_model
-from wikigpt.engine import Engine, Request, generate, warmed_engine
-from wikigpt.sampling import CHAT_DEFAULTS, SamplingParams
+from wikigpt.decoding.engine import Engine, Request, generate, warmed_engine
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, SamplingParams
 
 ONE_USER = 256  # new tokens of the one-user runs (fewer where the context is shorter)
 CHAT_TURNS = 20

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root: its comman
 sys.path.insert(0, str(ROOT))
 
 from model import GPT, GPTConfig  # noqa: E402
-from wikigpt.runlog import SUMMARY  # noqa: E402
-from wikigpt.throughput import peak_flops  # noqa: E402
+from wikigpt.run.runlog import SUMMARY  # noqa: E402
+from wikigpt.run.throughput import peak_flops  # noqa: E402
 
 NOT_RUN = "not run (needs CUDA)"
 CUDA = torch.cuda.is_available()
@@ -204,8 +204,8 @@ def check_engine(work: Path):
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_decode import engine_tok_s
     from wikigpt.checkpoint import load_model
-    from wikigpt.engine import Engine, generate, warmed_engine
-    from wikigpt.sampling import SamplingParams
+    from wikigpt.decoding.engine import Engine, generate, warmed_engine
+    from wikigpt.decoding.sampling import SamplingParams
 
     ckpt = next(p for p in (work / "train_bfloat16" / "best.pt", work / "train_float32" / "best.pt") if p.is_file())
     model, tok, _ = load_model(ckpt, DEVICE)
@@ -245,7 +245,7 @@ def check_fsdp(work: Path):
         return row("FSDP on 1 GPU", NOT_RUN)
     import os
     import torch.distributed as dist
-    from wikigpt import fsdp
+    from wikigpt.run import fsdp
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1")
     dist.init_process_group("nccl", rank=0, world_size=1)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli
 
-from wikigpt import sft_data
+from wikigpt.chat import sft_data
 from wikigpt.config import SFTConfig
-from wikigpt.sft_data import _turns, check_conversation, parse_sft_data, read_dialogues
-from wikigpt.sft_rows import rows_of
-from wikigpt.data import load_dataset
+from wikigpt.chat.sft_data import _turns, check_conversation, parse_sft_data, read_dialogues
+from wikigpt.chat.sft_rows import rows_of
+from wikigpt.prep.data import load_dataset
 from wikigpt.tokenizer import END_OF_TURN, Tokenizer
-from wikigpt.chat_template import Message, render_chat, show_mask
+from wikigpt.chat.chat_template import Message, render_chat, show_mask
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError
 
@@ -189,7 +189,7 @@ def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
 
 
 def test_history_is_trimmed_oldest_first_to_fit(tiny_data):
-    from wikigpt.chat_template import fit_history
+    from wikigpt.chat.chat_template import fit_history
     tok = load_dataset(tiny_data).tokenizer
     history = [Message("system", "Be kind.")]
     for i in range(10):

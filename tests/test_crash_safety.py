@@ -19,7 +19,7 @@ import torch
 from conftest import ROOT, TINY, run_cli
 
 import train
-from wikigpt import fsdp
+from wikigpt.run import fsdp
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError
 from wikigpt.config import TrainConfig
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from eval import write_report
 from wikigpt.checkpoint import save_checkpoint
-from wikigpt.durable import write_text
+from wikigpt.run.durable import write_text
 
 folder, notes = Path(sys.argv[1]), int(sys.argv[2])
 def write_forever():
@@ -150,7 +150,7 @@ def test_checkpoints_and_reports_are_fsynced_before_their_rename_and_their_folde
 
 
 def test_the_index_and_its_info_are_fsynced_before_their_rename(disk_log, tiny_data, tmp_path):
-    from wikigpt.retrieval import INDEX_DIR, add_index_info, build_index
+    from wikigpt.knowledge.retrieval import INDEX_DIR, add_index_info, build_index
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)  # the shared dataset stays without an index

@@ -21,7 +21,7 @@ import pytest
 from conftest import PROSE, ROOT, dump_xml, page
 
 from prepare_wiki import main
-from wikigpt.data import load_dataset, read_articles
+from wikigpt.prep.data import load_dataset, read_articles
 
 BOMB = 1 << 30  # 1 GiB of one repeated byte
 RUN = 45 << 20  # bz2's run-length step squeezes this many repeated bytes into one ~80-byte stream
@@ -235,7 +235,7 @@ def test_a_page_that_never_finishes_cleaning_or_crashes_is_skipped_and_named(sma
 # ----- 4. a dataset path with '#' or '?' -----
 
 def test_the_knowledge_graph_opens_read_only_from_a_folder_named_like_a_uri(small_dump, tmp_path):
-    from wikigpt.knowledge import Knowledge
+    from wikigpt.knowledge.graph import Knowledge
 
     out = tmp_path / "data #1?x"
     build(small_dump, out)
@@ -250,7 +250,7 @@ def test_the_knowledge_graph_opens_read_only_from_a_folder_named_like_a_uri(smal
 # ----- 5. two articles of one title -----
 
 def test_an_article_whose_title_repeats_an_earlier_one_is_skipped_early(tmp_path, capsys):
-    from wikigpt.knowledge import Knowledge
+    from wikigpt.knowledge.graph import Knowledge
 
     rows = [("Twin", "The first twin. "), ("Other", "Another article. "), ("Twin", "The second twin. "),
             ("Third", "A third. ")]

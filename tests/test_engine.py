@@ -1,4 +1,4 @@
-"""wikigpt/engine.py: continuous batching that never changes a request's tokens (beyond
+"""wikigpt/decoding/engine.py: continuous batching that never changes a request's tokens (beyond
 ROW_LOGIT_TOLERANCE), the engine thread's queue, and the compiled step as a GPU needs it: one
 engine per model reused by every call, a graph count the recompile limit allows, warm-up on the
 serving thread, eager decoding when compiling fails, and attention over only the keys in use.
@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import wikigpt.decode as decode_module
-import wikigpt.engine as engine_module
+import wikigpt.decoding.decode as decode_module
+import wikigpt.decoding.engine as engine_module
 from model import GPT, GPTConfig
-from wikigpt.engine import Engine, EngineThread, QueueFull, Request, generate
-from wikigpt.sampling import SamplingParams
+from wikigpt.decoding.engine import Engine, EngineThread, QueueFull, Request, generate
+from wikigpt.decoding.sampling import SamplingParams
 
 
 def tiny_model(arch="modern"):
@@ -52,7 +52,7 @@ def test_a_request_gets_the_same_tokens_whatever_else_is_in_the_batch(arch):
 
 
 def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_greedy_tokens_are_equal(monkeypatch):
-    """The engine's promise (wikigpt/engine.py): a row's logits alone and beside 6 other rows agree
+    """The engine's promise (wikigpt/decoding/engine.py): a row's logits alone and beside 6 other rows agree
     within ROW_LOGIT_TOLERANCE (BLAS kernels split rows and threads differently by batch shape, so
     bitwise equality holds on some machines and not others), and greedy tokens are equal where the
     top two logits are further apart than that."""

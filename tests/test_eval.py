@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, TINY, dump_xml, page, run_cli, PROSE
 from PIL import Image
 
-from wikigpt import scores
+from wikigpt.knowledge import scores
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
-from wikigpt.runlog import MetricsLog, read_metrics
+from wikigpt.run.runlog import MetricsLog, read_metrics
 
 DIALOGUES = [("Hello", "Hello! How are you today?"), ("What is a river?", "A river is a stream of water."),
              ("你好", "你好！很高兴见到你。"), ("Thanks", "You are welcome.")]

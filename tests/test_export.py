@@ -11,8 +11,8 @@ from conftest import TINY, run_cli
 
 from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError
-from wikigpt.hf_tokenizer import chat_template, tokenizer_json
-from wikigpt.chat_template import Message, render_chat
+from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
+from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.tokenizer import Tokenizer
 
 TEXTS = ["Aristotle was a Greek philosopher.", "长江是中国最长的河流。", "emoji 🎉👍🏽 and café, naïve",
@@ -218,7 +218,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 def test_our_trained_bpe_splits_text_like_llama3(tiny_data):
     import regex
 
-    from wikigpt.data import read_articles
+    from wikigpt.prep.data import read_articles
 
     ours = Tokenizer.load(tiny_data / "tokenizer.json").enc._pat_str
     texts = [a["text"] for a in read_articles(tiny_data, "train")] + TEXTS + [

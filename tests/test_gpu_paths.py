@@ -8,12 +8,12 @@ from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, gpu_dtype, load_model, save_checkpoint
 from wikigpt.cli import UsageError
-from wikigpt.decode import key_spans
-from wikigpt.engine import Engine, Request
-from wikigpt.fsdp import mixed_precision
-from wikigpt.quant import quantize_model
-from wikigpt.sampling import SamplingParams, knobs_row, mix_dense, sample_tokens, uniform
-from wikigpt.throughput import datasheet_peak
+from wikigpt.decoding.decode import key_spans
+from wikigpt.decoding.engine import Engine, Request
+from wikigpt.run.fsdp import mixed_precision
+from wikigpt.adapt.quant import quantize_model
+from wikigpt.decoding.sampling import SamplingParams, knobs_row, mix_dense, sample_tokens, uniform
+from wikigpt.run.throughput import datasheet_peak
 
 
 def tiny(**kw):

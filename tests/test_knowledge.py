@@ -8,18 +8,18 @@ import pytest
 from conftest import PROSE, dump_xml, page, run_cli
 
 from prepare_wiki import main as prepare
-from wikigpt.chat_template import Message, render_chat
-from wikigpt.data import DatasetError, load_dataset, read_articles
-from wikigpt.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
-from wikigpt.grounding import copy_plan, evidence_prompt
-from wikigpt.knowledge import Knowledge, name_key
+from wikigpt.chat.chat_template import Message, render_chat
+from wikigpt.prep.data import DatasetError, load_dataset, read_articles
+from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
+from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
+from wikigpt.knowledge.graph import Knowledge, name_key
 from wikigpt.prep.facts import facts
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
-from wikigpt.qa_items import calibrate
-from wikigpt.retrieval import Index, Passage, add_index_info, build_index
-from wikigpt.sampling import SamplingParams
-from wikigpt import wikiqa
+from wikigpt.knowledge.qa_items import calibrate
+from wikigpt.knowledge.retrieval import Index, Passage, add_index_info, build_index
+from wikigpt.decoding.sampling import SamplingParams
+from wikigpt.knowledge import wikiqa
 
 ANDORRA = """{{Infobox country
 |conventional_long_name = Principality of Andorra

@@ -36,6 +36,26 @@ def test_the_top_level_is_the_journey():
     assert len(TOP) <= 12 and len(LIBRARY) >= 10, [p.name for p in TOP]
 
 
+def test_the_library_shows_its_concepts_in_at_most_16_entries():
+    """`ls wikigpt/` is the reading path (the files train() needs) plus one folder per concept."""
+    entries = {p.name for p in (ROOT / "wikigpt").iterdir() if p.name != "__pycache__"}
+    folders = {p.name for p in (ROOT / "wikigpt").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert len(entries) <= 16, sorted(entries)
+    assert {"knowledge", "adapt", "run", "decoding", "server", "prep", "chat"} <= folders, folders
+    for folder in folders:
+        doc = ast.get_docstring(ast.parse((ROOT / "wikigpt" / folder / "__init__.py").read_text()))
+        assert doc and len(doc) > 40, f"wikigpt/{folder}/__init__.py says what the folder is about"
+
+
+def test_knowledge_and_decoding_never_import_training():
+    """Answering from Wikipedia and decoding need a model, not the machinery that trains one."""
+    training = ("wikigpt.run.dist", "wikigpt.run.fsdp", "wikigpt.run.train_log", "wikigpt.batches",
+                "wikigpt.optim", "wikigpt.adapt.distill", "wikigpt.chat.sft_rows")
+    for name, deps in GRAPH.items():
+        if name.startswith(("wikigpt.knowledge", "wikigpt.decoding", "wikigpt.server")):
+            assert not {d for d in deps if d.startswith(training)}, (name, deps)
+
+
 def test_model_py_needs_only_the_standard_library_and_torch():
     outside = {m.split(".")[0] for m in GRAPH["model"]} - set(sys.stdlib_module_names) - {"torch"}
     assert not outside, outside

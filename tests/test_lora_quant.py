@@ -7,7 +7,7 @@ from conftest import TINY, run_cli
 
 from wikigpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint
 from wikigpt.cli import UsageError
-from wikigpt.lora import adapter_state, apply_lora, merge_lora
+from wikigpt.adapt.lora import adapter_state, apply_lora, merge_lora
 from model import GPT, GPTConfig
 
 LORA = ["--lora_rank=4", "--lora_alpha=8", "--max_steps=12", "--eval_interval=6", "--lr=0.01"]
@@ -173,7 +173,7 @@ def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
 
 
 def test_int8_on_a_device_without_the_kernel_is_a_clear_error():
-    from wikigpt.quant import check_int8_support
+    from wikigpt.adapt.quant import check_int8_support
     with pytest.raises(UsageError, match="int8 runs on the CPU"):
         check_int8_support("cuda:0")
 

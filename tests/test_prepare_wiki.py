@@ -19,8 +19,8 @@ import pytest
 from conftest import PROSE, dump_xml, page, run_cli
 
 import prepare_wiki
-from wikigpt.data import HEADER, DatasetError, load_dataset, open_shard
-from wikigpt.knowledge import write_knowledge
+from wikigpt.prep.data import HEADER, DatasetError, load_dataset, open_shard
+from wikigpt.knowledge.graph import write_knowledge
 from wikigpt.prep.dumps import range_plan, write_multistream
 from prepare_wiki import main
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext

@@ -19,10 +19,10 @@ from model import GPT, GPTConfig, linear_cross_entropy
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, save_checkpoint
 from wikigpt.cli import UsageError, load_config
 from wikigpt.config import SFTConfig, TrainConfig
-from wikigpt.distill import distill_cross_entropy
-from wikigpt.engine import generate_batch
-from wikigpt.prune import Plan, choose, choose_layers, mean_loss, mean_loss_masked, masked, prune, unit_scores
-from wikigpt.sampling import SamplingParams
+from wikigpt.adapt.distill import distill_cross_entropy
+from wikigpt.decoding.engine import generate_batch
+from wikigpt.adapt.prune import Plan, choose, choose_layers, mean_loss, mean_loss_masked, masked, prune, unit_scores
+from wikigpt.decoding.sampling import SamplingParams
 
 
 def random_model(arch="modern", mlp=None, n_layer=3):

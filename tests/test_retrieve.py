@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import PROSE, TINY, dump_xml, page, run_cli
 
-from wikigpt import scores
-from wikigpt import wikiqa
-from wikigpt.sft_rows import rows_of
-from wikigpt.data import DatasetError, load_dataset, read_articles
+from wikigpt.knowledge import scores
+from wikigpt.knowledge import wikiqa
+from wikigpt.chat.sft_rows import rows_of
+from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
-from wikigpt.retrieval import Index, build_index, split_passages, terms
-from wikigpt.grounding import grounded_prompt, reader_of
-from wikigpt.sampling import mix_dense
-from wikigpt.chat_template import Message, prompt_room, render_chat
-from wikigpt.grounding import fit_grounded
-from wikigpt.evidence import ABSTAIN, is_abstention
+from wikigpt.knowledge.retrieval import Index, build_index, split_passages, terms
+from wikigpt.knowledge.grounding import grounded_prompt, reader_of
+from wikigpt.decoding.sampling import mix_dense
+from wikigpt.chat.chat_template import Message, prompt_room, render_chat
+from wikigpt.knowledge.grounding import fit_grounded
+from wikigpt.knowledge.evidence import ABSTAIN, is_abstention
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
 KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]

@@ -15,8 +15,8 @@ from conftest import ROOT, TINY, run_cli
 from test_engine import tiny_model
 
 from wikigpt.checkpoint import load_model
-from wikigpt.engine import EngineThread, Request, generate
-from wikigpt.sampling import SamplingParams
+from wikigpt.decoding.engine import EngineThread, Request, generate
+from wikigpt.decoding.sampling import SamplingParams
 
 REPLIES = {"你好": "你好！很高兴见到你。", "Hello": "Hello! How are you today?",
            "What is a river?": "A river is a stream of water.", "谢谢": "不客气。"}
@@ -449,7 +449,7 @@ def test_the_page_makes_only_web_addresses_of_sources_clickable(server):
 
 
 def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
-    from wikigpt.data import load_dataset
+    from wikigpt.prep.data import load_dataset
 
     tok = load_dataset(tiny_data).tokenizer  # byte-level: any byte sequence is one step away
     model = tiny_model()  # random weights: they pick bytes with no regard for UTF-8
@@ -464,7 +464,7 @@ def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
 
 
 def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
-    from wikigpt.data import load_dataset
+    from wikigpt.prep.data import load_dataset
 
     tok = load_dataset(tiny_data).tokenizer  # bpe:300: every byte is a token
     table = tok.utf8_table(320)

@@ -414,7 +414,7 @@ def test_a_40000_character_stop_string_costs_microseconds_per_token():
 def fit_by_dropping(tok, history, room, limit=None):
     """fit_history as it was before it tokenized each message once: render, drop the oldest
     exchange, render again. The reference its result must equal."""
-    from wikigpt.chat_template import ContextOverflow, render_chat
+    from wikigpt.chat.chat_template import ContextOverflow, render_chat
 
     system = history[:1] if history and history[0].role == "system" else []
     turns = history[len(system):]
@@ -430,7 +430,7 @@ def fit_by_dropping(tok, history, room, limit=None):
 def test_fit_history_tokenizes_each_message_once_and_keeps_what_it_kept():
     import random
 
-    from wikigpt.chat_template import ContextOverflow, Message, fit_history
+    from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history
 
     tok, rng = byte_tokenizer(), random.Random(0)
     for _ in range(400):
@@ -462,7 +462,7 @@ def test_prompts_are_built_off_the_event_loop(random_ckpt):
     from fastapi.testclient import TestClient
 
     from wikigpt.checkpoint import load_model
-    from wikigpt.engine import EngineThread
+    from wikigpt.decoding.engine import EngineThread
     from wikigpt.server.app import create_app
     from wikigpt.server.checks import Settings
     from wikigpt.server.generation import Server

@@ -17,8 +17,8 @@ from conftest import ROOT, TINY
 
 import train
 from model import GPT, GPTConfig
-from wikigpt import dist as wdist
-from wikigpt import fsdp
+from wikigpt.run import dist as wdist
+from wikigpt.run import fsdp
 from wikigpt.checkpoint import load_checkpoint
 from wikigpt.cli import UsageError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.cli import UsageError
-from wikigpt.durable import replacing
+from wikigpt.run.durable import replacing
 from model import GPT, GPTConfig
 from wikigpt.tokenizer import Tokenizer
 
@@ -173,11 +173,11 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
     if "lora" not in ckpt:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         if ckpt.get("quant") == "int8":  # written by convert.py int8: int8 tensors into the int8 layout
-            from wikigpt.quant import quantize_model
+            from wikigpt.adapt.quant import quantize_model
             quantize_model(model, empty=True)
         model.load_state_dict(ckpt["model"])
         return model.to(device), Tokenizer(ckpt["tokenizer"])
-    from wikigpt.lora import apply_lora, resolve_base
+    from wikigpt.adapt.lora import apply_lora, resolve_base
 
     info = ckpt["lora"]
     model, tok = model_from_checkpoint(load_checkpoint(resolve_base(info, path)))
@@ -228,17 +228,17 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
         raise UsageError(f"{path} holds int8 weights: run it as it is (no --dtype, or --dtype int8); for "
                          f"{dtype}, use the checkpoint it was quantised from.")
     if int8:
-        from wikigpt.quant import check_int8_support
+        from wikigpt.adapt.quant import check_int8_support
         check_int8_support(device)  # before any weight moves: refused whatever the checkpoint says
     if device.startswith("cuda"):
         enable_tf32()
         dtype = dtype or gpu_dtype()
     model, tok = model_from_checkpoint(ckpt, device, path)
     if "lora" in ckpt:
-        from wikigpt.lora import merge_lora
+        from wikigpt.adapt.lora import merge_lora
         merge_lora(model)  # folded in once: inference runs at the base model's speed
     if dtype == "int8":
-        from wikigpt.quant import quantize_model
+        from wikigpt.adapt.quant import quantize_model
         if ckpt.get("quant") != "int8":
             quantize_model(model)
     elif dtype is not None:

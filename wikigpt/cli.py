@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import field, fields
 from pathlib import Path
 
-from wikigpt.data import DatasetError
+from wikigpt.prep.data import DatasetError
 from wikigpt.tokenizer import TokenizerError
 
 

@@ -6,7 +6,7 @@ SFTConfig for chat fine-tuning (chat_sft.py). Both read TOML files and --key=val
 from dataclasses import dataclass
 
 from wikigpt.cli import UsageError, opt
-from wikigpt.lora import DEFAULT_TARGETS
+from wikigpt.adapt.lora import DEFAULT_TARGETS
 
 
 @dataclass
@@ -106,7 +106,7 @@ class TrainConfig:
         if self.teacher:
             need(self.shard == "none", "distillation reads the student's output head directly, which FSDP "
                  "shards: use shard=none (DDP) with a teacher")
-            from wikigpt.distill import check_files
+            from wikigpt.adapt.distill import check_files
             check_files(self)  # a bad teacher fails here, before anything is written
 
 

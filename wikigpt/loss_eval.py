@@ -9,7 +9,7 @@ import torch.distributed as torch_dist
 
 from model import GPT
 from wikigpt.batches import to_device
-from wikigpt.dist import Dist
+from wikigpt.run.dist import Dist
 from wikigpt.tokenizer import Tokenizer
 
 

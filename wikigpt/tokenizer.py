@@ -15,7 +15,7 @@ import json
 
 import tiktoken
 
-from wikigpt.durable import write_text
+from wikigpt.run.durable import write_text
 
 DOC_SEP = "<|endoftext|>"  # starts every article; GPT-2 already has it (id 50256)
 SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"

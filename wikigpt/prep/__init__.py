@@ -1,0 +1,1 @@
+"""Preparing a dataset folder from a Wikipedia dump: download (resumable), scan pages in parallel workers with a per-page time bound, wikitext -> clean text and infobox facts, token shards, and the dataset format itself (data: what prepare_wiki.py writes and train.py memory-maps)."""

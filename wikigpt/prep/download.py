@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from wikigpt.cli import progress_bar
-from wikigpt.durable import replace_durably, write_text
+from wikigpt.run.durable import replace_durably, write_text
 from wikigpt.prep.errors import WikiError
 
 

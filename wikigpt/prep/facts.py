@@ -1,6 +1,6 @@
 """
 What the knowledge graph reads from one article's wikitext in the cleaning pass (no I/O; see
-wikigpt/knowledge.py for the database it goes into):
+wikigpt/knowledge/graph.py for the database it goes into):
 
     facts("Andorra", wikitext)  -> [("capital", "Andorra la Vella"), ("area", "467.63 km²"),
                                     ("prime minister", "Antoni Martí"), ...]
@@ -18,7 +18,7 @@ import re
 from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
 from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
-from wikigpt.sentences import opening_sentence
+from wikigpt.knowledge.sentences import opening_sentence
 
 _BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
 # "{{Infobox" opens an infobox, any other "{{" a template, "}}" closes ("{{{Infobox": "{" + one)

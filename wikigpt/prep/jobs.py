@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import mwparserfromhell  # noqa: F401  imported here, before any page's time bound starts in a worker
 
-from wikigpt.data import ARTICLES_GZIP
+from wikigpt.prep.data import ARTICLES_GZIP
 from wikigpt.prep.dumps import parse_pages, range_plan, reader_for
 from wikigpt.prep.facts import article_knowledge
 from wikigpt.prep.pagecap import PageBatches, RangeXml

@@ -2,7 +2,7 @@
 prepare_wiki.py's work folder: a hidden folder beside --out, where a run writes everything and
 saves its progress (resumed by the same command on the same files), renamed into place only
 when the dataset is whole. Every rename here comes after the bytes it names are on disk
-(wikigpt/durable.py), so neither a crash nor a power cut leaves a dataset that is half there.
+(wikigpt/run/durable.py), so neither a crash nor a power cut leaves a dataset that is half there.
 """
 import ctypes
 import json
@@ -10,8 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from wikigpt.data import FORMAT_VERSION, atomic_write_json, not_replaceable
-from wikigpt.durable import fsync_path, fsync_tree, replace_durably
+from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable
+from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.prep.errors import WikiError
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command

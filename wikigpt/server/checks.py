@@ -11,8 +11,8 @@ import traceback
 import uuid
 from dataclasses import dataclass, replace
 
-from wikigpt.chat_template import Message
-from wikigpt.sampling import RANGES, SamplingParams
+from wikigpt.chat.chat_template import Message
+from wikigpt.decoding.sampling import RANGES, SamplingParams
 
 ROLES = ("system", "user", "assistant")
 # The text a prompt can use is bounded by the context: English Wikipedia runs about 4.5

@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from wikigpt.chat_template import ContextOverflow, fit_history, prompt_room
-from wikigpt.engine import EngineThread, QueueFull, Request
-from wikigpt.evidence import Found
-from wikigpt.grounding import copy_plan, grounded_prompt
-from wikigpt.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
+from wikigpt.chat.chat_template import ContextOverflow, fit_history, prompt_room
+from wikigpt.decoding.engine import EngineThread, QueueFull, Request
+from wikigpt.knowledge.evidence import Found
+from wikigpt.knowledge.grounding import copy_plan, grounded_prompt
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
                                    stop_strings, text_limits)
 from wikigpt.tokenizer import TextStream

@@ -5,10 +5,10 @@ so the model reads sources at chat time exactly as it learned to.
 """
 from dataclasses import replace
 
-from wikigpt.chat_template import Message, fit_history, render_chat
-from wikigpt.evidence import RETRIEVE_K, EvidenceCopy, Found, Reader, not_found
-from wikigpt.retrieval import Index, Passage
-from wikigpt.sampling import SamplingParams
+from wikigpt.chat.chat_template import Message, fit_history, render_chat
+from wikigpt.knowledge.evidence import RETRIEVE_K, EvidenceCopy, Found, Reader, not_found
+from wikigpt.knowledge.retrieval import Index, Passage
+from wikigpt.decoding.sampling import SamplingParams
 from wikigpt.tokenizer import Tokenizer
 
 #   <|user|>Sources:

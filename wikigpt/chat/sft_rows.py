@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from wikigpt.batches import PretrainBatches, to_device
-from wikigpt.chat_template import Message, render_chat
+from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.cli import UsageError
 from wikigpt.config import SFTConfig
-from wikigpt.durable import replace_durably
-from wikigpt.retrieval import Index
-from wikigpt.sft_data import BUILTIN_WEIGHTS, conversation_sources, is_val, parse_sft_data, split_hash
+from wikigpt.run.durable import replace_durably
+from wikigpt.knowledge.retrieval import Index
+from wikigpt.chat.sft_data import BUILTIN_WEIGHTS, conversation_sources, is_val, parse_sft_data, split_hash
 from wikigpt.tokenizer import Tokenizer
 
 

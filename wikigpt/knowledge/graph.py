@@ -34,9 +34,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from wikigpt.data import DatasetError
-from wikigpt.durable import replace_durably
-from wikigpt.sentences import CJK
+from wikigpt.prep.data import DatasetError
+from wikigpt.run.durable import replace_durably
+from wikigpt.knowledge.sentences import CJK
 
 KNOWLEDGE = "knowledge.sqlite"
 KNOWLEDGE_VERSION = 1

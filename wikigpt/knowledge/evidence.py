@@ -21,10 +21,10 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from wikigpt.data import DatasetError
-from wikigpt.knowledge import Knowledge, Link
-from wikigpt.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
-from wikigpt.sentences import language, opening_sentence, split_sentences
+from wikigpt.prep.data import DatasetError
+from wikigpt.knowledge.graph import Knowledge, Link
+from wikigpt.knowledge.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
+from wikigpt.knowledge.sentences import language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
 DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (1.0) and "names nothing" (<= 0.5)
@@ -277,7 +277,7 @@ def is_abstention(reply: str) -> bool:
 
 
 class EvidenceCopy:
-    """A CopySource for the engine (prior(reply) -> {id: p} | None, see wikigpt/sampling.py)
+    """A CopySource for the engine (prior(reply) -> {id: p} | None, see wikigpt/decoding/sampling.py)
     that copies one piece of evidence and stops at its end: the reply starts at the evidence's
     first token, follows it (after its last n tokens, n = 8 down to 1, the token that comes next
     in it) and ends the turn after the evidence's last token - a sentence's end, a list item's

@@ -1,5 +1,5 @@
 """
-The decode step of wikigpt/engine.py, on the device: the shapes it runs at (row buckets, key
+The decode step of wikigpt/decoding/engine.py, on the device: the shapes it runs at (row buckets, key
 spans), the state it reads and writes (every piece of a request's state lives on the device),
 and the step itself, forward + sampling with no host sync, compiled whole (fullgraph=True) with a
 graph limit of its own. Why rows and keys come in buckets: the engine's docstring.
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from wikigpt.sampling import mix_dense, sample_tokens, uniform
+from wikigpt.decoding.sampling import mix_dense, sample_tokens, uniform
 
-ROW_GROUP = 4  # the smallest bucket of decode rows beside other rows (see wikigpt/engine.py)
+ROW_GROUP = 4  # the smallest bucket of decode rows beside other rows (see wikigpt/decoding/engine.py)
 # Decode attention's key spans. Each is a graph of its own per row bucket, compiled (seconds to
 # tens of seconds each on a GPU) before a server listens: growing by 4 keeps 3 spans for a
 # 1,024-token context (by 2: 5), and a request reads at most 4x the keys it needs, where it read

@@ -61,7 +61,7 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = Sam
 
 def add_dtype_arg(p: argparse.ArgumentParser):
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
-                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/quant.py")
+                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/adapt/quant.py")
 
 
 def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):

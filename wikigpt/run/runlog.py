@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from wikigpt.durable import replacing, write_text
+from wikigpt.run.durable import replacing, write_text
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"

@@ -37,7 +37,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from wikigpt.checkpoint import upgrade
 from wikigpt.cli import UsageError
-from wikigpt.durable import fsync_tree, replace_durably, replacing
+from wikigpt.run.durable import fsync_tree, replace_durably, replacing
 from model import GPT
 
 TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, configs (process 0)

@@ -15,9 +15,9 @@ import random
 import re
 from dataclasses import dataclass
 
-from wikigpt.data import read_articles
-from wikigpt.evidence import ASKED, Reader
-from wikigpt.sentences import language, opening_sentence
+from wikigpt.prep.data import read_articles
+from wikigpt.knowledge.evidence import ASKED, Reader
+from wikigpt.knowledge.sentences import language, opening_sentence
 
 EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t}?",
                 "Who or what is {t}?", "Can you explain what {t} is?"]

@@ -5,7 +5,7 @@ Each request owns a slot (one row) of a batched KV cache and sits at its own pos
 A new request is prefilled alone into a free slot (its first token comes out of that prefill),
 then joins the next decode step; a finished or cancelled one leaves and frees its slot.
 Batching is worth several times the throughput of serving one request at a time. The step
-(wikigpt/decode.py) runs from state on the device: the host reads one thing per step, the new
+(wikigpt/decoding/decode.py) runs from state on the device: the host reads one thing per step, the new
 tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
 
 What a request may count on, whatever else is in the batch (tests/test_engine.py checks each):
@@ -44,8 +44,8 @@ from typing import Callable
 import torch
 
 from model import GPT
-from wikigpt.decode import ROW_GROUP, DecodeState, Step, bucket, key_spans, pick
-from wikigpt.sampling import CopySource, SamplingParams, candidates, knobs_row, seed_of
+from wikigpt.decoding.decode import ROW_GROUP, DecodeState, Step, bucket, key_spans, pick
+from wikigpt.decoding.sampling import CopySource, SamplingParams, candidates, knobs_row, seed_of
 
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wikigpt.durable import write_text
+from wikigpt.run.durable import write_text
 from wikigpt.tokenizer import Tokenizer
 
 ARTICLES = "articles.jsonl.gz"

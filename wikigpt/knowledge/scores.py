@@ -12,7 +12,7 @@ Chinese, which has no spaces, counts each character as a word.
 import re
 from collections import Counter
 
-from wikigpt.retrieval import CJK  # kana, ideographs, hangul: scripts written without spaces between words
+from wikigpt.knowledge.retrieval import CJK  # kana, ideographs, hangul: scripts written without spaces between words
 
 CJK_CHAR = re.compile(f"[{CJK}]")
 _WORD = re.compile(f"[{CJK}]|[^\\W_{CJK}]+")  # one CJK character, or a run of other letters/digits

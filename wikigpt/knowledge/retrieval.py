@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from wikigpt.cli import UsageError, progress_bar
-from wikigpt.data import ARTICLES, DatasetError, read_articles
-from wikigpt.durable import fsync_tree, replace_durably, write_text
-from wikigpt.sentences import CJK
+from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
+from wikigpt.run.durable import fsync_tree, replace_durably, write_text
+from wikigpt.knowledge.sentences import CJK
 
 INDEX_DIR = "index"
 INDEX_VERSION = 1

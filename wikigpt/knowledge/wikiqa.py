@@ -18,17 +18,17 @@ A small model cannot memorise Wikipedia, but it can learn to read a source and a
 import random
 from dataclasses import replace
 
-from wikigpt.chat_template import Message, fit_history, prompt_room
-from wikigpt.data import read_articles
-from wikigpt.engine import generate_batch
-from wikigpt.evidence import ABSTAIN, Item, Reader, is_abstention
-from wikigpt.grounding import copy_plan, evidence_prompt, grounded_question, reader_of
-from wikigpt.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
+from wikigpt.chat.chat_template import Message, fit_history, prompt_room
+from wikigpt.prep.data import read_articles
+from wikigpt.decoding.engine import generate_batch
+from wikigpt.knowledge.evidence import ABSTAIN, Item, Reader, is_abstention
+from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, grounded_question, reader_of
+from wikigpt.knowledge.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
                               fact_and_section_items, lead_items, out_of_corpus_items)
-from wikigpt.retrieval import split_passages
-from wikigpt.sampling import RAG_COPY, SamplingParams
-from wikigpt.scores import rouge_l, token_f1, words
-from wikigpt.sentences import language, opening_sentence
+from wikigpt.knowledge.retrieval import split_passages
+from wikigpt.decoding.sampling import RAG_COPY, SamplingParams
+from wikigpt.knowledge.scores import rouge_l, token_f1, words
+from wikigpt.knowledge.sentences import language, opening_sentence
 from wikigpt.tokenizer import Tokenizer
 
 COPYING = "with retrieval, copying"  # the model + a copy distribution over the best evidence (EvidenceCopy)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from wikigpt.runlog import PLOT, MetricsLog, plot_runs
-from wikigpt.throughput import fmt_time, peak_flops, synchronize
+from wikigpt.run.runlog import PLOT, MetricsLog, plot_runs
+from wikigpt.run.throughput import fmt_time, peak_flops, synchronize
 
 # A non-finite loss, coded for an all-reduce MIN across processes: BAD_KINDS_N * step + the index
 # of its kind, so that the earliest step wins and its kind comes with it in one integer.

@@ -8,8 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from wikigpt import wikiqa
-from wikigpt.chat_template import Message
+from wikigpt.knowledge import wikiqa
+from wikigpt.chat.chat_template import Message
 from wikigpt.cli import UsageError
 from wikigpt.config import SFTConfig
 from wikigpt.tokenizer import Tokenizer

@@ -1,0 +1,1 @@
+"""Models made from a trained model: adapted through LoRA (lora), lighter (int8 weights in quant, structured pruning in prune, distillation into a student in distill), and exported for Hugging Face (hf_tokenizer)."""

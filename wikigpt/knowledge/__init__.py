@@ -1,0 +1,1 @@
+"""Knowledge: answers from Wikipedia with sources. The graph of entities and facts (graph), the passage index (retrieval), text analysis (sentences), the evidence reader (evidence) and its prompts (grounding), the QA benchmark (qa_items, wikiqa) and its scores."""
