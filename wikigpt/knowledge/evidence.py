@@ -241,7 +241,7 @@ class Reader:
         form = 0.95 if (item.kind == "fact") == asked.tell else 1.0  # "tell me about": a section
         return about * (0.5 + 0.5 * coverage) * (form if item.kind in ("fact", "section") else 1.0)
 
-    def find(self, question: str, k: int | None = None) -> Found:
+    def find(self, question: str, k: int | None = None, history: list[str] = ()) -> Found:
         """Rank the evidence for a question (see the module doc), from the sentences of the
         top k passages (default self.k: --rag_k)."""
         question = question.strip()

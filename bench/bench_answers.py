@@ -1,0 +1,49 @@
+"""
+Answers to the hand-written questions of bench/natural_qa/, read by the evidence reader with
+copying on (the reply is the best evidence, or "not found"): per kind right / wrong / declined /
+missed, follow-up turns, out-of-corpus declines, retrieval recall@5. No model needed.
+
+    python bench/bench_answers.py --data data/demo                 # the dev split
+    python bench/bench_answers.py --data data/demo --calibrate     # choose and store the threshold on dev
+    python bench/bench_answers.py --data data/demo --split test     # once, to report
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wikigpt.knowledge.evidence import Reader  # noqa: E402
+from wikigpt.knowledge.natural import (MAX_WRONG, choose_threshold, evaluate_reader, format_natural,  # noqa: E402
+                                       load_natural, scores_of)
+from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--data", default="data/demo", help="the dataset folder with its index (retrieve.py --build)")
+    ap.add_argument("--split", default="dev", choices=("dev", "test"), help="test: only to report, once")
+    ap.add_argument("--calibrate", action="store_true",
+                    help=f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%} answered wrong) "
+                         "and store it with the index")
+    ap.add_argument("--threshold", type=float, default=None, help="read with this threshold instead of the index's")
+    ap.add_argument("--show", default="", help="print the questions with this verdict (right, wrong, missed, declined)")
+    args = ap.parse_args()
+    reader = Reader.open(args.data)
+    if args.calibrate:
+        if args.split != "dev":
+            sys.exit("--calibrate chooses on the dev split only: drop --split test")
+        t = choose_threshold(scores_of(reader, load_natural("dev")))
+        add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": "bench/natural_qa dev"})
+        reader.threshold = t
+        print(f"'not found' below {t:.4f}, chosen on bench/natural_qa's dev split -> {args.data}/index")
+    report = evaluate_reader(reader, load_natural(args.split), args.threshold)
+    print(f"{args.split} split, {args.data}")
+    print(format_natural(report))
+    if args.show:
+        for row in report["rows"]:
+            if row["verdict"] == args.show:
+                print(f"  [{row['kind']}] {row['question']!r} {row['score']:.2f} -> {row['reply'][:110]!r}")
+
+
+if __name__ == "__main__":
+    main()

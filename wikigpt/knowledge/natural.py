@@ -1,0 +1,161 @@
+"""
+The hand-written question set (bench/natural_qa/) read by the evidence reader: per kind of
+question, answered right / answered wrong (confident but wrong) / declined, the declines whose
+closest evidence held the answer ("missed"), follow-up turns right, out-of-corpus declined and
+retrieval recall@5. With copying on, the reply is the best evidence, so this needs no model:
+bench/bench_answers.py and eval.py print the same rows.
+
+    questions = load_natural("bench/natural_qa", "dev")
+    report = evaluate_reader(reader, questions)
+    print(format_natural(report))
+
+Owns the scoring of replies against accepted answers; knows nothing of models or tokenizers.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wikigpt.knowledge.evidence import Found, Reader
+from wikigpt.knowledge.scores import words
+
+NATURAL_QA = Path(__file__).resolve().parents[2] / "bench" / "natural_qa"
+RECALL_K = 5
+MAX_WRONG = 0.03  # confident-but-wrong answers the threshold may let through (issue 30's target)
+
+
+@dataclass
+class NaturalSet:
+    questions: list = field(default_factory=list)  # {"kind", "article", "question", "answers"}
+    conversations: list = field(default_factory=list)  # {"turns": [{"question", "article", "answers"}]}
+    out_of_corpus: list = field(default_factory=list)  # {"question", "near_miss"}
+
+
+def load_natural(split: str, folder=NATURAL_QA) -> NaturalSet:
+    """One split ("dev" | "test") of the question set in `folder`."""
+    def rows(name):
+        lines = (Path(folder) / name).read_text(encoding="utf-8").splitlines()
+        return [r for r in map(json.loads, filter(str.strip, lines)) if r["split"] == split]
+    return NaturalSet(rows("questions.jsonl"), rows("conversations.jsonl"), rows("out_of_corpus.jsonl"))
+
+
+def holds(text: str, answers: list[str]) -> bool:
+    """An accepted answer is in the text, case, spaces and punctuation aside (yes/no: the text
+    starts with it)."""
+    said = words(text)
+    if answers in (["yes"], ["no"]):
+        return said[:1] == answers
+    padded = f" {' '.join(said)} "
+    return any(f" {' '.join(words(a))} " in padded for a in answers if words(a))
+
+
+def verdict(found: Found, answers: list[str]) -> str:
+    """right | wrong (answered, no accepted answer in it) | missed (declined, the closest evidence
+    held it) | declined."""
+    best = found.best.text if found.best else ""
+    if found.answerable:
+        return "right" if holds(best, answers) else "wrong"
+    return "missed" if best and holds(best, answers) else "declined"
+
+
+def recalled(found: Found, article: str, k: int = RECALL_K) -> bool:
+    return article in [p.title for p in found.passages[:k]]
+
+
+def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = None) -> dict:
+    """The report's numbers (see format_natural); `threshold` overrides the reader's."""
+    def found_for(question, history=()):
+        found = reader.find(question, history=list(history))
+        if threshold is not None:
+            found.threshold = threshold
+        return found
+
+    kinds, rows = {}, []
+    for q in data.questions:
+        found = found_for(q["question"])
+        v = verdict(found, q["answers"])
+        rows.append({"kind": q["kind"], "question": q["question"], "verdict": v, "score": found.score,
+                     "reply": found.best.text if found.best else "", "recall": recalled(found, q["article"])})
+        k = kinds.setdefault(q["kind"], {"n": 0, "right": 0, "wrong": 0, "declined": 0, "missed": 0, "recall": 0})
+        k["n"] += 1
+        k["right" if v == "right" else "wrong" if v == "wrong" else "declined"] += 1
+        k["missed"] += v == "missed"
+        k["recall"] += rows[-1]["recall"]
+    follow = {"n": 0, "right": 0, "wrong": 0, "first_right": 0, "first_n": 0}
+    for c in data.conversations:
+        history = []
+        for t, turn in enumerate(c["turns"]):
+            found = found_for(turn["question"], history)
+            v = verdict(found, turn["answers"])
+            key = "first_" if t == 0 else ""
+            follow[key + "n"] += 1
+            follow[key + "right"] += v == "right"
+            follow["wrong"] += t > 0 and v == "wrong"
+            rows.append({"kind": "follow-up" if t else "opening", "question": turn["question"], "verdict": v,
+                         "score": found.score, "reply": found.best.text if found.best else ""})
+            history += [turn["question"], found.best.text if found.answerable and found.best else ""]
+    ooc = {"n": 0, "declined": 0, "near_n": 0, "near_declined": 0}
+    for o in data.out_of_corpus:
+        found = found_for(o["question"])
+        near = "near_" if o.get("near_miss") else ""
+        ooc[near + "n"] += 1
+        ooc[near + "declined"] += not found.answerable
+        rows.append({"kind": "out-of-corpus", "question": o["question"], "score": found.score,
+                     "verdict": "declined" if not found.answerable else "wrong",
+                     "reply": found.best.text if found.best else ""})
+    n = sum(k["n"] for k in kinds.values())
+    total = {key: sum(k[key] for k in kinds.values()) for key in ("right", "wrong", "declined", "missed", "recall")}
+    return {"threshold": reader.threshold if threshold is None else threshold, "kinds": kinds, "questions": n,
+            "answerable": {key: v / max(n, 1) for key, v in total.items()}, "follow_up": follow,
+            "out_of_corpus": ooc, "rows": rows}
+
+
+def scores_of(reader: Reader, data: NaturalSet) -> list[tuple[float, bool | None]]:
+    """(best score, its evidence holds an answer; None out of corpus) per question, follow-ups
+    read with their conversation: what a threshold is chosen from."""
+    out = [(f.score, holds(f.best.text, q["answers"]) if f.best else False)
+           for q in data.questions for f in [reader.find(q["question"])]]
+    for c in data.conversations:
+        history = []
+        for turn in c["turns"]:
+            f = reader.find(turn["question"], history=history)
+            out.append((f.score, holds(f.best.text, turn["answers"]) if f.best else False))
+            history = history + [turn["question"], f.best.text if f.best else ""]
+    out += [(reader.find(o["question"]).score, None) for o in data.out_of_corpus]
+    return out
+
+
+def choose_threshold(scored: list[tuple[float, bool | None]], max_wrong: float = MAX_WRONG,
+                     min_declined: float = 0.9) -> float:
+    """The lowest threshold (answering the most) at which at most `max_wrong` of the answerable
+    questions are answered wrong and at least `min_declined` of the out-of-corpus ones are
+    declined; of the scores, a cut half-way between two neighbours."""
+    answerable = [(s, ok) for s, ok in scored if ok is not None]
+    outside = [s for s, ok in scored if ok is None]
+    cuts = sorted({s for s, _ in scored} | {0.0, 1.01})
+    for lo, hi in zip(cuts, cuts[1:]):
+        t = round((lo + hi) / 2, 4) if lo > 0 else 0.0
+        wrong = sum(s >= t and not ok for s, ok in answerable) / max(len(answerable), 1)
+        declined = sum(s < t for s in outside) / max(len(outside), 1)
+        if wrong <= max_wrong and declined >= min_declined:
+            return t
+    return 1.01
+
+
+def format_natural(r: dict) -> str:
+    """The per-kind table (bench/bench_answers.py, eval.py)."""
+    lines = [f"natural questions ({r['questions']} answerable; 'not found' below {r['threshold']:.2f}; "
+             f"right / wrong = answered, confident; missed = declined, the closest evidence held it)",
+             f"  {'kind':12s} {'n':>4s} {'right':>6s} {'wrong':>6s} {'declined':>9s} {'missed':>7s} {'recall@5':>9s}"]
+    for kind, k in sorted(r["kinds"].items()):
+        n = max(k["n"], 1)
+        lines.append(f"  {kind:12s} {k['n']:4d} {k['right'] / n:6.2f} {k['wrong'] / n:6.2f} {k['declined'] / n:9.2f} "
+                     f"{k['missed'] / n:7.2f} {k['recall'] / n:9.2f}")
+    a = r["answerable"]
+    lines.append(f"  {'all':12s} {r['questions']:4d} {a['right']:6.2f} {a['wrong']:6.2f} {a['declined']:9.2f} "
+                 f"{a['missed']:7.2f} {a['recall']:9.2f}")
+    f, o = r["follow_up"], r["out_of_corpus"]
+    lines.append(f"  follow-up turns right {f['right'] / max(f['n'], 1):.2f} ({f['right']}/{f['n']}, wrong "
+                 f"{f['wrong']}); their openings {f['first_right']}/{f['first_n']}")
+    lines.append(f"  out of corpus declined {(o['declined'] + o['near_declined']) / max(o['n'] + o['near_n'], 1):.2f}"
+                 f" (near misses {o['near_declined']}/{o['near_n']}, others {o['declined']}/{o['n']})")
+    return "\n".join(lines)
