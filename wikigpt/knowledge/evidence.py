@@ -34,7 +34,8 @@ CLOSEST = {"en": " The closest I found ({title}): {text}", "zh": "最接近的�
 # words every question has: not what it asks about
 QUESTION_WORDS = set("what who whom whose which why how many much me tell about do does did you know can could "
                      "please explain describe give is are was were there any it its s called us i "
-                     "use uses used have has had known famous".split())  # "What currency does X use?"
+                     "use uses used have has had known famous he his him she her they their them this that wanna want "
+                     "whats what's who's".split())  # "What currency does X use?"
 ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
                      "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
@@ -54,13 +55,34 @@ ASKED = {
     "motto": "motto", "格言": "motto", "城市": "city", "最大": "largest", "founded": "established founded",
     "成立": "established founded", "建立": "established founded", "teacher": "influences advisor teacher",
     "老师": "influences advisor teacher", "wife": "spouse", "husband": "spouse", "妻子": "spouse",
-    "丈夫": "spouse", "配偶": "spouse", "国籍": "nationality citizenship", "wrote": "author",
+    "丈夫": "spouse", "配偶": "spouse", "国籍": "nationality citizenship", "wrote": "author notableworks works",
     "作者": "author", "religion": "religion", "宗教": "religion", "government": "government",
     "政府": "government", "官方": "official", "where": "place location", "when": "date year",
     "经济": "economy", "历史": "history", "地理": "geography", "文化": "culture", "政治": "politics",
     "气候": "climate", "教育": "education", "体育": "sports", "交通": "transport", "军事": "military",
     "名字": "etymology name", "名称": "etymology name", "时区": "time zone", "货币代码": "currency code",
+    "directed": "director", "composed": "composer", "illustrated": "illustrator", "painted": "painter artist",
+    "invented": "inventor", "designed": "designer", "author": "author writer", "commanded": "commander",
+    "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start",
+    "started": "began start", "begin": "began start", "launched": "launch launched", "launch": "launch launched",
 }
+# what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
+# answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
+ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
+                ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
+                ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+HAS_TYPE = {"number": re.compile(r"\d"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
+            "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
+OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
+YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
+NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without)\b|n't\b", re.I)
+UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
+STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
+ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
+SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
+PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b", re.I)
+PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b", re.I)
 _ZH_ASKED = sorted((w for w in ASKED if re.match(f"[{CJK}]", w)), key=len, reverse=True)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
@@ -221,11 +243,21 @@ class Reader:
         subject = self.kb.subject(title) if self.kb is not None else None
         return None if subject is None else {h for h, _ in self.kb.sections(subject)}
 
-    def score(self, item: Item, asked: Asked, subjects: dict) -> float:
+    def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None) -> float:
         """(1 if the item is about the entity named, else UNLINKED) x (0.5 + 0.5 x coverage): the
         share of what is asked that the item covers. A question that asks nothing beyond its
-        entity ("What is X?") is answered by X's lead sentence."""
+        entity ("What is X?") is answered by X's lead sentence. Evidence about an entity the
+        question does not name ("the largest country in Africa" -> Algeria) is weighed by how
+        much of the whole question (`whole`) it covers, its title included: up to 1 when all."""
         about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
+        if item.kind == "expansion":  # the acronym asked about, spelled out by its own words
+            return about
+        if item.kind == "reverse":  # a fact whose value the question names: the subject answers it
+            covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
+            return 0.9 * (0.5 + 0.5 * covered)
+        if not subjects and whole is not None and whole.weights and item.kind in ("sentence", "lead"):
+            covered = 0.85 * whole.coverage(set(terms(item.text)) | set(terms(item.title)))
+            return (UNLINKED + (1 - UNLINKED) * covered ** 2) * (0.5 + 0.5 * covered)
         if not asked.weights:
             return about if item.kind == "lead" and item.title in subjects else about * 0.5
         if item.kind == "fact":  # a field answers when its name is what is asked, not its value
@@ -243,24 +275,129 @@ class Reader:
 
     def find(self, question: str, k: int | None = None, history: list[str] = ()) -> Found:
         """Rank the evidence for a question (see the module doc), from the sentences of the
-        top k passages (default self.k: --rag_k)."""
+        top k passages (default self.k: --rag_k). `history`: the conversation's earlier turns,
+        oldest first, a question then its reply (see conversation.find_in_conversation): a follow-up that names no entity, or says "it",
+        is about the entity of the latest question that named one (see carried)."""
         question = question.strip()
-        links = self.links(question)
-        passages = self.index.search(question, k or self.k, boost=[l.subject for l in links[:1]])
-        asked = self.asked(question, links)
+        links = self.carried(question, self.links(question), history)
+        query = f"{question} {links[0].title}" if links and not links[0].units else question
+        passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]])
+        asked, whole = self.asked(question, links), self.asked(question, [])
         subjects = {}
         for rank, l in enumerate(links):
             subjects.setdefault(l.title, rank)
+        kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
+        candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         items = []
-        for order, item in enumerate(self.candidates(links, passages)):
-            items.append((self.score(item, asked, subjects), -order, item))
+        for order, item in enumerate(candidates):
+            s = self.score(item, asked, subjects, whole)
+            if kind and not HAS_TYPE[kind].search(item.text if item.kind != "reverse" else item.title + " "):
+                s *= OFF_TYPE
+            items.append((s, -order, item))
         items.sort(key=lambda x: (x[0], x[1]), reverse=True)  # equal scores: the earlier one
         ranked, seen = [], set()
         for s, _, item in items:
             if item.text and item.text not in seen:
                 seen.add(item.text)
                 ranked.append(replace(item, score=round(s, 4)))
+        if YES_NO.match(question) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
+            ranked = self.yes_or_no(question, asked, ranked)
         return Found(question, language(question), links, ranked, passages, self.threshold)
+
+    # ----- what else answers: the conversation, the graph read backwards, expansions, yes / no
+
+    def carried(self, question: str, links: list[Link], history: list[str]) -> list[Link]:
+        """The links of a follow-up: its own, after the entity of the latest earlier question that
+        named one when it names none or says "it" / "its" / "they" ("When was it first
+        published?" after "Who wrote Animal Farm?"). The carried link spans nothing of the
+        question (units 0): nothing is cut from what it asks."""
+        if links and not PRONOUNS.search(question):
+            return links
+        person = PERSON_PRONOUNS.search(question)  # "he", "her": maybe the person a reply named
+        for n, earlier in reversed(list(enumerate(history))[-6:]):  # the last three exchanges
+            if not earlier or (n % 2 and not person):
+                continue
+            named = self.links(earlier)
+            if named:
+                own = [l for l in links if l.subject != named[0].subject]
+                return [replace(named[0], start=0, end=0, units=0)] + own
+        return links
+
+    def reverse(self, question: str, links: list[Link]) -> list[Item]:
+        """The graph read backwards: facts whose value names what the question names ("Who wrote
+        Atlas Shrugged?" -> Ayn Rand, whose notable works include it). The item's text is the
+        subject, then the fact that names it."""
+        if self.kb is None:
+            return []
+        primary = links[0].subject if links else None
+        words = [w for w in re.findall(r"[^\W_]+", question) if w.lower() not in QUESTION_WORDS
+                 and w.lower() not in self.stopwords and w.lower() not in ASKED]
+        phrases = [" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(len(words), i + 4) + 1)]
+        phrases = [p for p in phrases if len(p) >= 4 and sum(map(self.idf, terms(p))) >= 4.0]
+        items = []
+        for subject, attribute, value, phrase in self.kb.facts_naming(phrases):
+            if subject != primary and attribute not in ("name", "common name", "conventional long name"):
+                title = self.kb.title(subject)
+                if not re.search(rf"\b{re.escape(phrase)}\b", title, re.I):  # naming itself is not a reverse fact
+                    items.append(Item("reverse", title, f"{title} ({attribute}: {value})"[:240], attribute))
+        return items[:20]
+
+    def expansions(self, question: str, links: list[Link], passages: list[Passage]) -> list[Item]:
+        """What an acronym the question asks about stands for: the run of words in the named
+        entity's lead or the retrieved passages whose first letters spell it ("ASCII" ->
+        "American Standard Code for Information Interchange", "ANOVA" -> "analysis of variance")."""
+        if not STANDS_FOR.search(question):
+            return []
+        acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
+        texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
+        texts += [(p.title, p.text) for p in passages]
+        items = []
+        for acronym in dict.fromkeys(acronyms):
+            for title, text in texts:
+                for expansion in spelled_out(acronym, text):
+                    items.append(Item("expansion", title, expansion, f"{acronym} stands for"))
+        return items
+
+    def yes_or_no(self, question: str, asked: Asked, ranked: list[Item]) -> list[Item]:
+        """A yes/no question is answered "Yes" or "No" with the evidence only when the evidence
+        settles it: one of the best five covers all that is asked (then "No" when the evidence or
+        the question, not both, is negated: "The aardvark is not closely related to the pig").
+        Otherwise every item falls below any threshold: "not found", never a bare sentence."""
+        low = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]
+        for item in ranked[:5]:
+            if item.kind in ("sentence", "lead", "section") and asked.weights and \
+                    asked.coverage(set(terms(item.text)) | set(terms(item.attribute))) > 0.999:
+                no = bool(NEGATION.search(item.text)) != bool(NEGATION.search(question))
+                answer = replace(item, kind="yes/no", text=f"{'No' if no else 'Yes'}: {item.text}")
+                return [answer] + low
+        return low
+
+
+def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[str]:
+    """Runs of words of `text` whose beginnings spell `acronym` in order (each word giving one
+    or more of its first letters; "of", "and", "the" may be skipped), starting with a word of its
+    first letter."""
+    letters = acronym.lower()
+    words = list(re.finditer(r"[^\W\d_]+", text))
+
+    def match(i, at):  # the end of a run from words[i] that spells letters[at:], or None
+        if at == len(letters):
+            return i
+        if i >= len(words) or i - start >= max_words:
+            return None
+        w = words[i][0].lower()
+        for n in range(min(len(w), len(letters) - at), 0, -1):
+            if w[:n] == letters[at:at + n] and (end := match(i + 1, at + n)) is not None:
+                return end
+        return match(i + 1, at) if w in SKIPPABLE and at else None
+
+    out = []
+    for start in range(len(words)):
+        if words[start][0][0].lower() == letters[0] and words[start][0] != acronym:
+            end = match(start, 0)
+            if end is not None and end - start >= 2:
+                out.append(text[words[start].start():words[end - 1].end()])
+    return list(dict.fromkeys(out))[:3]
 
 
 def not_found(found: Found) -> str:
