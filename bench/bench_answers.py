@@ -25,10 +25,24 @@ def main():
     ap.add_argument("--calibrate", action="store_true",
                     help=f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%} answered wrong) "
                          "and store it with the index")
+    ap.add_argument("--ab", action="store_true", help="A/B on dev: the rules against the learned ranker; "
+                    "stores the better one with the index, its threshold chosen on dev")
     ap.add_argument("--threshold", type=float, default=None, help="read with this threshold instead of the index's")
     ap.add_argument("--show", default="", help="print the questions with this verdict (right, wrong, missed, declined)")
     args = ap.parse_args()
     reader = Reader.open(args.data)
+    if args.ab:
+        from wikigpt.knowledge.natural import compare
+        table, rankers = compare(args.data, reader, load_natural("dev"))
+        print(f"  {'ranking':34s} {'right':>6s} {'wrong':>6s} {'follow-up':>10s} {'ooc declined':>13s}")
+        for name, r in table.items():
+            print(f"  {name:34s} {r['right']:6.2f} {r['wrong']:6.2f} {r['follow-up']:10.2f} {r['ooc declined']:13.2f}")
+        pick = max(table, key=lambda n: table[n]["right"] + table[n]["follow-up"] - 2 * max(table[n]["wrong"] - MAX_WRONG, 0))
+        ranker = rankers["templates + dev"] if "dev" in pick else rankers.get("templates") if "ranker" in pick else None
+        add_index_info(args.data, ranker.to_info() if ranker else {"ranker": None})
+        reader.ranker = ranker
+        print(f"picked: {pick} -> {args.data}/index" + (" (weights trained on templates + all of dev)" * ("dev" in pick)))
+        args.calibrate = True
     if args.calibrate:
         if args.split != "dev":
             sys.exit("--calibrate chooses on the dev split only: drop --split test")

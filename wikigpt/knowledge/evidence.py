@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.graph import Knowledge, Link
+from wikigpt.knowledge.ranker import Ranker, features
 from wikigpt.knowledge.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
 from wikigpt.knowledge.sentences import language, opening_sentence, split_sentences
 
@@ -147,6 +148,7 @@ class Reader:
     def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
         self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
         self.threshold = threshold if threshold is not None else index.info.get("abstain_below", DEFAULT_THRESHOLD)
+        self.ranker, self.measured = Ranker.from_info(index.info), {}  # None: the rules rank
         if kb is None:
             self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
         self.stopwords = _stemmer_and_stopwords()[1]
@@ -250,8 +252,8 @@ class Reader:
         question does not name ("the largest country in Africa" -> Algeria) is weighed by how
         much of the whole question (`whole`) it covers, its title included: up to 1 when all."""
         about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
-        if item.kind == "expansion":  # the acronym asked about, spelled out by its own words
-            return about
+        if item.kind == "expansion":  # the acronym asked about, spelled out beside it ("Lunar Module (LM)")
+            return 1.0 if item.attribute.endswith("(beside it)") else 0.9
         if item.kind == "reverse":  # a fact whose value the question names: the subject answers it
             covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
             return 0.9 * (0.5 + 0.5 * covered)
@@ -291,15 +293,26 @@ class Reader:
         items = []
         for order, item in enumerate(candidates):
             s = self.score(item, asked, subjects, whole)
-            if kind and not HAS_TYPE[kind].search(item.text if item.kind != "reverse" else item.title + " "):
+            typed = bool(kind) and bool(HAS_TYPE[kind].search(item.text if item.kind != "reverse" else item.title + " "))
+            if kind and not typed:
                 s *= OFF_TYPE
-            items.append((s, -order, item))
+            items.append((s, -order, item, typed))
         items.sort(key=lambda x: (x[0], x[1]), reverse=True)  # equal scores: the earlier one
-        ranked, seen = [], set()
-        for s, _, item in items:
+        ranked, seen, measured = [], set(), []
+        for s, _, item, typed in items:
             if item.text and item.text not in seen:
                 seen.add(item.text)
                 ranked.append(replace(item, score=round(s, 4)))
+                item_terms = set(terms(item.text)) | set(terms(item.attribute))
+                about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
+                measured.append(features(item, s, len(measured), about, asked.coverage(item_terms),
+                                         whole.coverage(item_terms | set(terms(item.title))), bool(kind), typed,
+                                         bool(links), bool(links) and not links[0].units))
+        if self.ranker is not None:  # the learned ranker's probability in place of the rules' score
+            ranked = [replace(i, score=round(self.ranker.score(x), 4)) for i, x in zip(ranked, measured)]
+            order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
+            ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
+        self.measured = dict(zip((i.text for i in ranked), measured))  # for training the ranker
         if YES_NO.match(question) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
             ranked = self.yes_or_no(question, asked, ranked)
         return Found(question, language(question), links, ranked, passages, self.threshold)
@@ -327,8 +340,8 @@ class Reader:
         """The graph read backwards: facts whose value names what the question names ("Who wrote
         Atlas Shrugged?" -> Ayn Rand, whose notable works include it). The item's text is the
         subject, then the fact that names it."""
-        if self.kb is None:
-            return []
+        if self.kb is None or (STANDS_FOR.search(question) and ACRONYM.search(question)):
+            return []  # "What does SADC stand for?" asks for its words, not who lists it
         primary = links[0].subject if links else None
         words = [w for w in re.findall(r"[^\W_]+", question) if w.lower() not in QUESTION_WORDS
                  and w.lower() not in self.stopwords and w.lower() not in ASKED]
@@ -346,7 +359,7 @@ class Reader:
         """What an acronym the question asks about stands for: the run of words in the named
         entity's lead or the retrieved passages whose first letters spell it ("ASCII" ->
         "American Standard Code for Information Interchange", "ANOVA" -> "analysis of variance")."""
-        if not STANDS_FOR.search(question):
+        if not STANDS_FOR.search(question) and len(question.split()) > 4:  # "What's UNITA?" asks it too
             return []
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
         texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
@@ -354,8 +367,8 @@ class Reader:
         items = []
         for acronym in dict.fromkeys(acronyms):
             for title, text in texts:
-                for expansion in spelled_out(acronym, text):
-                    items.append(Item("expansion", title, expansion, f"{acronym} stands for"))
+                for expansion, beside in spelled_out(acronym, text):
+                    items.append(Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside))
         return items
 
     def yes_or_no(self, question: str, asked: Asked, ranked: list[Item]) -> list[Item]:
@@ -373,10 +386,11 @@ class Reader:
         return low
 
 
-def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[str]:
+def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str, bool]]:
     """Runs of words of `text` whose beginnings spell `acronym` in order (each word giving one
     or more of its first letters; "of", "and", "the" may be skipped), starting with a word of its
-    first letter."""
+    first letter: (the run, whether the acronym stands beside it in brackets). A run elsewhere
+    counts only when its words are capitalised ("lunar material" does not spell out LM)."""
     letters = acronym.lower()
     words = list(re.finditer(r"[^\W\d_]+", text))
 
@@ -396,8 +410,12 @@ def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[str]:
         if words[start][0][0].lower() == letters[0] and words[start][0] != acronym:
             end = match(start, 0)
             if end is not None and end - start >= 2:
-                out.append(text[words[start].start():words[end - 1].end()])
-    return list(dict.fromkeys(out))[:3]
+                a, b = words[start].start(), words[end - 1].end()
+                beside = bool(re.match(rf"\s*\(\s*{re.escape(acronym)}\b", text[b:]) or
+                              re.search(rf"\b{re.escape(acronym)}\s*\(\s*$", text[:a]))
+                if beside or all(w[0][0].isupper() for w in words[start:end] if w[0].lower() not in SKIPPABLE):
+                    out.append((text[a:b], beside))
+    return sorted(dict.fromkeys(out), key=lambda x: not x[1])[:3]
 
 
 def not_found(found: Found) -> str:

@@ -238,7 +238,7 @@ class Knowledge:
         facts); the full dump's ~30 M would want a full-text index."""
         out, seen = [], set()
         for phrase in sorted(set(phrases), key=len, reverse=True)[:40]:
-            pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", re.I)
+            pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", 0 if phrase.isupper() else re.I)  # UNITA, not Unita
             rows = self._rows("SELECT subject, attribute, value FROM facts WHERE value LIKE ? LIMIT ?",
                               (f"%{phrase}%", limit))
             for subject, attribute, value in rows:

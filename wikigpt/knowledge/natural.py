@@ -159,3 +159,78 @@ def format_natural(r: dict) -> str:
     lines.append(f"  out of corpus declined {(o['declined'] + o['near_declined']) / max(o['n'] + o['near_n'], 1):.2f}"
                  f" (near misses {o['near_declined']}/{o['near_n']}, others {o['declined']}/{o['n']})")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Training the ranker (ranker.py) and choosing between it and the rules
+
+def labelled(reader: Reader, question: str, answers: list[str] | None, history=(), top: int = 30):
+    """The features of a question's top candidates (ranked by the rules) with labels: 1 when
+    the item holds an accepted answer (None: out of corpus, all 0)."""
+    saved, reader.ranker = reader.ranker, None
+    try:
+        found = reader.find(question, history=list(history))
+    finally:
+        reader.ranker = saved
+    return [(reader.measured[i.text], int(bool(answers) and holds(i.text, answers)))
+            for i in found.items[:top] if i.text in reader.measured]
+
+
+def template_rows(folder, reader: Reader, seed: int = 0) -> list:
+    """The grounded QA rows of the train articles (qa_items), as (features, label)."""
+    from wikigpt.knowledge.qa_items import fact_and_section_items, lead_items, out_of_corpus_items
+    from wikigpt.prep.data import read_articles
+    train = [a["title"] for a in read_articles(folder, "train")]
+    inside = lead_items(folder, "train", 2, seed) + fact_and_section_items(reader, train, 3, seed)
+    rows = [r for q in inside for r in labelled(reader, q.question, [q.answer])]
+    outside = out_of_corpus_items(reader, train, max(len(inside) // 4, 10), seed)
+    return rows + [r for q in outside for r in labelled(reader, q.question, None)]
+
+
+def natural_rows(reader: Reader, data: NaturalSet) -> list:
+    rows = [r for q in data.questions for r in labelled(reader, q["question"], q["answers"])]
+    for c in data.conversations:
+        history = []
+        for turn in c["turns"]:
+            rows += labelled(reader, turn["question"], turn["answers"], history)
+            history += [turn["question"], turn["answers"][0]]  # as if the earlier turns were answered
+    return rows + [r for o in data.out_of_corpus for r in labelled(reader, o["question"], None)]
+
+
+def halves(data: NaturalSet) -> tuple[NaturalSet, NaturalSet]:
+    """Two halves of a split, by the parity of each item's position: for 2-fold validation."""
+    cut = lambda rows, k: rows[k::2]  # noqa: E731
+    return tuple(NaturalSet(cut(data.questions, k), cut(data.conversations, k), cut(data.out_of_corpus, k))
+                 for k in (0, 1))
+
+
+def summary(r: dict) -> dict:
+    f, o = r["follow_up"], r["out_of_corpus"]
+    return {"right": r["answerable"]["right"], "wrong": r["answerable"]["wrong"],
+            "follow-up": f["right"] / max(f["n"], 1),
+            "ooc declined": (o["declined"] + o["near_declined"]) / max(o["n"] + o["near_n"], 1)}
+
+
+def compare(folder, reader: Reader, dev: NaturalSet) -> dict:
+    """The A/B on the dev split, each with its threshold chosen for <= MAX_WRONG wrong: the rules;
+    the ranker trained on the train articles' template rows (measured on all of dev); the ranker
+    trained on those plus half of dev (2-fold: measured on the other half, the halves averaged).
+    Returns {name: summary} and the rankers."""
+    from wikigpt.knowledge.ranker import train
+    saved = reader.ranker, reader.threshold
+    out, rankers = {}, {}
+    reader.ranker = None
+    out["rules"] = summary(evaluate_reader(reader, dev, choose_threshold(scores_of(reader, dev))))
+    templates = template_rows(folder, reader)
+    rankers["templates"] = reader.ranker = train(*zip(*templates))
+    out["ranker (train templates)"] = summary(evaluate_reader(reader, dev, choose_threshold(scores_of(reader, dev))))
+    folds = []
+    for tune, held in (halves(dev), halves(dev)[::-1]):
+        reader.ranker = None
+        reader.ranker = train(*zip(*(templates + natural_rows(reader, tune))))
+        folds.append(summary(evaluate_reader(reader, held, choose_threshold(scores_of(reader, tune)))))
+    out["ranker (templates + dev, 2-fold)"] = {k: sum(f[k] for f in folds) / 2 for k in folds[0]}
+    reader.ranker = None
+    rankers["templates + dev"] = train(*zip(*(templates + natural_rows(reader, dev))))
+    reader.ranker, reader.threshold = saved
+    return out, rankers

@@ -1,0 +1,61 @@
+"""
+A small learned ranker over the evidence reader's own measurements: logistic regression (numpy,
+no new dependency) from an item's features to the chance that it holds the answer. Trained on
+the grounded QA rows of the *train* articles (qa_items: lead, fact, section and out-of-corpus
+questions) and, optionally, the natural dev split; never on its test split. Its weights are a
+few dozen numbers, stored in the index's info file (add_index_info) beside the threshold.
+
+    reader.ranker = Ranker.from_info(index.info)   # Reader does this itself
+    reader.find(q).best.score                      # then: the ranker's probability
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS = ("fact", "section", "lead", "sentence", "reverse", "expansion")
+FEATURES = ("rule score", "about the named entity", "about a carried entity", "asked covered", "question covered",
+            "answer type asked", "answer type present", "rule rank 1", "rule rank 2-3", "named nothing",
+            "log length") + tuple(f"kind {k}" for k in KINDS)
+
+
+def features(item, rule: float, rank: int, about: float, asked_cov: float, whole_cov: float, type_asked: bool,
+             type_present: bool, linked: bool, carried: bool) -> list[float]:
+    """One candidate's features, in the order of FEATURES."""
+    return [rule, float(about >= 0.9 and not carried), float(carried), asked_cov, whole_cov, float(type_asked),
+            float(type_asked and type_present), float(rank == 0), float(0 < rank < 3), float(not linked),
+            math.log(1 + len(item.text)) / 5] + [float(item.kind == k) for k in KINDS]
+
+
+@dataclass
+class Ranker:
+    weights: list  # one per feature, then the bias
+
+    def score(self, x: list[float]) -> float:
+        z = sum(w * v for w, v in zip(self.weights, x)) + self.weights[-1]
+        return 1 / (1 + math.exp(-max(min(z, 30), -30)))
+
+    def to_info(self) -> dict:
+        return {"ranker": {"features": list(FEATURES), "weights": [round(w, 4) for w in self.weights]}}
+
+    @classmethod
+    def from_info(cls, info: dict) -> "Ranker | None":
+        r = info.get("ranker")
+        if not r or r.get("features") != list(FEATURES):
+            return None  # none stored, or stored for other features: the rules rank
+        return cls(r["weights"])
+
+
+def train(X: list[list[float]], y: list[int], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> Ranker:
+    """Logistic regression by full-batch gradient descent; positives and negatives weighed
+    equally (a question has ~100 candidates and at most a few right ones)."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)  # (N, F), (N,)
+    X = np.hstack([X, np.ones((len(X), 1))])  # the bias as a feature
+    pos = max(y.sum(), 1.0)
+    sample = np.where(y > 0, 0.5 / pos, 0.5 / max(len(y) - pos, 1.0))  # (N,) each class half the loss
+    w = np.zeros(X.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
+        grad = X.T @ (sample * (p - y)) + l2 * np.r_[w[:-1], 0.0]
+        w -= lr * grad
+    return Ranker(w.tolist())
