@@ -1,0 +1,97 @@
+"""Answers to questions as people ask them (wikigpt/knowledge/evidence.py, natural.py, ranker.py,
+conversation.py): reverse look-ups through the graph, acronyms spelled out, yes/no settled by the
+evidence or declined, follow-ups that carry the conversation's entity (and a reset that clears
+it), the threshold kept within the wrong-answer bound, and the ranker's weights."""
+import pytest
+from conftest import PROSE, dump_xml, page
+
+from prepare_wiki import main as prepare
+from wikigpt.chat.chat_template import Message
+from wikigpt.knowledge.conversation import find_in_conversation
+from wikigpt.knowledge.evidence import UNSETTLED, Reader
+from wikigpt.knowledge.natural import choose_threshold, holds
+from wikigpt.knowledge.ranker import FEATURES, Ranker, train
+from wikigpt.knowledge.retrieval import build_index
+
+WRITER = """{{Infobox writer
+|name = Mara Quill
+|notable_works = [[The Glass Orchard]], [[Salt Roads]]
+|birth_date = 3 May 1901
+}}
+'''Mara Quill''' was a novelist from the northern coast. """
+VALLEY = """{{Infobox country
+|capital = [[Stonebridge]]
+|established_date1 = 1278
+}}
+'''Brindavale''' is a landlocked valley state in the high mountains. Brindavale is not a member of the European Union.
+The Brindavale Standards Office (BSO) keeps the weights and measures of the valley. """
+FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory):
+    root = tmp_path_factory.mktemp("answers")
+    pages = [page("Mara Quill", WRITER + PROSE * 2), page("Brindavale", VALLEY + PROSE * 2)]
+    pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
+    (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
+             "--val_fraction", "0.1", "--workers", "1"])
+    build_index(root / "data", quiet=True)
+    return Reader.open(root / "data")
+
+
+def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reader):
+    found = reader.find("Who wrote The Glass Orchard?")  # no article of that name: only Mara Quill's works name it
+    assert found.best.kind == "reverse" and found.best.title == "Mara Quill"
+    assert found.best.text.startswith("Mara Quill (notable works: The Glass Orchard")
+
+
+def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
+    found = reader.find("What does BSO stand for?")
+    assert found.best.kind == "expansion" and found.best.text == "Brindavale Standards Office"
+
+
+def test_a_yes_no_question_is_answered_yes_or_no_only_when_the_evidence_settles_it(reader):
+    assert reader.find("Is Brindavale landlocked?").best.text.startswith("Yes: ")
+    assert reader.find("Is Brindavale a member of the European Union?").best.text.startswith("No: ")  # "not a member"
+    unsettled = reader.find("Is Brindavale famous for its cheese?")
+    assert unsettled.best.kind != "yes/no" and unsettled.score <= UNSETTLED  # below any threshold: "not found"
+
+
+def test_a_follow_up_that_names_nothing_is_about_the_entity_of_the_last_question(reader):
+    history = ["Is Brindavale landlocked?", "Yes: Brindavale is a landlocked valley state in the high mountains."]
+    found = reader.find("What is its capital?", history=history)
+    assert found.links[0].title == "Brindavale" and found.best.title == "Brindavale"
+    assert holds(found.best.text, ["Stonebridge"]) and found.answerable
+    messages = [Message("user", history[0]), Message("assistant", history[1]), Message("user", "What is its capital?")]
+    assert find_in_conversation(reader, messages).best.text == found.best.text  # the function chat and serve call
+
+
+def test_a_reset_conversation_carries_nothing(reader):
+    found = find_in_conversation(reader, [Message("user", "What is its capital?")])
+    assert not found.links and not found.answerable  # nothing named, nothing carried: "not found"
+    assert find_in_conversation(reader, [{"role": "user", "content": "What is its capital?"}]).links == []
+
+
+def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):
+    history = ["What is the capital of Brindavale?", "Stonebridge"]
+    assert reader.find("Who was Mara Quill?", history=history).links[0].title == "Mara Quill"
+
+
+def test_the_threshold_keeps_wrong_answers_within_the_bound_and_answers_the_most():
+    right = [(0.9 - i / 1000, True) for i in range(95)]
+    wrong = [(0.95, False), (0.8, False), (0.7, False), (0.6, False), (0.5, False)]
+    outside = [(0.4, None)] * 20
+    t = choose_threshold(right + wrong + outside, max_wrong=0.03)
+    answered_wrong = sum(s >= t for s, _ in wrong) / 100
+    assert answered_wrong <= 0.03 and 0.6 < t < 0.7  # 0.95, 0.8, 0.7 pass (3 %); a lower cut lets 0.6 in (4 %)
+    assert choose_threshold(right + wrong + outside, max_wrong=0.0) > 0.95  # none wrong: only above the worst
+
+
+def test_the_ranker_learns_which_feature_marks_the_answer_and_round_trips_through_the_index_info():
+    X = [[float(i % 2)] + [0.5] * (len(FEATURES) - 1) for i in range(40)]
+    y = [i % 2 for i in range(40)]  # the first feature is the label
+    ranker = train(X, y, steps=500)
+    assert ranker.score(X[1]) > 0.8 > 0.2 > ranker.score(X[0])
+    assert Ranker.from_info(ranker.to_info()).weights == pytest.approx(ranker.weights, abs=1e-4)
+    assert Ranker.from_info({"ranker": {"features": ["other"], "weights": [1.0, 0.0]}}) is None  # the rules rank
