@@ -97,10 +97,12 @@ def apply_rotary(x, cos, sin):
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating token
     t+1 costs one token's work instead of recomputing all t (per-token latency stays flat).
-    k, v: (n_layer, B, H, max_len, D), filled up to `pos`; all rows at the same position.
+    k, v: (n_layer, B, H, max_len, D), filled up to `pos`. One idea: all rows at one position
+    (one sequence, or a batch that starts and grows together: model.generate's).
 
     The model talks to a cache through three methods, so that other layouts can plug in
-    (wikigpt/decoding/engine.py's SlotCache: one row per request, each at its own position):
+    (wikigpt/decoding/decode.py's SlotCache, the other idea: one row per request, each at its
+    own position, joining and leaving the batch at any step: the engine's):
       positions(T) -> (B or 1, T) position ids of the next T tokens
       attend(layer, q, k, v) -> (B, H, T, D) attention output, after storing k, v
       advance(T) after all layers have run"""
@@ -128,6 +130,14 @@ class KVCache:
 
     def advance(self, T: int):
         self.pos += T
+
+
+def context_window(ids: list[int], block_size: int) -> list[int]:
+    """The sliding window, written once (model.generate, sample.py through the engine): the
+    tokens to go on from. All of ids while they leave room in the context (fewer than
+    block_size), else their last 3/4: one prefill of 3/4 of a block buys 1/4 of a block of
+    cheap cached steps (sliding by one token would prefill the whole block every token)."""
+    return ids if len(ids) < block_size else ids[-(3 * block_size // 4):]
 
 
 class Attention(nn.Module):
@@ -301,26 +311,28 @@ class GPT(nn.Module):
     def generate(self, prompt: list[int], max_new_tokens: int, temperature=0.8, top_k=None, stop_tokens=(),
                  seed=None, use_cache=True):
         """Yield new token ids one at a time (streaming): the simplest sampler, temperature and
-        top-k. Stops after a stop token (which is yielded) or max_new_tokens. Same seed -> same
-        tokens, with or without the cache. Batching, top-p, repetition penalty and copying
-        from passages are the engine's (wikigpt/decoding/engine.py)."""
+        top-k, for reading (sample.py --no_cache decodes with it). Stops after a stop token
+        (which is yielded) or max_new_tokens; past a full context it goes on from context_window.
+        Same seed -> same tokens, with or without the cache; greedy, the same tokens as the
+        engine (wikigpt/decoding/engine.py: batching, top-p, repetition penalty, copying), which
+        is what serves and samples by default. The cache path is the KV cache in its simplest
+        form (one row, all at one position): prune.py times decoding with it and the tests
+        check the engine's SlotCache against it."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
-        ids = list(prompt)[-self.cfg.block_size:]
-        cache = None
+        block = self.cfg.block_size
+        ids, cache = context_window(list(prompt), block), None
         for _ in range(max_new_tokens):
+            if len(ids) > block:  # the context is full: go on from its last 3/4, cached anew
+                ids, cache = context_window(ids, block), None
             if not use_cache:
-                logits = self(torch.tensor([ids[-self.cfg.block_size:]], device=self.device))[0]
+                new = ids  # the whole context, every token
+            elif cache is None:
+                new, cache = ids, KVCache(self.cfg, 1, self.device, self.act_dtype)  # the context once...
             else:
-                if cache is None or cache.pos >= self.cfg.block_size:
-                    # (re)fill the cache; when the context is full, keep its last 3/4 and go on
-                    ids = ids[-(3 * self.cfg.block_size // 4):] if cache is not None else ids
-                    cache = KVCache(self.cfg, 1, self.device, self.act_dtype)
-                    new = ids
-                else:
-                    new = ids[-1:]
-                x = self.hidden_states(torch.tensor([new], device=self.device), cache)[:, -1]
-                logits = self.lm_head(x).float()[0]  # (V,)
+                new = ids[-1:]  # ...then one new token at a time
+            x = self.hidden_states(torch.tensor([new], device=self.device), cache)[:, -1]  # (1, C)
+            logits = self.lm_head(x).float()[0]  # (V,)
             logits = logits[:self.cfg.vocab_size]  # the padding ids are never real tokens
             if temperature <= 0:
                 token = int(logits.argmax())

@@ -43,9 +43,10 @@ def key_spans(block_size: int) -> list[int]:
 
 
 class SlotCache:
-    """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). Slot s holds
-    one request at position pos[s]. A forward runs either one slot's prefill or a decode
-    step over slots 0..n-1 and keys 0..span-1 (see the cache interface in model.KVCache)."""
+    """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). One idea,
+    not model.KVCache's (all rows at one position): one row per request, each at its own
+    position pos[s], joining and leaving at any step. A forward runs either one slot's prefill or
+    a decode step over slots 0..n-1 and keys 0..span-1 (the cache interface: model.KVCache)."""
 
     def __init__(self, model: GPT, n_slots: int):
         cfg, device = model.cfg, model.device
