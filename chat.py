@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, add_model_args, add_rag_args, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
@@ -60,15 +60,12 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, ckpt="out/chat/best.pt")
     add_sampling_args(p, CHAT_DEFAULTS)
-    p.set_defaults(ckpt="out/chat/best.pt", max_new_tokens=128)
+    p.set_defaults(max_new_tokens=128)
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("--prompt", default=None, help="one-shot: print a single reply and exit")
-    p.add_argument("--rag", action="store_true", help="answer from passages retrieved from Wikipedia")
-    p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
-                   "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=RETRIEVE_K,
-                   help="with --rag: passages retrieved per question, whose sentences compete as evidence")
+    add_rag_args(p, RETRIEVE_K)
     add_copy_arg(p)
     args = p.parse_args(argv)
     if not args.rag and (args.copy is not None or args.data):

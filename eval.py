@@ -37,13 +37,13 @@ from wikigpt.config import SFTConfig
 from wikigpt.chat.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_dialogues
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, output_file, progress_bar, run_main
+from wikigpt.cli import UsageError, add_dtype_arg, output_file, progress_bar, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate_batch
 from wikigpt.knowledge.retrieval import INDEX_DIR, Index
 from wikigpt.run.runlog import METRICS, plot_runs, read_metrics
-from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_dtype_arg, add_sampling_knobs, params_from_args
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.run.dist import Dist
 from wikigpt.loss_eval import evaluate, token_bytes_table

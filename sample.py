@@ -8,8 +8,9 @@ Sample text from a checkpoint, streaming tokens as they are generated.
 import argparse
 import sys
 
+from model import context_window
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, add_model_args, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.decoding.sampling import add_sampling_args, params_from_args
 from wikigpt.tokenizer import stream_text
@@ -24,28 +25,31 @@ def read_prompt(args) -> str:
     return sys.stdin.read() if args.prompt == "-" else args.prompt
 
 
-def continuation(model, tok, ids: list[int], max_new_tokens: int, params, seed, compile=False):
+def continuation(model, ids: list[int], max_new_tokens: int, params, stop_tokens=(), seed=None, tok=None,
+                 compile=False):
     """The engine's decoding, past the end of the context too: when the context is full, go on
-    from its last 3/4 (as a sliding window), until max_new_tokens or the end of the document."""
-    block, left = model.cfg.block_size, max_new_tokens
-    while left > 0:
-        window = ids[-(block - 1):] if len(ids) < block else ids[-(3 * block // 4):]
-        new = list(generate(model, window, left, params, {tok.doc_sep}, seed, tok, compile=compile))
-        yield from new
-        ids, left = ids + new, left - len(new)
-        if not new or new[-1] == tok.doc_sep:
+    from model.context_window (its last 3/4), until max_new_tokens or a stop token. Yields each
+    token as the engine makes it (tok: keeps the text valid UTF-8, as the server does)."""
+    ids, end = list(ids), len(ids) + max_new_tokens
+    while len(ids) < end:
+        for token in generate(model, context_window(ids, model.cfg.block_size), end - len(ids), params, stop_tokens,
+                              seed, tok, compile=compile):
+            ids.append(token)
+            yield token
+        if ids[-1] in stop_tokens:
             return
         seed = None if seed is None else seed + 1_000_003  # a fresh stream for the next window
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--prompt", default="", help="text to continue; '-' reads stdin")
     p.add_argument("--prompt_file", default="", help="read the prompt from this file")
     p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--no_cache", action="store_true", help="recompute the whole context per token (model.py's "
-                   "own generate: temperature and top_k only)")
+    p.add_argument("--no_cache", action="store_true", help="model.py's own generate, the sampler to read: the whole "
+                   "context per token, temperature and top_k only (greedy: the engine's tokens)")
     args = p.parse_args(argv)
     if args.prompt and args.prompt_file:
         raise UsageError("--prompt and --prompt_file both give the prompt: choose one.")
@@ -56,8 +60,8 @@ def main(argv):
     prompt = read_prompt(args)
     # articles were trained as "<|endoftext|>Title\n\ntext": start the same way
     ids = [tok.doc_sep] + tok.encode(prompt)
-    if len(ids) >= model.cfg.block_size:
-        print(f"(prompt is {len(ids)} tokens; keeping its last {model.cfg.block_size - 1})", file=sys.stderr)
+    if (kept := len(context_window(ids, model.cfg.block_size))) < len(ids):  # what either decoding keeps
+        print(f"(prompt is {len(ids)} tokens; keeping its last {kept})", file=sys.stderr)
     if args.compile and not args.no_cache:  # every graph once, for every sample and window
         warmed_engine(model, tok)
     for i in range(args.num_samples):
@@ -66,7 +70,7 @@ def main(argv):
             new = model.generate(ids, args.max_new_tokens, params.temperature, params.top_k, {tok.doc_sep}, seed,
                                  use_cache=False)
         else:
-            new = continuation(model, tok, ids, args.max_new_tokens, params, seed, args.compile)
+            new = continuation(model, ids, args.max_new_tokens, params, {tok.doc_sep}, seed, tok, args.compile)
         sys.stdout.write(prompt)
         for piece in stream_text(tok, (t for t in new if t != tok.doc_sep)):
             sys.stdout.write(piece)

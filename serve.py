@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, progress_bar, run_main
+from wikigpt.cli import UsageError, add_model_args, add_rag_args, progress_bar, run_main
 from wikigpt.decoding.engine import EngineThread
 from wikigpt.knowledge.evidence import RETRIEVE_K
 from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import open_index
-from wikigpt.decoding.sampling import add_dtype_arg
 from wikigpt.server.app import create_app
 from wikigpt.server.checks import Settings, host_names, is_loopback
 from wikigpt.server.connections import uvicorn_config
@@ -36,7 +35,7 @@ from wikigpt.server.generation import Server
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="out/chat/best.pt", help="checkpoint to serve")
+    add_model_args(p, ckpt="out/chat/best.pt", ckpt_help="checkpoint to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; needs a key)")
     p.add_argument("--port", type=int, default=8000, help="0: pick a free port")
     p.add_argument("--api_key", default=os.environ.get("WIKIGPT_API_KEY", ""),
@@ -44,13 +43,7 @@ def parse_args(argv):
     p.add_argument("--insecure_no_key", action="store_true",
                    help="serve without a key on an address other machines reach (anyone there may use the model)")
     p.add_argument("--model_name", default="", help="the model id clients see (default: wikigpt-FOLDER)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    add_dtype_arg(p)
-    p.add_argument("--rag", action="store_true", help="answer chat turns from retrieved Wikipedia passages")
-    p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
-                   "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=RETRIEVE_K,
-                   help="with --rag: passages retrieved per question, whose sentences compete as evidence")
+    add_rag_args(p, RETRIEVE_K)
     p.add_argument("--slots", type=int, default=16, help="requests decoded together (1: batching off)")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile the decode step (auto: on a GPU, as CUDA graphs; on a CPU the warm-up "

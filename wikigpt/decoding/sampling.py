@@ -48,20 +48,12 @@ CHAT_DEFAULTS = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_
 
 
 def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
-    """The options shared by sample.py and chat.py."""
-    p.add_argument("--ckpt", default="out/demo/best.pt", help="checkpoint to load")
+    """The decoding options shared by sample.py and chat.py (the checkpoint's: cli.add_model_args)."""
     p.add_argument("--max_new_tokens", type=int, default=200)
     add_sampling_knobs(p, defaults)
     p.add_argument("--seed", type=int, default=None, help="for reproducible samples")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    add_dtype_arg(p)
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU) before "
                    "the first token: a few graphs of seconds each, paid back over a long session (default: eager)")
-
-
-def add_dtype_arg(p: argparse.ArgumentParser):
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
-                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/adapt/quant.py")
 
 
 def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
