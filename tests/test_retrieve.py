@@ -16,7 +16,7 @@ from wikigpt.chat.sft_rows import rows_of
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
 from wikigpt.knowledge.retrieval import Index, build_index, split_passages, terms
-from wikigpt.knowledge.grounding import grounded_prompt, reader_of
+from wikigpt.knowledge.grounding import evidence_prompt, reader_of
 from wikigpt.decoding.sampling import mix_dense
 from wikigpt.chat.chat_template import Message, prompt_room, render_chat
 from wikigpt.knowledge.grounding import fit_grounded
@@ -103,8 +103,8 @@ def test_grounded_rows_render_passages_exactly_as_chat_time_and_mask_only_the_an
     same = 0
     for user, answer in convs:
         question = user.content.rsplit("Question: ", 1)[1]
-        chat_time, _, hits = grounded_prompt(index, tok, [Message("user", question)],
-                                          prompt_room(block, wikiqa.REPLY_TOKENS), block - 1)
+        chat_time, _, hits = evidence_prompt(reader_of(index), tok, [Message("user", question)],
+                                             prompt_room(block, wikiqa.REPLY_TOKENS), block - 1)
         train_time, _ = render_chat(tok, [user], add_generation_prompt=True)
         if hits and user.content.startswith(f"Sources:\n[1] {hits[0].title}: {hits[0].text}\n"):
             assert train_time == chat_time  # same evidence first: identical prompt tokens

@@ -116,8 +116,3 @@ def reader_of(index: Index, k: int | None = None) -> Reader:
         index.reader.k = k
     return index.reader
 
-
-def grounded_prompt(index: Index, tok, history: list, room: int, limit: int):
-    """The prompt for the last user turn with its evidence and passages (evidence_prompt), for
-    serve.py --rag: returns (prompt ids, the Found, the sources that made it in)."""
-    return evidence_prompt(reader_of(index), tok, history, room, limit)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from wikigpt.chat.chat_template import ContextOverflow, fit_history, prompt_room
 from wikigpt.decoding.engine import EngineThread, QueueFull, Request
 from wikigpt.knowledge.evidence import Found
-from wikigpt.knowledge.grounding import copy_plan, grounded_prompt
+from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
                                    stop_strings, text_limits)
@@ -151,7 +151,7 @@ class Server:
         if not kept[-1].content.strip():
             raise ApiError(400, "the last user message is empty: there is no question to look up in the "
                                 "articles. Ask one, or send \"rag\": false", f"messages[{len(messages) - 1}].content")
-        return grounded_prompt(self.index, self.tok, kept, room, self.block - 1)
+        return evidence_prompt(reader_of(self.index), self.tok, kept, room, self.block - 1)
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         prompt = body.get("prompt")
