@@ -16,12 +16,11 @@ Training itself is train.py's loop; the dialogue batches come from wikigpt/chat/
 split) and wikigpt/chat/sft_rows.py (rows, packing).
 """
 import json
-import tomllib
 from pathlib import Path
 
 import torch
 
-from train import resolve_resume, starting_checkpoint, train
+from train import resolve_resume, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
 from wikigpt.checkpoint import load_model
@@ -54,38 +53,28 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
     return ended / max(tried, 1)
 
 
-def sets_data(argv: list[str]) -> bool:
-    """Whether the command line or one of its config files sets `data` (defaults do not)."""
-    for arg in argv:
-        if arg.startswith("--data="):
-            return True
-        if not arg.startswith("--") and Path(arg).is_file():
-            if "data" in tomllib.loads(Path(arg).read_text(encoding="utf-8")):  # load_config checked it
-                return True
-    return False
-
-
 def main(argv):
     cfg = load_config(SFTConfig, argv)
-    resolve_resume(cfg)
+    resume = resolve_resume(cfg)
     dist = setup_dist(cfg)
-    start = starting_checkpoint(cfg)
-    if start is None:
+    start = starting_point(cfg, resume)
+    ckpt = start.checkpoint
+    if ckpt is None:
         raise UsageError("chat_sft.py needs a pretrained model: set init_from (e.g. "
                          "--init_from=out/demo/best.pt) or resume=true.")
-    if start.get("kind") not in ("pretrain", "sft"):
-        raise UsageError(f"{cfg.init_from} is not a wikigpt model checkpoint (kind {start.get('kind')!r}).")
-    learned_from = start.get("train_config", {}).get("data", "")
-    if not sets_data(argv) and learned_from:  # chat.py --rag and eval.py then find the same folder
+    if ckpt.get("kind") not in ("pretrain", "sft"):
+        raise UsageError(f"{cfg.init_from} is not a wikigpt model checkpoint (kind {ckpt.get('kind')!r}).")
+    learned_from = ckpt.get("train_config", {}).get("data", "")
+    if "data" not in cfg.keys_set and learned_from:  # chat.py --rag and eval.py then find the same folder
         cfg.data = learned_from
         if dist.master:
             print(f"data: {cfg.data} (the dataset {cfg.init_from or 'the run'} learned from; --data=FOLDER "
                   "to choose another)")
-    tok = Tokenizer(start["tokenizer"])
+    tok = Tokenizer(ckpt["tokenizer"])
     if not tok.has_chat_tokens():
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "
                          "<|end|>...). Pretrain on a dataset made by this version of prepare_wiki.py.")
-    block_size = start["model_config"]["block_size"]
+    block_size = ckpt["model_config"]["block_size"]
     if not dist.master:
         torch.distributed.barrier()  # wait while process 0 tokenizes; then the folder is ready
     folder = tokenize_dialogues(cfg, tok, block_size)
@@ -105,13 +94,14 @@ def main(argv):
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = SFTBatches(train_rows, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
     summary = train(cfg, dist, tok, batches, val_set(val_rows, block_size, cfg.eval_tokens), "sft", start)
+    qa = cfg.grounded_qa and cfg.qa_eval
+    if dist.master and (cfg.eot_check or qa):
+        model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)  # once, for both checks
     if dist.master and cfg.eot_check:
-        model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)
         rate = end_of_turn_rate(model, tok, val_rows, cfg.eot_check)
         print(f"held-out prompts whose reply ends with <|end|> within 128 tokens: {100 * rate:.0f}% "
               f"(best.pt, {min(cfg.eot_check, len(val_rows))} prompts)")
-    if dist.master and cfg.grounded_qa and cfg.qa_eval:
-        model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)
+    if dist.master and qa:
         report = wikiqa.evaluate_qa(model, tok, cfg.data, Index.open(cfg.data), cfg.qa_eval, cfg.seed)
         print(wikiqa.format_report(report))
         write_text(Path(cfg.out_dir) / "qa_report.json", json.dumps(report, indent=2, ensure_ascii=False))

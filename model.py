@@ -6,8 +6,8 @@ Two architecture presets share one code path (GPTConfig.arch):
   modern  RMSNorm, rotary positions, SwiGLU (or ReLU^2) MLP, QK-norm, no biases,
           untied embeddings, zero-initialised output projections
 
-Shapes: B batch, T time (tokens), C width (n_embd), H heads, D head size (C // H, or
-GPTConfig.head_dim for a model whose heads were pruned: then H * D < C), V vocab.
+Shapes: B batch, T time (tokens), C width (n_embd), H heads, D head size (GPTConfig.head_size:
+C // H, or less for a model whose heads were pruned: then H * D < C), V vocab.
 """
 import math
 from dataclasses import dataclass
@@ -33,24 +33,21 @@ class GPTConfig:
     dropout: float = 0.0
     arch: str = "modern"  # "gpt2" | "modern"
     mlp: str | None = None  # "gelu" | "relu2" | "swiglu"; None: the preset's (PRESET_MLP)
-    # A pruned shape (prune.py): removing heads keeps each head's size, removing MLP units
-    # narrows every layer alike. 0 (what checkpoints without these keys get): the usual shape.
-    head_dim: int = 0  # D; 0: n_embd // n_head
-    mlp_hidden: int = 0  # MLP hidden units per layer; 0: the preset's width (mlp_width)
+    # Set for a pruned shape (prune.py): removing heads keeps each head's size, removing MLP
+    # units narrows every layer alike. 0 (what checkpoints without these keys get): the usual
+    # shape, filled in below. (Older checkpoints name them head_dim and mlp_hidden:
+    # wikigpt/checkpoint.py's upgrade() renames them.)
+    head_size: int = 0  # D; 0: n_embd // n_head
+    mlp_width: int = 0  # MLP hidden units per layer; 0: the preset's width
 
     def __post_init__(self):
         self.mlp = self.mlp or PRESET_MLP.get(self.arch, "swiglu")
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim or self.n_embd // self.n_head
-
-    @property
-    def mlp_width(self) -> int:
-        if self.mlp_hidden:
-            return self.mlp_hidden
+        if not self.head_size and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        self.head_size = self.head_size or self.n_embd // self.n_head
         # SwiGLU has three matrices; 8/3 of the width keeps its parameter count that of 4x MLPs
-        return 4 * self.n_embd if self.mlp != "swiglu" else int(8 * self.n_embd / 3 + 63) // 64 * 64
+        self.mlp_width = self.mlp_width or (4 * self.n_embd if self.mlp != "swiglu"
+                                            else int(8 * self.n_embd / 3 + 63) // 64 * 64)
 
     @property
     def padded_vocab(self) -> int:
@@ -62,10 +59,8 @@ class GPTConfig:
             raise ValueError(f"arch must be 'gpt2' or 'modern', got {self.arch!r}")
         if self.mlp not in ("gelu", "relu2", "swiglu"):
             raise ValueError(f"mlp must be gelu, relu2 or swiglu, got {self.mlp!r}")
-        if self.head_dim < 0 or self.mlp_hidden < 0:
-            raise ValueError(f"head_dim ({self.head_dim}) and mlp_hidden ({self.mlp_hidden}) must be >= 0")
-        if not self.head_dim and self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_size < 0 or self.mlp_width < 0:
+            raise ValueError(f"head_size ({self.head_size}) and mlp_width ({self.mlp_width}) must be >= 0")
         if self.arch == "modern" and self.head_size % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
 
@@ -291,18 +286,17 @@ class GPT(nn.Module):
             cache.advance(T)
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, reduction="mean"):
-        """With targets (B, T; -1 = ignore): the loss ("mean" over counted tokens, or "none":
-        per-token, (B, T)). Without: logits of the last position only, (B, V)."""
-        x = self.hidden_states(idx)
+    def forward(self, idx, targets=None):
+        """(logits, loss). With targets (B, T; -1 = ignore): logits of every position (B, T, V)
+        and their mean cross-entropy over the counted targets. Without: the last position's
+        logits only (B, 1, V), all that sampling needs, and loss None. Training calls the same
+        cross-entropy fused with the output layer (wikigpt/loss.py): it never holds all the logits."""
+        x = self.hidden_states(idx)  # (B, T, C)
         if targets is None:
-            return self.lm_head(x[:, -1]).float()
-        if reduction == "none":  # per-token losses, 1024 rows of logits at a time
-            flat, t = x.view(-1, x.size(-1)), targets.reshape(-1)
-            losses = [F.cross_entropy(self.lm_head(flat[i:i + 1024]).float(), t[i:i + 1024],
-                                      ignore_index=-1, reduction="none") for i in range(0, len(t), 1024)]
-            return torch.cat(losses).view(targets.shape)
-        return linear_cross_entropy(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            return self.lm_head(x[:, [-1]]).float(), None  # (B, 1, V)
+        logits = self.lm_head(x).float()  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     # ------------------------------------------------------------------------------------
     # Generation
@@ -346,58 +340,3 @@ class GPT(nn.Module):
             yield token
             if token in stop_tokens:
                 return
-
-
-# ----------------------------------------------------------------------------------------
-# Output layer + cross-entropy, fused and chunked.
-#
-# The plain way, logits = x @ W.T then F.cross_entropy, materialises a (B*T, V) fp32 logits
-# tensor, a softmax of the same size and its gradient: with the GPT-2 vocab and B*T = 2048
-# that is 3 x 412 MB of memory traffic per step, reallocated every step. Here we walk over
-# the rows in chunks and compute the loss *and* both gradients chunk by chunk in the forward
-# pass, so only one chunk's logits ever exist. Same FLOPs, a fraction of the memory.
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk_rows):
-        # x: (N, C), weight: (V, C), targets: (N,) with -1 = ignore
-        # The precision of each matmul is set here, not left to autocast: under autocast every
-        # chunk's x @ W.T would cast all of W again (x arrives in fp32 from the final norm).
-        cd = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        x_c, w = x.to(cd), weight.to(cd)  # W cast once, to the compute dtype (bf16/fp16 or fp32)
-        n_counted = (targets != -1).sum().clamp(min=1)
-        loss = torch.zeros((), device=x.device, dtype=torch.float32)
-        grad_x = torch.empty_like(x)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
-            for i in range(0, x.size(0), chunk_rows):
-                xs, ts = x_c[i:i + chunk_rows], targets[i:i + chunk_rows]  # (n, C), (n,)
-                counted = (ts != -1).float()[:, None]  # (n, 1): 0 on ignored rows
-                safe_t = ts.clamp(min=0)[:, None]
-                logp = torch.log_softmax((xs @ w.t()).float(), dim=-1)  # (n, V): matmul in cd, softmax in fp32
-                loss -= (logp.gather(1, safe_t) * counted).sum()
-                # d loss / d logits = (softmax - onehot) * counted / n_counted, built in place in
-                # logp's memory; the row mask and 1/n_counted are applied on the small (n, C) side.
-                # Both matmuls run in cd, and 1/n_counted after them in fp32: in fp16, 1/n_counted
-                # (~1e-5 for 65k tokens) times a gradient falls below fp16's smallest normal (6e-5)
-                # before GradScaler's factor (applied in backward) could lift it
-                dlogits = logp.exp_().scatter_add_(1, safe_t, torch.full_like(counted, -1.0)).to(cd)  # (n, V)
-                grad_x[i:i + chunk_rows] = ((dlogits @ w).float() * (counted / n_counted)).to(x.dtype)  # (n, C)
-                grad_w += (dlogits.t() @ (xs * counted.to(cd))).float()  # (V, C): in cd, summed in fp32
-        loss /= n_counted
-        grad_w /= n_counted
-        ctx.save_for_backward(grad_x, grad_w)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss, None, None
-
-
-def linear_cross_entropy(x, weight, targets, chunk_rows=1024):
-    """mean cross-entropy of (x @ weight.T) against targets, ignoring targets == -1."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
-        logits = (x @ weight.to(x.dtype).t()).float()
-        return F.cross_entropy(logits, targets, ignore_index=-1)
-    return _LinearCrossEntropy.apply(x, weight, targets, chunk_rows)

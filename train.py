@@ -24,6 +24,7 @@ from wikigpt.adapt import distill
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
                                 set_rng_state)
+from wikigpt.loss import NextTokenLoss
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.prep.data import load_dataset
@@ -41,22 +42,169 @@ from wikigpt.run.train_log import TrainLog
 # ----------------------------------------------------------------------------------------
 # The training loop, shared by pretraining and chat SFT
 
-def try_compile(model: torch.nn.Module, x, y, autocast):
-    """torch.compile the model (or its DDP wrapper) and run one forward/backward to trigger
-    compilation; if that fails (no C++ compiler or Triton, Windows...), say so in one line and
-    stay eager."""
-    compiled = torch.compile(model)
-    rng = rng_state()  # the trial must not shift dropout's random stream (exact resume)
-    try:
-        with autocast:
-            compiled(x, y).backward()
-    except Exception as e:
-        print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
-              "training in eager mode instead.", file=sys.stderr)
-        compiled = model
-    set_rng_state(rng)
-    model.zero_grad(set_to_none=True)
-    return compiled
+def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: str, start: "Start") -> dict:
+    """Train until max_steps / stop_after / max_time / patience. `batches` has next_batch(),
+    state_dict() and load_state_dict(); val_xy is the fixed (x, y) val set; `start` is
+    starting_point(cfg, resume). Returns a summary of the run."""
+    sharded = cfg.shard == "fsdp"
+    if start.resume and start.checkpoint.get("kind") != kind:
+        raise UsageError(f"{last_path(cfg)} is a {start.checkpoint.get('kind')} checkpoint; cannot resume it as {kind}.")
+    model, lora = build_model(cfg, tok, start)
+    model.to(dist.device)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    dtype = pick_dtype(cfg, dist.device_type)
+    if sharded:
+        from wikigpt.run import fsdp
+        fsdp.shard_model(model, dist.device_type, dist.world, dtype)
+    optimizers = build_optimizers(model, cfg, dist.device_type)
+    run = restore(start, model, optimizers, batches, sharded) if start.resume else Progress()
+    run.data = batches.state_dict()
+    x, y = batches.next_batch()
+    autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
+    token_bytes = token_bytes_table(tok, model.cfg.padded_vocab, dist.device)
+    # Two handles on one set of weights. `model` is the GPT itself: evaluated, checkpointed
+    # (clean state_dict keys), clipped. `loss_fn` is what each step calls, (x, y) -> loss: the
+    # fused loss over the model (or with a teacher the distillation loss), then wrapped by DDP
+    # (which syncs its gradients) and compiled. DDP wraps before the compile: Dynamo then splits
+    # the graph at DDP's gradient buckets, and each bucket's all-reduce overlaps the rest of
+    # backward (compiled first, it never does)
+    loss_fn = distill.student_loss(model, cfg, tok, dist.device) if cfg.teacher else NextTokenLoss(model)
+    if dist.world > 1 and not sharded:
+        loss_fn = data_parallel(loss_fn, dist)
+    if cfg.compile:
+        loss_fn = try_compile(loss_fn, x, y, autocast)
+    micro, accum = batch_plan(cfg, model.cfg.block_size, dist.world)
+    assert batches.B == micro, "build the batches with batch_plan's rows per process"
+    log = TrainLog(cfg, dist, kind, model, tok, dtype, micro, accum, lora, start.path if start.resume else None,
+                   resume_step=run.step if start.resume else None)
+    checkpoints = Checkpoints(cfg, kind, model, optimizers, tok, lora, dist)
+
+    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
+    first_val, stop_reason = None, "max_steps"
+    with BackgroundSaver() as saver:  # on any way out, the write in flight finishes first
+        while True:
+            # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
+            done = run.step >= stop_at
+            if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist, run.step,
+                                                         cfg.log_interval):
+                done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
+            if (run.step % cfg.eval_interval == 0 and not (start.resume and run.step == log.first_step)) or done:
+                check_finite(log, checkpoints.last_path, cfg)  # never checkpoint weights a diverged step wrote
+                with log.evaluating():
+                    improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
+                    first_val = first_val or run.val
+                    if dist.master or sharded:
+                        with log.saving():  # the copy to the CPU; the write goes on while training does
+                            files = checkpoints.last(run) + (checkpoints.best(run) if improved else [])
+                            if dist.master:
+                                saver.save(files)
+                    log.evaluated(run.step, run.val, improved)
+                if cfg.patience and run.bad_evals >= cfg.patience:
+                    done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
+            if done:
+                break
+
+            # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
+            lr_mult = lr_factor(run.step, cfg)
+            for o in optimizers:
+                for g in o.param_groups:
+                    g["lr"] = g["base_lr"] * lr_mult
+            watch = cfg.sync_check and dist.device_type == "cuda" and run.step == log.first_step + 2
+            syncs = HostSyncWatch().start() if watch else None  # bench/gpu_check.sh: 0 is the aim
+            loss_sum = torch.zeros((), device=dist.device)
+            for i in range(accum):
+                with gradient_sync(model if sharded else loss_fn, i == accum - 1, dist.world > 1):
+                    with autocast:
+                        loss = loss_fn(x, y) / accum
+                    run.data = batches.state_dict()
+                    x, y = batches.next_batch()  # fetched while the GPU still works on this step
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            log.watch(run.step, loss_sum)
+            if cfg.grad_clip:
+                for o in optimizers:
+                    scaler.unscale_(o)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for o in optimizers:
+                scaler.step(o)
+            scaler.update()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            if syncs:
+                log(f"host syncs in step {run.step + 1}: {syncs.stop()}")
+            run.step += 1
+            if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
+                check_finite(log, checkpoints.last_path, cfg)
+            log.train_step(run.step, stop_at, cfg.lr * lr_mult)
+        with log.saving():
+            saver.wait()  # the last write, whole, before the run says it is done
+    return finish(cfg, dist, model, optimizers, log, run, first_val, stop_reason)
+
+
+def finish(cfg: TrainConfig, dist: Dist, model: GPT, optimizers: list, log: TrainLog, run: "Progress",
+           first_val: dict, stop_reason: str) -> dict:
+    """The end of a run: say what it did and where its files are; write and return its summary."""
+    report_replicas_and_memory(model, optimizers, dist, cfg.shard == "fsdp", log)
+    log(f"done ({stop_reason}) at step {run.step} in {fmt_time(log.elapsed())}: val loss {run.val['loss']:.4f}, "
+        f"val bpb {run.val['bpb']:.4f}, best val loss {run.best_val:.4f}. Checkpoints: {last_path(cfg)}, "
+        f"{Path(cfg.out_dir) / 'best.pt'}; metrics: {Path(cfg.out_dir) / METRICS}, loss curves: "
+        f"{Path(cfg.out_dir) / PLOT}")
+    log.finish()
+    summary = {"step": run.step, "val": run.val, "val_at_start": first_val, "best_val": run.best_val,
+               "stop_reason": stop_reason, **log.summary()}
+    if dist.master:
+        write_text(Path(cfg.out_dir) / SUMMARY, json.dumps(summary, indent=2))  # whole, even after a crash
+    return summary
+
+
+def main(argv):
+    cfg = load_config(TrainConfig, argv)
+    resume = resolve_resume(cfg)
+    dist = setup_dist(cfg)
+    if dist.master:
+        print("config:", json.dumps(asdict(cfg)))
+    ds = load_dataset(cfg.data)
+    start = starting_point(cfg, resume)
+    block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
+    micro, _ = batch_plan(cfg, block_size, dist.world)
+    batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
+    val_xy = val_windows(ds.val, block_size, cfg.eval_tokens)
+    train(cfg, dist, ds.tokenizer, batches, val_xy, "pretrain", start)
+
+
+# ----------------------------------------------------------------------------------------
+# Where a run starts: resume or not, from which checkpoint
+
+def resolve_resume(cfg: TrainConfig) -> bool:
+    """The one place resume=auto is resolved: true when the last checkpoint exists (a restarted
+    worker), else false; written back to cfg (the config line and checkpoints say which).
+    Called before the process group forms, so no process can see one written by this run."""
+    if cfg.resume == "auto":
+        from wikigpt.run import fsdp
+        fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
+        cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
+    return cfg.resume == "true"
+
+
+@dataclass
+class Start:
+    """What a run starts from: resume (the last checkpoint) or not, and the checkpoint read."""
+    resume: bool
+    checkpoint: dict | None  # the last one to resume, else init_from's, else None
+    path: Path | str | None  # where it was read
+
+
+def starting_point(cfg: TrainConfig, resume: bool) -> Start:
+    """The last checkpoint to resume, else init_from, else none. A sharded one gives its
+    training state here; its tensors load once the model is sharded."""
+    if resume and cfg.shard == "fsdp":
+        from wikigpt.run import fsdp
+        path = resumable_checkpoint(cfg) or last_path(cfg)
+        return Start(True, fsdp.load_train_state(path), path)
+    if resume:
+        return Start(True, load_checkpoint(last_path(cfg)), last_path(cfg))
+    return Start(False, load_checkpoint(cfg.init_from), cfg.init_from) if cfg.init_from else Start(False, None, None)
 
 
 def last_path(cfg: TrainConfig) -> Path:
@@ -71,44 +219,19 @@ def resumable_checkpoint(cfg: TrainConfig) -> Path | None:
     return fsdp.resumable(last) if cfg.shard == "fsdp" else last if last.exists() else None
 
 
-def resolve_resume(cfg: TrainConfig):
-    """resume=auto -> true when the last checkpoint exists (a restarted worker), else false.
-    Called before the process group forms, so no process can see one written by this run."""
-    if cfg.resume == "auto":
-        from wikigpt.run import fsdp
-        fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
-        cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
-
-
-def resuming(cfg: TrainConfig) -> bool:
-    assert cfg.resume != "auto", "resolve_resume(cfg) first"
-    return cfg.resume == "true"
-
-
-def starting_checkpoint(cfg: TrainConfig) -> dict | None:
-    """The checkpoint a run starts from: the last one to resume, else init_from, else none. A
-    sharded one gives its training state here; its tensors load once the model is sharded."""
-    if resuming(cfg) and cfg.shard == "fsdp":
-        from wikigpt.run import fsdp
-
-        return fsdp.load_train_state(resumable_checkpoint(cfg) or last_path(cfg))
-    if resuming(cfg):
-        return load_checkpoint(last_path(cfg))
-    return load_checkpoint(cfg.init_from) if cfg.init_from else None
-
-
-def build_model(cfg: TrainConfig, tok: Tokenizer, start: dict | None, resume: bool) -> tuple[GPT, dict | None]:
+def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, dict | None]:
     """The model a run trains: a resumed run's, init_from's (with new LoRA adapters if asked),
     or a new one of cfg's shape. Returns (model on the CPU, LoRA settings or None)."""
     torch.manual_seed(cfg.seed)  # same initial weights in every process
-    lora = start.get("lora") if start is not None else None  # a LoRA run being resumed
-    if lora and not resume:
+    ckpt = start.checkpoint
+    lora = ckpt.get("lora") if ckpt is not None else None  # a LoRA run being resumed
+    if lora and not start.resume:
         raise UsageError(f"{cfg.init_from} holds LoRA adapters: merge them into a plain checkpoint first "
                          f"(python convert.py lora {cfg.init_from} merged.pt) and start from that.")
-    if resume and cfg.shard == "fsdp":  # the weights come later, into the sharded model
-        model = GPT(GPTConfig(**start["model_config"]))
-    elif start is not None:
-        model, _ = model_from_checkpoint(start, path=last_path(cfg) if resume else cfg.init_from)
+    if start.resume and cfg.shard == "fsdp":  # the weights come later, into the sharded model
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+    elif ckpt is not None:
+        model, _ = model_from_checkpoint(ckpt, path=start.path)
         if cfg.lora_rank and not lora:
             rows = sorted(tok.special.values()) if cfg.lora_special_rows else []
             apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, rows)
@@ -121,6 +244,27 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: dict | None, resume: bo
     if model.cfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     return model, lora
+
+
+# ----------------------------------------------------------------------------------------
+# The loop's helpers: compile, progress and resume, checkpoints, checks
+
+def try_compile(module: torch.nn.Module, x, y, autocast):
+    """torch.compile the loss module (or its DDP wrapper) and run one forward/backward to trigger
+    compilation; if that fails (no C++ compiler or Triton, Windows...), say so in one line and
+    stay eager."""
+    compiled = torch.compile(module)
+    rng = rng_state()  # the trial must not shift dropout's random stream (exact resume)
+    try:
+        with autocast:
+            compiled(x, y).backward()
+    except Exception as e:
+        print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
+              "training in eager mode instead.", file=sys.stderr)
+        compiled = module
+    set_rng_state(rng)
+    module.zero_grad(set_to_none=True)
+    return compiled
 
 
 @dataclass
@@ -142,6 +286,65 @@ class Progress:
         return False
 
 
+def restore(start: Start, model: GPT, optimizers: list, batches, sharded: bool) -> Progress:
+    """Put a resumed run back where it was: optimizer state, data position, random state."""
+    ckpt = start.checkpoint
+    if sharded:  # written by any number of processes: DCP reshards on load
+        from wikigpt.run import fsdp
+        fsdp.load(start.path, model, optimizers)
+    else:
+        for o, state in zip(optimizers, ckpt["optimizer"]):
+            o.load_state_dict(state)
+    batches.load_state_dict(ckpt["data"])
+    set_rng_state(ckpt["rng"])
+    return Progress(ckpt["step"], ckpt["best_val"], ckpt["bad_evals"])
+
+
+@dataclass
+class Checkpoints:
+    """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
+    tools load: the weights (or adapters) and their description, a third of last.pt's size with
+    AdamW. last() and best() give the (path, checkpoint) pairs process 0 writes, in the
+    background, while training goes on. Sharded: every process calls them; last.dcp is written
+    by all, in last(), and best.pt gathered by all for process 0."""
+    cfg: TrainConfig
+    kind: str
+    model: GPT
+    optimizers: list
+    tok: Tokenizer
+    lora: dict | None
+    dist: Dist
+
+    @property
+    def last_path(self) -> Path:
+        return last_path(self.cfg)
+
+    def last(self, run: Progress) -> list[tuple[Path, dict]]:
+        resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
+        if self.cfg.shard != "fsdp":
+            return [(self.last_path, self.checkpoint(run, self.weights(), optimizer=[o.state_dict() for o in self.optimizers],
+                                                     **resume_state))]
+        if run.step > 0:  # at step 0 there is nothing to resume, and DCP would give the optimizers a fake step
+            from wikigpt.run import fsdp
+            state = self.checkpoint(run, None, **resume_state)
+            del state["model"]
+            fsdp.save(self.last_path, self.model, self.optimizers, state, self.dist.master)
+        return []
+
+    def best(self, run: Progress) -> list[tuple[Path, dict]]:
+        return [(Path(self.cfg.out_dir) / "best.pt", self.checkpoint(run, self.weights()))]
+
+    def weights(self) -> dict:
+        from wikigpt.run import fsdp
+        if self.cfg.shard == "fsdp":
+            return fsdp.full_state(self.model)  # gathered: every process takes part
+        return adapter_state(self.model) if self.lora else self.model.state_dict()
+
+    def checkpoint(self, run: Progress, weights, **extra) -> dict:
+        return build_checkpoint(self.kind, weights, asdict(self.model.cfg), self.tok.spec, train_config=asdict(self.cfg),
+                                step=run.step, val=run.val, **({"lora": self.lora} if self.lora else {}), **extra)
+
+
 def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
     """Stop with a clear message if a step's loss was NaN or infinite since the last check."""
     bad = log.diverged()
@@ -150,155 +353,6 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
         raise UsageError(f"loss became {loss} at step {step}: training diverged. The last good checkpoint is "
                          f"{last_ckpt} (step {step - step % cfg.eval_interval}). Lower lr, raise "
                          "warmup_steps, or use dtype=bfloat16 instead of float16.")
-
-
-def restore(resume: dict, model: GPT, optimizers: list, batches, sharded: bool, path: Path) -> Progress:
-    """Put a resumed run back where it was: optimizer state, data position, random state."""
-    if sharded:  # written by any number of processes: DCP reshards on load
-        from wikigpt.run import fsdp
-        fsdp.load(path, model, optimizers)
-    else:
-        for o, state in zip(optimizers, resume["optimizer"]):
-            o.load_state_dict(state)
-    batches.load_state_dict(resume["data"])
-    set_rng_state(resume["rng"])
-    return Progress(resume["step"], resume["best_val"], resume["bad_evals"])
-
-
-def save_checkpoints(saver: BackgroundSaver, improved: bool, cfg: TrainConfig, kind: str, model: GPT,
-                     optimizers: list, tok: Tokenizer, lora: dict | None, run: Progress, dist: Dist):
-    """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
-    tools load: the weights (or adapters) and their description, a third of last.pt's size with
-    AdamW. Both are copied to the CPU here and written by `saver` while training goes on.
-    Sharded: every process calls this; last.dcp is written by all, here, and best.pt by process 0."""
-    from wikigpt.run import fsdp
-    sharded = cfg.shard == "fsdp"
-
-    def checkpoint(weights, **extra) -> dict:
-        return build_checkpoint(kind, weights, asdict(model.cfg), tok.spec, train_config=asdict(cfg), step=run.step,
-                                val=run.val, **({"lora": lora} if lora else {}), **extra)
-    resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
-    if sharded and run.step > 0:  # at step 0 there is nothing to resume, and DCP would give the optimizers a fake step
-        state = checkpoint(None, **resume_state)
-        del state["model"]
-        fsdp.save(last_path(cfg), model, optimizers, state, dist.master)
-    if sharded and not improved:
-        return
-    weights = fsdp.full_state(model) if sharded else adapter_state(model) if lora else model.state_dict()
-    files = [] if sharded else [(last_path(cfg), checkpoint(weights, optimizer=[o.state_dict() for o in optimizers],
-                                                            **resume_state))]
-    if improved:
-        files.append((Path(cfg.out_dir) / "best.pt", checkpoint(weights)))
-    if dist.master:
-        saver.save(files)
-
-
-def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: str,
-          start: dict | None = None) -> dict:
-    """Train until max_steps / stop_after / max_time / patience. `batches` has next_batch(),
-    state_dict() and load_state_dict(); val_xy is the fixed (x, y) val set; `start` is the
-    checkpoint from starting_checkpoint(cfg). Returns a summary of the run."""
-    last_ckpt, best_path = last_path(cfg), Path(cfg.out_dir) / "best.pt"
-    sharded = cfg.shard == "fsdp"
-    resume = start if resuming(cfg) else None
-    resumed_from = (resumable_checkpoint(cfg) or last_ckpt) if resume else None
-    if resume and resume.get("kind") != kind:
-        raise UsageError(f"{last_ckpt} is a {resume.get('kind')} checkpoint; cannot resume it as {kind}.")
-    model, lora = build_model(cfg, tok, start, resume is not None)
-    model.to(dist.device)
-    model.activation_checkpointing = cfg.activation_checkpointing
-    dtype = pick_dtype(cfg, dist.device_type)
-    if sharded:
-        from wikigpt.run import fsdp
-        fsdp.shard_model(model, dist.device_type, dist.world, dtype)
-    optimizers = build_optimizers(model, cfg, dist.device_type)
-    run = restore(resume, model, optimizers, batches, sharded, resumed_from) if resume else Progress()
-    run.data = batches.state_dict()
-    x, y = batches.next_batch()
-    autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
-    token_bytes = token_bytes_table(tok, model.cfg.padded_vocab, dist.device)
-    # what turns (x, y) into the loss: the student, or with a teacher its distillation loss
-    trained = distill.student_loss(model, cfg, tok, dist.device) if cfg.teacher else model
-    # DDP wraps before the compile: Dynamo then splits the graph at DDP's gradient buckets, and
-    # each bucket's all-reduce overlaps the rest of backward (compiled first, it never does)
-    if dist.world > 1 and not sharded:
-        trained = data_parallel(trained, dist)
-    runner = try_compile(trained, x, y, autocast) if cfg.compile else trained  # runner: what we call
-    micro, accum = batch_plan(cfg, model.cfg.block_size, dist.world)
-    assert batches.B == micro, "build the batches with batch_plan's rows per process"
-    log = TrainLog(cfg, dist, kind, model, dtype, micro * model.cfg.block_size * accum * dist.world, lora,
-                   resume_step=run.step if resume else None)
-    log.start(kind, model, tok, dtype, micro, accum, lora, resumed_from)
-
-    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
-    first_val, stop_reason = None, "max_steps"
-    with BackgroundSaver() as saver:  # on any way out, the write in flight finishes first
-        while True:
-            # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
-            done = run.step >= stop_at
-            if not done and cfg.max_time and out_of_time(log.t_start, cfg.max_time, dist, run.step,
-                                                         cfg.log_interval):
-                done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
-            if (run.step % cfg.eval_interval == 0 and not (resume and run.step == log.first_step)) or done:
-                check_finite(log, last_ckpt, cfg)  # never checkpoint weights a diverged step wrote
-                with log.evaluating():
-                    improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
-                    first_val = first_val or run.val
-                    if dist.master or sharded:
-                        with log.saving():  # the copy to the CPU; the write goes on while training does
-                            save_checkpoints(saver, improved, cfg, kind, model, optimizers, tok, lora, run, dist)
-                    log.evaluated(run.step, run.val, improved)
-                if cfg.patience and run.bad_evals >= cfg.patience:
-                    done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
-            if done:
-                break
-
-            # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
-            lr_mult = lr_factor(run.step, cfg)
-            for o in optimizers:
-                for g in o.param_groups:
-                    g["lr"] = g["base_lr"] * lr_mult
-            watch = cfg.sync_check and dist.device_type == "cuda" and run.step == log.first_step + 2
-            syncs = HostSyncWatch().start() if watch else None  # bench/gpu_check.sh: 0 is the aim
-            loss_sum = torch.zeros((), device=dist.device)
-            for i in range(accum):
-                with gradient_sync(model if sharded else trained, i == accum - 1, dist.world > 1):
-                    with autocast:
-                        loss = runner(x, y) / accum
-                    run.data = batches.state_dict()
-                    x, y = batches.next_batch()  # fetched while the GPU still works on this step
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            log.watch(run.step, loss_sum)
-            if cfg.grad_clip:
-                for o in optimizers:
-                    scaler.unscale_(o)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            for o in optimizers:
-                scaler.step(o)
-            scaler.update()
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            if syncs:
-                log(f"host syncs in step {run.step + 1}: {syncs.stop()}")
-            run.step += 1
-            if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
-                check_finite(log, last_ckpt, cfg)
-            log.train_step(run.step, stop_at, cfg.lr * lr_mult)
-        with log.saving():
-            saver.wait()  # the last write, whole, before the run says it is done
-
-    report_replicas_and_memory(model, optimizers, dist, sharded, log)
-    log(f"done ({stop_reason}) at step {run.step} in {fmt_time(log.elapsed())}: val loss {run.val['loss']:.4f}, "
-        f"val bpb {run.val['bpb']:.4f}, best val loss {run.best_val:.4f}. Checkpoints: {last_ckpt}, {best_path}; "
-        f"metrics: {Path(cfg.out_dir) / METRICS}, loss curves: {Path(cfg.out_dir) / PLOT}")
-    log.finish()
-    summary = {"step": run.step, "val": run.val, "val_at_start": first_val, "best_val": run.best_val,
-               "stop_reason": stop_reason, **log.summary()}
-    if dist.master:
-        write_text(Path(cfg.out_dir) / SUMMARY, json.dumps(summary, indent=2))  # whole, even after a crash
-    return summary
 
 
 def report_replicas_and_memory(model: GPT, optimizers: list, dist: Dist, sharded: bool, log):
@@ -318,22 +372,6 @@ def report_replicas_and_memory(model: GPT, optimizers: list, dist: Dist, sharded
         f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
         f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
         f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")
-
-
-def main(argv):
-    cfg = load_config(TrainConfig, argv)
-    resolve_resume(cfg)
-    dist = setup_dist(cfg)
-    if dist.master:
-        print("config:", json.dumps(asdict(cfg)))
-    ds = load_dataset(cfg.data)
-    tok = ds.tokenizer
-    start = starting_checkpoint(cfg)
-    block_size = start["model_config"]["block_size"] if start else cfg.block_size
-    micro, _ = batch_plan(cfg, block_size, dist.world)
-    batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
-    val_xy = val_windows(ds.val, block_size, cfg.eval_tokens)
-    train(cfg, dist, tok, batches, val_xy, "pretrain", start)
 
 
 if __name__ == "__main__":

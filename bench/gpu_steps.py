@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root: its comman
 sys.path.insert(0, str(ROOT))
 
 from model import GPT, GPTConfig  # noqa: E402
+from wikigpt.loss import NextTokenLoss  # noqa: E402
 from wikigpt.run.runlog import SUMMARY  # noqa: E402
 from wikigpt.run.throughput import peak_flops  # noqa: E402
 
@@ -75,7 +76,7 @@ def check_model(work: Path):
     cfg, B, accum = gpt2_124m(), 16, 4
     model = GPT(cfg).cuda()
     optimizers = build_optimizers(model, TrainConfig(), "cuda")
-    compiled = torch.compile(model)
+    compiled = torch.compile(NextTokenLoss(model))  # what train.py's step calls
     x = torch.randint(0, cfg.vocab_size, (B, cfg.block_size), device="cuda")  # (B, T)
 
     def micro():
@@ -255,7 +256,7 @@ def check_fsdp(work: Path):
     model.blocks[0].mlp.c_fc.register_forward_pre_hook(lambda m, args: seen.setdefault("weight", m.weight.dtype))
     x = torch.randint(0, 50304, (2, 1024), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        model(x, x).backward()
+        NextTokenLoss(model)(x, x).backward()  # as train.py's step: hidden_states, then the fused loss
     dist.destroy_process_group()
     right = seen == {"stream": torch.float32, "weight": torch.bfloat16}
     row("FSDP residual stream / block weights", f"{'' if right else 'FAILED: '}{seen.get('stream')} / {seen.get('weight')}")

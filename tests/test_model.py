@@ -1,4 +1,5 @@
-"""model.py: shapes, loss at init, the fused loss, learning, and generation."""
+"""model.py: shapes, loss at init, learning, generation, and the config's names; wikigpt/loss.py:
+the fused and per-token losses against F.cross_entropy."""
 import copy
 import math
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, linear_cross_entropy
+from model import GPT, GPTConfig, KVCache
+from wikigpt.checkpoint import upgrade
+from wikigpt.loss import NextTokenLoss, linear_cross_entropy, token_losses
 
 
 def tiny(arch, **kw):
@@ -19,11 +22,12 @@ def test_shapes_and_loss_at_init_is_ln_vocab(arch):
     model = tiny(arch)
     assert model.cfg.padded_vocab == 320  # padded to a multiple of 64
     idx = torch.randint(0, 300, (3, 16))
-    assert model(idx).shape == (3, 320)  # last position's logits
-    assert model(idx, idx, reduction="none").shape == (3, 16)
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, 320) and loss is None  # last position's logits
     targets = torch.randint(0, 300, (3, 16))
-    loss = model(idx, targets).item()
-    assert abs(loss - math.log(300)) < 0.1, loss
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 16, 320)
+    assert abs(loss.item() - math.log(300)) < 0.1, loss
 
 
 def test_modern_preset_has_no_biases_and_untied_embeddings():
@@ -37,7 +41,49 @@ def test_modern_preset_has_no_biases_and_untied_embeddings():
 def test_swiglu_mlp_runs():
     model = tiny("modern", mlp="swiglu")
     idx = torch.randint(0, 300, (2, 8))
-    model(idx, idx).backward()
+    model(idx, idx)[1].backward()
+
+
+def test_an_old_config_with_head_dim_and_mlp_hidden_loads_as_head_size_and_mlp_width():
+    """Checkpoints written before one name per quantity store head_dim and mlp_hidden (0: the
+    usual shape); upgrade() renames them, and the model has the same shape either way."""
+    old = {"vocab_size": 300, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0,
+           "arch": "modern", "mlp": "swiglu", "head_dim": 0, "mlp_hidden": 0}
+    cfg = GPTConfig(**upgrade({"model_config": dict(old)})["model_config"])
+    assert (cfg.head_size, cfg.mlp_width) == (16, 128) and cfg == tiny("modern").cfg
+    pruned = GPTConfig(**upgrade({"model_config": {**old, "head_dim": 8, "mlp_hidden": 40}})["model_config"])
+    assert (pruned.head_size, pruned.mlp_width) == (8, 40)
+    assert GPT(pruned).blocks[0].mlp.c_proj.weight.shape == (32, 40)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_the_training_loss_is_forwards_cross_entropy(arch):
+    """NextTokenLoss (the fused loss the training step calls) gives forward's plain
+    F.cross_entropy and its gradients, within float32 rounding (1e-5)."""
+    model = tiny(arch)
+    x, y = torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))
+    y[0, ::3] = -1
+    fused = NextTokenLoss(model)(x, y)
+    fused.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _, plain = model(x, y)
+    plain.backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, model.parameters()))
+
+
+def test_per_token_losses_are_cross_entropys_and_zero_where_ignored():
+    model = tiny("modern")
+    x, y = torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))
+    y[1, :5] = -1
+    with torch.no_grad():
+        losses = token_losses(model.hidden_states(x), model.lm_head.weight, y, chunk_rows=7)
+        logits, mean = model(x, y)
+    plain = F.cross_entropy(logits.view(-1, 320), y.view(-1), ignore_index=-1, reduction="none").view(2, 16)
+    assert losses.shape == (2, 16) and torch.all(losses[1, :5] == 0)
+    assert torch.allclose(losses, plain, atol=1e-6)
+    assert torch.allclose(losses.sum() / (y != -1).sum(), mean, atol=1e-6)
 
 
 def test_fused_cross_entropy_matches_plain_with_ignored_targets():
@@ -70,7 +116,7 @@ def test_tiny_model_overfits_one_batch(arch):
     x, y = idx[:, :-1], idx[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(150):
-        loss = model(x, y)
+        _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -95,7 +141,7 @@ def test_kv_cache_logits_match_full_forward():
     cache = KVCache(model.cfg, 1, "cpu", torch.float32)
     model.hidden_states(idx[:, :8], cache)
     steps = [model.lm_head(model.hidden_states(idx[:, i:i + 1], cache)[:, -1]) for i in range(8, 12)]
-    full = [model(idx[:, :i + 1]) for i in range(8, 12)]
+    full = [model(idx[:, :i + 1])[0][:, -1] for i in range(8, 12)]
     for a, b in zip(steps, full):
         assert torch.allclose(a, b, atol=1e-5)
 

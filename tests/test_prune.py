@@ -15,7 +15,8 @@ from conftest import TINY, run_cli
 from test_serve import LiveServer
 
 import prune as prune_cmd
-from model import GPT, GPTConfig, linear_cross_entropy
+from model import GPT, GPTConfig
+from wikigpt.loss import linear_cross_entropy
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, save_checkpoint
 from wikigpt.cli import UsageError, load_config
 from wikigpt.config import SFTConfig, TrainConfig
@@ -144,7 +145,7 @@ def test_the_pruned_checkpoint_has_the_smaller_shape_and_says_where_it_came_from
     big, small, _, stdout = chat_pair
     ckpt = load_checkpoint(small)
     c = ckpt["model_config"]
-    assert (c["n_layer"], c["n_head"], c["head_dim"], c["mlp_hidden"]) == (1, 1, 16, 64)
+    assert (c["n_layer"], c["n_head"], c["head_size"], c["mlp_width"]) == (1, 1, 16, 64)
     origin = ckpt["pruned_from"]
     assert origin["path"] == str(big.resolve()) and len(origin["sha256"]) == 64
     assert origin["model_config"] == load_checkpoint(big)["model_config"]

@@ -21,6 +21,7 @@ from wikigpt.run import dist as wdist
 from wikigpt.run import fsdp
 from wikigpt.checkpoint import load_checkpoint
 from wikigpt.cli import UsageError
+from wikigpt.loss import NextTokenLoss
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_fsdp_feeds_the_first_block_float32_under_a_bf16_policy(one_process_grou
     model.blocks[0].mlp.c_fc.register_forward_pre_hook(first_matmul)
     x = torch.randint(0, 300, (2, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(x, x)
+        loss = NextTokenLoss(model)(x, x)  # as the training step calls it: hidden_states, the fused loss
     loss.backward()
     assert seen == {"residual stream": torch.float32, "block weight": torch.bfloat16}
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
@@ -72,15 +73,15 @@ import os
 import train
 from wikigpt.cli import run_main
 
-real_forward, calls = train.GPT.forward, [0]
-def forward(self, idx, targets=None, reduction="mean"):
-    out = real_forward(self, idx, targets, reduction)
-    if targets is not None and self.training and os.environ["RANK"] == "1":
+real_forward, calls = train.NextTokenLoss.forward, [0]  # what each training step calls
+def forward(self, x, y):
+    out = real_forward(self, x, y)
+    if os.environ["RANK"] == "1":
         calls[0] += 1
         if calls[0] > 3:  # process 1's 4th step (step 3): its loss alone is NaN
             return out * float("nan")
     return out
-train.GPT.forward = forward
+train.NextTokenLoss.forward = forward
 run_main(train.main)
 """
 
@@ -114,7 +115,7 @@ def test_a_nan_on_one_process_stops_both_with_the_diverged_message(tiny_data, tm
 
 def test_ddp_skips_buffer_broadcasts_and_keeps_gradients_in_its_buckets(one_process_group):
     model = tiny_model()
-    ddp = wdist.data_parallel(model, wdist.Dist())
+    ddp = wdist.data_parallel(NextTokenLoss(model), wdist.Dist())  # as train.py wraps what its step calls
     assert len(list(model.buffers())) == 2 and not ddp.will_sync_module_buffers()  # rot_cos/rot_sin: not synced
     assert ddp.gradient_as_bucket_view is True
     x = torch.randint(0, 300, (2, 32))
@@ -132,7 +133,7 @@ def slow_writer(monkeypatch):
     """torch.save, slowed: the first call (step 0's last.pt) holds until a training step has
     started after it (or 30 s: the step never came), the others take 0.3 s longer. Records
     whether the first write overlapped a step."""
-    real_save, real_forward = torch.save, train.GPT.forward
+    real_save, real_forward = torch.save, train.NextTokenLoss.forward
     writing, stepped, record = threading.Event(), threading.Event(), {}
 
     def save(obj, f, *args, **kwargs):
@@ -143,12 +144,12 @@ def slow_writer(monkeypatch):
             time.sleep(0.3)  # not a wait for anything: a slow disk
         real_save(obj, f, *args, **kwargs)
 
-    def forward(self, idx, targets=None, reduction="mean"):
-        if self.training and writing.is_set():
+    def forward(self, x, y):  # a training step
+        if writing.is_set():
             stepped.set()
-        return real_forward(self, idx, targets, reduction)
+        return real_forward(self, x, y)
     monkeypatch.setattr(torch, "save", save)
-    monkeypatch.setattr(train.GPT, "forward", forward)
+    monkeypatch.setattr(train.NextTokenLoss, "forward", forward)
     return record
 
 

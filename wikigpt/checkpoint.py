@@ -160,10 +160,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 def upgrade(ckpt: dict) -> dict:
     """Older checkpoints of this version, read as they were trained (the one place for it):
-    mlp "auto" (written before model.PRESET_MLP) meant gelu for gpt2 and relu2 for modern."""
+    mlp "auto" (written before model.PRESET_MLP) meant gelu for gpt2 and relu2 for modern;
+    a pruned shape's head_dim and mlp_hidden are GPTConfig's head_size and mlp_width."""
     mc = ckpt.get("model_config")
     if isinstance(mc, dict) and mc.get("mlp") == "auto":
         mc["mlp"] = "gelu" if mc.get("arch") == "gpt2" else "relu2"
+    for old, new in (("head_dim", "head_size"), ("mlp_hidden", "mlp_width")):
+        if isinstance(mc, dict) and old in mc:
+            mc[new] = mc.pop(old)
     return ckpt
 
 

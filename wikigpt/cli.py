@@ -191,5 +191,6 @@ def load_config(cls, argv: list[str]):
                 check_key(key, arg)
                 values[key] = _coerce(known[key], value, f"{arg}, key {key}", from_cli=False)
     cfg = cls(**values)
+    cfg.keys_set = frozenset(values)  # what a file or the command line set, defaults aside (chat_sft.py)
     cfg.validate()
     return cfg

@@ -9,6 +9,7 @@ import torch.distributed as torch_dist
 
 from model import GPT
 from wikigpt.batches import to_device
+from wikigpt.loss import token_losses
 from wikigpt.run.dist import Dist
 from wikigpt.tokenizer import Tokenizer
 
@@ -32,7 +33,7 @@ def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, auto
         else:
             x, y = to_device(x_all[i:i + batch_size], y_all[i:i + batch_size], dist.device)
         with autocast:
-            losses = model(x, y, reduction="none")  # (B, T), 0 where y == -1
+            losses = token_losses(model.hidden_states(x), model.lm_head.weight, y)  # (B, T), 0 where y == -1
         counted = y != -1
         totals[0] += losses.double().sum()
         totals[1] += counted.sum()

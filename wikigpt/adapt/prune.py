@@ -48,13 +48,12 @@ class Plan:
 
 
 def pruned_config(model: GPT, plan: Plan):
-    """The GPTConfig of the pruned model. A dimension left whole keeps its 0 (default) value,
-    so pruning nothing gives the very same config."""
+    """The GPTConfig of the pruned model: each head keeps its size (head_size), so pruning
+    nothing gives the very same config."""
     c = model.cfg
     n_head, width = len(plan.heads[0]), len(plan.units[0])
     return replace(c, n_layer=len(plan.layers), n_head=n_head,
-                   head_dim=c.head_dim or (c.head_size if n_head != c.n_head else 0),
-                   mlp_hidden=c.mlp_hidden or (width if width != c.mlp_width else 0))
+                   mlp_width=width)
 
 
 # ----------------------------------------------------------------------------------------
@@ -133,7 +132,7 @@ def mean_loss(model: GPT, x, y, batch_size=8) -> float:
     """Mean loss over all target tokens of the calibration windows x, y (n, T)."""
     total = 0.0
     for i in range(0, len(x), batch_size):
-        total += float(model(x[i:i + batch_size], y[i:i + batch_size])) * len(x[i:i + batch_size])
+        total += float(model(x[i:i + batch_size], y[i:i + batch_size])[1]) * len(x[i:i + batch_size])
     return total / len(x)
 
 
@@ -194,7 +193,7 @@ def unit_scores(model: GPT, x, y, plan: Plan, batch_size=8) -> torch.Tensor:
         try:
             for b in range(0, len(x), batch_size):
                 xb, yb = x[b:b + batch_size], y[b:b + batch_size]
-                (model(xb, yb) * yb.numel()).backward()  # the summed loss: a per-token scale
+                (model(xb, yb)[1] * yb.numel()).backward()  # the summed loss: a per-token scale
                 for i, a in acts.items():
                     total[i] += (a.detach() * a.grad).double().square().sum((0, 1))  # (hidden,)
         finally:

@@ -98,7 +98,8 @@ def data_parallel(module: torch.nn.Module, dist: Dist) -> torch.nn.parallel.Dist
 
 def gradient_sync(wrapper, sync: bool, distributed: bool):
     """Average gradients over processes only on an optimizer step's last micro-step. wrapper:
-    the DDP module, or the FSDP-sharded model (not a compiled wrapper around it)."""
+    the DDP module (or the compiled module around it), or the FSDP-sharded model."""
+    wrapper = getattr(wrapper, "_orig_mod", wrapper)  # torch.compile's wrapper: the module it compiled
     if not distributed or sync:
         if hasattr(wrapper, "set_requires_gradient_sync"):  # FSDP: on again after skipped ones
             wrapper.set_requires_gradient_sync(True)

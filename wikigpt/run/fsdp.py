@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from wikigpt.checkpoint import upgrade
 from wikigpt.cli import UsageError
@@ -66,6 +66,9 @@ def shard_model(model: GPT, device_type: str, world: int, dtype: torch.dtype) ->
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy())  # float32 throughout
+    # the training step and evaluation call hidden_states, not forward (wikigpt/loss.py): it
+    # must gather the root group's weights as forward does
+    register_fsdp_forward_method(model, "hidden_states")
     return model
 
 

@@ -23,9 +23,12 @@ NOT_DIVERGED = 2 ** 62  # larger than any code: what MIN keeps while no step wen
 
 
 class TrainLog:
-    def __init__(self, cfg, dist, kind: str, model, dtype, tokens_per_step: int, lora: dict | None,
-                 resume_step: int | None):
-        self.cfg, self.dist, self.tokens_per_step = cfg, dist, tokens_per_step
+    def __init__(self, cfg, dist, kind: str, model, tok, dtype, micro: int, accum: int, lora: dict | None,
+                 resumed_from, resume_step: int | None):
+        """Opens the run's logs and says what the run is: its shape, batch, MFU's peak, LoRA,
+        where it resumes from (micro rows x accum micro-steps per process and optimizer step)."""
+        self.cfg, self.dist = cfg, dist
+        self.tokens_per_step = micro * model.cfg.block_size * accum * dist.world
         self.out_dir = Path(cfg.out_dir)
         peak, note = peak_flops(dist.device, dtype)  # one process's
         self.flops_peak = peak * dist.world  # tokens/s counts every process's tokens, so the peak counts them all
@@ -49,6 +52,7 @@ class TrainLog:
         self.t_train, self.tokens_trained = 0.0, 0  # steady-state throughput: after the first log interval
         self.first_step = resume_step or 0
         self.first_bad, self.loss_sum = None, None  # see watch()
+        self._start(kind, model, tok, dtype, micro, accum, lora, resumed_from)
 
     def __call__(self, msg: str):
         if self.dist.master:
@@ -57,7 +61,7 @@ class TrainLog:
     def elapsed(self) -> float:
         return time.time() - self.t_start
 
-    def start(self, kind, model, tok, dtype, micro: int, accum: int, lora: dict | None, resumed_from):
+    def _start(self, kind, model, tok, dtype, micro: int, accum: int, lora: dict | None, resumed_from):
         mcfg, d = model.cfg, self.dist
         self(f"{kind} | {model.n_params():,} parameters | {mcfg.arch} {mcfg.n_layer}x{mcfg.n_embd} "
              f"ctx {mcfg.block_size} vocab {tok.n_vocab} | {d.world} process(es) on {d.device} "
