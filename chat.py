@@ -8,7 +8,7 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     python chat.py --ckpt out/chat/best.pt --rag --copy 0         # the model alone reads the evidence
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
-Commands: /reset clears the conversation, /quit (or Ctrl-D) leaves.
+Commands: /reset clears the conversation (with --rag, the article it was about too), /quit (or Ctrl-D) leaves.
 Replies are decoded by wikigpt/decoding/engine.py exactly as serve.py decodes them: same seed, same reply.
 One engine serves every turn; --compile compiles its step once, before the first reply.
 """
@@ -19,7 +19,8 @@ from wikigpt.checkpoint import load_model
 from wikigpt.cli import UsageError, add_model_args, add_rag_args, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
-from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
+from wikigpt.knowledge.conversation import find_in_conversation
+from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, listed, reader_of
 from wikigpt.knowledge.retrieval import open_index
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
@@ -28,16 +29,18 @@ from wikigpt.tokenizer import stream_text
 
 def reply(model, tok, history: list[Message], args, reader: Reader | None = None, out=sys.stdout) -> str:
     """Stream one assistant reply to `out` and return its text (without <|end|>). With a
-    reader (--rag), the evidence found for the last turn goes into the prompt, best first, and
-    the sources are listed after the reply. With copying on (--copy > 0, the default with
+    reader (--rag), the evidence found for the last turn, read in the conversation (a follow-up
+    that names nothing is about the entity of the turns before it), goes into the prompt, best
+    first, and the sources are listed after the reply, each with what it is. With copying on (--copy > 0, the default with
     --rag) the reply copies the best evidence, or, when it scores below the threshold, says
     that the articles do not answer and shows what was closest; --copy 0 shows the model alone."""
     block = model.cfg.block_size
     room = prompt_room(block, args.max_new_tokens)
+    found = find_in_conversation(reader, history) if reader is not None else None  # before turns are dropped
     ids, history[:] = fit_history(tok, history, room, limit=block - 1)  # oldest turns go first
     params, sources, copy, text = params_from_args(args), [], None, None
     if reader is not None:
-        ids, found, sources = evidence_prompt(reader, tok, history, room, block - 1)
+        ids, found, sources = evidence_prompt(reader, tok, history, room, block - 1, found)
         params, text, copy = copy_plan(tok, found, params)  # "not found", or the evidence to copy
     pieces = [text] if text is not None else []
     if text is None:
@@ -50,11 +53,8 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
         out.flush()
         shown.append(piece)
     out.write("\n")
-    listed = set()
-    for i, hit in enumerate(sources, 1):  # each source once, under the number it first had
-        if (hit.title, hit.url) not in listed:
-            listed.add((hit.title, hit.url))
-            out.write(f"  [{i}] {hit.title}{'  ' + hit.url if hit.url else ''}\n")
+    for i, source in listed(sources):  # each source once, under the number it has in the prompt
+        out.write(f"  [{i}] {source.label}{'  ' + source.url if source.url else ''}\n")
     return "".join(shown).strip()
 
 

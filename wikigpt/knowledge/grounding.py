@@ -3,10 +3,10 @@ Answers from Wikipedia: the evidence and passages retrieved for a question, put 
 template. One rendering for the grounded SFT rows (wikiqa.py), chat.py --rag and the server,
 so the model reads sources at chat time exactly as it learned to.
 """
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from wikigpt.chat.chat_template import Message, fit_history, render_chat
-from wikigpt.knowledge.evidence import RETRIEVE_K, EvidenceCopy, Found, Reader, not_found
+from wikigpt.knowledge.evidence import RETRIEVE_K, EvidenceCopy, Found, Item, Reader, not_found
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.decoding.sampling import SamplingParams
 from wikigpt.tokenizer import Tokenizer
@@ -70,13 +70,49 @@ def fit_grounded(tok: Tokenizer, history: list[Message], passages: list[tuple[st
     return ids, kept, used
 
 
-def sources_of(found: Found, passages: int = 1) -> list[Passage]:
+@dataclass
+class Source(Passage):
+    """A source as the prompt shows it (title: 'Andorra (capital)', as the grounded SFT rows
+    were rendered) and as a reader is shown it: the article, and what of it was read."""
+    article: str = ""
+    what: str = ""  # 'article lead', 'infobox field "capital"', 'section "Economy"', 'article text', 'passage'
+
+    @property
+    def label(self) -> str:
+        """'Andorra: infobox field "capital"': two sources of one article never read alike."""
+        return f"{self.article}: {self.what}"
+
+
+def what_it_is(item: Item) -> str:
+    """What of its article an evidence item is, said for a reader."""
+    if item.kind in ("fact", "reverse"):  # a reverse look-up reads a fact of its subject
+        return f'infobox field "{item.attribute}"'
+    if item.kind == "lead":
+        return "article lead"
+    if item.kind == "section" or (item.attribute and item.kind in ("sentence", "yes/no")):
+        return f'section "{item.attribute}"'  # a section's opening, or a sentence under its heading
+    return "article text"
+
+
+def sources_of(found: Found, passages: int = 1) -> list[Source]:
     """What the prompt shows, in order: the best evidence items (those close to the best), then
     the top retrieved passages that are more than one of those items."""
     close = [i for i in found.items[:EVIDENCE_K] if i.score >= found.score - CLOSE]
-    out = [Passage(item.label, item.text, item.url, item.score) for item in close]
+    out = [Source(item.label, item.text, item.url, item.score, item.title, what_it_is(item)) for item in close]
     shown = {p.text for p in out}
-    out += [p for p in found.passages if p.text not in shown][:passages]
+    out += [Source(p.title, p.text, p.url, p.score, p.title, "passage")
+            for p in found.passages if p.text not in shown][:passages]
+    return out
+
+
+def listed(sources: list[Source]) -> list[tuple[int, Source]]:
+    """The sources to list under a reply, each under the number it has in the prompt: one
+    source per label (two sentences of one section are one source to a reader)."""
+    seen, out = set(), []
+    for n, s in enumerate(sources, 1):
+        if s.label not in seen:
+            seen.add(s.label)
+            out.append((n, s))
     return out
 
 
@@ -84,7 +120,8 @@ def evidence_prompt(reader: Reader, tok: Tokenizer, history: list[Message], room
                     found: Found | None = None):
     """Find the evidence for the last user turn and fit it, best first, into the prompt (the
     conversation first, the sources in what is left). Returns (prompt ids, the Found, the
-    sources that made it in, as Passages: label, text as shown, url)."""
+    sources that made it in, as Sources: label, text as shown, url, article, what it is).
+    chat.py and the server pass the Found of the whole conversation (find_in_conversation)."""
     found = found or reader.find(history[-1].content)
     sources = sources_of(found)
     ids, _, used = fit_grounded(tok, history, [(s.title, s.text) for s in sources], room, limit)

@@ -10,6 +10,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
+from wikigpt.knowledge.grounding import listed
 from wikigpt.server.checks import ApiError, internal_error, read_body
 from wikigpt.server.generation import Server
 from wikigpt.server.replies import json_reply, reply_head, sse_reply
@@ -120,7 +121,8 @@ async def complete(server: Server, request, chat: bool):
     else:
         prompts = await server.off_loop(server.completion_prompts, body)
     head = reply_head(chat, server.settings.model_name)
-    cited = {"sources": [{"title": h.title, "url": h.url, "text": h.text} for h in sources]} if sources else {}
+    cited = {"sources": [{"title": s.article, "label": s.what, "url": s.url, "text": s.text, "number": n}
+                         for n, s in listed(sources)]} if sources else {}
     events = server.generate(prompts, body, chat, request.is_disconnected, found)
     if not body.get("stream"):
         reply = await json_reply(events, head, chat, server.usage, cited)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from wikigpt.chat.chat_template import ContextOverflow, fit_history, prompt_room
 from wikigpt.decoding.engine import EngineThread, QueueFull, Request
 from wikigpt.knowledge.evidence import Found
+from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
@@ -131,8 +132,9 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, build, *args)
 
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
-        """The prompt ids, the evidence found for the last turn and the sources shown in the
-        prompt (with --rag; else None and [])."""
+        """The prompt ids, the evidence found for the last turn (read in the whole conversation the
+        messages hold) and the sources shown in the prompt (with --rag and "rag" not false in the
+        request; else None and [])."""
         if not self.tok.has_chat_tokens():
             raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
                                 "or serve a checkpoint from chat_sft.py", "messages")
@@ -151,7 +153,9 @@ class Server:
         if not kept[-1].content.strip():
             raise ApiError(400, "the last user message is empty: there is no question to look up in the "
                                 "articles. Ask one, or send \"rag\": false", f"messages[{len(messages) - 1}].content")
-        return evidence_prompt(reader_of(self.index), self.tok, kept, room, self.block - 1)
+        reader = reader_of(self.index)  # the messages are the conversation: a follow-up carries its entity
+        found = find_in_conversation(reader, messages)
+        return evidence_prompt(reader, self.tok, kept, room, self.block - 1, found)
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         prompt = body.get("prompt")
