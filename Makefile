@@ -52,8 +52,16 @@ demo-steps:
 test: setup $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q tests
 
+# The page answers from Wikipedia when the demo's dataset has its index (the page's switch turns
+# it off per conversation); without it, the model alone
 serve: setup
-	$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt
+	@if [ -f $(DEMO_DATA)/index/wikigpt_index.json ]; then \
+		echo "$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA)"; \
+		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA); \
+	else \
+		echo "note: $(DEMO_DATA) has no search index: the page answers with the model alone. For answers from Wikipedia, run make demo (or: $(PY) retrieve.py --data $(DEMO_DATA) --build)"; \
+		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt; \
+	fi
 
 bench: setup
 	$(BIN)/python bench/bench.py

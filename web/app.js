@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { history: [], controller: null };
+const state = { history: [], controller: null, rag: false };  // rag: the server answers from Wikipedia
 const saved = (key, fallback) => localStorage.getItem("wikigpt." + key) ?? fallback;
 const save = (key, value) => localStorage.setItem("wikigpt." + key, value);
 
@@ -80,6 +80,7 @@ async function send(text) {
         messages, stream: true,
         temperature: Number($("temperature").value),
         max_tokens: Number($("max-tokens").value) || 128,
+        ...(state.rag ? { rag: $("rag").checked } : {}),  // grounding, per conversation
       }),
     });
     if (!response.ok) {
@@ -142,6 +143,12 @@ function sourceList(sources) {
     if (href) { link.href = href; link.target = "_blank"; link.rel = "noopener noreferrer"; }
     link.title = source.text;
     item.appendChild(link);
+    if (source.label) {  // what of the article it is: 'article lead', 'section "Economy"', ...
+      const what = document.createElement("span");
+      what.className = "what";
+      what.textContent = source.label;
+      item.appendChild(what);
+    }
     list.appendChild(item);
   }
   return list;
@@ -150,6 +157,7 @@ function sourceList(sources) {
 function newChat() {
   if (state.controller) state.controller.abort();
   state.history = [];
+  $("rag").checked = true;  // each conversation starts answering from Wikipedia
   $("messages").querySelectorAll(".msg").forEach((m) => m.remove());
   $("empty").hidden = false;
   showError("");
@@ -188,6 +196,8 @@ async function init() {
     const health = await (await fetch("/health")).json();
     $("model-name").textContent = `${health.model} · context ${health.context_length} tokens`;
     if (health.auth) $("api-key-row").hidden = false;
+    state.rag = Boolean(health.rag && health.chat);
+    $("rag-row").hidden = !state.rag;
     if (health.auth && !$("api-key").value) $("settings").hidden = false;
     if (!health.chat) showError("This checkpoint is not chat-tuned: serve one from chat_sft.py to chat here.");
   } catch {
