@@ -17,10 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 
 from model import GPT, GPTConfig
-from wikigpt.adapt import distill
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
                                 set_rng_state)
@@ -29,12 +27,8 @@ from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
-from wikigpt.run.durable import write_text
-from wikigpt.adapt.lora import adapter_state, apply_lora, base_reference
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
-from wikigpt.run.runlog import METRICS, PLOT, SUMMARY
-from wikigpt.run.throughput import HostSyncWatch, fmt_time, held_mb, peak_memory_mb
 from wikigpt.tokenizer import Tokenizer
 from wikigpt.run.train_log import TrainLog
 
@@ -69,7 +63,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     # (which syncs its gradients) and compiled. DDP wraps before the compile: Dynamo then splits
     # the graph at DDP's gradient buckets, and each bucket's all-reduce overlaps the rest of
     # backward (compiled first, it never does)
-    loss_fn = distill.student_loss(model, cfg, tok, dist.device) if cfg.teacher else NextTokenLoss(model)
+    loss_fn = student_loss(model, cfg, tok, dist.device) if cfg.teacher else NextTokenLoss(model)
     if dist.world > 1 and not sharded:
         loss_fn = data_parallel(loss_fn, dist)
     if cfg.compile:
@@ -111,7 +105,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * lr_mult
             watch = cfg.sync_check and dist.device_type == "cuda" and run.step == log.first_step + 2
-            syncs = HostSyncWatch().start() if watch else None  # bench/gpu_check.sh: 0 is the aim
+            syncs = host_sync_watch() if watch else None  # bench/gpu_check.sh: 0 is the aim
             loss_sum = torch.zeros((), device=dist.device)
             for i in range(accum):
                 with gradient_sync(model if sharded else loss_fn, i == accum - 1, dist.world > 1):
@@ -139,22 +133,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             log.train_step(run.step, stop_at, cfg.lr * lr_mult)
         with log.saving():
             saver.wait()  # the last write, whole, before the run says it is done
-    return finish(cfg, dist, model, optimizers, log, run, first_val, stop_reason)
-
-
-def finish(cfg: TrainConfig, dist: Dist, model: GPT, optimizers: list, log: TrainLog, run: "Progress",
-           first_val: dict, stop_reason: str) -> dict:
-    """The end of a run: say what it did and where its files are; write and return its summary."""
-    report_replicas_and_memory(model, optimizers, dist, cfg.shard == "fsdp", log)
-    log(f"done ({stop_reason}) at step {run.step} in {fmt_time(log.elapsed())}: val loss {run.val['loss']:.4f}, "
-        f"val bpb {run.val['bpb']:.4f}, best val loss {run.best_val:.4f}. Checkpoints: {last_path(cfg)}, "
-        f"{Path(cfg.out_dir) / 'best.pt'}; metrics: {Path(cfg.out_dir) / METRICS}, loss curves: "
-        f"{Path(cfg.out_dir) / PLOT}")
-    log.finish()
+    log.done(model, optimizers, stop_reason, run.step, run.val, run.best_val)
     summary = {"step": run.step, "val": run.val, "val_at_start": first_val, "best_val": run.best_val,
                "stop_reason": stop_reason, **log.summary()}
-    if dist.master:
-        write_text(Path(cfg.out_dir) / SUMMARY, json.dumps(summary, indent=2))  # whole, even after a crash
+    log.write_summary(summary)
     return summary
 
 
@@ -233,6 +215,7 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, di
     elif ckpt is not None:
         model, _ = model_from_checkpoint(ckpt, path=start.path)
         if cfg.lora_rank and not lora:
+            from wikigpt.adapt.lora import apply_lora, base_reference
             rows = sorted(tok.special.values()) if cfg.lora_special_rows else []
             apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, rows)
             lora = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
@@ -338,11 +321,26 @@ class Checkpoints:
         from wikigpt.run import fsdp
         if self.cfg.shard == "fsdp":
             return fsdp.full_state(self.model)  # gathered: every process takes part
-        return adapter_state(self.model) if self.lora else self.model.state_dict()
+        if self.lora:
+            from wikigpt.adapt.lora import adapter_state
+            return adapter_state(self.model)
+        return self.model.state_dict()
 
     def checkpoint(self, run: Progress, weights, **extra) -> dict:
         return build_checkpoint(self.kind, weights, asdict(self.model.cfg), self.tok.spec, train_config=asdict(self.cfg),
                                 step=run.step, val=run.val, **({"lora": self.lora} if self.lora else {}), **extra)
+
+
+def student_loss(model: GPT, cfg: TrainConfig, tok: Tokenizer, device) -> torch.nn.Module:
+    """With a teacher: the distillation loss (wikigpt/adapt/distill.py), off the plain path."""
+    from wikigpt.adapt import distill
+    return distill.student_loss(model, cfg, tok, device)
+
+
+def host_sync_watch():
+    """--sync_check: count the step's host syncs (CUDA only; wikigpt/run/throughput.py)."""
+    from wikigpt.run.throughput import HostSyncWatch
+    return HostSyncWatch().start()
 
 
 def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
@@ -353,25 +351,6 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
         raise UsageError(f"loss became {loss} at step {step}: training diverged. The last good checkpoint is "
                          f"{last_ckpt} (step {step - step % cfg.eval_interval}). Lower lr, raise "
                          "warmup_steps, or use dtype=bfloat16 instead of float16.")
-
-
-def report_replicas_and_memory(model: GPT, optimizers: list, dist: Dist, sharded: bool, log):
-    """The end of a run: are DDP's replicas still identical (checked, not trusted), and what
-    each process held and peaked at."""
-    if dist.world > 1 and not sharded:
-        fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dist.device)
-        gathered = [torch.zeros_like(fingerprint) for _ in range(dist.world)]
-        torch_dist.all_gather(gathered, fingerprint)
-        same = all(torch.equal(g, gathered[0]) for g in gathered)
-        log(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
-    peaks = [torch.tensor([peak_memory_mb(dist.device)], device=dist.device) for _ in range(dist.world)]
-    if dist.world > 1:
-        torch_dist.all_gather(peaks, peaks[dist.rank].clone())
-    weights_mb, state_mb = held_mb(model, optimizers)
-    log(f"process 0 holds {weights_mb:,.1f} MB of weights and {state_mb:,.1f} MB of optimizer state "
-        f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
-        f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
-        f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")
 
 
 if __name__ == "__main__":

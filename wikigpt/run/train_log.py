@@ -4,6 +4,7 @@ and its loss plot (runlog.py), Weights & Biases if asked, and the clock behind t
 and the ETA. The loop calls `TrainLog.train_step` and `TrainLog.evaluated`; it keeps no timers
 of its own.
 """
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -12,8 +13,9 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from wikigpt.run.runlog import PLOT, MetricsLog, plot_runs
-from wikigpt.run.throughput import fmt_time, peak_flops, synchronize
+from wikigpt.run.durable import write_text
+from wikigpt.run.runlog import METRICS, PLOT, SUMMARY, MetricsLog, plot_runs
+from wikigpt.run.throughput import fmt_time, held_mb, peak_flops, peak_memory_mb, synchronize
 
 # A non-finite loss, coded for an all-reduce MIN across processes: BAD_KINDS_N * step + the index
 # of its kind, so that the earliest step wins and its kind comes with it in one integer.
@@ -170,6 +172,34 @@ class TrainLog:
         return {"seconds": elapsed, "eval_share": self.t_eval / max(elapsed, 1e-9), "checkpoint_seconds": self.t_save,
                 "tok_per_s": self.tokens_trained / self.t_train if self.t_train else float("nan"),
                 "flops_per_token": self.flops_per_token}
+
+    def done(self, model, optimizers: list, stop_reason: str, step: int, val: dict, best_val: float):
+        """The end of a run: are DDP's replicas still identical (checked, not trusted), what each
+        process held and peaked at, and what the run did and where its files are."""
+        dist, sharded = self.dist, self.cfg.shard == "fsdp"
+        if dist.world > 1 and not sharded:
+            fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dist.device)
+            gathered = [torch.zeros_like(fingerprint) for _ in range(dist.world)]
+            torch_dist.all_gather(gathered, fingerprint)
+            same = all(torch.equal(g, gathered[0]) for g in gathered)
+            self(f"weights identical on all {dist.world} processes: {'yes' if same else 'NO'}")
+        peaks = [torch.tensor([peak_memory_mb(dist.device)], device=dist.device) for _ in range(dist.world)]
+        if dist.world > 1:
+            torch_dist.all_gather(peaks, peaks[dist.rank].clone())
+        weights_mb, state_mb = held_mb(model, optimizers)
+        self(f"process 0 holds {weights_mb:,.1f} MB of weights and {state_mb:,.1f} MB of optimizer state "
+             f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
+             f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
+             f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")
+        last = self.out_dir / ("last.dcp" if sharded else "last.pt")
+        self(f"done ({stop_reason}) at step {step} in {fmt_time(self.elapsed())}: val loss {val['loss']:.4f}, "
+             f"val bpb {val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last}, {self.out_dir / 'best.pt'}; "
+             f"metrics: {self.out_dir / METRICS}, loss curves: {self.out_dir / PLOT}")
+        self.finish()
+
+    def write_summary(self, summary: dict):
+        if self.dist.master:
+            write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2))  # whole, even after a crash
 
     def finish(self):
         if self.wandb:
