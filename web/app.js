@@ -146,7 +146,7 @@ function sourceList(sources) {
     if (source.label) {  // what of the article it is: 'article lead', 'section "Economy"', ...
       const what = document.createElement("span");
       what.className = "what";
-      what.textContent = source.label;
+      what.textContent = " · " + source.label;
       item.appendChild(what);
     }
     list.appendChild(item);
