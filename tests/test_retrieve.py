@@ -202,7 +202,7 @@ def test_chat_rag_prints_its_sources(rag_chat, rag_data):
     r = run_cli("chat.py", "--ckpt", rag_chat[0], "--rag", "--prompt", f"What is {title}?",
                 "--temperature", "0", "--max_new_tokens", "30")
     assert r.returncode == 0, r.stderr
-    assert re.search(rf"^  \[1\] {re.escape(title)}$", r.stdout, re.M)  # the source, after the reply
+    assert re.search(rf"^  \[1\] {re.escape(title)}: article lead$", r.stdout, re.M)  # the source, after the reply
 
 
 def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
@@ -216,7 +216,7 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
         ask = lambda q, **kw: httpx.post(s.url + "/v1/chat/completions", timeout=60, json={  # noqa: E731
             "messages": [{"role": "user", "content": q}], "max_tokens": 60, "temperature": 0} | kw).json()
         r = ask(f"What is {title}?")
-        assert r["sources"][0]["title"] == title
+        assert r["sources"][0]["title"] == title and r["sources"][0]["label"] == "article lead"
         assert r["choices"][0]["message"]["content"] == best.text  # the best evidence, copied to its end
         generated = lambda: float(re.search(r"^wikigpt_completion_tokens_total (\S+)$",  # noqa: E731
                                             httpx.get(s.url + "/metrics").text, re.M)[1])
