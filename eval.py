@@ -15,6 +15,10 @@ Writes report.json and report.md (one column per checkpoint) and prints the tabl
                four kinds (lead, fact, section, out-of-corpus): retrieval recall, answer accuracy
                and F1 without retrieval, with retrieval and with copying, and "not found"
                precision / recall (wikigpt/knowledge/wikiqa.py; the per-kind table is printed and in report.md)
+  natural      (a dataset whose articles the hand-written set bench/natural_qa asks about, or
+               --natural FOLDER) questions as people ask them, read by the evidence reader with
+               copying on: right / wrong / declined per kind, missed answers, follow-ups,
+               out-of-corpus declined, recall@5 (wikigpt/knowledge/natural.py)
 Everything is seeded: the same command gives the same report.
 """
 import argparse
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 
 from wikigpt.knowledge import scores
-from wikigpt.knowledge import wikiqa
+from wikigpt.knowledge import natural, wikiqa
 from wikigpt.config import SFTConfig
 from wikigpt.chat.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_dialogues
@@ -41,6 +45,7 @@ from wikigpt.cli import UsageError, add_dtype_arg, output_file, progress_bar, ru
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate_batch
+from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import INDEX_DIR, Index
 from wikigpt.run.runlog import METRICS, plot_runs, read_metrics
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
@@ -225,6 +230,8 @@ def write_report(report: dict, out: Path):
     md = f"# Evaluation report\n\n{format_table(report)}\n\n↓ lower is better, ↑ higher is better.\n\n{notes}"
     for label, table in report.get("qa_tables", {}).items():
         md += f"\n## Knowledge, per kind of question: {label}\n\n```\n{table}\n```\n"
+    if "natural_table" in report:
+        md += f"\n## Natural questions, per kind (with retrieval, copying)\n\n```\n{report['natural_table']}\n```\n"
     for c in report["checkpoints"]:
         for ex in c.get("examples", []):
             md += f"\n{c['label']}: **{ex['prompt']}**  \n→ {ex['reply']}  \n(reference: {ex['reference']})\n"
@@ -298,10 +305,68 @@ def run_eval(args) -> dict:
             report["qa_tables"] = {label: wikiqa.format_report(s["qa"]) for label, s in per_model.items()}
             for keys, name, better in QA_ROWS:
                 report["rows"].append(row("knowledge", name, values(lambda s: _dig(s["qa"], keys)), better))
+        if index is not None:
+            natural_rows(report, args, data, index, values(lambda s: 1))
         for c in report["checkpoints"]:
             if c["label"] in per_model:
                 c["examples"] = per_model[c["label"]]["examples"]
     return report
+
+
+def natural_set(args, index: Index):
+    """The hand-written questions to ask, or None: --natural FOLDER, or (auto) bench/natural_qa
+    when the dataset holds every article its questions are about (the demo's)."""
+    if args.natural == "none":
+        return None
+    folder = natural.NATURAL_QA if args.natural == "auto" else Path(args.natural)
+    if not (folder / "questions.jsonl").is_file():
+        if args.natural == "auto":
+            return None
+        raise UsageError(f"--natural {folder}: no questions.jsonl there (the format: bench/natural_qa/README.md).")
+    data = natural.load_natural(args.natural_split, folder)
+    reader = reader_of(index)
+    articles = {q["article"] for q in data.questions}
+    if args.natural == "auto" and (reader.kb is None or any(reader.kb.subject(a) is None for a in articles)):
+        return None  # another dataset: its questions would be about articles it lacks
+    return folder, data, reader
+
+
+# the natural rows: (report keys, metric) of natural.evaluate_reader's report
+NATURAL_ROWS = [(("answerable", "right"), "answered right"), (("answerable", "wrong"), "answered wrong (confident)"),
+                (("answerable", "declined"), "declined"), (("answerable", "missed"), "missed (declined, evidence held it)"),
+                (("answerable", "recall"), "retrieval recall@5")]
+
+
+def natural_rows(report: dict, args, data: str, index: Index, chat_columns: list):
+    """The natural questions' rows: with copying on the reply is the best evidence, the same for
+    every chat checkpoint (their column), so they are read once, by the evidence reader."""
+    found = natural_set(args, index)
+    if found is None:
+        return
+    folder, questions, reader = found
+    print(f"natural questions: {folder} ({args.natural_split}) ...", file=sys.stderr)
+    r = natural.evaluate_reader(reader, questions)
+    per_chat = lambda v: [v if c is not None else None for c in chat_columns]  # noqa: E731
+    section = "natural questions, with retrieval, copying"
+    for keys, name in NATURAL_ROWS:
+        report["rows"].append(row(section, name, per_chat(_dig(r, keys)), "lower" if "wrong" in name or
+                                  name.startswith(("declined", "missed")) else "higher"))
+    for kind, k in sorted(r["kinds"].items()):
+        for key in ("right", "wrong", "declined"):
+            report["rows"].append(row(section, f"{kind} {key}", per_chat(k[key] / max(k["n"], 1)),
+                                      "higher" if key == "right" else "lower"))
+    f, o = r["follow_up"], r["out_of_corpus"]
+    report["rows"].append(row(section, "follow-up turns right", per_chat(f["right"] / max(f["n"], 1)), "higher"))
+    report["rows"].append(row(section, "out-of-corpus declined", per_chat(
+        (o["declined"] + o["near_declined"]) / max(o["n"] + o["near_n"], 1)), "higher"))
+    report["natural"] = {k: v for k, v in r.items() if k != "rows"} | {"folder": str(folder), "split": args.natural_split}
+    report["natural_table"] = natural.format_natural(r)
+    report["notes"].append(f"natural questions: {r['questions']} hand-written answerable questions, "
+                           f"{f['n']} conversation turns and {o['n'] + o['near_n']} out-of-corpus ones of {folder} "
+                           f"({args.natural_split} split), over {data}; with copying on, a reply is the best evidence "
+                           "or 'not found', so these rows are the reader's and the same for each chat checkpoint. The "
+                           "model alone and retrieval without copying are not asked these questions (the "
+                           "'knowledge' rows above compare those three on generated questions).")
 
 
 def _dig(d, keys):
@@ -343,6 +408,9 @@ def main(argv):
     p.add_argument("--eval_tokens", type=int, default=65536, help="val tokens for the losses")
     p.add_argument("--batch_size", type=int, default=16, help="windows per forward for the losses")
     p.add_argument("--bpb_only", action="store_true", help="only val bits per byte (any tokenizers)")
+    p.add_argument("--natural", default="auto", help="hand-written questions (bench/natural_qa's format) to ask "
+                   "with retrieval: a folder, none, or auto (bench/natural_qa when the dataset holds its articles)")
+    p.add_argument("--natural_split", default="dev", choices=("dev", "test"), help="test: only to report, once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     add_dtype_arg(p)
@@ -359,6 +427,8 @@ def main(argv):
     print(format_table(report))
     for label, table in report.get("qa_tables", {}).items():
         print(f"\n{label}: {table}\n")
+    if "natural_table" in report:
+        print(f"\n{report['natural_table']}\n")
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')} in {time.time() - t0:.0f}s")
