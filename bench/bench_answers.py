@@ -5,6 +5,7 @@ missed, follow-up turns, out-of-corpus declines, retrieval recall@5. No model ne
 
     python bench/bench_answers.py --data data/demo                 # the dev split
     python bench/bench_answers.py --data data/demo --calibrate     # choose and store the threshold on dev
+    python bench/bench_answers.py --data data/demo --confidence    # the learned confidence: 5-fold on dev, stored
     python bench/bench_answers.py --data data/demo --split test     # once, to report
 """
 import argparse
@@ -27,10 +28,28 @@ def main():
                          "and store it with the index")
     ap.add_argument("--ab", action="store_true", help="A/B on dev: the rules against the learned ranker; "
                     "stores the better one with the index, its threshold chosen on dev")
+    ap.add_argument("--confidence", action="store_true",
+                    help="the learned confidence (ranker.Confidence): its 5-fold held-out report on dev, then the "
+                         "model trained on all of dev and its threshold stored with the index")
+    ap.add_argument("--no_confidence", action="store_true", help="judge the best score even if a confidence is stored")
     ap.add_argument("--threshold", type=float, default=None, help="read with this threshold instead of the index's")
     ap.add_argument("--show", default="", help="print the questions with this verdict (right, wrong, missed, declined)")
     args = ap.parse_args()
     reader = Reader.open(args.data)
+    if args.no_confidence:
+        reader.confidence = None
+    if args.confidence:
+        if args.split != "dev":
+            sys.exit("--confidence trains on the dev split only: drop --split test")
+        from wikigpt.knowledge.natural import confidence_rows, cross_validated, fit_confidence
+        print(f"dev split, each fold read by a confidence and threshold from the other folds, {args.data}")
+        print(format_natural(cross_validated(reader, load_natural("dev"))))
+        reader.confidence = None
+        reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev")))
+        add_index_info(args.data, reader.confidence.to_info() | {
+            "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
+        print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
+              "as read with it (dev, seen in training):")
     if args.ab:
         from wikigpt.knowledge.natural import compare
         table, rankers = compare(args.data, reader, load_natural("dev"))
@@ -40,13 +59,14 @@ def main():
         pick = max(table, key=lambda n: table[n]["right"] + table[n]["follow-up"] - 2 * max(table[n]["wrong"] - MAX_WRONG, 0))
         ranker = rankers["templates + dev"] if "dev" in pick else rankers.get("templates") if "ranker" in pick else None
         add_index_info(args.data, ranker.to_info() if ranker else {"ranker": None})
-        reader.ranker = ranker
+        reader.ranker, reader.confidence = ranker, None
+        add_index_info(args.data, {"confidence": None})  # its features were measured under the old ranking
         print(f"picked: {pick} -> {args.data}/index" + (" (weights trained on templates + all of dev)" * ("dev" in pick)))
         args.calibrate = True
     if args.calibrate:
         if args.split != "dev":
             sys.exit("--calibrate chooses on the dev split only: drop --split test")
-        t = choose_threshold(scores_of(reader, load_natural("dev")))
+        t = choose_threshold(scores_of(reader, load_natural("dev")))  # on the confidence's scale when one is stored
         add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": "bench/natural_qa dev"})
         reader.threshold = t
         print(f"'not found' below {t:.4f}, chosen on bench/natural_qa's dev split -> {args.data}/index")

@@ -1,7 +1,8 @@
 """Answers to questions as people ask them (wikigpt/knowledge/evidence.py, natural.py, ranker.py,
 conversation.py): reverse look-ups through the graph, acronyms spelled out, yes/no settled by the
 evidence or declined, follow-ups that carry the conversation's entity (and a reset that clears
-it), the threshold kept within the wrong-answer bound, and the ranker's weights."""
+it), the threshold kept within the wrong-answer bound, the ranker's weights, and the learned
+confidence that the threshold judges when the index stores one."""
 import pytest
 from conftest import PROSE, dump_xml, page
 
@@ -9,8 +10,8 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.evidence import UNSETTLED, Reader
-from wikigpt.knowledge.natural import choose_threshold, holds
-from wikigpt.knowledge.ranker import FEATURES, Ranker, train
+from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
+from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import build_index
 
 WRITER = """{{Infobox writer
@@ -95,3 +96,27 @@ def test_the_ranker_learns_which_feature_marks_the_answer_and_round_trips_throug
     assert ranker.score(X[1]) > 0.8 > 0.2 > ranker.score(X[0])
     assert Ranker.from_info(ranker.to_info()).weights == pytest.approx(ranker.weights, abs=1e-4)
     assert Ranker.from_info({"ranker": {"features": ["other"], "weights": [1.0, 0.0]}}) is None  # the rules rank
+
+
+def test_a_stored_confidence_is_what_the_threshold_judges(reader):
+    found = reader.find("What is the capital of Brindavale?")
+    assert found.confidence is None and found.judged == found.score and found.answerable  # none stored: the score
+    assert len(reader.confidence_features(found)) == len(CONFIDENCE_FEATURES)
+    reader.confidence = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [-5.0])  # sure of nothing: p = 0.007
+    try:
+        found = reader.find("What is the capital of Brindavale?")
+        assert found.judged == found.confidence < 0.01 and not found.answerable  # the same evidence, declined
+    finally:
+        reader.confidence = None
+    assert Confidence.from_info({}) is None
+    stored = Confidence([0.5] * (len(CONFIDENCE_FEATURES) + 1))
+    assert Confidence.from_info(stored.to_info()).weights == stored.weights
+    assert Ranker.from_info(stored.to_info()) is None  # each model under its own key
+
+
+def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_model():
+    rows = [(f"q{i}", [float(i % 3 > 0)] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), i % 3 > 0) for i in range(60)]
+    rows += [(f"o{i}", [0.0] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), None) for i in range(10)]  # out of corpus
+    model, t = fit_confidence(rows, k=5)
+    right, wrong = model.score(rows[1][1]), model.score(rows[0][1])
+    assert wrong < t <= right  # the first feature marks the right answers: a cut between them

@@ -6,7 +6,7 @@ well it does, and whether to say "not found" instead. Used by chat.py --rag, ser
     reader = Reader.open("data/demo")
     found = reader.find("What is the capital of Andorra?")
     found.best         # Item(kind='fact', title='Andorra', attribute='capital', text='Andorra la Vella', score=1.0)
-    found.answerable   # best score >= the threshold chosen on train questions (stored with the index)
+    found.answerable   # best score (or, with one stored, the learned confidence) >= the threshold
 
 How: (1) link the question to entities: the longest title or alias it names (knowledge.py);
 what is left of the question is what it asks ("capital"), with a small en + zh table of the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.graph import Knowledge, Link
-from wikigpt.knowledge.ranker import Ranker, features
+from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
 from wikigpt.knowledge.sentences import language, opening_sentence, split_sentences
 
@@ -99,6 +99,7 @@ class Item:
     attribute: str = ""  # a fact's attribute, a section's heading
     url: str = ""
     score: float = 0.0
+    passage: int = 0  # a sentence's passage's retrieval rank (0: the best; the entity's own items 0)
 
     @property
     def label(self) -> str:
@@ -114,6 +115,7 @@ class Found:
     items: list  # evidence, best first
     passages: list  # the retrieved passages (retrieval.Passage), best first
     threshold: float
+    confidence: float | None = None  # the chance that best holds the answer (ranker.Confidence), if one is stored
 
     @property
     def best(self) -> Item | None:
@@ -124,8 +126,14 @@ class Found:
         return self.items[0].score if self.items else 0.0
 
     @property
+    def judged(self) -> float:
+        """What the threshold is compared with: the confidence when the index stores a model for
+        it, else the best item's score."""
+        return self.score if self.confidence is None else self.confidence
+
+    @property
     def answerable(self) -> bool:
-        return self.score >= self.threshold
+        return self.judged >= self.threshold
 
 
 @dataclass
@@ -149,6 +157,7 @@ class Reader:
         self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
         self.threshold = threshold if threshold is not None else index.info.get("abstain_below", DEFAULT_THRESHOLD)
         self.ranker, self.measured = Ranker.from_info(index.info), {}  # None: the rules rank
+        self.confidence = Confidence.from_info(index.info)  # None: the best score is judged
         if kb is None:
             self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
         self.stopwords = _stemmer_and_stopwords()[1]
@@ -227,7 +236,7 @@ class Reader:
             items += [Item("fact", title, value, attribute, url) for attribute, value in self.kb.facts(subject)]
             items += [Item("section", title, opening, heading, url) for heading, opening in self.kb.sections(subject)]
         headings = {}
-        for p in passages:
+        for rank, p in enumerate(passages):
             if p.title not in headings:
                 headings[p.title] = self.headings(p.title)
             heading = ""
@@ -236,7 +245,7 @@ class Reader:
                 if line in headings[p.title] if headings[p.title] is not None else _HEADING_LINE.match(line):
                     heading = line  # a section title: context for the sentences under it
                     continue
-                items += [Item("sentence", p.title, s, heading, p.url) for s in split_sentences(line)]
+                items += [Item("sentence", p.title, s, heading, p.url, passage=rank) for s in split_sentences(line)]
         return items
 
     def headings(self, title: str) -> set | None:
@@ -315,7 +324,29 @@ class Reader:
         self.measured = dict(zip((i.text for i in ranked), measured))  # for training the ranker
         if YES_NO.match(question) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
             ranked = self.yes_or_no(question, asked, ranked)
-        return Found(question, language(question), links, ranked, passages, self.threshold)
+        found = Found(question, language(question), links, ranked, passages, self.threshold)
+        if self.confidence is not None and ranked:
+            found.confidence = round(self.confidence.score(self.confidence_features(found, whole)), 4)
+        return found
+
+    def confidence_features(self, found: Found, whole: Asked | None = None) -> list[float]:
+        """How the best item stands among the others, in the order of ranker.CONFIDENCE_FEATURES:
+        its score, the margin to the next, how many of the next five tie with it, its passage's
+        retrieval rank (/ 8), its length, how many of the next five share one of its three
+        rarest words the question lacks (candidates agreeing on one answer), and the share of
+        the whole question it covers."""
+        items = found.items
+        if not items:
+            return [0.0] * 7
+        best, nexts = items[0], items[1:6]
+        whole = whole or self.asked(found.question, [])
+        best_terms = set(terms(best.text))
+        new = sorted(best_terms - set(terms(found.question)) - set(terms(best.title)), key=self.idf, reverse=True)[:3]
+        agree = sum(bool(set(new) & set(terms(i.text))) for i in nexts) / 5 if new else 0.0
+        covered = whole.coverage(best_terms | set(terms(best.attribute)) | set(terms(best.title)))
+        return [best.score, best.score - (items[1].score if len(items) > 1 else 0.0),
+                sum(i.score >= best.score - 0.005 for i in nexts) / 5, min(best.passage, 8) / 8,
+                math.log(1 + len(best.text)) / 5, agree, covered]
 
     # ----- what else answers: the conversation, the graph read backwards, expansions, yes / no
 
