@@ -167,8 +167,8 @@ def rag_chat(rag_data, tmp_path_factory):
     dialogues.write_text("".join(json.dumps({"prompt": "Hello", "response": "Hello! How are you?"}) + "\n"
                                  for _ in range(20)))
     r = run_cli("chat_sft.py", f"--init_from={out / 'pre' / 'last.pt'}", f"--out_dir={out / 'chat'}",
-                f"--data={rag_data}", f"--sft_data={dialogues}", "--grounded_qa=6", "--max_steps=150",
-                "--eval_interval=75", "--eot_check=0", "--qa_eval=3", *shape, "--lr=0.003")
+                f"--data={rag_data}", f"--sft_data={dialogues}", "--grounded_qa=6", "--max_steps=70",
+                "--eval_interval=35", "--eot_check=0", "--qa_eval=3", *shape, "--lr=0.003")
     assert r.returncode == 0, r.stderr
     return out / "chat" / "best.pt", r.stdout
 
