@@ -15,8 +15,8 @@ One engine serves every turn; --compile compiles its step once, before the first
 import argparse
 import sys
 
-from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, add_model_args, add_rag_args, run_main
+from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
+from wikigpt.cli import UsageError, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
 from wikigpt.knowledge.conversation import find_in_conversation

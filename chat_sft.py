@@ -23,9 +23,9 @@ import torch
 from train import resolve_resume, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
-from wikigpt.checkpoint import load_model
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, load_config, run_main
-from wikigpt.config import SFTConfig
+from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate

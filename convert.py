@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from model import GPT, GPTConfig
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.run.fsdp import load_shards, load_train_state
 from wikigpt.adapt.lora import merge_lora

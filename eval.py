@@ -37,11 +37,11 @@ import torch
 
 from wikigpt.knowledge import scores
 from wikigpt.knowledge import natural, wikiqa
-from wikigpt.config import SFTConfig
+from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.chat.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_dialogues
-from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, add_dtype_arg, output_file, progress_bar, run_main
+from wikigpt.decoding.load import add_dtype_arg, load_model
+from wikigpt.cli import UsageError, output_file, progress_bar, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate_batch

@@ -20,7 +20,8 @@ import torch
 
 from model import GPT
 from wikigpt.batches import PretrainBatches
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from wikigpt.run.device import pick_device
 from wikigpt.cli import UsageError, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.adapt.distill import refuse_unrunnable

@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from model import context_window
-from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, add_model_args, run_main
+from wikigpt.decoding.load import add_model_args, load_model
+from wikigpt.cli import UsageError, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.decoding.sampling import add_sampling_args, params_from_args
 from wikigpt.tokenizer import stream_text

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from wikigpt.checkpoint import load_model
-from wikigpt.cli import UsageError, add_model_args, add_rag_args, progress_bar, run_main
+from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
+from wikigpt.cli import UsageError, progress_bar, run_main
 from wikigpt.decoding.engine import EngineThread
 from wikigpt.knowledge.evidence import RETRIEVE_K
 from wikigpt.knowledge.grounding import reader_of

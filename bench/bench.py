@@ -258,7 +258,7 @@ class _NoTok:
 def dtype_rows(args) -> list:
     """Decode speed and val bits/byte for float32, bfloat16 and int8 weights, side by side: the
     demo's chat model and a 6x384 model with GPT-2's 50k vocabulary (random weights: speed only)."""
-    from wikigpt.checkpoint import load_model
+    from wikigpt.decoding.load import load_model
 
     rows = []
     models = {}
@@ -370,7 +370,8 @@ def prune_rows(args) -> list:
     shape from random weights, trained the same way for the same time without a teacher."""
     import shutil
 
-    from wikigpt.checkpoint import build_checkpoint, load_model, save_checkpoint
+    from wikigpt.checkpoint import build_checkpoint, save_checkpoint
+    from wikigpt.decoding.load import load_model
 
     teacher = args.ckpt
     if not Path(teacher).is_file():

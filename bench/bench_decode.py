@@ -15,7 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from model import GPT, GPTConfig
-from wikigpt.checkpoint import load_model
+from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import Engine, Request, generate, warmed_engine
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, SamplingParams
 

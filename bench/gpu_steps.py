@@ -204,7 +204,7 @@ def check_engine(work: Path):
     from torch._dynamo.utils import counters
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_decode import engine_tok_s
-    from wikigpt.checkpoint import load_model
+    from wikigpt.decoding.load import load_model
     from wikigpt.decoding.engine import Engine, generate, warmed_engine
     from wikigpt.decoding.sampling import SamplingParams
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, run_cli
 
 from wikigpt.chat import sft_data
-from wikigpt.config import SFTConfig
+from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.chat.sft_data import _turns, check_conversation, parse_sft_data, read_dialogues
 from wikigpt.chat.sft_rows import rows_of
 from wikigpt.prep.data import load_dataset

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from wikigpt.checkpoint import load_model
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.chat.chat_template import Message, render_chat

@@ -6,7 +6,9 @@ import torch
 
 from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches
-from wikigpt.checkpoint import build_checkpoint, gpu_dtype, load_model, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, save_checkpoint
+from wikigpt.run.device import gpu_dtype
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError
 from wikigpt.decoding.decode import key_spans
 from wikigpt.decoding.engine import Engine, Request

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from wikigpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from wikigpt.checkpoint import load_checkpoint, model_from_checkpoint
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError
 from wikigpt.adapt.lora import adapter_state, apply_lora, merge_lora
 from model import GPT, GPTConfig

@@ -17,9 +17,11 @@ from test_serve import LiveServer
 import prune as prune_cmd
 from model import GPT, GPTConfig
 from wikigpt.loss import linear_cross_entropy
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, load_model, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, load_config
-from wikigpt.config import SFTConfig, TrainConfig
+from wikigpt.chat.sft_config import SFTConfig
+from wikigpt.config import TrainConfig
 from wikigpt.adapt.distill import distill_cross_entropy
 from wikigpt.decoding.engine import generate_batch
 from wikigpt.adapt.prune import Plan, choose, choose_layers, mean_loss, mean_loss_masked, masked, prune, unit_scores

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, TINY, run_cli
 from test_engine import tiny_model
 
-from wikigpt.checkpoint import load_model
+from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import EngineThread, Request, generate
 from wikigpt.decoding.sampling import SamplingParams
 

@@ -461,7 +461,7 @@ def test_prompts_are_built_off_the_event_loop(random_ckpt):
 
     from fastapi.testclient import TestClient
 
-    from wikigpt.checkpoint import load_model
+    from wikigpt.decoding.load import load_model
     from wikigpt.decoding.engine import EngineThread
     from wikigpt.server.app import create_app
     from wikigpt.server.checks import Settings

@@ -1,5 +1,7 @@
 """
-Checkpoint files, and the one way any tool gets a ready model.
+Checkpoint files: the schema, writing them (in the background while training goes on), reading
+them (old configs upgraded in one place) and the model one holds. Inference tools get a ready
+model (device, dtype, eval mode) from wikigpt/decoding/load.py's load_model.
 
 A checkpoint is a dict saved with torch.save and read back with weights_only=True (plain
 tensors and Python values: loading a file never runs code from it):
@@ -11,8 +13,6 @@ tensors and Python values: loading a file never runs code from it):
     train_config, step, val: how it was trained and how good it was
     optimizer, data, rng, best_val, bad_evals: exact resume (last.pt only)
     lora | quant | merged_from: adapters only, int8 weights, or what convert.py merged
-
-    model, tok, info = load_model("out/chat/best.pt")          # every inference tool
 """
 import random
 import threading
@@ -190,70 +190,6 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
     if unexpected or any(".lora_" in k or k.endswith(".delta") for k in missing):
         raise UsageError(f"{path}: its adapters do not fit the LoRA layers of its base model.")
     return model.to(device), tok
-
-
-def gpu_dtype() -> str:
-    """The 16-bit type this GPU computes in natively: bfloat16 from Ampere on; float16 before
-    (V100, T4), where bfloat16 is only emulated, several times slower."""
-    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
-
-
-def enable_tf32():
-    """float32 matmuls on TF32 tensor cores (what nanoGPT and nanochat set): ~8x the plain fp32
-    rate on an A100, with a 10-bit mantissa for the products only."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
-def pick_device(name: str = "auto") -> str:
-    """'auto' -> the best device here (cuda, then mps, then cpu); anything else is checked."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r}: no CUDA GPU is visible here. Use --device cpu (or auto).")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("device 'mps': Apple's Metal backend is not available here. Use --device cpu.")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
-    return name
-
-
-def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GPT, Tokenizer, dict]:
-    """Checkpoint file -> (model in eval mode on the device, its tokenizer, info). The single
-    place where inference tools turn a path into a model: device choice and weight dtype are
-    decided here for all of them. dtype None: bfloat16 on a GPU that runs it natively (float16
-    on older ones), the stored float32 elsewhere; an int8 checkpoint runs on the CPU only."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    int8 = ckpt.get("quant") == "int8" or dtype == "int8"
-    device = pick_device("cpu" if device == "auto" and int8 else device)  # int8's kernel is the CPU's
-    if ckpt.get("kind") not in ("pretrain", "sft"):
-        raise UsageError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no model to run.")
-    if ckpt.get("quant") == "int8" and dtype not in (None, "int8"):
-        raise UsageError(f"{path} holds int8 weights: run it as it is (no --dtype, or --dtype int8); for "
-                         f"{dtype}, use the checkpoint it was quantised from.")
-    if int8:
-        from wikigpt.adapt.quant import check_int8_support
-        check_int8_support(device)  # before any weight moves: refused whatever the checkpoint says
-    if device.startswith("cuda"):
-        enable_tf32()
-        dtype = dtype or gpu_dtype()
-    model, tok = model_from_checkpoint(ckpt, device, path)
-    if "lora" in ckpt:
-        from wikigpt.adapt.lora import merge_lora
-        merge_lora(model)  # folded in once: inference runs at the base model's speed
-    if dtype == "int8":
-        from wikigpt.adapt.quant import quantize_model
-        if ckpt.get("quant") != "int8":
-            quantize_model(model)
-    elif dtype is not None:
-        if dtype not in DTYPES:
-            raise UsageError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)} or int8.")
-        model.to(DTYPES[dtype])
-    info = {"path": str(path), "kind": ckpt["kind"], "step": ckpt.get("step"), "val": ckpt.get("val"),
-            "model_config": ckpt["model_config"], "device": device,
-            "data": ckpt.get("train_config", {}).get("data", ""),  # the dataset it learned from
-            "train_config": ckpt.get("train_config", {})}
-    return model.eval(), tok, info
 
 
 def rng_state() -> dict:

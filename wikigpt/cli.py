@@ -1,7 +1,8 @@
 """
 What every wikigpt command shares: user errors that print without a traceback (`UsageError`,
-`run_main`), typed configs (a dataclass <- TOML files <- --key=value, typos caught, `-h`), and
-the options the model-running commands share (--ckpt/--device/--dtype, --rag/--data/--rag_k).
+`run_main`), typed configs (a dataclass <- TOML files <- --key=value, typos caught, `-h`), a
+progress bar fit for logs. The options of the commands that run a checkpoint (--ckpt/--device/
+--dtype, --rag/--data/--rag_k) are wikigpt/decoding/load.py's.
 
     @dataclass
     class MyConfig:
@@ -14,7 +15,6 @@ the options the model-running commands share (--ckpt/--device/--dtype, --rag/--d
     if __name__ == "__main__":
         run_main(main)
 """
-import argparse
 import difflib
 import os
 import sys
@@ -89,33 +89,6 @@ def run_main(main_fn):
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
         sys.exit(130)
-
-
-# ----------------------------------------------------------------------------------------
-# Options shared by the commands that run a checkpoint (sample.py, chat.py, serve.py, eval.py);
-# the sampling knobs are wikigpt/decoding/sampling.py's
-
-def add_model_args(p: argparse.ArgumentParser, ckpt: str = "out/demo/best.pt", ckpt_help: str = "checkpoint to load"):
-    """--ckpt, --device, --dtype: which checkpoint to run, where and in which precision."""
-    p.add_argument("--ckpt", default=ckpt, help=ckpt_help)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    add_dtype_arg(p)
-
-
-def add_dtype_arg(p: argparse.ArgumentParser):
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
-                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/adapt/quant.py")
-
-
-def add_rag_args(p: argparse.ArgumentParser, rag_k: int):
-    """--rag, --data, --rag_k: answering from Wikipedia (chat.py, serve.py). rag_k: the default
-    number of passages (knowledge.evidence.RETRIEVE_K; this module imports no library module
-    that imports it back)."""
-    p.add_argument("--rag", action="store_true", help="answer (chat turns) from passages retrieved from Wikipedia")
-    p.add_argument("--data", default="", help="with --rag: the dataset folder with the index "
-                   "(default: the one the checkpoint was trained on)")
-    p.add_argument("--rag_k", type=int, default=rag_k,
-                   help="with --rag: passages retrieved per question, whose sentences compete as evidence")
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Chat: the one chat template (how a conversation becomes ids and a loss mask) and the dialogue data chat_sft.py trains on (sft_data: sources and formats; sft_rows: tokenized rows packed into windows)."""
+"""Chat: the one chat template (how a conversation becomes ids and a loss mask) and what chat_sft.py trains on (sft_config: its settings; sft_data: dialogue sources and formats; sft_rows: tokenized rows packed into windows)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from wikigpt.knowledge import wikiqa
 from wikigpt.chat.chat_template import Message
 from wikigpt.cli import UsageError
-from wikigpt.config import SFTConfig
+from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.tokenizer import Tokenizer
 
 

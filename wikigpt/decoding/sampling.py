@@ -48,7 +48,7 @@ CHAT_DEFAULTS = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_
 
 
 def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplingParams = SamplingParams()):
-    """The decoding options shared by sample.py and chat.py (the checkpoint's: cli.add_model_args)."""
+    """The decoding options shared by sample.py and chat.py (the checkpoint's: load.add_model_args)."""
     p.add_argument("--max_new_tokens", type=int, default=200)
     add_sampling_knobs(p, defaults)
     p.add_argument("--seed", type=int, default=None, help="for reproducible samples")

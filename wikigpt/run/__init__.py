@@ -1,1 +1,1 @@
-"""Run plumbing for train.py: processes and collectives (dist), sharded training (fsdp), what a run says and leaves behind (train_log, runlog, throughput), and files that appear whole or not at all (durable)."""
+"""Run plumbing for train.py: processes and collectives (dist), the device and its dtype (device, which inference shares), sharded training (fsdp), what a run says and leaves behind (train_log, runlog, throughput), and files that appear whole or not at all (durable)."""

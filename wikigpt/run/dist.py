@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from wikigpt.checkpoint import enable_tf32, gpu_dtype, pick_device
+from wikigpt.run.device import enable_tf32, gpu_dtype, pick_device
 from wikigpt.config import TrainConfig
 
 
