@@ -9,24 +9,15 @@ from wikigpt.cli import UsageError
 from wikigpt.config import TrainConfig
 
 
-class PretrainBatches:
-    """Cuts the train shards into non-overlapping windows of block_size + 1 tokens and visits
-    them in a seeded random order, each exactly once per epoch. Process r of W takes windows
-    r, r+W, r+2W... of that order, so processes never read the same data. The position in
-    the order is the whole state: saving it makes resume continue with the very next batch."""
+class SeededOrder:
+    """What every training stream shares: n items visited in a seeded random order, a new one
+    each epoch; process `rank` of `world` takes its share of each batch. The position in the
+    order is the whole state: saving it makes resume continue with the very next batch."""
 
-    def __init__(self, shards, block_size, batch_size, seed, rank=0, world=1, device="cpu"):
-        self.shards, self.T, self.B = shards, block_size, batch_size
+    def __init__(self, n: int, block_size, batch_size, seed, rank=0, world=1, device="cpu"):
+        self.n_windows, self.T, self.B = n, block_size, batch_size
         self.seed, self.rank, self.world, self.device = seed, rank, world, device
-        per_shard = [max(len(s) - 1, 0) // block_size for s in shards]
-        self.first = np.cumsum([0] + per_shard)  # first window index of each shard
-        self.n_windows = int(self.first[-1])
-        if self.n_windows < batch_size * world:
-            raise UsageError(f"the train split holds {sum(len(s) for s in shards):,} tokens: too few "
-                             f"for {batch_size * world} windows of block_size {block_size}. Lower "
-                             "block_size or batch_size, or prepare more data.")
-        self.epoch, self.cursor = 0, 0
-        self._order = None
+        self.epoch, self.cursor, self._order = 0, 0, None
 
     def state_dict(self):
         return {"epoch": self.epoch, "cursor": self.cursor}
@@ -38,6 +29,21 @@ class PretrainBatches:
         if self._order is None:
             self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
         return self._order
+
+
+class PretrainBatches(SeededOrder):
+    """Cuts the train shards into non-overlapping windows of block_size + 1 tokens and visits
+    them in a seeded random order, each exactly once per epoch. Process r of W takes windows
+    r, r+W, r+2W... of that order, so processes never read the same data."""
+
+    def __init__(self, shards, block_size, batch_size, seed, rank=0, world=1, device="cpu"):
+        per_shard = [max(len(s) - 1, 0) // block_size for s in shards]
+        self.shards, self.first = shards, np.cumsum([0] + per_shard)  # first window index of each shard
+        super().__init__(int(self.first[-1]), block_size, batch_size, seed, rank, world, device)
+        if self.n_windows < batch_size * world:
+            raise UsageError(f"the train split holds {sum(len(s) for s in shards):,} tokens: too few "
+                             f"for {batch_size * world} windows of block_size {block_size}. Lower "
+                             "block_size or batch_size, or prepare more data.")
 
     def window(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self.first, i, side="right")) - 1

@@ -8,16 +8,16 @@ import json
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from wikigpt.batches import PretrainBatches, to_device
+from wikigpt.batches import SeededOrder, to_device
 from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.cli import UsageError
-from wikigpt.config import SFTConfig
+from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.durable import replace_durably
 from wikigpt.knowledge.retrieval import Index
 from wikigpt.chat.sft_data import BUILTIN_WEIGHTS, conversation_sources, is_val, parse_sft_data, split_hash
@@ -76,15 +76,28 @@ class TokenRows:
                    np.load(folder / f"{split}_offsets.npy"))
 
 
+@dataclass
+class SplitCounts:
+    """What one split holds (meta.json): rows, their tokens, the tokens learned (mask 1)."""
+    rows: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+
+    def add(self, ids: list[int], mask: list[int]):
+        self.rows += 1
+        self.tokens += len(ids)
+        self.supervised_tokens += sum(mask)
+
+
 def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     """Tokenize every conversation once into out_dir/sft_tokens-<hash>/; reused while the
     inputs (files, settings, tokenizer) are unchanged. Written to a temporary folder first."""
-    files = [path for path, _ in parse_sft_data(cfg.sft_data)]
+    paths = [path for path, _ in parse_sft_data(cfg.sft_data)]
     index = Index.open(cfg.data) if cfg.grounded_qa else None
     grounded = [cfg.grounded_qa, index.info] if index else []  # the info holds its articles' fingerprint
     key = json.dumps([cfg.sft_data or BUILTIN_WEIGHTS, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
                       cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab, grounded,
-                      [(str(f), f.stat().st_size, f.stat().st_mtime) for f in files if f.is_file()]])
+                      [(str(p), p.stat().st_size, p.stat().st_mtime) for p in paths if p.is_file()]])
     key = hashlib.sha256(key.encode() + json.dumps(tok.spec).encode()).hexdigest()[:12]
     folder = Path(cfg.out_dir) / f"sft_tokens-{key}"
     if (folder / "meta.json").is_file():
@@ -92,9 +105,9 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        skipped, stats = [], {"train": [0, 0, 0], "val": [0, 0, 0]}  # rows, tokens, supervised
-        files = {s: (open(tmp / f"{s}_tokens.bin", "wb"), open(tmp / f"{s}_mask.bin", "wb"))
-                 for s in ("train", "val")}  # rows are streamed to disk, never all in RAM
+        skipped, counts = [], {"train": SplitCounts(), "val": SplitCounts()}
+        writers = {s: (open(tmp / f"{s}_tokens.bin", "wb"), open(tmp / f"{s}_mask.bin", "wb"))
+                   for s in ("train", "val")}  # rows are streamed to disk, never all in RAM
         offsets = {"train": [0], "val": [0]}
         cuts = Counter()
         conv_index = 0
@@ -107,13 +120,13 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
                 repeats = 1 if split == "val" else int(weight) + ((h >> 20) % 1000 < 1000 * (weight % 1))
                 for ids, mask in rows_of(tok, conv, block_size + 1, cuts):
                     for _ in range(repeats):
-                        np.array(ids, dtype=np.uint16).tofile(files[split][0])
-                        np.array(mask, dtype=np.uint8).tofile(files[split][1])
+                        tokens_file, mask_file = writers[split]
+                        np.array(ids, dtype=np.uint16).tofile(tokens_file)
+                        np.array(mask, dtype=np.uint8).tofile(mask_file)
                         offsets[split].append(offsets[split][-1] + len(ids))
-                        st = stats[split]
-                        st[0], st[1], st[2] = st[0] + 1, st[1] + len(ids), st[2] + sum(mask)
-        for f in (f for pair in files.values() for f in pair):
-            f.close()
+                        counts[split].add(ids, mask)
+        for handle in (handle for pair in writers.values() for handle in pair):
+            handle.close()
         if skipped:
             print(f"skipped {len(skipped)} malformed record(s), e.g. {', '.join(skipped[:5])}")
         for what, n in sorted(cuts.items()):  # long conversations: say what was done to them
@@ -123,7 +136,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
                 raise UsageError(f"no {split} conversations: give more dialogue data"
                                  + (" or a larger sft_val_fraction." if split == "val" else "."))
             np.save(tmp / f"{split}_offsets.npy", np.array(offs, dtype=np.int64))
-        meta = {s: dict(zip(("rows", "tokens", "supervised_tokens"), v)) for s, v in stats.items()}
+        meta = {split: asdict(c) for split, c in counts.items()}
         meta["skipped_records"] = len(skipped)
         meta["cuts"] = dict(cuts)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -163,16 +176,15 @@ def to_xy(tokens, mask, block_size: int):
     return x, y
 
 
-class SFTBatches(PretrainBatches):
+class SFTBatches(SeededOrder):
     """Same contract as PretrainBatches (next_batch, state_dict, load_state_dict), over packed
-    dialogue rows. All processes pack the same global stream of windows and process r keeps
-    windows r, r+W, ...; so the (epoch, cursor) state is one for all and resume is exact."""
+    dialogue rows: the rows take the windows' place in the seeded order. All processes pack the
+    same global stream of windows and process r keeps windows r, r+W, ...; so the (epoch,
+    cursor) state is one for all and resume is exact."""
 
     def __init__(self, rows: TokenRows, block_size, batch_size, seed, rank=0, world=1, device="cpu"):
-        self.rows, self.T, self.B = rows, block_size, batch_size
-        self.seed, self.rank, self.world, self.device = seed, rank, world, device
-        self.n_windows = len(rows)  # rows play the part of windows in the shared order()
-        self.epoch, self.cursor, self._order = 0, 0, None
+        super().__init__(len(rows), block_size, batch_size, seed, rank, world, device)
+        self.rows = rows
 
     def next_batch(self):
         xs, ys = [], []
