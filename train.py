@@ -57,12 +57,11 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
     token_bytes = token_bytes_table(tok, model.cfg.padded_vocab, dist.device)
-    # Two handles on one set of weights. `model` is the GPT itself: evaluated, checkpointed
-    # (clean state_dict keys), clipped. `loss_fn` is what each step calls, (x, y) -> loss: the
-    # fused loss over the model (or with a teacher the distillation loss), then wrapped by DDP
-    # (which syncs its gradients) and compiled. DDP wraps before the compile: Dynamo then splits
-    # the graph at DDP's gradient buckets, and each bucket's all-reduce overlaps the rest of
-    # backward (compiled first, it never does)
+    # Two handles on one set of weights: `model`, the GPT itself (evaluated, checkpointed with clean
+    # state_dict keys, clipped), and `loss_fn`, what each step calls, (x, y) -> loss: the fused loss
+    # over the model (with a teacher, distillation's), wrapped by DDP (which syncs its gradients),
+    # then compiled. DDP wraps first: Dynamo then splits the graph at DDP's gradient buckets, and
+    # each bucket's all-reduce overlaps the rest of backward (compiled first, it never does)
     loss_fn = student_loss(model, cfg, tok, dist.device) if cfg.teacher else NextTokenLoss(model)
     if dist.world > 1 and not sharded:
         loss_fn = data_parallel(loss_fn, dist)
@@ -104,8 +103,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
             for o in optimizers:
                 for g in o.param_groups:
                     g["lr"] = g["base_lr"] * lr_mult
-            watch = cfg.sync_check and dist.device_type == "cuda" and run.step == log.first_step + 2
-            syncs = host_sync_watch() if watch else None  # bench/gpu_check.sh: 0 is the aim
+            syncs = host_sync_watch(cfg, dist, run.step - log.first_step)  # bench/gpu_check.sh: 0 is the aim
             loss_sum = torch.zeros((), device=dist.device)
             for i in range(accum):
                 with gradient_sync(model if sharded else loss_fn, i == accum - 1, dist.world > 1):
@@ -337,8 +335,10 @@ def student_loss(model: GPT, cfg: TrainConfig, tok: Tokenizer, device) -> torch.
     return distill.student_loss(model, cfg, tok, device)
 
 
-def host_sync_watch():
-    """--sync_check: count the step's host syncs (CUDA only; wikigpt/run/throughput.py)."""
+def host_sync_watch(cfg: TrainConfig, dist: Dist, steps_done: int):
+    """--sync_check: count the host syncs of this run's third step (CUDA only; wikigpt/run/throughput.py)."""
+    if not (cfg.sync_check and dist.device_type == "cuda" and steps_done == 2):
+        return None
     from wikigpt.run.throughput import HostSyncWatch
     return HostSyncWatch().start()
 
