@@ -24,14 +24,17 @@ def test_full_demo_at_tiny_scale(tmp_path):
     assert out.count("Aristotle was") >= 1  # the pretrained sample
     assert "dialogues:" in out  # SFT
     assert "you> 你好" in out and "(conversation cleared)" in out  # the scripted chat
-    assert len(re.findall(r"^bot> ", out, re.M)) == 5 + 4  # 4 Wikipedia questions with --rag
-    assert re.search(r"^  \[1\] Aristotle  https://en.wikipedia.org/wiki/Aristotle$", out, re.M)
+    assert len(re.findall(r"^bot> ", out, re.M)) == 5 + 5  # 5 Wikipedia questions with --rag, one a follow-up
+    assert re.search(r"^  \[1\] Aristotle: article lead  https://en.wikipedia.org/wiki/Aristotle$", out, re.M)
     # the knowledge graph, its threshold, and answers from the right evidence (copied: any model size)
     assert re.search(r"knowledge graph: [1-9][\d,]* facts from [1-9]\d* infoboxes, [1-9]\d* aliases", out)
     assert "'not found' below an evidence score of" in out
     assert re.search(r"^bot> Andorra la Vella$", out, re.M)  # the fact, copied and stopped at its end
-    assert re.search(r"^  \[1\] Andorra \(capital\)  https://en.wikipedia.org/wiki/Andorra$", out, re.M)
-    assert re.search(r"^  \[1\] Albania \(Economy\)  https://en.wikipedia.org/wiki/Albania$", out, re.M)
+    assert re.search(r'^  \[1\] Andorra: infobox field "capital"  https://en.wikipedia.org/wiki/Andorra$', out, re.M)
+    # the follow-up names no country: the entity carries over from the question before it
+    assert re.search(r"^you> What currency does it use\?\nbot> Euro$", out, re.M)
+    assert re.search(r'^  \[1\] Andorra: infobox field "currency"  https://en.wikipedia.org/wiki/Andorra$', out, re.M)
+    assert re.search(r'^  \[1\] Albania: section "Economy"  https://en.wikipedia.org/wiki/Albania$', out, re.M)
     assert re.search(r"^bot> 我的资料里没有这个问题的答案。", out, re.M)  # honest "not found", in the question's language
     assert (tmp_path / "out" / "chat" / "best.pt").is_file()
     # the report: base and chat side by side, with the knowledge rows, and the loss curves
@@ -42,6 +45,9 @@ def test_full_demo_at_tiny_scale(tmp_path):
         assert re.search(rf"^\| {re.escape(metric)}.*\| [\d.]+ \|$", out, re.M), metric
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "chat" / "loss.png").is_file()
     assert "Knowledge, per kind of question" in (tmp_path / "out" / "report.md").read_text()
+    # the hand-written questions (bench/natural_qa, dev split): the evidence reader's rows
+    assert re.search(r"^natural questions \(124 answerable; 'not found' below [\d.]+;", out, re.M)
+    assert re.search(r"^  follow-up turns right [\d.]+ \(\d+/38, wrong \d+\)", out, re.M)
     for kind in ("lead", "fact", "section", "out-of-corpus", "abstention"):  # the per-kind table, printed
         assert re.search(rf"^  {kind} ", out, re.M), kind
     assert f"wrote {tmp_path / 'out' / 'loss.png'} (2 runs)" in out
