@@ -1,6 +1,7 @@
-"""Knowledge integration: kept articles, passages, the BM25 index (en + zh), grounded SFT rows,
+"""Knowledge integration: kept articles, passages, the BM25 index (en + zh; resume, old format), grounded SFT rows,
 chat.py --rag, serve.py --rag, the held-out QA benchmark (per kind of question) and bad input."""
 import json
+import math
 import random
 from collections import Counter
 import re
@@ -90,6 +91,39 @@ def test_the_index_finds_articles_by_title_in_english_and_chinese(rag_data):
     for title, _ in ZH:
         assert index.search(f"{title}是什么？", 1)[0].title == title
     assert index.search("???", 3) == []  # no term at all: nothing, not an error
+
+
+def test_the_index_reads_passages_by_number_and_gives_bm25_idf(rag_data):
+    index = Index.open(rag_data)
+    first = next(read_articles(rag_data))
+    assert index.passage(0).title == first["title"] and index.passages[0]["text"] in first["text"]
+    assert len(index.passages) == index.info["passages"]
+    rare, absent = index.idf(terms(first["title"])[0]), index.idf("zzzznotaterm")
+    n = index.info["passages"]
+    assert absent == pytest.approx(math.log(1 + (n + 0.5) / 0.5)) and 0 < rare < absent
+
+
+def test_a_killed_index_build_resumes_where_it_stopped_and_gives_the_same_answers(rag_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(rag_data, data, ignore=shutil.ignore_patterns("index"))
+    build_index(data, quiet=True, commit_every=20, workers=2, stop_after=25)  # as if killed after 25 articles
+    assert not (data / "index").exists() and (data / "index.tmp" / "progress.json").is_file()
+    info = build_index(data, quiet=True, commit_every=20)
+    assert 0 < info["resumed_after_articles"] <= 25 and info["passages"] == Index.open(rag_data).info["passages"]
+    resumed, whole = Index.open(data), Index.open(rag_data)
+    for a in list(read_articles(rag_data))[::5]:
+        q = f"What is {a['title']}?"
+        assert [(p.title, p.text) for p in resumed.search(q, 3)] == [(p.title, p.text) for p in whole.search(q, 3)]
+
+
+def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(rag_data, old)
+    info = json.loads((old / "index" / "wikigpt_index.json").read_text())
+    (old / "index" / "wikigpt_index.json").write_text(json.dumps(info | {"version": 1}))  # a bm25s index
+    r = run_cli("retrieve.py", "--data", old, "What is tea?")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and f"retrieve.py --data {old} --build" in r.stderr
 
 
 # ----- grounded rows: the same rendering at training and at chat time

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.graph import Knowledge, Link
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
-from wikigpt.knowledge.retrieval import CJK, Index, Passage, _stemmer_and_stopwords, terms
-from wikigpt.knowledge.sentences import language, opening_sentence, split_sentences
+from wikigpt.knowledge.analysis import STOPWORDS, terms
+from wikigpt.knowledge.retrieval import Index, Passage
+from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
 DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (1.0) and "names nothing" (<= 0.5)
@@ -160,9 +161,7 @@ class Reader:
         self.confidence = Confidence.from_info(index.info)  # None: the best score is judged
         if kb is None:
             self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
-        self.stopwords = _stemmer_and_stopwords()[1]
-        scores, vocab = index.retriever.scores, index.retriever.vocab_dict
-        self._df, self._vocab, self._n = scores["indptr"], vocab, max(int(scores["num_docs"]), 1)
+        self.stopwords = STOPWORDS
         if kb is not None and kb.counts.get("articles") != index.info.get("articles"):
             raise DatasetError(f"{kb.path} holds {kb.counts.get('articles')} articles but the index "
                                f"{index.info.get('articles')}: they come from different runs. Rebuild the "
@@ -184,9 +183,7 @@ class Reader:
         return cls(index, kb)
 
     def idf(self, term: str) -> float:
-        i = self._vocab.get(term)
-        df = int(self._df[i + 1] - self._df[i]) if i is not None else 0
-        return math.log(1 + (self._n - df + 0.5) / (df + 0.5))
+        return self.index.idf(term)
 
     # ----- the question
 

@@ -1,0 +1,86 @@
+"""
+Text analysis for retrieval: articles -> passages, text -> index terms. The index (retrieval.py,
+index_build.py) and the evidence reader (evidence.py) share it, so a question's terms are the
+index's terms. It knows nothing about how terms are stored or scored.
+
+    split_passages(article_text)     # -> paragraph-sized passages of <= PASSAGE_CHARS
+    terms("Aristotle was a Greek")   # -> ['aristotl', 'greek']
+    terms("亚里士多德")               # -> 亚 里 士 多 德 亚里 里士 士多 多德
+
+Latin-script words are lowercased, stripped of English stopwords and stemmed (Snowball);
+Chinese/Japanese/Korean text, which has no spaces, becomes characters plus character bigrams,
+so zhwiki works like enwiki.
+"""
+import re
+from functools import lru_cache
+
+from wikigpt.knowledge.sentences import CJK
+
+PASSAGE_CHARS = 500  # ~120 tokens of an 8k BPE: two or three fit a 256-token context with a question
+QUERY_FILLER = {"tell", "know", "explain", "describe", "pleas", "give", "talk", "inform"}  # stemmed
+# Lucene's English stop words (what bm25s used, kept when the index moved to tantivy: the same
+# terms keep the ranking comparable)
+STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
+                      "there these they this to was will with".split())
+TERM = re.compile(rf"[{CJK}]+|[^\W_{CJK}]+")  # a run of CJK characters, or a word of anything else
+CJK_RUN = re.compile(rf"[{CJK}]")
+SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def terms(text: str) -> list[str]:
+    """The index terms of a text (see the module doc)."""
+    out, words = [], []
+    for run in TERM.findall(text.lower()):
+        if CJK_RUN.match(run):
+            out += list(run) + [a + b for a, b in zip(run, run[1:])]
+        elif run not in STOPWORDS:
+            words.append(run)
+    return out + _stemmer().stemWords(words)  # order does not matter to BM25
+
+
+def query_terms(query: str) -> list[str]:
+    """A question's terms, without the words every question has ("tell me about ...")."""
+    return [t for t in terms(query) if t not in QUERY_FILLER]
+
+
+def _pieces(text: str, max_chars: int) -> list[str]:
+    """Paragraphs that fit, long ones cut at sentence ends, an overlong sentence cut at max_chars."""
+    pieces = []
+    for para in (p.strip() for p in text.split("\n")):
+        if len(para) <= max_chars:
+            pieces.append(para) if para else None
+            continue
+        sentence_run = ""
+        for sentence in SENTENCE_END.split(para):
+            while len(sentence) > max_chars:
+                pieces.append(sentence[:max_chars])  # str slicing never splits a character
+                sentence = sentence[max_chars:]
+            if len(sentence_run) + len(sentence) + 1 > max_chars and sentence_run:
+                pieces.append(sentence_run)
+                sentence_run = ""
+            sentence_run = f"{sentence_run} {sentence}".strip()
+        if sentence_run:
+            pieces.append(sentence_run)
+    return pieces
+
+
+def split_passages(text: str, max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """Article text -> passages of at most max_chars: whole paragraphs where they fit (short
+    ones, such as headings, join the next), long paragraphs cut at sentence ends, and a
+    sentence longer than max_chars cut at max_chars."""
+    passages, current = [], ""
+    for piece in _pieces(text, max_chars):  # join neighbours while they fit
+        if current and len(current) + 1 + len(piece) > max_chars:
+            passages.append(current)
+            current = ""
+        current = f"{current}\n{piece}" if current else piece
+    if current:
+        passages.append(current)
+    return passages

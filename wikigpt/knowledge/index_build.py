@@ -1,0 +1,340 @@
+"""
+Building the retrieval index: the kept articles of a dataset folder stream into DATA/index/, in
+memory that does not grow with the corpus (retrieval.py opens and searches it).
+
+    info = build_index("data/demo")   # -> {"articles", "passages", "seconds", ...}
+
+The articles go, in chunks of ~1 MB of text, through worker processes (one per core) that cut
+them into passages and terms (analysis.py), then into two tantivy writers (a bounded heap, one
+indexing thread per core) and SQLite. Every COMMIT_PASSAGES passages everything is committed and
+progress.json written, so a build that is killed continues from there when run again (the same
+articles and settings). It is built in index.tmp/, fsynced, and renamed to index/ at the end: an
+interrupted build never leaves half an index where the reader looks.
+
+The format (INDEX_VERSION 2; 1 was bm25s's, in RAM):
+    index/wikigpt_index.json   what was built from what (articles_fingerprint), counts, timings,
+                               and what retrieve.py adds (the "not found" threshold); written last
+    index/passages/            tantivy: one document per passage, `terms` (our terms joined by
+                               spaces, the "whitespace" tokenizer, term frequencies, not stored)
+                               and `pid` (the passage number, indexed + fast)
+    index/titles/              tantivy: one document per article, its title's terms; `article`
+    index/lead_ids.i64         each article's first passage number, little-endian int64
+    index/passages.sqlite      articles(id, title, url, first), passages(id, article, text)
+Titles are an index of their own: tantivy's BM25 takes the average field length over all the
+documents of an index, and a title field only on leads (1 passage in ~70) would get an average
+of ~0.03 terms and scores ~30x too small. Passage text is in SQLite rather than tantivy's stored
+fields: measured on 0.8 M passages, half the serving memory (158 vs 289 MB) and a third of the
+time to fetch k passages (0.05 vs 0.16 ms), and any SQLite client reads it.
+"""
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import tantivy
+
+from wikigpt.cli import progress_bar
+from wikigpt.knowledge.analysis import PASSAGE_CHARS, split_passages, terms
+from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
+from wikigpt.run.durable import fsync_tree, replace_durably, write_text
+
+INDEX_DIR = "index"
+INDEX_VERSION = 2  # 1: bm25s
+INFO, PROGRESS, LEADS, SQLITE = "wikigpt_index.json", "progress.json", "lead_ids.i64", "passages.sqlite"
+WRITER_HEAP = 256 << 20  # bytes, all indexing threads of the passage writer together: 64 MB took
+# 2.5x as long at x100 of the demo (more, smaller segments to merge), 256 MB no more peak memory
+TITLES_HEAP = 32 << 20  # the titles writer, one thread (tantivy wants >= 15 MB a thread)
+COMMIT_PASSAGES = 250_000  # a checkpoint every this many passages (at an article's end): ~20 s of work
+CHUNK_CHARS = 1 << 20  # articles go to the workers in chunks of about this much text
+MALLOC_ARENAS = 2  # see _bounded_malloc
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def articles_fingerprint(folder: Path) -> str:
+    """Identifies the kept articles an index was built from: size plus the first and last MiB
+    (reading all of a 20 GB corpus to check an index would take minutes)."""
+    path = Path(folder) / ARTICLES
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=12)
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def add_index_info(folder, extra: dict) -> dict:
+    """Store more about a built index (e.g. the "not found" threshold) in its info file."""
+    path = Path(folder) / INDEX_DIR / INFO
+    info = json.loads(path.read_text()) | extra
+    write_text(path, json.dumps(info, indent=2))
+    return info
+
+
+def schemas():
+    """(passages, titles) schemas. Terms arrive pre-analysed and joined by spaces, hence the
+    "whitespace" tokenizer: tantivy's PreTokenizedString costs a Python object per term and
+    fed 7x slower. BM25 needs term frequencies, not positions ("freq")."""
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("terms", tokenizer_name="whitespace", index_option="freq")
+    sb.add_unsigned_field("pid", indexed=True, fast=True)  # indexed: a passage by id, and deletes on resume
+    passages = sb.build()
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("terms", tokenizer_name="whitespace", index_option="freq")
+    sb.add_unsigned_field("article", indexed=True, fast=True)
+    return passages, sb.build()
+
+
+def _bounded_malloc():
+    """glibc, told to keep the build's memory flat, or None off glibc. tantivy's indexing and
+    merging threads each get a malloc arena (up to 8 per core) and memory freed in one is not
+    reused by the others: the resident set grew ~0.35 KB per passage (x100 of the demo: 100 ->
+    370 MB) whatever the writer heap. Two arenas, and malloc_trim at every checkpoint, bound it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # before tantivy's threads start
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# Articles -> (passages, terms), in worker processes
+
+def analyse(chunk: list, max_chars: int) -> list:
+    """Worker: [(title, url, text)] -> [(title, url, title terms, [(passage, its terms)])]; a
+    passage's terms include its title's: every passage says what it is about."""
+    out = []
+    for title, url, text in chunk:
+        title_terms = " ".join(terms(title))
+        tail = " " + title_terms if title_terms else ""
+        passages = [(p, " ".join(terms(p)) + tail) for p in split_passages(text, max_chars)]
+        out.append((title, url, title_terms, passages))
+    return out
+
+
+def _chunks(articles, limit: int = CHUNK_CHARS):
+    chunk, size = [], 0
+    for a in articles:
+        chunk.append((a["title"], a.get("url", ""), a["text"]))
+        size += len(a["text"])
+        if size >= limit:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _analysed(pool, chunks, max_chars: int, ahead: int):
+    """analyse() over the chunks, in order, at most `ahead` chunks in flight (Pool.imap would
+    read the whole corpus ahead into its queue: memory that grows with the corpus)."""
+    if pool is None:
+        yield from (analyse(chunk, max_chars) for chunk in chunks)
+        return
+    pending = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(analyse, chunk, max_chars))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _articles_from(folder: Path, start: int):
+    """The kept articles from the start-th on; those before are skipped unparsed (a resume)."""
+    if start == 0:
+        yield from read_articles(folder)
+        return
+    with gzip.open(folder / ARTICLES, "rt", encoding="utf-8") as f:
+        for line in islice(f, start, None):
+            yield json.loads(line)
+
+
+# ----------------------------------------------------------------------------------------
+# The writers
+
+class _Store:
+    """passages.sqlite while it is written."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-32768")  # 32 MiB; more spills to the file: memory stays flat
+        self.db.execute("CREATE TABLE IF NOT EXISTS articles(id INTEGER PRIMARY KEY, title TEXT NOT NULL, "
+                        "url TEXT NOT NULL, first INTEGER NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS passages(id INTEGER PRIMARY KEY, article INTEGER NOT NULL, "
+                        "text TEXT NOT NULL)")
+
+    def cut(self, articles: int, passages: int):
+        """Drop what came after the last checkpoint (a crash may have come between the commits)."""
+        self.db.execute("DELETE FROM articles WHERE id >= ?", (articles,))
+        self.db.execute("DELETE FROM passages WHERE id >= ?", (passages,))
+        self.db.commit()
+
+    def add(self, article: int, title: str, url: str, first: int, texts: list):
+        self.db.execute("INSERT INTO articles VALUES (?,?,?,?)", (article, title, url, first))
+        self.db.executemany("INSERT INTO passages VALUES (?,?,?)", [(first + j, article, t) for j, t in enumerate(texts)])
+
+
+class _Writers:
+    """The tantivy writers, the SQLite store and the lead ids of one build, and its progress."""
+
+    def __init__(self, tmp: Path, state: dict):
+        self.tmp, self.state = tmp, state
+        self.articles, self.passages = state["articles"], state["passages"]
+        self.libc = _bounded_malloc()
+        self.schema, self.title_schema = schemas()
+        if self.articles:
+            pix, tix = tantivy.Index.open(str(tmp / "passages")), tantivy.Index.open(str(tmp / "titles"))
+        else:
+            pix, tix = tantivy.Index(self.schema, str(tmp / "passages")), tantivy.Index(self.title_schema, str(tmp / "titles"))
+        self.writer, self.twriter = pix.writer(WRITER_HEAP, cores()), tix.writer(TITLES_HEAP, 1)
+        self.store = _Store(tmp / SQLITE)
+        self.leads, self.lead_buf = open(tmp / LEADS, "ab"), []
+        if self.articles:
+            self._cut()
+
+    def _cut(self):
+        """Resume: drop everything past the last checkpoint from every part."""
+        Range, U = tantivy.Query.range_query, tantivy.FieldType.Unsigned
+        self.writer.delete_documents_by_query(Range(self.schema, "pid", U, lower_bound=self.passages))
+        self.twriter.delete_documents_by_query(Range(self.title_schema, "article", U, lower_bound=self.articles))
+        self.writer.commit()
+        self.twriter.commit()
+        self.store.cut(self.articles, self.passages)
+        self.leads.truncate(8 * self.articles)
+
+    def add(self, title: str, url: str, title_terms: str, passages: list):
+        doc = tantivy.Document()
+        doc.add_text("terms", title_terms)
+        doc.add_unsigned("article", self.articles)
+        self.twriter.add_document(doc)
+        for j, (_, text_terms) in enumerate(passages):
+            doc = tantivy.Document()
+            doc.add_text("terms", text_terms)
+            doc.add_unsigned("pid", self.passages + j)
+            self.writer.add_document(doc)
+        self.store.add(self.articles, title, url, self.passages, [p for p, _ in passages])
+        self.lead_buf.append(self.passages)
+        self.articles += 1
+        self.passages += len(passages)
+
+    def checkpoint(self):
+        """Everything so far on disk, then progress.json says so (in that order)."""
+        self.store.db.commit()
+        self.leads.write(np.array(self.lead_buf, dtype="<i8").tobytes())
+        self.lead_buf.clear()
+        self.leads.flush()
+        os.fsync(self.leads.fileno())
+        self.writer.commit()
+        self.twriter.commit()
+        self.state.update(articles=self.articles, passages=self.passages)
+        write_text(self.tmp / PROGRESS, json.dumps(self.state))
+        if self.libc is not None:
+            self.libc.malloc_trim(0)  # the flushed segments' memory back to the system
+
+    def close(self):
+        self.writer.wait_merging_threads()
+        self.twriter.wait_merging_threads()
+        self.leads.close()
+        self.store.db.close()
+
+
+# ----------------------------------------------------------------------------------------
+# The build
+
+def _start(tmp: Path, folder: Path, max_chars: int) -> dict:
+    """progress.json of an interrupted build of the same articles and settings, or a fresh tmp."""
+    same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder)}
+    try:
+        state = json.loads((tmp / PROGRESS).read_text())
+        if all(state.get(k) == v for k, v in same.items()):
+            return state
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "passages").mkdir(parents=True)
+    (tmp / "titles").mkdir()
+    return same | {"articles": 0, "passages": 0}
+
+
+def _feed(writers: _Writers, analysed, commit_every: int, bar):
+    since = 0
+    for chunk in analysed:
+        for article in chunk:
+            before = writers.passages
+            writers.add(*article)
+            since += writers.passages - before
+            if since >= commit_every:
+                writers.checkpoint()
+                since = 0
+        bar.update(len(chunk))
+    writers.checkpoint()
+
+
+def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_every: int = COMMIT_PASSAGES,
+                workers: int | None = None, stop_after: int | None = None) -> dict:
+    """Index every kept article of a dataset folder (train and val: the index is the model's
+    library, not its training data) into folder/index/, atomically, in bounded memory; an
+    interrupted build resumes from its last checkpoint. stop_after: stop after that many
+    articles, as a crash would (for tests)."""
+    folder = Path(folder)
+    next(read_articles(folder), None)  # the "no such folder" / "no kept articles" errors
+    t0, c0 = time.time(), _cpu_seconds()
+    tmp, final = folder / (INDEX_DIR + ".tmp"), folder / INDEX_DIR
+    state = _start(tmp, folder, max_chars)
+    resumed_after, resumed_passages = state["articles"], state["passages"]
+    if resumed_after and not quiet:
+        print(f"resuming the index build after {resumed_after:,} articles ({state['passages']:,} passages)")
+    workers = cores() if workers is None else workers
+    # forked before tantivy's threads exist in this process (a fork copies only the calling thread)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
+    writers = _Writers(tmp, state)
+    try:
+        articles = islice(_articles_from(folder, resumed_after), stop_after)
+        bar = progress_bar(desc="index", unit=" articles", disable=quiet, initial=resumed_after)
+        _feed(writers, _analysed(pool, _chunks(articles), max_chars, 2 * workers), commit_every, bar)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        writers.close()
+    if stop_after is not None:
+        return {"stopped_after": writers.articles, "passages": writers.passages}
+    if writers.passages == 0:
+        raise DatasetError(f"{folder}: the kept articles hold no text to index.")
+    seconds = time.time() - t0
+    info = {"version": INDEX_VERSION, "engine": f"tantivy {tantivy.__version__.split(',')[0].split()[-1]}",
+            "articles_fingerprint": state["articles_fingerprint"], "articles": writers.articles,
+            "passages": writers.passages, "passage_chars": max_chars, "seconds": round(seconds, 2),
+            "cpu_seconds": round(_cpu_seconds() - c0, 2), "resumed_after_articles": resumed_after,
+            "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9))}
+    (tmp / PROGRESS).unlink()
+    (tmp / INFO).write_text(json.dumps(info, indent=2))  # last: Index.open looks for it
+    fsync_tree(tmp)  # the new index on disk before the old one goes
+    shutil.rmtree(final, ignore_errors=True)
+    replace_durably(tmp, final)
+    return info
+
+
+def _cpu_seconds() -> float:
+    """This process and its finished workers: the build's CPU time on every core."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
