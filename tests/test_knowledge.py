@@ -1,6 +1,7 @@
 """The knowledge graph (infobox facts, aliases, links in knowledge.sqlite), entity linking,
 evidence ranking, honest "not found", evidence-bounded copying, and their bad input."""
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
-from wikigpt.knowledge.graph import Knowledge, name_key
+from wikigpt.knowledge.graph import NAME_FACTS, Knowledge, name_key
 from wikigpt.prep.facts import facts
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
@@ -121,6 +122,25 @@ def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     meta = load_dataset(kb_data).meta["knowledge"]
     assert meta == kb.counts and meta["aliases"] == 1 and meta["redirects"] == 2
     assert meta["facts"] == len(facts(ANDORRA)) + 2 and meta["infoboxes"] == 2
+
+
+def test_the_names_table_built_in_sqlite_is_the_one_a_python_list_built(kb_data):
+    """close() streams the names inside SQLite; the table is what the list-based writer made:
+    titles, then redirects, then titles without their qualifier and name facts, first key wins."""
+    db = Knowledge.open(kb_data).db
+    names = [(name_key(t), no, 0) for no, t in db.execute("SELECT no, title FROM articles ORDER BY no")]
+    names += [(name_key(a), no, 1) for a, no in db.execute("SELECT alias, subject FROM aliases ORDER BY rowid")]
+    names += [(name_key(re.sub(r"\s*\([^()]*\)$", "", t)), no, 2)
+              for no, t in db.execute("SELECT no, title FROM articles ORDER BY no")]
+    names += [(name_key(v), s, 2) for s, v in db.execute(
+        f"SELECT subject, value FROM facts WHERE attribute IN ({','.join('?' * len(NAME_FACTS))}) "
+        "ORDER BY subject, ord", NAME_FACTS) if len(v) <= 80]
+    expected = {}
+    for key, subject, kind in names:
+        if key:
+            expected.setdefault(key, (key, subject, kind))
+    assert db.execute("SELECT key, subject, kind FROM names ORDER BY key").fetchall() == sorted(expected.values())
+    assert ("principality of andorra", 0, 1) in expected.values()  # a redirect, before the infobox's long name
 
 
 def test_names_link_longest_first_case_folded_accents_aside_and_in_chinese(reader):
