@@ -49,8 +49,11 @@ demo-steps:
 	$(PY) eval.py --ckpt $(DEMO_OUT)/demo/best.pt --ckpt $(DEMO_OUT)/chat/best.pt --out $(DEMO_OUT)/report.json $(EVAL_ARGS)
 	$(PY) eval.py plot $(DEMO_OUT)/demo $(DEMO_OUT)/chat --out $(DEMO_OUT)/loss.png
 
+# two workers, whole files each: many tests wait on subprocesses and sockets, so two cores run
+# the suite in ~2/3 of the time of one worker (docs/tests.md); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
 test: setup $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The page answers from Wikipedia when the demo's dataset has its index (the page's switch turns
 # it off per conversation); without it, the model alone
