@@ -182,6 +182,19 @@ def test_the_threshold_is_chosen_on_train_questions_and_stored_with_the_index(kb
     assert info["calibration"]["answered"] >= 0.9 and info["calibration"]["abstained"] >= 0.9
 
 
+def test_the_threshold_asks_about_a_bounded_sample_of_train_articles(kb_data, reader):
+    """On a full dump the train split holds millions of articles: calibrate() asks about at most
+    max_questions of them, drawn in one pass; a split that small is taken whole, in order, so
+    its questions (and the threshold) are those of every article."""
+    from wikigpt.knowledge.qa_items import sample_articles
+
+    train = [a["title"] for a in read_articles(kb_data, "train")]
+    assert [a["title"] for a in sample_articles(kb_data, "train", len(train))] == train
+    some = [a["title"] for a in sample_articles(kb_data, "train", 3, seed=1)]
+    assert len(some) == 3 and set(some) <= set(train) and some == [t for t in train if t in some]
+    assert calibrate(kb_data, reader, max_questions=3)["calibration"]["questions"] <= 3
+
+
 def test_the_prompt_shows_the_best_evidence_first_and_names_the_attribute(kb_data, reader):
     tok = load_dataset(kb_data).tokenizer
     ids, found, sources = evidence_prompt(reader, tok, [Message("user", "What is the capital of Andorra?")], 200, 255)

@@ -58,11 +58,24 @@ def askable_facts(facts: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def lead_items(folder, split: str, per_article: int, seed: int = 0) -> list[QAItem]:
-    """per_article templated "What is X?" questions about each article of one split."""
+def sample_articles(folder, split: str, k: int, seed: int = 0) -> list[dict]:
+    """k articles of a split drawn uniformly in one pass (reservoir sampling), in file order; the
+    whole split when it has k or fewer. Memory: k articles, whatever the corpus's size."""
+    rng, kept = random.Random(f"{seed}:sample:{split}"), []
+    for i, article in enumerate(read_articles(folder, split)):
+        if i < k:
+            kept.append((i, article))
+        elif (j := rng.randint(0, i)) < k:
+            kept[j] = (i, article)
+    return [article for _, article in sorted(kept, key=lambda x: x[0])]
+
+
+def lead_items(folder, split: str, per_article: int, seed: int = 0, articles=None) -> list[QAItem]:
+    """per_article templated "What is X?" questions about each article of one split (or of
+    `articles`, some of its articles)."""
     rng = random.Random(f"{seed}:{split}")
     items = []
-    for article in read_articles(folder, split):
+    for article in articles if articles is not None else read_articles(folder, split):
         answer = opening_sentence(article["text"])
         if len(answer) < 20:
             continue
@@ -128,8 +141,11 @@ def calibrate(folder, reader: Reader, max_questions: int = 400, seed: int = 0) -
     """The "not found" threshold, chosen on the train split: the score that best separates
     questions about train articles (lead, fact, section: answer them) from out-of-corpus ones
     (abstain). Returns {"abstain_below": t, ...} with what it separates, for the index info."""
-    train = [a["title"] for a in read_articles(folder, "train")]
-    inside = lead_items(folder, "train", 2, seed) + fact_and_section_items(reader, train, 3, seed)
+    # questions about at most max_questions train articles: on a full dump the split holds
+    # millions, and every article's questions (and its links' look-ups) would not fit in memory
+    articles = sample_articles(folder, "train", max_questions, seed)
+    train = [a["title"] for a in articles]
+    inside = lead_items(folder, "train", 2, seed, articles) + fact_and_section_items(reader, train, 3, seed)
     inside = random.Random(seed).sample(inside, min(max_questions, len(inside)))
     outside = out_of_corpus_items(reader, train, max(len(inside) // 2, 10), seed, zh_names=ZH_NAMES[::2])
     yes = sorted(reader.find(i.question).score for i in inside)
