@@ -3,6 +3,7 @@ evidence ranking, honest "not found", evidence-bounded copying, and their bad in
 import json
 import re
 import shutil
+import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -13,8 +14,8 @@ from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
-from wikigpt.knowledge.graph import NAME_FACTS, Knowledge, name_key
-from wikigpt.prep.facts import facts
+from wikigpt.knowledge.graph import NAME_FACTS, Knowledge, KnowledgeWriter, name_key
+from wikigpt.prep.facts import facts, is_person
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 from wikigpt.knowledge.qa_items import calibrate
@@ -148,6 +149,26 @@ def test_names_link_longest_first_case_folded_accents_aside_and_in_chinese(reade
     assert [l.title for l in reader.links("Where is the principality of andorra?")] == ["Andorra"]  # a redirect
     assert [l.title for l in reader.links("长江有多长？")] == ["长江"]
     assert name_key("André  Agassi") == "andre agassi" and name_key("长江") == "长 江"
+
+
+def test_people_are_linked_by_a_surname_only_one_has_and_plurals_by_their_singular(tmp_path):
+    writer = KnowledgeWriter(tmp_path / "knowledge.sqlite")
+    writer.article("Arthur Schopenhauer", {"person": is_person(
+        "Arthur Schopenhauer (22 February 1788 – 21 September 1860) was a German philosopher.")})
+    writer.article("Tom Johnston", {"facts": [("birth date", "1950")]})  # an infobox's person
+    writer.article("Ann Johnston", {"person": is_person("Ann Johnston (born 1960) is a singer.")})
+    writer.article("Apollo 11", {"person": is_person("Apollo 11 (July 16–24, 1969) was a spaceflight.")})
+    writer.article("American War", {"person": is_person("The American War (1775–1783) was a war.")})
+    writer.article("Aardvark", {})
+    writer.article("Algorithm", {})
+    writer.article("Algorithms (journal)", {})
+    writer.close()
+    kb = Knowledge(sqlite3.connect(tmp_path / "knowledge.sqlite"), tmp_path / "knowledge.sqlite", {})
+    assert [l.title for l in kb.link("When did Schopenhauer die?")] == ["Arthur Schopenhauer"]
+    assert kb.link("Where was Johnston born?") == []  # two people have that surname: neither
+    assert kb.link("When did 11 launch?") == [] and kb.link("What is war?") == []  # not people
+    assert [(l.title, l.kind) for l in kb.link("where do aardvarks live")] == [("Aardvark", 3)]
+    assert [l.title for l in kb.link("the journal Algorithms")] == ["Algorithms (journal)"]  # the exact name first
 
 
 # ----- evidence

@@ -22,7 +22,8 @@ full dump's size. Tables:
     aliases(alias, subject)                   redirects to a kept article
     names(key, subject, kind)                 what entity linking looks up: titles (kind 0),
                                               redirects (1), other names (2: "Animalia" for
-                                              "Animalia (book)", an infobox's long or native name),
+                                              "Animalia (book)", an infobox's long or native name,
+                                              a person's surname when only one has it),
                                               case-folded and accent-free; indexed by key
 It is written to a temporary file in the order of the articles, then renamed into place: the
 same articles give the same bytes, and an interrupted run never leaves half a database.
@@ -43,6 +44,7 @@ KNOWLEDGE_VERSION = 1
 MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
 UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
 NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
+PERSON_FACTS = {"birth date", "birth place", "death date", "death place"}  # an infobox of a person
 # one-character CJK words a question is made of ("what", "is", ...): never a name on their own
 ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁吗呢么什怎为请把被从对就也都很")
 
@@ -55,6 +57,7 @@ CREATE TABLE links(subject INTEGER PRIMARY KEY, targets TEXT NOT NULL);
 CREATE TABLE aliases(alias TEXT NOT NULL, subject INTEGER NOT NULL);
 CREATE TABLE names(key TEXT PRIMARY KEY, subject INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TEMP TABLE redirects(alias TEXT NOT NULL, target TEXT NOT NULL);
+CREATE TEMP TABLE persons(subject INTEGER PRIMARY KEY);
 """
 INDEXES = """
 CREATE UNIQUE INDEX articles_title ON articles(title);
@@ -79,6 +82,25 @@ def name_units(text: str) -> list[tuple[str, int, int]]:
 def name_key(text: str) -> str:
     """'André Agassi' -> 'andre agassi'; '阿富汗' -> '阿 富 汗': what names are matched by."""
     return " ".join(u for u, _, _ in name_units(text))
+
+
+def _singular(word: str) -> str:
+    """An English plural's singular ('aardvarks' -> 'aardvark', 'ponies' -> 'pony', 'boxes' ->
+    'box'), '' for a word that is not one; a wrong guess only looks up a name that is not there."""
+    if len(word) < 4 or not word.isascii() or not word.endswith("s") or word.endswith(("ss", "us", "is")):
+        return ""
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    return word[:-2] if word.endswith(("ches", "shes", "xes", "sses")) else word[:-1]
+
+
+def surname(title: str) -> str:
+    """'Arthur Schopenhauer' -> 'schopenhauer': the last of a name of two to four capitalised
+    words ('' for other titles: one word, or 'List of ...')."""
+    words = _without_qualifier(title).split()
+    if not 2 <= len(words) <= 4 or not all(w[:1].isupper() or w[:1] == "(" for w in words):
+        return ""
+    return name_key(words[-1]) if len(words[-1]) > 2 else ""  # "Jr.", "II" name no one
 
 
 def _without_qualifier(title: str) -> str:
@@ -108,6 +130,8 @@ class KnowledgeWriter:
                             [(no, i, h, o) for i, (h, o) in enumerate(sections)])
         if links:  # newline-separated titles
             self.db.execute("INSERT INTO links VALUES (?, ?)", (no, links))
+        if record.get("person") or any(a in PERSON_FACTS for a, _ in facts):
+            self.db.execute("INSERT INTO persons VALUES (?)", (no,))
         c.update(articles=no + 1, infoboxes=c["infoboxes"] + bool(facts), facts=c["facts"] + len(facts),
                  sections=c["sections"] + len(sections), links=c["links"] + (links.count("\n") + 1 if links else 0))
 
@@ -148,6 +172,12 @@ def _write_names(db: sqlite3.Connection):
              "AND length(value) <= 80 ORDER BY subject, ord")
     for select in names:
         db.execute(f"INSERT OR IGNORE INTO names {select}", NAME_FACTS if "facts" in select else ())
+    # a person by surname ("Schopenhauer", "Lincoln" in a reply), when no other name has that key
+    # and no other person that surname: two Johnsons name neither
+    db.create_function("surname", 1, surname, deterministic=True)
+    db.execute("INSERT OR IGNORE INTO names SELECT key, min(subject), 2 FROM (SELECT surname(a.title) AS key, "
+               "a.no AS subject FROM persons p JOIN articles a ON a.no = p.subject) WHERE key != '' "
+               "GROUP BY key HAVING count(*) = 1 ORDER BY min(subject)")
     db.execute("DELETE FROM names WHERE key = ''")  # a name of punctuation alone names nothing
 
 
@@ -177,7 +207,7 @@ class Link:
     start: int
     end: int
     units: int  # how many words (or CJK characters) the name spans
-    kind: int  # 0 title, 1 redirect, 2 other name
+    kind: int  # 0 title, 1 redirect, 2 other name, 3 a plural of a name
 
 
 def rebuild_hint(folder) -> str:
@@ -274,14 +304,17 @@ class Knowledge:
                 words = [u for u, _, _ in units[i:i + n]]
                 if all(w in stopwords or w in ZH_FUNCTION_CHARS or (len(w) == 1 and w.isascii()) for w in words):
                     continue
-                spans.setdefault(" ".join(words), []).append((i, n))
+                spans.setdefault(" ".join(words), []).append((i, n, 0))
+                singular = _singular(words[-1])
+                if singular:  # "aardvarks" names Aardvark (kind 3), after any exact name ("Algorithms")
+                    spans.setdefault(" ".join(words[:-1] + [singular]), []).append((i, n, 3))
         found = []
         keys = list(spans)
         for k in range(0, len(keys), 500):  # SQLite's limit on parameters per query
             chunk = keys[k:k + 500]
             found += self._rows(f"SELECT key, subject, kind FROM names WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-        candidates = sorted(((n, kind, i, subject) for key, subject, kind in found for i, n in spans[key]),
-                            key=lambda c: (-c[0], c[1], c[2]))
+        candidates = sorted(((n, max(kind, least), i, subject) for key, subject, kind in found
+                             for i, n, least in spans[key]), key=lambda c: (-c[0], c[1], c[2]))
         taken, links = set(), []
         for n, kind, i, subject in candidates:
             if taken.isdisjoint(range(i, i + n)):

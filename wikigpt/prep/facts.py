@@ -230,9 +230,23 @@ def link_targets(links: list[str]) -> str:
     return "\n".join(dict.fromkeys(titles))
 
 
+# a biography's first sentence: "Arthur Schopenhauer (22 February 1788 – 21 September 1860) was ...",
+# "Andre Agassi (born 29 April 1970) is ...": a name, then the life's years in brackets ("The
+# American Revolutionary War (1775–1783)" names no one)
+_LIFE = re.compile(r"^(?!(?:the|an?)\s)[^()]{2,80}\((?:[^()]*?\bborn\b|[^()]*?\b\d{3,4}\s*(?:BC\s*)?[–-]\s*[^()]*?\b\d{3,4}\b)", re.I)
+
+
+def is_person(text: str) -> bool:
+    """Whether an article is about a person, by its lead (the graph also reads an infobox's
+    birth and death fields): the entity linker then knows the person by surname too."""
+    return bool(_LIFE.match(text.lstrip()[:300]))
+
+
 def article_knowledge(wikitext: str, text: str, found: dict) -> dict:
     """One kept article's share of the knowledge graph: its facts, its outgoing links (each
-    target once, in order of first use, newline-separated) and its sections' opening sentences.
-    `found` is what the cleaner collected (clean_wikitext's `found`: links, headings)."""
+    target once, in order of first use, newline-separated), its sections' opening sentences, and
+    whether it is about a person. `found` is what the cleaner collected (clean_wikitext's
+    `found`: links, headings)."""
     return {"facts": facts(wikitext), "links": link_targets(found.get("links", [])),
-            "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence)}
+            "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence),
+            "person": is_person(text)}
