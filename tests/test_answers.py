@@ -9,7 +9,8 @@ from conftest import PROSE, dump_xml, page
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
-from wikigpt.knowledge.evidence import UNSETTLED, Reader
+from wikigpt.knowledge.analysis import terms
+from wikigpt.knowledge.evidence import UNSETTLED, Reader, has_new
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import build_index
@@ -39,6 +40,15 @@ def reader(tmp_path_factory):
              "--val_fraction", "0.1", "--workers", "1"])
     build_index(root / "data", quiet=True)
     return Reader.open(root / "data")
+
+
+def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
+    known = set(terms("Who commanded Apollo 8?"))
+    assert not has_new("person", "The insignia shows the shape of the Apollo Command Module.", known)
+    assert has_new("person", "The crew: Commander Frank Borman and two others.", known)
+    known = set(terms("What happened in 1968?"))
+    assert not has_new("date", "The 1968 mission orbited the Moon.", known)
+    assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
 
 
 def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reader):

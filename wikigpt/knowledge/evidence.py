@@ -295,11 +295,12 @@ class Reader:
         for rank, l in enumerate(links):
             subjects.setdefault(l.title, rank)
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
+        known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         items = []
         for order, item in enumerate(candidates):
             s = self.score(item, asked, subjects, whole)
-            typed = bool(kind) and bool(HAS_TYPE[kind].search(item.text if item.kind != "reverse" else item.title + " "))
+            typed = bool(kind) and has_new(kind, item.text if item.kind != "reverse" else item.title + " ", known)
             if kind and not typed:
                 s *= OFF_TYPE
             items.append((s, -order, item, typed))
@@ -412,6 +413,13 @@ class Reader:
                 answer = replace(item, kind="yes/no", text=f"{'No' if no else 'Yes'}: {item.text}")
                 return [answer] + low
         return low
+
+
+def has_new(kind: str, text: str, known: set) -> bool:
+    """Whether a text holds an answer of the type asked (ANSWER_TYPES) that the question does not
+    already say: "Who commanded Apollo 8?" is not answered by a sentence whose only name is
+    "Apollo Command Module" (every word of it asked or named)."""
+    return any(set(terms(m[0])) - known or not terms(m[0]) for m in HAS_TYPE[kind].finditer(text))
 
 
 def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str, bool]]:
