@@ -175,6 +175,7 @@ def test_people_are_linked_by_a_surname_only_one_has_and_plurals_by_their_singul
 
 @pytest.mark.parametrize("question, kind, text", [
     ("What is the capital of Andorra?", "fact", "Andorra la Vella"),
+    ("Which city is the capital city of Andorra?", "fact", "Andorra la Vella"),  # a capital is a city
     ("Andorra的首都是什么？", "fact", "Andorra la Vella"),
     ("Who is the prime minister of Andorra?", "fact", "Antoni Martí"),
     ("Tell me about the economy of Andorra.", "section", "Tourism is the mainstay of the tiny economy of Andorra."),

@@ -67,6 +67,12 @@ ASKED = {
     "invented": "inventor", "designed": "designer", "author": "author writer", "commanded": "commander",
     "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start",
     "started": "began start", "begin": "began start", "launched": "launch launched", "launch": "launch launched",
+    # the words of everyday questions for common infobox fields (birth place, alma mater, runtime, ...)
+    "town": "place city", "city": "city capital place", "village": "place", "real": "birth name",
+    "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
+    "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
+    "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
+    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place",
 }
 # what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
 # answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
