@@ -27,13 +27,16 @@ VALLEY = """{{Infobox country
 }}
 '''Brindavale''' is a landlocked valley state in the high mountains. Brindavale is not a member of the European Union.
 The Brindavale Standards Office (BSO) keeps the weights and measures of the valley. """
+GAZETTE = """'''Stonebridge Gazette''' is a newspaper of the valley. Its printers published a calendar in the same year.
+The gazette was first published in 1852. """
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
     root = tmp_path_factory.mktemp("answers")
-    pages = [page("Mara Quill", WRITER + PROSE * 2), page("Brindavale", VALLEY + PROSE * 2)]
+    pages = [page("Mara Quill", WRITER + PROSE * 2), page("Brindavale", VALLEY + PROSE * 2),
+             page("Stonebridge Gazette", GAZETTE + PROSE * 2)]
     pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
     (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
     prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
@@ -49,6 +52,11 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     known = set(terms("What happened in 1968?"))
     assert not has_new("date", "The 1968 mission orbited the Moon.", known)
     assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
+
+
+def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
+    assert "1852" in reader.find("When was the Stonebridge Gazette first published?").best.text
+    assert "1852" in reader.find("When was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text
 
 
 def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reader):

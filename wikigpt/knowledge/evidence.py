@@ -83,6 +83,7 @@ _MONTHS = "january|february|march|april|may|june|july|august|september|october|n
 HAS_TYPE = {"number": re.compile(r"\d"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
+TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without)\b|n't\b", re.I)
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
@@ -257,7 +258,7 @@ class Reader:
         subject = self.kb.subject(title) if self.kb is not None else None
         return None if subject is None else {h for h, _ in self.kb.sections(subject)}
 
-    def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None) -> float:
+    def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None, implied: tuple = ()) -> float:
         """(1 if the item is about the entity named, else UNLINKED) x (0.5 + 0.5 x coverage): the
         share of what is asked that the item covers. A question that asks nothing beyond its
         entity ("What is X?") is answered by X's lead sentence. Evidence about an entity the
@@ -265,7 +266,7 @@ class Reader:
         much of the whole question (`whole`) it covers, its title included: up to 1 when all."""
         about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
         if item.kind == "expansion":  # the acronym asked about, spelled out beside it ("Lunar Module (LM)")
-            return 1.0 if item.attribute.endswith("(beside it)") else 0.9
+            return 1.0 if item.attribute.endswith("(beside it)") else 0.95  # above a sentence's most (0.925)
         if item.kind == "reverse":  # a fact whose value the question names: the subject answers it
             covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
             return 0.9 * (0.5 + 0.5 * covered)
@@ -281,9 +282,9 @@ class Reader:
             coverage = covered * (0.8 + 0.2 * exact)
         elif item.kind == "section":
             names = set(terms(item.attribute))
-            coverage = max(asked.coverage(names), 0.9 * asked.coverage(names | set(terms(item.text))))
+            coverage = max(asked.coverage(names), 0.9 * asked.coverage(names | set(terms(item.text)) | set(implied)))
         else:
-            coverage = 0.85 * asked.coverage(set(terms(item.text)) | set(terms(item.attribute)))
+            coverage = 0.85 * asked.coverage(set(terms(item.text)) | set(terms(item.attribute)) | set(implied))
         form = 0.95 if (item.kind == "fact") == asked.tell else 1.0  # "tell me about": a section
         return about * (0.5 + 0.5 * coverage) * (form if item.kind in ("fact", "section") else 1.0)
 
@@ -305,8 +306,8 @@ class Reader:
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         items = []
         for order, item in enumerate(candidates):
-            s = self.score(item, asked, subjects, whole)
-            typed = bool(kind) and has_new(kind, item.text if item.kind != "reverse" else item.title + " ", known)
+            typed = bool(kind) and has_new(kind, " " + (item.text if item.kind != "reverse" else item.title), known)
+            s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
             items.append((s, -order, item, typed))
