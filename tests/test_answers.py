@@ -28,7 +28,10 @@ VALLEY = """{{Infobox country
 '''Brindavale''' is a landlocked valley state in the high mountains. Brindavale is not a member of the European Union.
 The Brindavale Standards Office (BSO) keeps the weights and measures of the valley. """
 GAZETTE = """'''Stonebridge Gazette''' is a newspaper of the valley. Its printers published a calendar in the same year.
-The gazette was first published in 1852. """
+The gazette was first published in 1852. Claims that the gazette is printed abroad are unsupported.
+Its first editor was Joseph E. Marlow of the valley. """
+WEATHER = """The '''Weather Office of the Valley''' (OMV, from its old name Office Meteo du Val) forecasts the weather of
+Brindavale. """
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 
 
@@ -36,7 +39,7 @@ FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 def reader(tmp_path_factory):
     root = tmp_path_factory.mktemp("answers")
     pages = [page("Mara Quill", WRITER + PROSE * 2), page("Brindavale", VALLEY + PROSE * 2),
-             page("Stonebridge Gazette", GAZETTE + PROSE * 2)]
+             page("Stonebridge Gazette", GAZETTE + PROSE * 2), page("Weather Office of the Valley", WEATHER + PROSE * 2)]
     pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
     (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
     prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
@@ -57,6 +60,18 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
 def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
     assert "1852" in reader.find("When was the Stonebridge Gazette first published?").best.text
     assert "1852" in reader.find("When was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text
+
+
+def test_an_abbreviation_a_lead_gives_in_brackets_links_and_is_spelled_out_by_the_title(reader):
+    found = reader.find("What does OMV stand for?")  # its letters spell no run of words: the title says it
+    assert [l.title for l in found.links] == ["Weather Office of the Valley"]
+    assert found.best.text == "Weather Office of the Valley" and found.answerable
+
+
+def test_an_initial_does_not_end_a_sentence_and_unsupported_claims_are_answered_no(reader):
+    found = reader.find("Who was the first editor of the Stonebridge Gazette?")
+    assert found.best.text == "Its first editor was Joseph E. Marlow of the valley."
+    assert reader.find("Is the Stonebridge Gazette printed abroad?").best.text.startswith("No: ")
 
 
 def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reader):

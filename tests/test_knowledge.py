@@ -15,7 +15,7 @@ from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
 from wikigpt.knowledge.graph import NAME_FACTS, Knowledge, KnowledgeWriter, name_key
-from wikigpt.prep.facts import facts, is_person
+from wikigpt.prep.facts import facts, is_person, lead_abbreviation
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 from wikigpt.knowledge.qa_items import calibrate
@@ -169,6 +169,14 @@ def test_people_are_linked_by_a_surname_only_one_has_and_plurals_by_their_singul
     assert kb.link("When did 11 launch?") == [] and kb.link("What is war?") == []  # not people
     assert [(l.title, l.kind) for l in kb.link("where do aardvarks live")] == [("Aardvark", 3)]
     assert [l.title for l in kb.link("the journal Algorithms")] == ["Algorithms (journal)"]  # the exact name first
+
+
+def test_a_lead_names_its_subjects_abbreviation_in_its_first_brackets_only():
+    assert lead_abbreviation("The American National Standards Institute (ANSI) is a non-profit.") == "ANSI"
+    assert lead_abbreviation("International Atomic Time (TAI, from the French name) is a scale.") == "TAI"
+    assert lead_abbreviation("The ampere (SI unit symbol: A) is the unit of current.") == ""  # a symbol's note
+    assert lead_abbreviation("Transport in Angola comprises: railways (CFL) and roads.") == ""  # after the verb
+    assert lead_abbreviation("Afghanistan (Pashto/Dari: Afganistan) is a country.") == ""
 
 
 # ----- evidence

@@ -85,7 +85,8 @@ HAS_TYPE = {"number": re.compile(r"\d"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
-NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without)\b|n't\b", re.I)
+NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
+                      r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
 STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
 ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
@@ -400,8 +401,9 @@ class Reader:
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
         texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
         texts += [(p.title, p.text) for p in passages]
-        items = []
-        for acronym in dict.fromkeys(acronyms):
+        items = [Item("expansion", l.title, re.sub(r"\s*\([^()]*\)$", "", l.title), f"{short} stands for (its title)")
+                 for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
+        for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
             for title, text in texts:
                 for expansion, beside in spelled_out(acronym, text):
                     items.append(Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside))

@@ -43,7 +43,8 @@ KNOWLEDGE = "knowledge.sqlite"
 KNOWLEDGE_VERSION = 1
 MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
 UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
-NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
+NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names",
+              "abbreviation")
 PERSON_FACTS = {"birth date", "birth place", "death date", "death place"}  # an infobox of a person
 # one-character CJK words a question is made of ("what", "is", ...): never a name on their own
 ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁吗呢么什怎为请把被从对就也都很")
@@ -125,6 +126,10 @@ class KnowledgeWriter:
         no, c = self.counts["articles"], self.counts
         self.db.execute("INSERT INTO articles VALUES (?, ?)", (no, title))
         facts, sections, links = record.get("facts", []), record.get("sections", []), record.get("links", "")
+        short = record.get("abbreviation")  # the lead's "(ANSI)": a fact, and so a name (NAME_FACTS)
+        box = bool(facts)
+        if short and all(a != "abbreviation" for a, _ in facts):
+            facts = facts + [("abbreviation", short)]
         self.db.executemany("INSERT INTO facts VALUES (?, ?, ?, ?)", [(no, i, a, v) for i, (a, v) in enumerate(facts)])
         self.db.executemany("INSERT INTO sections VALUES (?, ?, ?, ?)",
                             [(no, i, h, o) for i, (h, o) in enumerate(sections)])
@@ -132,7 +137,7 @@ class KnowledgeWriter:
             self.db.execute("INSERT INTO links VALUES (?, ?)", (no, links))
         if record.get("person") or any(a in PERSON_FACTS for a, _ in facts):
             self.db.execute("INSERT INTO persons VALUES (?)", (no,))
-        c.update(articles=no + 1, infoboxes=c["infoboxes"] + bool(facts), facts=c["facts"] + len(facts),
+        c.update(articles=no + 1, infoboxes=c["infoboxes"] + box, facts=c["facts"] + len(facts),
                  sections=c["sections"] + len(sections), links=c["links"] + (links.count("\n") + 1 if links else 0))
 
     def redirect(self, alias: str, target: str):

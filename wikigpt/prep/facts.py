@@ -242,11 +242,27 @@ def is_person(text: str) -> bool:
     return bool(_LIFE.match(text.lstrip()[:300]))
 
 
+# the short form a lead gives its subject in brackets: "The American National Standards Institute
+# (ANSI) is ...", "International Atomic Time (TAI, from the French ...) is ..."
+_LEAD_ACRONYM = re.compile(r"^[^()]{2,120}?\(\s*([A-Z][A-Z0-9&]{1,9})(?=\s*[,;)])")  # not "(SI unit symbol: A)"
+
+
+_VERB = re.compile(r"\b(?:is|are|was|were|has|have|had|comprises?|consists?)\b|[:;]")
+
+
+def lead_abbreviation(text: str) -> str:
+    """The abbreviation a lead's first brackets give (one of capitals, 2-10 long), or ''."""
+    m = _LEAD_ACRONYM.match(text.lstrip()[:200])
+    if not m or sum(c.isupper() for c in m[1]) < 2 or _VERB.search(m[0]):
+        return ""  # "Transport in Angola comprises: ... (CFL)": a bracket after the sentence's verb is not the subject's
+    return m[1]
+
+
 def article_knowledge(wikitext: str, text: str, found: dict) -> dict:
     """One kept article's share of the knowledge graph: its facts, its outgoing links (each
     target once, in order of first use, newline-separated), its sections' opening sentences, and
-    whether it is about a person. `found` is what the cleaner collected (clean_wikitext's
+    whether it is about a person, and the abbreviation its lead gives. `found` is what the cleaner collected (clean_wikitext's
     `found`: links, headings)."""
     return {"facts": facts(wikitext), "links": link_targets(found.get("links", [])),
             "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence),
-            "person": is_person(text)}
+            "person": is_person(text), "abbreviation": lead_abbreviation(text)}
