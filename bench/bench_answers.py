@@ -1,30 +1,116 @@
 """
 Answers to the hand-written questions of bench/natural_qa/, read by the evidence reader with
 copying on (the reply is the best evidence, or "not found"): per kind right / wrong / declined /
-missed, follow-up turns, out-of-corpus declines, retrieval recall@5. No model needed.
+missed, follow-up turns, out-of-corpus declines, retrieval recall@5. No model needed; with --ckpt,
+also the chat model's pick among the rules' top K candidates (knowledge/likelihood.py).
 
     python bench/bench_answers.py --data data/demo                 # the dev split
     python bench/bench_answers.py --data data/demo --calibrate     # choose and store the threshold on dev
     python bench/bench_answers.py --data data/demo --confidence    # the learned confidence: 5-fold on dev, stored
+    python bench/bench_answers.py --data data/demo --ckpt out/chat/best.pt   # + the model's likelihood
     python bench/bench_answers.py --data data/demo --split test     # once, to report
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wikigpt.chat.chat_template import ContextOverflow, prompt_room  # noqa: E402
+from wikigpt.cli import UsageError, run_main  # noqa: E402
+from wikigpt.decoding.load import add_model_args, load_model  # noqa: E402
 from wikigpt.knowledge.evidence import Reader  # noqa: E402
-from wikigpt.knowledge.natural import (MAX_WRONG, choose_threshold, evaluate_reader, format_natural,  # noqa: E402
-                                       load_natural, scores_of)
+from wikigpt.knowledge.grounding import fit_grounded, sources_of  # noqa: E402
+from wikigpt.knowledge.likelihood import (K, candidate_scores, conversation, likeliest, reply_scores,  # noqa: E402
+                                          tie_broken)
+from wikigpt.knowledge.natural import (MAX_WRONG, NaturalSet, choose_threshold, evaluate_reader,  # noqa: E402
+                                       format_natural, holds, load_natural, scores_of)
 from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
 
 
-def main():
+def read_turns(reader: Reader, data: NaturalSet):
+    """(what the reader found, the reader's history, the accepted answers) for every answerable
+    question and conversation turn; a turn read after the earlier ones and their best evidence,
+    as natural.read_all reads them."""
+    for q in data.questions:
+        yield reader.find(q["question"]), [], q["answers"]
+    for c in data.conversations:
+        history = []
+        for turn in c["turns"]:
+            found = reader.find(turn["question"], history=history)
+            yield found, history, turn["answers"]
+            history = history + [turn["question"], found.best.text if found.best else ""]
+
+
+def grounded_scores(model, tok, found, history, k: int) -> list[float]:
+    """reply_scores under the prompt chat.py --rag sends (the rules' best items and the top
+    passage as sources): the contrast that shows why likelihood.py's column goes without it."""
+    texts = [i.text for i in found.items[:k]]
+    longest = max(len(tok.encode(t)) for t in texts) + 2  # + <|assistant|> and <|end|>
+    block = model.cfg.block_size
+    sources, messages = [(s.title, s.text) for s in sources_of(found)], conversation(found.question, history)
+    try:
+        _, messages, _ = fit_grounded(tok, messages, sources, prompt_room(block, longest), block - 1)
+    except ContextOverflow:  # the question alone fills the context: no source fits (reply_scores cuts it)
+        pass
+    return reply_scores(model, tok, messages, texts)
+
+
+ROWS = {"any": "an accepted answer in the top {k}", "rules": "the rules' first",
+        "model": "the model's likeliest of the {k}", "random": "a random one of the {k} (expected)",
+        "tie": "the rules, ties broken by the model", "grounded": "the model, prompt grounded as chat.py --rag"}
+
+
+def likelihood_table(reader: Reader, data: NaturalSet, model, tok, k: int) -> tuple[int, dict]:
+    """How many of the answerable questions and turns each way (ROWS) picks right among the
+    rules' top k candidates (a stored ranker set aside). Returns (questions and turns, {row: count})."""
+    rows, n = dict.fromkeys(ROWS, 0), 0
+    saved, reader.ranker = reader.ranker, None
+    try:
+        for found, history, answers in read_turns(reader, data):
+            n += 1
+            ok = [holds(item.text, answers) for item in found.items[:k]]
+            if not ok:
+                continue
+            scores = candidate_scores(model, tok, found, history, k)
+            rows["any"] += any(ok)
+            rows["rules"] += ok[0]
+            rows["model"] += ok[likeliest(scores)]
+            rows["random"] += sum(ok) / len(ok)
+            rows["tie"] += ok[tie_broken(found.items, scores)]
+            rows["grounded"] += ok[likeliest(grounded_scores(model, tok, found, history, k))]
+    finally:
+        reader.ranker = saved
+    return n, rows
+
+
+def chat_model(args):
+    """The --ckpt model, checked before the reader's minutes of work: (model, tok, info)."""
+    if args.k < 1:
+        raise UsageError(f"--k {args.k}: the model needs at least one candidate to choose; the default is {K}.")
+    model, tok, info = load_model(args.ckpt, args.device, args.dtype)
+    if not tok.has_chat_tokens():
+        raise UsageError(f"{args.ckpt}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, <|end|>), so it "
+                         "cannot be asked a question: pass a chat checkpoint (chat_sft.py), e.g. out/chat/best.pt.")
+    return model, tok, info
+
+
+def print_likelihood(args, reader: Reader, model, tok, info):
+    start = time.time()
+    n, rows = likelihood_table(reader, load_natural(args.split), model, tok, args.k)
+    print(f"the chat model's pick: {args.ckpt} ({info['device']}), mean log-probability per token of each of "
+          f"the rules' top {args.k} as its reply, no sources in the prompt; {n} answerable questions and turns, "
+          f"{time.time() - start:.0f} s")
+    for key, count in rows.items():
+        print(f"  {ROWS[key].format(k=args.k):46s} {round(count, 1):6g} {count / max(n, 1):6.2f}")  # random: a mean
+
+
+def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--data", default="data/demo", help="the dataset folder with its index (retrieve.py --build)")
     ap.add_argument("--split", default="dev", choices=("dev", "test"), help="test: only to report, once")
     ap.add_argument("--calibrate", action="store_true",
-                    help=f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%} answered wrong) "
+                    help=f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%}% answered wrong) "
                          "and store it with the index")
     ap.add_argument("--ab", action="store_true", help="A/B on dev: the rules against the learned ranker; "
                     "stores the better one with the index, its threshold chosen on dev")
@@ -34,7 +120,11 @@ def main():
     ap.add_argument("--no_confidence", action="store_true", help="judge the best score even if a confidence is stored")
     ap.add_argument("--threshold", type=float, default=None, help="read with this threshold instead of the index's")
     ap.add_argument("--show", default="", help="print the questions with this verdict (right, wrong, missed, declined)")
-    args = ap.parse_args()
+    add_model_args(ap, ckpt=None, ckpt_help="also the chat model's pick among the rules' top --k candidates "
+                   "(its likelihood of each as its reply, knowledge/likelihood.py)")
+    ap.add_argument("--k", type=int, default=K, help="with --ckpt: the rules' top candidates the model chooses among")
+    args = ap.parse_args(argv)
+    chat = chat_model(args) if args.ckpt else None
     reader = Reader.open(args.data)
     if args.no_confidence:
         reader.confidence = None
@@ -77,7 +167,9 @@ def main():
         for row in report["rows"]:
             if row["verdict"] == args.show:
                 print(f"  [{row['kind']}] {row['question']!r} {row['score']:.2f} -> {row['reply'][:110]!r}")
+    if chat:
+        print_likelihood(args, reader, *chat)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
