@@ -50,7 +50,9 @@ def show(folder: str, query: str, k: int):
     found = reader.find(query)
     named = ", ".join(link.title for link in found.links) or "nothing in the knowledge graph"
     verdict = "answerable" if found.answerable else "not found: below the threshold"
-    print(f"{query!r} names {named}; best evidence {found.score:.2f} ({verdict}, threshold {found.threshold:.2f})")
+    judged = "" if found.confidence is None else f", confidence {found.confidence:.2f}"  # the scale the threshold is on
+    print(f"{query!r} names {named}; best evidence {found.score:.2f}{judged} ({verdict}, threshold "
+          f"{found.threshold:.2f}{' on the confidence' if judged else ''})")
     for item in found.items[:3]:
         print(f"  {item.score:.2f} {item.kind:8s} {item.label}: {item.text[:200]}")
     if not found.passages:

@@ -3,8 +3,10 @@ conversation.py): reverse look-ups through the graph, acronyms spelled out, yes/
 evidence or declined, follow-ups that carry the conversation's entity (and a reset that clears
 it), the threshold kept within the wrong-answer bound, the ranker's weights, and the learned
 confidence that the threshold judges when the index stores one."""
+import shutil
+
 import pytest
-from conftest import PROSE, dump_xml, page
+from conftest import PROSE, dump_xml, page, run_cli
 
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
@@ -13,7 +15,7 @@ from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.evidence import UNSETTLED, Reader, has_new
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
-from wikigpt.knowledge.retrieval import build_index
+from wikigpt.knowledge.retrieval import add_index_info, build_index
 
 WRITER = """{{Infobox writer
 |name = Mara Quill
@@ -145,6 +147,16 @@ def test_a_stored_confidence_is_what_the_threshold_judges(reader):
     stored = Confidence([0.5] * (len(CONFIDENCE_FEATURES) + 1))
     assert Confidence.from_info(stored.to_info()).weights == stored.weights
     assert Ranker.from_info(stored.to_info()) is None  # each model under its own key
+
+
+def test_retrieve_shows_the_confidence_the_stored_threshold_is_on(reader, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(reader.index.folder, folder)
+    sure = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [5.0])  # p = 0.993 whatever the evidence
+    add_index_info(folder, sure.to_info() | {"abstain_below": 0.5})
+    r = run_cli("retrieve.py", "--data", folder, "--k", "1", "What is the capital of Brindavale?")
+    assert r.returncode == 0, r.stderr
+    assert "confidence 0.99 (answerable, threshold 0.50 on the confidence)" in r.stdout
 
 
 def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_model():

@@ -6,10 +6,12 @@ import random
 from collections import Counter
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import PROSE, TINY, dump_xml, page, run_cli
+from conftest import PROSE, ROOT, TINY, dump_xml, page, run_cli
 
 from wikigpt.knowledge import scores
 from wikigpt.knowledge import wikiqa
@@ -301,3 +303,13 @@ def test_bad_retrieval_input_gets_clear_errors(rag_data, tmp_path):
     assert (other / "index" / "wikigpt_index.json").is_file()  # the old index is left alone
     title = next(read_articles(rag_data))["title"]
     assert Index.open(rag_data).search(f"What is {title}?", 1)[0].title == title  # the original still works
+
+
+def test_output_into_a_closed_pipe_stops_quietly(rag_data):
+    """`retrieve.py ... | head -1`: the reader leaves before the output is written; no traceback."""
+    title = next(read_articles(rag_data))["title"]
+    proc = subprocess.Popen([sys.executable, "retrieve.py", "--data", str(rag_data), "--k", "5", f"What is {title}?"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the process has imported torch, let alone printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

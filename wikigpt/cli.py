@@ -89,6 +89,9 @@ def run_main(main_fn):
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of our output left (`retrieve.py ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would fail again
+        sys.exit(141)  # what a shell reports for a pipe's writer it stopped: 128 + SIGPIPE
 
 
 # ----------------------------------------------------------------------------------------
