@@ -190,6 +190,7 @@ def test_a_lead_names_its_subjects_abbreviation_in_its_first_brackets_only():
     ("Tell me about the history of Andorra.", "section", "Charlemagne granted a charter to the people of Andorra in 805."),
     ("What is Andorra?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
     ("What is Andorra known for?", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
+    ("define andorra", "lead", "Andorra is a landlocked microstate in southwestern Europe."),
     ("How many people live in Andorra?", "fact", "85,470"),
 ])
 def test_the_best_evidence_is_what_the_question_asks(reader, question, kind, text):
