@@ -12,7 +12,8 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader, has_new
+from wikigpt.knowledge.evidence import UNSETTLED, Reader
+from wikigpt.knowledge.questions import has_new
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import add_index_info, build_index

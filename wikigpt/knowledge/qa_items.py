@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 from wikigpt.prep.data import read_articles
-from wikigpt.knowledge.evidence import ASKED, Reader
+from wikigpt.knowledge.evidence import Reader
+from wikigpt.knowledge.questions import ASKED
 from wikigpt.knowledge.sentences import language, opening_sentence
 
 EN_QUESTIONS = ["What is {t}?", "Tell me about {t}.", "What do you know about {t}?",

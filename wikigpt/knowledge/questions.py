@@ -1,0 +1,115 @@
+"""
+What a question asks, by its words: the words every question has, the table from everyday words
+to the words infobox fields and section headings use (en + zh), the type of answer asked for
+(a number, a date, a person) and whether a text holds one the question does not already say,
+yes/no and negation, pronouns, and acronyms spelled out. The evidence reader (evidence.py)
+scores candidates with these; nothing here reads the index or the graph.
+
+    ASKED["born"]                                  # 'birth': the infobox's birth date, birth place
+    has_new("person", "Commander Frank Borman", set(terms("Who commanded Apollo 8?")))   # True
+    spelled_out("ASCII", "the American Standard Code for Information Interchange (ASCII) is")
+"""
+import re
+
+from wikigpt.knowledge.analysis import terms
+from wikigpt.knowledge.sentences import CJK
+
+# words every question has: not what it asks about
+QUESTION_WORDS = set("what who whom whose which why how many much me tell about do does did you know can could "
+                     "please explain describe give is are was were there any it its s called us i "
+                     "use uses used have has had known famous he his him she her they their them this that wanna want "
+                     "whats what's who's define".split())  # "What currency does X use?", "define X"
+ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
+                     "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
+                     "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
+                     "请", "我", "你", "了", "有", "在", "？", "。", "！"]
+# a question's word -> the words infobox fields and section headings use for it (en + zh)
+ASKED = {
+    "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
+    "人口": "population", "inhabitants": "population", "people": "population", "live": "population residence",
+    "lives": "population residence", "lived": "residence", "born": "birth",
+    "birth": "birth", "出生": "birth", "生日": "birth date", "died": "death", "die": "death",
+    "去世": "death", "逝世": "death", "死亡": "death", "area": "area", "面积": "area", "big": "area",
+    "size": "area", "language": "languages lang", "languages": "languages lang",
+    "语言": "languages lang", "spoken": "languages", "currency": "currency", "货币": "currency",
+    "money": "currency", "president": "president", "总统": "president", "总理": "prime minister",
+    "首相": "prime minister", "leader": "president prime minister premier leader",
+    "领导人": "president prime minister premier leader", "anthem": "anthem", "国歌": "anthem",
+    "motto": "motto", "格言": "motto", "城市": "city", "最大": "largest", "founded": "established founded",
+    "成立": "established founded", "建立": "established founded", "teacher": "influences advisor teacher",
+    "老师": "influences advisor teacher", "wife": "spouse", "husband": "spouse", "妻子": "spouse",
+    "丈夫": "spouse", "配偶": "spouse", "国籍": "nationality citizenship", "wrote": "author notableworks works",
+    "作者": "author", "religion": "religion", "宗教": "religion", "government": "government",
+    "政府": "government", "官方": "official", "where": "place location", "when": "date year",
+    "经济": "economy", "历史": "history", "地理": "geography", "文化": "culture", "政治": "politics",
+    "气候": "climate", "教育": "education", "体育": "sports", "交通": "transport", "军事": "military",
+    "名字": "etymology name", "名称": "etymology name", "时区": "time zone", "货币代码": "currency code",
+    "directed": "director", "composed": "composer", "illustrated": "illustrator", "painted": "painter artist",
+    "invented": "inventor", "designed": "designer", "author": "author writer", "commanded": "commander",
+    "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start",
+    "started": "began start", "begin": "began start", "launched": "launch launched", "launch": "launch launched",
+    # the words of everyday questions for common infobox fields (birth place, alma mater, runtime, ...)
+    "town": "place city", "city": "city capital place", "village": "place", "real": "birth name",
+    "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
+    "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
+    "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
+    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place",
+}
+# what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
+# answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
+ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
+                ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
+                ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+HAS_TYPE = {"number": re.compile(r"\d"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
+            "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
+TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
+YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
+NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
+                      r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
+STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
+ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
+SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
+PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b", re.I)
+PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b", re.I)
+ZH_ASKED = sorted((w for w in ASKED if re.match(f"[{CJK}]", w)), key=len, reverse=True)
+TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
+
+
+def has_new(kind: str, text: str, known: set) -> bool:
+    """Whether a text holds an answer of the type asked (ANSWER_TYPES) that the question does not
+    already say: "Who commanded Apollo 8?" is not answered by a sentence whose only name is
+    "Apollo Command Module" (every word of it asked or named)."""
+    return any(set(terms(m[0])) - known or not terms(m[0]) for m in HAS_TYPE[kind].finditer(text))
+
+
+def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str, bool]]:
+    """Runs of words of `text` whose beginnings spell `acronym` in order (each word giving one
+    or more of its first letters; "of", "and", "the" may be skipped), starting with a word of its
+    first letter: (the run, whether the acronym stands beside it in brackets). A run elsewhere
+    counts only when its words are capitalised ("lunar material" does not spell out LM)."""
+    letters = acronym.lower()
+    words = list(re.finditer(r"[^\W\d_]+", text))
+
+    def match(i, at):  # the end of a run from words[i] that spells letters[at:], or None
+        if at == len(letters):
+            return i
+        if i >= len(words) or i - start >= max_words:
+            return None
+        w = words[i][0].lower()
+        for n in range(min(len(w), len(letters) - at), 0, -1):
+            if w[:n] == letters[at:at + n] and (end := match(i + 1, at + n)) is not None:
+                return end
+        return match(i + 1, at) if w in SKIPPABLE and at else None
+
+    out = []
+    for start in range(len(words)):
+        if words[start][0][0].lower() == letters[0] and words[start][0] != acronym:
+            end = match(start, 0)
+            if end is not None and end - start >= 2:
+                a, b = words[start].start(), words[end - 1].end()
+                beside = bool(re.match(rf"\s*\(\s*{re.escape(acronym)}\b", text[b:]) or
+                              re.search(rf"\b{re.escape(acronym)}\s*\(\s*$", text[:a]))
+                if beside or all(w[0][0].isupper() for w in words[start:end] if w[0].lower() not in SKIPPABLE):
+                    out.append((text[a:b], beside))
+    return sorted(dict.fromkeys(out), key=lambda x: not x[1])[:3]
