@@ -35,7 +35,10 @@ demo: setup
 demo-steps:
 	@echo "== 1/6 Wikipedia sample -> clean text -> 8k BPE tokens + a knowledge graph ($(DEMO_DATA)), and a search index"
 	$(PY) prepare_wiki.py --out $(DEMO_DATA) --tokenizer bpe:8192 --val_fraction 0.05 --overwrite
-	$(PY) retrieve.py --data $(DEMO_DATA) --build --k 1 "What is the capital of Andorra?"
+	$(PY) retrieve.py --data $(DEMO_DATA) --build
+	@echo "-- when to say 'not found': a confidence learned on hand-written questions about these articles (bench/natural_qa, dev split)"
+	$(PY) bench/bench_answers.py --data $(DEMO_DATA) --confidence
+	$(PY) retrieve.py --data $(DEMO_DATA) --k 1 "What is the capital of Andorra?"
 	@echo "== 2/6 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
 	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo $(PRETRAIN_ARGS)
 	$(PY) sample.py --ckpt $(DEMO_OUT)/demo/best.pt --prompt "Aristotle was" --max_new_tokens 60 --seed 1
