@@ -13,7 +13,7 @@ from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.evidence import UNSETTLED, Reader
-from wikigpt.knowledge.questions import has_new
+from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import add_index_info, build_index
@@ -58,6 +58,13 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     known = set(terms("What happened in 1968?"))
     assert not has_new("date", "The 1968 mission orbited the Moon.", known)
     assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
+
+
+def test_a_number_nearer_the_words_asked_is_the_nearer_answer():
+    asked, known = set(terms("provinces")), set(terms("How many provinces does Algeria have?"))
+    near = typed_distance("number", "In 1990 Algeria was divided into 48 provinces.", asked, known)
+    far = typed_distance("number", "In 1990 Algeria had its provinces redrawn.", asked, known)
+    assert near < far < 99 and typed_distance("number", "Algeria has provinces.", asked, known) == 99
 
 
 def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):

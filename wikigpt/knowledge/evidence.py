@@ -28,7 +28,7 @@ from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION, PERSON_PRONOUNS, PRONOUNS,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_ASKED,
-                                        ZH_QUESTION_WORDS, has_new, spelled_out)
+                                        ZH_QUESTION_WORDS, has_new, spelled_out, typed_distance)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -247,6 +247,7 @@ class Reader:
             subjects.setdefault(l.title, rank)
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
+        wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         items = []
         for order, item in enumerate(candidates):
@@ -254,10 +255,11 @@ class Reader:
             s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
-            items.append((s, -order, item, typed))
-        items.sort(key=lambda x: (x[0], x[1]), reverse=True)  # equal scores: the earlier one
+            near = -typed_distance(kind, item.text, wanted, known) if typed and item.kind == "sentence" else 0
+            items.append((round(s, 4), near, -order, item, typed))
+        items.sort(key=lambda x: x[:3], reverse=True)  # equal scores: the answer nearer what is asked, then the earlier
         ranked, seen, measured = [], set(), []
-        for s, _, item, typed in items:
+        for s, _, _, item, typed in items:
             if item.text and item.text not in seen:
                 seen.add(item.text)
                 ranked.append(replace(item, score=round(s, 4)))

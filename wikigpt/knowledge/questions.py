@@ -83,6 +83,20 @@ def has_new(kind: str, text: str, known: set) -> bool:
     return any(set(terms(m[0])) - known or not terms(m[0]) for m in HAS_TYPE[kind].finditer(text))
 
 
+def typed_distance(kind: str, text: str, wanted: set, known: set) -> int:
+    """How many words lie between a number or date the question does not say and the nearest word
+    of what it asks ('how many provinces': 0 in "Algeria is divided into 48 provinces"; a
+    sentence holding an unrelated year far from them ranks after it). 99 when there is none, and
+    for people: a capitalised pair is too loose a sign of a name to measure from."""
+    if kind not in ("number", "date"):
+        return 99
+    words = [(m.start(), set(terms(m[0]))) for m in re.finditer(r"[^\W_]+", text)]
+    asked_at = [i for i, (_, t) in enumerate(words) if t & wanted]
+    found = [sum(start < m.start() for start, _ in words) for m in HAS_TYPE[kind].finditer(text)
+             if set(terms(m[0])) - known or not terms(m[0])]  # the word index where each answer starts
+    return min((abs(i - j) for i in found for j in asked_at), default=99)
+
+
 def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str, bool]]:
     """Runs of words of `text` whose beginnings spell `acronym` in order (each word giving one
     or more of its first letters; "of", "and", "the" may be skipped), starting with a word of its
