@@ -60,6 +60,12 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
 
 
+def test_a_one_word_title_typed_with_a_letter_wrong_is_still_linked(reader):
+    found = reader.find("What is the capital of Brindavalle?")  # a word no passage uses, one edit from the title
+    assert [(l.title, l.kind) for l in found.links] == [("Brindavale", 4)] and found.best.text == "Stonebridge"
+    assert reader.find("What is the capital of the valley?").links == []  # a word the corpus uses is no typo
+
+
 def test_a_number_nearer_the_words_asked_is_the_nearer_answer():
     asked, known = set(terms("provinces")), set(terms("How many provinces does Algeria have?"))
     near = typed_distance("number", "In 1990 Algeria was divided into 48 provinces.", asked, known)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.knowledge.graph import Knowledge, Link
+from wikigpt.knowledge.graph import Knowledge, Link, name_units
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
@@ -143,8 +143,22 @@ class Reader:
         equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital)."""
         if self.kb is None:
             return []
-        links = self.kb.link(question, self.stopwords)
+        links = self.kb.link(question, self.stopwords) or self.misspelled(question)
         return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.idf, terms(question[l.start:l.end])))))
+
+    def misspelled(self, question: str) -> list[Link]:
+        """A one-word title typed with a letter wrong ("what languages do people speak in
+        afganistan"): a word the corpus never uses, one edit from the title (kind 4)."""
+        unseen = self.idf("\0")  # the idf of a term no passage holds
+        for m in re.finditer(r"[^\W\d_]{5,}", question):
+            term = terms(m[0])
+            if len(term) != 1 or self.idf(term[0]) < unseen:
+                continue  # a word the corpus uses is not a typo
+            for subject in self.index.titles_near(term[0]):
+                title = self.kb.title(subject)
+                if len(name_units(re.sub(r"\s*\([^()]*\)$", "", title))) == 1:
+                    return [Link(title, subject, m.start(), m.end(), 1, 4)]
+        return []
 
     def asked(self, question: str, links: list[Link]) -> Asked:
         """The question without the entity it is about and without its question words."""

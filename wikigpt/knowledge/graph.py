@@ -212,7 +212,7 @@ class Link:
     start: int
     end: int
     units: int  # how many words (or CJK characters) the name spans
-    kind: int  # 0 title, 1 redirect, 2 other name, 3 a plural of a name
+    kind: int  # 0 title, 1 redirect, 2 other name, 3 a plural of a name, 4 a misspelled title (evidence.py)
 
 
 def rebuild_hint(folder) -> str:

@@ -135,6 +135,13 @@ class Index:
             v = self._idf[term] = float(np.log1p((self.n_passages - df + 0.5) / (df + 0.5)))
         return v
 
+    def titles_near(self, term: str, n: int = 5) -> list[int]:
+        """The articles (numbers) whose title has a term one edit from `term` ("afganistan" ->
+        Afghanistan): tantivy walks its term dictionary with a Levenshtein automaton, no scan."""
+        query = tantivy.Query.fuzzy_term_query(self.title_schema, "terms", term, distance=1)
+        hits = self._ts.search(query, n, count=False).hits
+        return [int(a) for a in self._ts.fast_field_values("article", [a for _, a in hits])] if hits else []
+
     def _text_query(self, q: list[str]):
         """BM25 of every query term on the passages (a repeated term counts again, as it did in
         bm25s), plus the leads of the TITLE_CANDIDATES best titles as constant-score clauses
