@@ -55,6 +55,8 @@ ASKED = {
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
     "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
+    "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
+    "sell": "sold sale", "sold": "sold sale",
 }
 # what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
 # answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
