@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, refuse_file_above, refuse_odd_entry, run_main
 from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.decoding.sampling import CHAT_DEFAULTS
@@ -222,8 +222,8 @@ GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
 def not_an_export(out: Path) -> str | None:
     """None when `out` is an empty folder or something export.py wrote (a folder of exactly an
     export's files with our model card, or a GGUF file); else what is there, in words."""
-    if out.is_file():
-        with open(out, "rb") as f:
+    if out.is_file():  # a regular file: check_out refused links and pipes (opening a pipe blocks)
+        with out.open("rb") as f:
             magic = f.read(len(GGUF_MAGIC))
         return None if magic == GGUF_MAGIC else "a file export.py did not write (not a GGUF file)"
     names = sorted(p.name for p in out.iterdir())
@@ -239,12 +239,20 @@ def not_an_export(out: Path) -> str | None:
 
 def check_out(out: Path, format: str, overwrite: bool):
     """Before any work: --out may be new, an empty folder, or (with --overwrite) what an earlier
-    export wrote; anything else, a training run's folder above all, is refused and left alone."""
+    export wrote; anything else, a training run's folder above all, is refused and left alone.
+    A symbolic link is not something export.py made, even to an export: refused, with pipes,
+    devices, sockets and a path under a file, before anything is opened."""
+    refuse_odd_entry(out, "--out")
+    refuse_file_above(out, "--out")
     if format == "hf" and out.is_file():
         raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    there = not_an_export(out)
+    try:
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            return
+        there = not_an_export(out)
+    except OSError as e:  # a folder or file this user may not read: whose it is cannot be told
+        raise UsageError(f"--out {out} cannot be read ({e.strerror}), so whether export.py wrote it cannot be "
+                         "told: choose another --out (nothing was changed).")
     if there:
         raise UsageError(f"{out} holds {there}: choose another --out (nothing was deleted; --overwrite replaces "
                          "only an earlier export: a folder of export.py's files, or a .gguf file).")
@@ -273,6 +281,7 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
                    "pad_token_id": eos})
 
     tmp = out.with_name(f".{out.name}.tmp-export")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a new folder above a .gguf file (check_out: no file there)
     try:
         if format == "gguf":
             write_gguf(tmp, ckpt, tok, config, weights, dtype)

@@ -1,9 +1,12 @@
 """export.py: stock transformers, in a fresh process that cannot import this repository, loads
 the exported folder and computes what our model computes."""
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +228,101 @@ def test_our_trained_bpe_splits_text_like_llama3(tiny_data):
         "It's DON'T we'LL\n\n\n  x", "a\r\n\r\nb  \n", "123456789 ½ ٣٤", "中文，标点。English!", "  \t\n end ", "...!!??"]
     for text in texts:
         assert regex.findall(ours, text) == regex.findall(LLAMA3_SPLIT, text), text
+
+
+# ----------------------------------------------------------------------------------------
+# --out that is no plain file or folder: refused in one line, nothing written or deleted
+
+def export_cli(ckpt, out, *more):
+    """A real run, bounded: export.py reading a named pipe would block until a writer came."""
+    try:
+        return run_cli("export.py", "--ckpt", ckpt, "--out", out, *more, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"export.py --out {out} {' '.join(more)} did not end within 60 s")
+
+
+def tree_state(folder):
+    """Every entry under folder, not following links: its kind, and its link target or bytes."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            state[str(path)] = ("link", os.readlink(path))
+        elif stat.S_ISREG(mode):
+            state[str(path)] = ("file", path.read_bytes())
+        else:
+            state[str(path)] = (stat.S_IFMT(mode), None)
+    return state
+
+
+def assert_refused(r, *words):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr  # one clear line, no traceback
+    assert all(w in lines[0] for w in words), (words, lines[0])
+
+
+def test_out_that_is_a_link_pipe_device_or_socket_is_refused_and_left_alone(tiny_ckpt, tmp_path):
+    from export import export
+
+    export(tiny_ckpt, tmp_path / "prev")
+    export(tiny_ckpt, tmp_path / "prev.gguf", format="gguf")
+    (tmp_path / "plain.txt").write_text("mine")
+    os.mkfifo(tmp_path / "fifo")
+    os.mkfifo(tmp_path / "fifo.gguf")
+    os.mknod(tmp_path / "sock", stat.S_IFSOCK | 0o644)
+    for name, target in (("link_to_export", "prev"), ("link.gguf", "prev.gguf"), ("link_to_file", "plain.txt"),
+                         ("dangling", "nowhere"), ("link_to_fifo", "fifo")):
+        (tmp_path / name).symlink_to(target)
+    before = tree_state(tmp_path)
+    cases = [("fifo", ["--overwrite"], "a named pipe (FIFO)"), ("fifo.gguf", [], "a named pipe (FIFO)"),
+             ("link_to_export", ["--overwrite"], "a symbolic link (to prev)"),
+             ("link.gguf", ["--overwrite"], "a symbolic link (to prev.gguf)"),
+             ("link_to_file", ["--format", "gguf", "--overwrite"], "a symbolic link (to plain.txt)"),
+             ("dangling", [], "a symbolic link (to nowhere)"), ("link_to_fifo", [], "a symbolic link (to fifo)"),
+             ("sock", ["--overwrite"], "a socket")]
+    for name, more, what in cases:
+        r = export_cli(tiny_ckpt, tmp_path / name, *more)
+        assert_refused(r, f"--out {tmp_path / name} is {what}", "nothing was changed")
+    assert tree_state(tmp_path) == before  # no target replaced, no link deleted, no temporary left
+    r = export_cli(tiny_ckpt, "/dev/null", "--overwrite")
+    assert_refused(r, "--out /dev/null is a device")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_out_under_a_file_is_refused_and_a_new_folder_above_is_made(tiny_ckpt, tmp_path):
+    from export import export
+
+    (tmp_path / "plain").write_text("mine")
+    for out in (tmp_path / "plain" / "hf", tmp_path / "plain" / "m.gguf"):
+        r = export_cli(tiny_ckpt, out)
+        assert_refused(r, f"--out {out}: {tmp_path / 'plain'} is a file", "choose another --out")
+    assert [p.name for p in tmp_path.iterdir()] == ["plain"] and (tmp_path / "plain").read_text() == "mine"
+    gguf_file = export(tiny_ckpt, tmp_path / "new" / "deeper" / "m.gguf", format="gguf")
+    assert gguf_file.read_bytes()[:4] == b"GGUF"
+
+
+def test_out_that_cannot_be_read_is_refused(tiny_ckpt, tmp_path, monkeypatch):
+    """What a user who may not read --out meets (root reads everything: the error is simulated)."""
+    from export import export
+
+    locked_folder, locked_file = tmp_path / "secret", tmp_path / "locked.gguf"
+    locked_folder.mkdir()
+    (locked_folder / "x").write_text("x")
+    locked_file.write_text("x")
+    real_iterdir, real_open = Path.iterdir, Path.open
+
+    def denied(real):
+        def call(self, *args, **kwargs):
+            if self in (locked_folder, locked_file):
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Path, "iterdir", denied(real_iterdir))
+    monkeypatch.setattr(Path, "open", denied(real_open))
+    for out, format in ((locked_folder, "hf"), (locked_file, "gguf")):
+        with pytest.raises(UsageError, match=r"cannot be read \(Permission denied\).*choose another --out"):
+            export(tiny_ckpt, out, overwrite=True, format=format)
+    monkeypatch.undo()
+    assert (locked_folder / "x").read_text() == "x" and locked_file.read_text() == "x"
