@@ -256,8 +256,9 @@ def model_of_256():
     return model
 
 
-def short_and_beside_a_long_one(model, compile: bool, on_step=lambda engine: None):
-    """A short greedy request alone, then beside a 180-token one: its tokens in each run."""
+def short_and_beside_a_long_one(model, compile: bool, on_step=lambda engine: None, on_run=lambda request: None):
+    """A short greedy request alone, then beside a 180-token one: its tokens in each run
+    (on_run(request) after each run, on_step(engine) after each step)."""
     out = []
     for long in (False, True):
         engine, target = Engine(model, n_slots=8, compile=compile), Request([5, 6, 7, 8], 6, GREEDY)
@@ -267,6 +268,7 @@ def short_and_beside_a_long_one(model, compile: bool, on_step=lambda engine: Non
         while not target.finished:
             engine.step()
             on_step(engine)
+        on_run(target)
         out.append(target.tokens)
     return out
 
@@ -289,17 +291,13 @@ def test_a_short_request_reads_only_the_keys_it_needs_and_keeps_the_alone_crowd_
     for module in (engine_module, decode_module):
         monkeypatch.setattr(module, "pick", pick)
 
-    def run(beside_a_long_one: bool):
+    runs = []  # per run: the decode steps' key counts, the target's logits
+
+    def on_run(target):
+        runs.append((set(keys), logits[target.slot]))
         keys.clear(), logits.clear()
-        engine, target = Engine(model, n_slots=8, compile=False), Request([5, 6, 7, 8], 6, GREEDY)
-        if beside_a_long_one:
-            engine.add(Request([1 + i % 200 for i in range(180)], 6, GREEDY))
-        engine.add(target)
-        while not target.finished:
-            engine.step()
-        return set(keys), logits[target.slot], target.tokens
-    short_keys, alone, alone_tokens = run(False)
-    long_keys, crowded, crowded_tokens = run(True)
+    alone_tokens, crowded_tokens = short_and_beside_a_long_one(model, False, on_run=on_run)
+    (short_keys, alone), (long_keys, crowded) = runs
     # eager: exactly the longest row's keys (its prompt, its tokens): 5..9 alone, 181..185 beside
     assert short_keys == set(range(5, 10)) and long_keys == set(range(181, 186))
     for a, b in zip(alone, crowded):  # masked keys weigh exactly 0: the tolerance still holds
