@@ -282,6 +282,43 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(live):
     settled(live)
 
 
+def read_responses(sock, n: int) -> list[bytes]:
+    """The next n HTTP responses on a socket (each with a Content-Length), or fewer if it closes."""
+    data, out = b"", []
+    while len(out) < n:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None) if sep else None
+        if length is not None and len(rest) >= length:
+            out.append(head + sep + rest[:length])
+            data = rest[length:]
+            continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break  # closed by the server
+        data += chunk
+    return out
+
+
+def test_a_pipelined_request_that_outlasts_the_header_deadline_is_answered(live):
+    """Two requests sent at once: the second (~5 s of generation) began as the first's reply ended;
+    the header deadline armed then must not count it as a request that never arrived."""
+    host, port = live.url.split("//")[1].split(":")
+    body = json.dumps(ask("hi", max_tokens=LONG * 3 // 5)).encode()  # ~5 s here: past HEADER_S, before DEADLINE_S
+    second = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() + second)
+        sock.settimeout(DEADLINE_S + 10)
+        t0 = time.monotonic()
+        replies = read_responses(sock, 2)
+        took = time.monotonic() - t0
+    assert len(replies) == 2, f"the connection closed after {took:.1f} s with {len(replies)} replies"
+    assert replies[1].split(b" ")[1] in (b"200", b"504"), replies[1][:200]  # answered (a slow machine: 504)
+    assert took > HEADER_S  # it did outlast the header deadline
+    settled(live)
+
+
 def test_headers_over_16_kib_are_a_431(live):
     with health_answers(live.url):
         r = httpx.get(live.url + "/health", headers={"X-Padding": "x" * (17 << 10)}, timeout=10)

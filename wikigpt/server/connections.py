@@ -44,8 +44,10 @@ def bounded(protocol: type, settings: Settings) -> type:
             self.arm_header_deadline()
 
         def on_response_complete(self):
-            super().on_response_complete()
-            self.arm_header_deadline()
+            finished = self.cycle
+            super().on_response_complete()  # starts a pipelined request that already arrived, if any
+            if self.cycle is finished:  # none did: the next one has header_timeout_s to arrive
+                self.arm_header_deadline()  # (armed on a started one, a reply longer than that was cut)
 
         def arm_header_deadline(self):
             self.loop.call_later(seconds, self.header_deadline, self.cycle)
