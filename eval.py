@@ -382,6 +382,7 @@ def plot_main(argv):
     p.add_argument("runs", nargs="+", help=f"run folders (with {METRICS}) or metrics files")
     p.add_argument("--out", default="loss.png", help="the PNG to write")
     args = p.parse_args(argv)
+    output_file(args.out, "--out")  # a link, pipe or device at --out: refused, not replaced by the PNG
     runs = []
     for run in map(Path, args.runs):
         path = run / METRICS if run.is_dir() else run
@@ -421,6 +422,7 @@ def main(argv):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     out = output_file(args.out, "--out")  # before minutes of evaluation
+    output_file(out.with_suffix(".md"), "--out (report.md beside it)")
     t0 = time.time()
     report = run_eval(args)
     write_report(report, out)

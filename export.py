@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
-from wikigpt.cli import UsageError, refuse_file_above, refuse_odd_entry, run_main
+from wikigpt.cli import UsageError, run_main
+from wikigpt.run.output_paths import output_path_problem
 from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.decoding.sampling import CHAT_DEFAULTS
@@ -242,8 +243,8 @@ def check_out(out: Path, format: str, overwrite: bool):
     export wrote; anything else, a training run's folder above all, is refused and left alone.
     A symbolic link is not something export.py made, even to an export: refused, with pipes,
     devices, sockets and a path under a file, before anything is opened."""
-    refuse_odd_entry(out, "--out")
-    refuse_file_above(out, "--out")
+    if problem := output_path_problem(out, "--out"):
+        raise UsageError(problem)
     if format == "hf" and out.is_file():
         raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
     try:

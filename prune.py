@@ -22,7 +22,7 @@ from model import GPT
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from wikigpt.run.device import pick_device
-from wikigpt.cli import UsageError, run_main
+from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.adapt.distill import refuse_unrunnable
 from wikigpt.adapt.lora import base_reference
@@ -142,6 +142,7 @@ def main(argv):
     out = Path(args.out)
     if out.exists():
         raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
+    output_file(out, "--out")  # a dangling link or a file above: refused before the calibration
     if args.calib_tokens < 1:
         raise UsageError(f"--calib_tokens must be >= 1, got {args.calib_tokens}.")
     data = args.data or ckpt.get("train_config", {}).get("data", "")
@@ -157,7 +158,6 @@ def main(argv):
               "importance": "layers and heads: masked loss increase; MLP units: sum of (a*dL/da)^2",
               "calibration": {"data": data, "tokens": x.numel(), "seed": args.seed},
               "calibration_loss": {"original": before, "pruned": after}}
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, build_checkpoint(ckpt["kind"], small.state_dict(), asdict(small.cfg), tok.spec,
                                           train_config=ckpt.get("train_config"), step=ckpt.get("step"),
                                           pruned_from=record))

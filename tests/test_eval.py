@@ -2,10 +2,13 @@
 import json
 import math
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY, dump_xml, page, run_cli, PROSE
@@ -247,3 +250,73 @@ def test_a_base_checkpoint_alone_gets_the_pretraining_rows_with_a_note(runs, tmp
     report = json.loads((tmp_path / "r.json").read_text())
     assert {row["section"] for row in report["rows"]} == {"pretraining"}
     assert any("base (pretrained) checkpoint" in n for n in report["notes"])
+
+
+# ----------------------------------------------------------------------------------------
+# Output files (wikigpt/cli.output_file): eval.py's report and plot, convert.py, prune.py
+
+def test_output_file_refuses_links_pipes_devices_and_a_file_above(tmp_path):
+    from wikigpt.cli import UsageError, output_file
+
+    (tmp_path / "r.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("r.json")
+    (tmp_path / "dangling.json").symlink_to("nowhere.json")
+    os.mkfifo(tmp_path / "fifo.json")
+    os.mknod(tmp_path / "sock", stat.S_IFSOCK | 0o644)
+    cases = {tmp_path / "link.json": "link.json is a symbolic link (to r.json)",
+             tmp_path / "dangling.json": "dangling.json is a symbolic link (to nowhere.json)",
+             tmp_path / "fifo.json": "fifo.json is a named pipe (FIFO)", tmp_path / "sock": "sock is a socket",
+             Path("/dev/null"): "/dev/null is a device",
+             tmp_path / "r.json" / "x.json": "r.json is a file, where a folder should be",
+             tmp_path / "fifo.json" / "x" / "y.json": "fifo.json is a named pipe (FIFO), where a folder should be"}
+    for path, what in cases.items():
+        with pytest.raises(UsageError, match=re.escape(what) + ".*nothing was changed"):
+            output_file(path, "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "fifo.json", "link.json", "r.json", "sock"]
+    assert (tmp_path / "r.json").read_text() == "old" and os.readlink(tmp_path / "link.json") == "r.json"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo.json").st_mode)
+    assert output_file(tmp_path / "r.json", "--out") == tmp_path / "r.json"  # a regular file: the command's rule
+    assert output_file(tmp_path / "new" / "r.json", "--out").parent.is_dir()  # its folder is made
+
+
+def bounded_cli(*args):
+    """A real run that must end: a command opening a named pipe would wait for a writer forever."""
+    try:
+        return run_cli(*args, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(map(str, args))} did not end within 60 s")
+
+
+def entry_kinds(folder):
+    """What each entry of folder is, not following links: a link's target, else its file type."""
+    return {p.name: os.readlink(p) if p.is_symlink() else stat.S_IFMT(os.lstat(p).st_mode) for p in folder.iterdir()}
+
+
+def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_work(tiny_ckpt, tiny_data, tmp_path):
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "notes.md").write_text("my notes")
+    (tmp_path / "report.md").symlink_to("notes.md")  # eval.py writes report.md beside report.json
+    (tmp_path / "mine.png").write_bytes(b"my picture")
+    (tmp_path / "plot.png").symlink_to("mine.png")
+    (tmp_path / "dangling.pt").symlink_to("nowhere.pt")
+    (tmp_path / "plain").write_text("mine")
+    before = entry_kinds(tmp_path)
+    ev = ["eval.py", "--ckpt", tiny_ckpt, "--data", tiny_data, "--bpb_only", "--eval_tokens=512", "--device=cpu"]
+    prune = ["prune.py", "--ckpt", tiny_ckpt, "--keep_layers", "1", "--device", "cpu", "--out"]
+    cases = [([*ev, "--out", tmp_path / "fifo.json"], "fifo.json is a named pipe (FIFO)"),
+             ([*ev, "--out", tmp_path / "report.json"], "report.md is a symbolic link (to notes.md)"),
+             (["eval.py", "plot", tiny_ckpt.parent, "--out", tmp_path / "plot.png"], "plot.png is a symbolic link"),
+             (["eval.py", "plot", tiny_ckpt.parent, "--out", tmp_path / "plain" / "x.png"], "plain is a file"),
+             (["convert.py", "int8", tiny_ckpt, tmp_path / "dangling.pt"], "dangling.pt is a symbolic link"),
+             ([*prune, tmp_path / "dangling.pt"], "dangling.pt is a symbolic link (to nowhere.pt)"),
+             ([*prune, tmp_path / "plain" / "small.pt"], "plain is a file, where a folder should be")]
+    for args, what in cases:
+        r = bounded_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and what in lines[0], (args, r.stderr)
+        assert "measuring importance" not in r.stdout  # prune.py: refused before its calibration
+    assert entry_kinds(tmp_path) == before and (tmp_path / "notes.md").read_text() == "my notes"
+    assert (tmp_path / "mine.png").read_bytes() == b"my picture" and (tmp_path / "plain").read_text() == "mine"
+    r = bounded_cli("eval.py", "plot", tiny_ckpt.parent, "--out", tmp_path / "new" / "loss.png")
+    assert r.returncode == 0, r.stderr  # a new folder is made for the plot
+    Image.open(tmp_path / "new" / "loss.png").verify()

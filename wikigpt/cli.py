@@ -17,13 +17,13 @@ progress bar fit for logs. The options of the commands that run a checkpoint (--
 """
 import difflib
 import os
-import stat
 import sys
 import tomllib
 from dataclasses import field, fields
 from pathlib import Path
 
 from wikigpt.prep.data import DatasetError
+from wikigpt.run.output_paths import output_path_problem
 from wikigpt.tokenizer import TokenizerError
 
 
@@ -59,63 +59,18 @@ class UsageError(Exception):
 
 
 def output_file(path, option: str) -> Path:
-    """A file a command will write, checked before its work: a new path or a regular file (no
-    link, pipe or device: refuse_odd_entry), not a folder, and its parent folder made."""
+    """A file a command will write, checked before its work: no link, pipe or device there and
+    no file above it (run/output_paths.py), not a folder, and its parent folder made."""
     path = Path(path)
-    refuse_odd_entry(path, option)
+    if problem := output_path_problem(path, option):
+        raise UsageError(problem)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder: give a file path (one inside it, say).")
-    refuse_file_above(path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # no permission, a read-only disk: said before minutes of work
-        raise UsageError(f"{option} {path}: cannot make its folder ({e.strerror}): choose another {option}.")
+    except OSError as e:  # no permission, a read-only disk: said before the work, not after
+        raise UsageError(f"{option} {path}: its folder cannot be made ({e.strerror}): choose another {option}.")
     return path
-
-
-def odd_entry(path) -> str | None:
-    """In words, what stands at `path` if it is neither nothing, a regular file nor a folder: a
-    symbolic link (dangling or not), a named pipe, a device or a socket. Looked at with lstat,
-    never opened: opening a named pipe blocks until another program opens its other end."""
-    try:
-        mode = os.lstat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):  # nothing there (refuse_file_above says why)
-        return None
-    if stat.S_ISLNK(mode):
-        return f"a symbolic link (to {os.readlink(path)})"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return None
-
-
-def refuse_odd_entry(path, option: str):
-    """Outputs are written beside their path and renamed over it (run/durable.py), so a link
-    there would be replaced by a file, not written through, and a pipe or a device (/dev/null
-    as root) replaced by a plain file: all refused, before any work."""
-    there = odd_entry(path)
-    if there is None:
-        return
-    fix = ("give the path it points to, or another path" if there.startswith("a symbolic link")
-           else "give the path of a regular file or folder")
-    raise UsageError(f"{option} {path} is {there}: an output is written as a new file or folder "
-                     f"renamed into its place, which would delete it, not write through it; {fix} "
-                     "(nothing was changed).")
-
-
-def refuse_file_above(path, option: str):
-    """The nearest existing entry above `path` must be a folder (or a link to one), so that the
-    folders still missing can be made: a file there is a clear error, not a traceback later."""
-    for above in Path(path).parents:
-        if os.path.lexists(above):
-            if not above.is_dir():
-                what = odd_entry(above) or "a file"
-                raise UsageError(f"{option} {path}: {above} is {what}, where a folder should be: "
-                                 f"choose another {option} (nothing was changed).")
-            return
 
 
 def run_main(main_fn):

@@ -1,0 +1,56 @@
+"""
+What may not stand at an output path: checked before a command's work, never by opening it.
+
+Every output is written beside its path and renamed over it (durable.py), so a symbolic link
+there would be replaced by a plain file, not written through (and, followed by --overwrite,
+could have its target deleted), and a named pipe or a device (/dev/null, as root) replaced by
+a plain file. All refused, as is a path under a file, whose folder can never be made.
+
+    if problem := output_path_problem(path, "--out"):
+        raise UsageError(problem)
+"""
+import os
+import stat
+from pathlib import Path
+
+
+def odd_entry(path) -> str | None:
+    """In words, what stands at `path` if it is neither nothing, a regular file nor a folder: a
+    symbolic link (dangling or not), a named pipe, a device or a socket. Looked at with lstat,
+    never opened: opening a named pipe blocks until another program opens its other end."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (file_above says why, if a file)
+        return None
+    if stat.S_ISLNK(mode):
+        return f"a symbolic link (to {os.readlink(path)})"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def file_above(path) -> tuple[Path, str] | None:
+    """The nearest existing entry above `path` and what it is, when it is no folder (nor a link
+    to one): the folders still missing could never be made under it."""
+    for above in Path(path).parents:
+        if os.path.lexists(above):
+            return None if above.is_dir() else (above, odd_entry(above) or "a file")
+    return None
+
+
+def output_path_problem(path, option: str) -> str | None:
+    """The one-line error (what, where, how to fix) for writing an output at `path`, or None."""
+    if there := odd_entry(path):
+        fix = ("give the path it points to, or another path" if there.startswith("a symbolic link")
+               else "give the path of a regular file or folder")
+        return (f"{option} {path} is {there}: an output is written as a new file or folder renamed "
+                f"into its place, which would delete it, not write through it; {fix} (nothing was changed).")
+    if blocked := file_above(path):
+        above, what = blocked
+        return (f"{option} {path}: {above} is {what}, where a folder should be: choose another "
+                f"{option} (nothing was changed).")
+    return None
