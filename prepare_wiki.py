@@ -40,6 +40,7 @@ import numpy as np
 from wikigpt.prep.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
                           open_articles_for_writing, read_articles)
 from wikigpt.run.durable import fsync_path, replace_durably
+from wikigpt.run.output_paths import output_path_problem
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
@@ -251,6 +252,8 @@ def check_options(args):
 
 def check_out(out: Path, overwrite: bool):
     """Before any work: --out is new, or a folder prepare_wiki.py made and --overwrite says to replace."""
+    if problem := output_path_problem(out, "--out"):  # a link, a pipe, a device, a file above it
+        raise WikiError(problem)
     if not out.exists():
         return
     if looks := not_replaceable(out):

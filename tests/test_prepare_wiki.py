@@ -250,6 +250,21 @@ def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
     assert (half / "meta.json").is_file()
 
 
+def test_a_link_or_a_file_above_as_out_is_refused_and_left_alone(small_dump, tmp_path, capsys):
+    dataset = tmp_path / "ds"
+    build(small_dump, dataset)
+    before = sorted(p.name for p in dataset.iterdir())
+    (tmp_path / "link").symlink_to(dataset)  # --overwrite would have replaced the link's folder, then crashed
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "plain").write_text("x")
+    for out, says in (("link", "is a symbolic link"), ("dangling", "is a symbolic link"), ("plain/d", "plain is a file")):
+        with pytest.raises(SystemExit) as e:
+            build(small_dump, tmp_path / out, "--overwrite")
+        assert e.value.code == 2 and says in capsys.readouterr().err, out
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in dataset.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # nothing half-made left behind
+
+
 def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
     out = tmp_path / "ds"
     build(small_dump, out)
