@@ -24,22 +24,8 @@ from wikigpt.knowledge.grounding import fit_grounded, sources_of  # noqa: E402
 from wikigpt.knowledge.likelihood import (K, candidate_scores, conversation, likeliest, reply_scores,  # noqa: E402
                                           tie_broken)
 from wikigpt.knowledge.natural import (MAX_WRONG, NaturalSet, choose_threshold, evaluate_reader,  # noqa: E402
-                                       format_natural, holds, load_natural, scores_of)
+                                       format_natural, holds, load_natural, read_turns, scores_of)
 from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
-
-
-def read_turns(reader: Reader, data: NaturalSet):
-    """(what the reader found, the reader's history, the accepted answers) for every answerable
-    question and conversation turn; a turn read after the earlier ones and their best evidence,
-    as natural.read_all reads them."""
-    for q in data.questions:
-        yield reader.find(q["question"]), [], q["answers"]
-    for c in data.conversations:
-        history = []
-        for turn in c["turns"]:
-            found = reader.find(turn["question"], history=history)
-            yield found, history, turn["answers"]
-            history = history + [turn["question"], found.best.text if found.best else ""]
 
 
 def grounded_scores(model, tok, found, history, k: int) -> list[float]:
@@ -67,7 +53,7 @@ def likelihood_table(reader: Reader, data: NaturalSet, model, tok, k: int) -> tu
     rows, n = dict.fromkeys(ROWS, 0), 0
     saved, reader.ranker = reader.ranker, None
     try:
-        for found, history, answers in read_turns(reader, data):
+        for _, found, history, answers in read_turns(reader, data):
             n += 1
             ok = [holds(item.text, answers) for item in found.items[:k]]
             if not ok:

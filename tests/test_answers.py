@@ -13,6 +13,7 @@ from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.evidence import UNSETTLED, Reader
+from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
@@ -31,7 +32,7 @@ VALLEY = """{{Infobox country
 '''Brindavale''' is a landlocked valley state in the high mountains. Brindavale is not a member of the European Union.
 The Brindavale Standards Office (BSO) keeps the weights and measures of the valley. """
 GAZETTE = """'''Stonebridge Gazette''' is a newspaper of the valley. Its printers published a calendar in the same year.
-The gazette was first published in 1852. Claims that the gazette is printed abroad are unsupported.
+The gazette was first published in 1852. The valley's rover carries it to the farms. Claims that the gazette is printed abroad are unsupported.
 Its first editor was Joseph E. Marlow of the valley. """
 WEATHER = """The '''Weather Office of the Valley''' (OMV, from its old name Office Meteo du Val) forecasts the weather of
 Brindavale. """
@@ -55,15 +56,25 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     known = set(terms("Who commanded Apollo 8?"))
     assert not has_new("person", "The insignia shows the shape of the Apollo Command Module.", known)
     assert has_new("person", "The crew: Commander Frank Borman and two others.", known)
+    assert not has_new("person", "Mission Control approved the plan.", known)  # a sentence's opening words
     known = set(terms("What happened in 1968?"))
     assert not has_new("date", "The 1968 mission orbited the Moon.", known)
     assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
+    known = set(terms("How many people lived in Andorra in 2010?"))
+    assert not has_new("number", "In 2010 Andorra held elections.", known)  # the question's own number
+    assert has_new("number", "In 2010 Andorra had 84,082 people.", known)
+
+
+def test_is_x_real_asks_no_birth_name_and_stays_unsettled(reader):
+    found = reader.find("Is Mara Quill real?")
+    assert not found.answerable and not found.best.text.startswith(("Yes", "No"))
 
 
 def test_a_one_word_title_typed_with_a_letter_wrong_is_still_linked(reader):
     found = reader.find("What is the capital of Brindavalle?")  # a word no passage uses, one edit from the title
-    assert [(l.title, l.kind) for l in found.links] == [("Brindavale", 4)] and found.best.text == "Stonebridge"
-    assert reader.find("What is the capital of the valley?").links == []  # a word the corpus uses is no typo
+    assert [(l.title, l.kind) for l in found.links] == [("Brindavale", MISSPELLED)] and found.best.text == "Stonebridge"
+    assert found.score <= 0.9  # a guessed name is trusted less than one the question spells
+    assert reader.find("Who keeps the rover?").links == []  # the corpus uses "rover" (one edit from River): no typo
 
 
 def test_a_number_nearer_the_words_asked_is_the_nearer_answer():

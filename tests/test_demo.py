@@ -29,6 +29,7 @@ def test_full_demo_at_tiny_scale(tmp_path):
     # the knowledge graph, its threshold, and answers from the right evidence (copied: any model size)
     assert re.search(r"knowledge graph: [1-9][\d,]* facts from [1-9]\d* infoboxes, [1-9]\d* aliases", out)
     assert "'not found' below an evidence score of" in out
+    assert "confidence trained on all of dev" in out and "threshold" in out and "on the confidence)" in out  # learned
     assert re.search(r"^bot> Andorra la Vella$", out, re.M)  # the fact, copied and stopped at its end
     assert re.search(r'^  \[1\] Andorra: infobox field "capital"  https://en.wikipedia.org/wiki/Andorra$', out, re.M)
     # the follow-up names no country: the entity carries over from the question before it

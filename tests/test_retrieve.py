@@ -20,6 +20,7 @@ from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
 from wikigpt.knowledge.retrieval import Index, build_index, split_passages, terms
 from wikigpt.knowledge.grounding import evidence_prompt, reader_of
+from wikigpt.cli import run_main
 from wikigpt.decoding.sampling import mix_dense
 from wikigpt.chat.chat_template import Message, prompt_room, render_chat
 from wikigpt.knowledge.grounding import fit_grounded
@@ -313,3 +314,11 @@ def test_output_into_a_closed_pipe_stops_quietly(rag_data):
     proc.stdout.close()  # before the process has imported torch, let alone printed
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_a_broken_pipe_that_is_not_standard_output_is_still_an_error():
+    """Only a reader leaving our output is quiet: a socket or a worker's pipe breaking is not."""
+    def main(argv):
+        raise BrokenPipeError("a worker's pipe")
+    with pytest.raises(BrokenPipeError):
+        run_main(main)

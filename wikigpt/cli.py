@@ -23,7 +23,7 @@ from dataclasses import field, fields
 from pathlib import Path
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.run.output_paths import output_path_problem
+from wikigpt.run.output_paths import output_path_problem, stdout_reader_left
 from wikigpt.tokenizer import TokenizerError
 
 
@@ -93,6 +93,8 @@ def run_main(main_fn):
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # the reader of our output left (`retrieve.py ... | head`): stop quietly
+        if not stdout_reader_left():
+            raise  # another pipe or socket broke: that is an error to see
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would fail again
         sys.exit(141)  # what a shell reports for a pipe's writer it stopped: 128 + SIGPIPE
 

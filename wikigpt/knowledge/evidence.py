@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.knowledge.graph import Knowledge, Link, name_units
+from wikigpt.knowledge.graph import MISSPELLED, Knowledge, Link, name_units, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION, PERSON_PRONOUNS, PRONOUNS,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_ASKED,
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ASKED_PHRASES,
                                         ZH_QUESTION_WORDS, has_new, spelled_out, typed_distance)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
@@ -148,16 +148,16 @@ class Reader:
 
     def misspelled(self, question: str) -> list[Link]:
         """A one-word title typed with a letter wrong ("what languages do people speak in
-        afganistan"): a word the corpus never uses, one edit from the title (kind 4)."""
-        unseen = self.idf("\0")  # the idf of a term no passage holds
+        afganistan"): a word no passage holds, one edit from exactly one one-word title (two
+        or more: which was meant cannot be told). Its evidence is weighed as about an entity
+        the question named less surely (find: 0.9, as a second entity's)."""
         for m in re.finditer(r"[^\W\d_]{5,}", question):
             term = terms(m[0])
-            if len(term) != 1 or self.idf(term[0]) < unseen:
+            if len(term) != 1 or self.index.doc_freq(term[0]):
                 continue  # a word the corpus uses is not a typo
-            for subject in self.index.titles_near(term[0]):
-                title = self.kb.title(subject)
-                if len(name_units(re.sub(r"\s*\([^()]*\)$", "", title))) == 1:
-                    return [Link(title, subject, m.start(), m.end(), 1, 4)]
+            near = [s for s in self.index.titles_near(term[0], 20) if len(name_units(without_qualifier(self.kb.title(s)))) == 1]
+            if len(near) == 1:
+                return [Link(self.kb.title(near[0]), near[0], m.start(), m.end(), 1, MISSPELLED)]
         return []
 
     def asked(self, question: str, links: list[Link]) -> Asked:
@@ -165,14 +165,14 @@ class Reader:
         rest = question
         if links:
             rest = question[:links[0].start] + " " + question[links[0].end:]
-        asked = Asked(tell=bool(TELL.search(question)))
-        for word in ZH_ASKED:  # Chinese words of the table first: they have no spaces to split at
+        rest, asked = rest.lower(), Asked(tell=bool(TELL.search(question)))
+        for word in ASKED_PHRASES:  # Chinese words and phrases ("real name") first: not split at spaces
             if word in rest:
                 rest = rest.replace(word, " ")
                 self._ask(asked, [], terms(ASKED[word]))
         for word in ZH_QUESTION_WORDS:
             rest = rest.replace(word, " ")
-        for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest.lower()):
+        for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
             if w not in QUESTION_WORDS:
                 self._ask(asked, terms(w), terms(ASKED.get(w, "")))
         return asked
@@ -258,18 +258,20 @@ class Reader:
         asked, whole = self.asked(question, links), self.asked(question, [])
         subjects = {}
         for rank, l in enumerate(links):
-            subjects.setdefault(l.title, rank)
+            subjects.setdefault(l.title, rank + (l.kind == MISSPELLED))  # a guessed name: 0.9, see score
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         items = []
         for order, item in enumerate(candidates):
-            typed = bool(kind) and has_new(kind, " " + (item.text if item.kind != "reverse" else item.title), known)
+            value = {"reverse": " " + item.title, "fact": " " + item.text}.get(item.kind, item.text)  # a name may open a value
+            typed = bool(kind) and has_new(kind, value, known)
             s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
-            near = -typed_distance(kind, item.text, wanted, known) if typed and item.kind == "sentence" else 0
+            measured_near = typed and item.kind == "sentence" and kind in ("number", "date")
+            near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
             items.append((round(s, 4), near, -order, item, typed))
         items.sort(key=lambda x: x[:3], reverse=True)  # equal scores: the answer nearer what is asked, then the earlier
         ranked, seen, measured = [], set(), []
@@ -360,7 +362,7 @@ class Reader:
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
         texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
         texts += [(p.title, p.text) for p in passages]
-        items = [Item("expansion", l.title, re.sub(r"\s*\([^()]*\)$", "", l.title), f"{short} stands for (its title)")
+        items = [Item("expansion", l.title, without_qualifier(l.title), f"{short} stands for (its title)")
                  for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
         for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
             for title, text in texts:

@@ -24,6 +24,8 @@ full dump's size. Tables:
                                               redirects (1), other names (2: "Animalia" for
                                               "Animalia (book)", an infobox's long or native name,
                                               a person's surname when only one has it),
+                                              abbreviations a lead gives (5: "ANSI", linked only
+                                              where a question writes them in capitals),
                                               case-folded and accent-free; indexed by key
 It is written to a temporary file in the order of the articles, then renamed into place: the
 same articles give the same bytes, and an interrupted run never leaves half a database.
@@ -43,8 +45,9 @@ KNOWLEDGE = "knowledge.sqlite"
 KNOWLEDGE_VERSION = 1
 MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
 UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
-NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names",
-              "abbreviation")
+NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
+# the kinds of names (names.kind, Link.kind): what linking prefers, lowest first
+TITLE, REDIRECT, OTHER_NAME, PLURAL, MISSPELLED, ABBREVIATION = range(6)
 PERSON_FACTS = {"birth date", "birth place", "death date", "death place"}  # an infobox of a person
 # one-character CJK words a question is made of ("what", "is", ...): never a name on their own
 ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁吗呢么什怎为请把被从对就也都很")
@@ -88,7 +91,8 @@ def name_key(text: str) -> str:
 def _singular(word: str) -> str:
     """An English plural's singular ('aardvarks' -> 'aardvark', 'ponies' -> 'pony', 'boxes' ->
     'box'), '' for a word that is not one; a wrong guess only looks up a name that is not there."""
-    if len(word) < 4 or not word.isascii() or not word.endswith("s") or word.endswith(("ss", "us", "is")):
+    if len(word) < 4 or not word.isascii() or not word.endswith("s") or word == "series" or word.endswith(
+            ("ss", "us", "is", "ics", "ews", "cies")):  # physics, news, species: not plurals ("news" is no "new")
         return ""
     if word.endswith("ies"):
         return word[:-3] + "y"
@@ -98,13 +102,13 @@ def _singular(word: str) -> str:
 def surname(title: str) -> str:
     """'Arthur Schopenhauer' -> 'schopenhauer': the last of a name of two to four capitalised
     words ('' for other titles: one word, or 'List of ...')."""
-    words = _without_qualifier(title).split()
+    words = without_qualifier(title).split()
     if not 2 <= len(words) <= 4 or not all(w[:1].isupper() or w[:1] == "(" for w in words):
         return ""
     return name_key(words[-1]) if len(words[-1]) > 2 else ""  # "Jr.", "II" name no one
 
 
-def _without_qualifier(title: str) -> str:
+def without_qualifier(title: str) -> str:
     return re.sub(r"\s*\([^()]*\)$", "", title)  # "Animalia (book)" -> "Animalia"
 
 
@@ -126,8 +130,8 @@ class KnowledgeWriter:
         no, c = self.counts["articles"], self.counts
         self.db.execute("INSERT INTO articles VALUES (?, ?)", (no, title))
         facts, sections, links = record.get("facts", []), record.get("sections", []), record.get("links", "")
-        short = record.get("abbreviation")  # the lead's "(ANSI)": a fact, and so a name (NAME_FACTS)
-        box = bool(facts)
+        short = record.get("abbreviation")  # the lead's "(ANSI)": a fact, and a name (ABBREVIATION)
+        counted = len(facts)  # the infobox's: what the summary counts
         if short and all(a != "abbreviation" for a, _ in facts):
             facts = facts + [("abbreviation", short)]
         self.db.executemany("INSERT INTO facts VALUES (?, ?, ?, ?)", [(no, i, a, v) for i, (a, v) in enumerate(facts)])
@@ -137,7 +141,7 @@ class KnowledgeWriter:
             self.db.execute("INSERT INTO links VALUES (?, ?)", (no, links))
         if record.get("person") or any(a in PERSON_FACTS for a, _ in facts):
             self.db.execute("INSERT INTO persons VALUES (?)", (no,))
-        c.update(articles=no + 1, infoboxes=c["infoboxes"] + box, facts=c["facts"] + len(facts),
+        c.update(articles=no + 1, infoboxes=c["infoboxes"] + bool(counted), facts=c["facts"] + counted,
                  sections=c["sections"] + len(sections), links=c["links"] + (links.count("\n") + 1 if links else 0))
 
     def redirect(self, alias: str, target: str):
@@ -169,7 +173,7 @@ def _write_names(db: sqlite3.Connection):
     in this order keeps the first name of a key: titles, then redirects, then other names
     (SQLite inserts an INSERT ... SELECT's rows in the SELECT's order)."""
     db.create_function("name_key", 1, name_key, deterministic=True)
-    db.create_function("without_qualifier", 1, _without_qualifier, deterministic=True)
+    db.create_function("without_qualifier", 1, without_qualifier, deterministic=True)
     names = ("SELECT name_key(title), no, 0 FROM articles ORDER BY no",
              "SELECT name_key(alias), subject, 1 FROM aliases ORDER BY rowid",
              "SELECT name_key(without_qualifier(title)), no, 2 FROM articles ORDER BY no",
@@ -183,6 +187,9 @@ def _write_names(db: sqlite3.Connection):
     db.execute("INSERT OR IGNORE INTO names SELECT key, min(subject), 2 FROM (SELECT surname(a.title) AS key, "
                "a.no AS subject FROM persons p JOIN articles a ON a.no = p.subject) WHERE key != '' "
                "GROUP BY key HAVING count(*) = 1 ORDER BY min(subject)")
+    # an abbreviation ("WHO", "AM"): linked only where the question writes it in capitals (Knowledge.link)
+    db.execute(f"INSERT OR IGNORE INTO names SELECT name_key(value), subject, {ABBREVIATION} FROM facts "
+               "WHERE attribute = 'abbreviation' AND length(value) <= 12 ORDER BY subject, ord")
     db.execute("DELETE FROM names WHERE key = ''")  # a name of punctuation alone names nothing
 
 
@@ -212,7 +219,7 @@ class Link:
     start: int
     end: int
     units: int  # how many words (or CJK characters) the name spans
-    kind: int  # 0 title, 1 redirect, 2 other name, 3 a plural of a name, 4 a misspelled title (evidence.py)
+    kind: int  # TITLE, REDIRECT, OTHER_NAME, PLURAL (of a name), MISSPELLED (evidence.py), ABBREVIATION
 
 
 def rebuild_hint(folder) -> str:
@@ -312,14 +319,16 @@ class Knowledge:
                 spans.setdefault(" ".join(words), []).append((i, n, 0))
                 singular = _singular(words[-1])
                 if singular:  # "aardvarks" names Aardvark (kind 3), after any exact name ("Algorithms")
-                    spans.setdefault(" ".join(words[:-1] + [singular]), []).append((i, n, 3))
+                    spans.setdefault(" ".join(words[:-1] + [singular]), []).append((i, n, PLURAL))
         found = []
         keys = list(spans)
         for k in range(0, len(keys), 500):  # SQLite's limit on parameters per query
             chunk = keys[k:k + 500]
             found += self._rows(f"SELECT key, subject, kind FROM names WHERE key IN ({','.join('?' * len(chunk))})", chunk)
         candidates = sorted(((n, max(kind, least), i, subject) for key, subject, kind in found
-                             for i, n, least in spans[key]), key=lambda c: (-c[0], c[1], c[2]))
+                             for i, n, least in spans[key]
+                             if kind != ABBREVIATION or question[units[i][1]:units[i + n - 1][2]].isupper()),
+                            key=lambda c: (-c[0], c[1], c[2]))
         taken, links = set(), []
         for n, kind, i, subject in candidates:
             if taken.isdisjoint(range(i, i + n)):

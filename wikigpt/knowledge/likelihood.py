@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room, render_chat
 from wikigpt.knowledge.evidence import Found, Item
 
-# candidates scored per question: on dev the rules' top 8 hold an accepted answer for about 0.9 of
-# the questions and turns, their top 3 for 0.86, the first for 0.78; past 8 the forward grows, the pool barely
+# candidates scored per question: the rules' top 8 hold nearly every answer their top 50 do (dev:
+# 163 of 181 against 169); past 8 the forward grows, the pool barely
 K = 8
 
 

@@ -109,20 +109,24 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
             "out_of_corpus": ooc, "rows": rows}
 
 
-def read_all(reader: Reader, data: NaturalSet) -> list[tuple[str, Found, bool | None]]:
-    """(group, what the reader found, its best evidence holds an answer; None out of corpus) per
-    question, follow-ups read with their conversation (a conversation's turns share a group:
-    cross-validation keeps them in one fold)."""
-    out = []
+def read_turns(reader: Reader, data: NaturalSet):
+    """(group, what the reader found, the history it read, the accepted answers) for every
+    answerable question and conversation turn; a turn is read after the earlier ones and their
+    best evidence (a conversation's turns share a group: cross-validation keeps them in one fold)."""
     for n, q in enumerate(data.questions):
-        f = reader.find(q["question"])
-        out.append((f"q{n}", f, holds(f.best.text, q["answers"]) if f.best else False))
+        yield f"q{n}", reader.find(q["question"]), [], q["answers"]
     for n, c in enumerate(data.conversations):
         history = []
         for turn in c["turns"]:
-            f = reader.find(turn["question"], history=history)
-            out.append((f"c{n}", f, holds(f.best.text, turn["answers"]) if f.best else False))
-            history = history + [turn["question"], f.best.text if f.best else ""]
+            found = reader.find(turn["question"], history=history)
+            yield f"c{n}", found, history, turn["answers"]
+            history = history + [turn["question"], found.best.text if found.best else ""]
+
+
+def read_all(reader: Reader, data: NaturalSet) -> list[tuple[str, Found, bool | None]]:
+    """(group, what the reader found, its best evidence holds an answer; None out of corpus) per
+    question and turn (read_turns), then the out-of-corpus ones."""
+    out = [(g, f, holds(f.best.text, answers) if f.best else False) for g, f, _, answers in read_turns(reader, data)]
     return out + [(f"o{n}", reader.find(o["question"]), None) for n, o in enumerate(data.out_of_corpus)]
 
 

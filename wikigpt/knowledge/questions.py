@@ -10,6 +10,7 @@ scores candidates with these; nothing here reads the index or the graph.
     spelled_out("ASCII", "the American Standard Code for Information Interchange (ASCII) is")
 """
 import re
+from bisect import bisect_left, bisect_right
 
 from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.sentences import CJK
@@ -49,7 +50,7 @@ ASKED = {
     "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start",
     "started": "began start", "begin": "began start", "launched": "launch launched", "launch": "launch launched",
     # the words of everyday questions for common infobox fields (birth place, alma mater, runtime, ...)
-    "town": "place city", "city": "city capital place", "village": "place", "real": "birth name",
+    "town": "place city", "city": "city capital place", "village": "place", "real name": "birth name",
     "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
@@ -64,7 +65,7 @@ ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
-HAS_TYPE = {"number": re.compile(r"\d"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
+HAS_TYPE = {"number": re.compile(r"\d+(?:[.,]\d+)*"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
@@ -75,7 +76,8 @@ ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
 SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
 PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b", re.I)
 PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b", re.I)
-ZH_ASKED = sorted((w for w in ASKED if re.match(f"[{CJK}]", w)), key=len, reverse=True)
+# found in a question as they are, before it is split into words: Chinese words, English phrases
+ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w), key=len, reverse=True)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 
 
@@ -88,16 +90,23 @@ def has_new(kind: str, text: str, known: set) -> bool:
 
 def typed_distance(kind: str, text: str, wanted: set, known: set) -> int:
     """How many words lie between a number or date the question does not say and the nearest word
-    of what it asks ('how many provinces': 0 in "Algeria is divided into 48 provinces"; a
+    of what it asks ('how many provinces': 1 in "Algeria is divided into 48 provinces"; a
     sentence holding an unrelated year far from them ranks after it). 99 when there is none, and
     for people: a capitalised pair is too loose a sign of a name to measure from."""
     if kind not in ("number", "date"):
         return 99
-    words = [(m.start(), set(terms(m[0]))) for m in re.finditer(r"[^\W_]+", text)]
-    asked_at = [i for i, (_, t) in enumerate(words) if t & wanted]
-    found = [sum(start < m.start() for start, _ in words) for m in HAS_TYPE[kind].finditer(text)
-             if set(terms(m[0])) - known or not terms(m[0])]  # the word index where each answer starts
-    return min((abs(i - j) for i in found for j in asked_at), default=99)
+    words = list(re.finditer(r"[^\W_]+", text))
+    starts = [w.start() for w in words]
+    asked_at = [i for i, w in enumerate(words) if set(terms(w[0])) & wanted]
+    found = [bisect_right(starts, m.start()) - 1 for m in HAS_TYPE[kind].finditer(text)  # the word it starts in
+             if set(terms(m[0])) - known or not terms(m[0])]
+    if not asked_at or not found:
+        return 99
+
+    def nearest(i):  # to word i from the asked word nearest it: one of its two neighbours in asked_at
+        j = bisect_left(asked_at, i)
+        return min(abs(i - asked_at[k]) for k in (j - 1, j) if 0 <= k < len(asked_at))
+    return min(map(nearest, found))
 
 
 def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str, bool]]:

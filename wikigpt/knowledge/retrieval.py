@@ -43,6 +43,7 @@ TITLE_BOOST = 2.0  # weight of the title match on lead passages: at 1.0 a body p
 LINK_BOOST = 1.0  # added to a named entity's passages, above the best score: they come first
 TITLE_CANDIDATES = 100  # articles whose title score reaches their lead passage in a search
 TIE_SLACK = 16  # hits beyond k fetched, to order equal scores by passage number
+IDF_CACHE = 100_000  # terms whose idf is remembered (~10 MB); a lookup is one term-dictionary seek
 
 
 @dataclass
@@ -126,13 +127,21 @@ class Index:
             (i,)).fetchone()
         return Passage(title, text, url, score)
 
+    def doc_freq(self, term: str) -> int:
+        """How many passages hold the term."""
+        return self._ps.doc_freq("terms", term)
+
     def idf(self, term: str) -> float:
         """ln(1 + (N - df + 0.5) / (df + 0.5)), N passages, df of them with the term: BM25's idf
-        (bm25s and tantivy alike), which the evidence reader weighs a question's terms by."""
+        (bm25s and tantivy alike), which the evidence reader weighs a question's terms by.
+        Remembered for at most IDF_CACHE terms: a server meets every word its clients send."""
         v = self._idf.get(term)
         if v is None:
-            df = self._ps.doc_freq("terms", term)
-            v = self._idf[term] = float(np.log1p((self.n_passages - df + 0.5) / (df + 0.5)))
+            df = self.doc_freq(term)
+            v = float(np.log1p((self.n_passages - df + 0.5) / (df + 0.5)))
+            if len(self._idf) >= IDF_CACHE:
+                self._idf.clear()  # start again: cheaper than an LRU's bookkeeping, and as bounded
+            self._idf[term] = v
         return v
 
     def titles_near(self, term: str, n: int = 5) -> list[int]:

@@ -231,9 +231,12 @@ def link_targets(links: list[str]) -> str:
 
 
 # a biography's first sentence: "Arthur Schopenhauer (22 February 1788 – 21 September 1860) was ...",
-# "Andre Agassi (born 29 April 1970) is ...": a name, then the life's years in brackets ("The
-# American Revolutionary War (1775–1783)" names no one)
-_LIFE = re.compile(r"^(?!(?:the|an?)\s)[^()]{2,80}\((?:[^()]*?\bborn\b|[^()]*?\b\d{3,4}\s*(?:BC\s*)?[–-]\s*[^()]*?\b\d{3,4}\b)", re.I)
+# "Andre Agassi (born 29 April 1970) is ...", "Aristotle (384–322 BC) was ...": a name, then a life in
+# brackets - born or died, or a span of days of months, or of years BC. A span of bare years is
+# not enough: "Ottoman Empire (1299–1922)", "The Hundred Years' War (1337–1453)" name no one
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_LIFE = re.compile(r"^(?!(?:the|an?)\s)[^()]{2,80}\((?:[^()]*?\b(?:born|died|b\.|d\.)\s|"
+                   rf"[^()]*?\b{_MONTH}[^()]*?\d{{3,4}}\s*[–-]|[^()]*?\d{{3,4}}\s*[–-]\s*\d{{3,4}}\s*BC\b)", re.I)
 
 
 def is_person(text: str) -> bool:

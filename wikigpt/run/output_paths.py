@@ -10,7 +10,9 @@ a plain file. All refused, as is a path under a file, whose folder can never be 
         raise UsageError(problem)
 """
 import os
+import select
 import stat
+import sys
 from pathlib import Path
 
 
@@ -54,3 +56,14 @@ def output_path_problem(path, option: str) -> str | None:
         return (f"{option} {path}: {above} is {what}, where a folder should be: choose another "
                 f"{option} (nothing was changed).")
     return None
+
+
+def stdout_reader_left() -> bool:
+    """Whether standard output is a pipe whose reader has gone (`... | head -1` after its line):
+    poll reports an error on a pipe's write end once its read end is closed."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll on this system, or stdout is no file
+        return False
