@@ -292,7 +292,8 @@ def entry_kinds(folder):
     return {p.name: os.readlink(p) if p.is_symlink() else stat.S_IFMT(os.lstat(p).st_mode) for p in folder.iterdir()}
 
 
-def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_work(tiny_ckpt, tiny_data, tmp_path):
+def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_work(tiny_ckpt, tiny_data, tmp_path,
+                                                                                     capsys):
     os.mkfifo(tmp_path / "fifo.json")
     (tmp_path / "notes.md").write_text("my notes")
     (tmp_path / "report.md").symlink_to("notes.md")  # eval.py writes report.md beside report.json
@@ -301,21 +302,25 @@ def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_wo
     (tmp_path / "dangling.pt").symlink_to("nowhere.pt")
     (tmp_path / "plain").write_text("mine")
     before = entry_kinds(tmp_path)
-    ev = ["eval.py", "--ckpt", tiny_ckpt, "--data", tiny_data, "--bpb_only", "--eval_tokens=512", "--device=cpu"]
-    prune = ["prune.py", "--ckpt", tiny_ckpt, "--keep_layers", "1", "--device", "cpu", "--out"]
-    cases = [([*ev, "--out", tmp_path / "fifo.json"], "fifo.json is a named pipe (FIFO)"),
-             ([*ev, "--out", tmp_path / "report.json"], "report.md is a symbolic link (to notes.md)"),
-             (["eval.py", "plot", tiny_ckpt.parent, "--out", tmp_path / "plot.png"], "plot.png is a symbolic link"),
-             (["convert.py", "int8", tiny_ckpt, tmp_path / "dangling.pt"], "dangling.pt is a symbolic link"),
-             ([*prune, tmp_path / "plain" / "small.pt"], "plain is a file, where a folder should be")]
-    # (each command once: the kinds of entry are output_file's, tested one by one above)
-    for args, what in cases:
-        r = bounded_cli(*args)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and what in lines[0], (args, r.stderr)
-        assert "measuring importance" not in r.stdout  # prune.py: refused before its calibration
+    import convert
+    import eval as eval_py
+    import prune
+    from wikigpt.cli import UsageError
+
+    ev = ["--ckpt", tiny_ckpt, "--data", tiny_data, "--bpb_only", "--eval_tokens=512", "--device=cpu"]
+    r = bounded_cli("eval.py", *ev, "--out", tmp_path / "fifo.json")  # one real run: one line, no traceback, no hang
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "fifo.json is a named pipe (FIFO)" in lines[0], r.stderr
+    cases = [(eval_py.main, [*ev, "--out", tmp_path / "report.json"], "report.md is a symbolic link (to notes.md)"),
+             (eval_py.main, ["plot", tiny_ckpt.parent, "--out", tmp_path / "plot.png"], "plot.png is a symbolic link"),
+             (convert.main, ["int8", tiny_ckpt, tmp_path / "dangling.pt"], "dangling.pt is a symbolic link"),
+             (prune.main, ["--ckpt", tiny_ckpt, "--keep_layers", "1", "--device", "cpu", "--out",
+                           tmp_path / "plain" / "small.pt"], "plain is a file, where a folder should be")]
+    for main, args, what in cases:  # each command once, in this process: the kinds of entry are output_file's (above)
+        with pytest.raises(UsageError, match=re.escape(what)):
+            main(list(map(str, args)))
+        assert "measuring importance" not in capsys.readouterr().out  # prune.py: refused before its calibration
     assert entry_kinds(tmp_path) == before and (tmp_path / "notes.md").read_text() == "my notes"
     assert (tmp_path / "mine.png").read_bytes() == b"my picture" and (tmp_path / "plain").read_text() == "mine"
-    r = bounded_cli("eval.py", "plot", tiny_ckpt.parent, "--out", tmp_path / "new" / "loss.png")
-    assert r.returncode == 0, r.stderr  # a new folder is made for the plot
+    eval_py.main(["plot", str(tiny_ckpt.parent), "--out", str(tmp_path / "new" / "loss.png")])  # a new folder is made
     Image.open(tmp_path / "new" / "loss.png").verify()

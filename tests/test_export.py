@@ -132,21 +132,22 @@ def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data
     assert not (tmp_path / "x").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    for overwrite in ([], ["--overwrite"]):  # --overwrite replaces only what export.py made
-        r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "taken", *overwrite)
-        assert r.returncode == 2 and "keep.txt" in r.stderr and "choose another --out" in r.stderr, r.stderr
+    from export import export
+
+    for overwrite in (False, True):  # --overwrite replaces only what export.py made (in this process: the
+        with pytest.raises(UsageError, match="keep.txt.*choose another --out"):  # real runs are above and below)
+            export(ckpt, tmp_path / "taken", overwrite=overwrite)
         assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
     (tmp_path / "junk.pt").write_text("junk")
     for bad in (tmp_path / "junk.pt", tmp_path / "missing.pt"):
         r = run_cli("export.py", "--ckpt", bad, "--out", tmp_path / "y")
         assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "y").exists()
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "hf", "--dtype", "bfloat16")
-    assert r.returncode == 0, r.stderr
+    export(ckpt, tmp_path / "hf", dtype="bfloat16")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["Qwen3ForCausalLM"]
     assert config["eos_token_id"] == load_model(ckpt, "cpu")[1].doc_sep  # a base model ends at a document
-    r = run_cli("export.py", "--ckpt", ckpt, "--out", tmp_path / "hf" / "config.json", "--overwrite")
-    assert r.returncode == 2 and "is a file, and a transformers export is a folder" in r.stderr
+    with pytest.raises(UsageError, match="is a file, and a transformers export is a folder"):
+        export(ckpt, tmp_path / "hf" / "config.json", overwrite=True)
     assert json.loads((tmp_path / "hf" / "config.json").read_text()) == config  # left as it was
 
 
