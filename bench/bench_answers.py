@@ -122,7 +122,7 @@ def main(argv):
         print(format_natural(cross_validated(reader, load_natural("dev"))))
         reader.confidence = None
         reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev")))
-        add_index_info(args.data, reader.confidence.to_info() | {
+        add_index_info(args.data, reader.confidence.to_info() | {"score_floor": reader.floor,  # the rules' threshold stays
             "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
         print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
               "as read with it (dev, seen in training):")

@@ -168,6 +168,14 @@ def test_a_stored_confidence_is_what_the_threshold_judges(reader):
         assert found.judged == found.confidence < 0.01 and not found.answerable  # the same evidence, declined
     finally:
         reader.confidence = None
+    reader.confidence, floor = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [5.0]), reader.floor  # sure of all
+    try:
+        reader.floor = 1.01  # ...but the rules' own threshold still has its say
+        assert not reader.find("What is the capital of Brindavale?").answerable
+        reader.floor = 0.0
+        assert reader.find("What is the capital of Brindavale?").answerable
+    finally:
+        reader.confidence, reader.floor = None, floor
     assert Confidence.from_info({}) is None
     stored = Confidence([0.5] * (len(CONFIDENCE_FEATURES) + 1))
     assert Confidence.from_info(stored.to_info()).weights == stored.weights
