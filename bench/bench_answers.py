@@ -23,7 +23,7 @@ from wikigpt.knowledge.evidence import Reader  # noqa: E402
 from wikigpt.knowledge.grounding import fit_grounded, sources_of  # noqa: E402
 from wikigpt.knowledge.likelihood import (K, candidate_scores, conversation, likeliest, reply_scores,  # noqa: E402
                                           tie_broken)
-from wikigpt.knowledge.natural import (MAX_WRONG, NaturalSet, choose_threshold, evaluate_reader,  # noqa: E402
+from wikigpt.knowledge.natural import (MAX_WRONG, NATURAL_QA, NaturalSet, choose_threshold, evaluate_reader,  # noqa: E402
                                        format_natural, holds, load_natural, read_turns, scores_of)
 from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
 
@@ -83,7 +83,7 @@ def chat_model(args):
 
 def print_likelihood(args, reader: Reader, model, tok, info):
     start = time.time()
-    n, rows = likelihood_table(reader, load_natural(args.split), model, tok, args.k)
+    n, rows = likelihood_table(reader, load_natural(args.split, args.natural), model, tok, args.k)
     print(f"the chat model's pick: {args.ckpt} ({info['device']}), mean log-probability per token of each of "
           f"the rules' top {args.k} as its reply, no sources in the prompt; {n} answerable questions and turns, "
           f"{time.time() - start:.0f} s")
@@ -94,6 +94,7 @@ def print_likelihood(args, reader: Reader, model, tok, info):
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--data", default="data/demo", help="the dataset folder with its index (retrieve.py --build)")
+    ap.add_argument("--natural", default=str(NATURAL_QA), help="the question set's folder (bench/natural_qa)")
     ap.add_argument("--split", default="dev", choices=("dev", "test"), help="test: only to report, once")
     ap.add_argument("--calibrate", action="store_true",
                     help=f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%}% answered wrong) "
@@ -119,16 +120,16 @@ def main(argv):
             sys.exit("--confidence trains on the dev split only: drop --split test")
         from wikigpt.knowledge.natural import confidence_rows, cross_validated, fit_confidence
         print(f"dev split, each fold read by a confidence and threshold from the other folds, {args.data}")
-        print(format_natural(cross_validated(reader, load_natural("dev"))))
+        print(format_natural(cross_validated(reader, load_natural("dev", args.natural))))
         reader.confidence = None
-        reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev")))
+        reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev", args.natural)))
         add_index_info(args.data, reader.confidence.to_info() | {"score_floor": reader.floor,  # the rules' threshold stays
             "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
         print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
               "as read with it (dev, seen in training):")
     if args.ab:
         from wikigpt.knowledge.natural import compare
-        table, rankers = compare(args.data, reader, load_natural("dev"))
+        table, rankers = compare(args.data, reader, load_natural("dev", args.natural))
         print(f"  {'ranking':34s} {'right':>6s} {'wrong':>6s} {'follow-up':>10s} {'ooc declined':>13s}")
         for name, r in table.items():
             print(f"  {name:34s} {r['right']:6.2f} {r['wrong']:6.2f} {r['follow-up']:10.2f} {r['ooc declined']:13.2f}")
@@ -142,11 +143,11 @@ def main(argv):
     if args.calibrate:
         if args.split != "dev":
             sys.exit("--calibrate chooses on the dev split only: drop --split test")
-        t = choose_threshold(scores_of(reader, load_natural("dev")))  # on the confidence's scale when one is stored
+        t = choose_threshold(scores_of(reader, load_natural("dev", args.natural)))  # on the confidence's scale when one is stored
         add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": "bench/natural_qa dev"})
         reader.threshold = t
         print(f"'not found' below {t:.4f}, chosen on bench/natural_qa's dev split -> {args.data}/index")
-    report = evaluate_reader(reader, load_natural(args.split), args.threshold)
+    report = evaluate_reader(reader, load_natural(args.split, args.natural), args.threshold)
     print(f"{args.split} split, {args.data}")
     print(format_natural(report))
     if args.show:

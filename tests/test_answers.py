@@ -12,7 +12,7 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader
+from wikigpt.knowledge.evidence import UNSETTLED, Reader, not_found
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
@@ -132,6 +132,14 @@ def test_a_reset_conversation_carries_nothing(reader):
     found = find_in_conversation(reader, [Message("user", "What is its capital?")])
     assert not found.links and not found.answerable  # nothing named, nothing carried: "not found"
     assert find_in_conversation(reader, [{"role": "user", "content": "What is its capital?"}]).links == []
+
+
+def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):
+    shown = not_found(reader.find("Who was Mara Quill?"))  # what chat prints when it declines: the closest, titled
+    messages = [Message("user", "Which novelist of the coast wrote the most?"), Message("assistant", shown),
+                Message("user", "When was she born?")]
+    found = find_in_conversation(reader, messages)
+    assert found.links[0].title == "Mara Quill" and holds(found.best.text, ["1901"])
 
 
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):

@@ -8,14 +8,15 @@ after "Who wrote Animal Farm?") is read as about the entity the conversation was
                                           Message("user", "When was it first published?")])
     found.best    # Animal Farm's evidence; the sources listed are this question's own
 
-/reset is the caller's: a cleared messages list carries nothing.
+/reset is the caller's: a cleared messages list carries nothing. A "not found" reply counts too:
+it names the closest evidence's article, and "Where was he born?" after it means that one.
 """
-from wikigpt.knowledge.evidence import Found, Reader, is_abstention
+from wikigpt.knowledge.evidence import Found, Reader
 
 
 def find_in_conversation(reader: Reader, messages: list, k: int | None = None) -> Found:
     """Reader.find for the last user message, with the earlier user and assistant turns as its
-    history (a "not found" reply counts as no reply). Messages: chat_template.Message or
+    history. Messages: chat_template.Message or
     {"role", "content"} dicts; system messages are skipped."""
     turns = [(m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content) for m in messages]
     turns = [(role, text) for role, text in turns if role in ("user", "assistant")]
@@ -25,6 +26,6 @@ def find_in_conversation(reader: Reader, messages: list, k: int | None = None) -
     for role, text in turns[:-1]:
         if role == "user":
             history += [text, ""]  # a question, then its reply (filled in below when there is one)
-        elif history and not is_abstention(text):
+        elif history:
             history[-1] = text
     return reader.find(turns[-1][1], k, history=history)

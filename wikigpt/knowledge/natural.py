@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wikigpt.knowledge.evidence import Found, Reader
+from wikigpt.knowledge.evidence import Found, Reader, not_found
 from wikigpt.knowledge.scores import words
 
 NATURAL_QA = Path(__file__).resolve().parents[2] / "bench" / "natural_qa"
@@ -92,7 +92,7 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
             follow["wrong"] += t > 0 and v == "wrong"
             rows.append({"kind": "follow-up" if t else "opening", "question": turn["question"], "verdict": v,
                          "score": found.score, "reply": found.best.text if found.best else ""})
-            history += [turn["question"], found.best.text if found.answerable and found.best else ""]
+            history += [turn["question"], reply(found)]
     ooc = {"n": 0, "declined": 0, "near_n": 0, "near_declined": 0}
     for o in data.out_of_corpus:
         found = found_for(o["question"])
@@ -109,6 +109,11 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
             "out_of_corpus": ooc, "rows": rows}
 
 
+def reply(found: Found) -> str:
+    """What chat.py --rag says with copying on: the best evidence, or "not found" and the closest."""
+    return found.best.text if found.best and found.answerable else not_found(found)
+
+
 def read_turns(reader: Reader, data: NaturalSet):
     """(group, what the reader found, the history it read, the accepted answers) for every
     answerable question and conversation turn; a turn is read after the earlier ones and their
@@ -120,7 +125,7 @@ def read_turns(reader: Reader, data: NaturalSet):
         for turn in c["turns"]:
             found = reader.find(turn["question"], history=history)
             yield f"c{n}", found, history, turn["answers"]
-            history = history + [turn["question"], found.best.text if found.best else ""]
+            history = history + [turn["question"], reply(found)]
 
 
 def read_all(reader: Reader, data: NaturalSet) -> list[tuple[str, Found, bool | None]]:
