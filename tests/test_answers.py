@@ -84,6 +84,14 @@ def test_a_number_nearer_the_words_asked_is_the_nearer_answer():
     assert near < far < 99 and typed_distance("number", "Algeria has provinces.", asked, known) == 99
 
 
+def test_who_did_it_is_the_name_after_by_near_the_verb_asked():
+    asked, known = set(terms("killed")), set(terms("Who killed Achilles?"))
+    by = typed_distance("person", "Achilles was killed near the end of the war by Paris, who shot him.", asked, known)
+    agent = typed_distance("person", "Achilles later killed Troilus.", asked, known)  # Achilles did it: no "by"
+    assert by < 99 and agent == 99
+    assert typed_distance("person", "He was killed by Achilles.", asked, known) == 99  # the name asked about
+
+
 def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
     assert "1852" in reader.find("When was the Stonebridge Gazette first published?").best.text
     assert "1852" in reader.find("When was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text

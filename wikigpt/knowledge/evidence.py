@@ -275,7 +275,7 @@ class Reader:
             s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
-            measured_near = typed and item.kind == "sentence" and kind in ("number", "date")
+            measured_near = typed and item.kind == "sentence" and kind in ("number", "date", "person")
             near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
             items.append((round(s, 4), near, -order, item, typed))
         items.sort(key=lambda x: x[:3], reverse=True)  # equal scores: the answer nearer what is asked, then the earlier

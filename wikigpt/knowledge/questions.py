@@ -68,6 +68,7 @@ _MONTHS = "january|february|march|april|may|june|july|august|september|october|n
 HAS_TYPE = {"number": re.compile(r"\d+(?:[.,]\d+)*"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
+AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
                       r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
@@ -91,15 +92,17 @@ def has_new(kind: str, text: str, known: set) -> bool:
 def typed_distance(kind: str, text: str, wanted: set, known: set) -> int:
     """How many words lie between a number or date the question does not say and the nearest word
     of what it asks ('how many provinces': 1 in "Algeria is divided into 48 provinces"; a
-    sentence holding an unrelated year far from them ranks after it). 99 when there is none, and
-    for people: a capitalised pair is too loose a sign of a name to measure from."""
-    if kind not in ("number", "date"):
+    sentence holding an unrelated year far from them ranks after it). For people, a name after
+    "by" ("killed ... by Paris": a capitalised pair alone is too loose a sign of a name to measure
+    from, and "Achilles killed Troilus" names who was killed, not who did it). 99 when there is none."""
+    if kind not in ("number", "date", "person"):
         return 99
     words = list(re.finditer(r"[^\W_]+", text))
     starts = [w.start() for w in words]
     asked_at = [i for i, w in enumerate(words) if set(terms(w[0])) & wanted]
-    found = [bisect_right(starts, m.start()) - 1 for m in HAS_TYPE[kind].finditer(text)  # the word it starts in
-             if set(terms(m[0])) - known or not terms(m[0])]
+    answers = (m for m in HAS_TYPE[kind].finditer(text)) if kind != "person" else AGENT.finditer(text)
+    found = [bisect_right(starts, m.start(m.lastindex or 0)) - 1 for m in answers  # the word it starts in
+             if set(terms(m[m.lastindex or 0])) - known or not terms(m[0])]
     if not asked_at or not found:
         return 99
 
