@@ -19,6 +19,12 @@ largest sum of VmRSS. Serving: a child opens the index and asks the 200 question
 (evidence.RETRIEVE_K), then again with the named article boosted (what the evidence reader
 does); latency per search() call, passages read from disk included; then its VmRSS. The page
 cache is warm (the index was just written): cold-disk latency is not measured.
+
+The knowledge graph: a child writes N copies of the source folder's knowledge.sqlite beside the
+corpus (copy_graph: N x the demo's ~880 facts, values suffixed as the text is), timed, and of that
+KnowledgeWriter.close (indexes, names, the facts' full-text index); then the serving child reads
+each of the 200 questions backwards (evidence.Reader.reverse, which every question to the reader
+calls), timing each call and the Knowledge.facts_naming inside it, with a digest of what was found.
 """
 import argparse
 import json
@@ -26,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -62,13 +69,51 @@ def copies(source: list[dict], n: int, seed: int = 0):
             if c == 0:
                 yield a
                 continue
-            parts = list(parts)
-            words = np.arange(1, len(parts), 2)
-            chosen = words[rng.random(len(words)) < SUFFIX_SHARE]
-            for i, s in zip(chosen.tolist(), rng.integers(0, 26, size=(len(chosen), 3))):
-                parts[i] += "".join(LETTERS[s])
-            yield a | {"title": f"{a['title']} ({c})", "text": "".join(parts), "id": f"{a.get('id', '')}-{c}",
+            yield a | {"title": f"{a['title']} ({c})", "text": suffixed(parts, rng), "id": f"{a.get('id', '')}-{c}",
                        "url": f"{a.get('url', '')}?copy={c}"}
+
+
+def suffixed(parts: list[str], rng) -> str:
+    """A text split by WORD.split, put together again with ~SUFFIX_SHARE of its words given a
+    random 3-letter suffix."""
+    parts = list(parts)
+    words = np.arange(1, len(parts), 2)
+    chosen = words[rng.random(len(words)) < SUFFIX_SHARE]
+    for i, s in zip(chosen.tolist(), rng.integers(0, 26, size=(len(chosen), 3))):
+        parts[i] += "".join(LETTERS[s])
+    return "".join(parts)
+
+
+def copy_graph(src: Path, n: int, folder: Path, seed: int = 2) -> dict:
+    """folder/knowledge.sqlite: the source's graph copied as copies() copies its articles (copy c
+    >= 1: titles "<title> (c)", ~10 % of the words of each fact value suffixed, each redirect
+    "<alias> (c)"; sections and links as they are), written by KnowledgeWriter as prepare_wiki.py
+    does. The source's persons come back only from their infoboxes (a lead's "(born ...)" is not
+    stored). Its article numbers are the corpus's, so the evidence reader takes both."""
+    from wikigpt.knowledge.graph import KNOWLEDGE, KnowledgeWriter
+
+    db = sqlite3.connect(f"{(src / KNOWLEDGE).resolve().as_uri()}?mode=ro", uri=True)
+    titles = [t for t, in db.execute("SELECT title FROM articles ORDER BY no")]
+    rows = lambda sql, no: db.execute(sql, (no,)).fetchall()  # noqa: E731
+    records = [{"facts": rows("SELECT attribute, value FROM facts WHERE subject = ? ORDER BY ord", no),
+                "sections": rows("SELECT heading, opening FROM sections WHERE subject = ? ORDER BY ord", no),
+                "links": "".join(t for t, in rows("SELECT targets FROM links WHERE subject = ?", no))}
+               for no in range(len(titles))]
+    aliases = db.execute("SELECT alias, subject FROM aliases ORDER BY rowid").fetchall()
+    db.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, writer = np.random.default_rng(seed), KnowledgeWriter(folder / KNOWLEDGE)
+    for c in range(n):
+        named = (lambda t: t) if c == 0 else (lambda t: f"{t} ({c})")  # noqa: E731
+        for title, record in zip(titles, records):
+            if c:
+                record = record | {"facts": [(a, suffixed(WORD.split(v), rng)) for a, v in record["facts"]]}
+            writer.article(named(title), record)
+        for alias, subject in aliases:
+            writer.redirect(named(alias), named(titles[subject]))
+    t0 = time.time()
+    counts = writer.close()
+    return {"facts": counts["facts"], "close_s": time.time() - t0}
 
 
 def questions(source: list[dict], n: int, count: int = 200, seed: int = 1) -> list[dict]:
@@ -119,12 +164,18 @@ def child_build(data: str):
                       "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime}))
 
 
+def child_graph(src: str, n: str, folder: str):
+    t0 = time.time()
+    row = copy_graph(Path(src), int(n), Path(folder))
+    print(json.dumps(row | {"wall_s": time.time() - t0}))
+
+
 def vm_rss_mb(pid="self") -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def child_serve(data: str, questions_file: str):
+def child_serve(data: str, questions_file: str, graph: str = ""):
     from wikigpt.knowledge.retrieval import Index
 
     qs = json.loads(Path(questions_file).read_text())
@@ -144,9 +195,44 @@ def child_serve(data: str, questions_file: str):
     right = sum(index.search(i["q"], 1)[0].title == index.passage(int(index.lead_ids[i["article"]])).title
                 for i in titled)
     ms = lambda xs, p: round(1e3 * float(np.percentile(xs, p)), 2)  # noqa: E731
-    print(json.dumps({"open_s": round(open_s, 3), "p50_ms": ms(plain, 50), "p95_ms": ms(plain, 95),
-                      "boosted_p50_ms": ms(boosted, 50), "boosted_p95_ms": ms(boosted, 95),
-                      "title_top1": f"{right}/{len(titled)}", "serving_rss_mb": round(vm_rss_mb())}))
+    row = {"open_s": round(open_s, 3), "p50_ms": ms(plain, 50), "p95_ms": ms(plain, 95),
+           "boosted_p50_ms": ms(boosted, 50), "boosted_p95_ms": ms(boosted, 95),
+           "title_top1": f"{right}/{len(titled)}"}
+    if graph:
+        reverse, naming, found = read_backwards(index, graph, qs)
+        row |= {"reverse_p50_ms": ms(reverse, 50), "reverse_p95_ms": ms(reverse, 95), "naming_p50_ms": ms(naming, 50),
+                "naming_p95_ms": ms(naming, 95), "reverse_found": found}
+    print(json.dumps(row | {"serving_rss_mb": round(vm_rss_mb())}))
+
+
+def read_backwards(index, graph: str, qs: list[dict]) -> tuple[list, list, str]:
+    """The graph read backwards, as each question to the evidence reader does: seconds per
+    Reader.reverse call, per Knowledge.facts_naming call inside it, and a digest of what was found
+    (the same before and after a change that keeps the results)."""
+    import hashlib
+
+    from wikigpt.knowledge.evidence import Reader
+    from wikigpt.knowledge.graph import Knowledge
+
+    reader = Reader(index, Knowledge.open(graph))
+    naming, facts_naming = [], reader.kb.facts_naming
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = facts_naming(*args, **kwargs)
+        naming.append(time.perf_counter() - t)
+        return out
+
+    reader.kb.facts_naming = timed
+    reverse, digest, items = [], hashlib.sha256(), 0
+    for item in qs:
+        links = reader.links(item["q"])
+        t = time.perf_counter()
+        found = reader.reverse(item["q"], links)
+        reverse.append(time.perf_counter() - t)
+        digest.update(repr([(i.title, i.text) for i in found]).encode())
+        items += len(found)
+    return reverse, naming or [0.0], f"{items} items, sha256 {digest.hexdigest()[:12]}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -200,16 +286,22 @@ def bench(src: Path, n: int, work: Path, keep: bool) -> dict:
     corpus = make_corpus(src, n, work / f"x{n}")
     print(f"x{n}: building the index of {corpus / ARTICLES} ...", file=sys.stderr, flush=True)
     build = run_child(["build", str(corpus)], sample=True)
-    print(f"x{n}: serving 2 x 200 questions ...", file=sys.stderr, flush=True)
-    serve = run_child(["serve", str(corpus), str(corpus / "questions.json")])
+    graph = corpus / "graph"  # beside the corpus, not in it: the index's build does not calibrate with it
+    print(f"x{n}: building a knowledge graph of {n} copies of {src}'s ...", file=sys.stderr, flush=True)
+    made = run_child(["graph", str(src), str(n), str(graph)])
+    print(f"x{n}: serving 2 x 200 questions, and 200 read backwards ...", file=sys.stderr, flush=True)
+    serve = run_child(["serve", str(corpus), str(corpus / "questions.json"), str(graph)])
     info = build["info"]
     row = {"n": n, "articles": info["articles"], "passages": info["passages"],
            "text_mb": round(sum(len(a["text"]) for a in read_articles(corpus)) / 1e6, 1),
            "build_wall_s": round(build["wall_s"], 1), "build_cpu_s": round(build["cpu_s"], 1),
            "build_peak_rss_mb": build["tree_peak_rss_mb"], "index_mb": du_mb(corpus / "index"),
+           "graph_facts": made["facts"], "graph_build_s": round(made["wall_s"], 1),
+           "graph_close_s": round(made["close_s"], 1), "graph_mb": du_mb(graph),
            "load_avg_1m": round(os.getloadavg()[0], 2), "cores": len(os.sched_getaffinity(0))} | serve
     if not keep:
         shutil.rmtree(corpus / "index", ignore_errors=True)
+        shutil.rmtree(graph, ignore_errors=True)
     return row
 
 
@@ -230,6 +322,15 @@ def report(rows: list[dict]):
               f"| {r['build_wall_s']} ({r['build_cpu_s']}) | {r['build_peak_rss_mb']} | {r['index_mb']:,} "
               f"| {r['open_s']:.3f} | {r['p50_ms']} / {r['p95_ms']} | {r['boosted_p50_ms']} / {r['boosted_p95_ms']} "
               f"| {r['serving_rss_mb']} | {r['title_top1']} | {r['load_avg_1m']} |")
+    graphs = [r for r in rows if "reverse_p50_ms" in r]
+    if graphs:
+        print("\n| N x demo | facts | graph build s (of it the tables' close) | knowledge.sqlite MB "
+              "| Reader.reverse p50 / p95 ms | facts_naming p50 / p95 ms | found (200 questions) |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
+        for r in graphs:
+            print(f"| {r['n']} | {r['graph_facts']:,} | {r['graph_build_s']} ({r['graph_close_s']}) | {r['graph_mb']:,} "
+                  f"| {r['reverse_p50_ms']} / {r['reverse_p95_ms']} | {r['naming_p50_ms']} / {r['naming_p95_ms']} "
+                  f"| {r['reverse_found']} |")
     peaks, big = [r["build_peak_rss_mb"] for r in rows], [r for r in rows if r["passages"] >= 3e6]
     verdict = lambda ok: "met" if ok else "missed"  # noqa: E731
     print(f"\nbuild peak RSS {min(peaks)}-{max(peaks)} MB: <= {TARGET_BUILD_MB} {verdict(max(peaks) <= TARGET_BUILD_MB)}, "
@@ -264,7 +365,9 @@ def main(argv):
     if argv and argv[0] == "build":
         return child_build(argv[1])
     if argv and argv[0] == "serve":
-        return child_serve(argv[1], argv[2])
+        return child_serve(*argv[1:])
+    if argv and argv[0] == "graph":
+        return child_graph(*argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", default="data/demo", help="a dataset folder with articles.jsonl.gz (make demo's)")
     p.add_argument("--n", type=int, nargs="*", default=[], help="corpus sizes, in copies of the source")
