@@ -12,7 +12,7 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader, not_found
+from wikigpt.knowledge.evidence import UNSETTLED, Reader, not_found, without_abstention
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
@@ -148,6 +148,14 @@ def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader
                 Message("user", "When was she born?")]
     found = find_in_conversation(reader, messages)
     assert found.links[0].title == "Mara Quill" and holds(found.best.text, ["1901"])
+
+
+def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it_found(reader):
+    history = ["Which newspaper printed a calendar?", "Its printers published a calendar in the same year."]
+    found = reader.find("When was it first published?", history=history)  # the question named no title
+    assert found.links[0].title == "Stonebridge Gazette" and "1852" in found.best.text
+    closest = without_abstention(not_found(reader.find("Who was Mara Quill?")))  # no "answer" left to link
+    assert closest.strip().startswith("The closest I found (Mara Quill)") and "answer" not in closest
 
 
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):

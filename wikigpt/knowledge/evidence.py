@@ -331,14 +331,24 @@ class Reader:
         if links and not PRONOUNS.search(question):
             return links
         person = PERSON_PRONOUNS.search(question)  # "he", "her": maybe the person a reply named
-        for n, earlier in reversed(list(enumerate(history))[-6:]):  # the last three exchanges
+        recent = list(enumerate(history))[-6:]  # the last three exchanges
+        for n, earlier in reversed(recent):
             if not earlier or (n % 2 and not person):
                 continue
-            named = self.links(earlier)
+            named = self.links(without_abstention(earlier))  # "do not answer this" names no article "Answer"
             if named:
-                own = [l for l in links if l.subject != named[0].subject]
-                return [replace(named[0], start=0, end=0, units=0)] + own
+                return self._carry(named[0], links)
+        asked = [q for n, q in recent if n % 2 == 0 and q.strip()]
+        if not links and asked:  # no earlier turn named one: the article the last question was most about
+            top = self.index.search(asked[-1], 1)  # ("What was the first animated feature film?": Animation)
+            if top and (subject := self.kb.subject(top[0].title)) is not None:
+                return self._carry(Link(top[0].title, subject, 0, 0, 0, MISSPELLED), links)  # a guess: 0.9
         return links
+
+    @staticmethod
+    def _carry(link: Link, links: list[Link]) -> list[Link]:
+        """The carried link first, spanning nothing of the question; the question's own after it."""
+        return [replace(link, start=0, end=0, units=0)] + [l for l in links if l.subject != link.subject]
 
     def reverse(self, question: str, links: list[Link]) -> list[Item]:
         """The graph read backwards: facts whose value names what the question names ("Who wrote
@@ -398,6 +408,13 @@ def not_found(found: Found) -> str:
     if best is None:
         return ABSTAIN[lang]
     return ABSTAIN[lang] + CLOSEST[lang].format(title=best.label, text=best.text)
+
+
+def without_abstention(reply: str) -> str:
+    """A reply without the "not found" sentence (its closest evidence, titled, stays)."""
+    for sentence in ABSTAIN.values():
+        reply = reply.replace(sentence, " ")
+    return reply
 
 
 def is_abstention(reply: str) -> bool:
