@@ -207,32 +207,33 @@ def child_serve(data: str, questions_file: str, graph: str = ""):
 
 def read_backwards(index, graph: str, qs: list[dict]) -> tuple[list, list, str]:
     """The graph read backwards, as each question to the evidence reader does: seconds per
-    Reader.reverse call, per Knowledge.facts_naming call inside it, and a digest of what was found
-    (the same before and after a change that keeps the results)."""
+    Reader.reverse call, per Knowledge.facts_naming call inside it, and what was found: the facts
+    named per question (a digest of them, in no order: which of two equally long phrases names a
+    fact first may differ from run to run), and the reader's items."""
     import hashlib
 
     from wikigpt.knowledge.evidence import Reader
     from wikigpt.knowledge.graph import Knowledge
 
     reader = Reader(index, Knowledge.open(graph))
-    naming, facts_naming = [], reader.kb.facts_naming
+    naming, named, facts_naming = [], [], reader.kb.facts_naming
 
     def timed(*args, **kwargs):
         t = time.perf_counter()
         out = facts_naming(*args, **kwargs)
         naming.append(time.perf_counter() - t)
+        named.append(sorted((s, a) for s, a, _, _ in out))
         return out
 
     reader.kb.facts_naming = timed
-    reverse, digest, items = [], hashlib.sha256(), 0
+    reverse, items = [], 0
     for item in qs:
         links = reader.links(item["q"])
         t = time.perf_counter()
-        found = reader.reverse(item["q"], links)
+        items += len(reader.reverse(item["q"], links))
         reverse.append(time.perf_counter() - t)
-        digest.update(repr([(i.title, i.text) for i in found]).encode())
-        items += len(found)
-    return reverse, naming or [0.0], f"{items} items, sha256 {digest.hexdigest()[:12]}"
+    digest = hashlib.sha256(repr(named).encode()).hexdigest()[:12]
+    return reverse, naming or [0.0], f"{sum(map(len, named))} facts (sha256 {digest}), {items} items"
 
 
 # ----------------------------------------------------------------------------------------
