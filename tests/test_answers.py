@@ -11,7 +11,7 @@ from conftest import PROSE, dump_xml, page, run_cli
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
-from wikigpt.knowledge.analysis import terms
+from wikigpt.knowledge.analysis import query_terms, terms
 from wikigpt.knowledge.evidence import UNSETTLED, Reader, not_found, without_abstention
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
@@ -118,6 +118,13 @@ def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reade
 def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
     found = reader.find("What does BSO stand for?")
     assert found.best.kind == "expansion" and found.best.text == "Brindavale Standards Office"
+    typed = reader.find("bso stands for what")  # typed in lower case: the passages write it in capitals
+    assert typed.best.kind == "expansion" and typed.best.text == "Brindavale Standards Office"
+
+
+def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):
+    assert query_terms("What does ICRISAT stand for?") == ["icrisat", "stand"]  # "what", "does" match everything
+    assert reader.find("so what is Brindavale").best.kind == "lead"  # "so" asks nothing
 
 
 def test_a_yes_no_question_is_answered_yes_or_no_only_when_the_evidence_settles_it(reader):

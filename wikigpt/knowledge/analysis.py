@@ -17,7 +17,11 @@ from functools import lru_cache
 from wikigpt.knowledge.sentences import CJK
 
 PASSAGE_CHARS = 500  # ~120 tokens of an 8k BPE: two or three fit a 256-token context with a question
-QUERY_FILLER = {"tell", "know", "explain", "describe", "pleas", "give", "talk", "inform"}  # stemmed
+# stemmed; the question words too: "what", "doe(s)" and "stand" in "What does ICRISAT stand for?"
+# outscored the one passage that holds "ICRISAT" (each is common, but three common terms add up)
+QUERY_FILLER = {"tell", "know", "explain", "describe", "pleas", "give", "talk", "inform", "what", "who", "whom",
+                "whose", "which", "when", "where", "whi", "how", "doe", "do", "did", "can", "could", "would", "me",
+                "you", "i", "wanna"}
 # Lucene's English stop words (what bm25s used, kept when the index moved to tantivy: the same
 # terms keep the ranking comparable)
 STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "

@@ -378,6 +378,9 @@ class Reader:
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
         texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
         texts += [(p.title, p.text) for p in passages]
+        if STANDS_FOR.search(question):  # "iucn stands for what": a word the passages write in capitals
+            written = {a for _, text in texts for a in ACRONYM.findall(text)}
+            acronyms += [w.upper() for w in re.findall(r"[^\W\d_]{2,8}", question) if w.upper() in written]
         items = [Item("expansion", l.title, without_qualifier(l.title), f"{short} stands for (its title)")
                  for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
         for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
