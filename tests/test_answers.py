@@ -12,7 +12,7 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader, not_found, without_abstention
+from wikigpt.knowledge.evidence import UNSETTLED, Reader, names_an_element, not_found, without_abstention
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
@@ -113,6 +113,17 @@ def test_a_reverse_question_is_answered_by_the_subject_whose_fact_names_it(reade
     found = reader.find("Who wrote The Glass Orchard?")  # no article of that name: only Mara Quill's works name it
     assert found.best.kind == "reverse" and found.best.title == "Mara Quill"
     assert found.best.text.startswith("Mara Quill (notable works: The Glass Orchard")
+
+
+def test_a_reverse_look_up_names_an_element_of_the_value_not_a_word_of_it(reader):
+    assert names_an_element("Atlas Shrugged", "The Fountainhead, Atlas Shrugged, Anthem")
+    assert names_an_element("Yellowhammer State", "The Yellowhammer State, Heart of Dixie")
+    assert not names_an_element("Bear", "American black bear")  # "Tell me about Bear." is no reverse look-up
+    assert all(i.kind != "reverse" for i in reader.find("Tell me about Orchard.").items)  # of "The Glass Orchard"
+
+
+def test_a_reply_is_linked_by_its_names_only_never_by_a_guessed_spelling(reader):
+    assert reader.links("Brindavle", guess=False) == [] and reader.links("Brindavle")[0].title == "Brindavale"
 
 
 def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.knowledge.graph import MISSPELLED, Knowledge, Link, name_units, without_qualifier
+from wikigpt.knowledge.graph import MISSPELLED, Knowledge, Link, name_key, name_units, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
@@ -143,12 +143,13 @@ class Reader:
 
     # ----- the question
 
-    def links(self, question: str) -> list[Link]:
+    def links(self, question: str, guess: bool = True) -> list[Link]:
         """The entities a question names, the one it is about first: the longest name, and of
-        equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital)."""
+        equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital). `guess`:
+        when none is named, a title misspelled or in another form (not in a reply's long text)."""
         if self.kb is None:
             return []
-        links = self.kb.link(question, self.stopwords) or self.misspelled(question)
+        links = self.kb.link(question, self.stopwords) or (self.misspelled(question) if guess else [])
         return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.idf, terms(question[l.start:l.end])))))
 
     def misspelled(self, question: str) -> list[Link]:
@@ -158,11 +159,16 @@ class Reader:
         the question named less surely (find: 0.9, as a second entity's)."""
         for m in re.finditer(r"[^\W\d_]{5,}", question):
             term = terms(m[0])
-            if len(term) != 1 or self.index.doc_freq(term[0]):
-                continue  # a word the corpus uses is not a typo
+            if len(term) != 1:
+                continue
             near = [s for s in self.index.titles_near(term[0], 20) if len(name_units(without_qualifier(self.kb.title(s)))) == 1]
-            if len(near) == 1:
-                return [Link(self.kb.title(near[0]), near[0], m.start(), m.end(), 1, MISSPELLED)]
+            if len(near) != 1:
+                continue
+            title = self.kb.title(near[0])
+            used = self.index.doc_freq(term[0])  # a word the corpus uses is no typo, but may be a form of the
+            if used and title not in [p.title for p in self.index.search(m[0], 1)]:  # title its article uses most
+                continue  # ("agnostids": Agnostida's own word for them)
+            return [Link(title, near[0], m.start(), m.end(), 1, MISSPELLED)]
         return []
 
     def asked(self, question: str, links: list[Link]) -> Asked:
@@ -335,7 +341,7 @@ class Reader:
         for n, earlier in reversed(recent):
             if not earlier or (n % 2 and not person):
                 continue
-            named = self.links(without_abstention(earlier))  # "do not answer this" names no article "Answer"
+            named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
             if named:
                 return self._carry(named[0], links)
         asked = [q for n, q in recent if n % 2 == 0 and q.strip()]
@@ -363,6 +369,8 @@ class Reader:
         phrases = [p for p in phrases if len(p) >= 4 and sum(map(self.idf, terms(p))) >= 4.0]
         items = []
         for subject, attribute, value, phrase in self.kb.facts_naming(phrases):
+            if not names_an_element(phrase, value):
+                continue  # "Bear" is a word of "American black bear", not its name
             if subject != primary and attribute not in ("name", "common name", "conventional long name"):
                 title = self.kb.title(subject)
                 if not re.search(rf"\b{re.escape(phrase)}\b", title, re.I):  # naming itself is not a reverse fact
@@ -402,6 +410,17 @@ class Reader:
                 answer = replace(item, kind="yes/no", text=f"{'No' if no else 'Yes'}: {item.text}")
                 return [answer] + low
         return low
+
+
+def names_an_element(phrase: str, value: str) -> bool:
+    """Whether a phrase is most of the words of one element of a fact's value ("Atlas Shrugged" of
+    "The Fountainhead, Atlas Shrugged"; "Yellowhammer State" of "The Yellowhammer State")."""
+    said = set(name_key(phrase).split())
+    for element in re.split(r"[,;/\n]|\band\b|\(|\)", value):
+        words = set(name_key(element).split()) - {"the", "a", "an", "of"}
+        if len(said & words) > len(words) / 2:
+            return True
+    return False
 
 
 def not_found(found: Found) -> str:
