@@ -23,6 +23,7 @@ from wikigpt.prep.data import HEADER, DatasetError, load_dataset, open_shard
 from wikigpt.knowledge.graph import write_knowledge
 from wikigpt.prep.dumps import range_plan, write_multistream
 from prepare_wiki import main
+from wikigpt.prep.facts import facts
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 
 ENGLISH = """{{Infobox river|name=Test|length=12 km}}
@@ -78,6 +79,13 @@ def test_cleaning_keeps_prose_and_removes_markup():
                  "42", "http", "Other river", "Rivers", "Testfluss", "{{", "[[", "<", "'''",
                  "See also", "References"):
         assert gone not in text, gone
+
+
+def test_dashes_written_as_templates_keep_the_numbers_they_join_apart():
+    text = clean("The War", "'''The War''' (1775{{ndash}}1783) was long{{snd}}eight years. {{cite web|url=x}}")
+    assert text == "The War (1775–1783) was long – eight years."  # not "(17751783)"
+    infobox = "{{Infobox war\n|date = April 19, 1775{{snds}}September 3, 1783\n}}"
+    assert dict(facts(infobox))["date"] == "April 19, 1775 – September 3, 1783"
 
 
 def test_cleaning_chinese_inserts_no_spaces_and_drops_reference_sections():

@@ -39,7 +39,12 @@ WRAPPERS = {"nowrap", "nobr", "nobreak", "small", "big", "smaller", "larger", "n
             "nowrap begin", "start-date", "end-date", "midsize", "resize", "abbr", "url", "marriage", "flag",
             "flagcountry", "flagu", "flag country", "sortname", "plural", "nihongo", "ill", "interlanguage link"}
 SECOND = {"lang", "native name", "native phrase", "sort", "transl", "resize"}  # the text is the 2nd argument
-QUANTITY_TEMPLATES = {"convert", "cvt", "val", "nowrap", "nobr", "nobreak", "as of", "frac", "nbsp", "'s"}
+# punctuation written as a template: "The American Revolutionary War (1775{{ndash}}1783)" lost its dash
+# ("(17751783)"), and so did the infobox's "April 19, 1775{{snds}}September 3, 1783"
+PUNCTUATION = {"ndash": "–", "snd": " – ", "snds": " – ", "spnd": " – ", "spaced ndash": " – ", "sndash": " – ",
+               "mdash": "—", "mdashb": " — ", "spaced mdash": " — ", "--": "—", "·": " · ", "dot": " · ",
+               "middot": "·", "bull": " • ", "•": " • ", "en dash": "–", "em dash": "—"}
+QUANTITY_TEMPLATES = {"convert", "cvt", "val", "nowrap", "nobr", "nobreak", "as of", "frac", "nbsp", "'s"} | set(PUNCTUATION)
 
 
 def split_args(body: str) -> list[str]:
@@ -128,6 +133,8 @@ def render(name: str, args: list[str]) -> str | None:
         return " ".join(pos[:-2] + ["/".join(pos[-2:])]) if len(pos) >= 2 else "/".join(pos)
     if key == "nbsp":
         return " "
+    if key in PUNCTUATION:
+        return PUNCTUATION[key]
     if key == "'s":
         return "'s"
     if key in ("circa", "c."):
