@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import sqlite3
+import unicodedata
 from dataclasses import replace
 
 import pytest
@@ -181,6 +182,148 @@ def test_a_lead_names_its_subjects_abbreviation_in_its_first_brackets_only():
     assert lead_abbreviation("The ampere (SI unit symbol: A) is the unit of current.") == ""  # a symbol's note
     assert lead_abbreviation("Transport in Angola comprises: railways (CFL) and roads.") == ""  # after the verb
     assert lead_abbreviation("Afghanistan (Pashto/Dari: Afganistan) is a country.") == ""
+
+
+# ----- the graph read backwards (facts_naming)
+
+NAMING_FACTS = {  # values as infoboxes hold them: punctuation, accents, capitals, scripts, FTS5's operators
+    "Ayn Rand": [("notable works", "Atlas Shrugged, The Fountainhead"), ("birth place", "Saint Petersburg, Russian Empire")],
+    "Émile Durkheim": [("influences", "Auguste Comte, Herbert Spencer, ÉMILE Boutroux"), ("known for", "Anomie")],
+    "Jonas Savimbi": [("party", "UNITA (1966–2002)"), ("spouse", "Vinona Unita")],
+    "Ankara": [("region", "Kırıkkale, İstanbul, İSTANBUL"), ("notes", "ſtar K-line, straße")],
+    "Moscow": [("native name", "Москва"), ("motto", "ΟΔΟΣ μία, οδός")],
+    "Lists": [("tags", 'foo_bar baz, C++ and "Best" of: NEAR(x y) - AND* OR NOT ^start {col}'),
+              ("share", "50% of AC/DC, 1861–1865, cafe\u0301 x")],
+    "喀布尔": [("国家", "阿富汗、伊朗"), ("河流", "长江流域"), ("作者", "《阿特拉斯耸耸肩》"), ("邻国", "喀布尔 阿富汗")],
+    "Ångström": [("unit", "ångström, ÅNGSTRÖM, Ångström"), ("named after", "Anders Jonas Ångström")],
+}
+
+
+@pytest.fixture(scope="module")
+def naming_kb(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("naming")
+    writer = KnowledgeWriter(folder / "knowledge.sqlite")
+    for title, rows in NAMING_FACTS.items():
+        writer.article(title, {"facts": rows})
+    writer.close()
+    return Knowledge.open(folder)
+
+
+def scanned(kb, phrase: str, like: bool) -> list:
+    """Every fact whose value holds the phrase as whole words, case aside unless the phrase is in
+    capitals, by a scan of the whole table: facts_naming's rule. like=True: as the scan before the
+    full-text index read them (value LIKE '%phrase%' first, which folds ASCII letters only)."""
+    pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", 0 if phrase.isupper() else re.I)
+    fold = lambda s: s.translate({c: c + 32 for c in range(65, 91)})  # noqa: E731  LIKE's case
+    return [(s, a, v, phrase) for s, a, v in kb.db.execute("SELECT subject, attribute, value FROM facts ORDER BY rowid")
+            if pattern.search(v) and (not like or fold(phrase) in fold(v))]
+
+
+def runs_of_words(values: list[str]) -> list[str]:
+    """Every run of 1-3 words of the values, and each in lower case, capitals, title case and
+    without its accents."""
+    runs = {" ".join(w[i:i + n]) for w in (v.split() for v in values) for n in (1, 2, 3) for i in range(len(w) - n + 1)}
+    plain = lambda s: "".join(c for c in unicodedata.normalize("NFD", s) if not unicodedata.combining(c))  # noqa: E731
+    return sorted({f(r) for r in runs for f in (str, str.lower, str.upper, str.title, plain)})
+
+
+def test_the_graph_read_backwards_finds_what_a_scan_of_every_fact_finds(naming_kb, kb_data):
+    """Every run of 1-3 words of every value (and in other cases, without accents): the full-text
+    index finds what the whole-word scan finds, in the same order, a batch of 40 as one by one.
+    The scan it replaced (LIKE first) found the same, but where only a non-ASCII letter's case
+    differs ('émile' -> 'ÉMILE', 'ıstanbul' -> 'İstanbul'), which LIKE does not fold."""
+    for kb in (naming_kb, Knowledge.open(kb_data)):
+        phrases = runs_of_words([v for v, in kb.db.execute("SELECT value FROM facts")])
+        phrases += ["émile", "ıstanbul", "star", "strasse", "οδος", "МОСКВА", "阿富汗", "长江", "阿特拉斯耸耸肩", "东海", "café"]
+        worded = [p for p in phrases if re.search(r"\w", p)]
+        assert len(worded) > 80
+        for phrase in worded:
+            found = kb.facts_naming([phrase], limit=10_000)
+            assert found == scanned(kb, phrase, like=False), phrase
+            assert all(f in found for f in scanned(kb, phrase, like=True)), phrase
+        for i in range(0, len(worded), 40):  # facts_naming's batch: longest first, each fact once
+            batch, expected, seen = worded[i:i + 40], [], set()
+            for phrase in sorted(batch, key=len, reverse=True):  # equally long ones in the order given
+                for s, a, v, p in scanned(kb, phrase, like=False):
+                    if (s, a) not in seen:
+                        seen.add((s, a))
+                        expected.append((s, a, v, p))
+            assert kb.facts_naming(batch, limit=10_000) == expected
+    assert [t for _, _, t, _ in naming_kb.facts_naming(["émile"])] == ["Auguste Comte, Herbert Spencer, ÉMILE Boutroux"]
+    assert [t for _, _, t, _ in naming_kb.facts_naming(["UNITA"])] == ["UNITA (1966–2002)"]  # capitals: not Unita
+
+
+def test_the_graph_read_backwards_in_chinese_finds_a_whole_run_of_characters(naming_kb, kb_data):
+    """A CJK character is a word character to the whole-word check: the scan's LIKE found
+    '长江' inside '长江流域', and the check threw it away; a run of characters between
+    punctuation or spaces is found, as before."""
+    values = lambda phrase, kb=naming_kb: [v for _, _, v, _ in kb.facts_naming([phrase])]  # noqa: E731
+    assert values("阿富汗") == ["阿富汗、伊朗", "喀布尔 阿富汗"]
+    assert values("阿特拉斯耸耸肩") == ["《阿特拉斯耸耸肩》"] and values("喀布尔 阿富汗") == ["喀布尔 阿富汗"]
+    assert values("长江") == [] and values("伊朗") == ["阿富汗、伊朗"]
+    kb = Knowledge.open(kb_data)
+    assert [kb.title(s) for s, *_ in kb.facts_naming(["东海"])] == ["长江"]  # the river whose mouth is the East Sea
+
+
+@pytest.mark.parametrize("phrase", ['"Best" of', 'NEAR(x y)', "AND*", "OR NOT", "^start", "{col}", "- AND*", "C++",
+                                    'a"b', '"', "*", ":", "NEAR", "value:Atlas", "Atlas*", "-Atlas", "(", "\x00Atlas",
+                                    "", " ", "Atlas " * 300])
+def test_the_graph_read_backwards_takes_a_questions_words_literally(naming_kb, phrase):
+    """Quotes, stars, NEAR, minus, colons, brackets: words or separators to the full-text index,
+    never its syntax; a phrase of no word at all names nothing."""
+    expected = scanned(naming_kb, phrase, like=False) if re.search(r"\w", phrase) else []
+    assert naming_kb.facts_naming([phrase]) == expected
+    if phrase in ('"Best" of', "NEAR", "AND*", "{col}"):
+        assert [naming_kb.title(s) for s, *_ in expected] == ["Lists"]
+
+
+def test_a_question_with_the_indexs_syntax_is_read_backwards_without_error(reader):
+    for question in ['Whose capital is "Andorra la Vella" NEAR: -*?', 'Who has 東海" OR mouth:*', "AND ^ ( {"]:
+        reader.find(question)  # never an FTS5 syntax error
+    assert any(i.kind == "reverse" and i.title == "Andorra" for i in reader.reverse('Whose capital is "Andorra la Vella"?', []))
+
+
+def test_reading_backwards_costs_the_same_on_a_graph_100_times_larger(tmp_path):
+    """The work per phrase (SQLite's virtual machine steps, counted by its progress handler) is
+    that of the facts it finds, not of the number of facts (~30 M in English); `limit` bounds it
+    for a phrase many facts hold, the first ones kept."""
+    def graph(copies: int) -> Knowledge:
+        (tmp_path / f"x{copies}").mkdir()
+        writer = KnowledgeWriter(tmp_path / f"x{copies}" / "knowledge.sqlite")
+        writer.article("Ayn Rand", {"facts": [("notable works", "Atlas Shrugged, The Fountainhead")]})
+        for i in range(copies * 100):
+            writer.article(f"Filler {i}", {"facts": [("capital", f"Town {i}"), ("motto", "Work and freedom")]})
+        writer.close()
+        return Knowledge.open(tmp_path / f"x{copies}")
+
+    def steps(kb: Knowledge, phrases: list[str], limit: int = 200) -> tuple[int, list]:
+        counted = [0]
+        kb.db.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1), 10)
+        found = kb.facts_naming(phrases, limit)
+        kb.db.set_progress_handler(None, 10)
+        return counted[0], found
+
+    small, large = graph(1), graph(100)
+    (few, found), (many, found_large) = (steps(kb, ["Atlas Shrugged", "The Fountainhead", "Shrugged"]) for kb in (small, large))
+    assert found == found_large and [a for _, a, _, _ in found] == ["notable works"]
+    assert many <= few + 20, (few, many)
+    (few, towns), (many, towns_large) = (steps(kb, ["Town"], limit=3) for kb in (small, large))
+    assert towns == towns_large and [v for _, _, v, _ in towns] == ["Town 0", "Town 1", "Town 2"]
+    assert many <= few + 20, (few, many)
+
+
+def test_a_graph_of_the_format_before_is_a_clear_error_that_says_how_to_rebuild(naming_kb, reader, tmp_path):
+    old = tmp_path / "old" / "knowledge.sqlite"
+    old.parent.mkdir()
+    shutil.copy(naming_kb.path, old)
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+    before = old.read_bytes()
+    for opening in (Knowledge.open, lambda folder: Reader.open(folder, index=reader.index)):
+        with pytest.raises(DatasetError, match=r"knowledge graph format 1, this code reads \d+\. Rebuild .*"
+                                               r"prepare_wiki\.py SOURCE --out .* --overwrite"):
+            opening(old.parent)
+    assert old.read_bytes() == before
 
 
 # ----- evidence

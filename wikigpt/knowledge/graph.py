@@ -14,7 +14,10 @@ full dump's size. Tables:
     meta(key, value)                          format version and counts
     articles(no, title)                       the kept articles, numbered in the order of
                                               articles.jsonl.gz (the retrieval index's order)
-    facts(subject, ord, attribute, value)     infobox fields as plain text; indexed by subject
+    facts(id, subject, ord, attribute, value) infobox fields as plain text; indexed by subject
+    facts_fts(words)                          a full-text index (FTS5, contentless: the values are not
+                                              stored twice) of each fact's value, keyed by facts.id:
+                                              what facts_naming (the graph read backwards) asks
     sections(subject, ord, heading, opening)  each section's first sentence; indexed by subject
     links(subject, targets)                   outgoing wikilinks, one row per article, the targets
                                               newline-separated: enwiki has ~150 M links, and one
@@ -42,7 +45,7 @@ from wikigpt.run.durable import replace_durably
 from wikigpt.knowledge.sentences import CJK
 
 KNOWLEDGE = "knowledge.sqlite"
-KNOWLEDGE_VERSION = 1
+KNOWLEDGE_VERSION = 2  # 2: facts_fts (a graph without it is rebuilt: Knowledge.open says how)
 MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
 UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
 NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
@@ -55,7 +58,8 @@ ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁�
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE articles(no INTEGER PRIMARY KEY, title TEXT NOT NULL);
-CREATE TABLE facts(subject INTEGER NOT NULL, ord INTEGER NOT NULL, attribute TEXT NOT NULL, value TEXT NOT NULL);
+CREATE TABLE facts(id INTEGER PRIMARY KEY, subject INTEGER NOT NULL, ord INTEGER NOT NULL, attribute TEXT NOT NULL,
+                   value TEXT NOT NULL);
 CREATE TABLE sections(subject INTEGER NOT NULL, ord INTEGER NOT NULL, heading TEXT NOT NULL, opening TEXT NOT NULL);
 CREATE TABLE links(subject INTEGER PRIMARY KEY, targets TEXT NOT NULL);
 CREATE TABLE aliases(alias TEXT NOT NULL, subject INTEGER NOT NULL);
@@ -69,6 +73,34 @@ CREATE INDEX facts_subject ON facts(subject);
 CREATE INDEX sections_subject ON sections(subject);
 CREATE INDEX aliases_alias ON aliases(alias);
 """
+# The facts' values as words, for facts_naming: a value holds a phrase as whole words, case aside, when
+# its words (`\w+` runs, as the check after the query reads them) hold the phrase's in a row. FTS5's
+# own tokenizer (unicode61, Unicode 6.1) is given those words already case-folded, one space between:
+# on the raw value it would join a word to a character the check counts as a boundary (a combining
+# accent, a symbol newer than its tables: 'cafe\u0301' is 'cafe' to the check) and fold fewer cases
+# than re.IGNORECASE ('İstanbul' is 'Istanbul' to it). Diacritics are kept (the check keeps them:
+# 'Emile' is no 'Émile'), '_' is a word character as to \w. Then every fact the check accepts is a
+# candidate (tests/test_knowledge.py compares it with a scan of every fact), in the facts' order.
+# Chinese needs no second index: a run of CJK characters is one word to \w, so the check accepted a
+# run only where it is whole ('阿富汗' in '阿富汗、伊朗', not '长江' in '长江流域'), and whole runs
+# are what this index holds; a trigram index would only add candidates the check throws away.
+FACT_WORDS_INDEX = """
+CREATE VIRTUAL TABLE facts_fts USING fts5(words, content='', columnsize=0,
+                                          tokenize="unicode61 remove_diacritics 0 tokenchars '_'");
+"""
+WORDS = re.compile(r"\w+")
+DOTTED_I = str.maketrans({"\u0130": "i", "\u0131": "i"})  # İ, ı: 'i' to re.IGNORECASE, not to casefold()
+
+
+def fact_words(text: str) -> str:
+    """'İstanbul, Turkey' -> 'istanbul turkey': what facts_fts indexes of a value, and looks up of a phrase."""
+    return " ".join(WORDS.findall(text)).translate(DOTTED_I).casefold()
+
+
+def fts_phrase(words: str) -> str:
+    """An FTS5 string: its words one phrase, nothing in it syntax ('NEAR', '*', '-', ':' are words
+    or separators inside quotes); a quote doubled (fact_words leaves none: no word character is one)."""
+    return '"' + words.replace('"', '""') + '"'
 
 
 def name_units(text: str) -> list[tuple[str, int, int]]:
@@ -134,7 +166,8 @@ class KnowledgeWriter:
         counted = len(facts)  # the infobox's: what the summary counts
         if short and all(a != "abbreviation" for a, _ in facts):
             facts = facts + [("abbreviation", short)]
-        self.db.executemany("INSERT INTO facts VALUES (?, ?, ?, ?)", [(no, i, a, v) for i, (a, v) in enumerate(facts)])
+        self.db.executemany("INSERT INTO facts(subject, ord, attribute, value) VALUES (?, ?, ?, ?)",
+                            [(no, i, a, v) for i, (a, v) in enumerate(facts)])
         self.db.executemany("INSERT INTO sections VALUES (?, ?, ?, ?)",
                             [(no, i, h, o) for i, (h, o) in enumerate(sections)])
         if links:  # newline-separated titles
@@ -158,6 +191,7 @@ class KnowledgeWriter:
         c["aliases"] = db.execute("SELECT count(*) FROM aliases").fetchone()[0]
         _write_names(db)
         c["names"] = db.execute("SELECT count(*) FROM names").fetchone()[0]
+        _write_fact_words(db)
         db.executemany("INSERT INTO meta VALUES (?, ?)", [("version", str(KNOWLEDGE_VERSION)),
                                                           ("counts", json.dumps(c, sort_keys=True))])
         db.commit()
@@ -191,6 +225,15 @@ def _write_names(db: sqlite3.Connection):
     db.execute(f"INSERT OR IGNORE INTO names SELECT name_key(value), subject, {ABBREVIATION} FROM facts "
                "WHERE attribute = 'abbreviation' AND length(value) <= 12 ORDER BY subject, ord")
     db.execute("DELETE FROM names WHERE key = ''")  # a name of punctuation alone names nothing
+
+
+def _write_fact_words(db: sqlite3.Connection):
+    """facts_fts, from the facts table (Python folds each value as it streams by), then merged
+    into one b-tree ('optimize'): one segment to read per phrase, the same bytes for the same facts."""
+    db.create_function("fact_words", 1, fact_words, deterministic=True)
+    db.executescript(FACT_WORDS_INDEX)
+    db.execute("INSERT INTO facts_fts(rowid, words) SELECT id, fact_words(value) FROM facts ORDER BY id")
+    db.execute("INSERT INTO facts_fts(facts_fts) VALUES ('optimize')")
 
 
 def write_knowledge(path, parts: list) -> dict:
@@ -286,15 +329,20 @@ class Knowledge:
         return [a for a, in self._rows("SELECT alias FROM aliases WHERE subject = ? ORDER BY rowid", (subject,))]
 
     def facts_naming(self, phrases: list[str], limit: int = 200) -> list[tuple[int, str, str, str]]:
-        """Facts whose value holds one of the phrases as whole words, case aside: (subject,
-        attribute, value, phrase), longest phrase first. The graph read backwards ("Atlas Shrugged"
-        -> Ayn Rand's notable works). A scan of the facts table: fast at the demo's size (~900
-        facts); the full dump's ~30 M would want a full-text index."""
+        """Facts whose value holds one of the phrases as whole words, case aside (but for a phrase
+        in capitals): (subject, attribute, value, phrase), longest phrase first, each fact once. The
+        graph read backwards ("Atlas Shrugged" -> Ayn Rand's notable works). Per phrase, the first
+        `limit` facts whose words hold its words (facts_fts), then the exact check: the cost is
+        that of the facts found, not of the ~30 M facts of the English dump (a scan of them per
+        phrase took minutes). A phrase of no word (punctuation alone) names nothing."""
         out, seen = [], set()
-        for phrase in sorted(set(phrases), key=len, reverse=True)[:40]:
+        for phrase in sorted(dict.fromkeys(phrases), key=len, reverse=True)[:40]:  # ties: in the order given
+            words = fact_words(phrase)
+            if not words:
+                continue
             pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", 0 if phrase.isupper() else re.I)  # UNITA, not Unita
-            rows = self._rows("SELECT subject, attribute, value FROM facts WHERE value LIKE ? LIMIT ?",
-                              (f"%{phrase}%", limit))
+            rows = self._rows("SELECT subject, attribute, value FROM facts WHERE id IN (SELECT rowid FROM facts_fts "
+                              "WHERE facts_fts MATCH ? ORDER BY rowid LIMIT ?) ORDER BY id", (fts_phrase(words), limit))
             for subject, attribute, value in rows:
                 if (subject, attribute) not in seen and pattern.search(value):
                     seen.add((subject, attribute))
