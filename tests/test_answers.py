@@ -97,6 +97,12 @@ def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
     assert "1852" in reader.find("When was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text
 
 
+def test_when_it_started_or_ended_is_asked_of_an_events_date_span(reader):
+    for question in ("When did Brindavale end?", "When did Brindavale start?", "When did it happen in Brindavale?"):
+        asked = reader.asked(question, reader.links(question))
+        assert asked.coverage(set(terms("date"))) == 1.0, question  # "April 19, 1775 – September 3, 1783"
+
+
 def test_an_abbreviation_a_lead_gives_in_brackets_links_and_is_spelled_out_by_the_title(reader):
     found = reader.find("What does OMV stand for?")  # its letters spell no run of words: the title says it
     assert [l.title for l in found.links] == ["Weather Office of the Valley"]

@@ -50,8 +50,9 @@ ASKED = {
     "名字": "etymology name", "名称": "etymology name", "时区": "time zone", "货币代码": "currency code",
     "directed": "director", "composed": "composer", "illustrated": "illustrator", "painted": "painter artist",
     "invented": "inventor", "designed": "designer", "author": "author writer", "commanded": "commander",
-    "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start",
-    "started": "began start", "begin": "began start", "launched": "launch launched", "launch": "launch launched",
+    "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start date",
+    "started": "began start date", "begin": "began start date", "end": "end ended date", "ended": "end ended date",
+    "happen": "date", "happened": "date",  # an event's infobox date is its span ("April 19, 1775 – September 3, 1783") "launched": "launch launched", "launch": "launch launched",
     # the words of everyday questions for common infobox fields (birth place, alma mater, runtime, ...)
     "town": "place city", "city": "city capital place", "village": "place", "real name": "birth name",
     "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
