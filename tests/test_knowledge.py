@@ -15,7 +15,7 @@ from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
-from wikigpt.knowledge.graph import NAME_FACTS, Knowledge, KnowledgeWriter, name_key
+from wikigpt.knowledge.graph import NAME_FACTS, OTHER_NAME, PLURAL, Knowledge, KnowledgeWriter, name_key
 from wikigpt.prep.facts import facts, is_person, lead_abbreviation
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
@@ -174,6 +174,16 @@ def test_people_are_linked_by_a_surname_only_one_has_plurals_by_their_singular_a
     assert kb.link("who is he?") == []  # an abbreviation links only in capitals
     assert [(l.title, l.kind) for l in kb.link("where do aardvarks live")] == [("Aardvark", 3)]
     assert [l.title for l in kb.link("the journal Algorithms")] == ["Algorithms (journal)"]  # the exact name first
+
+
+def test_the_names_a_lead_gives_in_bold_link_in_either_number(tmp_path):
+    writer = KnowledgeWriter(tmp_path / "knowledge.sqlite")
+    writer.article("Asphalt", {"names": ["Asphalt", "bitumen"]})
+    writer.article("Actinopterygii", {"names": ["Actinopterygii", "ray-finned fishes"]})
+    writer.close()
+    kb = Knowledge(sqlite3.connect(tmp_path / "knowledge.sqlite"), tmp_path / "knowledge.sqlite", {})
+    assert [(l.title, l.kind) for l in kb.link("why did bitumen ruin paintings")] == [("Asphalt", OTHER_NAME)]
+    assert [(l.title, l.kind) for l in kb.link("how do ray-finned fish swim")] == [("Actinopterygii", PLURAL)]
 
 
 def test_a_lead_names_its_subjects_abbreviation_in_its_first_brackets_only():

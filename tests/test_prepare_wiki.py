@@ -24,7 +24,7 @@ from wikigpt.knowledge.graph import write_knowledge
 from wikigpt.prep.dumps import range_plan, write_multistream
 from prepare_wiki import main
 from wikigpt.prep.facts import facts
-from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
+from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, lead_bold
 
 ENGLISH = """{{Infobox river|name=Test|length=12 km}}
 '''Testriver''' is a river<ref name="a">{{cite web|url=http://x.org|title=Source}}</ref> in [[Utopia|the land of Utopia]].<ref>Plain ref text</ref>
@@ -86,6 +86,16 @@ def test_dashes_written_as_templates_keep_the_numbers_they_join_apart():
     assert text == "The War (1775–1783) was long – eight years."  # not "(17751783)"
     infobox = "{{Infobox war\n|date = April 19, 1775{{snds}}September 3, 1783\n}}"
     assert dict(facts(infobox))["date"] == "April 19, 1775 – September 3, 1783"
+
+
+def test_a_lead_gives_its_subjects_other_names_in_bold():
+    lead = ("{{hatnote|'''Tar''' is another thing}}\n'''Asphalt''' ({{IPA|x}}), also known as '''bitumen''', is "
+            "sticky. It is '''commonly referred to as''' pitch.\n\nLater '''Roads''' are paved.")
+    found = {}
+    clean_wikitext("Asphalt", lead, CleanSettings(min_chars=10), found)
+    assert found["bold"] == ["Asphalt", "bitumen"]  # the first paragraph's names; not a bold phrase, not later ones
+    assert lead_bold("'''''Atlas Shrugged''''' is a novel. The '''[[ray-finned fish|ray-finned fishes]]''' swim.") == \
+        ["Atlas Shrugged", "ray-finned fishes"]
 
 
 def test_cleaning_chinese_inserts_no_spaces_and_drops_reference_sections():

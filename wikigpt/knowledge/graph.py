@@ -26,7 +26,8 @@ full dump's size. Tables:
     names(key, subject, kind)                 what entity linking looks up: titles (kind 0),
                                               redirects (1), other names (2: "Animalia" for
                                               "Animalia (book)", an infobox's long or native name,
-                                              a person's surname when only one has it),
+                                              a person's surname when only one has it, the
+                                              names the lead writes in bold: "bitumen"),
                                               abbreviations a lead gives (5: "ANSI", linked only
                                               where a question writes them in capitals),
                                               case-folded and accent-free; indexed by key
@@ -66,6 +67,7 @@ CREATE TABLE aliases(alias TEXT NOT NULL, subject INTEGER NOT NULL);
 CREATE TABLE names(key TEXT PRIMARY KEY, subject INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TEMP TABLE redirects(alias TEXT NOT NULL, target TEXT NOT NULL);
 CREATE TEMP TABLE persons(subject INTEGER PRIMARY KEY);
+CREATE TEMP TABLE lead_names(name TEXT NOT NULL, subject INTEGER NOT NULL);
 """
 INDEXES = """
 CREATE UNIQUE INDEX articles_title ON articles(title);
@@ -131,6 +133,15 @@ def _singular(word: str) -> str:
     return word[:-2] if word.endswith(("ches", "shes", "xes", "sses")) else word[:-1]
 
 
+def _plurals(word: str) -> list[str]:
+    """The English plurals a singular may have ('fish' -> 'fishs', 'fishes'; 'city' -> 'cities'):
+    the names looked up for it, when one is a plural ("the ray-finned fishes"); a wrong guess only
+    looks up a name that is not there."""
+    if len(word) < 3 or not word.isascii() or not word.isalpha() or word.endswith("s"):
+        return []
+    return [word[:-1] + "ies"] if word.endswith("y") and word[-2] not in "aeiou" else [word + "s", word + "es"]
+
+
 def surname(title: str) -> str:
     """'Arthur Schopenhauer' -> 'schopenhauer': the last of a name of two to four capitalised
     words ('' for other titles: one word, or 'List of ...')."""
@@ -172,6 +183,7 @@ class KnowledgeWriter:
                             [(no, i, h, o) for i, (h, o) in enumerate(sections)])
         if links:  # newline-separated titles
             self.db.execute("INSERT INTO links VALUES (?, ?)", (no, links))
+        self.db.executemany("INSERT INTO lead_names VALUES (?, ?)", [(n, no) for n in record.get("names", [])])
         if record.get("person") or any(a in PERSON_FACTS for a, _ in facts):
             self.db.execute("INSERT INTO persons VALUES (?)", (no,))
         c.update(articles=no + 1, infoboxes=c["infoboxes"] + bool(counted), facts=c["facts"] + counted,
@@ -212,7 +224,8 @@ def _write_names(db: sqlite3.Connection):
              "SELECT name_key(alias), subject, 1 FROM aliases ORDER BY rowid",
              "SELECT name_key(without_qualifier(title)), no, 2 FROM articles ORDER BY no",
              f"SELECT name_key(value), subject, 2 FROM facts WHERE attribute IN ({','.join('?' * len(NAME_FACTS))}) "
-             "AND length(value) <= 80 ORDER BY subject, ord")
+             "AND length(value) <= 80 ORDER BY subject, ord",
+             "SELECT name_key(name), subject, 2 FROM lead_names ORDER BY rowid")  # "Asphalt, also known as bitumen"
     for select in names:
         db.execute(f"INSERT OR IGNORE INTO names {select}", NAME_FACTS if "facts" in select else ())
     # a person by surname ("Schopenhauer", "Lincoln" in a reply), when no other name has that key
@@ -369,6 +382,8 @@ class Knowledge:
                 singular = _singular(words[-1])
                 if singular:  # "aardvarks" names Aardvark (kind 3), after any exact name ("Algorithms")
                     spans.setdefault(" ".join(words[:-1] + [singular]), []).append((i, n, PLURAL))
+                for plural in _plurals(words[-1]):  # "ray-finned fish" names "ray-finned fishes" (a lead's name)
+                    spans.setdefault(" ".join(words[:-1] + [plural]), []).append((i, n, PLURAL))
         found = []
         keys = list(spans)
         for k in range(0, len(keys), 500):  # SQLite's limit on parameters per query

@@ -264,8 +264,8 @@ def lead_abbreviation(text: str) -> str:
 def article_knowledge(wikitext: str, text: str, found: dict) -> dict:
     """One kept article's share of the knowledge graph: its facts, its outgoing links (each
     target once, in order of first use, newline-separated), its sections' opening sentences, and
-    whether it is about a person, and the abbreviation its lead gives. `found` is what the cleaner collected (clean_wikitext's
-    `found`: links, headings)."""
+    whether it is about a person, the abbreviation its lead gives and the names it writes in bold.
+    `found` is what the cleaner collected (clean_wikitext's `found`: links, headings, bold)."""
     return {"facts": facts(wikitext), "links": link_targets(found.get("links", [])),
             "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence),
-            "person": is_person(text), "abbreviation": lead_abbreviation(text)}
+            "person": is_person(text), "abbreviation": lead_abbreviation(text), "names": found.get("bold", [])}

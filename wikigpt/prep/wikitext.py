@@ -164,6 +164,26 @@ _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
 
+_BOLD = re.compile(r"(?<!')('''|''''')(?!')(.{2,120}?)(?<!')\1(?!')")  # bold, or bold italic
+_LEAD_END = re.compile(r"\n\s*\n|\n=")  # the first paragraph ends at a blank line or a heading
+# markup left, or a phrase in bold rather than a name ("commonly referred to as", "a and ...")
+_NOT_A_NAME = re.compile(r"[\[\]{}]|^(?:a|an|and|or)\s|\s(?:as|to|of|and|or|the|a|an|in|by|for|from|with)$", re.I)
+
+
+def lead_bold(wikitext: str, max_chars: int = 2000) -> list[str]:
+    """The names a lead writes in bold, as Wikipedia's style has it for the title and its other
+    names ("'''Asphalt''', also known as '''bitumen'''", "'''Actinopterygii''', or the
+    '''ray-finned fishes'''"): plain text, links read as their text, at most 80 characters."""
+    lead = wikitext.lstrip(" \t\n" + REMOVED)[:max_chars]  # the hatnotes and infobox before it are gone
+    lead = lead[:m.start()] if (m := _LEAD_END.search(lead)) else lead
+    names = []
+    for m in _BOLD.finditer(lead):
+        name = _QUOTE_MARKUP.sub("", _SIMPLE_LINK.sub(lambda link: link[2] or link[1], m[2])).strip(" ,.;:")
+        if 2 <= len(name) <= 80 and any(c.isalpha() for c in name) and not _NOT_A_NAME.search(name):
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
 def _drop_quotes(wikitext: str) -> str:
     """Italic and bold quotes -> REMOVED. Only a line with bold can hide an apostrophe."""
     if "'''" in wikitext:
@@ -332,6 +352,8 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
                                       found.setdefault("headings", []) if found is not None else None)
     wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, REMOVED, _REF)))
     wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
+    if found is not None:
+        found["bold"] = lead_bold(wikitext)
     wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
     if links is None:
         wikitext = _SIMPLE_LINK.sub(_link_text, wikitext)
