@@ -12,7 +12,8 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader, names_an_element, not_found, without_abstention
+from wikigpt.knowledge.evidence import UNSETTLED, Reader, names_an_element
+from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds

@@ -10,7 +10,7 @@ import pytest
 from conftest import PROSE, TINY, dump_xml, page, run_cli
 
 from prepare_wiki import main as prepare
-from wikigpt.knowledge.evidence import is_abstention
+from wikigpt.knowledge.replies import is_abstention
 from wikigpt.knowledge.grounding import listed, sources_of
 from wikigpt.knowledge.retrieval import build_index
 

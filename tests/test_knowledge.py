@@ -13,7 +13,8 @@ from conftest import PROSE, dump_xml, page, run_cli
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
-from wikigpt.knowledge.evidence import ABSTAIN, EvidenceCopy, Reader, is_abstention, not_found
+from wikigpt.knowledge.evidence import Reader
+from wikigpt.knowledge.replies import ABSTAIN, EvidenceCopy, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
 from wikigpt.knowledge.graph import NAME_FACTS, OTHER_NAME, PLURAL, Knowledge, KnowledgeWriter, name_key
 from wikigpt.prep.facts import facts, is_person, lead_abbreviation

@@ -24,7 +24,7 @@ from wikigpt.cli import run_main
 from wikigpt.decoding.sampling import mix_dense
 from wikigpt.chat.chat_template import Message, prompt_room, render_chat
 from wikigpt.knowledge.grounding import fit_grounded
-from wikigpt.knowledge.evidence import ABSTAIN, is_abstention
+from wikigpt.knowledge.replies import ABSTAIN, is_abstention
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "bu", "zen", "qua", "dor", "fi"]
 KINDS = ["river", "mountain", "city", "painter", "festival", "language", "bird", "island"]

@@ -165,7 +165,7 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
 
 
 class CopySource(Protocol):
-    """What a reply may copy from (evidence.EvidenceCopy: the best evidence sentence or fact): a
+    """What a reply may copy from (replies.EvidenceCopy: the best evidence sentence or fact): a
     copy distribution q over the next token, mixed into the model's as a kNN-LM mixes in its
     neighbours' (Khandelwal et al. 2020): p = (1 - copy) p_model + copy q (mix_dense). A small
     model that cannot yet read a source back from its context can then answer from it."""

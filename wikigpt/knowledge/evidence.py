@@ -29,13 +29,12 @@ from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION, PERSON_PRONOUNS, PRONOUNS,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ASKED_PHRASES,
                                         ZH_QUESTION_WORDS, has_new, spelled_out, typed_distance)
+from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
 DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (1.0) and "names nothing" (<= 0.5)
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
-ABSTAIN = {"en": "The articles I have do not answer this.", "zh": "我的资料里没有这个问题的答案。"}
-CLOSEST = {"en": " The closest I found ({title}): {text}", "zh": "最接近的是（{title}）：{text}"}
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
@@ -421,51 +420,3 @@ def names_an_element(phrase: str, value: str) -> bool:
         if len(said & words) > len(words) / 2:
             return True
     return False
-
-
-def not_found(found: Found) -> str:
-    """The reply when the best evidence is below the threshold: say so, and show the closest."""
-    lang = found.lang if found.lang in ABSTAIN else "en"
-    best = found.best
-    if best is None:
-        return ABSTAIN[lang]
-    return ABSTAIN[lang] + CLOSEST[lang].format(title=best.label, text=best.text)
-
-
-def without_abstention(reply: str) -> str:
-    """A reply without the "not found" sentence (its closest evidence, titled, stays)."""
-    for sentence in ABSTAIN.values():
-        reply = reply.replace(sentence, " ")
-    return reply
-
-
-def is_abstention(reply: str) -> bool:
-    return any(a[:20] in reply for a in ABSTAIN.values())
-
-
-class EvidenceCopy:
-    """A CopySource for the engine (prior(reply) -> {id: p} | None, see wikigpt/decoding/sampling.py)
-    that copies one piece of evidence and stops at its end: the reply starts at the evidence's
-    first token, follows it (after its last n tokens, n = 8 down to 1, the token that comes next
-    in it) and ends the turn after the evidence's last token - a sentence's end, a list item's
-    line end, a fact's value. Nothing is copied from the passages around it."""
-
-    def __init__(self, ids: list[int], end_of_turn: int, max_n: int = 8):
-        self.ids, self.end_of_turn, self.max_n = ids, end_of_turn, max_n
-
-    @classmethod
-    def from_item(cls, tok, item: Item) -> "EvidenceCopy":
-        return cls(tok.encode(item.text), tok.end_of_turn)
-
-    def prior(self, reply: list[int]) -> dict | None:
-        ids = self.ids
-        if not ids:
-            return None
-        if not reply:
-            return {ids[0]: 1.0}
-        for n in range(min(self.max_n, len(reply), len(ids)), 0, -1):
-            tail = reply[-n:]
-            for end in range(n, len(ids) + 1):  # the first place the reply's last n tokens occur
-                if ids[end - n:end] == tail:
-                    return {self.end_of_turn: 1.0} if end == len(ids) else {ids[end]: 1.0}
-        return None

@@ -6,7 +6,8 @@ so the model reads sources at chat time exactly as it learned to.
 from dataclasses import dataclass, replace
 
 from wikigpt.chat.chat_template import Message, fit_history, render_chat
-from wikigpt.knowledge.evidence import RETRIEVE_K, EvidenceCopy, Found, Item, Reader, not_found
+from wikigpt.knowledge.evidence import RETRIEVE_K, Found, Item, Reader
+from wikigpt.knowledge.replies import EvidenceCopy, not_found
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.decoding.sampling import SamplingParams
 from wikigpt.tokenizer import Tokenizer

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wikigpt.knowledge.evidence import Found, Reader, not_found
+from wikigpt.knowledge.evidence import Found, Reader
+from wikigpt.knowledge.replies import not_found
 from wikigpt.knowledge.scores import words
 
 NATURAL_QA = Path(__file__).resolve().parents[2] / "bench" / "natural_qa"

@@ -21,7 +21,8 @@ from dataclasses import replace
 from wikigpt.chat.chat_template import Message, fit_history, prompt_room
 from wikigpt.prep.data import read_articles
 from wikigpt.decoding.engine import generate_batch
-from wikigpt.knowledge.evidence import ABSTAIN, Item, Reader, is_abstention
+from wikigpt.knowledge.evidence import Item, Reader
+from wikigpt.knowledge.replies import ABSTAIN, is_abstention
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, grounded_question, reader_of
 from wikigpt.knowledge.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
                               fact_and_section_items, lead_items, out_of_corpus_items)
