@@ -118,12 +118,15 @@ def main(argv):
     if args.confidence:
         if args.split != "dev":
             sys.exit("--confidence trains on the dev split only: drop --split test")
-        from wikigpt.knowledge.natural import confidence_rows, cross_validated, fit_confidence
-        print(f"dev split, each fold read by a confidence and threshold from the other folds, {args.data}")
-        print(format_natural(cross_validated(reader, load_natural("dev", args.natural))))
-        reader.confidence = None
-        reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev", args.natural)))
-        add_index_info(args.data, reader.confidence.to_info() | {"score_floor": reader.floor,  # the rules' threshold stays
+        from wikigpt.knowledge.natural import confidence_rows, cross_validated, fit_confidence, template_confidence_rows
+        reader.confidence, reader.threshold = None, reader.rules_threshold  # the rows are read by the rules alone
+        templates = template_confidence_rows(args.data, reader)
+        print(f"dev split, each fold read by a confidence and threshold from the other folds (and {len(templates)} "
+              f"template questions), {args.data}")
+        print(format_natural(cross_validated(reader, load_natural("dev", args.natural), extra=templates)))
+        reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev", args.natural))
+                                                             + templates)
+        add_index_info(args.data, reader.confidence.to_info() | {"rules_abstain_below": reader.rules_threshold,
             "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
         print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
               "as read with it (dev, seen in training):")

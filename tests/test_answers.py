@@ -217,18 +217,34 @@ def test_a_stored_confidence_is_what_the_threshold_judges(reader):
         assert found.judged == found.confidence < 0.01 and not found.answerable  # the same evidence, declined
     finally:
         reader.confidence = None
-    reader.confidence, floor = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [5.0]), reader.floor  # sure of all
-    try:
-        reader.floor = 1.01  # ...but the rules' own threshold still has its say
-        assert not reader.find("What is the capital of Brindavale?").answerable
-        reader.floor = 0.0
-        assert reader.find("What is the capital of Brindavale?").answerable
-    finally:
-        reader.confidence, reader.floor = None, floor
     assert Confidence.from_info({}) is None
     stored = Confidence([0.5] * (len(CONFIDENCE_FEATURES) + 1))
     assert Confidence.from_info(stored.to_info()).weights == stored.weights
     assert Ranker.from_info(stored.to_info()) is None  # each model under its own key
+
+
+def test_a_confidence_stored_for_other_features_leaves_the_rules_threshold_to_judge(reader, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(reader.index.folder, folder)
+    stale = {"confidence": {"features": ["best score"], "weights": [1.0, 0.0]}, "abstain_below": 0.2}
+    add_index_info(folder, stale | {"rules_abstain_below": 0.9})  # 0.2 was the old model's, on its scale
+    old = Reader.open(folder)
+    assert old.confidence is None and old.threshold == old.rules_threshold == 0.9
+    before = tmp_path / "before"
+    shutil.copytree(reader.index.folder, before)
+    add_index_info(before, stale | {"score_floor": 0.85})  # what the version before named it
+    assert Reader.open(before).threshold == 0.85
+
+
+def test_the_confidence_threshold_is_chosen_on_hand_written_questions_not_on_template_ones():
+    feature = lambda v: [v] + [0.5] * (len(CONFIDENCE_FEATURES) - 1)  # noqa: E731
+    rows = [(f"q{i}", feature(0.6 + 0.4 * (i % 2)), i % 2 == 1) for i in range(40)]  # right at 1.0, wrong at 0.6
+    rows += [(f"o{i}", feature(0.0), None) for i in range(10)]  # out of corpus
+    easy = [(f"template:{i}", feature(0.6), True) for i in range(1000)]  # templates right even at 0.6
+    _, alone = fit_confidence(rows, k=5)
+    model, with_templates = fit_confidence(rows + easy, k=5)
+    assert with_templates > model.score(feature(0.6))  # still declines the hand-written 0.6s: 50 % of them wrong
+    assert alone < 1.01 and with_templates < 1.01  # a cut was found: the 1.0s are answered
 
 
 def test_retrieve_shows_the_confidence_the_stored_threshold_is_on(reader, tmp_path):

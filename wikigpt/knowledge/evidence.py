@@ -67,7 +67,6 @@ class Found:
     passages: list  # the retrieved passages (retrieval.Passage), best first
     threshold: float
     confidence: float | None = None  # the chance that best holds the answer (ranker.Confidence), if one is stored
-    floor: float = 0.0  # with a confidence: the best score must reach this too (Reader.floor)
 
     @property
     def best(self) -> Item | None:
@@ -85,7 +84,7 @@ class Found:
 
     @property
     def answerable(self) -> bool:
-        return self.judged >= self.threshold and self.score >= self.floor
+        return self.judged >= self.threshold
 
 
 @dataclass
@@ -107,15 +106,17 @@ class Reader:
 
     def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
         self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
-        self.threshold = threshold if threshold is not None else index.info.get("abstain_below", DEFAULT_THRESHOLD)
-        self.ranker, self.measured = Ranker.from_info(index.info), {}  # None: the rules rank
-        self.confidence = Confidence.from_info(index.info)  # None: the best score is judged
-        # a learned confidence judges beside the rules' own threshold, not instead of it: learned on
-        # hand-written questions, it let through 4 of the 31 out-of-corpus template questions
-        # retrieve.py --build's threshold declines (docs/measured.md)
-        self.floor = index.info.get("score_floor", self.threshold)
+        info = index.info
+        self.ranker, self.measured = Ranker.from_info(info), {}  # None: the rules rank
+        self.confidence = Confidence.from_info(info)  # None: the best score is judged
+        # the rules' own threshold (retrieve.py --build's), kept beside a confidence's ("score_floor"
+        # in folders of the version before): what judges when a stored confidence cannot be read
+        self.rules_threshold = info.get("rules_abstain_below", info.get("score_floor", info.get("abstain_below",
+                                                                                                DEFAULT_THRESHOLD)))
+        stored = info.get("abstain_below", DEFAULT_THRESHOLD) if self.confidence else self.rules_threshold
+        self.threshold = threshold if threshold is not None else stored
         if kb is None:
-            self.threshold = self.floor = 0.0  # without the graph nothing links: nothing could pass a threshold
+            self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
         self.stopwords = STOPWORDS
         if kb is not None and kb.counts.get("articles") != index.info.get("articles"):
             raise DatasetError(f"{kb.path} holds {kb.counts.get('articles')} articles but the index "
@@ -304,18 +305,17 @@ class Reader:
         found = Found(question, language(question), links, ranked, passages, self.threshold)
         if self.confidence is not None and ranked:
             found.confidence = round(self.confidence.score(self.confidence_features(found, whole)), 4)
-            found.floor = self.floor
         return found
 
     def confidence_features(self, found: Found, whole: Asked | None = None) -> list[float]:
         """How the best item stands among the others, in the order of ranker.CONFIDENCE_FEATURES:
         its score, the margin to the next, how many of the next five tie with it, its passage's
         retrieval rank (/ 8), its length, how many of the next five share one of its three
-        rarest words the question lacks (candidates agreeing on one answer), and the share of
-        the whole question it covers."""
+        rarest words the question lacks (candidates agreeing on one answer), the share of the
+        whole question it covers, and whether the question named nothing the graph knows."""
         items = found.items
         if not items:
-            return [0.0] * 7
+            return [0.0] * 7 + [float(not found.links)]
         best, nexts = items[0], items[1:6]
         whole = whole or self.asked(found.question, [])
         best_terms = set(terms(best.text))
@@ -324,7 +324,7 @@ class Reader:
         covered = whole.coverage(best_terms | set(terms(best.attribute)) | set(terms(best.title)))
         return [best.score, best.score - (items[1].score if len(items) > 1 else 0.0),
                 sum(i.score >= best.score - 0.005 for i in nexts) / 5, min(best.passage, 8) / 8,
-                math.log(1 + len(best.text)) / 5, agree, covered]
+                math.log(1 + len(best.text)) / 5, agree, covered, float(not found.links)]
 
     # ----- what else answers: the conversation, the graph read backwards, expansions, yes / no
 

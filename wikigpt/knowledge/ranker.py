@@ -37,9 +37,11 @@ def features(item, rule: float, rank: int, about: float, asked_cov: float, whole
 # with AUC 0.75, the margin to the next candidate 0.73, the ties among the next five 0.69, the
 # passage's retrieval rank 0.71, the length 0.68 (long sentences that share words are the usual
 # wrong answer); with all 25 candidate features the 5-fold held-out model over-fitted (0.20 right
-# at <= 3 % wrong, these 7: 0.31-0.33).
+# at <= 3 % wrong, these 7: 0.31-0.33). "Named nothing" lets it learn, from template questions
+# about names the corpus lacks ("Tell me about A. S. Neill."), that a sentence merely mentioning
+# an unlinked name is no answer (natural.template_confidence_rows).
 CONFIDENCE_FEATURES = ("best score", "margin to the next", "ties in the next five", "passage rank",
-                       "log length", "next five agree", "question covered")
+                       "log length", "next five agree", "question covered", "named nothing")
 
 
 @dataclass
