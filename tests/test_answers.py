@@ -12,7 +12,7 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import UNSETTLED, Reader, names_an_element
+from wikigpt.knowledge.evidence import UNSETTLED, Item, Reader, names_an_element
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import MISSPELLED
 from wikigpt.knowledge.questions import has_new, typed_distance
@@ -102,6 +102,14 @@ def test_when_it_started_or_ended_is_asked_of_an_events_date_span(reader):
     for question in ("When did Brindavale end?", "When did Brindavale start?", "When did it happen in Brindavale?"):
         asked = reader.asked(question, reader.links(question))
         assert asked.coverage(set(terms("date"))) == 1.0, question  # "April 19, 1775 – September 3, 1783"
+
+
+def test_a_field_name_run_together_is_read_as_its_words(reader):
+    assert reader.attribute_words("grainofmill") == "grainofmill grain of mill"  # words of the text
+    assert reader.attribute_words("capital") == "capital" and reader.attribute_words("xqzvwkplm") == "xqzvwkplm"
+    fact = Item("fact", "Brindavale", "Oats", "grainofmill")
+    asked = reader.asked("Which mill grain has Brindavale?", reader.links("Which mill grain has Brindavale?"))
+    assert reader.score(fact, asked, {"Brindavale": 0}) > 0.9  # "mill" and "grain" are what its name says
 
 
 def test_an_abbreviation_a_lead_gives_in_brackets_links_and_is_spelled_out_by_the_title(reader):

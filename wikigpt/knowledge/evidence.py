@@ -107,7 +107,7 @@ class Reader:
     def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
         self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
         info = index.info
-        self.ranker, self.measured = Ranker.from_info(info), {}  # None: the rules rank
+        self.ranker, self.measured, self._attribute_words = Ranker.from_info(info), {}, {}  # ranker None: the rules rank
         self.confidence = Confidence.from_info(info)  # None: the best score is judged
         # the rules' own threshold (retrieve.py --build's), kept beside a confidence's ("score_floor"
         # in folders of the version before): what judges when a stored confidence cannot be read
@@ -140,6 +140,30 @@ class Reader:
 
     def idf(self, term: str) -> float:
         return self.index.idf(term)
+
+    def attribute_words(self, attribute: str) -> str:
+        """An infobox field's name in words: older templates run them together ("placeofburial"
+        -> "placeofburial place of burial", "notableworks" -> "... notable works"). The fewest
+        pieces that are each a word the passages use (3+ letters) or "of", "in", "the", "and";
+        the name as it is when there are none. Remembered: the graph has a few thousand names."""
+        if " " in attribute or len(attribute) < 8 or not attribute.isalpha():
+            return attribute
+        if attribute not in self._attribute_words:
+            n = len(attribute)
+            best = [None] * (n + 1)  # best[i]: the fewest pieces that spell attribute[:i]
+            best[0] = []
+            for i in range(1, n + 1):
+                for j in range(max(0, i - 20), i):
+                    piece = attribute[j:i]
+                    if best[j] is not None and (piece in ("of", "in", "the", "and") or len(piece) >= 3 and len(
+                            t := terms(piece)) == 1 and self.index.doc_freq(t[0])) and (
+                            best[i] is None or len(best[j]) + 1 < len(best[i])):
+                        best[i] = best[j] + [piece]
+            split = " ".join(best[n]) if best[n] and len(best[n]) > 1 else ""
+            if len(self._attribute_words) >= 100_000:
+                self._attribute_words.clear()  # bounded, as the idf cache is
+            self._attribute_words[attribute] = f"{attribute} {split}".strip()
+        return self._attribute_words[attribute]
 
     # ----- the question
 
@@ -245,7 +269,7 @@ class Reader:
         if not asked.weights:
             return about if item.kind == "lead" and item.title in subjects else about * 0.5
         if item.kind == "fact":  # a field answers when its name is what is asked, not its value
-            names = set(terms(item.attribute))
+            names = set(terms(self.attribute_words(item.attribute)))
             covered = asked.coverage(names)
             exact = len(names & {t for c in asked.covers.values() for t in c}) / max(len(names), 1)
             coverage = covered * (0.8 + 0.2 * exact)

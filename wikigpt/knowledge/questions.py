@@ -58,7 +58,7 @@ ASKED = {
     "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
-    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place",
+    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place burial",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
     "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
     "sell": "sold sale", "sold": "sold sale",
