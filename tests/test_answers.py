@@ -37,6 +37,7 @@ The gazette was first published in 1852. The valley's rover carries it to the fa
 Its first editor was Joseph E. Marlow of the valley. """
 WEATHER = """The '''Weather Office of the Valley''' (OMV, from its old name Office Meteo du Val) forecasts the weather of
 Brindavale. """
+RELATIONS = "The '''foreign relations of Brindavale''' are its ties abroad. Brindavale opened an embassy in Oslo in 1921. "
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 
 
@@ -46,6 +47,7 @@ def reader(tmp_path_factory):
     pages = [page("Mara Quill", WRITER + PROSE * 2), page("Brindavale", VALLEY + PROSE * 2),
              page("Stonebridge Gazette", GAZETTE + PROSE * 2), page("Weather Office of the Valley", WEATHER + PROSE * 2)]
     pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
+    pages.append(page("Foreign relations of Brindavale", RELATIONS + PROSE * 2))
     (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
     prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
              "--val_fraction", "0.1", "--workers", "1"])
@@ -110,6 +112,13 @@ def test_a_field_name_run_together_is_read_as_its_words(reader):
     fact = Item("fact", "Brindavale", "Oats", "grainofmill")
     asked = reader.asked("Which mill grain has Brindavale?", reader.links("Which mill grain has Brindavale?"))
     assert reader.score(fact, asked, {"Brindavale": 0}) > 0.9  # "mill" and "grain" are what its name says
+
+
+def test_an_entitys_evidence_includes_the_articles_its_own_is_split_into(reader):
+    found = reader.find("When did Brindavale open an embassy in Oslo?")
+    assert [reader.kb.title(a) for a in reader.related(found.links[0])] == ["Foreign relations of Brindavale"]
+    assert "1921" in found.best.text and found.best.title == "Foreign relations of Brindavale"
+    assert found.best.score > 0.8  # about the entity asked of (0.9), not about another one (0.5)
 
 
 def test_an_abbreviation_a_lead_gives_in_brackets_links_and_is_spelled_out_by_the_title(reader):

@@ -176,6 +176,16 @@ class Reader:
         links = self.kb.link(question, self.stopwords) or (self.misspelled(question) if guess else [])
         return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.idf, terms(question[l.start:l.end])))))
 
+    def related(self, link: Link, n: int = 6) -> list[int]:
+        """The articles an entity's own is split into, by Wikipedia's titles for them ("Economy of
+        Angola", "Foreign relations of Angola", "Transport in Angola", "History of the United
+        States"): at most n, the shortest titles first. Their passages compete with the entity's
+        own, and their evidence counts as about a second entity (0.9)."""
+        name = without_qualifier(link.title).lower()
+        ends = tuple(f" {p} {the}{name}" for p in ("of", "in") for the in ("", "the "))
+        found = self.index.titles_with(terms(name), 20)
+        return [a for a in found if a != link.subject and self.kb.title(a).lower().endswith(ends)][:n]
+
     def misspelled(self, question: str) -> list[Link]:
         """A one-word title typed with a letter wrong ("what languages do people speak in
         afganistan"): a word no passage holds, one edit from exactly one one-word title (two
@@ -289,11 +299,14 @@ class Reader:
         question = question.strip()
         links = self.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question
-        passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]])
+        related = self.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
+        passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         asked, whole = self.asked(question, links), self.asked(question, [])
         subjects = {}
         for rank, l in enumerate(links):
             subjects.setdefault(l.title, rank + (l.kind == MISSPELLED))  # a guessed name: 0.9, see score
+        for article in related:
+            subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked

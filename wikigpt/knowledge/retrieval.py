@@ -151,6 +151,16 @@ class Index:
         hits = self._ts.search(query, n, count=False).hits
         return [int(a) for a in self._ts.fast_field_values("article", [a for _, a in hits])] if hits else []
 
+    def titles_with(self, words: list[str], n: int = 20) -> list[int]:
+        """The articles (numbers) whose title holds every one of these terms, the shortest titles
+        first (BM25's length norm): "Economy of Angola" for ["angola"]."""
+        T = tantivy.Query
+        if not words:
+            return []
+        query = T.boolean_query([(tantivy.Occur.Must, T.term_query(self.title_schema, "terms", t)) for t in words])
+        hits = self._ts.search(query, n, count=False).hits
+        return [int(a) for a in self._ts.fast_field_values("article", [a for _, a in hits])] if hits else []
+
     def _text_query(self, q: list[str]):
         """BM25 of every query term on the passages (a repeated term counts again, as it did in
         bm25s), plus the leads of the TITLE_CANDIDATES best titles as constant-score clauses
