@@ -200,6 +200,14 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
     assert closest.strip().startswith("The closest I found (Mara Quill)") and "answer" not in closest
 
 
+def test_he_after_a_reply_naming_someone_without_an_article_searches_for_that_someone(reader):
+    history = ["Who edited the Stonebridge Gazette?", "Its first editor was Tobias Marlow, of Stonebridge Gazette fame."]
+    links = reader.links("Stonebridge Gazette")
+    assert reader.person_replied("Where was he born?", links, history) == "Tobias Marlow"  # the linked title is skipped
+    assert reader.person_replied("Where was it printed?", links, history) == ""  # "it" is no person
+    assert reader.person_replied("Where was he born?", links, history[:1] + [""]) == ""  # declined: nothing said
+
+
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):
     history = ["What is the capital of Brindavale?", "Stonebridge"]
     assert reader.find("Who was Mara Quill?", history=history).links[0].title == "Mara Quill"

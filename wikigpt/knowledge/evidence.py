@@ -38,6 +38,8 @@ UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
+PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
+MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
 
 
 @dataclass
@@ -299,6 +301,8 @@ class Reader:
         question = question.strip()
         links = self.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question
+        if who := self.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
+            query += f" {who}"  # searched for, not asked: his passages come first, the question scores them
         related = self.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         asked, whole = self.asked(question, links), self.asked(question, [])
@@ -386,6 +390,19 @@ class Reader:
             if top and (subject := self.kb.subject(top[0].title)) is not None:
                 return self._carry(Link(top[0].title, subject, 0, 0, 0, MISSPELLED), links)  # a guess: 0.9
         return links
+
+    def person_replied(self, question: str, links: list[Link], history: list[str]) -> str:
+        """Who a follow-up's "he" or "she" may be when the last reply named someone without an
+        article of their own ("Aikido (creator: Morihei Ueshiba)", "Andreas Vesalius ... is
+        considered the founder of modern human anatomy"): the reply's first name of two or more
+        capitalised words that is no part of a linked title; '' when none."""
+        if not PERSON_PRONOUNS.search(question) or len(history) < 2 or not history[-1]:
+            return ""
+        titles = set(" ".join(l.title for l in links).split())
+        for m in PERSON_NAME.finditer(without_abstention(history[-1])[:MAX_REPLY_CHARS]):
+            if titles.isdisjoint(m[0].split()):
+                return m[0]
+        return ""
 
     @staticmethod
     def _carry(link: Link, links: list[Link]) -> list[Link]:
