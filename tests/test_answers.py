@@ -12,13 +12,14 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import UNSETTLED, Item, Reader, names_an_element
+from wikigpt.knowledge.evidence import DEFAULT_THRESHOLD, UNSETTLED, Item, Reader, names_an_element, stored_thresholds
+from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
-from wikigpt.knowledge.graph import MISSPELLED
-from wikigpt.knowledge.questions import has_new, typed_distance
+from wikigpt.knowledge.graph import GUESSED
+from wikigpt.knowledge.questions import ASKED, has_new, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
-from wikigpt.knowledge.retrieval import add_index_info, build_index
+from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
 
 WRITER = """{{Infobox writer
 |name = Mara Quill
@@ -75,7 +76,7 @@ def test_is_x_real_asks_no_birth_name_and_stays_unsettled(reader):
 
 def test_a_one_word_title_typed_with_a_letter_wrong_is_still_linked(reader):
     found = reader.find("What is the capital of Brindavalle?")  # a word no passage uses, one edit from the title
-    assert [(l.title, l.kind) for l in found.links] == [("Brindavale", MISSPELLED)] and found.best.text == "Stonebridge"
+    assert [(l.title, l.kind) for l in found.links] == [("Brindavale", GUESSED)] and found.best.text == "Stonebridge"
     assert found.score <= 0.9  # a guessed name is trusted less than one the question spells
     assert reader.find("Who keeps the rover?").links == []  # the corpus uses "rover" (one edit from River): no typo
 
@@ -116,7 +117,7 @@ def test_a_field_name_run_together_is_read_as_its_words(reader):
 
 def test_an_entitys_evidence_includes_the_articles_its_own_is_split_into(reader):
     found = reader.find("When did Brindavale open an embassy in Oslo?")
-    assert [reader.kb.title(a) for a in reader.related(found.links[0])] == ["Foreign relations of Brindavale"]
+    assert [reader.kb.title(a) for a in reader.linker.related(found.links[0])] == ["Foreign relations of Brindavale"]
     assert "1921" in found.best.text and found.best.title == "Foreign relations of Brindavale"
     assert found.best.score > 0.8  # about the entity asked of (0.9), not about another one (0.5)
 
@@ -159,7 +160,8 @@ def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
 
 def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):
     assert query_terms("What does ICRISAT stand for?") == ["icrisat", "stand"]  # "what", "does" match everything
-    assert reader.find("so what is Brindavale").best.kind == "lead"  # "so" asks nothing
+    assert reader.find("so what is Brindavale").best.kind == "lead"
+    assert reader.asked("so what is Brindavale", reader.links("so what is Brindavale")).weights == {}  # "so" asks nothing
 
 
 def test_a_yes_no_question_is_answered_yes_or_no_only_when_the_evidence_settles_it(reader):
@@ -186,7 +188,7 @@ def test_a_reset_conversation_carries_nothing(reader):
 
 def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):
     shown = not_found(reader.find("Who was Mara Quill?"))  # what chat prints when it declines: the closest, titled
-    messages = [Message("user", "Which novelist of the coast wrote the most?"), Message("assistant", shown),
+    messages = [Message("user", "What forecasts the weather?"), Message("assistant", shown),  # another's passage
                 Message("user", "When was she born?")]
     found = find_in_conversation(reader, messages)
     assert found.links[0].title == "Mara Quill" and holds(found.best.text, ["1901"])
@@ -203,9 +205,50 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
 def test_he_after_a_reply_naming_someone_without_an_article_searches_for_that_someone(reader):
     history = ["Who edited the Stonebridge Gazette?", "Its first editor was Tobias Marlow, of Stonebridge Gazette fame."]
     links = reader.links("Stonebridge Gazette")
-    assert reader.person_replied("Where was he born?", links, history) == "Tobias Marlow"  # the linked title is skipped
-    assert reader.person_replied("Where was it printed?", links, history) == ""  # "it" is no person
-    assert reader.person_replied("Where was he born?", links, history[:1] + [""]) == ""  # declined: nothing said
+    assert reader.linker.person_replied("Where was he born?", links, history) == "Tobias Marlow"  # the linked title is skipped
+    assert reader.linker.person_replied("Where was it printed?", links, history) == ""  # "it" is no person
+    assert reader.linker.person_replied("Where was he born?", links, history[:1] + [""]) == ""  # declined: nothing said
+
+
+def test_a_title_in_another_form_links_only_where_its_passages_are_all_that_articles(reader):
+    assert [(l.title, l.kind) for l in reader.links("what is deserted")] == [("Desert", GUESSED)]  # Desert's word
+    assert reader.links("what is mountainous") == []  # "mountain" is Brindavale's word too ("high mountains")
+    calls = []
+    near, reader.index.titles_near = reader.index.titles_near, lambda *a: calls.append(a) or []
+    try:
+        words = ["".join(chr(97 + i // 26 ** j % 26) for j in range(5)) + "q" for i in range(200)]
+        reader.links(" ".join(words))  # made-up words: one fuzzy look-up in the titles each, at most
+    finally:
+        reader.index.titles_near = near
+    assert len(calls) == MAX_GUESSED_WORDS
+
+
+def test_without_the_graph_a_follow_up_is_read_without_error(reader):
+    bare = Reader(reader.index, None)  # a folder made before the knowledge graph
+    found = bare.find("what about its grain?", history=["Who was Mara Quill?", "She was a novelist."])
+    assert found.links == [] and found.best is not None  # passages still read, nothing carried
+
+
+def test_the_stored_thresholds_are_read_on_the_scale_they_were_chosen_on():
+    assert stored_thresholds({"abstain_below": 0.8}, False) == (0.8, 0.8)  # the rules'
+    kept = {"abstain_below": 0.7, "rules_abstain_below": 0.83, "confidence": {"features": ["old"]}}
+    assert stored_thresholds(kept, True) == (0.7, 0.83)  # the confidence's, and the rules' beside it
+    assert stored_thresholds(kept, False) == (0.83, 0.83)  # the confidence cannot be read: the rules'
+    assert stored_thresholds({"abstain_below": 0.4, "confidence": {"features": ["old"]}}, False)[0] == DEFAULT_THRESHOLD
+    after_ab = {"abstain_below": 0.61, "rules_abstain_below": 0.83, "confidence": None}  # --ab dropped it, chose 0.61
+    assert stored_thresholds(after_ab, False) == (0.61, 0.61)
+
+
+def test_lists_in_other_scripts_and_separators_and_common_words_in_capitals():
+    assert names_an_element("Atlas Shrugged", "The Fountainhead · Atlas Shrugged · Anthem")  # {{·}} rendered
+    assert names_an_element("阿富汗", "阿富汗、伊朗、巴基斯坦")
+    assert {"launched", "launch", "happened"} <= set(ASKED)  # each its own entry of the table
+
+
+def test_a_common_word_is_no_acronym_even_where_the_passages_write_it_in_capitals(reader):
+    passage = [Passage("Land", "The US (United States) is large. The BSO (Brindavale Standards Office) is small.", "", 1.0)]
+    assert reader.expansions("so what does the us stand for", [], passage) == []  # "us" is a word of the question
+    assert [i.text for i in reader.expansions("and bso stands for what", [], passage)] == ["Brindavale Standards Office"]
 
 
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):

@@ -22,14 +22,14 @@ import re
 from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.knowledge.graph import MISSPELLED, Knowledge, Link, name_key, name_units, without_qualifier
+from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
-from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION, PERSON_PRONOUNS, PRONOUNS,
+from wikigpt.knowledge.linking import Linker
+from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ASKED_PHRASES,
                                         ZH_QUESTION_WORDS, has_new, spelled_out, typed_distance)
-from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -38,8 +38,6 @@ UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
-PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
-MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
 
 
 @dataclass
@@ -69,6 +67,7 @@ class Found:
     passages: list  # the retrieved passages (retrieval.Passage), best first
     threshold: float
     confidence: float | None = None  # the chance that best holds the answer (ranker.Confidence), if one is stored
+    features: dict = field(default_factory=dict, repr=False)  # item text -> ranker.features (before yes / no)
 
     @property
     def best(self) -> Item | None:
@@ -103,23 +102,35 @@ class Asked:
         return sum(w for t, w in self.weights.items() if self.covers[t] & item_terms) / total
 
 
+def stored_thresholds(info: dict, confidence: bool) -> tuple[float, float]:
+    """(the "not found" threshold, the rules' own) from an index's info. With a confidence that
+    can be read, abstain_below is on its scale; a confidence stored but no longer readable (its
+    features changed) leaves the rules' threshold kept beside it to judge (rules_abstain_below;
+    score_floor before), or the default where none was kept; with none stored, abstain_below is
+    the rules' (retrieve.py --build's, --calibrate's, --ab's)."""
+    rules = info.get("rules_abstain_below", info.get("score_floor"))
+    if confidence:
+        return info.get("abstain_below", DEFAULT_THRESHOLD), rules or DEFAULT_THRESHOLD
+    if info.get("confidence"):  # stored for other features: its threshold is on another scale
+        return rules or DEFAULT_THRESHOLD, rules or DEFAULT_THRESHOLD
+    t = info.get("abstain_below", DEFAULT_THRESHOLD)
+    return t, t
+
+
 class Reader:
     """The retrieval index and the knowledge graph of a dataset folder, read together."""
 
     def __init__(self, index: Index, kb: Knowledge | None, threshold: float | None = None):
         self.index, self.kb, self.note, self.k = index, kb, "", RETRIEVE_K
         info = index.info
-        self.ranker, self.measured, self._attribute_words = Ranker.from_info(info), {}, {}  # ranker None: the rules rank
+        self.ranker, self._attribute_words = Ranker.from_info(info), {}  # ranker None: the rules rank
         self.confidence = Confidence.from_info(info)  # None: the best score is judged
-        # the rules' own threshold (retrieve.py --build's), kept beside a confidence's ("score_floor"
-        # in folders of the version before): what judges when a stored confidence cannot be read
-        self.rules_threshold = info.get("rules_abstain_below", info.get("score_floor", info.get("abstain_below",
-                                                                                                DEFAULT_THRESHOLD)))
-        stored = info.get("abstain_below", DEFAULT_THRESHOLD) if self.confidence else self.rules_threshold
-        self.threshold = threshold if threshold is not None else stored
+        self.threshold, self.rules_threshold = stored_thresholds(info, self.confidence is not None)
+        if threshold is not None:
+            self.threshold = threshold
         if kb is None:
             self.threshold = 0.0  # without the graph nothing links: nothing could pass a threshold
-        self.stopwords = STOPWORDS
+        self.linker, self.stopwords = Linker(index, kb, STOPWORDS), STOPWORDS
         if kb is not None and kb.counts.get("articles") != index.info.get("articles"):
             raise DatasetError(f"{kb.path} holds {kb.counts.get('articles')} articles but the index "
                                f"{index.info.get('articles')}: they come from different runs. Rebuild the "
@@ -170,42 +181,8 @@ class Reader:
     # ----- the question
 
     def links(self, question: str, guess: bool = True) -> list[Link]:
-        """The entities a question names, the one it is about first: the longest name, and of
-        equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital). `guess`:
-        when none is named, a title misspelled or in another form (not in a reply's long text)."""
-        if self.kb is None:
-            return []
-        links = self.kb.link(question, self.stopwords) or (self.misspelled(question) if guess else [])
-        return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.idf, terms(question[l.start:l.end])))))
-
-    def related(self, link: Link, n: int = 6) -> list[int]:
-        """The articles an entity's own is split into, by Wikipedia's titles for them ("Economy of
-        Angola", "Foreign relations of Angola", "Transport in Angola", "History of the United
-        States"): at most n, the shortest titles first. Their passages compete with the entity's
-        own, and their evidence counts as about a second entity (0.9)."""
-        name = without_qualifier(link.title).lower()
-        ends = tuple(f" {p} {the}{name}" for p in ("of", "in") for the in ("", "the "))
-        found = self.index.titles_with(terms(name), 20)
-        return [a for a in found if a != link.subject and self.kb.title(a).lower().endswith(ends)][:n]
-
-    def misspelled(self, question: str) -> list[Link]:
-        """A one-word title typed with a letter wrong ("what languages do people speak in
-        afganistan"): a word no passage holds, one edit from exactly one one-word title (two
-        or more: which was meant cannot be told). Its evidence is weighed as about an entity
-        the question named less surely (find: 0.9, as a second entity's)."""
-        for m in re.finditer(r"[^\W\d_]{5,}", question):
-            term = terms(m[0])
-            if len(term) != 1:
-                continue
-            near = [s for s in self.index.titles_near(term[0], 20) if len(name_units(without_qualifier(self.kb.title(s)))) == 1]
-            if len(near) != 1:
-                continue
-            title = self.kb.title(near[0])
-            used = self.index.doc_freq(term[0])  # a word the corpus uses is no typo, but may be a form of the
-            if used and title not in [p.title for p in self.index.search(m[0], 1)]:  # title its article uses most
-                continue  # ("agnostids": Agnostida's own word for them)
-            return [Link(title, near[0], m.start(), m.end(), 1, MISSPELLED)]
-        return []
+        """The entities a question names, the one it is about first (linking.Linker.links)."""
+        return self.linker.links(question, guess)
 
     def asked(self, question: str, links: list[Link]) -> Asked:
         """The question without the entity it is about and without its question words."""
@@ -299,16 +276,16 @@ class Reader:
         oldest first, a question then its reply (see conversation.find_in_conversation): a follow-up that names no entity, or says "it",
         is about the entity of the latest question that named one (see carried)."""
         question = question.strip()
-        links = self.carried(question, self.links(question), history)
+        links = self.linker.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question
-        if who := self.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
+        if who := self.linker.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
             query += f" {who}"  # searched for, not asked: his passages come first, the question scores them
-        related = self.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
+        related = self.linker.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         asked, whole = self.asked(question, links), self.asked(question, [])
         subjects = {}
         for rank, l in enumerate(links):
-            subjects.setdefault(l.title, rank + (l.kind == MISSPELLED))  # a guessed name: 0.9, see score
+            subjects.setdefault(l.title, rank + (l.kind == GUESSED))  # a guessed name: 0.9, see score
         for article in related:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
@@ -340,10 +317,10 @@ class Reader:
             ranked = [replace(i, score=round(self.ranker.score(x), 4)) for i, x in zip(ranked, measured)]
             order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
             ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
-        self.measured = dict(zip((i.text for i in ranked), measured))  # for training the ranker
         if YES_NO.match(question) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
             ranked = self.yes_or_no(question, asked, ranked)
-        found = Found(question, language(question), links, ranked, passages, self.threshold)
+        found = Found(question, language(question), links, ranked, passages, self.threshold,
+                      features=dict(zip((i.text for i in ranked), measured)))  # for training the ranker
         if self.confidence is not None and ranked:
             found.confidence = round(self.confidence.score(self.confidence_features(found, whole)), 4)
         return found
@@ -367,47 +344,7 @@ class Reader:
                 sum(i.score >= best.score - 0.005 for i in nexts) / 5, min(best.passage, 8) / 8,
                 math.log(1 + len(best.text)) / 5, agree, covered, float(not found.links)]
 
-    # ----- what else answers: the conversation, the graph read backwards, expansions, yes / no
-
-    def carried(self, question: str, links: list[Link], history: list[str]) -> list[Link]:
-        """The links of a follow-up: its own, after the entity of the latest earlier question that
-        named one when it names none or says "it" / "its" / "they" ("When was it first
-        published?" after "Who wrote Animal Farm?"). The carried link spans nothing of the
-        question (units 0): nothing is cut from what it asks."""
-        if links and not PRONOUNS.search(question):
-            return links
-        person = PERSON_PRONOUNS.search(question)  # "he", "her": maybe the person a reply named
-        recent = list(enumerate(history))[-6:]  # the last three exchanges
-        for n, earlier in reversed(recent):
-            if not earlier or (n % 2 and not person):
-                continue
-            named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
-            if named:
-                return self._carry(named[0], links)
-        asked = [q for n, q in recent if n % 2 == 0 and q.strip()]
-        if not links and asked:  # no earlier turn named one: the article the last question was most about
-            top = self.index.search(asked[-1], 1)  # ("What was the first animated feature film?": Animation)
-            if top and (subject := self.kb.subject(top[0].title)) is not None:
-                return self._carry(Link(top[0].title, subject, 0, 0, 0, MISSPELLED), links)  # a guess: 0.9
-        return links
-
-    def person_replied(self, question: str, links: list[Link], history: list[str]) -> str:
-        """Who a follow-up's "he" or "she" may be when the last reply named someone without an
-        article of their own ("Aikido (creator: Morihei Ueshiba)", "Andreas Vesalius ... is
-        considered the founder of modern human anatomy"): the reply's first name of two or more
-        capitalised words that is no part of a linked title; '' when none."""
-        if not PERSON_PRONOUNS.search(question) or len(history) < 2 or not history[-1]:
-            return ""
-        titles = set(" ".join(l.title for l in links).split())
-        for m in PERSON_NAME.finditer(without_abstention(history[-1])[:MAX_REPLY_CHARS]):
-            if titles.isdisjoint(m[0].split()):
-                return m[0]
-        return ""
-
-    @staticmethod
-    def _carry(link: Link, links: list[Link]) -> list[Link]:
-        """The carried link first, spanning nothing of the question; the question's own after it."""
-        return [replace(link, start=0, end=0, units=0)] + [l for l in links if l.subject != link.subject]
+    # ----- what else answers: the graph read backwards, expansions, yes / no
 
     def reverse(self, question: str, links: list[Link]) -> list[Item]:
         """The graph read backwards: facts whose value names what the question names ("Who wrote
@@ -441,7 +378,8 @@ class Reader:
         texts += [(p.title, p.text) for p in passages]
         if STANDS_FOR.search(question):  # "iucn stands for what": a word the passages write in capitals
             written = {a for _, text in texts for a in ACRONYM.findall(text)}
-            acronyms += [w.upper() for w in re.findall(r"[^\W\d_]{2,8}", question) if w.upper() in written]
+            acronyms += [w.upper() for w in re.findall(r"[^\W\d_]{2,8}", question) if w.upper() in written
+                         and w.lower() not in STOPWORDS and w.lower() not in QUESTION_WORDS]  # "us", "it": words
         items = [Item("expansion", l.title, without_qualifier(l.title), f"{short} stands for (its title)")
                  for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
         for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
@@ -469,7 +407,7 @@ def names_an_element(phrase: str, value: str) -> bool:
     """Whether a phrase is most of the words of one element of a fact's value ("Atlas Shrugged" of
     "The Fountainhead, Atlas Shrugged"; "Yellowhammer State" of "The Yellowhammer State")."""
     said = set(name_key(phrase).split())
-    for element in re.split(r"[,;/\n]|\band\b|\(|\)", value):
+    for element in re.split(r"[,;/\n·•、，；]|\band\b|\(|\)", value):  # lists as infoboxes write them
         words = set(name_key(element).split()) - {"the", "a", "an", "of"}
         if len(said & words) > len(words) / 2:
             return True

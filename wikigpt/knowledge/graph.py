@@ -46,12 +46,13 @@ from wikigpt.run.durable import replace_durably
 from wikigpt.knowledge.sentences import CJK
 
 KNOWLEDGE = "knowledge.sqlite"
-KNOWLEDGE_VERSION = 2  # 2: facts_fts (a graph without it is rebuilt: Knowledge.open says how)
+KNOWLEDGE_VERSION = 3  # 2: facts_fts; 3: names from the lead's bold (older: rebuilt, Knowledge.open says how)
 MAX_NAME_UNITS = 12  # the longest name linked: words, or CJK characters
+MAX_NUMBER_UNITS = 4  # a name also looked up in the other number, up to this long (a 256-word question: ~4.4 k keys)
 UNIT = re.compile(rf"[{CJK}]|[^\W_{CJK}]+")  # a word, or one CJK character
 NAME_FACTS = ("conventional long name", "native name", "common name", "birth name", "pseudonym", "other names")
 # the kinds of names (names.kind, Link.kind): what linking prefers, lowest first
-TITLE, REDIRECT, OTHER_NAME, PLURAL, MISSPELLED, ABBREVIATION = range(6)
+TITLE, REDIRECT, OTHER_NAME, PLURAL, GUESSED, ABBREVIATION = range(6)  # GUESSED: linking.py, not stored
 PERSON_FACTS = {"birth date", "birth place", "death date", "death place"}  # an infobox of a person
 # one-character CJK words a question is made of ("what", "is", ...): never a name on their own
 ZH_FUNCTION_CHARS = set("的是了在和有与及或我你他她它这那哪谁吗呢么什怎为请把被从对就也都很")
@@ -275,7 +276,7 @@ class Link:
     start: int
     end: int
     units: int  # how many words (or CJK characters) the name spans
-    kind: int  # TITLE, REDIRECT, OTHER_NAME, PLURAL (of a name), MISSPELLED (evidence.py), ABBREVIATION
+    kind: int  # TITLE, REDIRECT, OTHER_NAME, PLURAL (of a name), GUESSED (linking.py), ABBREVIATION
 
 
 def rebuild_hint(folder) -> str:
@@ -379,6 +380,8 @@ class Knowledge:
                 if all(w in stopwords or w in ZH_FUNCTION_CHARS or (len(w) == 1 and w.isascii()) for w in words):
                     continue
                 spans.setdefault(" ".join(words), []).append((i, n, 0))
+                if n > MAX_NUMBER_UNITS:
+                    continue  # names that long are titles of works, written as they are
                 singular = _singular(words[-1])
                 if singular:  # "aardvarks" names Aardvark (kind 3), after any exact name ("Algorithms")
                     spans.setdefault(" ".join(words[:-1] + [singular]), []).append((i, n, PLURAL))

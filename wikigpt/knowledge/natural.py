@@ -192,16 +192,16 @@ def labelled(reader: Reader, question: str, answers: list[str] | None, history=(
         found = reader.find(question, history=list(history))
     finally:
         reader.ranker = saved
-    return [(reader.measured[i.text], int(bool(answers) and holds(i.text, answers)))
-            for i in found.items[:top] if i.text in reader.measured]
+    return [(found.features[i.text], int(bool(answers) and holds(i.text, answers)))
+            for i in found.items[:top] if i.text in found.features]
 
 
 def template_rows(folder, reader: Reader, seed: int = 0) -> list:
     """The grounded QA rows of the train articles (qa_items), as (features, label)."""
-    from wikigpt.knowledge.qa_items import fact_and_section_items, lead_items, out_of_corpus_items
+    from wikigpt.knowledge.qa_items import out_of_corpus_items, train_items
     from wikigpt.prep.data import read_articles
-    train = [a["title"] for a in read_articles(folder, "train")]
-    inside = lead_items(folder, "train", 2, seed) + fact_and_section_items(reader, train, 3, seed)
+    articles = list(read_articles(folder, "train"))
+    train, inside = [a["title"] for a in articles], train_items(folder, reader, articles, seed)
     rows = [r for q in inside for r in labelled(reader, q.question, [q.answer])]
     outside = out_of_corpus_items(reader, train, max(len(inside) // 4, 10), seed)
     return rows + [r for q in outside for r in labelled(reader, q.question, None)]
@@ -280,14 +280,14 @@ def template_confidence_rows(folder, reader: Reader, n: int = TEMPLATE_ROWS, see
     taught the confidence nothing of the second: it let 4 of the template benchmark's 31 through
     (a sentence that mentions an unlinked name covers all of "Tell me about X."). Their groups
     start with "template:", and the threshold is chosen without them (fit_confidence)."""
-    from wikigpt.knowledge.qa_items import fact_and_section_items, lead_items, out_of_corpus_items
+    from wikigpt.knowledge.qa_items import ZH_NAMES, out_of_corpus_items, train_items
     from wikigpt.knowledge.wikiqa import correct
     from wikigpt.prep.data import read_articles
-    train = [a["title"] for a in read_articles(folder, "train")]
-    inside = lead_items(folder, "train", 2, seed) + fact_and_section_items(reader, train, 3, seed)
+    articles = list(read_articles(folder, "train"))
+    train, inside = [a["title"] for a in articles], train_items(folder, reader, articles, seed)
     inside = random.Random(seed).sample(inside, min(n, len(inside)))
     rows = []
-    for q in inside + out_of_corpus_items(reader, train, n, seed):
+    for q in inside + out_of_corpus_items(reader, train, n, seed, zh_names=ZH_NAMES[::2]):  # the benchmark's: [1::2]
         found = reader.find(q.question)
         ok = None if q.kind == "out-of-corpus" else bool(found.best) and correct(found.best.text, q.answer)
         rows.append((f"template:{len(rows)}", reader.confidence_features(found), ok))

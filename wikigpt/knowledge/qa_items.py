@@ -138,6 +138,13 @@ def out_of_corpus_items(reader: Reader, titles: list[str], n: int, seed: int = 0
     return items
 
 
+def train_items(folder, reader: Reader, articles: list[dict], seed: int = 0) -> list[QAItem]:
+    """The template questions about these train articles: 2 lead questions an article, 3 of its
+    facts and sections (what the threshold and the learned models are taught on)."""
+    titles = [a["title"] for a in articles]
+    return lead_items(folder, "train", 2, seed, articles) + fact_and_section_items(reader, titles, 3, seed)
+
+
 def calibrate(folder, reader: Reader, max_questions: int = 400, seed: int = 0) -> dict:
     """The "not found" threshold, chosen on the train split: the score that best separates
     questions about train articles (lead, fact, section: answer them) from out-of-corpus ones
@@ -146,7 +153,7 @@ def calibrate(folder, reader: Reader, max_questions: int = 400, seed: int = 0) -
     # millions, and every article's questions (and its links' look-ups) would not fit in memory
     articles = sample_articles(folder, "train", max_questions, seed)
     train = [a["title"] for a in articles]
-    inside = lead_items(folder, "train", 2, seed, articles) + fact_and_section_items(reader, train, 3, seed)
+    inside = train_items(folder, reader, articles, seed)
     inside = random.Random(seed).sample(inside, min(max_questions, len(inside)))
     outside = out_of_corpus_items(reader, train, max(len(inside) // 2, 10), seed, zh_names=ZH_NAMES[::2])
     yes = sorted(reader.find(i.question).score for i in inside)

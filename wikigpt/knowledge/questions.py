@@ -52,7 +52,8 @@ ASKED = {
     "invented": "inventor", "designed": "designer", "author": "author writer", "commanded": "commander",
     "nickname": "nickname nicknamed", "nicknamed": "nickname", "named": "named name", "start": "began start date",
     "started": "began start date", "begin": "began start date", "end": "end ended date", "ended": "end ended date",
-    "happen": "date", "happened": "date",  # an event's infobox date is its span ("April 19, 1775 – September 3, 1783") "launched": "launch launched", "launch": "launch launched",
+    # an event's infobox date is its span ("April 19, 1775 – September 3, 1783")
+    "happen": "date", "happened": "date", "launched": "launch launched", "launch": "launch launched",
     # the words of everyday questions for common infobox fields (birth place, alma mater, runtime, ...)
     "town": "place city", "city": "city capital place", "village": "place", "real name": "birth name",
     "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",

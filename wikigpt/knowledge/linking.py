@@ -1,0 +1,118 @@
+"""
+Which articles a question names (Reader.find's first step): the knowledge graph's names
+(graph.Knowledge.link), a title guessed when none is named (misspelled, or in another form of its
+word), the articles an entity's own is split into, and in a conversation the entity a follow-up
+that names none is about.
+
+    linker = Linker(index, kb)
+    linker.links("capital of afganistan?")           # [Link('Afghanistan', ..., kind=GUESSED)]
+    linker.carried("When was it published?", [], ["Who wrote Animal Farm?", "George Orwell"])
+"""
+import re
+from dataclasses import replace
+
+from wikigpt.knowledge.analysis import STOPWORDS, terms
+from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
+from wikigpt.knowledge.questions import PERSON_PRONOUNS, PRONOUNS
+from wikigpt.knowledge.replies import without_abstention
+from wikigpt.knowledge.retrieval import Index
+
+PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
+MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
+MAX_GUESSED_WORDS = 32  # a question's words tried as a title guessed: one fuzzy look-up in the titles each
+OWN_WORD_PASSAGES = 5  # a corpus word is a title's other form when all its best passages are that article's
+
+
+class Linker:
+    """The knowledge graph's names and the index's titles, for linking questions to articles."""
+
+    def __init__(self, index: Index, kb: Knowledge | None, stopwords: frozenset = STOPWORDS):
+        self.index, self.kb, self.stopwords = index, kb, stopwords
+
+    def links(self, question: str, guess: bool = True) -> list[Link]:
+        """The entities a question names, the one it is about first: the longest name, and of
+        equally long ones the rarest (in 'the capital of Andorra', Andorra, not Capital). `guess`:
+        when none is named, a title misspelled or in another form (not in a reply's long text)."""
+        if self.kb is None:
+            return []
+        links = self.kb.link(question, self.stopwords) or (self.guessed(question) if guess else [])
+        return sorted(links, key=lambda l: (-l.units, l.kind, -sum(map(self.index.idf, terms(question[l.start:l.end])))))
+
+    def guessed(self, question: str) -> list[Link]:
+        """A one-word title the question names in another spelling: typed with a letter wrong
+        ("afganistan": a word no passage holds), or in another form of its word ("agnostids" for
+        Agnostida: a word the corpus uses, but only in that article's best passages), one edit
+        from exactly one one-word title (two or more: which was meant cannot be told). Its
+        evidence weighs as about an entity named less surely (Reader.find: 0.9)."""
+        words = list(dict.fromkeys(m for m in re.finditer(r"[^\W\d_]{5,}", question)))[:MAX_GUESSED_WORDS]
+        seen = set()
+        for m in words:
+            term = terms(m[0])
+            if len(term) != 1 or term[0] in seen:
+                continue
+            seen.add(term[0])
+            near = [s for s in self.index.titles_near(term[0], 20) if len(name_units(without_qualifier(self.kb.title(s)))) == 1]
+            if len(near) != 1:
+                continue
+            title = self.kb.title(near[0])
+            if self.index.doc_freq(term[0]) and any(  # "animal": its stem is Animation's, its passages are not
+                    p.title != title for p in self.index.search(m[0], OWN_WORD_PASSAGES)):
+                continue
+            return [Link(title, near[0], m.start(), m.end(), 1, GUESSED)]
+        return []
+
+    def related(self, link: Link, n: int = 6) -> list[int]:
+        """The articles an entity's own is split into, by Wikipedia's titles for them ("Economy of
+        Angola", "Foreign relations of Angola", "Transport in Angola", "History of the United
+        States"): at most n, the shortest titles first. Their passages compete with the entity's
+        own, and their evidence counts as about a second entity (0.9)."""
+        if self.kb is None:
+            return []
+        name = without_qualifier(link.title).lower()
+        ends = tuple(f" {p} {the}{name}" for p in ("of", "in") for the in ("", "the "))
+        found = self.index.titles_with(terms(name), 20)
+        return [a for a in found if a != link.subject and self.kb.title(a).lower().endswith(ends)][:n]
+
+    # ----- a conversation
+
+    def carried(self, question: str, links: list[Link], history: list[str]) -> list[Link]:
+        """The links of a follow-up: its own, after the entity of the latest earlier question that
+        named one when it names none or says "it" / "its" / "they" ("When was it first
+        published?" after "Who wrote Animal Farm?"); a "he" or "she" may be a person the last
+        replies named, a "not found" reply's closest article included. When no earlier turn named
+        one, the article the last question's best passage came from, as a guess. The carried link
+        spans nothing of the question (units 0): nothing is cut from what it asks."""
+        if links and not PRONOUNS.search(question):
+            return links
+        person = PERSON_PRONOUNS.search(question)
+        recent = list(enumerate(history))[-6:]  # the last three exchanges
+        for n, earlier in reversed(recent):
+            if not earlier or (n % 2 and not person):
+                continue
+            named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
+            if named:
+                return self._carry(named[0], links)
+        asked = [q for n, q in recent if n % 2 == 0 and q.strip()]
+        if not links and asked and self.kb is not None:  # ("What was the first animated feature film?": Animation)
+            top = self.index.search(asked[-1], 1)
+            if top and (subject := self.kb.subject(top[0].title)) is not None:
+                return self._carry(Link(top[0].title, subject, 0, 0, 0, GUESSED), links)
+        return links
+
+    @staticmethod
+    def _carry(link: Link, links: list[Link]) -> list[Link]:
+        """The carried link first, spanning nothing of the question; the question's own after it."""
+        return [replace(link, start=0, end=0, units=0)] + [l for l in links if l.subject != link.subject]
+
+    def person_replied(self, question: str, links: list[Link], history: list[str]) -> str:
+        """Who a follow-up's "he" or "she" may be when the last reply named someone without an
+        article of their own ("Aikido (creator: Morihei Ueshiba)", "Andreas Vesalius ... is
+        considered the founder of modern human anatomy"): the reply's first name of two or more
+        capitalised words that is no part of a linked title; '' when none."""
+        if not PERSON_PRONOUNS.search(question) or len(history) < 2 or not history[-1]:
+            return ""
+        titles = set(" ".join(l.title for l in links).split())
+        for m in PERSON_NAME.finditer(without_abstention(history[-1])[:MAX_REPLY_CHARS]):
+            if titles.isdisjoint(m[0].split()):
+                return m[0]
+        return ""
