@@ -253,6 +253,12 @@ def test_a_common_word_is_no_acronym_even_where_the_passages_write_it_in_capital
     assert [i.text for i in reader.expansions("and bso stands for what", [], passage)] == ["Brindavale Standards Office"]
 
 
+def test_how_heavy_tall_or_deep_asks_for_a_weight_height_or_depth(reader):
+    for question, field in (("How heavy is Brindavale?", "weight"), ("How tall is it?", "height"),
+                            ("How deep is it?", "depth"), ("How wide is it?", "width")):
+        assert reader.asked(question, []).coverage(set(terms(field))) > 0, question
+
+
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):
     history = ["What is the capital of Brindavale?", "Stonebridge"]
     assert reader.find("Who was Mara Quill?", history=history).links[0].title == "Mara Quill"

@@ -58,6 +58,7 @@ ASKED = {
     "town": "place city", "city": "city capital place", "village": "place", "real name": "birth name",
     "university": "alma mater education", "college": "alma mater education", "studied": "alma mater education",
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
+    "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
     "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place burial",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
