@@ -12,7 +12,8 @@ from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import DEFAULT_THRESHOLD, UNSETTLED, Item, Reader, names_an_element, stored_thresholds
+from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, UNSETTLED, Item, Reader, names_an_element, stored_thresholds,
+                                        unknown_name_asked)
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
@@ -257,6 +258,14 @@ def test_how_heavy_tall_or_deep_asks_for_a_weight_height_or_depth(reader):
     for question, field in (("How heavy is Brindavale?", "weight"), ("How tall is it?", "height"),
                             ("How deep is it?", "depth"), ("How wide is it?", "width")):
         assert reader.asked(question, []).coverage(set(terms(field))) > 0, question
+
+
+def test_what_a_name_no_article_is_about_is_not_answered_by_a_passage_that_mentions_it(reader):
+    mentioned = reader.find("Who was Joseph E. Marlow?")  # the gazette's first editor: mentioned, no article
+    assert "Marlow" in mentioned.best.text and mentioned.score <= UNSETTLED and not mentioned.answerable
+    assert unknown_name_asked("Tell me about A. S. Neill.") and unknown_name_asked("What is Interflug?")
+    assert not unknown_name_asked("What's UNITA?")  # an acronym: spelled out
+    assert not unknown_name_asked("What was the world's first animated feature film?")  # a description, no name
 
 
 def test_the_follow_up_names_its_own_entity_over_the_conversations(reader):
