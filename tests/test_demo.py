@@ -5,6 +5,8 @@ import sys
 
 from conftest import ROOT
 
+from wikigpt.knowledge.natural import load_natural
+
 
 def test_full_demo_at_tiny_scale(tmp_path):
     tiny = "--n_layer=1 --n_head=2 --n_embd=32 --compile=false --eval_tokens=2048"
@@ -47,8 +49,10 @@ def test_full_demo_at_tiny_scale(tmp_path):
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "chat" / "loss.png").is_file()
     assert "Knowledge, per kind of question" in (tmp_path / "out" / "report.md").read_text()
     # the hand-written questions (bench/natural_qa, dev split): the evidence reader's rows
-    assert re.search(r"^natural questions \(124 answerable; 'not found' below [\d.]+;", out, re.M)
-    assert re.search(r"^  follow-up turns right [\d.]+ \(\d+/38, wrong \d+\)", out, re.M)
+    dev = load_natural("dev")  # every answerable question and follow-up turn of the split, read
+    assert re.search(rf"^natural questions \({len(dev.questions)} answerable; 'not found' below [\d.]+;", out, re.M)
+    turns = sum(len(c["turns"]) - 1 for c in dev.conversations)
+    assert re.search(rf"^  follow-up turns right [\d.]+ \(\d+/{turns}, wrong \d+\)", out, re.M)
     for kind in ("lead", "fact", "section", "out-of-corpus", "abstention"):  # the per-kind table, printed
         assert re.search(rf"^  {kind} ", out, re.M), kind
     assert f"wrote {tmp_path / 'out' / 'loss.png'} (2 runs)" in out
