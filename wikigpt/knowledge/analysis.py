@@ -40,13 +40,21 @@ def _stemmer():
 
 def terms(text: str) -> list[str]:
     """The index terms of a text (see the module doc)."""
+    return list(_terms(text))
+
+
+# The evidence reader asks for the terms of the same passages, sentences and titles again and
+# again (~360 calls a question, most of texts it has seen): remembered, a question reads ~1/3
+# faster. Bounded: 2**15 texts of at most a passage each.
+@lru_cache(maxsize=1 << 15)
+def _terms(text: str) -> tuple[str, ...]:
     out, words = [], []
     for run in TERM.findall(text.lower()):
         if CJK_RUN.match(run):
             out += list(run) + [a + b for a, b in zip(run, run[1:])]
         elif run not in STOPWORDS:
             words.append(run)
-    return out + _stemmer().stemWords(words)  # order does not matter to BM25
+    return tuple(out + _stemmer().stemWords(words))  # order does not matter to BM25
 
 
 def query_terms(query: str) -> list[str]:
