@@ -163,6 +163,7 @@ def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):
     assert query_terms("What does ICRISAT stand for?") == ["icrisat", "stand"]  # "what", "does" match everything
     assert reader.find("so what is Brindavale").best.kind == "lead"
     assert reader.asked("so what is Brindavale", reader.links("so what is Brindavale")).weights == {}  # "so" asks nothing
+    assert reader.asked("what exactly is Brindavale", reader.links("what exactly is Brindavale")).weights == {}
 
 
 def test_a_yes_no_question_is_answered_yes_or_no_only_when_the_evidence_settles_it(reader):
@@ -254,10 +255,14 @@ def test_a_common_word_is_no_acronym_even_where_the_passages_write_it_in_capital
     assert [i.text for i in reader.expansions("and bso stands for what", [], passage)] == ["Brindavale Standards Office"]
 
 
-def test_how_heavy_tall_or_deep_asks_for_a_weight_height_or_depth(reader):
+def test_how_heavy_tall_deep_or_where_buried_asks_for_the_field_that_says_it(reader):
     for question, field in (("How heavy is Brindavale?", "weight"), ("How tall is it?", "height"),
                             ("How deep is it?", "depth"), ("How wide is it?", "width")):
         assert reader.asked(question, []).coverage(set(terms(field))) > 0, question
+    # "buried" is a resting place or a place of burial, not any place: a birth place covers only "where"
+    buried = reader.asked("Where is she buried?", [])
+    assert buried.coverage(set(terms("resting place"))) == 1.0 and buried.coverage(set(terms("place of burial"))) == 1.0
+    assert buried.coverage(set(terms("birth place"))) < 0.5
 
 
 def test_what_a_name_no_article_is_about_is_not_answered_by_a_passage_that_mentions_it(reader):

@@ -22,7 +22,7 @@ QUESTION_WORDS = set("what who whom whose which why how many much me tell about 
                      "whats what's who's define".split())  # "What currency does X use?", "define X"
 # what people type around a question ("so what is art", "wait, is X actually ...", "any idea who ...")
 QUESTION_WORDS |= set("so wait ok okay hey hi um uh btw actually anyone idea wondering curious quick question just "
-                      "really".split())
+                      "really exactly".split())
 ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
                      "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
@@ -60,7 +60,7 @@ ASKED = {
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
-    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting place burial",
+    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting burial",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
     "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
     "sell": "sold sale", "sold": "sold sale",
