@@ -17,7 +17,7 @@ from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, UNSETTLED, Item, Read
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
-from wikigpt.knowledge.questions import ASKED, has_new, typed_distance
+from wikigpt.knowledge.questions import ASKED, has_new, named_beside, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
@@ -40,6 +40,7 @@ Its first editor was Joseph E. Marlow of the valley. """
 WEATHER = """The '''Weather Office of the Valley''' (OMV, from its old name Office Meteo du Val) forecasts the weather of
 Brindavale. """
 RELATIONS = "The '''foreign relations of Brindavale''' are its ties abroad. Brindavale opened an embassy in Oslo in 1921. "
+RELATIONS += "Brindavale is a member of the Union of Mountain States (MSU), named in the order of its French name. "
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 
 
@@ -157,6 +158,17 @@ def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
     assert found.best.kind == "expansion" and found.best.text == "Brindavale Standards Office"
     typed = reader.find("bso stands for what")  # typed in lower case: the passages write it in capitals
     assert typed.best.kind == "expansion" and typed.best.text == "Brindavale Standards Office"
+    # a name from another language keeps its letters, not their order: the name beside it in brackets
+    other_order = reader.find("What does MSU stand for?")
+    assert other_order.best.kind == "expansion" and other_order.best.text == "Union of Mountain States"
+    # passages the question's other words did not find: the acronym's own are searched
+    assert [i.text for i in reader.expansions("what's MSU short for", [], [])] == ["Union of Mountain States"]
+    assert named_beside("UNITA", "and the National Union for the Total Independence of Angola (UNITA) in") == \
+        ["National Union for the Total Independence of Angola"]
+    assert named_beside("FAPLA", "succeeded the Armed Forces for the Liberation of Angola (FAPLA)") == \
+        ["Armed Forces for the Liberation of Angola"]  # all of its letters but one
+    assert named_beside("NATO", "In Brussels the Treaty (NATO) was signed") == []  # not its letters
+    assert named_beside("UTC", "the basis for Coordinated Universal Time (UTC)") == ["Coordinated Universal Time"]
 
 
 def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):

@@ -392,9 +392,11 @@ class Reader:
         items = [Item("expansion", l.title, without_qualifier(l.title), f"{short} stands for (its title)")
                  for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
         for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
-            for title, text in texts:
-                for expansion, beside in spelled_out(acronym, text):
-                    items.append(Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside))
+            spelled = [(title, s) for title, text in texts for s in spelled_out(acronym, text)]
+            if not spelled:  # the passages that write it, where the question's other words found none
+                spelled = [(p.title, s) for p in self.index.search(acronym, 3) for s in spelled_out(acronym, p.text)]
+            items += [Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside)
+                      for title, (expansion, beside) in spelled]
         return items
 
     def yes_or_no(self, question: str, asked: Asked, ranked: list[Item]) -> list[Item]:

@@ -11,6 +11,7 @@ scores candidates with these; nothing here reads the index or the graph.
 """
 import re
 from bisect import bisect_left, bisect_right
+from collections import Counter
 
 from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.sentences import CJK
@@ -147,4 +148,33 @@ def spelled_out(acronym: str, text: str, max_words: int = 10) -> list[tuple[str,
                               re.search(rf"\b{re.escape(acronym)}\s*\(\s*$", text[:a]))
                 if beside or all(w[0][0].isupper() for w in words[start:end] if w[0].lower() not in SKIPPABLE):
                     out.append((text[a:b], beside))
+    out += [(name, True) for name in named_beside(acronym, text)]
     return sorted(dict.fromkeys(out), key=lambda x: not x[1])[:3]
+
+
+def named_beside(acronym: str, text: str) -> list[str]:
+    """The capitalised name just before "(ACRONYM" whose capitalised words begin with the
+    acronym's letters in another order, all of them or all but one: a name translated from
+    another language keeps its letters, not their order ("Coordinated Universal Time (UTC)",
+    "National Union for the Total Independence of Angola (UNITA)", "Armed Forces for the
+    Liberation of Angola (FAPLA)": Forcas Armadas Populares ...; but of three or four letters,
+    all: "Weather Office of the Valley (OMV" is no "Office of the Valley"). Of several, the longest."""
+    letters = Counter(c for c in acronym.lower() if c.isalpha())
+    needed = max(2, sum(letters.values()) - (sum(letters.values()) >= 5))
+    out = []
+    for m in re.finditer(rf"\(\s*{re.escape(acronym)}\b", text):
+        run = []  # the words before the bracket, back to one neither capitalised nor skippable
+        for word in reversed(text[max(0, m.start() - 200):m.start()].split()):
+            if not re.fullmatch(r"[^\W\d_][\w'’-]*", word) or not (word[0].isupper() or word in SKIPPABLE):
+                break
+            run.insert(0, word)
+        best = None
+        for start in range(len(run)):
+            capitals = [w[0].lower() for w in run[start:] if w[0].isupper()]
+            if run[start][0].isupper() and len(capitals) >= needed and \
+                    not Counter(capitals) - letters:
+                best = " ".join(run[start:])
+                break  # the earliest start that fits is the longest
+        if best:
+            out.append(best)
+    return out
