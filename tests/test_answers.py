@@ -17,7 +17,7 @@ from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, UNSETTLED, Item, Read
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
-from wikigpt.knowledge.questions import ASKED, has_new, named_beside, typed_distance
+from wikigpt.knowledge.questions import ASKED, has_new, named_beside, table_words, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
@@ -41,6 +41,10 @@ WEATHER = """The '''Weather Office of the Valley''' (OMV, from its old name Offi
 Brindavale. """
 RELATIONS = "The '''foreign relations of Brindavale''' are its ties abroad. Brindavale opened an embassy in Oslo in 1921. "
 RELATIONS += "Brindavale is a member of the Union of Mountain States (MSU), named in the order of its French name. "
+# a passage that says "purchased", and one with more of the words of "when did the duke buy the copper mines"
+MINES = [("Duke of the Valley", "The '''Duke of the Valley''' ruled it. In 1602 the duke purchased the copper mines. "),
+         ("Copper Hill", "'''Copper Hill''' is a hill. The duke's copper mines there were the deepest copper mines, and "
+                         "the duke visited the mines often. ")]
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 
 
@@ -51,6 +55,7 @@ def reader(tmp_path_factory):
              page("Stonebridge Gazette", GAZETTE + PROSE * 2), page("Weather Office of the Valley", WEATHER + PROSE * 2)]
     pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
     pages.append(page("Foreign relations of Brindavale", RELATIONS + PROSE * 2))
+    pages += [page(title, text + PROSE) for title, text in MINES]
     (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
     prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
              "--val_fraction", "0.1", "--workers", "1"])
@@ -169,6 +174,12 @@ def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
         ["Armed Forces for the Liberation of Angola"]  # all of its letters but one
     assert named_beside("NATO", "In Brussels the Treaty (NATO) was signed") == []  # not its letters
     assert named_beside("UTC", "the basis for Coordinated Universal Time (UTC)") == ["Coordinated Universal Time"]
+
+
+def test_the_tables_words_for_what_is_asked_are_searched_too(reader):
+    assert table_words("When did the US buy Alaska?") == [ASKED["buy"]]  # not "when"'s: every passage has a date
+    found = reader.find("when did the duke buy the copper mines", k=1)  # one passage: the one that says it
+    assert "purchased" in found.passages[0].text and "1602" in found.best.text
 
 
 def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):

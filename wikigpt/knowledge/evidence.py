@@ -29,7 +29,7 @@ from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import Linker
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ASKED_PHRASES,
-                                        ZH_QUESTION_WORDS, has_new, spelled_out, typed_distance)
+                                        ZH_QUESTION_WORDS, has_new, spelled_out, table_words, typed_distance)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -287,6 +287,7 @@ class Reader:
         query = f"{question} {links[0].title}" if links and not links[0].units else question
         if who := self.linker.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
             query += f" {who}"  # searched for, not asked: his passages come first, the question scores them
+        query = " ".join([query] + table_words(question))  # "buy" finds the passage that says "purchased"
         related = self.linker.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         asked, whole = self.asked(question, links), self.asked(question, [])

@@ -61,7 +61,7 @@ ASKED = {
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
-    "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting burial",
+    "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting burial",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
     "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
     "sell": "sold sale", "sold": "sold sale",
@@ -87,6 +87,15 @@ PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that
 # found in a question as they are, before it is split into words: Chinese words, English phrases
 ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w), key=len, reverse=True)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
+
+
+def table_words(question: str) -> list[str]:
+    """The table's words (ASKED) for a question's words, to search with as well: "when did the
+    us buy alaska" finds the passage that says "purchased", which its own words miss among the
+    article's many. Not those of "when" and "where": nearly every passage has a date or a place."""
+    q = question.lower()
+    found = [w for w in ASKED_PHRASES if w in q] + re.findall(r"[^\W\d_]+", q)
+    return [ASKED[w] for w in dict.fromkeys(found) if w in ASKED and w not in ("when", "where")]
 
 
 def has_new(kind: str, text: str, known: set) -> bool:
