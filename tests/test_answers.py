@@ -74,6 +74,10 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     known = set(terms("How many people lived in Andorra in 2010?"))
     assert not has_new("number", "In 2010 Andorra held elections.", known)  # the question's own number
     assert has_new("number", "In 2010 Andorra had 84,082 people.", known)
+    known = set(terms("how many sections is it in?"))  # a number written as a word
+    assert has_new("number", "The piece is structured into five sections.", known)
+    assert has_new("number", "Fifteen statuettes were awarded.", known) and has_new("number", "up to a dozen dens", known)
+    assert not has_new("number", "It is one of the sections most often played.", known)  # "one of": no count
 
 
 def test_is_x_real_asks_no_birth_name_and_stays_unsettled(reader):
@@ -278,7 +282,7 @@ def test_a_common_word_is_no_acronym_even_where_the_passages_write_it_in_capital
     assert [i.text for i in reader.expansions("and bso stands for what", [], passage)] == ["Brindavale Standards Office"]
 
 
-def test_how_heavy_tall_deep_or_where_buried_asks_for_the_field_that_says_it(reader):
+def test_how_heavy_tall_deep_where_buried_or_who_supervised_asks_for_the_field_that_says_it(reader):
     for question, field in (("How heavy is Brindavale?", "weight"), ("How tall is it?", "height"),
                             ("How deep is it?", "depth"), ("How wide is it?", "width")):
         assert reader.asked(question, []).coverage(set(terms(field))) > 0, question
@@ -286,6 +290,8 @@ def test_how_heavy_tall_deep_or_where_buried_asks_for_the_field_that_says_it(rea
     buried = reader.asked("Where is she buried?", [])
     assert buried.coverage(set(terms("resting place"))) == 1.0 and buried.coverage(set(terms("place of burial"))) == 1.0
     assert buried.coverage(set(terms("birth place"))) < 0.5
+    for question in ("who supervised his phd?", "who was his doctoral advisor"):  # a scientist's infobox field
+        assert reader.asked(question, []).coverage(set(terms("doctoral advisor"))) == 1.0, question
 
 
 def test_what_a_name_no_article_is_about_is_not_answered_by_a_passage_that_mentions_it(reader):

@@ -61,7 +61,10 @@ ASKED = {
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
-    "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children", "job": "occupation", "profession": "occupation", "buried": "resting burial",
+    "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children",
+    "supervised": "doctoral advisor", "supervisor": "doctoral advisor", "advisor": "doctoral advisor",
+    "phd": "doctoral alma mater", "doctorate": "doctoral alma mater", "job": "occupation", "profession": "occupation",
+    "buried": "resting burial",
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
     "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
     "sell": "sold sale", "sold": "sold sale",
@@ -72,7 +75,12 @@ ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
-HAS_TYPE = {"number": re.compile(r"\d+(?:[.,]\d+)*"), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
+# numbers written as words count ("structured into five sections", "Fifteen statuettes", "up to a
+# dozen dens"); not "one", which is mostly "one of the ..."
+NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
+                "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
+                "thousands?|millions?|billions?|dozens?")
+HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
