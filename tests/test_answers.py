@@ -229,6 +229,10 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
     history = ["Which newspaper printed a calendar?", "Its printers published a calendar in the same year."]
     found = reader.find("When was it first published?", history=history)  # the question named no title
     assert found.links[0].title == "Stonebridge Gazette" and "1852" in found.best.text
+    # a second turn that names nothing either is about what the first found; so is a third
+    history += ["what did the farmers bring to the mill every autumn?", "their grain"]  # words every article has
+    found = reader.find("When was it first published?", history=history)
+    assert found.links[0].title == "Stonebridge Gazette" and "1852" in found.best.text
     closest = without_abstention(not_found(reader.find("Who was Mara Quill?")))  # no "answer" left to link
     assert closest.strip().startswith("The closest I found (Mara Quill)") and "answer" not in closest
 

@@ -80,8 +80,9 @@ class Linker:
         named one when it names none or says "it" / "its" / "they" ("When was it first
         published?" after "Who wrote Animal Farm?"); a "he" or "she" may be a person the last
         replies named, a "not found" reply's closest article included. When no earlier turn named
-        one, the article the last question's best passage came from, as a guess. The carried link
-        spans nothing of the question (units 0): nothing is cut from what it asks."""
+        one, the article the last question was about, as a guess: the one it carried itself, else
+        the one its best passage came from. The carried link spans nothing of the question
+        (units 0): nothing is cut from what it asks."""
         if links and not PRONOUNS.search(question):
             return links
         person = PERSON_PRONOUNS.search(question)
@@ -92,11 +93,16 @@ class Linker:
             named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
             if named:
                 return self._carry(named[0], links)
-        asked = [q for n, q in recent if n % 2 == 0 and q.strip()]
+        asked = [n for n, q in recent if n % 2 == 0 and q.strip()]
         if not links and asked and self.kb is not None:  # ("What was the first animated feature film?": Animation)
-            top = self.index.search(asked[-1], 1)
-            if top and (subject := self.kb.subject(top[0].title)) is not None:
-                return self._carry(Link(top[0].title, subject, 0, 0, 0, GUESSED), links)
+            last = history[asked[-1]]  # what the last question was about, found as it was when it was asked:
+            before = history[max(0, asked[-1] - 4):asked[-1]]  # a third turn is about the first one's article too
+            top = self.carried(last, self.links(last), before)[:1] if before else []
+            found = self.index.search(last, 1) if not top else []
+            if found and (subject := self.kb.subject(found[0].title)) is not None:
+                top = [Link(found[0].title, subject, 0, 0, 0, GUESSED)]
+            if top:
+                return self._carry(top[0], links)
         return links
 
     @staticmethod
