@@ -68,6 +68,8 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     assert not has_new("person", "The insignia shows the shape of the Apollo Command Module.", known)
     assert has_new("person", "The crew: Commander Frank Borman and two others.", known)
     assert not has_new("person", "Mission Control approved the plan.", known)  # a sentence's opening words
+    for name in ("Frank O'Connor", "Émile Zola", "Elsa Löwenthal"):  # a spouse field's value, read as a name
+        assert has_new("person", f" {name}", set(terms("Who was she married to?"))), name
     known = set(terms("What happened in 1968?"))
     assert not has_new("date", "The 1968 mission orbited the Moon.", known)
     assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news

@@ -74,6 +74,9 @@ ASKED = {
 ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
+# a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić" (Latin-1 and Latin
+# Extended-A, whose upper and lower case letters alternate: counted as lower case)
+_UPPER, _LOWER = "[A-ZÀ-ÖØ-Þ]", "[a-zß-öø-ÿĀ-ž]"
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 # numbers written as words count ("structured into five sections", "Fifteen statuettes", "up to a
 # dozen dens"); not "one", which is mostly "one of the ..."
@@ -81,7 +84,7 @@ NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thir
                 "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
                 "thousands?|millions?|billions?|dozens?")
 HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
-            "person": re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?:\s+[A-Z]\.?)*\s+[A-Z][a-z]+")}  # "Frank Borman"
+            "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:'{_UPPER})?{_LOWER}+")}
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
