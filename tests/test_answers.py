@@ -30,6 +30,7 @@ WRITER = """{{Infobox writer
 '''Mara Quill''' was a novelist from the northern coast. """
 VALLEY = """{{Infobox country
 |capital = [[Stonebridge]]
+|largest_city = capital
 |established_date1 = 1278
 }}
 '''Brindavale''' is a landlocked valley state in the high mountains. Brindavale is not a member of the European Union.
@@ -186,6 +187,11 @@ def test_the_tables_words_for_what_is_asked_are_searched_too(reader):
     assert table_words("When did the US buy Alaska?") == [ASKED["buy"]]  # not "when"'s: every passage has a date
     found = reader.find("when did the duke buy the copper mines", k=1)  # one passage: the one that says it
     assert "purchased" in found.passages[0].text and "1602" in found.best.text
+
+
+def test_a_field_whose_value_names_another_field_holds_that_fields_value(reader):
+    found = reader.find("biggest city in brindavale?")  # "largest_city = capital": the capital is the largest
+    assert (found.best.kind, found.best.attribute, found.best.text) == ("fact", "largest city", "Stonebridge")
 
 
 def test_question_words_and_chatter_are_not_what_is_searched_or_asked(reader):

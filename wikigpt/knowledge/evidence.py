@@ -226,7 +226,9 @@ class Reader:
             lead = self.index.passages[int(self.index.lead_ids[subject])]
             title, url = lead["title"], lead.get("url", "")
             items.append(Item("lead", title, opening_sentence(lead["text"]), url=url))
-            items += [Item("fact", title, value, attribute, url) for attribute, value in self.kb.facts(subject)]
+            facts = self.kb.facts(subject)
+            fields = {attribute.lower(): value for attribute, value in facts}  # "largest city: capital" is the capital's
+            items += [Item("fact", title, fields.get(value.lower(), value), attribute, url) for attribute, value in facts]
             items += [Item("section", title, opening, heading, url) for heading, opening in self.kb.sections(subject)]
         headings = {}
         for rank, p in enumerate(passages):

@@ -61,7 +61,7 @@ ASKED = {
     "educated": "alma mater education", "school": "alma mater education school", "long": "runtime length duration",
     "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
-    "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children", "often": "frequency",
+    "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children", "often": "frequency", "biggest": "largest", "largest": "biggest",
     "supervised": "doctoral advisor", "supervisor": "doctoral advisor", "advisor": "doctoral advisor",
     "phd": "doctoral alma mater", "doctorate": "doctoral alma mater", "job": "occupation", "profession": "occupation",
     "buried": "resting burial",
