@@ -302,6 +302,8 @@ def test_how_heavy_tall_deep_where_buried_or_who_supervised_asks_for_the_field_t
     buried = reader.asked("Where is she buried?", [])
     assert buried.coverage(set(terms("resting place"))) == 1.0 and buried.coverage(set(terms("place of burial"))) == 1.0
     assert buried.coverage(set(terms("birth place"))) < 0.5
+    shot = reader.asked("who shot him", [])  # an assassination's section or sentence says who
+    assert shot.coverage(set(terms("Assassination"))) == 1.0 and reader.asked("who killed her", []).coverage({"death"}) == 1.0
     often = reader.asked("how often does it come out", [])  # a journal's infobox field
     assert often.coverage(set(terms("frequency"))) > often.coverage(set(terms("editor"))) == 0
     for question in ("who supervised his phd?", "who was his doctoral advisor"):  # a scientist's infobox field

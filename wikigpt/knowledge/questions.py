@@ -62,6 +62,7 @@ ASKED = {
     "heavy": "weight weighs mass", "tall": "height", "deep": "depth", "wide": "width",  # how heavy: its weight
     "flew": "crew members", "astronauts": "crew members", "crew": "crew members", "married": "spouse",
     "dad": "father", "father": "father", "mom": "mother", "mum": "mother", "mother": "mother", "kids": "children", "often": "frequency", "biggest": "largest", "largest": "biggest",
+    "killed": "death killed", "kill": "death killed", "shot": "shot assassination assassinated",
     "supervised": "doctoral advisor", "supervisor": "doctoral advisor", "advisor": "doctoral advisor",
     "phd": "doctoral alma mater", "doctorate": "doctoral alma mater", "job": "occupation", "profession": "occupation",
     "buried": "resting burial",
