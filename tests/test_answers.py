@@ -18,7 +18,7 @@ from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
 from wikigpt.knowledge.questions import ASKED, has_new, named_beside, table_words, typed_distance
-from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds
+from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds, wrong_bound
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
 
@@ -327,10 +327,13 @@ def test_the_threshold_keeps_wrong_answers_within_the_bound_and_answers_the_most
     right = [(0.9 - i / 1000, True) for i in range(95)]
     wrong = [(0.95, False), (0.8, False), (0.7, False), (0.6, False), (0.5, False)]
     outside = [(0.4, None)] * 20
-    t = choose_threshold(right + wrong + outside, max_wrong=0.03)
+    t = choose_threshold(right + wrong + outside, max_wrong=0.03, z=0)  # the rate as measured
     answered_wrong = sum(s >= t for s, _ in wrong) / 100
     assert answered_wrong <= 0.03 and 0.6 < t < 0.7  # 0.95, 0.8, 0.7 pass (3 %); a lower cut lets 0.6 in (4 %)
-    assert choose_threshold(right + wrong + outside, max_wrong=0.0) > 0.95  # none wrong: only above the worst
+    assert choose_threshold(right + wrong + outside, max_wrong=0.0, z=0) > 0.95  # none wrong: only above the worst
+    # bounded above (the default): 3 of 100 measured may be 4.8 %; the cut rises until the bound is under 3 %
+    assert 0.9 > choose_threshold(right + wrong + outside, max_wrong=0.03) > 0.7
+    assert wrong_bound(3, 100) > 0.03 and wrong_bound(300, 10_000) < 0.0315  # more questions, a tighter bound
 
 
 def test_the_ranker_learns_which_feature_marks_the_answer_and_round_trips_through_the_index_info():
