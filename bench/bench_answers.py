@@ -91,6 +91,18 @@ def print_likelihood(args, reader: Reader, model, tok, info):
         print(f"  {ROWS[key].format(k=args.k):46s} {round(count, 1):6g} {count / max(n, 1):6.2f}")  # random: a mean
 
 
+def refuse_declining_all(threshold: float, folder):
+    """Stop before storing a threshold that declines every question: no cut kept the wrong
+    answers' upper bound at MAX_WRONG, which takes more questions than a small dev split has."""
+    if threshold > 1:
+        dev = load_natural("dev", folder)
+        n = len(dev.questions) + sum(len(c["turns"]) for c in dev.conversations)
+        sys.exit(f"no 'not found' threshold keeps wrong answers at or under {MAX_WRONG:.0%} (an upper bound) on "
+                 f"{n} answerable dev questions and turns: with so few, none wrong already bounds above it under "
+                 f"~23 and one wrong under ~75. Add hand-written dev questions to {folder}; the index's threshold "
+                 "is left as it was.")
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--data", default="data/demo", help="the dataset folder with its index (retrieve.py --build)")
@@ -126,6 +138,7 @@ def main(argv):
         print(format_natural(cross_validated(reader, load_natural("dev", args.natural), extra=templates)))
         reader.confidence, reader.threshold = fit_confidence(confidence_rows(reader, load_natural("dev", args.natural))
                                                              + templates)
+        refuse_declining_all(reader.threshold, args.natural)
         add_index_info(args.data, reader.confidence.to_info() | {"rules_abstain_below": reader.rules_threshold,
             "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
         print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
@@ -147,6 +160,7 @@ def main(argv):
         if args.split != "dev":
             sys.exit("--calibrate chooses on the dev split only: drop --split test")
         t = choose_threshold(scores_of(reader, load_natural("dev", args.natural)))  # on the confidence's scale when one is stored
+        refuse_declining_all(t, args.natural)
         add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": "bench/natural_qa dev"})
         reader.threshold = t
         print(f"'not found' below {t:.4f}, chosen on bench/natural_qa's dev split -> {args.data}/index")

@@ -3,17 +3,20 @@ conversation.py): reverse look-ups through the graph, acronyms spelled out, yes/
 evidence or declined, follow-ups that carry the conversation's entity (and a reset that clears
 it), the threshold kept within the wrong-answer bound, the ranker's weights, and the learned
 confidence that the threshold judges when the index stores one."""
+import json
 import shutil
 
 import pytest
 from conftest import PROSE, dump_xml, page, run_cli
 
+from bench.bench_answers import main as bench_main
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
-from wikigpt.knowledge.analysis import query_terms, terms
-from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, UNSETTLED, Item, Reader, names_an_element, stored_thresholds,
-                                        unknown_name_asked)
+from wikigpt.knowledge.analysis import _remembered, analyse_terms, query_terms, terms
+from wikigpt.knowledge.index_build import analyse
+from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, MAX_ACRONYMS, UNSETTLED, Item, Reader, names_an_element,
+                                        stored_thresholds, unknown_name_asked)
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
@@ -184,9 +187,29 @@ def test_an_acronym_is_spelled_out_from_the_words_beside_it(reader):
 
 
 def test_the_tables_words_for_what_is_asked_are_searched_too(reader):
-    assert table_words("When did the US buy Alaska?") == [ASKED["buy"]]  # not "when"'s: every passage has a date
+    assert table_words("When did the US buy") == ["bought purchased purchase"]  # not "when"'s date, not "buy" twice
+    assert table_words("when did it start") == ["began"] and table_words("what is the capital") == []
+    assert table_words("a surreal name?") == [] and table_words("what is his real name") == ["birth"]  # whole words
     found = reader.find("when did the duke buy the copper mines", k=1)  # one passage: the one that says it
     assert "purchased" in found.passages[0].text and "1602" in found.best.text
+
+
+def test_a_question_of_capitalised_words_spells_out_a_few_acronyms_only(reader, monkeypatch):
+    words = [f"Q{a}{b}" for a in "ABCDEFGHIJ" for b in "KLMNOPQRST"]  # 100 acronyms no passage writes
+    searched, search = [], reader.index.search
+    monkeypatch.setattr(reader.index, "search", lambda query, *a, **k: searched.append(query) or search(query, *a, **k))
+    reader.find(" ".join(words) + " STAND FOR?")
+    assert 1 <= len([q for q in searched if q in words]) <= MAX_ACRONYMS  # one search each, of the first few
+
+
+def test_the_terms_of_short_texts_are_remembered_and_of_long_ones_or_an_index_build_not():
+    _remembered.cache_clear()
+    terms("Andorra la Vella is the capital.")
+    assert _remembered.cache_info().currsize == 1
+    terms("亚里士多德" * 1000)  # 5,000 characters pasted into a chat: ~10,000 terms, not kept
+    analyse([("Aristotle", "", "Aristotle was a Greek philosopher. " * 3)], 500)  # read once, not kept
+    assert _remembered.cache_info().currsize == 1
+    assert terms("亚里士多德" * 1000) == analyse_terms("亚里士多德" * 1000)  # the same terms either way
 
 
 def test_a_field_whose_value_names_another_field_holds_that_fields_value(reader):
@@ -334,6 +357,26 @@ def test_the_threshold_keeps_wrong_answers_within_the_bound_and_answers_the_most
     # bounded above (the default): 3 of 100 measured may be 4.8 %; the cut rises until the bound is under 3 %
     assert 0.9 > choose_threshold(right + wrong + outside, max_wrong=0.03) > 0.7
     assert wrong_bound(3, 100) > 0.03 and wrong_bound(300, 10_000) < 0.0315  # more questions, a tighter bound
+    assert abs(wrong_bound(0, 30) - 0.0230) < 1e-4  # Wilson's upper bound at z = 0.84 (Agresti-Coull's: 0.0276)
+    assert choose_threshold([(0.9, True)] * 20 + [(0.4, None)] * 10) == 1.01  # too few to bound it: declines all
+
+
+def test_too_small_a_dev_split_stores_no_threshold_that_declines_everything(reader, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(reader.index.folder, data)
+    natural = tmp_path / "natural"
+    natural.mkdir()
+    rows = [{"id": f"q{n:03d}", "split": "dev", "kind": "fact", "article": "Brindavale",
+             "question": "What is the capital of Brindavale?", "answers": ["Stonebridge"]} for n in (1, 2, 4, 5)]
+    (natural / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (natural / "conversations.jsonl").write_text("")
+    (natural / "out_of_corpus.jsonl").write_text("")
+    info = (data / "index" / "wikigpt_index.json").read_text()
+    with pytest.raises(SystemExit) as stop:
+        bench_main(["--data", str(data), "--natural", str(natural), "--calibrate"])
+    assert "no 'not found' threshold keeps wrong answers at or under 3%" in str(stop.value.code)
+    assert "4 answerable dev questions" in str(stop.value.code)
+    assert (data / "index" / "wikigpt_index.json").read_text() == info  # nothing stored
 
 
 def test_the_ranker_learns_which_feature_marks_the_answer_and_round_trips_through_the_index_info():

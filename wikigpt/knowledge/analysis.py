@@ -40,21 +40,33 @@ def _stemmer():
 
 def terms(text: str) -> list[str]:
     """The index terms of a text (see the module doc)."""
-    return list(_terms(text))
+    if len(text) > REMEMBERED_CHARS:
+        return analyse_terms(text)
+    remembered = _remembered(text)
+    return remembered.split(" ") if remembered else []
 
 
-# The evidence reader asks for the terms of the same passages, sentences and titles again and
-# again (~360 calls a question, most of texts it has seen): remembered, a question reads ~1/3
-# faster. Bounded: 2**15 texts of at most a passage each.
-@lru_cache(maxsize=1 << 15)
-def _terms(text: str) -> tuple[str, ...]:
+def analyse_terms(text: str) -> list[str]:
+    """terms(), never remembered: for texts read once (an index build's passages)."""
     out, words = [], []
     for run in TERM.findall(text.lower()):
         if CJK_RUN.match(run):
             out += list(run) + [a + b for a, b in zip(run, run[1:])]
         elif run not in STOPWORDS:
             words.append(run)
-    return tuple(out + _stemmer().stemWords(words))  # order does not matter to BM25
+    return out + _stemmer().stemWords(words)  # order does not matter to BM25
+
+
+# The evidence reader asks for the terms of the same sentences, titles and field names again and
+# again (~360 calls a question): the last 2**14 texts of at most 200 characters (a sentence) are
+# remembered, as one string each (Chinese makes a term of every character and pair: a tuple of
+# them took 15x the memory): at most ~10 MB of English, ~45 MB of Chinese (docs/measured.md).
+REMEMBERED_CHARS = 200
+
+
+@lru_cache(maxsize=1 << 14)
+def _remembered(text: str) -> str:
+    return " ".join(analyse_terms(text))
 
 
 def query_terms(query: str) -> list[str]:

@@ -28,7 +28,7 @@ from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import Linker
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ASKED_PHRASES,
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, table_phrases,
                                         ZH_QUESTION_WORDS, has_new, spelled_out, table_words, typed_distance)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
@@ -37,6 +37,9 @@ DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
+# what an acronym stands for, of the first few a question writes ("What do NFL and AFC stand
+# for?"): a question of capitalised words would otherwise search once per word
+MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
 # the share of a yes/no question's words (IDF-weighted) its evidence must hold: all of them left most
 # unsettled ("Is autism more common in boys?" - "It occurs four to five times more often in boys");
 # on dev's 28, 0.7 answers 16 right and 2 wrong (all: 11 and 1; 0.6: 17 and 3)
@@ -107,6 +110,11 @@ class Asked:
         if not total:
             return 0.0
         return sum(w for t, w in self.weights.items() if self.covers[t] & item_terms) / total
+
+
+def without_entity(question: str, links: list[Link]) -> str:
+    """The question without the name of the entity it is about (links[0]): what it asks of it."""
+    return question[:links[0].start] + " " + question[links[0].end:] if links else question
 
 
 def stored_thresholds(info: dict, confidence: bool) -> tuple[float, float]:
@@ -193,14 +201,10 @@ class Reader:
 
     def asked(self, question: str, links: list[Link]) -> Asked:
         """The question without the entity it is about and without its question words."""
-        rest = question
-        if links:
-            rest = question[:links[0].start] + " " + question[links[0].end:]
-        rest, asked = rest.lower(), Asked(tell=bool(TELL.search(question)))
-        for word in ASKED_PHRASES:  # Chinese words and phrases ("real name") first: not split at spaces
-            if word in rest:
-                rest = rest.replace(word, " ")
-                self._ask(asked, [], terms(ASKED[word]))
+        asked = Asked(tell=bool(TELL.search(question)))
+        phrases, rest = table_phrases(without_entity(question, links).lower())
+        for word in phrases:  # Chinese words and phrases ("real name") first: not split at spaces
+            self._ask(asked, [], terms(ASKED[word]))
         for word in ZH_QUESTION_WORDS:
             rest = rest.replace(word, " ")
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
@@ -289,7 +293,7 @@ class Reader:
         query = f"{question} {links[0].title}" if links and not links[0].units else question
         if who := self.linker.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
             query += f" {who}"  # searched for, not asked: his passages come first, the question scores them
-        query = " ".join([query] + table_words(question))  # "buy" finds the passage that says "purchased"
+        query = " ".join([query] + table_words(without_entity(question, links)))  # "buy": "purchased" too
         related = self.linker.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         asked, whole = self.asked(question, links), self.asked(question, [])
@@ -394,10 +398,11 @@ class Reader:
                          and w.lower() not in STOPWORDS and w.lower() not in QUESTION_WORDS]  # "us", "it": words
         items = [Item("expansion", l.title, without_qualifier(l.title), f"{short} stands for (its title)")
                  for l in links[:1] if ACRONYM.fullmatch(short := question[l.start:l.end]) and short != l.title]
-        for acronym in dict.fromkeys(acronyms):  # "ANSI" -> American National Standards Institute, its redirect
+        for acronym in list(dict.fromkeys(acronyms))[:MAX_ACRONYMS]:  # "ANSI" -> American National Standards Institute
             spelled = [(title, s) for title, text in texts for s in spelled_out(acronym, text)]
             if not spelled:  # the passages that write it, where the question's other words found none
-                spelled = [(p.title, s) for p in self.index.search(acronym, 3) for s in spelled_out(acronym, p.text)]
+                spelled = [(p.title, s) for p in self.index.search(acronym, ACRONYM_PASSAGES)
+                           for s in spelled_out(acronym, p.text)]
             items += [Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside)
                       for title, (expansion, beside) in spelled]
         return items

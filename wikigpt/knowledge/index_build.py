@@ -43,7 +43,7 @@ import numpy as np
 import tantivy
 
 from wikigpt.cli import progress_bar
-from wikigpt.knowledge.analysis import PASSAGE_CHARS, split_passages, terms
+from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
 from wikigpt.run.durable import fsync_tree, replace_durably, write_text
 
@@ -121,9 +121,9 @@ def analyse(chunk: list, max_chars: int) -> list:
     passage's terms include its title's: every passage says what it is about."""
     out = []
     for title, url, text in chunk:
-        title_terms = " ".join(terms(title))
+        title_terms = " ".join(analyse_terms(title))
         tail = " " + title_terms if title_terms else ""
-        passages = [(p, " ".join(terms(p)) + tail) for p in split_passages(text, max_chars)]
+        passages = [(p, " ".join(analyse_terms(p)) + tail) for p in split_passages(text, max_chars)]
         out.append((title, url, title_terms, passages))
     return out
 

@@ -97,7 +97,7 @@ class Linker:
         if not links and asked and self.kb is not None:  # ("What was the first animated feature film?": Animation)
             last = history[asked[-1]]  # what the last question was about, found as it was when it was asked:
             before = history[max(0, asked[-1] - 4):asked[-1]]  # a third turn is about the first one's article too
-            top = self.carried(last, self.links(last), before)[:1] if before else []
+            top = self.carried(last, [], before)[:1] if before else []  # (it named nothing: see the loop above)
             found = self.index.search(last, 1) if not top else []
             if found and (subject := self.kb.subject(found[0].title)) is not None:
                 top = [Link(found[0].title, subject, 0, 0, 0, GUESSED)]

@@ -75,9 +75,9 @@ ASKED = {
 ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
-# a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić" (Latin-1 and Latin
-# Extended-A, whose upper and lower case letters alternate: counted as lower case)
-_UPPER, _LOWER = "[A-ZÀ-ÖØ-Þ]", "[a-zß-öø-ÿĀ-ž]"
+# a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
+# and Latin Extended-A, whose upper and lower case letters alternate: counted as either)
+_UPPER, _LOWER = "[A-ZÀ-ÖØ-ÞĀ-ž]", "[a-zß-öø-ÿĀ-ž]"
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 # numbers written as words count ("structured into five sections", "Fifteen statuettes", "up to a
 # dozen dens"); not "one", which is mostly "one of the ..."
@@ -85,7 +85,7 @@ NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thir
                 "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
                 "thousands?|millions?|billions?|dozens?")
 HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
-            "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:'{_UPPER})?{_LOWER}+")}
+            "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:['’]{_UPPER})?{_LOWER}+")}
 TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
 AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
@@ -101,13 +101,34 @@ ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 
 
-def table_words(question: str) -> list[str]:
-    """The table's words (ASKED) for a question's words, to search with as well: "when did the
-    us buy alaska" finds the passage that says "purchased", which its own words miss among the
-    article's many. Not those of "when" and "where": nearly every passage has a date or a place."""
-    q = question.lower()
-    found = [w for w in ASKED_PHRASES if w in q] + re.findall(r"[^\W\d_]+", q)
-    return [ASKED[w] for w in dict.fromkeys(found) if w in ASKED and w not in ("when", "where")]
+def table_phrases(text: str) -> tuple[list[str], str]:
+    """The table's phrases a lower-cased text holds, the longest first ("货币代码" before "货币"):
+    Chinese words as they are, English ones as whole words ("real name", not in "surreal
+    name"); and the text without them."""
+    found = []
+    for phrase in ASKED_PHRASES:
+        pattern = re.escape(phrase) if re.match(f"[{CJK}]", phrase) else rf"\b{re.escape(phrase)}\b"
+        if re.search(pattern, text):
+            found.append(phrase)
+            text = re.sub(pattern, " ", text)
+    return found, text
+
+
+GENERIC = {"date", "year", "place", "location"}  # table words nearly every passage answers to
+
+
+def table_words(asks: str) -> list[str]:
+    """The table's words (ASKED) for what a question asks (its words without the entity it
+    names), to search with as well: "when did the us buy alaska" finds the passage that says
+    "purchased", which its own words miss among the article's many. Not a date or a place
+    (nearly every passage has one), nor a word the question says already (it would count twice)."""
+    phrases, rest = table_phrases(asks.lower())
+    own = set(terms(asks))
+    out = []
+    for word in dict.fromkeys(phrases + re.findall(r"[^\W\d_]+", rest)):
+        extra = [w for w in ASKED.get(word, "").split() if w not in GENERIC and not set(terms(w)) <= own]
+        out += [" ".join(extra)] if extra else []
+    return out
 
 
 def has_new(kind: str, text: str, known: set) -> bool:
