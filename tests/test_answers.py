@@ -325,6 +325,10 @@ def test_how_heavy_tall_deep_where_buried_or_who_supervised_asks_for_the_field_t
     buried = reader.asked("Where is she buried?", [])
     assert buried.coverage(set(terms("resting place"))) == 1.0 and buried.coverage(set(terms("place of burial"))) == 1.0
     assert buried.coverage(set(terms("birth place"))) < 0.5
+    for question, words in (("who was his dad", "father"), ("who is her mom", "mother"), ("his supervisor?", "doctoral advisor"),
+                            ("what did his advisor do", "doctoral advisor"), ("the largest lake", "biggest"),
+                            ("who would kill him", "death")):
+        assert reader.asked(question, []).coverage(set(terms(words))) > 0, question
     shot = reader.asked("who shot him", [])  # an assassination's section or sentence says who
     assert shot.coverage(set(terms("Assassination"))) == 1.0 and reader.asked("who killed her", []).coverage({"death"}) == 1.0
     often = reader.asked("how often does it come out", [])  # a journal's infobox field
