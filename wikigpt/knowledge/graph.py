@@ -355,9 +355,10 @@ class Knowledge:
             words = fact_words(phrase)
             if not words:
                 continue
-            pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", 0 if phrase.isupper() else re.I)  # UNITA, not Unita
             rows = self._rows("SELECT subject, attribute, value FROM facts WHERE id IN (SELECT rowid FROM facts_fts "
                               "WHERE facts_fts MATCH ? ORDER BY rowid LIMIT ?) ORDER BY id", (fts_phrase(words), limit))
+            if rows:  # (compiled only then: most phrases find nothing, and a question tries up to 40)
+                pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", 0 if phrase.isupper() else re.I)  # not Unita
             for subject, attribute, value in rows:
                 if (subject, attribute) not in seen and pattern.search(value):
                     seen.add((subject, attribute))

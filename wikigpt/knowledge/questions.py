@@ -106,12 +106,15 @@ def table_phrases(text: str) -> tuple[list[str], str]:
     Chinese words as they are, English ones as whole words ("real name", not in "surreal
     name"); and the text without them."""
     found = []
-    for phrase in ASKED_PHRASES:
-        pattern = re.escape(phrase) if re.match(f"[{CJK}]", phrase) else rf"\b{re.escape(phrase)}\b"
-        if re.search(pattern, text):
+    for phrase, pattern in PHRASE_PATTERNS:
+        if pattern.search(text):
             found.append(phrase)
-            text = re.sub(pattern, " ", text)
+            text = pattern.sub(" ", text)
     return found, text
+
+
+PHRASE_PATTERNS = [(phrase, re.compile(re.escape(phrase) if re.match(f"[{CJK}]", phrase) else rf"\b{re.escape(phrase)}\b"))
+                   for phrase in ASKED_PHRASES]  # compiled once: re's own cache holds 512 and a question uses more
 
 
 GENERIC = {"date", "year", "place", "location"}  # table words nearly every passage answers to
