@@ -93,10 +93,10 @@ class Linker:
             named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
             if named:
                 return self._carry(named[0], links)
-        asked = [n for n, q in recent if n % 2 == 0 and q.strip()]
-        if not links and asked and self.kb is not None:  # ("What was the first animated feature film?": Animation)
-            last = history[asked[-1]]  # what the last question was about, found as it was when it was asked:
-            before = history[max(0, asked[-1] - 4):asked[-1]]  # a third turn is about the first one's article too
+        questions_at = [n for n, q in recent if n % 2 == 0 and q.strip()]
+        if not links and questions_at and self.kb is not None:  # ("What was the first animated feature film?": Animation)
+            last = history[questions_at[-1]]  # what the last question was about, found as it was when it was asked:
+            before = history[max(0, questions_at[-1] - 4):questions_at[-1]]  # a third turn is about the first one's article too
             top = self.carried(last, [], before)[:1] if before else []  # (it named nothing: see the loop above)
             found = self.index.search(last, 1) if not top else []
             if found and (subject := self.kb.subject(found[0].title)) is not None:
