@@ -116,6 +116,9 @@ def test_who_did_it_is_the_name_after_by_near_the_verb_asked():
 def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
     assert "1852" in reader.find("When was the Stonebridge Gazette first published?").best.text
     assert "1852" in reader.find("When was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text
+    # a conversation's lead-in does not hide what is asked ("and when ...": a date, "wait, is ...": yes or no)
+    assert "1852" in reader.find("and when was it published?", history=["What is the Stonebridge Gazette?", ""]).best.text
+    assert reader.find("wait, is Brindavale landlocked??").best.text.startswith("Yes: ")
 
 
 def test_when_it_started_or_ended_is_asked_of_an_events_date_span(reader):

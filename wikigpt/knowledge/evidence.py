@@ -28,7 +28,7 @@ from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import Linker
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, table_phrases,
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, table_phrases, without_lead_in,
                                         ZH_QUESTION_WORDS, has_new, spelled_out, table_words, typed_distance)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
@@ -302,7 +302,8 @@ class Reader:
             subjects.setdefault(l.title, rank + (l.kind == GUESSED))  # a guessed name: 0.9, see score
         for article in related:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
-        kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(question)), "")
+        form = without_lead_in(question)  # "and when did he die" asks a date too
+        kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(form)), "")
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
@@ -331,9 +332,9 @@ class Reader:
             ranked = [replace(i, score=round(self.ranker.score(x), 4)) for i, x in zip(ranked, measured)]
             order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
             ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
-        if YES_NO.match(question) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
+        if YES_NO.match(form) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
             ranked = self.yes_or_no(question, asked, ranked)
-        elif not links and unknown_name_asked(question):  # "Tell me about A. S. Neill.": no article is about him,
+        elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
         found = Found(question, language(question), links, ranked, passages, self.threshold,
                       features=dict(zip((i.text for i in ranked), measured)))  # for training the ranker

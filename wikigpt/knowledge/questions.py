@@ -101,6 +101,16 @@ ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 
 
+# what people put before a question in a conversation ("and when did he die", "wait, is he ...?",
+# "ok and who made it?"): the question's form (when / who / is ...) is read after it
+LEAD_IN = re.compile(r"^(?:(?:and|so|but|then|ok|okay|wait|hey|oh|also|um+|uh|hmm+)\b[\s,.:;!]*)+", re.I)
+
+
+def without_lead_in(question: str) -> str:
+    """The question without a conversational lead-in: 'and when did he die' -> 'when did he die'."""
+    return LEAD_IN.sub("", question) or question
+
+
 def table_phrases(text: str) -> tuple[list[str], str]:
     """The table's phrases a lower-cased text holds, the longest first ("货币代码" before "货币"):
     Chinese words as they are, English ones as whole words ("real name", not in "surreal
