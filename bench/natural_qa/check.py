@@ -94,7 +94,7 @@ def main():
     conversations = load("conversations.jsonl")
     for c in conversations:
         turns = c.get("turns", [])
-        if not re.fullmatch(r"c\d{2}", c["id"]) or not 2 <= len(turns) <= 4:
+        if not re.fullmatch(r"c\d{2,3}", c["id"]) or not 2 <= len(turns) <= 4:
             problems.append(f"conversations {c['id']}: bad id or {len(turns)} turns (2-4)")
         for i, t in enumerate(turns):
             answerable(f"conversations {c['id']} turn {i + 1}", t.get("article"), t.get("answers"))
@@ -107,7 +107,7 @@ def main():
     ooc = load("out_of_corpus.jsonl")
     for o in ooc:
         where, q = f"out_of_corpus {o['id']}", o.get("question", "")
-        if not re.fullmatch(r"o\d{2}", o["id"]) or not isinstance(o.get("near_miss"), bool) or not q:
+        if not re.fullmatch(r"o\d{2,3}", o["id"]) or not isinstance(o.get("near_miss"), bool) or not q:
             problems.append(f"{where}: bad id, near_miss or question")
         elif o["near_miss"]:  # names something the corpus has: "names" is in the question and the corpus
             name = o.get("names", "")
