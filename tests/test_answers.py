@@ -50,6 +50,8 @@ MINES = [("Duke of the Valley", "The '''Duke of the Valley''' ruled it. In 1602 
          ("Copper Hill", "'''Copper Hill''' is a hill. The duke's copper mines there were the deepest copper mines, and "
                          "the duke visited the mines often. ")]
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
+# two sentences a follow-up scores alike: the conversation tells them apart
+ALMANAC = "'''Valley Almanac''' is a yearly book of the valley. The almanac printed a map in 1901. The almanac printed a calendar in 1902. "
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,7 @@ def reader(tmp_path_factory):
              page("Stonebridge Gazette", GAZETTE + PROSE * 2), page("Weather Office of the Valley", WEATHER + PROSE * 2)]
     pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] of the old country. " + PROSE * 2) for t in FILLER]
     pages.append(page("Foreign relations of Brindavale", RELATIONS + PROSE * 2))
+    pages.append(page("Valley Almanac", ALMANAC + PROSE * 2))
     pages += [page(title, text + PROSE) for title, text in MINES]
     (root / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
     prepare([str(root / "dump.xml"), "--out", str(root / "data"), "--tokenizer", "bpe:400", "--min_chars", "50",
@@ -243,6 +246,13 @@ def test_a_follow_up_that_names_nothing_is_about_the_entity_of_the_last_question
     assert holds(found.best.text, ["Stonebridge"]) and found.answerable
     messages = [Message("user", history[0]), Message("assistant", history[1]), Message("user", "What is its capital?")]
     assert find_in_conversation(reader, messages).best.text == found.best.text  # the function chat and serve call
+
+
+def test_items_a_follow_up_scores_alike_are_told_apart_by_what_the_conversation_just_said(reader):
+    for about, year in (("calendar", "1902"), ("map", "1901")):
+        history = [f"What did the Valley Almanac print with its {about}?", f"The almanac printed a {about}."]
+        found = reader.find("When was it printed?", history=history)
+        assert found.items[0].score == found.items[1].score and year in found.best.text, about
 
 
 def test_a_reset_conversation_carries_nothing(reader):

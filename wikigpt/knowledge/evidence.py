@@ -307,7 +307,8 @@ class Reader:
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
-        items = []
+        # what the conversation just said (the last question and reply), for telling equal items apart
+        context, items = set(terms(" ".join(history[-2:]))) - known if history else set(), []
         for order, item in enumerate(candidates):
             value = {"reverse": " " + item.title, "fact": " " + item.text}.get(item.kind, item.text)  # a name may open a value
             typed = bool(kind) and has_new(kind, value, known)
@@ -316,10 +317,13 @@ class Reader:
                 s *= OFF_TYPE
             measured_near = typed and item.kind == "sentence" and kind in ("number", "date", "person")
             near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
-            items.append((round(s, 4), near, -order, item, typed))
-        items.sort(key=lambda x: x[:3], reverse=True)  # equal scores: the answer nearer what is asked, then the earlier
+            said = round(sum(map(self.idf, context & set(terms(item.text)))), 1) if context else 0.0
+            items.append((round(s, 4), near, said, -order, item, typed))
+        # equal scores: the answer nearer what is asked, then the item sharing more with the last exchange
+        # ("what did his mum think of it" after a reply about his book), then the earlier
+        items.sort(key=lambda x: x[:4], reverse=True)
         ranked, seen, measured = [], set(), []
-        for s, _, _, item, typed in items:
+        for s, _, _, _, item, typed in items:
             if item.text and item.text not in seen:
                 seen.add(item.text)
                 ranked.append(replace(item, score=round(s, 4)))
