@@ -259,6 +259,11 @@ def test_a_reset_conversation_carries_nothing(reader):
     found = find_in_conversation(reader, [Message("user", "What is its capital?")])
     assert not found.links and not found.answerable  # nothing named, nothing carried: "not found"
     assert find_in_conversation(reader, [{"role": "user", "content": "What is its capital?"}]).links == []
+    history = ["Is Brindavale landlocked?", "Yes: Brindavale is a landlocked valley state in the high mountains."]
+    for switch in ("unrelated, but", "ok different topic -", "Switching subjects a bit,"):  # a new topic, said
+        found = reader.find(f"{switch} when was it first published?", history=history)
+        assert not found.links and found.best.title != "Brindavale", switch
+    assert holds(reader.find("ok, what is its capital?", history=history).best.text, ["Stonebridge"])  # no new topic
 
 
 def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
-from wikigpt.knowledge.questions import PERSON_PRONOUNS, PRONOUNS
+from wikigpt.knowledge.questions import NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS
 from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.retrieval import Index
 
@@ -83,8 +83,8 @@ class Linker:
         one, the article the last question was about, as a guess: the one it carried itself, else
         the one its best passage came from. The carried link spans nothing of the question
         (units 0): nothing is cut from what it asks."""
-        if links and not PRONOUNS.search(question):
-            return links
+        if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
+            return links  # it names its own, or says it asks about something else
         person = PERSON_PRONOUNS.search(question)
         recent = list(enumerate(history))[-6:]  # the last three exchanges
         for n, earlier in reversed(recent):
@@ -115,7 +115,7 @@ class Linker:
         article of their own ("Aikido (creator: Morihei Ueshiba)", "Andreas Vesalius ... is
         considered the founder of modern human anatomy"): the reply's first name of two or more
         capitalised words that is no part of a linked title; '' when none."""
-        if not PERSON_PRONOUNS.search(question) or len(history) < 2 or not history[-1]:
+        if not PERSON_PRONOUNS.search(question) or len(history) < 2 or not history[-1] or NEW_TOPIC.match(question):
             return ""
         titles = set(" ".join(l.title for l in links).split())
         for m in PERSON_NAME.finditer(without_abstention(history[-1])[:MAX_REPLY_CHARS]):

@@ -101,9 +101,15 @@ ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 
 
+# a follow-up that says it asks about something else ("unrelated, but ...", "different topic - ...",
+# "switching subjects, ..."): nothing is carried from the conversation (linking.carried)
+TOPIC_SWITCH = (r"unrelated|random (?:q|question)|(?:a )?different (?:topic|subject|question)|"
+                r"(?:switching|changing|new|another) (?:the )?(?:topics?|subjects?)(?: a bit)?|on another note")
+NEW_TOPIC = re.compile(rf"^(?:(?:and|so|but|ok|okay|wait|hey|oh|also)\b[\s,.:;!-]*)*(?:{TOPIC_SWITCH})\b", re.I)
 # what people put before a question in a conversation ("and when did he die", "wait, is he ...?",
-# "ok and who made it?"): the question's form (when / who / is ...) is read after it
-LEAD_IN = re.compile(r"^(?:(?:and|so|but|then|ok|okay|wait|hey|oh|also|um+|uh|hmm+)\b[\s,.:;!]*)+", re.I)
+# "ok and who made it?", "different topic - who played ..."): the question's form (when / who /
+# is ...) is read after it
+LEAD_IN = re.compile(rf"^(?:(?:and|so|but|then|ok|okay|wait|hey|oh|also|um+|uh|hmm+|{TOPIC_SWITCH})\b[\s,.:;!?–—-]*)+", re.I)
 
 
 def without_lead_in(question: str) -> str:
