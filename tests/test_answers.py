@@ -20,7 +20,7 @@ from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, MAX_ACRONYMS, UNSETTL
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
-from wikigpt.knowledge.questions import ASKED, has_new, named_beside, table_words, typed_distance
+from wikigpt.knowledge.questions import ANSWER_TYPES, ASKED, has_new, named_beside, table_words, typed_distance
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds, wrong_bound
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
@@ -52,6 +52,7 @@ MINES = [("Duke of the Valley", "The '''Duke of the Valley''' ruled it. In 1602 
 FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 # two sentences a follow-up scores alike: the conversation tells them apart
 ALMANAC = "'''Valley Almanac''' is a yearly book of the valley. The almanac printed a map in 1901. The almanac printed a calendar in 1902. "
+ALMANAC += "Its first editor was Tomos Rhys. Rhys was a Welsh engraver. The paper of the almanac came from the mill. "
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,20 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     assert has_new("number", "The piece is structured into five sections.", known)
     assert has_new("number", "Fifteen statuettes were awarded.", known) and has_new("number", "up to a dozen dens", known)
     assert not has_new("number", "It is one of the sections most often played.", known)  # "one of": no count
+    # where someone is from: a people's adjective or a place after "from" / "of" / "in", and the
+    # question's "where ... from" / "country" counts as covered by it (not by a sentence that says "from")
+    for question in ("where was he from?", "what country was she from", "What nationality was Schopenhauer?"):
+        assert next(kind for kind, pattern in ANSWER_TYPES if pattern.search(question)) == "origin", question
+    assert not any(pattern.search("where does the word acid come from") for _, pattern in ANSWER_TYPES)
+    known = set(terms("where was he from?"))
+    assert has_new("origin", "It was coined by the Swiss psychiatrist Eugen Bleuler.", known)
+    assert has_new("origin", "A former Democrat, Hannibal Hamlin of Maine, was nominated.", known)
+    assert not has_new("origin", "He excludes it from the family of languages.", known)
+
+
+def test_where_someone_is_from_is_answered_by_where_not_by_the_word_from(reader):
+    history = ["Who was the Valley Almanac's first editor?", "Its first editor was Tomos Rhys."]
+    assert "Welsh" in reader.find("where was he from?", history=history).best.text
 
 
 def test_is_x_real_asks_no_birth_name_and_stays_unsettled(reader):

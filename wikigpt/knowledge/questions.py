@@ -74,7 +74,10 @@ ASKED = {
 # answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
 ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
-                ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I))]
+                ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I)),
+                # "where was he from?", "what country was she from", "what nationality was X?"
+                ("origin", re.compile(r"\b(?:where|what (?:country|state|nation|nationality))\b(?!.*\b(?:name|word)\b).*\bfrom\b|"
+                                      r"\bnationality\b", re.I))]
 # a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
 # and Latin Extended-A, whose upper and lower case letters alternate: counted as either)
 _UPPER, _LOWER = "[A-ZÀ-ÖØ-ÞĀ-ž]", "[a-zß-öø-ÿĀ-ž]"
@@ -86,7 +89,13 @@ NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thir
                 "thousands?|millions?|billions?|dozens?")
 HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:['’]{_UPPER})?{_LOWER}+")}
-TYPE_WORDS = {"date": ("date", "year")}  # a sentence with a date covers "when" (ASKED) without saying "date"
+# where someone is from: a people's adjective ("the Swiss psychiatrist", "a German orientalist"), or
+# "from" / "of" / "in" a place
+HAS_TYPE["origin"] = re.compile(rf"\b(?:{_UPPER}{_LOWER}+(?:ian|ean|an|ese|ish|ic|i)|Swiss|French|Dutch|Greek|Thai|"
+                                rf"Welsh|Irish|Scots?)\b|\b(?:from|of|in) {_UPPER}{_LOWER}+")
+# a sentence with a date covers "when" (ASKED) without saying "date"; one that says where someone is
+# from covers "where ... from" (a sentence that merely says "from" covers the word, not the question)
+TYPE_WORDS = {"date": ("date", "year"), "origin": tuple(terms("where from country state nation nationality"))}
 AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
