@@ -53,6 +53,7 @@ FILLER = ["Mountain", "River", "Harbour", "Meadow", "Island", "Desert"]
 # two sentences a follow-up scores alike: the conversation tells them apart
 ALMANAC = "'''Valley Almanac''' is a yearly book of the valley. The almanac printed a map in 1901. The almanac printed a calendar in 1902. "
 ALMANAC += "Its first editor was Tomos Rhys. Rhys was a Welsh engraver. The paper of the almanac came from the mill. "
+ALMANAC += "Every village of the valley reads the almanac, except Stonehollow. "
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,8 @@ def test_a_yes_no_question_is_answered_yes_or_no_only_when_the_evidence_settles_
     assert reader.find("Is Brindavale a member of the European Union?").best.text.startswith("No: ")  # "not a member"
     mostly = reader.find("Is Brindavale a landlocked state of the old country?")  # all but the commonest words
     assert mostly.best.text.startswith("Yes: Brindavale is a landlocked")
+    assert reader.find("Do the villages of the valley read the Valley Almanac?").best.text.startswith("Yes: ")
+    assert reader.find("Does the village of Stonehollow read the Valley Almanac?").best.text.startswith("No: ")  # except it
     unsettled = reader.find("Is Brindavale famous for its cheese?")
     assert unsettled.best.kind != "yes/no" and unsettled.score <= UNSETTLED  # below any threshold: "not found"
 

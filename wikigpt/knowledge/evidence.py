@@ -48,6 +48,10 @@ DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|
                         r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
 NAME_CONNECTORS = {"of", "the", "and", "de", "la", "le", "von", "van", "du", "da", "del", "y", "in", "on", "for", "&"}
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
+# what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
+# but there are exceptions such as carboranes and boric acid"
+EXCEPTED = re.compile(r"\b(?:except(?:\s+for)?|exceptions?(?:\s+(?:such as|like|being|are|is|include|including|of))?|"
+                      r"other than|apart from)\s+([^.;:,()]{1,60})", re.I)
 
 
 @dataclass
@@ -422,6 +426,8 @@ class Reader:
             if item.kind in ("sentence", "lead", "section") and asked.weights and \
                     asked.coverage(set(terms(item.text)) | set(terms(item.attribute))) >= SETTLED:
                 no = bool(NEGATION.search(item.text)) != bool(NEGATION.search(question))
+                if any(set(terms(m[1])) & set(asked.weights) for m in EXCEPTED.finditer(item.text)):
+                    no = not no  # what it says, it says of all but the thing asked ("... except British Columbia")
                 answer = replace(item, kind="yes/no", text=f"{'No' if no else 'Yes'}: {item.text}")
                 return [answer] + low
         return low
