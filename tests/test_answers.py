@@ -89,6 +89,13 @@ def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
     assert has_new("number", "The piece is structured into five sections.", known)
     assert has_new("number", "Fifteen statuettes were awarded.", known) and has_new("number", "up to a dozen dens", known)
     assert not has_new("number", "It is one of the sections most often played.", known)  # "one of": no count
+    # how many: a year is no count; "number of ...", "what share of ..." ask for one too
+    for question in ("How many movies did Allan Dwan direct?", "number of people with autism worldwide?",
+                     "what share of all fish species are ray-finned fish"):
+        assert next(kind for kind, pattern in ANSWER_TYPES if pattern.search(question)) == "count", question
+    known = set(terms("How many movies did Allan Dwan direct?"))
+    assert not has_new("count", "He directed his last movie in 1961.", known)
+    assert has_new("count", "Over a long career, Dwan directed 125 motion pictures.", known)
     # where someone is from: a people's adjective or a place after "from" / "of" / "in", and the
     # question's "where ... from" / "country" counts as covered by it (not by a sentence that says "from")
     for question in ("where was he from?", "what country was she from", "What nationality was Schopenhauer?"):

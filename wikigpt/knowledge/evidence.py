@@ -319,7 +319,7 @@ class Reader:
             s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
-            measured_near = typed and item.kind == "sentence" and kind in ("number", "date", "person")
+            measured_near = typed and item.kind == "sentence" and kind in ("count", "number", "date", "person")
             near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
             said = round(sum(map(self.idf, context & set(terms(item.text)))), 1) if context else 0.0
             items.append((round(s, 4), near, said, -order, item, typed))

@@ -72,7 +72,9 @@ ASKED = {
 }
 # what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
 # answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
-ANSWER_TYPES = [("number", re.compile(r"\bhow (?:many|much|long|tall|big|old|far|high|deep)\b|\bwhat percentage\b", re.I)),
+ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?number of\b|\bwhat(?:'s| is)? the number of\b|"
+                                     r"\bwhat (?:share|fraction|proportion|percentage|percent)\b", re.I)),
+                ("number", re.compile(r"\bhow (?:long|tall|big|old|far|high|deep)\b", re.I)),
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I)),
                 # "where was he from?", "what country was she from", "what nationality was X?"
@@ -89,6 +91,8 @@ NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thir
                 "thousands?|millions?|billions?|dozens?")
 HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:['’]{_UPPER})?{_LOWER}+")}
+# how many: a number that is not a year ("he directed his last movie in 1961" says no count)
+HAS_TYPE["count"] = re.compile(rf"\b(?!(?:1\d|20)\d\d\b)\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I)
 # where someone is from: a people's adjective ("the Swiss psychiatrist", "a German orientalist"), or
 # "from" / "of" / "in" a place
 HAS_TYPE["origin"] = re.compile(rf"\b(?:{_UPPER}{_LOWER}+(?:ian|ean|an|ese|ish|ic|i)|Swiss|French|Dutch|Greek|Thai|"
@@ -172,7 +176,7 @@ def typed_distance(kind: str, text: str, wanted: set, known: set) -> int:
     sentence holding an unrelated year far from them ranks after it). For people, a name after
     "by" ("killed ... by Paris": a capitalised pair alone is too loose a sign of a name to measure
     from, and "Achilles killed Troilus" names who was killed, not who did it). 99 when there is none."""
-    if kind not in ("number", "date", "person"):
+    if kind not in ("count", "number", "date", "person"):
         return 99
     words = list(re.finditer(r"[^\W_]+", text))
     starts = [w.start() for w in words]
