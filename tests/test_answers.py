@@ -72,41 +72,6 @@ def reader(tmp_path_factory):
     return Reader.open(root / "data")
 
 
-def test_an_answer_of_the_type_asked_says_what_the_question_does_not():
-    known = set(terms("Who commanded Apollo 8?"))
-    assert not has_new("person", "The insignia shows the shape of the Apollo Command Module.", known)
-    assert has_new("person", "The crew: Commander Frank Borman and two others.", known)
-    assert not has_new("person", "Mission Control approved the plan.", known)  # a sentence's opening words
-    for name in ("Frank O'Connor", "Émile Zola", "Elsa Löwenthal"):  # a spouse field's value, read as a name
-        assert has_new("person", f" {name}", set(terms("Who was she married to?"))), name
-    known = set(terms("What happened in 1968?"))
-    assert not has_new("date", "The 1968 mission orbited the Moon.", known)
-    assert has_new("date", "It launched on December 21, 1968.", known)  # a month is news
-    known = set(terms("How many people lived in Andorra in 2010?"))
-    assert not has_new("number", "In 2010 Andorra held elections.", known)  # the question's own number
-    assert has_new("number", "In 2010 Andorra had 84,082 people.", known)
-    known = set(terms("how many sections is it in?"))  # a number written as a word
-    assert has_new("number", "The piece is structured into five sections.", known)
-    assert has_new("number", "Fifteen statuettes were awarded.", known) and has_new("number", "up to a dozen dens", known)
-    assert not has_new("number", "It is one of the sections most often played.", known)  # "one of": no count
-    # how many: a year is no count; "number of ...", "what share of ..." ask for one too
-    for question in ("How many movies did Allan Dwan direct?", "number of people with autism worldwide?",
-                     "what share of all fish species are ray-finned fish"):
-        assert next(kind for kind, pattern in ANSWER_TYPES if pattern.search(question)) == "count", question
-    known = set(terms("How many movies did Allan Dwan direct?"))
-    assert not has_new("count", "He directed his last movie in 1961.", known)
-    assert has_new("count", "Over a long career, Dwan directed 125 motion pictures.", known)
-    # where someone is from: a people's adjective or a place after "from" / "of" / "in", and the
-    # question's "where ... from" / "country" counts as covered by it (not by a sentence that says "from")
-    for question in ("where was he from?", "what country was she from", "What nationality was Schopenhauer?"):
-        assert next(kind for kind, pattern in ANSWER_TYPES if pattern.search(question)) == "origin", question
-    assert not any(pattern.search("where does the word acid come from") for _, pattern in ANSWER_TYPES)
-    known = set(terms("where was he from?"))
-    assert has_new("origin", "It was coined by the Swiss psychiatrist Eugen Bleuler.", known)
-    assert has_new("origin", "A former Democrat, Hannibal Hamlin of Maine, was nominated.", known)
-    assert not has_new("origin", "He excludes it from the family of languages.", known)
-
-
 def test_where_someone_is_from_is_answered_by_where_not_by_the_word_from(reader):
     history = ["Who was the Valley Almanac's first editor?", "Its first editor was Tomos Rhys."]
     assert "Welsh" in reader.find("where was he from?", history=history).best.text
@@ -122,21 +87,6 @@ def test_a_one_word_title_typed_with_a_letter_wrong_is_still_linked(reader):
     assert [(l.title, l.kind) for l in found.links] == [("Brindavale", GUESSED)] and found.best.text == "Stonebridge"
     assert found.score <= 0.9  # a guessed name is trusted less than one the question spells
     assert reader.find("Who keeps the rover?").links == []  # the corpus uses "rover" (one edit from River): no typo
-
-
-def test_a_number_nearer_the_words_asked_is_the_nearer_answer():
-    asked, known = set(terms("provinces")), set(terms("How many provinces does Algeria have?"))
-    near = typed_distance("number", "In 1990 Algeria was divided into 48 provinces.", asked, known)
-    far = typed_distance("number", "In 1990 Algeria had its provinces redrawn.", asked, known)
-    assert near < far < 99 and typed_distance("number", "Algeria has provinces.", asked, known) == 99
-
-
-def test_who_did_it_is_the_name_after_by_near_the_verb_asked():
-    asked, known = set(terms("killed")), set(terms("Who killed Achilles?"))
-    by = typed_distance("person", "Achilles was killed near the end of the war by Paris, who shot him.", asked, known)
-    agent = typed_distance("person", "Achilles later killed Troilus.", asked, known)  # Achilles did it: no "by"
-    assert by < 99 and agent == 99
-    assert typed_distance("person", "He was killed by Achilles.", asked, known) == 99  # the name asked about
 
 
 def test_a_when_question_is_answered_by_a_date_not_by_the_word_year(reader):
@@ -289,6 +239,13 @@ def test_a_reset_conversation_carries_nothing(reader):
         found = reader.find(f"{switch} when was it first published?", history=history)
         assert not found.links and found.best.title != "Brindavale", switch
     assert holds(reader.find("ok, what is its capital?", history=history).best.text, ["Stonebridge"])  # no new topic
+    # ... nor past the switch, later; and the switch's words are not asked (nor its "unrelated" a "no")
+    later = history + ["unrelated, but what is the Valley Almanac?", "a yearly book of the valley", "when was it printed?"]
+    assert [l.title for l in reader.find(later[-1], history=later[:-1]).links] == ["Valley Almanac"]
+    plain = reader.find("when was the Stonebridge Gazette first published?")
+    switched = reader.find("different topic - when was the Stonebridge Gazette first published?", history=history)
+    assert switched.best.text == plain.best.text and switched.score == plain.score
+    assert reader.find("unrelated, but is Brindavale landlocked?", history=history).best.text.startswith("Yes: ")
 
 
 def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):
@@ -317,6 +274,8 @@ def test_he_after_a_reply_naming_someone_without_an_article_searches_for_that_so
     assert reader.linker.person_replied("Where was he born?", links, history) == "Tobias Marlow"  # the linked title is skipped
     assert reader.linker.person_replied("Where was it printed?", links, history) == ""  # "it" is no person
     assert reader.linker.person_replied("Where was he born?", links, history[:1] + [""]) == ""  # declined: nothing said
+    assert reader.linker.person_replied("unrelated, but where was he born?", links, history) == ""  # another topic
+    assert reader.find("Where was he born?", history=history[:1] + [None]).links  # a reply a caller left out
 
 
 def test_a_title_in_another_form_links_only_where_its_passages_are_all_that_articles(reader):

@@ -26,10 +26,10 @@ from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
-from wikigpt.knowledge.linking import Linker
-from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, table_phrases, without_lead_in,
-                                        ZH_QUESTION_WORDS, has_new, spelled_out, table_words, typed_distance)
+from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker
+from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, MEASURED_TYPES, NEGATION, QUESTION_WORDS,
+                                        STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS, has_new,
+                                        spelled_out, table_phrases, table_words, typed_distance, without_lead_in)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -51,7 +51,7 @@ _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks l
 # what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
 # but there are exceptions such as carboranes and boric acid"
 EXCEPTED = re.compile(r"\b(?:except(?:\s+for)?|exceptions?(?:\s+(?:such as|like|being|are|is|include|including|of))?|"
-                      r"other than|apart from)\s+([^.;:,()]{1,60})", re.I)
+                      r"other than|apart from)\s+([^.;:,()]{1,40})(?=\s*(?:[.;:,()]|$))", re.I)  # a name, not a clause
 
 
 @dataclass
@@ -293,33 +293,34 @@ class Reader:
         oldest first, a question then its reply (see conversation.find_in_conversation): a follow-up that names no entity, or says "it",
         is about the entity of the latest question that named one (see carried)."""
         question = question.strip()
+        form = without_lead_in(question)  # "and when did he die": what is asked, read without "and"
         links = self.linker.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question
         if who := self.linker.person_replied(question, links, history):  # "When was he born?" after "... Morihei Ueshiba"
             query += f" {who}"  # searched for, not asked: his passages come first, the question scores them
-        query = " ".join([query] + table_words(without_entity(question, links)))  # "buy": "purchased" too
+        query = " ".join([query] + table_words(without_entity(form, links)))  # "buy": "purchased" too
         related = self.linker.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
-        asked, whole = self.asked(question, links), self.asked(question, [])
+        asked, whole = self.asked(form, links), self.asked(form, [])
         subjects = {}
         for rank, l in enumerate(links):
             subjects.setdefault(l.title, rank + (l.kind == GUESSED))  # a guessed name: 0.9, see score
         for article in related:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
-        form = without_lead_in(question)  # "and when did he die" asks a date too
         kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(form)), "")
         known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         # what the conversation just said (the last question and reply), for telling equal items apart
-        context, items = set(terms(" ".join(history[-2:]))) - known if history else set(), []
+        said = " ".join(turn[:MAX_REPLY_CHARS] for turn in history[-2:] if turn)
+        context, items = set(terms(said)) - known, []
         for order, item in enumerate(candidates):
             value = {"reverse": " " + item.title, "fact": " " + item.text}.get(item.kind, item.text)  # a name may open a value
             typed = bool(kind) and has_new(kind, value, known)
             s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
             if kind and not typed:
                 s *= OFF_TYPE
-            measured_near = typed and item.kind == "sentence" and kind in ("count", "number", "date", "person")
+            measured_near = typed and item.kind == "sentence" and kind in MEASURED_TYPES
             near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
             said = round(sum(map(self.idf, context & set(terms(item.text)))), 1) if context else 0.0
             items.append((round(s, 4), near, said, -order, item, typed))
@@ -341,7 +342,7 @@ class Reader:
             order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
             ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
         if YES_NO.match(form) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
-            ranked = self.yes_or_no(question, asked, ranked)
+            ranked = self.yes_or_no(form, asked, ranked)
         elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
         found = Found(question, language(question), links, ranked, passages, self.threshold,
@@ -360,7 +361,7 @@ class Reader:
         if not items:
             return [0.0] * 7 + [float(not found.links)]
         best, nexts = items[0], items[1:6]
-        whole = whole or self.asked(found.question, [])
+        whole = whole or self.asked(without_lead_in(found.question), [])
         best_terms = set(terms(best.text))
         new = sorted(best_terms - set(terms(found.question)) - set(terms(best.title)), key=self.idf, reverse=True)[:3]
         agree = sum(bool(set(new) & set(terms(i.text))) for i in nexts) / 5 if new else 0.0

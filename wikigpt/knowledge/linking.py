@@ -82,7 +82,8 @@ class Linker:
         replies named, a "not found" reply's closest article included. When no earlier turn named
         one, the article the last question was about, as a guess: the one it carried itself, else
         the one its best passage came from. The carried link spans nothing of the question
-        (units 0): nothing is cut from what it asks."""
+        (units 0): nothing is cut from what it asks. A question that says it changes the subject
+        ("unrelated, but ...": NEW_TOPIC) carries nothing, and nothing is carried past it."""
         if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
             return links  # it names its own, or says it asks about something else
         person = PERSON_PRONOUNS.search(question)
@@ -93,6 +94,9 @@ class Linker:
             named = self.links(without_abstention(earlier), guess=n % 2 == 0)  # "do not answer this": no "Answer"
             if named:
                 return self._carry(named[0], links)
+            if n % 2 == 0 and NEW_TOPIC.match(earlier):  # what came before it was another topic
+                recent = [(m, q) for m, q in recent if m >= n]
+                break
         questions_at = [n for n, q in recent if n % 2 == 0 and q.strip()]
         if not links and questions_at and self.kb is not None:  # ("What was the first animated feature film?": Animation)
             last = history[questions_at[-1]]  # what the last question was about, found as it was when it was asked:

@@ -1,8 +1,9 @@
 """
 What a question asks, by its words: the words every question has, the table from everyday words
 to the words infobox fields and section headings use (en + zh), the type of answer asked for
-(a number, a date, a person) and whether a text holds one the question does not already say,
-yes/no and negation, pronouns, and acronyms spelled out. The evidence reader (evidence.py)
+(a count, a number, a date, a person, where someone is from) and whether a text holds one the
+question does not already say, yes/no and negation, pronouns, a conversation's lead-ins and
+topic switches, and acronyms spelled out. The evidence reader (evidence.py)
 scores candidates with these; nothing here reads the index or the graph.
 
     ASKED["born"]                                  # 'birth': the infobox's birth date, birth place
@@ -78,8 +79,9 @@ ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?numb
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
                 ("person", re.compile(r"^\s*(?:who|whom|whose)\b|\bwho(?:'s| is| was)\b", re.I)),
                 # "where was he from?", "what country was she from", "what nationality was X?"
-                ("origin", re.compile(r"\b(?:where|what (?:country|state|nation|nationality))\b(?!.*\b(?:name|word)\b).*\bfrom\b|"
-                                      r"\bnationality\b", re.I))]
+                ("origin", re.compile(r"\b(?:where|what (?:country|state|nation|nationality))\b"  # bounded: linear
+                                      r"(?![^?!.]{0,80}?\b(?:name|word)\b)[^?!.]{0,80}?\bfrom\b|\bnationality\b", re.I))]
+MEASURED_TYPES = ("count", "number", "date", "person")  # whose distance to the asked words is measured (typed_distance)
 # a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
 # and Latin Extended-A, whose upper and lower case letters alternate: counted as either)
 _UPPER, _LOWER = "[A-ZÀ-ÖØ-ÞĀ-ž]", "[a-zß-öø-ÿĀ-ž]"
@@ -91,12 +93,17 @@ NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thir
                 "thousands?|millions?|billions?|dozens?")
 HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
             "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:['’]{_UPPER})?{_LOWER}+")}
-# how many: a number that is not a year ("he directed his last movie in 1961" says no count)
-HAS_TYPE["count"] = re.compile(rf"\b(?!(?:1\d|20)\d\d\b)\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I)
-# where someone is from: a people's adjective ("the Swiss psychiatrist", "a German orientalist"), or
-# "from" / "of" / "in" a place
-HAS_TYPE["origin"] = re.compile(rf"\b(?:{_UPPER}{_LOWER}+(?:ian|ean|an|ese|ish|ic|i)|Swiss|French|Dutch|Greek|Thai|"
-                                rf"Welsh|Irish|Scots?)\b|\b(?:from|of|in) {_UPPER}{_LOWER}+")
+# how many: a number that is not a year ("he directed his last movie in 1961" says no count), unless
+# what it counts follows it ("about 2000 people")
+_NOT_COUNTED = "the|a|an|and|or|to|in|of|on|at|by|for|from|with|as|after|before|until|during|when|there|he|she|it|they|was|were|is"
+HAS_TYPE["count"] = re.compile(rf"\b(?!(?:1\d|20)\d\d\b(?!\s+(?!(?:{_NOT_COUNTED})\b)(?-i:[a-z])))\d+(?:[.,]\d+)*|"
+                               rf"\b(?:{NUMBER_WORDS})\b", re.I)
+# where someone is from: a people's adjective before what they were ("the Swiss psychiatrist", "a
+# German orientalist"), or "from" / "of" / "in" a place (not a month or a day)
+_DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
+HAS_TYPE["origin"] = re.compile(rf"\b(?:a|an|the)\s+(?:{_UPPER}{_LOWER}+(?:ian|ean|an|ese|ish|ic|i)|Swiss|French|Dutch|"
+                                rf"Greek|Thai|Welsh|Irish|Scots?)\s+[a-z]|"
+                                rf"\b(?:from|of|in) (?!(?i:{_MONTHS}|{_DAYS})\b){_UPPER}{_LOWER}+")
 # a sentence with a date covers "when" (ASKED) without saying "date"; one that says where someone is
 # from covers "where ... from" (a sentence that merely says "from" covers the word, not the question)
 TYPE_WORDS = {"date": ("date", "year"), "origin": tuple(terms("where from country state nation nationality"))}
@@ -114,20 +121,25 @@ ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
 
 
-# a follow-up that says it asks about something else ("unrelated, but ...", "different topic - ...",
-# "switching subjects, ..."): nothing is carried from the conversation (linking.carried)
-TOPIC_SWITCH = (r"unrelated|random (?:q|question)|(?:a )?different (?:topic|subject|question)|"
-                r"(?:switching|changing|new|another) (?:the )?(?:topics?|subjects?)(?: a bit)?|on another note")
-NEW_TOPIC = re.compile(rf"^(?:(?:and|so|but|ok|okay|wait|hey|oh|also)\b[\s,.:;!-]*)*(?:{TOPIC_SWITCH})\b", re.I)
 # what people put before a question in a conversation ("and when did he die", "wait, is he ...?",
-# "ok and who made it?", "different topic - who played ..."): the question's form (when / who /
-# is ...) is read after it
-LEAD_IN = re.compile(rf"^(?:(?:and|so|but|then|ok|okay|wait|hey|oh|also|um+|uh|hmm+|{TOPIC_SWITCH})\b[\s,.:;!?–—-]*)+", re.I)
+# "ok and who made it?"): the question's form (when / who / is ...) is read after it
+_FILLER = r"(?:and|so|but|then|ok|okay|wait|hey|oh|also|um+|uh|hmm+)\b"
+_SEPARATORS = "[\\s,.:;!?–—-]*"
+# ... and one that says it asks about something else ("unrelated, but ...", "different topic - ...",
+# "switching subjects, ..."), said as an aside (not "unrelated to his work, ..."): nothing is carried
+# from the conversation (linking.carried)
+_SWITCH = (r"(?:unrelated|random (?:q|question)|(?:a )?different (?:topic|subject|question)|"
+           r"(?:switching|changing|new|another) (?:the )?(?:topics?|subjects?)(?: a bit)?|on another note)"
+           r"\s*(?:[,:;.!?–—-]|but\b)")
+NEW_TOPIC = re.compile(rf"^(?:{_FILLER}{_SEPARATORS})*{_SWITCH}", re.I)
+LEAD_IN = re.compile(rf"^(?:(?:{_FILLER}|{_SWITCH}){_SEPARATORS})+", re.I)
 
 
 def without_lead_in(question: str) -> str:
-    """The question without a conversational lead-in: 'and when did he die' -> 'when did he die'."""
-    return LEAD_IN.sub("", question) or question
+    """The question with its conversational lead-in blanked: 'and when did he die' -> '    when
+    did he die' (spaces: the positions of the names in it stay where linking found them)."""
+    blanked = LEAD_IN.sub(lambda m: " " * len(m[0]), question)
+    return blanked if blanked.strip() else question  # "so?" is all lead-in: read as it is
 
 
 def table_phrases(text: str) -> tuple[list[str], str]:
@@ -176,7 +188,7 @@ def typed_distance(kind: str, text: str, wanted: set, known: set) -> int:
     sentence holding an unrelated year far from them ranks after it). For people, a name after
     "by" ("killed ... by Paris": a capitalised pair alone is too loose a sign of a name to measure
     from, and "Achilles killed Troilus" names who was killed, not who did it). 99 when there is none."""
-    if kind not in ("count", "number", "date", "person"):
+    if kind not in MEASURED_TYPES:
         return 99
     words = list(re.finditer(r"[^\W_]+", text))
     starts = [w.start() for w in words]
