@@ -450,3 +450,8 @@ def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_mode
     model, t = fit_confidence(rows, k=5)
     right, wrong = model.score(rows[1][1]), model.score(rows[0][1])
     assert wrong < t <= right  # the first feature marks the right answers: a cut between them
+
+
+def test_an_accepted_answer_is_held_whatever_its_digits_are_grouped_by():
+    assert holds("Its area is 44579000 km².", ["44,579,000"]) and holds("It had 84,082 people.", ["84082"])
+    assert holds("about 1 000 people", ["1000"]) and not holds("It had 84,082 people.", ["84"])  # a group is no number

@@ -14,6 +14,7 @@ Owns the scoring of replies against accepted answers; knows nothing of models or
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +43,17 @@ def load_natural(split: str, folder=NATURAL_QA) -> NaturalSet:
     return NaturalSet(rows("questions.jsonl"), rows("conversations.jsonl"), rows("out_of_corpus.jsonl"))
 
 
+DIGIT_GROUP = re.compile(r"(?<=\d)[,\u00a0\u202f ](?=\d{3}(?!\d))")  # "44,579,000" is "44579000"
+
+
 def holds(text: str, answers: list[str]) -> bool:
-    """An accepted answer is in the text, case, spaces and punctuation aside (yes/no: the text
-    starts with it)."""
-    said = words(text)
+    """An accepted answer is in the text, case, spaces, punctuation and digit grouping aside
+    (yes/no: the text starts with it)."""
+    said = words(DIGIT_GROUP.sub("", text))
     if answers in (["yes"], ["no"]):
         return said[:1] == answers
     padded = f" {' '.join(said)} "
-    return any(f" {' '.join(words(a))} " in padded for a in answers if words(a))
+    return any(f" {' '.join(words(DIGIT_GROUP.sub('', a)))} " in padded for a in answers if words(a))
 
 
 def verdict(found: Found, answers: list[str]) -> str:
