@@ -20,7 +20,7 @@ from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, MAX_ACRONYMS, UNSETTL
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
 from wikigpt.knowledge.graph import GUESSED
-from wikigpt.knowledge.questions import ANSWER_TYPES, ASKED, has_new, named_beside, table_words, typed_distance
+from wikigpt.knowledge.questions import ASKED, named_beside, table_words
 from wikigpt.knowledge.natural import choose_threshold, fit_confidence, holds, wrong_bound
 from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
 from wikigpt.knowledge.retrieval import Passage, add_index_info, build_index
