@@ -266,6 +266,10 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
     assert found.links[0].title == "Stonebridge Gazette" and "1852" in found.best.text
     closest = without_abstention(not_found(reader.find("Who was Mara Quill?")))  # no "answer" left to link
     assert closest.strip().startswith("The closest I found (Mara Quill)") and "answer" not in closest
+    # the article the reply's evidence came from, not the one the question's words find first
+    history = ["which newspaper printed a calendar?", "The almanac printed a calendar in 1902."]
+    assert reader.index.search(history[0], 1)[0].title == "Stonebridge Gazette"
+    assert reader.find("and when did it print a map?", history=history).links[0].title == "Valley Almanac"
 
 
 def test_he_after_a_reply_naming_someone_without_an_article_searches_for_that_someone(reader):
