@@ -267,6 +267,9 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
     closest = without_abstention(not_found(reader.find("Who was Mara Quill?")))  # no "answer" left to link
     assert closest.strip().startswith("The closest I found (Mara Quill)") and "answer" not in closest
     # the article the reply's evidence came from, not the one the question's words find first
+    # the passage the last reply came from is read too: a follow-up's answer is often beside it
+    said = ["Who was the first editor?", "Rhys was a Welsh engraver."]
+    assert "Valley Almanac" in [p.title for p in reader.find("What is the capital of Brindavale?", history=said).passages]
     history = ["which newspaper printed a calendar?", "The almanac printed a calendar in 1902."]
     assert reader.index.search(history[0], 1)[0].title == "Stonebridge Gazette"
     assert reader.find("and when did it print a map?", history=history).links[0].title == "Valley Almanac"

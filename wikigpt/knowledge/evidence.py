@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
+from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker
@@ -301,6 +302,10 @@ class Reader:
         query = " ".join([query] + table_words(without_entity(form, links)))  # "buy": "purchased" too
         related = self.linker.related(links[0]) if links else []  # "Foreign relations of Angola" for Angola
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
+        if history and history[-1]:  # the passage the last reply came from: a follow-up's answer is often beside it
+            seen = {(p.title, p.text) for p in passages}
+            said = self.index.search(without_abstention(history[-1])[:MAX_REPLY_CHARS], 1)
+            passages += [p for p in said if (p.title, p.text) not in seen]
         asked, whole = self.asked(form, links), self.asked(form, [])
         subjects = {}
         for rank, l in enumerate(links):
