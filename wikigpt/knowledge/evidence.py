@@ -304,8 +304,8 @@ class Reader:
         passages = self.index.search(query, k or self.k, boost=[l.subject for l in links[:1]] + related)
         if history and history[-1]:  # the passage the last reply came from: a follow-up's answer is often beside it
             seen = {(p.title, p.text) for p in passages}
-            said = self.index.search(without_abstention(history[-1])[:MAX_REPLY_CHARS], 1)
-            passages += [p for p in said if (p.title, p.text) not in seen]
+            replied_from = self.index.search(without_abstention(history[-1])[:MAX_REPLY_CHARS], 1)
+            passages += [p for p in replied_from if (p.title, p.text) not in seen]
         asked, whole = self.asked(form, links), self.asked(form, [])
         subjects = {}
         for rank, l in enumerate(links):
@@ -317,8 +317,8 @@ class Reader:
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         # what the conversation just said (the last question and reply), for telling equal items apart
-        said = " ".join(turn[:MAX_REPLY_CHARS] for turn in history[-2:] if turn)
-        context, items = set(terms(said)) - known, []
+        last_exchange = " ".join(turn[:MAX_REPLY_CHARS] for turn in history[-2:] if turn)
+        context, items = set(terms(last_exchange)) - known, []
         for order, item in enumerate(candidates):
             value = {"reverse": " " + item.title, "fact": " " + item.text}.get(item.kind, item.text)  # a name may open a value
             typed = bool(kind) and has_new(kind, value, known)
@@ -327,8 +327,8 @@ class Reader:
                 s *= OFF_TYPE
             measured_near = typed and item.kind == "sentence" and kind in MEASURED_TYPES
             near = -typed_distance(kind, item.text, wanted, known) if measured_near else 0
-            said = round(sum(map(self.idf, context & set(terms(item.text)))), 1) if context else 0.0
-            items.append((round(s, 4), near, said, -order, item, typed))
+            shared = round(sum(map(self.idf, context & set(terms(item.text)))), 1) if context else 0.0
+            items.append((round(s, 4), near, shared, -order, item, typed))
         # equal scores: the answer nearer what is asked, then the item sharing more with the last exchange
         # ("what did his mum think of it" after a reply about his book), then the earlier
         items.sort(key=lambda x: x[:4], reverse=True)

@@ -81,9 +81,10 @@ class Linker:
         published?" after "Who wrote Animal Farm?"); a "he" or "she" may be a person the last
         replies named, a "not found" reply's closest article included. When no earlier turn named
         one, the article the last question was about, as a guess: the one it carried itself, else
-        the one its reply's evidence came from (the question's best passage, without a reply). The carried link spans nothing of the question
-        (units 0): nothing is cut from what it asks. A question that says it changes the subject
-        ("unrelated, but ...": NEW_TOPIC) carries nothing, and nothing is carried past it."""
+        the one its reply's evidence came from (without a reply, the question's best passage). The
+        carried link spans nothing of the question (units 0): nothing is cut from what it asks. A
+        question that says it changes the subject ("unrelated, but ...": NEW_TOPIC) carries
+        nothing, and nothing is carried past it."""
         if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
             return links  # it names its own, or says it asks about something else
         person = PERSON_PRONOUNS.search(question)
@@ -102,9 +103,9 @@ class Linker:
             last = history[questions_at[-1]]  # what the last question was about, found as it was when it was asked:
             before = history[max(0, questions_at[-1] - 4):questions_at[-1]]  # a third turn is about the first one's article too
             top = self.carried(last, [], before)[:1] if before else []  # (it named nothing: see the loop above)
-            said = history[questions_at[-1] + 1] if questions_at[-1] + 1 < len(history) else ""
-            said = without_abstention(said or "")[:MAX_REPLY_CHARS].strip()  # the evidence it was answered by,
-            found = self.index.search(said or last, 1) if not top else []  # else the question: where it is from
+            reply = history[questions_at[-1] + 1] if questions_at[-1] + 1 < len(history) else ""
+            reply = without_abstention(reply or "")[:MAX_REPLY_CHARS].strip()  # the evidence it was answered by,
+            found = self.index.search(reply or last, 1) if not top else []  # else the question: where it is from
             if found and (subject := self.kb.subject(found[0].title)) is not None:
                 top = [Link(found[0].title, subject, 0, 0, 0, GUESSED)]
             if top:
