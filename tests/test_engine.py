@@ -145,6 +145,27 @@ def test_max_queue_0_means_no_waiting_not_always_busy():
 
 
 
+def test_a_batch_being_prefilled_is_counted_once_so_requests_that_fit_are_taken():
+    thread = EngineThread(tiny_model(), n_slots=4, max_queue=0)
+    add, placed, go = thread.engine.add, threading.Event(), threading.Event()
+
+    def slow_add(req):  # the first request of the batch is in its slot; the others wait to join
+        add(req)
+        placed.set()
+        assert go.wait(30)
+    thread.engine.add = slow_add
+    try:
+        thread.submit([Request([1, 2], 3) for _ in range(3)])
+        assert placed.wait(30) and thread.active == 1  # one placed, two still joining
+        thread.submit([Request([3], 3)])  # 3 held + 1 = the 4 slots: taken, not refused as busy
+        with pytest.raises(QueueFull):
+            thread.submit([Request([4], 3)])
+    finally:
+        go.set()
+        thread.stop()
+
+
+
 # ----- the compiled step as a GPU needs it
 
 GREEDY = SamplingParams(temperature=0)

@@ -271,6 +271,7 @@ def test_a_request_past_its_deadline_gets_a_504_or_an_error_event_in_its_stream(
     if out["status"] == 504:  # its deadline came before its first token (a busy machine): the same answer, unstreamed
         assert "time limit" in json.loads("".join(out["lines"]))["error"]["message"]
     else:
+        assert out["stream"], (out["status"], out["lines"][:3])  # e.g. a 429 body: it had room
         assert out["stream"][-1] == "data: [DONE]" and "time limit" in json.loads(out["stream"][-2][6:])["error"]["message"]
     settled(live)
 

@@ -250,7 +250,7 @@ class EngineThread:
         self.engine = Engine(model, n_slots, tok, compile)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
-        self.joining = 0  # taken from `waiting`, being prefilled into a slot
+        self.joining: list[Request] = []  # taken from `waiting`, being prefilled into a slot
         self.wake = threading.Condition()
         self.stopped = False
         self.progress: queue.SimpleQueue | None = None
@@ -282,12 +282,19 @@ class EngineThread:
     def submit(self, requests: list[Request]):
         """Queue requests together (all or none), or raise QueueFull."""
         with self.wake:
-            held = self.engine.active + self.joining + len(self.waiting)
+            held = len(self.waiting) + self.placed_or_joining()
             if held + len(requests) > self.capacity:
                 raise QueueFull(f"{held} requests are running or waiting (limit {self.engine.capacity} slots + "
                                 f"{self.max_queue} waiting)")
             self.waiting.extend(requests)
             self.wake.notify()
+
+    def placed_or_joining(self) -> int:
+        """Requests in a slot or being prefilled into one, each counted once: a joining request
+        takes its slot as its prefill begins, and counting both (the slots and the joining
+        count) refused requests that fit while a batch was joining (429 with slots free)."""
+        held = [*self.joining, *self.engine.by_slot.values()]  # copied at once (the engine thread changes them)
+        return len({id(r) for r in held if not r.finished and not r.cancelled})
 
     def cancel(self, req: Request):
         req.cancelled = True  # the engine thread drops it before its next step
@@ -324,7 +331,7 @@ class EngineThread:
                 joining = []
                 while self.waiting and len(joining) < self.engine.free_slots:
                     joining.append(self.waiting.popleft())
-                self.joining = len(joining)
+                self.joining = joining
             for req in joining:  # prefill newcomers; a failure fails that request alone
                 if req.cancelled:
                     continue
@@ -333,7 +340,7 @@ class EngineThread:
                 except Exception as e:
                     self.engine.release(req)
                     req.emit(req, None, f"error: {type(e).__name__}: {e}")
-            self.joining = 0  # in a slot now (or failed): counted by engine.active
+            self.joining = []  # in a slot now (or failed)
             try:
                 self.engine.step()
             except Exception as e:  # one batched forward: its failure fails the requests in it
