@@ -125,6 +125,7 @@ def main(argv):
     args = ap.parse_args(argv)
     chat = chat_model(args) if args.ckpt else None
     reader = Reader.open(args.data)
+    reader.remembered = {}  # dev is read several times below (folds, thresholds): each question ranked once
     if args.no_confidence:
         reader.confidence = None
     if args.confidence:

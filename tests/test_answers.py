@@ -15,7 +15,7 @@ from wikigpt.chat.chat_template import Message
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.analysis import _remembered, analyse_terms, query_terms, terms
 from wikigpt.knowledge.index_build import analyse
-from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, MAX_ACRONYMS, UNSETTLED, Item, Reader, names_an_element,
+from wikigpt.knowledge.evidence import (DEFAULT_THRESHOLD, MAX_ACRONYMS, UNSETTLED, Found, Item, Reader, names_an_element,
                                         stored_thresholds, unknown_name_asked)
 from wikigpt.knowledge.linking import MAX_GUESSED_WORDS
 from wikigpt.knowledge.replies import not_found, without_abstention
@@ -462,3 +462,26 @@ def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_mode
 def test_an_accepted_answer_is_held_whatever_its_digits_are_grouped_by():
     assert holds("Its area is 44579000 km².", ["44,579,000"]) and holds("It had 84,082 people.", ["84082"])
     assert holds("about 1 000 people", ["1000"]) and not holds("It had 84,082 people.", ["84"])  # a group is no number
+
+
+def test_a_remembered_ranking_is_the_same_evidence_judged_by_the_confidence_of_now(reader):
+    questions = [("Who wrote Salt Roads?", []), ("When was she born?", ["Who wrote Salt Roads?", "Mara Quill"])]
+    fresh = [reader.find(q, history=h) for q, h in questions]
+    reader.remembered = {}
+    try:
+        for (q, h), want in zip(questions, fresh):
+            first, again = reader.find(q, history=h), reader.find(q, history=h)
+            assert [i.text for i in first.items] == [i.text for i in again.items] == [i.text for i in want.items]
+        reader.confidence = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [-5.0])  # set after the ranking was kept
+        again = reader.find(questions[0][0])
+        assert again.confidence is not None and again.confidence < 0.01 and not again.answerable
+        assert len(reader.remembered) == 2
+    finally:
+        reader.remembered, reader.confidence = None, None
+
+
+def test_the_rarest_words_of_the_best_item_tie_alphabetically_not_by_the_run_s_hash_order(reader):
+    words = ["qzf", "qze", "qzd", "qzc", "qzb", "qza"]  # none in the corpus: one IDF, all tied
+    items = [Item("sentence", "T", " ".join(words) + ".")] + [Item("sentence", "T", f"{w} again.") for w in ("qza", "qzb", "qzf")]
+    features = reader.confidence_features(Found("What is it?", "en", [], items, [], 0.5))
+    assert features[CONFIDENCE_FEATURES.index("next five agree")] == 2 / 5  # qza, qzb, qzc: the same in every run

@@ -34,7 +34,6 @@ and records them all, on the thread that will step the engine.
 """
 import math
 import queue
-import sys
 import threading
 from collections import deque
 from contextlib import contextmanager
