@@ -24,7 +24,8 @@ from wikigpt.knowledge.grounding import fit_grounded, sources_of  # noqa: E402
 from wikigpt.knowledge.likelihood import (K, candidate_scores, conversation, likeliest, reply_scores,  # noqa: E402
                                           tie_broken)
 from wikigpt.knowledge.natural import (MAX_WRONG, NATURAL_QA, NaturalSet, choose_threshold, evaluate_reader,  # noqa: E402
-                                       format_natural, holds, load_natural, read_turns, scores_of)
+                                       format_natural, format_where, holds, load_natural, read_turns, scores_of,
+                                       where_answers)
 from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
 
 
@@ -118,6 +119,8 @@ def main(argv):
                          "model trained on all of dev and its threshold stored with the index")
     ap.add_argument("--no_confidence", action="store_true", help="judge the best score even if a confidence is stored")
     ap.add_argument("--threshold", type=float, default=None, help="read with this threshold instead of the index's")
+    ap.add_argument("--where", action="store_true", help="also where each answer is among the rules' candidates "
+                    "(first, top 8, any, the passages read): what ranking, candidates and retrieval could each win")
     ap.add_argument("--show", default="", help="print the questions with this verdict (right, wrong, missed, declined)")
     add_model_args(ap, ckpt=None, ckpt_help="also the chat model's pick among the rules' top --k candidates "
                    "(its likelihood of each as its reply, knowledge/likelihood.py)")
@@ -172,6 +175,10 @@ def main(argv):
         for row in report["rows"]:
             if row["verdict"] == args.show:
                 print(f"  [{row['kind']}] {row['question']!r} {row['score']:.2f} -> {row['reply'][:110]!r}")
+    if args.where:
+        saved, reader.ranker = reader.ranker, None
+        print(format_where(where_answers(reader, load_natural(args.split, args.natural))))
+        reader.ranker = saved
     if chat:
         print_likelihood(args, reader, *chat)
 

@@ -197,6 +197,35 @@ def format_natural(r: dict) -> str:
     return "\n".join(lines)
 
 
+WHERE = ("first", "top 8", "any candidate", "passages")
+
+
+def where_answers(reader: Reader, data: NaturalSet) -> dict:
+    """Where the reader holds each answer, by the rules alone (no threshold): its first candidate,
+    its top 8, any candidate, the passages it read. Per question, conversation opening and
+    follow-up turn: what better ranking (first vs top 8), candidates (vs passages) and retrieval
+    could each win."""
+    out = {}
+    for group, found, history, answers in read_turns(reader, data):
+        kind = "question" if group.startswith("q") else "follow-up" if history else "opening"
+        texts = [i.text for i in found.items]
+        held = [bool(texts) and holds(texts[0], answers), any(holds(t, answers) for t in texts[:8]),
+                any(holds(t, answers) for t in texts), any(holds(p.text, answers) for p in found.passages)]
+        counts = out.setdefault(kind, dict.fromkeys(("n",) + WHERE, 0))
+        counts["n"] += 1
+        for name, h in zip(WHERE, held):
+            counts[name] += h
+    return out
+
+
+def format_where(counts: dict) -> str:
+    lines = ["where the answer is (the rules' candidates, no threshold)",
+             f"  {'':10s} {'n':>4s}" + "".join(f" {w:>14s}" for w in WHERE)]
+    for kind, c in counts.items():
+        lines.append(f"  {kind:10s} {c['n']:4d}" + "".join(f" {c[w]:8d} ({c[w] / max(c['n'], 1):.2f})" for w in WHERE))
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------
 # Training the ranker (ranker.py) and choosing between it and the rules
 
