@@ -157,6 +157,7 @@ def test_a_batch_being_prefilled_is_counted_once_so_requests_that_fit_are_taken(
     try:
         thread.submit([Request([1, 2], 3) for _ in range(3)])
         assert placed.wait(30) and thread.active == 1  # one placed, two still joining
+        assert thread.queue_depth == 2  # what /health says is queued: they wait for their slot too
         thread.submit([Request([3], 3)])  # 3 held + 1 = the 4 slots: taken, not refused as busy
         with pytest.raises(QueueFull):
             thread.submit([Request([4], 3)])

@@ -7,6 +7,7 @@ import sys
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -17,6 +18,8 @@ from test_engine import tiny_model
 from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import EngineThread, Request, generate
 from wikigpt.decoding.sampling import SamplingParams
+from wikigpt.server.checks import Settings
+from wikigpt.server.generation import Server
 
 REPLIES = {"你好": "你好！很高兴见到你。", "Hello": "Hello! How are you today?",
            "What is a river?": "A river is a stream of water.", "谢谢": "不客气。"}
@@ -205,7 +208,16 @@ BAD = [
     ("stream", ask("hi", stream="yes"), 400, "'stream' must be true or false"),
     ("too long", ask("word " * 400), 400, "only 127 fit in the context"),
     ("oversized body", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413, "over the limit"),
+    ("logprobs", ask("hi", logprobs=True, top_logprobs=2), 400, "does not support token log-probabilities"),
+    ("tools", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "does not support tool calls"),
+    ("json output", ask("hi", response_format={"type": "json_object"}), 400, "does not support structured output"),
 ]
+
+
+def test_the_max_tokens_limit_bounds_a_request_that_leaves_max_tokens_out():
+    limited = SimpleNamespace(settings=Settings(max_tokens_limit=16))
+    assert Server.max_tokens(limited, {}) == 16 and Server.max_tokens(limited, {"max_tokens": 9}) == 9
+    assert Server.max_tokens(SimpleNamespace(settings=Settings()), {}) == Settings.default_max_tokens
 
 
 

@@ -276,6 +276,19 @@ def test_a_request_past_its_deadline_gets_a_504_or_an_error_event_in_its_stream(
     settled(live)
 
 
+def test_a_client_that_leaves_mid_upload_is_no_server_error(live):
+    host, port = live.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n\r\n{\"messages\": [".encode())  # ... and leaves
+        time.sleep(0.3)  # the route is reading the body
+    time.sleep(0.5)
+    metrics = httpx.get(live.url + "/metrics", timeout=5).text
+    assert 'status="499"' in metrics  # counted as what it is, a client that left ...
+    assert 'status="500"' not in metrics and "Traceback" not in live.log()  # ... not logged or counted as a crash
+    settled(live)
+
+
 def test_a_connection_that_never_finishes_its_headers_is_closed(live):
     host, port = live.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as sock:

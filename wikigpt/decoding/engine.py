@@ -267,7 +267,9 @@ class EngineThread:
 
     @property
     def queue_depth(self) -> int:
-        return len(self.waiting)
+        """Requests waiting for a slot: queued, or taken to join but not yet in their slot."""
+        joining = [r for r in self.joining if r.slot is None and not r.cancelled]
+        return len(self.waiting) + len(joining)
 
     @property
     def active(self) -> int:

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from wikigpt.knowledge.grounding import listed
-from wikigpt.server.checks import ApiError, internal_error, read_body
+from wikigpt.server.checks import ApiError, internal_error, read_body, refuse_unsupported
 from wikigpt.server.generation import Server
 from wikigpt.server.replies import json_reply, reply_head, sse_reply
 
@@ -114,6 +114,7 @@ async def complete(server: Server, request, chat: bool):
     from fastapi.responses import JSONResponse, Response
 
     body = await read_body(request, server.settings)
+    refuse_unsupported(body)
     found, sources = None, []
     if chat:
         prompt, found, sources = await server.off_loop(server.chat_prompt, body, server.max_tokens(body))

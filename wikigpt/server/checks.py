@@ -207,6 +207,7 @@ async def read_body(request, settings: Settings) -> dict:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
+    from starlette.requests import ClientDisconnect
     raw = bytearray()
     try:
         async with asyncio.timeout(settings.body_timeout_s):
@@ -216,7 +217,27 @@ async def read_body(request, settings: Settings) -> dict:
                     raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
+    except ClientDisconnect:  # the client left mid-upload (or broke its chunked body): no server error
+        raise ApiError(499, "the client closed the connection before its request body arrived")
     return parse_body(raw)
+
+
+# fields of OpenAI's API that would change what a reply means; a client that sends them gets a
+# 400 instead of a reply without them (a harness reading logprobs would score nothing)
+UNSUPPORTED = {"logprobs": "token log-probabilities", "top_logprobs": "token log-probabilities",
+               "echo": "echoing the prompt", "suffix": "text after the completion (fill-in)",
+               "tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls",
+               "function_call": "function calls", "response_format": "structured output"}
+
+
+def refuse_unsupported(body: dict):
+    for name, what in UNSUPPORTED.items():
+        value = body.get(name)
+        if name == "response_format" and isinstance(value, dict) and value.get("type") == "text":
+            continue  # plain text is what every reply is
+        if value not in (None, False, 0, "", [], {}):
+            raise ApiError(400, f"this server does not support {what} ('{name}'): leave it out", name,
+                           "unsupported_parameter")
 
 
 def parse_body(raw: bytes) -> dict:
