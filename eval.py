@@ -223,6 +223,24 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def replaceable(path: Path, looks_made: bool, inputs: list, option: str):
+    """An output path that is none of the inputs, and, if a file is there, one this command
+    made before (looks_made): a typo in --out never replaces a checkpoint or a README."""
+    if any(path.resolve() == Path(i).resolve() for i in inputs):
+        raise UsageError(f"{option} {path} is one of the inputs: choose another {option}.")
+    if path.is_file() and not looks_made:
+        raise UsageError(f"{option} {path} exists and is not one eval.py wrote: choose another {option} "
+                         "(or move that file away).")
+
+
+def earlier_report(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text.startswith("# Evaluation report") if path.suffix == ".md" else "checkpoints" in json.loads(text)
+    except (OSError, ValueError, TypeError):  # unreadable, not UTF-8, not JSON, not an object
+        return False
+
+
 def write_report(report: dict, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")  # each file whole, even after a crash
@@ -382,7 +400,9 @@ def plot_main(argv):
     p.add_argument("runs", nargs="+", help=f"run folders (with {METRICS}) or metrics files")
     p.add_argument("--out", default="loss.png", help="the PNG to write")
     args = p.parse_args(argv)
-    output_file(args.out, "--out")  # a link, pipe or device at --out: refused, not replaced by the PNG
+    out = output_file(args.out, "--out")  # a link, pipe or device at --out: refused, not replaced by the PNG
+    metrics = [run / METRICS if run.is_dir() else run for run in map(Path, args.runs)]
+    replaceable(out, out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", metrics, "--out")
     runs = []
     for run in map(Path, args.runs):
         path = run / METRICS if run.is_dir() else run
@@ -422,7 +442,11 @@ def main(argv):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     out = output_file(args.out, "--out")  # before minutes of evaluation
-    output_file(out.with_suffix(".md"), "--out (report.md beside it)")
+    if out.suffix.lower() == ".md":
+        raise UsageError(f"--out {out}: give the .json path; the .md report is written beside it.")
+    for path, option in ((out, "--out"), (output_file(out.with_suffix(".md"), "--out (report.md beside it)"),
+                                          "--out (its .md beside it)")):
+        replaceable(path, earlier_report(path), args.ckpt + [args.data] * bool(args.data), option)
     t0 = time.time()
     report = run_eval(args)
     write_report(report, out)

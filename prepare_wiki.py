@@ -40,6 +40,7 @@ import numpy as np
 from wikigpt.prep.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
                           open_articles_for_writing, read_articles)
 from wikigpt.run.durable import fsync_path, replace_durably
+from wikigpt.cli import path_error
 from wikigpt.run.output_paths import output_path_problem
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
@@ -411,6 +412,11 @@ def main(argv=None):
     except WorkerLost as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # a read-only or full disk: what was published before is intact (workdir.py)
+        if (message := path_error(e)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: progress is saved in {Path(args.out).parent}/.{Path(args.out).name}"
               ".partial; run the same command again to continue.", file=sys.stderr)

@@ -279,6 +279,41 @@ def test_output_file_refuses_links_pipes_devices_and_a_file_above(tmp_path):
     assert output_file(tmp_path / "new" / "r.json", "--out").parent.is_dir()  # its folder is made
 
 
+def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path):
+    from eval import main as eval_main
+    from wikigpt.cli import UsageError
+
+    ckpt, notes, metrics = tmp_path / "best.pt", tmp_path / "README.md", tmp_path / "metrics.jsonl"
+    for path, text in ((ckpt, "weights"), (notes, "# my notes"), (metrics, '{"step": 1}\n')):
+        path.write_text(text)
+    cases = {("--out", str(ckpt)): "is one of the inputs", ("--out", str(tmp_path / "r.md")): "give the .json path",
+             ("--out", str(tmp_path / "README.json")): "README.md exists and is not one eval.py wrote"}
+    for out, message in cases.items():
+        with pytest.raises(UsageError, match=message):
+            eval_main(["--ckpt", str(ckpt), *out])
+    with pytest.raises(UsageError, match="is one of the inputs"):
+        eval_main(["plot", str(tmp_path), "--out", str(metrics)])
+    assert [p.read_text() for p in (ckpt, notes, metrics)] == ["weights", "# my notes", '{"step": 1}\n']
+
+
+def test_a_read_only_folder_or_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(capsys):
+    import errno
+    from wikigpt.cli import run_main
+
+    def full_disk(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/last.pt")
+    with pytest.raises(SystemExit) as stop:
+        run_main(full_disk)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: No space left on device: /runs/x/last.pt. Check the path, its "
+                                       "permissions and the free space.\n")
+
+    def reset(argv):
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    with pytest.raises(ConnectionResetError):  # a socket, or a bug: not a user's path
+        run_main(reset)
+
+
 def bounded_cli(*args):
     """A real run that must end: a command opening a named pipe would wait for a writer forever."""
     try:

@@ -131,6 +131,15 @@ def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path)
 
 # ----- grounded rows: the same rendering at training and at chat time
 
+def test_an_index_info_file_cut_short_says_rebuild_in_one_line(rag_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(rag_data, data)
+    info = data / "index" / "wikigpt_index.json"
+    info.write_text(info.read_text()[:40])  # a hand edit gone wrong, or a copy cut short
+    r = run_cli("retrieve.py", "--data", data, "What is a river?")
+    assert r.returncode == 2 and "is not valid JSON" in r.stderr and "--build" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_grounded_rows_render_passages_exactly_as_chat_time_and_mask_only_the_answer(rag_data):
     tok = load_dataset(rag_data).tokenizer
     index, block = Index.open(rag_data), 256

@@ -16,6 +16,7 @@ progress bar fit for logs. The options of the commands that run a checkpoint (--
         run_main(main)
 """
 import difflib
+import errno
 import os
 import sys
 import tomllib
@@ -70,7 +71,23 @@ def output_file(path, option: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # no permission, a read-only disk: said before the work, not after
         raise UsageError(f"{option} {path}: its folder cannot be made ({e.strerror}): choose another {option}.")
+    if not os.access(path.parent, os.W_OK):  # an existing folder we may not write (or a read-only disk)
+        raise UsageError(f"{option} {path}: its folder {path.parent} cannot be written: choose another {option}.")
     return path
+
+
+# what a path or a disk says back (not a bug of ours): one line, not a traceback
+PATH_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+               errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}
+
+
+def path_error(e: OSError) -> str | None:
+    """The line a command prints for a read-only folder, a full disk or a file where a folder
+    should be; None for other OS errors (a socket, a bug), whose traceback is worth seeing."""
+    if e.errno not in PATH_ERRORS:
+        return None
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}. Check the path, its permissions and the free space."
 
 
 def run_main(main_fn):
@@ -97,6 +114,12 @@ def run_main(main_fn):
             raise  # another pipe or socket broke: that is an error to see
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would fail again
         sys.exit(141)  # what a shell reports for a pipe's writer it stopped: 128 + SIGPIPE
+    except OSError as e:  # a read-only folder, a full disk, a file where a folder should be
+        if (message := path_error(e)) is None:
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------

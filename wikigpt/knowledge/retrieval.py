@@ -78,7 +78,12 @@ def _check(folder: Path) -> dict:
         next(read_articles(folder))  # raises the "no kept articles, rebuild" error
     if not (path / INFO).is_file():
         raise DatasetError(f"{folder} has no retrieval index yet. Build it: {build}")
-    info = json.loads((path / INFO).read_text())
+    try:
+        info = json.loads((path / INFO).read_text(encoding="utf-8"))
+    except ValueError as e:  # cut short, or edited by hand (a threshold, say)
+        raise DatasetError(f"{path / INFO} is not valid JSON ({e}). Rebuild the index: {build}")
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path / INFO} is not the index's info (a JSON object). Rebuild the index: {build}")
     if info.get("version") != INDEX_VERSION:
         raise DatasetError(f"{path} is an index of format {info.get('version')} (1: bm25s, in memory); this "
                            f"code reads format {INDEX_VERSION} (tantivy, served from disk). Rebuild it: {build}")
