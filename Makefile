@@ -40,10 +40,10 @@ demo-steps:
 	$(PY) bench/bench_answers.py --data $(DEMO_DATA) --confidence
 	$(PY) retrieve.py --data $(DEMO_DATA) --k 1 "What is the capital of Andorra?"
 	@echo "== 2/6 pretrain Wiki-GPT on CPU ($(DEMO_OUT)/demo), then a sample"
-	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo $(PRETRAIN_ARGS)
+	$(PY) train.py config/demo_cpu.toml --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/demo --overwrite=true $(PRETRAIN_ARGS)
 	$(PY) sample.py --ckpt $(DEMO_OUT)/demo/best.pt --prompt "Aristotle was" --max_new_tokens 60 --seed 1
 	@echo "== 3/6 chat fine-tuning: built-in dialogues + questions answered from Wikipedia passages ($(DEMO_OUT)/chat)"
-	$(PY) chat_sft.py config/sft_demo.toml --init_from=$(DEMO_OUT)/demo/best.pt --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/chat $(SFT_ARGS)
+	$(PY) chat_sft.py config/sft_demo.toml --init_from=$(DEMO_OUT)/demo/best.pt --data=$(DEMO_DATA) --out_dir=$(DEMO_OUT)/chat --overwrite=true $(SFT_ARGS)
 	@echo "== 4/6 a scripted chat"
 	$(PY) chat.py --ckpt $(DEMO_OUT)/chat/best.pt --seed 0 < config/demo_questions.txt
 	@echo "== 5/6 Wikipedia questions (a lead, a fact, a section, one the articles cannot answer), answered from the evidence found, with its sources"

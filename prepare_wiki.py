@@ -40,8 +40,7 @@ import numpy as np
 from wikigpt.prep.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
                           open_articles_for_writing, read_articles)
 from wikigpt.run.durable import fsync_path, replace_durably
-from wikigpt.cli import path_error
-from wikigpt.run.output_paths import output_path_problem
+from wikigpt.run.output_paths import output_path_problem, path_error
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message

@@ -83,7 +83,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                                                          cfg.log_interval):
                 done, stop_reason = True, f"max_time {cfg.max_time:.0f}s reached"
             if (run.step % cfg.eval_interval == 0 and not (start.resume and run.step == log.first_step)) or done:
-                check_finite(log, checkpoints.last_path, cfg)  # never checkpoint weights a diverged step wrote
+                check_finite(log, last_path(cfg), cfg)  # never checkpoint weights a diverged step wrote
                 with log.evaluating():
                     improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
                     first_val = first_val or run.val
@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 log(f"host syncs in step {run.step + 1}: {syncs.stop()}")
             run.step += 1
             if run.step % cfg.log_interval == 0:  # ---- log (reading the loss is a host sync: only here)
-                check_finite(log, checkpoints.last_path, cfg)
+                check_finite(log, last_path(cfg), cfg)
             log.train_step(run.step, stop_at, cfg.lr * lr_mult)
         with log.saving():
             saver.wait()  # the last write, whole, before the run says it is done
@@ -164,6 +164,9 @@ def resolve_resume(cfg: TrainConfig) -> bool:
         from wikigpt.run import fsdp
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
+    from wikigpt.run.output_paths import run_replaced
+    if cfg.resume == "false" and (problem := run_replaced(cfg.out_dir, cfg.init_from, cfg.overwrite)):
+        raise UsageError(problem)
     return cfg.resume == "true"
 
 
@@ -296,20 +299,16 @@ class Checkpoints:
     lora: dict | None
     dist: Dist
 
-    @property
-    def last_path(self) -> Path:
-        return last_path(self.cfg)
-
     def last(self, run: Progress) -> list[tuple[Path, dict]]:
         resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
         if self.cfg.shard != "fsdp":
-            return [(self.last_path, self.checkpoint(run, self.weights(), optimizer=[o.state_dict() for o in self.optimizers],
-                                                     **resume_state))]
+            optimizer = [o.state_dict() for o in self.optimizers]
+            return [(last_path(self.cfg), self.checkpoint(run, self.weights(), optimizer=optimizer, **resume_state))]
         if run.step > 0:  # at step 0 there is nothing to resume, and DCP would give the optimizers a fake step
             from wikigpt.run import fsdp
             state = self.checkpoint(run, None, **resume_state)
             del state["model"]
-            fsdp.save(self.last_path, self.model, self.optimizers, state, self.dist.master)
+            fsdp.save(last_path(self.cfg), self.model, self.optimizers, state, self.dist.master)
         return []
 
     def best(self, run: Progress) -> list[tuple[Path, dict]]:

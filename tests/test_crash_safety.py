@@ -271,3 +271,16 @@ def test_resume_auto_never_restarts_from_0_beside_the_other_kind_of_checkpoint(t
     save_checkpoint(tmp_path / "last.pt", {"version": 1})
     with pytest.raises(UsageError, match=r"last.pt.*without --shard=fsdp"):
         train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto", shard="fsdp"))
+
+
+def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_from(tmp_path):
+    resolve_resume = train.resolve_resume
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"trained")  # a finished run; the same command typed again
+    with pytest.raises(UsageError, match=r"holds a run already \(best.pt\): --resume=true .* --overwrite=true"):
+        resolve_resume(TrainConfig(out_dir=str(out)))
+    assert resolve_resume(TrainConfig(out_dir=str(out), overwrite=True)) is False  # said on purpose: a new run
+    with pytest.raises(UsageError, match="this run's first checkpoint would replace it"):  # LoRA on out/best.pt into out
+        resolve_resume(TrainConfig(out_dir=str(out), init_from=str(out / "best.pt"), overwrite=True))
+    assert (out / "best.pt").read_bytes() == b"trained"

@@ -16,7 +16,6 @@ progress bar fit for logs. The options of the commands that run a checkpoint (--
         run_main(main)
 """
 import difflib
-import errno
 import os
 import sys
 import tomllib
@@ -24,7 +23,7 @@ from dataclasses import field, fields
 from pathlib import Path
 
 from wikigpt.prep.data import DatasetError
-from wikigpt.run.output_paths import output_path_problem, stdout_reader_left
+from wikigpt.run.output_paths import output_path_problem, path_error, stdout_reader_left
 from wikigpt.tokenizer import TokenizerError
 
 
@@ -76,20 +75,6 @@ def output_file(path, option: str) -> Path:
     return path
 
 
-# what a path or a disk says back (not a bug of ours): one line, not a traceback
-PATH_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-               errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}
-
-
-def path_error(e: OSError) -> str | None:
-    """The line a command prints for a read-only folder, a full disk or a file where a folder
-    should be; None for other OS errors (a socket, a bug), whose traceback is worth seeing."""
-    if e.errno not in PATH_ERRORS:
-        return None
-    where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or e}{where}. Check the path, its permissions and the free space."
-
-
 def run_main(main_fn):
     """Run a script's main: user mistakes become one clear line and exit code 2."""
     import torch.distributed as torch_dist  # lazily: the server and tools need no process group
@@ -102,10 +87,6 @@ def run_main(main_fn):
             torch_dist.destroy_process_group()
     # On the error paths the process group is left to the exit: with a peer gone (a killed
     # worker), destroying it can block forever, and torchrun could then never restart the group.
-    except (UsageError, DatasetError, TokenizerError) as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process hits it: say it once
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
         sys.exit(130)
@@ -114,11 +95,12 @@ def run_main(main_fn):
             raise  # another pipe or socket broke: that is an error to see
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would fail again
         sys.exit(141)  # what a shell reports for a pipe's writer it stopped: 128 + SIGPIPE
-    except OSError as e:  # a read-only folder, a full disk, a file where a folder should be
-        if (message := path_error(e)) is None:
-            raise
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {message}", file=sys.stderr)
+    # a read-only folder, a full disk, a file where a folder should be: one line too (output_paths.path_error)
+    except (UsageError, DatasetError, TokenizerError, OSError) as e:
+        if isinstance(e, OSError) and path_error(e) is None:
+            raise  # a socket, or a bug: its traceback is worth seeing
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process hits it: say it once
+            print(f"error: {path_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -17,6 +17,7 @@ class TrainConfig:
     init_from: str = opt("", "start from this checkpoint's weights (fine-tuning)")
     resume: str = opt("false", "true: continue out_dir/last.pt exactly where it stopped; auto: continue it "
                                 "if it exists, else start (for torchrun --max_restarts); false")
+    overwrite: bool = opt(False, "start a new run in an out_dir that holds one, replacing its checkpoints")
     # model (ignored when init_from or resume gives a model)
     arch: str = opt("modern", "gpt2 | modern (see model.py)")
     mlp: str = opt("auto", "auto (the preset's: gelu for gpt2, swiglu for modern) | gelu | relu2 | swiglu")

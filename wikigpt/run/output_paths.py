@@ -9,6 +9,7 @@ a plain file. All refused, as is a path under a file, whose folder can never be 
     if problem := output_path_problem(path, "--out"):
         raise UsageError(problem)
 """
+import errno
 import os
 import select
 import stat
@@ -67,3 +68,34 @@ def stdout_reader_left() -> bool:
         return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll on this system, or stdout is no file
         return False
+
+
+# what a path or a disk says back (not a bug of ours): one line, not a traceback (cli.run_main)
+PATH_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+               errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}
+
+
+def path_error(e: OSError) -> str | None:
+    """The line a command prints for a read-only folder, a full disk or a file where a folder
+    should be; None for other OS errors (a socket, a bug), whose traceback is worth seeing."""
+    if e.errno not in PATH_ERRORS:
+        return None
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}. Check the path, its permissions and the free space."
+
+
+RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
+
+
+def run_replaced(out_dir, init_from: str, overwrite: bool) -> str | None:
+    """Why a new training run may not start in out_dir: its first save would replace a run's
+    checkpoints (a trained model lost to a command run twice: refused unless overwrite), or the
+    weights it starts from (init_from there, always: LoRA adapters could never find their base)."""
+    out, init = Path(out_dir), Path(init_from) if init_from else None
+    if init is not None and init.name in RUN_FILES and init.resolve().parent == out.resolve():
+        return f"init_from {init} is in out_dir {out}: this run's first checkpoint would replace it. Give another --out_dir."
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "
+                "starts a new one in its place (its checkpoints replaced), or give another --out_dir.")
+    return None
