@@ -165,7 +165,7 @@ def resolve_resume(cfg: TrainConfig) -> bool:
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
     from wikigpt.run.output_paths import run_replaced
-    if cfg.resume == "false" and (problem := run_replaced(cfg.out_dir, cfg.init_from, cfg.overwrite)):
+    if cfg.resume == "false" and (problem := run_replaced(cfg)):  # a new run: never over another's
         raise UsageError(problem)
     return cfg.resume == "true"
 

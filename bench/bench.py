@@ -57,7 +57,7 @@ def dataset(tokenizer: str, name: str):
 def run(cfg: TrainConfig, ds, quiet=True) -> dict:
     """One run of train.py, as a user runs it; its output is kept out of the table. Returns the
     run's summary (train.py writes it to out_dir/summary.json)."""
-    args = [f"--{k}={v}" for k, v in asdict(cfg).items()]
+    args = [f"--{k}={v}" for k, v in asdict(replace(cfg, overwrite=True)).items()]  # the bench's own runs, each in place of the last
     r = subprocess.run([sys.executable, ROOT / "train.py", *args], capture_output=quiet, text=True)
     if r.returncode:
         sys.exit(f"train.py failed:\n{(r.stderr or '')[-2000:]}")
@@ -309,7 +309,7 @@ def lora_rows(args) -> list:
         out = f"out/bench_sft_{'lora' if extra else 'full'}"
         r = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb %M", sys.executable, "chat_sft.py", "config/sft_demo.toml",
                             f"--init_from={base_ckpt}", f"--out_dir={out}", f"--max_steps={args.sft_steps}",
-                            f"--eval_interval={args.sft_steps}", "--max_time=0", *extra],
+                            f"--eval_interval={args.sft_steps}", "--max_time=0", "--overwrite=true", *extra],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(r.stderr[-2000:])
@@ -341,7 +341,7 @@ def timed_phase(script: str, args: list, budget: float, out: Path) -> Path:
     """One run of `script` for `budget` seconds, its LR schedule sized to the steps a probe run
     measured it can afford (as budget_run does); returns its last checkpoint."""
     def go(where: Path, *more):
-        r = subprocess.run([sys.executable, ROOT / script, *args, f"--out_dir={where}", *more],
+        r = subprocess.run([sys.executable, ROOT / script, *args, f"--out_dir={where}", "--overwrite=true", *more],
                            capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{script} failed:\n{r.stderr[-2000:]}")

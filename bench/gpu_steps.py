@@ -139,7 +139,7 @@ def attention_kernel(model: GPT, x) -> str:
 def train_run(work: Path, name: str, dtype: str, *extra) -> tuple[dict, str]:
     out = work / name
     shape = ["config/gpt2_124m.toml", "--batch_size=8", "--grad_accum=1"] if CUDA else ["config/demo_cpu.toml"]
-    r = command("train.py", *shape, f"--data={work / 'data'}", f"--out_dir={out}", "--max_steps=20",
+    r = command("train.py", *shape, f"--data={work / 'data'}", f"--out_dir={out}", "--overwrite=true", "--max_steps=20",
                 "--eval_interval=20", "--eval_tokens=16384", "--log_interval=5", "--warmup_steps=5",
                 f"--dtype={dtype}", "--total_batch_tokens=0", *extra)
     return json.loads((out / SUMMARY).read_text()), r.stdout + r.stderr
@@ -194,7 +194,7 @@ def sft_checkpoint(work: Path) -> Path:
     if not (out / "best.pt").is_file():
         base = next(p for p in (work / "train_bfloat16" / "best.pt", work / "train_float32" / "best.pt") if p.is_file())
         command("chat_sft.py", "config/sft_demo.toml", f"--init_from={base}", f"--data={work / 'data'}",
-                f"--out_dir={out}", "--max_steps=4", "--eval_interval=4", "--grounded_qa=0", "--eot_check=0")
+                f"--out_dir={out}", "--overwrite=true", "--max_steps=4", "--eval_interval=4", "--grounded_qa=0", "--eot_check=0")
     return out / "best.pt"
 
 

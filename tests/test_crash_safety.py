@@ -283,4 +283,7 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
     assert resolve_resume(TrainConfig(out_dir=str(out), overwrite=True)) is False  # said on purpose: a new run
     with pytest.raises(UsageError, match="this run's first checkpoint would replace it"):  # LoRA on out/best.pt into out
         resolve_resume(TrainConfig(out_dir=str(out), init_from=str(out / "best.pt"), overwrite=True))
+    with pytest.raises(UsageError, match="teacher .* is in out_dir"):  # distilling a model into its own folder
+        resolve_resume(TrainConfig(out_dir=str(out), init_from=str(tmp_path / "small.pt"), teacher=str(out / "best.pt"),
+                                   overwrite=True))
     assert (out / "best.pt").read_bytes() == b"trained"

@@ -4,7 +4,9 @@ What may not stand at an output path: checked before a command's work, never by 
 Every output is written beside its path and renamed over it (durable.py), so a symbolic link
 there would be replaced by a plain file, not written through (and, followed by --overwrite,
 could have its target deleted), and a named pipe or a device (/dev/null, as root) replaced by
-a plain file. All refused, as is a path under a file, whose folder can never be made.
+a plain file. All refused, as is a path under a file, whose folder can never be made. Also here:
+the one line a command prints for a read-only or full disk (path_error), and why a new training
+run may not start in an out_dir (run_replaced).
 
     if problem := output_path_problem(path, "--out"):
         raise UsageError(problem)
@@ -87,15 +89,18 @@ def path_error(e: OSError) -> str | None:
 RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
-def run_replaced(out_dir, init_from: str, overwrite: bool) -> str | None:
-    """Why a new training run may not start in out_dir: its first save would replace a run's
-    checkpoints (a trained model lost to a command run twice: refused unless overwrite), or the
-    weights it starts from (init_from there, always: LoRA adapters could never find their base)."""
-    out, init = Path(out_dir), Path(init_from) if init_from else None
-    if init is not None and init.name in RUN_FILES and init.resolve().parent == out.resolve():
-        return f"init_from {init} is in out_dir {out}: this run's first checkpoint would replace it. Give another --out_dir."
+def run_replaced(cfg) -> str | None:
+    """Why a new training run (a TrainConfig) may not start in its out_dir: its first save would
+    replace a run's checkpoints (a trained model lost to a command run twice: refused unless
+    overwrite), or a checkpoint it reads (init_from, teacher; always: LoRA adapters could never
+    find their base again)."""
+    out = Path(cfg.out_dir)
+    for option, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)):
+        path = Path(value) if value else None
+        if path is not None and path.name in RUN_FILES and path.resolve().parent == out.resolve():
+            return f"{option} {path} is in out_dir {out}: this run's first checkpoint would replace it. Give another --out_dir."
     held = [name for name in RUN_FILES if (out / name).exists()]
-    if held and not overwrite:
+    if held and not cfg.overwrite:
         return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "
                 "starts a new one in its place (its checkpoints replaced), or give another --out_dir.")
     return None
