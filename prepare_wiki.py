@@ -347,6 +347,9 @@ def prepare(args) -> Path:
     check_options(args)
     source = resolve_source(args)
     files = source_files(source)
+    if out.exists() and any(f.resolve().is_relative_to(out.resolve()) for f in files):
+        raise WikiError(f"the source {source} is inside --out {out}, which a new dataset replaces: move it "
+                        "out first, or choose another --out. (Nothing was changed.)")
     print(f"source: {source} ({len(files)} file(s)); workers: {args.workers}")
     out.parent.mkdir(parents=True, exist_ok=True)
     work, state = open_work(out, files, args)

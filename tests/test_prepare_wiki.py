@@ -261,6 +261,15 @@ def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
         build(small_dump, run, "--overwrite")
     assert e.value.code == 2 and "not a dataset folder" in capsys.readouterr().err
     assert (run / "best.pt").read_bytes() == b"weights" and sorted(p.name for p in run.parent.iterdir()) == ["chat"]
+    mine = tmp_path / "mine"  # a dataset it made, with the user's own files put in it since
+    build(small_dump, mine)
+    (mine / "my_questions.jsonl").write_text("hand-written")
+    (mine / "run1").mkdir()
+    (mine / "run1" / "best.pt").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as e:
+        build(small_dump, mine, "--overwrite")
+    assert e.value.code == 2 and "my_questions.jsonl, run1, which prepare_wiki.py did not make" in capsys.readouterr().err
+    assert (mine / "my_questions.jsonl").read_text() == "hand-written" and (mine / "run1" / "best.pt").is_file()
     half = tmp_path / "half"  # a dataset whose meta.json was lost: --overwrite rebuilds it, as data.py advises
     build(small_dump, half)
     (half / "meta.json").unlink()

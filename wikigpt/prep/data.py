@@ -123,9 +123,9 @@ def not_replaceable(folder: Path) -> str | None:
     if holds_a_run(folder):
         return "holds a training run (checkpoints)"
     meta = _json_or_empty(folder / "meta.json")
-    if not names or meta.get("made_by") == MADE_BY:
-        return None
     foreign = [n for n in names if not DATASET_NAMES.fullmatch(n)]
+    if not names or (meta.get("made_by") == MADE_BY and not foreign):  # a file put in a dataset it made: kept
+        return None
     if not foreign and ({"format_version", "shards", "tokenizer"} <= meta.keys() or "progress.json" in names
                         or any(_is_shard(folder / n) for n in names if n.endswith(".bin") and (folder / n).is_file())):
         return None
@@ -134,7 +134,7 @@ def not_replaceable(folder: Path) -> str | None:
     if any(MODEL_FILES.fullmatch(n) for n in names):
         return f"holds {shown} (a model export, it seems)"
     if foreign:
-        return f"holds {shown}, which no dataset holds"
+        return f"holds {shown}, which prepare_wiki.py did not make (move them out first)"
     return f"holds {shown} but no meta.json or shard of a dataset"
 
 
