@@ -408,9 +408,13 @@ def plot_main(argv):
         path = run / METRICS if run.is_dir() else run
         if not path.is_file():
             raise UsageError(f"{run}: no {METRICS} there. Give the out_dir of a train.py or chat_sft.py run.")
-        rows = read_metrics(path)
+        try:
+            rows = [r for r in read_metrics(path) if isinstance(r, dict) and "step" in r]
+        except UnicodeDecodeError:  # a checkpoint or a picture given as a run
+            rows = []
         if not rows:
-            raise UsageError(f"{path} holds no metrics yet: the run logged nothing.")
+            raise UsageError(f"{path} holds no metrics: give a run's out_dir or its {METRICS} (the run may have "
+                             "logged nothing yet).")
         runs.append((run.name if run.is_dir() else run.parent.name, rows))
     print(f"wrote {plot_runs(runs, args.out)} ({len(runs)} runs)")
 

@@ -293,6 +293,9 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
             eval_main(["--ckpt", str(ckpt), *out])
     with pytest.raises(UsageError, match="is one of the inputs"):
         eval_main(["plot", str(tmp_path), "--out", str(metrics)])
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04\xff\xfe")  # a checkpoint given as a run: no metrics
+    with pytest.raises(UsageError, match="holds no metrics: give a run's out_dir"):
+        eval_main(["plot", str(tmp_path / "model.pt"), "--out", str(tmp_path / "loss.png")])
     assert [p.read_text() for p in (ckpt, notes, metrics)] == ["weights", "# my notes", '{"step": 1}\n']
 
 
