@@ -119,6 +119,21 @@ def test_a_killed_index_build_resumes_where_it_stopped_and_gives_the_same_answer
         assert [(p.title, p.text) for p in resumed.search(q, 3)] == [(p.title, p.text) for p in whole.search(q, 3)]
 
 
+def test_a_crash_as_a_rebuilt_index_is_swapped_in_leaves_the_old_one_and_its_thresholds(rag_data, tmp_path, monkeypatch):
+    import wikigpt.prep.workdir as workdir
+    data = tmp_path / "data"
+    shutil.copytree(rag_data, data)
+    before = Index.open(data).info
+
+    def crash(*args):
+        raise KeyboardInterrupt  # the process killed as the new index goes in
+    monkeypatch.setattr(workdir, "_exchange", crash)  # the swap (Linux)
+    monkeypatch.setattr("wikigpt.knowledge.index_build.replace_durably", crash, raising=False)  # delete-then-rename
+    with pytest.raises(KeyboardInterrupt):
+        build_index(data, quiet=True)
+    assert Index.open(data).info == before  # the old index, whole, its stored threshold with it
+
+
 def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(rag_data, old)

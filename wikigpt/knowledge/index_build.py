@@ -45,7 +45,8 @@ import tantivy
 from wikigpt.cli import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
-from wikigpt.run.durable import fsync_tree, replace_durably, write_text
+from wikigpt.prep.workdir import publish
+from wikigpt.run.durable import fsync_tree, write_text
 
 INDEX_DIR = "index"
 INDEX_VERSION = 2  # 1: bm25s
@@ -327,8 +328,7 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_ever
     (tmp / PROGRESS).unlink()
     (tmp / INFO).write_text(json.dumps(info, indent=2))  # last: Index.open looks for it
     fsync_tree(tmp)  # the new index on disk before the old one goes
-    shutil.rmtree(final, ignore_errors=True)
-    replace_durably(tmp, final)
+    publish(tmp, final)  # swapped in one step: a crash leaves the old index or the new, never none
     return info
 
 
