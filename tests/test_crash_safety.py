@@ -287,3 +287,18 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
         resolve_resume(TrainConfig(out_dir=str(out), init_from=str(tmp_path / "small.pt"), teacher=str(out / "best.pt"),
                                    overwrite=True))
     assert (out / "best.pt").read_bytes() == b"trained"
+
+
+def test_two_writers_of_one_path_each_finish_whole(tmp_path):
+    """Two processes saving one file at once (two eval runs' report.json): each writes its own
+    temporary file, both saves succeed, and the file is one of them whole (it was one shared
+    PATH.tmp: the first rename took the other's half-written file, whose rename then failed)."""
+    from wikigpt.run.durable import replacing
+
+    dest = tmp_path / "report.json"
+    with replacing(dest) as first, replacing(dest) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("a" * 1000)
+        second.write_text("b" * 10)
+    assert dest.read_text() == "a" * 1000  # the outer block ends last: its rename wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left

@@ -11,6 +11,7 @@ and a crash at any point leaves either the old file or the new one.
     write_text(path, json.dumps(report))  # small text files (reports, summaries)
 """
 import os
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,9 +51,11 @@ def replace_durably(tmp, dest) -> None:
 @contextmanager
 def replacing(path, suffix: str = ".tmp"):
     """Yield a temporary path beside `path`; when the block ends without an error, that file
-    replaces `path` durably; on an error it is removed and `path` is untouched."""
+    replaces `path` durably; on an error it is removed and `path` is untouched. The temporary
+    name is this writer's own: two processes saving one path (two eval runs' report.json) each
+    write their own file and the last rename wins, instead of writing into or renaming the other's."""
     path = Path(path)
-    tmp = path.with_name(path.name + suffix)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
         replace_durably(tmp, path)
