@@ -71,3 +71,55 @@ def test_two_processes_share_the_newton_schulz_work_and_get_one_processes_result
         for g, a in zip(got, alone):
             torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))  # the same bits everywhere
+
+
+# ----------------------------------------------------------------------------------------
+# fp16: GradScaler hands Muon the scale and the overflow flag, on the device
+
+def scaled_step(unscale_first: bool, overflow: bool, seed: int = 0):
+    """One train.py-style fp16 step of Muon under GradScaler ("cpu" stands in for CUDA: the
+    same code path). Returns (weight before, weight after, momentum, .item() calls in step)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(16, 8, generator=g))
+    before = w.detach().clone()
+    opt, scaler = optim.Muon([w], lr=0.1), torch.amp.GradScaler("cpu", init_scale=1024.0)
+    target = torch.randn(16, 8, generator=g)
+    loss = ((w - target) ** 2).sum() * (float("inf") if overflow else 1.0)
+    scaler.scale(loss).backward()
+    if unscale_first:  # train.py with grad_clip: unscale_, clip, then step
+        scaler.unscale_(opt)
+    items, real_item = [], torch.Tensor.item
+    torch.Tensor.item = lambda self: items.append(1) or real_item(self)  # .item() is a host sync on CUDA
+    try:
+        scaler.step(opt)
+        scaler.update()
+    finally:
+        torch.Tensor.item = real_item
+    return before, w.detach(), opt.state[w].get("momentum"), len(items), scaler.get_scale()
+
+
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_muon_under_grad_scaler_steps_without_a_host_sync_and_as_unscaled(unscale_first):
+    """GradScaler read found_inf back to the host before every step of an optimizer that does
+    not take the scale itself (one sync per fp16 training step: bench/gpu_check.sh's fp16 row
+    failed on every GPU). Muon takes it: no .item(), and the same step as without fp16's scaling."""
+    before, after, momentum, syncs, _ = scaled_step(unscale_first, overflow=False)
+    assert syncs == 0
+    w = torch.nn.Parameter(before.clone())
+    g = torch.Generator().manual_seed(0)
+    torch.randn(16, 8, generator=g)  # the weight's draw, then the target's, as in scaled_step
+    target = torch.randn(16, 8, generator=g)
+    plain = optim.Muon([w], lr=0.1)
+    ((w - target) ** 2).sum().backward()
+    plain.step()
+    # scaling by 1024 (a power of two) and back is exact; Newton-Schulz then sees the same input
+    torch.testing.assert_close(after, w.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(momentum, plain.state[w]["momentum"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_an_overflowed_fp16_step_leaves_weights_and_momentum_untouched(unscale_first):
+    before, after, momentum, syncs, scale = scaled_step(unscale_first, overflow=True)
+    assert syncs == 0 and scale == 512.0  # the scaler halves its scale after an overflow
+    assert torch.equal(after, before)
+    assert torch.equal(momentum, torch.zeros_like(momentum))  # no inf / nan carried into later steps

@@ -36,23 +36,34 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
 
 class Muon(torch.optim.Optimizer):
     """Momentum SGD whose update for each hidden matrix is orthogonalised (all its singular
-    values set to ~1), so every direction learns at the same speed. For 2-D weights only."""
+    values set to ~1), so every direction learns at the same speed. For 2-D weights only.
+
+    Under fp16's GradScaler it skips an overflowed step on the GPU itself: the scaler hands it
+    `grad_scale` and `found_inf` (tensors) instead of reading found_inf back to the host to
+    decide whether to call step() at all, a sync in every training step."""
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr=0.02, momentum=0.95):
         super().__init__(params, dict(lr=lr, momentum=momentum))
 
     @torch.no_grad()
     def step(self, closure=None):  # closure: the Optimizer interface (DCP's state init passes it)
+        grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler for this step (fp16), else absent
+        found_inf = getattr(self, "found_inf", None)  # () > 0 where the scaled gradients overflowed
         for group in self.param_groups:
             updates = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                grad = p.grad if grad_scale is None else p.grad / grad_scale.to(p.grad.dtype)
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                updates.append((p, p.grad.lerp(buf, group["momentum"])))  # Nesterov
+                moved = buf.lerp(grad, 1 - group["momentum"])
+                updates.append((p, grad.lerp(moved, group["momentum"])))  # Nesterov
+                buf.copy_(moved if found_inf is None else torch.where(found_inf > 0, buf, moved))
             for p, ortho in orthogonalise(updates):
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                if found_inf is not None:  # an overflowed step leaves the weights as they were
+                    ortho = torch.where(found_inf > 0, 0.0, ortho)
                 p.add_(ortho, alpha=-group["lr"] * scale)
 
 
