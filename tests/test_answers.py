@@ -217,6 +217,23 @@ def test_a_follow_up_that_names_nothing_is_about_the_entity_of_the_last_question
     assert find_in_conversation(reader, messages).best.text == found.best.text  # the function chat and serve call
 
 
+def test_a_long_message_is_read_by_its_end_and_its_history_within_bounds(reader, monkeypatch):
+    """A served message may hold 16 x the context in characters; the reader's work (searches,
+    graph look-ups) grows with what it reads: it reads a question's last MAX_QUESTION_CHARS,
+    where a long message asks, and each reply's first MAX_REPLY_CHARS."""
+    from wikigpt.knowledge.linking import MAX_QUESTION_CHARS, MAX_REPLY_CHARS
+
+    searched = []
+    real = reader.index.search
+    monkeypatch.setattr(reader.index, "search", lambda q, *a, **kw: searched.append(q) or real(q, *a, **kw))
+    chatter = "Thank you so much for all of your kind help so far today. " * 300  # ~17 k characters
+    history = [chatter + "Is Brindavale landlocked?", "Yes: Brindavale is landlocked. " + chatter]
+    found = reader.find(chatter + "What is its capital?", history=history)
+    assert holds(found.best.text, ["Stonebridge"]) and found.links[0].title == "Brindavale"
+    assert len(found.question) <= MAX_QUESTION_CHARS and found.question.endswith("What is its capital?")
+    assert searched and max(map(len, searched)) <= MAX_QUESTION_CHARS + MAX_REPLY_CHARS
+
+
 def test_items_a_follow_up_scores_alike_are_told_apart_by_what_the_conversation_just_said(reader):
     for about, year in (("calendar", "1902"), ("map", "1901")):
         history = [f"What did the Valley Almanac print with its {about}?", f"The almanac printed a {about}."]

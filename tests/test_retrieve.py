@@ -61,6 +61,26 @@ def rag_data(tmp_path_factory):
     return root / "data"
 
 
+def test_a_search_reads_a_bounded_number_of_terms_and_weighs_a_repeated_one_by_its_count(rag_data):
+    """A search reads every posting of every term it is given: a client's 2,000 common words
+    cost minutes on enwiki. It takes the query's MAX_QUERY_TERMS rarest distinct terms, and a
+    term said twice counts twice (one clause, weighed), as the repeated clauses did."""
+    from wikigpt.knowledge.retrieval import MAX_QUERY_TERMS
+
+    index = Index.open(rag_data)
+    title, *others = [name for name, _ in invented_articles(11)]
+    common = terms(" ".join([PROSE, *KINDS, *PLACES]))  # words of every article or of many
+    q = common + terms(" ".join(others)) + terms(title)
+    assert len(set(q)) > MAX_QUERY_TERMS
+    kept = index.weighed_terms(q)
+    assert len(kept) == MAX_QUERY_TERMS and terms(title)[0] in kept  # the rarest term is kept
+    assert min(map(index.idf, kept)) >= max(index.idf(t) for t in set(q) - set(kept))
+    assert index.search(" ".join([*common, title]), 1)[0].title == title
+    once, twice = index.search(title, 3), index.search(f"{title} {title}", 3)
+    assert [p.text for p in once] == [p.text for p in twice]
+    assert [p.score for p in twice] == pytest.approx([2 * p.score for p in once], rel=1e-5)
+
+
 # ----- kept articles, passages, terms
 
 def test_prepare_keeps_every_article_with_its_split(rag_data):

@@ -27,7 +27,7 @@ from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
-from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker
+from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, MEASURED_TYPES, NEGATION, QUESTION_WORDS,
                                         STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS, has_new,
                                         spelled_out, table_phrases, table_words, typed_distance, without_lead_in)
@@ -297,6 +297,7 @@ class Reader:
         "it", is about the entity of the latest question that named one (see carried). With
         self.remembered (a dict) the ranking of a question and history read before is reused:
         a benchmark that reads dev under several confidences and thresholds ranks each once."""
+        question, history = clipped(question, history)
         key = (question, k, tuple(history), id(self.ranker))
         found = None if self.remembered is None else self.remembered.get(key)
         if found is None:

@@ -19,6 +19,9 @@ from wikigpt.knowledge.retrieval import Index
 
 PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
 MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
+# of a message read as a question, its end (where a long message asks): the reader's work grows
+# with the question (searches, phrases looked up in the graph); the longest of bench/natural_qa is 102
+MAX_QUESTION_CHARS = 1000
 MAX_GUESSED_WORDS = 32  # a question's words tried as a title guessed: one fuzzy look-up in the titles each
 OWN_WORD_PASSAGES = 5  # a corpus word is a title's other form when all its best passages are that article's
 
@@ -129,3 +132,13 @@ class Linker:
             if titles.isdisjoint(m[0].split()):
                 return m[0]
         return ""
+
+
+def clipped(question: str, history) -> tuple[str, list[str]]:
+    """What the reader reads of a conversation: each question's last MAX_QUESTION_CHARS and each
+    reply's first MAX_REPLY_CHARS (history alternates question, reply), cut at a space, so the
+    work of a turn is bounded however long the messages a client sends are."""
+    def end_of(text: str) -> str:
+        return text if len(text) <= MAX_QUESTION_CHARS else text[-MAX_QUESTION_CHARS:].partition(" ")[2]
+    return end_of(question), [t and (end_of(t) if i % 2 == 0 else t[:MAX_REPLY_CHARS])  # None: a reply left out
+                              for i, t in enumerate(history)]

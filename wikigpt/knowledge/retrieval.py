@@ -24,6 +24,7 @@ corpus size (~160 MB serving 0.8 M passages, ~280 MB at 3.9 M: docs/measured.md)
 """
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ LINK_BOOST = 1.0  # added to a named entity's passages, above the best score: th
 TITLE_CANDIDATES = 100  # articles whose title score reaches their lead passage in a search
 TIE_SLACK = 16  # hits beyond k fetched, to order equal scores by passage number
 IDF_CACHE = 100_000  # terms whose idf is remembered (~10 MB); a lookup is one term-dictionary seek
+# a query's distinct terms searched, its rarest: a search reads every posting of every term, so
+# its cost is set by the terms a client sends (2,000 common words: minutes on enwiki's ~60 M
+# passages); questions have ~5-15 (the longest hand-written one, bench/natural_qa, 17)
+MAX_QUERY_TERMS = 32
 
 
 @dataclass
@@ -166,13 +171,27 @@ class Index:
         hits = self._ts.search(query, n, count=False).hits
         return [int(a) for a in self._ts.fast_field_values("article", [a for _, a in hits])] if hits else []
 
+    def weighed_terms(self, q: list[str]) -> dict[str, int]:
+        """{term: how often the query says it} for its MAX_QUERY_TERMS rarest distinct terms."""
+        counts = Counter(q)
+        if len(counts) > MAX_QUERY_TERMS:
+            kept = set(sorted(counts, key=lambda t: -self.idf(t))[:MAX_QUERY_TERMS])  # stable: ties in query order
+            counts = {t: n for t, n in counts.items() if t in kept}
+        return counts
+
     def _text_query(self, q: list[str]):
-        """BM25 of every query term on the passages (a repeated term counts again, as it did in
-        bm25s), plus the leads of the TITLE_CANDIDATES best titles as constant-score clauses
-        worth TITLE_BOOST x their title's BM25: one tantivy query ranks text and title together."""
+        """BM25 of the query's terms on the passages (a repeated term counts again, as it did in
+        bm25s: its clause weighs its count), plus the leads of the TITLE_CANDIDATES best titles as
+        constant-score clauses worth TITLE_BOOST x their title's BM25: one tantivy query ranks
+        text and title together."""
         T, Should = tantivy.Query, tantivy.Occur.Should
-        clauses = [(Should, T.term_query(self.schema, "terms", t, index_option="freq")) for t in q]
-        titles = T.boolean_query([(Should, T.term_query(self.title_schema, "terms", t, index_option="freq")) for t in q])
+
+        def term(schema, t, n):
+            clause = T.term_query(schema, "terms", t, index_option="freq")
+            return (Should, clause if n == 1 else T.boost_query(clause, float(n)))
+        counts = self.weighed_terms(q)
+        clauses = [term(self.schema, t, n) for t, n in counts.items()]
+        titles = T.boolean_query([term(self.title_schema, t, n) for t, n in counts.items()])
         hits = self._ts.search(titles, TITLE_CANDIDATES, count=False).hits
         articles = self._ts.fast_field_values("article", [a for _, a in hits]) if hits else []
         for (score, _), article in zip(hits, articles):
@@ -189,17 +208,17 @@ class Index:
         return sorted(((score, int(pid)) for (score, _), pid in zip(hits, pids)), key=lambda h: (-h[0], h[1]))[:k]
 
     def _linked(self, main, found: list, k: int, boost: list[int]) -> list[tuple[float, int]]:
-        """The boosted articles' best passages first (LINK_BOOST above the best score), then the rest."""
+        """The boosted articles' best passages first (LINK_BOOST above the best score), then the
+        rest. `found`: the main query's best 2k: fewer than k of them can be the articles' own
+        when the articles have fewer than k passages, the only case that needs the rest."""
         T, Occur = tantivy.Query, tantivy.Occur
         span = sorted({p for a in dict.fromkeys(boost) for p in self.article_passages(int(a))})
         top = found[0][0] if found else 0.0
         only = T.boost_query(T.term_set_query(self.schema, "pid", span), 0.0)  # a filter: scores nothing
         linked = T.boolean_query([(Occur.Must, only)] + ([(Occur.Should, main)] if main else []))
         first = sorted(((s + LINK_BOOST + top, pid) for s, pid in self._hits(linked, k)), key=lambda h: (-h[0], h[1]))
-        if len(first) < k and main:
-            inside = set(span)
-            found = [h for h in self._hits(main, k + len(first)) if h[1] not in inside]
-        return (first + found)[:k]
+        inside = set(span)
+        return (first + [h for h in found if h[1] not in inside])[:k]
 
     def search(self, query: str, k: int = 3, boost: list[int] = ()) -> list[Passage]:
         """The k best passages for a query (fewer if fewer share a term with it); the passages
@@ -208,7 +227,7 @@ class Index:
         if (not q and not boost) or k < 1:
             return []
         main = self._text_query(q) if q else None
-        found = self._hits(main, k) if main else []
+        found = self._hits(main, 2 * k if boost else k) if main else []  # the main query runs once
         if boost:
             found = self._linked(main, found, k, boost)
         return [self.passage(pid, score) for score, pid in found]
