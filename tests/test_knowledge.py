@@ -238,6 +238,19 @@ def runs_of_words(values: list[str]) -> list[str]:
     return sorted({f(r) for r in runs for f in (str, str.lower, str.upper, str.title, plain)})
 
 
+def test_a_phrase_of_words_in_too_many_facts_is_not_looked_up(naming_kb, monkeypatch):
+    """FTS5 checks the word order of every fact holding all of a phrase's words: "States United"
+    read every fact naming the United States. A phrase whose rarest word is in more than
+    MAX_PHRASE_FACTS facts is skipped; the count is FTS5's own."""
+    from wikigpt.knowledge import graph
+
+    assert naming_kb.facts_with_word("unita") == 2 and naming_kb.facts_with_word("anomie") == 1
+    assert naming_kb.facts_with_word("zzzz") == 0
+    monkeypatch.setattr(graph, "MAX_PHRASE_FACTS", 1)
+    assert naming_kb.facts_naming(["Unita"]) == []  # in two facts: over the bound
+    assert [v for _, _, v, _ in naming_kb.facts_naming(["Anomie"])] == ["Anomie"]  # in one: looked up
+
+
 def test_the_graph_read_backwards_finds_what_a_scan_of_every_fact_finds(naming_kb, kb_data):
     """Every run of 1-3 words of every value (and in other cases, without accents): the full-text
     index finds what the whole-word scan finds, in the same order, a batch of 40 as one by one.

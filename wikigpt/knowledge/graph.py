@@ -91,6 +91,11 @@ FACT_WORDS_INDEX = """
 CREATE VIRTUAL TABLE facts_fts USING fts5(words, content='', columnsize=0,
                                           tokenize="unicode61 remove_diacritics 0 tokenchars '_'");
 """
+# a phrase whose every word is in more facts than this is not looked up: FTS5 checks the word
+# order of each fact holding all its words before LIMIT counts it (~80 ns a fact: "States United"
+# read every fact naming the United States; 40 such phrases in a question, seconds at enwiki's
+# ~30 M facts); this many costs ~4 ms. A name of common words only is rare in a question.
+MAX_PHRASE_FACTS = 50_000
 WORDS = re.compile(r"\w+")
 DOTTED_I = str.maketrans({"\u0130": "i", "\u0131": "i"})  # İ, ı: 'i' to re.IGNORECASE, not to casefold()
 
@@ -304,6 +309,8 @@ class Knowledge:
             uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
             db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             meta = dict(db.execute("SELECT key, value FROM meta"))
+            # how many facts hold each word (FTS5's own counts; a temp table: the file stays read-only)
+            db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.facts_vocab USING fts5vocab(main, 'facts_fts', 'row')")
             counts = json.loads(meta["counts"])
         except (sqlite3.DatabaseError, KeyError, ValueError) as e:
             raise DatasetError(f"{path}: not a readable knowledge graph ({e}). {rebuild_hint(folder)}")
@@ -353,7 +360,7 @@ class Knowledge:
         out, seen = [], set()
         for phrase in sorted(dict.fromkeys(phrases), key=len, reverse=True)[:40]:  # ties: in the order given
             words = fact_words(phrase)
-            if not words:
+            if not words or min(map(self.facts_with_word, words.split())) > MAX_PHRASE_FACTS:
                 continue
             rows = self._rows("SELECT subject, attribute, value FROM facts WHERE id IN (SELECT rowid FROM facts_fts "
                               "WHERE facts_fts MATCH ? ORDER BY rowid LIMIT ?) ORDER BY id", (fts_phrase(words), limit))
@@ -364,6 +371,11 @@ class Knowledge:
                     seen.add((subject, attribute))
                     out.append((subject, attribute, value, phrase))
         return out
+
+    def facts_with_word(self, word: str) -> int:
+        """How many facts hold a word (facts_fts's count; 0 for one it does not index)."""
+        row = self._rows("SELECT doc FROM temp.facts_vocab WHERE term = ?", (word,))
+        return row[0][0] if row else 0
 
     def knows(self, name: str) -> bool:
         """Whether a name (title, redirect or other name) is in the graph."""
