@@ -23,8 +23,10 @@ ONE_USER = 256  # new tokens of the one-user runs (fewer where the context is sh
 CHAT_TURNS = 20
 
 
-def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64, repeats: int = 3) -> tuple[float, float]:
-    """(decode tokens/s, seconds of warm-up) of `rows` requests decoded together."""
+def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64,
+                 repeats: int = 3) -> tuple[float, float, Engine]:
+    """(decode tokens/s, seconds of warm-up, the engine) of `rows` requests decoded together. A
+    compiled engine whose step failed to compile decoded eagerly: engine.compiled says which ran."""
     engine = Engine(model, n_slots=rows, compile=compile)
 
     def run(n):
@@ -38,7 +40,7 @@ def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64, repeats:
     t0 = time.perf_counter()
     run(new_tokens)  # compiles (and on a GPU records) every graph the timed runs step through
     warm = time.perf_counter() - t0
-    return max(run(new_tokens) for _ in range(repeats)), warm
+    return max(run(new_tokens) for _ in range(repeats)), warm, engine
 
 
 def engine_rows(ckpt: str) -> list:
@@ -49,15 +51,18 @@ def engine_rows(ckpt: str) -> list:
         for batch in (1, 8):
             for compile in (False, True):
                 try:
-                    tok_s, warm = engine_tok_s(model, batch, compile)
+                    tok_s, warm, engine = engine_tok_s(model, batch, compile)
                 except Exception as e:  # e.g. a kernel the compiler cannot take: say so, go on
                     rows.append((f"engine decode, {name}, batch {batch}, {'compiled' if compile else 'eager'}",
                                  f"failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}"))
                     continue
+                label = f"engine decode, {name}, batch {batch}, {'compiled' if compile else 'eager'}"
+                if compile and not engine.compiled:  # its speed is eager's: not a compiled number
+                    rows.append((label, "failed: the step fell back to eager (its warning above says why)"))
+                    continue
                 speed[(name, batch, compile)] = tok_s
                 base = speed.get((name, batch, False), tok_s)
-                rows.append((f"engine decode, {name}, batch {batch}, {'compiled' if compile else 'eager'}",
-                             f"{tok_s:,.0f} tok/s (x{tok_s / base:.2f} of eager; warm-up {warm:.1f} s)"))
+                rows.append((label, f"{tok_s:,.0f} tok/s (x{tok_s / base:.2f} of eager; warm-up {warm:.1f} s)"))
     for batch in (1, 8):
         for compile in (False, True):
             if ("int8", batch, compile) in speed and ("float32", batch, compile) in speed:

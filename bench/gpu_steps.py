@@ -31,11 +31,28 @@ def row(name: str, value: str):
     print(f"ROW\t{name}\t{value}", flush=True)
 
 
-def command(*args, check=True, timeout=None) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def command(*args, check=True) -> subprocess.CompletedProcess:
+    # No timeout of its own: subprocess.run's kills the command alone, not what it started (the
+    # compile workers). The command stays in the check's process group, which gpu_check.py kills
+    # whole at the check's timeout.
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
     if check and r.returncode:
         sys.exit(f"{args[0]} failed: {r.stderr.strip()[-1500:]}")
     return r
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process: a recompile (a guard failed, a new shape) adds
+    one, as does a graph break's second graph. torch 2.13 sets no counters["recompiles"]: a count
+    read from it was always 0."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def cudagraph_skips() -> int:
+    """Compiled graphs inductor ran without a CUDA graph (reduce-overhead mode, CUDA only)."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def gpt2_124m(vocab: int = 50304) -> GPTConfig:
@@ -96,7 +113,7 @@ def check_model(work: Path):
     full()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t
-    after_first = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    after_first = graphs_compiled()
     full()  # warm
     torch.cuda.reset_peak_memory_stats()
     rates = {}
@@ -114,10 +131,9 @@ def check_model(work: Path):
         row(f"gpt2_124m {name}, B={B}x1024, bf16", f"{rate:,.0f} tok/s, MFU {100 * rate * flops / peak:.1f}%")
     row("gpt2_124m peak memory", f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     breaks = sum(counters["graph_break"].values())
-    recompiles = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
-    row("gpt2_124m graph breaks, recompiles after the first step",
-        f"{'FAILED: ' if breaks or recompiles > after_first else ''}{breaks} graph breaks, "
-        f"{recompiles - after_first} recompiles")
+    recompiles = graphs_compiled() - after_first
+    row("gpt2_124m graph breaks, graphs compiled after the first step",
+        f"{'FAILED: ' if breaks or recompiles else ''}{breaks} graph breaks, {recompiles} new graphs")
     row("attention kernel", attention_kernel(model, x))
 
 
@@ -177,9 +193,13 @@ def check_serve(work: Path):
             wall = time.perf_counter() - t
     except Exception as e:
         return row("serve.py, 8 concurrent streams", f"FAILED: {type(e).__name__}: {str(e)[:200]}")
-    finally:
+    finally:  # a server that ignores SIGTERM is killed, not left listening
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     ttft = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
     ok = all(r[1] > 0 for r in results)
@@ -201,9 +221,6 @@ def sft_checkpoint(work: Path) -> Path:
 def check_engine(work: Path):
     """The engine eager vs compiled (CUDA graphs on a GPU) at 1/8/16 rows, greedy tokens equal,
     a second generate() compiling nothing, and (on a GPU) a 48-slot server engine warming up."""
-    from torch._dynamo.utils import counters
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_decode import engine_tok_s
     from wikigpt.decoding.load import load_model
     from wikigpt.decoding.engine import Engine, generate, warmed_engine
     from wikigpt.decoding.sampling import SamplingParams
@@ -212,23 +229,21 @@ def check_engine(work: Path):
     model, tok, _ = load_model(ckpt, DEVICE)
     label = "CUDA graphs" if CUDA else "compiled"
     for rows in (1, 8, 16) if CUDA else (1, 8):
-        eager, _ = engine_tok_s(model, rows, False, 64, repeats=2)
-        graphs, warm = engine_tok_s(model, rows, True, 64, repeats=2)
-        row(f"engine decode, {rows} rows", f"eager {eager:,.0f} tok/s, {label} {graphs:,.0f} tok/s "
-                                           f"(x{graphs / eager:.2f}; warm-up {warm:.0f} s)")
+        row(*engine_decode_row(model, rows))
     prompt, greedy = tok.encode("The history of"), SamplingParams(temperature=0)
     eager = list(generate(model, prompt, 48, greedy, tok=tok))
-    warmed_engine(model, tok)
-    counters.clear()
+    engine = warmed_engine(model, tok)  # the engine generate(compile=True) decodes with
+    skips = cudagraph_skips()
     first = list(generate(model, prompt, 48, greedy, tok=tok, compile=True))
-    graphs = sum(counters["stats"].get(k, 0) for k in ("unique_graphs",))
+    graphs = graphs_compiled()
     second = list(generate(model, tok.encode("A second prompt"), 48, greedy, tok=tok, compile=True))
-    more = sum(counters["stats"].get(k, 0) for k in ("unique_graphs",)) - graphs
-    recompiles = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+    more = graphs_compiled() - graphs
+    not_compiled = not_compiled_why(engine, cudagraph_skips() - skips)  # else eager was compared with eager
     same = first == eager
-    row("engine greedy tokens, eager vs " + label, f"{'equal' if same else 'FAILED: different'} (48 tokens)")
-    row("two generate() calls after warm-up", f"{'' if more == 0 and recompiles == 0 and second else 'FAILED: '}"
-                                              f"{more} new graphs, {recompiles} recompiles")
+    row("engine greedy tokens, eager vs " + label, f"{not_compiled}{'equal' if same else 'FAILED: different'} "
+                                                   "(48 tokens)")
+    row("two generate() calls after warm-up", f"{not_compiled}{'' if more == 0 and second else 'FAILED: '}"
+                                              f"{more} new graphs")
     if not CUDA:
         return row("48-slot server engine warm-up", NOT_RUN)
     engine = Engine(model, 48, tok, compile=True)
@@ -236,6 +251,30 @@ def check_engine(work: Path):
     engine.warm_up()
     row("48-slot server engine warm-up", f"{'' if engine.compiled else 'FAILED: fell back to eager; '}"
         f"{engine.graph_count} graphs in {time.perf_counter() - t:.0f} s")
+
+
+def engine_decode_row(model: GPT, rows: int) -> tuple[str, str]:
+    """The engine's decode tokens/s at `rows` rows, eager and compiled: FAILED if the compiled
+    engine fell back to eager (or, on CUDA, ran a graph without a CUDA graph), since its speed
+    would then be eager's under another name."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_decode import engine_tok_s
+
+    eager, _, _ = engine_tok_s(model, rows, False, 64, repeats=2)
+    skips = cudagraph_skips()
+    graphs, warm, engine = engine_tok_s(model, rows, True, 64, repeats=2)
+    label = "CUDA graphs" if CUDA else "compiled"
+    return (f"engine decode, {rows} rows", f"{not_compiled_why(engine, cudagraph_skips() - skips)}eager "
+            f"{eager:,.0f} tok/s, {label} {graphs:,.0f} tok/s (x{graphs / eager:.2f}; warm-up {warm:.0f} s)")
+
+
+def not_compiled_why(engine, skips: int) -> str:
+    """'' if the engine's step ran compiled (as CUDA graphs on a GPU), else a FAILED prefix."""
+    if not engine.compiled:
+        return "FAILED: the step fell back to eager; "
+    if CUDA and skips:
+        return f"FAILED: {skips} graphs ran without a CUDA graph; "
+    return ""
 
 
 def check_fsdp(work: Path):

@@ -1,12 +1,20 @@
 """bench/gpu_check.py cannot mislead on a machine without CUDA: the rows that need it say so,
-and a check that hangs becomes a FAILED row instead of a stalled run."""
+a check that hangs becomes a FAILED row (and leaves nothing running), a check the budget leaves
+out or a mistyped name fails the run, recompiles are counted, and an engine that fell back to
+eager is not reported as compiled."""
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
+import gpu_steps  # noqa: E402
 
 
 def test_the_gpu_check_on_a_cpu_marks_the_cuda_rows_not_run(tmp_path):
@@ -25,3 +33,58 @@ def test_the_gpu_check_on_a_cpu_marks_the_cuda_rows_not_run(tmp_path):
 def test_a_check_past_its_timeout_is_a_failed_row(tmp_path):
     rows = gpu_check.run_check("env", 0.01, tmp_path)  # far less than importing torch takes
     assert rows[-1][0] == "env" and rows[-1][1].startswith("FAILED: timed out")
+
+
+def test_a_check_past_its_timeout_leaves_no_process_it_started(tmp_path, monkeypatch):
+    steps = tmp_path / "steps.py"  # a check that starts a process (as train.py, serve.py) and hangs
+    steps.write_text("import pathlib, subprocess, sys\np = subprocess.Popen(['sleep', '60'])\n"
+                     "pathlib.Path(sys.argv[-1], 'child').write_text(str(p.pid))\np.wait()\n")
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    rows = gpu_check.run_check("env", 3, tmp_path)
+    assert rows[-1][1].startswith("FAILED: timed out"), rows
+    stat = Path(f"/proc/{(tmp_path / 'child').read_text()}/stat")
+    for _ in range(50):  # SIGKILL is delivered at once; dying takes the kernel a moment
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the check's child (pid {stat.parent.name}) still runs")
+
+
+def test_a_check_the_budget_leaves_out_fails_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "BUDGET_S", 0)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--only", "env", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit:
+        gpu_check.main()
+    assert exit.value.code == 1 and "| env | FAILED: not run" in capsys.readouterr().out
+
+
+def test_an_unknown_check_name_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--only", "env,engin", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit:
+        gpu_check.main()
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "unknown check(s) engin;" in err and "engine, serve" in err, err
+
+
+def test_a_recompile_is_counted():
+    f = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    f(torch.ones(3))
+    before = gpu_steps.graphs_compiled()
+    f(torch.ones(4))  # a new shape: a recompile
+    f(torch.ones(4))  # compiled already: none
+    assert gpu_steps.graphs_compiled() - before == 1
+
+
+@pytest.mark.parametrize("compiles", [False, True])
+def test_an_engine_that_fell_back_to_eager_is_a_failed_row(compiles, monkeypatch):
+    import wikigpt.decoding.decode as decode
+
+    def broken(*args):  # as a broken inductor/Triton fails a graph's first call
+        raise RuntimeError("simulated backend failure")
+    # the step "compiled" as decode_step itself (a real compile takes minutes on a CPU), or broken
+    monkeypatch.setattr(decode, "compiled_step", lambda graphs, cuda: decode.decode_step if compiles else broken)
+    torch.manual_seed(0)
+    model = gpu_steps.GPT(gpu_steps.GPTConfig(vocab_size=256, block_size=128, n_layer=1, n_head=2, n_embd=32))
+    name, value = gpu_steps.engine_decode_row(model.eval(), 1)
+    assert value.startswith("FAILED: the step fell back to eager") != compiles, value
