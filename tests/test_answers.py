@@ -234,6 +234,14 @@ def test_a_long_message_is_read_by_its_end_and_its_history_within_bounds(reader,
     assert searched and max(map(len, searched)) <= MAX_QUESTION_CHARS + MAX_REPLY_CHARS
 
 
+def test_a_message_naming_many_entities_reads_the_first_few(reader):
+    from wikigpt.knowledge.evidence import MAX_ENTITIES
+
+    found = reader.find("Compare " + ", ".join(FILLER) + " and Brindavale: which is oldest?")
+    assert len({l.subject for l in found.links}) > MAX_ENTITIES
+    assert len({i.title for i in found.items if i.kind == "lead"}) == MAX_ENTITIES  # each entity's lead, first few
+
+
 def test_items_a_follow_up_scores_alike_are_told_apart_by_what_the_conversation_just_said(reader):
     for about, year in (("calendar", "1902"), ("map", "1901")):
         history = [f"What did the Valley Almanac print with its {about}?", f"The almanac printed a {about}."]
