@@ -208,6 +208,22 @@ def test_held_out_questions_are_about_val_articles_only(rag_data):
     assert all(i.answer in next(a["text"] for a in read_articles(rag_data) if a["title"] == i.title) for i in items)
 
 
+def test_template_questions_come_from_a_bounded_sample_of_the_train_split(rag_data, monkeypatch):
+    """The learned confidence's and ranker's template rows read a sample of the train split, not
+    all of it into memory (a full dump's train split is millions of articles)."""
+    from wikigpt.knowledge import natural, qa_items
+
+    given, real = [], qa_items.train_items
+    monkeypatch.setattr(qa_items, "train_items", lambda f, r, articles, seed=0: given.append(articles) or real(f, r, articles, seed))
+    monkeypatch.setattr(natural, "TEMPLATE_ARTICLES", 5)
+    reader = reader_of(Index.open(rag_data))
+    natural.template_confidence_rows(rag_data, reader, n=4)
+    natural.template_rows(rag_data, reader)
+    train = {a["title"] for a in read_articles(rag_data, "train")}
+    assert len(given) == 2 and all(len(a) == 5 and {x["title"] for x in a} <= train for a in given)
+    assert len(train) > 5
+
+
 def test_fit_grounded_shares_the_context_and_cuts_the_last_passage(rag_data):
     tok = load_dataset(rag_data).tokenizer
     passages = [("A", "alpha " * 200), ("B", "beta " * 200)]

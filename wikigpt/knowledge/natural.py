@@ -243,9 +243,8 @@ def labelled(reader: Reader, question: str, answers: list[str] | None, history=(
 
 def template_rows(folder, reader: Reader, seed: int = 0) -> list:
     """The grounded QA rows of the train articles (qa_items), as (features, label)."""
-    from wikigpt.knowledge.qa_items import out_of_corpus_items, train_items
-    from wikigpt.prep.data import read_articles
-    articles = list(read_articles(folder, "train"))
+    from wikigpt.knowledge.qa_items import out_of_corpus_items, sample_articles, train_items
+    articles = sample_articles(folder, "train", TEMPLATE_ARTICLES, seed)
     train, inside = [a["title"] for a in articles], train_items(folder, reader, articles, seed)
     rows = [r for q in inside for r in labelled(reader, q.question, [q.answer])]
     outside = out_of_corpus_items(reader, train, max(len(inside) // 4, 10), seed)
@@ -316,6 +315,7 @@ def confidence_rows(reader: Reader, data: NaturalSet) -> list[tuple[str, list, b
 
 
 TEMPLATE_ROWS = 60  # of each: template questions about train articles, and about names the corpus lacks
+TEMPLATE_ARTICLES = 1000  # train articles they are drawn from (the demo's ~90: all), not a full dump's millions
 
 
 def template_confidence_rows(folder, reader: Reader, n: int = TEMPLATE_ROWS, seed: int = 0) -> list:
@@ -325,10 +325,9 @@ def template_confidence_rows(folder, reader: Reader, n: int = TEMPLATE_ROWS, see
     taught the confidence nothing of the second: it let 4 of the template benchmark's 31 through
     (a sentence that mentions an unlinked name covers all of "Tell me about X."). Their groups
     start with "template:", and the threshold is chosen without them (fit_confidence)."""
-    from wikigpt.knowledge.qa_items import ZH_NAMES, out_of_corpus_items, train_items
+    from wikigpt.knowledge.qa_items import ZH_NAMES, out_of_corpus_items, sample_articles, train_items
     from wikigpt.knowledge.wikiqa import correct
-    from wikigpt.prep.data import read_articles
-    articles = list(read_articles(folder, "train"))
+    articles = sample_articles(folder, "train", TEMPLATE_ARTICLES, seed)
     train, inside = [a["title"] for a in articles], train_items(folder, reader, articles, seed)
     inside = random.Random(seed).sample(inside, min(n, len(inside)))
     rows = []

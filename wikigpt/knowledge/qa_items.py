@@ -89,7 +89,12 @@ def lead_items(folder, split: str, per_article: int, seed: int = 0, articles=Non
 
 def fact_and_section_items(reader: Reader, titles: list[str], per_article: int, seed: int = 0) -> list[QAItem]:
     """Questions about the facts and section openings of the articles `titles`."""
-    rng, kb, items = random.Random(f"{seed}:facts"), reader.kb, []
+    return list(each_fact_and_section_item(reader, titles, per_article, seed))
+
+
+def each_fact_and_section_item(reader: Reader, titles, per_article: int, seed: int = 0):
+    """fact_and_section_items one at a time, from titles that may stream by (a whole split's)."""
+    rng, kb = random.Random(f"{seed}:facts"), reader.kb
     for title in titles:
         subject = kb.subject(title) if kb else None
         if subject is None:
@@ -100,7 +105,7 @@ def fact_and_section_items(reader: Reader, titles: list[str], per_article: int, 
             words = ZH_WORDS.get(a) if lang == "zh" else a
             if words:
                 q = rng.choice(FACT_QUESTIONS[lang]).format(a=words, t=title)
-                items.append(QAItem(q, v, title, lang, "fact", a))
+                yield QAItem(q, v, title, lang, "fact", a)
         sections, seen = [], set()
         for h, opening in kb.sections(subject):
             if h.lower() not in seen and len(opening) >= 30 and len(h.split()) <= 5 and not re.search(r"\d", h):
@@ -109,8 +114,7 @@ def fact_and_section_items(reader: Reader, titles: list[str], per_article: int, 
         for h, opening in rng.sample(sections, min(per_article, len(sections))):
             words = ZH_WORDS.get(h.lower(), h) if lang == "zh" else h.lower()
             q = rng.choice(SECTION_QUESTIONS[lang]).format(h=words, t=title)
-            items.append(QAItem(q, opening, title, lang, "section", h))
-    return items
+            yield QAItem(q, opening, title, lang, "section", h)
 
 
 def out_of_corpus_items(reader: Reader, titles: list[str], n: int, seed: int = 0, skip=frozenset(),

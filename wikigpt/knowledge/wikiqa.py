@@ -25,7 +25,8 @@ from wikigpt.knowledge.evidence import Item, Reader
 from wikigpt.knowledge.replies import ABSTAIN, is_abstention
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, grounded_question, reader_of
 from wikigpt.knowledge.qa_items import (EN_QUESTIONS, FACT_ANSWERS, KINDS, ZH_NAMES, ZH_QUESTIONS, ZH_WORDS, QAItem,
-                              fact_and_section_items, lead_items, out_of_corpus_items)
+                                        each_fact_and_section_item, fact_and_section_items, lead_items,
+                                        out_of_corpus_items)
 from wikigpt.knowledge.retrieval import split_passages
 from wikigpt.decoding.sampling import RAG_COPY, SamplingParams
 from wikigpt.knowledge.scores import rouge_l, token_f1, words
@@ -38,6 +39,7 @@ ROWS = ("without retrieval", "with retrieval", COPYING)
 # 240 characters, ~75 tokens of the demo's 8k BPE (with 64, 5 of 54 held-out section answers
 # were cut where the context ends)
 REPLY_TOKENS = 96
+OOC_TITLES = 10_000  # train articles whose links give the grounded rows' out-of-corpus names (the demo's: all)
 qa_items = lead_items  # the lead questions, by their old name
 
 
@@ -66,8 +68,7 @@ def grounded_conversations(folder, index, tok: Tokenizer, block_size: int, seed:
     answered from its evidence. A share of out-of-corpus questions, answered ABSTAIN."""
     rng, reader = random.Random(seed), reader_of(index)
     room = prompt_room(block_size, REPLY_TOKENS)
-    titles = [a["title"] for a in read_articles(folder, "train")]
-    n = 0
+    n, titles = 0, []  # the first OOC_TITLES train titles: what the out-of-corpus names are drawn from
     for article in read_articles(folder, "train"):
         lang, title = language(article["text"]), article["title"]
         for text in split_passages(article["text"])[:passages_per_article]:
@@ -77,7 +78,12 @@ def grounded_conversations(folder, index, tok: Tokenizer, block_size: int, seed:
                 if conv := _row(reader, tok, question, answer, room, block_size, Item("sentence", title, answer)):
                     n += 1
                     yield conv
-    for item in fact_and_section_items(reader, titles, per_article=12, seed=seed):
+    def train_titles():  # streamed: a full dump's train split is millions of articles
+        for article in read_articles(folder, "train"):
+            if len(titles) < OOC_TITLES:
+                titles.append(article["title"])
+            yield article["title"]
+    for item in each_fact_and_section_item(reader, train_titles(), per_article=12, seed=seed):
         if item.kind == "fact":
             first = Item("fact", item.title, item.answer, item.attribute)
             words_ = ZH_WORDS.get(item.attribute, item.attribute) if item.lang == "zh" else item.attribute
@@ -120,9 +126,12 @@ def benchmark_items(folder, reader: Reader, per_article: int = 3, seed: int = 0)
     """The held-out questions: lead, fact and section questions about the val articles, and as
     many out-of-corpus ones as fact questions (none the train articles link to)."""
     val = [a["title"] for a in read_articles(folder, "val")]
-    train = [a["title"] for a in read_articles(folder, "train")]
     inside = lead_items(folder, "val", per_article, seed) + fact_and_section_items(reader, val, 3 * per_article, seed)
-    trained = {t for title in train for t in reader.kb.links(reader.kb.subject(title))} if reader.kb else set()
+    # the val articles' links that a train article links to as well (never asked as out of corpus):
+    # the train split streams by, and only the val articles' links are kept (not ~15 M names on enwiki)
+    linked = {t for title in val for t in reader.kb.links(reader.kb.subject(title))} if reader.kb else set()
+    trained = {t for a in read_articles(folder, "train") for t in reader.kb.links(reader.kb.subject(a["title"]))
+               if t in linked} if linked else set()
     return inside + out_of_corpus_items(reader, val, max(len(inside) // 3, 6), seed + 1, skip=trained,
                                         zh_names=ZH_NAMES[1::2])  # the other half chose the threshold
 
