@@ -44,7 +44,7 @@ from wikigpt.run.output_paths import output_path_problem, path_error
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
-from wikigpt.prep.jobs import Kept, JobOptions, clean_job, digest, gzip_member, source_jobs
+from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_member, source_jobs
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import Progress, encode_pass, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
@@ -77,7 +77,7 @@ class CleanPass:
         self.c = state.setdefault("clean", {"jobs": 0, "parts": 0, "kept": 0, "skipped": {}, "splits":
                                             {"train": 0, "val": 0}, "lowest": [2.0, -1], "carry": "",
                                             "members": []})  # sizes of the gzip members, in file order
-        self.state, self.texts, self.titles = state, set(), set()
+        self.state, self.texts, self.titles = state, Seen(), Seen()
         for i in range(self.c["parts"]):  # a resumed run: the articles kept so far
             with gzip.open(self.part_path(i), "rt", encoding="utf-8") as f:
                 for row in map(json.loads, f):

@@ -124,6 +124,22 @@ def docs_of(ds, split):
     return [ds.tokenizer.decode(tokens[a + 1:b]) for a, b in zip(cuts, cuts[1:])]
 
 
+def test_the_digests_of_kept_articles_are_found_before_and_after_their_merge(monkeypatch):
+    """The duplicate check's memory (prep.jobs.Seen: 8 bytes a digest, a Python set of them took
+    ~108 B): every digest added is found, in the newest set or after a merge into the sorted
+    array, and none that was not."""
+    from wikigpt.prep.jobs import Seen, digest
+
+    monkeypatch.setattr(Seen, "MERGE_EVERY", 7)  # several merges in a few hundred
+    seen, texts = Seen(), [f"article {i}" for i in range(300)]
+    for i, t in enumerate(texts[:200]):
+        assert digest(t) not in seen
+        seen.add(digest(t))
+        assert all(digest(u) in seen for u in texts[max(0, i - 20):i + 1])
+    assert len(seen.sorted) == 196 and len(seen.newest) == 4  # 28 merges of 7
+    assert all(digest(t) in seen for t in texts[:200]) and not any(digest(t) in seen for t in texts[200:])
+
+
 def test_xml_dump_keeps_articles_only_and_round_trips(small_dump, tmp_path, capsys):
     ds = build(small_dump, tmp_path / "ds", "--workers", "1")
     meta = ds.meta
