@@ -1,19 +1,25 @@
 """
-Building the retrieval index: the kept articles of a dataset folder stream into DATA/index/, in
-memory that does not grow with the corpus (retrieval.py opens and searches it).
+Building the retrieval index: the kept articles of a dataset folder stream into DATA/index/
+(retrieval.py opens and searches it). The build's memory grows far slower than the corpus, but
+it grows: peak RSS 0.26 GB at 78 k passages, 0.44 GB at 0.8 M, 0.59 GB at 3.9 M, about like the
+log of the corpus, while tantivy merges ever larger segments (docs/measured.md; ~0.8 GB
+extrapolated to enwiki).
 
     info = build_index("data/demo")   # -> {"articles", "passages", "seconds", ...}
 
-The articles go, in chunks of ~1 MB of text, through worker processes (one per core) that cut
-them into passages and terms (analysis.py), then into two tantivy writers (a bounded heap, one
-indexing thread per core) and SQLite. Every COMMIT_PASSAGES passages everything is committed and
-progress.json written, so a build that is killed continues from there when run again (the same
-articles and settings). It is built in index.tmp/, fsynced, and renamed to index/ at the end: an
-interrupted build never leaves half an index where the reader looks.
+The articles go, in chunks of ~1 MB of text, through worker processes (one per core, started
+before the index's files are opened, and dying with the build) that cut them into passages and
+terms (analysis.py), then into two tantivy writers (a bounded heap, one indexing thread per core)
+and SQLite. Every COMMIT_PASSAGES passages everything is committed and progress.json written, so
+a build that is killed continues from there when run again (the same articles and settings). It
+is built in index.tmp/; its info file is written last, then it is fsynced and renamed to index/:
+an interrupted build never leaves half an index where the reader looks, and one killed after
+its info file was written is only published when run again.
 
 The format (INDEX_VERSION 2; 1 was bm25s's, in RAM):
     index/wikigpt_index.json   what was built from what (articles_fingerprint), counts, timings,
-                               and what retrieve.py adds (the "not found" threshold); written last
+                               the generation (one more than the index it replaced), and what
+                               retrieve.py adds (the "not found" threshold); written last
     index/passages/            tantivy: one document per passage, `terms` (our terms joined by
                                spaces, the "whitespace" tokenizer, term frequencies, not stored)
                                and `pid` (the passage number, indexed + fast)
@@ -58,6 +64,7 @@ COMMIT_PASSAGES = 250_000  # a checkpoint every this many passages (at an articl
 CHUNK_CHARS = 1 << 20  # articles go to the workers in chunks of about this much text
 MALLOC_ARENAS = 2  # see _bounded_malloc
 M_ARENA_MAX = -8  # glibc's mallopt parameter
+PR_SET_PDEATHSIG = 1  # Linux's prctl option: a signal for this process when its parent dies
 
 
 def cores() -> int:
@@ -139,6 +146,39 @@ def _chunks(articles, limit: int = CHUNK_CHARS):
             chunk, size = [], 0
     if chunk:
         yield chunk
+
+
+def _worker_starts(parent: int):
+    """Worker initializer: the worker dies with the build. A worker whose build is SIGKILLed (the
+    OOM killer's signal) would otherwise wait for work forever (it holds the write end of its own
+    call queue, so the queue never ends), holding whatever it inherited. Linux's parent-death
+    signal is set here (sent when the thread that forked the worker ends: build_index's, which
+    outlives the pool), then the parent checked: it may have died before the signal was set."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl off Linux
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_workers(workers: int) -> ProcessPoolExecutor | None:
+    """The analysing processes, every one started now, before this process opens the index's
+    files and tantivy starts its threads. A forked child holds every file open in its parent at
+    the fork, tantivy's writer locks among them, as long as it lives; and a fork copies only the
+    calling thread, so a lock held by another thread (malloc's) stays locked in the child."""
+    if workers <= 1:
+        return None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_worker_starts,
+                               initargs=(os.getpid(),))
+    pool.submit(int).result()  # with fork, the executor starts all its processes at the first submit
+    if len(pool._processes) != workers:  # one started later would be forked with the index open
+        pool.shutdown()
+        raise RuntimeError(f"the index build's {workers} worker processes did not all start at once")
+    return pool
 
 
 def _analysed(pool, chunks, max_chars: int, ahead: int):
@@ -259,19 +299,41 @@ class _Writers:
 # ----------------------------------------------------------------------------------------
 # The build
 
-def _start(tmp: Path, folder: Path, max_chars: int) -> dict:
-    """progress.json of an interrupted build of the same articles and settings, or a fresh tmp."""
-    same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder)}
+def _read_json(path: Path) -> dict:
+    """A file's JSON object, or {} where it is missing, cut short or not an object."""
     try:
-        state = json.loads((tmp / PROGRESS).read_text())
-        if all(state.get(k) == v for k, v in same.items()):
-            return state
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _generation(info: dict) -> int:
+    g = info.get("generation", 0)  # indexes built before it had none
+    return g if isinstance(g, int) else 0
+
+
+def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, bool]:
+    """What index.tmp holds of a build of the same articles and settings: (its info file, True)
+    when that build finished and only its publish is left, (progress.json, False) when it was
+    interrupted; else a fresh index.tmp. A finished index.tmp must be newer than index/: publish
+    swaps the two, so for a moment, until it is deleted, index.tmp holds the index it replaced."""
+    same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder)}
+    info, progress = _read_json(tmp / INFO), _read_json(tmp / PROGRESS)
+    if info and all(info.get(k) == v for k, v in same.items()):
+        if _generation(info) > _generation(_read_json(final / INFO)):
+            return info, True
+    elif progress and all(progress.get(k) == v for k, v in same.items()):
+        return progress, False
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "passages").mkdir(parents=True)
     (tmp / "titles").mkdir()
-    return same | {"articles": 0, "passages": 0}
+    return same | {"articles": 0, "passages": 0}, False
+
+
+def _publish(tmp: Path, final: Path):
+    fsync_tree(tmp)  # the new index on disk before the old one goes
+    publish(tmp, final)  # swapped in one step: a crash leaves the old index or the new, never none
 
 
 def _feed(writers: _Writers, analysed, commit_every: int, bar):
@@ -291,20 +353,25 @@ def _feed(writers: _Writers, analysed, commit_every: int, bar):
 def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_every: int = COMMIT_PASSAGES,
                 workers: int | None = None, stop_after: int | None = None) -> dict:
     """Index every kept article of a dataset folder (train and val: the index is the model's
-    library, not its training data) into folder/index/, atomically, in bounded memory; an
-    interrupted build resumes from its last checkpoint. stop_after: stop after that many
+    library, not its training data) into folder/index/, atomically, in memory that grows like
+    the log of the corpus; an interrupted build resumes from its last checkpoint, a finished one
+    killed before its publish is only published. stop_after: stop after that many
     articles, as a crash would (for tests)."""
     folder = Path(folder)
     next(read_articles(folder), None)  # the "no such folder" / "no kept articles" errors
     t0, c0 = time.time(), _cpu_seconds()
     tmp, final = folder / (INDEX_DIR + ".tmp"), folder / INDEX_DIR
-    state = _start(tmp, folder, max_chars)
+    state, finished = _start(tmp, final, folder, max_chars)
+    if finished:  # killed after the build, before its publish (the fsync takes minutes at enwiki's size)
+        if not quiet:
+            print(f"the index in {tmp} was built whole: publishing it")
+        _publish(tmp, final)
+        return state
     resumed_after, resumed_passages = state["articles"], state["passages"]
     if resumed_after and not quiet:
         print(f"resuming the index build after {resumed_after:,} articles ({state['passages']:,} passages)")
     workers = cores() if workers is None else workers
-    # forked before tantivy's threads exist in this process (a fork copies only the calling thread)
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
+    pool = _start_workers(workers)  # before the writers: see there
     writers = _Writers(tmp, state)
     try:
         articles = islice(_articles_from(folder, resumed_after), stop_after)
@@ -324,11 +391,14 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_ever
             "articles_fingerprint": state["articles_fingerprint"], "articles": writers.articles,
             "passages": writers.passages, "passage_chars": max_chars, "seconds": round(seconds, 2),
             "cpu_seconds": round(_cpu_seconds() - c0, 2), "resumed_after_articles": resumed_after,
-            "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9))}
+            "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9)),
+            "generation": _generation(_read_json(final / INFO)) + 1}  # newer than the index it replaces
+    # The info file last (Index.open looks for it) and durably: it says index.tmp is whole (each
+    # part was synced by its commit at the last checkpoint), so a crash from here on costs the
+    # next run only the fsync and the publish. Then progress.json goes: the index does not need it.
+    write_text(tmp / INFO, json.dumps(info, indent=2))
     (tmp / PROGRESS).unlink()
-    (tmp / INFO).write_text(json.dumps(info, indent=2))  # last: Index.open looks for it
-    fsync_tree(tmp)  # the new index on disk before the old one goes
-    publish(tmp, final)  # swapped in one step: a crash leaves the old index or the new, never none
+    _publish(tmp, final)
     return info
 
 
