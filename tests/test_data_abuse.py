@@ -394,3 +394,42 @@ def test_a_run_killed_at_any_moment_leaves_no_dataset_or_a_whole_one(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         whole_or_absent(tmp_path / "demo")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no work folder left behind
+
+
+# ----- 9. a run killed outright leaves no worker behind
+
+POOL = r"""
+import sys, time
+from wikigpt.prep.workers import worker_pool
+with worker_pool(time.sleep, 2) as pool:
+    print(" ".join(str(p.pid) for p in pool.procs), flush=True)
+    sys.stdin.readline()  # never comes: the test kills this process here
+"""
+
+
+def test_the_workers_of_a_killed_run_die_with_it():
+    """prepare_wiki.py SIGKILLed (the OOM killer's signal): its workers end too. Each worker
+    forked after another holds that one's end of its pipe, so none saw its pipe close: they
+    waited forever, each holding what it inherited."""
+    proc = subprocess.Popen([sys.executable, "-c", POOL], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20  # a bound, not a wait: the kernel's signal comes at once
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    left = [p for p in pids if alive(p)]
+    for p in left:  # not left running after a failure
+        os.kill(p, signal.SIGKILL)
+    assert not left, "workers outlived the killed run"
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie holds nothing; whoever adopted it reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -52,6 +52,7 @@ from wikigpt.cli import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
 from wikigpt.prep.workdir import publish
+from wikigpt.prep.workers import die_with_parent
 from wikigpt.run.durable import fsync_tree, write_text
 
 INDEX_DIR = "index"
@@ -64,7 +65,6 @@ COMMIT_PASSAGES = 250_000  # a checkpoint every this many passages (at an articl
 CHUNK_CHARS = 1 << 20  # articles go to the workers in chunks of about this much text
 MALLOC_ARENAS = 2  # see _bounded_malloc
 M_ARENA_MAX = -8  # glibc's mallopt parameter
-PR_SET_PDEATHSIG = 1  # Linux's prctl option: a signal for this process when its parent dies
 
 
 def cores() -> int:
@@ -148,23 +148,6 @@ def _chunks(articles, limit: int = CHUNK_CHARS):
         yield chunk
 
 
-def _worker_starts(parent: int):
-    """Worker initializer: the worker dies with the build. A worker whose build is SIGKILLed (the
-    OOM killer's signal) would otherwise wait for work forever (it holds the write end of its own
-    call queue, so the queue never ends), holding whatever it inherited. Linux's parent-death
-    signal is set here (sent when the thread that forked the worker ends: build_index's, which
-    outlives the pool), then the parent checked: it may have died before the signal was set."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # no prctl off Linux
-        return
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _start_workers(workers: int) -> ProcessPoolExecutor | None:
     """The analysing processes, every one started now, before this process opens the index's
     files and tantivy starts its threads. A forked child holds every file open in its parent at
@@ -172,8 +155,8 @@ def _start_workers(workers: int) -> ProcessPoolExecutor | None:
     calling thread, so a lock held by another thread (malloc's) stays locked in the child."""
     if workers <= 1:
         return None
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_worker_starts,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))  # dies with the build: see there
     pool.submit(int).result()  # with fork, the executor starts all its processes at the first submit
     if len(pool._processes) != workers:  # one started later would be forked with the index open
         pool.shutdown()

@@ -58,8 +58,25 @@ class _RemoteTraceback(Exception):
         return self.args[0]
 
 
-def _worker(conn, slot, fn, initializer, initargs):
+def die_with_parent(parent: int):
+    """In a forked worker: the kernel kills it when its parent dies (Linux's parent-death signal,
+    sent when the thread that forked it ends), and it ends now if the parent is gone already. A
+    worker whose parent was SIGKILLed (the OOM killer's signal) otherwise waits for work forever:
+    each worker forked after another holds that one's end of its pipe too, so none sees its pipe
+    close, and each keeps what it inherited open (an index build's writer locks)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1  # prctl's option
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl off Linux: the pipe's end is all there is
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker(conn, slot, fn, initializer, initargs, parent):
     global _slot, _skips, _page
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _slot = slot
     if initializer:
@@ -102,7 +119,7 @@ class Workers:
         parent, child = CONTEXT.Pipe()
         self.slots[2 * i + 1] = 0.0
         proc = CONTEXT.Process(target=_worker, args=(child, (self.slots, 2 * i), self.fn, self.initializer,
-                                                self.initargs), daemon=True)
+                                                self.initargs, os.getpid()), daemon=True)
         proc.start()
         child.close()
         self.procs[i], self.conns[i], self.busy[i] = proc, parent, None
