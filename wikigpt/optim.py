@@ -36,11 +36,9 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
 
 class Muon(torch.optim.Optimizer):
     """Momentum SGD whose update for each hidden matrix is orthogonalised (all its singular
-    values set to ~1), so every direction learns at the same speed. For 2-D weights only.
-
-    Under fp16's GradScaler it skips an overflowed step on the GPU itself: the scaler hands it
-    `grad_scale` and `found_inf` (tensors) instead of reading found_inf back to the host to
-    decide whether to call step() at all, a sync in every training step."""
+    values set to ~1), so every direction learns at the same speed. For 2-D weights only."""
+    # fp16: GradScaler hands step() its scale and overflow flag as tensors (for an optimizer
+    # without this it reads the flag back to the host first: a sync in every training step)
     _step_supports_amp_scaling = True
 
     def __init__(self, params, lr=0.02, momentum=0.95):
@@ -48,23 +46,20 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # closure: the Optimizer interface (DCP's state init passes it)
-        grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler for this step (fp16), else absent
-        found_inf = getattr(self, "found_inf", None)  # () > 0 where the scaled gradients overflowed
+        unscale, overflow = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)  # fp16 only
         for group in self.param_groups:
             updates = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad if grad_scale is None else p.grad / grad_scale.to(p.grad.dtype)
+                grad = p.grad if unscale is None else p.grad / unscale.to(p.grad.dtype)
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
                 moved = buf.lerp(grad, 1 - group["momentum"])
                 updates.append((p, grad.lerp(moved, group["momentum"])))  # Nesterov
-                buf.copy_(moved if found_inf is None else torch.where(found_inf > 0, buf, moved))
+                buf.copy_(moved if overflow is None else torch.where(overflow > 0, buf, moved))  # overflow: no step
             for p, ortho in orthogonalise(updates):
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if found_inf is not None:  # an overflowed step leaves the weights as they were
-                    ortho = torch.where(found_inf > 0, 0.0, ortho)
-                p.add_(ortho, alpha=-group["lr"] * scale)
+                ortho = ortho if overflow is None else torch.where(overflow > 0, 0.0, ortho)
+                p.add_(ortho, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 def orthogonalise(updates: list) -> list:
@@ -75,9 +70,13 @@ def orthogonalise(updates: list) -> list:
     DDP (whose updates are the same everywhere) every process ends with the same weights.
     FSDP's updates (DTensors: each process holds some rows) are gathered first, one all-gather
     per shape too, and each process keeps its own rows of the result."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor  # FSDP's
+
+    shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     by_shape = {}
     for p, u in updates:
-        by_shape.setdefault((tuple(p.shape), is_sharded(u)), []).append((p, u))
+        by_shape.setdefault((tuple(p.shape), isinstance(u, DTensor)), []).append((p, u))
     out = []
     for (_, sharded), items in by_shape.items():
         params, us = zip(*items)
@@ -88,18 +87,8 @@ def orthogonalise(updates: list) -> list:
             out += [(p, rows_of(o, u)) for p, o, u in zip(params, ortho, us)]
         else:
             full = torch.stack(us)  # (k, m, n)
-            out += zip(params, orthogonalise_shared(full, None) if distributed() else zeropower_newton_schulz(full))
+            out += zip(params, orthogonalise_shared(full, None) if shared else zeropower_newton_schulz(full))
     return out
-
-
-def distributed() -> bool:
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def is_sharded(t) -> bool:
-    from torch.distributed.tensor import DTensor
-    return isinstance(t, DTensor)
 
 
 def orthogonalise_shared(full, group):
