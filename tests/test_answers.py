@@ -221,7 +221,7 @@ def test_a_long_message_is_read_by_its_end_and_its_history_within_bounds(reader,
     """A served message may hold 16 x the context in characters; the reader's work (searches,
     graph look-ups) grows with what it reads: it reads a question's last MAX_QUESTION_CHARS,
     where a long message asks, and each reply's first MAX_REPLY_CHARS."""
-    from wikigpt.knowledge.linking import MAX_QUESTION_CHARS, MAX_REPLY_CHARS
+    from wikigpt.knowledge.linking import MAX_QUESTION_CHARS, MAX_REPLY_CHARS, clipped
 
     searched = []
     real = reader.index.search
@@ -232,6 +232,8 @@ def test_a_long_message_is_read_by_its_end_and_its_history_within_bounds(reader,
     assert holds(found.best.text, ["Stonebridge"]) and found.links[0].title == "Brindavale"
     assert len(found.question) <= MAX_QUESTION_CHARS and found.question.endswith("What is its capital?")
     assert searched and max(map(len, searched)) <= MAX_QUESTION_CHARS + MAX_REPLY_CHARS
+    chinese, _ = clipped("请告诉我" * 400 + "北京是什么？", [])  # no space to cut at: the end, whole
+    assert len(chinese) == MAX_QUESTION_CHARS and chinese.endswith("北京是什么？")
 
 
 def test_a_message_naming_many_entities_reads_the_first_few(reader):

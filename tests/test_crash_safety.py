@@ -302,3 +302,21 @@ def test_two_writers_of_one_path_each_finish_whole(tmp_path):
         second.write_text("b" * 10)
     assert dest.read_text() == "a" * 1000  # the outer block ends last: its rename wins
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left
+
+
+def test_a_writer_killed_mid_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
+    """Each writer's temporary file has its own name, so one killed mid-save (its `finally`
+    never ran) would leave a whole checkpoint's bytes behind at every crash: the next save of
+    that path deletes those of writers that are gone, never a live one's."""
+    from wikigpt.run.durable import replacing
+
+    dest = tmp_path / "best.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"best.pt.{dead.stdout.strip()}-0badc0de.tmp"  # a finished process's pid
+    live = tmp_path / f"best.pt.{os.getpid()}-feedf00d.tmp"  # this one's: a save in progress
+    other = tmp_path / "last.pt.1-0badc0de.tmp"  # another file's
+    for f in (stale, live, other):
+        f.write_bytes(b"x" * 1000)
+    with replacing(dest) as tmp:
+        tmp.write_bytes(b"new")
+    assert dest.read_bytes() == b"new" and not stale.exists() and live.exists() and other.exists()

@@ -202,7 +202,7 @@ NAMING_FACTS = {  # values as infoboxes hold them: punctuation, accents, capital
     "Émile Durkheim": [("influences", "Auguste Comte, Herbert Spencer, ÉMILE Boutroux"), ("known for", "Anomie")],
     "Jonas Savimbi": [("party", "UNITA (1966–2002)"), ("spouse", "Vinona Unita")],
     "Ankara": [("region", "Kırıkkale, İstanbul, İSTANBUL"), ("notes", "ſtar K-line, straße")],
-    "Moscow": [("native name", "Москва"), ("motto", "ΟΔΟΣ μία, οδός")],
+    "Moscow": [("native name", "Москва"), ("motto", "ΟΔΟΣ μία, οδός"), ("sister city", "Vinona Unita")],
     "Lists": [("tags", 'foo_bar baz, C++ and "Best" of: NEAR(x y) - AND* OR NOT ^start {col}'),
               ("share", "50% of AC/DC, 1861–1865, cafe\u0301 x")],
     "喀布尔": [("国家", "阿富汗、伊朗"), ("河流", "长江流域"), ("作者", "《阿特拉斯耸耸肩》"), ("邻国", "喀布尔 阿富汗")],
@@ -241,14 +241,15 @@ def runs_of_words(values: list[str]) -> list[str]:
 def test_a_phrase_of_words_in_too_many_facts_is_not_looked_up(naming_kb, monkeypatch):
     """FTS5 checks the word order of every fact holding all of a phrase's words: "States United"
     read every fact naming the United States. A phrase whose rarest word is in more than
-    MAX_PHRASE_FACTS facts is skipped; the count is FTS5's own."""
+    MAX_PHRASE_FACTS facts is skipped; counts stop at the bound."""
     from wikigpt.knowledge import graph
 
-    assert naming_kb.facts_with_word("unita") == 2 and naming_kb.facts_with_word("anomie") == 1
-    assert naming_kb.facts_with_word("zzzz") == 0
+    assert [naming_kb.facts_with_word(w, 10) for w in ("unita", "anomie", "zzzz")] == [3, 1, 0]
+    assert naming_kb.facts_with_word("unita", 1) == 1  # counted up to the cap: a common word's count is cheap
     monkeypatch.setattr(graph, "MAX_PHRASE_FACTS", 1)
-    assert naming_kb.facts_naming(["Unita"]) == []  # in two facts: over the bound
-    assert [v for _, _, v, _ in naming_kb.facts_naming(["Anomie"])] == ["Anomie"]  # in one: looked up
+    assert naming_kb.facts_naming(["Vinona Unita"]) == []  # each word in two facts or more: over the bound
+    assert naming_kb.facts_naming(["Unita"])  # one word: its look-up stops at its LIMIT, always made
+    assert [v for _, _, v, _ in naming_kb.facts_naming(["Auguste Comte"])] == ["Auguste Comte, Herbert Spencer, ÉMILE Boutroux"]
 
 
 def test_the_graph_read_backwards_finds_what_a_scan_of_every_fact_finds(naming_kb, kb_data):

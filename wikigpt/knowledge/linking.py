@@ -139,6 +139,10 @@ def clipped(question: str, history) -> tuple[str, list[str]]:
     reply's first MAX_REPLY_CHARS (history alternates question, reply), cut at a space, so the
     work of a turn is bounded however long the messages a client sends are."""
     def end_of(text: str) -> str:
-        return text if len(text) <= MAX_QUESTION_CHARS else text[-MAX_QUESTION_CHARS:].partition(" ")[2]
+        tail = text[-MAX_QUESTION_CHARS:]
+        if len(text) <= MAX_QUESTION_CHARS or text[-MAX_QUESTION_CHARS - 1].isspace():
+            return tail
+        cut = re.search(r"\s", tail)  # the word the cut went through is left out; Chinese has no spaces
+        return tail[cut.end():] if cut and tail[cut.end():].strip() else tail
     return end_of(question), [t and (end_of(t) if i % 2 == 0 else t[:MAX_REPLY_CHARS])  # None: a reply left out
                               for i, t in enumerate(history)]

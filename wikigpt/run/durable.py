@@ -10,6 +10,7 @@ and a crash at any point leaves either the old file or the new one.
         torch.save(state, tmp)
     write_text(path, json.dumps(report))  # small text files (reports, summaries)
 """
+import glob
 import os
 import secrets
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ def replacing(path, suffix: str = ".tmp"):
     name is this writer's own: two processes saving one path (two eval runs' report.json) each
     write their own file and the last rename wins, instead of writing into or renaming the other's."""
     path = Path(path)
+    clear_stale(path, suffix)
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
@@ -62,6 +64,25 @@ def replacing(path, suffix: str = ".tmp"):
     finally:
         if tmp.is_file():
             tmp.unlink()
+
+
+def clear_stale(path: Path, suffix: str) -> None:
+    """Delete the temporary files of writers of `path` that died mid-save (SIGKILL, the OOM
+    killer: no `finally` ran), each up to a whole checkpoint; a live writer's stays."""
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*-*{suffix}"):
+        pid = old.name[len(path.name) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            old.unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def write_bytes(path, data: bytes) -> None:
