@@ -40,7 +40,7 @@ def test_a_check_past_its_timeout_leaves_no_process_it_started(tmp_path, monkeyp
     steps.write_text("import pathlib, subprocess, sys\np = subprocess.Popen(['sleep', '60'])\n"
                      "pathlib.Path(sys.argv[-1], 'child').write_text(str(p.pid))\np.wait()\n")
     monkeypatch.setattr(gpu_check, "STEPS", steps)
-    rows = gpu_check.run_check("env", 3, tmp_path)
+    rows = gpu_check.run_check("env", 6, tmp_path)  # room for a loaded machine to start it and write its child's pid
     assert rows[-1][1].startswith("FAILED: timed out"), rows
     stat = Path(f"/proc/{(tmp_path / 'child').read_text()}/stat")
     for _ in range(50):  # SIGKILL is delivered at once; dying takes the kernel a moment
