@@ -14,6 +14,13 @@ _cache = ROOT.parent / "shared" / "tiktoken-cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
 
+# Loopback only, whatever the machine: torchrun's rendezvous looks its own hostname up (a name
+# not in /etc/hosts retried forever), and the HTTP clients of the tests would go through a proxy
+# set in the environment
+os.environ.setdefault("PET_LOCAL_ADDR", "127.0.0.1")  # torchrun's --local_addr
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
+
 # Two workers on two cores, each with torch's default of one thread per core, ran 4 threads on 2
 # cores (and their subprocesses more): the suite took 9 min 25 s, and 7 min 33 s - 8 min 9 s with
 # OMP_NUM_THREADS=1. Each worker (and the processes it starts) gets its share of the cores,

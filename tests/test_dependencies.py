@@ -36,9 +36,9 @@ def test_one_long_word_encodes_in_linear_time():
         word = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(n))  # no space, no repeat run
         best = float("inf")
         for _ in range(3):
-            t = time.perf_counter()
+            t = time.thread_time()  # this thread's CPU time: a loaded machine's preemptions are not counted
             enc.encode_ordinary(word)
-            best = min(best, time.perf_counter() - t)
+            best = min(best, time.thread_time() - t)
         return best
     small, large = seconds(10_000), seconds(40_000)
     assert large < 8 * small + 0.01, (small, large)
