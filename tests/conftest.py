@@ -102,3 +102,19 @@ def tiny_ckpt(tiny_data, tmp_path_factory):
                 "--eval_interval=10", *TINY)
     assert r.returncode == 0, r.stderr
     return out / "last.pt"
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "(name)", which may hold spaces
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def running(pid: int) -> bool:
+    """Running, not a zombie (a zombie holds no files; whoever adopted it reaps it)."""
+    s = proc_stat(pid)
+    return s is not None and s[0] != "Z"

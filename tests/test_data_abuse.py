@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROSE, ROOT, dump_xml, page
+from conftest import PROSE, ROOT, dump_xml, page, running
 
 from prepare_wiki import main
 from wikigpt.prep.data import load_dataset, read_articles
@@ -418,18 +418,10 @@ def test_the_workers_of_a_killed_run_die_with_it():
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 20  # a bound, not a wait: the kernel's signal comes at once
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
+    while time.monotonic() < deadline and any(running(p) for p in pids):
         time.sleep(0.05)
-    left = [p for p in pids if alive(p)]
+    left = [p for p in pids if running(p)]
     for p in left:  # not left running after a failure
         os.kill(p, signal.SIGKILL)
     assert not left, "workers outlived the killed run"
 
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (a zombie holds nothing; whoever adopted it reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

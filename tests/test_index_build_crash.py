@@ -13,7 +13,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, proc_stat, running
 
 import wikigpt.prep.workdir as workdir
 from wikigpt.knowledge import index_build
@@ -36,25 +36,10 @@ index_build.build_index(sys.argv[1], quiet=True, commit_every=5, workers=2)
 """
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # after "(name)", which may hold spaces
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    s = _stat(pid)
-    return s is not None and s[0] != "Z"  # a zombie holds no files; whoever adopted it reaps it
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for d in os.listdir("/proc"):
-        if d.isdigit() and (s := _stat(int(d))) is not None and s[1] == pid:
+        if d.isdigit() and (s := proc_stat(int(d))) is not None and s[1] == pid:
             found.append(int(d))
     return found
 
@@ -101,13 +86,13 @@ def test_the_workers_of_a_killed_build_die_with_it_and_the_build_resumes(tiny_da
         os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer would
         proc.wait()
         deadline = time.monotonic() + 20  # a bound on the wait, not a timing: they die at once
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)], "workers outlived the killed build"
+        assert not [pid for pid in workers if running(pid)], "workers outlived the killed build"
     finally:
         proc.kill()
         for pid in workers:  # on a failure, no orphan outlives the test
-            if _alive(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.stdin.close()
         proc.stdout.close()
