@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank: int, world: int, port: int, sharded: bool, out: dict):
+def worker(rank: int, world: int, port: int, sharded: bool, out_dir: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -55,22 +55,23 @@ def worker(rank: int, world: int, port: int, sharded: bool, out: dict):
             params = [distribute_tensor(p, mesh, [Shard(0)]) for p in params]
         result = optim.orthogonalise(list(zip(params, ups)))
         full = [o.full_tensor() if sharded else o for _, o in result]
-        out[rank] = ([f.clone() for f in full], sum(done))
+        torch.save({"full": full, "done": sum(done)}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["ddp", "fsdp"])
-def test_two_processes_share_the_newton_schulz_work_and_get_one_processes_result(sharded):
-    out = mp.Manager().dict()
-    mp.spawn(worker, args=(2, free_port(), sharded, out), nprocs=2, join=True)
+def test_two_processes_share_the_newton_schulz_work_and_get_one_processes_result(sharded, tmp_path):
+    # results come back in files: an mp.Manager's socket path fails under a TMPDIR over ~72 characters
+    mp.spawn(worker, args=(2, free_port(), sharded, str(tmp_path)), nprocs=2, join=True)
+    out = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in (0, 1)]
     alone = [optim.zeropower_newton_schulz(u) for u in updates()]
     for rank in (0, 1):
-        got, worked = out[rank]
+        got, worked = out[rank]["full"], out[rank]["done"]
         assert worked == 3 + 2  # ceil(5/2) of the first shape + ceil(3/2) of the second, not all 8
         for g, a in zip(got, alone):
             torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))  # the same bits everywhere
+    assert all(torch.equal(a, b) for a, b in zip(out[0]["full"], out[1]["full"]))  # the same bits everywhere
 
 
 # ----------------------------------------------------------------------------------------
