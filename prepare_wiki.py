@@ -25,7 +25,6 @@ import argparse
 import base64
 import gzip
 import json
-import os
 import re
 import shutil
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 
 from wikigpt.prep.data import (ARTICLES, FORMAT_VERSION, MADE_BY, atomic_write_json, not_replaceable,
                           open_articles_for_writing, read_articles)
+from wikigpt.run.cores import usable_cores
 from wikigpt.run.durable import fsync_path, replace_durably
 from wikigpt.run.output_paths import output_path_problem, path_error
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
@@ -390,7 +390,7 @@ def parse_args(argv=None):
     p.add_argument("--val_fraction", type=float, default=0.01, help="share of articles for val")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
     p.add_argument("--min_chars", type=int, default=200, help="drop articles shorter than this")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int, default=usable_cores(),
                    help="worker processes (the output is the same for any number)")
     p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard (about)")
     p.add_argument("--max_articles", type=int, default=0, help="stop after this many articles (0: all)")

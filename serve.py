@@ -31,6 +31,7 @@ from wikigpt.server.app import create_app
 from wikigpt.server.checks import Settings, host_names, is_loopback
 from wikigpt.server.connections import uvicorn_config
 from wikigpt.server.generation import Server
+from wikigpt.run.cores import usable_cores
 
 
 def parse_args(argv):
@@ -60,7 +61,7 @@ def parse_args(argv):
                    help="seconds a streaming client may read nothing before its request is cancelled")
     p.add_argument("--header_timeout", type=float, default=Settings.header_timeout_s,
                    help="seconds a connection has to send its request's headers before it is closed")
-    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+    p.add_argument("--threads", type=int, default=max(1, usable_cores() - 1),
                    help="CPU threads for the model (default: all cores but one, which serves HTTP)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from wikigpt.run.cores import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest settings
 
 # The machines that run the tests reach no internet: tiktoken's GPT-2 files come from the
@@ -27,7 +29,7 @@ for _name in ("NO_PROXY", "no_proxy"):
 # unless the thread count is set already (the suite is also run with it set, as a check).
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _workers and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // _workers))
 
 
 # The files that take longest first: `make test` hands whole files to 2 workers in this order, and

@@ -53,6 +53,7 @@ from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passa
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
 from wikigpt.prep.workdir import publish
 from wikigpt.prep.workers import die_with_parent
+from wikigpt.run.cores import usable_cores
 from wikigpt.run.durable import fsync_tree, write_text
 
 INDEX_DIR = "index"
@@ -65,10 +66,6 @@ COMMIT_PASSAGES = 250_000  # a checkpoint every this many passages (at an articl
 CHUNK_CHARS = 1 << 20  # articles go to the workers in chunks of about this much text
 MALLOC_ARENAS = 2  # see _bounded_malloc
 M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def articles_fingerprint(folder: Path) -> str:
@@ -227,7 +224,7 @@ class _Writers:
             pix, tix = tantivy.Index.open(str(tmp / "passages")), tantivy.Index.open(str(tmp / "titles"))
         else:
             pix, tix = tantivy.Index(self.schema, str(tmp / "passages")), tantivy.Index(self.title_schema, str(tmp / "titles"))
-        self.writer, self.twriter = pix.writer(WRITER_HEAP, cores()), tix.writer(TITLES_HEAP, 1)
+        self.writer, self.twriter = pix.writer(WRITER_HEAP, usable_cores()), tix.writer(TITLES_HEAP, 1)
         self.store = _Store(tmp / SQLITE)
         self.leads, self.lead_buf = open(tmp / LEADS, "ab"), []
         if self.articles:
@@ -353,7 +350,7 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_ever
     resumed_after, resumed_passages = state["articles"], state["passages"]
     if resumed_after and not quiet:
         print(f"resuming the index build after {resumed_after:,} articles ({state['passages']:,} passages)")
-    workers = cores() if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     pool = _start_workers(workers)  # before the writers: see there
     writers = _Writers(tmp, state)
     try:
