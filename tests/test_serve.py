@@ -18,6 +18,7 @@ from test_engine import tiny_model
 from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import EngineThread, Request, generate
 from wikigpt.decoding.sampling import SamplingParams
+from wikigpt.server.app import authorized
 from wikigpt.server.checks import Settings
 from wikigpt.server.generation import Server
 
@@ -203,6 +204,7 @@ BAD = [
     ("max_tokens zero", ask("hi", max_tokens=0), 400, "'max_tokens' must be between 1"),
     ("max_tokens huge", ask("hi", max_tokens=10**7), 400, "'max_tokens' must be between 1"),
     ("max_tokens text", ask("hi", max_tokens="many"), 400, "'max_tokens' must be an integer"),
+    ("max_tokens beside the newer name", ask("hi", max_completion_tokens=2, max_tokens=-5), 400, "'max_tokens' must be between 1"),
     ("n", ask("hi", n=50), 400, "'n' must be between 1 and 8"),
     ("stop", ask("hi", stop=[1, 2]), 400, "'stop' must be"),
     ("stream", ask("hi", stream="yes"), 400, "'stream' must be true or false"),
@@ -272,6 +274,15 @@ def test_api_key_is_required_when_set(chat_ckpt):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["Hello"]
     finally:
         s.stop()
+
+
+def test_a_key_with_letters_outside_ascii_matches_what_clients_send_its_utf8_bytes():
+    for key in ("sk-clé-ünï", "sk-密钥"):
+        sent = key.encode("utf-8")
+        assert authorized({"headers": [(b"authorization", b"Bearer " + sent)]}, key)
+        assert authorized({"headers": [(b"authorization", b"bearer  " + sent + b" ")]}, key)
+        assert not authorized({"headers": [(b"authorization", b"Bearer " + sent[:-1])]}, key)
+    assert not authorized({"headers": []}, "sk-a") and not authorized({"headers": [(b"authorization", b"sk-a")]}, "sk-a")
 
 
 def test_a_keyless_server_on_an_address_others_reach_needs_insecure_no_key(tmp_path):

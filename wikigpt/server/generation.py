@@ -189,9 +189,9 @@ class Server:
 
     def max_tokens(self, body: dict) -> int:
         limit = self.settings.max_tokens_limit
-        value = number(body, "max_completion_tokens", None, 1, limit, integer=True)
         default = min(self.settings.default_max_tokens, limit)  # --max_tokens_limit bounds the default too
-        return value or number(body, "max_tokens", default, 1, limit, integer=True)
+        older = number(body, "max_tokens", default, 1, limit, integer=True)  # checked even where the newer name wins
+        return number(body, "max_completion_tokens", None, 1, limit, integer=True) or older
 
     # ----- generation
     async def generate(self, prompts: list[list[int]], body: dict, chat: bool, is_gone, found: Found | None = None):
