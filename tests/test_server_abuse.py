@@ -306,6 +306,23 @@ def test_a_client_that_leaves_mid_upload_is_no_server_error(live):
     settled(live)
 
 
+def test_a_broken_chunked_body_to_a_route_that_never_reads_it_is_a_400_and_no_server_error(live):
+    host, port = live.url.split("//")[1].split(":")
+    for path, kind in [("/v1/models", "application/json"), ("/nope", "application/json"),
+                       ("/v1/chat/completions", "text/plain")]:  # 405, 404, 415: answered without the body
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {kind}\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n".encode())
+            reply = b""
+            while data := sock.recv(4096):
+                reply += data
+        assert reply.startswith(b"HTTP/1.1 400"), (path, reply[:80])
+    time.sleep(0.3)
+    metrics = httpx.get(live.url + "/metrics", timeout=5).text
+    assert 'status="500"' not in metrics and "Traceback" not in live.log(), live.log()[-2000:]
+    settled(live)
+
+
 def test_a_connection_that_never_finishes_its_headers_is_closed(live):
     host, port = live.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as sock:

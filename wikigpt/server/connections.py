@@ -43,6 +43,11 @@ def bounded(protocol: type, settings: Settings) -> type:
             transport.close = close_or_abort
             self.arm_header_deadline()
 
+        def send_400_response(self, msg: str):
+            super().send_400_response(msg)  # a body that broke HTTP mid-request: answered and closed,
+            if self.cycle is not None:  # so the app's own reply (a 404 that never read the body) goes nowhere:
+                self.cycle.disconnected = True  # sent to h11 after the 400 it raised, a 500 and two tracebacks
+
         def on_response_complete(self):
             finished = self.cycle
             super().on_response_complete()  # starts a pipelined request that already arrived, if any
