@@ -402,7 +402,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_never_i
     killed, deadline = False, time.time() + 120
     while not killed and proc.poll() is None and time.time() < deadline:
         evals = (out / "metrics.jsonl").read_text().count('"type": "eval"') if (out / "metrics.jsonl").exists() else 0
-        if evals >= 3 and (pid := _worker_pid(out, rank=1, attempt=0)):  # last.pt holds step 5 or 10
+        if evals >= 3 and (pid := _worker_pid(out, rank=1, attempt=0)):  # last.pt holds step 5 or 10 here
             os.kill(pid, signal.SIGKILL)  # a lost worker, mid-run
             killed = True
         time.sleep(0.02)
@@ -412,7 +412,8 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_never_i
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the restarted group did not finish")
     assert killed and proc.returncode == 0, stdout[-3000:]
-    assert re.search(r"resuming \S+ at step (5|10)\b", stdout) and "done (max_steps) at step 30" in stdout
+    # (a later step where this poll runs late, on a busy or fast machine: still mid-run)
+    assert re.search(r"resuming \S+ at step (5|10|15|20|25)\b", stdout) and "done (max_steps) at step 30" in stdout
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(out / "last.pt")
     assert a["step"] == b["step"] == 30
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bit for bit
