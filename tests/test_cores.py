@@ -30,3 +30,32 @@ def test_without_cgroup_v2_it_is_the_cores_the_process_may_run_on(tmp_path, monk
         assert cores.usable_cores() == 1
     finally:
         os.sched_setaffinity(0, allowed)
+
+
+def test_inference_on_the_cpu_runs_no_more_threads_than_a_quota_allows(tmp_path, monkeypatch):
+    """load_model: torch starts one thread per core it may run on, a container's quota unread."""
+    from dataclasses import asdict
+
+    import torch
+    from model import GPT, GPTConfig
+    from test_server_abuse import byte_tokenizer
+    from wikigpt.checkpoint import build_checkpoint, save_checkpoint
+    from wikigpt.decoding.load import load_model
+
+    tok = byte_tokenizer()
+    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=16, n_layer=1, n_head=1, n_embd=8)
+    save_checkpoint(tmp_path / "m.pt", build_checkpoint("sft", GPT(cfg).state_dict(), asdict(cfg), tok.spec, step=0))
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # one core's time
+    monkeypatch.setattr(cores, "CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_model(tmp_path / "m.pt", "cpu")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a thread count the user set is theirs
+        load_model(tmp_path / "m.pt", "cpu")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -6,10 +6,14 @@ reads checkpoints with wikigpt/checkpoint.py alone and never imports this module
     model, tok, info = load_model("out/chat/best.pt")   # eval mode, on the best device here
 """
 import argparse
+import os
+
+import torch
 
 from model import GPT
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError
+from wikigpt.run.cores import usable_cores
 from wikigpt.run.device import enable_tf32, gpu_dtype, pick_device
 from wikigpt.tokenizer import Tokenizer
 
@@ -30,6 +34,8 @@ def load_model(path, device: str = "auto", dtype: str | None = None) -> tuple[GP
     if int8:
         from wikigpt.adapt.quant import check_int8_support
         check_int8_support(device)  # before any weight moves: refused whatever the checkpoint says
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # torch reads the affinity, not a container's
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))  # quota: 64 threads on 2 cores' time
     if device.startswith("cuda"):
         enable_tf32()
         dtype = dtype or gpu_dtype()

@@ -1,6 +1,7 @@
 """
 The CPU cores this process may use, for the defaults that size work by them (prepare_wiki.py's
-workers, serve.py's threads, the index build's writer threads, the tests' threads per worker).
+workers, serve.py's threads, the index build's writer threads, the threads of inference on the
+CPU (decoding/load.py), the tests' threads per worker).
 os.cpu_count() counts the machine's: in a container started with `--cpus=2` on a 64-core host
 it says 64, and 64 workers or threads then share two cores' time.
 """
