@@ -25,6 +25,7 @@ sampler could never pick.
 """
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -305,6 +306,9 @@ def write_hf_folder(tmp: Path, ckpt: dict, model, tok, config: dict, weights: di
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
     save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+    umask = os.umask(0o022)  # read back: safetensors creates its file 0600, unlike every other file here
+    os.umask(umask)
+    os.chmod(tmp / "model.safetensors", 0o666 & ~umask)  # what the user's umask gives any new file
     write_json(tmp / "config.json", config)
     generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos}
     if chat:

@@ -183,6 +183,20 @@ def test_overwrite_replaces_an_earlier_export_and_nothing_else(tiny_ckpt, tmp_pa
     assert (export(tiny_ckpt, tmp_path / "empty") / "config.json").is_file()
 
 
+def test_every_exported_file_has_the_mode_the_users_umask_gives(tiny_ckpt, tmp_path):
+    from export import export
+
+    for umask in (0o022, 0o077):
+        before = os.umask(umask)
+        try:
+            hf = export(tiny_ckpt, tmp_path / f"hf{umask:o}")
+            gguf_file = export(tiny_ckpt, tmp_path / f"m{umask:o}.gguf", format="gguf")
+        finally:
+            os.umask(before)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in [*hf.iterdir(), gguf_file]}
+        assert set(modes.values()) == {0o666 & ~umask}, modes  # model.safetensors was 0600 under 022
+
+
 def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_path):
     preset, ckpt, folder = chat_export
     out = tmp_path / "model.gguf"
