@@ -8,11 +8,13 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
     python chat.py --ckpt out/chat/best.pt --rag --copy 0         # the model alone reads the evidence
     printf 'Hello!\\n你好\\n' | python chat.py --ckpt out/chat/best.pt          # a scripted chat
 
-Commands: /reset clears the conversation (with --rag, the article it was about too), /quit (or Ctrl-D) leaves.
+Commands: /reset clears the conversation (with --rag, the article it was about too), /quit (or Ctrl-D) leaves;
+another /word is refused as an unknown command (it would otherwise go to the model).
 Replies are decoded by wikigpt/decoding/engine.py exactly as serve.py decodes them: same seed, same reply.
 One engine serves every turn; --compile compiles its step once, before the first reply.
 """
 import argparse
+import re
 import sys
 
 from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
@@ -111,6 +113,9 @@ def main(argv):
         if text == "/reset":
             history = list(start)
             print("(conversation cleared)")
+            continue
+        if re.fullmatch(r"/[A-Za-z]+", text):  # a command mistyped, or one from another tool: not for the model
+            print(f"(unknown command {text}: /reset starts over, /quit leaves)")
             continue
         history.append(Message("user", text))
         print("bot> ", end="", flush=True)

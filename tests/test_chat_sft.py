@@ -179,12 +179,13 @@ def test_one_shot_reply(tiny_chat):
 
 
 def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
-    script = "What is 3 plus 3?\nWhat is 3 plus 3?\n/reset\nWhat is 3 plus 3?\n/quit\n"
+    script = "What is 3 plus 3?\nWhat is 3 plus 3?\n/reset\n/help\nWhat is 3 plus 3?\n/quit\n"
     r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--temperature", "0", "--max_new_tokens", "16",
                 input=script)
     assert r.returncode == 0, r.stderr
     replies = re.findall(r"^bot> (.*)$", r.stdout, re.M)
     assert len(replies) == 3 and "(conversation cleared)" in r.stdout
+    assert "(unknown command /help: /reset starts over, /quit leaves)" in r.stdout  # not sent to the model
     assert replies[2] == replies[0]  # after /reset the model sees exactly the first question again
 
 
