@@ -41,7 +41,8 @@ from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.chat.sft_rows import TokenRows, rows_of, val_set
 from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_dialogues
 from wikigpt.decoding.load import add_dtype_arg, load_model
-from wikigpt.cli import UsageError, output_file, progress_bar, run_main
+from wikigpt.cli import UsageError, output_file, run_main
+from wikigpt.run.progress import progress_bar
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate_batch

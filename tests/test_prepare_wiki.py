@@ -372,7 +372,7 @@ def test_gpt2_without_its_download_says_what_to_do_before_any_work(small_dump, t
 def test_progress_off_a_terminal_is_a_few_plain_lines(small_dump, tmp_path):
     import io
 
-    from wikigpt.cli import progress_bar
+    from wikigpt.run.progress import progress_bar
 
     log = io.StringIO()  # not a terminal, like a CI log or `make demo > log`
     bar = progress_bar(total=5000, file=log, desc="clean", unit="B")

@@ -1,7 +1,7 @@
 """
 What every wikigpt command shares: user errors that print without a traceback (`UsageError`,
-`run_main`), typed configs (a dataclass <- TOML files <- --key=value, typos caught, `-h`), a
-progress bar fit for logs. The options of the commands that run a checkpoint (--ckpt/--device/
+`run_main`), typed configs (a dataclass <- TOML files <- --key=value, typos caught, `-h`); the
+progress bar of long work is wikigpt/run/progress.py's. The options of the commands that run a checkpoint (--ckpt/--device/
 --dtype, --rag/--data/--rag_k) are wikigpt/decoding/load.py's.
 
     @dataclass
@@ -25,33 +25,6 @@ from pathlib import Path
 from wikigpt.prep.data import DatasetError
 from wikigpt.run.output_paths import output_path_problem, path_error, stdout_reader_left
 from wikigpt.tokenizer import TokenizerError
-
-
-def progress_bar(iterable=None, **kwargs):
-    """tqdm on a terminal. Elsewhere (CI logs, `make demo > log`) tqdm's hundreds of carriage-
-    return redraws would pile up in the file: there it prints a plain line every 30 s and one at
-    the end instead."""
-    from tqdm import tqdm
-
-    out = kwargs.pop("file", None) or sys.stderr
-    if out.isatty():
-        return tqdm(iterable, file=out, **kwargs)
-    return tqdm(iterable, file=_Lines(out), mininterval=30, ascii=True, **kwargs)
-
-
-class _Lines:
-    """A stream for tqdm that turns each redraw into one line of its own."""
-
-    def __init__(self, out):
-        self.out = out
-
-    def write(self, text: str):
-        text = text.replace("\r", "").rstrip()
-        if text:
-            self.out.write(text + "\n")
-
-    def flush(self):
-        self.out.flush()
 
 
 class UsageError(Exception):

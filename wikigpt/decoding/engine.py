@@ -368,7 +368,7 @@ def engine_for(model: GPT, n_slots: int = 1, tok=None, compile: bool | None = Fa
 def warmed_engine(model: GPT, tok, n_slots: int = 1) -> Engine:
     """engine_for(..., compile=True) with every graph compiled now, with a progress bar: a chat's
     replies then compile nothing (chat.py and sample.py --compile)."""
-    from wikigpt.cli import progress_bar
+    from wikigpt.run.progress import progress_bar
 
     engine = engine_for(model, n_slots, tok, compile=True)
     if engine.compiled and not engine.warmed:

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import tantivy
 
-from wikigpt.cli import progress_bar
+from wikigpt.run.progress import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
 from wikigpt.prep.workdir import publish

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from wikigpt.cli import progress_bar
+from wikigpt.run.progress import progress_bar
 from wikigpt.run.durable import replace_durably, write_text
 from wikigpt.prep.errors import WikiError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wikigpt.cli import progress_bar
+from wikigpt.run.progress import progress_bar
 from wikigpt.prep.data import ARTICLES, ShardFile, read_articles
 from wikigpt.prep.workers import ordered_map, worker_pool
 from wikigpt.tokenizer import Tokenizer
