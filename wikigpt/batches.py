@@ -40,10 +40,11 @@ class PretrainBatches(SeededOrder):
         per_shard = [max(len(s) - 1, 0) // block_size for s in shards]
         self.shards, self.first = shards, np.cumsum([0] + per_shard)  # first window index of each shard
         super().__init__(int(self.first[-1]), block_size, batch_size, seed, rank, world, device)
-        if self.n_windows < batch_size * world:
-            raise UsageError(f"the train split holds {sum(len(s) for s in shards):,} tokens: too few "
-                             f"for {batch_size * world} windows of block_size {block_size}. Lower "
-                             "block_size or batch_size, or prepare more data.")
+        if self.n_windows < batch_size * world:  # a window is block_size + 1 tokens of one shard
+            raise UsageError(f"the train split holds {self.n_windows:,} windows of block_size {block_size}, "
+                             f"too few for {batch_size * world}: " + ("every shard is shorter than a window, which never "
+                             "crosses shards. Lower block_size, or prepare more data or larger shards (--shard_tokens)."
+                             if self.n_windows == 0 else "lower block_size or batch_size, or prepare more data."))
 
     def window(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self.first, i, side="right")) - 1
@@ -102,9 +103,10 @@ def val_windows(shards, block_size, n_tokens):
             break
     stream = np.concatenate(parts).astype(np.int64)
     n = (len(stream) - 1) // block_size
-    if n == 0:
-        raise UsageError(f"the val split ({len(stream)} tokens) is shorter than block_size "
-                         f"{block_size}. Lower block_size or use a larger val_fraction.")
+    if n == 0:  # the stream is the n_tokens + 1 asked for, unless the val split is shorter
+        raise UsageError(f"eval_tokens ({n_tokens}) must be at least block_size ({block_size})."
+                         if len(stream) > n_tokens else f"the val split ({len(stream)} tokens) is shorter than "
+                         f"block_size {block_size}. Lower block_size or use a larger val_fraction.")
     x = torch.from_numpy(stream[:n * block_size].reshape(n, block_size))
     y = torch.from_numpy(stream[1:n * block_size + 1].reshape(n, block_size))
     return x, y

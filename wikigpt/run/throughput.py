@@ -32,7 +32,7 @@ def datasheet_peak(name: str, dtype: torch.dtype) -> float | None:
 
 def peak_flops(device: str, dtype: torch.dtype) -> tuple[float, str]:
     """Peak FLOP/s to state MFU against: the datasheet figure of a known GPU; otherwise a matmul
-    peak measured now, at the start of this run (~0.5 s). Measured once and cached forever, a
+    peak measured now, at the start of this run (a second or so). Measured once and cached forever, a
     peak taken while the machine was busy undercounts and inflates every later run's MFU."""
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
@@ -59,13 +59,18 @@ def platform_name(device: str) -> str:
 def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, reps: int = 5) -> float:
     """The best rate of square matmuls. On a GPU: 8192^3 products timed with CUDA events over 10
     back-to-back launches, so that launch overhead (tens of microseconds, as long as a small
-    product) does not read as a low peak; on a CPU: the best of `reps` single products."""
+    product) does not read as a low peak; on a CPU: the best of `reps` single products of 2048^3,
+    or smaller ones where the dtype is slow: without a fast kernel for it (float16 on most CPUs) a
+    2048^3 product takes tens of seconds, not a fifth of one, and the run would wait minutes."""
     cuda = device.startswith("cuda")
-    n = n or (8192 if cuda else 2048)
     gen = torch.Generator(device).manual_seed(0)  # its own: the global RNG stream is the run's (exact resume)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+
+    def operands(size):
+        return [torch.randn(size, size, device=device, dtype=dtype, generator=gen) for _ in range(2)]
+
     if cuda:
+        n = n or 8192
+        a, b = operands(n)
         a @ b  # warm-up: cuBLAS picks its kernel
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         best = float("inf")
@@ -77,12 +82,21 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, 
             end.synchronize()
             best = min(best, start.elapsed_time(end) / 1e3 / 10)
         return 2 * n**3 / best
-    best = float("inf")
-    for _ in range(reps + 1):
+    n = n or 2048
+    size = min(256, n)
+    while True:  # double the size while the next product, 8x the work (or more), looks under 0.5 s
+        a, b = operands(size)
+        t = time.perf_counter()
+        a @ b  # also the warm-up of this size
+        best = time.perf_counter() - t
+        if size * 2 > n or best * 8 > 0.5:
+            break
+        size *= 2
+    for _ in range(reps):
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * size**3 / best
 
 
 def peak_memory_mb(device: str) -> float:
