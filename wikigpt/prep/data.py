@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import resource
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,6 +179,15 @@ def load_dataset(path) -> TokenDataset:
         raise DatasetError(f"{meta_path}: dataset format version {meta.get('format_version')}, this "
                            f"code reads version {FORMAT_VERSION}. Re-run prepare_wiki.py.")
     tok = Tokenizer.load(path / "tokenizer.json")
+    # each shard mapped below holds a file descriptor all run (np.memmap's mmap keeps a dup of it): raise the
+    # soft limit on open files (often 1,024) to the shards + 1,024 for everything else, up to the hard limit
+    n_shards = len(meta["shards"]["train"]) + len(meta["shards"]["val"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n_shards + 1024:
+        if hard < n_shards + 64:
+            raise DatasetError(f"{path} has {n_shards} shards, each an open file all run, but the limit on open files "
+                               f"is {hard}: raise it (`ulimit -n {n_shards + 1024}`) or rebuild with a larger --shard_tokens.")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n_shards + 1024, hard), hard))
     splits = {}
     for split in ("train", "val"):
         shards = [open_shard(path / name, tok.n_vocab) for name in meta["shards"][split]]
