@@ -45,17 +45,16 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
         raise UsageError(f"{last_path(cfg)} is a {start.checkpoint.get('kind')} checkpoint; cannot resume it as {kind}.")
     model, lora = build_model(cfg, tok, start)
     model.to(dist.device)
-    model.activation_checkpointing = cfg.activation_checkpointing
     dtype = pick_dtype(cfg, dist.device_type)
     if sharded:
         from wikigpt.run import fsdp
         fsdp.shard_model(model, dist.device_type, dist.world, dtype)
     optimizers = build_optimizers(model, cfg, dist.device_type)
-    run = restore(start, model, optimizers, batches, sharded) if start.resume else Progress()
+    scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
+    run = restore(start, model, optimizers, scaler, batches, sharded) if start.resume else Progress()
     run.data = batches.state_dict()
     x, y = batches.next_batch()
     autocast = torch.autocast(dist.device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    scaler = torch.amp.GradScaler(dist.device_type, enabled=dtype == torch.float16)
     token_bytes = token_bytes_table(tok, model.cfg.padded_vocab, dist.device)
     # Two handles on one set of weights: `model`, the GPT itself (evaluated, checkpointed with clean
     # state_dict keys, clipped), and `loss_fn`, what each step calls, (x, y) -> loss: the fused loss
@@ -71,7 +70,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     assert batches.B == micro, "build the batches with batch_plan's rows per process"
     log = TrainLog(cfg, dist, kind, model, tok, dtype, micro, accum, lora, start.path if start.resume else None,
                    resume_step=run.step if start.resume else None)
-    checkpoints = Checkpoints(cfg, kind, model, optimizers, tok, lora, dist)
+    checkpoints = Checkpoints(cfg, kind, model, optimizers, tok, lora, dist, scaler)
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
     first_val, stop_reason = None, "max_steps"
@@ -87,9 +86,10 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 with log.evaluating():
                     improved = run.record(evaluate(model, *val_xy, token_bytes, cfg.batch_size, dist, autocast))
                     first_val = first_val or run.val
+                    log.record_eval(run.step, run.val)  # before last.pt moves on: a resumed run skips this eval
                     if dist.master or sharded:
                         with log.saving():  # the copy to the CPU; the write goes on while training does
-                            files = checkpoints.last(run) + (checkpoints.best(run) if improved else [])
+                            files = (checkpoints.best(run) if improved else []) + checkpoints.last(run)
                             if dist.master:
                                 saver.save(files)
                     log.evaluated(run.step, run.val, improved)
@@ -227,6 +227,11 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, di
                               arch=cfg.arch, mlp=None if cfg.mlp == "auto" else cfg.mlp))
     if model.cfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
+    if ckpt is not None and ckpt.get("tokenizer", tok.spec) != tok.spec:  # same ids, other words: no error would show
+        raise UsageError(f"{start.path} was trained with another tokenizer than {cfg.data}'s: use the dataset it was "
+                         f"trained on ({ckpt.get('train_config', {}).get('data', '?')}); two datasets share one only "
+                         "when both were prepared with --tokenizer gpt2.")
+    model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora
 
 
@@ -270,8 +275,8 @@ class Progress:
         return False
 
 
-def restore(start: Start, model: GPT, optimizers: list, batches, sharded: bool) -> Progress:
-    """Put a resumed run back where it was: optimizer state, data position, random state."""
+def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded: bool) -> Progress:
+    """Put a resumed run back where it was: optimizer state, fp16's loss scale, data position, random state."""
     ckpt = start.checkpoint
     if sharded:  # written by any number of processes: DCP reshards on load
         from wikigpt.run import fsdp
@@ -279,6 +284,8 @@ def restore(start: Start, model: GPT, optimizers: list, batches, sharded: bool) 
     else:
         for o, state in zip(optimizers, ckpt["optimizer"]):
             o.load_state_dict(state)
+    if ckpt.get("scaler"):  # {} unless float16
+        scaler.load_state_dict(ckpt["scaler"])
     batches.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"])
     return Progress(ckpt["step"], ckpt["best_val"], ckpt["bad_evals"])
@@ -289,7 +296,8 @@ class Checkpoints:
     """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
     tools load: the weights (or adapters) and their description, a third of last.pt's size with
     AdamW. last() and best() give the (path, checkpoint) pairs process 0 writes, in the
-    background, while training goes on. Sharded: every process calls them; last.dcp is written
+    background, while training goes on: best.pt first (a kill between the two leaves the
+    last.pt that redoes the eval). Sharded: every process calls them; last.dcp is written
     by all, in last(), and best.pt gathered by all for process 0."""
     cfg: TrainConfig
     kind: str
@@ -298,9 +306,11 @@ class Checkpoints:
     tok: Tokenizer
     lora: dict | None
     dist: Dist
+    scaler: torch.amp.GradScaler
 
     def last(self, run: Progress) -> list[tuple[Path, dict]]:
-        resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals)
+        resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals,
+                            scaler=self.scaler.state_dict())  # {} unless float16
         if self.cfg.shard != "fsdp":
             optimizer = [o.state_dict() for o in self.optimizers]
             return [(last_path(self.cfg), self.checkpoint(run, self.weights(), optimizer=optimizer, **resume_state))]

@@ -37,8 +37,10 @@ def read_metrics(path) -> list[dict]:
 class MetricsLog:
     """Appends rows to OUT_DIR/metrics.jsonl. A fresh run starts the file anew; a resumed run
     (resume_step = the checkpoint's step) keeps the rows up to that step and drops the ones
-    logged after it, which the resumed run logs again: no step twice, none missing. The
-    elapsed time goes on from the kept rows', so a resumed run's clock does not restart at 0."""
+    logged after it, which the resumed run logs again: no step twice, none missing (the eval of
+    the step it resumes at was logged before its checkpoint; a run that resumes at its last step
+    evaluates it again, and that row is kept once). The elapsed time goes on from the kept rows',
+    so a resumed run's clock does not restart at 0."""
 
     def __init__(self, out_dir, kind: str, resume_step: int | None = None):
         self.path, self.kind = Path(out_dir) / METRICS, kind
@@ -46,10 +48,14 @@ class MetricsLog:
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
         self.elapsed_before = max((r.get("elapsed", 0.0) for r in kept), default=0.0)
+        self.evaluated = {r.get("step") for r in kept if r.get("type") == "eval"}
         # a kill or a power cut here leaves the old file or the new, never half
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, type: str, step: int, elapsed: float, **values):
+        if type == "eval" and step in self.evaluated:
+            return
+        self.evaluated |= {step} if type == "eval" else set()
         row = {"type": type, "kind": self.kind, "step": step, **values,
                "elapsed": round(self.elapsed_before + elapsed, 3)}
         with open(self.path, "a", encoding="utf-8") as f:

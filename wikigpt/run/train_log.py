@@ -107,6 +107,9 @@ class TrainLog:
         saved = f" | checkpoint {self.last_save:.2f} s" if self.last_save is not None else ""
         self(f"step {step}: val loss {val['loss']:.4f}, val bpb {val['bpb']:.4f}"
              f"{' (best)' if improved else ''}{saved}{share}")
+
+    def record_eval(self, step: int, val: dict):
+        """The eval's row in metrics.jsonl (and wandb), written before the checkpoint of its step."""
         if self.wandb:
             self.wandb.log({"val/loss": val["loss"], "val/bpb": val["bpb"]}, step=step)
         if self.metrics:

@@ -1,0 +1,85 @@
+"""train.py resumed after what real runs meet: an fp16 run's loss scale, a kill at each point of
+a checkpoint's save, a dataset of another tokenizer. Each run is a real process."""
+import json
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from wikigpt.checkpoint import load_checkpoint
+
+# train.py run with a patch: GradScaler grows its scale every step (not every 2,000), so that an
+# fp16 run's scale moves within a few steps; checkpoints written before the loop goes on (not
+# beside it), and a SIGKILL at one point of their save: each kill lands at one point of the loop
+PATCHED = '''
+import os, runpy, signal, sys
+sys.path.insert(0, os.getcwd())
+import torch
+import wikigpt.checkpoint as checkpoint
+init, save = torch.amp.GradScaler.__init__, checkpoint.save_checkpoint
+torch.amp.GradScaler.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "growth_interval": 1})
+step, when = int(os.environ.get("KILL_STEP", -1)), os.environ.get("KILL_WHEN")
+def save_or_die(path, state):
+    if when == "before best.pt" and path.name == "best.pt" and state["step"] == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(path, state)
+    if when == "after last.pt" and path.name == "last.pt" and state["step"] == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.save_checkpoint = save_or_die
+in_background = checkpoint.BackgroundSaver.save
+def save_now(self, files):
+    in_background(self, files)
+    self.wait()
+checkpoint.BackgroundSaver.save = save_now
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+'''
+
+
+@pytest.fixture
+def patched(tmp_path):
+    path = tmp_path / "patched_train.py"
+    path.write_text(PATCHED)
+    return path
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_an_fp16_run_resumes_with_the_loss_scale_it_had_reached(tiny_data, tmp_path, patched):
+    common = [f"--data={tiny_data}", "--max_steps=12", "--eval_interval=6", "--dtype=float16", *TINY]
+    for out, extra in (("a", []), ("b", ["--stop_after=6"]), ("b", ["--resume=true"])):
+        r = run_cli(patched, *common, f"--out_dir={tmp_path / out}", *extra)
+        assert r.returncode == 0, r.stderr
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["scaler"]["scale"] != 2.0 ** 16  # it moved from GradScaler's first scale...
+    assert b["scaler"] == a["scaler"] and same_weights(a, b)  # ...and the resumed run went on from it
+
+
+@pytest.mark.parametrize("when", ["before best.pt", "after last.pt"])
+def test_a_kill_during_an_evals_save_resumes_to_the_same_best_pt_and_metrics(tiny_data, tmp_path, patched, when):
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=8", "--eval_interval=4", *TINY]
+    killed = run_cli(patched, *common, env={"KILL_STEP": "8", "KILL_WHEN": when})  # the last eval's save
+    assert killed.returncode == -9, killed.stderr
+    r = run_cli("train.py", *common, "--resume=true")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if row["type"] == "eval"]
+    assert [row["step"] for row in evals] == [0, 4, 8]  # none lost, none twice
+    best = min(evals, key=lambda row: row["val_loss"])
+    saved = load_checkpoint(tmp_path / "best.pt")
+    assert saved["step"] == best["step"] and saved["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-6)
+
+
+def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump):
+    other = tmp_path / "other"  # another text, a smaller vocabulary: the ids fit, and mean other words
+    r = run_cli("prepare_wiki.py", small_dump, "--out", other, "--tokenizer", "bpe:280", "--min_chars", "10")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    assert run_cli("train.py", f"--data={tiny_data}", f"--out_dir={run}", "--max_steps=2", *TINY).returncode == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for args in ([f"--out_dir={run}", "--resume=true"], [f"--out_dir={tmp_path / 'new'}", f"--init_from={run / 'last.pt'}"]):
+        r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, *args)
+        assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
