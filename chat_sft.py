@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from train import resolve_resume, starting_point, train
+from train import resolve_resume, same_start_everywhere, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
 from wikigpt.decoding.load import load_model
@@ -58,6 +58,7 @@ def main(argv):
     resume = resolve_resume(cfg)
     dist = setup_dist(cfg)
     start = starting_point(cfg, resume)
+    same_start_everywhere(dist, start, cfg)
     ckpt = start.checkpoint
     if ckpt is None:
         raise UsageError("chat_sft.py needs a pretrained model: set init_from (e.g. "

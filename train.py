@@ -146,6 +146,7 @@ def main(argv):
         print("config:", json.dumps(asdict(cfg)))
     ds = load_dataset(cfg.data)
     start = starting_point(cfg, resume)
+    same_start_everywhere(dist, start, cfg)
     block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
@@ -190,6 +191,18 @@ def starting_point(cfg: TrainConfig, resume: bool) -> Start:
     return Start(False, load_checkpoint(cfg.init_from), cfg.init_from) if cfg.init_from else Start(False, None, None)
 
 
+def same_start_everywhere(dist: Dist, start: Start, cfg: TrainConfig):
+    """Every process resumes from one step: on several machines each reads out_dir on its own disk,
+    and one that found no checkpoint would start over beside the others (a collective mismatch)."""
+    if dist.world > 1:
+        mine = torch.tensor([start.checkpoint["step"] if start.resume else -1], device=dist.device)
+        steps = [torch.zeros_like(mine) for _ in range(dist.world)]
+        torch.distributed.all_gather(steps, mine)
+        if len(set(steps := [int(s) for s in steps])) > 1:
+            raise UsageError(f"the processes would start from steps {steps} (-1: from scratch), each reading "
+                             f"{last_path(cfg)} on its own machine: make out_dir one shared folder, or copy it to each.")
+
+
 def last_path(cfg: TrainConfig) -> Path:
     """The resumable checkpoint: one file, or with shard=fsdp a folder of shards (DCP)."""
     return Path(cfg.out_dir) / ("last.dcp" if cfg.shard == "fsdp" else "last.pt")
@@ -228,9 +241,8 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, di
     if model.cfg.vocab_size < tok.n_vocab:
         raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     if ckpt is not None and ckpt.get("tokenizer", tok.spec) != tok.spec:  # same ids, other words: no error would show
-        raise UsageError(f"{start.path} was trained with another tokenizer than {cfg.data}'s: use the dataset it was "
-                         f"trained on ({ckpt.get('train_config', {}).get('data', '?')}); two datasets share one only "
-                         "when both were prepared with --tokenizer gpt2.")
+        raise UsageError(f"{start.path} was trained with another tokenizer than {cfg.data}'s: use its own dataset "
+                         f"({ckpt.get('train_config', {}).get('data', '?')}); only gpt2 datasets share one tokenizer.")
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora
 
@@ -295,10 +307,9 @@ def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded
 class Checkpoints:
     """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
     tools load: the weights (or adapters) and their description, a third of last.pt's size with
-    AdamW. last() and best() give the (path, checkpoint) pairs process 0 writes, in the
-    background, while training goes on: best.pt first (a kill between the two leaves the
-    last.pt that redoes the eval). Sharded: every process calls them; last.dcp is written
-    by all, in last(), and best.pt gathered by all for process 0."""
+    AdamW. best() and last() give the (path, checkpoint) pairs process 0 writes in that order
+    (a kill between leaves the last.pt that redoes the eval), in the background. Sharded: every
+    process calls them; last.dcp is written by all, in last(), and best.pt gathered by all."""
     cfg: TrainConfig
     kind: str
     model: GPT

@@ -83,3 +83,26 @@ def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(ti
         r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, *args)
         assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_line_each(tiny_data, tmp_path):
+    """Two torchrun launchers on 127.0.0.1 as two machines, each with an out_dir of its own disk:
+    the first holds a checkpoint, the second none (it would start over, beside the other)."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    common = [f"--data={tiny_data}", "--max_steps=4", "--eval_interval=2", *TINY]
+    assert run_cli("train.py", *common, f"--out_dir={tmp_path / 'node0'}", "--stop_after=2").returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
+         *common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in nodes]
+    for p, err in zip(nodes, errors):  # each machine says it, once (its first process)
+        assert p.returncode != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]

@@ -72,7 +72,7 @@ def run_main(main_fn):
     except (UsageError, DatasetError, TokenizerError, OSError) as e:
         if isinstance(e, OSError) and path_error(e) is None:
             raise  # a socket, or a bug: its traceback is worth seeing
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process hits it: say it once
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # under torchrun every process hits it: once a machine
             print(f"error: {path_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(2)
 
