@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from train import resolve_resume, same_start_everywhere, starting_point, train
+from train import resolve_resume, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
+from wikigpt.run.resume import check_start
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate
 from wikigpt.chat.chat_template import show_mask
@@ -58,7 +59,7 @@ def main(argv):
     resume = resolve_resume(cfg)
     dist = setup_dist(cfg)
     start = starting_point(cfg, resume)
-    same_start_everywhere(dist, start, cfg)
+    check_start(dist, start, cfg)
     ckpt = start.checkpoint
     if ckpt is None:
         raise UsageError("chat_sft.py needs a pretrained model: set init_from (e.g. "

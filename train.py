@@ -26,6 +26,7 @@ from wikigpt.loss import NextTokenLoss
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.prep.data import load_dataset
+from wikigpt.run.resume import check_start
 from wikigpt.run.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
@@ -146,7 +147,7 @@ def main(argv):
         print("config:", json.dumps(asdict(cfg)))
     ds = load_dataset(cfg.data)
     start = starting_point(cfg, resume)
-    same_start_everywhere(dist, start, cfg)
+    check_start(dist, start, cfg)  # the same settings as the run it resumes, the same step everywhere
     block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
@@ -189,18 +190,6 @@ def starting_point(cfg: TrainConfig, resume: bool) -> Start:
     if resume:
         return Start(True, load_checkpoint(last_path(cfg)), last_path(cfg))
     return Start(False, load_checkpoint(cfg.init_from), cfg.init_from) if cfg.init_from else Start(False, None, None)
-
-
-def same_start_everywhere(dist: Dist, start: Start, cfg: TrainConfig):
-    """Every process resumes from one step: on several machines each reads out_dir on its own disk,
-    and one that found no checkpoint would start over beside the others (a collective mismatch)."""
-    if dist.world > 1:
-        mine = torch.tensor([start.checkpoint["step"] if start.resume else -1], device=dist.device)
-        steps = [torch.zeros_like(mine) for _ in range(dist.world)]
-        torch.distributed.all_gather(steps, mine)
-        if len(set(steps := [int(s) for s in steps])) > 1:
-            raise UsageError(f"the processes would start from steps {steps} (-1: from scratch), each reading "
-                             f"{last_path(cfg)} on its own machine: make out_dir one shared folder, or copy it to each.")
 
 
 def last_path(cfg: TrainConfig) -> Path:

@@ -85,6 +85,18 @@ def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(ti
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_runs_longer_is_not(tiny_data, tmp_path):
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4", "--eval_interval=2", *TINY]
+    assert run_cli("train.py", *common, "--stop_after=2").returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for changed, said in (["--lr=1"], "lr 0.01 -> 1.0"), (["--seed=5", "--beta2=0.99"], "seed 1337 -> 5, beta2 0.95 -> 0.99"):
+        r = run_cli("train.py", *common, "--resume=true", *changed)  # the optimizer's state would keep lr 0.01
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    r = run_cli("train.py", *common, "--resume=true", "--max_steps=6", "--eval_interval=3")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+
+
 def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_line_each(tiny_data, tmp_path):
     """Two torchrun launchers on 127.0.0.1 as two machines, each with an out_dir of its own disk:
     the first holds a checkpoint, the second none (it would start over, beside the other)."""
