@@ -90,9 +90,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                     log.record_eval(run.step, run.val)  # before last.pt moves on: a resumed run skips this eval
                     if dist.master or sharded:
                         with log.saving():  # the copy to the CPU; the write goes on while training does
-                            files = (checkpoints.best(run) if improved else []) + checkpoints.last(run)
-                            if dist.master:
-                                saver.save(files)
+                            checkpoints.save(run, improved, saver)
                     log.evaluated(run.step, run.val, improved)
                 if cfg.patience and run.bad_evals >= cfg.patience:
                     done, stop_reason = True, f"early stop: no val improvement in {cfg.patience} evals"
@@ -296,9 +294,9 @@ def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded
 class Checkpoints:
     """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
     tools load: the weights (or adapters) and their description, a third of last.pt's size with
-    AdamW. best() and last() give the (path, checkpoint) pairs process 0 writes in that order
-    (a kill between leaves the last.pt that redoes the eval), in the background. Sharded: every
-    process calls them; last.dcp is written by all, in last(), and best.pt gathered by all."""
+    AdamW. best() and last() give the (path, checkpoint) pairs process 0 writes (save(): in the
+    background, in that order). Sharded: every process calls them; last.dcp is written by all,
+    in last(), and best.pt gathered by all."""
     cfg: TrainConfig
     kind: str
     model: GPT
@@ -307,6 +305,17 @@ class Checkpoints:
     lora: dict | None
     dist: Dist
     scaler: torch.amp.GradScaler
+
+    def save(self, run: Progress, improved: bool, saver: BackgroundSaver):
+        """best.pt (if improved), then last: a kill between leaves the last.pt that redoes the eval.
+        Sharded, last.dcp is saved in last() itself: best.pt is written, whole, before it."""
+        best = self.best(run) if improved else []
+        if best and self.cfg.shard == "fsdp" and self.dist.master:
+            saver.save(best)
+            saver.wait()
+        files = (best if self.cfg.shard != "fsdp" else []) + self.last(run)
+        if self.dist.master:
+            saver.save(files)
 
     def last(self, run: Progress) -> list[tuple[Path, dict]]:
         resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals,

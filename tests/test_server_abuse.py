@@ -317,6 +317,11 @@ def test_a_broken_chunked_body_to_a_route_that_never_reads_it_is_a_400_and_no_se
             while data := sock.recv(4096):
                 reply += data
         assert reply.startswith(b"HTTP/1.1 400"), (path, reply[:80])
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # the body after the 404 went out
+        sock.sendall(f"POST /nope HTTP/1.1\r\nHost: {host}:{port}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        time.sleep(0.3)
+        sock.sendall(b"zz\r\nnot a chunk\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 404")
     time.sleep(0.3)
     metrics = httpx.get(live.url + "/metrics", timeout=5).text
     assert 'status="500"' not in metrics and "Traceback" not in live.log(), live.log()[-2000:]

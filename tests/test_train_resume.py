@@ -1,6 +1,8 @@
 """train.py resumed after what real runs meet: an fp16 run's loss scale, a kill at each point of
 a checkpoint's save, a dataset of another tokenizer. Each run is a real process."""
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -89,11 +91,13 @@ def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_
     common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4", "--eval_interval=2", *TINY]
     assert run_cli("train.py", *common, "--stop_after=2").returncode == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    for changed, said in (["--lr=1"], "lr 0.01 -> 1.0"), (["--seed=5", "--beta2=0.99"], "seed 1337 -> 5, beta2 0.95 -> 0.99"):
+    for changed, said in ((["--lr=1"], "lr 0.01 -> 1.0"), (["--seed=5", "--beta2=0.99"], "seed 1337 -> 5, beta2 0.95 -> 0.99"),
+                          (["--block_size=16"], "block_size 32 -> 16")):
         r = run_cli("train.py", *common, "--resume=true", *changed)  # the optimizer's state would keep lr 0.01
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    r = run_cli("train.py", *common, "--resume=true", "--max_steps=6", "--eval_interval=3")
+    r = run_cli("train.py", *common, "--resume=true", "--max_steps=6", "--eval_interval=3", "--batch_size=2",
+                "--grad_accum=2")  # longer, and the same rows per step in smaller micro-batches
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
 
 
@@ -114,7 +118,13 @@ def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_lin
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
          "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
          *common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    errors = [p.communicate(timeout=300)[1] for p in nodes]
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) for rank in (0, 1)]
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in nodes]
+    finally:  # a hang (the collective this guards against): nothing left running for the next tests
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
     for p, err in zip(nodes, errors):  # each machine says it, once (its first process)
         assert p.returncode != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]

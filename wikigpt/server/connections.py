@@ -8,6 +8,8 @@ SIGTERM, shutdown_timeout_s for open streams.
 """
 import socket
 
+import h11
+
 from wikigpt.server.checks import Settings
 
 # a closed connection whose bytes are still unsent after this long is dropped (its reader is gone)
@@ -44,7 +46,10 @@ def bounded(protocol: type, settings: Settings) -> type:
             self.arm_header_deadline()
 
         def send_400_response(self, msg: str):
-            super().send_400_response(msg)  # a body that broke HTTP mid-request: answered and closed,
+            if self.conn.our_state is h11.SEND_RESPONSE:  # (our reply begun, no 400 can follow it: closed)
+                super().send_400_response(msg)  # a body that broke HTTP mid-request: answered and closed,
+            else:
+                self.transport.close()
             if self.cycle is not None:  # so the app's own reply (a 404 that never read the body) goes nowhere:
                 self.cycle.disconnected = True  # sent to h11 after the 400 it raised, a 500 and two tracebacks
 
