@@ -187,7 +187,10 @@ def load_dataset(path) -> TokenDataset:
         if hard < n_shards + 64:
             raise DatasetError(f"{path} has {n_shards} shards, each an open file all run, but the limit on open files "
                                f"is {hard}: raise it (`ulimit -n {n_shards + 1024}`) or rebuild with a larger --shard_tokens.")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n_shards + 1024, hard), hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(n_shards + 1024, hard), hard))
+        except (ValueError, OSError):  # a cap the hard limit does not show (macOS's maxfilesperproc): as it was
+            pass
     splits = {}
     for split in ("train", "val"):
         shards = [open_shard(path / name, tok.n_vocab) for name in meta["shards"][split]]
