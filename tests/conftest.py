@@ -49,6 +49,31 @@ def run_cli(*args, cwd=None, timeout=600, input=None, env=None):
                           text=True, timeout=timeout, input=input, env={**os.environ, **(env or {})})
 
 
+def two_machines(args_of, timeout=300) -> list[tuple[int, str, str]]:
+    """train.py under two torchrun launchers (one process each) meeting through a c10d rendezvous
+    on 127.0.0.1, as two machines would; args_of(rank): its arguments on each. (returncode,
+    stdout, stderr) of each; launchers still running at the timeout (a hang) are killed whole."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
+         *map(str, args_of(rank))],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) for rank in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in nodes]
+    finally:  # nothing left running for the next tests
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return [(p.returncode, out, err) for p, (out, err) in zip(nodes, outs)]
+
+
 def page(title, text, ns=0, redirect=None):
     red = f'<redirect title="{redirect}" />' if redirect else ""
     esc = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, run_cli, two_machines
 
 from wikigpt import optim
 import train
@@ -299,19 +299,10 @@ def test_help_lists_every_key_with_its_default():
 def test_two_nodes_on_loopback_train_as_one_run(tiny_data, tmp_path):
     """Two torchrun launchers (one process each) meeting through a c10d rendezvous on 127.0.0.1,
     as two machines would: one run, identical weights, one set of checkpoints."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
-         f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=6", "--eval_interval=3", "--grad_accum=2", *TINY],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in nodes]
-    assert all(p.returncode == 0 for p in nodes), [e[-1500:] for _, e in outs]
-    stdout = "".join(o for o, _ in outs)
+    nodes = two_machines(lambda rank: [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=6",
+                                       "--eval_interval=3", "--grad_accum=2", *TINY])
+    assert all(code == 0 for code, _, _ in nodes), [err[-1500:] for _, _, err in nodes]
+    stdout = "".join(out for _, out, _ in nodes)
     assert "2 process(es) on cpu" in stdout and "weights identical on all 2 processes: yes" in stdout
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "last.pt"]
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6

@@ -1,12 +1,10 @@
 """train.py resumed after what real runs meet: an fp16 run's loss scale, a kill at each point of
 a checkpoint's save, a dataset of another tokenizer. Each run is a real process."""
 import json
-import os
-import signal
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, two_machines
 
 from wikigpt.checkpoint import load_checkpoint
 
@@ -50,8 +48,8 @@ def same_weights(a, b) -> bool:
 
 
 def test_an_fp16_run_resumes_with_the_loss_scale_it_had_reached(tiny_data, tmp_path, patched):
-    common = [f"--data={tiny_data}", "--max_steps=12", "--eval_interval=6", "--dtype=float16", *TINY]
-    for out, extra in (("a", []), ("b", ["--stop_after=6"]), ("b", ["--resume=true"])):
+    common = [f"--data={tiny_data}", "--max_steps=8", "--eval_interval=4", "--dtype=float16", *TINY]
+    for out, extra in (("a", []), ("b", ["--stop_after=4"]), ("b", ["--resume=true"])):
         r = run_cli(patched, *common, f"--out_dir={tmp_path / out}", *extra)
         assert r.returncode == 0, r.stderr
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
@@ -91,10 +89,9 @@ def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_
     common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4", "--eval_interval=2", *TINY]
     assert run_cli("train.py", *common, "--stop_after=2").returncode == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    for changed, said in ((["--lr=1"], "lr 0.01 -> 1.0"), (["--seed=5", "--beta2=0.99"], "seed 1337 -> 5, beta2 0.95 -> 0.99"),
-                          (["--block_size=16"], "block_size 32 -> 16")):
-        r = run_cli("train.py", *common, "--resume=true", *changed)  # the optimizer's state would keep lr 0.01
-        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("train.py", *common, "--resume=true", "--lr=1", "--seed=5", "--beta2=0.99", "--block_size=16")
+    said = "seed 1337 -> 5, lr 0.01 -> 1.0, beta2 0.95 -> 0.99, block_size 32 -> 16"  # the optimizer's state would keep lr 0.01
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     r = run_cli("train.py", *common, "--resume=true", "--max_steps=6", "--eval_interval=3", "--batch_size=2",
                 "--grad_accum=2")  # longer, and the same rows per step in smaller micro-batches
@@ -104,27 +101,8 @@ def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_
 def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_line_each(tiny_data, tmp_path):
     """Two torchrun launchers on 127.0.0.1 as two machines, each with an out_dir of its own disk:
     the first holds a checkpoint, the second none (it would start over, beside the other)."""
-    import socket
-    import subprocess
-    import sys
-
-    from conftest import ROOT
     common = [f"--data={tiny_data}", "--max_steps=4", "--eval_interval=2", *TINY]
     assert run_cli("train.py", *common, f"--out_dir={tmp_path / 'node0'}", "--stop_after=2").returncode == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=wikigpt-test", "train.py",
-         *common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) for rank in (0, 1)]
-    try:
-        errors = [p.communicate(timeout=300)[1] for p in nodes]
-    finally:  # a hang (the collective this guards against): nothing left running for the next tests
-        for p in nodes:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    for p, err in zip(nodes, errors):  # each machine says it, once (its first process)
-        assert p.returncode != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]
+    nodes = two_machines(lambda rank: [*common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"])
+    for code, _, err in nodes:  # each machine says it, once (its first process)
+        assert code != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]
