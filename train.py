@@ -263,6 +263,7 @@ class Progress:
     bad_evals: int = 0  # evals in a row without a better val loss (for patience)
     data: dict | None = None  # the batches' state from which the batch in hand was read
     val: dict | None = None  # the last evaluation
+    resumed_at: int = -1  # a resumed run's first step, evaluated before its checkpoint: again is not anew
 
     def record(self, val: dict) -> bool:
         """Take an evaluation; True when its loss is the best so far."""
@@ -270,7 +271,7 @@ class Progress:
         if val["loss"] < self.best_val:
             self.best_val, self.bad_evals = val["loss"], 0
             return True
-        self.bad_evals += self.step > 0
+        self.bad_evals += self.step > 0 and self.step != self.resumed_at
         return False
 
 
@@ -287,7 +288,7 @@ def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded
         scaler.load_state_dict(ckpt["scaler"])
     batches.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"])
-    return Progress(ckpt["step"], ckpt["best_val"], ckpt["bad_evals"])
+    return Progress(ckpt["step"], ckpt["best_val"], ckpt["bad_evals"], resumed_at=ckpt["step"])
 
 
 @dataclass

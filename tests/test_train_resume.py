@@ -72,6 +72,19 @@ def test_a_kill_during_an_evals_save_resumes_to_the_same_best_pt_and_metrics(tin
     assert saved["step"] == best["step"] and saved["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-6)
 
 
+def test_a_finished_run_resumed_ends_with_the_same_checkpoint(tiny_data, tmp_path):
+    """Resumed at its last step, a run evaluates that step again: not one more eval without
+    improvement (patience would count it), the same last.pt."""
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4", "--eval_interval=2", *TINY,
+              "--lr=1e-9", "--muon_lr=1e-9"]  # learning rates that change nothing: each later eval is "no better"
+    assert run_cli("train.py", *common).returncode == 0
+    before = load_checkpoint(tmp_path / "last.pt")
+    r = run_cli("train.py", *common, "--resume=true")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    after = load_checkpoint(tmp_path / "last.pt")
+    assert before["bad_evals"] >= 1 and after["bad_evals"] == before["bad_evals"] and same_weights(before, after)
+
+
 def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump):
     other = tmp_path / "other"  # another text, a smaller vocabulary: the ids fit, and mean other words
     r = run_cli("prepare_wiki.py", small_dump, "--out", other, "--tokenizer", "bpe:280", "--min_chars", "10")
