@@ -53,9 +53,10 @@ class MetricsLog:
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, type: str, step: int, elapsed: float, **values):
-        if type == "eval" and step in self.evaluated:
-            return
-        self.evaluated |= {step} if type == "eval" else set()
+        if type == "eval":
+            if step in self.evaluated:
+                return
+            self.evaluated.add(step)
         row = {"type": type, "kind": self.kind, "step": step, **values,
                "elapsed": round(self.elapsed_before + elapsed, 3)}
         with open(self.path, "a", encoding="utf-8") as f:
