@@ -61,12 +61,20 @@ def gpt2_124m(vocab: int = 50304) -> GPTConfig:
 
 # ----------------------------------------------------------------------------------------
 
+def nvidia_gpu_present() -> bool:
+    """The NVIDIA driver's files are there, whatever torch sees."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+
+
 def check_env(work: Path):
     if CUDA:
         name = torch.cuda.get_device_name(0)
         native = torch.cuda.is_bf16_supported(including_emulation=False)
         row("device", f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
                       f"bf16 {'native' if native else 'emulated: training uses fp16 + GradScaler'}")
+    elif nvidia_gpu_present():  # a CPU build of torch, a driver it cannot use, CUDA_VISIBLE_DEVICES=""
+        row("device", f"FAILED: this machine has an NVIDIA GPU, torch {torch.__version__} sees none: "
+                      "every CUDA row would say 'not run' (install a CUDA build of torch, check the driver)")
     else:
         row("device", f"cpu, torch {torch.__version__}: the CUDA rows are not run")
     peak, note = peak_flops(DEVICE, torch.bfloat16 if CUDA else torch.float32)
@@ -232,8 +240,8 @@ def check_engine(work: Path):
         row(*engine_decode_row(model, rows))
     prompt, greedy = tok.encode("The history of"), SamplingParams(temperature=0)
     eager = list(generate(model, prompt, 48, greedy, tok=tok))
+    skips = cudagraph_skips()  # before the warm-up: inductor counts a skip when it compiles the graph
     engine = warmed_engine(model, tok)  # the engine generate(compile=True) decodes with
-    skips = cudagraph_skips()
     first = list(generate(model, prompt, 48, greedy, tok=tok, compile=True))
     graphs = graphs_compiled()
     second = list(generate(model, tok.encode("A second prompt"), 48, greedy, tok=tok, compile=True))
@@ -246,10 +254,10 @@ def check_engine(work: Path):
                                               f"{more} new graphs")
     if not CUDA:
         return row("48-slot server engine warm-up", NOT_RUN)
+    skips, t = cudagraph_skips(), time.perf_counter()
     engine = Engine(model, 48, tok, compile=True)
-    t = time.perf_counter()
     engine.warm_up()
-    row("48-slot server engine warm-up", f"{'' if engine.compiled else 'FAILED: fell back to eager; '}"
+    row("48-slot server engine warm-up", f"{not_compiled_why(engine, cudagraph_skips() - skips)}"
         f"{engine.graph_count} graphs in {time.perf_counter() - t:.0f} s")
 
 

@@ -87,3 +87,15 @@ def test_an_engine_that_fell_back_to_eager_is_a_failed_row(compiles, monkeypatch
     model = gpu_steps.GPT(gpu_steps.GPTConfig(vocab_size=256, block_size=128, n_layer=1, n_head=2, n_embd=32))
     name, value = gpu_steps.engine_decode_row(model.eval(), 1)
     assert value.startswith("FAILED: the step fell back to eager") != compiles, value
+
+
+def test_a_gpu_that_torch_cannot_see_is_a_failed_row(tmp_path, monkeypatch, capsys):
+    """A CPU build of torch (or a driver it cannot use) on a GPU machine would otherwise pass the
+    check with every CUDA row 'not run'."""
+    monkeypatch.setattr(gpu_steps, "nvidia_gpu_present", lambda: True)
+    gpu_steps.check_env(tmp_path)
+    device = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ROW\tdevice"))
+    assert device.split("\t")[2].startswith("FAILED: this machine has an NVIDIA GPU, torch"), device
+    monkeypatch.setattr(gpu_steps, "nvidia_gpu_present", lambda: False)  # a CPU machine: no failure
+    gpu_steps.check_env(tmp_path)
+    assert "ROW\tdevice\tcpu, torch" in capsys.readouterr().out

@@ -147,3 +147,38 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model.activation_checkpointing = True
     model(x, y)[1].backward()
     assert all(torch.equal(a, p.grad) for a, p in zip(plain, model.parameters()))
+
+
+def test_a_resume_on_fewer_gpus_restores_the_rng_states_it_has_gpus_for(monkeypatch):
+    """last.pt from an 8-GPU machine holds 8 CUDA generator states; resumed where 1 GPU is visible,
+    torch.cuda.set_rng_state_all raised IndexError for the 7 it had no generator for."""
+    from wikigpt.checkpoint import rng_state, set_rng_state
+
+    placed = []
+
+    def set_state(state, device=0):  # as torch does: a generator per visible GPU
+        if device >= 1:
+            raise IndexError("tuple index out of range")
+        placed.append(device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_state)
+    state = {**rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}
+    set_rng_state(state)
+    assert placed == [0]
+
+
+def test_cuda_n_is_made_the_current_device_and_one_not_there_is_refused(monkeypatch):
+    """--device=cuda:1 in one process: a bare torch.cuda.synchronize() (the checkpoint copies'
+    wait) and CUDA events (the MFU peak) would otherwise act on GPU 0."""
+    from wikigpt.run.device import pick_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert pick_device("cuda:1") == "cuda:1" and current == [1]
+    for name in ("cuda:2", "cuda:x"):
+        with pytest.raises(UsageError, match="2 CUDA GPU"):
+            pick_device(name)

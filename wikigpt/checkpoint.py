@@ -203,4 +203,7 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU the saving process saw: a resume may see fewer (CUDA_VISIBLE_DEVICES,
+        # one GPU after eight), and a state for a GPU it cannot see has nowhere to go
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)

@@ -31,4 +31,11 @@ def pick_device(name: str = "auto") -> str:
         raise UsageError("device 'mps': Apple's Metal backend is not available here. Use --device cpu.")
     if name.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
+    if name.startswith("cuda:"):
+        index, count = name.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise UsageError(f"device {name!r}: {count} CUDA GPU(s) are visible here, cuda:0 to cuda:{count - 1}.")
+        # The current device: a bare torch.cuda.synchronize() (the checkpoint's copies), CUDA
+        # graphs' memory pools and CUDA events use it, and left at 0 it opens a context there too
+        torch.cuda.set_device(int(index))
     return name
