@@ -20,11 +20,10 @@ import torch
 
 from model import GPT
 from wikigpt.batches import PretrainBatches
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, refuse_unrunnable, save_checkpoint
 from wikigpt.run.device import pick_device
 from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.prep.data import load_dataset
-from wikigpt.adapt.distill import refuse_unrunnable
 from wikigpt.adapt.lora import base_reference
 from wikigpt.adapt.prune import Plan, choose, mean_loss, mean_loss_masked, prune, pruned_config
 

@@ -20,8 +20,8 @@ import torch
 
 from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
-from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint, rng_state,
-                                set_rng_state)
+from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint,
+                                refuse_unrunnable, rng_state, set_rng_state)
 from wikigpt.loss import NextTokenLoss
 from wikigpt.cli import UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
@@ -208,9 +208,8 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, di
     torch.manual_seed(cfg.seed)  # same initial weights in every process
     ckpt = start.checkpoint
     lora = ckpt.get("lora") if ckpt is not None else None  # a LoRA run being resumed
-    if lora and not start.resume:
-        raise UsageError(f"{cfg.init_from} holds LoRA adapters: merge them into a plain checkpoint first "
-                         f"(python convert.py lora {cfg.init_from} merged.pt) and start from that.")
+    if ckpt is not None and not start.resume:  # init_from: a float model, not adapters or int8 weights
+        refuse_unrunnable(ckpt, cfg.init_from, "init_from")
     if start.resume and cfg.shard == "fsdp":  # the weights come later, into the sharded model
         model = GPT(GPTConfig(**ckpt["model_config"]))
     elif ckpt is not None:

@@ -289,6 +289,23 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
     assert (out / "best.pt").read_bytes() == b"trained"
 
 
+@pytest.mark.parametrize("name, theirs", [("metrics.jsonl", b'{"user": 1}\n'), ("summary.json", b"[1, 2]"),
+                                          ("loss.png", b"\x89PNG\r\n\x1a\n a photo")])
+def test_a_new_run_never_replaces_a_users_file_named_as_a_runs_log(tmp_path, name, theirs):
+    """A run writes metrics.jsonl, summary.json and loss.png in its out_dir: a folder used for
+    other work may hold files of those names that no run wrote, replaced even without --overwrite."""
+    from wikigpt.run.runlog import MetricsLog
+
+    (tmp_path / name).write_bytes(theirs)
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match=f"{name} is not a file a wikigpt run wrote"):
+            train.resolve_resume(TrainConfig(out_dir=str(tmp_path), overwrite=overwrite))
+    assert (tmp_path / name).read_bytes() == theirs
+    (tmp_path / name).unlink()
+    MetricsLog(tmp_path, "pretrain").log("train", 1, 1.0, loss=2.0)  # a run's own (killed before step 0's checkpoint)
+    assert train.resolve_resume(TrainConfig(out_dir=str(tmp_path))) is False
+
+
 def test_two_writers_of_one_path_each_finish_whole(tmp_path):
     """Two processes saving one file at once (two eval runs' report.json): each writes its own
     temporary file, both saves succeed, and the file is one of them whole (it was one shared

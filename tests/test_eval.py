@@ -111,6 +111,13 @@ def test_plot_overlays_several_runs(runs, tmp_path):
     assert Image.open(out).text["Description"] == "runs: base, chat"
     r = run_cli("eval.py", "plot", tmp_path / "nothing", "--out", out)
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr
+    photo = tmp_path / "holiday.png"  # a PNG of the user's: never replaced by a plot
+    Image.new("RGB", (4, 4)).save(photo)
+    before = photo.read_bytes()
+    r = run_cli("eval.py", "plot", runs / "base", "--out", photo)
+    assert r.returncode == 2 and "is not one eval.py wrote" in r.stderr and photo.read_bytes() == before
+    r = run_cli("eval.py", "plot", runs / "base", "--out", out)  # our own plot: replaced
+    assert r.returncode == 0 and Image.open(out).text["Description"] == "runs: base", r.stderr
 
 
 # ----------------------------------------------------------------------------------------

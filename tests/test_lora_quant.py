@@ -171,6 +171,10 @@ def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
     assert r.returncode == 2 and "exists" in r.stderr
     r = run_cli("convert.py", "int8", out, tmp_path / "twice.pt")
     assert r.returncode == 2 and "int8 weights already" in r.stderr and not (tmp_path / "twice.pt").exists()
+    data = load_checkpoint(tiny_ckpt)["train_config"]["data"]  # int8 weights do not train: refused before step 0
+    r = run_cli("train.py", f"--data={data}", f"--init_from={out}", f"--out_dir={tmp_path / 'run'}", *TINY)
+    assert r.returncode == 2 and "init_from" in r.stderr and "holds int8 weights" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_int8_on_a_device_without_the_kernel_is_a_clear_error():

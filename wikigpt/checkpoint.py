@@ -192,6 +192,19 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
     return model.to(device), tok
 
 
+def refuse_unrunnable(ckpt: dict, path, role: str):
+    """A model to train or teach with (init_from, a teacher, prune's input) must be a plain float
+    model: say how to get one."""
+    if ckpt.get("kind") not in ("pretrain", "sft"):
+        raise UsageError(f"{role} {path}: a {ckpt.get('kind')!r} checkpoint holds no model.")
+    if "lora" in ckpt:
+        raise UsageError(f"{role} {path} holds LoRA adapters, not a whole model: merge them first "
+                         f"(python convert.py lora {path} merged.pt) and use merged.pt.")
+    if ckpt.get("quant") == "int8":
+        raise UsageError(f"{role} {path} holds int8 weights, which neither train nor give exact "
+                         "logits: use the float checkpoint it was quantised from.")
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
-from wikigpt.checkpoint import load_checkpoint, model_from_checkpoint
+from wikigpt.checkpoint import load_checkpoint, model_from_checkpoint, refuse_unrunnable
 from wikigpt.cli import UsageError
 from wikigpt.loss import NextTokenLoss, distill_cross_entropy
 from wikigpt.tokenizer import Tokenizer
@@ -31,18 +31,6 @@ from wikigpt.tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------
 # Which checkpoints can teach, and which students can learn
-
-def refuse_unrunnable(ckpt: dict, path, role: str):
-    """A teacher or student must be a plain float model: say how to get one."""
-    if ckpt.get("kind") not in ("pretrain", "sft"):
-        raise UsageError(f"{role} {path}: a {ckpt.get('kind')!r} checkpoint holds no model.")
-    if "lora" in ckpt:
-        raise UsageError(f"{role} {path} holds LoRA adapters, not a whole model: merge them first "
-                         f"(python convert.py lora {path} merged.pt) and use merged.pt.")
-    if ckpt.get("quant") == "int8":
-        raise UsageError(f"{role} {path} holds int8 weights, which neither train nor give exact "
-                         "logits: use the float checkpoint it was quantised from.")
-
 
 def check_files(cfg):
     """Called by TrainConfig.validate, before anything is read or written: the teacher and

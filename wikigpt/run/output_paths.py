@@ -18,6 +18,8 @@ import stat
 import sys
 from pathlib import Path
 
+from wikigpt.run.runlog import METRICS, PLOT, SUMMARY, written_by_a_run
+
 
 def odd_entry(path) -> str | None:
     """In words, what stands at `path` if it is neither nothing, a regular file nor a folder: a
@@ -99,6 +101,10 @@ def run_replaced(cfg) -> str | None:
         path = Path(value) if value else None
         if path is not None and path.name in RUN_FILES and path.resolve().parent == out.resolve():
             return f"{option} {path} is in out_dir {out}: this run's first checkpoint would replace it. Give another --out_dir."
+    for name in (METRICS, SUMMARY, PLOT):  # also written by a run: a file of the user's of that name is theirs
+        if (out / name).exists() and not written_by_a_run(out / name):
+            return (f"{out / name} is not a file a wikigpt run wrote, and a run in {out} would replace it: "
+                    "give another --out_dir (or move that file away).")
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held and not cfg.overwrite:
         return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "

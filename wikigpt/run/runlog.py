@@ -20,6 +20,26 @@ PLOT = "loss.png"
 SUMMARY = "summary.json"  # how the run ended: steps, val loss, tokens/s (what train() returns)
 
 
+PLOT_TITLE = "wikigpt loss curves"  # in the PNG's text (plot_runs): how a file we drew is known
+
+
+def written_by_a_run(path: Path) -> bool:
+    """Is this file one a run (or eval.py plot) wrote, which a new run or plot may replace: a
+    metrics file whose first row is ours, a summary with a run's keys, a PNG with our title. A
+    user's own file of the same name (a folder used for other work) is not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)  # matplotlib writes the text chunks before the image data
+        if path.name.endswith(".png"):
+            return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Title\x00" + PLOT_TITLE.encode() in head
+        if path.name == SUMMARY:
+            return {"step", "stop_reason"} <= json.loads(path.read_text(encoding="utf-8")).keys()
+        first = json.loads(head.split(b"\n", 1)[0] or b"{}")  # an empty metrics file: a run killed at its start
+        return first == {} or {"type", "kind", "step"} <= first.keys()
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return False
+
+
 def read_metrics(path) -> list[dict]:
     """The rows of a metrics file, or of RUN_DIR/metrics.jsonl. A line cut short by a kill
     (the last one, mid-write) is skipped."""
@@ -101,5 +121,5 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path):
     path = Path(path)
     with replacing(path) as tmp:  # readers never see half a PNG
         fig.savefig(tmp, format="png", dpi=110, metadata={  # PNG text: which runs are drawn
-            "Title": "wikigpt loss curves", "Description": "runs: " + ", ".join(label for label, _ in runs)})
+            "Title": PLOT_TITLE, "Description": "runs: " + ", ".join(label for label, _ in runs)})
     return path
