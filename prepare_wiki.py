@@ -346,6 +346,9 @@ def prepare(args) -> Path:
     check_out(out, args.overwrite)
     check_options(args)
     source = resolve_source(args)
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):  # a re-run would read the dataset as source
+        raise WikiError(f"--out {out} is inside the source folder {source}, whose files are all read as articles: "
+                        "choose an --out outside it. (Nothing was changed.)")
     files = source_files(source)
     if out.exists() and any(f.resolve().is_relative_to(out.resolve()) for f in files):
         raise WikiError(f"the source {source} is inside --out {out}, which a new dataset replaces: move it "

@@ -126,6 +126,10 @@ def main(argv):
                    "(its likelihood of each as its reply, knowledge/likelihood.py)")
     ap.add_argument("--k", type=int, default=K, help="with --ckpt: the rules' top candidates the model chooses among")
     args = ap.parse_args(argv)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:  # nan too: every answer would be declined
+        ap.error(f"--threshold {args.threshold}: give a number from 0 to 1")
+    if not (Path(args.natural) / "questions.jsonl").is_file():
+        ap.error(f"--natural {args.natural}: no questions.jsonl there (the question set's folder: {NATURAL_QA})")
     chat = chat_model(args) if args.ckpt else None
     reader = Reader.open(args.data)
     reader.remembered = {}  # dev is read several times below (folds, thresholds): each question ranked once

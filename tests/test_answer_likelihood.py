@@ -131,3 +131,11 @@ def test_the_bench_prints_the_column_and_its_help_reads_right(chat, reader, tiny
     said = " ".join(r.stdout.split("options:")[1].split("--calibrate")[1].split("--ab")[0].split())
     assert said == (f"choose the 'not found' threshold on the dev split (at most {MAX_WRONG:.0%} answered wrong) "
                     "and store it with the index"), said  # the % escaped: argparse formats help with %
+
+
+@pytest.mark.parametrize("args, says", [(["--threshold", "nan"], "give a number from 0 to 1"),
+                                        (["--natural", "/nowhere"], "no questions.jsonl there")])
+def test_the_bench_refuses_a_threshold_or_question_set_it_cannot_use(reader, args, says, capsys):
+    with pytest.raises(SystemExit) as e:  # nan was accepted, and every answer scored declined
+        bench_main(["--data", str(reader.index.folder), *args])
+    assert e.value.code == 2 and says in capsys.readouterr().err

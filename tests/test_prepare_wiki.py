@@ -305,6 +305,25 @@ def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
     (out / "meta.json").unlink()  # what a run killed before its last step leaves
     with pytest.raises(DatasetError, match="not a complete dataset"):
         load_dataset(out)
+    with pytest.raises(DatasetError, match="is a file, not a dataset folder"):  # --data naming a file
+        load_dataset(small_dump)
+
+
+def test_a_dataset_without_its_tokenizer_says_so(small_dump, tmp_path):
+    out = tmp_path / "ds"
+    build(small_dump, out)
+    (out / "tokenizer.json").unlink()  # a folder copied without it
+    with pytest.raises(DatasetError, match="has no tokenizer.json.*prepare_wiki.py --overwrite"):
+        load_dataset(out)
+
+
+def test_an_out_inside_the_source_folder_is_refused(small_dump, tmp_path, capsys):
+    """Every file of a source folder is read as articles: a dataset inside it would be read
+    as source by its own re-run."""
+    with pytest.raises(SystemExit) as e:
+        build(small_dump.parent, small_dump.parent / "data")
+    assert e.value.code == 2 and "is inside the source folder" in capsys.readouterr().err
+    assert not (small_dump.parent / "data").exists()
 
 
 # ----- bad input: one clear paragraph, exit code 2, no traceback, nothing written -----

@@ -164,6 +164,9 @@ def load_dataset(path) -> TokenDataset:
     """Open a dataset folder written by prepare_wiki.py and validate every shard."""
     path = Path(path)
     meta_path = path / "meta.json"
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{path} is a file, not a dataset folder: give the folder prepare_wiki.py wrote "
+                           "(e.g. --data data/demo).")
     if not path.is_dir():
         raise DatasetError(f"dataset folder {path} does not exist. Build it first, e.g. "
                            f"`python prepare_wiki.py --out {path}`.")
@@ -178,6 +181,9 @@ def load_dataset(path) -> TokenDataset:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{meta_path}: dataset format version {meta.get('format_version')}, this "
                            f"code reads version {FORMAT_VERSION}. Re-run prepare_wiki.py.")
+    if not (path / "tokenizer.json").is_file():  # a folder copied without it, or an older version's
+        raise DatasetError(f"{path} has no tokenizer.json, without which its token ids mean nothing: copy it "
+                           "from where the dataset was made, or re-run prepare_wiki.py --overwrite.")
     tok = Tokenizer.load(path / "tokenizer.json")
     # each shard mapped below holds a file descriptor all run (np.memmap's mmap keeps a dup of it): raise the
     # soft limit on open files (often 1,024) to the shards + 1,024 for everything else, up to the hard limit
