@@ -18,7 +18,7 @@ from wikigpt.batches import SeededOrder, to_device
 from wikigpt.chat.chat_template import Message, render_chat
 from wikigpt.cli import UsageError
 from wikigpt.chat.sft_config import SFTConfig
-from wikigpt.run.durable import replace_durably
+from wikigpt.run.durable import alive, replace_durably
 from wikigpt.knowledge.retrieval import Index
 from wikigpt.chat.sft_data import BUILTIN_WEIGHTS, conversation_sources, is_val, parse_sft_data, split_hash
 from wikigpt.tokenizer import Tokenizer
@@ -100,6 +100,7 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
                       [(str(p), p.stat().st_size, p.stat().st_mtime) for p in paths if p.is_file()]])
     key = hashlib.sha256(key.encode() + json.dumps(tok.spec).encode()).hexdigest()[:12]
     folder = Path(cfg.out_dir) / f"sft_tokens-{key}"
+    clear_dead_tmp(folder.parent)
     if (folder / "meta.json").is_file():
         return folder
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
@@ -147,6 +148,15 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
+
+
+def clear_dead_tmp(out_dir: Path):
+    """Delete the temporary folders of tokenizing runs that were killed (kill -9, the OOM killer:
+    no `finally` ran), each a partial copy of the tokenized dialogues; a live run's stays."""
+    for old in out_dir.glob("sft_tokens-*.tmp-*"):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not alive(int(pid)) and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def pack(rows: TokenRows, order, start: int, block_size: int):

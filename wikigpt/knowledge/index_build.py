@@ -14,7 +14,8 @@ and SQLite. Every COMMIT_PASSAGES passages everything is committed and progress.
 a build that is killed continues from there when run again (the same articles and settings). It
 is built in index.tmp/; its info file is written last, then it is fsynced and renamed to index/:
 an interrupted build never leaves half an index where the reader looks, and one killed after
-its info file was written is only published when run again.
+its info file was written is only published when run again. One build at a time: the dataset
+folder is locked (wikigpt/run/lock.py) while a build, or an update of the info file, writes.
 
 The format (INDEX_VERSION 2; 1 was bm25s's, in RAM):
     index/wikigpt_index.json   what was built from what (articles_fingerprint), counts, timings,
@@ -41,6 +42,7 @@ import sqlite3
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
@@ -48,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import tantivy
 
+from wikigpt.cli import UsageError
 from wikigpt.run.progress import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
@@ -55,6 +58,7 @@ from wikigpt.prep.workdir import publish
 from wikigpt.prep.workers import die_with_parent
 from wikigpt.run.cores import usable_cores
 from wikigpt.run.durable import fsync_tree, write_text
+from wikigpt.run.lock import Busy, folder_locked
 
 INDEX_DIR = "index"
 INDEX_VERSION = 2  # 1: bm25s
@@ -84,9 +88,24 @@ def articles_fingerprint(folder: Path) -> str:
 def add_index_info(folder, extra: dict) -> dict:
     """Store more about a built index (e.g. the "not found" threshold) in its info file."""
     path = Path(folder) / INDEX_DIR / INFO
-    info = json.loads(path.read_text()) | extra
-    write_text(path, json.dumps(info, indent=2))
+    # locked: a build publishing meanwhile would replace the index these numbers were measured
+    # on, and a read-modify-write interleaved with it could put them on the new one, or lose them
+    with _dataset_locked(folder, "the numbers here were measured on the index it replaces; run this again "
+                                 "once it has finished"):
+        info = json.loads(path.read_text()) | extra
+        write_text(path, json.dumps(info, indent=2))
     return info
+
+
+@contextmanager
+def _dataset_locked(folder, advice: str):
+    """The dataset folder's lock, or a UsageError naming the build that holds it."""
+    try:
+        with folder_locked(folder):
+            yield
+    except Busy as e:
+        raise UsageError(f"a build of {folder}'s index is running{e.by()}: {advice}. "
+                         "(Nothing was changed.)") from None
 
 
 def schemas():
@@ -339,6 +358,13 @@ def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_ever
     articles, as a crash would (for tests)."""
     folder = Path(folder)
     next(read_articles(folder), None)  # the "no such folder" / "no kept articles" errors
+    with _dataset_locked(folder, "two builds would write the same index.tmp. Wait for it to finish, or "
+                                 "stop it (a stopped build resumes when run again) and run this again"):
+        return _build(folder, max_chars, quiet, commit_every, workers, stop_after)
+
+
+def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers: int | None,
+           stop_after: int | None) -> dict:
     t0, c0 = time.time(), _cpu_seconds()
     tmp, final = folder / (INDEX_DIR + ".tmp"), folder / INDEX_DIR
     state, finished = _start(tmp, final, folder, max_chars)

@@ -7,12 +7,14 @@ Also pass 1's progress bar (both passes run on workers.py's ordered map).
 import gzip
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from wikigpt.run.progress import progress_bar
 from wikigpt.prep.data import ARTICLES, ShardFile, read_articles
+from wikigpt.prep.errors import WikiError
 from wikigpt.prep.workers import ordered_map, worker_pool
 from wikigpt.tokenizer import Tokenizer
 
@@ -68,7 +70,11 @@ def encode_members(job) -> dict:
     path, start, end = job
     with open(path, "rb") as f:
         f.seek(start)
-        rows = [json.loads(line) for line in gzip.decompress(f.read(end - start)).splitlines()]
+        data = f.read(end - start)
+    try:
+        rows = [json.loads(line) for line in gzip.decompress(data).splitlines()]
+    except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        raise WikiError(damaged(path, e)) from None
     out = {}
     for split in SPLITS:
         docs = [document(r) for r in rows if r["split"] == split]
@@ -77,6 +83,15 @@ def encode_members(job) -> dict:
                       {"articles": len(docs), "chars": sum(map(len, docs)),
                        "bytes": sum(len(d.encode("utf-8")) for d in docs)})
     return out
+
+
+def damaged(path: Path, e: Exception) -> str:
+    """A work folder whose articles cannot be read (e.g. written by two runs at once, before the
+    work folder was locked, then resumed): prepare_wiki.py removes the work folder on a WikiError,
+    so the same command then starts over instead of failing on the same bytes every time."""
+    return (f"{path} cannot be read ({type(e).__name__}: {e}): the work folder {Path(path).parent} is "
+            "damaged (e.g. two runs wrote it at once), so it is deleted now. Run the same command "
+            "again: it starts over from the source.")
 
 
 def member_ranges(members: list, target: int = 256 << 10):

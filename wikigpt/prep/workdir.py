@@ -3,6 +3,8 @@ prepare_wiki.py's work folder: a hidden folder beside --out, where a run writes 
 saves its progress (resumed by the same command on the same files), renamed into place only
 when the dataset is whole. Every rename here comes after the bytes it names are on disk
 (wikigpt/run/durable.py), so neither a crash nor a power cut leaves a dataset that is half there.
+One run at a time writes a work folder: it is locked (wikigpt/run/lock.py) from open_work until
+publish, so a second run to the same --out is refused instead of writing into the first one's.
 """
 import ctypes
 import json
@@ -12,9 +14,11 @@ from pathlib import Path
 
 from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable
 from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
+from wikigpt.run.lock import Busy, lock_folder, release
 from wikigpt.prep.errors import WikiError
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
+_held = {}  # work folder -> the descriptor holding its lock, from open_work to publish
 
 
 def fingerprint(files, args) -> dict:
@@ -26,34 +30,72 @@ def fingerprint(files, args) -> dict:
 
 
 def open_work(out: Path, files, args) -> tuple[Path, dict]:
-    """The work folder beside `out` and its saved progress: resumed when it was made by the same
-    command on the same source files, started afresh otherwise (only ever removing a folder
-    prepare_wiki.py made)."""
+    """The work folder beside `out`, locked for this run, and its saved progress: resumed when it
+    was made by the same command on the same source files, started afresh otherwise (only ever
+    emptying a folder prepare_wiki.py made). Refused while another run writes there."""
     work = out.parent / f".{out.name}.partial"
     want = fingerprint(files, args)
-    if work.exists():
-        try:
-            state = json.loads((work / PROGRESS).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state.get("fingerprint") == want:
-            return work, state
+    fresh = not work.exists()
+    if fresh:
+        work.mkdir(parents=True, exist_ok=True)  # exist_ok: a run started at the same moment made it
+        fsync_path(work.parent)
+    elif not work.is_dir():
+        raise _not_ours(work, not_replaceable(work))
+    _lock(work, out)  # before its progress is read: another run may be writing it
+    try:
+        state = json.loads((work / PROGRESS).read_text())
+    except (OSError, ValueError):
+        state = {}
+    if state.get("fingerprint") == want:
+        return work, state
+    if not fresh:
         if looks := not_replaceable(work):
-            raise WikiError(f"{work}, where this run would work, {looks}: it is not a folder prepare_wiki.py "
-                            "made. Move it away, or choose another --out. (Nothing was changed.)")
+            raise _not_ours(work, looks)
         print(f"note: {work} holds an unfinished run of another command or source; starting over.")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    fsync_path(work.parent)
+        _empty(work)  # the folder itself stays: it is what holds the lock
     state = {"fingerprint": want}
     atomic_write_json(work / PROGRESS, state)
     return work, state
+
+
+def _lock(work: Path, out: Path):
+    """Take the work folder's lock for this run. A lock this process still holds from an earlier
+    run of its own (a test's, a notebook's, that failed) is let go first: runs here are one at a time."""
+    if (fd := _held.pop(work, None)) is not None:
+        release(fd)
+    try:
+        _held[work] = lock_folder(work)
+    except Busy as e:
+        raise WikiError(f"another prepare_wiki.py{e.by()} is writing {out} (in {work}): wait for it to "
+                        "finish, or stop it (a stopped run continues when its command is run again), "
+                        "then run this again. (Nothing was changed.)") from None
+
+
+def _not_ours(work: Path, looks: str) -> WikiError:
+    return WikiError(f"{work}, where this run would work, {looks}: it is not a folder prepare_wiki.py "
+                     "made. Move it away, or choose another --out. (Nothing was changed.)")
+
+
+def _empty(folder: Path):
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def publish(work: Path, out: Path):
     """The finished work folder becomes `out`, every byte of it on disk first. An old `out`
     (--overwrite) is swapped out in one step where the system can (Linux: renameat2 with
     RENAME_EXCHANGE), so that no moment is without a whole dataset at `out`."""
+    try:
+        _swap_in(work, out)
+    finally:
+        if (fd := _held.pop(work, None)) is not None:  # the run is over
+            release(fd)
+
+
+def _swap_in(work: Path, out: Path):
     if not out.exists():
         replace_durably(work, out)
         return

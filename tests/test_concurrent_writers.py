@@ -1,0 +1,138 @@
+"""Two commands writing one place at once: the second prepare_wiki.py into an --out, or the second
+index build of a dataset, is refused at once with one clear line (the first one's pid), and the
+first one's files are left as they were; a killed holder leaves no stale lock. A work folder that
+is damaged anyway says so and starts over; a killed SFT run's token folder is cleared."""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+from conftest import ROOT, run_cli
+
+from prepare_wiki import main as prepare
+from wikigpt.chat.sft_config import SFTConfig
+from wikigpt.chat.sft_rows import tokenize_dialogues
+from wikigpt.cli import run_main
+from wikigpt.knowledge.index_build import INDEX_DIR, INFO, add_index_info, build_index
+from wikigpt.prep.data import load_dataset
+from wikigpt.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock")
+
+HOLD = ("import sys; from wikigpt.run.lock import lock_folder; lock_folder(sys.argv[1]); "
+        "print('held', flush=True); sys.stdin.readline()")
+# a prepare_wiki.py run stopped in pass 3 (tokenizing), its work folder left with passes 1 and 2 done
+STOPPED_IN_PASS_3 = ("import sys, prepare_wiki\n"
+                     "def stop(*a, **k): raise SystemExit('stopped in pass 3')\n"
+                     "prepare_wiki.encode_pass = stop\n"
+                     "prepare_wiki.main(sys.argv[1:])\n")
+OPTIONS = ["--tokenizer", "bpe:300", "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1"]
+
+
+@contextmanager
+def held_by_another_process(folder):
+    """A process holding the folder's lock, as a run writing there does; killed (-9) at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def files_of(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stopped_run(source, out):
+    """The work folder of a prepare_wiki.py run into `out` that stopped before it finished."""
+    r = run_cli("-c", STOPPED_IN_PASS_3, source, "--out", out, *OPTIONS)
+    work = out.parent / f".{out.name}.partial"
+    assert r.returncode == 1 and "stopped in pass 3" in r.stderr and (work / "progress.json").is_file()
+    return work
+
+
+def test_a_second_prepare_wiki_into_the_same_out_is_refused_and_the_first_ones_work_is_untouched(
+        small_dump, tmp_path, capsys):
+    out = tmp_path / "ds"
+    work = stopped_run(small_dump, out)
+    before = files_of(work)
+    with held_by_another_process(work) as pid:
+        # the same command would have resumed the folder under the live run; another (a new seed)
+        # would have deleted it to start over
+        for extra in ([], ["--seed", "7"]):
+            with pytest.raises(SystemExit) as e:
+                prepare([str(small_dump), "--out", str(out), *OPTIONS, *extra])
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"another prepare_wiki.py (pid {pid}) is writing {out}" in err, err
+            assert files_of(work) == before and not out.exists()
+    # the holder was killed (-9): the kernel dropped its lock, and the same command finishes the run
+    prepare([str(small_dump), "--out", str(out), *OPTIONS])
+    assert "training bpe" not in capsys.readouterr().out  # resumed: passes 1 and 2 were not done again
+    assert load_dataset(out).meta["splits"]["train"]["articles"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the error comes from a worker process
+def test_a_damaged_work_folder_is_a_clear_error_and_the_same_command_then_starts_over(small_dump, tmp_path, capsys,
+                                                                                     workers):
+    out = tmp_path / "ds"
+    work = stopped_run(small_dump, out)
+    articles = work / "articles.jsonl.gz"
+    data = articles.read_bytes()
+    half = len(data) // 2  # what two runs writing it at once left: the same size, zeros from the middle
+    articles.write_bytes(data[:half] + bytes(len(data) - half))
+    with pytest.raises((OSError, EOFError)):  # the damage is real: the old code's traceback every time
+        gzip.decompress(articles.read_bytes())
+    with pytest.raises(SystemExit) as e:
+        prepare([str(small_dump), "--out", str(out), *OPTIONS, "--workers", str(workers)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{articles} cannot be read" in err and "damaged" in err, err
+    assert not work.exists() and not out.exists()
+    prepare([str(small_dump), "--out", str(out), *OPTIONS])  # as the message says
+    assert "training bpe" in capsys.readouterr().out  # started over
+    assert load_dataset(out).meta["splits"]["train"]["articles"] > 0
+
+
+def test_a_second_index_build_and_an_info_update_during_a_build_are_refused(tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("index*"))
+    build_index(data, quiet=True, workers=1)
+    before = files_of(data)
+    with held_by_another_process(data) as pid:  # a build running
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda argv: __import__("retrieve").main(["--data", str(data), "--build"]))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"a build of {data}'s index is running (pid {pid})" in err, err
+        assert err.count("\n") == 1  # one line, no traceback
+        with pytest.raises(SystemExit) as e:  # bench_answers.py --confidence storing its threshold
+            run_main(lambda argv: add_index_info(data, {"abstain_below": 0.5}))
+        assert e.value.code == 2 and f"(pid {pid})" in capsys.readouterr().err
+        assert files_of(data) == before and not (data / (INDEX_DIR + ".tmp")).exists()
+    add_index_info(data, {"abstain_below": 0.5})  # the holder was killed (-9): no stale lock
+    assert json.loads((data / INDEX_DIR / INFO).read_text())["abstain_below"] == 0.5
+
+
+def test_sft_clears_the_token_folders_of_killed_runs_and_keeps_a_live_ones(tmp_path):
+    out = tmp_path / "chat"
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # its pid names no process now (the odds of its reuse within the test: nil)
+    killed = out / f"sft_tokens-0123456789ab.tmp-{dead.pid}"  # what kill -9 during tokenizing left
+    live = out / f"sft_tokens-ba9876543210.tmp-{os.getpid()}"  # a run tokenizing now
+    for folder in (killed, live):
+        folder.mkdir(parents=True)
+        (folder / "train_tokens.bin").write_bytes(b"\0" * 64)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Say {i}", "response": f"{i}."}) + "\n" for i in range(20)))
+    cfg = SFTConfig(out_dir=str(out), sft_data=str(pairs), sft_val_fraction=0.5)
+    folder = tokenize_dialogues(cfg, Tokenizer.from_name("gpt2"), 32)
+    assert (folder / "meta.json").is_file()
+    assert not killed.exists() and (live / "train_tokens.bin").is_file()
