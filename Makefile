@@ -56,7 +56,7 @@ demo-steps:
 # the suite in ~2/3 of the time of one worker (docs/tests.md); TEST_WORKERS=0 runs it in one process
 TEST_WORKERS ?= 2
 test: setup $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The page answers from Wikipedia when the demo's dataset has its index (the page's switch turns
 # it off per conversation); without it, the model alone

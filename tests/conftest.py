@@ -32,10 +32,13 @@ if _workers and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // _workers))
 
 
-# The files that take longest first: `make test` hands whole files to 2 workers in this order, and
-# a long file handed out last (alphabetically, test_train.py is near the end) runs alone while
-# the other worker idles (per file: docs/tests.md).
-LONGEST_FIRST = ("test_train.py", "test_eval.py", "test_prune.py", "test_demo.py")
+# The files that take longest first (seconds on the 2-core machine, a fresh clone's compile cache:
+# docs/tests.md): `make test` hands whole files to 2 workers in this order (with
+# --no-loadscope-reorder: pytest-xdist otherwise orders files by their number of tests, and
+# test_demo.py's one 80-s test ran last, alone, while the other worker idled).
+LONGEST_FIRST = ("test_train.py", "test_eval.py", "test_train_resume.py", "test_demo.py", "test_prune.py",
+                 "test_gpu_paths.py", "test_chat_sft.py", "test_serve.py", "test_export.py", "test_lora_quant.py",
+                 "test_crash_safety.py", "test_retrieve.py", "test_server_abuse.py", "test_data_abuse.py")
 
 
 def pytest_collection_modifyitems(items):
