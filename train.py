@@ -160,12 +160,14 @@ def resolve_resume(cfg: TrainConfig) -> bool:
     """The one place resume=auto is resolved: true when the last checkpoint exists (a restarted
     worker), else false; written back to cfg (the config line and checkpoints say which).
     Called before the process group forms, so no process can see one written by this run."""
+    restart = False  # an FSDP run lost before its first last.dcp, started again over its step-0 best.pt
     if cfg.resume == "auto":
         from wikigpt.run import fsdp
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
+        restart = cfg.resume == "false" and cfg.shard == "fsdp" and fsdp.lost_before_first_save(Path(cfg.out_dir))
     from wikigpt.run.output_paths import run_replaced
-    if cfg.resume == "false" and (problem := run_replaced(cfg)):  # a new run: never over another's
+    if cfg.resume == "false" and (problem := run_replaced(cfg, restart)):  # a new run: never over another's
         raise UsageError(problem)
     return cfg.resume == "true"
 

@@ -289,6 +289,19 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
     assert (out / "best.pt").read_bytes() == b"trained"
 
 
+def test_resume_auto_starts_again_an_fsdp_run_lost_before_its_first_sharded_save(tmp_path):
+    """last.dcp is not saved at step 0: a worker lost before the next eval left step 0's best.pt
+    alone, and torchrun's restart (--resume=auto) was refused as if a trained run were there."""
+    save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 0})
+    fsdp_auto = dict(out_dir=str(tmp_path), resume="auto", shard="fsdp")
+    assert train.resolve_resume(TrainConfig(**fsdp_auto)) is False
+    with pytest.raises(UsageError, match="holds a run already"):  # unsharded: its last.pt would be there
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto"))
+    save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 40})  # trained: never replaced
+    with pytest.raises(UsageError, match=r"holds a run already \(best.pt\)"):
+        train.resolve_resume(TrainConfig(**fsdp_auto))
+
+
 @pytest.mark.parametrize("name, theirs", [("metrics.jsonl", b'{"user": 1}\n'), ("summary.json", b"[1, 2]"),
                                           ("loss.png", b"\x89PNG\r\n\x1a\n a photo")])
 def test_a_new_run_never_replaces_a_users_file_named_as_a_runs_log(tmp_path, name, theirs):

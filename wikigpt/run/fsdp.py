@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from wikigpt.checkpoint import upgrade
+from wikigpt.checkpoint import load_checkpoint, upgrade
 from wikigpt.cli import UsageError
 from wikigpt.run.durable import fsync_tree, replace_durably, replacing
 from model import GPT
@@ -113,6 +113,19 @@ def refuse_other_kind(out_dir: Path, sharded: bool):
         raise UsageError(f"{other} is the last checkpoint of a run {'without' if sharded else 'with'} "
                          f"--shard=fsdp: resume it {'without' if sharded else 'with'} --shard=fsdp, or choose "
                          "another out_dir (resume=auto never starts a run over beside its checkpoint).")
+
+
+def lost_before_first_save(out_dir: Path) -> bool:
+    """A sharded run whose worker was lost after step 0's eval and before the next (last.dcp is not
+    saved at step 0: nothing to resume) leaves best.pt of step 0 alone. Its weights are where the
+    run starts, rewritten by the same step 0, so resume=auto starts the run again over it."""
+    best = out_dir / "best.pt"
+    if resumable(out_dir / "last.dcp") is not None or (out_dir / "last.pt").exists() or not best.is_file():
+        return False
+    try:
+        return load_checkpoint(best).get("step") == 0
+    except UsageError:  # not a checkpoint we can read: not ours to replace
+        return False
 
 
 def settle(folder: Path):

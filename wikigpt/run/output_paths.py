@@ -91,11 +91,11 @@ def path_error(e: OSError) -> str | None:
 RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
-def run_replaced(cfg) -> str | None:
+def run_replaced(cfg, restart: bool = False) -> str | None:
     """Why a new training run (a TrainConfig) may not start in its out_dir: its first save would
     replace a run's checkpoints (a trained model lost to a command run twice: refused unless
     overwrite), or a checkpoint it reads (init_from, teacher; always: LoRA adapters could never
-    find their base again)."""
+    find their base again). restart: out_dir's best.pt is this run's own step 0 (fsdp.lost_before_first_save)."""
     out = Path(cfg.out_dir)
     for option, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)):
         path = Path(value) if value else None
@@ -105,7 +105,7 @@ def run_replaced(cfg) -> str | None:
         if (out / name).exists() and not written_by_a_run(out / name):
             return (f"{out / name} is not a file a wikigpt run wrote, and a run in {out} would replace it: "
                     "give another --out_dir (or move that file away).")
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = [name for name in RUN_FILES if (out / name).exists() and not (restart and name == "best.pt")]
     if held and not cfg.overwrite:
         return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "
                 "starts a new one in its place (its checkpoints replaced), or give another --out_dir.")
