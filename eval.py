@@ -48,7 +48,7 @@ from wikigpt.run.durable import write_text
 from wikigpt.decoding.engine import generate_batch
 from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import INDEX_DIR, Index
-from wikigpt.run.runlog import METRICS, plot_runs, read_metrics, written_by_a_run
+from wikigpt.run.runlog import METRICS, is_loss_plot, plot_runs, read_metrics
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.run.dist import Dist
@@ -403,7 +403,7 @@ def plot_main(argv):
     args = p.parse_args(argv)
     out = output_file(args.out, "--out")  # a link, pipe or device at --out: refused, not replaced by the PNG
     metrics = [run / METRICS if run.is_dir() else run for run in map(Path, args.runs)]
-    replaceable(out, written_by_a_run(out), metrics, "--out")  # a PNG of ours: a user's photo is not
+    replaceable(out, is_loss_plot(out), metrics, "--out")  # a plot of ours: not a photo, not a run's metrics
     runs = []
     for run in map(Path, args.runs):
         path = run / METRICS if run.is_dir() else run

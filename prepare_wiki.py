@@ -48,7 +48,7 @@ from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_me
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import Progress, encode_pass, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import PROGRESS, open_work, publish
+from wikigpt.prep.workdir import PROGRESS, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -355,18 +355,22 @@ def prepare(args) -> Path:
                         "out first, or choose another --out. (Nothing was changed.)")
     print(f"source: {source} ({len(files)} file(s)); workers: {args.workers}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work, state = open_work(out, files, args)
+    work, state = open_work(out, files, args)  # locked until this run ends, however it ends
     try:
-        meta, tok = build(files, args, work, state, t0)
-    except WikiError:  # bad input: nothing to resume
-        shutil.rmtree(work)
-        raise
-    (work / PROGRESS).unlink()
-    # every file's size (meta.json last: it marks the folder complete), so a loader or a
-    # check can tell a whole dataset from one that is not
-    meta["files"] = {p.name: p.stat().st_size for p in sorted(work.iterdir())}
-    atomic_write_json(work / "meta.json", meta)
-    publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
+        check_out(out, args.overwrite)  # again, locked: a run that held the lock may have published meanwhile
+        try:
+            meta, tok = build(files, args, work, state, t0)
+        except WikiError:  # bad input: nothing to resume
+            shutil.rmtree(work)
+            raise
+        (work / PROGRESS).unlink()
+        # every file's size (meta.json last: it marks the folder complete), so a loader or a
+        # check can tell a whole dataset from one that is not
+        meta["files"] = {p.name: p.stat().st_size for p in sorted(work.iterdir())}
+        atomic_write_json(work / "meta.json", meta)
+        publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
+    finally:
+        unlock(work)
     report(out, meta, tok)
     return out
 

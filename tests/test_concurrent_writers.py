@@ -21,15 +21,14 @@ from wikigpt.knowledge.index_build import INDEX_DIR, INFO, add_index_info, build
 from wikigpt.prep.data import load_dataset
 from wikigpt.tokenizer import Tokenizer
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock")
-
 HOLD = ("import sys; from wikigpt.run.lock import lock_folder; lock_folder(sys.argv[1]); "
         "print('held', flush=True); sys.stdin.readline()")
-# a prepare_wiki.py run stopped in pass 3 (tokenizing), its work folder left with passes 1 and 2 done
-STOPPED_IN_PASS_3 = ("import sys, prepare_wiki\n"
-                     "def stop(*a, **k): raise SystemExit('stopped in pass 3')\n"
-                     "prepare_wiki.encode_pass = stop\n"
-                     "prepare_wiki.main(sys.argv[1:])\n")
+# a prepare_wiki.py run stopped where STEP is called: tokenizer_for (pass 2, training the tokenizer:
+# pass 1 done) or encode_pass (pass 3, tokenizing: passes 1 and 2 done)
+STOPPED_AT = ("import sys, prepare_wiki\n"
+              "def stop(*a, **k): raise SystemExit('stopped at STEP')\n"
+              "prepare_wiki.STEP = stop\n"
+              "prepare_wiki.main(sys.argv[1:])\n")
 OPTIONS = ["--tokenizer", "bpe:300", "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1"]
 
 
@@ -52,11 +51,11 @@ def files_of(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def stopped_run(source, out):
+def stopped_run(source, out, step="encode_pass"):
     """The work folder of a prepare_wiki.py run into `out` that stopped before it finished."""
-    r = run_cli("-c", STOPPED_IN_PASS_3, source, "--out", out, *OPTIONS)
+    r = run_cli("-c", STOPPED_AT.replace("STEP", step), source, "--out", out, *OPTIONS)
     work = out.parent / f".{out.name}.partial"
-    assert r.returncode == 1 and "stopped in pass 3" in r.stderr and (work / "progress.json").is_file()
+    assert r.returncode == 1 and f"stopped at {step}" in r.stderr and (work / "progress.json").is_file()
     return work
 
 
@@ -81,11 +80,12 @@ def test_a_second_prepare_wiki_into_the_same_out_is_refused_and_the_first_ones_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])  # 2: the error comes from a worker process
+@pytest.mark.parametrize("step, workers", [("encode_pass", 1), ("encode_pass", 2), ("tokenizer_for", 1)],
+                         ids=["pass 3", "pass 3, the error in a worker process", "pass 2"])
 def test_a_damaged_work_folder_is_a_clear_error_and_the_same_command_then_starts_over(small_dump, tmp_path, capsys,
-                                                                                     workers):
+                                                                                     step, workers):
     out = tmp_path / "ds"
-    work = stopped_run(small_dump, out)
+    work = stopped_run(small_dump, out, step)
     articles = work / "articles.jsonl.gz"
     data = articles.read_bytes()
     half = len(data) // 2  # what two runs writing it at once left: the same size, zeros from the middle
@@ -100,6 +100,55 @@ def test_a_damaged_work_folder_is_a_clear_error_and_the_same_command_then_starts
     prepare([str(small_dump), "--out", str(out), *OPTIONS])  # as the message says
     assert "training bpe" in capsys.readouterr().out  # started over
     assert load_dataset(out).meta["splits"]["train"]["articles"] > 0
+
+
+def test_a_run_that_stops_in_this_process_lets_its_lock_go(small_dump, tmp_path, monkeypatch):
+    """prepare_wiki.main in a notebook (or a test) stopped by an error other than bad input:
+    the command it says to run next would find the work folder locked by the notebook."""
+    import prepare_wiki
+    from wikigpt.run.lock import folder_locked
+
+    def crash(*a, **k):
+        raise RuntimeError("a worker was lost")
+    monkeypatch.setattr(prepare_wiki, "encode_pass", crash)
+    with pytest.raises(RuntimeError):
+        prepare([str(small_dump), "--out", str(tmp_path / "ds"), *OPTIONS])
+    with folder_locked(tmp_path / ".ds.partial"):  # Busy if the run still held it
+        pass
+
+
+def test_a_dataset_another_run_published_while_this_one_waited_is_not_replaced(small_dump, tmp_path, monkeypatch,
+                                                                                capsys):
+    """--out is checked before the work folder is locked: a run that published there meanwhile
+    (and let the lock go) must still be found, under the lock, before anything is replaced."""
+    import prepare_wiki
+
+    out = tmp_path / "ds"
+    prepare([str(small_dump), "--out", str(tmp_path / "other"), *OPTIONS])
+    open_work = prepare_wiki.open_work
+
+    def published_meanwhile(*args):
+        shutil.copytree(tmp_path / "other", out)  # the other run's rename, between the check and the lock
+        return open_work(*args)
+    monkeypatch.setattr(prepare_wiki, "open_work", published_meanwhile)
+    before = files_of(tmp_path / "other")
+    with pytest.raises(SystemExit) as e:
+        prepare([str(small_dump), "--out", str(out), *OPTIONS, "--seed", "7"])
+    assert e.value.code == 2 and "already exists. Pass --overwrite" in capsys.readouterr().err
+    assert files_of(out) == before
+
+
+def test_a_file_system_without_locks_runs_as_before_with_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from wikigpt.run import lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    with lock.folder_locked(tmp_path):
+        pass
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err
 
 
 def test_a_second_index_build_and_an_info_update_during_a_build_are_refused(tiny_data, tmp_path, capsys):

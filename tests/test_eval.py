@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import stat
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from PIL import Image
 
 from wikigpt.knowledge import scores
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
-from wikigpt.run.runlog import MetricsLog, read_metrics
+from wikigpt.run.runlog import MetricsLog, is_loss_plot, read_metrics
 
 DIALOGUES = [("Hello", "Hello! How are you today?"), ("What is a river?", "A river is a stream of water."),
              ("你好", "你好！很高兴见到你。"), ("Thanks", "You are welcome.")]
@@ -118,6 +119,8 @@ def test_plot_overlays_several_runs(runs, tmp_path):
     assert r.returncode == 2 and "is not one eval.py wrote" in r.stderr and photo.read_bytes() == before
     r = run_cli("eval.py", "plot", runs / "base", "--out", out)  # our own plot: replaced
     assert r.returncode == 0 and Image.open(out).text["Description"] == "runs: base", r.stderr
+    shutil.copy(out, tmp_path / "curves.PNG")  # ours under any name, a photo under ours is not
+    assert is_loss_plot(tmp_path / "curves.PNG") and not is_loss_plot(photo)
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,6 +303,14 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
             eval_main(["--ckpt", str(ckpt), *out])
     with pytest.raises(UsageError, match="is one of the inputs"):
         eval_main(["plot", str(tmp_path), "--out", str(metrics)])
+    (tmp_path / "b").mkdir()  # another run's metrics, a note starting with a blank line: never a plot's --out
+    other, note = tmp_path / "b" / "metrics.jsonl", tmp_path / "notes.md"
+    other.write_text('{"type": "train", "kind": "pretrain", "step": 1}\n')
+    note.write_text("\n# notes\n")
+    for out in (other, note):
+        with pytest.raises(UsageError, match="is not one eval.py wrote"):
+            eval_main(["plot", str(tmp_path), "--out", str(out)])
+    assert other.read_text().startswith('{"type"') and note.read_text() == "\n# notes\n"
     (tmp_path / "model.pt").write_bytes(b"PK\x03\x04\xff\xfe")  # a checkpoint given as a run: no metrics
     with pytest.raises(UsageError, match="holds no metrics: give a run's out_dir"):
         eval_main(["plot", str(tmp_path / "model.pt"), "--out", str(tmp_path / "loss.png")])

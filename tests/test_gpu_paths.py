@@ -182,3 +182,23 @@ def test_cuda_n_is_made_the_current_device_and_one_not_there_is_refused(monkeypa
     for name in ("cuda:2", "cuda:x"):
         with pytest.raises(UsageError, match="2 CUDA GPU"):
             pick_device(name)
+
+
+
+def test_under_torchrun_each_process_takes_its_local_gpu_whatever_the_index(monkeypatch):
+    """--device=cuda:1 under torchrun: every process made GPU 1 current first (a context on it for
+    the whole run), and where each process sees one GPU, cuda:1 was refused."""
+    from wikigpt.config import TrainConfig
+    from wikigpt.run import dist
+
+    current, joined = [], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(dist, "enable_tf32", lambda: None)
+    monkeypatch.setattr(dist, "attempt_store", lambda rank, world: None)
+    monkeypatch.setattr(dist.torch_dist, "init_process_group", lambda *a, **k: joined.append(a[0]))
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
+        monkeypatch.setenv(key, value)
+    d = dist.setup_dist(TrainConfig(device="cuda:1"))
+    assert d.device == "cuda:0" and current == [0] and joined == ["nccl"]

@@ -50,9 +50,12 @@ def document(row: dict) -> str:
 
 
 def iter_articles(work: Path, split: str):
-    """The documents of one split, in order."""
-    for row in read_articles(work, split):
-        yield document(row)
+    """The documents of one split, in order (pass 2 trains the tokenizer on them)."""
+    try:
+        for row in read_articles(work, split):
+            yield document(row)
+    except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+        raise WikiError(damaged(work / ARTICLES, e)) from None
 
 
 SPLITS = ("train", "val")

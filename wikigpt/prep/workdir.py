@@ -4,7 +4,7 @@ saves its progress (resumed by the same command on the same files), renamed into
 when the dataset is whole. Every rename here comes after the bytes it names are on disk
 (wikigpt/run/durable.py), so neither a crash nor a power cut leaves a dataset that is half there.
 One run at a time writes a work folder: it is locked (wikigpt/run/lock.py) from open_work until
-publish, so a second run to the same --out is refused instead of writing into the first one's.
+the run ends (unlock), so a second run to the same --out is refused instead of writing into the first one's.
 """
 import ctypes
 import json
@@ -18,7 +18,7 @@ from wikigpt.run.lock import Busy, lock_folder, release
 from wikigpt.prep.errors import WikiError
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
-_held = {}  # work folder -> the descriptor holding its lock, from open_work to publish
+_held = {}  # work folder -> the descriptor holding its lock, from open_work to unlock
 
 
 def fingerprint(files, args) -> dict:
@@ -61,8 +61,7 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
 def _lock(work: Path, out: Path):
     """Take the work folder's lock for this run. A lock this process still holds from an earlier
     run of its own (a test's, a notebook's, that failed) is let go first: runs here are one at a time."""
-    if (fd := _held.pop(work, None)) is not None:
-        release(fd)
+    unlock(work)
     try:
         _held[work] = lock_folder(work)
     except Busy as e:
@@ -84,18 +83,15 @@ def _empty(folder: Path):
             p.unlink()
 
 
+def unlock(work: Path):
+    """The run that opened `work` is over, however it ended: its lock goes (a no-op if gone)."""
+    release(_held.pop(work, None))
+
+
 def publish(work: Path, out: Path):
     """The finished work folder becomes `out`, every byte of it on disk first. An old `out`
     (--overwrite) is swapped out in one step where the system can (Linux: renameat2 with
     RENAME_EXCHANGE), so that no moment is without a whole dataset at `out`."""
-    try:
-        _swap_in(work, out)
-    finally:
-        if (fd := _held.pop(work, None)) is not None:  # the run is over
-            release(fd)
-
-
-def _swap_in(work: Path, out: Path):
     if not out.exists():
         replace_durably(work, out)
         return

@@ -34,7 +34,8 @@ class Dist:
 
 def setup_dist(cfg: TrainConfig) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL between GPUs, gloo between CPU processes."""
-    want = pick_device(cfg.device)
+    # under torchrun each process takes its LOCAL_RANK's GPU: of --device only its type counts
+    want = pick_device(cfg.device.split(":")[0] if "RANK" in os.environ else cfg.device)
     if want.startswith("cuda"):
         enable_tf32()  # the fp32 parts (and dtype=float32 runs) on tensor cores
     if "RANK" not in os.environ and cfg.shard == "fsdp":  # FSDP needs a process group, even of one

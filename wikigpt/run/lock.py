@@ -15,6 +15,7 @@ A refusal names the holder's pid, which Linux lists in /proc/locks.
 """
 import fcntl
 import os
+import sys
 from contextlib import contextmanager
 
 
@@ -30,18 +31,26 @@ class Busy(Exception):
         return f" (pid {self.pid})" if self.pid else ""
 
 
-def lock_folder(folder) -> int:
-    """An open descriptor of `folder` holding its exclusive lock; Busy if another holds it."""
+def lock_folder(folder) -> int | None:
+    """An open descriptor of `folder` holding its exclusive lock; Busy if another holds it; None
+    (with a warning) where the file system has no locks: the command runs as it did before them."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never waits: a second writer is a mistake to report
     except BlockingIOError:
         os.close(fd)
         raise Busy(folder, holder(folder)) from None
+    except OSError as e:  # ENOLCK, EOPNOTSUPP: some network and FUSE file systems
+        os.close(fd)
+        print(f"warning: {folder} cannot be locked ({e.strerror}): a second run writing there at the same "
+              "time would not be refused.", file=sys.stderr)
+        return None
     return fd
 
 
-def release(fd: int):
+def release(fd: int | None):
+    if fd is None:
+        return
     # unlocked before it is closed: worker processes forked meanwhile share the descriptor, and
     # a lock stays held until every copy of it is closed
     fcntl.flock(fd, fcntl.LOCK_UN)

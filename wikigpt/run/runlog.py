@@ -23,20 +23,29 @@ SUMMARY = "summary.json"  # how the run ended: steps, val loss, tokens/s (what t
 PLOT_TITLE = "wikigpt loss curves"  # in the PNG's text (plot_runs): how a file we drew is known
 
 
-def written_by_a_run(path: Path) -> bool:
-    """Is this file one a run (or eval.py plot) wrote, which a new run or plot may replace: a
-    metrics file whose first row is ours, a summary with a run's keys, a PNG with our title. A
-    user's own file of the same name (a folder used for other work) is not."""
+def is_loss_plot(path: Path) -> bool:
+    """A PNG that plot_runs drew (its title in the text chunks matplotlib writes before the image),
+    whatever its name: eval.py plot replaces only those."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)  # matplotlib writes the text chunks before the image data
-        if path.name.endswith(".png"):
-            return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Title\x00" + PLOT_TITLE.encode() in head
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Title\x00" + PLOT_TITLE.encode() in head
+
+
+def written_by_a_run(path: Path) -> bool:
+    """Is OUT_DIR/metrics.jsonl, summary.json or loss.png one a run wrote, which a new run may
+    replace? A user's own file of the same name (a folder used for other work) is not."""
+    if path.name == PLOT:
+        return is_loss_plot(path)
+    try:
+        text = path.read_text(encoding="utf-8")
         if path.name == SUMMARY:
-            return {"step", "stop_reason"} <= json.loads(path.read_text(encoding="utf-8")).keys()
-        first = json.loads(head.split(b"\n", 1)[0] or b"{}")  # an empty metrics file: a run killed at its start
-        return first == {} or {"type", "kind", "step"} <= first.keys()
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+            return {"step", "stop_reason"} <= json.loads(text).keys()
+        # metrics: its first row is ours, or it is empty (a run killed before its first row)
+        return text == "" or {"type", "kind", "step"} <= json.loads(text.split("\n", 1)[0]).keys()
+    except (OSError, ValueError, AttributeError):  # unreadable, not UTF-8 or JSON, not an object
         return False
 
 
