@@ -75,3 +75,13 @@ def test_sample_py_greedy_is_the_same_with_and_without_the_engine(tiny_ckpt):
     engine, plain = run_cli(*args), run_cli(*args, "--no_cache")
     assert engine.returncode == 0 and plain.returncode == 0, engine.stderr + plain.stderr
     assert engine.stdout == plain.stdout
+
+
+def test_no_command_imports_the_compiler_until_it_compiles():
+    """torch._dynamo takes ~1.2 s to import: every sample.py, chat.py, serve.py and eval.py
+    process paid it at start (a module-level read of its exception types), compiled or not."""
+    commands = ("sample", "chat", "serve", "eval", "train", "chat_sft", "retrieve", "export", "convert", "prune")
+    r = run_cli("-c", f"import sys; import {', '.join(commands)}; print('torch._dynamo' in sys.modules)")
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    from wikigpt.decoding.decode import compile_error
+    assert compile_error(torch._dynamo.exc.TorchDynamoException("x")) and not compile_error(RuntimeError("x"))

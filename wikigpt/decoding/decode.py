@@ -20,9 +20,13 @@ ROW_GROUP = 4  # the smallest bucket of decode rows beside other rows (see wikig
 # 1,024-token context (by 2: 5), and a request reads at most 4x the keys it needs, where it read
 # up to 16x (64 of 1,024). Under 64 keys, attention is too small a part of a step to matter.
 KEY_SPAN_MIN, KEY_SPAN_GROWTH = 64, 4
-# What a compiler failure raises (FailOnRecompileLimitHit is not a TorchDynamoException)
-COMPILE_ERRORS = tuple(getattr(torch._dynamo.exc, name) for name in ("TorchDynamoException", "FailOnRecompileLimitHit")
-                       if hasattr(torch._dynamo.exc, name))
+
+
+def compile_error(e: Exception) -> bool:
+    """Did the compiler raise it (FailOnRecompileLimitHit is not a TorchDynamoException)? Read
+    only from a compiled step: torch._dynamo takes 1.2 s to import, each process that decodes."""
+    return any(isinstance(e, getattr(torch._dynamo.exc, name, ()))
+               for name in ("TorchDynamoException", "FailOnRecompileLimitHit"))
 
 
 def bucket(rows: int, n_slots: int) -> int:
@@ -206,7 +210,7 @@ class Step:
         try:
             tokens = self.fn(model, state, k_max).tolist()
         except Exception as e:
-            if not (first or isinstance(e, COMPILE_ERRORS)):
+            if not (first or compile_error(e)):
                 raise  # a graph that ran before: a real failure, not the compiler's
             self.fall_back(e, state, saved)
             return decode_step(model, state, k_max).tolist()
