@@ -115,10 +115,13 @@ def test_plot_overlays_several_runs(runs, tmp_path):
     photo = tmp_path / "holiday.png"  # a PNG of the user's: never replaced by a plot
     Image.new("RGB", (4, 4)).save(photo)
     before = photo.read_bytes()
-    r = run_cli("eval.py", "plot", runs / "base", "--out", photo)
-    assert r.returncode == 2 and "is not one eval.py wrote" in r.stderr and photo.read_bytes() == before
-    r = run_cli("eval.py", "plot", runs / "base", "--out", out)  # our own plot: replaced
-    assert r.returncode == 0 and Image.open(out).text["Description"] == "runs: base", r.stderr
+    from eval import main as eval_main  # in this process: the command's exit is run_main's, tested above
+    from wikigpt.cli import UsageError
+    with pytest.raises(UsageError, match="is not one eval.py wrote"):
+        eval_main(["plot", str(runs / "base"), "--out", str(photo)])
+    assert photo.read_bytes() == before
+    eval_main(["plot", str(runs / "base"), "--out", str(out)])  # our own plot: replaced
+    assert Image.open(out).text["Description"] == "runs: base"
     shutil.copy(out, tmp_path / "curves.PNG")  # ours under any name, a photo under ours is not
     assert is_loss_plot(tmp_path / "curves.PNG") and not is_loss_plot(photo)
 
