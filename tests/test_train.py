@@ -108,15 +108,26 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def test_two_process_torchrun_gloo_keeps_weights_identical(tiny_data, tmp_path):
+# One 2-process DDP run that the tests below compare with (a torchrun start costs ~10 s): 8 windows
+# a step, 4 per process in 2 micro-steps of 2 (gradient accumulation under DDP)
+DDP_ARGS = ["--max_steps=6", "--eval_interval=2", "--total_batch_tokens=256", "--batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
     r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=8", "--eval_interval=4",
-                "--grad_accum=2", *TINY)
-    assert r.returncode == 0, r.stderr
-    assert "2 process(es) on cpu" in r.stdout
-    assert "weights identical on all 2 processes: yes" in r.stdout
-    steps = losses(r.stdout)
-    assert steps[8] < steps[1]
+                f"--data={tiny_data}", *TINY, *DDP_ARGS, f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, r.stdout
+
+
+def test_two_process_torchrun_gloo_keeps_weights_identical(ddp_run):
+    out, stdout = ddp_run
+    assert "2 process(es) on cpu" in stdout and "2 process(es) x 2 micro-step(s) x 2 rows x 32" in stdout
+    assert "weights identical on all 2 processes: yes" in stdout
+    steps = losses(stdout)
+    assert steps[6] < steps[1]
 
 
 def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
@@ -128,18 +139,15 @@ def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
     assert r.stderr.count("error: ") == 1  # said once, by process 0, not by every process
 
 
-def test_one_config_gives_the_same_run_on_one_process_and_on_two(tiny_data, tmp_path):
-    """batch_size 4, grad_accum 1 means 4 windows per step: on 2 processes, 2 each; the same
-    windows, the same mean loss, the same weights (up to float summation order)."""
-    common = [f"--data={tiny_data}", "--max_steps=6", "--eval_interval=3", *TINY]
-    one = run_cli("train.py", *common, f"--out_dir={tmp_path / 'one'}")
-    two = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *common,
-                  f"--out_dir={tmp_path / 'two'}")
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
-    assert "128 tokens/step = 2 process(es) x 1 micro-step(s) x 2 rows x 32" in two.stdout
-    a, b = losses(one.stdout), losses(two.stdout)
+def test_one_config_gives_the_same_run_on_one_process_and_on_two(tiny_data, tmp_path, ddp_run):
+    """256 tokens a step, micro-batches of 2: on one process 4 micro-steps of 2 windows, on 2
+    processes 2 each: the same windows, the same mean loss, the same weights (up to float summation order)."""
+    one = run_cli("train.py", f"--data={tiny_data}", *TINY, *DDP_ARGS, f"--out_dir={tmp_path}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "256 tokens/step = 1 process(es) x 4 micro-step(s) x 2 rows x 32" in one.stdout
+    a, b = losses(one.stdout), losses(ddp_run[1])
     assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < 2e-4 for s in a)  # printed to 4 decimals
-    wa, wb = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    wa, wb = load_checkpoint(tmp_path / "last.pt")["model"], load_checkpoint(ddp_run[0] / "last.pt")["model"]
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
@@ -308,16 +316,15 @@ def test_two_nodes_on_loopback_train_as_one_run(tiny_data, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
-def test_fsdp_matches_ddp_resumes_across_world_sizes_and_converts(tiny_data, tmp_path):
+def test_fsdp_matches_ddp_resumes_across_world_sizes_and_converts(tiny_data, tmp_path, ddp_run):
     """FSDP2 on 2 CPU processes (gloo), Muon for the hidden matrices and AdamW for the rest:
     the same losses as DDP; stopped after step 2 and resumed on 1 process, then on 2 again,
     the same losses as one straight run; the DCP folder converts to a file the tools load."""
-    common = [f"--data={tiny_data}", *TINY, "--max_steps=6", "--eval_interval=2", "--total_batch_tokens=256"]
+    common = [f"--data={tiny_data}", *TINY, *DDP_ARGS]
     two = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    ddp = run_cli(*two, *common, f"--out_dir={tmp_path / 'ddp'}")
     straight = run_cli(*two, *common, "--shard=fsdp", f"--out_dir={tmp_path / 'fsdp'}")
-    assert ddp.returncode == 0 and straight.returncode == 0, straight.stderr[-2000:]
-    a, b = losses(ddp.stdout), losses(straight.stdout)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = losses(ddp_run[1]), losses(straight.stdout)
     assert sorted(a) == list(range(1, 7)) and a.keys() == b.keys()
     assert all(abs(a[s] - b[s]) < 2e-4 for s in a), (a, b)  # printed to 4 decimals
 
