@@ -49,12 +49,15 @@ def document(row: dict) -> str:
     return f"{row['title']}\n\n{row['text']}"
 
 
+UNREADABLE = (OSError, EOFError, zlib.error, ValueError)  # a damaged gzip or JSON line (BadGzipFile: OSError)
+
+
 def iter_articles(work: Path, split: str):
     """The documents of one split, in order (pass 2 trains the tokenizer on them)."""
     try:
         for row in read_articles(work, split):
             yield document(row)
-    except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+    except UNREADABLE as e:
         raise WikiError(damaged(work / ARTICLES, e)) from None
 
 
@@ -76,7 +79,7 @@ def encode_members(job) -> dict:
         data = f.read(end - start)
     try:
         rows = [json.loads(line) for line in gzip.decompress(data).splitlines()]
-    except (OSError, EOFError, zlib.error, ValueError) as e:  # gzip.BadGzipFile is an OSError
+    except UNREADABLE as e:
         raise WikiError(damaged(path, e)) from None
     out = {}
     for split in SPLITS:
