@@ -13,8 +13,14 @@ from bench.bench_answers import main as bench_main
 from wikigpt.knowledge.evidence import Found, Item, Reader
 from wikigpt.knowledge.natural import (NaturalSet, choose_threshold, fit_confidence, holds, where_answers,
                                        wrong_bound)
-from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, train
+from wikigpt.knowledge.questions import question_kind
+from wikigpt.knowledge.ranker import CONFIDENCE_FEATURES, FEATURES, Confidence, Ranker, boost, calibrate, train
 from wikigpt.knowledge.retrieval import add_index_info
+
+
+def sure(log_odds: float) -> Confidence:
+    """A confidence of one leaf: the same chance whatever the evidence (-5: 0.007, 5: 0.993)."""
+    return Confidence([[[-1, 0.0, 0, 0, log_odds]]])
 
 
 def test_the_threshold_keeps_wrong_answers_within_the_bound_and_answers_the_most():
@@ -63,15 +69,17 @@ def test_a_stored_confidence_is_what_the_threshold_judges(reader):
     found = reader.find("What is the capital of Brindavale?")
     assert found.confidence is None and found.judged == found.score and found.answerable  # none stored: the score
     assert len(reader.confidence_features(found)) == len(CONFIDENCE_FEATURES)
-    reader.confidence = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [-5.0])  # sure of nothing: p = 0.007
+    reader.confidence = sure(-5.0)  # sure of nothing: p = 0.007
     try:
         found = reader.find("What is the capital of Brindavale?")
         assert found.judged == found.confidence < 0.01 and not found.answerable  # the same evidence, declined
     finally:
         reader.confidence = None
     assert Confidence.from_info({}) is None
-    stored = Confidence([0.5] * (len(CONFIDENCE_FEATURES) + 1))
-    assert Confidence.from_info(stored.to_info()).weights == stored.weights
+    stored = Confidence(boost([[float(i % 2)] * len(CONFIDENCE_FEATURES) for i in range(60)], [i % 2 for i in range(60)]),
+                        {"definition": [0.5, 1.0]})
+    again = Confidence.from_info(json.loads(json.dumps(stored.to_info())))  # as the index's info file holds it
+    assert again.trees == stored.trees and again.calibration == stored.calibration
     assert Ranker.from_info(stored.to_info()) is None  # each model under its own key
 
 
@@ -82,6 +90,10 @@ def test_a_confidence_stored_for_other_features_leaves_the_rules_threshold_to_ju
     add_index_info(folder, stale | {"rules_abstain_below": 0.9})  # 0.2 was the old model's, on its scale
     old = Reader.open(folder)
     assert old.confidence is None and old.threshold == old.rules_threshold == 0.9
+    # the logistic confidence of the version before (weights, no trees): its threshold is on its scale too
+    add_index_info(folder, {"confidence": {"features": list(CONFIDENCE_FEATURES), "weights": [0.1] * 9}})
+    old = Reader.open(folder)
+    assert old.confidence is None and old.threshold == 0.9
     before = tmp_path / "before"
     shutil.copytree(reader.index.folder, before)
     add_index_info(before, stale | {"score_floor": 0.85})  # what the version before named it
@@ -90,30 +102,29 @@ def test_a_confidence_stored_for_other_features_leaves_the_rules_threshold_to_ju
 
 def test_the_confidence_threshold_is_chosen_on_hand_written_questions_not_on_template_ones():
     feature = lambda v: [v] + [0.5] * (len(CONFIDENCE_FEATURES) - 1)  # noqa: E731
-    rows = [(f"q{i}", feature(0.6 + 0.4 * (i % 2)), i % 2 == 1) for i in range(40)]  # right at 1.0, wrong at 0.6
-    rows += [(f"o{i}", feature(0.0), None) for i in range(10)]  # out of corpus
-    easy = [(f"template:{i}", feature(0.6), True) for i in range(1000)]  # templates right even at 0.6
+    rows = [(f"q{i}", feature(0.6 + 0.4 * (i % 2)), "other", i % 2 == 1) for i in range(40)]  # right at 1.0, wrong at 0.6
+    rows += [(f"o{i}", feature(0.0), "other", None) for i in range(10)]  # out of corpus
+    easy = [(f"template:{i}", feature(0.6), "other", True) for i in range(1000)]  # templates right even at 0.6
     _, alone = fit_confidence(rows, k=5)
     model, with_templates = fit_confidence(rows + easy, k=5)
-    assert with_templates > model.score(feature(0.6))  # still declines the hand-written 0.6s: 50 % of them wrong
+    assert with_templates > model.score(feature(0.6), "other")  # still declines the hand-written 0.6s: 50 % of them wrong
     assert alone < 1.01 and with_templates < 1.01  # a cut was found: the 1.0s are answered
 
 
 def test_retrieve_shows_the_confidence_the_stored_threshold_is_on(reader, tmp_path):
     folder = tmp_path / "data"
     shutil.copytree(reader.index.folder, folder)
-    sure = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [5.0])  # p = 0.993 whatever the evidence
-    add_index_info(folder, sure.to_info() | {"abstain_below": 0.5})
+    add_index_info(folder, sure(5.0).to_info() | {"abstain_below": 0.5})  # p = 0.993 whatever the evidence
     r = run_cli("retrieve.py", "--data", folder, "--k", "1", "What is the capital of Brindavale?")
     assert r.returncode == 0, r.stderr
     assert "confidence 0.99 (answerable, threshold 0.50 on the confidence)" in r.stdout
 
 
 def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_model():
-    rows = [(f"q{i}", [float(i % 3 > 0)] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), i % 3 > 0) for i in range(60)]
-    rows += [(f"o{i}", [0.0] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), None) for i in range(10)]  # out of corpus
+    rows = [(f"q{i}", [float(i % 3 > 0)] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), "other", i % 3 > 0) for i in range(60)]
+    rows += [(f"o{i}", [0.0] + [0.5] * (len(CONFIDENCE_FEATURES) - 1), "other", None) for i in range(10)]  # out of corpus
     model, t = fit_confidence(rows, k=5)
-    right, wrong = model.score(rows[1][1]), model.score(rows[0][1])
+    right, wrong = model.score(rows[1][1], "other"), model.score(rows[0][1], "other")
     assert wrong < t <= right  # the first feature marks the right answers: a cut between them
 
 
@@ -130,7 +141,7 @@ def test_a_remembered_ranking_is_the_same_evidence_judged_by_the_confidence_of_n
         for (q, h), want in zip(questions, fresh):
             first, again = reader.find(q, history=h), reader.find(q, history=h)
             assert [i.text for i in first.items] == [i.text for i in again.items] == [i.text for i in want.items]
-        reader.confidence = Confidence([0.0] * len(CONFIDENCE_FEATURES) + [-5.0])  # set after the ranking was kept
+        reader.confidence = sure(-5.0)  # set after the ranking was kept
         again = reader.find(questions[0][0])
         assert again.confidence is not None and again.confidence < 0.01 and not again.answerable
         assert len(reader.remembered) == 2
@@ -154,3 +165,47 @@ def test_where_an_answer_is_among_the_candidates_is_counted_per_question_opening
     # the capital is an infobox fact: a candidate from the graph, in none of the passages read
     assert where["question"] == {"n": 2, "first": 1, "top 8": 1, "any candidate": 1, "passages": 0}
     assert where["opening"]["n"] == where["follow-up"]["n"] == 1 and where["follow-up"]["first"] == 1  # her birth date
+
+
+def test_the_stored_trees_give_the_log_odds_scikit_learn_computes():
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from wikigpt.knowledge import ranker
+    X = [[(i * 7 % 13) / 13, (i * 5 % 11) / 11] + [0.5] * (len(CONFIDENCE_FEATURES) - 2) for i in range(200)]
+    y = [int(a + b > 0.9) if i % 10 else int(a + b <= 0.9) for i, (a, b, *_) in enumerate(X)]  # 10 % noise
+    fitted = GradientBoostingClassifier(init="zero", n_estimators=ranker.TREES, max_depth=ranker.DEPTH,
+                                        learning_rate=ranker.RATE, min_samples_leaf=ranker.LEAF, random_state=0).fit(X, y)
+    ours = Confidence(boost(X, y))  # read back as plain numbers, without scikit-learn
+    assert [ours.logit(x) for x in X] == pytest.approx(fitted.decision_function(X), abs=1e-4)  # rounded leaves
+    assert ours.score(X[0]) == pytest.approx(fitted.predict_proba(X[:1])[0, 1], abs=1e-4)
+
+
+def test_each_kind_of_question_is_calibrated_on_held_out_ones_and_follow_ups_keep_one_scale():
+    x = [0.5] * len(CONFIDENCE_FEATURES)  # the same evidence everywhere: only the kind tells them apart
+    rows = [(f"q{i}", x, "other", i % 2 == 0) for i in range(60)]  # right half the time
+    rows += [(f"r{i}", x, "reverse", i % 10 > 0) for i in range(60)]  # right 9 times in 10
+    rows += [(f"c{i}", x, "follow-up", i % 10 > 0) for i in range(60)]
+    rows += [(f"n{i}", x, "named nothing", i % 10 > 0) for i in range(60)]
+    rows += [(f"t{i}", x, "superlative", True) for i in range(5)]  # too few to calibrate apart
+    model, _ = fit_confidence(rows, k=5)
+    assert set(model.calibration) == {"other", "reverse"}
+    assert model.score(x, "reverse") > 0.8 > 0.6 > model.score(x, "other")
+    assert model.score(x, "follow-up") == model.score(x, "named nothing") == model.score(x, "superlative") \
+        == model.score(x)  # the trees' own chance, uncalibrated
+    slope, offset = calibrate([(0.0, True)] * 90 + [(0.0, False)] * 10)  # log-odds 0 (50 %), right 90 %
+    assert slope == 1.0 and 1.0 < offset < 2.2  # towards log(9) = 2.2, pulled back to 0 by the shrinkage
+
+
+@pytest.mark.parametrize("question, follow_up, linked, best, kind", [
+    ("and when was she born?", True, True, "sentence", "follow-up"),
+    ("Tell me about A. S. Neill.", False, False, "sentence", "named nothing"),
+    ("so is Andorra in Europe?", False, True, "sentence", "yes/no"),
+    ("What does ANSI stand for?", False, True, "expansion", "stands for"),
+    ("Who was Achilles?", False, True, "lead", "what is"),
+    ("Who wrote Atlas Shrugged?", False, True, "reverse", "reverse"),
+    ("Which is the largest city of Alaska?", False, True, "fact", "superlative"),
+    ("How many provinces does Angola have?", False, True, "sentence", "count"),
+    ("Where does the name Alabama come from?", False, True, "sentence", "other"),
+])
+def test_the_kind_a_question_is_calibrated_as(question, follow_up, linked, best, kind):
+    assert question_kind(question, follow_up, linked, best) == kind

@@ -28,9 +28,10 @@ from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
-from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, MEASURED_TYPES, NEGATION, QUESTION_WORDS,
-                                        STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS, has_new,
-                                        spelled_out, table_phrases, table_words, typed_distance, without_lead_in)
+from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS,
+                                        has_new, question_kind, spelled_out, table_phrases, table_words,
+                                        typed_distance, without_lead_in)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -48,8 +49,6 @@ MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
 # unsettled ("Is autism more common in boys?" - "It occurs four to five times more often in boys");
 # on dev's 28, 0.7 answers 16 right and 2 wrong (all: 11 and 1; 0.6: 17 and 3)
 SETTLED = 0.7
-DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|tell\s+me\s+about|describe)\s+"
-                        r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
 NAME_CONNECTORS = {"of", "the", "and", "de", "la", "le", "von", "van", "du", "da", "del", "y", "in", "on", "for", "&"}
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
 # what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
@@ -86,6 +85,7 @@ class Found:
     threshold: float
     confidence: float | None = None  # the chance that best holds the answer (ranker.Confidence), if one is stored
     features: dict = field(default_factory=dict, repr=False)  # item text -> ranker.features (before yes / no)
+    kind: str = ""  # questions.question_kind: what the confidence is calibrated by
 
     @property
     def best(self) -> Item | None:
@@ -309,7 +309,7 @@ class Reader:
                 self.remembered[key] = found
         found = replace(found, threshold=self.threshold, confidence=None)
         if self.confidence is not None and found.items:
-            found.confidence = round(self.confidence.score(self.confidence_features(found)), 4)
+            found.confidence = round(self.confidence.score(self.confidence_features(found), found.kind), 4)
         return found
 
     def rank(self, question: str, k: int | None, history: list[str]) -> Found:
@@ -372,7 +372,8 @@ class Reader:
         elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
         return Found(question, language(question), links, ranked, passages, self.threshold,
-                     features=dict(zip((i.text for i in ranked), measured)))  # for training the ranker
+                     features=dict(zip((i.text for i in ranked), measured)),  # for training the ranker
+                     kind=question_kind(question, bool(history), bool(links), ranked[0].kind if ranked else ""))
 
     def confidence_features(self, found: Found) -> list[float]:
         """How the best item stands among the others, in the order of ranker.CONFIDENCE_FEATURES:

@@ -1,21 +1,22 @@
 """
-Two small learned models over the evidence reader's own measurements, both logistic regression
-(numpy, no new dependency), both stored as a few numbers in the index's info file
-(add_index_info) beside the threshold:
+Two small learned models over the evidence reader's own measurements, both stored as numbers in
+the index's info file (add_index_info) beside the threshold:
 
 - Ranker: an item's features -> the chance that it holds the answer (orders the candidates).
   Trained on the grounded QA rows of the *train* articles (qa_items) and, optionally, the
   natural dev split; never on its test split.
 - Confidence: the best item's standing among the others (its score, the margin to the next,
   how many tie with it, its passage's retrieval rank, ...) -> the chance that the answer is
-  right; the "not found" threshold is then a probability. Trained on the natural dev split.
+  right; the "not found" threshold is then a probability. Boosted regression trees (fitted with
+  scikit-learn, stored as plain numbers, read here without it), then calibrated per kind of
+  question. Trained on the natural dev split.
 
     reader.ranker = Ranker.from_info(index.info)          # Reader does both itself
     reader.confidence = Confidence.from_info(index.info)
     reader.find(q).confidence                             # then: compared with the threshold
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,14 +45,17 @@ CONFIDENCE_FEATURES = ("best score", "margin to the next", "ties in the next fiv
                        "log length", "next five agree", "question covered", "named nothing")
 
 
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-max(min(z, 30), -30)))
+
+
 @dataclass
 class Ranker:
     weights: list  # one per feature, then the bias
     KEY, NAMES = "ranker", FEATURES  # where the weights live in the index info, what they weigh
 
     def score(self, x: list[float]) -> float:
-        z = sum(w * v for w, v in zip(self.weights, x)) + self.weights[-1]
-        return 1 / (1 + math.exp(-max(min(z, 30), -30)))
+        return sigmoid(sum(w * v for w, v in zip(self.weights, x)) + self.weights[-1])
 
     def to_info(self) -> dict:
         return {self.KEY: {"features": list(self.NAMES), "weights": [round(w, 4) for w in self.weights]}}
@@ -64,10 +68,78 @@ class Ranker:
         return cls(r["weights"])
 
 
-class Confidence(Ranker):
+@dataclass
+class Confidence:
     """The chance that the best item holds the answer, from CONFIDENCE_FEATURES
-    (Reader.confidence_features); without one stored, the best item's rule score is judged."""
+    (Reader.confidence_features): the sum of boosted regression trees is a log-odds, then moved
+    per kind of question (questions.question_kind) by a slope and an offset fitted on questions
+    the trees did not see (natural.fit_confidence). Without one stored, the best item's rule
+    score is judged."""
+    trees: list  # each a list of nodes [feature, threshold, left, right, value]; feature -1: a leaf
+    calibration: dict = field(default_factory=dict)  # question kind -> [slope, offset] of the log-odds
     KEY, NAMES = "confidence", CONFIDENCE_FEATURES
+
+    def logit(self, x: list[float]) -> float:
+        z = 0.0
+        for nodes in self.trees:
+            n = 0
+            while nodes[n][0] >= 0:  # [feature, threshold, left, right, value]: x[feature] <= threshold goes left
+                n = nodes[n][2] if x[nodes[n][0]] <= nodes[n][1] else nodes[n][3]
+            z += nodes[n][4]
+        return z
+
+    def score(self, x: list[float], kind: str = "") -> float:
+        return self.calibrated(self.logit(x), kind)
+
+    def calibrated(self, z: float, kind: str = "") -> float:
+        """The chance from the trees' log-odds, as calibrated for that kind of question."""
+        slope, offset = self.calibration.get(kind, (1.0, 0.0))
+        return sigmoid(slope * z + offset)
+
+    def to_info(self) -> dict:
+        return {self.KEY: {"features": list(self.NAMES), "trees": self.trees, "calibration": self.calibration}}
+
+    @classmethod
+    def from_info(cls, info: dict) -> "Confidence | None":
+        c = info.get(cls.KEY)
+        if not c or c.get("features") != list(cls.NAMES) or "trees" not in c:
+            return None  # none stored, or stored for other features or as another model: the rules' score is judged
+        return cls(c["trees"], c.get("calibration", {}))
+
+
+# 100 trees of depth 3 at a rate of 0.05, each leaf holding 20 or more questions: on the natural dev
+# split (~1,000 questions and turns) deeper or more trees fit its questions, not new ones (docs/measured.md)
+TREES, DEPTH, RATE, LEAF = 100, 3, 0.05, 20
+
+
+def boost(X: list[list[float]], y: list[int], seed: int = 0) -> list:
+    """Gradient-boosted regression trees of the log-odds (scikit-learn's, needed only here: the
+    trees are returned as plain numbers, the learning rate folded into their leaves)."""
+    if len(set(y)) < 2:  # one class only: a single leaf at its (clipped) log-odds
+        return [[[-1, 0.0, 0, 0, 5.0 if y and y[0] else -5.0]]]
+    from sklearn.ensemble import GradientBoostingClassifier
+    model = GradientBoostingClassifier(init="zero", n_estimators=TREES, max_depth=DEPTH, learning_rate=RATE,
+                                       min_samples_leaf=LEAF, random_state=seed).fit(np.asarray(X), np.asarray(y))
+    trees = []
+    for estimator in model.estimators_[:, 0]:
+        t = estimator.tree_
+        trees.append([[int(t.feature[n]) if t.children_left[n] >= 0 else -1, round(float(t.threshold[n]), 6),
+                       int(t.children_left[n]), int(t.children_right[n]), round(float(t.value[n, 0, 0]) * RATE, 6)]
+                      for n in range(t.node_count)])
+    return trees
+
+
+def calibrate(pairs: list[tuple[float, bool]], shrink: float = 0.1, steps: int = 2000) -> list[float]:
+    """[slope, offset] so that sigmoid(slope * log-odds + offset) matches how often a kind's best
+    evidence was right (Platt scaling), pulled towards [1, 0] (no change) by `shrink`: a kind has
+    a few dozen questions on dev."""
+    z = np.array([zi for zi, _ in pairs], dtype=np.float64)
+    y = np.array([float(ok) for _, ok in pairs])
+    a, b = 1.0, 0.0
+    for _ in range(steps):
+        q = 1 / (1 + np.exp(-np.clip(a * z + b, -30, 30)))
+        a, b = a - 0.5 * (((q - y) * z).mean() + shrink * (a - 1)), b - 0.5 * ((q - y).mean() + shrink * b)
+    return [round(a, 4), round(b, 4)]
 
 
 def train(X: list[list[float]], y: list[int], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> Ranker:
