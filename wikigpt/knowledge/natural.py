@@ -355,7 +355,8 @@ def fit_confidence(rows: list, k: int = CONFIDENCE_FOLDS):
     fold = {g: n % k for n, g in enumerate(groups)}
     held = []  # (log-odds, kind, ok) of each hand-written question from the model that did not train on it
     for i in range(k):
-        model = Confidence(boost([x for g, x, _, _ in rows if fold[g] != i], [int(bool(ok)) for g, _, _, ok in rows if fold[g] != i]))
+        tune = [(x, int(bool(ok))) for g, x, _, ok in rows if fold[g] != i]
+        model = Confidence(boost([x for x, _ in tune], [y for _, y in tune]))
         held += [(model.logit(x), kind, ok) for g, x, kind, ok in rows if fold[g] == i and not str(g).startswith("template:")]
     calibration = {}
     for kind in sorted({kind for _, kind, _ in held} - {"follow-up", "named nothing"}):
@@ -364,7 +365,8 @@ def fit_confidence(rows: list, k: int = CONFIDENCE_FOLDS):
             calibration[kind] = calibrate(pairs)
     judged = Confidence([], calibration)  # the calibration alone, applied to the held-out log-odds
     threshold = choose_threshold([(judged.calibrated(z, kind), ok) for z, kind, ok in held])
-    return Confidence(boost([x for _, x, _, _ in rows], [int(bool(ok)) for _, _, _, ok in rows]), calibration), threshold
+    trees = boost([x for _, x, _, _ in rows], [int(bool(ok)) for _, _, _, ok in rows])
+    return Confidence(trees, calibration), threshold
 
 
 def merged(reports: list[dict]) -> dict:
