@@ -105,6 +105,23 @@ def test_sampling_follows_top_k_and_greedy_and_never_picks_padding():
     assert {p[0] for p in picks} == {7, 9} and {p[1] for p in picks} == {7}
 
 
+def test_a_temperature_near_zero_samples_the_best_token_not_a_masked_one():
+    # 1e-40 is in range but a float32 subnormal: logits / 1e-40 overflowed to +-inf, the softmax
+    # gave NaN and the pick fell on the last candidate - a padding id or one that breaks UTF-8
+    logits = torch.zeros(3, 320)
+    logits[:, 7], logits[:, 9], logits[:, 310], logits[:, 11] = 5.0, 4.0, 50.0, 60.0  # 310: padding, 11: ruled out
+    allowed = torch.ones(3, 320, dtype=torch.bool)
+    allowed[:, 11] = False
+    knobs = torch.tensor([knobs_row(SamplingParams(temperature=1e-40, top_k=0, top_p=1.0, repetition_penalty=1.0)),
+                          knobs_row(SamplingParams(temperature=1e-40)),
+                          knobs_row(SamplingParams(temperature=1e-30, top_k=2, top_p=0.5))])
+    assert knobs[0, 0] > 0  # still a temperature, not greedy's 0
+    picks = {tuple(sample_tokens(logits, 300, torch.zeros(3, 320, dtype=torch.bool), knobs,
+                                 uniform(torch.tensor([s] * 3), torch.zeros(3, dtype=torch.long)), allowed).tolist())
+             for s in range(40)}
+    assert picks == {(7, 7, 7)}
+
+
 def test_an_int8_checkpoint_is_refused_on_a_gpu_before_any_weight_moves(tmp_path, monkeypatch):
     model = tiny()
     quantize_model(model)

@@ -142,7 +142,9 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     greedy = logits.argmax(dim=-1)  # (n,)
     if u is None:
         return greedy
-    scaled = logits / torch.where(temperature > 0, temperature, 1.0)
+    # the best logit made 0 first: divided by a tiny temperature (1e-40 is in range, a float32
+    # subnormal) the others reach -inf, never +inf, so the softmax below has no inf - inf (NaN)
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / torch.where(temperature > 0, temperature, 1.0)
     # One sort of the k_max most likely ids serves top-k (the k-th largest) and top-p (mass in
     # order): ids outside a row's top k are never picked, so they need no place in the order.
     # Equal values keep index order, whatever the batch.
@@ -161,7 +163,8 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     cdf = sorted_p.cumsum(-1)  # (n, K)
     at = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous(), right=True).clamp(max=K - 1)
     sampled = order.gather(1, at)[:, 0]  # (n,)
-    return torch.where(temperature[:, 0] > 0, sampled, greedy)
+    sane = torch.isfinite(cdf[:, -1]) & (cdf[:, -1] > 0)  # (n,) a NaN row (e.g. NaN logits) picks greedy, not a masked id
+    return torch.where((temperature[:, 0] > 0) & sane, sampled, greedy)
 
 
 class CopySource(Protocol):
