@@ -167,6 +167,37 @@ def test_a_batch_being_prefilled_is_counted_once_so_requests_that_fit_are_taken(
 
 
 
+def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch):
+    """One client's 8 choices of a long prompt were all prefilled before the next decode step:
+    every stream stood still meanwhile (~3 s here at a 950-token prompt). Past PREFILL_TOKENS
+    of prompts, newcomers join one step later."""
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 40)
+    thread, calls, done = EngineThread(tiny_model(), n_slots=8), [], threading.Event()
+    add, step = thread.engine.add, thread.engine.step
+    thread.engine.add = lambda req: (calls.append(len(req.prompt)), add(req))
+    thread.engine.step = lambda: (calls.append("step"), time.sleep(0.005), step())
+    try:
+        stream = Request([1, 2], 40, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
+        thread.submit([stream])
+        deadline = time.time() + 30
+        while not thread.active and time.time() < deadline:
+            time.sleep(0.001)
+        thread.submit([Request(list(range(1, 31)), 1) for _ in range(4)])  # 4 x 30 prompt tokens, beside it
+        assert done.wait(30)
+        longs = [n for n, c in enumerate(calls) if c == 30]
+        assert len(longs) == 4 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:]))  # one per step
+        while thread.active and time.time() < deadline:
+            time.sleep(0.001)
+        calls.clear()
+        ended, all_ended = [], threading.Event()
+        end = lambda r, t, f: f and (ended.append(r), len(ended) == 4 and all_ended.set())  # noqa: E731
+        thread.submit([Request(list(range(1, 31)), 2, emit=end) for _ in range(4)])
+        assert all_ended.wait(30)
+        assert calls[:5] == [30, 30, 30, 30, "step"]  # with nothing decoding, nobody waits: all join at once
+    finally:
+        thread.stop()
+
+
 # ----- the compiled step as a GPU needs it
 
 GREEDY = SamplingParams(temperature=0)

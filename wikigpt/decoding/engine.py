@@ -48,6 +48,11 @@ from wikigpt.decoding.sampling import CopySource, SamplingParams, candidates, kn
 
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5
+# Prompt tokens prefilled between two decode steps while others decode: past it, newcomers wait
+# for the next step (one always joins). Every joiner was prefilled before the next step, so one
+# client's requests of 8 choices of a ~950-token prompt held every stream for ~3 s a time here;
+# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at once).
+PREFILL_TOKENS = 512
 # Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
 # on the second call and replay it from the third (on a CPU the first call compiles it).
 WARM_CALLS = 3
@@ -329,8 +334,11 @@ class EngineThread:
                     self.wake.wait()
                 if self.stopped:
                     return
-                joining = []
+                joining, budget = [], PREFILL_TOKENS if self.engine.active else float("inf")
                 while self.waiting and len(joining) < self.engine.free_slots:
+                    if joining and len(self.waiting[0].prompt) > budget:
+                        break  # the streams decoding get their next token first
+                    budget -= len(self.waiting[0].prompt)
                     joining.append(self.waiting.popleft())
                 self.joining = joining
             for req in joining:  # prefill newcomers; a failure fails that request alone
