@@ -151,3 +151,53 @@ def test_prompts_are_built_off_the_event_loop(random_ckpt):
     finally:
         engine.stop()
     assert len(where) == 2 and all(w.startswith("wikigpt-prompt") for w in where), where
+
+
+def test_a_request_past_the_capacity_is_refused_before_its_prompt_is_built(random_ckpt):
+    """Capacity was checked only as a request joined the engine, after its prompt: a burst queued
+    its prompt work (retrieval with --rag) in the one prompt thread, and a request waited there
+    seconds for its 429. Rows whose prompts are being built now count too (and /health shows them)."""
+    from fastapi.testclient import TestClient
+
+    from wikigpt.decoding.engine import EngineThread
+    from wikigpt.decoding.load import load_model
+    from wikigpt.server.app import create_app
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.generation import Server
+
+    model, tok, _ = load_model(random_ckpt, "cpu")
+    engine = EngineThread(model, n_slots=2, max_queue=1)  # 3 rows at once
+    server, gate, started = Server(model, tok, Settings(), engine), threading.Event(), threading.Event()
+    build = server.chat_prompt
+
+    def slow_build(*args):  # a prompt that takes long to build (retrieval on a big index)
+        started.set()
+        assert gate.wait(30)
+        return build(*args)
+    server.chat_prompt = slow_build
+    replies = []
+    try:
+        with TestClient(create_app(server)) as http:
+            try:
+                asking = first = threading.Thread(target=lambda: replies.append(http.post(
+                    "/v1/chat/completions", json=ask("hi", max_tokens=2, n=2))))
+                first.start()
+                assert started.wait(30)
+                assert http.get("/health").json()["queued"] == 2  # its 2 rows, being prepared
+                got = []  # 2 + 2 rows > 3: answered at once, not after the prompt thread gets to it
+                asking = threading.Thread(target=lambda: got.append(http.post(
+                    "/v1/chat/completions", json=ask("hi", max_tokens=2, n=2))), daemon=True)
+                asking.start()
+                asking.join(10)
+                assert got, "no answer within 10 s: it waited behind the prompt being built"
+                assert got[0].status_code == 429 and "being prepared" in got[0].json()["error"]["message"]
+                never = http.post("/v1/chat/completions", json=ask("hi", max_tokens=2, n=4))
+                assert never.status_code == 400  # more rows than the server ever holds: not a retry
+            finally:
+                gate.set()  # the first request's prompt is built; every request ends before the client closes
+                first.join(30)
+                asking.join(30)
+            assert replies[0].status_code == 200 and len(replies[0].json()["choices"]) == 2
+            assert http.get("/health").json()["queued"] == 0
+    finally:
+        engine.stop()

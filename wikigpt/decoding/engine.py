@@ -285,6 +285,12 @@ class EngineThread:
         """Requests held at once: decoding in a slot or waiting for one."""
         return self.engine.capacity + self.max_queue
 
+    @property
+    def held(self) -> int:
+        """Requests decoding, joining or waiting: what the capacity bounds."""
+        with self.wake:
+            return len(self.waiting) + self.placed_or_joining()
+
     def submit(self, requests: list[Request]):
         """Queue requests together (all or none), or raise QueueFull."""
         with self.wake:

@@ -116,11 +116,12 @@ async def complete(server: Server, request, chat: bool):
     body = await read_body(request, server.settings)
     refuse_unsupported(body)
     found, sources = None, []
+    choices = server.choices(body, chat)
     if chat:
-        prompt, found, sources = await server.off_loop(server.chat_prompt, body, server.max_tokens(body))
+        prompt, found, sources = await server.prompts_admitted(server.chat_prompt, choices, body, server.max_tokens(body))
         prompts = [prompt]
     else:
-        prompts = await server.off_loop(server.completion_prompts, body)
+        prompts = await server.prompts_admitted(server.completion_prompts, choices, body)
     head = reply_head(chat, server.settings.model_name)
     cited = {"sources": [{"title": s.article, "label": s.what, "url": s.url, "text": s.text, "number": n}
                          for n, s in listed(sources)]} if sources else {}
@@ -184,7 +185,7 @@ def create_app(server: Server):
         return {"status": "ok", "model": server.settings.model_name, "chat": server.tok.has_chat_tokens(),
                 "rag": server.index is not None, "context_length": server.block,
                 "auth": bool(server.settings.api_key),
-                "active": server.engine.active, "queued": server.engine.queue_depth}
+                "active": server.engine.active, "queued": server.queued}
 
     @app.get("/metrics")
     async def metrics():

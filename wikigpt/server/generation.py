@@ -114,6 +114,7 @@ class Server:
         self.block = model.cfg.block_size
         self.settings = text_limits(settings, self.block)
         self.prompt_pool = ThreadPoolExecutor(PROMPT_WORKERS, thread_name_prefix="wikigpt-prompt")
+        self.preparing = 0  # rows of the requests whose prompts are being built (prompts_admitted)
         self.registry = r = CollectorRegistry()
         self.requests = Counter("wikigpt_requests", "HTTP requests by route (app.ROUTES, else other) and status",
                                 ["path", "status"], registry=r)
@@ -123,13 +124,30 @@ class Server:
                               buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.tpot = Histogram("wikigpt_time_per_output_token_seconds", "time between tokens of a request",
                               registry=r, buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1))
-        Gauge("wikigpt_queue_depth", "requests waiting for a slot", registry=r).set_function(lambda: engine.queue_depth)
+        Gauge("wikigpt_queue_depth", "requests waiting for a slot or for their prompt",
+              registry=r).set_function(lambda: self.queued)
         Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
 
     # ----- building prompts
     async def off_loop(self, build, *args):
         """build(*args) in the prompt thread: tokenizing and retrieval never hold up the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.prompt_pool, build, *args)
+
+    async def prompts_admitted(self, build, choices: int, *args):
+        """off_loop(build, *args) for a request of `choices` rows, refused at once (429) when the
+        engine and the requests whose prompts are being built already hold its capacity: checked
+        only at submit, a burst queued its retrieval work in the one prompt thread and a request
+        then waited seconds there for its 429 (~190 waiting behind 4 slots + 4 queued)."""
+        self.check_room(choices)  # never fits: a 400, not a 429 to retry
+        if self.engine.held + self.preparing + choices > self.engine.capacity:
+            raise ApiError(429, f"the server is busy: {self.engine.held + self.preparing} requests are running, "
+                                f"waiting or being prepared (limit {self.engine.capacity}). Retry in a moment.",
+                           code="queue_full")
+        self.preparing += choices  # counted on the event loop only: no lock
+        try:
+            return await self.off_loop(build, *args)
+        finally:
+            self.preparing -= choices
 
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn (read in the whole conversation the
@@ -175,6 +193,18 @@ class Server:
                                     "Shorten it.", "prompt", "context_length_exceeded")
             out.append(ids)
         return out
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting: for a slot, or for their prompt to be built."""
+        return self.engine.queue_depth + self.preparing
+
+    def choices(self, body: dict, chat: bool) -> int:
+        """The rows a request asks for: n x its prompts (a list of prompts on /v1/completions;
+        malformed ones count as one and are refused when the prompt is read)."""
+        prompt = body.get("prompt")
+        many = not chat and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+        return self.n(body) * (len(prompt) if many else 1)
 
     def n(self, body: dict) -> int:
         return number(body, "n", 1, 1, self.settings.max_n, integer=True)
