@@ -328,6 +328,96 @@ def test_a_broken_chunked_body_to_a_route_that_never_reads_it_is_a_400_and_no_se
     settled(live)
 
 
+def exchange(url: str, data: bytes) -> bytes:
+    """Send bytes on a new connection, and read all the server sends until it closes it."""
+    host, port = url.split("//")[1].split(":")
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(data)
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_a_request_h11_cannot_read_is_a_400_not_a_silent_close(live):
+    host = live.url.split("//")[1]
+    head = f"Host: {host}\r\nContent-Type: application/json\r\n"
+    for request in (f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Length: abc\r\n\r\n{{}}",
+                    f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Length: 2\r\nContent-Length: 5\r\n\r\n{{}}",
+                    f"POST /v1/chat/completions HTTP/1.1\r\n{head}Transfer-Encoding: gzip\r\n\r\n{{}}",
+                    f"GET /health HTTP/1.1\r\n{head}Host: {host}\r\n\r\n",
+                    "GET /health HTTP/1.1 extra\r\n\r\n",
+                    f"GET /health HTTP/1.1\r\n{head}X-Pad: {'x' * (20 << 10)}"):  # over 16 KiB, still arriving
+        assert exchange(live.url, request.encode()).startswith(b"HTTP/1.1 400"), request[:80]
+    settled(live)
+
+
+def test_what_a_client_sends_wrong_is_answered_and_not_logged(live):
+    host = live.url.split("//")[1]
+    before = len(live.log())
+    for request in ("X\r\n\r\n",  # 400s, and an upgrade ignored (200)
+                    f"GET /health HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
+                    f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"):
+        assert exchange(live.url, request.encode())[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 200"), request
+    assert "WARNING" not in live.log()[before:], live.log()[before:]
+    settled(live)
+
+
+def test_a_body_in_more_than_4096_chunks_is_a_413(live):
+    host = live.url.split("//")[1]
+    body = json.dumps(ask("hi", max_tokens=1)).encode().ljust(5000)  # (spaces after JSON are JSON)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    for size, status in ((2, b"200"), (1, b"413")):  # 2,500 chunks are taken, 5,000 refused
+        chunks = b"".join(b"%x\r\n%s\r\n" % (size, body[i:i + size]) for i in range(0, len(body), size))
+        reply = exchange(live.url, head + chunks + b"0\r\n\r\n")
+        assert reply.split(b" ")[1] == status, reply[:200]
+    assert "4,096 chunks" in json.loads(reply.partition(b"\r\n\r\n")[2])["error"]["message"]
+    settled(live)
+
+
+def test_a_closed_connection_is_freed_long_before_its_header_deadline():
+    """Its protocol (h11 state, transport, last request) is garbage once it closes: the header
+    deadline's timer held it for header_timeout_s, so memory grew with the rate of connections."""
+    import asyncio
+    import gc
+    import weakref
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.connections import bounded
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run():
+        config, state, made = uvicorn.Config(app, log_config=None), ServerState(), []
+        protocol = bounded(H11Protocol, Settings(header_timeout_s=60))
+
+        def connected():
+            made.append(weakref.ref(p := protocol(config, state, {})))
+            return p
+        server = await asyncio.get_running_loop().create_server(connected, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")  # answered: the deadline is armed again, for a next request
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):  # a second at most, the deadline is a minute away
+            gc.collect()
+            if made[0]() is None:
+                break
+            await asyncio.sleep(0.01)
+        server.close()
+        return made[0]() is None
+    assert asyncio.run(run()), "the closed connection's protocol is still alive"
+
+
 def test_a_connection_that_never_finishes_its_headers_is_closed(live):
     host, port = live.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port))) as sock:
@@ -386,9 +476,11 @@ def test_headers_over_16_kib_are_a_431(live):
 def test_connections_over_the_limit_get_a_503_and_the_server_recovers(live):
     host, port = live.url.split("//")[1].split(":")
     idle = [socket.create_connection((host, int(port))) for _ in range(CONNECTIONS)]
+    before = len(live.log())
     try:
         r = httpx.get(live.url + "/health", timeout=5)
         assert r.status_code == 503
+        assert "WARNING" not in live.log()[before:], live.log()[before:]  # a line per 503 was unbounded
     finally:
         for sock in idle:
             sock.close()

@@ -2,42 +2,76 @@
 How the server holds its connections: uvicorn's settings, taken from Settings, so that no
 client can hold more than its share. At most max_connections at once (over it: 503), headers
 under max_header_bytes (over: 400), a request's line and headers within header_timeout_s of
-the connection opening or of its previous reply (else it is closed), idle keep-alive
-connections closed after keep_alive_s, a kernel send buffer of send_buffer_bytes, and on
-SIGTERM, shutdown_timeout_s for open streams.
+the connection opening or of its previous reply (else it is closed), a request body in at most
+MAX_BODY_CHUNKS chunks (over: 413), idle keep-alive connections closed after keep_alive_s, a
+kernel send buffer of send_buffer_bytes, and on SIGTERM, shutdown_timeout_s for open streams.
 """
+import http
+import json
+import logging
 import socket
 
 import h11
 
-from wikigpt.server.checks import Settings
+from wikigpt.server.checks import ApiError, Settings
 
 # a closed connection whose bytes are still unsent after this long is dropped (its reader is gone)
 CLOSE_GRACE_S = 1.0
+# h11 parses each chunk of a chunked body in Python on the event loop (~10 us): a 1 MiB body in
+# 1-byte chunks held it for 10 s. Clients send a Content-Length (the OpenAI SDKs, curl -d, fetch)
+# or chunks of KBs (httpx: 64 KiB); 4,096 chunks are ~40 ms of parsing, 1 MiB in 256-byte chunks
+MAX_BODY_CHUNKS = 4096
+TOO_LARGE = http.HTTPStatus(413).phrase.encode()
+# uvicorn's warnings about what one client sent, a line per request (a client could fill the log at
+# will): each is answered (400, 503, the upgrade ignored), so they are dropped; other warnings stay
+PER_REQUEST_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.",
+                        "No supported WebSocket library detected.", "Exceeded concurrency limit.")
+
+
+class ChunkCounting(h11.Connection):
+    """h11's server side, counting the chunks of the request body it reads."""
+    chunks = 0
+
+    def next_event(self):
+        event = super().next_event()
+        if type(event) is h11.Request:
+            self.chunks = 0
+        elif type(event) is h11.Data and event.chunk_start:
+            self.chunks += 1
+            if self.chunks > MAX_BODY_CHUNKS:  # (uvicorn answers it through send_400_response)
+                raise h11.RemoteProtocolError("too many chunks", 413)
+        return event
 
 
 def bounded(protocol: type, settings: Settings) -> type:
-    """uvicorn's HTTP protocol with two bounds of its own:
+    """uvicorn's HTTP protocol with bounds of its own:
       - a connection whose next request has not fully arrived header_timeout_s after the
         connection opened or its previous reply ended is closed: uvicorn waits forever for a
         first request, so a client that trickles its headers (slowloris) or sends nothing would
         hold a connection as long as it liked;
+      - a request body in more than MAX_BODY_CHUNKS chunks is a 413 (ChunkCounting);
       - its kernel send buffer is send_buffer_bytes, not the up to 4 MB Linux grows it to
         (tcp_wmem) for a client that does not read: what a stalled reader makes the server keep
         stays small, and the stall guard (app.py) sees it stall within seconds."""
     seconds = settings.header_timeout_s
 
     class Bounded(protocol):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.conn = ChunkCounting(h11.SERVER, settings.max_header_bytes)  # as uvicorn_config's
+            self.header_timer = None
+
         def connection_made(self, transport):
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
-            close = transport.close
+            close, loop = transport.close, self.loop  # (not self: the grace timer would hold the protocol)
 
             def close_or_abort():  # close() waits for the write buffer to drain: for a client that
                 close()            # stopped reading (the stall guard's) it never does, and the
-                self.loop.call_later(CLOSE_GRACE_S, abort_if_stuck)  # connection would stay counted
+                if transport.get_write_buffer_size():  # connection would stay counted
+                    loop.call_later(CLOSE_GRACE_S, abort_if_stuck)
 
             def abort_if_stuck():
                 if transport.get_write_buffer_size():
@@ -45,13 +79,37 @@ def bounded(protocol: type, settings: Settings) -> type:
             transport.close = close_or_abort
             self.arm_header_deadline()
 
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            # each timer would hold this closed connection (h11 state, transport, last request) until it
+            # fires: memory grew with the connection rate. (uvicorn cancels its keep-alive one only on a
+            # clean close: a client that leaves before its reply is sent resets the connection)
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            self._unset_keepalive_if_required()
+
         def send_400_response(self, msg: str):
-            if self.conn.our_state is h11.SEND_RESPONSE:  # (our reply begun, no 400 can follow it: closed)
-                super().send_400_response(msg)  # a body that broke HTTP mid-request: answered and closed,
-            else:
+            # a request h11 could not read (in its line, headers or body), our reply not begun
+            # (IDLE: it broke in the line or headers): answered, 400, and closed
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                if self.conn.chunks > MAX_BODY_CHUNKS:
+                    self.send_413_response()
+                else:
+                    super().send_400_response(msg)
+            else:  # our reply begun (or sent), no 400 can follow it: closed
                 self.transport.close()
             if self.cycle is not None:  # so the app's own reply (a 404 that never read the body) goes nowhere:
                 self.cycle.disconnected = True  # sent to h11 after the 400 it raised, a 500 and two tracebacks
+
+        def send_413_response(self):
+            body = json.dumps(ApiError(413, f"the request body came in over {MAX_BODY_CHUNKS:,} chunks: send it "
+                                            "with a Content-Length, or in larger chunks").body()).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                       (b"connection", b"close")]
+            reply = (h11.Response(status_code=413, headers=headers, reason=TOO_LARGE), h11.Data(data=body),
+                     h11.EndOfMessage())
+            self.transport.write(b"".join(map(self.conn.send, reply)))
+            self.transport.close()
 
         def on_response_complete(self):
             finished = self.cycle
@@ -60,7 +118,9 @@ def bounded(protocol: type, settings: Settings) -> type:
                 self.arm_header_deadline()  # (armed on a started one, a reply longer than that was cut)
 
         def arm_header_deadline(self):
-            self.loop.call_later(seconds, self.header_deadline, self.cycle)
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            self.header_timer = self.loop.call_later(seconds, self.header_deadline, self.cycle)
 
         def header_deadline(self, cycle_then):
             if self.cycle is cycle_then and not self.transport.is_closing():  # no new request since
@@ -68,12 +128,24 @@ def bounded(protocol: type, settings: Settings) -> type:
     return Bounded
 
 
+class PerRequestWarnings(logging.Filter):
+    """Drops uvicorn's PER_REQUEST_WARNINGS, passes every other record."""
+
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.startswith(PER_REQUEST_WARNINGS))
+
+
+QUIET = PerRequestWarnings()
+
+
 def uvicorn_config(app, settings: Settings):
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    return uvicorn.Config(app, log_level="warning", http=bounded(H11Protocol, settings),
-                          # uvicorn counts the new connection among those open: +1 serves max_connections
-                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_s,
-                          h11_max_incomplete_event_size=settings.max_header_bytes,
-                          timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    config = uvicorn.Config(app, log_level="warning", http=bounded(H11Protocol, settings),
+                            # uvicorn counts the new connection among those open: +1 serves max_connections
+                            limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_s,
+                            h11_max_incomplete_event_size=settings.max_header_bytes,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    logging.getLogger("uvicorn.error").addFilter(QUIET)  # after Config, which sets up uvicorn's loggers; added once
+    return config
