@@ -201,3 +201,39 @@ def test_a_request_past_the_capacity_is_refused_before_its_prompt_is_built(rando
             assert http.get("/health").json()["queued"] == 0
     finally:
         engine.stop()
+
+
+def test_a_body_is_parsed_off_the_event_loop_and_a_wrong_value_is_quoted_by_its_start(random_ckpt, monkeypatch):
+    """1 MiB of JSON is ~36 ms of parsing and as long again to repr a wrong value: on the event
+    loop they held up /health and every stream, and the 400 echoed 1.5 MB back."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from wikigpt.decoding.engine import EngineThread
+    from wikigpt.decoding.load import load_model
+    from wikigpt.server import checks
+    from wikigpt.server.app import create_app
+    from wikigpt.server.generation import Server
+
+    model, tok, _ = load_model(random_ckpt, "cpu")
+    engine, where, parse = EngineThread(model, n_slots=2), [], checks.parse_body
+
+    def spied(raw):
+        try:
+            asyncio.get_running_loop()
+            where.append("the event loop")
+        except RuntimeError:  # no loop runs in this thread
+            where.append("a worker thread")
+        return parse(raw)
+    monkeypatch.setattr(checks, "parse_body", spied)
+    try:
+        with TestClient(create_app(Server(model, tok, checks.Settings(), engine))) as http:
+            r = http.post("/v1/chat/completions", json=ask("hi", max_tokens=[0] * 100_000))
+            assert r.status_code == 400 and "'max_tokens' must be an integer, got [0, 0, 0, 0, 0, 0, ...]" \
+                in r.json()["error"]["message"]
+            assert len(r.content) < 1000  # not the 300 KB list echoed back
+            assert http.post("/v1/chat/completions", json=ask("hi", max_tokens=2)).status_code == 200
+    finally:
+        engine.stop()
+    assert where == ["a worker thread"] * 2

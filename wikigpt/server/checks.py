@@ -6,6 +6,7 @@ here knows about HTTP frameworks or the model.
 import asyncio
 import ipaddress
 import json
+import reprlib
 import sys
 import traceback
 import uuid
@@ -110,12 +111,18 @@ def internal_error(what: str, detail: BaseException | str) -> ApiError:
 # ----------------------------------------------------------------------------------------
 # Reading and checking a request body (every refusal names the field and what to send)
 
+def shown(value) -> str:
+    """A value as an error message quotes it: its start (reprlib's), not all of a 1 MiB list
+    (repr'ing it took as long as parsing it, and the reply echoed 1.5 MB back)."""
+    return reprlib.repr(value)
+
+
 def number(body: dict, name: str, default, lo, hi, integer=False):
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
+        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {shown(value)}", name)
     if not lo <= value <= hi:
         raise ApiError(400, f"'{name}' must be between {lo} and {hi}, got {value}", name)
     return value
@@ -156,7 +163,7 @@ def message_text(m, i: int) -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise ApiError(400, f"messages[{i}].content: only text parts are supported "
-                                    f"({{\"type\": \"text\", \"text\": ...}}), got {kind!r}", f"messages[{i}].content")
+                                    f"({{\"type\": \"text\", \"text\": ...}}), got {shown(kind)}", f"messages[{i}].content")
             texts.append(part["text"])
         return "".join(texts)
     raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
@@ -175,7 +182,7 @@ def read_messages(body: dict, settings: Settings) -> list[Message]:
         role = m.get("role") if isinstance(m, dict) else None
         role = "system" if role == "developer" else role  # OpenAI's newer name for the system turn
         if role not in ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {shown(role)}",
                            f"messages[{i}].role")
         out.append(Message(role, message_text(m, i)))
         total += len(out[-1].content)
@@ -202,7 +209,7 @@ async def read_body(request, settings: Settings) -> dict:
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "application/json":
         raise ApiError(415, f"send the body as JSON with the header 'Content-Type: application/json' "
-                            f"(got {kind or 'no content type'!r})")
+                            f"(got {shown(kind or 'no content type')})")
     max_bytes = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -219,7 +226,9 @@ async def read_body(request, settings: Settings) -> dict:
         raise ApiError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s")
     except ClientDisconnect:  # the client left mid-upload (or broke its chunked body): no server error
         raise ApiError(499, "the client closed the connection before its request body arrived")
-    return parse_body(raw)
+    # parsed in a worker thread: 1 MiB of JSON is ~36 ms of parsing, which on the event loop
+    # held up /health and every stream for each such request (32 clients: /health over 1 s)
+    return await asyncio.to_thread(parse_body, raw)
 
 
 # fields of OpenAI's API that would change what a reply means; a client that sends them gets a
