@@ -4,13 +4,14 @@ answering within a second while it goes on (probed from another thread), that th
 back afterwards, and that the server's memory stays within a bound across the whole file."""
 import base64
 import json
+import math
 import os
 import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import httpx
 import pytest
@@ -44,15 +45,39 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer({"kind": "bpe", "pattern": GPT2_SPLIT, "ranks": ranks})
 
 
+# what a LONG reply must take at least, as model.generate decodes it (the engine's steps take ~1.8x
+# that): 8 layers here, where 7 such replies take the server 22 s, past DEADLINE_S with room
+LONG_REPLY_S = 4.5
+
+
+def layers_for(cfg: GPTConfig, seconds: float, at_most: int = 32) -> int:
+    """Layers that make a LONG reply take `seconds` on this machine's core, at least cfg's: a
+    decode step's time is mostly per layer, measured here with one thread as the server runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = GPT(replace(cfg, n_layer=2)).eval()
+        with torch.no_grad():
+            list(model.generate([1], 8, top_k=1))  # warm
+            t0 = time.perf_counter()
+            list(model.generate([1], 32, top_k=1))
+            per_layer_token = (time.perf_counter() - t0) / 32 / 2
+    finally:
+        torch.set_num_threads(threads)
+    return min(max(cfg.n_layer, math.ceil(seconds / (LONG * per_layer_token))), at_most)
+
+
 def random_chat_checkpoint(path):
     """A chat checkpoint with random weights that never ends its turn: every special token's
     logit is pushed to -50 through one constant feature of the final norm, so a reply runs to
     max_tokens, as a long one from a real model does."""
     tok = byte_tokenizer()
     torch.manual_seed(0)
-    # wide enough that a LONG reply takes seconds on any machine of ours (the deadline and disconnect
-    # tests need replies that outlast them): 8.6 s for 1,000 tokens alone on one EPYC core
+    # big enough that a LONG reply takes seconds on any machine of ours (the deadline and disconnect
+    # tests need replies that outlast them): 8.6 s for 1,000 tokens alone on one EPYC core with 8
+    # layers; a faster core gets more layers (replies_outlast_deadlines), a loaded one keeps 8
     cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=BLOCK, n_layer=8, n_head=4, n_embd=384, arch="gpt2")
+    cfg.n_layer = layers_for(cfg, LONG_REPLY_S)
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():
