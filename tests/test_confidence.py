@@ -4,9 +4,11 @@ on, the ranker's and the confidence's weights round-tripping through the index, 
 reading each question once, and where each answer is among the reader's candidates."""
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from test_answers import reader  # noqa: F401, F811 (the fixture: a small dataset with its graph and index)
 
 from bench.bench_answers import main as bench_main
@@ -81,6 +83,9 @@ def test_a_stored_confidence_is_what_the_threshold_judges(reader):
     again = Confidence.from_info(json.loads(json.dumps(stored.to_info())))  # as the index's info file holds it
     assert again.trees == stored.trees and again.calibration == stored.calibration
     assert Ranker.from_info(stored.to_info()) is None  # each model under its own key
+    looped = sure(0.0).to_info()
+    looped["confidence"]["trees"] = [[[0, 0.5, 0, 0, 0.0]]]  # a split leading back to itself: a walk never ends
+    assert Confidence.from_info(looped) is None
 
 
 def test_a_confidence_stored_for_other_features_leaves_the_rules_threshold_to_judge(reader, tmp_path):
@@ -118,6 +123,11 @@ def test_retrieve_shows_the_confidence_the_stored_threshold_is_on(reader, tmp_pa
     r = run_cli("retrieve.py", "--data", folder, "--k", "1", "What is the capital of Brindavale?")
     assert r.returncode == 0, r.stderr
     assert "confidence 0.99 (answerable, threshold 0.50 on the confidence)" in r.stdout
+    # reading a stored confidence needs no scikit-learn (only fitting one does): chat and serve never import it
+    read = subprocess.run([sys.executable, "-c", "import sys; from wikigpt.knowledge.evidence import Reader; "
+                           f"f = Reader.open({str(folder)!r}).find('What is the capital of Brindavale?'); "
+                           "print(f.confidence, 'sklearn' in sys.modules)"], cwd=ROOT, capture_output=True, text=True)
+    assert read.stdout.split() == ["0.9933", "False"], read.stderr[-2000:]
 
 
 def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_model():

@@ -120,6 +120,12 @@ def test_a_temperature_near_zero_samples_the_best_token_not_a_masked_one():
                                  uniform(torch.tensor([s] * 3), torch.zeros(3, dtype=torch.long)), allowed).tolist())
              for s in range(40)}
     assert picks == {(7, 7, 7)}
+    tied = logits.clone()
+    tied[:, 8] = 5.0  # two best tokens: a temperature near 0 picks either (a NaN row fell back to the first)
+    picks = {sample_tokens(tied, 300, torch.zeros(3, 320, dtype=torch.bool), knobs,
+                           uniform(torch.tensor([s] * 3), torch.zeros(3, dtype=torch.long)), allowed)[0].item()
+             for s in range(40)}
+    assert picks == {7, 8}
 
 
 def test_an_int8_checkpoint_is_refused_on_a_gpu_before_any_weight_moves(tmp_path, monkeypatch):

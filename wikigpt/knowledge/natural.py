@@ -360,7 +360,7 @@ def fit_confidence(rows: list, k: int = CONFIDENCE_FOLDS):
         held += [(model.logit(x), kind, ok) for g, x, kind, ok in rows if fold[g] == i and not str(g).startswith("template:")]
     calibration = {}
     for kind in sorted({kind for _, kind, _ in held} - {"follow-up", "named nothing"}):
-        pairs = [(z, bool(ok)) for z, kd, ok in held if kd == kind and ok is not None]
+        pairs = [(z, bool(ok)) for z, kd, ok in held if kd == kind]  # out of corpus: wrong to answer
         if len(pairs) >= CALIBRATED:
             calibration[kind] = calibrate(pairs)
     judged = Confidence([], calibration)  # the calibration alone, applied to the held-out log-odds

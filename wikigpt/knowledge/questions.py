@@ -273,7 +273,10 @@ def named_beside(acronym: str, text: str) -> list[str]:
 # natural dev split one threshold over all kinds declined 59 % of "who did it" questions whose best
 # evidence was right (their confidences run lower, and so do their wrong answers' ones)
 
-SUPERLATIVE = re.compile(r"\b(?:most|least|first|last|\w{3,}est)\b", re.I)  # "the largest", "the first"
+# "the largest", "the first" (not any word ending in -est: "Bucharest", "protest", "forest")
+SUPERLATIVE = re.compile(r"\b(?:most|least|first|last|best|worst|(?:larg|small|bigg|high|low|long|short|old|young|"
+                         r"tall|great|deep|near|far|earli|lat|fast|rich|poor|heavi|light|hott|cold|wid|narrow|"
+                         r"strong|weak|clos|bright|dens|rar|common|new|easi|busi|wealthi)est)\b", re.I)
 QUESTION_KINDS = ("follow-up", "named nothing", "yes/no", "stands for", "what is", "reverse", "superlative") + \
     tuple(name for name, _ in ANSWER_TYPES) + ("other",)
 

@@ -102,9 +102,23 @@ class Confidence:
     @classmethod
     def from_info(cls, info: dict) -> "Confidence | None":
         c = info.get(cls.KEY)
-        if not c or c.get("features") != list(cls.NAMES) or "trees" not in c:
-            return None  # none stored, or stored for other features or as another model: the rules' score is judged
+        if not c or c.get("features") != list(cls.NAMES) or not isinstance(c.get("trees"), list) \
+                or not all(well_formed(tree, len(cls.NAMES)) for tree in c["trees"]):
+            return None  # none stored, stored for other features, as another model or damaged: the rules' score is judged
         return cls(c["trees"], c.get("calibration", {}))
+
+
+def well_formed(nodes: list, n_features: int) -> bool:
+    """Each split reads a feature there is and leads to nodes after it (so a walk ends)."""
+    if not isinstance(nodes, list):
+        return False
+    for n, node in enumerate(nodes):
+        if not isinstance(node, list) or len(node) != 5:
+            return False
+        feature, _, left, right, _ = node
+        if feature >= 0 and not (feature < n_features and n < left < len(nodes) and n < right < len(nodes)):
+            return False
+    return bool(nodes)
 
 
 # 100 trees of depth 3 at a rate of 0.05, each leaf holding 20 or more questions: on the natural dev

@@ -10,6 +10,7 @@ import http
 import json
 import logging
 import socket
+import time
 
 import h11
 
@@ -23,9 +24,11 @@ CLOSE_GRACE_S = 1.0
 MAX_BODY_CHUNKS = 4096
 TOO_LARGE = http.HTTPStatus(413).phrase.encode()
 # uvicorn's warnings about what one client sent, a line per request (a client could fill the log at
-# will): each is answered (400, 503, the upgrade ignored), so they are dropped; other warnings stay
+# will): each is answered (400, 503, the upgrade ignored), so one line a minute says how many there
+# were (an operator still sees clients turned away at --max_connections); other warnings stay
 PER_REQUEST_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.",
                         "No supported WebSocket library detected.", "Exceeded concurrency limit.")
+WARNING_EVERY_S = 60.0
 
 
 class ChunkCounting(h11.Connection):
@@ -129,10 +132,25 @@ def bounded(protocol: type, settings: Settings) -> type:
 
 
 class PerRequestWarnings(logging.Filter):
-    """Drops uvicorn's PER_REQUEST_WARNINGS, passes every other record."""
+    """Passes each of uvicorn's PER_REQUEST_WARNINGS at most once per WARNING_EVERY_S, with how
+    many were dropped since the last one; every other record as it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.last, self.dropped = {}, {}  # message -> when it was last let through, how many since
 
     def filter(self, record):
-        return not (isinstance(record.msg, str) and record.msg.startswith(PER_REQUEST_WARNINGS))
+        kind = next((w for w in PER_REQUEST_WARNINGS if isinstance(record.msg, str) and record.msg.startswith(w)), None)
+        if kind is None:
+            return True
+        now = time.monotonic()
+        if now - self.last.get(kind, -WARNING_EVERY_S) < WARNING_EVERY_S:
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            return False
+        dropped, self.last[kind], self.dropped[kind] = self.dropped.get(kind, 0), now, 0
+        if dropped:
+            record.msg = f"{record.msg} (and {dropped:,} more since the last such line)"
+        return True
 
 
 QUIET = PerRequestWarnings()
