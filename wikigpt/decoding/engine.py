@@ -293,8 +293,8 @@ class EngineThread:
 
     def submit(self, requests: list[Request]):
         """Queue requests together (all or none), or raise QueueFull."""
-        with self.wake:
-            held = len(self.waiting) + self.placed_or_joining()
+        with self.wake:  # (a re-entrant lock: held takes it too)
+            held = self.held
             if held + len(requests) > self.capacity:
                 raise QueueFull(f"{held} requests are running or waiting (limit {self.engine.capacity} slots + "
                                 f"{self.max_queue} waiting)")

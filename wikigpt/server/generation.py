@@ -139,8 +139,9 @@ class Server:
         only at submit, a burst queued its retrieval work in the one prompt thread and a request
         then waited seconds there for its 429 (~190 waiting behind 4 slots + 4 queued)."""
         self.check_room(choices)  # never fits: a 400, not a 429 to retry
-        if self.engine.held + self.preparing + choices > self.engine.capacity:
-            raise ApiError(429, f"the server is busy: {self.engine.held + self.preparing} choices are running, "
+        held = self.engine.held + self.preparing
+        if held + choices > self.engine.capacity:
+            raise ApiError(429, f"the server is busy: {held} choices are running, "
                                 f"waiting or being prepared (limit {self.engine.capacity}). Retry in a moment.",
                            code="queue_full")
         self.preparing += choices  # counted on the event loop only: no lock
