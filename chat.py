@@ -46,9 +46,9 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
         params, text, copy = copy_plan(tok, found, params)  # "not found", or the evidence to copy
     pieces = [text] if text is not None else []
     if text is None:
-        tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens={tok.end_of_turn},
+        tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens=tok.stops,
                           seed=args.seed, tok=tok, copy_from=copy, compile=getattr(args, "compile", False))
-        pieces = stream_text(tok, (t for t in tokens if t != tok.end_of_turn))
+        pieces = stream_text(tok, tokens)
     shown = []
     for piece in pieces:
         out.write(piece)

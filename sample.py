@@ -67,12 +67,12 @@ def main(argv):
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         if args.no_cache:  # the model's plain sampler, as a check on the engine's cached decoding
-            new = model.generate(ids, args.max_new_tokens, params.temperature, params.top_k, {tok.doc_sep}, seed,
+            new = model.generate(ids, args.max_new_tokens, params.temperature, params.top_k, tok.stops, seed,
                                  use_cache=False)
         else:
-            new = continuation(model, ids, args.max_new_tokens, params, {tok.doc_sep}, seed, tok, args.compile)
+            new = continuation(model, ids, args.max_new_tokens, params, tok.stops, seed, tok, args.compile)
         sys.stdout.write(prompt)
-        for piece in stream_text(tok, (t for t in new if t != tok.doc_sep)):
+        for piece in stream_text(tok, new):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n" + "-" * 40 + "\n")

@@ -249,7 +249,7 @@ def decode_tok_s(model, batch: int, new_tokens=64, prompt_len=16) -> float:
 
 class _NoTok:
     """What generate_batch needs of a tokenizer, for token-count benchmarks: no stop token."""
-    end_of_turn = -1
+    stops: set = set()
 
     def utf8_table(self, size):
         return torch.zeros(8, size, dtype=torch.long)  # every id allowed, the decoder stays in state 0

@@ -104,7 +104,7 @@ def chat_session_rows(model, tok, new_tokens: int = 32) -> list:
     for turn in range(CHAT_TURNS):
         prompt = [(5 * j + turn) % 200 + 1 for j in range(8 + step * turn)]
         t = time.perf_counter()
-        list(generate(model, prompt, new_tokens, CHAT_DEFAULTS, {tok.end_of_turn}, seed=turn, tok=tok, compile=True))
+        list(generate(model, prompt, new_tokens, CHAT_DEFAULTS, tok.stops, seed=turn, tok=tok, compile=True))
         times.append(time.perf_counter() - t)
     after = counters["stats"]["unique_graphs"] - graphs
     return [(f"chat --compile, {CHAT_TURNS} turns", f"warm-up {warm:.1f} s ({engine.graph_count} graphs, "

@@ -178,6 +178,36 @@ def test_one_shot_reply(tiny_chat):
     assert r.stdout.strip() and "<|" not in r.stdout
 
 
+def test_a_reply_ends_where_the_model_starts_the_next_turn_itself(tiny_chat):
+    """Every special token ends a reply (Tokenizer.stops) and none is shown: before, a model that
+    wrote a word and then "<|user|>" printed "<|user|>" and went on to --max_new_tokens."""
+    import io
+    from types import SimpleNamespace
+
+    import torch
+
+    from chat import reply
+    from wikigpt.decoding.load import load_model
+
+    model, tok, _ = load_model(tiny_chat[0], "cpu")
+    word, V = tok.encode(" river")[-1], model.lm_head.weight.shape[0]
+
+    class Head(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):  # (..., C) -> (..., V): the word after the prompt, then a new user turn
+            logits = torch.zeros(*x.shape[:-1], V)
+            logits[..., word if self.calls == 0 else tok.special["<|user|>"]] = 10.0
+            self.calls += 1
+            return logits
+    model.lm_head = Head()
+    args = SimpleNamespace(max_new_tokens=16, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                           seed=0, copy=None, compile=False)
+    out = io.StringIO()
+    text = reply(model, tok, [Message("user", "What is a river?")], args, out=out)
+    assert text == tok.decode([word]).strip() and "<|" not in out.getvalue(), out.getvalue()
+
+
 def test_repl_answers_two_turns_and_reset_clears_history(tiny_chat):
     script = "What is 3 plus 3?\nWhat is 3 plus 3?\n/reset\n/help\nWhat is 3 plus 3?\n/quit\n"
     r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--temperature", "0", "--max_new_tokens", "16",

@@ -73,7 +73,7 @@ def test_a_head_pruned_model_decodes_with_both_kv_caches():
     assert cached == list(small.generate(prompt, 10, temperature=0, use_cache=False))
 
     class NoTok:
-        end_of_turn = -1
+        stops: set = set()
 
         def utf8_table(self, size):
             return torch.zeros(8, size, dtype=torch.long)

@@ -313,7 +313,10 @@ def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(server, tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
+@pytest.mark.parametrize("special", ["<|end|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"])
+def test_every_special_token_ends_a_reply_and_is_never_shown(chat_ckpt, special):
+    """A model that starts the next turn itself (<|user|>) has ended its own: before, the chat
+    reply went on as the literal text "<|user|><|user|>..." to max_tokens."""
     from fastapi.testclient import TestClient
 
     from wikigpt.server.app import create_app
@@ -323,19 +326,21 @@ def test_a_plain_completion_ends_where_a_chat_model_ends_its_turn(chat_ckpt):
     model, tok, _ = load_model(chat_ckpt, "cpu")
 
     V, C = model.lm_head.weight.shape  # (padded vocab, width)
-    model.lm_head = torch.nn.Linear(C, V)  # a chat model whose every choice is to end its turn
+    model.lm_head = torch.nn.Linear(C, V)  # a model whose every choice is this special token
     with torch.no_grad():
         model.lm_head.weight.zero_(), model.lm_head.bias.zero_()
-        model.lm_head.bias[tok.end_of_turn] = 10.0
+        model.lm_head.bias[tok.special[special]] = 10.0
     thread = EngineThread(model, n_slots=4)
     try:
         with TestClient(create_app(Server(model, tok, Settings(model_name="t"), thread))) as http:
-            r = http.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 20, "temperature": 0})
-            assert r.status_code == 200, r.text
-            choice = r.json()["choices"][0]
-            # the turn's end stops it and is not shown as text ("<|end|>" before)
-            assert r.status_code == 200 and choice["finish_reason"] == "stop" and choice["text"] == ""
-            assert r.json()["usage"]["completion_tokens"] == 1
+            for path, body, text in [("/v1/completions", {"prompt": "Hello"}, lambda c: c["text"]),
+                                     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]},
+                                      lambda c: c["message"]["content"])]:
+                r = http.post(path, json=body | {"max_tokens": 20, "temperature": 0})
+                assert r.status_code == 200, r.text
+                choice = r.json()["choices"][0]
+                assert choice["finish_reason"] == "stop" and text(choice) == "", (path, choice)
+                assert r.json()["usage"]["completion_tokens"] == 1
     finally:
         thread.stop()
 

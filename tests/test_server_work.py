@@ -55,7 +55,7 @@ def test_stop_strings_cut_and_hold_back_as_their_definition_says():
         tokens = [rng.randrange(len(PIECES)) for _ in range(rng.randint(1, 20))]
         c, got = Choice(0, [], PieceStream(), stops), []
         for i, token in enumerate(tokens):
-            got.append((c.add(token, "length" if i == len(tokens) - 1 else None, set()), c.finish))
+            got.append((c.add(token, "length" if i == len(tokens) - 1 else None), c.finish))
             if c.finish:
                 break
         assert got == shown_by_the_definition([PIECES[t] for t in tokens], stops), (stops, tokens)
@@ -68,7 +68,7 @@ def test_a_40000_character_stop_string_costs_microseconds_per_token():
 
     c = Choice(0, [], PieceStream(), ["a" * 39_999 + "b"])
     t0 = time.perf_counter()
-    shown = "".join(c.add(0, None, set()) for _ in range(300))  # "a" each time: always a possible start
+    shown = "".join(c.add(0, None) for _ in range(300))  # "a" each time: always a possible start
     assert time.perf_counter() - t0 < 0.5
     assert shown == "" and c.text == "a" * 300 and c.finish is None  # all of it held back
 

@@ -144,6 +144,13 @@ class Tokenizer:
     def has_chat_tokens(self) -> bool:
         return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
 
+    @property
+    def stops(self) -> set[int]:
+        """Where generated text ends: at every special token. <|end|> closes a reply and
+        <|endoftext|> a document; a model that starts another turn (<|user|>) has ended its own,
+        and a role token shown as text would only confuse the reader (TextStream hides them)."""
+        return set(self.special.values())
+
 
 # A UTF-8 decoder as a state machine: state -> [(byte range, next state)]. 0 = between
 # characters; 1-3 = that many continuation bytes to come; 4-7 = the first continuation byte
@@ -176,13 +183,15 @@ def parse_bpe_name(name: str) -> int:
 
 class TextStream:
     """Token ids in, text out, never splitting a UTF-8 character across two pieces (one
-    Chinese character is often two or three byte-level tokens)."""
+    Chinese character is often two or three byte-level tokens). Special tokens show as nothing."""
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:
+        if token in self.tok.special.values():
+            return ""  # structure, not text (Tokenizer.stops)
         return self.decoder.decode(self.tok.enc.decode_single_token_bytes(int(token)))
 
     def flush(self) -> str:

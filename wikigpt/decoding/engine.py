@@ -429,12 +429,12 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: Samplin
 def generate_batch(model: GPT, tok, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams,
                    seeds: list | None = None, n_slots: int = 8, on_done=None,
                    copy_from: list | None = None, compile: bool = False) -> list[list[int]]:
-    """The new tokens of many chat replies (each ends at <|end|> or max_new_tokens), decoded
+    """The new tokens of many chat replies (each ends at a special token, tok.stops, or max_new_tokens), decoded
     n_slots at a time; the same tokens as one by one, since a row's logits do not depend on
     the rest of the batch. on_done() is called as each reply ends (for a progress bar);
     copy_from: a CopySource (or None) per prompt, used when params.copy > 0."""
     done = (lambda request, token, finish: finish and on_done()) if on_done else (lambda *_: None)
-    requests = [Request(list(p), max_new_tokens, params, {tok.end_of_turn}, seeds[i] if seeds else None, done,
+    requests = [Request(list(p), max_new_tokens, params, tok.stops, seeds[i] if seeds else None, done,
                         copy_from=copy_from[i] if copy_from else None)
                 for i, p in enumerate(prompts)]
     waiting = list(reversed(requests))

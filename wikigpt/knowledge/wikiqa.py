@@ -109,7 +109,7 @@ def answer_all(model, tok: Tokenizer, prompts: list[list[int]], max_new_tokens: 
         return []
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, copy=copy)
     replies = generate_batch(model, tok, prompts, max_new_tokens, params, copy_from=copy_from)
-    return [tok.decode([t for t in ids if t != tok.end_of_turn]).strip() for ids in replies]
+    return [tok.decode([t for t in ids if t not in tok.stops]).strip() for ids in replies]
 
 
 def normalised(text: str) -> str:

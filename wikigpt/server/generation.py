@@ -85,13 +85,12 @@ class Choice:
     def __post_init__(self):
         self.scan = StopScan(self.stops)
 
-    def add(self, token: int | None, finish: str | None, hidden: set) -> str:
+    def add(self, token: int | None, finish: str | None) -> str:
         """Take one engine event; return the text that may be shown now."""
         scanned = len(self.text)
         if token is not None:
             self.tokens += 1
-            if token not in hidden:
-                self.text += self.stream.push(token)
+            self.text += self.stream.push(token)  # a special token that ended it shows as nothing
         if finish:
             self.text += self.stream.flush()
         cut = self.scan.feed(self.text, scanned)
@@ -240,9 +239,7 @@ class Server:
             params, said, copy_from = copy_plan(self.tok, found, params)
         stops = stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
         max_new = self.max_tokens(body)
-        end = self.tok.end_of_turn if chat else self.tok.doc_sep
-        # a plain continuation ends with the document, or with a chat model's turn
-        ends = {end} if chat else {end, self.tok.end_of_turn} - {None}
+        ends = self.tok.stops  # the turn's end, the document's, or another turn begun
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         choices = []
         for p, prompt in enumerate(prompts):
@@ -255,7 +252,7 @@ class Server:
         if said is not None:  # "not found": said as it is, nothing generated
             self.tokens_in.inc(sum(len(c.prompt) for c in choices))
             for c in choices:
-                yield c, self.say(c, said, max_new, end)
+                yield c, self.say(c, said, max_new)
             return
         clock = [time.perf_counter(), None]  # the request's start, its latest token
         try:
@@ -272,7 +269,7 @@ class Server:
                     checked = time.perf_counter()
                     if await is_gone():
                         return
-                for c, delta in self.take(batch, ends, clock).values():
+                for c, delta in self.take(batch, clock).values():
                     pending -= bool(c.finish)
                     if delta or c.finish:
                         yield c, delta
@@ -297,7 +294,7 @@ class Server:
             batch.append(events.get_nowait())
         return batch
 
-    def take(self, batch: list, ends: set, clock: list) -> dict:
+    def take(self, batch: list, clock: list) -> dict:
         """Engine events into their choices: {choice index: (choice, new text)} in arrival order,
         for the choices that moved (a finished one included)."""
         deltas = {}
@@ -310,20 +307,20 @@ class Server:
             (self.ttft if clock[1] is None else self.tpot).observe(now - (clock[1] or clock[0]))
             clock[1] = now
             self.tokens_out.inc(token is not None)
-            delta = c.add(token, finish, ends)
+            delta = c.add(token, finish)
             if c.finish:
                 self.engine.cancel(c.request)  # a stop string may end it before the engine does
             deltas[c.index] = (c, deltas.get(c.index, (c, ""))[1] + delta)
         return deltas
 
-    def say(self, c: Choice, text: str, max_new: int, end: int) -> str:
+    def say(self, c: Choice, text: str, max_new: int) -> str:
         """A fixed reply through the same steps as generated tokens (stop strings, max_tokens,
         token counts): returns the text it shows."""
         ids = self.tok.encode(text)
         shown = ""
         for k, token in enumerate(ids[:max_new]):
             last = k + 1 == min(len(ids), max_new)
-            shown += c.add(token, ("stop" if len(ids) <= max_new else "length") if last else None, {end})
+            shown += c.add(token, ("stop" if len(ids) <= max_new else "length") if last else None)
             if c.finish:
                 break
         return shown
