@@ -213,6 +213,10 @@ BAD = [
     ("logprobs", ask("hi", logprobs=True, top_logprobs=2), 400, "does not support token log-probabilities"),
     ("tools", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "does not support tool calls"),
     ("json output", ask("hi", response_format={"type": "json_object"}), 400, "does not support structured output"),
+    ("logit_bias", ask("hi", logit_bias={"50256": -100}), 400, "does not support biasing tokens"),
+    ("logit_bias junk", ask("hi", logit_bias="junk"), 400, "does not support biasing tokens"),
+    ("presence_penalty", ask("hi", presence_penalty=0.6), 400, "presence penalties (use repetition_penalty)"),
+    ("frequency_penalty", ask("hi", frequency_penalty=-1), 400, "frequency penalties (use repetition_penalty)"),
 ]
 
 
@@ -242,6 +246,14 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, nam
     assert message in error["message"] and error["type"] == "invalid_request_error"
     good = httpx.post(server + "/v1/chat/completions", json=ask("谢谢", temperature=0), timeout=30)
     assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"] == REPLIES["谢谢"]
+
+
+def test_fields_left_at_their_defaults_are_accepted(client):
+    """What many clients send by default (zero penalties, no bias, text output) is a reply."""
+    r = client.chat.completions.create(model="t", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                       presence_penalty=0, frequency_penalty=0, logit_bias={}, logprobs=False,
+                                       response_format={"type": "text"})
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
 
 
 def test_unknown_paths_and_methods_get_json_errors(server):

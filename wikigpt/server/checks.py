@@ -232,11 +232,14 @@ async def read_body(request, settings: Settings) -> dict:
 
 
 # fields of OpenAI's API that would change what a reply means; a client that sends them gets a
-# 400 instead of a reply without them (a harness reading logprobs would score nothing)
+# 400 instead of a reply without them (a harness reading logprobs would score nothing, one that
+# limits the answer to a few tokens with logit_bias would get free text)
 UNSUPPORTED = {"logprobs": "token log-probabilities", "top_logprobs": "token log-probabilities",
                "echo": "echoing the prompt", "suffix": "text after the completion (fill-in)",
                "tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls",
-               "function_call": "function calls", "response_format": "structured output"}
+               "function_call": "function calls", "response_format": "structured output",
+               "logit_bias": "biasing tokens", "presence_penalty": "presence penalties (use repetition_penalty)",
+               "frequency_penalty": "frequency penalties (use repetition_penalty)"}
 
 
 def refuse_unsupported(body: dict):
