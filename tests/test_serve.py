@@ -261,6 +261,9 @@ def test_unknown_paths_and_methods_get_json_errors(server):
     assert r.status_code == 404 and "the API is under /v1" in r.json()["error"]["message"]
     r = httpx.get(server + "/v1/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["message"].startswith("GET is not allowed")
+    for path in ("/", "/health"):  # what uptime monitors send: headers, no body
+        r = httpx.head(server + path)
+        assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0, path
 
 
 def test_health_and_prometheus_metrics(server):

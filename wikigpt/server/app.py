@@ -180,7 +180,7 @@ def create_app(server: Server):
         return {"object": "list", "data": [{"id": server.settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "wikigpt", "context_length": server.block}]}
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what uptime monitors and load balancers send
     async def health():
         return {"status": "ok", "model": server.settings.model_name, "chat": server.tok.has_chat_tokens(),
                 "rag": server.index is not None, "context_length": server.block,
@@ -191,7 +191,7 @@ def create_app(server: Server):
     async def metrics():
         return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def page():
         return FileResponse(WEB / "index.html")
 
