@@ -1,7 +1,8 @@
 """
 The engine's decode step: eager against compiled (torch.compile, fullgraph=True), int8 against
 float32 weights (tokens/s of the demo chat model at batch 1 and 8); one user's request through
-the engine against model.generate; and a compiled chat session's compile time, in one run.
+the engine against model.generate; n choices of one prompt prefilled once against once each; and
+a compiled chat session's compile time, in one run.
 
     python bench/bench.py --only decode --ckpt out/chat/best.pt
 
@@ -112,13 +113,34 @@ def chat_session_rows(model, tok, new_tokens: int = 32) -> list:
              f"most; graphs compiled during the turns: {after}")]
 
 
+def shared_prefill_rows(model, name: str, n: int = 8, repeats: int = 3) -> list:
+    """A request for n choices of one long prompt: the time until every choice has its first
+    token, one prefill copied to the others (Engine.shared_prefill) against a prefill each.
+    Interleaved, best of `repeats` each."""
+    prompt = [(11 * j) % 200 + 1 for j in range(model.cfg.block_size - 32)]
+    best = {True: float("inf"), False: float("inf")}
+    for round in range(repeats + 1):  # round 0 warms up
+        for share in best:
+            engine = Engine(model, n_slots=n, compile=False)
+            if not share:
+                engine.shared_prefill = lambda req, slot: None
+            t = time.perf_counter()
+            for i in range(n):  # 2 tokens each: a choice that ended at its first would free its slot
+                engine.add(Request(prompt, 2, SamplingParams(), seed=i))
+            if round:
+                best[share] = min(best[share], time.perf_counter() - t)
+    return [(f"{n} choices of a {len(prompt)}-token prompt, {name}, until each has its first token",
+             f"{best[True] * 1e3:,.0f} ms with one prefill shared, {best[False] * 1e3:,.0f} ms with one each "
+             f"(x{best[False] / best[True]:.1f})")]
+
+
 def random_6x384():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
 
 
 def decode_rows(ckpt: str) -> list:
-    rows = one_user_rows(random_6x384(), "6x384 random init")
+    rows = one_user_rows(random_6x384(), "6x384 random init") + shared_prefill_rows(random_6x384(), "6x384 random init")
     if not Path(ckpt).is_file():
         return rows + [("decode, demo chat model", f"skipped: no chat checkpoint at {ckpt} (run make demo first)")]
     model, tok, _ = load_model(ckpt, "cpu")

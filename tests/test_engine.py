@@ -86,6 +86,33 @@ def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_gr
     assert crowded_tokens == alone_tokens
 
 
+def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(monkeypatch):
+    """n choices of one prompt: one prefill, then copies of its keys and values (8 choices of a
+    950-token prompt were 8 prefills); each choice gets the tokens a prefill of its own gives."""
+    model = tiny_model()
+    real = model.hidden_states
+    prompt, other = list(range(1, 41)), list(range(100, 120))
+
+    def run(share: bool):
+        engine, prefills = Engine(model, n_slots=8, compile=False), []
+        monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
+            prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
+        if not share:
+            monkeypatch.setattr(engine, "shared_prefill", lambda req, slot: None)
+        reqs = [Request(prompt, 12, SamplingParams(temperature=1.0), seed=i) for i in range(4)]
+        reqs.insert(2, Request(other, 12, SamplingParams(temperature=1.0), seed=9))  # another prompt between
+        for r in reqs:
+            engine.add(r)
+        while engine.active:
+            engine.step()
+        assert not engine.prefilled  # every slot left: no prompt is held for a later one to copy
+        return [r.tokens for r in reqs], prefills
+    (shared, prefills), (own, own_prefills) = run(True), run(False)
+    assert prefills == [40, 20] and own_prefills == [40, 40, 20, 40, 40]
+    assert shared == own  # the copied keys and values are the prefill's own
+    assert len({tuple(t) for t in shared}) == 5  # each choice drew its own tokens
+
+
 def test_cancel_frees_the_slot_and_stops_the_tokens():
     model, got = tiny_model(), []
     thread = EngineThread(model, n_slots=4)
@@ -182,10 +209,12 @@ def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch)
         deadline = time.time() + 30
         while not thread.active and time.time() < deadline:
             time.sleep(0.001)
-        thread.submit([Request(list(range(1, 31)), 1) for _ in range(4)])  # 4 x 30 prompt tokens, beside it
+        thread.submit([Request(list(range(1 + i, 31 + i)), 1) for i in range(4)])  # 4 x 30 prompt tokens, beside it
+        thread.submit([Request(list(range(50, 80)), 1, seed=i) for i in range(3)])  # 3 choices of one prompt
         assert done.wait(30)
         longs = [n for n, c in enumerate(calls) if c == 30]
-        assert len(longs) == 4 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:]))  # one per step
+        assert len(longs) == 7 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:4]))  # one per step
+        assert calls[longs[4]:longs[6] + 1] == [30, 30, 30]  # a prompt's choices: one prefill, two copies
         while thread.active and time.time() < deadline:
             time.sleep(0.001)
         calls.clear()

@@ -3,7 +3,9 @@ Continuous batching: many requests decoded together, one batched forward per ste
 
 Each request owns a slot (one row) of a batched KV cache and sits at its own position in it.
 A new request is prefilled alone into a free slot (its first token comes out of that prefill),
-then joins the next decode step; a finished or cancelled one leaves and frees its slot.
+then joins the next decode step; a finished or cancelled one leaves and frees its slot. A
+request whose prompt a live slot holds already (the n choices of one request) copies that
+slot's keys and values instead: one prefill per prompt, not per choice.
 Batching is worth several times the throughput of serving one request at a time. The step
 (wikigpt/decoding/decode.py) runs from state on the device: the host reads one thing per step, the new
 tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
@@ -51,7 +53,8 @@ ROW_LOGIT_TOLERANCE = 1e-5
 # Prompt tokens prefilled between two decode steps while others decode: past it, newcomers wait
 # for the next step (one always joins). Every joiner was prefilled before the next step, so one
 # client's requests of 8 choices of a ~950-token prompt held every stream for ~3 s a time here;
-# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at once).
+# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at
+# once); a choice of a prompt held already costs nothing here (Engine.shared_prefill copies it).
 PREFILL_TOKENS = 512
 # Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
 # on the second call and replay it from the third (on a CPU the first call compiles it).
@@ -90,6 +93,8 @@ class Engine:
         self.state = DecodeState(model, self.n_slots, tok)
         self.cache = self.state.cache
         self.by_slot: dict[int, Request] = {}
+        # a live slot's prompt -> (that slot, its prompt's last logits (1, V)): for shared_prefill
+        self.prefilled: dict[tuple, tuple[int, torch.Tensor]] = {}
         self.device = model.device
         compile = self.device.type == "cuda" if compile is None else compile
         self.step_fn = Step(self.graph_count if compile else 0, self.device.type == "cuda")
@@ -163,15 +168,34 @@ class Engine:
         st.knobs[slot] = torch.tensor(knobs_row(req.params))
         st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, 0  # a prompt is whole characters
         st.copy_w[slot] = 0.0
-        self.cache.pos[slot], self.cache.live[slot], self.cache.slot = 0, True, slot
-        try:
-            x = self.model.hidden_states(prompt, self.cache)
-        finally:
-            self.cache.slot = None
+        logits = self.shared_prefill(req, slot)
+        if logits is None:
+            self.cache.pos[slot], self.cache.live[slot], self.cache.slot = 0, True, slot
+            try:
+                x = self.model.hidden_states(prompt, self.cache)
+            finally:
+                self.cache.slot = None
+            logits = self.model.lm_head(x[:, -1]).float()  # (1, V)
+            self.prefilled[tuple(req.prompt)] = slot, logits
         self.set_copy([req])
-        token = pick(st, self.model, torch.tensor([slot], device=self.device), self.model.lm_head(x[:, -1]).float(),
+        token = pick(st, self.model, torch.tensor([slot], device=self.device), logits,
                      candidates([req.params.top_k], self.model.cfg.padded_vocab))
         self.emitted([req], token.tolist())
+
+    def shared_prefill(self, req: Request, slot: int) -> torch.Tensor | None:
+        """When a live slot holds this very prompt, copy its keys and values into `slot` (a
+        device copy: 8 choices of a 950-token prompt were 8 prefills) and return the prompt's
+        last logits, from which each choice draws its own first token; else None."""
+        held = self.prefilled.get(tuple(req.prompt))
+        if held is None:
+            return None
+        src, logits = held
+        T = len(req.prompt)
+        for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
+            k[slot, :, :T] = k[src, :, :T]  # keys past T are the source's own reply: not copied
+            v[slot, :, :T] = v[src, :, :T]
+        self.cache.pos[slot], self.cache.live[slot] = T, True
+        return logits
 
     @torch.no_grad()
     def step(self):
@@ -224,6 +248,9 @@ class Engine:
         if req.slot is not None and self.by_slot.get(req.slot) is req:
             del self.by_slot[req.slot]
             self.cache.live[req.slot] = False
+            key = tuple(req.prompt)
+            if self.prefilled.get(key, (None,))[0] == req.slot:
+                del self.prefilled[key]  # its slot will be written over
 
     def drop_cancelled(self):
         for req in [r for r in self.by_slot.values() if r.cancelled]:
@@ -341,10 +368,14 @@ class EngineThread:
                 if self.stopped:
                     return
                 joining, budget = [], PREFILL_TOKENS if self.engine.active else float("inf")
+                prompts = set(self.engine.prefilled) if self.waiting else set()  # held or joining: a copy
                 while self.waiting and len(joining) < self.engine.free_slots:
-                    if joining and len(self.waiting[0].prompt) > budget:
+                    prompt = tuple(self.waiting[0].prompt)
+                    cost = 0 if prompt in prompts else len(prompt)
+                    if joining and cost > budget:
                         break  # the streams decoding get their next token first
-                    budget -= len(self.waiting[0].prompt)
+                    budget -= cost
+                    prompts.add(prompt)
                     joining.append(self.waiting.popleft())
                 self.joining = joining
             for req in joining:  # prefill newcomers; a failure fails that request alone
