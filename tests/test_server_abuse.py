@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -377,9 +378,15 @@ def test_a_request_h11_cannot_read_is_a_400_not_a_silent_close(live):
     settled(live)
 
 
+def protocol_warnings(url: str) -> dict:
+    """/metrics' wikigpt_protocol_warnings_total, by label."""
+    text = httpx.get(url + "/metrics").text
+    return {m[1]: float(m[2]) for m in re.finditer(r'^wikigpt_protocol_warnings_total\{warning="(\w+)"\} (\S+)$', text, re.M)}
+
+
 def test_what_a_client_sends_wrong_is_answered_and_logged_once_a_minute_not_per_request(live):
     host = live.url.split("//")[1]
-    before = len(live.log())
+    before, counted = len(live.log()), protocol_warnings(live.url)
     for _ in range(10):
         for request in ("X\r\n\r\n",  # 400s, and an upgrade ignored (200)
                         f"GET /health HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
@@ -388,6 +395,9 @@ def test_what_a_client_sends_wrong_is_answered_and_logged_once_a_minute_not_per_
             assert exchange(live.url, request.encode())[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 200"), request
     # uvicorn wrote a line for each (40): now at most one per kind of warning a minute (3 kinds here)
     assert live.log()[before:].count("WARNING") <= 3, live.log()[before:]
+    now = protocol_warnings(live.url)  # ... and /metrics counts every one
+    assert {k: now[k] - counted[k] for k in ("invalid_http", "upgrade", "websocket")} == \
+        {"invalid_http": 20, "upgrade": 10, "websocket": 10}, (counted, now)
     settled(live)
 
 
@@ -520,6 +530,7 @@ def test_headers_over_16_kib_are_a_431(live):
 
 def test_connections_over_the_limit_get_a_503_and_the_server_recovers(live):
     host, port = live.url.split("//")[1].split(":")
+    counted = protocol_warnings(live.url)["over_max_connections"]
     idle = [socket.create_connection((host, int(port))) for _ in range(CONNECTIONS)]
     before = len(live.log())
     try:
@@ -535,6 +546,7 @@ def test_connections_over_the_limit_get_a_503_and_the_server_recovers(live):
     while httpx.get(live.url + "/health", timeout=5).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert protocol_warnings(live.url)["over_max_connections"] >= counted + 6  # each 503 counted in /metrics
     settled(live)
 
 

@@ -25,9 +25,11 @@ MAX_BODY_CHUNKS = 4096
 TOO_LARGE = http.HTTPStatus(413).phrase.encode()
 # uvicorn's warnings about what one client sent, a line per request (a client could fill the log at
 # will): each is answered (400, 503, the upgrade ignored), so one line a minute says how many there
-# were (an operator still sees clients turned away at --max_connections); other warnings stay
-PER_REQUEST_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.",
-                        "No supported WebSocket library detected.", "Exceeded concurrency limit.")
+# were (an operator still sees clients turned away at --max_connections); other warnings stay.
+# Each is counted too, under its label: /metrics' wikigpt_protocol_warnings_total{warning}
+PER_REQUEST_WARNINGS = {"Invalid HTTP request received.": "invalid_http", "Unsupported upgrade request.": "upgrade",
+                        "No supported WebSocket library detected.": "websocket",
+                        "Exceeded concurrency limit.": "over_max_connections"}
 WARNING_EVERY_S = 60.0
 
 
@@ -133,16 +135,18 @@ def bounded(protocol: type, settings: Settings) -> type:
 
 class PerRequestWarnings(logging.Filter):
     """Passes each of uvicorn's PER_REQUEST_WARNINGS at most once per WARNING_EVERY_S, with how
-    many were dropped since the last one; every other record as it is."""
+    many were dropped since the last one; every other record as it is. Counts them all (total)."""
 
     def __init__(self):
         super().__init__()
         self.last, self.dropped = {}, {}  # message -> when it was last let through, how many since
+        self.total = dict.fromkeys(PER_REQUEST_WARNINGS.values(), 0)  # label -> how many, since the start
 
     def filter(self, record):
         kind = next((w for w in PER_REQUEST_WARNINGS if isinstance(record.msg, str) and record.msg.startswith(w)), None)
         if kind is None:
             return True
+        self.total[PER_REQUEST_WARNINGS[kind]] += 1
         now = time.monotonic()
         if now - self.last.get(kind, -WARNING_EVERY_S) < WARNING_EVERY_S:
             self.dropped[kind] = self.dropped.get(kind, 0) + 1
@@ -154,6 +158,20 @@ class PerRequestWarnings(logging.Filter):
 
 
 QUIET = PerRequestWarnings()
+
+
+class ProtocolWarnings:
+    """A Prometheus collector of QUIET's counts: what uvicorn answered before the app saw a
+    request (a 400 for unreadable HTTP, an upgrade ignored, a 503 past --max_connections)."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("wikigpt_protocol_warnings", "requests uvicorn answered itself, by the warning "
+                                     "it logs (once a minute) for them, since the process started", labels=["warning"])
+        for label, count in QUIET.total.items():
+            family.add_metric([label], count)
+        yield family
 
 
 def uvicorn_config(app, settings: Settings):

@@ -14,6 +14,7 @@ from wikigpt.knowledge.evidence import Found
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
+from wikigpt.server.connections import ProtocolWarnings
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
                                    stop_strings, text_limits)
 from wikigpt.tokenizer import TextStream
@@ -126,6 +127,7 @@ class Server:
         Gauge("wikigpt_queue_depth", "requests waiting for a slot or for their prompt",
               registry=r).set_function(lambda: self.queued)
         Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
+        r.register(ProtocolWarnings())  # counted by uvicorn's log filter: those requests never reach the app
 
     # ----- building prompts
     async def off_loop(self, build, *args):
