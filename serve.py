@@ -24,7 +24,7 @@ import torch
 from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.progress import progress_bar
-from wikigpt.decoding.engine import EngineThread
+from wikigpt.decoding.engine_thread import EngineThread
 from wikigpt.knowledge.evidence import RETRIEVE_K
 from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import open_index

@@ -19,8 +19,10 @@ from torch._dynamo.utils import counters
 
 import wikigpt.decoding.decode as decode_module
 import wikigpt.decoding.engine as engine_module
+import wikigpt.decoding.engine_thread as engine_thread_module
 from model import GPT, GPTConfig
-from wikigpt.decoding.engine import Engine, EngineThread, QueueFull, Request, generate
+from wikigpt.decoding.engine import Engine, Request, generate
+from wikigpt.decoding.engine_thread import EngineThread, QueueFull
 from wikigpt.decoding.sampling import SamplingParams
 
 
@@ -105,12 +107,45 @@ def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(m
             engine.add(r)
         while engine.active:
             engine.step()
-        assert not engine.prefilled  # every slot left: no prompt is held for a later one to copy
-        return [r.tokens for r in reqs], prefills
+        counted = list(prefills)
+        engine.add(Request(other[::-1], 2))  # into slot 0; then a step runs without the others' slots:
+        engine.step()  # their rows' first keys are written over, so their prompt can be copied no more
+        assert tuple(prompt) not in engine.prefilled and tuple(other[::-1]) in engine.prefilled
+        return [r.tokens for r in reqs], counted
     (shared, prefills), (own, own_prefills) = run(True), run(False)
     assert prefills == [40, 20] and own_prefills == [40, 40, 20, 40, 40]
     assert shared == own  # the copied keys and values are the prefill's own
     assert len({tuple(t) for t in shared}) == 5  # each choice drew its own tokens
+
+
+def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_leave_until_a_step(monkeypatch):
+    model, prefills = tiny_model(), []
+    real = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
+        prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
+    engine, prompt = Engine(model, n_slots=4, compile=False), list(range(1, 31))
+    first, second = Request(prompt, 2, seed=0), Request(prompt, 12, seed=1)
+    engine.add(first), engine.add(second)
+    while not first.finished:
+        engine.step()
+    third = Request(prompt, 2, seed=2)  # the slot that prefilled it has left; the copy in slot 1 lends it
+    engine.add(third)
+    assert prefills == [30] and third.slot == 0
+    for k in engine.cache.k:
+        assert torch.equal(k[third.slot, :, :30], k[second.slot, :, :30])
+    own = [k[second.slot, :, :30].clone() for k in engine.cache.k]  # the prompt's keys, by its prefill
+    while engine.active:
+        engine.step()
+    lone = Request(prompt, 1, seed=3)  # every slot has left, their first keys are still there: a copy
+    engine.add(lone)
+    assert lone.finished  # it ended at its first token, so its slot left too...
+    last = Request(prompt, 1, seed=4)
+    engine.add(last)  # ... and the next choice copies its keys, no step having run
+    assert prefills == [30] and all(torch.equal(k[last.slot, :, :30], o) for k, o in zip(engine.cache.k, own))
+    engine.add(Request([7, 8, 9], 5))
+    engine.step()  # a step without the slots that held it: their first keys are written over
+    engine.add(Request(prompt, 1, seed=5))
+    assert prefills == [30, 3, 30]
 
 
 def test_cancel_frees_the_slot_and_stops_the_tokens():
@@ -198,10 +233,11 @@ def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch)
     """One client's 8 choices of a long prompt were all prefilled before the next decode step:
     every stream stood still meanwhile (~3 s here at a 950-token prompt). Past PREFILL_TOKENS
     of prompts, newcomers join one step later."""
-    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 40)
+    monkeypatch.setattr(engine_thread_module, "PREFILL_TOKENS", 40)
     thread, calls, done = EngineThread(tiny_model(), n_slots=8), [], threading.Event()
     add, step = thread.engine.add, thread.engine.step
-    thread.engine.add = lambda req: (calls.append(len(req.prompt)), add(req))
+    # each add's prompt tokens run through the model (a prompt a slot holds: 0, copied)
+    thread.engine.add = lambda req: (calls.append(thread.engine.prefill_cost(req.prompt)), add(req))
     thread.engine.step = lambda: (calls.append("step"), time.sleep(0.005), step())
     try:
         stream = Request([1, 2], 40, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
@@ -210,17 +246,18 @@ def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch)
         while not thread.active and time.time() < deadline:
             time.sleep(0.001)
         thread.submit([Request(list(range(1 + i, 31 + i)), 1) for i in range(4)])  # 4 x 30 prompt tokens, beside it
-        thread.submit([Request(list(range(50, 80)), 1, seed=i) for i in range(3)])  # 3 choices of one prompt
+        # 3 choices of one prompt, each ending at its first token (its slot left, its keys still there)
+        thread.submit([Request(list(range(50, 80)), 1, seed=i) for i in range(3)])
         assert done.wait(30)
         longs = [n for n, c in enumerate(calls) if c == 30]
-        assert len(longs) == 7 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:4]))  # one per step
-        assert calls[longs[4]:longs[6] + 1] == [30, 30, 30]  # a prompt's choices: one prefill, two copies
+        assert len(longs) == 5 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:])), calls  # one per step
+        assert calls[longs[4]:longs[4] + 3] == [30, 0, 0]  # a prompt's choices: one prefill, two copies
         while thread.active and time.time() < deadline:
             time.sleep(0.001)
         calls.clear()
         ended, all_ended = [], threading.Event()
         end = lambda r, t, f: f and (ended.append(r), len(ended) == 4 and all_ended.set())  # noqa: E731
-        thread.submit([Request(list(range(1, 31)), 2, emit=end) for _ in range(4)])
+        thread.submit([Request(list(range(1 + i, 31 + i)), 2, emit=end) for i in range(4)])
         assert all_ended.wait(30)
         assert calls[:5] == [30, 30, 30, 30, "step"]  # with nothing decoding, nobody waits: all join at once
     finally:

@@ -124,7 +124,7 @@ def test_prompts_are_built_off_the_event_loop(random_ckpt):
     from fastapi.testclient import TestClient
 
     from wikigpt.decoding.load import load_model
-    from wikigpt.decoding.engine import EngineThread
+    from wikigpt.decoding.engine_thread import EngineThread
     from wikigpt.server.app import create_app
     from wikigpt.server.checks import Settings
     from wikigpt.server.generation import Server
@@ -159,7 +159,7 @@ def test_a_request_past_the_capacity_is_refused_before_its_prompt_is_built(rando
     seconds for its 429. Rows whose prompts are being built now count too (and /health shows them)."""
     from fastapi.testclient import TestClient
 
-    from wikigpt.decoding.engine import EngineThread
+    from wikigpt.decoding.engine_thread import EngineThread
     from wikigpt.decoding.load import load_model
     from wikigpt.server.app import create_app
     from wikigpt.server.checks import Settings
@@ -207,7 +207,7 @@ def test_a_wrong_value_is_quoted_by_its_start_not_echoed_whole(random_ckpt):
     """repr'ing a 1 MiB list took as long as parsing it, and the 400 echoed 1.5 MB back."""
     from fastapi.testclient import TestClient
 
-    from wikigpt.decoding.engine import EngineThread
+    from wikigpt.decoding.engine_thread import EngineThread
     from wikigpt.decoding.load import load_model
     from wikigpt.server import checks
     from wikigpt.server.app import create_app

@@ -4,8 +4,9 @@ Continuous batching: many requests decoded together, one batched forward per ste
 Each request owns a slot (one row) of a batched KV cache and sits at its own position in it.
 A new request is prefilled alone into a free slot (its first token comes out of that prefill),
 then joins the next decode step; a finished or cancelled one leaves and frees its slot. A
-request whose prompt a live slot holds already (the n choices of one request) copies that
-slot's keys and values instead: one prefill per prompt, not per choice.
+request whose prompt a slot holds already (the n choices of one request) copies that slot's
+keys and values instead: one prefill per prompt, not per choice. A server runs the engine on
+its own thread (engine_thread.py).
 Batching is worth several times the throughput of serving one request at a time. The step
 (wikigpt/decoding/decode.py) runs from state on the device: the host reads one thing per step, the new
 tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
@@ -35,9 +36,7 @@ and records them all, on the thread that will step the engine.
     while engine.active: engine.step()
 """
 import math
-import queue
 import threading
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,12 +49,6 @@ from wikigpt.decoding.sampling import CopySource, SamplingParams, candidates, kn
 
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5
-# Prompt tokens prefilled between two decode steps while others decode: past it, newcomers wait
-# for the next step (one always joins). Every joiner was prefilled before the next step, so one
-# client's requests of 8 choices of a ~950-token prompt held every stream for ~3 s a time here;
-# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at
-# once); a choice of a prompt held already costs nothing here (Engine.shared_prefill copies it).
-PREFILL_TOKENS = 512
 # Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
 # on the second call and replay it from the third (on a CPU the first call compiles it).
 WARM_CALLS = 3
@@ -93,8 +86,11 @@ class Engine:
         self.state = DecodeState(model, self.n_slots, tok)
         self.cache = self.state.cache
         self.by_slot: dict[int, Request] = {}
-        # a live slot's prompt -> (that slot, its prompt's last logits (1, V)): for shared_prefill
-        self.prefilled: dict[tuple, tuple[int, torch.Tensor]] = {}
+        # prompt -> [the slots whose first keys and values are its own, its last logits (1, V)] (see
+        # shared_prefill). A slot's stay intact while it decodes and after it leaves, until it is
+        # taken again or a step runs without it (a step writes position 0 of the rows it pads with)
+        self.prefilled: dict[tuple, list] = {}
+        self.prompt_in: dict[int, tuple] = {}  # slot -> the prompt of `prefilled` it holds
         self.device = model.device
         compile = self.device.type == "cuda" if compile is None else compile
         self.step_fn = Step(self.graph_count if compile else 0, self.device.type == "cuda")
@@ -168,7 +164,9 @@ class Engine:
         st.knobs[slot] = torch.tensor(knobs_row(req.params))
         st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, 0  # a prompt is whole characters
         st.copy_w[slot] = 0.0
-        logits = self.shared_prefill(req, slot)
+        key = tuple(req.prompt)
+        self.forget(slot, keep=key)  # its rows are this request's now
+        logits = self.shared_prefill(key, slot)
         if logits is None:
             self.cache.pos[slot], self.cache.live[slot], self.cache.slot = 0, True, slot
             try:
@@ -176,26 +174,46 @@ class Engine:
             finally:
                 self.cache.slot = None
             logits = self.model.lm_head(x[:, -1]).float()  # (1, V)
-            self.prefilled[tuple(req.prompt)] = slot, logits
+            self.prefilled[key] = [set(), logits]
+        self.prefilled[key][0].add(slot)
+        self.prompt_in[slot] = key
         self.set_copy([req])
         token = pick(st, self.model, torch.tensor([slot], device=self.device), logits,
                      candidates([req.params.top_k], self.model.cfg.padded_vocab))
         self.emitted([req], token.tolist())
 
-    def shared_prefill(self, req: Request, slot: int) -> torch.Tensor | None:
-        """When a live slot holds this very prompt, copy its keys and values into `slot` (a
-        device copy: 8 choices of a 950-token prompt were 8 prefills) and return the prompt's
-        last logits, from which each choice draws its own first token; else None."""
-        held = self.prefilled.get(tuple(req.prompt))
+    def shared_prefill(self, prompt: tuple, slot: int) -> torch.Tensor | None:
+        """When a slot holds this very prompt's keys and values (the n choices of a request),
+        copy them into `slot` (a device copy: 8 choices of a 950-token prompt were 8 prefills)
+        and return the prompt's last logits, from which each choice draws its own first token;
+        else None."""
+        held = self.prefilled.get(prompt)
         if held is None:
             return None
-        src, logits = held
-        T = len(req.prompt)
-        for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
-            k[slot, :, :T] = k[src, :, :T]  # keys past T are the source's own reply: not copied
-            v[slot, :, :T] = v[src, :, :T]
+        slots, logits = held
+        T = len(prompt)
+        if slot not in slots:  # (a slot that held it, taken again, holds it still)
+            src = min(slots)
+            for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
+                k[slot, :, :T] = k[src, :, :T]  # keys past T are the source's own reply: not copied
+                v[slot, :, :T] = v[src, :, :T]
         self.cache.pos[slot], self.cache.live[slot] = T, True
         return logits
+
+    def forget(self, slot: int, keep: tuple | None = None):
+        """The slot's rows no longer hold its prompt's keys (unless that prompt is `keep`)."""
+        prompt = self.prompt_in.get(slot)
+        if prompt is None or prompt == keep:
+            return
+        del self.prompt_in[slot]
+        slots = self.prefilled[prompt][0]
+        slots.discard(slot)
+        if not slots:
+            del self.prefilled[prompt]
+
+    def prefill_cost(self, prompt: list[int]) -> int:
+        """Prompt tokens add() would run through the model: none for a prompt a slot holds."""
+        return 0 if tuple(prompt) in self.prefilled else len(prompt)
 
     @torch.no_grad()
     def step(self):
@@ -203,6 +221,8 @@ class Engine:
         self.drop_cancelled()
         if not self.by_slot:
             return
+        for slot in [s for s in self.prompt_in if s not in self.by_slot]:
+            self.forget(slot)  # this step writes over position 0 of the rows without a request
         reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
         self.cache.n = bucket(reqs[-1].slot + 1, self.n_slots)
         # the longest row's keys: its prompt and tokens, the newest of which this step writes; a
@@ -248,9 +268,6 @@ class Engine:
         if req.slot is not None and self.by_slot.get(req.slot) is req:
             del self.by_slot[req.slot]
             self.cache.live[req.slot] = False
-            key = tuple(req.prompt)
-            if self.prefilled.get(key, (None,))[0] == req.slot:
-                del self.prefilled[key]  # its slot will be written over
 
     def drop_cancelled(self):
         for req in [r for r in self.by_slot.values() if r.cancelled]:
@@ -265,132 +282,6 @@ class Engine:
         """Release every request (a generate() closed half-way, warm-up's dummies)."""
         for req in list(self.by_slot.values()):
             self.release(req)
-
-
-class QueueFull(Exception):
-    pass
-
-
-class EngineThread:
-    """Runs an Engine in a background thread so that the server's event loop never blocks.
-    submit() queues a request (at most max_queue beyond the free slots: 0, no waiting); cancel()
-    frees its slot at the next step. Requests join the batch as soon as a slot is free."""
-
-    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None,
-                 compile: bool | None = None):
-        self.engine = Engine(model, n_slots, tok, compile)
-        self.max_queue = max_queue
-        self.waiting: deque[Request] = deque()
-        self.joining: list[Request] = []  # taken from `waiting`, being prefilled into a slot
-        self.wake = threading.Condition()
-        self.stopped = False
-        self.progress: queue.SimpleQueue | None = None
-        self.warm_error: Exception | None = None  # what stopped warm-up, if anything did
-        self.thread = threading.Thread(target=self._run, name="wikigpt-engine", daemon=True)
-        if start:
-            self.start()
-
-    def start(self, progress: queue.SimpleQueue | None = None):
-        """Start the thread. A compiled engine warms up there first, since CUDA graph trees are
-        per thread (a graph recorded on one thread fails on another); requests submitted
-        meanwhile wait. progress, if given, gets True after each graph and False at the end."""
-        self.progress = progress
-        self.thread.start()
-
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting for a slot: queued, or taken to join but not yet in their slot."""
-        joining = [r for r in self.joining if r.slot is None and not r.cancelled]
-        return len(self.waiting) + len(joining)
-
-    @property
-    def active(self) -> int:
-        return self.engine.active
-
-    @property
-    def capacity(self) -> int:
-        """Requests held at once: decoding in a slot or waiting for one."""
-        return self.engine.capacity + self.max_queue
-
-    @property
-    def held(self) -> int:
-        """Requests decoding, joining or waiting: what the capacity bounds."""
-        with self.wake:
-            return len(self.waiting) + self.placed_or_joining()
-
-    def submit(self, requests: list[Request]):
-        """Queue requests together (all or none), or raise QueueFull."""
-        with self.wake:  # (a re-entrant lock: held takes it too)
-            held = self.held
-            if held + len(requests) > self.capacity:
-                raise QueueFull(f"{held} requests are running or waiting (limit {self.engine.capacity} slots + "
-                                f"{self.max_queue} waiting)")
-            self.waiting.extend(requests)
-            self.wake.notify()
-
-    def placed_or_joining(self) -> int:
-        """Requests in a slot or being prefilled into one, each counted once: a joining request
-        takes its slot as its prefill begins, and counting both (the slots and the joining
-        count) refused requests that fit while a batch was joining (429 with slots free)."""
-        held = [*self.joining, *self.engine.by_slot.values()]  # copied at once (the engine thread changes them)
-        return len({id(r) for r in held if not r.finished and not r.cancelled})
-
-    def cancel(self, req: Request):
-        req.cancelled = True  # the engine thread drops it before its next step
-        with self.wake:
-            if req in self.waiting:
-                self.waiting.remove(req)
-
-    def stop(self):
-        with self.wake:
-            self.stopped = True
-            self.wake.notify()
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-
-    def warm_up(self):
-        tick = (lambda: self.progress.put(True)) if self.progress else (lambda: None)
-        try:
-            self.engine.warm_up(tick)
-        except Exception as e:  # e.g. out of memory at a large --slots: serve.py says so and stops
-            self.warm_error = e
-            self.engine.clear()
-        finally:
-            if self.progress:
-                self.progress.put(False)
-
-    def _run(self):
-        self.warm_up()
-        while True:
-            with self.wake:
-                while not self.stopped and not self.waiting and not self.engine.active:
-                    self.wake.wait()
-                if self.stopped:
-                    return
-                joining, budget = [], PREFILL_TOKENS if self.engine.active else float("inf")
-                prompts = set(self.engine.prefilled) if self.waiting else set()  # held or joining: a copy
-                while self.waiting and len(joining) < self.engine.free_slots:
-                    prompt = tuple(self.waiting[0].prompt)
-                    cost = 0 if prompt in prompts else len(prompt)
-                    if joining and cost > budget:
-                        break  # the streams decoding get their next token first
-                    budget -= cost
-                    prompts.add(prompt)
-                    joining.append(self.waiting.popleft())
-                self.joining = joining
-            for req in joining:  # prefill newcomers; a failure fails that request alone
-                if req.cancelled:
-                    continue
-                try:
-                    self.engine.add(req)
-                except Exception as e:
-                    self.engine.release(req)
-                    req.emit(req, None, f"error: {type(e).__name__}: {e}")
-            self.joining = []  # in a slot now (or failed)
-            try:
-                self.engine.step()
-            except Exception as e:  # one batched forward: its failure fails the requests in it
-                self.engine.fail_all(f"{type(e).__name__}: {e}")
 
 
 _ENGINES = threading.Lock()  # guards the engines kept with each model, and their leases

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from wikigpt.chat.chat_template import ContextOverflow, fit_history, prompt_room
-from wikigpt.decoding.engine import EngineThread, QueueFull, Request
+from wikigpt.decoding.engine import Request
+from wikigpt.decoding.engine_thread import EngineThread, QueueFull
 from wikigpt.knowledge.evidence import Found
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of

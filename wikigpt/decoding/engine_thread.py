@@ -1,0 +1,155 @@
+"""
+The engine for a server: a background thread steps it, so the event loop never blocks. Requests
+are submitted from any thread, wait in a bounded queue for a free slot, and join between two
+decode steps within a budget of prompt tokens; a compiled engine warms up on this thread first
+(CUDA graph trees are per thread).
+
+    thread = EngineThread(model, n_slots=16, max_queue=64)
+    thread.submit([Request(prompt_ids, 64, emit=on_token)])   # or QueueFull: answer 429
+"""
+import queue
+import threading
+from collections import deque
+
+from model import GPT
+from wikigpt.decoding.engine import Engine, Request
+
+# Prompt tokens prefilled between two decode steps while others decode: past it, newcomers wait
+# for the next step (one always joins). Every joiner was prefilled before the next step, so one
+# client's requests of 8 choices of a ~950-token prompt held every stream for ~3 s a time here;
+# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at
+# once); a choice of a prompt held already costs nothing here (Engine.shared_prefill copies it).
+PREFILL_TOKENS = 512
+
+
+class QueueFull(Exception):
+    pass
+
+
+class EngineThread:
+    """Runs an Engine in a background thread so that the server's event loop never blocks.
+    submit() queues a request (at most max_queue beyond the free slots: 0, no waiting); cancel()
+    frees its slot at the next step. Requests join the batch as soon as a slot is free."""
+
+    def __init__(self, model: GPT, n_slots: int = 16, max_queue: int = 64, start: bool = True, tok=None,
+                 compile: bool | None = None):
+        self.engine = Engine(model, n_slots, tok, compile)
+        self.max_queue = max_queue
+        self.waiting: deque[Request] = deque()
+        self.joining: list[Request] = []  # taken from `waiting`, being prefilled into a slot
+        self.wake = threading.Condition()
+        self.stopped = False
+        self.progress: queue.SimpleQueue | None = None
+        self.warm_error: Exception | None = None  # what stopped warm-up, if anything did
+        self.thread = threading.Thread(target=self._run, name="wikigpt-engine", daemon=True)
+        if start:
+            self.start()
+
+    def start(self, progress: queue.SimpleQueue | None = None):
+        """Start the thread. A compiled engine warms up there first, since CUDA graph trees are
+        per thread (a graph recorded on one thread fails on another); requests submitted
+        meanwhile wait. progress, if given, gets True after each graph and False at the end."""
+        self.progress = progress
+        self.thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot: queued, or taken to join but not yet in their slot."""
+        joining = [r for r in self.joining if r.slot is None and not r.cancelled]
+        return len(self.waiting) + len(joining)
+
+    @property
+    def active(self) -> int:
+        return self.engine.active
+
+    @property
+    def capacity(self) -> int:
+        """Requests held at once: decoding in a slot or waiting for one."""
+        return self.engine.capacity + self.max_queue
+
+    @property
+    def held(self) -> int:
+        """Requests decoding, joining or waiting: what the capacity bounds."""
+        with self.wake:
+            return len(self.waiting) + self.placed_or_joining()
+
+    def submit(self, requests: list[Request]):
+        """Queue requests together (all or none), or raise QueueFull."""
+        with self.wake:  # (a re-entrant lock: held takes it too)
+            held = self.held
+            if held + len(requests) > self.capacity:
+                raise QueueFull(f"{held} requests are running or waiting (limit {self.engine.capacity} slots + "
+                                f"{self.max_queue} waiting)")
+            self.waiting.extend(requests)
+            self.wake.notify()
+
+    def placed_or_joining(self) -> int:
+        """Requests in a slot or being prefilled into one, each counted once: a joining request
+        takes its slot as its prefill begins, and counting both (the slots and the joining
+        count) refused requests that fit while a batch was joining (429 with slots free)."""
+        held = [*self.joining, *self.engine.by_slot.values()]  # copied at once (the engine thread changes them)
+        return len({id(r) for r in held if not r.finished and not r.cancelled})
+
+    def cancel(self, req: Request):
+        req.cancelled = True  # the engine thread drops it before its next step
+        with self.wake:
+            if req in self.waiting:
+                self.waiting.remove(req)
+
+    def stop(self):
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+
+    def warm_up(self):
+        tick = (lambda: self.progress.put(True)) if self.progress else (lambda: None)
+        try:
+            self.engine.warm_up(tick)
+        except Exception as e:  # e.g. out of memory at a large --slots: serve.py says so and stops
+            self.warm_error = e
+            self.engine.clear()
+        finally:
+            if self.progress:
+                self.progress.put(False)
+
+    def join(self, budget: float):
+        """Prefill the requests waiting now into the free slots, one at a time, while their
+        prompts fit the budget (one always joins; a choice of a prompt a slot holds costs
+        nothing, as it is then, not as it was when they began). A failure fails that request alone."""
+        first = True
+        with self.wake:
+            newcomers = {id(r) for r in self.waiting}  # later ones join after the next step
+        while True:
+            with self.wake:
+                if not self.waiting or not self.engine.free_slots or id(self.waiting[0]) not in newcomers:
+                    return
+                cost = self.engine.prefill_cost(self.waiting[0].prompt)
+                if not first and cost > max(budget, 0):
+                    return  # the streams decoding get their next token first
+                req = self.waiting.popleft()
+                self.joining = [req]
+            first, budget = False, budget - cost
+            try:
+                if not req.cancelled:
+                    self.engine.add(req)
+            except Exception as e:
+                self.engine.release(req)
+                req.emit(req, None, f"error: {type(e).__name__}: {e}")
+            finally:
+                self.joining = []  # in a slot now (or failed)
+
+    def _run(self):
+        self.warm_up()
+        while True:
+            with self.wake:
+                while not self.stopped and not self.waiting and not self.engine.active:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+            self.join(PREFILL_TOKENS if self.engine.active else float("inf"))
+            try:
+                self.engine.step()
+            except Exception as e:  # one batched forward: its failure fails the requests in it
+                self.engine.fail_all(f"{type(e).__name__}: {e}")
