@@ -48,7 +48,7 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
         if tok.special[ASSISTANT] not in ids:
             continue
         prompt = ids[:ids.index(tok.special[ASSISTANT]) + 1]  # up to the first answer
-        reply = list(generate(model, prompt, max_new_tokens, CHAT_DEFAULTS, {tok.end_of_turn}, seed + i))
+        reply = list(generate(model, prompt, max_new_tokens, CHAT_DEFAULTS, tok.stops, seed + i))
         ended += reply[-1:] == [tok.end_of_turn]
         tried += 1
     return ended / max(tried, 1)

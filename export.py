@@ -310,7 +310,9 @@ def write_hf_folder(tmp: Path, ckpt: dict, model, tok, config: dict, weights: di
     os.umask(umask)
     os.chmod(tmp / "model.safetensors", 0o666 & ~umask)  # what the user's umask gives any new file
     write_json(tmp / "config.json", config)
-    generation = {"bos_token_id": tok.doc_sep, "eos_token_id": eos, "pad_token_id": eos}
+    # transformers' generate stops where ours does: at every special token (Tokenizer.stops), its own first
+    stops = [eos] + sorted(tok.stops - {eos})
+    generation = {"bos_token_id": tok.doc_sep, "eos_token_id": stops, "pad_token_id": eos}
     if chat:
         generation.update({"do_sample": True, **CHAT_DEFAULTS.kwargs()})
     write_json(tmp / "generation_config.json", generation)

@@ -105,10 +105,12 @@ def test_transformers_computes_what_we_compute(chat_export):
     prompt = hf["chat"]
     room = min(20, model.cfg.block_size - len(prompt))
     assert room >= 8
-    greedy = list(model.generate(prompt, room, temperature=0.0, stop_tokens={tok.end_of_turn}))
+    greedy = list(model.generate(prompt, room, temperature=0.0, stop_tokens=tok.stops))
     assert hf["greedy"] == greedy
     config = json.loads((folder / "config.json").read_text())
-    assert config["eos_token_id"] == tok.end_of_turn  # generate stops at the end of the turn
+    assert config["eos_token_id"] == tok.end_of_turn  # generate stops at the end of the turn...
+    stops = json.loads((folder / "generation_config.json").read_text())["eos_token_id"]
+    assert stops[0] == tok.end_of_turn and set(stops) == tok.stops  # ... or at any special token, as ours
     assert "Qwen3" in (folder / "README.md").read_text() or preset == "gpt2"
 
 
