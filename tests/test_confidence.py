@@ -166,6 +166,20 @@ def test_the_rarest_words_of_the_best_item_tie_alphabetically_not_by_the_run_s_h
     assert features[CONFIDENCE_FEATURES.index("next five agree")] == 2 / 5  # qza, qzb, qzc: the same in every run
 
 
+def test_the_confidence_sees_how_far_the_typed_answer_lies_from_the_asked_words(reader):
+    """A count beside "provinces" is near; one at the far end of a long sentence is not; a
+    question that asks no count, date or name, or evidence that is no sentence, reads 1."""
+    q, distance = "How many provinces does Zembla have?", reader.typed_answer_distance
+    near = Item("sentence", "Zembla", "Zembla is divided into 48 provinces.")
+    far = Item("sentence", "Zembla", "The provinces of Zembla were drawn by the kings, who ruled the north and the "
+                                     "west of the land for many long years, and there are 48 of them.")
+    assert distance(q, [], near) == 0.05 and distance(q, [], far) == 1.0
+    assert distance("Why is Zembla cold?", [], near) == 1.0  # no type asked
+    assert distance(q, [], Item("fact", "Zembla", "48", "provinces")) == 1.0  # not a sentence
+    found = Found(q, "en", [], [near, far], [], 0.5)
+    assert reader.confidence_features(found)[CONFIDENCE_FEATURES.index("typed answer distance")] == 0.05
+
+
 def test_where_an_answer_is_among_the_candidates_is_counted_per_question_opening_and_follow_up(reader):
     data = NaturalSet(questions=[{"question": "What is the capital of Brindavale?", "answers": ["Stonebridge"]},
                                  {"question": "What is the capital of Brindavale?", "answers": ["Zzyzx"]}],

@@ -28,9 +28,9 @@ from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
-from wikigpt.knowledge.questions import (ACRONYM, ANSWER_TYPES, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
+from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS,
-                                        has_new, question_kind, spelled_out, table_phrases, table_words,
+                                        answer_type, has_new, question_kind, spelled_out, table_phrases, table_words,
                                         typed_distance, without_lead_in)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
@@ -123,6 +123,11 @@ class Asked:
 def without_entity(question: str, links: list[Link]) -> str:
     """The question without the name of the entity it is about (links[0]): what it asks of it."""
     return question[:links[0].start] + " " + question[links[0].end:] if links else question
+
+
+def known_terms(question: str, links: list[Link]) -> set:
+    """What the question says already: its words and those of the titles it names."""
+    return set(terms(question)) | {t for l in links for t in terms(l.title)}
 
 
 def stored_thresholds(info: dict, confidence: bool) -> tuple[float, float]:
@@ -333,8 +338,8 @@ class Reader:
             subjects.setdefault(l.title, rank + (l.kind == GUESSED))  # a guessed name: 0.9, see score
         for article in related:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
-        kind = next((name for name, pattern in ANSWER_TYPES if pattern.search(form)), "")
-        known = set(terms(question)) | {t for l in links for t in terms(l.title)}  # what the question says already
+        kind = answer_type(form)
+        known = known_terms(question, links)
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
         # what the conversation just said (the last question and reply), for telling equal items apart
@@ -380,10 +385,11 @@ class Reader:
         its score, the margin to the next, how many of the next five tie with it, its passage's
         retrieval rank (/ 8), its length, how many of the next five share one of its three
         rarest words the question lacks (candidates agreeing on one answer), the share of the
-        whole question it covers, and whether the question named nothing the graph knows."""
+        whole question it covers, whether the question named nothing the graph knows, and how
+        far its answer of the type asked lies from the asked words (typed_answer_distance)."""
         items = found.items
         if not items:
-            return [0.0] * 7 + [float(not found.links)]
+            return [0.0] * 7 + [float(not found.links), 1.0]
         best, nexts = items[0], items[1:6]
         whole = self.asked(without_lead_in(found.question), [])
         best_terms = set(terms(best.text))
@@ -392,7 +398,19 @@ class Reader:
         covered = whole.coverage(best_terms | set(terms(best.attribute)) | set(terms(best.title)))
         return [best.score, best.score - (items[1].score if len(items) > 1 else 0.0),
                 sum(i.score >= best.score - 0.005 for i in nexts) / 5, min(best.passage, 8) / 8,
-                math.log(1 + len(best.text)) / 5, agree, covered, float(not found.links)]
+                math.log(1 + len(best.text)) / 5, agree, covered, float(not found.links),
+                self.typed_answer_distance(found.question, found.links, best)]
+
+    def typed_answer_distance(self, question: str, links: list[Link], item: Item) -> float:
+        """Words between a sentence's number, date or name of the type asked and the nearest
+        asked word (questions.typed_distance), / 20, at most 1; 1 where none is asked or it is
+        no sentence. "Algeria is divided into 48 provinces": 0.05 for "How many provinces..."."""
+        form = without_lead_in(question)
+        kind = answer_type(form)
+        if kind not in MEASURED_TYPES or item.kind != "sentence":
+            return 1.0
+        wanted = set().union(*self.asked(form, links).covers.values())
+        return min(typed_distance(kind, item.text, wanted, known_terms(question, links)), 20) / 20
 
     # ----- what else answers: the graph read backwards, expansions, yes / no
 

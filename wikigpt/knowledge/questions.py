@@ -300,4 +300,9 @@ def question_kind(question: str, follow_up: bool, linked: bool, best_kind: str) 
         return "reverse"
     if SUPERLATIVE.search(form):
         return "superlative"
-    return next((name for name, pattern in ANSWER_TYPES if pattern.search(form)), "other")
+    return answer_type(form) or "other"
+
+
+def answer_type(form: str) -> str:
+    """The type of answer a question (read after its lead-in) asks for (ANSWER_TYPES), or ""."""
+    return next((name for name, pattern in ANSWER_TYPES if pattern.search(form)), "")
