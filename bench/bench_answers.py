@@ -56,7 +56,7 @@ def likelihood_table(reader: Reader, data: NaturalSet, model, tok, k: int) -> tu
     try:
         for _, found, history, answers in read_turns(reader, data):
             n += 1
-            ok = [holds(item.text, answers) for item in found.items[:k]]
+            ok = [holds(item.quoted, answers) for item in found.items[:k]]
             if not ok:
                 continue
             scores = candidate_scores(model, tok, found, history, k)

@@ -66,6 +66,24 @@ def reader(tmp_path_factory):
     return Reader.open(root / "data")
 
 
+def test_a_sentence_that_opens_with_a_pronoun_is_quoted_after_its_articles_title(reader, tiny_data):
+    """"Its first editor was Joseph E. Marlow" answers "Which paper did Joseph E. Marlow edit first?"
+    only with the paper named: the reply (copied, or judged by the benchmark) says it first."""
+    from wikigpt.decoding.sampling import SamplingParams
+    from wikigpt.knowledge.grounding import copy_plan
+    from wikigpt.prep.data import load_dataset
+
+    found = reader.find("Which paper did Joseph E. Marlow edit first?")
+    assert found.best.text.startswith("Its first editor was Joseph E. Marlow")
+    assert found.best.quoted == f"Stonebridge Gazette: {found.best.text}" and holds(found.best.quoted, ["Stonebridge Gazette"])
+    tok = load_dataset(tiny_data).tokenizer
+    found.threshold = 0.0  # answered: the copy reads the quoted text back
+    _, _, copy = copy_plan(tok, found, SamplingParams(copy=0.5))
+    assert tok.decode(copy.ids) == found.best.quoted
+    for kind, text in (("sentence", "Hermann Hesse wrote it."), ("fact", "He")):  # no pronoun; not a sentence
+        assert Item(kind, "T", text).quoted == text
+
+
 def test_where_someone_is_from_is_answered_by_where_not_by_the_word_from(reader):
     history = ["Who was the Valley Almanac's first editor?", "Its first editor was Tomos Rhys."]
     assert "Welsh" in reader.find("where was he from?", history=history).best.text

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from wikigpt.prep.data import DatasetError
+from wikigpt.knowledge.found import Found, Item
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.replies import without_abstention
@@ -55,55 +56,6 @@ _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks l
 # but there are exceptions such as carboranes and boric acid"
 EXCEPTED = re.compile(r"\b(?:except(?:\s+for)?|exceptions?(?:\s+(?:such as|like|being|are|is|include|including|of))?|"
                       r"other than|apart from)\s+([^.;:,()]{1,40})(?=\s*(?:[.;:,()]|$))", re.I)  # a name, not a clause
-
-
-@dataclass
-class Item:
-    """A piece of evidence: a fact (attribute: value), a section's opening, an article's lead
-    sentence, or a sentence (or list item) of a retrieved passage."""
-    kind: str  # "fact" | "section" | "lead" | "sentence"
-    title: str  # the article it comes from
-    text: str  # what an answer quotes: the fact's value, or the sentence
-    attribute: str = ""  # a fact's attribute, a section's heading
-    url: str = ""
-    score: float = 0.0
-    passage: int = 0  # a sentence's passage's retrieval rank (0: the best; the entity's own items 0)
-
-    @property
-    def label(self) -> str:
-        """How a source is named in the prompt and under a reply: 'Andorra (capital)'."""
-        return f"{self.title} ({self.attribute})" if self.kind in ("fact", "section") else self.title
-
-
-@dataclass
-class Found:
-    question: str
-    lang: str
-    links: list  # the entities the question names, the one it is about first
-    items: list  # evidence, best first
-    passages: list  # the retrieved passages (retrieval.Passage), best first
-    threshold: float
-    confidence: float | None = None  # the chance that best holds the answer (ranker.Confidence), if one is stored
-    features: dict = field(default_factory=dict, repr=False)  # item text -> ranker.features (before yes / no)
-    kind: str = ""  # questions.question_kind: what the confidence is calibrated by
-
-    @property
-    def best(self) -> Item | None:
-        return self.items[0] if self.items else None
-
-    @property
-    def score(self) -> float:
-        return self.items[0].score if self.items else 0.0
-
-    @property
-    def judged(self) -> float:
-        """What the threshold is compared with: the confidence when the index stores a model for
-        it, else the best item's score."""
-        return self.score if self.confidence is None else self.confidence
-
-    @property
-    def answerable(self) -> bool:
-        return self.judged >= self.threshold
 
 
 @dataclass

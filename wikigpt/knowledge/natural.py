@@ -59,7 +59,7 @@ def holds(text: str, answers: list[str]) -> bool:
 def verdict(found: Found, answers: list[str]) -> str:
     """right | wrong (answered, no accepted answer in it) | missed (declined, the closest evidence
     held it) | declined."""
-    best = found.best.text if found.best else ""
+    best = found.best.quoted if found.best else ""
     if found.answerable:
         return "right" if holds(best, answers) else "wrong"
     return "missed" if best and holds(best, answers) else "declined"
@@ -82,7 +82,7 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
         found = found_for(q["question"])
         v = verdict(found, q["answers"])
         rows.append({"kind": q["kind"], "question": q["question"], "verdict": v, "score": found.score,
-                     "reply": found.best.text if found.best else "", "recall": recalled(found, q["article"])})
+                     "reply": found.best.quoted if found.best else "", "recall": recalled(found, q["article"])})
         k = kinds.setdefault(q["kind"], {"n": 0, "right": 0, "wrong": 0, "declined": 0, "missed": 0, "recall": 0})
         k["n"] += 1
         k["right" if v == "right" else "wrong" if v == "wrong" else "declined"] += 1
@@ -99,7 +99,7 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
             follow[key + "right"] += v == "right"
             follow["wrong"] += t > 0 and v == "wrong"
             rows.append({"kind": "follow-up" if t else "opening", "question": turn["question"], "verdict": v,
-                         "score": found.score, "reply": found.best.text if found.best else ""})
+                         "score": found.score, "reply": found.best.quoted if found.best else ""})
             history += [turn["question"], reply(found)]
     ooc = {"n": 0, "declined": 0, "near_n": 0, "near_declined": 0}
     for o in data.out_of_corpus:
@@ -109,7 +109,7 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
         ooc[near + "declined"] += not found.answerable
         rows.append({"kind": "out-of-corpus", "question": o["question"], "score": found.score,
                      "verdict": "declined" if not found.answerable else "wrong",
-                     "reply": found.best.text if found.best else ""})
+                     "reply": found.best.quoted if found.best else ""})
     n = sum(k["n"] for k in kinds.values())
     total = {key: sum(k[key] for k in kinds.values()) for key in ("right", "wrong", "declined", "missed", "recall")}
     return {"threshold": reader.threshold if threshold is None else threshold, "kinds": kinds, "questions": n,
@@ -119,7 +119,7 @@ def evaluate_reader(reader: Reader, data: NaturalSet, threshold: float | None = 
 
 def reply(found: Found) -> str:
     """What chat.py --rag says with copying on: the best evidence, or "not found" and the closest."""
-    return found.best.text if found.best and found.answerable else not_found(found)
+    return found.best.quoted if found.best and found.answerable else not_found(found)
 
 
 def read_turns(reader: Reader, data: NaturalSet):
@@ -139,7 +139,7 @@ def read_turns(reader: Reader, data: NaturalSet):
 def read_all(reader: Reader, data: NaturalSet) -> list[tuple[str, Found, bool | None]]:
     """(group, what the reader found, its best evidence holds an answer; None out of corpus) per
     question and turn (read_turns), then the out-of-corpus ones."""
-    out = [(g, f, holds(f.best.text, answers) if f.best else False) for g, f, _, answers in read_turns(reader, data)]
+    out = [(g, f, holds(f.best.quoted, answers) if f.best else False) for g, f, _, answers in read_turns(reader, data)]
     return out + [(f"o{n}", reader.find(o["question"]), None) for n, o in enumerate(data.out_of_corpus)]
 
 
@@ -208,7 +208,7 @@ def where_answers(reader: Reader, data: NaturalSet) -> dict:
     out = {}
     for group, found, history, answers in read_turns(reader, data):
         kind = "question" if group.startswith("q") else "follow-up" if history else "opening"
-        texts = [i.text for i in found.items]
+        texts = [i.quoted for i in found.items]  # as a reply would say each
         held = [bool(texts) and holds(texts[0], answers), any(holds(t, answers) for t in texts[:8]),
                 any(holds(t, answers) for t in texts), any(holds(p.text, answers) for p in found.passages)]
         counts = out.setdefault(kind, dict.fromkeys(("n",) + WHERE, 0))
@@ -237,7 +237,7 @@ def labelled(reader: Reader, question: str, answers: list[str] | None, history=(
         found = reader.find(question, history=list(history))
     finally:
         reader.ranker = saved
-    return [(found.features[i.text], int(bool(answers) and holds(i.text, answers)))
+    return [(found.features[i.text], int(bool(answers) and holds(i.quoted, answers)))
             for i in found.items[:top] if i.text in found.features]
 
 
@@ -335,7 +335,7 @@ def template_confidence_rows(folder, reader: Reader, n: int = TEMPLATE_ROWS, see
     rows = []
     for q in inside + out_of_corpus_items(reader, train, n, seed, zh_names=ZH_NAMES[::2]):  # the benchmark's: [1::2]
         found = reader.find(q.question)
-        ok = None if q.kind == "out-of-corpus" else bool(found.best) and correct(found.best.text, q.answer)
+        ok = None if q.kind == "out-of-corpus" else bool(found.best) and correct(found.best.quoted, q.answer)
         rows.append((f"template:{len(rows)}", reader.confidence_features(found), found.kind, ok))
     return rows
 

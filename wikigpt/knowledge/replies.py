@@ -41,8 +41,8 @@ class EvidenceCopy:
         self.ids, self.end_of_turn, self.max_n = ids, end_of_turn, max_n
 
     @classmethod
-    def from_item(cls, tok, item) -> "EvidenceCopy":  # item: evidence.Item
-        return cls(tok.encode(item.text), tok.end_of_turn)
+    def from_item(cls, tok, item) -> "EvidenceCopy":  # item: found.Item
+        return cls(tok.encode(item.quoted), tok.end_of_turn)
 
     def prior(self, reply: list[int]) -> dict | None:
         ids = self.ids
