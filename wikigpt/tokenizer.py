@@ -71,6 +71,10 @@ class Tokenizer:
             raise TokenizerError(f"vocab of {self.n_vocab} ids does not fit uint16 (max {MAX_VOCAB})")
         self.doc_sep = special[DOC_SEP]
         self.end_of_turn = special.get(END_OF_TURN)
+        # where generated text ends: at every special token. <|end|> closes a reply and <|endoftext|>
+        # a document; a model that starts another turn (<|user|>) has ended its own, and a role token
+        # shown as text would only confuse the reader (TextStream hides them)
+        self.stops = frozenset(special.values())
 
     # ----- building -----
     @classmethod
@@ -144,13 +148,6 @@ class Tokenizer:
     def has_chat_tokens(self) -> bool:
         return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
 
-    @property
-    def stops(self) -> set[int]:
-        """Where generated text ends: at every special token. <|end|> closes a reply and
-        <|endoftext|> a document; a model that starts another turn (<|user|>) has ended its own,
-        and a role token shown as text would only confuse the reader (TextStream hides them)."""
-        return set(self.special.values())
-
 
 # A UTF-8 decoder as a state machine: state -> [(byte range, next state)]. 0 = between
 # characters; 1-3 = that many continuation bytes to come; 4-7 = the first continuation byte
@@ -190,7 +187,7 @@ class TextStream:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:
-        if token in self.tok.special.values():
+        if token in self.tok.stops:
             return ""  # structure, not text (Tokenizer.stops)
         return self.decoder.decode(self.tok.enc.decode_single_token_bytes(int(token)))
 
