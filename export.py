@@ -201,7 +201,7 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
     if chat:
         lines += ['ids = tok.apply_chat_template([{"role": "user", "content": "What is a river?"}],',
                   '                              add_generation_prompt=True, return_tensors="pt")',
-                  "out = model.generate(ids, max_new_tokens=64)  # stops at <|end|>",
+                  "out = model.generate(ids, max_new_tokens=64)  # stops at <|end|> (or any special token)",
                   "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))"]
     else:
         lines += ['ids = tok("<|endoftext|>Aristotle was", return_tensors="pt").input_ids',

@@ -32,7 +32,7 @@ from wikigpt.knowledge.retrieval import add_index_info  # noqa: E402
 def grounded_scores(model, tok, found, history, k: int) -> list[float]:
     """reply_scores under the prompt chat.py --rag sends (the rules' best items and the top
     passage as sources): the contrast that shows why likelihood.py's column goes without it."""
-    texts = [i.text for i in found.items[:k]]
+    texts = [i.quoted for i in found.items[:k]]  # as a reply says each
     longest = max(len(tok.encode(t)) for t in texts) + 2  # + <|assistant|> and <|end|>
     block = model.cfg.block_size
     sources, messages = [(s.title, s.text) for s in sources_of(found)], conversation(found.question, history)

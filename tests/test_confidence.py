@@ -95,6 +95,13 @@ def test_a_confidence_stored_for_other_features_leaves_the_rules_threshold_to_ju
     add_index_info(folder, stale | {"rules_abstain_below": 0.9})  # 0.2 was the old model's, on its scale
     old = Reader.open(folder)
     assert old.confidence is None and old.threshold == old.rules_threshold == 0.9
+    assert "stored by an older version" in old.note and "--confidence" in old.note  # chat.py and serve.py say so
+    eight = Confidence(boost([[float(i % 2)] * 8 for i in range(60)], [i % 2 for i in range(60)])).to_info()
+    eight["confidence"]["features"] = list(CONFIDENCE_FEATURES[:8])  # trees of the version before: 8 features
+    add_index_info(folder, eight)
+    old = Reader.open(folder)
+    assert old.confidence is None and old.threshold == 0.9 and "older version" in old.note
+    assert Reader.open(reader.index.folder).note == ""  # the fixture's own (none stored, or this version's)
     # the logistic confidence of the version before (weights, no trees): its threshold is on its scale too
     add_index_info(folder, {"confidence": {"features": list(CONFIDENCE_FEATURES), "weights": [0.1] * 9}})
     old = Reader.open(folder)

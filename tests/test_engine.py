@@ -289,6 +289,17 @@ def graphs_made() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
 
+def test_a_kept_engine_shares_no_prompt_across_calls_so_changed_weights_are_read():
+    """generate() keeps one engine per model: a prompt it held for the last call must not be
+    copied into the next, since the weights may have changed in between (a training run's samples)."""
+    model, prompt = tiny_model(), [5, 6, 7, 8]
+    list(generate(model, prompt, 4, GREEDY))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    assert list(generate(model, prompt, 4, GREEDY)) == list(model.generate(prompt, 4, temperature=0))
+
+
 def test_ten_generate_calls_share_one_engine_and_compile_once(monkeypatch):
     # Each call made a new Engine: new buffers (CUDA graphs re-recorded on their addresses) and,
     # on a GPU, a recompile per call until FailOnRecompileLimitHit (a chat's 9th turn, chat SFT's

@@ -206,10 +206,10 @@ class Engine:
         if prompt is None or prompt == keep:
             return
         del self.prompt_in[slot]
-        slots = self.prefilled[prompt][0]
+        slots = self.prefilled.get(prompt, [set()])[0]
         slots.discard(slot)
         if not slots:
-            del self.prefilled[prompt]
+            self.prefilled.pop(prompt, None)
 
     def prefill_cost(self, prompt: list[int]) -> int:
         """Prompt tokens add() would run through the model: none for a prompt a slot holds."""
@@ -279,9 +279,12 @@ class Engine:
             req.emit(req, None, f"error: {message}")
 
     def clear(self):
-        """Release every request (a generate() closed half-way, warm-up's dummies)."""
+        """Release every request (a generate() closed half-way, warm-up's dummies) and forget
+        every prompt held: the weights may change before the next call (a training run's samples)."""
         for req in list(self.by_slot.values()):
             self.release(req)
+        self.prefilled.clear()
+        self.prompt_in.clear()
 
 
 _ENGINES = threading.Lock()  # guards the engines kept with each model, and their leases
@@ -325,7 +328,7 @@ def leased(model: GPT, n_slots: int, tok, compile: bool | None):
     try:
         yield engine
     finally:
-        engine.clear()  # a generator closed half-way leaves its request in a slot
+        engine.clear()  # a generator closed half-way leaves its request in a slot; the weights may change
         if mine:
             engine.leased = False
 

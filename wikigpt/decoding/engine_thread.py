@@ -114,26 +114,29 @@ class EngineThread:
             if self.progress:
                 self.progress.put(False)
 
-    def join(self, budget: float):
-        """Prefill the requests waiting now into the free slots, one at a time, while their
-        prompts fit the budget (one always joins; a choice of a prompt a slot holds costs
-        nothing, as it is then, not as it was when they began). A failure fails that request alone."""
+    def _admit(self, budget: float):
+        """On the engine thread, between two steps: prefill the requests waiting now into the
+        free slots, one at a time, while their prompts fit the budget (one always joins; a
+        choice of a prompt a slot holds costs nothing, as it is then, not as it was when they
+        began). A failure fails that request alone."""
         first = True
         with self.wake:
             newcomers = {id(r) for r in self.waiting}  # later ones join after the next step
         while True:
             with self.wake:
-                if not self.waiting or not self.engine.free_slots or id(self.waiting[0]) not in newcomers:
+                if self.stopped or not self.waiting or not self.engine.free_slots \
+                        or id(self.waiting[0]) not in newcomers:
                     return
                 cost = self.engine.prefill_cost(self.waiting[0].prompt)
                 if not first and cost > max(budget, 0):
                     return  # the streams decoding get their next token first
                 req = self.waiting.popleft()
+                if req.cancelled:  # (cancel() sets the flag before it takes the lock to remove it)
+                    continue
                 self.joining = [req]
             first, budget = False, budget - cost
             try:
-                if not req.cancelled:
-                    self.engine.add(req)
+                self.engine.add(req)
             except Exception as e:
                 self.engine.release(req)
                 req.emit(req, None, f"error: {type(e).__name__}: {e}")
@@ -148,7 +151,7 @@ class EngineThread:
                     self.wake.wait()
                 if self.stopped:
                     return
-            self.join(PREFILL_TOKENS if self.engine.active else float("inf"))
+            self._admit(PREFILL_TOKENS if self.engine.active else float("inf"))
             try:
                 self.engine.step()
             except Exception as e:  # one batched forward: its failure fails the requests in it

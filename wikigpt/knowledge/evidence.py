@@ -106,6 +106,10 @@ class Reader:
         self.ranker, self._attribute_words = Ranker.from_info(info), {}  # ranker None: the rules rank
         self.confidence = Confidence.from_info(info)  # None: the best score is judged
         self.threshold, self.rules_threshold = stored_thresholds(info, self.confidence is not None)
+        if info.get("confidence") and self.confidence is None:  # chat.py and serve.py print it
+            self.note = (f"the learned 'not found' confidence in {index.folder} was stored by an older version (other "
+                         "features), so the rules' threshold judges instead; to store one for this version: python "
+                         f"bench/bench_answers.py --data {index.folder} --confidence")
         if threshold is not None:
             self.threshold = threshold
         if kb is None:

@@ -78,7 +78,7 @@ def reply_scores(model, tok, messages: list[Message], replies: list[str]) -> lis
 def candidate_scores(model, tok, found: Found, history=(), k: int = K) -> list[float]:
     """reply_scores of the reader's top k items for found.question, asked after `history` (the
     reader's form: question, reply, ...)."""
-    return reply_scores(model, tok, conversation(found.question, history), [i.text for i in found.items[:k]])
+    return reply_scores(model, tok, conversation(found.question, history), [i.quoted for i in found.items[:k]])
 
 
 def likeliest(scores: list[float]) -> int:

@@ -210,7 +210,7 @@ def where_answers(reader: Reader, data: NaturalSet) -> dict:
         kind = "question" if group.startswith("q") else "follow-up" if history else "opening"
         texts = [i.quoted for i in found.items]  # as a reply would say each
         held = [bool(texts) and holds(texts[0], answers), any(holds(t, answers) for t in texts[:8]),
-                any(holds(t, answers) for t in texts), any(holds(p.text, answers) for p in found.passages)]
+                any(holds(t, answers) for t in texts), any(holds(f"{p.title}: {p.text}", answers) for p in found.passages)]  # as quoted
         counts = out.setdefault(kind, dict.fromkeys(("n",) + WHERE, 0))
         counts["n"] += 1
         for name, h in zip(WHERE, held):

@@ -43,7 +43,7 @@ def features(item, rule: float, rank: int, about: float, asked_cov: float, whole
 # an unlinked name is no answer (natural.template_confidence_rows). How far the best sentence's
 # number, date or name lies from the asked words: the rules use it only to break ties, and the
 # trees with it answered 0.40-0.41 of dev's held-out questions right, not 0.38 (four orderings of
-# the folds; wrong unchanged; follow-ups +5 to +9 of 366: docs/measured.md).
+# the folds; wrong within +-0.01; follow-ups +3 to +9 of 366: docs/measured.md).
 CONFIDENCE_FEATURES = ("best score", "margin to the next", "ties in the next five", "passage rank",
                        "log length", "next five agree", "question covered", "named nothing",
                        "typed answer distance")

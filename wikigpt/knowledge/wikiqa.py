@@ -75,7 +75,8 @@ def grounded_conversations(folder, index, tok: Tokenizer, block_size: int, seed:
             answer = opening_sentence(text)
             if len(answer) >= 20:
                 question = rng.choice(ZH_QUESTIONS if lang == "zh" else EN_QUESTIONS).format(t=title)
-                if conv := _row(reader, tok, question, answer, room, block_size, Item("sentence", title, answer)):
+                item = Item("sentence", title, answer)  # the reply says it as copying would (Item.quoted)
+                if conv := _row(reader, tok, question, item.quoted, room, block_size, item):
                     n += 1
                     yield conv
     def train_titles():  # streamed: a full dump's train split is millions of articles

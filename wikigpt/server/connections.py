@@ -26,9 +26,10 @@ TOO_LARGE = http.HTTPStatus(413).phrase.encode()
 # uvicorn's warnings about what one client sent, a line per request (a client could fill the log at
 # will): each is answered (400, 503, the upgrade ignored), so one line a minute says how many there
 # were (an operator still sees clients turned away at --max_connections); other warnings stay.
-# Each is counted too, under its label: /metrics' wikigpt_protocol_warnings_total{warning}
+# Each is counted too, under its label: /metrics' wikigpt_protocol_warnings_total{warning} (an
+# upgrade logs two lines, counted once; the request is then served, and counted by route as well)
 PER_REQUEST_WARNINGS = {"Invalid HTTP request received.": "invalid_http", "Unsupported upgrade request.": "upgrade",
-                        "No supported WebSocket library detected.": "websocket",
+                        "No supported WebSocket library detected.": "",
                         "Exceeded concurrency limit.": "over_max_connections"}
 WARNING_EVERY_S = 60.0
 
@@ -140,13 +141,14 @@ class PerRequestWarnings(logging.Filter):
     def __init__(self):
         super().__init__()
         self.last, self.dropped = {}, {}  # message -> when it was last let through, how many since
-        self.total = dict.fromkeys(PER_REQUEST_WARNINGS.values(), 0)  # label -> how many, since the start
+        self.total = dict.fromkeys(filter(None, PER_REQUEST_WARNINGS.values()), 0)  # label -> how many, since the start
 
     def filter(self, record):
         kind = next((w for w in PER_REQUEST_WARNINGS if isinstance(record.msg, str) and record.msg.startswith(w)), None)
         if kind is None:
             return True
-        self.total[PER_REQUEST_WARNINGS[kind]] += 1
+        if PER_REQUEST_WARNINGS[kind]:
+            self.total[PER_REQUEST_WARNINGS[kind]] += 1
         now = time.monotonic()
         if now - self.last.get(kind, -WARNING_EVERY_S) < WARNING_EVERY_S:
             self.dropped[kind] = self.dropped.get(kind, 0) + 1
@@ -161,14 +163,15 @@ QUIET = PerRequestWarnings()
 
 
 class ProtocolWarnings:
-    """A Prometheus collector of QUIET's counts: what uvicorn answered before the app saw a
-    request (a 400 for unreadable HTTP, an upgrade ignored, a 503 past --max_connections)."""
+    """A Prometheus collector of QUIET's counts: requests uvicorn answered before the app saw
+    them (a 400 for unreadable HTTP, a 503 past --max_connections), and upgrades it ignored."""
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily
 
-        family = CounterMetricFamily("wikigpt_protocol_warnings", "requests uvicorn answered itself, by the warning "
-                                     "it logs (once a minute) for them, since the process started", labels=["warning"])
+        family = CounterMetricFamily("wikigpt_protocol_warnings", "requests uvicorn answered itself (invalid_http, "
+                                     "over_max_connections) or served with a warning (upgrade), by the warning it logs "
+                                     "once a minute for them, since the process started", labels=["warning"])
         for label, count in QUIET.total.items():
             family.add_metric([label], count)
         yield family
