@@ -24,7 +24,7 @@ from train import resolve_resume, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
 from wikigpt.decoding.load import load_model
-from wikigpt.cli import UsageError, load_config, run_main
+from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, load_config, run_main
 from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
 from wikigpt.run.resume import check_start
@@ -112,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, CHECKPOINTS_INTACT)

@@ -22,7 +22,7 @@ from model import GPT
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, refuse_unrunnable, save_checkpoint
 from wikigpt.run.device import pick_device
-from wikigpt.cli import UsageError, output_file, run_main
+from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, output_file, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.adapt.lora import base_reference
 from wikigpt.adapt.prune import Plan, choose, mean_loss, mean_loss_masked, prune, pruned_config
@@ -168,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, CHECKPOINTS_INTACT)

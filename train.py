@@ -23,7 +23,7 @@ from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint,
                                 refuse_unrunnable, rng_state, set_rng_state)
 from wikigpt.loss import NextTokenLoss
-from wikigpt.cli import UsageError, load_config, run_main
+from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.resume import check_start
@@ -374,4 +374,4 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, CHECKPOINTS_INTACT)

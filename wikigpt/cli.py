@@ -48,8 +48,13 @@ def output_file(path, option: str) -> Path:
     return path
 
 
-def run_main(main_fn):
-    """Run a script's main: user mistakes become one clear line and exit code 2."""
+# what Ctrl-C says where a run writes checkpoints (train.py, chat_sft.py, prune.py); elsewhere "interrupted."
+CHECKPOINTS_INTACT = "interrupted: the last checkpoint written is intact."
+
+
+def run_main(main_fn, interrupted: str = "interrupted."):
+    """Run a script's main: user mistakes become one clear line and exit code 2; Ctrl-C says
+    `interrupted` and exits 130."""
     import torch.distributed as torch_dist  # lazily: the server and tools need no process group
 
     try:
@@ -61,7 +66,7 @@ def run_main(main_fn):
     # On the error paths the process group is left to the exit: with a peer gone (a killed
     # worker), destroying it can block forever, and torchrun could then never restart the group.
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint written is intact.", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # the reader of our output left (`retrieve.py ... | head`): stop quietly
         if not stdout_reader_left():
