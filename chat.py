@@ -23,6 +23,7 @@ from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, listed, reader_of
+from wikigpt.knowledge.questions import small_talk
 from wikigpt.knowledge.retrieval import open_index
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
@@ -31,13 +32,16 @@ from wikigpt.tokenizer import stream_text
 
 def reply(model, tok, history: list[Message], args, reader: Reader | None = None, out=sys.stdout) -> str:
     """Stream one assistant reply to `out` and return its text (without <|end|>). With a
-    reader (--rag), the evidence found for the last turn, read in the conversation (a follow-up
+    reader (--rag; small talk such as "Hello!" goes to the model alone), the evidence found for
+    the last turn, read in the conversation (a follow-up
     that names nothing is about the entity of the turns before it), goes into the prompt, best
     first, and the sources are listed after the reply, each with what it is. With copying on (--copy > 0, the default with
     --rag) the reply copies the best evidence, or, when it scores below the threshold, says
     that the articles do not answer and shows what was closest; --copy 0 shows the model alone."""
     block = model.cfg.block_size
     room = prompt_room(block, args.max_new_tokens)
+    if reader is not None and small_talk(history[-1].content):
+        reader = None  # "Hello!", "Thanks": the model alone, not the articles
     found = find_in_conversation(reader, history) if reader is not None else None  # before turns are dropped
     ids, history[:] = fit_history(tok, history, room, limit=block - 1)  # oldest turns go first
     params, sources, copy, text = params_from_args(args), [], None, None

@@ -79,3 +79,14 @@ def test_what_a_sentence_leaves_out_is_a_name_or_list_not_a_clause():
     assert EXCEPTED.search("Some are corrosive, but there are exceptions such as carboranes and boric acid.")[1] == \
         "carboranes and boric acid"
     assert EXCEPTED.search("Except in wartime every village of the valley reads the almanac.") is None
+
+
+def test_small_talk_is_greetings_and_thanks_only_never_a_question_that_asks_something():
+    from wikigpt.knowledge.questions import small_talk
+    for said in ("Hello! How are you today?", "hi there", "Thanks!", "thank you so much", "Who are you?", "bye!",
+                 "good morning everyone", "你好", "谢谢！"):
+        assert small_talk(said), said
+    for asked in ("Hello, what is the capital of Andorra?", "Thanks! And what currency does it use?",
+                  "How are you related to Aristotle?", "What is great about Albania?", "hey what is ASCII",
+                  "你好，日本的首都是哪里？", "Tell me about Albania.", "hello " * 30):
+        assert not small_talk(asked), asked

@@ -302,6 +302,14 @@ def test_chat_rag_prints_its_sources(rag_chat, rag_data):
     assert re.search(rf"^  \[1\] {re.escape(title)}: article lead$", r.stdout, re.M)  # the source, after the reply
 
 
+def test_chat_rag_answers_small_talk_with_the_model_alone(rag_chat):
+    r = run_cli("chat.py", "--ckpt", rag_chat[0], "--rag", "--temperature", "0", "--max_new_tokens", "8",
+                input="Hello! How are you today?\nWhat is the capital of Ruritania?\n")
+    assert r.returncode == 0, r.stderr
+    replies = re.findall(r"^bot> (.*)$", r.stdout, re.M)
+    assert len(replies) == 2 and not is_abstention(replies[0]) and is_abstention(replies[1]), r.stdout
+
+
 def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
     import httpx
     from test_serve import LiveServer
@@ -336,6 +344,10 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
         assert generated() > before
         r = ask(f"What is {title}?", rag=False)
         assert "sources" not in r
+        before = generated()
+        r = ask("Hello! How are you today?")  # small talk: the model alone, not "not found" and the closest
+        assert "sources" not in r and not is_abstention(r["choices"][0]["message"]["content"])
+        assert generated() > before
         r = httpx.post(s.url + "/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": " "}]})
         assert r.status_code == 400 and "no question to look up" in r.json()["error"]["message"]
         assert ask(f"What is {title}?")["choices"][0]["message"]["content"] == best.text  # still serving

@@ -137,6 +137,27 @@ NEW_TOPIC = re.compile(rf"^(?:{_FILLER}{_SEPARATORS})*{_SWITCH}", re.I)
 LEAD_IN = re.compile(rf"^(?:(?:{_FILLER}|{_SWITCH}){_SEPARATORS})+", re.I)
 
 
+# what people say to a chatbot that asks the articles nothing: greetings, thanks, goodbyes, questions
+# to the bot itself. Answered from Wikipedia, "Hello! How are you today?" got "The articles I have do
+# not answer this. The closest I found (Apollo 11): Nixon: Hello, Neil and Buzz."
+SOCIAL = re.compile(r"\b(?:hi|hiya|hello|hey|howdy|yo|greetings|good (?:morning|afternoon|evening|night|day)|morning|"
+                    r"how (?:are|r) (?:you|u)(?: doing)?|how(?:'s| is) it going|what'?s up|sup|nice to meet you|"
+                    r"thanks?(?: you)?|thx|ty|cheers|bye|goodbye|see (?:you|ya)(?: later)?|good ?bye|ok(?:ay)?|"
+                    r"cool|great|nice|who are you|what are you|what(?:'s| is) your name|what can you do)\b|"
+                    r"你好|您好|嗨|谢谢|再见|早上好|晚上好|你是谁|你叫什么名字?", re.I)
+SOCIAL_FILLER = {"there", "again", "so", "much", "very", "today", "you", "all", "everyone", "friend", "bot", "and",
+                 "a", "lot", "oh", "well", "then", "too", "for", "that", "the", "help", "your"}
+
+
+def small_talk(message: str) -> bool:
+    """Whether a message is only greetings, thanks and the like (SOCIAL): the model alone answers it,
+    not the articles. "Hello! How are you today?" is; "Hello, what is the capital of Andorra?" not."""
+    if len(message) > 80:
+        return False
+    rest = SOCIAL.sub(" ", message.lower())
+    return bool(SOCIAL.search(message.lower())) and set(re.findall(r"[^\W\d_]+", rest)) <= SOCIAL_FILLER
+
+
 def without_lead_in(question: str) -> str:
     """The question with its conversational lead-in blanked: 'and when did he die' -> '    when
     did he die' (spaces: the positions of the names in it stay where linking found them)."""

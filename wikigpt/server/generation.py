@@ -14,6 +14,7 @@ from wikigpt.decoding.engine_thread import EngineThread, QueueFull
 from wikigpt.knowledge.evidence import Found
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
+from wikigpt.knowledge.questions import small_talk
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
 from wikigpt.server.connections import ProtocolWarnings
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
@@ -169,8 +170,8 @@ class Server:
         except ContextOverflow as e:
             raise ApiError(400, f"{e} (the model's context is {self.block} tokens)", "messages",
                            "context_length_exceeded")
-        if self.index is None or not use_rag or kept[-1].role != "user":
-            return ids, None, []
+        if self.index is None or not use_rag or kept[-1].role != "user" or small_talk(kept[-1].content):
+            return ids, None, []  # "Hello!", "Thanks": the model alone, not the articles
         if not kept[-1].content.strip():
             raise ApiError(400, "the last user message is empty: there is no question to look up in the "
                                 "articles. Ask one, or send \"rag\": false", f"messages[{len(messages) - 1}].content")
