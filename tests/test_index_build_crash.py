@@ -148,3 +148,28 @@ def test_an_old_index_left_in_index_tmp_by_a_cut_publish_is_not_published_again(
     assert "old" not in new
     info = build_index(data, quiet=True, workers=1)
     assert "old" not in Index.open(data).info and info["generation"] > new["generation"]
+
+
+def test_a_build_never_deletes_what_it_did_not_write_in_the_index_folder(tiny_data, tmp_path):
+    """publish() swaps the new index in whole and deletes the old folder: a user's files in
+    index/ (a training run put there, notes) went with it, without a word."""
+    from wikigpt.cli import UsageError
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    build_index(data, quiet=True, workers=1)
+    before = Index.open(data).info
+    (data / "index" / "run").mkdir()
+    (data / "index" / "run" / "best.pt").write_bytes(b"trained")
+    (data / "index" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"index holds notes.txt, run, which retrieve.py --build did not write"):
+        build_index(data, quiet=True, workers=1)
+    assert (data / "index" / "run" / "best.pt").read_bytes() == b"trained" and Index.open(data).info == before
+    assert not (data / "index.tmp").exists()
+    shutil.rmtree(data / "index" / "run")
+    (data / "index" / "notes.txt").unlink()
+    (data / "index.tmp").mkdir()  # the build's own folder, with someone's file in it: not deleted either
+    (data / "index.tmp" / "draft.txt").write_text("mine")
+    with pytest.raises(UsageError, match="index.tmp holds draft.txt"):
+        build_index(data, quiet=True, workers=1)
+    (data / "index.tmp" / "draft.txt").unlink()
+    assert build_index(data, quiet=True, workers=1)["generation"] == before["generation"] + 1

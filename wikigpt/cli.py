@@ -55,9 +55,9 @@ CHECKPOINTS_INTACT = "interrupted: the last checkpoint written is intact."
 def run_main(main_fn, interrupted: str = "interrupted."):
     """Run a script's main: user mistakes become one clear line and exit code 2; Ctrl-C says
     `interrupted` and exits 130."""
-    import torch.distributed as torch_dist  # lazily: the server and tools need no process group
-
     try:
+        import torch.distributed as torch_dist  # lazily (the server and tools need no process group), and
+        # in here: Ctrl-C in the second it takes to import says "interrupted" too
         main_fn(sys.argv[1:])
         if torch_dist.is_initialized():
             torch_dist.barrier()  # leave together: a process exiting while others still work
@@ -145,10 +145,16 @@ def load_config(cls, argv: list[str]):
             values[key] = _coerce(known[key], value, "command line", from_cli=True)
         else:
             path = Path(arg)
+            if path.is_dir():  # "train.py data/demo" for --data=data/demo
+                raise UsageError(f"{arg} is a folder, not a config file: options take --key=value "
+                                 f"(e.g. --data={arg} or --out_dir={arg}); configs live in config/.")
             if not path.is_file():
                 raise UsageError(f"config file {arg} not found (configs live in config/, e.g. config/demo_cpu.toml)")
             try:
                 table = tomllib.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:  # "train.py out/demo/best.pt" for --init_from=out/demo/best.pt
+                raise UsageError(f"{arg} is not a TOML config but binary data: a checkpoint is given as "
+                                 f"--init_from={arg}; configs live in config/.")
             except tomllib.TOMLDecodeError as e:
                 raise UsageError(f"{arg}: not valid TOML ({e})")
             for key, value in table.items():

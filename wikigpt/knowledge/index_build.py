@@ -55,10 +55,11 @@ from wikigpt.run.progress import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
 from wikigpt.prep.workdir import publish
-from wikigpt.prep.workers import die_with_parent
+from wikigpt.prep.workers import worker_start
 from wikigpt.run.cores import usable_cores
 from wikigpt.run.durable import fsync_tree, write_text
 from wikigpt.run.lock import Busy, folder_locked
+from wikigpt.run.output_paths import output_path_problem
 
 INDEX_DIR = "index"
 INDEX_VERSION = 2  # 1: bm25s
@@ -171,8 +172,8 @@ def _start_workers(workers: int) -> ProcessPoolExecutor | None:
     calling thread, so a lock held by another thread (malloc's) stays locked in the child."""
     if workers <= 1:
         return None
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent,
-                               initargs=(os.getpid(),))  # dies with the build: see there
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=worker_start,
+                               initargs=(os.getpid(),))  # dies with the build, leaves Ctrl-C to it
     pool.submit(int).result()  # with fork, the executor starts all its processes at the first submit
     if len(pool._processes) != workers:  # one started later would be forked with the index open
         pool.shutdown()
@@ -330,6 +331,26 @@ def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, 
     return same | {"articles": 0, "passages": 0}, False
 
 
+# what a build writes in index/ (and index.tmp/): SQLite may leave its journal beside its file
+OWN_ENTRIES = {INFO, PROGRESS, LEADS, SQLITE, "passages", "titles"} | {SQLITE + end for end in ("-journal", "-wal", "-shm")}
+
+
+def not_ours(path: Path) -> str | None:
+    """Why a build may not replace the folder at `path` (index/ or index.tmp/): it is no folder,
+    or it holds entries no build writes (a user's files, a training run's out_dir), which the
+    swap of publish() would delete with the old index."""
+    if problem := output_path_problem(path, "the index folder"):
+        return problem
+    if os.path.lexists(path) and not path.is_dir():
+        return f"{path} is a file, where retrieve.py --build writes the index's folder: move it away and run this again."
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_ENTRIES) if path.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return (f"{path} holds {shown}, which retrieve.py --build did not write; a build replaces that folder "
+                "whole. Move them out of it and run this again (nothing was changed).")
+    return None
+
+
 def _publish(tmp: Path, final: Path):
     fsync_tree(tmp)  # the new index on disk before the old one goes
     publish(tmp, final)  # swapped in one step: a crash leaves the old index or the new, never none
@@ -367,6 +388,8 @@ def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers
            stop_after: int | None) -> dict:
     t0, c0 = time.time(), _cpu_seconds()
     tmp, final = folder / (INDEX_DIR + ".tmp"), folder / INDEX_DIR
+    if problem := not_ours(final) or not_ours(tmp):
+        raise UsageError(problem)
     state, finished = _start(tmp, final, folder, max_chars)
     if finished:  # killed after the build, before its publish (the fsync takes minutes at enwiki's size)
         if not quiet:

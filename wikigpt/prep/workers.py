@@ -74,10 +74,16 @@ def die_with_parent(parent: int):
         os._exit(1)
 
 
+def worker_start(parent: int):
+    """What a forked worker does first: die with its parent (die_with_parent) and leave Ctrl-C to
+    it (the terminal sends SIGINT to the whole process group: each worker printed a traceback)."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker(conn, slot, fn, initializer, initargs, parent):
     global _slot, _skips, _page
-    die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    worker_start(parent)
     _slot = slot
     if initializer:
         initializer(*initargs)
