@@ -37,8 +37,9 @@ from wikigpt.chat.sft_rows import SFTBatches, TokenRows, tokenize_dialogues, val
 from wikigpt.tokenizer import ASSISTANT, Tokenizer
 
 
-def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tokens=128, seed=0) -> float:
-    """Share of held-out first questions whose sampled reply ends with <|end|> in time."""
+def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tokens=128, seed=0) -> tuple[float, int]:
+    """(share of held-out first questions whose sampled reply ends with <|end|> in time, how many
+    were tried). A question that fills the context leaves no room for a reply: not tried."""
     ended, tried = 0, 0
     for i in range(len(rows)):
         if tried == n:
@@ -48,10 +49,12 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
         if tok.special[ASSISTANT] not in ids:
             continue
         prompt = ids[:ids.index(tok.special[ASSISTANT]) + 1]  # up to the first answer
+        if len(prompt) >= model.cfg.block_size:  # a row cut to fit the context: its answer starts at its end
+            continue
         reply = list(generate(model, prompt, max_new_tokens, CHAT_DEFAULTS, tok.stops, seed + i))
         ended += reply[-1:] == [tok.end_of_turn]
         tried += 1
-    return ended / max(tried, 1)
+    return ended / max(tried, 1), tried
 
 
 def main(argv):
@@ -100,9 +103,10 @@ def main(argv):
     if dist.master and (cfg.eot_check or qa):
         model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)  # once, for both checks
     if dist.master and cfg.eot_check:
-        rate = end_of_turn_rate(model, tok, val_rows, cfg.eot_check)
+        rate, tried = end_of_turn_rate(model, tok, val_rows, cfg.eot_check)
         print(f"held-out prompts whose reply ends with <|end|> within 128 tokens: {100 * rate:.0f}% "
-              f"(best.pt, {min(cfg.eot_check, len(val_rows))} prompts)")
+              f"(best.pt, {tried} prompts)" if tried else "end-of-turn check: no held-out question "
+              f"leaves room for a reply in the {block_size}-token context")
     if dist.master and qa:
         report = wikiqa.evaluate_qa(model, tok, cfg.data, Index.open(cfg.data), cfg.qa_eval, cfg.seed)
         print(wikiqa.format_report(report))

@@ -149,6 +149,29 @@ def test_sft_lowers_held_out_assistant_loss(tiny_chat):
     assert load_checkpoint(tiny_chat[0])["kind"] == "sft"
 
 
+def test_the_end_of_turn_check_skips_a_question_that_fills_the_context(tiny_chat):
+    """A row cut to fit the context ends with its question: its <|assistant|> at the context's
+    end left no room for a reply, and the check after training (eot_check, on by default) ended
+    chat_sft.py in a traceback after its checkpoints were written."""
+    import numpy as np
+
+    from chat_sft import end_of_turn_rate
+    from wikigpt.chat.sft_rows import TokenRows
+    from wikigpt.decoding.load import load_model
+    model, tok, _ = load_model(tiny_chat[0], "cpu")
+    user, end, assistant = (tok.special[t] for t in ("<|user|>", "<|end|>", "<|assistant|>"))
+    word = tok.encode("Hi")[0]
+    full = [user] + [word] * (model.cfg.block_size - 2) + [end, assistant]  # block_size + 1 tokens
+    short = [user, word, end, assistant, word, end]
+    rows = full + short
+    tokens = TokenRows(np.array(rows, dtype=np.uint16), np.zeros(len(rows), dtype=np.uint8),
+                       np.array([0, len(full), len(rows)]))
+    rate, tried = end_of_turn_rate(model, tok, tokens, n=5, max_new_tokens=4)
+    assert tried == 1 and 0.0 <= rate <= 1.0
+    assert end_of_turn_rate(model, tok, TokenRows(tokens.tokens[:len(full)], tokens.mask[:len(full)],
+                                                  np.array([0, len(full)])), n=5)[1] == 0
+
+
 def test_show_examples_prints_masks(tiny_ckpt, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Hi {i}", "response": "Hello."}) + "\n" for i in range(20)))

@@ -51,6 +51,12 @@ def test_invalid_values_and_files_are_refused(tmp_path):
         load_config(TrainConfig, [str(tmp_path / "bad.toml")])
     with pytest.raises(UsageError, match="--key=value"):
         load_config(TrainConfig, ["--n_layer", "4"])
+    # the usual slips: a checkpoint for --init_from, a folder for --data (a traceback and "not found" before)
+    torch.save({"model": torch.zeros(8)}, tmp_path / "best.pt")
+    with pytest.raises(UsageError, match=r"best.pt is not a TOML config but binary data: .* --init_from="):
+        load_config(TrainConfig, [str(tmp_path / "best.pt")])
+    with pytest.raises(UsageError, match=r"is a folder, not a config file: .* --data="):
+        load_config(TrainConfig, [str(tmp_path)])
 
 
 def test_lr_schedule_warms_up_then_decays():
