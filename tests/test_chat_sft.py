@@ -99,6 +99,9 @@ def test_bad_dialogue_records_name_file_and_line(tmp_path, name):
 def test_sft_data_weights_parse():
     assert parse_sft_data("a.jsonl, b.json:0.5") == [(Path("a.jsonl"), 1.0), (Path("b.json"), 0.5)]
     assert parse_sft_data(r"C:\data\chat.jsonl") == [(Path(r"C:\data\chat.jsonl"), 1.0)]
+    for weight in ("0", "-1", "nan", "inf", "1e9"):  # inf and nan were a traceback, 1e9 a billion copies on disk
+        with pytest.raises(UsageError, match=f"--sft_data a.jsonl:{weight}: the weight .* above 0 and at most 100"):
+            parse_sft_data(f"b.json:0.5,a.jsonl:{weight}")
 
 
 def test_long_conversations_are_cut_at_turns_and_no_row_is_all_masked(tok):

@@ -183,8 +183,11 @@ def heldout_conversations(cfg: SFTConfig, tok: Tokenizer, block_size: int):
             yield conv
 
 
+MAX_WEIGHT = 100  # a file's conversations are repeated this many times at most: each copy is written to disk
+
+
 def parse_sft_data(spec: str) -> list[tuple[Path, float]]:
-    """'a.jsonl,b.json:0.5' -> [(a.jsonl, 1.0), (b.json, 0.5)]."""
+    """'a.jsonl,b.json:0.5' -> [(a.jsonl, 1.0), (b.json, 0.5)]; a weight is a number in (0, MAX_WEIGHT]."""
     out = []
     for item in filter(None, (i.strip() for i in spec.split(","))):
         path, colon, weight = item.rpartition(":")
@@ -192,4 +195,7 @@ def parse_sft_data(spec: str) -> list[tuple[Path, float]]:
             out.append((Path(path), float(weight)) if colon else (Path(item), 1.0))
         except ValueError:  # no weight after all (e.g. C:\data.jsonl)
             out.append((Path(item), 1.0))
+        if not 0 < out[-1][1] <= MAX_WEIGHT:  # nan and inf too: no number repeats a file that often
+            raise UsageError(f"--sft_data {item}: the weight after ':' repeats the file's conversations and must be "
+                             f"a number above 0 and at most {MAX_WEIGHT} (0.5: half of them, 2: each twice).")
     return out
