@@ -132,6 +132,9 @@ def chat_conversations(args, chat_infos: list[dict], tok, block: int) -> tuple[l
         where = f"built-in dialogues held out by {chat_infos[0]['label']}'s SFT (seed {cfg.seed})"
     if not convs:
         raise UsageError(f"no conversations in {where}: give a dialogue file with --sft_data.")
+    if not any(next(rows_of(tok, conv, block + 1, Counter()), None) for conv in convs):  # said before any scoring
+        raise UsageError(f"none of the {len(convs)} conversations in {where} fits the chat model's {block}-token "
+                         "context (each needs its first question and some of its answer in it): give shorter dialogues.")
     return convs, where
 
 
@@ -281,19 +284,20 @@ def run_eval(args) -> dict:
     report = {"checkpoints": [{"path": i["path"], "label": i["label"], "kind": i["kind"], "step": i["step"],
                                "parameters": m.n_params(), "tokenizer": t.name} for m, t, i in models],
               "settings": {k: v for k, v in vars(args).items() if k != "command"}, "rows": [], "notes": []}
+    chat = [(m, t, i) for m, t, i in models if i["kind"] == "sft"]
+    if chat and not args.bpb_only:  # read first: a dialogue file that cannot be used is said before any work
+        convs, where = chat_conversations(args, [i for _, _, i in chat], chat[0][1], min(m.cfg.block_size for m, _, _ in chat))
     print(f"pretraining: {len(models)} checkpoint(s) on {data} val ...", file=sys.stderr)
     block = min(m.cfg.block_size for m, _, _ in models)
     report["rows"] += pretraining_rows(models, ds, block, args)
     report["notes"].append(f"pretraining: the first {args.eval_tokens:,} val tokens of {data} (in "
                            f"{models[0][1].name} tokens), windows of {block}; bits per byte = loss in "
                            "bits / UTF-8 bytes, comparable across tokenizers.")
-    chat = [(m, t, i) for m, t, i in models if i["kind"] == "sft"]
     for _, _, info in models:
         if info["kind"] != "sft":
             report["notes"].append(f"{info['label']} is a base (pretrained) checkpoint: it gets the "
                                    "pretraining rows only (it was never taught the chat turns).")
     if chat and not args.bpb_only:
-        convs, where = chat_conversations(args, [i for _, _, i in chat], chat[0][1], chat[0][0].cfg.block_size)
         examples = reply_examples(convs, args.max_examples, args.seed)
         report["notes"].append(f"chat: {len(convs)} conversations ({where}); {len(examples)} replies "
                                f"sampled (temperature {args.temperature}, top-k {args.top_k}, top-p "

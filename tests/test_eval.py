@@ -229,7 +229,8 @@ def test_dtype_chooses_the_weights_the_report_is_measured_with(runs, tiny_data, 
     assert bpb["bfloat16"] != bpb["float32"] and bpb["bfloat16"] == pytest.approx(bpb["float32"], rel=0.02)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "empty_dialogues", "bad_option", "no_dataset"])
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "empty_dialogues", "dialogues_too_long", "bad_option",
+                                  "no_dataset"])
 def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
     ckpt = runs / "chat" / "best.pt"
     extra = ["--data", tiny_data]
@@ -241,6 +242,9 @@ def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
     elif case == "empty_dialogues":
         (tmp_path / "empty.jsonl").write_text("")
         extra += ["--sft_data", tmp_path / "empty.jsonl"]
+    elif case == "dialogues_too_long":  # none fits the context: np.stack of nothing, after the pretraining rows
+        (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": "word " * 500, "response": "Yes."}) + "\n")
+        extra += ["--sft_data", tmp_path / "long.jsonl"]
     elif case == "bad_option":
         extra += ["--max_examples=0"]
     else:  # a run whose dataset folder is gone (chat_sft.py records its base's folder: tiny_data)
@@ -254,6 +258,8 @@ def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error:") or "error:" in r.stderr.splitlines()[-1]
     assert "Traceback" not in r.stderr and not (tmp_path / "r.json").exists()
+    if case == "dialogues_too_long":
+        assert "none of the 1 conversations" in r.stderr and "pretraining:" not in r.stderr  # said before the work
     assert ckpt.is_file() or case == "missing"  # nothing of the user's is touched
 
 
