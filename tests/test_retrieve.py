@@ -2,6 +2,7 @@
 chat.py --rag, serve.py --rag, the held-out QA benchmark (per kind of question) and bad input."""
 import json
 import math
+import os
 import random
 from collections import Counter
 import re
@@ -376,6 +377,30 @@ def test_bad_retrieval_input_gets_clear_errors(rag_data, tmp_path):
     assert (other / "index" / "wikigpt_index.json").is_file()  # the old index is left alone
     title = next(read_articles(rag_data))["title"]
     assert Index.open(rag_data).search(f"What is {title}?", 1)[0].title == title  # the original still works
+
+
+@pytest.mark.parametrize("damage", ["empty passages.sqlite", "cut passages.sqlite", "no titles", "no passages store",
+                                    "cut lead_ids"])
+def test_a_damaged_index_is_one_error_that_says_to_rebuild_it(rag_data, tmp_path, damage):
+    """Only the info file was checked: a part of the index emptied, cut short or missing was a
+    sqlite3, tantivy or mmap traceback in retrieve.py, chat.py --rag and serve.py --rag."""
+    data = tmp_path / "data"
+    shutil.copytree(rag_data, data)
+    index = data / "index"
+    if damage == "empty passages.sqlite":
+        (index / "passages.sqlite").write_bytes(b"")
+    elif damage == "cut passages.sqlite":
+        size = (index / "passages.sqlite").stat().st_size
+        os.truncate(index / "passages.sqlite", size // 2)
+    elif damage == "no titles":
+        shutil.rmtree(index / "titles")
+    elif damage == "no passages store":
+        for store in (index / "passages").glob("*.store"):
+            store.unlink()
+    else:
+        os.truncate(index / "lead_ids.i64", 3)
+    with pytest.raises(DatasetError, match=rf"index is damaged \(.*\)\. Rebuild it: python retrieve.py --data {data} --build"):
+        Index.open(data)
 
 
 def test_output_into_a_closed_pipe_stops_quietly(rag_data):

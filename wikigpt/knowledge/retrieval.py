@@ -120,8 +120,17 @@ class Index:
 
     @classmethod
     def open(cls, folder) -> "Index":
+        """The index of a dataset folder; a part of it missing, emptied or cut short (a copy that
+        stopped, a disk that filled) is one error that says how to rebuild it."""
         folder = Path(folder)
-        return cls(folder / INDEX_DIR, _check(folder), folder)
+        info = _check(folder)
+        try:
+            index = cls(folder / INDEX_DIR, info, folder)
+            index.passage(0), index.passage(index.n_passages - 1)  # SQLite's first and last pages are there
+        except (OSError, ValueError, IndexError, TypeError, sqlite3.DatabaseError) as e:  # tantivy's: ValueError
+            raise DatasetError(f"{folder / INDEX_DIR} is damaged ({str(e)[:200]}). Rebuild it: python retrieve.py "
+                               f"--data {folder} --build")
+        return index
 
     def article_passages(self, article: int) -> range:
         """The passage numbers of the article-th article (in the order of the kept articles)."""
