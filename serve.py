@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from wikigpt.decoding.decode import cache_bytes
 from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.progress import progress_bar
@@ -94,6 +95,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_cache_fits(model, slots: int):
+    """--slots within the memory there is: each slot holds a whole context's keys and values
+    (a 124M model with 1,024 tokens: ~75 MB a slot), allocated at the start."""
+    need = cache_bytes(model, slots)
+    if model.device.type == "cuda":
+        free, where = torch.cuda.mem_get_info(model.device)[0], f"free on {model.device}"
+    else:
+        free, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of this machine's memory"
+    if need > free:
+        raise UsageError(f"--slots {slots}: the key/value cache of {slots} slots needs {need / 2**30:.1f} GiB, more "
+                         f"than the {free / 2**30:.1f} GiB {where} (each slot holds a whole {model.cfg.block_size}-token "
+                         f"context: {cache_bytes(model, 1) / 2**20:.1f} MiB). Lower --slots.")
+
+
 def warm_up(engine: EngineThread, slots: int):
     """Start the engine thread; a compiled step is compiled and recorded there, graph by graph
     (CUDA graph trees are per thread), while this thread shows the progress."""
@@ -128,6 +143,7 @@ def main(argv):
                         header_timeout_s=args.header_timeout,
                         trusted_hosts=None if args.api_key else host_names(args.host, port))
     compile = {"auto": None, "on": True, "off": False}[args.compile]
+    check_cache_fits(model, args.slots)
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
     warm_up(engine, args.slots)
     app = create_app(Server(model, tok, settings, engine, index))

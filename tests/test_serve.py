@@ -2,6 +2,7 @@
 127.0.0.1, continuous batching, bad input, and the web page (the engine alone: test_engine.py)."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -236,6 +237,17 @@ def test_a_port_in_use_and_an_address_not_here_are_told_apart(server, chat_ckpt)
     assert r.returncode == 2 and "Check --host" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--max_body_bytes", "-1")
     assert r.returncode == 2 and "--max_body_bytes" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--port", "0", "--slots", "1000000000")  # an allocator traceback before
+    assert r.returncode == 2 and re.search(r"--slots 1000000000: the key/value cache of 1000000000 slots needs "
+                                           r"[\d.]+ GiB, more than .* Lower --slots", r.stderr), r.stderr
+
+
+def test_the_cache_size_checked_is_the_cache_made(chat_ckpt):
+    from wikigpt.decoding.decode import SlotCache, cache_bytes
+    from wikigpt.decoding.load import load_model
+    model, _, _ = load_model(chat_ckpt, "cpu")
+    cache = SlotCache(model, 3)
+    assert cache_bytes(model, 3) == sum(t.numel() * t.element_size() for t in cache.k + cache.v)
 
 
 @pytest.mark.parametrize("name,body,status,message", BAD, ids=[b[0] for b in BAD])

@@ -46,6 +46,12 @@ def key_spans(block_size: int) -> list[int]:
     return spans[::-1]
 
 
+def cache_bytes(model: GPT, n_slots: int) -> int:
+    """What SlotCache holds for n_slots: keys and values of every layer, each (S, H, T, D)."""
+    cfg = model.cfg
+    return 2 * cfg.n_layer * n_slots * cfg.n_head * cfg.block_size * cfg.head_size * model.act_dtype.itemsize
+
+
 class SlotCache:
     """Keys and values of n_slots independent sequences: k, v, per layer (S, H, T, D). One idea,
     not model.KVCache's (all rows at one position): one row per request, each at its own
