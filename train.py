@@ -226,11 +226,11 @@ def build_model(cfg: TrainConfig, tok: Tokenizer, start: Start) -> tuple[GPT, di
         model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                               arch=cfg.arch, mlp=None if cfg.mlp == "auto" else cfg.mlp))
-    if model.cfg.vocab_size < tok.n_vocab:
-        raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     if ckpt is not None and ckpt.get("tokenizer", tok.spec) != tok.spec:  # same ids, other words: no error would show
         raise UsageError(f"{start.path} was trained with another tokenizer than {cfg.data}'s: use its own dataset "
                          f"({ckpt.get('train_config', {}).get('data', '?')}); only gpt2 datasets share one tokenizer.")
+    if model.cfg.vocab_size < tok.n_vocab:  # (said after the tokenizer: another one is the usual cause)
+        raise UsageError(f"the model has {model.cfg.vocab_size} token ids but the tokenizer {tok.n_vocab}.")
     model.activation_checkpointing = cfg.activation_checkpointing
     return model, lora
 

@@ -257,6 +257,20 @@ def test_history_is_trimmed_oldest_first_to_fit(tiny_data):
     assert len(kept) < len(history) and kept[1].role == "user"
 
 
+def test_a_system_message_too_long_is_named_as_what_to_shorten(tiny_data):
+    """A long --system (or a server's system message) was reported as 'the last message needs
+    N tokens ... Shorten it' when the last message was 'hi'."""
+    from wikigpt.chat.chat_template import ContextOverflow, fit_history
+    tok = load_dataset(tiny_data).tokenizer
+    with pytest.raises(ContextOverflow, match=r"^the system message alone needs \d+ tokens .* only 60 fit"):
+        fit_history(tok, [Message("system", "be nice " * 100), Message("user", "hi")], 60)
+    with pytest.raises(ContextOverflow, match=r"^the last message needs \d+ tokens with the chat template \(the system "
+                                              r"message's \d+ included\), but only 60 fit"):
+        fit_history(tok, [Message("system", "Be kind."), Message("user", "hi " * 100)], 60)
+    with pytest.raises(ContextOverflow, match=r"^the last message needs \d+ tokens with the chat template, but only 60"):
+        fit_history(tok, [Message("user", "hi " * 100)], 60)
+
+
 # ----- checkpoints that cannot be chat-tuned
 
 def test_sft_refuses_a_non_model_and_a_tokenizer_without_chat_tokens(tiny_ckpt, tmp_path):

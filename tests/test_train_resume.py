@@ -96,6 +96,13 @@ def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(ti
         r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, *args)
         assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # the other way round, a larger vocabulary than the model's: said as the tokenizer too (before: "the
+    # model has 280 token ids but the tokenizer 300", which names no option and no fix)
+    small = tmp_path / "small"
+    assert run_cli("train.py", f"--data={other}", f"--out_dir={small}", "--max_steps=1", *TINY).returncode == 0
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'new2'}", f"--init_from={small / 'last.pt'}",
+                "--max_steps=2", *TINY)
+    assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr, r.stderr
 
 
 def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_runs_longer_is_not(tiny_data, tmp_path):

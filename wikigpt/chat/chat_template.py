@@ -54,9 +54,13 @@ def show_mask(tok: Tokenizer, ids, mask) -> str:
 class ContextOverflow(ValueError):
     """Even the system turn plus the last message do not fit the room left for the prompt."""
 
-    def __init__(self, needed: int, room: int):
-        super().__init__(f"the last message needs {needed} tokens with the chat template, but only "
-                         f"{room} fit in the context. Shorten it.")
+    def __init__(self, needed: int, room: int, system: int = 0):
+        if system >= room:  # the system turn alone: the last message is not what to shorten
+            text = f"the system message alone needs {system} tokens with the chat template, but only {room} fit in the context. Shorten it."
+        else:
+            with_system = f" (the system message's {system} included)" if system else ""
+            text = f"the last message needs {needed} tokens with the chat template{with_system}, but only {room} fit in the context. Shorten it."
+        super().__init__(text)
         self.needed, self.room = needed, room
 
 
@@ -84,5 +88,5 @@ def fit_history(tok: Tokenizer, history: list[Message], room: int, limit: int | 
     k = max((k for k in range(least, len(sizes)) if sizes[k] <= room and (k == least or (n - k) % 2 == 0)),
             default=least)
     if sizes[k] > max(room, limit or room):
-        raise ContextOverflow(sizes[k], limit or room)
+        raise ContextOverflow(sizes[k], limit or room, len(head) if system else 0)
     return head + [i for p in reversed(pieces[:k]) for i in p] + [tok.special[ASSISTANT]], system + turns[n - k:]
