@@ -96,6 +96,19 @@ def test_bad_dialogue_records_name_file_and_line(tmp_path, name):
     assert len(kept) == 1 and skipped[0].endswith("bad.jsonl:2")
 
 
+def test_a_folder_or_a_binary_file_as_dialogues_is_named_as_such(tmp_path, tiny_data):
+    """A folder was 'not found'; a token shard or a gzip file 'line 1: not valid JSON ... pass
+    --skip_bad_records=true', which would skip every record."""
+    import gzip
+    with pytest.raises(UsageError, match=r"is a folder: give a JSONL file"):
+        list(read_dialogues(tiny_data, SFTConfig(), []))
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(b'{"prompt": "a", "response": "b"}\n'))
+    for path, kind in ((next(tiny_data.glob("train_*.bin")), "binary data"), (tmp_path / "d.jsonl.gz", "a gzip file")):
+        with pytest.raises(UsageError, match=f"is not text but {kind}") as e:
+            list(read_dialogues(path, SFTConfig(skip_bad_records=True), []))
+        assert "--skip_bad_records" not in str(e.value)
+
+
 def test_sft_data_weights_parse():
     assert parse_sft_data("a.jsonl, b.json:0.5") == [(Path("a.jsonl"), 1.0), (Path("b.json"), 0.5)]
     assert parse_sft_data(r"C:\data\chat.jsonl") == [(Path(r"C:\data\chat.jsonl"), 1.0)]

@@ -76,9 +76,16 @@ def check_conversation(messages: list[Message], system_prompt: str) -> list[Mess
 
 def read_dialogues(path: Path, cfg: SFTConfig, skipped: list):
     """Yield conversations from a JSONL file (or a JSON array), naming file and line on error."""
+    if path.is_dir():
+        raise UsageError(f"dialogue file {path} is a folder: give a JSONL file (or a JSON array) of dialogues.")
     if not path.is_file():
         raise UsageError(f"dialogue file {path} not found.")
     with open(path, "rb") as f:
+        head = f.read(8192)
+        if head.startswith(b"\x1f\x8b") or b"\0" in head:  # gzip, a token shard, a checkpoint: no record to skip
+            kind = "a gzip file: decompress it first" if head.startswith(b"\x1f\x8b") else "binary data"
+            raise UsageError(f"dialogue file {path} is not text but {kind}; dialogues are JSONL (or a JSON array).")
+        f.seek(0)
         is_array = next((line.lstrip()[:1] for line in f if line.strip()), b"") == b"["
         f.seek(0)
         where, records = ("item", _json_array(path, f)) if is_array else ("line", _json_lines(f))
