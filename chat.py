@@ -74,8 +74,9 @@ def main(argv):
     add_rag_args(p, RETRIEVE_K)
     add_copy_arg(p)
     args = p.parse_args(argv)
-    if not args.rag and (args.copy is not None or args.data):
-        raise UsageError("--copy and --data choose how --rag answers from Wikipedia: add --rag.")
+    rag_k_given = any(a == "--rag_k" or a.startswith("--rag_k=") for a in argv)  # it has a default
+    if not args.rag and (args.copy is not None or args.data or rag_k_given):
+        raise UsageError("--copy, --data and --rag_k choose how --rag answers from Wikipedia: add --rag.")
     params_from_args(args)  # refuse out-of-range options before loading anything
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     if not tok.has_chat_tokens():

@@ -71,17 +71,20 @@ def main(argv):
     p.add_argument("--k", type=int, default=3, help="how many passages to show")
     p.add_argument("--passage_chars", type=int, default=PASSAGE_CHARS, help="passage size when building")
     args = p.parse_args(argv)
+    query = " ".join(args.query).strip()
+    if args.k < 1:  # checked before a build, not after it
+        raise UsageError(f"--k must be at least 1, got {args.k}")
+    if Path(args.data).is_file():  # "--data data/demo/meta.json"
+        raise UsageError(f"--data {args.data} is a file: give the dataset folder that prepare_wiki.py wrote "
+                         f"({Path(args.data).parent}, say).")
     if args.build:
         if args.passage_chars < 50:
             raise UsageError(f"--passage_chars must be at least 50, got {args.passage_chars}")
         build(args.data, args.passage_chars)
         if not args.query:
             return
-    query = " ".join(args.query).strip()
     if not query:
         raise UsageError('give a query, e.g. python retrieve.py --data data/demo "Who was Aristotle?"')
-    if args.k < 1:
-        raise UsageError(f"--k must be at least 1, got {args.k}")
     show(args.data, query, args.k)
 
 

@@ -494,6 +494,6 @@ def test_chat_refuses_an_empty_question_and_one_longer_than_the_context(tiny_ckp
 def test_chat_says_a_base_model_is_one_and_refuses_rag_options_without_rag(tiny_ckpt):
     r = run_cli("chat.py", "--ckpt", tiny_ckpt, "--prompt", "Hi", "--max_new_tokens", "4")
     assert r.returncode == 0 and "is a base (pretrained) model, never taught the chat turns" in r.stderr
-    for option in (["--copy", "0.9"], ["--data", "data/nope"]):
+    for option in (["--copy", "0.9"], ["--data", "data/nope"], ["--rag_k=3"]):
         r = run_cli("chat.py", "--ckpt", tiny_ckpt, "--prompt", "Hi", *option)
         assert r.returncode == 2 and "add --rag" in r.stderr and "Traceback" not in r.stderr

@@ -363,6 +363,12 @@ def test_bad_retrieval_input_gets_clear_errors(rag_data, tmp_path):
     shutil.copytree(rag_data, other)
     r = run_cli("retrieve.py", "--data", other, "")
     assert r.returncode == 2 and "give a query" in r.stderr
+    info = (other / "index" / "wikigpt_index.json").read_bytes()
+    r = run_cli("retrieve.py", "--data", other, "--build", "--k", "0", "What is tea?")  # before: built, then refused
+    assert r.returncode == 2 and "--k must be at least 1" in r.stderr and "indexed" not in r.stdout
+    assert (other / "index" / "wikigpt_index.json").read_bytes() == info
+    r = run_cli("retrieve.py", "--data", other / "meta.json", "What is tea?")  # before: "no such folder ... --out .../meta.json"
+    assert r.returncode == 2 and f"--data {other / 'meta.json'} is a file: give the dataset folder" in r.stderr
     shutil.rmtree(other / "index")
     r = run_cli("retrieve.py", "--data", other, "What is tea?")
     assert r.returncode == 2 and "has no retrieval index yet" in r.stderr and "--build" in r.stderr
