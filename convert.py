@@ -15,7 +15,7 @@ from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, output_file, run_main
-from wikigpt.run.fsdp import load_shards, load_train_state
+from wikigpt.run.fsdp import TRAIN_STATE, load_shards, load_train_state
 from wikigpt.adapt.lora import merge_lora
 
 
@@ -48,6 +48,11 @@ def gather_shards(src: Path, out: Path):
     """last.dcp -> one weights-only checkpoint file, read by one process without a process group."""
     if not src.is_dir():
         raise UsageError(f"{src}: no such checkpoint folder (train.py --shard=fsdp writes out_dir/last.dcp).")
+    if (src / "last.dcp").is_dir():  # the run's out_dir
+        raise UsageError(f"{src} is a training run's folder: convert its sharded checkpoint, {src / 'last.dcp'}.")
+    if not (src / TRAIN_STATE).is_file():  # (load_train_state's own message is train.py's: --resume)
+        raise UsageError(f"{src} is not a complete sharded checkpoint (no {TRAIN_STATE}): give the last.dcp folder "
+                         "that train.py --shard=fsdp wrote.")
     meta = load_train_state(src)  # refuses a folder whose metadata names code, before any work
     model = GPT(GPTConfig(**meta["model_config"]))
     weights = {"model": model.state_dict()}
@@ -72,10 +77,9 @@ def main(argv):
         c.add_argument("src", help="the checkpoint to read (left as it is)")
         c.add_argument("out", help="the checkpoint to write (must not exist)")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    out = output_file(args.out, "out")
     if out.exists():
         raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
-    output_file(out, "out")
     convert, _ = CONVERSIONS[args.conversion]
     convert(Path(args.src) if args.conversion == "dcp" else args.src, out)
 

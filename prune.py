@@ -110,7 +110,11 @@ def calibration(data: str, ckpt: dict, block_size: int, n_tokens: int, seed: int
     ds = load_dataset(data)
     if ds.tokenizer.spec != ckpt["tokenizer"]:
         raise UsageError(f"--data {data} uses another tokenizer than the checkpoint: calibrate on its own data.")
-    return PretrainBatches(ds.train, block_size, max(1, n_tokens // block_size), seed, device=device).next_batch()
+    windows, wanted = sum(max(len(s) - 1, 0) // block_size for s in ds.train), max(1, n_tokens // block_size)
+    if wanted > windows:  # (PretrainBatches' own message names train.py's options)
+        raise UsageError(f"--calib_tokens {n_tokens}: the train split of {data} holds {windows * block_size:,} tokens in "
+                         f"whole windows of {block_size}; give --calib_tokens {windows * block_size} or less.")
+    return PretrainBatches(ds.train, block_size, wanted, seed, device=device).next_batch()
 
 
 def main(argv):

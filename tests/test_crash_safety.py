@@ -212,6 +212,19 @@ def test_a_dcp_folder_whose_metadata_names_other_code_is_refused_and_runs_nothin
     assert load_checkpoint(tmp_path / "genuine.pt")["step"] == 2
 
 
+def test_convert_dcp_names_the_folder_to_give_not_train_pys_options(tmp_path):
+    """convert.py dcp on a run's out_dir said "Start without --resume, or point out_dir at the run
+    that wrote it": train.py's fixes, not options of convert.py."""
+    import convert
+    (tmp_path / "run" / "last.dcp").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"run is a training run's folder: convert its sharded checkpoint, .*run/last.dcp"):
+        convert.gather_shards(tmp_path / "run", tmp_path / "out.pt")
+    with pytest.raises(UsageError, match=r"last.dcp is not a complete sharded checkpoint \(no train_state.pt\): give the "
+                                         r"last.dcp folder") as e:
+        convert.gather_shards(tmp_path / "run" / "last.dcp", tmp_path / "out.pt")
+    assert "--resume" not in str(e.value) and not (tmp_path / "out.pt").exists()
+
+
 def test_a_dcp_item_that_is_not_plain_data_is_refused_and_runs_nothing(tmp_path):
     import torch.distributed.checkpoint as dcp
 

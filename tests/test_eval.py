@@ -296,6 +296,9 @@ def test_output_file_refuses_links_pipes_devices_and_a_file_above(tmp_path):
     assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo.json").st_mode)
     assert output_file(tmp_path / "r.json", "--out") == tmp_path / "r.json"  # a regular file: the command's rule
     assert output_file(tmp_path / "new" / "r.json", "--out").parent.is_dir()  # its folder is made
+    with pytest.raises(UsageError, match="ends with a slash, as a folder does"):  # was written as a file named "newer"
+        output_file(f"{tmp_path / 'newer'}/", "--out")
+    assert not (tmp_path / "newer").exists()
 
 
 def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path):

@@ -234,6 +234,8 @@ def odd_checkpoints(tiny_ckpt, tmp_path_factory):
     (["--mlp_width", "129"], "the model has 128"),
     (["--ratio", "0.5", "--keep_layers", "1"], "--ratio sets layers, heads and MLP width together"),
     (["@int8"], "int8 weights"), (["@lora"], "merge them first (python convert.py lora"),
+    (["--keep_layers", "1", "--calib_tokens", "100000000"], "--calib_tokens 100000000: the train split of"),  # was
+    # train.py's "lower block_size or batch_size", options prune.py does not have
 ])
 def test_bad_prune_requests_are_clear_errors_and_write_nothing(tiny_ckpt, odd_checkpoints, tmp_path, args, message):
     ckpt = odd_checkpoints / f"{args[0][1:]}.pt" if args[0].startswith("@") else tiny_ckpt

@@ -44,6 +44,8 @@ def test_values_are_type_checked_from_command_line_and_toml(tmp_path):
 def test_invalid_values_and_files_are_refused(tmp_path):
     with pytest.raises(UsageError, match="arch must be gpt2 or modern"):
         load_config(TrainConfig, ["--arch=llama"])
+    with pytest.raises(UsageError, match="resume=true continues .* overwrite=true starts a new one"):  # overwrite was ignored
+        load_config(TrainConfig, ["--resume=true", "--overwrite=true"])
     with pytest.raises(UsageError, match="not found"):
         load_config(TrainConfig, [str(tmp_path / "missing.toml")])
     (tmp_path / "bad.toml").write_text("n_layer = = 4\n")
