@@ -72,7 +72,7 @@ def add_model_args(p: argparse.ArgumentParser, ckpt: str = "out/demo/best.pt", c
 
 def add_dtype_arg(p: argparse.ArgumentParser):
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "int8"),
-                   help="weights to run with (default: as stored); int8: weight-only int8, see wikigpt/adapt/quant.py")
+                   help="weights to run with (default: bfloat16 on a GPU that runs it natively, else float16 there; as stored on CPU); int8: weight-only int8, see wikigpt/adapt/quant.py")
 
 
 def add_rag_args(p: argparse.ArgumentParser, rag_k: int):
