@@ -100,18 +100,31 @@ def losses(stdout):
     return {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/\d+ \| loss ([\d.]+)", stdout)}
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path):
-    common = [f"--data={tiny_data}", "--max_steps=12", "--eval_interval=6", "--dropout=0.1", *TINY]
-    straight = run_cli("train.py", *common, f"--out_dir={tmp_path / 'a'}")
+# 12 steps of Muon (named, though it is the default) with dropout: the uninterrupted run that the
+# resume test compares with, and the run whose loss test_muon_optimizer_trains reads (a train.py
+# start costs ~7 s: one run serves both)
+STRAIGHT = ["--max_steps=12", "--eval_interval=6", "--dropout=0.1", "--optimizer=muon", *TINY]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    r = run_cli("train.py", f"--data={tiny_data}", *STRAIGHT, f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    return out, r.stdout
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path, straight_run):
+    common = [f"--data={tiny_data}", *STRAIGHT]
     first = run_cli("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--stop_after=6")
     second = run_cli("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--resume=true")
-    for r in (straight, first, second):
+    for r in (first, second):
         assert r.returncode == 0, r.stderr
     assert "resuming" in second.stdout
-    expected = losses(straight.stdout)
+    expected = losses(straight_run[1])
     assert len(expected) == 12
     assert {**losses(first.stdout), **losses(second.stdout)} == expected
-    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    a, b = load_checkpoint(straight_run[0] / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
     assert a["step"] == b["step"] == 12
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
@@ -286,13 +299,11 @@ def test_newton_schulz_orthogonalises():
     assert s.min() > 0.5 and s.max() < 1.5  # every direction gets a similar step
 
 
-def test_muon_optimizer_trains(tiny_data, tmp_path):
-    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=12",
-                "--eval_interval=12", "--optimizer=muon", *TINY)
-    assert r.returncode == 0, r.stderr
-    steps = losses(r.stdout)
+def test_muon_optimizer_trains(straight_run):
+    out, stdout = straight_run  # --optimizer=muon, 12 steps
+    steps = losses(stdout)
     assert steps[12] < steps[1] - 0.5
-    state = load_checkpoint(tmp_path / "last.pt")["optimizer"]
+    state = load_checkpoint(out / "last.pt")["optimizer"]
     assert len(state) == 2  # AdamW for embeddings/norms, Muon for the hidden matrices
 
 
