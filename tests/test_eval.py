@@ -66,7 +66,7 @@ def test_training_writes_metrics_rows_and_a_loss_plot(runs):
 
 
 def test_metrics_survive_a_kill_and_resume_without_duplicated_or_missing_steps(tiny_data, tmp_path):
-    args = [sys.executable, "train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
+    args = [sys.executable, "train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
             "--eval_interval=25", *TINY]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -79,13 +79,13 @@ def test_metrics_survive_a_kill_and_resume_without_duplicated_or_missing_steps(t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = max(r["step"] for r in read_metrics(tmp_path))
-    assert 60 <= killed_at < 400
-    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
+    assert 60 <= killed_at < 200
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
                 "--eval_interval=25", *TINY, "--resume=true")
     assert r.returncode == 0, r.stderr
     rows = read_metrics(tmp_path)
-    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 401))
-    assert [r["step"] for r in rows if r["type"] == "eval"] == list(range(0, 401, 25))
+    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 201))
+    assert [r["step"] for r in rows if r["type"] == "eval"] == list(range(0, 201, 25))
     elapsed = [r["elapsed"] for r in rows]
     assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from the kept rows
 
