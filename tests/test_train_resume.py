@@ -1,6 +1,7 @@
 """train.py resumed after what real runs meet: an fp16 run's loss scale, a kill at each point of
 a checkpoint's save, a dataset of another tokenizer. Each run is a real process."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -105,9 +106,23 @@ def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(ti
     assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr, r.stderr
 
 
-def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_runs_longer_is_not(tiny_data, tmp_path):
-    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=4", "--eval_interval=2", *TINY]
-    assert run_cli("train.py", *common, "--stop_after=2").returncode == 0
+# A run of 4 steps stopped after step 2 (its checkpoint holds step 2): the two tests below each copy
+# it into their own folder (a train.py start costs ~7 s), as a user copies a run to another disk
+STOPPED = ["--max_steps=4", "--eval_interval=2", *TINY]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stopped")
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={out}", *STOPPED, "--stop_after=2")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_runs_longer_is_not(tiny_data, tmp_path,
+                                                                                                  stopped_run):
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", *STOPPED]
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     r = run_cli("train.py", *common, "--resume=true", "--lr=1", "--seed=5", "--beta2=0.99", "--block_size=16")
     said = "seed 1337 -> 5, lr 0.01 -> 1.0, beta2 0.95 -> 0.99, block_size 32 -> 16"  # the optimizer's state would keep lr 0.01
@@ -118,11 +133,12 @@ def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
 
 
-def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_line_each(tiny_data, tmp_path):
+def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_line_each(tiny_data, tmp_path,
+                                                                                      stopped_run):
     """Two torchrun launchers on 127.0.0.1 as two machines, each with an out_dir of its own disk:
     the first holds a checkpoint, the second none (it would start over, beside the other)."""
-    common = [f"--data={tiny_data}", "--max_steps=4", "--eval_interval=2", *TINY]
-    assert run_cli("train.py", *common, f"--out_dir={tmp_path / 'node0'}", "--stop_after=2").returncode == 0
+    common = [f"--data={tiny_data}", *STOPPED]
+    shutil.copytree(stopped_run, tmp_path / "node0")
     nodes = two_machines(lambda rank: [*common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"])
     for code, _, err in nodes:  # each machine says it, once (its first process)
         assert code != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]
