@@ -405,3 +405,20 @@ def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_wo
     assert (tmp_path / "mine.png").read_bytes() == b"my picture" and (tmp_path / "plain").read_text() == "mine"
     eval_py.main(["plot", str(tiny_ckpt.parent), "--out", str(tmp_path / "new" / "loss.png")])  # a new folder is made
     Image.open(tmp_path / "new" / "loss.png").verify()
+
+
+def test_the_loss_plot_is_drawn_at_most_once_a_minute_and_at_the_end(tiny_data, tmp_path, monkeypatch):
+    """Drawn at every eval, loss.png took ~0.5 s each (and 1.3 s to import matplotlib): most of a
+    short run's evals. Now at an eval a minute after the last drawing, and at the end."""
+    import train
+
+    from wikigpt.run import train_log
+    drawn = []
+    monkeypatch.setattr(train_log, "plot_runs", lambda runs, out: drawn.append([r["step"] for r in runs[0][1]
+                                                                                 if r["type"] == "eval"]))
+    train.main([f"--data={tiny_data}", f"--out_dir={tmp_path / 'a'}", "--max_steps=4", "--eval_interval=1", *TINY])
+    assert drawn == [[0, 1, 2, 3, 4]]  # 5 evals in seconds: one drawing, at the end, of every eval
+    drawn.clear()
+    monkeypatch.setattr(train_log, "PLOT_EVERY_S", 0)  # a long run: every eval is a minute after the last
+    train.main([f"--data={tiny_data}", f"--out_dir={tmp_path / 'b'}", "--max_steps=2", "--eval_interval=1", *TINY])
+    assert drawn == [[0], [0, 1], [0, 1, 2]]  # and nothing again at the end: no eval since

@@ -22,6 +22,9 @@ from wikigpt.run.throughput import fmt_time, held_mb, peak_flops, peak_memory_mb
 BAD_KINDS = (float("nan"), float("inf"), float("-inf"))
 BAD_KINDS_N = len(BAD_KINDS)
 NOT_DIVERGED = 2 ** 62  # larger than any code: what MIN keeps while no step went bad
+# loss.png is redrawn at an eval at most this often, and at the run's end: a drawing takes ~0.5 s on
+# a CPU (1.3 s more for matplotlib's import the first time), most of a short run's evals
+PLOT_EVERY_S = 60
 
 
 class TrainLog:
@@ -48,6 +51,7 @@ class TrainLog:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.out_dir, kind, resume_step=resume_step)
         self.t_start = time.time()
+        self.t_plot, self.plot_behind = self.t_start, False  # the last drawing; an eval row not drawn yet
         self.t_eval, self.t_block = 0.0, None  # time in eval blocks; the start of the one running
         self.t_save, self.last_save = 0.0, None  # the loop's time for checkpoints (see saving())
         self.t_log, self.tokens_since_log = time.time(), 0
@@ -115,7 +119,15 @@ class TrainLog:
         if self.metrics:
             self.metrics.log("eval", step, self.elapsed(), tokens=step * self.tokens_per_step,
                              val_loss=val["loss"], val_bpb=val["bpb"])
+            self.plot_behind = True
+            if time.time() - self.t_plot >= PLOT_EVERY_S:
+                self.plot()
+
+    def plot(self):
+        """loss.png from metrics.jsonl, if an eval was recorded since it was last drawn."""
+        if self.metrics and self.plot_behind:
             plot_runs([(self.out_dir.name, self.metrics.rows())], self.out_dir / PLOT)
+            self.t_plot, self.plot_behind = time.time(), False
 
     def watch(self, step: int, loss_sum: torch.Tensor):
         """Take a step's loss without reading it: it stays on the device (reading it is a host
@@ -194,6 +206,7 @@ class TrainLog:
              f"({'1/' + str(dist.world) + ' of each: sharded' if sharded and dist.world > 1 else 'all of it'}); "
              f"peak memory per process: {' / '.join(f'{p.item():,.0f}' for p in peaks)} MB "
              f"({'GPU allocated' if dist.device_type == 'cuda' else 'RSS'})")
+        self.plot()
         last = self.out_dir / ("last.dcp" if sharded else "last.pt")
         self(f"done ({stop_reason}) at step {step} in {fmt_time(self.elapsed())}: val loss {val['loss']:.4f}, "
              f"val bpb {val['bpb']:.4f}, best val loss {best_val:.4f}. Checkpoints: {last}, {self.out_dir / 'best.pt'}; "
