@@ -204,9 +204,13 @@ class CleanPass:
         """The parts -> work/articles.jsonl.gz (gzip members join into one file)."""
         c, work = self.c, self.work
         if c["kept"] < 2:
+            fix = (f"raise --max_articles (now {self.args.max_articles})" if self.args.max_articles
+                   else f"use a larger dump, or lower --min_chars (now {self.settings.min_chars})")
             raise WikiError(f"only {c['kept']} article(s) left after cleaning ({dict(self.skipped)} dropped), too "
-                            f"few to train on: need at least one train and one val article. Use a larger "
-                            f"dump, or lower --min_chars (now {self.settings.min_chars}).")
+                            f"few to train on: need at least one train and one val article. {fix[0].upper()}{fix[1:]}.")
+        if c["splits"]["train"] == 0:  # (no val article is mended below: one is moved there)
+            raise WikiError(f"--val_fraction {self.args.val_fraction} put all {c['kept']} articles in val, none in "
+                            "train: lower --val_fraction. (Nothing was published.)")
         with open(work / (ARTICLES + ".tmp"), "wb") as joined:
             for i in range(c["parts"]):
                 with open(self.part_path(i), "rb") as f:
@@ -234,6 +238,10 @@ def settle_val_fallback(work: Path, index: int):
 # ----------------------------------------------------------------------------------------
 # The pipeline, resumable
 
+def max_workers() -> int:
+    return max(8, 4 * usable_cores())
+
+
 def check_options(args):
     if not 0.0 < args.val_fraction < 1.0:
         raise WikiError(f"--val_fraction must be between 0 and 1 (exclusive), got {args.val_fraction}.")
@@ -242,8 +250,13 @@ def check_options(args):
     except TokenizerError as e:
         hint = "; or train a tokenizer here, with no download: --tokenizer bpe:8192" if args.tokenizer == "gpt2" else ""
         raise WikiError(f"--tokenizer: {e}{hint}")
-    if args.workers < 1:
-        raise WikiError(f"--workers must be at least 1, got {args.workers}.")
+    if not 1 <= args.workers <= max_workers():
+        raise WikiError(f"--workers must be 1 to {max_workers()} (this machine may use {usable_cores()} cores: "
+                        f"more processes only wait their turn, each started at once), got {args.workers}.")
+    if args.shard_tokens < 1:
+        raise WikiError(f"--shard_tokens must be at least 1, got {args.shard_tokens}.")
+    if args.max_articles < 0:
+        raise WikiError(f"--max_articles must be 0 (all) or more, got {args.max_articles}.")
     if args.checkpoint_mb <= 0:
         raise WikiError(f"--checkpoint_mb must be positive, got {args.checkpoint_mb}.")
     if args.page_timeout < 0:

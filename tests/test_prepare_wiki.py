@@ -356,6 +356,13 @@ def bad_inputs(tmp_path, small_dump):
         "vocab too big": ([str(small_dump), "--tokenizer", "bpe:70000"], "out of range"),
         "vocab unknown": ([str(small_dump), "--tokenizer", "sentencepiece"], "unknown tokenizer"),
         "val fraction": ([str(small_dump), "--val_fraction", "1.5"], "--val_fraction"),
+        # a train split of none was published (exit 0), a shard per article at 0, -1 stopped at once
+        # blaming the dump, and 10^5 workers were all started
+        "no train article": ([str(small_dump), "--val_fraction", "0.999"], "none in train: lower --val_fraction"),
+        "shard tokens": ([str(small_dump), "--shard_tokens", "0"], "--shard_tokens must be at least 1, got 0"),
+        "max articles negative": ([str(small_dump), "--max_articles", "-1"], "--max_articles must be 0 (all) or more"),
+        "max articles one": ([str(small_dump), "--max_articles", "1"], "Raise --max_articles (now 1)"),
+        "workers": ([str(small_dump), "--workers", "100000"], "--workers must be 1 to"),
     }
 
 
@@ -363,7 +370,7 @@ def test_each_bad_input_gets_a_clear_error(small_dump, tmp_path, capsys):
     for name, (argv, message) in bad_inputs(tmp_path, small_dump).items():
         out = tmp_path / "out"
         with pytest.raises(SystemExit) as e:
-            main(argv + ["--out", str(out), "--workers", "1"])
+            main(argv + ["--out", str(out)] + ([] if "--workers" in argv else ["--workers", "1"]))
         err = capsys.readouterr().err
         assert e.value.code == 2, name
         assert re.search(r"(^|\n)error: ", err), (name, err)  # on a line of its own, after any bar
