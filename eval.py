@@ -269,6 +269,8 @@ def check_tokenizers(models, bpb_only: bool):
 
 
 def run_eval(args) -> dict:
+    if args.natural not in ("none", "auto"):  # a question set that cannot be read: said before any work
+        natural.load_natural(args.natural_split, Path(args.natural))
     models = []
     for path in args.ckpt:
         model, tok, info = load_model(path, args.device, args.dtype)
@@ -421,6 +423,11 @@ def plot_main(argv):
             raise UsageError(f"{path} holds no metrics: give a run's out_dir or its {METRICS} (the run may have "
                              "logged nothing yet).")
         runs.append((run.name if run.is_dir() else run.parent.name, rows))
+        if out.resolve().parent == path.resolve().parent:  # its run redraws its own loss.png there
+            raise UsageError(f"--out {out} is in the folder of the run {path.parent}, whose training draws its "
+                             "own loss.png there: write the comparison elsewhere (nothing was changed).")
+    if out.suffix.lower() != ".png":  # written as PNG whatever the name says
+        raise UsageError(f"--out {out}: the plot is a PNG; give a path ending in .png.")
     print(f"wrote {plot_runs(runs, args.out)} ({len(runs)} runs)")
 
 

@@ -58,6 +58,27 @@ def test_too_small_a_dev_split_stores_no_threshold_that_declines_everything(read
     assert (data / "index" / "wikigpt_index.json").read_text() == info  # nothing stored
 
 
+@pytest.mark.parametrize("files, message", [
+    ({"questions.jsonl": '{"id": "q1", "question": "x"}\n'}, r"questions.jsonl:1: a record needs split, kind, article, answers"),
+    ({"questions.jsonl": "not json\n"}, r"questions.jsonl:1: not valid JSON"),
+    ({"conversations.jsonl": '{"split": "dev", "turns": [{"question": "x"}]}\n'}, r"conversations.jsonl:1: a record needs turns\[\].article"),
+    ({"out_of_corpus.jsonl": None}, r"no out_of_corpus.jsonl there; a question set holds questions.jsonl, conversations.jsonl"),
+    ({"questions.jsonl": ""}, r"no question or conversation of the dev split"),
+])
+def test_a_question_set_that_cannot_be_read_is_one_line_naming_file_and_line(tmp_path, files, message):
+    """A key missing, a line that is no JSON or a file missing was a KeyError / JSONDecodeError
+    traceback in bench_answers.py and eval.py (there after the replies were sampled)."""
+    from wikigpt.knowledge.natural import load_natural
+    from wikigpt.prep.data import DatasetError
+    good = {"questions.jsonl": json.dumps({"split": "dev", "kind": "fact", "article": "A", "question": "q?",
+                                           "answers": ["a"]}) + "\n", "conversations.jsonl": "", "out_of_corpus.jsonl": ""}
+    for name, text in {**good, **files}.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        load_natural("dev", tmp_path)
+
+
 def test_the_ranker_learns_which_feature_marks_the_answer_and_round_trips_through_the_index_info():
     X = [[float(i % 2)] + [0.5] * (len(FEATURES) - 1) for i in range(40)]
     y = [i % 2 for i in range(40)]  # the first feature is the label

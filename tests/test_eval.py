@@ -327,6 +327,16 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
     with pytest.raises(UsageError, match="holds no metrics: give a run's out_dir"):
         eval_main(["plot", str(tmp_path / "model.pt"), "--out", str(tmp_path / "loss.png")])
     assert [p.read_text() for p in (ckpt, notes, metrics)] == ["weights", "# my notes", '{"step": 1}\n']
+    (tmp_path / "c").mkdir()  # a run's own loss.png (redrawn by its training) was replaced by the comparison
+    shutil.copy(other, tmp_path / "c" / "metrics.jsonl")
+    eval_main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "own.png")])
+    shutil.copy(tmp_path / "own.png", tmp_path / "c" / "loss.png")  # as its training drew it
+    with pytest.raises(UsageError, match=r"is in the folder of the run .*c, whose training draws its own loss.png"):
+        eval_main(["plot", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "c" / "loss.png")])
+    assert (tmp_path / "c" / "loss.png").read_bytes() == (tmp_path / "own.png").read_bytes()
+    with pytest.raises(UsageError, match=r"the plot is a PNG; give a path ending in .png"):  # PNG bytes in x.pdf before
+        eval_main(["plot", str(tmp_path / "b"), "--out", str(tmp_path / "x.pdf")])
+    assert not (tmp_path / "x.pdf").exists()
 
 
 def test_a_read_only_folder_or_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(capsys):

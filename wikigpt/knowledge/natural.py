@@ -20,6 +20,7 @@ from pathlib import Path
 
 from wikigpt.knowledge.evidence import Found, Reader
 from wikigpt.knowledge.replies import not_found
+from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.scores import words
 
 NATURAL_QA = Path(__file__).resolve().parents[2] / "bench" / "natural_qa"
@@ -35,12 +36,39 @@ class NaturalSet:
     out_of_corpus: list = field(default_factory=list)  # {"question", "near_miss"}
 
 
+# what each file's records hold (bench/natural_qa/README.md); a conversation's turns hold TURN_KEYS
+NATURAL_FILES = {"questions.jsonl": ("split", "kind", "article", "question", "answers"),
+                 "conversations.jsonl": ("split", "turns"), "out_of_corpus.jsonl": ("split", "question")}
+TURN_KEYS = ("question", "article", "answers")
+
+
 def load_natural(split: str, folder=NATURAL_QA) -> NaturalSet:
-    """One split ("dev" | "test") of the question set in `folder`."""
+    """One split ("dev" | "test") of the question set in `folder`; a file missing, a line that is
+    no JSON object or lacks a key, or a split with no question is one DatasetError naming it."""
     def rows(name):
-        lines = (Path(folder) / name).read_text(encoding="utf-8").splitlines()
-        return [r for r in map(json.loads, filter(str.strip, lines)) if r["split"] == split]
-    return NaturalSet(rows("questions.jsonl"), rows("conversations.jsonl"), rows("out_of_corpus.jsonl"))
+        path, out = Path(folder) / name, []
+        if not path.is_file():
+            raise DatasetError(f"{folder}: no {name} there; a question set holds {', '.join(NATURAL_FILES)} "
+                               "(the format: bench/natural_qa/README.md).")
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                r = json.loads(line) if line.strip() else None
+            except ValueError as e:
+                raise DatasetError(f"{path}:{n}: not valid JSON ({e}).")
+            if r is None:
+                continue
+            turns = r.get("turns") if isinstance(r, dict) else None
+            missing = [k for k in NATURAL_FILES[name] if not isinstance(r, dict) or k not in r] or \
+                [f"turns[].{k}" for k in TURN_KEYS if turns is not None and not all(isinstance(t, dict) and k in t for t in turns)]
+            if missing:
+                raise DatasetError(f"{path}:{n}: a record needs {', '.join(missing)} (the format: bench/natural_qa/README.md).")
+            if r["split"] == split:
+                out.append(r)
+        return out
+    data = NaturalSet(*(rows(name) for name in NATURAL_FILES))
+    if not data.questions and not data.conversations:
+        raise DatasetError(f"{folder}: no question or conversation of the {split} split.")
+    return data
 
 
 DIGIT_GROUP = re.compile(r"(?<=\d)[,\u00a0\u202f ](?=\d{3}(?!\d))")  # "44,579,000" is "44579000"
