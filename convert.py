@@ -23,7 +23,7 @@ def merge_adapters(src: str, out: Path):
     ckpt = load_checkpoint(src)
     if "lora" not in ckpt:
         raise UsageError(f"{src} is not a LoRA checkpoint (no adapters in it): nothing to merge.")
-    model, _ = model_from_checkpoint(ckpt)
+    model, _ = model_from_checkpoint(ckpt, path=src)  # its base's errors name this file
     merge_lora(model)
     save_checkpoint(out, build_checkpoint(ckpt["kind"], model.state_dict(), ckpt["model_config"], ckpt["tokenizer"],
                                           train_config=ckpt.get("train_config"), step=ckpt.get("step"),

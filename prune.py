@@ -136,20 +136,23 @@ def main(argv):
     device = pick_device(args.device)
     model, tok = model_from_checkpoint(ckpt, device, args.ckpt)
     shape = target_shape(model.cfg, args)
+    if not args.dry_run:  # everything a pruning needs, checked before the table's timings
+        if all(v is None for v in (args.keep_layers, args.keep_heads, args.mlp_width, args.ratio)):
+            raise UsageError("nothing to prune: give --keep_layers, --keep_heads, --mlp_width or --ratio "
+                             "(--dry_run shows the sizes and speed-ups of a cut).")
+        if not args.out:
+            raise UsageError("--out: where to write the pruned checkpoint (or --dry_run to only see the sizes).")
+        out = output_file(args.out, "--out")  # a dangling link or a file above: refused before the calibration
+        if out.exists():
+            raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
+        if args.calib_tokens < 1:
+            raise UsageError(f"--calib_tokens must be >= 1, got {args.calib_tokens}.")
+        data = args.data or ckpt.get("train_config", {}).get("data", "")
+        x, y = calibration(data, ckpt, model.cfg.block_size, args.calib_tokens, args.seed, device)
     print(shape_table(model, shape, device))
     if args.dry_run:
         print("dry run: nothing written.")
         return
-    if not args.out:
-        raise UsageError("--out: where to write the pruned checkpoint (or --dry_run to only see the sizes).")
-    out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
-    output_file(out, "--out")  # a dangling link or a file above: refused before the calibration
-    if args.calib_tokens < 1:
-        raise UsageError(f"--calib_tokens must be >= 1, got {args.calib_tokens}.")
-    data = args.data or ckpt.get("train_config", {}).get("data", "")
-    x, y = calibration(data, ckpt, model.cfg.block_size, args.calib_tokens, args.seed, device)
     model.eval()
     print(f"measuring importance on {x.numel():,} train tokens of {data} ...")
     plan = choose(model, x, y, *shape)

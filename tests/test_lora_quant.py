@@ -132,6 +132,10 @@ def test_lora_bad_input(tiny_ckpt, lora_run, tmp_path):
     r = run_cli("chat.py", "--ckpt", tmp_path / "adapter.pt", "--prompt", "hi")
     assert r.returncode == 2 and "has changed since these adapters were trained" in r.stderr
     assert "Traceback" not in r.stderr
+    import convert  # merging: the error named "the checkpoint", not the adapter file
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(tmp_path / 'adapter.pt'))}: .*has changed since"):
+        convert.merge_adapters(str(tmp_path / "adapter.pt"), tmp_path / "merged.pt")
+    assert not (tmp_path / "merged.pt").exists()
 
 
 # ----------------------------------------------------------------------------------------

@@ -236,13 +236,16 @@ def odd_checkpoints(tiny_ckpt, tmp_path_factory):
     (["@int8"], "int8 weights"), (["@lora"], "merge them first (python convert.py lora"),
     (["--keep_layers", "1", "--calib_tokens", "100000000"], "--calib_tokens 100000000: the train split of"),  # was
     # train.py's "lower block_size or batch_size", options prune.py does not have
+    (["--keep_layers", "1", "--calib_tokens", "0"], "--calib_tokens must be >= 1"),  # said after the timings before
+    ([], "nothing to prune: give --keep_layers"),  # wrote a copy and suggested healing it
 ])
-def test_bad_prune_requests_are_clear_errors_and_write_nothing(tiny_ckpt, odd_checkpoints, tmp_path, args, message):
-    ckpt = odd_checkpoints / f"{args[0][1:]}.pt" if args[0].startswith("@") else tiny_ckpt
+def test_bad_prune_requests_are_clear_errors_and_write_nothing(tiny_ckpt, odd_checkpoints, tmp_path, args, message, capsys):
+    ckpt = odd_checkpoints / f"{args[0][1:]}.pt" if args and args[0].startswith("@") else tiny_ckpt
     argv = ["--ckpt", str(ckpt), "--out", str(tmp_path / "small.pt"), *(a for a in args if not a.startswith("@"))]
     with pytest.raises(UsageError, match=re.escape(message)):
         prune_cmd.main(argv)
     assert not (tmp_path / "small.pt").exists()
+    assert "measured ms/token" not in capsys.readouterr().out  # refused before the table's timings
 
 
 def test_a_bad_prune_request_exits_2_with_one_line(tiny_ckpt, tmp_path):
@@ -265,6 +268,20 @@ def test_bad_teachers_and_students_are_refused_before_anything_is_written(tiny_c
     assert not (tmp_path / "out").exists()
     with pytest.raises(UsageError, match="distill_alpha must be in"):
         load_config(TrainConfig, [f"--teacher={tiny_ckpt}", "--distill_alpha=1.5"])
+
+
+def test_a_teacher_of_another_tokenizer_of_the_same_name_is_told_apart(tiny_ckpt):
+    """Two bpe:300 tokenizers trained on other text: "uses the tokenizer bpe:300, the student
+    bpe:300" read as if they were the same."""
+    from model import GPTConfig
+    from wikigpt.adapt.distill import check_pair
+    ckpt = load_checkpoint(tiny_ckpt)
+    ranks = [list(r) for r in ckpt["tokenizer"]["ranks"]]
+    ranks[-1][1], ranks[-2][1] = ranks[-2][1], ranks[-1][1]  # two merges learned the other way round
+    teacher = {**ckpt, "tokenizer": {**ckpt["tokenizer"], "ranks": ranks}}
+    with pytest.raises(UsageError, match=r"uses the tokenizer bpe:\d+, the student bpe:\d+ \(two of that name, trained on "
+                                         r"other text\): distillation compares"):
+        check_pair(teacher, "t.pt", ckpt["tokenizer"], GPTConfig(**ckpt["model_config"]), "the student")
 
 
 # ----- the distillation loss

@@ -48,9 +48,11 @@ def check_pair(teacher: dict, path, spec: dict, student: GPTConfig, who: str):
     """Can this teacher checkpoint teach a student of this tokenizer and shape?"""
     t = GPTConfig(**teacher["model_config"])
     if teacher["tokenizer"] != spec:
-        raise UsageError(f"teacher {path} uses the tokenizer {Tokenizer(teacher['tokenizer']).name}, "
-                         f"{who} {Tokenizer(spec).name}: distillation compares their predictions id by "
-                         "id, so both must use the same one. Distil from a teacher trained on this dataset.")
+        theirs, ours = Tokenizer(teacher["tokenizer"]).name, Tokenizer(spec).name
+        same_name = " (two of that name, trained on other text)" if theirs == ours else ""
+        raise UsageError(f"teacher {path} uses the tokenizer {theirs}, {who} {ours}{same_name}: distillation "
+                         "compares their predictions id by id, so both must use the same one. Distil from a "
+                         "teacher trained on this dataset.")
     if t.padded_vocab != student.padded_vocab:
         raise UsageError(f"teacher {path} has {t.vocab_size} token ids, {who} {student.vocab_size}: "
                          "they must predict over the same ids.")
