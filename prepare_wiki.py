@@ -280,6 +280,8 @@ def check_out(out: Path, overwrite: bool):
 def resolve_source(args) -> Path:
     if args.source is None:
         return default_source()
+    if re.match(r"^[a-zA-Z][\w+.-]*://", args.source) and not re.match(r"^https?://", args.source):  # ftp://, htps://
+        raise WikiError(f"{args.source}: only https:// (and http://) URLs are downloaded; give one, or a file here.")
     if not re.match(r"^https?://", args.source):
         return Path(args.source)
     source = download(args.source, Path(args.cache_dir).expanduser())
@@ -403,7 +405,7 @@ def report(out: Path, meta: dict, tok: Tokenizer):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", help="dump file, .jsonl/.parquet, folder, or https:// URL "
+    p.add_argument("source", nargs="?", help="dump file, .jsonl/.parquet, folder, or https:// (or http://) URL "
                    "(default: the English sample shipped with gensim)")
     p.add_argument("--out", default="data/wiki", help="dataset folder to create (default: data/wiki)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or 'bpe:VOCAB' trained on the train split")

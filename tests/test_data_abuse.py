@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -325,6 +326,19 @@ def test_a_resumed_download_never_splices_two_versions(tmp_path, capsys, changed
     assert 0 < int(rng.removeprefix("bytes=").removesuffix("-")) <= 2_500_000 and if_range == '"v1"'
     assert path.read_bytes() == (new if changed else old)
     assert ("starting over" in capsys.readouterr().out) == changed
+
+
+def test_a_download_that_gets_no_byte_says_so_not_that_it_resumes(tmp_path):
+    """A host that cannot be reached said "Run the same command again: it resumes from the 0 bytes
+    in ...part", a file that does not exist."""
+    from wikigpt.prep.download import download
+    from wikigpt.prep.dumps import WikiError
+    with socket.socket() as s:  # a loopback port nothing listens on: refused at once, no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(WikiError, match=r"failed before any byte came .* Check the URL and this machine's network") as e:
+        download(f"http://127.0.0.1:{port}/enwiki.xml.bz2", tmp_path)
+    assert "resumes" not in str(e.value) and not list(tmp_path.glob("*.part"))
 
 
 # ----- 7. --overwrite replaces only what prepare_wiki.py made -----

@@ -363,6 +363,8 @@ def bad_inputs(tmp_path, small_dump):
         "max articles negative": ([str(small_dump), "--max_articles", "-1"], "--max_articles must be 0 (all) or more"),
         "max articles one": ([str(small_dump), "--max_articles", "1"], "Raise --max_articles (now 1)"),
         "workers": ([str(small_dump), "--workers", "100000"], "--workers must be 1 to"),
+        "ftp url": (["ftp://example.invalid/x.xml.bz2"], "only https:// (and http://) URLs are downloaded"),  # was
+        # "ftp:/example.invalid/x.xml.bz2: no such file or folder"
     }
 
 

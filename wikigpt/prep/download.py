@@ -85,8 +85,12 @@ def download(url: str, cache_dir: Path) -> Path:
                     f.write(chunk)
                     bar.update(len(chunk))
     except requests.RequestException as e:
-        raise WikiError(f"downloading {url} failed ({e}). Run the same command again: it resumes "
-                        f"from the {part.stat().st_size if part.exists() else 0} bytes in {part}.")
+        kept = part.stat().st_size if part.exists() else 0
+        if not kept:  # nothing came: no host reached, or it refused; "resumes from 0 bytes" said nothing
+            raise WikiError(f"downloading {url} failed before any byte came ({str(e)[:300]}). Check the URL and "
+                            "this machine's network, or give a dump file downloaded elsewhere.")
+        raise WikiError(f"downloading {url} failed ({str(e)[:300]}). Run the same command again: it resumes "
+                        f"from the {kept:,} bytes in {part}.")
     return _finish(part, saved, dest)
 
 
