@@ -286,6 +286,10 @@ def run_eval(args) -> dict:
     report = {"checkpoints": [{"path": i["path"], "label": i["label"], "kind": i["kind"], "step": i["step"],
                                "parameters": m.n_params(), "tokenizer": t.name} for m, t, i in models],
               "settings": {k: v for k, v in vars(args).items() if k != "command"}, "rows": [], "notes": []}
+    elsewhere = [i["label"] for _, _, i in models if not i["data"] or Path(i["data"]).resolve() != Path(data).resolve()]
+    if elsewhere:  # another dataset's val split may hold articles of their train split
+        report["notes"].append(f"data: {data} is not the dataset {', '.join(elsewhere)} trained on: its val articles "
+                               "may be ones they trained on, and their val rows then overstate them.")
     chat = [(m, t, i) for m, t, i in models if i["kind"] == "sft"]
     if chat and not args.bpb_only:  # read first: a dialogue file that cannot be used is said before any work
         convs, where = chat_conversations(args, [i for _, _, i in chat], chat[0][1], min(m.cfg.block_size for m, _, _ in chat))
@@ -323,8 +327,9 @@ def run_eval(args) -> dict:
                                       1 if key in ("bleu", "chrf", "reply_tokens") else 3))
         if index is not None:
             qa = next(iter(per_model.values()))["qa"]
+            unseen = "not in its train split" if elsewhere else "never trained on"
             report["notes"].append(f"knowledge: {qa['questions']} questions about {qa['articles']} val "
-                                   f"articles of {data}, never trained on, and out-of-corpus ones; 'answer' "
+                                   f"articles of {data}, {unseen}, and out-of-corpus ones; 'answer' "
                                    "rows: lead questions against each article's opening sentence; fact: the "
                                    "infobox value; section: its first sentence (per-kind table below).")
             report["qa_tables"] = {label: wikiqa.format_report(s["qa"]) for label, s in per_model.items()}

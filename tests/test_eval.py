@@ -205,9 +205,13 @@ def test_different_tokenizers_compare_by_bits_per_byte_only(runs, other_tokenize
     assert "Traceback" not in r.stderr and not (tmp_path / "r.json").exists()
     r = evaluate(*args, "--bpb_only", out=tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = report["rows"]
     assert [row["metric"] for row in rows] == ["val bits per byte"]
     assert all(0 < v < 10 for v in rows[0]["values"])
+    # the other checkpoint learned from another dataset: tiny_data's val articles are not known to be unseen by it
+    said = [n for n in report["notes"] if n.startswith("data:")]
+    assert len(said) == 1 and f"{tiny_data} is not the dataset out/best.pt trained on" in said[0], report["notes"]
 
 
 def test_a_folder_as_out_is_refused_before_the_evaluation(runs, tmp_path):
@@ -224,6 +228,7 @@ def test_dtype_chooses_the_weights_the_report_is_measured_with(runs, tiny_data, 
         assert r.returncode == 0, r.stderr
         report = json.loads((tmp_path / f"{dtype}.json").read_text())
         assert report["settings"]["dtype"] == dtype
+        assert not any(n.startswith("data:") for n in report["notes"])  # its own dataset: nothing to say
         bpb[dtype] = report["rows"][0]["values"][0]
     # bf16 keeps 8 bits of mantissa: the same model, close but not bit-identical losses
     assert bpb["bfloat16"] != bpb["float32"] and bpb["bfloat16"] == pytest.approx(bpb["float32"], rel=0.02)
