@@ -258,13 +258,15 @@ def test_a_bad_prune_request_exits_2_with_one_line(tiny_ckpt, tmp_path):
     ("@int8", None, "teacher .* holds int8 weights"), ("@lora", None, "teacher .* merge them first"),
     ("@gpt2tok", None, "both must use the same one"), ("@short", None, "reads 16 tokens at most"),
     (None, "@int8", r"student \(init_from\) .* int8"),
+    ("sft", None, r"is a base \(pretrained\) model, never taught the chat turns: a chat run distils from a chat"),
 ])
 def test_bad_teachers_and_students_are_refused_before_anything_is_written(tiny_ckpt, odd_checkpoints, tmp_path,
                                                                           teacher, student, message):
-    pick = lambda name: str(odd_checkpoints / f"{name[1:]}.pt") if name else str(tiny_ckpt)  # noqa: E731
+    pick = lambda name: str(odd_checkpoints / f"{name[1:]}.pt") if name and name != "sft" else str(tiny_ckpt)  # noqa: E731
+    config = SFTConfig if teacher == "sft" else TrainConfig  # a base teacher for chat SFT trained on, unwarned
     with pytest.raises(UsageError, match=message):
-        load_config(SFTConfig, [f"--teacher={pick(teacher)}", f"--init_from={pick(student)}",
-                                f"--out_dir={tmp_path / 'out'}"])
+        load_config(config, [f"--teacher={pick(teacher)}", f"--init_from={pick(student)}",
+                             f"--out_dir={tmp_path / 'out'}"])
     assert not (tmp_path / "out").exists()
     with pytest.raises(UsageError, match="distill_alpha must be in"):
         load_config(TrainConfig, [f"--teacher={tiny_ckpt}", "--distill_alpha=1.5"])
