@@ -407,6 +407,17 @@ def _dig(d, keys):
 
 # ----------------------------------------------------------------------------------------
 
+def distinct_names(folders: list[Path]) -> list[str]:
+    """Each run's folder name, with as many folders above it as tell runs of one name apart:
+    a/run and b/run, not run and run."""
+    parts = [f.resolve().parts for f in folders]
+    for k in range(1, max(map(len, parts), default=1) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return names
+
+
 def plot_main(argv):
     p = argparse.ArgumentParser(prog="eval.py plot", description="Overlay the loss curves of several runs.")
     p.add_argument("runs", nargs="+", help=f"run folders (with {METRICS}) or metrics files")
@@ -415,8 +426,9 @@ def plot_main(argv):
     out = output_file(args.out, "--out")  # a link, pipe or device at --out: refused, not replaced by the PNG
     metrics = [run / METRICS if run.is_dir() else run for run in map(Path, args.runs)]
     replaceable(out, is_loss_plot(out), metrics, "--out")  # a plot of ours: not a photo, not a run's metrics
-    runs = []
-    for run in map(Path, args.runs):
+    runs, given = [], list(dict.fromkeys(map(Path, args.runs)))  # a run given twice is drawn once
+    names = distinct_names([run if run.is_dir() else run.parent for run in given])
+    for run, name in zip(given, names):
         path = run / METRICS if run.is_dir() else run
         if not path.is_file():
             raise UsageError(f"{run}: no {METRICS} there. Give the out_dir of a train.py or chat_sft.py run.")
@@ -427,7 +439,7 @@ def plot_main(argv):
         if not rows:
             raise UsageError(f"{path} holds no metrics: give a run's out_dir or its {METRICS} (the run may have "
                              "logged nothing yet).")
-        runs.append((run.name if run.is_dir() else run.parent.name, rows))
+        runs.append((name, rows))
         if out.resolve().parent == path.resolve().parent:  # its run redraws its own loss.png there
             raise UsageError(f"--out {out} is in the folder of the run {path.parent}, whose training draws its "
                              "own loss.png there: write the comparison elsewhere (nothing was changed).")

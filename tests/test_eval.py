@@ -124,6 +124,10 @@ def test_plot_overlays_several_runs(runs, tmp_path):
     assert Image.open(out).text["Description"] == "runs: base"
     shutil.copy(out, tmp_path / "curves.PNG")  # ours under any name, a photo under ours is not
     assert is_loss_plot(tmp_path / "curves.PNG") and not is_loss_plot(photo)
+    for name in ("a", "b"):  # two runs of one folder name were both "run"; one given twice was drawn twice
+        shutil.copytree(runs / "base", tmp_path / name / "run")
+    eval_main(["plot", str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), str(tmp_path / "a" / "run"), "--out", str(out)])
+    assert Image.open(out).text["Description"] == "runs: a/run, b/run"
 
 
 # ----------------------------------------------------------------------------------------

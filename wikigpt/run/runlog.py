@@ -115,12 +115,12 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path):
     ax_loss, ax_bpb = fig.subplots(1, 2)
     colors = matplotlib.colormaps["tab10"].colors
     for i, (label, rows) in enumerate(runs):
-        c = colors[i % len(colors)]
+        c, dash = colors[i % len(colors)], ("-", "--", ":")[i // len(colors) % 3]  # past 10 runs: another line style
         sft = any(r.get("kind") == "sft" for r in rows)
         val_name = "held-out assistant loss" if sft else "val loss"
-        ax_loss.plot(*_series(rows, "train", "loss"), color=c, alpha=0.45, lw=1, label=f"{label}: train loss")
-        ax_loss.plot(*_series(rows, "eval", "val_loss"), "o-", color=c, ms=3, lw=1.5, label=f"{label}: {val_name}")
-        ax_bpb.plot(*_series(rows, "eval", "val_bpb"), "o-", color=c, ms=3, lw=1.5,
+        ax_loss.plot(*_series(rows, "train", "loss"), color=c, ls=dash, alpha=0.45, lw=1, label=f"{label}: train loss")
+        ax_loss.plot(*_series(rows, "eval", "val_loss"), "o", ls=dash, color=c, ms=3, lw=1.5, label=f"{label}: {val_name}")
+        ax_bpb.plot(*_series(rows, "eval", "val_bpb"), "o", ls=dash, color=c, ms=3, lw=1.5,
                     label=f"{label}: {'held-out assistant tokens' if sft else 'val text'}")
     ax_loss.set(xlabel="tokens seen", ylabel="loss (nats per token)", title="loss")
     ax_bpb.set(xlabel="tokens seen", ylabel="bits per byte", title="val bits per byte (lower is better)")
