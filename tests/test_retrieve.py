@@ -20,6 +20,7 @@ from wikigpt.chat.sft_rows import rows_of
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
 from wikigpt.knowledge.retrieval import Index, build_index, split_passages, terms
+from wikigpt.knowledge.index_build import INDEX_VERSION
 from wikigpt.knowledge.grounding import evidence_prompt, reader_of
 from wikigpt.cli import run_main
 from wikigpt.decoding.sampling import mix_dense
@@ -163,6 +164,10 @@ def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path)
     r = run_cli("retrieve.py", "--data", old, "What is tea?")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and f"retrieve.py --data {old} --build" in r.stderr
+    for name in ("corpus.jsonl", "params.index.json", "lead_ids.npy"):  # some of what bm25s saved there
+        (old / "index" / name).write_text("{}")
+    build_index(old, quiet=True, workers=1)  # the rebuild it says to run replaces the old format's files too
+    assert Index.open(old).info["version"] == INDEX_VERSION and not (old / "index" / "corpus.jsonl").exists()
 
 
 # ----- grounded rows: the same rendering at training and at chat time

@@ -343,6 +343,9 @@ def not_ours(path: Path) -> str | None:
         return problem
     if os.path.lexists(path) and not path.is_dir():
         return f"{path} is a file, where retrieve.py --build writes the index's folder: move it away and run this again."
+    version = _read_json(path / INFO).get("version")
+    if isinstance(version, int) and version != INDEX_VERSION:  # an index of another format, ours: its own files
+        return None  # (bm25s's of format 1), replaced whole as the rebuild error says to
     foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_ENTRIES) if path.is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
