@@ -29,6 +29,7 @@ from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
 from wikigpt.run.resume import check_start
 from wikigpt.run.durable import write_text
+from wikigpt.run.output_paths import inside_dataset
 from wikigpt.decoding.engine import generate
 from wikigpt.chat.chat_template import show_mask
 from wikigpt.knowledge.retrieval import Index
@@ -75,6 +76,8 @@ def main(argv):
         if dist.master:
             print(f"data: {cfg.data} (the dataset {cfg.init_from or 'the run'} learned from; --data=FOLDER "
                   "to choose another)")
+    if not resume and (problem := inside_dataset(cfg)):  # the dataset as it is now known
+        raise UsageError(problem)
     tok = Tokenizer(ckpt["tokenizer"])
     if not tok.has_chat_tokens():
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "

@@ -440,7 +440,8 @@ def plot_main(argv):
             raise UsageError(f"{path} holds no metrics: give a run's out_dir or its {METRICS} (the run may have "
                              "logged nothing yet).")
         runs.append((name, rows))
-        if out.resolve().parent == path.resolve().parent:  # its run redraws its own loss.png there
+        if out.resolve().parent == path.resolve().parent and (len(given) > 1 or out.name != "loss.png"):  # its own
+            # loss.png, which its training redraws: the same picture redrawn, never another one
             raise UsageError(f"--out {out} is in the folder of the run {path.parent}, whose training draws its "
                              "own loss.png there: write the comparison elsewhere (nothing was changed).")
     if out.suffix.lower() != ".png":  # written as PNG whatever the name says

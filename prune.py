@@ -111,6 +111,9 @@ def calibration(data: str, ckpt: dict, block_size: int, n_tokens: int, seed: int
     if ds.tokenizer.spec != ckpt["tokenizer"]:
         raise UsageError(f"--data {data} uses another tokenizer than the checkpoint: calibrate on its own data.")
     windows, wanted = sum(max(len(s) - 1, 0) // block_size for s in ds.train), max(1, n_tokens // block_size)
+    if not windows:
+        raise UsageError(f"calibration data: every train shard of {data} is shorter than a {block_size}-token window: "
+                         "give --data a dataset with larger shards (prepare_wiki.py --shard_tokens).")
     if wanted > windows:  # (PretrainBatches' own message names train.py's options)
         raise UsageError(f"--calib_tokens {n_tokens}: the train split of {data} holds {windows * block_size:,} tokens in "
                          f"whole windows of {block_size}; give --calib_tokens {windows * block_size} or less.")

@@ -144,6 +144,9 @@ def main(argv):
     if dist.master:
         print("config:", json.dumps(asdict(cfg)))
     ds = load_dataset(cfg.data)
+    from wikigpt.run.output_paths import inside_dataset
+    if not resume and (problem := inside_dataset(cfg)):
+        raise UsageError(problem)
     start = starting_point(cfg, resume)
     check_start(dist, start, cfg)  # the same settings as the run it resumes, the same step everywhere
     block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
@@ -368,6 +371,7 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
     bad = log.diverged()
     if bad:
         step, loss = bad
+        log.plot()  # the curves up to it, drawn at once (see PLOT_EVERY_S)
         raise UsageError(f"loss became {loss} at step {step}: training diverged. The last good checkpoint is "
                          f"{last_ckpt} (step {step - step % cfg.eval_interval}). Lower lr, raise "
                          "warmup_steps, or use dtype=bfloat16 instead of float16.")

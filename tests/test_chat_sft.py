@@ -208,6 +208,14 @@ def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckp
     r = run_cli("chat_sft.py", *common, f"--data={tmp_path / 'nope'}", "--grounded_qa=1")
     assert r.returncode == 2 and f"{tmp_path / 'nope'}: no such folder" in r.stderr  # not "an older prepare_wiki.py"
     assert "older prepare_wiki.py" not in r.stderr and "Traceback" not in r.stderr
+    # a new run inside the dataset it reads (its base's: prepare_wiki.py and retrieve.py rebuild that folder whole),
+    # checked once that dataset is known (chat_sft.py's default --data was checked before)
+    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={tiny_data / 'chat'}", f"--sft_data={data}", *TINY)
+    assert r.returncode == 2 and f"out_dir {tiny_data / 'chat'} is inside the dataset folder {tiny_data}" in r.stderr
+    import train
+    with pytest.raises(UsageError, match="is inside the dataset folder"):
+        train.main([f"--data={tiny_data}", f"--out_dir={tiny_data / 'runs'}", *TINY])
+    assert not (tiny_data / "chat").exists() and not (tiny_data / "runs").exists()
 
 
 def test_one_shot_reply(tiny_chat):

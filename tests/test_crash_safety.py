@@ -301,10 +301,10 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
                                    overwrite=True))
     assert (out / "best.pt").read_bytes() == b"trained"
     # a run inside its dataset folder: prepare_wiki.py and retrieve.py --build replace those folders whole
+    from wikigpt.run.output_paths import inside_dataset
     for inside in (tmp_path / "data", tmp_path / "data" / "index", tmp_path / "data" / "runs" / "a"):
-        with pytest.raises(UsageError, match="is inside the dataset folder .*: give an --out_dir outside it"):
-            resolve_resume(TrainConfig(data=str(tmp_path / "data"), out_dir=str(inside)))
-    assert resolve_resume(TrainConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "data-runs"))) is False
+        assert "give an --out_dir outside it" in inside_dataset(TrainConfig(data=str(tmp_path / "data"), out_dir=str(inside)))
+    assert inside_dataset(TrainConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "data-runs"))) is None
 
 
 def test_resume_auto_starts_again_an_fsdp_run_lost_before_its_first_sharded_save(tmp_path):

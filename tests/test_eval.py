@@ -66,7 +66,7 @@ def test_training_writes_metrics_rows_and_a_loss_plot(runs):
 
 
 def test_metrics_survive_a_kill_and_resume_without_duplicated_or_missing_steps(tiny_data, tmp_path):
-    args = [sys.executable, "train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
+    args = [sys.executable, "train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
             "--eval_interval=25", *TINY]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -79,13 +79,13 @@ def test_metrics_survive_a_kill_and_resume_without_duplicated_or_missing_steps(t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = max(r["step"] for r in read_metrics(tmp_path))
-    assert 60 <= killed_at < 200
-    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=200",
+    assert 60 <= killed_at < 400
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=400",
                 "--eval_interval=25", *TINY, "--resume=true")
     assert r.returncode == 0, r.stderr
     rows = read_metrics(tmp_path)
-    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 201))
-    assert [r["step"] for r in rows if r["type"] == "eval"] == list(range(0, 201, 25))
+    assert [r["step"] for r in rows if r["type"] == "train"] == list(range(1, 401))
+    assert [r["step"] for r in rows if r["type"] == "eval"] == list(range(0, 401, 25))
     elapsed = [r["elapsed"] for r in rows]
     assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from the kept rows
 
@@ -343,6 +343,7 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
     with pytest.raises(UsageError, match=r"is in the folder of the run .*c, whose training draws its own loss.png"):
         eval_main(["plot", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "c" / "loss.png")])
     assert (tmp_path / "c" / "loss.png").read_bytes() == (tmp_path / "own.png").read_bytes()
+    eval_main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "c" / "loss.png")])  # the run's own, redrawn: yes
     with pytest.raises(UsageError, match=r"the plot is a PNG; give a path ending in .png"):  # PNG bytes in x.pdf before
         eval_main(["plot", str(tmp_path / "b"), "--out", str(tmp_path / "x.pdf")])
     assert not (tmp_path / "x.pdf").exists()
@@ -428,7 +429,7 @@ def test_commands_refuse_a_link_pipe_or_file_above_as_their_output_before_any_wo
 
 def test_the_loss_plot_is_drawn_at_most_once_a_minute_and_at_the_end(tiny_data, tmp_path, monkeypatch):
     """Drawn at every eval, loss.png took ~0.5 s each (and 1.3 s to import matplotlib): most of a
-    short run's evals. Now at an eval a minute after the last drawing, and at the end."""
+    short run's evals. Now at the first eval, at an eval a minute after the last drawing, and at the end."""
     import train
 
     from wikigpt.run import train_log
@@ -436,7 +437,7 @@ def test_the_loss_plot_is_drawn_at_most_once_a_minute_and_at_the_end(tiny_data, 
     monkeypatch.setattr(train_log, "plot_runs", lambda runs, out: drawn.append([r["step"] for r in runs[0][1]
                                                                                  if r["type"] == "eval"]))
     train.main([f"--data={tiny_data}", f"--out_dir={tmp_path / 'a'}", "--max_steps=4", "--eval_interval=1", *TINY])
-    assert drawn == [[0, 1, 2, 3, 4]]  # 5 evals in seconds: one drawing, at the end, of every eval
+    assert drawn == [[0], [0, 1, 2, 3, 4]]  # 5 evals in seconds: the first, then one drawing at the end
     drawn.clear()
     monkeypatch.setattr(train_log, "PLOT_EVERY_S", 0)  # a long run: every eval is a minute after the last
     train.main([f"--data={tiny_data}", f"--out_dir={tmp_path / 'b'}", "--max_steps=2", "--eval_interval=1", *TINY])

@@ -172,4 +172,5 @@ def test_a_build_never_deletes_what_it_did_not_write_in_the_index_folder(tiny_da
     with pytest.raises(UsageError, match="index.tmp holds draft.txt"):
         build_index(data, quiet=True, workers=1)
     (data / "index.tmp" / "draft.txt").unlink()
+    (data / "index" / "wikigpt_index.json.4242-0a1b2c3d.tmp").write_text("{")  # a write of its own a kill cut short
     assert build_index(data, quiet=True, workers=1)["generation"] == before["generation"] + 1

@@ -248,6 +248,14 @@ def test_bad_prune_requests_are_clear_errors_and_write_nothing(tiny_ckpt, odd_ch
     assert "measured ms/token" not in capsys.readouterr().out  # refused before the table's timings
 
 
+def test_calibration_data_with_no_whole_window_says_why(tiny_ckpt, tiny_data):
+    """Every shard shorter than the context: "holds 0 tokens ... give --calib_tokens 0 or less",
+    a value then refused as below 1."""
+    ckpt = load_checkpoint(tiny_ckpt)
+    with pytest.raises(UsageError, match=r"every train shard of .* is shorter than a 10000000-token window"):
+        prune_cmd.calibration(str(tiny_data), ckpt, 10_000_000, 4096, 0, "cpu")
+
+
 def test_a_bad_prune_request_exits_2_with_one_line(tiny_ckpt, tmp_path):
     r = run_cli("prune.py", "--ckpt", tiny_ckpt, "--out", tmp_path / "s.pt", "--keep_layers", "0")
     assert r.returncode == 2 and r.stderr.startswith("error: --keep_layers 0") and "Traceback" not in r.stderr

@@ -35,7 +35,7 @@ def output_file(path, option: str) -> Path:
     """A file a command will write, checked before its work: no link, pipe or device there and
     no file above it (run/output_paths.py), not a folder, and its parent folder made."""
     if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash: a file of that name
-        raise UsageError(f"{option} {path} ends with a slash, as a folder does: give a file path ({path}model.pt, say).")
+        raise UsageError(f"{option} {path} ends with a slash, as a folder does: give the path of a file (one inside it, say).")
     path = Path(path)
     if problem := output_path_problem(path, option):
         raise UsageError(problem)

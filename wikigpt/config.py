@@ -11,6 +11,7 @@ from wikigpt.adapt.lora import DEFAULT_TARGETS
 
 @dataclass
 class TrainConfig:
+    CHAT = False  # not a field: SFTConfig's is True
     # data and output
     data: str = opt("data/wiki", "dataset folder written by prepare_wiki.py")
     out_dir: str = opt("out/wiki", "where last.pt and best.pt are written")

@@ -35,11 +35,9 @@ from wikigpt.tokenizer import Tokenizer
 def check_files(cfg):
     """Called by TrainConfig.validate, before anything is read or written: the teacher and
     the student's starting checkpoint are runnable and fit together."""
-    from wikigpt.chat.sft_config import SFTConfig
-
     teacher = load_checkpoint(cfg.teacher)
     refuse_unrunnable(teacher, cfg.teacher, "teacher")
-    if isinstance(cfg, SFTConfig) and teacher.get("kind") == "pretrain":  # its soft targets would teach no chat turn
+    if cfg.CHAT and teacher.get("kind") == "pretrain":  # its soft targets would teach no chat turn
         raise UsageError(f"teacher {cfg.teacher} is a base (pretrained) model, never taught the chat turns: a chat "
                          "run distils from a chat model (the one it was pruned from, say), not a base one.")
     if cfg.init_from and Path(cfg.init_from).is_file() and cfg.resume != "true":

@@ -10,6 +10,7 @@ from wikigpt.config import TrainConfig
 
 @dataclass
 class SFTConfig(TrainConfig):
+    CHAT = True  # a chat run (not a field): what distillation checks its teacher against
     # defaults for fine-tuning (the model's shape comes from init_from)
     out_dir: str = opt("out/chat", "where last.pt and best.pt are written")
     init_from: str = opt("out/demo/best.pt", "the pretrained checkpoint to fine-tune")

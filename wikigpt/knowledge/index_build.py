@@ -37,6 +37,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -333,6 +334,7 @@ def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, 
 
 # what a build writes in index/ (and index.tmp/): SQLite may leave its journal beside its file
 OWN_ENTRIES = {INFO, PROGRESS, LEADS, SQLITE, "passages", "titles"} | {SQLITE + end for end in ("-journal", "-wal", "-shm")}
+WRITING = re.compile(rf"^(?:{re.escape(INFO)}|{re.escape(PROGRESS)})\.\d+-[0-9a-f]+\.tmp$")  # durable.replacing's, left by a kill
 
 
 def not_ours(path: Path) -> str | None:
@@ -346,7 +348,8 @@ def not_ours(path: Path) -> str | None:
     version = _read_json(path / INFO).get("version")
     if isinstance(version, int) and version != INDEX_VERSION:  # an index of another format, ours: its own files
         return None  # (bm25s's of format 1), replaced whole as the rebuild error says to
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_ENTRIES) if path.is_dir() else []
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_ENTRIES and not WRITING.match(p.name)) \
+        if path.is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         return (f"{path} holds {shown}, which retrieve.py --build did not write; a build replaces that folder "

@@ -88,6 +88,17 @@ def path_error(e: OSError) -> str | None:
     return f"{e.strerror or e}{where}. Check the path, its permissions and the free space."
 
 
+def inside_dataset(cfg) -> str | None:
+    """Why a new run may not write in its out_dir: it is, or is inside, the dataset folder it
+    reads (cfg.data as the run will use it), which prepare_wiki.py --overwrite and retrieve.py
+    --build replace whole."""
+    out, data = Path(cfg.out_dir).resolve(), Path(cfg.data).resolve()
+    if out == data or data in out.parents:
+        return (f"out_dir {cfg.out_dir} is inside the dataset folder {cfg.data}, which prepare_wiki.py and "
+                "retrieve.py rebuild whole: give an --out_dir outside it.")
+    return None
+
+
 RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
@@ -97,10 +108,6 @@ def run_replaced(cfg, restart: bool = False) -> str | None:
     overwrite), or a checkpoint it reads (init_from, teacher; always: LoRA adapters could never
     find their base again). restart: out_dir's best.pt is this run's own step 0 (fsdp.lost_before_first_save)."""
     out = Path(cfg.out_dir)
-    data = Path(cfg.data).resolve()
-    if out.resolve() == data or data in out.resolve().parents:  # prepare_wiki.py --overwrite and retrieve.py
-        return (f"out_dir {out} is inside the dataset folder {cfg.data}, which prepare_wiki.py and retrieve.py "
-                "rebuild whole: give an --out_dir outside it.")  # --build replace whole: the run would go with it
     for option, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)):
         path = Path(value) if value else None
         if path is not None and path.name in RUN_FILES and path.resolve().parent == out.resolve():

@@ -22,8 +22,9 @@ from wikigpt.run.throughput import fmt_time, held_mb, peak_flops, peak_memory_mb
 BAD_KINDS = (float("nan"), float("inf"), float("-inf"))
 BAD_KINDS_N = len(BAD_KINDS)
 NOT_DIVERGED = 2 ** 62  # larger than any code: what MIN keeps while no step went bad
-# loss.png is redrawn at an eval at most this often, and at the run's end: a drawing takes ~0.5 s on
-# a CPU (1.3 s more for matplotlib's import the first time), most of a short run's evals
+# loss.png is drawn at the first eval, then at an eval at most this often, and at the run's end (or
+# its divergence): a drawing takes ~0.5 s on a CPU, most of a short run's evals; a run stopped
+# otherwise leaves it at most this far behind metrics.jsonl (eval.py plot redraws it)
 PLOT_EVERY_S = 60
 
 
@@ -51,7 +52,7 @@ class TrainLog:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.out_dir, kind, resume_step=resume_step)
         self.t_start = time.time()
-        self.t_plot, self.plot_behind = self.t_start, False  # the last drawing; an eval row not drawn yet
+        self.t_plot, self.plot_behind = float("-inf"), False  # the last drawing (the first eval draws); a row not drawn
         self.t_eval, self.t_block = 0.0, None  # time in eval blocks; the start of the one running
         self.t_save, self.last_save = 0.0, None  # the loop's time for checkpoints (see saving())
         self.t_log, self.tokens_since_log = time.time(), 0
