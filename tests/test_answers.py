@@ -287,6 +287,17 @@ def test_a_reset_conversation_carries_nothing(reader):
     assert reader.find("unrelated, but is Brindavale landlocked?", history=history).best.text.startswith("Yes: ")
 
 
+def test_a_follow_up_naming_a_name_the_conversation_never_used_carries_nothing(reader):
+    history = ["Is Brindavale landlocked?", "Yes: Brindavale is a landlocked valley state in the high mountains."]
+    for question in ("Who is Barack Obama?", "and what about Zimbabwe?", "When was Harry Potter published?"):
+        found = reader.find(question, history=history)
+        assert not found.links and not found.answerable, question  # not Brindavale's evidence
+    said = ["Who edited the Stonebridge Gazette?", "Its first editor was Tobias Marlow, of Stonebridge Gazette fame."]
+    assert reader.find("When was Marlow hired?", history=said).links[0].title == "Stonebridge Gazette"  # a name just said
+    assert reader.find("Where did Obama print it?", history=history).links[0].title == "Brindavale"  # "it" carries
+    assert reader.find("how high do US maps put the peaks", history=history).links[0].title == "Brindavale"  # an acronym
+
+
 def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):
     shown = not_found(reader.find("Who was Mara Quill?"))  # what chat prints when it declines: the closest, titled
     messages = [Message("user", "What forecasts the weather?"), Message("assistant", shown),  # another's passage

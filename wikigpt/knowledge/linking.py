@@ -18,6 +18,7 @@ from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.retrieval import Index
 
 PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
+NAME_WORD = re.compile(r"(?<=[^\s.!?:;]\s)[A-Z][a-z][^\W_]*")  # a capitalised word (no acronym: "US") inside a sentence
 MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
 # of a message read as a question, its end (where a long message asks): the reader's work grows
 # with the question (searches, phrases looked up in the graph); the longest of bench/natural_qa is 102
@@ -87,9 +88,12 @@ class Linker:
         the one its reply's evidence came from (without a reply, the question's best passage). The
         carried link spans nothing of the question (units 0): nothing is cut from what it asks. A
         question that says it changes the subject ("unrelated, but ...": NEW_TOPIC) carries
-        nothing, and nothing is carried past it."""
+        nothing, and nothing is carried past it; nor does one that names a name the conversation has
+        not used and says no "it" ("Who is Barack Obama?" after Angola's capital, "and Zimbabwe?")."""
         if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
             return links  # it names its own, or says it asks about something else
+        if not links and not PRONOUNS.search(question) and self.names_new(question, history):
+            return links  # about a name the graph lacks: not the last entity's
         person = PERSON_PRONOUNS.search(question)
         recent = list(enumerate(history))[-6:]  # the last three exchanges
         for n, earlier in reversed(recent):
@@ -114,6 +118,12 @@ class Linker:
             if top:
                 return self._carry(top[0], links)
         return links
+
+    def names_new(self, question: str, history: list[str]) -> bool:
+        """Whether a question writes a name (a capitalised word inside a sentence) that the last
+        three exchanges did not ("Americans" after "... American Revolutionary War" is no new one)."""
+        said = set(terms(" ".join(without_abstention(t)[:MAX_REPLY_CHARS] for t in history[-6:] if t)))
+        return any(set(terms(m[0])) - said - self.stopwords for m in NAME_WORD.finditer(question))
 
     @staticmethod
     def _carry(link: Link, links: list[Link]) -> list[Link]:
