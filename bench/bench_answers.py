@@ -105,7 +105,7 @@ def refuse_declining_all(threshold: float, folder):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/demo", help="the dataset folder with its index (retrieve.py --build)")
     ap.add_argument("--natural", default=str(NATURAL_QA), help="the question set's folder (bench/natural_qa)")
     ap.add_argument("--split", default="dev", choices=("dev", "test"), help="test: only to report, once")

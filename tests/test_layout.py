@@ -1,6 +1,8 @@
 """The layout rules, read from the code's own imports: commands at the top import the library
-(wikigpt/), the library imports model.py, never the other way; no cycles; short files."""
+(wikigpt/), the library imports model.py, never the other way; no cycles; short files; docs whose
+links lead somewhere."""
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -151,3 +153,35 @@ def test_the_readmes_reading_order_counts_the_lines_there_are():
     said = int(section.split("lines in all")[0].rsplit("about ", 1)[1].replace(",", ""))
     assert abs(said - totals[0]) <= 0.05 * totals[0], f"README says about {said} lines; the table's files hold {totals[0]}"
     assert said <= 2050 and totals[0] <= 2050, f"the reading path is {totals[0]} lines: at most 2,050"
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lowercased, punctuation dropped, spaces as
+    hyphens, a repeated one numbered (headings inside code blocks are none)."""
+    out, fenced = set(), False
+    for line in markdown.splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and (m := re.match(r"#{1,6} (.+)", line)):
+            slug = re.sub(r"[^\w\- ]", "", m[1].strip().lower()).replace(" ", "-")
+            n, base = 1, slug
+            while slug in out:
+                slug, n = f"{base}-{n}", n + 1
+            out.add(slug)
+    return out
+
+
+def test_every_link_between_the_docs_leads_to_a_file_and_heading_there_is():
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md")) + sorted(ROOT.glob("*/README.md"))
+    broken = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text(encoding="utf-8")):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import PROSE, ROOT, TINY, dump_xml, page, run_cli
 
+from wikigpt.cli import UsageError
 from wikigpt.knowledge import scores
 from wikigpt.knowledge import wikiqa
 from wikigpt.chat.sft_rows import rows_of
@@ -166,6 +167,11 @@ def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path)
     assert len(r.stderr.strip().splitlines()) == 1 and f"retrieve.py --data {old} --build" in r.stderr
     for name in ("corpus.jsonl", "params.index.json", "lead_ids.npy"):  # some of what bm25s saved there
         (old / "index" / name).write_text("{}")
+    (old / "index" / "notes.txt").write_text("mine")  # ... and a user's file: refused, as in a current index
+    with pytest.raises(UsageError, match="notes.txt, which retrieve.py --build did not write"):
+        build_index(old, quiet=True, workers=1)
+    assert (old / "index" / "notes.txt").read_text() == "mine" and (old / "index" / "corpus.jsonl").exists()
+    (old / "index" / "notes.txt").unlink()
     build_index(old, quiet=True, workers=1)  # the rebuild it says to run replaces the old format's files too
     assert Index.open(old).info["version"] == INDEX_VERSION and not (old / "index" / "corpus.jsonl").exists()
 

@@ -334,6 +334,10 @@ def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, 
 
 # what a build writes in index/ (and index.tmp/): SQLite may leave its journal beside its file
 OWN_ENTRIES = {INFO, PROGRESS, LEADS, SQLITE, "passages", "titles"} | {SQLITE + end for end in ("-journal", "-wal", "-shm")}
+# what bm25s wrote for an index of format 1 (replaced whole by a rebuild, as its error says to)
+FORMAT_1_ENTRIES = {"data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
+                    "params.index.json", "nonoccurrence_array.index.npy", "corpus.jsonl", "corpus.mmindex.json",
+                    "lead_ids.npy"}
 WRITING = re.compile(rf"^(?:{re.escape(INFO)}|{re.escape(PROGRESS)})\.\d+-[0-9a-f]+\.tmp$")  # durable.replacing's, left by a kill
 
 
@@ -345,10 +349,8 @@ def not_ours(path: Path) -> str | None:
         return problem
     if os.path.lexists(path) and not path.is_dir():
         return f"{path} is a file, where retrieve.py --build writes the index's folder: move it away and run this again."
-    version = _read_json(path / INFO).get("version")
-    if isinstance(version, int) and version != INDEX_VERSION:  # an index of another format, ours: its own files
-        return None  # (bm25s's of format 1), replaced whole as the rebuild error says to
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in OWN_ENTRIES and not WRITING.match(p.name)) \
+    own = OWN_ENTRIES | (FORMAT_1_ENTRIES if _read_json(path / INFO).get("version") == 1 else set())
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in own and not WRITING.match(p.name)) \
         if path.is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
