@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from wikigpt.cli import UsageError, run_main
-from wikigpt.knowledge.evidence import Reader
+from wikigpt.knowledge.evidence import PENDING, Reader
 from wikigpt.knowledge.graph import KNOWLEDGE, Knowledge
 from wikigpt.knowledge.qa_items import calibrate
 from wikigpt.knowledge.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_index_info, build_index
@@ -25,7 +25,7 @@ from wikigpt.knowledge.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_ind
 def build(folder: str, passage_chars: int):
     if (Path(folder) / KNOWLEDGE).exists():
         Knowledge.open(folder)  # a damaged graph: say so before anything is rebuilt
-    info = build_index(folder, passage_chars)
+    info = build_index(folder, passage_chars, extra_info={"calibration": PENDING})  # replaced by calibrate's below
     print(f"indexed {info['passages']:,} passages of {info['articles']:,} articles in "
           f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(folder) / INDEX_DIR}")
     reader = Reader.open(folder)

@@ -20,7 +20,7 @@ from wikigpt.knowledge import wikiqa
 from wikigpt.chat.sft_rows import rows_of
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
-from wikigpt.knowledge.retrieval import Index, build_index, split_passages, terms
+from wikigpt.knowledge.retrieval import PASSAGE_CHARS, Index, build_index, split_passages, terms
 from wikigpt.knowledge.index_build import INDEX_VERSION
 from wikigpt.knowledge.grounding import evidence_prompt, reader_of
 from wikigpt.cli import run_main
@@ -177,6 +177,29 @@ def test_an_index_of_the_old_format_says_rebuild_in_one_line(rag_data, tmp_path)
 
 
 # ----- grounded rows: the same rendering at training and at chat time
+
+def test_a_build_stopped_before_choosing_its_threshold_says_so_where_the_index_is_read(rag_data, tmp_path, monkeypatch):
+    """retrieve.py --build publishes the index, then chooses the "not found" threshold on the train
+    split's questions: a kill between left an index judged by the default, and nothing said so."""
+    import retrieve
+    from wikigpt.knowledge.evidence import Reader
+
+    data = tmp_path / "data"
+    shutil.copytree(rag_data, data)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(retrieve, "calibrate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            retrieve.build(str(data), PASSAGE_CHARS)
+    reader = Reader.open(data)
+    assert "was never chosen" in reader.note and f"retrieve.py --data {data} --build" in reader.note
+    r = run_cli("retrieve.py", "--data", data, "What is tea?")
+    assert r.returncode == 0 and "was never chosen" in r.stdout, r.stderr
+    retrieve.build(str(data), PASSAGE_CHARS)  # run again, whole
+    assert Reader.open(data).note == "" and isinstance(Index.open(data).info["calibration"], dict)
+
 
 def test_an_index_info_file_cut_short_says_rebuild_in_one_line(rag_data, tmp_path):
     data = tmp_path / "data"

@@ -40,6 +40,7 @@ RETRIEVE_K = 8  # passages whose sentences compete as evidence
 # (bench/natural_qa: at most 2); 97 titles in one message gave 2,484 candidates to score
 MAX_ENTITIES = 4
 DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (1.0) and "names nothing" (<= 0.5)
+PENDING = "pending"  # the index info's calibration until retrieve.py --build has chosen the threshold
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
@@ -110,6 +111,10 @@ class Reader:
             self.note = (f"the learned 'not found' confidence in {index.folder} was stored by an older version (other "
                          "features), so the rules' threshold judges instead; to store one for this version: python "
                          f"bench/bench_answers.py --data {index.folder} --confidence")
+        if info.get("calibration") == PENDING:  # retrieve.py --build stopped between the index and its threshold
+            self.note = (f"the 'not found' threshold of the index in {index.folder} was never chosen (its build was "
+                         f"stopped after writing the index), so the default {DEFAULT_THRESHOLD} judges; to choose it: "
+                         f"python retrieve.py --data {index.folder} --build")
         if threshold is not None:
             self.threshold = threshold
         if kb is None:

@@ -379,21 +379,21 @@ def _feed(writers: _Writers, analysed, commit_every: int, bar):
 
 
 def build_index(folder, max_chars: int = PASSAGE_CHARS, quiet=False, commit_every: int = COMMIT_PASSAGES,
-                workers: int | None = None, stop_after: int | None = None) -> dict:
+                workers: int | None = None, stop_after: int | None = None, extra_info: dict | None = None) -> dict:
     """Index every kept article of a dataset folder (train and val: the index is the model's
     library, not its training data) into folder/index/, atomically, in memory that grows like
     the log of the corpus; an interrupted build resumes from its last checkpoint, a finished one
     killed before its publish is only published. stop_after: stop after that many
-    articles, as a crash would (for tests)."""
+    articles, as a crash would (for tests). extra_info: written into the index's info with it."""
     folder = Path(folder)
     next(read_articles(folder), None)  # the "no such folder" / "no kept articles" errors
     with _dataset_locked(folder, "two builds would write the same index.tmp. Wait for it to finish, or "
                                  "stop it (a stopped build resumes when run again) and run this again"):
-        return _build(folder, max_chars, quiet, commit_every, workers, stop_after)
+        return _build(folder, max_chars, quiet, commit_every, workers, stop_after, extra_info or {})
 
 
 def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers: int | None,
-           stop_after: int | None) -> dict:
+           stop_after: int | None, extra_info: dict) -> dict:
     t0, c0 = time.time(), _cpu_seconds()
     tmp, final = folder / (INDEX_DIR + ".tmp"), folder / INDEX_DIR
     if problem := not_ours(final) or not_ours(tmp):
@@ -429,7 +429,7 @@ def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers
             "passages": writers.passages, "passage_chars": max_chars, "seconds": round(seconds, 2),
             "cpu_seconds": round(_cpu_seconds() - c0, 2), "resumed_after_articles": resumed_after,
             "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9)),
-            "generation": _generation(_read_json(final / INFO)) + 1}  # newer than the index it replaces
+            "generation": _generation(_read_json(final / INFO)) + 1} | extra_info  # newer than the one it replaces
     # The info file last (Index.open looks for it) and durably: it says index.tmp is whole (each
     # part was synced by its commit at the last checkpoint), so a crash from here on costs the
     # next run only the fsync and the publish. Then progress.json goes: the index does not need it.
