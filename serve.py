@@ -153,8 +153,10 @@ def main(argv):
           f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'}"
           f"{', retrieval from ' + str(args.data or info['data']) if index else ''})",
           flush=True)
-    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
-    engine.stop()
+    try:
+        uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
+    finally:  # Ctrl-C too: Python shutting down under the engine thread's step aborted ("terminate called")
+        engine.stop()
 
 
 if __name__ == "__main__":

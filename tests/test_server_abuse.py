@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -593,3 +594,99 @@ def test_max_queue_0_serves_what_fits_the_slots_and_refuses_more_choices_than_th
         error = r.json()["error"]["message"]
         assert r.status_code == 400 and "16 choices" in error and "8" in error, r.text
     settled(live)
+
+
+# ----- slow readers, busy servers, Ctrl-C
+
+def test_a_wrong_request_to_a_busy_server_is_a_400_not_a_429_to_retry(live):
+    """The capacity was checked before the request's own fields: a wrong one got "busy, retry in a
+    moment" (which the OpenAI client retries) whenever the slots were full."""
+    sock = raw_post(live.url, "/v1/chat/completions", json.dumps(ask("hi", n=8, max_tokens=LONG)).encode())
+    try:
+        wait_active(live.url, 8)
+        for wrong in ({"temperature": 9}, {"stop": [1]}, {"seed": "x"}, {"rag": "yes"}, {"max_tokens": 0}):
+            r = post(live.url, ask("hi", **wrong))
+            assert r.status_code == 400, (wrong, r.text)
+        assert post(live.url, {"messages": "hi"}).status_code == 400
+        assert post(live.url, {"prompt": 42}, "/v1/completions").status_code == 400
+        assert post(live.url, ask("hi")).status_code == 429  # a right one is told to retry
+    finally:
+        sock.close()
+    settled(live, within=5)
+
+
+def test_a_stream_read_slowly_but_steadily_is_not_cut_as_stalled(live):
+    """The stall guard timed one hand-over of a chunk, which waited for 48 KiB of the connection's
+    buffer to drain (asyncio's default marks): a client reading below ~48 KB/s at a 1 s guard was
+    cut mid-stream though it never stopped reading. It reads here at ~40 KB/s."""
+    body = json.dumps(ask("hi", n=8, max_tokens=100, stream=True)).encode()
+    sock = raw_post(live.url, "/v1/chat/completions", body, rcvbuf=4096)
+    got, deadline = b"", time.monotonic() + 60
+    try:
+        while not got.endswith(b"0\r\n\r\n") and time.monotonic() < deadline:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+            time.sleep(0.1)
+    finally:
+        sock.close()
+    assert b"data: [DONE]" in got and got.endswith(b"0\r\n\r\n"), got[-200:]
+    assert "stopped reading" not in live.log()
+    settled(live, within=5)
+
+
+def test_a_connection_close_reply_read_slowly_arrives_whole():
+    """A reply sent with Connection: close (urllib's, HTTP/1.0's) was cut a second after it was
+    written when its client had not read it all yet: closing aborted any connection whose buffer
+    still held bytes, though the client was reading them. Now only one that reads nothing."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.connections import bounded
+
+    size = 1 << 20
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
+        await send({"type": "http.response.body", "body": b"x" * size})
+
+    async def run():
+        config, state = uvicorn.Config(app, log_config=None), ServerState()
+        protocol = bounded(H11Protocol, Settings())
+        server = await asyncio.get_running_loop().create_server(lambda: protocol(config, state, {}), "127.0.0.1", 0)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the reply waits in the server's buffers
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, server.sockets[0].getsockname())
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := await reader.read(32768):  # ~640 KB/s: the reply takes ~1.6 s
+            got += chunk
+            await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        return len(got.split(b"\r\n\r\n", 1)[1])
+    assert asyncio.run(run()) == size
+
+
+def test_ctrl_c_while_replies_are_generated_exits_cleanly(random_ckpt):
+    """Python shut down under the engine thread's step: the process aborted ("terminate called
+    without an active exception", exit -6) in most tries with requests running."""
+    s = warm_server(random_ckpt, *SERVER_ARGS)
+    socks = [raw_post(s.url, "/v1/chat/completions", json.dumps(ask("hi", n=4, max_tokens=LONG)).encode())
+             for _ in range(2)]
+    try:
+        wait_active(s.url, 8)
+        s.proc.send_signal(signal.SIGINT)
+        assert s.proc.wait(timeout=30) == 130, s.log()
+        assert "terminate called" not in s.log() and "Event loop is closed" not in s.log()
+    finally:
+        for sock in socks:
+            sock.close()
+        s.stop()

@@ -115,6 +115,7 @@ async def complete(server: Server, request, chat: bool):
 
     body = await read_body(request, server.settings)
     refuse_unsupported(body)
+    server.check_fields(body, chat)
     found, sources = None, []
     choices = server.choices(body, chat)
     if chat:

@@ -16,8 +16,14 @@ import h11
 
 from wikigpt.server.checks import ApiError, Settings
 
-# a closed connection whose bytes are still unsent after this long is dropped (its reader is gone)
+# a closed connection whose unsent bytes did not drain at all in this long is dropped (its reader is
+# gone); one still reading, however slowly, gets its reply whole (a Connection: close client, urllib's)
 CLOSE_GRACE_S = 1.0
+# the event loop's buffer of a connection's unsent bytes: past the high mark a streamed reply waits
+# until it drains to the low one (a quarter), within the stall guard's stall_timeout_s (app.py). At
+# asyncio's 64 KiB, 48 KiB had to drain in 10 s: a client reading steadily below ~5 KB/s was cut as
+# stalled; at 8 KiB, 6 KiB: below ~600 B/s, slower than any reader of a stream's ~20 tokens/s
+WRITE_BUFFER_HIGH = 8 << 10
 # h11 parses each chunk of a chunked body in Python on the event loop (~10 us): a 1 MiB body in
 # 1-byte chunks held it for 10 s. Clients send a Content-Length (the OpenAI SDKs, curl -d, fetch)
 # or chunks of KBs (httpx: 64 KiB); 4,096 chunks are ~40 ms of parsing, 1 MiB in 256-byte chunks
@@ -72,16 +78,20 @@ def bounded(protocol: type, settings: Settings) -> type:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+            transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
             close, loop = transport.close, self.loop  # (not self: the grace timer would hold the protocol)
 
             def close_or_abort():  # close() waits for the write buffer to drain: for a client that
                 close()            # stopped reading (the stall guard's) it never does, and the
-                if transport.get_write_buffer_size():  # connection would stay counted
-                    loop.call_later(CLOSE_GRACE_S, abort_if_stuck)
+                if unsent := transport.get_write_buffer_size():  # connection would stay counted
+                    loop.call_later(CLOSE_GRACE_S, abort_if_stuck, unsent)
 
-            def abort_if_stuck():
-                if transport.get_write_buffer_size():
-                    transport.abort()
+            def abort_if_stuck(before: int):
+                if unsent := transport.get_write_buffer_size():
+                    if unsent < before:  # still draining: the client reads
+                        loop.call_later(CLOSE_GRACE_S, abort_if_stuck, unsent)
+                    else:
+                        transport.abort()
             transport.close = close_or_abort
             self.arm_header_deadline()
 

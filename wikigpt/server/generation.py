@@ -106,6 +106,15 @@ class Choice:
         return delta
 
 
+
+def deliver(loop, events: asyncio.Queue, event: tuple):
+    """An engine thread's event (emit) onto the request's event loop. Once the server has stopped
+    (Ctrl-C) the loop is closed and nobody waits for it: the engine's last step must not fail."""
+    try:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+    except RuntimeError:  # "Event loop is closed"
+        pass
+
 class Server:
     """The model, the engine thread and the metrics, with the logic of each endpoint."""
 
@@ -153,6 +162,22 @@ class Server:
         finally:
             self.preparing -= choices
 
+    def check_fields(self, body: dict, chat: bool):
+        """A request's own fields that take no reading of its text, checked before its capacity
+        (prompts_admitted): a wrong request gets its 400 on a busy server too, not a 429 that the
+        OpenAI client retries (and, with --rag, not after a retrieval). Checked again where used."""
+        number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
+        sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
+        stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
+        self.max_tokens(body)
+        if chat and not isinstance(body.get("rag", True), bool):
+            raise ApiError(400, "'rag' must be true or false", "rag")
+        messages, prompt = body.get("messages"), body.get("prompt")
+        if chat and not (isinstance(messages, list) and 0 < len(messages) <= self.settings.max_messages):
+            read_messages(body, self.settings)  # says which of its errors it is (none of them reads a message)
+        if not chat and not (isinstance(prompt, str) or isinstance(prompt, list) and prompt):
+            raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn (read in the whole conversation the
         messages hold) and the sources shown in the prompt (with --rag and "rag" not false in the
@@ -161,9 +186,7 @@ class Server:
             raise ApiError(400, "this checkpoint is not chat-tuned (no chat tokens); use /v1/completions, "
                                 "or serve a checkpoint from chat_sft.py", "messages")
         messages = read_messages(body, self.settings)
-        use_rag = body.get("rag", True)
-        if not isinstance(use_rag, bool):
-            raise ApiError(400, "'rag' must be true or false", "rag")
+        use_rag = body.get("rag", True)  # a bool: check_fields
         room = prompt_room(self.block, max_tokens)
         try:
             ids, kept = fit_history(self.tok, messages, room, limit=self.block - 1)
@@ -250,7 +273,7 @@ class Server:
             for j in range(n):
                 c = Choice(len(choices), prompt, TextStream(self.tok), stops)
                 c.request = Request(prompt, max_new, params, ends, None if seed is None else seed + j,
-                                    emit=lambda r, t, f, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, t, f)),
+                                    emit=lambda r, t, f, c=c: deliver(loop, events, (c, t, f)),
                                     copy_from=copy_from)
                 choices.append(c)
         if said is not None:  # "not found": said as it is, nothing generated
