@@ -238,6 +238,19 @@ def settle_val_fallback(work: Path, index: int):
 # ----------------------------------------------------------------------------------------
 # The pipeline, resumable
 
+# what a step leaves that the next ones no longer read, once progress.json records the step done
+LEFTOVERS = {"knowledge": KNOWLEDGE_PARTS}
+
+
+def drop_done(work: Path, state: dict):
+    """Delete the folders that recorded steps made redundant. Only after the progress that records
+    the step is saved: a kill in the middle of a deletion then leaves leftovers (deleted here again
+    by the resumed run), never a step to redo from half of its input."""
+    for step, folder in LEFTOVERS.items():
+        if step in state and (work / folder).exists():
+            shutil.rmtree(work / folder)
+
+
 def max_workers() -> int:
     return max(8, 4 * usable_cores())
 
@@ -334,8 +347,8 @@ def build(files, args, work: Path, state: dict, t0: float) -> tuple[dict, Tokeni
             atomic_write_json(work / PROGRESS, state)
         if writing is not None:
             state["knowledge"] = writing.result()
-            shutil.rmtree(work / KNOWLEDGE_PARTS)
             atomic_write_json(work / PROGRESS, state)
+        drop_done(work, state)  # knowledge-parts/, now that progress.json says the graph is written
     splits = state["splits"]
     return {
         "format_version": FORMAT_VERSION,

@@ -4,7 +4,9 @@ import gzip
 import hashlib
 import json
 import re
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,6 +260,48 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, 
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after.pop("meta.json") and after == {k: v for k, v in before.items() if k != "meta.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml"]  # no temp left
+
+
+def dataset_bytes(out) -> dict:
+    """Every file of a dataset, and its meta.json but for the seconds the run took."""
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    meta = json.loads(files.pop("meta.json"))
+    meta.pop("seconds")
+    return files | {"meta.json": meta}
+
+
+def killed_deleting(monkeypatch, name: str, share: float):
+    """shutil.rmtree(work/NAME) killed (Ctrl-C) once it has deleted `share` of the folder's files."""
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        if Path(path).name == name:
+            files = sorted(Path(path).iterdir())
+            assert len(files) >= 2, "too few parts to cut a deletion in half"
+            for f in files[:round(share * len(files))]:
+                f.unlink()
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+
+
+def test_a_run_killed_while_it_deletes_its_knowledge_parts_resumes_to_the_same_bytes(small_dump, tmp_path, monkeypatch):
+    """knowledge-parts/ was deleted before the progress that says knowledge.sqlite is written:
+    killed then, the re-run built it from half of its parts (exit 0, article numbers off) or
+    from none."""
+    args = ("--checkpoint_mb", "0.002", "--workers", "1")
+    build(small_dump, tmp_path / "whole", *args)
+    for folder in ("knowledge-parts",):
+        for share in (0.5, 1.0):
+            out = tmp_path / f"{folder}-{share}"
+            killed_deleting(monkeypatch, folder, share)
+            with pytest.raises(SystemExit) as e:
+                build(small_dump, out, *args)
+            assert e.value.code == 130 and not out.exists()
+            monkeypatch.undo()
+            build(small_dump, out, *args)  # the same command again
+            assert dataset_bytes(out) == dataset_bytes(tmp_path / "whole"), (folder, share)
+            assert not (tmp_path / f".{out.name}.partial").exists()
 
 
 def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
