@@ -46,7 +46,7 @@ from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
 from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_member, source_jobs
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
-from wikigpt.prep.shards import Progress, encode_pass, iter_articles
+from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
 from wikigpt.prep.workdir import PROGRESS, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
@@ -79,16 +79,25 @@ class CleanPass:
                                             "members": []})  # sizes of the gzip members, in file order
         self.state, self.texts, self.titles = state, Seen(), Seen()
         for i in range(self.c["parts"]):  # a resumed run: the articles kept so far
-            with gzip.open(self.part_path(i), "rt", encoding="utf-8") as f:
-                for row in map(json.loads, f):
-                    self.texts.add(digest(row["text"]))
-                    self.titles.add(digest(row["title"]))
+            self.remember(self.part_path(i))
         self.skipped = Counter(self.c["skipped"])
         self.stitcher = Stitcher(base64.b64decode(self.c["carry"]))
         self.progress = Progress(sum(f.stat().st_size for f in files))
         self.opts, self.metas = JobOptions(settings, args.seed, args.val_fraction), deque()
         if self.c["jobs"]:
             print(f"resuming after {self.c['jobs']} jobs: {self.c['kept']:,} articles already kept")
+
+    def remember(self, part: Path):
+        """The digests of a saved part's articles. A part that is gone or cut short (a folder an
+        older version left, killed while it deleted parts/) is reported: prepare() then deletes the
+        work folder, so the same command starts over instead of failing the same way every time."""
+        try:
+            with gzip.open(part, "rt", encoding="utf-8") as f:
+                for row in map(json.loads, f):
+                    self.texts.add(digest(row["text"]))
+                    self.titles.add(digest(row["title"]))
+        except UNREADABLE as e:
+            raise WikiError(damaged(part, e)) from None
 
     def part_path(self, i: int) -> Path:
         return self.work / "parts" / f"part-{i:05d}.jsonl.gz"
@@ -219,10 +228,9 @@ class CleanPass:
         if c["splits"]["val"] == 0:  # a tiny source: move the article with the lowest hash to val
             settle_val_fallback(work, c["lowest"][1])
             c["members"] = [(work / ARTICLES).stat().st_size]
-        shutil.rmtree(work / "parts")
         self.state["cleaned"] = {"articles": c["kept"], "dropped": dict(self.skipped), "members": c.pop("members"),
                                  "repeated_title": c.get("repeated_title")}
-        atomic_write_json(work / PROGRESS, self.state)
+        atomic_write_json(work / PROGRESS, self.state)  # parts/ goes only now: see drop_done
         return self.state["cleaned"]
 
 
@@ -239,7 +247,7 @@ def settle_val_fallback(work: Path, index: int):
 # The pipeline, resumable
 
 # what a step leaves that the next ones no longer read, once progress.json records the step done
-LEFTOVERS = {"knowledge": KNOWLEDGE_PARTS}
+LEFTOVERS = {"cleaned": "parts", "knowledge": KNOWLEDGE_PARTS}
 
 
 def drop_done(work: Path, state: dict):
@@ -332,6 +340,7 @@ def build(files, args, work: Path, state: dict, t0: float) -> tuple[dict, Tokeni
     # work/ to race the run that resumes it (or the cleanup of bad input)
     with ThreadPoolExecutor(1) as pool:
         cleaned = state.get("cleaned") or CleanPass(files, args, settings, work, state).run()
+        drop_done(work, state)  # parts/, now that progress.json says they are joined
         print(f"cleaned {cleaned['articles']} articles in {time.time() - t0:.1f}s; dropped: {cleaned['dropped']}")
         if n := cleaned["dropped"].get("duplicate_title"):
             print(f"skipped {n} article(s) whose title repeats an earlier one: e.g. {cleaned['repeated_title']!r} "

@@ -13,7 +13,7 @@ import pytest
 from conftest import PROSE, dump_xml, page, run_cli
 
 import prepare_wiki
-from wikigpt.prep.data import HEADER, DatasetError, load_dataset, open_shard
+from wikigpt.prep.data import HEADER, DatasetError, load_dataset, open_shard, read_articles
 from wikigpt.knowledge.graph import write_knowledge
 from prepare_wiki import main
 from wikigpt.prep.facts import facts
@@ -285,13 +285,13 @@ def killed_deleting(monkeypatch, name: str, share: float):
     monkeypatch.setattr(shutil, "rmtree", rmtree)
 
 
-def test_a_run_killed_while_it_deletes_its_knowledge_parts_resumes_to_the_same_bytes(small_dump, tmp_path, monkeypatch):
-    """knowledge-parts/ was deleted before the progress that says knowledge.sqlite is written:
-    killed then, the re-run built it from half of its parts (exit 0, article numbers off) or
-    from none."""
+def test_a_run_killed_while_it_deletes_its_parts_resumes_to_the_same_bytes(small_dump, tmp_path, monkeypatch):
+    """The saved parts (parts/, knowledge-parts/) were deleted before the progress that says they
+    are no longer needed: killed then, the re-run built knowledge.sqlite from half of its parts
+    (exit 0, article numbers off), from none, or failed forever on parts that are gone."""
     args = ("--checkpoint_mb", "0.002", "--workers", "1")
     build(small_dump, tmp_path / "whole", *args)
-    for folder in ("knowledge-parts",):
+    for folder in ("parts", "knowledge-parts"):
         for share in (0.5, 1.0):
             out = tmp_path / f"{folder}-{share}"
             killed_deleting(monkeypatch, folder, share)
@@ -302,6 +302,26 @@ def test_a_run_killed_while_it_deletes_its_knowledge_parts_resumes_to_the_same_b
             build(small_dump, out, *args)  # the same command again
             assert dataset_bytes(out) == dataset_bytes(tmp_path / "whole"), (folder, share)
             assert not (tmp_path / f".{out.name}.partial").exists()
+
+
+def test_a_work_folder_whose_saved_parts_are_gone_is_reported_deleted_and_started_over(small_dump, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """As an older version left a run killed while it deleted parts/: "damaged", not a traceback
+    on every re-run; the same command then starts over."""
+    out, work = tmp_path / "ds", tmp_path / ".ds.partial"
+
+    def killed(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_wiki.CleanPass, "join", killed)
+    with pytest.raises(SystemExit):
+        build(small_dump, out, "--checkpoint_mb", "0.002")
+    monkeypatch.undo()
+    shutil.rmtree(work / "parts")
+    with pytest.raises(SystemExit) as e:
+        build(small_dump, out, "--checkpoint_mb", "0.002")
+    assert e.value.code == 2 and "is damaged" in capsys.readouterr().err and not work.exists()
+    build(small_dump, out, "--checkpoint_mb", "0.002")
+    assert "Article 3" in {a["title"] for a in read_articles(out)}
 
 
 def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
