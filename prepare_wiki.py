@@ -48,7 +48,7 @@ from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_me
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import PROGRESS, open_work, publish, unlock
+from wikigpt.prep.workdir import PROGRESS, generation, made_from, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -333,8 +333,8 @@ def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
     return tok
 
 
-def build(files, args, work: Path, state: dict, t0: float) -> tuple[dict, Tokenizer]:
-    """The three passes into the work folder -> (meta.json's contents, the tokenizer)."""
+def build(files, args, work: Path, state: dict, t0: float) -> dict:
+    """The three passes into the work folder -> meta.json's contents."""
     settings = CleanSettings(min_chars=args.min_chars)
     # the pool's exit waits for the writer: after a crash no thread is left writing into
     # work/ to race the run that resumes it (or the cleanup of bad input)
@@ -374,7 +374,7 @@ def build(files, args, work: Path, state: dict, t0: float) -> tuple[dict, Tokeni
         "articles": ARTICLES,
         "knowledge": state["knowledge"],
         "seconds": round(time.time() - t0, 2),
-    }, tok
+    }
 
 
 def prepare(args) -> Path:
@@ -395,26 +395,35 @@ def prepare(args) -> Path:
     work, state = open_work(out, files, args)  # locked until this run ends, however it ends
     try:
         check_out(out, args.overwrite)  # again, locked: a run that held the lock may have published meanwhile
-        try:
-            meta, tok = build(files, args, work, state, t0)
-        except WikiError:  # bad input: nothing to resume
-            shutil.rmtree(work)
-            raise
-        (work / PROGRESS).unlink()
-        # every file's size (meta.json last: it marks the folder complete), so a loader or a
-        # check can tell a whole dataset from one that is not
-        meta["files"] = {p.name: p.stat().st_size for p in sorted(work.iterdir())}
-        atomic_write_json(work / "meta.json", meta)
+        # a run killed between its meta.json and its publish left a whole dataset: only publish it
+        meta = state.get("finished") or finish(files, args, work, state, t0, out)
         publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
     finally:
         unlock(work)
-    report(out, meta, tok)
+    report(out, meta)
     return out
 
 
-def report(out: Path, meta: dict, tok: Tokenizer):
+def finish(files, args, work: Path, state: dict, t0: float, out: Path) -> dict:
+    """The passes, then meta.json, written last: it marks the work folder a whole dataset."""
+    try:
+        meta = build(files, args, work, state, t0)
+    except WikiError:  # bad input: nothing to resume
+        shutil.rmtree(work)
+        raise
+    # every file's size, so a loader or a check can tell a whole dataset from one that is not;
+    # what made it, and that it is newer than the dataset it replaces: so that a run killed
+    # before its publish is only published by the next (workdir.finished)
+    meta["files"] = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.name not in (PROGRESS, "meta.json")}
+    meta |= {"made_from": made_from(state["fingerprint"]), "generation": generation(out) + 1}
+    atomic_write_json(work / "meta.json", meta)
+    (work / PROGRESS).unlink()  # after meta.json: killed between the two, a re-run redoes no pass
+    return meta
+
+
+def report(out: Path, meta: dict):
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
-    print(f"\nwrote {out}/ in {meta['seconds']:.1f}s (tokenizer {tok.name}, vocab {tok.n_vocab})")
+    print(f"\nwrote {out}/ in {meta['seconds']:.1f}s (tokenizer {meta['tokenizer']}, vocab {meta['vocab_size']})")
     for s, st in (("train", tr), ("val", va)):
         print(f"  {s:5s}: {st['articles']:>8,} articles {st['chars']:>14,} chars "
               f"{st['tokens']:>13,} tokens  {st['chars_per_token']:.2f} chars/token  "

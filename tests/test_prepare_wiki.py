@@ -324,6 +324,53 @@ def test_a_work_folder_whose_saved_parts_are_gone_is_reported_deleted_and_starte
     assert "Article 3" in {a["title"] for a in read_articles(out)}
 
 
+def test_a_run_killed_before_its_publish_only_publishes(small_dump, tmp_path, monkeypatch, capsys):
+    """The dataset whole in the work folder (meta.json written), killed before or during its
+    publish (the fsync of the whole tree): the re-run called it "an unfinished run of another
+    command", deleted it and redid every pass (hours at full scale)."""
+    build(small_dump, tmp_path / "whole")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_wiki, "publish", killed)
+    with pytest.raises(SystemExit):
+        build(small_dump, tmp_path / "ds")
+    monkeypatch.undo()
+    capsys.readouterr()
+    build(small_dump, tmp_path / "ds")
+    said = capsys.readouterr().out
+    assert "publishing it" in said and "training bpe" not in said and "cleaned" not in said, said
+    assert dataset_bytes(tmp_path / "ds") == dataset_bytes(tmp_path / "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "dump.xml", "whole"]
+    with pytest.raises(SystemExit):  # another command: that dataset is not its own, so not published
+        monkeypatch.setattr(prepare_wiki, "publish", killed)
+        build(small_dump, tmp_path / "ds", "--overwrite")
+    monkeypatch.undo()
+    build(small_dump, tmp_path / "ds", "--overwrite", "--seed", "7")
+    assert "publishing it" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "ds" / "meta.json").read_text())["seed"] == 7
+
+
+def test_a_run_killed_after_its_swap_does_not_publish_the_old_dataset_back(small_dump, tmp_path, monkeypatch):
+    """--overwrite swaps the new folder and the old one: until it is deleted, the work folder
+    holds the old dataset, whole and of the same command, but older."""
+    out = tmp_path / "ds"
+    build(small_dump, out)
+    real = shutil.rmtree
+
+    def killed_deleting_the_old(path, *a, **k):
+        if Path(path).name == ".ds.partial":
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+    monkeypatch.setattr(shutil, "rmtree", killed_deleting_the_old)
+    with pytest.raises(SystemExit):
+        build(small_dump, out, "--overwrite")
+    monkeypatch.undo()
+    assert json.loads((out / "meta.json").read_text())["generation"] == 2  # the new one is there
+    build(small_dump, out, "--overwrite")
+    assert json.loads((out / "meta.json").read_text())["generation"] == 3  # not the old one (1) back
+
+
 def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
     run = tmp_path / "out" / "chat"  # a training run's folder, named as --out by mistake
     run.mkdir(parents=True)

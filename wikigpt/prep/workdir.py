@@ -7,6 +7,7 @@ One run at a time writes a work folder: it is locked (wikigpt/run/lock.py) from 
 the run ends (unlock), so a second run to the same --out is refused instead of writing into the first one's.
 """
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -42,12 +43,12 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
     elif not work.is_dir():
         raise _not_ours(work, not_replaceable(work))
     _lock(work, out)  # before its progress is read: another run may be writing it
-    try:
-        state = json.loads((work / PROGRESS).read_text())
-    except (OSError, ValueError):
-        state = {}
+    state = _read_json(work / PROGRESS)
     if state.get("fingerprint") == want:
         return work, state
+    if meta := finished(work, out, want):  # killed after its meta.json, before its publish
+        print(f"note: {work} holds this command's finished dataset: publishing it.")
+        return work, {"fingerprint": want, "finished": meta}
     if not fresh:
         if looks := not_replaceable(work):
             raise _not_ours(work, looks)
@@ -56,6 +57,39 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
     state = {"fingerprint": want}
     atomic_write_json(work / PROGRESS, state)
     return work, state
+
+
+def made_from(want: dict) -> str:
+    """fingerprint() as meta.json's "made_from": a digest, so the dataset does not name the
+    source's paths, that tells a finished work folder of this command from another's."""
+    return hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generation(folder: Path) -> int:
+    """meta.json's "generation": one more than the dataset's it replaced (0: none, or an older version's)."""
+    g = _read_json(folder / "meta.json").get("generation", 0)
+    return g if isinstance(g, int) else 0
+
+
+def finished(work: Path, out: Path, want: dict) -> dict | None:
+    """The meta.json of a whole dataset this command made in `work` (every file it lists there,
+    at its size: progress.json is deleted only after it), newer than `out`: left by a run killed
+    before or during its publish, which is all that is left to do. Not newer: publish swaps the
+    two folders, so until it deletes it, `work` holds the dataset it replaced."""
+    meta = _read_json(work / "meta.json")
+    if not meta or meta.get("made_from") != made_from(want) or generation(work) <= generation(out):
+        return None
+    files = {p.name: p.stat().st_size for p in work.iterdir() if p.name != "meta.json"}
+    return meta if files == meta.get("files") else None
+
+
+def _read_json(path: Path) -> dict:
+    """A file's JSON object; {} where it is missing, cut short or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _lock(work: Path, out: Path):
