@@ -341,6 +341,49 @@ def test_a_download_that_gets_no_byte_says_so_not_that_it_resumes(tmp_path):
     assert "resumes" not in str(e.value) and not list(tmp_path.glob("*.part"))
 
 
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """One file, sent in 10 pieces 0.05 s apart (a download that takes a while); Range ignored."""
+    data, requests = b"", []
+
+    def do_GET(self):
+        self.requests.append(self.headers.get("Range"))
+        self.send_response(200)
+        self.send_header("ETag", '"v1"')
+        self.send_header("Content-Length", str(len(self.data)))
+        self.end_headers()
+        piece = len(self.data) // 10
+        for i in range(0, len(self.data), piece):
+            self.wfile.write(self.data[i:i + piece])
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_two_runs_downloading_one_file_into_one_cache_get_it_whole_and_once(tmp_path, capsys):
+    """Both wrote NAME.part at once (the second truncated the first's) and each renamed it into
+    place: a corrupt dump, cached for good. The second now waits for the first, then uses its file."""
+    from wikigpt.prep.download import download
+
+    _Slow.data, _Slow.requests, got = os.urandom(1_000_000), [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/wiki-latest.xml.bz2"
+    runs = [threading.Thread(target=lambda: got.append(download(url, tmp_path))) for _ in range(2)]
+    try:
+        runs[0].start()
+        time.sleep(0.2)  # the first one is downloading
+        runs[1].start()
+        for run in runs:
+            run.join(30)
+    finally:
+        server.shutdown()
+    assert got == [tmp_path / "wiki-latest.xml.bz2"] * 2 and got[0].read_bytes() == _Slow.data
+    assert _Slow.requests == [None]  # downloaded once
+    assert "waiting for another download of" in capsys.readouterr().out
+
+
 # ----- 7. --overwrite replaces only what prepare_wiki.py made -----
 
 def test_overwrite_refuses_a_model_export_and_keeps_an_older_dataset_replaceable(small_dump, tmp_path, capsys):

@@ -7,12 +7,17 @@ beside the partial file in NAME.part.json. The server sends the rest (206) only 
 still the one the first N bytes came from; when "latest" was republished in between, it sends
 the new file whole (200), and the download starts over instead of splicing new bytes onto old.
 A partial file with no saved validator (an older download, or a server that sends neither
-header) cannot be checked, so it is started over too.
+header) cannot be checked, so it is started over too. One run at a time downloads a file into a
+cache (NAME.lock): a second waits for it, then uses the file it downloaded.
 """
+import fcntl
 import json
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from wikigpt.run.lock import holder
 from wikigpt.run.progress import progress_bar
 from wikigpt.run.durable import replace_durably, write_text
 from wikigpt.prep.errors import WikiError
@@ -48,13 +53,39 @@ def _completed(r, have: int) -> bool:
 
 def download(url: str, cache_dir: Path) -> Path:
     """Download url into cache_dir, resuming a partial download of the same file (see above)."""
-    import requests
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     dest = cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
-    if dest.is_file():
-        print(f"using cached {dest}")
-        return dest
+    if not dest.is_file():  # (only ever a whole download: _finish renames it into place)
+        with one_download(dest, url):
+            if not dest.is_file():  # else the run this one waited for finished it
+                return _fetch(url, dest)
+    print(f"using cached {dest}")
+    return dest
+
+
+@contextmanager
+def one_download(dest: Path, url: str):
+    """Hold DEST.lock (flock) while downloading into DEST.part: a second run downloading the same
+    file into the same cache waits for the first, then uses its file. Two at once wrote one .part,
+    both renamed it into place: a corrupt dump, cached for good. The lock file stays (tiny): one
+    deleted while a run waits on it would let the next run lock a new file beside it."""
+    with open(dest.with_name(dest.name + ".lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = holder(f.name)
+            print(f"waiting for another download of {url} into {dest}{f' (pid {pid})' if pid else ''} to finish...",
+                  flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: some network and FUSE file systems
+            print(f"warning: {f.name} cannot be locked ({e.strerror}): a second download of {url} into "
+                  f"{dest.parent} at the same time would not wait for this one.", file=sys.stderr)
+        yield  # closing the file lets the lock go
+
+
+def _fetch(url: str, dest: Path) -> Path:
+    import requests
+
     part, saved = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
     have, since = _resume_point(url, part, saved)
     headers = {"Range": f"bytes={have}-", "If-Range": since} if have else {}
