@@ -214,6 +214,9 @@ BAD = [
     ("oversized body", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413, "over the limit"),
     ("logprobs", ask("hi", logprobs=True, top_logprobs=2), 400, "does not support token log-probabilities"),
     ("tools", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "does not support tool calls"),
+    ("tools to choose", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto"), 400,
+     "does not support tool calls"),
+    ("a tool required", ask("hi", tool_choice="required"), 400, "does not support tool calls"),
     ("json output", ask("hi", response_format={"type": "json_object"}), 400, "does not support structured output"),
     ("logit_bias", ask("hi", logit_bias={"50256": -100}), 400, "does not support biasing tokens"),
     ("logit_bias junk", ask("hi", logit_bias="junk"), 400, "does not support biasing tokens"),
@@ -265,8 +268,11 @@ def test_fields_left_at_their_defaults_are_accepted(client):
     """What many clients send by default (zero penalties, no bias, text output) is a reply."""
     r = client.chat.completions.create(model="t", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
                                        presence_penalty=0, frequency_penalty=0, logit_bias={}, logprobs=False,
-                                       response_format={"type": "text"})
+                                       response_format={"type": "text"}, tool_choice="none")
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
+    r = client.chat.completions.create(model="t", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                       tool_choice="auto")  # no tools to choose from: a plain reply
+    assert r.usage.completion_tokens >= 1
 
 
 def test_unknown_paths_and_methods_get_json_errors(server):

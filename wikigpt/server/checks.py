@@ -247,6 +247,9 @@ def refuse_unsupported(body: dict):
         value = body.get(name)
         if name == "response_format" and isinstance(value, dict) and value.get("type") == "text":
             continue  # plain text is what every reply is
+        if name in ("tool_choice", "function_call") and value in ("none", "auto") and not body.get("tools") \
+                and not body.get("functions"):
+            continue  # no tools to call: a plain reply is what "none" (and "auto") asks for
         if value not in (None, False, 0, "", [], {}):
             raise ApiError(400, f"this server does not support {what} ('{name}'): leave it out", name,
                            "unsupported_parameter")
