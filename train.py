@@ -161,16 +161,16 @@ def main(argv):
 
 def resolve_resume(cfg: TrainConfig) -> bool:
     """The one place resume=auto is resolved: true when the last checkpoint exists (a restarted
-    worker), else false; written back to cfg (the config line and checkpoints say which).
-    Called before the process group forms, so no process can see one written by this run."""
-    restart = False  # an FSDP run lost before its first last.dcp, started again over its step-0 best.pt
-    if cfg.resume == "auto":
-        from wikigpt.run import fsdp
+    worker), else false; written back to cfg (the config line and checkpoints say which). Called
+    before the process group forms (no process can see one this run wrote), out_dir locked first."""
+    from wikigpt.run import fsdp
+    from wikigpt.run.output_paths import claim_out_dir, start_new_run
+    problem = claim_out_dir(cfg.out_dir)  # before out_dir is read: two runs never both find it free
+    if cfg.resume == "auto" and not problem:
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
-        restart = cfg.resume == "false" and cfg.shard == "fsdp" and fsdp.lost_before_first_save(Path(cfg.out_dir))
-    from wikigpt.run.output_paths import run_replaced
-    if cfg.resume == "false" and (problem := run_replaced(cfg, restart)):  # a new run: never over another's
+    restart = cfg.resume == "false" and fsdp.lost_before_first_save(Path(cfg.out_dir))  # killed in its first save
+    if problem or cfg.resume == "false" and (problem := start_new_run(cfg, restart)):  # never over another run
         raise UsageError(problem)
     return cfg.resume == "true"
 

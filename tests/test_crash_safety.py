@@ -307,17 +307,28 @@ def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_fr
     assert inside_dataset(TrainConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "data-runs"))) is None
 
 
-def test_resume_auto_starts_again_an_fsdp_run_lost_before_its_first_sharded_save(tmp_path):
-    """last.dcp is not saved at step 0: a worker lost before the next eval left step 0's best.pt
-    alone, and torchrun's restart (--resume=auto) was refused as if a trained run were there."""
+def test_a_run_killed_in_its_first_save_starts_again_over_its_step_0_best_pt(tmp_path):
+    """A kill between step 0's best.pt and its last.pt (and, sharded, any time before the next
+    eval: last.dcp is not saved at step 0) left step 0's best.pt alone, and torchrun's restart
+    (--resume=auto) or the same command again was refused as if a trained run were there."""
     save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 0})
-    fsdp_auto = dict(out_dir=str(tmp_path), resume="auto", shard="fsdp")
-    assert train.resolve_resume(TrainConfig(**fsdp_auto)) is False
-    with pytest.raises(UsageError, match="holds a run already"):  # unsharded: its last.pt would be there
-        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto"))
+    for kind in ({"shard": "fsdp"}, {}):
+        for resume in ("auto", "false"):
+            assert train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume=resume, **kind)) is False
     save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 40})  # trained: never replaced
     with pytest.raises(UsageError, match=r"holds a run already \(best.pt\)"):
-        train.resolve_resume(TrainConfig(**fsdp_auto))
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto", shard="fsdp"))
+
+
+def test_overwrite_ends_the_old_run_before_the_new_one_saves_so_a_kill_never_mixes_the_two(tmp_path):
+    """--overwrite=true's first save writes best.pt, then last.pt: killed between, the old run's
+    last.pt stood beside the new run's step-0 best.pt, and --resume continued the old run."""
+    save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 60})
+    save_checkpoint(tmp_path / "last.pt", {"version": 1, "step": 60})
+    assert train.resolve_resume(TrainConfig(out_dir=str(tmp_path), overwrite=True)) is False
+    assert not (tmp_path / "last.pt").exists() and load_checkpoint(tmp_path / "best.pt")["step"] == 60
+    with pytest.raises(UsageError, match="holds a run already"):  # the old best.pt alone: still a trained run's
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("name, theirs", [("metrics.jsonl", b'{"user": 1}\n'), ("summary.json", b"[1, 2]"),

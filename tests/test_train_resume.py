@@ -1,6 +1,7 @@
 """train.py resumed after what real runs meet: an fp16 run's loss scale, a kill at each point of
 a checkpoint's save, a dataset of another tokenizer. Each run is a real process."""
 import json
+import os
 import shutil
 
 import pytest
@@ -142,3 +143,23 @@ def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_lin
     nodes = two_machines(lambda rank: [*common, f"--out_dir={tmp_path / f'node{rank}'}", "--resume=auto"])
     for code, _, err in nodes:  # each machine says it, once (its first process)
         assert code != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]
+
+
+def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused(tiny_data, tmp_path):
+    """Two runs in one out_dir both trained and both said "Checkpoints: ...": one's checkpoints were
+    lost, metrics.jsonl held two rows per eval. The first holds out_dir's lock for its whole run."""
+    from wikigpt.run.lock import lock_folder, release
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = lock_folder(out)  # as the running train.py holds it
+    try:
+        for extra in ([], ["--resume=auto"], ["--overwrite=true"]):
+            r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={out}", "--max_steps=2", *TINY, *extra)
+            assert r.returncode == 2 and "another training run is writing in" in r.stderr, r.stderr
+            assert f"pid {os.getpid()}" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        release(held)
+    assert list(out.iterdir()) == []  # nothing written by the refused runs
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'new'}", "--max_steps=2", *TINY)
+    assert r.returncode == 0 and (tmp_path / "new" / "best.pt").exists(), r.stderr

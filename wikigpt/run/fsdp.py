@@ -116,9 +116,9 @@ def refuse_other_kind(out_dir: Path, sharded: bool):
 
 
 def lost_before_first_save(out_dir: Path) -> bool:
-    """A sharded run whose worker was lost after step 0's eval and before the next (last.dcp is not
-    saved at step 0: nothing to resume) leaves best.pt of step 0 alone. Its weights are where the
-    run starts, rewritten by the same step 0, so resume=auto starts the run again over it."""
+    """A run killed in its first save (a sharded one: any time before its second eval, as last.dcp
+    is not saved at step 0) leaves best.pt of step 0 alone. Its weights are where the run starts,
+    rewritten by the same step 0, so a new run (resume=auto, or a plain re-run) starts over it."""
     best = out_dir / "best.pt"
     if resumable(out_dir / "last.dcp") is not None or (out_dir / "last.pt").exists() or not best.is_file():
         return False

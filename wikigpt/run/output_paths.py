@@ -5,19 +5,22 @@ Every output is written beside its path and renamed over it (durable.py), so a s
 there would be replaced by a plain file, not written through (and, followed by --overwrite,
 could have its target deleted), and a named pipe or a device (/dev/null, as root) replaced by
 a plain file. All refused, as is a path under a file, whose folder can never be made. Also here:
-the one line a command prints for a read-only or full disk (path_error), and why a new training
-run may not start in an out_dir (run_replaced).
+the one line a command prints for a read-only or full disk (path_error), a training run's lock
+on its out_dir (claim_out_dir), and why a new run may not start in an out_dir (start_new_run).
 
     if problem := output_path_problem(path, "--out"):
         raise UsageError(problem)
 """
+import atexit
 import errno
 import os
 import select
+import shutil
 import stat
 import sys
 from pathlib import Path
 
+from wikigpt.run.lock import Busy, lock_folder
 from wikigpt.run.runlog import METRICS, PLOT, SUMMARY, written_by_a_run
 
 
@@ -102,11 +105,42 @@ def inside_dataset(cfg) -> str | None:
 RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
-def run_replaced(cfg, restart: bool = False) -> str | None:
+_held = {}  # out_dir -> the lock this process holds on it until it ends
+
+
+def claim_out_dir(out_dir) -> str | None:
+    """Process 0's lock on a training run's out_dir (made if missing, removed at exit if nothing
+    was written in it), held until the process ends: a second run started there meanwhile would
+    write the same checkpoints and metrics rows, each replacing the other's. The one-line refusal
+    naming the running one's pid, or None. Other processes of a torchrun read only."""
+    out = Path(out_dir)
+    if int(os.environ.get("RANK", "0")) != 0 or out.resolve() in _held:
+        return None
+    if not out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        atexit.register(remove_if_empty, out)
+    try:
+        _held[out.resolve()] = lock_folder(out)
+    except Busy as e:
+        return f"another training run is writing in {out}{e.by()}: wait for it to end, or give another --out_dir."
+    return None
+
+
+def remove_if_empty(folder: Path):
+    try:
+        folder.rmdir()  # only an empty folder goes: a run that was refused leaves nothing behind
+    except OSError:
+        pass
+
+
+def start_new_run(cfg, restart: bool = False) -> str | None:
     """Why a new training run (a TrainConfig) may not start in its out_dir: its first save would
     replace a run's checkpoints (a trained model lost to a command run twice: refused unless
     overwrite), or a checkpoint it reads (init_from, teacher; always: LoRA adapters could never
-    find their base again). restart: out_dir's best.pt is this run's own step 0 (fsdp.lost_before_first_save)."""
+    find their base again). restart: out_dir's best.pt is a run's step 0 alone, killed in its
+    first save (fsdp.lost_before_first_save): nothing trained to lose. With overwrite, the old
+    run's last checkpoint goes now: a kill in the new run's first save would otherwise leave its
+    step-0 best.pt beside the old last.pt, and --resume would continue the old run over it."""
     out = Path(cfg.out_dir)
     for option, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)):
         path = Path(value) if value else None
@@ -120,4 +154,7 @@ def run_replaced(cfg, restart: bool = False) -> str | None:
     if held and not cfg.overwrite:
         return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "
                 "starts a new one in its place (its checkpoints replaced), or give another --out_dir.")
+    if cfg.overwrite and int(os.environ.get("RANK", "0")) == 0:
+        (out / "last.pt").unlink(missing_ok=True)
+        shutil.rmtree(out / "last.dcp", ignore_errors=True)
     return None
