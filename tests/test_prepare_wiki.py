@@ -324,6 +324,25 @@ def test_a_work_folder_whose_saved_parts_are_gone_is_reported_deleted_and_starte
     assert "Article 3" in {a["title"] for a in read_articles(out)}
 
 
+def test_overwrite_waits_for_an_index_build_of_the_dataset_and_then_only_publishes(small_dump, tmp_path, capsys):
+    """prepare_wiki.py --overwrite swapped a new folder in under a running retrieve.py --build, which
+    then failed mid-write ("No such file ... index/wikigpt_index.json"). The build holds the
+    dataset folder's lock; the swap now takes it too, or says why not and keeps its work."""
+    from wikigpt.run.lock import folder_locked
+
+    out = tmp_path / "ds"
+    build(small_dump, out)
+    before = dataset_bytes(out)
+    with folder_locked(out):  # as retrieve.py --build holds it
+        with pytest.raises(SystemExit) as e:
+            build(small_dump, out, "--overwrite", "--seed", "7")
+        assert e.value.code == 2 and "an index build of it (retrieve.py --build) is running" in capsys.readouterr().err
+        assert dataset_bytes(out) == before  # untouched
+    build(small_dump, out, "--overwrite", "--seed", "7")
+    assert "publishing it" in capsys.readouterr().out  # the work was kept: only published
+    assert json.loads((out / "meta.json").read_text())["seed"] == 7
+
+
 def test_a_run_killed_before_its_publish_only_publishes(small_dump, tmp_path, monkeypatch, capsys):
     """The dataset whole in the work folder (meta.json written), killed before or during its
     publish (the fsync of the whole tree): the re-run called it "an unfinished run of another

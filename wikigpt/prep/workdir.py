@@ -130,15 +130,24 @@ def publish(work: Path, out: Path):
         replace_durably(work, out)
         return
     fsync_tree(work)
-    if _exchange(work, out):  # work now holds the old dataset
+    try:
+        held = lock_folder(out)  # retrieve.py --build holds it while it writes the index in it
+    except Busy as e:
+        raise WikiError(f"{out} is in use{e.by()}: an index build of it (retrieve.py --build) is running, and the "
+                        "new dataset would take its folder away mid-write. Run this again once it has ended: "
+                        "the new dataset is kept and only published then.") from None
+    try:
+        if _exchange(work, out):  # work now holds the old dataset
+            fsync_path(out.parent)
+            shutil.rmtree(work)
+            return
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(work, out)
         fsync_path(out.parent)
-        shutil.rmtree(work)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    os.rename(work, out)
-    fsync_path(out.parent)
-    shutil.rmtree(old)
+        shutil.rmtree(old)
+    finally:
+        release(held)
 
 
 def _exchange(a: Path, b: Path) -> bool:
