@@ -247,6 +247,7 @@ def earlier_report(path: Path) -> bool:
 
 def write_report(report: dict, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").unlink(missing_ok=True)  # (checked to be ours) a kill before the new one: none, never the old
     write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")  # each file whole, even after a crash
     notes = "".join(f"- {n}\n" for n in report["notes"])
     md = f"# Evaluation report\n\n{format_table(report)}\n\n↓ lower is better, ↑ higher is better.\n\n{notes}"

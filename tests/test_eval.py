@@ -442,3 +442,22 @@ def test_the_loss_plot_is_drawn_at_most_once_a_minute_and_at_the_end(tiny_data, 
     monkeypatch.setattr(train_log, "PLOT_EVERY_S", 0)  # a long run: every eval is a minute after the last
     train.main([f"--data={tiny_data}", f"--out_dir={tmp_path / 'b'}", "--max_steps=2", "--eval_interval=1", *TINY])
     assert drawn == [[0], [0, 1], [0, 1, 2]]  # and nothing again at the end: no eval since
+
+
+def test_a_kill_between_the_reports_two_files_never_leaves_the_old_md_beside_the_new_json(tmp_path, monkeypatch):
+    """report.json is written, then report.md: killed between, the .md of an earlier evaluation (other
+    checkpoints) stood beside the new .json as if it were its rendering."""
+    import eval as eval_py
+    monkeypatch.setattr(eval_py, "format_table", lambda report: f"| {report['checkpoints'][0]['label']} |")
+    out = tmp_path / "report.json"
+    eval_py.write_report({"notes": [], "checkpoints": [{"label": "old"}]}, out)
+    real = eval_py.write_text
+
+    def killed_at_the_md(path, text):
+        if path.suffix == ".md":
+            raise KeyboardInterrupt
+        real(path, text)
+    monkeypatch.setattr(eval_py, "write_text", killed_at_the_md)
+    with pytest.raises(KeyboardInterrupt):
+        eval_py.write_report({"notes": [], "checkpoints": [{"label": "new"}]}, out)
+    assert json.loads(out.read_text())["checkpoints"] == [{"label": "new"}] and not out.with_suffix(".md").exists()
