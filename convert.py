@@ -8,6 +8,9 @@ chat.py, serve.py, eval.py and export.py load; the input is never changed.
     python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
 """
 import argparse
+import errno
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, output_file, run_main
+from wikigpt.run.durable import clear_stale, fsync_path
 from wikigpt.run.fsdp import TRAIN_STATE, load_shards, load_train_state
 from wikigpt.adapt.lora import merge_lora
 
@@ -25,9 +29,9 @@ def merge_adapters(src: str, out: Path):
         raise UsageError(f"{src} is not a LoRA checkpoint (no adapters in it): nothing to merge.")
     model, _ = model_from_checkpoint(ckpt, path=src)  # its base's errors name this file
     merge_lora(model)
-    save_checkpoint(out, build_checkpoint(ckpt["kind"], model.state_dict(), ckpt["model_config"], ckpt["tokenizer"],
-                                          train_config=ckpt.get("train_config"), step=ckpt.get("step"),
-                                          val=ckpt.get("val"), merged_from={"adapter": str(src), **ckpt["lora"]}))
+    save_new(out, build_checkpoint(ckpt["kind"], model.state_dict(), ckpt["model_config"], ckpt["tokenizer"],
+                                   train_config=ckpt.get("train_config"), step=ckpt.get("step"),
+                                   val=ckpt.get("val"), merged_from={"adapter": str(src), **ckpt["lora"]}))
     print(f"wrote {out}: {Path(ckpt['lora']['base']['path']).name} with the adapters of {src} merged in")
 
 
@@ -35,9 +39,9 @@ def quantise(src: str, out: Path):
     if load_checkpoint(src).get("quant") == "int8":
         raise UsageError(f"{src} holds int8 weights already: nothing to convert.")
     model, tok, info = load_model(src, "cpu", "int8")
-    save_checkpoint(out, build_checkpoint(info["kind"], model.state_dict(), info["model_config"], tok.spec,
-                                          train_config=info["train_config"], step=info["step"], val=info["val"],
-                                          quant="int8"))
+    save_new(out, build_checkpoint(info["kind"], model.state_dict(), info["model_config"], tok.spec,
+                                   train_config=info["train_config"], step=info["step"], val=info["val"],
+                                   quant="int8"))
     fp32_bytes = 4 * GPT(GPTConfig(**info["model_config"])).n_params()  # the same weights in float32
     size = out.stat().st_size
     print(f"wrote {out}: int8 weights, {size / 1e6:.1f} MB ({size / fp32_bytes:.2f}x the {fp32_bytes / 1e6:.1f} MB "
@@ -57,11 +61,46 @@ def gather_shards(src: Path, out: Path):
     model = GPT(GPTConfig(**meta["model_config"]))
     weights = {"model": model.state_dict()}
     load_shards(weights, src, no_dist=True)  # fills our tensors, whatever the sharding; never runs code
-    save_checkpoint(out, build_checkpoint(meta["kind"], weights["model"], meta["model_config"], meta["tokenizer"],
-                                          train_config=meta.get("train_config"), step=meta.get("step"),
-                                          val=meta.get("val")))
+    save_new(out, build_checkpoint(meta["kind"], weights["model"], meta["model_config"], meta["tokenizer"],
+                                   train_config=meta.get("train_config"), step=meta.get("step"),
+                                   val=meta.get("val")))
     load_checkpoint(out)  # what the tools will do: fail here, not there
     print(f"wrote {out} (step {meta['step']}): load it with sample.py, chat.py, serve.py")
+
+
+def save_new(out: Path, state: dict):
+    """save_checkpoint, never over a file: main found no file at `out`, but another run (a second
+    convert.py or prune.py to the same path) may have written one since. The checkpoint is saved
+    under a name of this run's own, then linked as `out` (link_new). A full disk, like any write
+    the disk refuses, is one line; nothing is left under either name."""
+    clear_stale(out, ".tmp")  # what runs killed mid-save left: a whole checkpoint each
+    own = out.with_name(f"{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        save_checkpoint(own, state)  # fsynced, as is the folder
+        link_new(own, out)
+    except FileExistsError:
+        raise UsageError(f"{out} was written by another run while this one worked: it was left as it is, and "
+                         "this run's result was not kept. Choose another path.") from None
+    except OSError as e:  # a full disk (save_checkpoint says ENOSPC), a folder gone or read-only
+        raise UsageError(f"could not write {out}: {e.strerror or e}. Nothing half-written was left there: make "
+                         "room (or fix the folder), then run again.") from None
+    finally:
+        own.unlink(missing_ok=True)
+
+
+def link_new(src: Path, dest: Path):
+    """A finished file (fsynced) becomes `dest` too, only if nothing is there: a link fails where
+    anything exists (FileExistsError), where a rename would replace it and another run's file would
+    be lost. The caller removes `src`. A file system without hard links (FAT) gets a check, then a rename."""
+    try:
+        os.link(src, dest)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest)) from None
+        os.rename(src, dest)
+    fsync_path(dest.parent)
 
 
 CONVERSIONS = {"lora": (merge_adapters, "a LoRA checkpoint (--lora_rank run) -> a plain one, adapters merged"),
@@ -78,7 +117,7 @@ def main(argv):
         c.add_argument("out", help="the checkpoint to write (must not exist)")
     args = p.parse_args(argv)
     out = output_file(args.out, "out")
-    if out.exists():
+    if out.exists():  # (checked again, atomically, when it is written: save_new)
         raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
     convert, _ = CONVERSIONS[args.conversion]
     convert(Path(args.src) if args.conversion == "dcp" else args.src, out)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from convert import save_new
 from model import GPT
 from wikigpt.batches import PretrainBatches
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, refuse_unrunnable, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, refuse_unrunnable
 from wikigpt.run.device import pick_device
 from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, output_file, run_main
 from wikigpt.prep.data import load_dataset
@@ -146,7 +147,7 @@ def main(argv):
         if not args.out:
             raise UsageError("--out: where to write the pruned checkpoint (or --dry_run to only see the sizes).")
         out = output_file(args.out, "--out")  # a dangling link or a file above: refused before the calibration
-        if out.exists():
+        if out.exists():  # (checked again, atomically, when it is written: save_new)
             raise UsageError(f"{out} exists: choose another path (nothing was overwritten).")
         if args.calib_tokens < 1:
             raise UsageError(f"--calib_tokens must be >= 1, got {args.calib_tokens}.")
@@ -167,9 +168,8 @@ def main(argv):
               "importance": "layers and heads: masked loss increase; MLP units: sum of (a*dL/da)^2",
               "calibration": {"data": data, "tokens": x.numel(), "seed": args.seed},
               "calibration_loss": {"original": before, "pruned": after}}
-    save_checkpoint(out, build_checkpoint(ckpt["kind"], small.state_dict(), asdict(small.cfg), tok.spec,
-                                          train_config=ckpt.get("train_config"), step=ckpt.get("step"),
-                                          pruned_from=record))
+    save_new(out, build_checkpoint(ckpt["kind"], small.state_dict(), asdict(small.cfg), tok.spec,
+                                   train_config=ckpt.get("train_config"), step=ckpt.get("step"), pruned_from=record))
     c, n0 = small.cfg, model.n_params()
     heal = "chat_sft.py" if ckpt["kind"] == "sft" else "train.py"
     print(f"wrote {out}: {c.n_layer} layers x {c.n_head} heads x {c.mlp_width} MLP units, {small.n_params():,} "

@@ -185,3 +185,56 @@ def test_sft_clears_the_token_folders_of_killed_runs_and_keeps_a_live_ones(tmp_p
     folder = tokenize_dialogues(cfg, Tokenizer.from_name("gpt2"), 32)
     assert (folder / "meta.json").is_file()
     assert not killed.exists() and (live / "train_tokens.bin").is_file()
+
+
+def run_to(command: str, ckpt, data, out):
+    """convert.py int8 or prune.py from `ckpt` to `out`, in this process."""
+    import convert
+    import prune
+
+    if command == "convert":
+        return convert.main(["int8", str(ckpt), str(out)])
+    return prune.main(["--ckpt", str(ckpt), "--out", str(out), "--keep_layers", "1", "--data", str(data)])
+
+
+@pytest.mark.parametrize("command, meanwhile", [("convert", "load_model"), ("prune", "choose")])
+def test_a_checkpoint_another_run_wrote_meanwhile_is_not_replaced(tiny_ckpt, tiny_data, tmp_path, monkeypatch, command,
+                                                                  meanwhile):
+    """Two convert.py (or prune.py) runs to one new out: both found nothing there before their
+    work. The one that finishes second is refused in one line naming the file, and the other's
+    file stays (the second save replaced it, and both said "wrote"); no temporary is left."""
+    import convert
+    import prune
+    from wikigpt.cli import UsageError
+
+    out, theirs = tmp_path / "small.pt", b"the other run's checkpoint"
+    module = convert if command == "convert" else prune
+    real = getattr(module, meanwhile)  # a step of the work, after the check that `out` does not exist
+
+    def other_run_writes_out(*args, **kwargs):
+        out.write_bytes(theirs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, meanwhile, other_run_writes_out)
+    with pytest.raises(UsageError, match=f"^{out} was written by another run while this one worked: it was left as it"):
+        run_to(command, tiny_ckpt, tiny_data, out)
+    assert out.read_bytes() == theirs and [p.name for p in tmp_path.iterdir()] == ["small.pt"]
+
+
+def test_a_file_system_without_hard_links_still_gets_a_new_checkpoint_and_keeps_an_existing_one(tmp_path,
+                                                                                                 monkeypatch):
+    """FAT has no hard links (os.link: EPERM): the file is checked for, then renamed in."""
+    import errno
+
+    import torch
+
+    from convert import save_new
+    from wikigpt.cli import UsageError
+
+    def no_links(src, dest):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    save_new(tmp_path / "a.pt", {"step": 1})
+    assert torch.load(tmp_path / "a.pt")["step"] == 1
+    with pytest.raises(UsageError, match="was written by another run"):
+        save_new(tmp_path / "a.pt", {"step": 2})
+    assert torch.load(tmp_path / "a.pt")["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["a.pt"]

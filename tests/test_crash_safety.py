@@ -379,3 +379,52 @@ def test_a_writer_killed_mid_save_leaves_no_temporary_file_after_the_next_save(t
     with replacing(dest) as tmp:
         tmp.write_bytes(b"new")
     assert dest.read_bytes() == b"new" and not stale.exists() and live.exists() and other.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# A full disk: one line, the previous file kept, nothing half-written left
+
+# what torch.save raised on a full tmpfs: its zip writer's short write, with no errno
+UNEXPECTED_POS = "[enforce fail at inline_container.cc:672] . unexpected pos 248576 vs 248470"
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    def save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"the first bytes")  # what fitted
+        raise RuntimeError(UNEXPECTED_POS)
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_stops_training_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, full_disk):
+    """The background writer's failure was torch's RuntimeError, a traceback: now the line a
+    full disk gives (the previous checkpoint is whole: continue with --resume=true)."""
+    from wikigpt.checkpoint import BackgroundSaver
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(UsageError, match=rf"^could not write {path}: .*No space left on device\? \(the write stopped "
+                                         r"short\)\. The file there, if any, is the previous save's, whole: .*--resume"):
+        with BackgroundSaver() as saver:
+            saver.save([(path, {"step": 2})])
+    assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_any_other_error_of_torch_save_is_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    def save(obj, f, *args, **kwargs):
+        raise RuntimeError("something else")
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(RuntimeError, match="something else"):
+        save_checkpoint(tmp_path / "x.pt", {})
+
+
+@pytest.mark.parametrize("command", ["convert", "prune"])
+def test_a_full_disk_is_one_line_for_convert_and_prune_and_leaves_no_file(tiny_ckpt, tiny_data, tmp_path, full_disk,
+                                                                          command):
+    from test_concurrent_writers import run_to
+
+    out = tmp_path / "small.pt"
+    with pytest.raises(UsageError, match=rf"^could not write {out}: No space left on device\? \(the write stopped "
+                                         r"short\)\. Nothing half-written was left there: make room"):
+        run_to(command, tiny_ckpt, tiny_data, out)
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ tensors and Python values: loading a file never runs code from it):
     optimizer, data, rng, best_val, bad_evals: exact resume (last.pt only)
     lora | quant | merged_from: adapters only, int8 weights, or what convert.py merged
 """
+import errno
 import random
 import threading
 import zipfile
@@ -33,9 +34,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def build_checkpoint(kind: str, model_state: dict, model_config: dict, tokenizer: dict, *,
                      train_config: dict | None = None, step: int | None = None, val: dict | None = None,
                      **extra) -> dict:
-    """The one place a checkpoint dict is put together (schema above). `extra`: the resume
-    state (optimizer, data, rng, best_val, bad_evals) or what the file was made from (lora,
-    quant, merged_from)."""
+    """The one place a checkpoint dict is put together (schema above). `extra`: the resume state (optimizer, data,
+    rng, best_val, bad_evals) or what the file was made from (lora, quant, merged_from)."""
     return {"version": CHECKPOINT_VERSION, "kind": kind, "step": step, "model": model_state,
             "model_config": model_config, "train_config": train_config or {}, "tokenizer": tokenizer,
             "val": val, **extra}
@@ -45,7 +45,11 @@ def save_checkpoint(path: Path, state: dict):
     """torch.save to a temporary file, fsync it, rename it over `path`, fsync the folder: after
     a crash or a power cut, `path` is the old checkpoint or the new one, whole (durable.py)."""
     with replacing(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's zip writer (inline_container) says a full disk without an errno
+            full = "inline_container" in str(e)
+            raise OSError(errno.ENOSPC, "No space left on device? (the write stopped short)") if full else e
 
 
 def cpu_copy(obj, copied: dict, spare: dict):
@@ -80,12 +84,11 @@ def copy_buffer(storage, device: torch.device, spare: dict) -> torch.Tensor:
 
 
 class BackgroundSaver:
-    """Checkpoint files written by a thread while training goes on. save() copies the states
-    to the CPU first, synchronously (the next step changes the weights in place), then a thread
-    writes them with save_checkpoint: a crash mid-write leaves the previous file, whole. One
-    write at a time: save() first waits for the previous one, and so does the end of the `with`
-    block. A write that failed is raised by the next save() or wait(). Between saves the last
-    copy's buffers are kept for the next one (on process 0: about last.pt's size)."""
+    """Checkpoint files written by a thread while training goes on. save() copies the states to the CPU first,
+    synchronously (the next step changes the weights in place), then a thread writes them with save_checkpoint: a
+    crash mid-write leaves the previous file, whole. One write at a time: save() first waits for the previous one,
+    and so does the end of the `with` block. A write that failed is raised by the next save() or wait(). Between
+    saves the last copy's buffers are kept for the next one (on process 0: about last.pt's size)."""
 
     def __init__(self):
         self._thread, self._failed, self._buffers = None, None, []
@@ -142,8 +145,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         inside = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt file"
         raise UsageError(f"{path} is a folder ({inside}): pass a checkpoint file, e.g. {path / 'best.pt'}.")
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) "
-                         "or check the path.")
+        raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) or check the path.")
     unreadable = f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt checkpoint"
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise UsageError(f"{unreadable} (not a torch.save archive).")
@@ -182,7 +184,6 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
         model.load_state_dict(ckpt["model"])
         return model.to(device), Tokenizer(ckpt["tokenizer"])
     from wikigpt.adapt.lora import apply_lora, resolve_base
-
     info = ckpt["lora"]
     model, tok = model_from_checkpoint(load_checkpoint(resolve_base(info, path)))
     apply_lora(model, info["rank"], info["alpha"], info["dropout"], info["targets"], info.get("token_rows", []))
@@ -193,8 +194,7 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path="the checkpoint") -> tu
 
 
 def refuse_unrunnable(ckpt: dict, path, role: str):
-    """A model to train or teach with (init_from, a teacher, prune's input) must be a plain float
-    model: say how to get one."""
+    """A model to train or teach with (init_from, a teacher, prune's input) must be a plain float model: say how."""
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{role} {path}: a {ckpt.get('kind')!r} checkpoint holds no model.")
     if "lora" in ckpt:
