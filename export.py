@@ -24,17 +24,22 @@ The vocabulary is cut back from the padded size to the tokenizer's, so no id exi
 sampler could never pick.
 """
 import argparse
+import errno
+import glob
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 import torch
 
+from convert import link_new
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.output_paths import output_path_problem
-from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
+from wikigpt.run.durable import alive, fsync_path, replace_durably
+from wikigpt.prep.workdir import publish
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.decoding.sampling import CHAT_DEFAULTS
 from wikigpt.tokenizer import DOC_SEP, END_OF_TURN
@@ -219,6 +224,7 @@ EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "t
                 "tokenizer_config.json", "README.md"}
 CARD_TAG = "tags: [wikigpt]"  # in the model card's front matter (model_card)
 GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
+TMP_SUFFIX = ".tmp-export"  # a run's temporary file or folder beside --out: .NAME.PID-RANDOM.tmp-export
 
 
 def not_an_export(out: Path) -> str | None:
@@ -240,10 +246,10 @@ def not_an_export(out: Path) -> str | None:
 
 
 def check_out(out: Path, format: str, overwrite: bool):
-    """Before any work: --out may be new, an empty folder, or (with --overwrite) what an earlier
-    export wrote; anything else, a training run's folder above all, is refused and left alone.
-    A symbolic link is not something export.py made, even to an export: refused, with pipes,
-    devices, sockets and a path under a file, before anything is opened."""
+    """Before any work, and again before --overwrite replaces it: --out may be new, an empty folder,
+    or (with --overwrite) what an earlier export wrote; anything else, a training run's folder above
+    all, is refused and left alone. A symbolic link is not something export.py made, even to an
+    export: refused, with pipes, devices, sockets and a path under a file, before anything is opened."""
     if problem := output_path_problem(out, "--out"):
         raise UsageError(problem)
     if format == "hf" and out.is_file():
@@ -282,28 +288,60 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
     config.update({"torch_dtype": dtype, "dtype": dtype, "bos_token_id": tok.doc_sep, "eos_token_id": eos,
                    "pad_token_id": eos})
 
-    tmp = out.with_name(f".{out.name}.tmp-export")
     out.parent.mkdir(parents=True, exist_ok=True)  # a new folder above a .gguf file (check_out: no file there)
+    clear_stale_temps(out)
+    # this run's own: another export.py to the same --out writes its own, never into or over this one
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
-        if format == "gguf":
-            write_gguf(tmp, ckpt, tok, config, weights, dtype)
-        else:
-            write_hf_folder(tmp, ckpt, model, tok, config, weights, dtype)
-        put_in_place(tmp, out)
+        try:
+            if format == "gguf":
+                write_gguf(tmp, ckpt, tok, config, weights, dtype)
+            else:
+                write_hf_folder(tmp, ckpt, model, tok, config, weights, dtype)
+        except Exception as e:  # a full disk, said in each writer's own way: one line
+            raise write_failure(out, e) or e
+        put_in_place(tmp, out, format, overwrite)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        tmp.unlink(missing_ok=True)
+        remove(tmp)
     return out
+
+
+def clear_stale_temps(out: Path):
+    """Delete what export.py runs to `out` that were killed mid-write (no `finally` ran) left
+    beside it, each up to a whole export; a live run's stays."""
+    for old in out.parent.glob(f".{glob.escape(out.name)}.*-*{TMP_SUFFIX}"):
+        pid = old.name[len(out.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            remove(old)
+
+
+def remove(path: Path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_failure(out: Path, e: Exception) -> UsageError | None:
+    """A write the disk refused (full, read-only), as one line; None for anything else (a bug,
+    whose traceback is worth seeing). The writers say it three ways: an OSError with an errno,
+    numpy's "N requested and M written" (gguf) without one, safetensors' "I/O error: ...".
+    The temporary file or folder is removed after: nothing half-written is left."""
+    if isinstance(e, OSError):
+        reason = e.strerror or f"the write stopped short ({e}; no space left on the device?)"
+    elif type(e).__name__ == "SafetensorError" and "I/O error: " in str(e):
+        reason = str(e).split("I/O error: ", 1)[1]  # "No space left on device (os error 28)"
+    else:
+        return None
+    return UsageError(f"could not write {out}: {reason}. Nothing half-written was left there: make room (or fix "
+                      "the folder), then run again.")
 
 
 def write_hf_folder(tmp: Path, ckpt: dict, model, tok, config: dict, weights: dict, dtype: str):
     from safetensors.torch import save_file
 
     chat, eos = ckpt["kind"] == "sft", config["eos_token_id"]
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     tensors = {k: v.detach().to(DTYPES[dtype]).contiguous().clone() for k, v in weights.items()}
     save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
     umask = os.umask(0o022)  # read back: safetensors creates its file 0600, unlike every other file here
@@ -327,19 +365,38 @@ def write_hf_folder(tmp: Path, ckpt: dict, model, tok, config: dict, weights: di
     (tmp / "README.md").write_text(model_card(ckpt, model, tok, config["architectures"][0], dtype), encoding="utf-8")
 
 
-def put_in_place(tmp: Path, out: Path):
-    """The finished file or folder replaces what check_out allowed at `out` (an empty folder or
-    an earlier export): fsynced first, so that a crash leaves the old export or the new one
-    whole (a crash between the delete and the rename: none, and nothing half-written)."""
-    if tmp.is_dir():
-        fsync_tree(tmp)
-    else:
-        fsync_path(tmp)
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    replace_durably(tmp, out)
+def put_in_place(tmp: Path, out: Path, format: str, overwrite: bool):
+    """The finished file or folder becomes `out`, all of it on disk first. With --overwrite, what is
+    at `out` is replaced in one step: a crash leaves the old export or the new one there, whole."""
+    if not overwrite:
+        publish_new(tmp, out)
+        return
+    check_out(out, format, overwrite)  # again: another run may have put something else there meanwhile
+    if out.is_dir():  # an earlier export's folder (or an empty one): swapped out, then deleted
+        if tmp.is_file():
+            fsync_path(tmp)  # (publish fsyncs the files in a folder, not a lone file)
+        publish(tmp, out)
+    else:  # a file or nothing: one rename replaces it
+        replace_durably(tmp, out)
+
+
+def publish_new(tmp: Path, out: Path):
+    """A new export (no --overwrite) never replaces one another export.py wrote while this one
+    worked (check_out found nothing there, or an empty folder): a link of the file fails where
+    anything is, and the rename of a folder over a file or a folder that is not empty."""
+    try:
+        if tmp.is_file():
+            fsync_path(tmp)
+            if out.is_dir():
+                out.rmdir()  # the empty folder check_out let through (fails if anything appeared in it)
+            link_new(tmp, out)
+        else:
+            replace_durably(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise UsageError(f"{out} was written by another run while this one worked: it was left as it is, and this "
+                         "export was not kept. Pass --overwrite to replace it, or choose another --out.") from None
 
 
 def write_json(path: Path, obj):

@@ -1,5 +1,6 @@
 """export.py: stock transformers, in a fresh process that cannot import this repository, loads
 the exported folder and computes what our model computes."""
+import errno
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, run_cli
+from safetensors import SafetensorError
 
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError
@@ -344,3 +346,113 @@ def test_out_that_cannot_be_read_is_refused(tiny_ckpt, tmp_path, monkeypatch):
             export(tiny_ckpt, out, overwrite=True, format=format)
     monkeypatch.undo()
     assert (locked_folder / "x").read_text() == "x" and locked_file.read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------
+# Two exports to one --out, an --overwrite cut short, a full disk
+
+def whole_export(out: Path) -> dict:
+    """What `out` holds, checked whole: a folder's config, or a GGUF file's bytes."""
+    from export import not_an_export
+
+    assert out.exists() and not_an_export(out) is None, f"{out}: no whole export there"
+    if out.is_file():
+        return {"gguf": out.read_bytes()}
+    assert (out / "model.safetensors").stat().st_size > 0 and (out / "README.md").is_file()
+    return json.loads((out / "config.json").read_text())
+
+
+@pytest.mark.parametrize("format", ["hf", "gguf"])
+def test_an_export_another_run_finished_meanwhile_is_neither_deleted_nor_mixed_with_this_one(
+        tiny_ckpt, tmp_path, monkeypatch, format):
+    """Two export.py runs to one new --out: each writes a temporary of its own (it was one fixed
+    name, which the second run deleted under the first), and the one that finishes second is
+    refused, without deleting or replacing the other's (it was: put_in_place deleted --out)."""
+    import export
+
+    out = tmp_path / ("m.gguf" if format == "gguf" else "hf")
+    writer = "write_gguf" if format == "gguf" else "write_hf_folder"
+    real = getattr(export, writer)
+
+    def other_run_finishes_meanwhile(tmp, *args):
+        real(tmp, *args)  # this run's export is written: the other run publishes its own now
+        monkeypatch.setattr(export, writer, real)
+        export.export(tiny_ckpt, out, dtype="float16", format=format)
+    monkeypatch.setattr(export, writer, other_run_finishes_meanwhile)
+    with pytest.raises(UsageError, match=re.escape(f"{out} was written by another run while this one worked")):
+        export.export(tiny_ckpt, out, format=format)
+    theirs = whole_export(out)
+    expected = export.export(tiny_ckpt, tmp_path / f"alone.{format}", dtype="float16", format=format)
+    assert theirs == whole_export(expected)  # the other run's export, as it wrote it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, expected.name])  # no temporary left
+
+
+def test_what_a_killed_export_left_is_cleared_and_a_running_ones_is_not(tiny_ckpt, tmp_path):
+    from export import export
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".hf.{dead.stdout.strip()}-0badc0de.tmp-export"  # a finished process's
+    live = tmp_path / f".hf.{os.getpid()}-feedf00d.tmp-export"  # this one's: an export in progress
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    export(tiny_ckpt, tmp_path / "hf")
+    assert not stale.exists() and live.exists()
+
+
+class Killed(BaseException):
+    """A SIGKILL at that point, as far as what is on disk goes (no `except Exception` catches it)."""
+
+
+@pytest.mark.parametrize("format", ["hf", "gguf"])
+@pytest.mark.parametrize("killed_at", ["os.replace", "shutil.rmtree"])
+def test_an_overwrite_killed_at_any_rename_or_delete_leaves_a_whole_export(tiny_ckpt, tmp_path, monkeypatch,
+                                                                          format, killed_at):
+    """--overwrite swaps the new export in, in one step: killed at its first rename or delete,
+    --out holds the old export or the new one, whole (it deleted the old one, then renamed the
+    new one in: killed between the two, --out held nothing)."""
+    from export import export
+
+    out = export(tiny_ckpt, tmp_path / ("m.gguf" if format == "gguf" else "hf"), format=format)
+    old = whole_export(out)
+    new = whole_export(export(tiny_ckpt, tmp_path / f"new.{format}", dtype="float16", format=format))
+    with monkeypatch.context() as m:
+        def kill(*args, **kwargs):
+            m.undo()  # once: what runs after a kill is not this process's any more
+            raise Killed(killed_at)
+        m.setattr(killed_at, kill)
+        try:
+            export(tiny_ckpt, out, dtype="float16", overwrite=True, format=format)
+        except Killed:
+            pass
+    assert whole_export(out) in (old, new)
+
+
+@pytest.mark.parametrize("format, writer, error", [
+    ("hf", "safetensors.torch.save_file",
+     lambda: SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")),
+    ("hf", "export.write_json", lambda: OSError(errno.ENOSPC, "No space left on device")),
+    ("gguf", "gguf.GGUFWriter.write_tensors_to_file", lambda: OSError("262144 requested and 33368 written"))],
+    ids=["safetensors", "json", "gguf"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_ckpt, tmp_path, monkeypatch, format, writer,
+                                                                 error):
+    """What each writer raised on a full disk (a small tmpfs): safetensors its own error, a json
+    file an OSError with an errno, gguf (numpy's tofile) an OSError without one: each was a
+    traceback. Now one line naming --out; nothing is left at --out or beside it, and an earlier
+    export that --overwrite could not replace stays as it was."""
+    from export import export
+
+    def full_disk(*args, **kwargs):
+        raise error()
+    out = tmp_path / ("m.gguf" if format == "gguf" else "hf")
+    said = rf"^could not write {re.escape(str(out))}: [^\n]+ make room"
+    with monkeypatch.context() as m:
+        m.setattr(writer, full_disk)
+        with pytest.raises(UsageError, match=said):
+            export(tiny_ckpt, out, format=format)
+    assert list(tmp_path.iterdir()) == []
+    before = whole_export(export(tiny_ckpt, out, format=format))
+    monkeypatch.setattr(writer, full_disk)
+    with pytest.raises(UsageError, match=said):
+        export(tiny_ckpt, out, dtype="float16", overwrite=True, format=format)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name] and whole_export(out) == before
