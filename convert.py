@@ -8,7 +8,6 @@ chat.py, serve.py, eval.py and export.py load; the input is never changed.
     python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
 """
 import argparse
-import errno
 import os
 import secrets
 import sys
@@ -18,7 +17,7 @@ from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, output_file, run_main
-from wikigpt.run.durable import clear_stale, fsync_path
+from wikigpt.run.durable import clear_stale, link_new
 from wikigpt.run.fsdp import TRAIN_STATE, load_shards, load_train_state
 from wikigpt.adapt.lora import merge_lora
 
@@ -86,21 +85,6 @@ def save_new(out: Path, state: dict):
                          "room (or fix the folder), then run again.") from None
     finally:
         own.unlink(missing_ok=True)
-
-
-def link_new(src: Path, dest: Path):
-    """A finished file (fsynced) becomes `dest` too, only if nothing is there: a link fails where
-    anything exists (FileExistsError), where a rename would replace it and another run's file would
-    be lost. The caller removes `src`. A file system without hard links (FAT) gets a check, then a rename."""
-    try:
-        os.link(src, dest)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
-            raise
-        if os.path.lexists(dest):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest)) from None
-        os.rename(src, dest)
-    fsync_path(dest.parent)
 
 
 CONVERSIONS = {"lora": (merge_adapters, "a LoRA checkpoint (--lora_rank run) -> a plain one, adapters merged"),

@@ -34,11 +34,10 @@ from pathlib import Path
 
 import torch
 
-from convert import link_new
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.output_paths import output_path_problem
-from wikigpt.run.durable import alive, fsync_path, replace_durably
+from wikigpt.run.durable import alive, fsync_path, link_new, replace_durably
 from wikigpt.prep.workdir import publish
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.decoding.sampling import CHAT_DEFAULTS

@@ -9,7 +9,9 @@ and a crash at any point leaves either the old file or the new one.
     with replacing(path) as tmp:         # any writer that takes a path
         torch.save(state, tmp)
     write_text(path, json.dumps(report))  # small text files (reports, summaries)
+    link_new(tmp, path)                   # a new file only: never over one another run wrote meanwhile
 """
+import errno
 import glob
 import os
 import secrets
@@ -64,6 +66,21 @@ def replacing(path, suffix: str = ".tmp"):
     finally:
         if tmp.is_file():
             tmp.unlink()
+
+
+def link_new(src: Path, dest: Path):
+    """A finished file (fsynced) becomes `dest` too, only if nothing is there: a link fails where
+    anything exists (FileExistsError), where a rename would replace it and another run's file would
+    be lost. The caller removes `src`. A file system without hard links (FAT) gets a check, then a rename."""
+    try:
+        os.link(src, dest)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest)) from None
+        os.rename(src, dest)
+    fsync_path(dest.parent)
 
 
 def clear_stale(path: Path, suffix: str) -> None:
