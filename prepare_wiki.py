@@ -48,7 +48,7 @@ from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_me
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import PROGRESS, generation, made_from, open_work, publish, unlock
+from wikigpt.prep.workdir import PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -97,7 +97,7 @@ class CleanPass:
                     self.texts.add(digest(row["text"]))
                     self.titles.add(digest(row["title"]))
         except UNREADABLE as e:
-            raise WikiError(damaged(part, e)) from None
+            raise WikiError(damaged(part, e, self.work)) from None
 
     def part_path(self, i: int) -> Path:
         return self.work / "parts" / f"part-{i:05d}.jsonl.gz"
@@ -397,7 +397,8 @@ def prepare(args) -> Path:
         check_out(out, args.overwrite)  # again, locked: a run that held the lock may have published meanwhile
         # a run killed between its meta.json and its publish left a whole dataset: only publish it
         meta = state.get("finished") or finish(files, args, work, state, t0, out)
-        publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
+        with not_in_use(out):  # no index build of it running
+            publish(work, out)  # --overwrite: the old folder goes only now that the new one is whole
     finally:
         unlock(work)
     report(out, meta)

@@ -30,11 +30,12 @@ def build(folder: str, passage_chars: int):
           f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(folder) / INDEX_DIR}")
     reader = Reader.open(folder)
     if reader.kb is None:
+        add_index_info(folder, {"calibration": None})  # nothing to choose it on: the default, said by the note
         print(f"note: {reader.note}")
         return
-    chosen = calibrate(folder, reader)
-    if chosen:
-        add_index_info(folder, chosen)
+    chosen = calibrate(folder, reader) or {"calibration": None}  # none: no question to choose it on (a tiny split)
+    add_index_info(folder, chosen)
+    if "abstain_below" in chosen:
         c = chosen["calibration"]
         print(f"'not found' below an evidence score of {chosen['abstain_below']:.2f}, chosen on {c['questions']} "
               f"train questions ({100 * c['answered']:.0f}% answered) and {c['out_of_corpus']} out-of-corpus ones "

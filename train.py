@@ -169,7 +169,7 @@ def resolve_resume(cfg: TrainConfig) -> bool:
     if cfg.resume == "auto" and not problem:
         fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
         cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
-    restart = cfg.resume == "false" and fsdp.lost_before_first_save(Path(cfg.out_dir))  # killed in its first save
+    restart = not problem and cfg.resume == "false" and fsdp.lost_before_first_save(Path(cfg.out_dir))
     if problem or cfg.resume == "false" and (problem := start_new_run(cfg, restart)):  # never over another run
         raise UsageError(problem)
     return cfg.resume == "true"

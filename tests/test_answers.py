@@ -296,6 +296,7 @@ def test_a_follow_up_naming_a_name_the_conversation_never_used_carries_nothing(r
     assert reader.find("When was Marlow hired?", history=said).links[0].title == "Stonebridge Gazette"  # a name just said
     assert reader.find("Where did Obama print it?", history=history).links[0].title == "Brindavale"  # "it" carries
     assert reader.find("how high do US maps put the peaks", history=history).links[0].title == "Brindavale"  # an acronym
+    assert reader.find("What happened in May?", history=history).links[0].title == "Brindavale"  # a month: no name
 
 
 def test_a_not_found_reply_names_the_closest_article_a_follow_up_may_mean(reader):

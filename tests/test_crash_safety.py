@@ -22,6 +22,7 @@ import train
 from wikigpt.run import fsdp
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError
+from wikigpt.prep.data import DatasetError
 from wikigpt.config import TrainConfig
 
 # ----------------------------------------------------------------------------------------
@@ -321,15 +322,13 @@ def test_a_run_killed_in_its_first_save_starts_again_over_its_step_0_best_pt(tmp
         train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto", shard="fsdp"))
 
 
-def test_overwrite_ends_the_old_run_before_the_new_one_saves_so_a_kill_never_mixes_the_two(tmp_path):
-    """--overwrite=true's first save writes best.pt, then last.pt: killed between, the old run's
-    last.pt stood beside the new run's step-0 best.pt, and --resume continued the old run."""
+def test_overwrite_with_a_mistake_in_its_input_leaves_the_old_run_whole(tmp_path):
+    """--overwrite ends the old run only once the new one has passed its checks (MetricsLog)."""
     save_checkpoint(tmp_path / "best.pt", {"version": 1, "step": 60})
     save_checkpoint(tmp_path / "last.pt", {"version": 1, "step": 60})
-    assert train.resolve_resume(TrainConfig(out_dir=str(tmp_path), overwrite=True)) is False
-    assert not (tmp_path / "last.pt").exists() and load_checkpoint(tmp_path / "best.pt")["step"] == 60
-    with pytest.raises(UsageError, match="holds a run already"):  # the old best.pt alone: still a trained run's
-        train.resolve_resume(TrainConfig(out_dir=str(tmp_path)))
+    with pytest.raises(DatasetError):
+        train.main([f"--out_dir={tmp_path}", "--overwrite=true", f"--data={tmp_path / 'no_such_dataset'}"])
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 60 and load_checkpoint(tmp_path / "best.pt")["step"] == 60
 
 
 @pytest.mark.parametrize("name, theirs", [("metrics.jsonl", b'{"user": 1}\n'), ("summary.json", b"[1, 2]"),

@@ -20,7 +20,7 @@ from wikigpt.knowledge import wikiqa
 from wikigpt.chat.sft_rows import rows_of
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from prepare_wiki import main as prepare
-from wikigpt.knowledge.retrieval import PASSAGE_CHARS, Index, build_index, split_passages, terms
+from wikigpt.knowledge.retrieval import PASSAGE_CHARS, Index, add_index_info, build_index, split_passages, terms
 from wikigpt.knowledge.index_build import INDEX_VERSION
 from wikigpt.knowledge.grounding import evidence_prompt, reader_of
 from wikigpt.cli import run_main
@@ -197,6 +197,10 @@ def test_a_build_stopped_before_choosing_its_threshold_says_so_where_the_index_i
     assert "was never chosen" in reader.note and f"retrieve.py --data {data} --build" in reader.note
     r = run_cli("retrieve.py", "--data", data, "What is tea?")
     assert r.returncode == 0 and "was never chosen" in r.stdout, r.stderr
+    stored = tmp_path / "stored"  # a threshold stored another way (bench_answers.py --calibrate): no note
+    shutil.copytree(data, stored)
+    add_index_info(stored, {"abstain_below": 0.8})
+    assert Reader.open(stored).note == "" and Reader.open(stored).threshold == 0.8
     retrieve.build(str(data), PASSAGE_CHARS)  # run again, whole
     assert Reader.open(data).note == "" and isinstance(Index.open(data).info["calibration"], dict)
 

@@ -25,7 +25,7 @@ def save_or_die(path, state):
     if when == "before best.pt" and path.name == "best.pt" and state["step"] == step:
         os.kill(os.getpid(), signal.SIGKILL)
     save(path, state)
-    if when == "after last.pt" and path.name == "last.pt" and state["step"] == step:
+    if when == "after " + path.name and state["step"] == step:
         os.kill(os.getpid(), signal.SIGKILL)
 checkpoint.save_checkpoint = save_or_die
 in_background = checkpoint.BackgroundSaver.save
@@ -163,3 +163,19 @@ def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused(tiny_data, tmp
     assert list(out.iterdir()) == []  # nothing written by the refused runs
     r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'new'}", "--max_steps=2", *TINY)
     assert r.returncode == 0 and (tmp_path / "new" / "best.pt").exists(), r.stderr
+
+
+def test_overwrite_killed_in_its_first_save_never_resumes_the_run_it_replaces(tiny_data, tmp_path, patched):
+    """--overwrite=true's first save writes best.pt, then last.pt: killed between, the old run's
+    last.pt stood beside the new run's step-0 best.pt, and --resume=true continued the old run (its
+    "best val" the old one's, its best.pt the new untrained model)."""
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=8", "--eval_interval=4", *TINY]
+    assert run_cli("train.py", *common).returncode == 0  # the old run: steps 0-8
+    killed = run_cli(patched, *common, "--overwrite=true", "--lr=0.002", env={"KILL_STEP": "0", "KILL_WHEN": "after best.pt"})
+    assert killed.returncode == -9, killed.stderr
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 0 and not (tmp_path / "last.pt").exists()
+    r = run_cli("train.py", *common, "--resume=true")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # nothing of the old run to continue
+    r = run_cli("train.py", *common, "--lr=0.002")  # the same command again: the new run, from its step 0
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(tmp_path / "last.pt")["train_config"]["lr"] == 0.002

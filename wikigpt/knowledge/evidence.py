@@ -111,7 +111,7 @@ class Reader:
             self.note = (f"the learned 'not found' confidence in {index.folder} was stored by an older version (other "
                          "features), so the rules' threshold judges instead; to store one for this version: python "
                          f"bench/bench_answers.py --data {index.folder} --confidence")
-        if info.get("calibration") == PENDING:  # retrieve.py --build stopped between the index and its threshold
+        if info.get("calibration") == PENDING and "abstain_below" not in info:  # --build stopped before choosing it
             self.note = (f"the 'not found' threshold of the index in {index.folder} was never chosen (its build was "
                          f"stopped after writing the index), so the default {DEFAULT_THRESHOLD} judges; to choose it: "
                          f"python retrieve.py --data {index.folder} --build")

@@ -19,6 +19,9 @@ from wikigpt.knowledge.retrieval import Index
 
 PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
 NAME_WORD = re.compile(r"(?<=[^\s.!?:;]\s)[A-Z][a-z][^\W_]*")  # a capitalised word (no acronym: "US") inside a sentence
+# capitalised inside a sentence, yet no name of something else: "What happened in May?", "and the North?"
+NOT_NAMES = frozenset("january february march april may june july august september october november december "
+                      "monday tuesday wednesday thursday friday saturday sunday north south east west".split())
 MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's replies can be long
 # of a message read as a question, its end (where a long message asks): the reader's work grows
 # with the question (searches, phrases looked up in the graph); the longest of bench/natural_qa is 102
@@ -123,7 +126,8 @@ class Linker:
         """Whether a question writes a name (a capitalised word inside a sentence) that the last
         three exchanges did not ("Americans" after "... American Revolutionary War" is no new one)."""
         said = set(terms(" ".join(without_abstention(t)[:MAX_REPLY_CHARS] for t in history[-6:] if t)))
-        return any(set(terms(m[0])) - said - self.stopwords for m in NAME_WORD.finditer(question))
+        return any(set(terms(m[0])) - said - self.stopwords for m in NAME_WORD.finditer(question)
+                   if m[0].lower() not in NOT_NAMES)
 
     @staticmethod
     def _carry(link: Link, links: list[Link]) -> list[Link]:

@@ -91,11 +91,11 @@ def encode_members(job) -> dict:
     return out
 
 
-def damaged(path: Path, e: Exception) -> str:
+def damaged(path: Path, e: Exception, work: Path | None = None) -> str:
     """A work folder whose articles cannot be read (e.g. written by two runs at once, before the
     work folder was locked, then resumed): prepare_wiki.py removes the work folder on a WikiError,
     so the same command then starts over instead of failing on the same bytes every time."""
-    return (f"{path} cannot be read ({type(e).__name__}: {e}): the work folder {Path(path).parent} is "
+    return (f"{path} cannot be read ({type(e).__name__}: {e}): the work folder {work or Path(path).parent} is "
             "damaged (e.g. two runs wrote it at once), so it is deleted now. Run the same command "
             "again: it starts over from the source.")
 

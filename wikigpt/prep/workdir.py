@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable
@@ -130,22 +131,33 @@ def publish(work: Path, out: Path):
         replace_durably(work, out)
         return
     fsync_tree(work)
+    if _exchange(work, out):  # work now holds the old dataset
+        fsync_path(out.parent)
+        shutil.rmtree(work)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    os.rename(work, out)
+    fsync_path(out.parent)
+    shutil.rmtree(old)
+
+
+@contextmanager
+def not_in_use(out: Path):
+    """The dataset folder's lock, which retrieve.py --build holds while it writes the index in it,
+    for the swap of publish(): the build would lose its folder mid-write. Refused in one line while
+    one runs; the finished work folder is kept, and the same command then only publishes it."""
+    if not out.is_dir():
+        yield
+        return
     try:
-        held = lock_folder(out)  # retrieve.py --build holds it while it writes the index in it
+        held = lock_folder(out)
     except Busy as e:
         raise WikiError(f"{out} is in use{e.by()}: an index build of it (retrieve.py --build) is running, and the "
                         "new dataset would take its folder away mid-write. Run this again once it has ended: "
                         "the new dataset is kept and only published then.") from None
     try:
-        if _exchange(work, out):  # work now holds the old dataset
-            fsync_path(out.parent)
-            shutil.rmtree(work)
-            return
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(work, out)
-        fsync_path(out.parent)
-        shutil.rmtree(old)
+        yield
     finally:
         release(held)
 

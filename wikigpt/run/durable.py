@@ -75,7 +75,7 @@ def link_new(src: Path, dest: Path):
     try:
         os.link(src, dest)
     except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):  # (two numbers on macOS)
             raise
         if os.path.lexists(dest):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest)) from None

@@ -15,13 +15,12 @@ import atexit
 import errno
 import os
 import select
-import shutil
 import stat
 import sys
 from pathlib import Path
 
 from wikigpt.run.lock import Busy, lock_folder
-from wikigpt.run.runlog import METRICS, PLOT, SUMMARY, written_by_a_run
+from wikigpt.run.runlog import METRICS, PLOT, RUN_FILES, SUMMARY, written_by_a_run
 
 
 def odd_entry(path) -> str | None:
@@ -79,7 +78,7 @@ def stdout_reader_left() -> bool:
 
 # what a path or a disk says back (not a bug of ours): one line, not a traceback (cli.run_main)
 PATH_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-               errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG}
+               errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
 
 
 def path_error(e: OSError) -> str | None:
@@ -100,9 +99,6 @@ def inside_dataset(cfg) -> str | None:
         return (f"out_dir {cfg.out_dir} is inside the dataset folder {cfg.data}, which prepare_wiki.py and "
                 "retrieve.py rebuild whole: give an --out_dir outside it.")
     return None
-
-
-RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
 _held = {}  # out_dir -> the lock this process holds on it until it ends
@@ -138,9 +134,8 @@ def start_new_run(cfg, restart: bool = False) -> str | None:
     replace a run's checkpoints (a trained model lost to a command run twice: refused unless
     overwrite), or a checkpoint it reads (init_from, teacher; always: LoRA adapters could never
     find their base again). restart: out_dir's best.pt is a run's step 0 alone, killed in its
-    first save (fsdp.lost_before_first_save): nothing trained to lose. With overwrite, the old
-    run's last checkpoint goes now: a kill in the new run's first save would otherwise leave its
-    step-0 best.pt beside the old last.pt, and --resume would continue the old run over it."""
+    first save (fsdp.lost_before_first_save): nothing trained to lose. (With overwrite, the old
+    run's last checkpoint goes once the new run has passed every check: runlog.MetricsLog.)"""
     out = Path(cfg.out_dir)
     for option, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)):
         path = Path(value) if value else None
@@ -154,7 +149,4 @@ def start_new_run(cfg, restart: bool = False) -> str | None:
     if held and not cfg.overwrite:
         return (f"{out} holds a run already ({', '.join(held)}): --resume=true continues it, --overwrite=true "
                 "starts a new one in its place (its checkpoints replaced), or give another --out_dir.")
-    if cfg.overwrite and int(os.environ.get("RANK", "0")) == 0:
-        (out / "last.pt").unlink(missing_ok=True)
-        shutil.rmtree(out / "last.dcp", ignore_errors=True)
     return None

@@ -11,6 +11,7 @@ train.py and chat_sft.py write it (process 0 only); `python eval.py plot RUN...`
 """
 import json
 import math
+import shutil
 from pathlib import Path
 
 from wikigpt.run.durable import replacing, write_text
@@ -18,6 +19,7 @@ from wikigpt.run.durable import replacing, write_text
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 SUMMARY = "summary.json"  # how the run ended: steps, val loss, tokens/s (what train() returns)
+RUN_FILES = ("last.pt", "best.pt", "last.dcp")  # a training run's checkpoints in its out_dir
 
 
 PLOT_TITLE = "wikigpt loss curves"  # in the PNG's text (plot_runs): how a file we drew is known
@@ -64,7 +66,10 @@ def read_metrics(path) -> list[dict]:
 
 
 class MetricsLog:
-    """Appends rows to OUT_DIR/metrics.jsonl. A fresh run starts the file anew; a resumed run
+    """Appends rows to OUT_DIR/metrics.jsonl. A fresh run starts the file anew (the run it replaces,
+    --overwrite's, ends here: its last checkpoint goes with its rows, so that a kill in the new run's
+    first save, between its best.pt and its last.pt, never leaves the old last.pt that --resume would
+    continue; it is made only once the new run has passed every check of its input); a resumed run
     (resume_step = the checkpoint's step) keeps the rows up to that step and drops the ones
     logged after it, which the resumed run logs again: no step twice, none missing (the eval of
     the step it resumes at was logged before its checkpoint; a run that resumes at its last step
@@ -73,6 +78,9 @@ class MetricsLog:
 
     def __init__(self, out_dir, kind: str, resume_step: int | None = None):
         self.path, self.kind = Path(out_dir) / METRICS, kind
+        if resume_step is None:
+            (Path(out_dir) / "last.pt").unlink(missing_ok=True)
+            shutil.rmtree(Path(out_dir) / "last.dcp", ignore_errors=True)
         kept = []
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]

@@ -106,7 +106,6 @@ class Choice:
         return delta
 
 
-
 def deliver(loop, events: asyncio.Queue, event: tuple):
     """An engine thread's event (emit) onto the request's event loop. Once the server has stopped
     (Ctrl-C) the loop is closed and nobody waits for it: the engine's last step must not fail."""
@@ -114,6 +113,7 @@ def deliver(loop, events: asyncio.Queue, event: tuple):
         loop.call_soon_threadsafe(events.put_nowait, event)
     except RuntimeError:  # "Event loop is closed"
         pass
+
 
 class Server:
     """The model, the engine thread and the metrics, with the logic of each endpoint."""
