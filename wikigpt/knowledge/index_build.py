@@ -54,7 +54,7 @@ import tantivy
 from wikigpt.cli import UsageError
 from wikigpt.run.progress import progress_bar
 from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
-from wikigpt.prep.data import ARTICLES, DatasetError, read_articles
+from wikigpt.prep.data import ARTICLES, DatasetError, read_articles, read_json_object
 from wikigpt.prep.workdir import publish
 from wikigpt.prep.workers import worker_start
 from wikigpt.run.cores import usable_cores
@@ -300,15 +300,6 @@ class _Writers:
 # ----------------------------------------------------------------------------------------
 # The build
 
-def _read_json(path: Path) -> dict:
-    """A file's JSON object, or {} where it is missing, cut short or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _generation(info: dict) -> int:
     g = info.get("generation", 0)  # indexes built before it had none
     return g if isinstance(g, int) else 0
@@ -320,9 +311,9 @@ def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, 
     interrupted; else a fresh index.tmp. A finished index.tmp must be newer than index/: publish
     swaps the two, so for a moment, until it is deleted, index.tmp holds the index it replaced."""
     same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder)}
-    info, progress = _read_json(tmp / INFO), _read_json(tmp / PROGRESS)
+    info, progress = read_json_object(tmp / INFO), read_json_object(tmp / PROGRESS)
     if info and all(info.get(k) == v for k, v in same.items()):
-        if _generation(info) > _generation(_read_json(final / INFO)):
+        if _generation(info) > _generation(read_json_object(final / INFO)):
             return info, True
     elif progress and all(progress.get(k) == v for k, v in same.items()):
         return progress, False
@@ -349,7 +340,7 @@ def not_ours(path: Path) -> str | None:
         return problem
     if os.path.lexists(path) and not path.is_dir():
         return f"{path} is a file, where retrieve.py --build writes the index's folder: move it away and run this again."
-    own = OWN_ENTRIES | (FORMAT_1_ENTRIES if _read_json(path / INFO).get("version") == 1 else set())
+    own = OWN_ENTRIES | (FORMAT_1_ENTRIES if read_json_object(path / INFO).get("version") == 1 else set())
     foreign = sorted(p.name for p in path.iterdir() if p.name not in own and not WRITING.match(p.name)) \
         if path.is_dir() else []
     if foreign:
@@ -429,7 +420,7 @@ def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers
             "passages": writers.passages, "passage_chars": max_chars, "seconds": round(seconds, 2),
             "cpu_seconds": round(_cpu_seconds() - c0, 2), "resumed_after_articles": resumed_after,
             "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9)),
-            "generation": _generation(_read_json(final / INFO)) + 1} | extra_info  # newer than the one it replaces
+            "generation": _generation(read_json_object(final / INFO)) + 1} | extra_info  # newer than the one it replaces
     # The info file last (Index.open looks for it) and durably: it says index.tmp is whole (each
     # part was synced by its commit at the last checkpoint), so a crash from here on costs the
     # next run only the fsync and the publish. Then progress.json goes: the index does not need it.

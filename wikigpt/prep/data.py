@@ -211,6 +211,16 @@ def atomic_write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+def read_json_object(path: Path) -> dict:
+    """A file's JSON object, or {} where it is missing, cut short or not an object (a progress or
+    info file a kill may have left behind)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 # ----------------------------------------------------------------------------------------
 # Kept articles: gzip'd JSON lines, read as a stream (a whole Wikipedia never sits in memory)
 

@@ -14,7 +14,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable
+from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable, read_json_object
 from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.run.lock import Busy, lock_folder, release
 from wikigpt.prep.errors import WikiError
@@ -44,7 +44,7 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
     elif not work.is_dir():
         raise _not_ours(work, not_replaceable(work))
     _lock(work, out)  # before its progress is read: another run may be writing it
-    state = _read_json(work / PROGRESS)
+    state = read_json_object(work / PROGRESS)
     if state.get("fingerprint") == want:
         return work, state
     if meta := finished(work, out, want):  # killed after its meta.json, before its publish
@@ -68,7 +68,7 @@ def made_from(want: dict) -> str:
 
 def generation(folder: Path) -> int:
     """meta.json's "generation": one more than the dataset's it replaced (0: none, or an older version's)."""
-    g = _read_json(folder / "meta.json").get("generation", 0)
+    g = read_json_object(folder / "meta.json").get("generation", 0)
     return g if isinstance(g, int) else 0
 
 
@@ -77,20 +77,11 @@ def finished(work: Path, out: Path, want: dict) -> dict | None:
     at its size: progress.json is deleted only after it), newer than `out`: left by a run killed
     before or during its publish, which is all that is left to do. Not newer: publish swaps the
     two folders, so until it deletes it, `work` holds the dataset it replaced."""
-    meta = _read_json(work / "meta.json")
+    meta = read_json_object(work / "meta.json")
     if not meta or meta.get("made_from") != made_from(want) or generation(work) <= generation(out):
         return None
     files = {p.name: p.stat().st_size for p in work.iterdir() if p.name != "meta.json"}
     return meta if files == meta.get("files") else None
-
-
-def _read_json(path: Path) -> dict:
-    """A file's JSON object; {} where it is missing, cut short or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _lock(work: Path, out: Path):
