@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from wikigpt.cli import UsageError, run_main
+from wikigpt.prep.data import DatasetError
 from wikigpt.knowledge.evidence import PENDING, Reader
 from wikigpt.knowledge.graph import KNOWLEDGE, Knowledge
 from wikigpt.knowledge.qa_items import calibrate
@@ -25,9 +26,12 @@ from wikigpt.knowledge.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_ind
 def build(folder: str, passage_chars: int):
     if (Path(folder) / KNOWLEDGE).exists():
         Knowledge.open(folder)  # a damaged graph: say so before anything is rebuilt
-    info = build_index(folder, passage_chars, extra_info={"calibration": PENDING})  # replaced by calibrate's below
-    print(f"indexed {info['passages']:,} passages of {info['articles']:,} articles in "
-          f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(folder) / INDEX_DIR}")
+    if threshold_pending(folder, passage_chars):  # a build stopped after its index: hours of work kept
+        print(f"{Path(folder) / INDEX_DIR} is whole and of these articles; choosing its 'not found' threshold")
+    else:
+        info = build_index(folder, passage_chars, extra_info={"calibration": PENDING})  # replaced by calibrate's
+        print(f"indexed {info['passages']:,} passages of {info['articles']:,} articles in "
+              f"{info['seconds']:.1f}s ({info['passages_per_s']:,} passages/s) -> {Path(folder) / INDEX_DIR}")
     reader = Reader.open(folder)
     if reader.kb is None:
         add_index_info(folder, {"calibration": None})  # nothing to choose it on: the default, said by the note
@@ -41,6 +45,16 @@ def build(folder: str, passage_chars: int):
               f"train questions ({100 * c['answered']:.0f}% answered) and {c['out_of_corpus']} out-of-corpus ones "
               f"({100 * c['abstained']:.0f}% abstained); knowledge graph: {reader.kb.counts['facts']:,} facts, "
               f"{reader.kb.counts['aliases']:,} aliases, {reader.kb.counts['links']:,} links")
+
+
+def threshold_pending(folder: str, passage_chars: int) -> bool:
+    """Whether the folder's index is current (this format, these articles, this passage size) and
+    only its threshold was never chosen: its build was stopped between the two."""
+    try:
+        info = Index.open(folder).info
+    except DatasetError:  # none, another format, other articles, damaged: built again
+        return False
+    return info.get("calibration") == PENDING and info.get("passage_chars") == passage_chars
 
 
 def show(folder: str, query: str, k: int):
