@@ -615,25 +615,44 @@ def test_a_wrong_request_to_a_busy_server_is_a_400_not_a_429_to_retry(live):
     settled(live, within=5)
 
 
-def test_a_stream_read_slowly_but_steadily_is_not_cut_as_stalled(live):
-    """The stall guard timed one hand-over of a chunk, which waited for 48 KiB of the connection's
-    buffer to drain (asyncio's default marks): a client reading below ~48 KB/s at a 1 s guard was
-    cut mid-stream though it never stopped reading. It reads here at ~40 KB/s."""
-    body = json.dumps(ask("hi", n=8, max_tokens=100, stream=True)).encode()
-    sock = raw_post(live.url, "/v1/chat/completions", body, rcvbuf=4096)
-    got, deadline = b"", time.monotonic() + 60
-    try:
-        while not got.endswith(b"0\r\n\r\n") and time.monotonic() < deadline:
-            chunk = sock.recv(4096)
-            if not chunk:
+def test_a_stream_waits_for_8_kib_to_drain_not_48_so_a_slow_reader_is_not_taken_for_a_stalled_one():
+    """The stall guard times each hand-over of a chunk to the connection, which waits (paused at the
+    buffer's high mark) until the buffer drains to its low mark: at asyncio's 64 / 16 KiB, 48 KiB had
+    to drain within --stall_timeout, and a client reading steadily below ~5 KB/s (10 s) or ~48 KB/s
+    (the 1 s of these tests) was cut mid-stream (seen at 4 and 6 KB/s). Each connection's marks are
+    now 8 / 2 KiB: 6 KiB to drain, ~600 B/s at 10 s."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.connections import bounded
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run():
+        config, state, made = uvicorn.Config(app, log_config=None), ServerState(), []
+        protocol = bounded(H11Protocol, Settings())
+
+        def connected():
+            made.append(p := protocol(config, state, {}))
+            return p
+        server = await asyncio.get_running_loop().create_server(connected, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        for _ in range(100):
+            if made and made[0].transport is not None:
                 break
-            got += chunk
-            time.sleep(0.1)
-    finally:
-        sock.close()
-    assert b"data: [DONE]" in got and got.endswith(b"0\r\n\r\n"), got[-200:]
-    assert "stopped reading" not in live.log()
-    settled(live, within=5)
+            await asyncio.sleep(0.01)
+        limits = made[0].transport.get_write_buffer_limits()
+        writer.close()
+        server.close()
+        return limits
+    low, high = asyncio.run(run())
+    assert high - low <= 6 << 10 and high == 8 << 10, (low, high)
 
 
 def test_a_connection_close_reply_read_slowly_arrives_whole():
