@@ -609,6 +609,13 @@ def test_a_wrong_request_to_a_busy_server_is_a_400_not_a_429_to_retry(live):
             assert r.status_code == 400, (wrong, r.text)
         assert post(live.url, {"messages": "hi"}).status_code == 400
         assert post(live.url, {"prompt": 42}, "/v1/completions").status_code == 400
+        # what reading the messages or prompts finds: an image part, a text over its limit
+        image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+        assert post(live.url, {"messages": [{"role": "user", "content": image}]}).status_code == 400
+        long = "x" * 100_000  # over the 16 characters a token of its context that a message may hold
+        for path, body in (("/v1/chat/completions", ask(long)), ("/v1/completions", {"prompt": long})):
+            r = post(live.url, body, path)
+            assert r.status_code == 400 and "characters" in r.json()["error"]["message"], (path, r.text)
         assert post(live.url, ask("hi")).status_code == 429  # a right one is told to retry
     finally:
         sock.close()

@@ -163,20 +163,18 @@ class Server:
             self.preparing -= choices
 
     def check_fields(self, body: dict, chat: bool):
-        """A request's own fields that take no reading of its text, checked before its capacity
-        (prompts_admitted): a wrong request gets its 400 on a busy server too, not a 429 that the
-        OpenAI client retries (and, with --rag, not after a retrieval). Checked again where used."""
+        """A request's own fields, checked before its capacity (prompts_admitted): a wrong request
+        gets its 400 on a busy server too, not a 429 that the OpenAI client retries (and, with --rag,
+        not after a retrieval). Checked again where used."""
         number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
         sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
         stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
         self.max_tokens(body)
         if chat and not isinstance(body.get("rag", True), bool):
             raise ApiError(400, "'rag' must be true or false", "rag")
-        messages, prompt = body.get("messages"), body.get("prompt")
-        if chat and not (isinstance(messages, list) and 0 < len(messages) <= self.settings.max_messages):
-            read_messages(body, self.settings)  # says which of its errors it is (none of them reads a message)
-        if not chat and not (isinstance(prompt, str) or isinstance(prompt, list) and prompt):
-            raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+        # the text's shape and size too (an image part, a message over its limit): a pass over what
+        # the body's parser already read (at most max_messages messages, max_body_bytes), no tokenizing
+        read_messages(body, self.settings) if chat else self.prompt_texts(body)
 
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn (read in the whole conversation the
@@ -202,7 +200,8 @@ class Server:
         found = find_in_conversation(reader, messages)
         return evidence_prompt(reader, self.tok, kept, room, self.block - 1, found)
 
-    def completion_prompts(self, body: dict) -> list[list[int]]:
+    def prompt_texts(self, body: dict) -> list[str]:
+        """/v1/completions' prompts: one string or a list of them, each and all within their limits."""
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -212,8 +211,11 @@ class Server:
         for i, p in enumerate(prompts):
             total += len(p)
             check_chars(len(p), total, self.settings, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
+        return prompts
+
+    def completion_prompts(self, body: dict) -> list[list[int]]:
         out = []
-        for p in prompts:
+        for p in self.prompt_texts(body):
             ids = [self.tok.doc_sep] + self.tok.encode(p)  # articles were trained as <|endoftext|>text
             if len(ids) >= self.block:
                 raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {self.block}. "
