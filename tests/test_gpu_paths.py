@@ -27,12 +27,15 @@ def tiny(**kw):
     return model
 
 
-def decode(model, compile: bool, params: SamplingParams) -> list[list[int]]:
+def decode(model, compile: bool, params: SamplingParams, engines: list | None = None) -> list[list[int]]:
+    """Three requests decoded together; the engine is appended to `engines` when given."""
     engine, out = Engine(model, n_slots=4, compile=compile), [[] for _ in range(3)]
     for i in range(3):
         engine.add(Request([1 + i, 2, 3], 12, params, seed=i, emit=lambda r, t, f, i=i: out[i].append(t)))
     while engine.active:
         engine.step()
+    if engines is not None:
+        engines.append(engine)
     return out
 
 
@@ -44,12 +47,9 @@ def test_the_decode_step_compiles_whole_and_decodes_as_eager():
 
 def test_an_int8_model_decode_step_compiles_whole_too():
     model = quantize_model(tiny())
-    params = SamplingParams(temperature=0.0)
-    engine = Engine(model, n_slots=4, compile=True)
-    engine.add(Request([1, 2, 3], 6, params))
-    engine.step()
-    assert engine.compiled  # no fallback to eager: the int8 kernel is an opaque op to the compiler
-    assert decode(model, True, params) == decode(model, False, params)
+    params, engines = SamplingParams(temperature=0.0), []
+    assert decode(model, True, params, engines) == decode(model, False, params)
+    assert engines[0].compiled  # no fallback to eager: the int8 kernel is an opaque op to the compiler
 
 
 def test_warm_up_compiles_each_row_bucket_before_the_first_request(monkeypatch):
