@@ -8,16 +8,14 @@ chat.py, serve.py, eval.py and export.py load; the input is never changed.
     python convert.py dcp out/gpt2_350m/last.dcp out/gpt2_350m/last_full.pt
 """
 import argparse
-import os
-import secrets
 import sys
 from pathlib import Path
 
 from model import GPT, GPTConfig
-from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint
 from wikigpt.decoding.load import load_model
 from wikigpt.cli import UsageError, output_file, run_main
-from wikigpt.run.durable import clear_stale, link_new
+from wikigpt.run.new_checkpoint import save_new
 from wikigpt.run.fsdp import TRAIN_STATE, load_shards, load_train_state
 from wikigpt.adapt.lora import merge_lora
 
@@ -65,26 +63,6 @@ def gather_shards(src: Path, out: Path):
                                    val=meta.get("val")))
     load_checkpoint(out)  # what the tools will do: fail here, not there
     print(f"wrote {out} (step {meta['step']}): load it with sample.py, chat.py, serve.py")
-
-
-def save_new(out: Path, state: dict):
-    """save_checkpoint, never over a file: main found no file at `out`, but another run (a second
-    convert.py or prune.py to the same path) may have written one since. The checkpoint is saved
-    under a name of this run's own, then linked as `out` (link_new). A full disk, like any write
-    the disk refuses, is one line; nothing is left under either name."""
-    clear_stale(out, ".tmp")  # what runs killed mid-save left: a whole checkpoint each
-    own = out.with_name(f"{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        save_checkpoint(own, state)  # fsynced, as is the folder
-        link_new(own, out)
-    except FileExistsError:
-        raise UsageError(f"{out} was written by another run while this one worked: it was left as it is, and "
-                         "this run's result was not kept. Choose another path.") from None
-    except OSError as e:  # a full disk (save_checkpoint says ENOSPC), a folder gone or read-only
-        raise UsageError(f"could not write {out}: {e.strerror or e}. Nothing half-written was left there: make "
-                         "room (or fix the folder), then run again.") from None
-    finally:
-        own.unlink(missing_ok=True)
 
 
 CONVERSIONS = {"lora": (merge_adapters, "a LoRA checkpoint (--lora_rank run) -> a plain one, adapters merged"),

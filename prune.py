@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from convert import save_new
 from model import GPT
 from wikigpt.batches import PretrainBatches
 from wikigpt.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, refuse_unrunnable
@@ -27,6 +26,7 @@ from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, output_file, run_main
 from wikigpt.prep.data import load_dataset
 from wikigpt.adapt.lora import base_reference
 from wikigpt.adapt.prune import Plan, choose, mean_loss, mean_loss_masked, prune, pruned_config
+from wikigpt.run.new_checkpoint import save_new
 
 
 def count(text: str | None, total: int, what: str, fraction_ok=False) -> int:

@@ -227,7 +227,7 @@ def test_a_file_system_without_hard_links_still_gets_a_new_checkpoint_and_keeps_
 
     import torch
 
-    from convert import save_new
+    from wikigpt.run.new_checkpoint import save_new
     from wikigpt.cli import UsageError
 
     def no_links(src, dest):
