@@ -461,3 +461,20 @@ def test_a_kill_between_the_reports_two_files_never_leaves_the_old_md_beside_the
     with pytest.raises(KeyboardInterrupt):
         eval_py.write_report({"notes": [], "checkpoints": [{"label": "new"}]}, out)
     assert json.loads(out.read_text())["checkpoints"] == [{"label": "new"}] and not out.with_suffix(".md").exists()
+
+
+def test_the_legends_of_many_runs_go_below_the_axes_not_over_the_curves():
+    """Two legend entries a run on the loss axes: 12 runs' legend inside them covered the curves."""
+    from wikigpt.run.runlog import draw_runs
+
+    def run(i):
+        rows = [{"type": "train", "tokens": s * 1000, "loss": 5 / s ** 0.5 + i / 10} for s in range(1, 20)]
+        return f"out/run_{i}", rows + [{"type": "eval", "tokens": 5000, "val_loss": 3.0, "val_bpb": 1.0}]
+
+    for n, below in ((3, False), (12, True)):
+        fig = draw_runs([run(i) for i in range(n)])
+        fig.canvas.draw()  # lays the figure out: the extents below are where things are drawn
+        for ax in fig.axes:
+            legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+            assert (legend.y1 <= box.y0) == below, (n, legend, box)  # below the axes (and their labels)
+            assert box.height > 100  # the axes keep their room

@@ -113,13 +113,25 @@ def _series(rows, type, key):
 
 
 def plot_runs(runs: list[tuple[str, list[dict]]], path):
-    """Draw runs = [(label, rows)] into one PNG: loss (train line, val dots) and val bits per
-    byte against tokens seen. An SFT run's val loss is its held-out assistant-token loss."""
+    """Draw runs = [(label, rows)] into one PNG (draw_runs)."""
+    path = Path(path)
+    with replacing(path) as tmp:  # readers never see half a PNG
+        draw_runs(runs).savefig(tmp, format="png", dpi=110, metadata={  # PNG text: which runs are drawn
+            "Title": PLOT_TITLE, "Description": "runs: " + ", ".join(label for label, _ in runs)})
+    return path
+
+
+def draw_runs(runs: list[tuple[str, list[dict]]]):
+    """The figure of runs = [(label, rows)]: loss (train line, val dots) and val bits per byte
+    against tokens seen. An SFT run's val loss is its held-out assistant-token loss."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    # each run adds two legend entries to the loss axes: past 4 runs they would cover the curves,
+    # so the legends go below the axes, the figure taller by a line for every two entries
+    below = len(runs) > 4
+    fig = Figure(figsize=(11, 4.2 + (0.15 * len(runs) if below else 0)), layout="constrained")
     ax_loss, ax_bpb = fig.subplots(1, 2)
     colors = matplotlib.colormaps["tab10"].colors
     for i, (label, rows) in enumerate(runs):
@@ -134,9 +146,5 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path):
     ax_bpb.set(xlabel="tokens seen", ylabel="bits per byte", title="val bits per byte (lower is better)")
     for ax in (ax_loss, ax_bpb):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    path = Path(path)
-    with replacing(path) as tmp:  # readers never see half a PNG
-        fig.savefig(tmp, format="png", dpi=110, metadata={  # PNG text: which runs are drawn
-            "Title": PLOT_TITLE, "Description": "runs: " + ", ".join(label for label, _ in runs)})
-    return path
+        ax.legend(fontsize=8, **(dict(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2) if below else {}))
+    return fig
