@@ -192,3 +192,33 @@ def test_the_background_copy_keeps_tied_weights_tied_and_reused_buffers_hold_the
     assert torch.equal(b["row"], b["wte"][1]) and b["step"] == 1
     shared = {t.untyped_storage().data_ptr() for t in (b["wte"], b["lm_head"], b["row"])}
     assert len(shared) == 1  # stored once, loaded tied, as a synchronous torch.save does
+
+
+def test_a_run_on_apples_gpu_makes_no_float64_tensor(tiny_data, tmp_path, monkeypatch):
+    """MPS has no float64 (torch refuses to make such a tensor there): the loss sums of the log and
+    of the eval were float64 on every device, and a Mac's first `make demo` (--device auto picks
+    MPS) stopped at its first eval. Here every op of a short run is watched, with the sums' type
+    chosen as it is for MPS."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from wikigpt import loss_eval
+    from wikigpt.run import throughput, train_log
+
+    assert throughput.sum_dtype("mps") == torch.float32 and throughput.sum_dtype("cuda:1") == torch.float64
+
+    class Float64Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in outs):
+                self.seen.add(str(func))
+            return out
+    for module in (loss_eval, train_log):
+        monkeypatch.setattr(module, "sum_dtype", lambda device: throughput.sum_dtype("mps"))
+    with Float64Ops() as ops:
+        train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", "--eval_interval=2", *TINY])
+    assert ops.seen == set() and load_checkpoint(tmp_path / "last.pt")["step"] == 2

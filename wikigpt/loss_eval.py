@@ -1,7 +1,5 @@
-"""
-Loss on a fixed set of windows, and bits per byte: the metric that compares models across
-tokenizers. train.py evaluates with it as it trains; eval.py and bench/ after.
-"""
+"""Loss on a fixed set of windows, and bits per byte: the metric that compares models across
+tokenizers. train.py evaluates with it as it trains; eval.py and bench/ after."""
 import math
 
 import torch
@@ -11,12 +9,13 @@ from model import GPT
 from wikigpt.batches import to_device
 from wikigpt.loss import token_losses
 from wikigpt.run.dist import Dist
+from wikigpt.run.throughput import sum_dtype
 from wikigpt.tokenizer import Tokenizer
 
 
 def token_bytes_table(tok: Tokenizer, padded_vocab: int, device) -> torch.Tensor:
     """(padded_vocab,) UTF-8 bytes each id stands for (0 for specials and padding): bits per byte."""
-    return torch.tensor(tok.token_bytes() + [0] * (padded_vocab - tok.n_vocab), dtype=torch.float64, device=device)
+    return torch.tensor(tok.token_bytes() + [0] * (padded_vocab - tok.n_vocab), dtype=sum_dtype(device), device=device)
 
 
 @torch.no_grad()
@@ -24,7 +23,7 @@ def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, auto
     """Mean loss over the counted targets (y != -1) and bits per byte: the summed loss in
     bits divided by the UTF-8 bytes those targets stand for, comparable across tokenizers."""
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, tokens, bytes
+    totals = torch.zeros(3, dtype=sum_dtype(dist.device), device=dist.device)  # loss sum, tokens, bytes
     stride = dist.world * batch_size
     for start in range(0, len(x_all), stride):  # the same number of forwards in every process
         i = start + dist.rank * batch_size  # (FSDP gathers weights inside each: all must take part)
@@ -35,7 +34,7 @@ def evaluate(model: GPT, x_all, y_all, token_bytes, batch_size, dist: Dist, auto
         with autocast:
             losses = token_losses(model.hidden_states(x), model.lm_head.weight, y)  # (B, T), 0 where y == -1
         counted = y != -1
-        totals[0] += losses.double().sum()
+        totals[0] += losses.to(totals.dtype).sum()
         totals[1] += counted.sum()
         totals[2] += (token_bytes[y.clamp(min=0)] * counted).sum()  # a mask multiply: no nonzero(), no sync
     if dist.world > 1:

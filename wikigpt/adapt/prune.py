@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from model import GPT
+from wikigpt.run.throughput import sum_dtype
 
 
 @dataclass
@@ -185,7 +186,7 @@ def unit_scores(model: GPT, x, y, plan: Plan, batch_size=8) -> torch.Tensor:
         return hook
 
     kept = {layer: i for i, layer in enumerate(plan.layers)}
-    total = torch.zeros(len(plan.layers), model.cfg.mlp_width, dtype=torch.float64, device=model.device)
+    total = torch.zeros(len(plan.layers), model.cfg.mlp_width, dtype=sum_dtype(model.device), device=model.device)
     was_training = model.training
     model.eval()  # no dropout in the estimate
     with masked(model, plan):
@@ -195,7 +196,7 @@ def unit_scores(model: GPT, x, y, plan: Plan, batch_size=8) -> torch.Tensor:
                 xb, yb = x[b:b + batch_size], y[b:b + batch_size]
                 (model(xb, yb)[1] * yb.numel()).backward()  # the summed loss: a per-token scale
                 for i, a in acts.items():
-                    total[i] += (a.detach() * a.grad).double().square().sum((0, 1))  # (hidden,)
+                    total[i] += (a.detach() * a.grad).to(total.dtype).square().sum((0, 1))  # (hidden,)
         finally:
             for h in hooks:
                 h.remove()

@@ -59,7 +59,7 @@ def platform_name(device: str) -> str:
 def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, reps: int = 5) -> float:
     """The best rate of square matmuls. On a GPU: 8192^3 products timed with CUDA events over 10
     back-to-back launches, so that launch overhead (tens of microseconds, as long as a small
-    product) does not read as a low peak; on a CPU: the best of `reps` single products of 2048^3,
+    product) does not read as a low peak; elsewhere: the best of `reps` single products of 2048^3,
     or smaller ones where the dtype is slow: without a fast kernel for it (float16 on most CPUs) a
     2048^3 product takes tens of seconds, not a fifth of one, and the run would wait minutes."""
     cuda = device.startswith("cuda")
@@ -88,6 +88,7 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, 
         a, b = operands(size)
         t = time.perf_counter()
         a @ b  # also the warm-up of this size
+        synchronize(device)  # on Apple's GPU (MPS) the product only starts here
         best = time.perf_counter() - t
         if size * 2 > n or best * 8 > 0.5:
             break
@@ -95,6 +96,7 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, 
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best
 
@@ -145,8 +147,17 @@ class HostSyncWatch:
 
 
 def synchronize(device: str):
+    """Wait for the device's queued work (a GPU's kernels run after the Python that launched them)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+def sum_dtype(device) -> torch.dtype:
+    """The type a run's loss sums accumulate in: float64, but float32 on Apple's GPU (MPS),
+    which has no float64 (torch refuses to make such a tensor there)."""
+    return torch.float32 if str(device).startswith("mps") else torch.float64
 
 
 def fmt_time(seconds: float) -> str:

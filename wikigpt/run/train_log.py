@@ -15,7 +15,7 @@ import torch.distributed as torch_dist
 
 from wikigpt.run.durable import write_text
 from wikigpt.run.runlog import METRICS, PLOT, SUMMARY, MetricsLog, plot_runs
-from wikigpt.run.throughput import fmt_time, held_mb, peak_flops, peak_memory_mb, synchronize
+from wikigpt.run.throughput import fmt_time, held_mb, peak_flops, peak_memory_mb, sum_dtype, synchronize
 
 # A non-finite loss, coded for an all-reduce MIN across processes: BAD_KINDS_N * step + the index
 # of its kind, so that the earliest step wins and its kind comes with it in one integer.
@@ -160,7 +160,7 @@ class TrainLog:
         if not (step % self.cfg.log_interval == 0 or step == stop_at):
             return
         d = self.dist
-        total = self.loss_sum.detach().double()
+        total = self.loss_sum.detach().to(sum_dtype(d.device))
         if d.world > 1:  # the whole batch's loss, not only process 0's share of it
             total = total.reshape(1)
             torch_dist.all_reduce(total)
