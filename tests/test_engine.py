@@ -378,6 +378,35 @@ def test_a_compile_failure_decodes_eagerly_with_one_warning(error, capsys):
     assert len(warnings) == 1 and "eager" in warnings[0] and str(error) in warnings[0]
 
 
+def test_on_cuda_a_graphs_second_call_that_fails_decodes_eagerly_too(capsys):
+    """CUDA graph trees run a graph's first call as a warm-up and record it on the second: an
+    out-of-memory there is still the compiler's failure, and decodes eagerly. Off CUDA, a graph
+    that ran once and then fails is a real failure, raised."""
+    from wikigpt.decoding.decode import decode_step
+
+    model = tiny_model()
+    eager = list(generate(model, [1, 2, 3], 8, GREEDY))
+    for cuda in (True, False):
+        engine, got, calls = Engine(model, n_slots=4, compile=True), [], []
+        engine.step_fn.setting_up = 2 if cuda else 1  # what Step sets for a CUDA or another device
+
+        def recording_fails(model, state, k_max):
+            calls.append(k_max)
+            if len(calls) == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (the graph pool, recording)")
+            return decode_step(model, state, k_max)
+        engine.step_fn.fn = recording_fails
+        engine.add(Request([1, 2, 3], 8, GREEDY, emit=lambda r, t, f: got.append(t)))
+        if not cuda:
+            with pytest.raises(torch.OutOfMemoryError):
+                while engine.active:
+                    engine.step()
+            continue
+        while engine.active:
+            engine.step()
+        assert got == eager and not engine.compiled and "decoding eagerly" in capsys.readouterr().err
+
+
 def model_of_256():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=300, block_size=256, n_layer=2, n_head=2, n_embd=64)).eval()

@@ -197,11 +197,15 @@ def compiled_step(graphs: int, cuda: bool):
 class Step:
     """decode_step, compiled when `graphs` > 0 (the graphs its engine plans), as its tokens (the
     step's one host read). A compile that fails (dynamo's or the backend's error, the recompile
-    limit, anything raised by a graph's first call) decodes eagerly from then on, and says so once."""
+    limit, anything raised by a graph's first call, or on CUDA its second, which records the CUDA
+    graph: out of memory in the graph pool, say) decodes eagerly from then on, and says so once."""
 
     def __init__(self, graphs: int, cuda: bool):
         self.fn = compiled_step(graphs, cuda) if graphs else None
         self.calls = Counter()  # (rows, keys, k_max) -> calls that ran that compiled graph
+        # the calls of a graph that may still fail for the compiler's reasons: under mode=
+        # "reduce-overhead" CUDA graph trees run a graph's first call as a warm-up and record it on the second
+        self.setting_up = 2 if cuda else 1
 
     @property
     def compiled(self) -> bool:
@@ -211,13 +215,13 @@ class Step:
         if self.fn is None:
             return decode_step(model, state, k_max).tolist()
         graph = (state.cache.n, state.cache.span, k_max)
-        first = graph not in self.calls
-        saved = state.snapshot() if first else None  # a first call that fails may stop half-way
+        early = self.calls[graph] < self.setting_up
+        saved = state.snapshot() if early else None  # a call that fails there may stop half-way
         try:
             tokens = self.fn(model, state, k_max).tolist()
         except Exception as e:
-            if not (first or compile_error(e)):
-                raise  # a graph that ran before: a real failure, not the compiler's
+            if not (early or compile_error(e)):
+                raise  # a graph set up and run before: a real failure, not the compiler's
             self.fall_back(e, state, saved)
             return decode_step(model, state, k_max).tolist()
         self.calls[graph] += 1
