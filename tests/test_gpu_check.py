@@ -99,3 +99,23 @@ def test_a_gpu_that_torch_cannot_see_is_a_failed_row(tmp_path, monkeypatch, caps
     monkeypatch.setattr(gpu_steps, "nvidia_gpu_present", lambda: False)  # a CPU machine: no failure
     gpu_steps.check_env(tmp_path)
     assert "ROW\tdevice\tcpu, torch" in capsys.readouterr().out
+
+
+def test_the_fsdp_check_runs_its_step_and_leaves_no_torchrun_variables_to_the_train_runs_after_it(monkeypatch):
+    """The check set RANK / WORLD_SIZE in os.environ for its process group of one; the train.py
+    --shard=fsdp runs it starts next inherited them, took themselves for torchrun's, and stopped
+    with KeyError: 'LOCAL_RANK'. Before that its hooks returned what they saw, which a forward
+    pre-hook hands on as the input: the step itself failed. A FAILED fsdp row on every GPU; here
+    the same code on gloo, with the bf16 policy CUDA gets."""
+    import os
+
+    from model import GPTConfig
+    from wikigpt.run import fsdp
+
+    policy_on_cuda = fsdp.mixed_precision
+    monkeypatch.setattr(fsdp, "mixed_precision", lambda device_type, dtype: policy_on_cuda("cuda", dtype))
+    launch = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets
+    before = {k: os.environ.get(k) for k in launch}
+    seen = gpu_steps.fsdp_dtypes(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32), "cpu", "gloo")
+    assert seen == {"stream": torch.float32, "weight": torch.bfloat16}  # what the GPU row checks
+    assert {k: os.environ.get(k) for k in launch} == before
