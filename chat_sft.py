@@ -102,6 +102,9 @@ def main(argv):
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = SFTBatches(train_rows, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
     summary = train(cfg, dist, tok, batches, val_set(val_rows, block_size, cfg.eval_tokens), "sft", start)
+    if dist.world > 1:  # process 0 checks alone below: nobody waits for it in a collective, where
+        torch.distributed.barrier()  # NCCL's watchdog would end the wait after 10 minutes
+        torch.distributed.destroy_process_group()
     qa = cfg.grounded_qa and cfg.qa_eval
     if dist.master and (cfg.eot_check or qa):
         model, _, _ = load_model(Path(cfg.out_dir) / "best.pt", dist.device)  # once, for both checks

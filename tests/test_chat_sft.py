@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import ROOT, TINY, run_cli
 
 from wikigpt.chat import sft_data
 from wikigpt.chat.sft_config import SFTConfig
@@ -342,13 +342,31 @@ def test_what_does_not_fit_is_counted_not_hidden(tok):
                     "system turn longer than the context: conversation dropped": 1}
 
 
+# chat_sft.py, its end-of-turn check telling whether a process group is still up while it runs
+SFT_SAYING_ITS_GROUP = """
+import chat_sft, torch.distributed
+from wikigpt.cli import run_main
+real = chat_sft.end_of_turn_rate
+def checked_alone(*args, **kwargs):
+    print("process group up during the checks:", torch.distributed.is_initialized())
+    return real(*args, **kwargs)
+chat_sft.end_of_turn_rate = checked_alone
+run_main(chat_sft.main)
+"""
+
+
 def test_sft_under_two_process_torchrun(tiny_ckpt, tmp_path):
+    """Trained in step on two processes; process 0's checks after training run with the process
+    group gone (the others waited for them in a barrier: NCCL ends such a wait after 10 minutes)."""
     data = write_dialogues(tmp_path / "d.jsonl", 60)
-    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "chat_sft.py",
+    script = tmp_path / "sft_saying_its_group.py"
+    script.write_text(SFT_SAYING_ITS_GROUP)
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
                 f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'chat'}", f"--sft_data={data}",
                 "--max_steps=6", "--eval_interval=3", "--grad_accum=2", "--sft_val_fraction=0.2",
-                "--eot_check=2", *TINY)
+                "--eot_check=2", *TINY, env={"PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "process group up during the checks: False" in r.stdout and "held-out prompts whose reply" in r.stdout
     assert "2 process(es) on cpu" in r.stdout
     assert "weights identical on all 2 processes: yes" in r.stdout
     assert load_checkpoint(tmp_path / "chat" / "best.pt")["kind"] == "sft"
