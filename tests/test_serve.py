@@ -286,7 +286,8 @@ def test_unknown_paths_and_methods_get_json_errors(server):
 
 
 def test_health_and_prometheus_metrics(server):
-    assert httpx.get(server + "/health").json()["status"] == "ok"
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok" and health["compiled"] is False  # on a CPU the step runs eagerly unless asked
     httpx.post(server + "/v1/chat/completions", json=ask("Hello", temperature=0), timeout=30)
     text = httpx.get(server + "/metrics").text
     for name in ("wikigpt_requests_total{path=\"/v1/chat/completions\",status=\"200\"}",
@@ -416,11 +417,14 @@ def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt, capsy
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLIES["谢谢"]
     finally:
         thread.stop()
-    busy = EngineThread(model, n_slots=4, max_queue=1, start=False)
+    busy = EngineThread(model, n_slots=4, max_queue=1, start=False, compile=True)  # (never stepped: nothing compiles)
     busy.submit([Request([i], 5) for i in range(5)])  # its 4 slots and 1 place in the queue, taken
     with TestClient(create_app(Server(model, tok, Settings(model_name="t"), busy))) as http:
         r = http.post("/v1/chat/completions", json=ask("Hello"))
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert http.get("/health").json()["compiled"] is True
+        busy.engine.step_fn.fn = None  # as after a failed compile: the step decodes eagerly
+        assert http.get("/health").json()["compiled"] is False
 
 
 # ----- the web page in a real browser

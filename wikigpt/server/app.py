@@ -186,7 +186,8 @@ def create_app(server: Server):
         return {"status": "ok", "model": server.settings.model_name, "chat": server.tok.has_chat_tokens(),
                 "rag": server.index is not None, "context_length": server.block,
                 "auth": bool(server.settings.api_key),
-                "active": server.engine.active, "queued": server.queued}
+                "active": server.engine.active, "queued": server.queued,
+                "compiled": server.engine.engine.compiled}  # false: the decode step runs eagerly (--compile)
 
     @app.get("/metrics")
     async def metrics():
