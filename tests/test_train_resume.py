@@ -87,12 +87,13 @@ def test_a_finished_run_resumed_ends_with_the_same_checkpoint(tiny_data, tmp_pat
     assert before["bad_evals"] >= 1 and after["bad_evals"] == before["bad_evals"] and same_weights(before, after)
 
 
-def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump):
+def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump,
+                                                                            stopped_run):
     other = tmp_path / "other"  # another text, a smaller vocabulary: the ids fit, and mean other words
     r = run_cli("prepare_wiki.py", small_dump, "--out", other, "--tokenizer", "bpe:280", "--min_chars", "10")
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "run"
-    assert run_cli("train.py", f"--data={tiny_data}", f"--out_dir={run}", "--max_steps=2", *TINY).returncode == 0
+    run = tmp_path / "run"  # a run on tiny_data's tokenizer: the module's stopped run, copied (a train.py start ~5 s)
+    shutil.copytree(stopped_run, run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     for args in ([f"--out_dir={run}", "--resume=true"], [f"--out_dir={tmp_path / 'new'}", f"--init_from={run / 'last.pt'}"]):
         r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, *args)
@@ -165,12 +166,13 @@ def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused(tiny_data, tmp
     assert claim_out_dir(out) is None  # free once the first has ended
 
 
-def test_overwrite_killed_in_its_first_save_never_resumes_the_run_it_replaces(tiny_data, tmp_path, patched):
+def test_overwrite_killed_in_its_first_save_never_resumes_the_run_it_replaces(tiny_data, tmp_path, patched,
+                                                                             stopped_run):
     """--overwrite=true's first save writes best.pt, then last.pt: killed between, the old run's
     last.pt stood beside the new run's step-0 best.pt, and --resume=true continued the old run (its
     "best val" the old one's, its best.pt the new untrained model)."""
-    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=8", "--eval_interval=4", *TINY]
-    assert run_cli("train.py", *common).returncode == 0  # the old run: steps 0-8
+    common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", *STOPPED]
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)  # the old run, its last.pt at step 2 (a train.py start ~5 s)
     killed = run_cli(patched, *common, "--overwrite=true", "--lr=0.002", env={"KILL_STEP": "0", "KILL_WHEN": "after best.pt"})
     assert killed.returncode == -9, killed.stderr
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 0 and not (tmp_path / "last.pt").exists()
