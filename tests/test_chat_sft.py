@@ -188,23 +188,30 @@ def test_the_end_of_turn_check_skips_a_question_that_fills_the_context(tiny_chat
                                                   np.array([0, len(full)])), n=5)[1] == 0
 
 
-def test_show_examples_prints_masks(tiny_ckpt, tmp_path):
-    data = tmp_path / "d.jsonl"
+# One `chat_sft.py --show_examples=1` run (no --data) that the two tests below read (a chat_sft.py
+# start costs ~2 s): the masks it prints, and the dataset it says it takes
+@pytest.fixture(scope="module")
+def shown(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shown")
+    data = out / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Hi {i}", "response": "Hello."}) + "\n" for i in range(20)))
-    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path}", f"--sft_data={data}",
+    r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={out}", f"--sft_data={data}",
                 "--show_examples=1", "--sft_val_fraction=0.2", *TINY)
     assert r.returncode == 0, r.stderr
+    return out, r.stdout
+
+
+def test_show_examples_prints_masks(shown):
+    out, stdout = shown
     assert re.search(r"<\|endoftext\|><\|user\|>Hi \d+<\|end\|><\|assistant\|>\[\[Hello\.<\|end\|>\]\]",
-                     r.stdout)
-    assert not list(tmp_path.glob("*.pt"))  # it only shows, it does not train
+                     stdout)
+    assert not list(out.glob("*.pt"))  # it only shows, it does not train
 
 
-def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckpt, tiny_data, tmp_path):
+def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckpt, tiny_data, tmp_path, shown):
     data = write_dialogues(tmp_path / "d.jsonl", 20)
     common = [f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'o'}", f"--sft_data={data}", "--show_examples=1", *TINY]
-    r = run_cli("chat_sft.py", *common)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].startswith(f"data: {tiny_data} (the dataset {tiny_ckpt} learned from")
+    assert shown[1].splitlines()[0].startswith(f"data: {tiny_data} (the dataset {tiny_ckpt} learned from")
     r = run_cli("chat_sft.py", *common, f"--data={tmp_path / 'nope'}", "--grounded_qa=1")
     assert r.returncode == 2 and f"{tmp_path / 'nope'}: no such folder" in r.stderr  # not "an older prepare_wiki.py"
     assert "older prepare_wiki.py" not in r.stderr and "Traceback" not in r.stderr
