@@ -180,24 +180,27 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert all(torch.equal(a, p.grad) for a, p in zip(plain, model.parameters()))
 
 
-def test_a_resume_on_fewer_gpus_restores_the_rng_states_it_has_gpus_for(monkeypatch):
-    """last.pt from an 8-GPU machine holds 8 CUDA generator states; resumed where 1 GPU is visible,
-    torch.cuda.set_rng_state_all raised IndexError for the 7 it had no generator for."""
+def test_a_resume_restores_the_rng_state_into_this_processs_own_gpu(monkeypatch):
+    """last.pt held a generator state per GPU process 0 saw, of which only its own GPU's had
+    advanced: resumed where fewer GPUs are visible, set_rng_state_all raised IndexError for the
+    ones it had no generator for; under torchrun, process r took process 0's never-advanced state
+    of GPU r, and its dropout started over. The file now holds the saving process's own GPU's
+    state (every process draws alike: one seed), set into each process's own GPU."""
     from wikigpt.checkpoint import rng_state, set_rng_state
 
     placed = []
-
-    def set_state(state, device=0):  # as torch does: a generator per visible GPU
-        if device >= 1:
-            raise IndexError("tuple index out of range")
-        placed.append(device)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
-    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_state)
-    state = {**rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}
-    set_rng_state(state)
-    assert placed == [0]
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.full((16,), 7, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # process 3 of 8 under torchrun
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": placed.append((int(state[0]), device)))
+    set_rng_state(rng_state())
+    assert placed == [(7, "cuda")]  # the saved state, into the current GPU ("cuda": torch's name for it)
+    older = {**rng_state(), "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]}  # a state per GPU
+    set_rng_state(older)
+    assert placed[-1] == (3, "cuda")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # one GPU visible now
+    set_rng_state({**older, "cuda": older["cuda"][:1]})
+    assert placed[-1] == (0, "cuda")
 
 
 def test_cuda_n_is_made_the_current_device_and_one_not_there_is_refused(monkeypatch):

@@ -208,7 +208,7 @@ def refuse_unrunnable(ckpt: dict, path, role: str):
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's GPU: the one whose dropout it drew
     return state
 
 
@@ -216,7 +216,6 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
-        # one state per GPU the saving process saw: a resume may see fewer (CUDA_VISIBLE_DEVICES,
-        # one GPU after eight), and a state for a GPU it cannot see has nowhere to go
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
+        # this process's GPU: every process draws alike (one seed), so process 0's state is each one's
+        saved = state["cuda"]  # older files: a list, a state per GPU the saving process saw
+        torch.cuda.set_rng_state(saved[min(torch.cuda.current_device(), len(saved) - 1)] if isinstance(saved, list) else saved)
