@@ -46,7 +46,7 @@ from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
 from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_member, source_jobs
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
-from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, iter_articles
+from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, even_sample, iter_articles
 from wikigpt.prep.wikitext import CleanSettings
 from wikigpt.prep.workdir import PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
@@ -323,8 +323,12 @@ def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
         return Tokenizer.load(work / "tokenizer.json")
     else:
         t = time.time()
-        print(f"training {args.tokenizer} tokenizer on the train split...")
-        tok = Tokenizer.from_name(args.tokenizer, iter_articles(work, "train"))
+        # BPE training holds every distinct chunk its pattern cuts the text into, and in Chinese
+        # almost every clause is one: an even sample bounds it (docs/data.md, "Tokenizers")
+        texts = even_sample(iter_articles(work, "train"), args.tokenizer_chars)
+        print(f"training {args.tokenizer} tokenizer on {sum(map(len, texts)):,} characters of the train split "
+              f"({len(texts):,} articles, an even sample of at most --tokenizer_chars)...")
+        tok = Tokenizer.from_name(args.tokenizer, texts)
         print(f"  trained in {time.time() - t:.1f}s")
     tok.save(work / "tokenizer.json")
     fsync_path(work / "tokenizer.json")  # on disk before the progress that says it is there
@@ -441,6 +445,9 @@ def parse_args(argv=None):
                    "(default: the English sample shipped with gensim)")
     p.add_argument("--out", default="data/wiki", help="dataset folder to create (default: data/wiki)")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or 'bpe:VOCAB' trained on the train split")
+    p.add_argument("--tokenizer_chars", type=int, default=50_000_000,
+                   help="a bpe: tokenizer learns from at most this many characters of the train split, an even "
+                        "sample (default 50,000,000: ~8 GB of memory for Chinese text, under 1 GB for English)")
     p.add_argument("--val_fraction", type=float, default=0.01, help="share of articles for val")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
     p.add_argument("--min_chars", type=int, default=200, help="drop articles shorter than this")

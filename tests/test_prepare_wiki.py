@@ -149,6 +149,25 @@ def test_xml_dump_keeps_articles_only_and_round_trips(small_dump, tmp_path, caps
     assert meta["splits"]["train"]["chars_per_token"] > 1.0
 
 
+def test_a_bpe_tokenizer_learns_from_an_even_sample_of_at_most_tokenizer_chars(small_dump, tmp_path, capsys):
+    """BPE training holds every distinct chunk of its text (in Chinese nearly every clause: ~47 MB
+    of memory a MB of zhwiki's text, ~80 GB for all of it): it learns from an even sample."""
+    from wikigpt.prep.shards import even_sample
+
+    texts = [f"{i:05d}" + "x" * 95 for i in range(10_000)]  # 100 characters each, 1,000,000 in all
+    sample = even_sample(iter(texts), 100_000)
+    assert 50_000 < sum(map(len, sample)) <= 100_000  # between a half and all of the budget
+    tenths = [sum(int(t[:5]) // 1000 == d for t in sample) for d in range(10)]
+    assert min(tenths) >= 0.8 * max(tenths), tenths  # from every part of the texts, not the first ones
+    assert even_sample(iter(texts[:5]), 100_000) == texts[:5]  # under the budget: all of them
+    ds = build(small_dump, tmp_path / "ds", "--tokenizer_chars", 2000)
+    said = re.search(r"training bpe:300 tokenizer on ([\d,]+) characters of the train split \((\d+) articles",
+                     capsys.readouterr().out)
+    assert said and 1000 < int(said[1].replace(",", "")) <= 2000, said
+    assert int(said[2]) < ds.meta["splits"]["train"]["articles"]
+    assert all(d.endswith(PROSE.strip()) for d in docs_of(ds, "train"))  # tokens -> text still lossless
+
+
 def test_output_is_identical_for_1_and_2_workers_and_across_runs(small_dump, tmp_path):
     digests = []
     for i, workers in enumerate((1, 2, 2)):
@@ -228,6 +247,19 @@ def test_default_source_is_the_gensim_sample_end_to_end(tmp_path):
     assert ds.meta["dropped"]["redirect"] > 50
     text = ds.tokenizer.decode(ds.train[0][:20000])
     assert text.startswith("<|endoftext|>Anarchism\n\nAnarchism is a political philosophy") and "{{" not in text and "[[" not in text and "<ref" not in text
+
+
+def test_overwrite_takes_a_dataset_of_more_than_a_thousand_shards_as_its_own(tmp_path):
+    """Shards past 999 are named train_1000.bin: --overwrite read them as files it did not make
+    (enwiki at --shard_tokens of ~4.5 M or less) and refused to replace the dataset."""
+    from wikigpt.prep.data import MADE_BY, not_replaceable
+
+    (tmp_path / "meta.json").write_text(json.dumps({"made_by": MADE_BY}))
+    for name in ("train_000.bin", "train_999.bin", "train_1000.bin", "val_12345.bin"):
+        (tmp_path / name).write_bytes(b"")
+    assert not_replaceable(tmp_path) is None
+    (tmp_path / "train_1000.bin.bak").write_bytes(b"")  # a user's file: still kept from --overwrite
+    assert "train_1000.bin.bak" in not_replaceable(tmp_path)
 
 
 def test_existing_dataset_needs_overwrite_and_survives_a_failed_run(small_dump, tmp_path, capsys,

@@ -61,6 +61,26 @@ def iter_articles(work: Path, split: str):
         raise WikiError(damaged(work / ARTICLES, e)) from None
 
 
+def even_sample(texts, max_chars: int, total: int | None = None) -> list[str]:
+    """At most max_chars characters of `texts`, spread over all of them (a dump's first articles
+    are one corner of it: its order is by title or id). A text is kept while a fixed hash of its
+    position lies under a level, which halves whenever the kept texts pass max_chars: whatever the
+    number of texts, the sample holds between a half and all of max_chars. total: the number of
+    texts, for the progress bar."""
+    level, kept, chars = 1.0, [], 0
+    for i, text in enumerate(progress_bar(texts, total=total, unit=" articles", desc="sample")):
+        spot = (i * 0x9E3779B97F4A7C15 % 2**64) / 2**64  # Fibonacci hashing: positions spread over [0, 1)
+        if spot >= level:
+            continue
+        kept.append((spot, text))
+        chars += len(text)
+        while chars > max_chars:
+            level /= 2
+            kept = [(s, t) for s, t in kept if s < level]
+            chars = sum(len(t) for _, t in kept)
+    return [t for _, t in kept]
+
+
 SPLITS = ("train", "val")
 _worker_tok = None
 

@@ -26,8 +26,8 @@ _held = {}  # work folder -> the descriptor holding its lock, from open_work to 
 def fingerprint(files, args) -> dict:
     """What the output depends on: the source files as they are now, and the options."""
     return {"files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "options": {k: getattr(args, k) for k in ("tokenizer", "val_fraction", "seed", "min_chars",
-                                                      "max_articles", "shard_tokens", "checkpoint_mb")},
+            "options": {k: getattr(args, k) for k in ("tokenizer", "tokenizer_chars", "val_fraction", "seed",
+                                                      "min_chars", "max_articles", "shard_tokens", "checkpoint_mb")},
             "format_version": FORMAT_VERSION}
 
 
