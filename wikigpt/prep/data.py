@@ -108,7 +108,7 @@ def holds_a_run(folder: Path) -> bool:
 
 MADE_BY = "prepare_wiki.py"  # meta.json's "made_by": a folder prepare_wiki.py --overwrite may replace
 # every name prepare_wiki.py (any version) and retrieve.py put in a dataset or its work folder
-DATASET_NAMES = re.compile(r"(meta\.json|tokenizer\.json|articles\.jsonl\.gz|knowledge\.sqlite|(train|val)_\d{3}\.bin"
+DATASET_NAMES = re.compile(r"(meta\.json|tokenizer\.json|articles\.jsonl\.gz|knowledge\.sqlite|(train|val)_\d{3,}\.bin"
                            r"|index|index\.tmp|progress\.json|parts|knowledge-parts|[^/]*\.tmp)")
 MODEL_FILES = re.compile(r".*\.(safetensors|pt|pth|ckpt|gguf|onnx)$|config\.json|pytorch_model\.bin")
 
