@@ -74,7 +74,7 @@ INDEXES = """
 CREATE UNIQUE INDEX articles_title ON articles(title);
 CREATE INDEX facts_subject ON facts(subject);
 CREATE INDEX sections_subject ON sections(subject);
-CREATE INDEX aliases_alias ON aliases(alias);
+CREATE INDEX aliases_subject ON aliases(subject);  -- Knowledge.aliases(subject); a look-up by alias reads names
 """
 # The facts' values as words, for facts_naming: a value holds a phrase as whole words, case aside, when
 # its words (`\w+` runs, as the check after the query reads them) hold the phrase's in a row. FTS5's
