@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from wikigpt.prep.data import read_articles
+from wikigpt.run.progress import progress_bar
 from wikigpt.knowledge.evidence import Reader
 from wikigpt.knowledge.questions import ASKED
 from wikigpt.knowledge.sentences import language, opening_sentence
@@ -63,7 +64,9 @@ def sample_articles(folder, split: str, k: int, seed: int = 0) -> list[dict]:
     """k articles of a split drawn uniformly in one pass (reservoir sampling), in file order; the
     whole split when it has k or fewer. Memory: k articles, whatever the corpus's size."""
     rng, kept = random.Random(f"{seed}:sample:{split}"), []
-    for i, article in enumerate(read_articles(folder, split)):
+    articles = progress_bar(read_articles(folder, split), desc=f"sampling {split} articles", unit=" articles",
+                            delay=10)  # a whole split: minutes at enwiki's size, said; nothing for a small one
+    for i, article in enumerate(articles):
         if i < k:
             kept.append((i, article))
         elif (j := rng.randint(0, i)) < k:
