@@ -359,6 +359,8 @@ def build(files, args, work: Path, state: dict, t0: float) -> dict:
             state["splits"] = encode_pass(tok, work, cleaned["members"], args)
             atomic_write_json(work / PROGRESS, state)
         if writing is not None:
+            if not writing.done():  # ~14 min for enwiki's graph, beside passes 2 and 3: said, not silent
+                print("waiting for the knowledge graph (knowledge.sqlite) to be written...", flush=True)
             state["knowledge"] = writing.result()
             atomic_write_json(work / PROGRESS, state)
         drop_done(work, state)  # knowledge-parts/, now that progress.json says the graph is written
