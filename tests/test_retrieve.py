@@ -249,6 +249,18 @@ def test_held_out_questions_are_about_val_articles_only(rag_data):
     assert all(i.answer in next(a["text"] for a in read_articles(rag_data) if a["title"] == i.title) for i in items)
 
 
+def test_the_held_out_benchmark_asks_about_a_bounded_sample_of_the_val_articles(rag_data, monkeypatch):
+    """chat_sft.py's QA report built questions for every val article: ~200 k of them on enwiki,
+    each retrieved and answered by the model (hours). A small split is asked about whole."""
+    reader = reader_of(Index.open(rag_data))
+    val = {a["title"] for a in read_articles(rag_data, "val")}
+    asked = {i.title for i in wikiqa.benchmark_items(rag_data, reader)} - {""}  # "": out of corpus
+    assert asked == val  # each val article has a lead question at least
+    monkeypatch.setattr(wikiqa, "BENCHMARK_ARTICLES", 3)
+    fewer = {i.title for i in wikiqa.benchmark_items(rag_data, reader)} - {""}
+    assert len(val) > 3 and len(fewer) == 3 and fewer <= val
+
+
 def test_template_questions_come_from_a_bounded_sample_of_the_train_split(rag_data, monkeypatch):
     """The learned confidence's and ranker's template rows read a sample of the train split, not
     all of it into memory (a full dump's train split is millions of articles)."""
