@@ -12,7 +12,7 @@ Three passes, each in parallel worker processes where the work is heavy:
      (multistream dumps are decompressed and parsed by the workers too: see wikigpt/prep/dumps.py);
      from the same wikitext, the knowledge graph: infobox facts, outgoing links, section openings
      and redirects as aliases, into knowledge.sqlite (see wikigpt/knowledge/graph.py);
-  2. (bpe only) train the tokenizer on the train split;
+  2. (bpe only) train the tokenizer on an even sample of the train split;
   3. tokenize and write the shards.
 Work happens in a hidden folder beside --out that is renamed into place only at the very end,
 every byte of it on disk first, so neither a crash nor a power cut leaves something that loads
@@ -46,7 +46,8 @@ from wikigpt.prep.download import download
 from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
 from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_member, source_jobs
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
-from wikigpt.prep.shards import UNREADABLE, Progress, damaged, encode_pass, even_sample, iter_articles
+from wikigpt.prep.shards import (TOKENIZER_CHARS, UNREADABLE, Progress, damaged, encode_pass, even_sample,
+                                 iter_articles)
 from wikigpt.prep.wikitext import CleanSettings
 from wikigpt.prep.workdir import PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
@@ -274,6 +275,8 @@ def check_options(args):
     if not 1 <= args.workers <= max_workers():
         raise WikiError(f"--workers must be 1 to {max_workers()} (this machine may use {usable_cores()} cores: "
                         f"more processes only wait their turn, each started at once), got {args.workers}.")
+    if args.tokenizer_chars < 1:
+        raise WikiError(f"--tokenizer_chars must be positive, got {args.tokenizer_chars:,}.")
     if args.shard_tokens < 1:
         raise WikiError(f"--shard_tokens must be at least 1, got {args.shard_tokens}.")
     if args.max_articles < 0:
@@ -316,7 +319,7 @@ def resolve_source(args) -> Path:
 
 
 def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
-    """Pass 2: the tokenizer (bpe: trained on the train split), saved in the work folder."""
+    """Pass 2: the tokenizer (bpe: trained on an even sample of the train split), saved in the work folder."""
     if args.tokenizer == "gpt2":
         tok = Tokenizer.from_name("gpt2")
     elif state.get("tokenizer"):
@@ -446,10 +449,10 @@ def parse_args(argv=None):
     p.add_argument("source", nargs="?", help="dump file, .jsonl/.parquet, folder, or https:// (or http://) URL "
                    "(default: the English sample shipped with gensim)")
     p.add_argument("--out", default="data/wiki", help="dataset folder to create (default: data/wiki)")
-    p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or 'bpe:VOCAB' trained on the train split")
-    p.add_argument("--tokenizer_chars", type=int, default=50_000_000,
-                   help="a bpe: tokenizer learns from at most this many characters of the train split, an even "
-                        "sample (default 50,000,000: ~8 GB of memory for Chinese text, under 1 GB for English)")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or 'bpe:VOCAB' trained on the train split (an even sample of it)")
+    p.add_argument("--tokenizer_chars", type=int, default=TOKENIZER_CHARS,
+                   help=f"a bpe: tokenizer learns from at most this many characters of the train split, an even "
+                        f"sample (default {TOKENIZER_CHARS:,}: ~8 GB of memory for Chinese text, under 1 GB for English)")
     p.add_argument("--val_fraction", type=float, default=0.01, help="share of articles for val")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split")
     p.add_argument("--min_chars", type=int, default=200, help="drop articles shorter than this")

@@ -160,11 +160,21 @@ def test_a_bpe_tokenizer_learns_from_an_even_sample_of_at_most_tokenizer_chars(s
     tenths = [sum(int(t[:5]) // 1000 == d for t in sample) for d in range(10)]
     assert min(tenths) >= 0.8 * max(tenths), tenths  # from every part of the texts, not the first ones
     assert even_sample(iter(texts[:5]), 100_000) == texts[:5]  # under the budget: all of them
+    # a first text longer than the budget halved the level to nothing: every later text was skipped
+    assert len(even_sample(iter(["y" * 300] + texts), 2000)) > 10
+    # what a run resumes by: the option counts where it changes the output, so that a work folder an older
+    # version left (its fingerprint without the option) still resumes under the default
+    from wikigpt.prep.workdir import fingerprint
+
+    def options(*extra):
+        return fingerprint([small_dump], prepare_wiki.parse_args([str(small_dump), *extra]))["options"]
+    assert "tokenizer_chars" not in options("--tokenizer", "bpe:300") | options("--tokenizer_chars", "2000")
+    assert options("--tokenizer", "bpe:300", "--tokenizer_chars", "2000")["tokenizer_chars"] == 2000
     ds = build(small_dump, tmp_path / "ds", "--tokenizer_chars", 2000)
     said = re.search(r"training bpe:300 tokenizer on ([\d,]+) characters of the train split \((\d+) articles",
                      capsys.readouterr().out)
-    assert said and 1000 < int(said[1].replace(",", "")) <= 2000, said
-    assert int(said[2]) < ds.meta["splits"]["train"]["articles"]
+    assert said and 0 < int(said[1].replace(",", "")) <= 2000, said  # (each article cut to 2000 / 16 here)
+    assert int(said[2]) == ds.meta["splits"]["train"]["articles"]  # 7: each one, cut (a sample past 16 texts)
     assert all(d.endswith(PROSE.strip()) for d in docs_of(ds, "train"))  # tokens -> text still lossless
 
 
@@ -522,6 +532,8 @@ def bad_inputs(tmp_path, small_dump):
         # blaming the dump, and 10^5 workers were all started
         "no train article": ([str(small_dump), "--val_fraction", "0.999"], "none in train: lower --val_fraction"),
         "shard tokens": ([str(small_dump), "--shard_tokens", "0"], "--shard_tokens must be at least 1, got 0"),
+        "tokenizer chars": ([str(small_dump), "--tokenizer", "bpe:300", "--tokenizer_chars", "0"],
+                            "--tokenizer_chars must be positive, got 0"),  # was: an empty sample, no merges learned
         "max articles negative": ([str(small_dump), "--max_articles", "-1"], "--max_articles must be 0 (all) or more"),
         "max articles one": ([str(small_dump), "--max_articles", "1"], "Raise --max_articles (now 1)"),
         "workers": ([str(small_dump), "--workers", "100000"], "--workers must be 1 to"),

@@ -61,17 +61,25 @@ def iter_articles(work: Path, split: str):
         raise WikiError(damaged(work / ARTICLES, e)) from None
 
 
+# the characters a bpe: tokenizer learns from, at most (prepare_wiki.py --tokenizer_chars): rustbpe
+# holds every distinct chunk its pattern cuts, and in Chinese nearly every clause is one (~150 bytes
+# of memory a character, docs/data.md): ~8 GB here; English text needs under 1 GB
+TOKENIZER_CHARS = 50_000_000
+
+
 def even_sample(texts, max_chars: int, total: int | None = None) -> list[str]:
     """At most max_chars characters of `texts`, spread over all of them (a dump's first articles
     are one corner of it: its order is by title or id). A text is kept while a fixed hash of its
     position lies under a level, which halves whenever the kept texts pass max_chars: whatever the
-    number of texts, the sample holds between a half and all of max_chars. total: the number of
-    texts, for the progress bar."""
-    level, kept, chars = 1.0, [], 0
-    for i, text in enumerate(progress_bar(texts, total=total, unit=" articles", desc="sample")):
+    number of texts, the sample holds about a half to all of max_chars (all of them, when they
+    are fewer). A text is cut to a sixteenth of max_chars: one longer than the budget would
+    otherwise halve the level to nothing. total: the number of texts, for the progress bar."""
+    level, kept, chars, longest = 1.0, [], 0, max(1, max_chars // 16)
+    for i, text in enumerate(progress_bar(texts, total=total, unit=" articles", desc="sample", delay=10)):
         spot = (i * 0x9E3779B97F4A7C15 % 2**64) / 2**64  # Fibonacci hashing: positions spread over [0, 1)
         if spot >= level:
             continue
+        text = text[:longest]
         kept.append((spot, text))
         chars += len(text)
         while chars > max_chars:

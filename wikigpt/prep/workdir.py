@@ -18,6 +18,7 @@ from wikigpt.prep.data import FORMAT_VERSION, atomic_write_json, not_replaceable
 from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.run.lock import Busy, lock_folder, release
 from wikigpt.prep.errors import WikiError
+from wikigpt.prep.shards import TOKENIZER_CHARS
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
 _held = {}  # work folder -> the descriptor holding its lock, from open_work to unlock
@@ -25,10 +26,12 @@ _held = {}  # work folder -> the descriptor holding its lock, from open_work to 
 
 def fingerprint(files, args) -> dict:
     """What the output depends on: the source files as they are now, and the options."""
+    options = {k: getattr(args, k) for k in ("tokenizer", "val_fraction", "seed", "min_chars", "max_articles",
+                                             "shard_tokens", "checkpoint_mb")}
+    if args.tokenizer != "gpt2" and args.tokenizer_chars != TOKENIZER_CHARS:  # counted where it changes the
+        options["tokenizer_chars"] = args.tokenizer_chars  # output: an older version's work folder still resumes
     return {"files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "options": {k: getattr(args, k) for k in ("tokenizer", "tokenizer_chars", "val_fraction", "seed",
-                                                      "min_chars", "max_articles", "shard_tokens", "checkpoint_mb")},
-            "format_version": FORMAT_VERSION}
+            "options": options, "format_version": FORMAT_VERSION}
 
 
 def open_work(out: Path, files, args) -> tuple[Path, dict]:
