@@ -382,13 +382,13 @@ def test_on_cuda_a_graphs_second_call_that_fails_decodes_eagerly_too(capsys):
     """CUDA graph trees run a graph's first call as a warm-up and record it on the second: an
     out-of-memory there is still the compiler's failure, and decodes eagerly. Off CUDA, a graph
     that ran once and then fails is a real failure, raised."""
-    from wikigpt.decoding.decode import decode_step
+    from wikigpt.decoding.decode import Step, decode_step
 
     model = tiny_model()
     eager = list(generate(model, [1, 2, 3], 8, GREEDY))
     for cuda in (True, False):
         engine, got, calls = Engine(model, n_slots=4, compile=True), [], []
-        engine.step_fn.setting_up = 2 if cuda else 1  # what Step sets for a CUDA or another device
+        engine.step_fn = Step(engine.graph_count, cuda)  # the step a CUDA engine makes (compiled lazily: not here)
 
         def recording_fails(model, state, k_max):
             calls.append(k_max)

@@ -217,8 +217,13 @@ def test_a_run_on_apples_gpu_makes_no_float64_tensor(tiny_data, tmp_path, monkey
             if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in outs):
                 self.seen.add(str(func))
             return out
-    for module in (loss_eval, train_log):
+    from wikigpt.adapt import prune
+
+    for module in (loss_eval, train_log, prune):
         monkeypatch.setattr(module, "sum_dtype", lambda device: throughput.sum_dtype("mps"))
     with Float64Ops() as ops:
         train.main([f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", "--eval_interval=2", *TINY])
+        x = torch.randint(0, 300, (2, 32))
+        scores = prune.unit_scores(tiny_model(), x, x, prune.Plan.everything(tiny_model()))  # prune.py's sums
     assert ops.seen == set() and load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert scores.dtype == torch.float32 and scores.shape == (2, 128)
