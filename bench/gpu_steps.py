@@ -254,6 +254,7 @@ def check_engine(work: Path):
     first = list(generate(exact, prompt, 48, greedy, tok=tok, compile=True))
     graphs = graphs_compiled()
     second = list(generate(exact, tok.encode("A second prompt"), 48, greedy, tok=tok, compile=True))
+    torch.backends.cuda.matmul.allow_tf32 = True  # as load_model set it: the rows below measure speed
     more = graphs_compiled() - graphs
     not_compiled = not_compiled_why(engine, cudagraph_skips() - skips)  # else eager was compared with eager
     same = first == eager

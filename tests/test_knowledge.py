@@ -113,8 +113,7 @@ def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     andorra = kb.subject("Andorra")
     assert ("capital", "Andorra la Vella") in kb.facts(andorra)
     assert kb.aliases(andorra) == ["Principality of Andorra"]  # the other redirect's target is not here
-    plan = kb.db.execute("EXPLAIN QUERY PLAN SELECT alias FROM aliases WHERE subject = ?", (andorra,)).fetchall()
-    assert "USING INDEX" in str(plan)  # not a scan of every alias (8-10 M rows for enwiki)
+    assert "USING INDEX" in str(kb.db.execute("EXPLAIN QUERY PLAN SELECT alias FROM aliases WHERE subject = 1").fetchall())
     assert kb.links(andorra) == ["Europe", "Italy"]  # the text's links, in order, first letters folded up
     assert ("Economy", "Tourism is the mainstay of the tiny economy of Andorra.") in kb.sections(andorra)
     charter = "Charlemagne granted a charter to the people of Andorra in 805."

@@ -108,7 +108,7 @@ def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(ti
     assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr, r.stderr
 
 
-# A run of 4 steps stopped after step 2 (its checkpoint holds step 2): the two tests below each copy
+# A run of 4 steps stopped after step 2 (its checkpoint holds step 2): the tests that use it each copy
 # it into their own folder (a train.py start costs ~7 s), as a user copies a run to another disk
 STOPPED = ["--max_steps=4", "--eval_interval=2", *TINY]
 

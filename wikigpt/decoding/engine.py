@@ -76,7 +76,8 @@ class Request:
 class Engine:
     """The batch: slots, the cache, one step at a time. Not thread-safe (see EngineThread).
     compile: torch.compile the decode step (None: on CUDA, as CUDA graphs; eager elsewhere). A
-    compiled step that fails to compile, or fails on a graph's first call, decodes eagerly."""
+    compiled step that fails to compile, or fails on a graph's first call (on CUDA its first two:
+    the second records the CUDA graph), decodes eagerly."""
 
     def __init__(self, model: GPT, n_slots: int = 16, tok=None, compile: bool | None = None):
         self.model = model

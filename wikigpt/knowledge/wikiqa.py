@@ -130,7 +130,7 @@ BENCHMARK_ARTICLES = 500
 
 def benchmark_items(folder, reader: Reader, per_article: int = 3, seed: int = 0) -> list[QAItem]:
     """The held-out questions: lead, fact and section questions about the val articles (at most
-    BENCHMARK_ARTICLES of them, drawn evenly), and as many out-of-corpus ones as fact questions
+    BENCHMARK_ARTICLES of them, drawn at random), and as many out-of-corpus ones as fact questions
     (none the train articles link to)."""
     articles = sample_articles(folder, "val", BENCHMARK_ARTICLES, seed)
     val = [a["title"] for a in articles]

@@ -174,7 +174,10 @@ class Server:
             raise ApiError(400, "'rag' must be true or false", "rag")
         # the text's shape and size too (an image part, a message over its limit): a pass over what
         # the body's parser already read (at most max_messages messages, max_body_bytes), no tokenizing
-        read_messages(body, self.settings) if chat else self.prompt_texts(body)
+        if chat:
+            read_messages(body, self.settings)
+        else:
+            self.prompt_texts(body)
 
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn (read in the whole conversation the
