@@ -62,7 +62,7 @@ def iter_articles(work: Path, split: str):
 
 
 # the characters a bpe: tokenizer learns from, at most (prepare_wiki.py --tokenizer_chars): rustbpe
-# holds every distinct chunk its pattern cuts, and in Chinese nearly every clause is one (~150 bytes
+# holds every distinct chunk its pattern cuts, and in Chinese nearly every clause is one (~160 bytes
 # of memory a character, docs/data.md): ~8 GB here; English text needs under 1 GB
 TOKENIZER_CHARS = 50_000_000
 
