@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from forked_commands import CommandForks
 from wikigpt.run.cores import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest settings
@@ -46,10 +47,13 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
-def run_cli(*args, cwd=None, timeout=600, input=None, env=None):
-    """Run one of the project's scripts as a user would: a real process."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, input=input, env={**os.environ, **(env or {})})
+_commands = CommandForks(ROOT)
+
+
+def run_cli(*args, cwd=None, timeout=600, input=None, env=None) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts as a user would: a real process of its own (forked from
+    one that has imported torch already: tests/forked_commands.py)."""
+    return _commands.run(args, cwd or ROOT, {**os.environ, **(env or {})}, input, timeout)
 
 
 def two_machines(args_of, timeout=300) -> list[tuple[int, str, str]]:
