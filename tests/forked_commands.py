@@ -144,8 +144,9 @@ def run_command(request):
 
 
 def serve():
-    import numpy  # noqa: F401  (what every command imports first: the seconds a fork saves)
-    import torch  # noqa: F401
+    import importlib
+    for module in ("numpy", "torch"):  # what every command imports first: the seconds a fork saves
+        importlib.import_module(module)
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     null = os.open(os.devnull, os.O_RDWR)
