@@ -232,7 +232,7 @@ def test_under_torchrun_each_process_takes_its_local_gpu_whatever_the_index(monk
     monkeypatch.setattr(dist, "enable_tf32", lambda: None)
     monkeypatch.setattr(dist, "attempt_store", lambda rank, world: None)
     monkeypatch.setattr(dist.torch_dist, "init_process_group", lambda *a, **k: joined.append(a[0]))
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
         monkeypatch.setenv(key, value)
     d = dist.setup_dist(TrainConfig(device="cuda:1"))
     assert d.device == "cuda:0" and current == [0] and joined == ["nccl"]

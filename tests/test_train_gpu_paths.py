@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 import torch.distributed as torch_dist
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_cli
 
 import train
 from model import GPT, GPTConfig
@@ -112,6 +112,17 @@ def test_a_nan_on_one_process_stops_both_with_the_diverged_message(tiny_data, tm
 
 # ----------------------------------------------------------------------------------------
 # DDP's settings
+
+def test_a_launch_that_sets_rank_without_the_rest_says_what_is_missing(tiny_data, tmp_path):
+    """A launcher other than torchrun (or a RANK left in a shell) set RANK alone: setup_dist
+    read LOCAL_RANK and stopped with a KeyError traceback."""
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'out'}", "--max_steps=1", *TINY,
+                env={"RANK": "0", "WORLD_SIZE": "1"})
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "error: RANK is set but not LOCAL_RANK, MASTER_ADDR, MASTER_PORT: start several processes with torchrun" \
+        in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
+
 
 def test_ddp_skips_buffer_broadcasts_and_keeps_gradients_in_its_buckets(one_process_group):
     model = tiny_model()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from wikigpt.cli import UsageError
 from wikigpt.run.device import enable_tf32, gpu_dtype, pick_device
 from wikigpt.config import TrainConfig
 
@@ -43,6 +44,9 @@ def setup_dist(cfg: TrainConfig) -> Dist:
                           MASTER_PORT=str(free_port()))
     if "RANK" not in os.environ:
         return Dist(device=want)
+    if missing := [k for k in ("WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]:
+        raise UsageError(f"RANK is set but not {', '.join(missing)}: start several processes with torchrun "
+                         "(docs/training.md), one without RANK in the environment")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     store = dict(store=attempt_store(rank, world), rank=rank, world_size=world)
     if want.startswith("cuda"):
@@ -86,12 +90,10 @@ _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 
 
 def data_parallel(module: torch.nn.Module, dist: Dist) -> torch.nn.parallel.DistributedDataParallel:
-    """DDP as train.py wraps the model, without two of its defaults' costs:
-    no buffer sync per forward: by default process 0's buffers are broadcast before every
-    forward; ours (the rotary tables, LoRA's row ids) are computed alike by every process and
-    never trained.
-    gradient_as_bucket_view=True: gradients are views into the all-reduce buckets instead of a
-    second copy beside them (4 bytes per parameter: 0.65 GB for gpt2_124m's 162M)."""
+    """DDP as train.py wraps the model, without two of its defaults' costs: no broadcast of
+    process 0's buffers before every forward (ours, the rotary tables and LoRA's row ids, are
+    computed alike by every process and never trained); gradients as views into the all-reduce
+    buckets, not a copy beside them (4 bytes per parameter: 0.65 GB for gpt2_124m's 162M)."""
     return torch.nn.parallel.DistributedDataParallel(
         module, device_ids=[dist.local_rank] if dist.device_type == "cuda" else None,
         gradient_as_bucket_view=True, **_NO_BUFFER_SYNC)
@@ -112,10 +114,9 @@ def gradient_sync(wrapper, sync: bool, distributed: bool):
 
 
 def out_of_time(t_start: float, max_time: float, dist: Dist, step: int, every: int) -> bool:
-    """Has the time budget run out? One process reads its clock at every step (no device work).
-    Several: process 0's clock decides for all, so that every process stops at the same step
-    (one stopping alone would hang the others); that takes a broadcast, a host sync, so they
-    look only every `every` steps."""
+    """Has the time budget run out? One process reads its clock at every step. Several stop at
+    the same step (one stopping alone would hang the others): process 0's clock decides, which
+    takes a broadcast (a host sync), so they look only every `every` steps."""
     over = time.time() - t_start > max_time
     if dist.world == 1:
         return over
