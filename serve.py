@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import queue
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import open_index
 from wikigpt.server.app import create_app
 from wikigpt.server.checks import Settings, host_names, is_loopback
-from wikigpt.server.connections import uvicorn_config
+from wikigpt.server.connections import serve_until_stopped, uvicorn_config
 from wikigpt.server.generation import Server
 from wikigpt.run.cores import usable_cores
 
@@ -147,16 +148,16 @@ def main(argv):
     engine = EngineThread(model, args.slots, args.max_queue, start=False, tok=tok, compile=compile)
     warm_up(engine, args.slots)
     app = create_app(Server(model, tok, settings, engine, index))
-    import uvicorn
-
     print(f"serving {args.ckpt} ({info['kind']}, step {info['step']}) as {name!r} on "
           f"http://{args.host}:{port} ({args.slots} slots, key {'required' if args.api_key else 'off'}"
           f"{', retrieval from ' + str(args.data or info['data']) if index else ''})",
           flush=True)
     try:
-        uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[sock])
+        stopped_by = serve_until_stopped(uvicorn_config(app, settings), sock)
     finally:  # Ctrl-C too: Python shutting down under the engine thread's step aborted ("terminate called")
         engine.stop()
+    if stopped_by == signal.SIGINT:  # (uvicorn's own re-raise did nothing: SIGINT was ignored at the start)
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

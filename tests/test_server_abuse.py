@@ -701,10 +701,17 @@ def test_a_connection_close_reply_read_slowly_arrives_whole():
     assert asyncio.run(run()) == size
 
 
-def test_ctrl_c_while_replies_are_generated_exits_cleanly(random_ckpt):
+@pytest.mark.parametrize("ignored_at_start", [False, True])
+def test_ctrl_c_while_replies_are_generated_exits_cleanly(random_ckpt, ignored_at_start):
     """Python shut down under the engine thread's step: the process aborted ("terminate called
-    without an active exception", exit -6) in most tries with requests running."""
-    s = warm_server(random_ckpt, *SERVER_ARGS)
+    without an active exception", exit -6) in most tries with requests running. A server started
+    with SIGINT ignored (as a background job of a script is) shut down on it and exited 0: uvicorn
+    re-raises the signal into the handler the process started with."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored_at_start else signal.default_int_handler)
+    try:
+        s = warm_server(random_ckpt, *SERVER_ARGS)  # (it inherits what this process does with SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
     socks = [raw_post(s.url, "/v1/chat/completions", json.dumps(ask("hi", n=4, max_tokens=LONG)).encode())
              for _ in range(2)]
     try:
@@ -712,6 +719,7 @@ def test_ctrl_c_while_replies_are_generated_exits_cleanly(random_ckpt):
         s.proc.send_signal(signal.SIGINT)
         assert s.proc.wait(timeout=30) == 130, s.log()
         assert "terminate called" not in s.log() and "Event loop is closed" not in s.log()
+        assert s.log().rstrip().endswith("interrupted.")
     finally:
         for sock in socks:
             sock.close()

@@ -198,3 +198,21 @@ def uvicorn_config(app, settings: Settings):
                             timeout_graceful_shutdown=settings.shutdown_timeout_s)
     logging.getLogger("uvicorn.error").addFilter(QUIET)  # after Config, which sets up uvicorn's loggers; added once
     return config
+
+
+def serve_until_stopped(config, sock) -> int | None:
+    """Serve on sock until a signal stops uvicorn; that signal (SIGINT, SIGTERM), or None.
+    uvicorn re-raises it once it has shut down, but into the handler the process started with:
+    where SIGINT was ignored then (a job a script started in the background, some supervisors),
+    Ctrl-C or `kill -INT` shut the server down and it exited 0, as if nothing had stopped it."""
+    import uvicorn
+
+    stopped_by = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            stopped_by.append(sig)
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
+    return stopped_by[0] if stopped_by else None
