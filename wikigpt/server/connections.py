@@ -6,6 +6,7 @@ the connection opening or of its previous reply (else it is closed), a request b
 MAX_BODY_CHUNKS chunks (over: 413), idle keep-alive connections closed after keep_alive_s, a
 kernel send buffer of send_buffer_bytes, and on SIGTERM, shutdown_timeout_s for open streams.
 """
+import asyncio
 import http
 import json
 import logging
@@ -172,6 +173,18 @@ class PerRequestWarnings(logging.Filter):
 QUIET = PerRequestWarnings()
 
 
+class ShutdownCancels(logging.Filter):
+    """At shutdown uvicorn gives open streams shutdown_timeout_s, says how many it cancels past
+    that, then logged each one's cancellation as a traceback ("Exception in ASGI application",
+    CancelledError: two screens per request on Ctrl-C). A cancelled request is no error: its line says it."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+CANCELS = ShutdownCancels()
+
+
 class ProtocolWarnings:
     """A Prometheus collector of QUIET's counts: requests uvicorn answered before the app saw
     them (a 400 for unreadable HTTP, a 503 past --max_connections), and upgrades it ignored."""
@@ -196,7 +209,8 @@ def uvicorn_config(app, settings: Settings):
                             limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_s,
                             h11_max_incomplete_event_size=settings.max_header_bytes,
                             timeout_graceful_shutdown=settings.shutdown_timeout_s)
-    logging.getLogger("uvicorn.error").addFilter(QUIET)  # after Config, which sets up uvicorn's loggers; added once
+    for quiet in (QUIET, CANCELS):  # after Config, which sets up uvicorn's loggers; each added once
+        logging.getLogger("uvicorn.error").addFilter(quiet)
     return config
 
 
