@@ -90,3 +90,12 @@ def test_small_talk_is_greetings_and_thanks_only_never_a_question_that_asks_some
                   "How are you related to Aristotle?", "What is great about Albania?", "hey what is ASCII",
                   "你好，日本的首都是哪里？", "Tell me about Albania.", "hello " * 30):
         assert not small_talk(asked), asked
+
+
+def test_circa_does_not_end_a_sentence():
+    """"unknown there from c. AD 600 to c. 1100 except ..." was cut after "from c.", and that
+    fragment answered "Who was his teacher?" about Aristotle."""
+    from wikigpt.knowledge.sentences import split_sentences
+    text = "He was unknown there from c. AD 600 to c. 1100 except in Syria. Then ca. 1200 he came back."
+    assert split_sentences(text) == ["He was unknown there from c. AD 600 to c. 1100 except in Syria.",
+                                     "Then ca. 1200 he came back."]

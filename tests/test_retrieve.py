@@ -104,6 +104,15 @@ def test_passages_keep_the_text_whole_and_never_split_a_character():
         assert p.encode("utf-8").decode("utf-8") == p and "\ufffd" not in p
 
 
+def test_a_sentence_too_long_for_a_passage_comes_after_the_sentences_before_it():
+    """The overlong sentence's pieces were put before the sentences that precede it, and its
+    tail joined them: "...might illustrate Animal Farm.  of Animal Farm." in an answer."""
+    text = "First sentence here. " + "x" * 30 + " long tail words. Last one."
+    passages = split_passages(text, max_chars=40)
+    assert passages == ["First sentence here.", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx long tail", "words. Last one."]
+    assert " ".join(passages) == text.strip()  # in order, cut between words
+
+
 def test_terms_stem_english_and_use_chinese_characters_and_bigrams():
     assert terms("The Rivers and the flowing") == ["river", "flow"]  # stopwords out, stems in
     assert terms("亚里士多德") == ["亚", "里", "士", "多", "德", "亚里", "里士", "士多", "多德"]

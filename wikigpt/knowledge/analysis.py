@@ -83,9 +83,14 @@ def _pieces(text: str, max_chars: int) -> list[str]:
             continue
         sentence_run = ""
         for sentence in SENTENCE_END.split(para):
-            while len(sentence) > max_chars:
-                pieces.append(sentence[:max_chars])  # str slicing never splits a character
-                sentence = sentence[max_chars:]
+            if len(sentence) > max_chars and sentence_run:  # the sentences before it come first
+                pieces.append(sentence_run)
+                sentence_run = ""
+            while len(sentence) > max_chars:  # cut between words where one ends in the second half
+                cut = sentence.rfind(" ", max_chars // 2, max_chars + 1)
+                cut = cut if cut > 0 else max_chars  # str slicing never splits a character
+                pieces.append(sentence[:cut].rstrip())
+                sentence = sentence[cut:].lstrip()
             if len(sentence_run) + len(sentence) + 1 > max_chars and sentence_run:
                 pieces.append(sentence_run)
                 sentence_run = ""

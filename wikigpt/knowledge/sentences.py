@@ -12,10 +12,10 @@ CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"  # kan
 CJK_CHAR = re.compile(f"[{CJK}]")
 _LETTER = re.compile(r"[^\W\d_]")  # what str.isalpha() accepts, near enough
 # a sentence ends at .!? before a space and an upper-case letter, digit or quote ("Dr. who" and
-# "3.5 km" stay whole), or right after 。！？; not at an initial or a title's abbreviation
-# ("Joseph E. Johnston", "the U.S. Senate", "Dr. Smith")
+# "3.5 km" stay whole), or right after 。！？; not at an initial, a title's abbreviation or circa's
+# ("Joseph E. Johnston", "the U.S. Senate", "Dr. Smith", "from c. AD 600", "ca. 1100")
 # (closing quotes and brackets stay with their sentence: 'of labour." In 1886' ends after the quote)
-_END = re.compile(r"(?:[!?]|(?<!\b[A-Z])(?<!\b(?:Dr|Mr|Ms|St|Jr|Sr|Mt))(?<!\bMrs)\.)[\"'”’)\]]*"
+_END = re.compile(r"(?:[!?]|(?<!\b[A-Z])(?<!\b(?:Dr|Mr|Ms|St|Jr|Sr|Mt))(?<!\bMrs)(?<!\bc)(?<!\bca)\.)[\"'”’)\]]*"
                   r"(?=\s+[A-Z0-9\"'“‘(\u00c0-\u024f])|[。！？][”’」』）]*")  # searched, not split: 5x faster
 
 
