@@ -26,6 +26,7 @@ from wikigpt.knowledge.retrieval import INDEX_DIR, PASSAGE_CHARS, Index, add_ind
 def build(folder: str, passage_chars: int):
     if (Path(folder) / KNOWLEDGE).exists():
         Knowledge.open(folder)  # a damaged graph: say so before anything is rebuilt
+    learned = had_learned_confidence(folder)
     if threshold_pending(folder, passage_chars):  # a build stopped after its index: hours of work kept
         print(f"{Path(folder) / INDEX_DIR} is whole and of these articles; choosing its 'not found' threshold")
     else:
@@ -45,6 +46,16 @@ def build(folder: str, passage_chars: int):
               f"train questions ({100 * c['answered']:.0f}% answered) and {c['out_of_corpus']} out-of-corpus ones "
               f"({100 * c['abstained']:.0f}% abstained); knowledge graph: {reader.kb.counts['facts']:,} facts, "
               f"{reader.kb.counts['aliases']:,} aliases, {reader.kb.counts['links']:,} links")
+    if learned:  # learned on the old index's evidence: it judges the new one's no longer
+        print(f"note: the learned 'not found' confidence of the old index was dropped with it; learn it again "
+              f"with: python bench/bench_answers.py --data {folder} --confidence")
+
+
+def had_learned_confidence(folder: str) -> bool:
+    try:
+        return bool(Index.open(folder).info.get("confidence"))
+    except DatasetError:  # none, another format, damaged
+        return False
 
 
 def threshold_pending(folder: str, passage_chars: int) -> bool:

@@ -156,6 +156,12 @@ def test_retrieve_shows_the_confidence_the_stored_threshold_is_on(reader, tmp_pa
                            f"f = Reader.open({str(folder)!r}).find('What is the capital of Brindavale?'); "
                            "print(f.confidence, 'sklearn' in sys.modules)"], cwd=ROOT, capture_output=True, text=True)
     assert read.stdout.split() == ["0.9933", "False"], read.stderr[-2000:]
+    # a rebuild drops it (it judged the old index's evidence) and says so: it went silently, answers changed
+    r = run_cli("retrieve.py", "--data", folder, "--build")
+    assert r.returncode == 0, r.stderr
+    assert (f"note: the learned 'not found' confidence of the old index was dropped with it; learn it again with: "
+            f"python bench/bench_answers.py --data {folder} --confidence") in r.stdout
+    assert Reader.open(folder).confidence is None
 
 
 def test_the_confidence_threshold_is_chosen_on_folds_that_did_not_train_the_model():
