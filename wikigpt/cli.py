@@ -51,7 +51,7 @@ def output_file(path, option: str) -> Path:
 
 
 # what Ctrl-C says where a run writes checkpoints (train.py, chat_sft.py, prune.py); elsewhere "interrupted."
-CHECKPOINTS_INTACT = "interrupted: the last checkpoint written is intact."
+CHECKPOINTS_INTACT = "interrupted: the checkpoints already written, if any, are intact."
 
 
 def run_main(main_fn, interrupted: str = "interrupted."):
