@@ -486,3 +486,15 @@ def test_a_broken_pipe_that_is_not_standard_output_is_still_an_error():
         raise BrokenPipeError("a worker's pipe")
     with pytest.raises(BrokenPipeError):
         run_main(main)
+
+
+def test_a_misspelt_dataset_folder_is_pointed_to_the_one_beside_it(tiny_data, tmp_path):
+    """`--data data/dmeo` said to build data/dmeo, the misspelt name, with prepare_wiki.py."""
+    shutil.copytree(tiny_data, tmp_path / "demo")
+    for command in (["retrieve.py", "--data", tmp_path / "dmeo", "What is tea?"],
+                    ["train.py", f"--data={tmp_path / 'dmeo'}", f"--out_dir={tmp_path / 'out'}"]):
+        r = run_cli(*command)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert f"{tmp_path / 'dmeo'}: no such folder. Did you mean {tmp_path / 'demo'}?" in r.stderr
+    r = run_cli("retrieve.py", "--data", tmp_path / "other", "What is tea?")  # nothing close: build it
+    assert f"Build the dataset first, e.g. `python prepare_wiki.py --out {tmp_path / 'other'}`" in r.stderr

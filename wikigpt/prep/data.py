@@ -160,6 +160,17 @@ def refuse_a_run_folder(folder: Path):
                            "folder prepare_wiki.py wrote, e.g. --data data/demo.")
 
 
+def no_such_dataset(folder: Path) -> DatasetError:
+    """A folder that is not there: a dataset beside it of a close name is most likely what was meant
+    (--data data/dmeo), else it is still to be built."""
+    import difflib
+    beside = [p.name for p in folder.parent.iterdir() if (p / "meta.json").is_file()] if folder.parent.is_dir() else []
+    near = difflib.get_close_matches(folder.name, beside, n=1)
+    if near:
+        return DatasetError(f"{folder}: no such folder. Did you mean {folder.parent / near[0]}?")
+    return DatasetError(f"{folder}: no such folder. Build the dataset first, e.g. `python prepare_wiki.py --out {folder}`.")
+
+
 def load_dataset(path) -> TokenDataset:
     """Open a dataset folder written by prepare_wiki.py and validate every shard."""
     path = Path(path)
@@ -168,8 +179,7 @@ def load_dataset(path) -> TokenDataset:
         raise DatasetError(f"{path} is a file, not a dataset folder: give the folder prepare_wiki.py wrote "
                            "(e.g. --data data/demo).")
     if not path.is_dir():
-        raise DatasetError(f"dataset folder {path} does not exist. Build it first, e.g. "
-                           f"`python prepare_wiki.py --out {path}`.")
+        raise no_such_dataset(path)
     if not meta_path.is_file():
         refuse_a_run_folder(path)
         raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
@@ -239,8 +249,7 @@ def read_articles(folder, split: str | None = None):
     folder = Path(folder)
     path = folder / ARTICLES
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder. Build the dataset first, e.g. "
-                           f"`python prepare_wiki.py --out {folder}`.")
+        raise no_such_dataset(folder)
     if not path.is_file():
         refuse_a_run_folder(folder)
         raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
