@@ -256,7 +256,7 @@ def broken(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--data={tmp}/nope"], "does not exist"),
+    (["--data={tmp}/nope"], "nope: no such folder. Build the dataset first"),
     (["--data={tmp}/corrupt"], "truncated or corrupt"),
     (["--init_from={tmp}/missing.pt"], "not found"),
     (["--init_from={tmp}/trunc.pt"], "truncated or not a wikigpt checkpoint"),
