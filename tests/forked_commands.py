@@ -36,7 +36,7 @@ class CommandForks:
         self.replies = b""
 
     def forkable(self, args, env) -> bool:
-        if os.environ.get("WIKIGPT_TEST_FORK") == "0" or not args or not str(args[0]).endswith(".py"):
+        if env.get("WIKIGPT_TEST_FORK") == "0" or not args or not str(args[0]).endswith(".py"):
             return False
         started = self.server_env if self.server else os.environ
         changed = {k for k in set(env) | set(started) if env.get(k) != started.get(k)}

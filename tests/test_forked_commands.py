@@ -46,7 +46,7 @@ def script(tmp_path_factory):
 
 def both(script, what, cwd, **kw):
     """The same command through a fork and through a new interpreter."""
-    env = {**os.environ, "FORK_TEST_VALUE": "seen"}
+    env = {**os.environ, "FORK_TEST_VALUE": "seen", "WIKIGPT_TEST_FORK": "1"}  # (also in a suite run with it 0)
     forks = CommandForks(ROOT)
     forked = forks.run([script, what], cwd, env, "typed in", 60)
     assert forks.server is not None  # it did go through the fork server
@@ -74,14 +74,16 @@ def test_a_forked_command_past_its_timeout_is_killed(script, tmp_path):
     forks = CommandForks(ROOT)
     t0 = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        forks.run([script, "sleep"], tmp_path, dict(os.environ), "", 2)
+        forks.run([script, "sleep"], tmp_path, {**os.environ, "WIKIGPT_TEST_FORK": "1"}, "", 2)
     assert time.monotonic() - t0 < 30
     assert forks.run([script, "ok"], tmp_path, dict(os.environ), "", 60).returncode == 0  # and the server goes on
+    assert forks.server.poll() is None
 
 
 def test_what_python_or_torch_read_as_they_start_gets_a_new_interpreter(script, tmp_path):
     forks = CommandForks(ROOT)
     for changed in ({"PYTHONHASHSEED": "5"}, {"OMP_NUM_THREADS": "7"}):
         assert not forks.forkable([script], {**os.environ, **changed})
-    assert forks.forkable([script], {**os.environ, "WIKIGPT_API_KEY": "x"})
+    assert forks.forkable([script], {**os.environ, "WIKIGPT_API_KEY": "x", "WIKIGPT_TEST_FORK": "1"})
     assert not forks.forkable(["-m", "pytest"], dict(os.environ))
+    assert not forks.forkable([script], {**os.environ, "WIKIGPT_TEST_FORK": "0"})
