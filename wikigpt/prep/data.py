@@ -164,7 +164,10 @@ def no_such_dataset(folder: Path) -> DatasetError:
     """A folder that is not there: a dataset beside it of a close name is most likely what was meant
     (--data data/dmeo), else it is still to be built."""
     import difflib
-    beside = [p.name for p in folder.parent.iterdir() if (p / "meta.json").is_file()] if folder.parent.is_dir() else []
+    try:
+        beside = [p.name for p in folder.parent.iterdir() if (p / "meta.json").is_file()]
+    except OSError:  # no such parent, or one we may not read: no suggestion
+        beside = []
     near = difflib.get_close_matches(folder.name, beside, n=1)
     if near:
         return DatasetError(f"{folder}: no such folder. Did you mean {folder.parent / near[0]}?")
