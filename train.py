@@ -21,7 +21,7 @@ import torch
 from model import GPT, GPTConfig
 from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint,
-                                refuse_unrunnable, rng_state, set_rng_state)
+                                refuse_unrunnable)
 from wikigpt.loss import NextTokenLoss
 from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
@@ -98,6 +98,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                 break
 
             # ---- one optimizer step: accum micro-steps, gradients synced on the last one only
+            torch.manual_seed(dropout_seed(cfg.seed, run.step, dist))
             lr_mult = lr_factor(run.step, cfg)
             for o in optimizers:
                 for g in o.param_groups:
@@ -246,7 +247,6 @@ def try_compile(module: torch.nn.Module, x, y, autocast):
     compilation; if that fails (no C++ compiler or Triton, Windows...), say so in one line and
     stay eager."""
     compiled = torch.compile(module)
-    rng = rng_state()  # the trial must not shift dropout's random stream (exact resume)
     try:
         with autocast:
             compiled(x, y).backward()
@@ -254,7 +254,6 @@ def try_compile(module: torch.nn.Module, x, y, autocast):
         print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
               "training in eager mode instead.", file=sys.stderr)
         compiled = module
-    set_rng_state(rng)
     module.zero_grad(set_to_none=True)
     return compiled
 
@@ -280,7 +279,7 @@ class Progress:
 
 
 def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded: bool) -> Progress:
-    """Put a resumed run back where it was: optimizer state, fp16's loss scale, data position, random state."""
+    """Put a resumed run back where it was: optimizer state, fp16's loss scale, data position."""
     ckpt = start.checkpoint
     if sharded:  # written by any number of processes: DCP reshards on load
         from wikigpt.run import fsdp
@@ -291,13 +290,12 @@ def restore(start: Start, model: GPT, optimizers: list, scaler, batches, sharded
     if ckpt.get("scaler"):  # {} unless float16
         scaler.load_state_dict(ckpt["scaler"])
     batches.load_state_dict(ckpt["data"])
-    set_rng_state(ckpt["rng"])
     return Progress(ckpt["step"], ckpt["best_val"], ckpt["bad_evals"], resumed_at=ckpt["step"])
 
 
 @dataclass
 class Checkpoints:
-    """last.pt can resume (optimizer, data position, RNG); best.pt (when val improved) holds what
+    """last.pt can resume (optimizer, data position); best.pt (when val improved) holds what
     tools load: the weights (or adapters) and their description, a third of last.pt's size with
     AdamW. best() and last() give the (path, checkpoint) pairs process 0 writes (save(): in the
     background, in that order). Sharded: every process calls them; last.dcp is written by all,
@@ -323,7 +321,7 @@ class Checkpoints:
             saver.save(files)
 
     def last(self, run: Progress) -> list[tuple[Path, dict]]:
-        resume_state = dict(data=run.data, rng=rng_state(), best_val=run.best_val, bad_evals=run.bad_evals,
+        resume_state = dict(data=run.data, best_val=run.best_val, bad_evals=run.bad_evals,
                             scaler=self.scaler.state_dict())  # {} unless float16
         if self.cfg.shard != "fsdp":
             optimizer = [o.state_dict() for o in self.optimizers]
@@ -356,6 +354,12 @@ def student_loss(model: GPT, cfg: TrainConfig, tok: Tokenizer, device) -> torch.
     """With a teacher: the distillation loss (wikigpt/adapt/distill.py), off the plain path."""
     from wikigpt.adapt import distill
     return distill.student_loss(model, cfg, tok, device)
+
+
+def dropout_seed(seed: int, step: int, dist: Dist) -> int:
+    """Dropout's masks: each process's own, and each step's whatever ran before it (a resumed
+    run draws the masks the uninterrupted one did, on any number of processes)."""
+    return (seed + 1 + step) * dist.world + dist.rank  # seed < 2**32: far from torch's 2**64
 
 
 def host_sync_watch(cfg: TrainConfig, dist: Dist, steps_done: int):

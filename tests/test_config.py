@@ -10,6 +10,7 @@ from wikigpt.config import TrainConfig
 
 @pytest.mark.parametrize("setting, message", [
     ("seed=-1", "seed must be >= 0 and finite, got -1"),  # was a numpy traceback in the data order
+    ("seed=4294967296", r"seed must be below 2\*\*32"),  # torch.manual_seed refuses 2**64 and more
     ("grad_clip=-1", "grad_clip must be >= 0"),  # clip_grad_norm_ would reverse the gradients
     ("patience=-1", "patience must be >= 0"),  # these three stopped the run at step 0, rc 0
     ("stop_after=-3", "stop_after must be >= 0"),

@@ -180,27 +180,21 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert all(torch.equal(a, p.grad) for a, p in zip(plain, model.parameters()))
 
 
-def test_a_resume_restores_the_rng_state_into_this_processs_own_gpu(monkeypatch):
-    """last.pt held a generator state per GPU process 0 saw, of which only its own GPU's had
-    advanced: resumed where fewer GPUs are visible, set_rng_state_all raised IndexError for the
-    ones it had no generator for; under torchrun, process r took process 0's never-advanced state
-    of GPU r, and its dropout started over. The file now holds the saving process's own GPU's
-    state (every process draws alike: one seed), set into each process's own GPU."""
-    from wikigpt.checkpoint import rng_state, set_rng_state
+def test_each_process_and_step_draws_its_own_dropout_masks():
+    """Every DDP process once drew the same dropout masks (one seed for all); a step's masks now
+    come from (seed, step, process) alone: different across the processes and steps of a run, the
+    same when a resumed run (on any number of processes) draws them again."""
+    from wikigpt.run.dist import Dist
+    from train import dropout_seed
 
-    placed = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.full((16,), 7, dtype=torch.uint8))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # process 3 of 8 under torchrun
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": placed.append((int(state[0]), device)))
-    set_rng_state(rng_state())
-    assert placed == [(7, "cuda")]  # the saved state, into the current GPU ("cuda": torch's name for it)
-    older = {**rng_state(), "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]}  # a state per GPU
-    set_rng_state(older)
-    assert placed[-1] == (3, "cuda")
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # one GPU visible now
-    set_rng_state({**older, "cuda": older["cuda"][:1]})
-    assert placed[-1] == (0, "cuda")
+    def mask(step, rank, world):
+        torch.manual_seed(dropout_seed(1337, step, Dist(rank=rank, world=world)))
+        return torch.nn.functional.dropout(torch.ones(4096), 0.5) > 0
+
+    runs = {(step, rank): mask(step, rank, 8) for step in range(20) for rank in range(8)}
+    assert len({tuple(m.tolist()) for m in runs.values()}) == len(runs)
+    assert torch.equal(mask(7, 3, 8), runs[7, 3])
+    assert dropout_seed(2**32 - 1, 10**7, Dist(rank=1023, world=1024)) < 2**64  # torch.manual_seed takes it
 
 
 def test_cuda_n_is_made_the_current_device_and_one_not_there_is_refused(monkeypatch):

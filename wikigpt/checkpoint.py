@@ -11,11 +11,10 @@ tensors and Python values: loading a file never runs code from it):
     model_config    GPTConfig as a dict
     tokenizer       the tokenizer spec (tokenizer.py), so a checkpoint is self-contained
     train_config, step, val: how it was trained and how good it was
-    optimizer, data, rng, best_val, bad_evals: exact resume (last.pt only)
+    optimizer, data, best_val, bad_evals: exact resume (last.pt only; dropout is seeded by step)
     lora | quant | merged_from: adapters only, int8 weights, or what convert.py merged
 """
 import errno
-import random
 import threading
 import zipfile
 from pathlib import Path
@@ -35,7 +34,7 @@ def build_checkpoint(kind: str, model_state: dict, model_config: dict, tokenizer
                      train_config: dict | None = None, step: int | None = None, val: dict | None = None,
                      **extra) -> dict:
     """The one place a checkpoint dict is put together (schema above). `extra`: the resume state (optimizer, data,
-    rng, best_val, bad_evals) or what the file was made from (lora, quant, merged_from)."""
+    best_val, bad_evals) or what the file was made from (lora, quant, merged_from)."""
     return {"version": CHECKPOINT_VERSION, "kind": kind, "step": step, "model": model_state,
             "model_config": model_config, "train_config": train_config or {}, "tokenizer": tokenizer,
             "val": val, **extra}
@@ -203,19 +202,3 @@ def refuse_unrunnable(ckpt: dict, path, role: str):
     if ckpt.get("quant") == "int8":
         raise UsageError(f"{role} {path} holds int8 weights, which neither train nor give exact "
                          "logits: use the float checkpoint it was quantised from.")
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # this process's GPU: the one whose dropout it drew
-    return state
-
-
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        # this process's GPU: every process draws alike (one seed), so process 0's state is each one's
-        saved = state["cuda"]  # older files: a list, a state per GPU the saving process saw
-        torch.cuda.set_rng_state(saved[min(torch.cuda.current_device(), len(saved) - 1)] if isinstance(saved, list) else saved)

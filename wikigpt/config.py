@@ -102,6 +102,7 @@ class TrainConfig:
             need(value in (*some, last), f"{name} must be {', '.join(some)} or {last}, got {value!r}")
         need(not (self.resume == "true" and self.overwrite), "resume=true continues the run in out_dir and "
              "overwrite=true starts a new one in its place: give one of them")
+        need(self.seed < 2**32, f"seed must be below 2**32, got {self.seed}")
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
         need(not (self.lora_rank and self.shard == "fsdp"), "LoRA trains a few parameters on a frozen "
              "model, which DDP already fits: use shard=none with lora_rank")
