@@ -16,6 +16,7 @@ Training itself is train.py's loop; the dialogue batches come from wikigpt/chat/
 split) and wikigpt/chat/sft_rows.py (rows, packing).
 """
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -83,11 +84,14 @@ def main(argv):
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "
                          "<|end|>...). Pretrain on a dataset made by this version of prepare_wiki.py.")
     block_size = ckpt["model_config"]["block_size"]
+    # The others wait while process 0 tokenizes (the first run: minutes for a large --sft_data), in
+    # a gloo group of their own: in one of NCCL's, its watchdog would end the wait after 10 minutes
+    waiting = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=1)) if dist.world > 1 else None
     if not dist.master:
-        torch.distributed.barrier()  # wait while process 0 tokenizes; then the folder is ready
-    folder = tokenize_dialogues(cfg, tok, block_size)
+        torch.distributed.barrier(group=waiting)
+    folder = tokenize_dialogues(cfg, tok, block_size)  # then the folder is ready: read, not written
     if dist.master and dist.world > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=waiting)
     meta = json.loads((folder / "meta.json").read_text())
     train_rows, val_rows = TokenRows.open(folder, "train"), TokenRows.open(folder, "val")
     if dist.master:

@@ -362,6 +362,36 @@ run_main(chat_sft.main)
 """
 
 
+# chat_sft.py with process groups that end a wait after 2 s, and a first process that tokenizes for 4
+SFT_SLOW_TOKENIZING = """
+import datetime, functools, os, time
+import chat_sft, torch.distributed
+from wikigpt.cli import run_main
+torch.distributed.init_process_group = functools.partial(torch.distributed.init_process_group,
+                                                         timeout=datetime.timedelta(seconds=2))
+real = chat_sft.tokenize_dialogues
+def slowly(*args):
+    time.sleep(4 if os.environ["RANK"] == "0" else 0)
+    return real(*args)
+chat_sft.tokenize_dialogues = slowly
+run_main(chat_sft.main)
+"""
+
+
+def test_the_other_processes_wait_for_process_0_to_tokenize_beyond_the_groups_timeout(tiny_ckpt, tmp_path):
+    """Under NCCL, a wait in the training's process group ends after 10 minutes (its watchdog),
+    and process 0 may tokenize a large --sft_data for longer: here a group that gives up after 2 s
+    and 4 s of tokenizing (the wait was a barrier of that group: 'Timed out')."""
+    script = tmp_path / "sft_slow.py"
+    script.write_text(SFT_SLOW_TOKENIZING)
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+                f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'chat'}",
+                f"--sft_data={write_dialogues(tmp_path / 'd.jsonl', 20)}", "--show_examples=1", *TINY,
+                env={"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("--- row 0 (") == 2  # both processes read the folder process 0 wrote
+
+
 def test_sft_under_two_process_torchrun(tiny_ckpt, tmp_path):
     """Trained in step on two processes; process 0's checks after training run with the process
     group gone (the others waited for them in a barrier: NCCL ends such a wait after 10 minutes)."""
