@@ -56,11 +56,6 @@ from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.batches import val_windows
 
 
-def label_of(path: str) -> str:
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
-
-
 # ----------------------------------------------------------------------------------------
 # Pretraining: the dataset's val split
 
@@ -273,9 +268,10 @@ def run_eval(args) -> dict:
     if args.natural not in ("none", "auto"):  # a question set that cannot be read: said before any work
         natural.load_natural(args.natural_split, Path(args.natural))
     models = []
-    for path in args.ckpt:
+    labels = distinct_names([Path(path) for path in args.ckpt], least=2)  # a/chat/best.pt, b/chat/best.pt
+    for path, label in zip(args.ckpt, labels):
         model, tok, info = load_model(path, args.device, args.dtype)
-        info["label"] = label_of(path)
+        info["label"] = label  # what a model's scores are kept under: one per model
         models.append((model, tok, info))
     check_tokenizers(models, args.bpb_only)
     data = args.data or next((i["data"] for _, _, i in models if (Path(i["data"]) / "meta.json").is_file()), "")
@@ -408,11 +404,11 @@ def _dig(d, keys):
 
 # ----------------------------------------------------------------------------------------
 
-def distinct_names(folders: list[Path]) -> list[str]:
-    """Each run's folder name, with as many folders above it as tell runs of one name apart:
-    a/run and b/run, not run and run."""
+def distinct_names(folders: list[Path], least: int = 1) -> list[str]:
+    """Each run's folder name (or file's), with as many folders above it as tell them apart, at
+    least `least` parts: a/run and b/run, not run and run."""
     parts = [f.resolve().parts for f in folders]
-    for k in range(1, max(map(len, parts), default=1) + 1):
+    for k in range(least, max(map(len, parts), default=1) + 1):
         names = ["/".join(p[-k:]) for p in parts]
         if len(set(names)) == len(names):
             return names

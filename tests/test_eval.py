@@ -188,6 +188,28 @@ def test_a_chat_model_that_learned_its_replies_scores_high_on_them(runs, tiny_da
     assert table["chrF (0-100)"] > 50 and table["replies ending their turn (share)"] == 1.0
 
 
+def test_two_checkpoints_of_one_name_keep_their_own_columns(runs, tiny_data, tmp_path):
+    """a/chat/best.pt and b/chat/best.pt were both labelled chat/best.pt, and the second's chat
+    scores were shown under both columns."""
+    ckpt = load_checkpoint(runs / "chat" / "best.pt")
+    ckpt["model"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in ckpt["model"].items()}  # another model
+    (tmp_path / "b" / "chat").mkdir(parents=True)
+    save_checkpoint(tmp_path / "b" / "chat" / "best.pt", ckpt)
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", "--ckpt", tmp_path / "b" / "chat" / "best.pt",
+                 "--sft_data", write_dialogues(tmp_path / "t.jsonl", 1), "--data", tiny_data, "--max_examples=2",
+                 out=tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [c["label"] for c in report["checkpoints"]] == [f"{runs.name}/chat/best.pt", "b/chat/best.pt"]
+    losses = next(row["values"] for row in report["rows"] if row["metric"] == "held-out assistant-token loss")
+    alone = evaluate("--ckpt", runs / "chat" / "best.pt", "--sft_data", tmp_path / "t.jsonl", "--data", tiny_data,
+                     "--max_examples=2", out=tmp_path / "alone.json")
+    assert alone.returncode == 0, alone.stderr
+    rows = json.loads((tmp_path / "alone.json").read_text())["rows"]
+    assert losses[0] == next(row["values"][0] for row in rows if row["metric"] == "held-out assistant-token loss")
+    assert losses[0] != losses[1]
+
+
 @pytest.fixture(scope="module")
 def other_tokenizer_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("other_tok")
