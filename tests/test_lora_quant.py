@@ -155,6 +155,25 @@ def test_int8_and_bf16_stay_close_to_fp32_and_the_cache_changes_nothing(tiny_ckp
                 list(model.generate(prompt, 12, temperature=0.0, use_cache=False)), dtype
 
 
+@pytest.mark.parametrize("n_embd, mlp_width", [(40, 88), (48, 38)])  # widths a pruned MLP or a chosen n_embd has
+def test_int8_gives_the_float_logits_at_widths_the_kernel_does_not_take_whole(n_embd, mlp_width):
+    """torch's int8 kernel reads a layer's input in blocks of 16 and gave 1e37s, NaNs or a segfault
+    at other widths (prune.py --mlp_width 40: NUL bytes for text, then a crash)."""
+    from wikigpt.adapt.quant import quantize_model
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=n_embd, arch="modern",
+                          mlp_width=mlp_width))
+    for p in model.parameters():  # (some layers start at zero)
+        p.data.normal_(0, 0.3)
+    x = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        want = model.lm_head(model.hidden_states(x))
+        quantize_model(model)
+        got = model.lm_head(model.hidden_states(x)).float()
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
 def test_int8_checkpoint_round_trips_and_is_small(tiny_ckpt, tmp_path):
     out = tmp_path / "new" / "int8.pt"  # its folder is made
     r = run_cli("convert.py", "int8", tiny_ckpt, out)

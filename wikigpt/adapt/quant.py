@@ -25,11 +25,20 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+# The kernel reads the `in` dimension in blocks and assumes whole ones: here (AVX2) widths of 8, 24
+# or 40 gave values of 1e37 or NaN and 33 or 38 a segfault, 16 or 48 the right products. A pruned
+# MLP or an unusual n_embd has such widths: padded with zeros to a multiple of 64 (wider CPUs' blocks).
+INT8_BLOCK = 64
+
+
 @torch.library.custom_op("wikigpt::int8_mm", mutates_args=())
 def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (M, in) bf16 @ int8 qweight (out, in).T * scale (out,): torch's int8-weight kernel, as an
     opaque op, so that torch.compile calls the kernel as it is instead of lowering it (its
     lowering fails on this torch: an AssertionError inside inductor)."""
+    pad = -x.shape[1] % INT8_BLOCK
+    if pad:  # zeros add nothing to the products; the weight is copied each call (rare widths only)
+        x, qweight = F.pad(x, (0, pad)), F.pad(qweight, (0, pad))
     return torch.ops.aten._weight_int8pack_mm(x, qweight, scale)
 
 
