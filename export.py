@@ -204,7 +204,7 @@ def model_card(ckpt: dict, model, tok, hf_arch: str, dtype: str) -> str:
         "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)"]
     if chat:
         lines += ['ids = tok.apply_chat_template([{"role": "user", "content": "What is a river?"}],',
-                  '                              add_generation_prompt=True, return_tensors="pt")',
+                  '                              add_generation_prompt=True, return_tensors="pt", return_dict=False)',
                   "out = model.generate(ids, max_new_tokens=64)  # stops at <|end|> (or any special token)",
                   "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))"]
     else:
@@ -277,6 +277,9 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint holds no model to export.")
+    if ckpt.get("quant") == "int8":  # dequantised, its logits would be neither its own nor the float model's
+        raise UsageError(f"{ckpt_path} holds int8 weights: export the float checkpoint it was quantised from "
+                         "(its exact logits; --dtype float16 or bfloat16 for a smaller file).")
     model, tok = model_from_checkpoint(ckpt, path=ckpt_path)
     if "lora" in ckpt:
         from wikigpt.adapt.lora import merge_lora

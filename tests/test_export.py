@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import ROOT, TINY, run_cli
 from safetensors import SafetensorError
 
 from wikigpt.decoding.load import load_model
@@ -116,6 +116,20 @@ def test_transformers_computes_what_we_compute(chat_export):
     assert "Qwen3" in (folder / "README.md").read_text() or preset == "gpt2"
 
 
+def test_the_snippets_of_the_model_card_and_the_docs_run(chat_export):
+    """The code a user copies from the export's README.md and from docs/export.md, as written, on
+    the transformers installed (5.x returns a BatchEncoding unless told return_dict=False)."""
+    _, _, folder = chat_export
+    card = (folder / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    docs = (ROOT / "docs" / "export.md").read_text().split("```python\n")[1].split("```")[0]
+    assert "apply_chat_template" in card and "apply_chat_template" in docs
+    script = folder.parent / "snippets.py"
+    script.write_text(card.replace("PATH", repr(folder.name)) + docs.replace("hf/wikigpt-chat", folder.name))
+    r = subprocess.run([sys.executable, "-I", script.name], cwd=folder.parent, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_gpt2_tokenizer_exports_exactly(tmp_path):
     tok = Tokenizer({"kind": "gpt2"})
     folder = tmp_path / "gpt2tok"
@@ -142,6 +156,11 @@ def test_export_refuses_what_it_cannot_do_exactly_and_never_overwrites(tiny_data
         with pytest.raises(UsageError, match="keep.txt.*choose another --out"):  # real runs are above and below)
             export(ckpt, tmp_path / "taken", overwrite=overwrite)
         assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+    import convert
+    convert.quantise(str(ckpt), tmp_path / "int8.pt")  # dequantised, it would be neither model (a review)
+    with pytest.raises(UsageError, match="holds int8 weights: export the float checkpoint"):
+        export(tmp_path / "int8.pt", tmp_path / "z")
+    assert not (tmp_path / "z").exists()
     (tmp_path / "junk.pt").write_text("junk")
     for bad in (tmp_path / "junk.pt", tmp_path / "missing.pt"):
         r = run_cli("export.py", "--ckpt", bad, "--out", tmp_path / "y")
