@@ -112,12 +112,12 @@ def row(section, name, values, better, digits=3) -> dict:
 def chat_conversations(args, chat_infos: list[dict], tok, block: int) -> tuple[list, str]:
     """The dialogue set: --sft_data files whole, or the conversations the (first) chat
     checkpoint's own SFT run held out of the built-in data."""
-    cfg = SFTConfig()
+    cfg = SFTConfig(skip_bad_records=args.skip_bad_records == "true")
     if args.sft_data:
         convs, skipped = [], []
         for path, _ in parse_sft_data(args.sft_data):
             convs += list(read_dialogues(path, cfg, skipped))
-        where = args.sft_data
+        where = args.sft_data + (f" ({len(skipped)} malformed record(s) skipped, e.g. {skipped[0]})" if skipped else "")
     else:
         stored = chat_infos[0]["train_config"]
         for f in fields(SFTConfig):
@@ -454,6 +454,8 @@ def main(argv):
     p.add_argument("--out", default="report.json", help="report.json path (report.md is written beside it)")
     p.add_argument("--data", default="", help="dataset folder (default: the one the first checkpoint trained on)")
     p.add_argument("--sft_data", default="", help="dialogue files to score chat on (default: held-out built-in dialogues)")
+    p.add_argument("--skip_bad_records", choices=["true", "false"], default="false",
+                   help="true: skip --sft_data's malformed records (and say how many) instead of stopping")
     p.add_argument("--max_examples", type=int, default=100, help="replies sampled, at most; QA questions asked: about as many, "
                    "shared among the kinds (at least 2 of each)")
     p.add_argument("--max_new_tokens", type=int, default=64, help="length limit of each sampled reply")

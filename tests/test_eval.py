@@ -260,6 +260,19 @@ def test_dtype_chooses_the_weights_the_report_is_measured_with(runs, tiny_data, 
     assert bpb["bfloat16"] != bpb["float32"] and bpb["bfloat16"] == pytest.approx(bpb["float32"], rel=0.02)
 
 
+def test_a_malformed_dialogue_record_stops_with_advice_that_works(runs, tiny_data, tmp_path):
+    dialogues = write_dialogues(tmp_path / "t.jsonl", 1)
+    dialogues.write_text(dialogues.read_text() + "{not json\n")
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", "--sft_data", dialogues, "--data", tiny_data,
+                 out=tmp_path / "r.json")
+    assert r.returncode == 2 and "line 5: not valid JSON" in r.stderr and "--skip_bad_records=true" in r.stderr
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", "--sft_data", dialogues, "--data", tiny_data,
+                 "--skip_bad_records=true", "--max_examples=2", out=tmp_path / "r.json")  # as the advice says
+    assert r.returncode == 0, r.stderr
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert any("chat: 4 conversations" in n and "1 malformed record(s) skipped" in n for n in notes), notes
+
+
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "empty_dialogues", "dialogues_too_long", "bad_option",
                                   "no_dataset"])
 def test_bad_input_is_a_clear_error(runs, tiny_data, tmp_path, case):
