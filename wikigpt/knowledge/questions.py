@@ -28,7 +28,10 @@ QUESTION_WORDS |= set("so wait ok okay hey hi um uh btw actually anyone idea won
 ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "你知道", "是什么", "是哪里", "是哪儿", "在哪里", "在哪儿",
                      "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
-                     "请", "我", "你", "了", "有", "在", "？", "。", "！"]
+                     "请", "我", "你", "了", "有", "在", "？", "。", "！",
+                     # a follow-up's pronouns ("它的面积是多少？"), and forms of "which" / "whether"
+                     "它们", "他们", "她们", "它", "他", "她", "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位",
+                     "是不是", "是否", "有没有", "那么", "那"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -70,7 +73,18 @@ ASKED = {
     "eat": "eat feeds diet food", "eats": "eat feeds diet food", "food": "food feeds diet",
     "buy": "buy bought purchased purchase", "bought": "bought purchased purchase", "pay": "paid purchased price cost",
     "sell": "sold sale", "sold": "sold sale",
+    # Chinese forms of "when", "where ... born", "how tall / long"
+    "什么时候": "date year", "何时": "date year", "哪一年": "year date", "出生地": "birth place",
+    "出生于哪里": "birth place", "出生在哪里": "birth place", "在哪里出生": "birth place", "在哪出生": "birth place",
+    "高度": "height elevation", "多高": "height elevation", "海拔": "elevation", "长度": "length", "多长": "length",
 }
+# A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
+# are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
+TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没",
+                            "麼誰裡兒個幾請訴關於紹問嗎長時為貨幣積語總統國領導師經濟歷氣體軍稱區碼們沒")
+ASKED |= {w.translate(TRADITIONAL): v for w, v in ASKED.items() if re.match(f"[{CJK}]", w)}
+ZH_QUESTION_WORDS = sorted(set(ZH_QUESTION_WORDS) | {w.translate(TRADITIONAL) for w in ZH_QUESTION_WORDS},
+                           key=lambda w: (-len(w), w))  # removed longest first: "是什么" before "什么"
 # what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
 # answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
 ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?number of\b|\bwhat(?:'s| is)? the number of\b|"
@@ -116,8 +130,8 @@ NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|wit
 STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
 ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
 SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
-PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b", re.I)
-PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b", re.I)
+PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b|(?<!其)他|她", re.I)  # (其他: "other")
+PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b|它|(?<!其)他|她", re.I)
 # found in a question as they are, before it is split into words: Chinese words, English phrases
 ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w), key=len, reverse=True)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
