@@ -22,7 +22,7 @@ from wikigpt.cli import UsageError, run_main
 from wikigpt.decoding.engine import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
 from wikigpt.knowledge.conversation import find_in_conversation
-from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, listed, reader_of
+from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, listed, reader_of
 from wikigpt.knowledge.questions import small_talk
 from wikigpt.knowledge.retrieval import open_index
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_copy_arg, add_sampling_args, params_from_args
@@ -59,7 +59,7 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
         out.flush()
         shown.append(piece)
     out.write("\n")
-    for i, source in listed(sources):  # each source once, under the number it has in the prompt
+    for i, source in listed(cited(found, sources, params.copy > 0)):  # each once, under its number in the prompt
         out.write(f"  [{i}] {source.label}{'  ' + source.url if source.url else ''}\n")
     return "".join(shown).strip()
 

@@ -407,6 +407,21 @@ def test_the_prompt_shows_the_best_evidence_first_and_names_the_attribute(kb_dat
     assert prompt.endswith("Question: What is the capital of Andorra?<|end|><|assistant|>")
 
 
+def test_a_reply_that_copies_evidence_no_source_fitted_still_lists_it(kb_data, reader):
+    """A question that fills the context leaves no room for a source: the reply still copies the
+    best evidence (or shows it as closest), and listed nothing (a Chinese user's walkthrough)."""
+    from wikigpt.knowledge.grounding import cited
+    tok = load_dataset(kb_data).tokenizer
+    question = [Message("user", "What is the capital of Andorra? " + "Please answer briefly. " * 6)]
+    room = len(render_chat(tok, question, add_generation_prompt=True)[0])  # the question, and no room left
+    _, found, sources = evidence_prompt(reader, tok, question, room, 255)
+    assert sources == [] and found.best.text == "Andorra la Vella"
+    assert [s.title for s in cited(found, sources, copying=True)] == ["Andorra (capital)"]
+    assert cited(found, sources, copying=False) == []  # the model alone: it saw no source
+    _, found, sources = evidence_prompt(reader, tok, question, 200, 255)
+    assert cited(found, sources, copying=True) == sources != []  # those the prompt showed
+
+
 def test_a_list_passage_gives_one_piece_of_evidence_per_item(reader):
     items = reader.candidates([], [Passage("Andorra", "Parishes\nCanillo\nEncamp is a parish. It is old.")])
     assert [(i.text, i.attribute) for i in items] == [("Canillo", "Parishes"), ("Encamp is a parish.", "Parishes"),

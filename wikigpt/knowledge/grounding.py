@@ -129,6 +129,13 @@ def evidence_prompt(reader: Reader, tok: Tokenizer, history: list[Message], room
     return ids, found, [replace(s, text=text) for s, (_, text) in zip(sources, used)]  # as shown (cut)
 
 
+def cited(found: Found | None, sources: list[Source], copying: bool) -> list[Source]:
+    """The sources to list under a reply: those its prompt showed; where not even the best one
+    fitted (a question that fills the context), the best evidence when copying, since the reply
+    copies it or shows it as the closest: a quoted answer always says where it is from."""
+    return sources or (sources_of(found)[:1] if found is not None and found.items and copying else [])
+
+
 def copy_plan(tok: Tokenizer, found: Found, params: SamplingParams):
     """What copying (params.copy > 0) makes of the evidence found, for chat.py, the server and
     the benchmark alike. Returns (params, reply, copy): below the threshold the reply is

@@ -13,9 +13,9 @@ from wikigpt.decoding.engine import Request
 from wikigpt.decoding.engine_thread import EngineThread, QueueFull
 from wikigpt.knowledge.evidence import Found
 from wikigpt.knowledge.conversation import find_in_conversation
-from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, reader_of
+from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, reader_of
 from wikigpt.knowledge.questions import small_talk
-from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, SamplingParams
+from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, RANGES, SamplingParams
 from wikigpt.server.connections import ProtocolWarnings
 from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
                                    stop_strings, text_limits)
@@ -201,7 +201,8 @@ class Server:
                                 "articles. Ask one, or send \"rag\": false", f"messages[{len(messages) - 1}].content")
         reader = reader_of(self.index)  # the messages are the conversation: a follow-up carries its entity
         found = find_in_conversation(reader, messages)
-        return evidence_prompt(reader, self.tok, kept, room, self.block - 1, found)
+        ids, found, sources = evidence_prompt(reader, self.tok, kept, room, self.block - 1, found)
+        return ids, found, cited(found, sources, number(body, "copy", RAG_COPY, *RANGES["copy"]) > 0)
 
     def prompt_texts(self, body: dict) -> list[str]:
         """/v1/completions' prompts: one string or a list of them, each and all within their limits."""
