@@ -31,10 +31,12 @@ def continuation(model, ids: list[int], max_new_tokens: int, params, stop_tokens
     from model.context_window (its last 3/4), until max_new_tokens or a stop token. Yields each
     token as the engine makes it (tok: keeps the text valid UTF-8, as the server does)."""
     ids, end = list(ids), len(ids) + max_new_tokens
+    state = 0  # the UTF-8 decoder's where the text ends: a window may end inside a character
     while len(ids) < end:
         for token in generate(model, context_window(ids, model.cfg.block_size), end - len(ids), params, stop_tokens,
-                              seed, tok, compile=compile):
+                              seed, tok, compile=compile, utf8_state=state):
             ids.append(token)
+            state = tok.utf8_state_after([token], state) if tok is not None else 0
             yield token
         if ids[-1] in stop_tokens:
             return

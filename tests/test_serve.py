@@ -529,6 +529,30 @@ def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
     assert not any("\ufffd" in text(seed, True) for seed in range(10))
 
 
+def test_text_past_the_context_stays_valid_utf8_where_a_window_ends_inside_a_character(tiny_data):
+    """sample.py goes on past the context in windows, each a new request: one that started as if
+    its prompt ended between characters broke the character the last window had begun (a review
+    found U+FFFD in a long sample). Here windows of 8 tokens over random weights, and a request
+    whose prompt ends inside a character."""
+    from sample import continuation
+    from wikigpt.prep.data import load_dataset
+
+    tok = load_dataset(tiny_data).tokenizer
+    model = tiny_model()
+    model.cfg.block_size = 8
+    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    prompt = tok.encode("你好")
+    for seed in range(6):
+        ids = list(continuation(model, prompt, 60, params, seed=seed, tok=tok))
+        assert "\ufffd" not in tok.decode(prompt + ids).rstrip("\ufffd"), seed
+    byte = {tok.enc.decode_single_token_bytes(i): i for i in range(tok.n_vocab)}
+    cut = prompt + [byte[b"\xe4"]]  # the first byte of a three-byte character
+    assert tok.utf8_state_after(cut) == 2 and tok.utf8_state_after(prompt) == 0
+    for seed in range(6):
+        ids = list(generate(model, cut, 6, params, seed=seed, tok=tok, utf8_state=tok.utf8_state_after(cut)))
+        assert "\ufffd" not in tok.decode(cut + ids).rstrip("\ufffd"), seed
+
+
 def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
     from wikigpt.prep.data import load_dataset
 

@@ -145,6 +145,13 @@ class Tokenizer:
         self._utf8_table = table
         return table
 
+    def utf8_state_after(self, ids, state: int = 0) -> int:
+        """The UTF-8 decoder's state (utf8_table's) after the bytes of `ids`, from `state`."""
+        for i in ids:
+            for byte in self.enc.decode_single_token_bytes(i):
+                state = max(_utf8_next(state, byte), 0)  # (an invalid byte: read as a fresh start)
+        return state
+
     def has_chat_tokens(self) -> bool:
         return all(t in self.special for t in (SYSTEM, USER, ASSISTANT, END_OF_TURN))
 

@@ -66,6 +66,7 @@ class Request:
     seed: int | None = None
     emit: Callable = lambda request, token, finish_reason: None
     copy_from: CopySource | None = None  # the evidence to copy, when params.copy > 0
+    utf8_state: int = 0  # the UTF-8 decoder's state where the prompt ends (0: whole characters; see sample.py)
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
@@ -163,7 +164,7 @@ class Engine:
         st.seen[slot] = False
         st.seen[slot, prompt[0]] = True
         st.knobs[slot] = torch.tensor(knobs_row(req.params))
-        st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, 0  # a prompt is whole characters
+        st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, req.utf8_state
         st.copy_w[slot] = 0.0
         key = tuple(req.prompt)
         self.forget(slot, keep=key)  # its rows are this request's now
@@ -335,14 +336,15 @@ def leased(model: GPT, n_slots: int, tok, compile: bool | None):
 
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
-             stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False):
+             stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False, utf8_state: int = 0):
     """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
-    tokenizer, as the server does, to keep the text valid UTF-8). compile: through the compiled
-    step (warmed_engine warms it first); one-shot tools decode eagerly."""
+    tokenizer, as the server does, to keep the text valid UTF-8; utf8_state: a prompt that ends
+    inside a character, Tokenizer.utf8_state_after). compile: through the compiled step
+    (warmed_engine warms it first); one-shot tools decode eagerly."""
     with leased(model, 1, tok, compile) as engine:
         out = []
         req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
-                      emit=lambda r, token, finish: out.append(token), copy_from=copy_from)
+                      emit=lambda r, token, finish: out.append(token), copy_from=copy_from, utf8_state=utf8_state)
         engine.add(req)
         while True:
             yield from out
