@@ -479,6 +479,10 @@ def test_a_half_written_folder_does_not_load(small_dump, tmp_path):
         load_dataset(out)
     with pytest.raises(DatasetError, match="is a file, not a dataset folder"):  # --data naming a file
         load_dataset(small_dump)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")  # any folder: no advice to --overwrite it
+    with pytest.raises(DatasetError, match=r"other is not a dataset folder \(no meta.json, shards or tokenizer\)"):
+        load_dataset(tmp_path / "other")
 
 
 def test_a_dataset_without_its_tokenizer_says_so(small_dump, tmp_path):

@@ -185,6 +185,9 @@ def load_dataset(path) -> TokenDataset:
         raise no_such_dataset(path)
     if not meta_path.is_file():
         refuse_a_run_folder(path)
+        if not any(path.glob("*.bin")) and not (path / "tokenizer.json").exists():  # nothing prepare_wiki.py writes
+            raise DatasetError(f"{path} is not a dataset folder (no meta.json, shards or tokenizer): give the folder "
+                               "prepare_wiki.py wrote (e.g. --data data/demo).")
         raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
                            "interrupted prepare_wiki.py run?). Re-run prepare_wiki.py --overwrite.")
     try:
