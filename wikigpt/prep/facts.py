@@ -17,7 +17,7 @@ import re
 
 from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
-from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
+from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, resolve_conversions
 from wikigpt.knowledge.sentences import opening_sentence
 
 _BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
@@ -72,6 +72,8 @@ def plain_value(raw: str) -> str:
         text = drop_file_links(text, "")
     if "{{" in text:
         text = render_templates(text, pattern=INNERMOST)
+    if "-{" in text:  # zhwiki's "-{zh-hans:台北; zh-hant:臺北;}-"
+        text = resolve_conversions(text)
     if "[" in text:
         text = _LINK.sub(lambda m: "" if _hidden_link(m[1].strip()) else (m[2] if m[2] is not None else m[1]), text)
         text = _EXTERNAL.sub(r"\1", text)
@@ -169,7 +171,7 @@ def headings(titles: list[str]) -> list[str]:
     """The cleaner's section titles ('[[Economy]]' already 'Economy') as plain text."""
     out = []
     for title in titles:
-        if "{{" in title or "<" in title or "''" in title:
+        if "{{" in title or "<" in title or "''" in title or "-{" in title:
             title = plain_value(title)
         if title:
             out.append(title)
