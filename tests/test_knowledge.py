@@ -101,6 +101,24 @@ def test_infobox_fields_become_facts_with_plain_text_values():
     assert "image flag" not in got and "latd" not in got  # layout, not knowledge
 
 
+GERMANY = "{{国家信息框\n|首都=[[柏林]]\n|人口=8300万\n|图像=Flag.svg\n}}'''德国'''是欧洲中部的国家。"
+
+
+def test_zhwiki_infoboxes_are_read_with_their_chinese_field_names_and_answer_chinese_questions(tmp_path):
+    assert facts(GERMANY) == [("首都", "柏林"), ("人口", "8300万")]
+    assert facts("{{人物資訊框|出生地=[[乙]]}}{{ 城市信息框 |面积=3 km²}}") == [("出生地", "乙"), ("面积", "3 km²")]
+    pages = [page("德国", GERMANY + "德国的经济规模很大，工业发达。" * 8),
+             page("柏林", "'''柏林'''是[[德国]]的城市。" + "柏林有很多博物馆和公园。" * 8)]
+    pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] near [[Ruritania]]. " + PROSE * 2) for t in FILLER[:3]]
+    (tmp_path / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(tmp_path / "dump.xml"), "--out", str(tmp_path / "data"), "--tokenizer", "bpe:400",
+             "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1"])
+    build_index(tmp_path / "data", quiet=True)
+    reader = Reader.open(tmp_path / "data")
+    for question, value in [("德国的首都是哪里？", "柏林"), ("德国的人口是多少？", "8300万")]:
+        found = reader.find(question)  # the field's own name, 首都, covers the question's word
+        assert found.answerable and (found.best.kind, found.best.text) == ("fact", value), found.items[:3]
+
 def test_quantities_and_dates_render_as_the_page_shows_them():
     assert render_templates("{{convert|72|km|mi}}, {{convert|1|-|2|km}}, {{convert|20|C|F}}") == "72 km, 1–2 km, 20°C"
     assert render_templates("{{birth date|1889|4|20}} {{cite web|url=x}}") == "20 April 1889 "

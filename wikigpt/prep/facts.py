@@ -20,7 +20,10 @@ from wikigpt.prep.templates import INNERMOST, render_templates, split_args
 from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, resolve_conversions
 from wikigpt.knowledge.sentences import opening_sentence
 
-_BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
+# after a "{": English names, and zhwiki's "XX信息框" / "XX資訊框" (a name of at most 40 characters
+# read once per "{{": linear)
+_BOX = (r"\{\s*(?:(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"
+        r"|[^{}|<>\n]{0,40}?(?:信息框|資訊框)\s*(?=[|}]))")
 # "{{Infobox" opens an infobox, any other "{{" a template, "}}" closes ("{{{Infobox": "{" + one)
 BOX_TOKENS = re.compile(r"\{%s|\{\{(?!%s)|\}\}" % (_BOX, _BOX), re.I)
 BRACES = re.compile(r"\{\{|\}\}")
