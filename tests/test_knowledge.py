@@ -119,6 +119,14 @@ def test_zhwiki_infoboxes_are_read_with_their_chinese_field_names_and_answer_chi
         found = reader.find(question)  # the field's own name, 首都, covers the question's word
         assert found.answerable and (found.best.kind, found.best.text) == ("fact", value), found.items[:3]
 
+def test_an_exponent_in_sup_is_kept_in_superscript_and_a_footnote_mark_goes_in_facts_and_prose_alike():
+    marked = ("1.496×10<sup>8</sup> km, 9.8 m/s<sup>−2</sup>, 3 km<sup>2</sup>, came 1<sup>st</sup>; "
+              "[[Catalan language|Catalan]]<sup>a</sup> and 5<sup>[1]</sup>")
+    shown = "1.496×10⁸ km, 9.8 m/s⁻², 3 km², came 1st; Catalan and 5"  # before: "1.496×10 km" ("108" in prose)
+    assert dict(facts("{{Infobox planet\n|orbit = " + marked + "\n}}"))["orbit"] == shown
+    (_, text), _ = clean_wikitext("Earth", "The orbit is " + marked + ".", CleanSettings(min_chars=10))
+    assert text == "The orbit is " + shown + "."
+
 def test_quantities_and_dates_render_as_the_page_shows_them():
     assert render_templates("{{convert|72|km|mi}}, {{convert|1|-|2|km}}, {{convert|20|C|F}}") == "72 km, 1–2 km, 20°C"
     assert render_templates("{{birth date|1889|4|20}} {{cite web|url=x}}") == "20 April 1889 "

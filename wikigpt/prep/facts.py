@@ -17,7 +17,8 @@ import re
 
 from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
-from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, resolve_conversions
+from wikigpt.prep.wikitext import (_REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, render_sups,
+                                   resolve_conversions)
 from wikigpt.knowledge.sentences import opening_sentence
 
 # after a "{": English names, and zhwiki's "XX信息框" / "XX資訊框" (a name of at most 40 characters
@@ -50,7 +51,6 @@ _KEY_UNIT = re.compile(r"^(.*?)[ ](km2|sq mi|sqmi|km|mi|m|ft|kg|lb|ha)$")
 _NUMBERISH = re.compile(r"^[\d.,\s]+$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _BR = re.compile(r"<br\s*/?>|</?(?:p|div|center)\b[^>]*>", re.I)
-_SUP = re.compile(r"<sup\b[^>]*>.{0,12}?</sup>", re.I | re.S)  # footnote marks: "Catalan<sup>a</sup>"
 _TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _LINK = re.compile(r"\[\[([^\[\]|]*)(?:\|([^\[\]]*))?\]\]")
 _EXTERNAL = re.compile(r"\[(?:https?:)?//[^\s\[\]]++\s*+([^\[\]]*+)\]")  # stops at the next bracket: linear
@@ -70,7 +70,7 @@ def plain_value(raw: str) -> str:
     when its markup is there: most values are a link or a number (3x faster on the sample)."""
     text = raw.strip()
     if "<" in text:
-        text = _BR.sub("\n", _SUP.sub("", drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "", None, _REF)))
+        text = _BR.sub("\n", render_sups(drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "", None, _REF)))
     if "[[" in text:
         text = drop_file_links(text, "")
     if "{{" in text:

@@ -164,6 +164,27 @@ _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
 
+# <sup>: an exponent after a number or a unit is kept in superscript ("1.496×10<sup>8</sup> km"
+# -> "1.496×10⁸ km", "m/s<sup>-2</sup>" -> "m/s⁻²"), an ordinal's ending after a number inline
+# ("1<sup>st</sup>" -> "1st"), and any other short one is a footnote mark that goes
+# ("Catalan<sup>a</sup>", "<sup>[1]</sup>"); the prose and the infobox reader agree.
+_SUP = re.compile(r"<sup\b[^>]*>(.{0,12}?)</sup>", re.I | re.S)
+_EXPONENT = re.compile(r"[-−–]?\d{1,3}")
+_AFTER_QUANTITY = re.compile(r"(?:\d|\b(?:m|km|cm|mm|nm|s|g|kg|ft|mi|K|W|J|N|Pa|Hz))$")
+ORDINAL_ENDINGS = {"st", "nd", "rd", "th", "e", "er", "re", "ème", "o", "a"}
+SUPERSCRIPT = str.maketrans("0123456789-−–", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻⁻")
+
+
+def render_sups(text: str) -> str:
+    """Short <sup>s -> what they say (see above); longer ones are left to the caller."""
+    def one(m):
+        inner, before = m[1].strip(), text[max(m.start() - 4, 0):m.start()]
+        if _EXPONENT.fullmatch(inner) and _AFTER_QUANTITY.search(before):
+            return inner.translate(SUPERSCRIPT)
+        return inner if inner in ORDINAL_ENDINGS and before[-1:].isdigit() else ""
+    return _SUP.sub(one, text)
+
+
 _BOLD = re.compile(r"(?<!')('''|''''')(?!')(.{2,120}?)(?<!')\1(?!')")  # bold, or bold italic
 _LEAD_END = re.compile(r"\n\s*\n|\n=")  # the first paragraph ends at a blank line or a heading
 # markup left, or a phrase in bold rather than a name ("commonly referred to as", "a and ...")
@@ -407,6 +428,8 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
     wikitext = _cut_trailing_sections(drop_comments(wikitext, REMOVED),
                                       found.setdefault("headings", []) if found is not None else None)
     wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, REMOVED, _REF)))
+    if "<sup" in wikitext or "<SUP" in wikitext:
+        wikitext = render_sups(wikitext)
     wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
     if "-{" in wikitext:  # after the templates, as MediaWiki converts their output
         wikitext = resolve_conversions(wikitext)
