@@ -17,7 +17,7 @@ from wikigpt.knowledge.evidence import Reader
 from wikigpt.knowledge.replies import ABSTAIN, EvidenceCopy, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
 from wikigpt.knowledge.graph import NAME_FACTS, OTHER_NAME, PLURAL, Knowledge, KnowledgeWriter, name_key
-from wikigpt.prep.facts import facts, is_person, lead_abbreviation
+from wikigpt.prep.facts import article_knowledge, facts, is_person, lead_abbreviation
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 from wikigpt.knowledge.qa_items import calibrate
@@ -133,6 +133,13 @@ def test_quantities_and_dates_render_as_the_page_shows_them():
     (_, text), _ = clean_wikitext("Andorra", ANDORRA, CleanSettings(min_chars=10))
     assert "It is less than 72 km from Italy." in text  # before: "It is less than from Italy."
 
+
+def test_an_infobox_date_in_a_chinese_article_reads_as_chinese_writes_it():
+    box = "{{Infobox person|birth_date = {{birth date|1879|3|14}}|death_date = {{death date|1955|4}}}}"
+    zh = article_knowledge(box + "'''爱因斯坦'''是物理学家。", "爱因斯坦是物理学家，出生于德国。", {})
+    assert zh["facts"] == [("birth date", "1879年3月14日"), ("death date", "1955年4月")]  # before: "14 March 1879"
+    en = article_knowledge(box + "'''Einstein''' was a physicist.", "Einstein was a physicist.", {})
+    assert en["facts"] == [("birth date", "14 March 1879"), ("death date", "April 1955")]
 
 def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     kb = Knowledge.open(kb_data)
