@@ -17,7 +17,7 @@ from wikigpt.knowledge.evidence import Reader
 from wikigpt.knowledge.replies import ABSTAIN, EvidenceCopy, is_abstention, not_found
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt
 from wikigpt.knowledge.graph import NAME_FACTS, OTHER_NAME, PLURAL, Knowledge, KnowledgeWriter, name_key
-from wikigpt.prep.facts import facts, is_person, lead_abbreviation
+from wikigpt.prep.facts import article_knowledge, facts, is_person, lead_abbreviation
 from wikigpt.prep.templates import render_templates
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext
 from wikigpt.knowledge.qa_items import ZH_WORDS, calibrate
@@ -101,12 +101,45 @@ def test_infobox_fields_become_facts_with_plain_text_values():
     assert "image flag" not in got and "latd" not in got  # layout, not knowledge
 
 
+GERMANY = "{{国家信息框\n|首都=[[柏林]]\n|人口=8300万\n|图像=Flag.svg\n}}'''德国'''是欧洲中部的国家。"
+
+
+def test_zhwiki_infoboxes_are_read_with_their_chinese_field_names_and_answer_chinese_questions(tmp_path):
+    assert facts(GERMANY) == [("首都", "柏林"), ("人口", "8300万")]
+    assert facts("{{人物資訊框|出生地=[[乙]]}}{{ 城市信息框 |面积=3 km²}}") == [("出生地", "乙"), ("面积", "3 km²")]
+    pages = [page("德国", GERMANY + "德国的经济规模很大，工业发达。" * 8),
+             page("柏林", "'''柏林'''是[[德国]]的城市。" + "柏林有很多博物馆和公园。" * 8)]
+    pages += [page(t, f"'''{t}''' is a [[{t.lower()}]] near [[Ruritania]]. " + PROSE * 2) for t in FILLER[:3]]
+    (tmp_path / "dump.xml").write_text(dump_xml(*pages), encoding="utf-8")
+    prepare([str(tmp_path / "dump.xml"), "--out", str(tmp_path / "data"), "--tokenizer", "bpe:400",
+             "--min_chars", "50", "--val_fraction", "0.2", "--workers", "1"])
+    build_index(tmp_path / "data", quiet=True)
+    reader = Reader.open(tmp_path / "data")
+    for question, value in [("德国的首都是哪里？", "柏林"), ("德国的人口是多少？", "8300万")]:
+        found = reader.find(question)  # the field's own name, 首都, covers the question's word
+        assert found.answerable and (found.best.kind, found.best.text) == ("fact", value), found.items[:3]
+
+def test_an_exponent_in_sup_is_kept_in_superscript_and_a_footnote_mark_goes_in_facts_and_prose_alike():
+    marked = ("1.496×10<sup>8</sup> km, 9.8 m/s<sup>−2</sup>, 3 km<sup>2</sup>, came 1<sup>st</sup>; "
+              "[[Catalan language|Catalan]]<sup>a</sup> and 5<sup>[1]</sup>")
+    shown = "1.496×10⁸ km, 9.8 m/s⁻², 3 km², came 1st; Catalan and 5"  # before: "1.496×10 km" ("108" in prose)
+    assert dict(facts("{{Infobox planet\n|orbit = " + marked + "\n}}"))["orbit"] == shown
+    (_, text), _ = clean_wikitext("Earth", "The orbit is " + marked + ".", CleanSettings(min_chars=10))
+    assert text == "The orbit is " + shown + "."
+
 def test_quantities_and_dates_render_as_the_page_shows_them():
     assert render_templates("{{convert|72|km|mi}}, {{convert|1|-|2|km}}, {{convert|20|C|F}}") == "72 km, 1–2 km, 20°C"
     assert render_templates("{{birth date|1889|4|20}} {{cite web|url=x}}") == "20 April 1889 "
     (_, text), _ = clean_wikitext("Andorra", ANDORRA, CleanSettings(min_chars=10))
     assert "It is less than 72 km from Italy." in text  # before: "It is less than from Italy."
 
+
+def test_an_infobox_date_in_a_chinese_article_reads_as_chinese_writes_it():
+    box = "{{Infobox person|birth_date = {{birth date|1879|3|14}}|death_date = {{death date|1955|4}}}}"
+    zh = article_knowledge(box + "'''爱因斯坦'''是物理学家。", "爱因斯坦是物理学家，出生于德国。", {})
+    assert zh["facts"] == [("birth date", "1879年3月14日"), ("death date", "1955年4月")]  # before: "14 March 1879"
+    en = article_knowledge(box + "'''Einstein''' was a physicist.", "Einstein was a physicist.", {})
+    assert en["facts"] == [("birth date", "14 March 1879"), ("death date", "April 1955")]
 
 def test_prepare_stores_facts_aliases_links_and_sections_with_counts(kb_data):
     kb = Knowledge.open(kb_data)

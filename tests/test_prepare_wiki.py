@@ -96,6 +96,19 @@ def test_cleaning_chinese_inserts_no_spaces_and_drops_reference_sections():
     assert text == "长江是亚洲第一长河，全长约6300公里。\n\n历史\n长江流域是中华文明的发源地之一。"
 
 
+
+def test_zhwiki_language_conversion_shows_the_simplified_text_and_never_hides_the_page():
+    text = clean("臺北市", "臺北市，通稱-{zh-hans:台北; zh-hant:臺北;}-，位於-{臺灣}-北部。-{H|zh-hans:宏; zh-hant:巨集;}-"
+                 "-{T|zh-hans:台北市}--{A|zh-tw:軟體; zh-cn:软件;}-很多。")
+    assert text == "臺北市，通稱台北，位於臺灣北部。软件很多。"  # H| and T| add rules and show nothing
+    assert clean("甲", "甲是-{zh-hant:乙; zh:丙}-。-{zh-tw:丁; zh-hk:戊}-。", min_chars=1) == "甲是丙。丁。"  # zh, else the first
+    assert clean("甲", "甲是-{ 没有闭合的标记。后面的文字还在。") == "甲是 没有闭合的标记。后面的文字还在。"
+    facts_of = dict(facts("{{Infobox settlement|通称=-{zh-hans:台北; zh-hant:臺北;}-}}"))
+    assert facts_of["通称"] == "台北"
+    start = time.perf_counter()
+    clean("甲", "甲乙丙丁。" + "-{zh-hans:" * 100_000 + "}-" * 50_000, min_chars=1)
+    assert time.perf_counter() - start < 2  # linear: nested and unclosed markup alike
+
 def test_disambiguation_pages_and_short_articles_are_dropped():
     settings = CleanSettings(min_chars=50)
     assert clean_wikitext("Mercury", "'''Mercury''' may refer to:\n{{disambiguation}}",

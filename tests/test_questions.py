@@ -99,3 +99,15 @@ def test_circa_does_not_end_a_sentence():
     text = "He was unknown there from c. AD 600 to c. 1100 except in Syria. Then ca. 1200 he came back."
     assert split_sentences(text) == ["He was unknown there from c. AD 600 to c. 1100 except in Syria.",
                                      "Then ca. 1200 he came back."]
+
+
+def test_a_chinese_quote_is_not_cut_at_the_sentence_ends_inside_it():
+    """《静夜思》's quoted poem was cut after 霜。 and a reply quoted half of it; 子曰's quote became
+    three sentences. A quote never closed holds its sentence ends for MAX_QUOTED characters only."""
+    from wikigpt.knowledge.sentences import MAX_QUOTED, opening_sentence, split_sentences
+    poem = "《静夜思》全诗为：“床前明月光，疑是地上霜。举头望明月，低头思故乡。”"
+    assert split_sentences(poem) == [poem] and opening_sentence(poem + "\n下一段。") == poem
+    assert split_sentences("子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”一句广为流传。「好。」他说。") == \
+        ["子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？”一句广为流传。", "「好。」他说。"]
+    unclosed = split_sentences("他说：“" + "好。" * MAX_QUOTED)
+    assert len(unclosed[0]) <= MAX_QUOTED + 4 and len(unclosed) > MAX_QUOTED // 2

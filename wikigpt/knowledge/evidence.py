@@ -52,6 +52,7 @@ MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
 # on dev's 28, 0.7 answers 16 right and 2 wrong (all: 11 and 1; 0.6: 17 and 3)
 SETTLED = 0.7
 NAME_CONNECTORS = {"of", "the", "and", "de", "la", "le", "von", "van", "du", "da", "del", "y", "in", "on", "for", "&"}
+CJK_WORD = re.compile(f"[{CJK}]")
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
 # what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
 # but there are exceptions such as carboranes and boric acid"
@@ -179,7 +180,10 @@ class Reader:
         asked = Asked(tell=bool(TELL.search(question)))
         phrases, rest = table_phrases(without_entity(question, links).lower())
         for word in phrases:  # Chinese words and phrases ("real name") first: not split at spaces
-            self._ask(asked, [], terms(ASKED[word]))
+            # a Chinese word also covers itself, as zhwiki's infoboxes name their fields (首都); by
+            # its runs of two or more (one character, 都 "all" in 首都, would cover any sentence)
+            own = [t for t in terms(word) if len(t) > 1] if CJK_WORD.match(word) else []
+            self._ask(asked, [], terms(ASKED[word]) + own)
         for word in ZH_QUESTION_WORDS:
             rest = rest.replace(word, " ")
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):

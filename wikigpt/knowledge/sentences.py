@@ -3,7 +3,8 @@ Sentences of article text, the same everywhere they are cut: an answer's referen
 benchmark, a section's opening in the knowledge graph, a piece of evidence in retrieval.
 Chinese and Japanese end sentences with 。！？ and no space; nothing here assumes spaces.
 
-    split_sentences("It rains. 下雨了。Yes!")  -> ["It rains.", "下雨了。", "Yes!"]
+    split_sentences("It rains. Dr. Li came.")   -> ["It rains.", "Dr. Li came."]
+    split_sentences("下雨了。他说：“好。走吧。”")  -> ["下雨了。", "他说：“好。走吧。”"]  (a quote stays whole)
     opening_sentence(article_text)           -> its first sentence (two if the first is short)
 """
 import re
@@ -26,11 +27,37 @@ def language(text: str) -> str:
     return "zh" if letters and len(CJK_CHAR.findall(head)) > 0.3 * letters else "en"
 
 
+# a quote or bracket opened in a sentence holds its 。！？: "子曰：“学而时习之，不亦说乎？有朋自远方来，
+# 不亦乐乎？”一句广为流传。" is one sentence (so is a quote that ends in 。” and the sentence after
+# it: which of the two a writer meant needs reading); one never closed holds them for MAX_QUOTED
+# characters. Measured: 0.4 M chars of zhwiki text split in 82 ms (69 before), 2.4 M of English in
+# 435 ms (417): text without an opener takes the plain search
+OPENERS, CLOSERS = "“「『（", "”」』）"
+_OPENER = re.compile(f"[{OPENERS}]")
+MAX_QUOTED = 300
+
+
+def sentence_ends(text: str, start: int = 0):
+    """The offsets where the sentences of a text from `start` end (_END), in order."""
+    if not _OPENER.search(text, start):  # most text: no quote to keep whole
+        yield from (m.end() for m in _END.finditer(text, start))
+        return
+    depth, counted = 0, start  # quotes open in the sentence, counted up to `counted`
+    for m in _END.finditer(text, start):
+        if m[0][0] in "。！？" and (depth or _OPENER.search(text, counted, m.start())):  # else none is open
+            piece, counted = text[counted:m.start() + 1], m.start() + 1
+            depth = max(depth + sum(map(piece.count, OPENERS)) - sum(map(piece.count, CLOSERS)), 0)
+            if depth and m.end() - start < MAX_QUOTED:
+                continue
+        yield m.end()
+        depth, counted, start = 0, m.end(), m.end()
+
+
 def split_sentences(paragraph: str) -> list[str]:
     out, start = [], 0
-    for m in _END.finditer(paragraph):
-        out.append(paragraph[start:m.end()].strip())
-        start = m.end()
+    for end in sentence_ends(paragraph):
+        out.append(paragraph[start:end].strip())
+        start = end
     out.append(paragraph[start:].strip())
     return [s for s in out if s]
 
@@ -40,8 +67,8 @@ def opening_sentence(text: str, min_chars: int = 40, max_chars: int = 240) -> st
     lead = text.strip().split("\n", 1)[0]
     answer, start = "", 0
     while start < len(lead) and len(answer) < min_chars:
-        m = _END.search(lead, start)
-        s = lead[start:m.end() if m else len(lead)].strip()
+        end = next(sentence_ends(lead, start), len(lead))
+        s = lead[start:end].strip()
         answer = f"{answer} {s}".strip() if answer and language(s) == "en" else answer + s
-        start = m.end() if m else len(lead)
+        start = end
     return answer[:max_chars]

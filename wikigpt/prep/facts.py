@@ -2,8 +2,8 @@
 What the knowledge graph reads from one article's wikitext in the cleaning pass (no I/O; see
 wikigpt/knowledge/graph.py for the database it goes into):
 
-    facts("Andorra", wikitext)  -> [("capital", "Andorra la Vella"), ("area", "467.63 km²"),
-                                    ("prime minister", "Antoni Martí"), ...]
+    facts(wikitext)  -> [("capital", "Andorra la Vella"), ("area", "467.63 km²"),
+                         ("prime minister", "Antoni Martí"), ...]
     section_openings(text, headings)  -> [("Economy", "Tourism is the mainstay of ..."), ...]
 
 Infobox fields become (attribute, value) facts with plain-text values: links become their
@@ -17,10 +17,14 @@ import re
 
 from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
-from wikigpt.prep.wikitext import _REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links
-from wikigpt.knowledge.sentences import opening_sentence
+from wikigpt.prep.wikitext import (_REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, render_sups,
+                                   resolve_conversions)
+from wikigpt.knowledge.sentences import language, opening_sentence
 
-_BOX = r"\{\s*(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"  # after a "{"
+# after a "{": English names, and zhwiki's "XX信息框" / "XX資訊框" (a name of at most 40 characters
+# read once per "{{": linear)
+_BOX = (r"\{\s*(?:(?:infobox|automatic[ _]taxobox|taxobox|speciesbox|chembox|drugbox|geobox)\b"
+        r"|[^{}|<>\n]{0,40}?(?:信息框|資訊框)\s*(?=[|}]))")
 # "{{Infobox" opens an infobox, any other "{{" a template, "}}" closes ("{{{Infobox": "{" + one)
 BOX_TOKENS = re.compile(r"\{%s|\{\{(?!%s)|\}\}" % (_BOX, _BOX), re.I)
 BRACES = re.compile(r"\{\{|\}\}")
@@ -47,7 +51,6 @@ _KEY_UNIT = re.compile(r"^(.*?)[ ](km2|sq mi|sqmi|km|mi|m|ft|kg|lb|ha)$")
 _NUMBERISH = re.compile(r"^[\d.,\s]+$")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _BR = re.compile(r"<br\s*/?>|</?(?:p|div|center)\b[^>]*>", re.I)
-_SUP = re.compile(r"<sup\b[^>]*>.{0,12}?</sup>", re.I | re.S)  # footnote marks: "Catalan<sup>a</sup>"
 _TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _LINK = re.compile(r"\[\[([^\[\]|]*)(?:\|([^\[\]]*))?\]\]")
 _EXTERNAL = re.compile(r"\[(?:https?:)?//[^\s\[\]]++\s*+([^\[\]]*+)\]")  # stops at the next bracket: linear
@@ -62,16 +65,19 @@ MAX_VALUE_CHARS = 250  # longer fields are prose, not a fact
 MAX_RAW_VALUE_CHARS = 20_000
 
 
-def plain_value(raw: str) -> str:
-    """An infobox field's wikitext -> plain text ('' when nothing is left). Each pass runs only
-    when its markup is there: most values are a link or a number (3x faster on the sample)."""
+def plain_value(raw: str, lang: str = "en") -> str:
+    """An infobox field's wikitext -> plain text ('' when nothing is left), dates as an article
+    in `lang` writes them. Each pass runs only when its markup is there: most values are a link
+    or a number (3x faster on the sample)."""
     text = raw.strip()
     if "<" in text:
-        text = _BR.sub("\n", _SUP.sub("", drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "", None, _REF)))
+        text = _BR.sub("\n", render_sups(drop_spans(drop_comments(text, ""), _REF_OPEN, _REF_CLOSE, "", None, _REF)))
     if "[[" in text:
         text = drop_file_links(text, "")
     if "{{" in text:
-        text = render_templates(text, pattern=INNERMOST)
+        text = render_templates(text, pattern=INNERMOST, lang=lang)
+    if "-{" in text:  # zhwiki's "-{zh-hans:台北; zh-hant:臺北;}-"
+        text = resolve_conversions(text)
     if "[" in text:
         text = _LINK.sub(lambda m: "" if _hidden_link(m[1].strip()) else (m[2] if m[2] is not None else m[1]), text)
         text = _EXTERNAL.sub(r"\1", text)
@@ -128,8 +134,9 @@ def _pair(fields: dict, attr: str) -> tuple[str, str] | None:
     return f"{m[1] or 'event'}: {fields[attr].lower()}", fields[other]
 
 
-def facts(wikitext: str) -> list[tuple[str, str]]:
-    """The (attribute, value) facts of an article's infoboxes, in their order, without repeats."""
+def facts(wikitext: str, lang: str = "en") -> list[tuple[str, str]]:
+    """The (attribute, value) facts of an article's infoboxes, in their order, without repeats;
+    `lang`: the article's language (sentences.language), for its dates."""
     out, seen, budget = [], set(), MAX_INFOBOX_READS * len(wikitext)
     for start, end in infobox_spans(wikitext):
         if (budget := budget - (end - start)) < 0:
@@ -141,7 +148,7 @@ def facts(wikitext: str) -> list[tuple[str, str]]:
             attr = attribute_name(key) if eq else ""
             # rendering a value is most of the cost: only for fields that can become facts
             if attr and (not SKIP_KEY.search(attr) or _PAIRED.search(attr)) and len(value) <= MAX_RAW_VALUE_CHARS:
-                fields[attr] = plain_value(value)
+                fields[attr] = plain_value(value, lang)
         paired = set()
         for attr in fields:
             if pair := _pair(fields, attr):
@@ -169,7 +176,7 @@ def headings(titles: list[str]) -> list[str]:
     """The cleaner's section titles ('[[Economy]]' already 'Economy') as plain text."""
     out = []
     for title in titles:
-        if "{{" in title or "<" in title or "''" in title:
+        if "{{" in title or "<" in title or "''" in title or "-{" in title:
             title = plain_value(title)
         if title:
             out.append(title)
@@ -266,6 +273,6 @@ def article_knowledge(wikitext: str, text: str, found: dict) -> dict:
     target once, in order of first use, newline-separated), its sections' opening sentences, and
     whether it is about a person, the abbreviation its lead gives and the names it writes in bold.
     `found` is what the cleaner collected (clean_wikitext's `found`: links, headings, bold)."""
-    return {"facts": facts(wikitext), "links": link_targets(found.get("links", [])),
+    return {"facts": facts(wikitext, language(text)), "links": link_targets(found.get("links", [])),
             "sections": section_openings(text, headings(found.get("headings", [])), opening_sentence),
             "person": is_person(text), "abbreviation": lead_abbreviation(text), "names": found.get("bold", [])}

@@ -3,7 +3,7 @@ Templates that carry text, rendered as a reader of the page sees them (no I/O, n
 
     {{convert|72|km|mi}}           -> "72 km"          (the value as written, its unit as a symbol)
     {{convert|1|-|2|km}}           -> "1–2 km"
-    {{birth date|1889|4|20}}       -> "20 April 1889"
+    {{birth date|1889|4|20}}       -> "20 April 1889"  ("1889年4月20日" in a Chinese article)
     {{hlist|Catalan|Spanish}}      -> "Catalan, Spanish"
     {{nowrap|10 km}}               -> "10 km"
 
@@ -93,9 +93,9 @@ def render_convert(pos: list[str], named: dict) -> str:
     return text
 
 
-def render_date(pos: list[str], named: dict) -> str:
-    """(year, month, day) -> '20 April 1889' ('April 20, 1889' with mf=yes); a date's own words
-    ({{start date|1990s}}) pass through."""
+def render_date(pos: list[str], named: dict, lang: str = "en") -> str:
+    """(year, month, day) -> '20 April 1889' ('April 20, 1889' with mf=yes; '1889年4月20日' when
+    lang is 'zh', as zhwiki shows it); a date's own words ({{start date|1990s}}) pass through."""
     parts = [p for p in pos if p and "=" not in p][:3]
     if not parts:
         return ""
@@ -106,14 +106,17 @@ def render_date(pos: list[str], named: dict) -> str:
     day = str(int(parts[2])) if len(parts) > 2 and parts[2].isdigit() else ""
     if not month:
         return year
+    if lang == "zh":
+        return f"{year}年{int(parts[1])}月{day + '日' if day else ''}"
     if named.get("mf", "").lower() in ("y", "yes"):
         return f"{month} {day + ', ' if day else ''}{year}"
     return f"{day + ' ' if day else ''}{month} {year}"
 
 
-def render(name: str, args: list[str]) -> str | None:
+def render(name: str, args: list[str], lang: str = "en") -> str | None:
     """One template (innermost: its arguments hold no template) -> its text, or None when it
-    carries none that a fact or a sentence needs (the caller then drops it)."""
+    carries none that a fact or a sentence needs (the caller then drops it); `lang`, the
+    article's language (sentences.language), sets how a date reads."""
     key = name.strip().lower().replace("_", " ")
     pos, named = arguments(args)
     if key in ("convert", "cvt"):
@@ -122,7 +125,7 @@ def render(name: str, args: list[str]) -> str | None:
         unit = named.get("u") or named.get("ul") or ""
         return " ".join(x for x in (pos[0] if pos else "", UNITS.get(unit, unit)) if x)
     if key in DATES:
-        return render_date(pos, named)
+        return render_date(pos, named, lang)
     if key in YEARS:
         return pos[0] if pos else ""
     if key in LISTS:
@@ -150,11 +153,12 @@ def render(name: str, args: list[str]) -> str | None:
     return None
 
 
-def render_templates(wikitext: str, drop_others: bool = True, pattern=INNERMOST, max_passes: int = 6) -> str:
+def render_templates(wikitext: str, drop_others: bool = True, pattern=INNERMOST, max_passes: int = 6,
+                     lang: str = "en") -> str:
     """Render the innermost templates that `pattern` matches, inner ones first (a pass per
     level of nesting); a template that carries no text becomes '' (drop_others) or stays."""
     def sub(m):
-        text = render(m[1], split_args(m[2][1:]) if m[2] else [])
+        text = render(m[1], split_args(m[2][1:]) if m[2] else [], lang)
         return ("" if drop_others else m[0]) if text is None else text
 
     for _ in range(max_passes):

@@ -164,6 +164,27 @@ _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
 
+# <sup>: an exponent after a number or a unit is kept in superscript ("1.496×10<sup>8</sup> km"
+# -> "1.496×10⁸ km", "m/s<sup>-2</sup>" -> "m/s⁻²"), an ordinal's ending after a number inline
+# ("1<sup>st</sup>" -> "1st"), and any other short one is a footnote mark that goes
+# ("Catalan<sup>a</sup>", "<sup>[1]</sup>"); the prose and the infobox reader agree.
+_SUP = re.compile(r"<sup\b[^>]*>(.{0,12}?)</sup>", re.I | re.S)
+_EXPONENT = re.compile(r"[-−–]?\d{1,3}")
+_AFTER_QUANTITY = re.compile(r"(?:\d|\b(?:m|km|cm|mm|nm|s|g|kg|ft|mi|K|W|J|N|Pa|Hz))$")
+ORDINAL_ENDINGS = {"st", "nd", "rd", "th", "e", "er", "re", "ème", "o", "a"}
+SUPERSCRIPT = str.maketrans("0123456789-−–", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻⁻")
+
+
+def render_sups(text: str) -> str:
+    """Short <sup>s -> what they say (see above); longer ones are left to the caller."""
+    def one(m):
+        inner, before = m[1].strip(), text[max(m.start() - 4, 0):m.start()]
+        if _EXPONENT.fullmatch(inner) and _AFTER_QUANTITY.search(before):
+            return inner.translate(SUPERSCRIPT)
+        return inner if inner in ORDINAL_ENDINGS and before[-1:].isdigit() else ""
+    return _SUP.sub(one, text)
+
+
 _BOLD = re.compile(r"(?<!')('''|''''')(?!')(.{2,120}?)(?<!')\1(?!')")  # bold, or bold italic
 _LEAD_END = re.compile(r"\n\s*\n|\n=")  # the first paragraph ends at a blank line or a heading
 # markup left, or a phrase in bold rather than a name ("commonly referred to as", "a and ...")
@@ -338,6 +359,62 @@ def _drop_templates(wikitext: str) -> str:
     return unmatched_openers(wikitext, _DOUBLE_BRACES, "}}", REMOVED) if "{{" in wikitext else wikitext
 
 
+# zhwiki's language conversion, -{...}- (MediaWiki's LanguageConverter), shown as the zh-hans
+# page shows it: "通稱-{zh-hans:台北; zh-hant:臺北;}-" -> "通稱台北", "-{X}-" -> "X" (X is not to
+# be converted). Flags before a "|": H (a rule for the page), T (the title), "-" (a rule
+# removed), D and N (descriptions) show nothing; A (a rule shown in place), R (raw) and variant
+# names show their text.
+_CONVERSION = re.compile(r"-\{|\}-")
+_VARIANT = re.compile(r"(?:^|;)\s*(?:[^;:=]*=>)?\s*(zh|[a-z]{2,3}-[a-z]{2,5})\s*:")  # "zh-hans:", "巨集=>zh-cn:"
+_FLAG = re.compile(r"[ATRDHN-]|zh|[a-z]{2,3}-[a-z]{2,5}")
+PREFERRED_VARIANTS = ("zh-hans", "zh-cn", "zh")  # then the first one given
+MAX_CONVERSION_DEPTH = 8  # -{ nests (a rule inside a variant's text); deeper ones are text
+
+
+def _conversion_text(body: str) -> str:
+    """The inside of one -{...}- -> the text the zh-hans page shows there."""
+    flags, bar, rest = body.partition("|")
+    shown = {f.strip() for f in flags.split(";") if f.strip()} if bar else set()
+    if shown and all(_FLAG.fullmatch(f) for f in shown):
+        if shown & {"H", "T", "-", "D", "N"}:
+            return ""
+        if "R" in shown:
+            return rest
+        body = rest
+    variants = list(_VARIANT.finditer(body))
+    if not variants:
+        return body
+    texts = {m[1]: body[m.end():n.start() if n else len(body)].strip().rstrip(";").strip()
+             for m, n in zip(variants, variants[1:] + [None])}
+    return next((texts[v] for v in PREFERRED_VARIANTS if v in texts), texts[variants[0][1]])
+
+
+def resolve_conversions(text: str) -> str:
+    """Every -{...}- in the text -> the text it shows (_conversion_text), nested ones first, in
+    one pass with a stack: linear in the text. An unclosed "-{" goes and its text stays, so it
+    cannot hide the rest of the page; a "}-" with no "-{" is text."""
+    stack, pos, deeper = [[]], 0, 0  # stack[-1]: the pieces of the innermost open -{...}-
+    for m in _CONVERSION.finditer(text):
+        stack[-1].append(text[pos:m.start()])
+        pos = m.end()
+        if m[0] == "-{":
+            if len(stack) > MAX_CONVERSION_DEPTH:
+                deeper += 1
+                stack[-1].append(m[0])
+            else:
+                stack.append([])
+        elif deeper:
+            deeper -= 1
+            stack[-1].append(m[0])
+        elif len(stack) > 1:
+            body = "".join(stack.pop())
+            stack[-1].append(_conversion_text(body))
+        else:
+            stack[-1].append(m[0])
+    stack[-1].append(text[pos:])
+    return "".join("".join(pieces) for pieces in stack)
+
+
 def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: dict | None = None):
     """One article's wikitext -> ((title, text), None) or (None, reason it was dropped).
     `found`, if given, receives what the knowledge graph reads on the way (every link and
@@ -351,7 +428,11 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
     wikitext = _cut_trailing_sections(drop_comments(wikitext, REMOVED),
                                       found.setdefault("headings", []) if found is not None else None)
     wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, REMOVED, _REF)))
+    if "<sup" in wikitext or "<SUP" in wikitext:
+        wikitext = render_sups(wikitext)
     wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
+    if "-{" in wikitext:  # after the templates, as MediaWiki converts their output
+        wikitext = resolve_conversions(wikitext)
     if found is not None:
         found["bold"] = lead_bold(wikitext)
     wikitext = _LIST_MARKS.sub("\n", "\n" + _drop_quotes(wikitext))[1:]  # parsed as tags, then dropped
