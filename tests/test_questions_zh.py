@@ -37,7 +37,7 @@ def reader(tmp_path_factory):
     ("香港的貨幣是什麼？", "currency", "港元"),  # traditional: 貨幣 and 什麼 were words the evidence had to hold
     ("爱因斯坦出生于哪里？", "birth place", "乌尔姆"),  # not his birth date (出生 covers both; 哪里 asks a place)
     ("爱因斯坦的出生地是哪里？", "birth place", "乌尔姆"),
-    ("爱因斯坦是什么时候出生的？", "birth date", "14 March 1879"),
+    ("爱因斯坦是什么时候出生的？", "birth date", "1879年3月14日"),
     ("珠穆朗玛峰有多高？", "elevation", "8848.86 m"),
 ])
 def test_everyday_chinese_questions_are_answered_from_the_field_they_ask(reader, question, attribute, text):
