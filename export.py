@@ -418,8 +418,10 @@ def main(argv):
     args.format = args.format or ("gguf" if args.out.lower().endswith(".gguf") else "hf")
     out = export(args.ckpt, Path(args.out), args.dtype, args.overwrite, args.format)
     if args.format == "gguf":
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama.cpp, "
-              f"e.g. llama-cli -m {out} --jinja -cnv")
+        import gguf
+        chat = "tokenizer.chat_template" in gguf.GGUFReader(str(out)).fields  # a base model continues text
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama.cpp, e.g. llama-cli -m {out} "
+              + ("--jinja -cnv" if chat else '-p "Aristotle was" -n 60 -no-cnv'))
         return
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB): load it with "

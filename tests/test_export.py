@@ -228,6 +228,9 @@ def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_pat
         assert r.returncode == 2 and "tanh" in r.stderr and not out.exists()
         return
     assert r.returncode == 0, r.stderr
+    assert f"llama-cli -m {out} --jinja -cnv" in r.stdout  # a chat model: its template, a conversation
+    base = run_cli("export.py", "--ckpt", ckpt.parent.parent / "base" / "best.pt", "--out", tmp_path / "b.gguf")
+    assert base.returncode == 0 and "--jinja" not in base.stdout and '-p "Aristotle was"' in base.stdout, base.stderr
     import gguf
 
     reader = gguf.GGUFReader(out)
