@@ -128,6 +128,22 @@ def test_the_index_finds_articles_by_title_in_english_and_chinese(rag_data):
     assert index.search("???", 3) == []  # no term at all: nothing, not an error
 
 
+def test_a_question_in_traditional_characters_finds_an_article_in_simplified_ones(rag_data, tmp_path):
+    """zhwiki's articles are in either script, and so are questions: 熊貓 (traditional) found no
+    熊猫. An index built before (its info without "cjk") is searched with Chinese as written."""
+    assert terms("臺北的貓") == terms("台北的猫")
+    index = Index.open(rag_data)
+    assert index.info["cjk"] == "simplified"
+    assert [p.title for p in index.search("貓", 1)] == ["熊猫"]  # 猫 only in 熊猫's text
+    assert index.search("熊貓生活在哪裡？", 1)[0].title == "熊猫"
+    old = tmp_path / "old"
+    shutil.copytree(rag_data, old)
+    info = json.loads((old / "index" / "wikigpt_index.json").read_text())
+    del info["cjk"]
+    (old / "index" / "wikigpt_index.json").write_text(json.dumps(info))
+    assert Index.open(old).search("貓", 1) == []  # its terms as written: what an older index holds
+
+
 def test_the_index_reads_passages_by_number_and_gives_bm25_idf(rag_data):
     index = Index.open(rag_data)
     first = next(read_articles(rag_data))

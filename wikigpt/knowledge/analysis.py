@@ -8,8 +8,8 @@ index's terms. It knows nothing about how terms are stored or scored.
     terms("亚里士多德")               # -> 亚 里 士 多 德 亚里 里士 士多 多德
 
 Latin-script words are lowercased, stripped of English stopwords and stemmed (Snowball);
-Chinese/Japanese/Korean text, which has no spaces, becomes characters plus character bigrams,
-so zhwiki works like enwiki.
+Chinese/Japanese/Korean text, which has no spaces, becomes characters plus character bigrams
+(traditional characters read as simplified ones), so zhwiki works like enwiki.
 """
 import re
 from functools import lru_cache
@@ -46,11 +46,13 @@ def terms(text: str) -> list[str]:
     return remembered.split(" ") if remembered else []
 
 
-def analyse_terms(text: str) -> list[str]:
-    """terms(), never remembered: for texts read once (an index build's passages)."""
+def analyse_terms(text: str, fold: bool = True) -> list[str]:
+    """terms(), never remembered: for texts read once (an index build's passages). fold=False:
+    Chinese as written (how indexes built before CJK_FOLDED read it)."""
     out, words = [], []
     for run in TERM.findall(text.lower()):
         if CJK_RUN.match(run):
+            run = run.translate(simplified()) if fold else run
             out += list(run) + [a + b for a, b in zip(run, run[1:])]
         elif run not in STOPWORDS:
             words.append(run)
@@ -64,14 +66,31 @@ def analyse_terms(text: str) -> list[str]:
 REMEMBERED_CHARS = 200
 
 
+# zhwiki's articles are written in simplified or traditional characters (each as its authors chose;
+# the site converts them as it shows them), and questions come in either: terms are read in one, so
+# that 臺北 finds 台北. Character by character (OpenCC's table, the characters of U+4E00-U+9FFF: 3,563
+# of them change), as the terms are characters and pairs of them.
+CJK_FOLDED = "simplified"  # what an index's info says of its Chinese terms (indexes before: nothing)
+
+
+@lru_cache(maxsize=1)
+def simplified() -> dict[int, str]:
+    """str.translate's table: traditional character -> simplified."""
+    import opencc
+
+    t2s = opencc.OpenCC("t2s")
+    return {ord(c): s for c in map(chr, range(0x4E00, 0xA000)) if (s := t2s.convert(c)) != c and len(s) == 1}
+
+
 @lru_cache(maxsize=1 << 14)
 def _remembered(text: str) -> str:
     return " ".join(analyse_terms(text))
 
 
-def query_terms(query: str) -> list[str]:
-    """A question's terms, without the words every question has ("tell me about ...")."""
-    return [t for t in terms(query) if t not in QUERY_FILLER]
+def query_terms(query: str, fold: bool = True) -> list[str]:
+    """A question's terms, without the words every question has ("tell me about ..."); fold:
+    as analyse_terms."""
+    return [t for t in (terms(query) if fold else analyse_terms(query, fold=False)) if t not in QUERY_FILLER]
 
 
 def _pieces(text: str, max_chars: int) -> list[str]:

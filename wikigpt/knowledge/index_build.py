@@ -53,7 +53,7 @@ import tantivy
 
 from wikigpt.cli import UsageError
 from wikigpt.run.progress import progress_bar
-from wikigpt.knowledge.analysis import PASSAGE_CHARS, analyse_terms, split_passages
+from wikigpt.knowledge.analysis import CJK_FOLDED, PASSAGE_CHARS, analyse_terms, split_passages
 from wikigpt.prep.data import ARTICLES, DatasetError, read_articles, read_json_object
 from wikigpt.prep.workdir import publish
 from wikigpt.prep.workers import worker_start
@@ -310,7 +310,8 @@ def _start(tmp: Path, final: Path, folder: Path, max_chars: int) -> tuple[dict, 
     when that build finished and only its publish is left, (progress.json, False) when it was
     interrupted; else a fresh index.tmp. A finished index.tmp must be newer than index/: publish
     swaps the two, so for a moment, until it is deleted, index.tmp holds the index it replaced."""
-    same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder)}
+    same = {"version": INDEX_VERSION, "passage_chars": max_chars, "articles_fingerprint": articles_fingerprint(folder),
+            "cjk": CJK_FOLDED}  # (a build an older version began read Chinese as written: begun again)
     info, progress = read_json_object(tmp / INFO), read_json_object(tmp / PROGRESS)
     if info and all(info.get(k) == v for k, v in same.items()):
         if _generation(info) > _generation(read_json_object(final / INFO)):
@@ -416,7 +417,7 @@ def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers
         raise DatasetError(f"{folder}: the kept articles hold no text to index.")
     seconds = time.time() - t0
     info = {"version": INDEX_VERSION, "engine": f"tantivy {tantivy.__version__.split(',')[0].split()[-1]}",
-            "articles_fingerprint": state["articles_fingerprint"], "articles": writers.articles,
+            "articles_fingerprint": state["articles_fingerprint"], "cjk": CJK_FOLDED, "articles": writers.articles,
             "passages": writers.passages, "passage_chars": max_chars, "seconds": round(seconds, 2),
             "cpu_seconds": round(_cpu_seconds() - c0, 2), "resumed_after_articles": resumed_after,
             "passages_per_s": round((writers.passages - resumed_passages) / max(seconds, 1e-9)),

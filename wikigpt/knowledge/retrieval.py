@@ -33,7 +33,7 @@ import numpy as np
 import tantivy
 
 from wikigpt.cli import UsageError
-from wikigpt.knowledge.analysis import PASSAGE_CHARS, query_terms, split_passages, terms  # noqa: F401 (re-exported)
+from wikigpt.knowledge.analysis import CJK_FOLDED, PASSAGE_CHARS, query_terms, split_passages, terms  # noqa: F401 (re-exported)
 from wikigpt.knowledge.index_build import (INDEX_DIR, INDEX_VERSION, INFO, LEADS, SQLITE,  # noqa: F401
                                            add_index_info, articles_fingerprint, build_index)
 from wikigpt.knowledge.sentences import CJK  # noqa: F401 (re-exported)
@@ -232,7 +232,7 @@ class Index:
     def search(self, query: str, k: int = 3, boost: list[int] = ()) -> list[Passage]:
         """The k best passages for a query (fewer if fewer share a term with it); the passages
         of the articles in `boost` (the entities a question names) rank above all others."""
-        q = query_terms(query)
+        q = query_terms(query, fold=self.info.get("cjk") == CJK_FOLDED)  # an older index: as written
         if (not q and not boost) or k < 1:
             return []
         main = self._text_query(q) if q else None
