@@ -126,6 +126,11 @@ def test_an_exponent_in_sup_is_kept_in_superscript_and_a_footnote_mark_goes_in_f
     assert dict(facts("{{Infobox planet\n|orbit = " + marked + "\n}}"))["orbit"] == shown
     (_, text), _ = clean_wikitext("Earth", "The orbit is " + marked + ".", CleanSettings(min_chars=10))
     assert text == "The orbit is " + shown + "."
+    # the rest reads as it is written (a review: ions, isotopes, orbitals and a variable's powers were lost)
+    science = "H<sup>+</sup> and OH<sup>−</sup>; E = mc<sup>2</sup>; <sup>137</sup>Cs in sp<sup>3</sup>, lbf/in<sup>2</sup>"
+    (_, text), _ = clean_wikitext("Ions", "Ions: " + science + ". " + "More words. " * 3, CleanSettings(min_chars=10))
+    assert text.startswith("Ions: H+ and OH−; E = mc2; 137Cs in sp3, lbf/in2.")
+    assert clean_wikitext("Ten", "10<Sup>3</Sup> grams. " * 4, CleanSettings(min_chars=10))[0][1].startswith("10³ grams.")
 
 def test_quantities_and_dates_render_as_the_page_shows_them():
     assert render_templates("{{convert|72|km|mi}}, {{convert|1|-|2|km}}, {{convert|20|C|F}}") == "72 km, 1–2 km, 20°C"

@@ -108,6 +108,10 @@ def test_zhwiki_language_conversion_shows_the_simplified_text_and_never_hides_th
     start = time.perf_counter()
     clean("甲", "甲乙丙丁。" + "-{zh-hans:" * 100_000 + "}-" * 50_000, min_chars=1)
     assert time.perf_counter() - start < 2  # linear: nested and unclosed markup alike
+    start = time.perf_counter()
+    clean("甲", "甲乙丙丁。-{;" + " " * 50_000 + "}-乙", min_chars=1)  # spaces two patterns could share: 50 s before
+    assert time.perf_counter() - start < 2
+    assert clean("Sets", "Sets A-{x} and B-{y}- are disjoint. " * 3) == ("Sets A-{x} and B-{y}- are disjoint. " * 3).strip()
 
 def test_disambiguation_pages_and_short_articles_are_dropped():
     settings = CleanSettings(min_chars=50)

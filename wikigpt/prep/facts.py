@@ -18,7 +18,7 @@ import re
 from wikigpt.prep.scan import closing_end, drop_comments, drop_spans, matched_spans
 from wikigpt.prep.templates import INNERMOST, render_templates, split_args
 from wikigpt.prep.wikitext import (_REF, _REF_CLOSE, _REF_OPEN, REMOVED, _hidden_link, drop_file_links, render_sups,
-                                   resolve_conversions)
+                                   converts, resolve_conversions)
 from wikigpt.knowledge.sentences import language, opening_sentence
 
 # after a "{": English names, and zhwiki's "XX信息框" / "XX資訊框" (a name of at most 40 characters
@@ -76,7 +76,7 @@ def plain_value(raw: str, lang: str = "en") -> str:
         text = drop_file_links(text, "")
     if "{{" in text:
         text = render_templates(text, pattern=INNERMOST, lang=lang)
-    if "-{" in text:  # zhwiki's "-{zh-hans:台北; zh-hant:臺北;}-"
+    if "-{" in text and (lang == "zh" or converts(text)):  # zhwiki's "-{zh-hans:台北; zh-hant:臺北;}-"
         text = resolve_conversions(text)
     if "[" in text:
         text = _LINK.sub(lambda m: "" if _hidden_link(m[1].strip()) else (m[2] if m[2] is not None else m[1]), text)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from wikigpt.prep.scan import (closing_end, cut_spans, drop_comments, drop_spans, matched_spans, outermost,
                                reduce_innermost, unmatched_openers)
 from wikigpt.prep.templates import render_quantities
+from wikigpt.knowledge.sentences import language
 
 
 # Sections that hold no prose; everything from the first such heading on is dropped.
@@ -164,14 +165,15 @@ _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][^<>]{0,200}>")
 _QUOTE_MARKUP = re.compile(r"''+")  # two quotes: italic, three: bold
 
 
-# <sup>: an exponent after a number or a unit is kept in superscript ("1.496×10<sup>8</sup> km"
-# -> "1.496×10⁸ km", "m/s<sup>-2</sup>" -> "m/s⁻²"), an ordinal's ending after a number inline
-# ("1<sup>st</sup>" -> "1st"), and any other short one is a footnote mark that goes
-# ("Catalan<sup>a</sup>", "<sup>[1]</sup>"); the prose and the infobox reader agree.
-_SUP = re.compile(r"<sup\b[^>]*>(.{0,12}?)</sup>", re.I | re.S)
+# <sup>: a footnote mark goes ("Catalan<sup>a</sup>", "<sup>[1]</sup>", "<sup>†</sup>"); an exponent
+# after a number or a unit is kept in superscript ("1.496×10<sup>8</sup> km" -> "1.496×10⁸ km",
+# "m/s<sup>-2</sup>" -> "m/s⁻²"); anything else stays as text, as it reads: "H<sup>+</sup>", "E =
+# mc<sup>2</sup>", "<sup>137</sup>Cs", "sp<sup>3</sup>", "1<sup>st</sup>". The prose and the infobox
+# reader agree. ([^>] bounded: an unclosed "<sup " is not searched to the end of the page from each one.)
+_SUP = re.compile(r"<sup\b[^>]{0,200}>(.{0,12}?)</sup>", re.I | re.S)
+_FOOTNOTE = re.compile(r"\[\s*[\w\s]{1,6}\]|\(?[a-z]\)?|[†‡*§#¶]+|note \d+", re.I)
 _EXPONENT = re.compile(r"[-−–]?\d{1,3}")
 _AFTER_QUANTITY = re.compile(r"(?:\d|\b(?:m|km|cm|mm|nm|s|g|kg|ft|mi|K|W|J|N|Pa|Hz))$")
-ORDINAL_ENDINGS = {"st", "nd", "rd", "th", "e", "er", "re", "ème", "o", "a"}
 SUPERSCRIPT = str.maketrans("0123456789-−–", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻⁻")
 
 
@@ -179,9 +181,11 @@ def render_sups(text: str) -> str:
     """Short <sup>s -> what they say (see above); longer ones are left to the caller."""
     def one(m):
         inner, before = m[1].strip(), text[max(m.start() - 4, 0):m.start()]
+        if _FOOTNOTE.fullmatch(inner):
+            return ""
         if _EXPONENT.fullmatch(inner) and _AFTER_QUANTITY.search(before):
             return inner.translate(SUPERSCRIPT)
-        return inner if inner in ORDINAL_ENDINGS and before[-1:].isdigit() else ""
+        return inner
     return _SUP.sub(one, text)
 
 
@@ -365,7 +369,8 @@ def _drop_templates(wikitext: str) -> str:
 # removed), D and N (descriptions) show nothing; A (a rule shown in place), R (raw) and variant
 # names show their text.
 _CONVERSION = re.compile(r"-\{|\}-")
-_VARIANT = re.compile(r"(?:^|;)\s*(?:[^;:=]*=>)?\s*(zh|[a-z]{2,3}-[a-z]{2,5})\s*:")  # "zh-hans:", "巨集=>zh-cn:"
+# "zh-hans:", "巨集=>zh-cn:" (no two quantifiers over the same spaces: linear)
+_VARIANT = re.compile(r"(?:^|;)[ \t]*(?:[^;:=\s][^;:=]*=>[ \t]*)?(zh|[a-z]{2,3}-[a-z]{2,5})[ \t]*:")
 _FLAG = re.compile(r"[ATRDHN-]|zh|[a-z]{2,3}-[a-z]{2,5}")
 PREFERRED_VARIANTS = ("zh-hans", "zh-cn", "zh")  # then the first one given
 MAX_CONVERSION_DEPTH = 8  # -{ nests (a rule inside a variant's text); deeper ones are text
@@ -389,10 +394,19 @@ def _conversion_text(body: str) -> str:
     return next((texts[v] for v in PREFERRED_VARIANTS if v in texts), texts[variants[0][1]])
 
 
+_NAMES_A_ZH_VARIANT = re.compile(r"-\{[^{}]{0,40}?\bzh(?:-[a-z]{2,5})?[ \t]*:")  # "-{zh-hans:", "-{H|zh-cn:"
+
+
+def converts(text: str) -> bool:
+    """Whether text holds zhwiki's conversion markup: Chinese text, or markup that names a zh variant."""
+    return "-{" in text and (_NAMES_A_ZH_VARIANT.search(text) is not None or language(text) == "zh")
+
+
 def resolve_conversions(text: str) -> str:
     """Every -{...}- in the text -> the text it shows (_conversion_text), nested ones first, in
     one pass with a stack: linear in the text. An unclosed "-{" goes and its text stays, so it
-    cannot hide the rest of the page; a "}-" with no "-{" is text."""
+    cannot hide the rest of the page; a "}-" with no "-{" is text. Only zhwiki converts
+    (converts(): enwiki shows "A-{x} and B" as it is)."""
     stack, pos, deeper = [[]], 0, 0  # stack[-1]: the pieces of the innermost open -{...}-
     for m in _CONVERSION.finditer(text):
         stack[-1].append(text[pos:m.start()])
@@ -428,10 +442,9 @@ def clean_wikitext(title: str, wikitext: str, settings: CleanSettings, found: di
     wikitext = _cut_trailing_sections(drop_comments(wikitext, REMOVED),
                                       found.setdefault("headings", []) if found is not None else None)
     wikitext = render_quantities(drop_tables(drop_spans(wikitext, _REF_OPEN, _REF_CLOSE, REMOVED, REMOVED, _REF)))
-    if "<sup" in wikitext or "<SUP" in wikitext:
-        wikitext = render_sups(wikitext)
+    wikitext = render_sups(wikitext)
     wikitext = _drop_unclosed_external_links(drop_file_links(_drop_templates(wikitext)))
-    if "-{" in wikitext:  # after the templates, as MediaWiki converts their output
+    if converts(wikitext):  # after the templates, as MediaWiki converts their output
         wikitext = resolve_conversions(wikitext)
     if found is not None:
         found["bold"] = lead_bold(wikitext)
