@@ -54,8 +54,17 @@ def test_a_follow_up_that_says_it_is_about_the_last_questions_entity(reader, fol
     assert found.answerable and found.best.title == "北京市" and found.best.attribute == attribute, found.items[:3]
 
 
-def test_he_and_she_are_pronouns_but_other_is_not():
+def test_a_pronoun_opens_a_follow_up_and_the_same_character_inside_a_word_is_none():
     from wikigpt.knowledge.questions import PERSON_PRONOUNS, PRONOUNS
     assert PRONOUNS.search("它的面积是多少？") and PERSON_PRONOUNS.search("他是哪一年去世的？")
-    assert not PRONOUNS.search("还有其他城市吗？")  # 其他: "other"
+    assert PERSON_PRONOUNS.search("那他的妻子呢？") and PRONOUNS.search("请问，它的人口呢？")
+    for word in ("还有其他城市吗？", "其它国家呢？", "吉他是什么？", "他人是什么意思？"):  # other, guitar, others
+        assert not PRONOUNS.search(word), word
     assert PRONOUNS.search("When was it published?") and not PRONOUNS.search("Whitman")
+
+
+def test_a_question_about_a_guitar_after_a_city_is_not_about_the_city(reader):
+    """吉他 ("guitar") holds 他: read as "he", the question carried 北京市 (a review)."""
+    first = reader.find("北京市的市长是谁？")
+    found = reader.find("吉他是什么？", history=["北京市的市长是谁？", first.best.quoted])
+    assert all(link.subject != first.links[0].subject for link in found.links), found.links

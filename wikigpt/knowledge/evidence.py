@@ -30,9 +30,9 @@ from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, ZH_QUESTION_WORDS,
-                                        answer_type, has_new, question_kind, spelled_out, table_phrases, table_words,
-                                        typed_distance, without_lead_in)
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, answer_type, has_new,
+                                        question_kind, spelled_out, table_phrases, table_words, typed_distance,
+                                        without_lead_in, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -184,8 +184,7 @@ class Reader:
             # its runs of two or more (one character, 都 "all" in 首都, would cover any sentence)
             own = [t for t in terms(word) if len(t) > 1] if CJK_WORD.match(word) else []
             self._ask(asked, [], terms(ASKED[word]) + own)
-        for word in ZH_QUESTION_WORDS:
-            rest = rest.replace(word, " ")
+        rest = without_zh_question_words(rest)  # "那它的 ..." (its entity carried: linking.carried)
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
             if w not in QUESTION_WORDS:
                 self._ask(asked, terms(w), terms(ASKED.get(w, "")))

@@ -13,12 +13,15 @@ from dataclasses import replace
 
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
-from wikigpt.knowledge.questions import NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS
+from wikigpt.knowledge.questions import (NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, table_phrases,
+                                         without_zh_question_words)
+from wikigpt.knowledge.sentences import CJK
 from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.retrieval import Index
 
 PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ ][A-Z][a-z]+){1,3}\b")  # "Morihei Ueshiba", "Andreas Vesalius"
 NAME_WORD = re.compile(r"(?<=[^\s.!?:;]\s)[A-Z][a-z][^\W_]*")  # a capitalised word (no acronym: "US") inside a sentence
+CJK_RUN = re.compile(f"[{CJK}]+")
 # capitalised inside a sentence, yet no name of something else: "What happened in May?", "and the North?"
 NOT_NAMES = frozenset("january february march april may june july august september october november december "
                       "monday tuesday wednesday thursday friday saturday sunday north south east west".split())
@@ -124,8 +127,14 @@ class Linker:
 
     def names_new(self, question: str, history: list[str]) -> bool:
         """Whether a question writes a name (a capitalised word inside a sentence) that the last
-        three exchanges did not ("Americans" after "... American Revolutionary War" is no new one)."""
+        three exchanges did not ("Americans" after "... American Revolutionary War" is no new one);
+        in Chinese, which has no capitals, two or more characters left of it (question words and
+        the table's words aside) that share none with them: 吉他是什么？ after Beijing's mayor is
+        about a guitar, 最高峰呢？ after 珠穆朗玛峰 still about the mountain."""
         said = set(terms(" ".join(without_abstention(t)[:MAX_REPLY_CHARS] for t in history[-6:] if t)))
+        if CJK_RUN.search(question):
+            rest = without_zh_question_words(table_phrases(question.lower())[1])
+            return any(len(run) >= 2 and not set(terms(run)) & said for run in CJK_RUN.findall(rest))
         return any(set(terms(m[0])) - said - self.stopwords for m in NAME_WORD.finditer(question)
                    if m[0].lower() not in NOT_NAMES)
 

@@ -29,9 +29,8 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "是谁", "是多少", "有多少", "是哪个", "是哪些", "是几", "什么", "哪里", "哪儿", "哪个", "哪些",
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
                      "请", "我", "你", "了", "有", "在", "？", "。", "！",
-                     # a follow-up's pronouns ("它的面积是多少？"), and forms of "which" / "whether"
-                     "它们", "他们", "她们", "它", "他", "她", "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位",
-                     "是不是", "是否", "有没有", "那么", "那"]
+                     # forms of "which" / "whether" (a follow-up's 它 / 他 / 她: ZH_LEAD)
+                     "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位", "是不是", "是否", "有没有"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -130,8 +129,13 @@ NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|wit
 STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
 ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
 SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
-PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b|(?<!其)他|她", re.I)  # (其他: "other")
-PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b|它|(?<!其)他|她", re.I)
+# A Chinese follow-up opens with its pronoun ("它的面积是多少？", "那他的妻子呢？"); inside a question the
+# character is mostly part of a word (吉他 "guitar", 其他 / 其它 "other", 他人 "others")
+_ZH_PRONOUN = r"^[\s，,]*(?:那么|那|请问|还有)?[\s，,]*(?:{})(?![人乡国者])"
+ZH_LEAD = re.compile(_ZH_PRONOUN.format("它们|他们|她们|它|他|她|那么|那"))  # what asked() leaves out
+PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b|" + _ZH_PRONOUN.format("他|她"), re.I)
+PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b|"
+                      + _ZH_PRONOUN.format("它|他|她"), re.I)
 # found in a question as they are, before it is split into words: Chinese words, English phrases
 ASKED_PHRASES = sorted((w for w in ASKED if re.match(f"[{CJK}]", w) or " " in w), key=len, reverse=True)
 TELL = re.compile(r"\b(?:tell|describe|explain|talk)\b|介绍|说说|谈谈|讲讲", re.I)
@@ -177,6 +181,14 @@ def without_lead_in(question: str) -> str:
     did he die' (spaces: the positions of the names in it stay where linking found them)."""
     blanked = LEAD_IN.sub(lambda m: " " * len(m[0]), question)
     return blanked if blanked.strip() else question  # "so?" is all lead-in: read as it is
+
+
+def without_zh_question_words(text: str) -> str:
+    """A Chinese question without its lead-in pronoun and its question words (ZH_QUESTION_WORDS)."""
+    text = ZH_LEAD.sub(" ", text.lstrip())
+    for word in ZH_QUESTION_WORDS:
+        text = text.replace(word, " ")
+    return text
 
 
 def table_phrases(text: str) -> tuple[list[str], str]:
