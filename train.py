@@ -358,7 +358,8 @@ def student_loss(model: GPT, cfg: TrainConfig, tok: Tokenizer, device) -> torch.
 
 def dropout_seed(seed: int, step: int, dist: Dist) -> int:
     """Dropout's masks: each process's own, and each step's whatever ran before it (a resumed
-    run draws the masks the uninterrupted one did, on any number of processes)."""
+    run draws the masks the uninterrupted one did; on another number of processes, which splits
+    the batches otherwise too, each process still draws its own)."""
     return (seed + 1 + step) * dist.world + dist.rank  # seed < 2**32: far from torch's 2**64
 
 

@@ -183,7 +183,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_each_process_and_step_draws_its_own_dropout_masks():
     """Every DDP process once drew the same dropout masks (one seed for all); a step's masks now
     come from (seed, step, process) alone: different across the processes and steps of a run, the
-    same when a resumed run (on any number of processes) draws them again."""
+    same when a resumed run draws them again."""
     from wikigpt.run.dist import Dist
     from train import dropout_seed
 

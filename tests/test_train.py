@@ -151,6 +151,36 @@ def test_two_process_torchrun_gloo_keeps_weights_identical(ddp_run):
     assert steps[6] < steps[1]
 
 
+# train.py, each process saying which of its first dropout's units were dropped
+FIRST_DROPOUT_MASK = """
+import os, torch.nn.functional as F
+from wikigpt.cli import run_main
+import train
+real, said = F.dropout, []
+def saying(x, p=0.5, training=True, inplace=False):
+    out = real(x, p, training, inplace)
+    if training and p > 0 and not said:
+        said.append(True)
+        print(f"first mask of {os.environ.get('RANK', '0')}:", "".join("01"[d] for d in (out == 0).flatten()[:200].tolist()))
+    return out
+F.dropout = saying
+run_main(train.main)
+"""
+
+
+def test_each_ddp_process_drops_its_own_units(tiny_data, tmp_path):
+    """Every process once drew the same dropout masks (one seed for all, set for the weights,
+    which must be alike): N processes regularised like one."""
+    script = tmp_path / "train_saying_its_mask.py"
+    script.write_text(FIRST_DROPOUT_MASK)
+    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, f"--data={tiny_data}",
+                f"--out_dir={tmp_path / 'out'}", "--max_steps=1", "--eval_interval=1", "--dropout=0.5", *TINY,
+                "--total_batch_tokens=256", "--batch_size=2", env={"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    masks = dict(re.findall(r"first mask of (\d): ([01]+)", r.stdout))
+    assert sorted(masks) == ["0", "1"] and "1" in masks["0"] and masks["0"] != masks["1"]
+
+
 def test_torchrun_batch_that_does_not_divide_is_refused(tiny_data, tmp_path):
     r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
                 f"--data={tiny_data}", f"--out_dir={tmp_path}", "--max_steps=2", *TINY, "--batch_size=3")

@@ -40,7 +40,7 @@ from wikigpt.cli import UsageError
 from wikigpt.run.durable import fsync_tree, replace_durably, replacing
 from model import GPT
 
-TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, RNG, configs (process 0)
+TRAIN_STATE = "train_state.pt"  # in the DCP folder: step, data position, configs (process 0)
 
 
 def mixed_precision(device_type: str, dtype: torch.dtype) -> MixedPrecisionPolicy:

@@ -63,7 +63,7 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None, 
     or smaller ones where the dtype is slow: without a fast kernel for it (float16 on most CPUs) a
     2048^3 product takes tens of seconds, not a fifth of one, and the run would wait minutes."""
     cuda = device.startswith("cuda")
-    gen = torch.Generator(device).manual_seed(0)  # its own: the global RNG stream is the run's (exact resume)
+    gen = torch.Generator(device).manual_seed(0)  # its own: the global one is dropout's (train.dropout_seed)
 
     def operands(size):
         return [torch.randn(size, size, device=device, dtype=dtype, generator=gen) for _ in range(2)]
