@@ -17,6 +17,7 @@ PAGES = [
            + FILLER * 3),
     ("爱因斯坦", "{{Infobox scientist |birth_date = {{birth date|1879|3|14}} |birth_place = [[乌尔姆]] "
              "|death_date = {{death date|1955|4|18}}}}'''爱因斯坦'''是出生于德国的理论物理学家，创立了相对论。" + FILLER * 3),
+    ("上海市", "{{Infobox settlement |population_total = 24870895}}'''上海市'''是中国的直辖市，位于长江入海口。" + FILLER * 3),
     ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。" + FILLER * 3),
 ] + [(f"话题{i}", f"'''话题{i}'''是一个话题。" + FILLER * 3) for i in range(6)]
 
@@ -68,3 +69,9 @@ def test_a_question_about_a_guitar_after_a_city_is_not_about_the_city(reader):
     first = reader.find("北京市的市长是谁？")
     found = reader.find("吉他是什么？", history=["北京市的市长是谁？", first.best.quoted])
     assert all(link.subject != first.links[0].subject for link in found.links), found.links
+
+
+def test_a_city_is_named_without_its_rank(reader):
+    """上海 for 上海市: zhwiki's title says the rank, people do not ("names nothing the graph knows")."""
+    found = reader.find("上海的人口是多少？")
+    assert found.links and found.links[0].title == "上海市" and found.best.text == "24870895", found.items[:3]

@@ -161,6 +161,15 @@ def without_qualifier(title: str) -> str:
     return re.sub(r"\s*\([^()]*\)$", "", title)  # "Animalia (book)" -> "Animalia"
 
 
+# zhwiki names a city or a province with its rank, and people leave it out: 上海市 is 上海
+_ZH_RANK = re.compile(rf"(?<=[{CJK}]{{2}})(?:特别行政区|特別行政區|自治区|自治區|市|省|县|縣)$")
+
+
+def without_rank(title: str) -> str:
+    """'上海市' -> '上海', '黑龙江省' -> '黑龙江'; other titles as they are (城市 keeps its 市)."""
+    return _ZH_RANK.sub("", title)
+
+
 class KnowledgeWriter:
     """Builds knowledge.sqlite: add articles (in the order of articles.jsonl.gz) and redirects,
     then close() -> counts. Writes PATH.tmp and renames it only when it is whole."""
@@ -226,9 +235,11 @@ def _write_names(db: sqlite3.Connection):
     (SQLite inserts an INSERT ... SELECT's rows in the SELECT's order)."""
     db.create_function("name_key", 1, name_key, deterministic=True)
     db.create_function("without_qualifier", 1, without_qualifier, deterministic=True)
+    db.create_function("without_rank", 1, without_rank, deterministic=True)
     names = ("SELECT name_key(title), no, 0 FROM articles ORDER BY no",
              "SELECT name_key(alias), subject, 1 FROM aliases ORDER BY rowid",
              "SELECT name_key(without_qualifier(title)), no, 2 FROM articles ORDER BY no",
+             "SELECT name_key(without_rank(title)), no, 2 FROM articles ORDER BY no",
              f"SELECT name_key(value), subject, 2 FROM facts WHERE attribute IN ({','.join('?' * len(NAME_FACTS))}) "
              "AND length(value) <= 80 ORDER BY subject, ord",
              "SELECT name_key(name), subject, 2 FROM lead_names ORDER BY rowid")  # "Asphalt, also known as bitumen"
