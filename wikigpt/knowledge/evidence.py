@@ -26,7 +26,7 @@ from wikigpt.knowledge.found import Found, Item
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.replies import without_abstention
-from wikigpt.knowledge.analysis import STOPWORDS, terms
+from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
@@ -52,7 +52,6 @@ MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
 # on dev's 28, 0.7 answers 16 right and 2 wrong (all: 11 and 1; 0.6: 17 and 3)
 SETTLED = 0.7
 NAME_CONNECTORS = {"of", "the", "and", "de", "la", "le", "von", "van", "du", "da", "del", "y", "in", "on", "for", "&"}
-CJK_WORD = re.compile(f"[{CJK}]")
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
 # what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
 # but there are exceptions such as carboranes and boric acid"
@@ -182,7 +181,7 @@ class Reader:
         for word in phrases:  # Chinese words and phrases ("real name") first: not split at spaces
             # a Chinese word also covers itself, as zhwiki's infoboxes name their fields (首都); by
             # its runs of two or more (one character, 都 "all" in 首都, would cover any sentence)
-            own = [t for t in terms(word) if len(t) > 1] if CJK_WORD.match(word) else []
+            own = [t for t in terms(word) if len(t) > 1] if CJK_RUN.match(word) else []
             self._ask(asked, [], terms(ASKED[word]) + own)
         rest = without_zh_question_words(rest)  # "那它的 ..." (its entity carried: linking.carried)
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):

@@ -33,10 +33,9 @@ OUT_OF_CORPUS = {"en": ["What is {t}?", "Who was {t}?", "Tell me about {t}.", "W
 # well-known names, asked about in Chinese: out of an English corpus (and dropped where the corpus has them)
 ZH_NAMES = ["阿富汗", "法国", "孔子", "黄河", "莎士比亚", "日本", "长江", "爱因斯坦", "埃及", "巴西", "牛顿", "长城",
             "印度", "月球", "罗马", "亚马孙河", "贝多芬", "北京", "太阳", "西藏"]
-ZH_WORDS = {}  # capital -> 首都: a field's first Chinese word in the table (simplified, the everyday one)
-for _word, _field in ASKED.items():
-    if re.match(r"[\u4e00-\u9fff]", _word) and " " not in _field:
-        ZH_WORDS.setdefault(_field, _word)
+# capital -> 首都: a field's first Chinese word in the table (simplified, the everyday one): read backwards,
+# the first one is written last
+ZH_WORDS = {v: k for k, v in reversed(ASKED.items()) if re.match(r"[\u4e00-\u9fff]", k) and " " not in v}
 KINDS = ("lead", "fact", "section", "out-of-corpus")
 
 
