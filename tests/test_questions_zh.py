@@ -18,6 +18,7 @@ PAGES = [
     ("爱因斯坦", "{{Infobox scientist |birth_date = {{birth date|1879|3|14}} |birth_place = [[乌尔姆]] "
              "|death_date = {{death date|1955|4|18}}}}'''爱因斯坦'''是出生于德国的理论物理学家，创立了相对论。" + FILLER * 3),
     ("上海市", "{{Infobox settlement |population_total = 24870895}}'''上海市'''是中国的直辖市，位于长江入海口。" + FILLER * 3),
+    ("臺北市", "{{Infobox settlement |population_total = 2510000}}'''臺北市'''是臺灣的直轄市。" + FILLER * 3),
     ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。" + FILLER * 3),
 ] + [(f"话题{i}", f"'''话题{i}'''是一个话题。" + FILLER * 3) for i in range(6)]
 
@@ -75,3 +76,15 @@ def test_a_city_is_named_without_its_rank(reader):
     """上海 for 上海市: zhwiki's title says the rank, people do not ("names nothing the graph knows")."""
     found = reader.find("上海的人口是多少？")
     assert found.links and found.links[0].title == "上海市" and found.best.text == "24870895", found.items[:3]
+
+
+@pytest.mark.parametrize("question, title, text", [
+    ("台北市的人口是多少？", "臺北市", "2510000"),  # the title in traditional characters, the question in simplified
+    ("台北的人口是多少？", "臺北市", "2510000"),  # and without its rank
+    ("愛因斯坦出生於哪裡？", "爱因斯坦", "乌尔姆"),  # the title in simplified, the question in traditional
+])
+def test_a_name_is_linked_in_either_script(reader, question, title, text):
+    """zhwiki titles an article in the script its authors wrote; people ask in theirs (臺北市 was
+    linked only when asked as 臺北市)."""
+    found = reader.find(question)
+    assert found.links and found.links[0].title == title and found.best.text == text, (found.links, found.items[:3])

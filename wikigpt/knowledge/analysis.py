@@ -82,6 +82,12 @@ def simplified() -> dict[int, str]:
     return {ord(c): s for c in map(chr, range(0x4E00, 0xA000)) if (s := t2s.convert(c)) != c and len(s) == 1}
 
 
+def in_simplified(text: str) -> str:
+    """Text with its traditional characters read as simplified ones (臺北101 -> 台北101); text
+    without Chinese as it is (OpenCC is not loaded for it)."""
+    return text.translate(simplified()) if CJK_RUN.search(text) else text
+
+
 @lru_cache(maxsize=1 << 14)
 def _remembered(text: str) -> str:
     return " ".join(analyse_terms(text))

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from wikigpt.prep.data import DatasetError
 from wikigpt.run.durable import replace_durably
+from wikigpt.knowledge.analysis import in_simplified
 from wikigpt.knowledge.sentences import CJK
 
 KNOWLEDGE = "knowledge.sqlite"
@@ -236,13 +237,18 @@ def _write_names(db: sqlite3.Connection):
     db.create_function("name_key", 1, name_key, deterministic=True)
     db.create_function("without_qualifier", 1, without_qualifier, deterministic=True)
     db.create_function("without_rank", 1, without_rank, deterministic=True)
+    db.create_function("in_simplified", 1, in_simplified, deterministic=True)
     names = ("SELECT name_key(title), no, 0 FROM articles ORDER BY no",
              "SELECT name_key(alias), subject, 1 FROM aliases ORDER BY rowid",
              "SELECT name_key(without_qualifier(title)), no, 2 FROM articles ORDER BY no",
              "SELECT name_key(without_rank(title)), no, 2 FROM articles ORDER BY no",
              f"SELECT name_key(value), subject, 2 FROM facts WHERE attribute IN ({','.join('?' * len(NAME_FACTS))}) "
              "AND length(value) <= 80 ORDER BY subject, ord",
-             "SELECT name_key(name), subject, 2 FROM lead_names ORDER BY rowid")  # "Asphalt, also known as bitumen"
+             "SELECT name_key(name), subject, 2 FROM lead_names ORDER BY rowid",  # "Asphalt, also known as bitumen"
+             # a Chinese title in the other script (臺北101 as 台北101): questions are looked up in both
+             "SELECT name_key(in_simplified(title)), no, 2 FROM articles ORDER BY no",
+             "SELECT name_key(in_simplified(alias)), subject, 2 FROM aliases ORDER BY rowid",
+             "SELECT name_key(in_simplified(without_rank(title))), no, 2 FROM articles ORDER BY no")
     for select in names:
         db.execute(f"INSERT OR IGNORE INTO names {select}", NAME_FACTS if "facts" in select else ())
     # a person by surname ("Schopenhauer", "Lincoln" in a reply), when no other name has that key
@@ -414,7 +420,10 @@ class Knowledge:
                 words = [u for u, _, _ in units[i:i + n]]
                 if all(w in stopwords or w in ZH_FUNCTION_CHARS or (len(w) == 1 and w.isascii()) for w in words):
                     continue
-                spans.setdefault(" ".join(words), []).append((i, n, 0))
+                key = " ".join(words)
+                spans.setdefault(key, []).append((i, n, 0))
+                if (folded := in_simplified(key)) != key:  # 臺北101 names 台北101 too (the graph holds both)
+                    spans.setdefault(folded, []).append((i, n, 0))
                 if n > MAX_NUMBER_UNITS:
                     continue  # names that long are titles of works, written as they are
                 singular = _singular(words[-1])
