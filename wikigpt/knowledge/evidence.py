@@ -30,7 +30,7 @@ from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, YES_NO, answer_type, has_new,
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_NEGATION, answer_type, asks_yes_or_no, has_new,
                                         question_kind, spelled_out, table_phrases, table_words, typed_distance,
                                         without_lead_in, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
@@ -335,7 +335,7 @@ class Reader:
             ranked = [replace(i, score=round(self.ranker.score(x), 4)) for i, x in zip(ranked, measured)]
             order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
             ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
-        if YES_NO.match(form) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
+        if asks_yes_or_no(form) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
             ranked = self.yes_or_no(form, asked, ranked)
         elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
@@ -402,7 +402,8 @@ class Reader:
         """What an acronym the question asks about stands for: the run of words in the named
         entity's lead or the retrieved passages whose first letters spell it ("ASCII" ->
         "American Standard Code for Information Interchange", "ANOVA" -> "analysis of variance")."""
-        if not STANDS_FOR.search(question) and len(question.split()) > 4:  # "What's UNITA?" asks it too
+        # "What's UNITA?", "DNA是什么？" ask it too (a Chinese character counts as a word: "DNA双螺旋结构是谁发现的？" does not)
+        if not STANDS_FOR.search(question) and len(re.findall(rf"[{CJK}]|[^\s{CJK}]+", question)) > 4:
             return []
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]
         texts = [(l.title, self.index.passages[int(self.index.lead_ids[l.subject])]["text"]) for l in links[:1]]
@@ -431,10 +432,12 @@ class Reader:
         for item in ranked[:5]:
             if item.kind in ("sentence", "lead", "section") and asked.weights and \
                     asked.coverage(set(terms(item.text)) | set(terms(item.attribute))) >= SETTLED:
-                no = bool(NEGATION.search(item.text)) != bool(NEGATION.search(question))
+                negation = ZH_NEGATION if CJK_RUN.search(question) else NEGATION
+                no = bool(negation.search(item.text)) != bool(negation.search(question))
                 if any(set(terms(m[1])) & set(asked.weights) for m in EXCEPTED.finditer(item.text)):
                     no = not no  # what it says, it says of all but the thing asked ("... except British Columbia")
-                answer = replace(item, kind="yes/no", text=f"{'No' if no else 'Yes'}: {item.text}")
+                said = ("不是：" if no else "是的：") if CJK_RUN.search(question) else ("No: " if no else "Yes: ")
+                answer = replace(item, kind="yes/no", text=f"{said}{item.text}")
                 return [answer] + low
         return low
 

@@ -78,8 +78,8 @@ def holds(text: str, answers: list[str]) -> bool:
     """An accepted answer is in the text, case, spaces, punctuation and digit grouping aside
     (yes/no: the text starts with it)."""
     said = words(DIGIT_GROUP.sub("", text))
-    if answers in (["yes"], ["no"]):
-        return said[:1] == answers
+    if answers in (["yes"], ["no"]):  # in English or Chinese (是的 / 不是: evidence.yes_or_no)
+        return any(said[:len(w)] == w for w in ([answers[0]], words({"yes": "是的", "no": "不是"}[answers[0]])))
     padded = f" {' '.join(said)} "
     return any(f" {' '.join(words(DIGIT_GROUP.sub('', a)))} " in padded for a in answers if words(a))
 

@@ -124,9 +124,15 @@ AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris"
 DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|tell\s+me\s+about|describe)\s+"
                         r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
+# Chinese asks yes or no at its end (吗) or with 是否 / 是不是 / 有没有 inside, unless a question word
+# asks for something ("你知道长江有多长吗？" asks how long)
+ZH_YES_NO = re.compile(r"[吗嗎][？?！!。.\s]*$|是否|是不是|有没有|有沒有|能否|可否|对不对|對不對")
+ZH_ASKS_WHAT = re.compile(r"什么|什麼|哪|谁|誰|多少|几|幾|多[长長高大远遠重久深]|怎么|怎麼|为什么|為什麼|如何|何时|何時")
+# what says no in a Chinese sentence ("这一说法是错误的": the claim asked about is false)
+ZH_NEGATION = re.compile(r"不是|并非|並非|并不|並不|不属|不屬|没有|沒有|从未|從未|尚未|并未|並未|错误|錯誤|不能|无法|無法|不可能")
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
                       r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
-STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b", re.I)
+STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b|代表什[么麼]|全[称稱]|[缩縮][写寫]", re.I)
 ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
 SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
 # A Chinese follow-up opens with its pronoun ("它的面积是多少？", "那他的妻子呢？"); inside a question the
@@ -337,7 +343,7 @@ def question_kind(question: str, follow_up: bool, linked: bool, best_kind: str) 
         return "follow-up"
     if not linked:
         return "named nothing"
-    if YES_NO.match(form):
+    if asks_yes_or_no(form):
         return "yes/no"
     if STANDS_FOR.search(form):
         return "stands for"
@@ -348,6 +354,11 @@ def question_kind(question: str, follow_up: bool, linked: bool, best_kind: str) 
     if SUPERLATIVE.search(form):
         return "superlative"
     return answer_type(form) or "other"
+
+
+def asks_yes_or_no(form: str) -> bool:
+    """Whether a question (read after its lead-in) asks yes or no: "Is X ...?", "X是Y吗？"."""
+    return bool(YES_NO.match(form) or ZH_YES_NO.search(form) and not ZH_ASKS_WHAT.search(form))
 
 
 def answer_type(form: str) -> str:
