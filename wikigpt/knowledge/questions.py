@@ -125,9 +125,11 @@ DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|
                         r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
 # Chinese asks yes or no at its end (吗) or with 是否 / 是不是 / 有没有 inside, unless a question word
-# asks for something ("你知道长江有多长吗？" asks how long)
+# asks for something ("你知道长江有多长吗？" asks how long) or it asks to be told ("你知道孔子吗？", as
+# "Do you know ...?" in English: evidence.Reader.rank)
 ZH_YES_NO = re.compile(r"[吗嗎][？?！!。.\s]*$|是否|是不是|有没有|有沒有|能否|可否|对不对|對不對")
-ZH_ASKS_WHAT = re.compile(r"什么|什麼|哪|谁|誰|多少|几|幾|多[长長高大远遠重久深]|怎么|怎麼|为什么|為什麼|如何|何时|何時")
+ZH_ASKS_WHAT = re.compile(r"什么|什麼|哪|谁|誰|多少|几|幾|多[长長高大远遠重久深]|怎么|怎麼|为什么|為什麼|如何|何时|何時|"
+                          r"知道|了解|认识|認識|介绍|介紹|[讲講说說]{2}")
 # what says no in a Chinese sentence ("这一说法是错误的": the claim asked about is false)
 ZH_NEGATION = re.compile(r"不是|并非|並非|并不|並不|不属|不屬|没有|沒有|从未|從未|尚未|并未|並未|错误|錯誤|不能|无法|無法|不可能")
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
