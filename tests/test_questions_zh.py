@@ -111,7 +111,7 @@ def test_a_question_word_before_ma_asks_for_the_thing_not_yes_or_no(reader):
     found = reader.find("你知道北京市的市长是谁吗？")
     assert found.answerable and found.best.text == "殷勇", found.items[:3]
     told = reader.find("你知道大熊猫吗？")  # "do you know ...?": tell me about it (was "not found", 0.6)
-    assert told.answerable and told.best.kind == "lead" and told.best.title == "大熊猫", told.items[:3]
+    assert told.best.kind == "lead" and told.best.title == "大熊猫" and told.score > 0.9, told.items[:3]
 
 
 def test_an_acronym_inside_a_chinese_question_is_not_asked_to_be_spelled_out(reader):
