@@ -22,7 +22,12 @@ PAGES = [
     ("上海市", "{{Infobox settlement |population_total = 24870895}}'''上海市'''是中国的直辖市，位于长江入海口。" + FILLER * 3),
     ("臺北市", "{{Infobox settlement |population_total = 2510000}}'''臺北市'''是臺灣的直轄市。" + FILLER * 3),
     ("大熊猫", "'''大熊猫'''是中国特有的熊科动物。\n\n" + FILLER + "\n\n== 习性 ==\n大熊猫虽属食肉目，但其食物的99%是竹子。"
-            "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n" + FILLER * 2),
+            "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n== 保护 ==\n第四次调查的结果：野生大熊猫数量为1,864只。\n\n"
+            + FILLER * 2),
+    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。"
+           "\n\n" + FILLER * 2),
+    ("长城", "'''长城'''是中国古代的军事防御工程。\n\n" + FILLER + "\n\n== 历史 ==\n明朝对长城进行了大规模的修建。中国有一种说法认为长城在月球上也能看到。"
+           "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
     ("脱氧核糖核酸", "'''脱氧核糖核酸'''（缩写为'''DNA'''）是一种生物大分子，携带遗传信息。\n\n" + FILLER +
                "\n\n== 历史 ==\n1953年，詹姆斯·沃森和弗朗西斯·克里克发表了DNA双螺旋结构模型。\n\n" + FILLER * 2),
     ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。" + FILLER * 3),
@@ -130,3 +135,30 @@ def test_out_of_corpus_questions_name_nothing_a_fact_names(reader):
     titles = [t for t, _ in PAGES]
     questions = [i.question for i in out_of_corpus_items(reader, titles, 40, zh_names=[])]
     assert [q for q in questions if "广义相对论" in q] and not [q for q in questions if "诺贝尔" in q], questions
+
+
+@pytest.mark.parametrize("question, text", [
+    ("明长城有多长？", "8,851.8公里"),  # 多长: a sentence says 长度, not the field name "length"
+    ("太阳表面温度是多少？", "5,772K"),  # 面温, a pair across two words no passage holds, weighed most
+    ("長城是哪一年被列為世界遺產的？", "1987年"),  # a year asked: a sentence with one covers "year"
+    ("野生大熊貓還有多少隻？", "1,864只"),  # 还有多少: how many are left (還有 in traditional)
+])
+def test_a_chinese_sentence_answers_the_number_or_date_asked(reader, question, text):
+    """Chinese answers in sentences scored under the threshold: the question's "how long", "which
+    year" and "how many" were read as words to find, where English reads them as the type of
+    answer asked (ANSWER_TYPES)."""
+    found = reader.find(question)
+    assert found.answerable and text in found.best.text, found.items[:3]
+
+
+def test_an_everyday_what_is_asks_for_the_lead(reader):
+    found = reader.find("大熊猫是啥？")  # 啥: "what" as people type it (was asked as a word, 0.5)
+    assert found.answerable and found.best.kind == "lead" and found.best.title == "大熊猫", found.items[:3]
+
+
+@pytest.mark.parametrize("question", ["法国是什么？", "澳大利亚的首都是哪里？", "莎士比亚写过哪些剧本？"])
+def test_a_chinese_name_the_corpus_lacks_is_not_found(reader, question):
+    """The pairs of characters no passage holds are dropped only beside a pair that one does (a
+    word boundary): 法国 itself, unseen, is what is asked."""
+    found = reader.find(question)
+    assert not found.answerable and found.score < 0.6, found.items[:3]  # 0.80 with 法国 dropped: 法 and 国 seen

@@ -26,7 +26,7 @@ from wikigpt.knowledge.found import Found, Item
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_key, without_qualifier
 from wikigpt.knowledge.ranker import Confidence, Ranker, features
 from wikigpt.knowledge.replies import without_abstention
-from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, terms
+from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
@@ -177,17 +177,27 @@ class Reader:
     def asked(self, question: str, links: list[Link]) -> Asked:
         """The question without the entity it is about and without its question words."""
         asked = Asked(tell=bool(TELL.search(question)))
-        phrases, rest = table_phrases(without_entity(question, links).lower())
+        phrases, rest = table_phrases(in_simplified(without_entity(question, links)).lower())  # 還有 as 还有
         for word in phrases:  # Chinese words and phrases ("real name") first: not split at spaces
             # a Chinese word also covers itself, as zhwiki's infoboxes name their fields (首都); by
             # its runs of two or more (one character, 都 "all" in 首都, would cover any sentence)
             own = [t for t in terms(word) if len(t) > 1] if CJK_RUN.match(word) else []
-            self._ask(asked, [], terms(ASKED[word]) + own)
+            self._ask(asked, [], [t for t in terms(ASKED[word]) if len(t) > 1 or not CJK_RUN.match(t)] + own)
         rest = without_zh_question_words(rest)  # "那它的 ..." (its entity carried: linking.carried)
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
             if w not in QUESTION_WORDS:
-                self._ask(asked, terms(w), terms(ASKED.get(w, "")))
+                self._ask(asked, self.seen_terms(w), terms(ASKED.get(w, "")))
         return asked
+
+    def seen_terms(self, words: str) -> list[str]:
+        """A run's terms, less the Chinese character pairs across two words: a pair no passage holds
+        beside one that does (面温 between 表面 and 温度) could be covered by nothing and would
+        weigh most (the rarest). A pair alone unseen stays: 法国 asked of a corpus without France."""
+        found = terms(words)
+        pairs = [t for t in found if len(t) == 2 and CJK_RUN.match(t)]
+        seen = {t for t in pairs if self.index.doc_freq(t)}
+        in_seen = {c for t in seen for c in t}
+        return [t for t in found if t not in pairs or t in seen or not in_seen & set(t)]
 
     def _ask(self, asked: Asked, own: list, synonyms: list = ()):
         """One asked word: its own terms (a Chinese word has none: then one term stands for

@@ -30,7 +30,9 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "多少", "告诉", "关于", "介绍", "知道", "请问", "一下", "的事", "吗", "呢", "谁", "哪", "是", "的",
                      "请", "我", "你", "了", "有", "在", "？", "。", "！",
                      # forms of "which" / "whether" (a follow-up's 它 / 他 / 她: ZH_LEAD)
-                     "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位", "是不是", "是否", "有没有"]
+                     "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位", "是不是", "是否", "有没有",
+                     # everyday forms: 是啥 / 叫啥 (what), 还有多少 (how many are left)
+                     "是啥", "叫啥", "啥", "还有多少", "还有"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -76,7 +78,11 @@ ASKED = {
     "什么时候": "date year", "何时": "date year", "哪一年": "year date", "出生地": "birth place",
     "出生于哪里": "birth place", "出生在哪里": "birth place", "在哪里出生": "birth place", "在哪出生": "birth place",
     "高度": "height elevation", "多高": "height elevation", "海拔": "elevation", "长度": "length", "多长": "length",
+    # and the words a Chinese sentence says them with (a sentence has no field name: "总长度为8,851.8公里")
+    "哪天": "date", "哪一天": "date", "哪年": "year date", "多远": "distance 距离", "多重": "weight mass 重量 质量",
 }
+# the Chinese words of the table's "how ..." questions that a Chinese sentence answers with
+ASKED |= {"多长": "length 长度 全长", "多高": "height elevation 高度 海拔"}
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
 TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没",
@@ -94,6 +100,10 @@ ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?numb
                 # "where was he from?", "what country was she from", "what nationality was X?"
                 ("origin", re.compile(r"\b(?:where|what (?:country|state|nation|nationality))\b"  # bounded: linear
                                       r"(?![^?!.]{0,80}?\b(?:name|word)\b)[^?!.]{0,80}?\bfrom\b|\bnationality\b", re.I))]
+# Chinese asks a date or a number with its own words, first: 几月几号 is a date, 多少 any number (温度是多少:
+# "5,772K"; a count of things is English's "how many")
+ANSWER_TYPES = [("date", re.compile(r"什么时候|什麼時候|何时|何時|哪一?[年天日]|[几幾][月号號]|哪个世纪|哪個世紀")),
+                ("number", re.compile(r"多少|[几幾]|多[高长長远遠大重深久宽寬]"))] + ANSWER_TYPES
 MEASURED_TYPES = ("count", "number", "date", "person")  # whose distance to the asked words is measured (typed_distance)
 # a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
 # and Latin Extended-A, whose upper and lower case letters alternate: counted as either)
@@ -104,7 +114,10 @@ _MONTHS = "january|february|march|april|may|june|july|august|september|october|n
 NUMBER_WORDS = ("two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
                 "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
                 "thousands?|millions?|billions?|dozens?")
-HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b", re.I), "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b", re.I),
+_ZH_NUMERALS = "[一二三四五六七八九十两兩百千万萬亿億]+(?=[个個位座条條种種次所只隻名])"  # 九个省, 两种元素
+HAS_TYPE = {"number": re.compile(rf"\d+(?:[.,]\d+)*|\b(?:{NUMBER_WORDS})\b|{_ZH_NUMERALS}", re.I),
+            # 1989年11月9日, 14世纪: no word boundary between a digit and a Chinese character
+            "date": re.compile(rf"\b\d{{3,4}}\b|\b(?:{_MONTHS})\b|\bcentury\b|\d{{1,4}}年|\d{{1,2}}月|世[纪紀]", re.I),
             "person": re.compile(rf"(?<!^)(?<![.!?] )\b{_UPPER}{_LOWER}+(?:\s+{_UPPER}\.?)*\s+{_UPPER}(?:['’]{_UPPER})?{_LOWER}+")}
 # how many: a number that is not a year ("he directed his last movie in 1961" says no count), unless
 # what it counts follows it ("about 2000 people")
