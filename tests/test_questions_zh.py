@@ -25,7 +25,7 @@ PAGES = [
             "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n== 保护 ==\n第四次调查的结果：野生大熊猫数量为1,864只。\n\n"
             + FILLER * 2),
     ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。"
-           "\n\n" + FILLER * 2),
+           "\n\n" + FILLER + "\n\n== 形成 ==\n约46亿年前，一团分子云在引力作用下坍缩，形成了太阳。\n\n" + FILLER),
     ("长城", "'''长城'''是中国古代的军事防御工程。\n\n" + FILLER + "\n\n== 历史 ==\n明朝对长城进行了大规模的修建。中国有一种说法认为长城在月球上也能看到。"
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
     ("脱氧核糖核酸", "'''脱氧核糖核酸'''（缩写为'''DNA'''）是一种生物大分子，携带遗传信息。\n\n" + FILLER +
@@ -154,6 +154,8 @@ def test_a_chinese_sentence_answers_the_number_or_date_asked(reader, question, t
 def test_an_everyday_what_is_asks_for_the_lead(reader):
     found = reader.find("大熊猫是啥？")  # 啥: "what" as people type it (was asked as a word, 0.5)
     assert found.answerable and found.best.kind == "lead" and found.best.title == "大熊猫", found.items[:3]
+    how = reader.find("太阳是怎么形成的？")  # 怎么: "how", no word the section says
+    assert how.answerable and how.best.attribute == "形成" and how.score >= 0.95, how.items[:3]
 
 
 @pytest.mark.parametrize("question", ["法国是什么？", "澳大利亚的首都是哪里？", "莎士比亚写过哪些剧本？"])

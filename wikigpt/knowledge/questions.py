@@ -31,8 +31,8 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "请", "我", "你", "了", "有", "在", "？", "。", "！",
                      # forms of "which" / "whether" (a follow-up's 它 / 他 / 她: ZH_LEAD)
                      "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位", "是不是", "是否", "有没有",
-                     # everyday forms: 是啥 / 叫啥 (what), 还有多少 (how many are left)
-                     "是啥", "叫啥", "啥", "还有多少", "还有"]
+                     # everyday forms: 是啥 / 叫啥 (what), 还有多少 (how many are left), 怎么 / 如何 (how)
+                     "是啥", "叫啥", "啥", "还有多少", "还有", "是怎么", "怎么", "怎样", "如何", "为什么"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
