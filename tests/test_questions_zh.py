@@ -24,7 +24,7 @@ PAGES = [
     ("大熊猫", "'''大熊猫'''是中国特有的熊科动物。\n\n" + FILLER + "\n\n== 习性 ==\n大熊猫虽属食肉目，但其食物的99%是竹子。"
             "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n== 保护 ==\n第四次调查的结果：野生大熊猫数量为1,864只。\n\n"
             + FILLER * 2),
-    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。"
+    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。太阳的核心温度约为1,570万K。"
            "\n\n" + FILLER + "\n\n== 形成 ==\n约46亿年前，一团分子云在引力作用下坍缩，形成了太阳。\n\n" + FILLER),
     ("长城", "'''长城'''是中国古代的军事防御工程。\n\n" + FILLER + "\n\n== 历史 ==\n明朝对长城进行了大规模的修建。中国有一种说法认为长城在月球上也能看到。"
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
@@ -164,3 +164,11 @@ def test_a_chinese_name_the_corpus_lacks_is_not_found(reader, question):
     word boundary): 法国 itself, unseen, is what is asked."""
     found = reader.find(question)
     assert not found.answerable and found.score < 0.6, found.items[:3]  # 0.80 with 法国 dropped: 法 and 国 seen
+
+
+def test_and_what_about_in_chinese_carries_the_last_entity(reader):
+    """那核心呢？ ("and the core?") names no pronoun and a word the conversation has not said: it was
+    read as a new subject (as 吉他是什么？ is) and carried nothing."""
+    first = reader.find("太阳表面温度是多少？")
+    found = reader.find("那核心呢？", history=["太阳表面温度是多少？", first.best.quoted])
+    assert found.links and found.links[0].title == "太阳" and "1,570万K" in found.best.text, found.items[:3]

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from wikigpt.knowledge.analysis import STOPWORDS, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
-from wikigpt.knowledge.questions import (NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, table_phrases,
+from wikigpt.knowledge.questions import (NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, table_phrases,
                                          without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK
 from wikigpt.knowledge.replies import without_abstention
@@ -95,10 +95,12 @@ class Linker:
         carried link spans nothing of the question (units 0): nothing is cut from what it asks. A
         question that says it changes the subject ("unrelated, but ...": NEW_TOPIC) carries
         nothing, and nothing is carried past it; nor does one that names a name the conversation has
-        not used and says no "it" ("Who is Barack Obama?" after Angola's capital, "and Zimbabwe?")."""
+        not used and says no "it" ("Who is Barack Obama?" after Angola's capital, "and Zimbabwe?"),
+        unless it asks "and ...?" in Chinese (那核心呢？ after the sun's surface temperature)."""
         if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
             return links  # it names its own, or says it asks about something else
-        if not links and not PRONOUNS.search(question) and self.names_new(question, history):
+        if not links and not PRONOUNS.search(question) and not ZH_AND_WHAT.search(question) and \
+                self.names_new(question, history):
             return links  # about a name the graph lacks: not the last entity's
         person = PERSON_PRONOUNS.search(question)
         recent = list(enumerate(history))[-6:]  # the last three exchanges
