@@ -30,9 +30,9 @@ from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_NEGATION, answer_type, asks_yes_or_no, has_new,
-                                        question_kind, spelled_out, table_phrases, table_words, typed_distance,
-                                        without_lead_in, without_zh_question_words)
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_NEGATION, answer_type,
+                                        asks_yes_or_no, has_new, question_kind, spelled_out, table_phrases,
+                                        table_words, typed_distance, without_lead_in, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -412,7 +412,8 @@ class Reader:
         """What an acronym the question asks about stands for: the run of words in the named
         entity's lead or the retrieved passages whose first letters spell it ("ASCII" ->
         "American Standard Code for Information Interchange", "ANOVA" -> "analysis of variance")."""
-        # "What's UNITA?", "DNA是什么？" ask it too (a Chinese character counts as a word: "DNA双螺旋结构是谁发现的？" does not)
+        # "What's UNITA?", "DNA是什么？" ask it too (a Chinese character counts as a word:
+        # "DNA双螺旋结构是谁发现的？" does not)
         if not STANDS_FOR.search(question) and len(re.findall(rf"[{CJK}]|[^\s{CJK}]+", question)) > 4:
             return []
         acronyms = [a for a in ACRONYM.findall(question)] + [l.title for l in links if ACRONYM.fullmatch(l.title)]

@@ -77,12 +77,12 @@ ASKED = {
     # Chinese forms of "when", "where ... born", "how tall / long"
     "什么时候": "date year", "何时": "date year", "哪一年": "year date", "出生地": "birth place",
     "出生于哪里": "birth place", "出生在哪里": "birth place", "在哪里出生": "birth place", "在哪出生": "birth place",
-    "高度": "height elevation", "多高": "height elevation", "海拔": "elevation", "长度": "length", "多长": "length",
-    # and the words a Chinese sentence says them with (a sentence has no field name: "总长度为8,851.8公里")
-    "哪天": "date", "哪一天": "date", "哪年": "year date", "多远": "distance 距离", "多重": "weight mass 重量 质量",
+    # "how tall / long / far / heavy": the field's name, and the words a Chinese sentence says it with (a
+    # sentence has no field name: "明长城的总长度为8,851.8公里")
+    "高度": "height elevation", "多高": "height elevation 高度 海拔", "海拔": "elevation", "长度": "length",
+    "多长": "length 长度 全长", "多远": "distance 距离", "多重": "weight mass 重量 质量",
+    "哪天": "date", "哪一天": "date", "哪年": "year date",
 }
-# the Chinese words of the table's "how ..." questions that a Chinese sentence answers with
-ASKED |= {"多长": "length 长度 全长", "多高": "height elevation 高度 海拔"}
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
 TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没",
