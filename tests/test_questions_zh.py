@@ -172,3 +172,20 @@ def test_and_what_about_in_chinese_carries_the_last_entity(reader):
     first = reader.find("太阳表面温度是多少？")
     found = reader.find("那核心呢？", history=["太阳表面温度是多少？", first.best.quoted])
     assert found.links and found.links[0].title == "太阳" and "1,570万K" in found.best.text, found.items[:3]
+
+
+@pytest.mark.parametrize("question, text", [
+    ("北京市的市长叫什么？", "殷勇"),  # 叫什么: "what is it called" (叫 was asked, as a word no field says)
+    ("北京的人口是多少啊", "21893095"),  # a last particle
+    ("有人知道北京市的市长是谁吗", "殷勇"),  # "does anyone know ...": who, not yes or no
+    ("爱因斯坦啥时候出生的", "1879年3月14日"),  # 啥时候: when
+])
+def test_colloquial_chinese_forms_ask_what_their_plain_forms_ask(reader, question, text):
+    found = reader.find(question)
+    assert found.answerable and found.best.text == text, found.items[:3]
+
+
+def test_an_area_asked_how_big_is_the_area(reader):
+    first = reader.find("北京的人口是多少？")
+    found = reader.find("那面积有多大？", history=["北京的人口是多少？", first.best.quoted])
+    assert found.answerable and found.best.attribute == "area total", found.items[:3]  # 多大 was asked as a word

@@ -32,7 +32,12 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      # forms of "which" / "whether" (a follow-up's 它 / 他 / 她: ZH_LEAD)
                      "哪一个", "哪一位", "哪一座", "哪一", "哪座", "哪位", "是不是", "是否", "有没有",
                      # everyday forms: 是啥 / 叫啥 (what), 还有多少 (how many are left), 怎么 / 如何 (how)
-                     "是啥", "叫啥", "啥", "还有多少", "还有", "是怎么", "怎么", "怎样", "如何", "为什么"]
+                     "是啥", "叫啥", "啥", "还有多少", "还有", "是怎么", "怎么", "怎样", "如何", "为什么",
+                     # what it is called (叫 / 称为 is the sentence's word, not asked), who knows, a last particle
+                     "叫什么", "叫做什么", "称为什么", "有人知道", "有谁知道", "谁知道", "我想知道", "想知道",
+                     "啊", "呀", "嘛", "啦", "哦"]
+# "which" with its measure word (哪首 "which song", 哪部, 哪条): the measure word is no word of what is asked
+ZH_QUESTION_WORDS += [f"哪{m}" for m in "首部本条所家种场届支只颗块"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -81,7 +86,8 @@ ASKED = {
     # sentence has no field name: "明长城的总长度为8,851.8公里")
     "高度": "height elevation", "多高": "height elevation 高度 海拔", "海拔": "elevation", "长度": "length",
     "多长": "length 长度 全长", "多远": "distance 距离", "多重": "weight mass 重量 质量",
-    "哪天": "date", "哪一天": "date", "哪年": "year date",
+    "哪天": "date", "哪一天": "date", "哪年": "year date", "啥时候": "date year", "多大": "area size 面积",
+    "意思": "meaning 意为 意思 意指 含义",  # 在藏语中意为“大地之母”
 }
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
@@ -102,7 +108,7 @@ ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?numb
                                       r"(?![^?!.]{0,80}?\b(?:name|word)\b)[^?!.]{0,80}?\bfrom\b|\bnationality\b", re.I))]
 # Chinese asks a date or a number with its own words, first: 几月几号 is a date, 多少 any number (温度是多少:
 # "5,772K"; a count of things is English's "how many")
-ANSWER_TYPES = [("date", re.compile(r"什么时候|什麼時候|何时|何時|哪一?[年天日]|[几幾][月号號]|哪个世纪|哪個世紀")),
+ANSWER_TYPES = [("date", re.compile(r"[什啥][么麼]?时候|[什啥][麼]?時候|何时|何時|哪一?[年天日]|[几幾][月号號]|哪个世纪|哪個世紀")),
                 ("number", re.compile(r"多少|[几幾]|多[高长長远遠大重深久宽寬]"))] + ANSWER_TYPES
 MEASURED_TYPES = ("count", "number", "date", "person")  # whose distance to the asked words is measured (typed_distance)
 # a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
