@@ -30,7 +30,8 @@ PAGES = [
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
     ("脱氧核糖核酸", "'''脱氧核糖核酸'''（缩写为'''DNA'''）是一种生物大分子，携带遗传信息。\n\n" + FILLER +
                "\n\n== 历史 ==\n1953年，詹姆斯·沃森和弗朗西斯·克里克发表了DNA双螺旋结构模型。\n\n" + FILLER * 2),
-    ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。" + FILLER * 3),
+    ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。\n\n" + FILLER +
+               "\n\n== 比较 ==\n珠穆朗玛峰比乔戈里峰高约237米。\n\n" + FILLER * 2),
 ] + [(f"话题{i}", f"'''话题{i}'''是一个话题。" + FILLER * 3) for i in range(6)]
 
 
@@ -102,7 +103,9 @@ def test_a_name_is_linked_in_either_script(reader, question, title, text):
 
 
 @pytest.mark.parametrize("question, said", [("大熊猫是食肉目的吗？", "是的："), ("大熊貓是食肉目的嗎？", "是的："),
-                                            ("大熊猫会冬眠吗？", "不是：")])
+                                            ("大熊猫会冬眠吗？", "不是："),
+                                            ("珠穆朗玛峰比乔戈里峰矮吗？", "不是："),  # the sentence says 高 (was 是的)
+                                            ("珠穆朗玛峰比乔戈里峰高吗？", "是的：")])
 def test_a_chinese_yes_or_no_question_is_answered_yes_or_no(reader, question, said):
     """吗 / 是否 ask yes or no as "Is ...?" does in English: the evidence that settles it, after 是的 or
     不是 (a sentence that calls the claim wrong says no); before, only English questions were read so."""

@@ -30,9 +30,10 @@ from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_NEGATION, answer_type,
-                                        asks_yes_or_no, has_new, question_kind, spelled_out, table_phrases,
-                                        table_words, typed_distance, without_lead_in, without_zh_question_words)
+                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_COMPARED, ZH_NEGATION,
+                                        ZH_OPPOSITE, answer_type, asks_yes_or_no, compared_the_other_way, has_new,
+                                        question_kind, spelled_out, table_phrases, table_words, typed_distance,
+                                        without_lead_in, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -187,6 +188,8 @@ class Reader:
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
             if w not in QUESTION_WORDS:
                 self._ask(asked, self.seen_terms(w), terms(ASKED.get(w, "")))
+        if (compared := ZH_COMPARED.search(rest)) and compared[1] in asked.covers:  # 比乔戈里峰矮吗？ - "比乔戈里峰高":
+            asked.covers[compared[1]].update(b for a, b in ZH_OPPOSITE if a == compared[1])  # settled, as no
         return asked
 
     def seen_terms(self, words: str) -> list[str]:
@@ -437,7 +440,8 @@ class Reader:
     def yes_or_no(self, question: str, asked: Asked, ranked: list[Item]) -> list[Item]:
         """A yes/no question is answered "Yes" or "No" with the evidence only when the evidence
         settles it: one of the best five covers SETTLED of what is asked (then "No" when the evidence or
-        the question, not both, is negated: "The aardvark is not closely related to the pig").
+        the question, not both, is negated: "The aardvark is not closely related to the pig", or the
+        evidence compares the other way: 冰的密度比水大吗？ - "冰的密度比液态水小").
         Otherwise every item falls below any threshold: "not found", never a bare sentence."""
         low = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]
         for item in ranked[:5]:
@@ -447,6 +451,8 @@ class Reader:
                 no = bool(negation.search(item.text)) != bool(negation.search(question))
                 if any(set(terms(m[1])) & set(asked.weights) for m in EXCEPTED.finditer(item.text)):
                     no = not no  # what it says, it says of all but the thing asked ("... except British Columbia")
+                if compared_the_other_way(question, item.text):
+                    no = not no
                 said = ("不是：" if no else "是的：") if CJK_RUN.search(question) else ("No: " if no else "Yes: ")
                 answer = replace(item, kind="yes/no", text=f"{said}{item.text}")
                 return [answer] + low

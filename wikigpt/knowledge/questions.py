@@ -151,6 +151,17 @@ ZH_ASKS_WHAT = re.compile(r"什么|什麼|哪|谁|誰|多少|几|幾|多[长長�
                           r"知道|了解|认识|認識|介绍|介紹|[讲講说說]{2}")
 # what says no in a Chinese sentence ("这一说法是错误的": the claim asked about is false)
 ZH_NEGATION = re.compile(r"不是|并非|並非|并不|並不|不属|不屬|没有|沒有|从未|從未|尚未|并未|並未|错误|錯誤|不能|无法|無法|不可能")
+# a comparison said the other way ("冰的密度比水大吗？" - "冰的密度比液态水小"): the answer is no
+_OPPOSITES = ["大小", "高低", "高矮", "多少", "长短", "長短", "重轻", "重輕", "早晚", "快慢", "深浅", "深淺", "远近",
+              "遠近", "冷热", "冷熱", "强弱", "強弱", "新旧", "新舊"]
+ZH_OPPOSITE = {(x, y) for a, b in _OPPOSITES for x, y in ((a, b), (b, a))}
+ZH_COMPARED = re.compile(rf"比[^，,。？?！!；;]{{1,12}}?([{''.join(sorted(set(''.join(_OPPOSITES))))}])")
+
+
+def compared_the_other_way(question: str, text: str) -> bool:
+    """Whether a text compares what a Chinese question compares with the opposite word (比...大 / 比...小)."""
+    asked, said = ZH_COMPARED.search(question), ZH_COMPARED.search(text)
+    return bool(asked and said and (asked[1], said[1]) in ZH_OPPOSITE)
 NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
                       r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
 STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b|代表什[么麼]|全[称稱]|[缩縮][写寫]", re.I)
