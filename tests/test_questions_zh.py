@@ -30,6 +30,8 @@ PAGES = [
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
     ("脱氧核糖核酸", "'''脱氧核糖核酸'''（缩写为'''DNA'''）是一种生物大分子，携带遗传信息。\n\n" + FILLER +
                "\n\n== 历史 ==\n1953年，詹姆斯·沃森和弗朗西斯·克里克发表了DNA双螺旋结构模型。\n\n" + FILLER * 2),
+    ("东京晴空塔", "'''东京晴空塔'''位于日本东京墨田区。\n\n" + FILLER + "\n\n== 概要 ==\n东京晴空塔高634米，2012年启用，"
+              "是世界上最高的电波塔。\n\n" + FILLER * 2),
     ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。\n\n" + FILLER +
                "\n\n== 比较 ==\n珠穆朗玛峰比乔戈里峰高约237米。\n\n" + FILLER * 2),
 ] + [(f"话题{i}", f"'''话题{i}'''是一个话题。" + FILLER * 3) for i in range(6)]
@@ -192,3 +194,16 @@ def test_an_area_asked_how_big_is_the_area(reader):
     first = reader.find("北京的人口是多少？")
     found = reader.find("那面积有多大？", history=["北京的人口是多少？", first.best.quoted])
     assert found.answerable and found.best.attribute == "area total", found.items[:3]  # 多大 was asked as a word
+
+
+def test_a_chinese_question_that_describes_what_it_asks_about_finds_the_sentence_that_says_so(reader):
+    """世界上最高的电波塔是哪个？ names nothing (Chinese describes where English would write a name):
+    the sentence that writes the description was scored as about nothing (0.80, under the threshold)."""
+    found = reader.find("世界上最高的电波塔是哪个？")
+    assert found.answerable and found.best.title == "东京晴空塔" and "634米" in found.best.text, found.items[:3]
+
+
+def test_a_name_only_mentioned_is_no_answer_to_who_it_is(reader):
+    """弗朗西斯·克里克 has no article: the sentence that mentions him says nothing of who he is."""
+    found = reader.find("弗朗西斯·克里克是谁？")
+    assert not found.answerable, found.items[:3]

@@ -31,9 +31,9 @@ from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
 from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
                                         QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_COMPARED, ZH_NEGATION,
-                                        ZH_OPPOSITE, answer_type, asks_yes_or_no, compared_the_other_way, has_new,
-                                        question_kind, spelled_out, table_phrases, table_words, typed_distance,
-                                        without_lead_in, without_zh_question_words)
+                                        ZH_OPPOSITE, ZH_WHAT_IS, answer_type, asks_yes_or_no, compared_the_other_way,
+                                        has_new, question_kind, spelled_out, table_phrases, table_words,
+                                        typed_distance, without_lead_in, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -45,6 +45,9 @@ PENDING = "pending"  # the index info's calibration until retrieve.py --build ha
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
 UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
+# a Chinese sentence writing this many characters of a question's description (and half of it) is about
+# what the question describes (says_half_of); on bench/zh_sample's dev, 3 answered one question more, 6 two fewer
+SAID_CHARS, MAX_DESCRIBED = 4, 40
 # what an acronym stands for, of the first few a question writes ("What do NFL and AFC stand
 # for?"): a question of capitalised words would otherwise search once per word
 MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
@@ -243,18 +246,23 @@ class Reader:
         subject = self.kb.subject(title) if self.kb is not None else None
         return None if subject is None else {h for h, _ in self.kb.sections(subject)}
 
-    def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None, implied: tuple = ()) -> float:
+    def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None, implied: tuple = (),
+              described: str = "") -> float:
         """(1 if the item is about the entity named, else UNLINKED) x (0.5 + 0.5 x coverage): the
         share of what is asked that the item covers. A question that asks nothing beyond its
         entity ("What is X?") is answered by X's lead sentence. Evidence about an entity the
         question does not name ("the largest country in Africa" -> Algeria) is weighed by how
-        much of the whole question (`whole`) it covers, its title included: up to 1 when all."""
+        much of the whole question (`whole`) it covers, its title included: up to 1 when all;
+        a Chinese sentence that writes half of what the question says (`described`, see
+        says_half_of) as about the entity named."""
         about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
         if item.kind == "expansion":  # the acronym asked about, spelled out beside it ("Lunar Module (LM)")
             return 1.0 if item.attribute.endswith("(beside it)") else 0.95  # above a sentence's most (0.925)
         if item.kind == "reverse":  # a fact whose value the question names: the subject answers it
             covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
             return 0.9 * (0.5 + 0.5 * covered)
+        if not subjects and described and item.kind in ("sentence", "lead") and says_half_of(described, item.text):
+            return 0.5 + 0.5 * 0.85 * whole.coverage(set(terms(item.text)) | set(implied))
         if not subjects and whole is not None and whole.weights and item.kind in ("sentence", "lead"):
             covered = 0.85 * whole.coverage(set(terms(item.text)) | set(terms(item.title)))
             return (UNLINKED + (1 - UNLINKED) * covered ** 2) * (0.5 + 0.5 * covered)
@@ -315,6 +323,8 @@ class Reader:
         for article in related:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
         kind = answer_type(form)
+        # (not "What is X?": a sentence that mentions a name the graph lacks says nothing of what it is)
+        described = zh_description(form) if not links and not asks_what_is(question, form) else ""
         known = known_terms(question, links)
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
@@ -324,7 +334,7 @@ class Reader:
         for order, item in enumerate(candidates):
             value = {"reverse": " " + item.title, "fact": " " + item.text}.get(item.kind, item.text)  # a name may open a value
             typed = bool(kind) and has_new(kind, value, known)
-            s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else ())
+            s = self.score(item, asked, subjects, whole, TYPE_WORDS.get(kind, ()) if typed else (), described)
             if kind and not typed:
                 s *= OFF_TYPE
             measured_near = typed and item.kind == "sentence" and kind in MEASURED_TYPES
@@ -457,6 +467,31 @@ class Reader:
                 answer = replace(item, kind="yes/no", text=f"{said}{item.text}")
                 return [answer] + low
         return low
+
+
+def asks_what_is(question: str, form: str) -> bool:
+    """Whether a question asks what or who something is, or to be told about it."""
+    return bool(TELL.search(question) or DEFINITION.match(form) or ZH_WHAT_IS.search(form))
+
+
+def zh_description(question: str) -> str:
+    """What a Chinese question says of the thing it asks about, without its question words and
+    spaces ("世界上最高的电波塔是哪个？" -> 世界上最高电波塔); '' for a question without Chinese or
+    longer than MAX_DESCRIBED (says_half_of's work grows with it)."""
+    if not CJK_RUN.search(question):
+        return ""
+    said = re.sub(r"\s+", "", without_zh_question_words(in_simplified(question).lower()))
+    return said if len(said) <= MAX_DESCRIBED else ""
+
+
+def says_half_of(described: str, text: str) -> bool:
+    """Whether a text writes at least half of a Chinese question's description as one run, and at
+    least SAID_CHARS characters: "东京晴空塔...是世界上最高的电波塔" for 世界上最高的电波塔是哪个？. Chinese
+    names the thing asked about by describing it, where English would write its name (a superlative,
+    a reverse look-up: 号青莲居士的是哪位诗人？); a run that long is as sure a sign as a name linked."""
+    n = max(SAID_CHARS, (len(described) + 1) // 2)  # a longer common run holds one of this length
+    text = in_simplified(text).lower()
+    return len(described) >= n and any(described[i:i + n] in text for i in range(len(described) - n + 1))
 
 
 def unknown_name_asked(question: str) -> bool:

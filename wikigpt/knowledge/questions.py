@@ -143,6 +143,8 @@ AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris"
 DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|tell\s+me\s+about|describe)\s+"
                         r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
 YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
+# what or who a name is: 孔子是谁？, X是啥 (not a description's "被称为诗仙的是谁？")
+ZH_WHAT_IS = re.compile(r"(?<!的)是(?:什么|什麼|谁|誰|啥)(?:人|东西|東西)?[啊呀吗嗎呢]?[\s？?！!。.]*$")
 # Chinese asks yes or no at its end (吗) or with 是否 / 是不是 / 有没有 inside, unless a question word
 # asks for something ("你知道长江有多长吗？" asks how long) or it asks to be told ("你知道孔子吗？", as
 # "Do you know ...?" in English: evidence.Reader.rank)
