@@ -35,7 +35,9 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "是啥", "叫啥", "啥", "还有多少", "还有", "是怎么", "怎么", "怎样", "如何", "为什么",
                      # what it is called (叫 / 称为 is the sentence's word, not asked), who knows, a last particle
                      "叫什么", "叫做什么", "称为什么", "有人知道", "有谁知道", "谁知道", "我想知道", "想知道",
-                     "啊", "呀", "嘛", "啦", "哦"]
+                     "啊", "呀", "嘛", "啦", "哦",
+                     # what someone does (是干嘛的: who is X), "this / that" (这个词 is the word the sentence says)
+                     "是干嘛的", "干嘛的", "是干什么的", "干什么的", "这个", "那个"]
 # "which" with its measure word (哪首 "which song", 哪部, 哪条): the measure word is no word of what is asked
 ZH_QUESTION_WORDS += [f"哪{m}" for m in "首部本条所家种场届支只颗块"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
