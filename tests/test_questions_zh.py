@@ -6,6 +6,7 @@ from conftest import dump_xml, page
 
 from prepare_wiki import main as prepare
 from wikigpt.knowledge.evidence import Reader
+from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.natural import holds
 from wikigpt.knowledge.qa_items import calibrate, out_of_corpus_items
 from wikigpt.knowledge.retrieval import add_index_info, build_index
@@ -24,7 +25,7 @@ PAGES = [
     ("大熊猫", "'''大熊猫'''是中国特有的熊科动物。\n\n" + FILLER + "\n\n== 习性 ==\n大熊猫虽属食肉目，但其食物的99%是竹子。"
             "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n== 保护 ==\n第四次调查的结果：野生大熊猫数量为1,864只。\n\n"
             + FILLER * 2),
-    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。太阳的核心温度约为1,570万K。"
+    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。太阳的核心温度约为1,570万K。太阳是一颗恒星，任何探测器都无法在其表面着陆。"
            "\n\n" + FILLER + "\n\n== 形成 ==\n约46亿年前，一团分子云在引力作用下坍缩，形成了太阳。\n\n" + FILLER),
     ("长城", "'''长城'''是中国古代的军事防御工程。\n\n" + FILLER + "\n\n== 历史 ==\n明朝对长城进行了大规模的修建。中国有一种说法认为长城在月球上也能看到。"
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
@@ -107,7 +108,14 @@ def test_a_name_is_linked_in_either_script(reader, question, title, text):
 @pytest.mark.parametrize("question, said", [("大熊猫是食肉目的吗？", "是的："), ("大熊貓是食肉目的嗎？", "是的："),
                                             ("大熊猫会冬眠吗？", "不是："),
                                             ("珠穆朗玛峰比乔戈里峰矮吗？", "不是："),  # the sentence says 高 (was 是的)
-                                            ("珠穆朗玛峰比乔戈里峰高吗？", "是的：")])
+                                            ("珠穆朗玛峰比乔戈里峰高吗？", "是的："),
+                                            # 有没有 / 是不是 hold 没有 / 不是: the question is no negation (was 不是)
+                                            ("长城有没有被列为世界遗产？", "是的："), ("大熊猫是不是食肉目的？", "是的："),
+                                            ("大熊猫有没有冬眠？", "不是："),
+                                            # a "not" that negates something else (无法 ... 着陆) says nothing
+                                            ("太阳是一颗恒星吗？", "是的："),
+                                            # compared the other way round: 乔戈里峰 is the lower one
+                                            ("乔戈里峰比珠穆朗玛峰矮吗？", "是的："), ("乔戈里峰比珠穆朗玛峰高吗？", "不是：")])
 def test_a_chinese_yes_or_no_question_is_answered_yes_or_no(reader, question, said):
     """吗 / 是否 ask yes or no as "Is ...?" does in English: the evidence that settles it, after 是的 or
     不是 (a sentence that calls the claim wrong says no); before, only English questions were read so."""
@@ -212,3 +220,17 @@ def test_a_name_only_mentioned_is_no_answer_to_who_it_is(reader):
     """弗朗西斯·克里克 has no article: the sentence that mentions him says nothing of who he is."""
     found = reader.find("弗朗西斯·克里克是谁？")
     assert not found.answerable, found.items[:3]
+
+
+def test_a_comparison_is_settled_only_by_a_sentence_that_makes_it(reader):
+    """珠穆朗玛峰比喜马拉雅山脉长吗？: the lead covers its words but compares nothing."""
+    found = reader.find("珠穆朗玛峰比喜马拉雅山脉长吗？")
+    assert not found.answerable and found.best.kind != "yes/no", found.items[:3]
+
+
+def test_yes_or_no_is_read_in_each_language():
+    from wikigpt.knowledge.yes_no import asks_yes_or_no, says_no
+    assert asks_yes_or_no("光合作用是地球上几乎所有生命的能量来源吗？")  # 几乎 "almost" asks no number
+    assert not asks_yes_or_no("长江有几个支流吗？")
+    assert says_no("The aardvark is not closely related to the pig.", set())  # English evidence, read as English
+    assert not says_no("黑洞是引力极强的区域，任何物质都无法从中逃脱。", set(terms("引力 极强 区域")))

@@ -29,11 +29,11 @@ from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.analysis import CJK_RUN, STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.retrieval import Index, Passage
 from wikigpt.knowledge.linking import MAX_REPLY_CHARS, Linker, clipped
-from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, NEGATION,
-                                        QUESTION_WORDS, STANDS_FOR, TELL, TYPE_WORDS, ZH_COMPARED, ZH_NEGATION,
-                                        ZH_OPPOSITE, ZH_WHAT_IS, answer_type, asks_yes_or_no, compared_the_other_way,
-                                        has_new, question_kind, spelled_out, table_phrases, table_words,
-                                        typed_distance, without_lead_in, without_zh_question_words)
+from wikigpt.knowledge.questions import (ACRONYM, ASKED, DEFINITION, MEASURED_TYPES, QUESTION_WORDS, STANDS_FOR,
+                                        TELL, TYPE_WORDS, ZH_WHAT_IS, answer_type, has_new, question_kind,
+                                        spelled_out, table_phrases, table_words, typed_distance, without_lead_in,
+                                        without_zh_question_words)
+from wikigpt.knowledge.yes_no import UNSETTLED, ZH_COMPARED, ZH_OPPOSITE, asks_yes_or_no, settle
 from wikigpt.knowledge.sentences import CJK, language, opening_sentence, split_sentences
 
 RETRIEVE_K = 8  # passages whose sentences compete as evidence
@@ -44,23 +44,14 @@ DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (
 PENDING = "pending"  # the index info's calibration until retrieve.py --build has chosen the threshold
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
-UNSETTLED = 0.6  # a yes/no question's evidence that does not settle it: below any threshold
 # a Chinese sentence writing this many characters of a question's description (and half of it) is about
 # what the question describes (says_half_of); on bench/zh_sample's dev, 3 answered one question more, 6 two fewer
 SAID_CHARS, MAX_DESCRIBED = 4, 40
 # what an acronym stands for, of the first few a question writes ("What do NFL and AFC stand
 # for?"): a question of capitalised words would otherwise search once per word
 MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
-# the share of a yes/no question's words (IDF-weighted) its evidence must hold: all of them left most
-# unsettled ("Is autism more common in boys?" - "It occurs four to five times more often in boys");
-# on dev's 28, 0.7 answers 16 right and 2 wrong (all: 11 and 1; 0.6: 17 and 3)
-SETTLED = 0.7
 NAME_CONNECTORS = {"of", "the", "and", "de", "la", "le", "von", "van", "du", "da", "del", "y", "in", "on", "for", "&"}
 _HEADING_LINE = re.compile(r"^[^.!?。！？:;,]{1,60}$")  # a line that looks like a section title
-# what a sentence leaves out of what it says: "in every province except British Columbia", "corrosive,
-# but there are exceptions such as carboranes and boric acid"
-EXCEPTED = re.compile(r"\b(?:except(?:\s+for)?|exceptions?(?:\s+(?:such as|like|being|are|is|include|including|of))?|"
-                      r"other than|apart from)\s+([^.;:,()]{1,40})(?=\s*(?:[.;:,()]|$))", re.I)  # a name, not a clause
 
 
 @dataclass
@@ -191,8 +182,8 @@ class Reader:
         for w in re.findall(rf"[{CJK}]+|[^\W_{CJK}]+", rest):
             if w not in QUESTION_WORDS:
                 self._ask(asked, self.seen_terms(w), terms(ASKED.get(w, "")))
-        if (compared := ZH_COMPARED.search(rest)) and compared[1] in asked.covers:  # 比乔戈里峰矮吗？ - "比乔戈里峰高":
-            asked.covers[compared[1]].update(b for a, b in ZH_OPPOSITE if a == compared[1])  # settled, as no
+        if (compared := ZH_COMPARED.search(rest)) and compared[2] in asked.covers:  # 比乔戈里峰矮吗？ - "比乔戈里峰高":
+            asked.covers[compared[2]].update(b for a, b in ZH_OPPOSITE if a == compared[2])  # settled, as no
         return asked
 
     def seen_terms(self, words: str) -> list[str]:
@@ -359,7 +350,7 @@ class Reader:
             order = sorted(range(len(ranked)), key=lambda n: -ranked[n].score)
             ranked, measured = [ranked[n] for n in order], [measured[n] for n in order]
         if asks_yes_or_no(form) and not TELL.search(question) and not re.search(r"\bknow\b", question, re.I):
-            ranked = self.yes_or_no(form, asked, ranked)
+            ranked = settle(form, asked, ranked)
         elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
         return Found(question, language(question), links, ranked, passages, self.threshold,
@@ -446,27 +437,6 @@ class Reader:
             items += [Item("expansion", title, expansion, f"{acronym} stands for" + " (beside it)" * beside)
                       for title, (expansion, beside) in spelled]
         return items
-
-    def yes_or_no(self, question: str, asked: Asked, ranked: list[Item]) -> list[Item]:
-        """A yes/no question is answered "Yes" or "No" with the evidence only when the evidence
-        settles it: one of the best five covers SETTLED of what is asked (then "No" when the evidence or
-        the question, not both, is negated: "The aardvark is not closely related to the pig", or the
-        evidence compares the other way: 冰的密度比水大吗？ - "冰的密度比液态水小").
-        Otherwise every item falls below any threshold: "not found", never a bare sentence."""
-        low = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]
-        for item in ranked[:5]:
-            if item.kind in ("sentence", "lead", "section") and asked.weights and \
-                    asked.coverage(set(terms(item.text)) | set(terms(item.attribute))) >= SETTLED:
-                negation = ZH_NEGATION if CJK_RUN.search(question) else NEGATION
-                no = bool(negation.search(item.text)) != bool(negation.search(question))
-                if any(set(terms(m[1])) & set(asked.weights) for m in EXCEPTED.finditer(item.text)):
-                    no = not no  # what it says, it says of all but the thing asked ("... except British Columbia")
-                if compared_the_other_way(question, item.text):
-                    no = not no
-                said = ("不是：" if no else "是的：") if CJK_RUN.search(question) else ("No: " if no else "Yes: ")
-                answer = replace(item, kind="yes/no", text=f"{said}{item.text}")
-                return [answer] + low
-        return low
 
 
 def asks_what_is(question: str, form: str) -> bool:

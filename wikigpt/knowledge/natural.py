@@ -78,7 +78,7 @@ def holds(text: str, answers: list[str]) -> bool:
     """An accepted answer is in the text, case, spaces, punctuation and digit grouping aside
     (yes/no: the text starts with it)."""
     said = words(DIGIT_GROUP.sub("", text))
-    if answers in (["yes"], ["no"]):  # in English or Chinese (是的 / 不是: evidence.yes_or_no)
+    if answers in (["yes"], ["no"]):  # in English or Chinese (是的 / 不是: yes_no.settle)
         return any(said[:len(w)] == w for w in ([answers[0]], words({"yes": "是的", "no": "不是"}[answers[0]])))
     padded = f" {' '.join(said)} "
     return any(f" {' '.join(words(DIGIT_GROUP.sub('', a)))} " in padded for a in answers if words(a))

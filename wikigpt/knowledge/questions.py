@@ -2,7 +2,7 @@
 What a question asks, by its words: the words every question has, the table from everyday words
 to the words infobox fields and section headings use (en + zh), the type of answer asked for
 (a count, a number, a date, a person, where someone is from) and whether a text holds one the
-question does not already say, yes/no and negation, pronouns, a conversation's lead-ins and
+question does not already say, pronouns, a conversation's lead-ins and
 topic switches, and acronyms spelled out. The evidence reader (evidence.py)
 scores candidates with these; nothing here reads the index or the graph.
 
@@ -16,6 +16,7 @@ from collections import Counter
 
 from wikigpt.knowledge.analysis import terms
 from wikigpt.knowledge.sentences import CJK
+from wikigpt.knowledge.yes_no import asks_yes_or_no
 
 # words every question has: not what it asks about
 QUESTION_WORDS = set("what who whom whose which why how many much me tell about do does did you know can could "
@@ -144,30 +145,8 @@ TYPE_WORDS = {"date": ("date", "year"), "origin": tuple(terms("where from countr
 AGENT = re.compile(r"\bby ((?:[A-Z][\w'.-]*\s?)+)")  # "was killed ... by Paris": who did what is asked
 DEFINITION = re.compile(r"^\s*(?:(?:what|who)(?:'s|\s+is|\s+was|\s+are|\s+were)|tell\s+me\s+about|describe)\s+"
                         r"(?:an?\s+|the\s+)?(?P<name>[^?!]{1,100}?)\s*[?.!]?\s*$", re.I)
-YES_NO = re.compile(r"^\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should)\b", re.I)
 # what or who a name is: 孔子是谁？, X是啥 (not a description's "被称为诗仙的是谁？")
 ZH_WHAT_IS = re.compile(r"(?<!的)是(?:什么|什麼|谁|誰|啥)(?:人|东西|東西)?[啊呀吗嗎呢]?[\s？?！!。.]*$")
-# Chinese asks yes or no at its end (吗) or with 是否 / 是不是 / 有没有 inside, unless a question word
-# asks for something ("你知道长江有多长吗？" asks how long) or it asks to be told ("你知道孔子吗？", as
-# "Do you know ...?" in English: evidence.Reader.rank)
-ZH_YES_NO = re.compile(r"[吗嗎][？?！!。.\s]*$|是否|是不是|有没有|有沒有|能否|可否|对不对|對不對")
-ZH_ASKS_WHAT = re.compile(r"什么|什麼|哪|谁|誰|多少|几|幾|多[长長高大远遠重久深]|怎么|怎麼|为什么|為什麼|如何|何时|何時|"
-                          r"知道|了解|认识|認識|介绍|介紹|[讲講说說]{2}")
-# what says no in a Chinese sentence ("这一说法是错误的": the claim asked about is false)
-ZH_NEGATION = re.compile(r"不是|并非|並非|并不|並不|不属|不屬|没有|沒有|从未|從未|尚未|并未|並未|错误|錯誤|不能|无法|無法|不可能")
-# a comparison said the other way ("冰的密度比水大吗？" - "冰的密度比液态水小"): the answer is no
-_OPPOSITES = ["大小", "高低", "高矮", "多少", "长短", "長短", "重轻", "重輕", "早晚", "快慢", "深浅", "深淺", "远近",
-              "遠近", "冷热", "冷熱", "强弱", "強弱", "新旧", "新舊"]
-ZH_OPPOSITE = {(x, y) for a, b in _OPPOSITES for x, y in ((a, b), (b, a))}
-ZH_COMPARED = re.compile(rf"比[^，,。？?！!；;]{{1,12}}?([{''.join(sorted(set(''.join(_OPPOSITES))))}])")
-
-
-def compared_the_other_way(question: str, text: str) -> bool:
-    """Whether a text compares what a Chinese question compares with the opposite word (比...大 / 比...小)."""
-    asked, said = ZH_COMPARED.search(question), ZH_COMPARED.search(text)
-    return bool(asked and said and (asked[1], said[1]) in ZH_OPPOSITE)
-NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|unrelated|outside|without|unsupported|disproven|"
-                      r"debunked|myths?|false|refuted)\b|n't\b", re.I)  # "unsupported theories blaming vaccines"
 STANDS_FOR = re.compile(r"\b(?:stands?|short|abbreviat\w*|acronym|mean|means)\b|代表什[么麼]|全[称稱]|[缩縮][写寫]", re.I)
 ACRONYM = re.compile(r"\b[A-Z][A-Za-z]?[A-Z]{1,6}\b")
 SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to", "a", "&"}
@@ -392,11 +371,6 @@ def question_kind(question: str, follow_up: bool, linked: bool, best_kind: str) 
     if SUPERLATIVE.search(form):
         return "superlative"
     return answer_type(form) or "other"
-
-
-def asks_yes_or_no(form: str) -> bool:
-    """Whether a question (read after its lead-in) asks yes or no: "Is X ...?", "X是Y吗？"."""
-    return bool(YES_NO.match(form) or ZH_YES_NO.search(form) and not ZH_ASKS_WHAT.search(form))
 
 
 def answer_type(form: str) -> str:
