@@ -31,6 +31,8 @@ PAGES = [
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
     ("脱氧核糖核酸", "'''脱氧核糖核酸'''（缩写为'''DNA'''）是一种生物大分子，携带遗传信息。\n\n" + FILLER +
                "\n\n== 历史 ==\n1953年，詹姆斯·沃森和弗朗西斯·克里克发表了DNA双螺旋结构模型。\n\n" + FILLER * 2),
+    ("黄河", "'''黄河'''是中国北方的大河。\n\n" + FILLER + "\n\n== 概况 ==\n黄河是中国第二长河，也是世界第六长河。"
+           "黄河是世界上含沙量最大的河流。\n\n" + FILLER * 2),
     ("东京晴空塔", "'''东京晴空塔'''位于日本东京墨田区。\n\n" + FILLER + "\n\n== 概要 ==\n东京晴空塔高634米，2012年启用，"
               "是世界上最高的电波塔。\n\n" + FILLER * 2),
     ("珠穆朗玛峰", "{{Infobox mountain |elevation_m = 8848.86}}'''珠穆朗玛峰'''是喜马拉雅山脉的主峰。\n\n" + FILLER +
@@ -209,11 +211,20 @@ def test_an_area_asked_how_big_is_the_area(reader):
     assert found.answerable and found.best.attribute == "area total", found.items[:3]  # 多大 was asked as a word
 
 
-def test_a_chinese_question_that_describes_what_it_asks_about_finds_the_sentence_that_says_so(reader):
+@pytest.mark.parametrize("question, title", [("世界上最高的电波塔是哪个？", "东京晴空塔"),
+                                             ("世界上含沙量最大的河流是哪条？", "黄河")])
+def test_a_chinese_question_that_describes_what_it_asks_about_finds_the_sentence_that_says_so(reader, question, title):
     """世界上最高的电波塔是哪个？ names nothing (Chinese describes where English would write a name):
     the sentence that writes the description was scored as about nothing (0.80, under the threshold)."""
-    found = reader.find("世界上最高的电波塔是哪个？")
-    assert found.answerable and found.best.title == "东京晴空塔" and "634米" in found.best.text, found.items[:3]
+    found = reader.find(question)
+    assert found.answerable and found.best.title == title, found.items[:3]
+
+
+@pytest.mark.parametrize("question", ["世界第二长河是哪条？",  # "中国第二长河 ... 世界第六长河": most, not all of it
+                                      "世界上含沙量最小的河流是哪条？"])  # "含沙量最大": 最 says another thing
+def test_a_sentence_that_writes_a_description_only_in_part_is_not_about_it(reader, question):
+    found = reader.find(question)
+    assert not found.answerable, found.items[:3]
 
 
 def test_a_name_only_mentioned_is_no_answer_to_who_it_is(reader):
@@ -234,3 +245,13 @@ def test_yes_or_no_is_read_in_each_language():
     assert not asks_yes_or_no("长江有几个支流吗？")
     assert says_no("The aardvark is not closely related to the pig.", set())  # English evidence, read as English
     assert not says_no("黑洞是引力极强的区域，任何物质都无法从中逃脱。", set(terms("引力 极强 区域")))
+
+
+def test_a_description_is_written_with_its_superlative_and_ordinal():
+    from wikigpt.knowledge.evidence import says_most_of, zh_description
+    sentence = "黄河是世界上含沙量最大的河流，也是世界第六长河。"
+    assert zh_description("世界上含沙量最大的河流是哪条？") == ["世界上含沙量最大", "河流"]
+    assert says_most_of(zh_description("世界上含沙量最大的河流是哪条？"), sentence)
+    assert not says_most_of(zh_description("世界上含沙量最小的河流是哪条？"), sentence)  # 最大 is no 最小
+    assert not says_most_of(zh_description("世界第二长河是哪条？"), sentence)  # 第六 is no 第二
+    assert not says_most_of(zh_description("What is the largest river?"), sentence)  # English: no description

@@ -44,9 +44,9 @@ DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (
 PENDING = "pending"  # the index info's calibration until retrieve.py --build has chosen the threshold
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
-# a Chinese sentence writing this many characters of a question's description (and half of it) is about
-# what the question describes (says_half_of); on bench/zh_sample's dev, 3 answered one question more, 6 two fewer
-SAID_CHARS, MAX_DESCRIBED = 4, 40
+# a Chinese sentence writing this share of a question's description, in a run of this many characters
+# or more, is about what the question describes (says_most_of)
+SAID_SHARE, SAID_CHARS, MAX_DESCRIBED = 0.75, 4, 40
 # what an acronym stands for, of the first few a question writes ("What do NFL and AFC stand
 # for?"): a question of capitalised words would otherwise search once per word
 MAX_ACRONYMS, ACRONYM_PASSAGES = 3, 3
@@ -190,11 +190,12 @@ class Reader:
         """A run's terms, less the Chinese character pairs across two words: a pair no passage holds
         beside one that does (面温 between 表面 and 温度) could be covered by nothing and would
         weigh most (the rarest). A pair alone unseen stays: 法国 asked of a corpus without France."""
-        found = terms(words)
-        pairs = [t for t in found if len(t) == 2 and CJK_RUN.match(t)]
-        seen = {t for t in pairs if self.index.doc_freq(t)}
-        in_seen = {c for t in seen for c in t}
-        return [t for t in found if t not in pairs or t in seen or not in_seen & set(t)]
+        across = set()
+        for run in re.findall(rf"[{CJK}]+", words):
+            pairs = [run[i:i + 2] for i in range(len(run) - 1)]
+            seen = [bool(self.index.doc_freq(pair)) for pair in pairs] + [False]  # seen[-1]: before the first
+            across |= {pair for i, pair in enumerate(pairs) if not seen[i] and (seen[i - 1] or seen[i + 1])}
+        return [t for t in terms(words) if t not in across]
 
     def _ask(self, asked: Asked, own: list, synonyms: list = ()):
         """One asked word: its own terms (a Chinese word has none: then one term stands for
@@ -238,21 +239,21 @@ class Reader:
         return None if subject is None else {h for h, _ in self.kb.sections(subject)}
 
     def score(self, item: Item, asked: Asked, subjects: dict, whole: Asked | None = None, implied: tuple = (),
-              described: str = "") -> float:
+              described: list[str] = ()) -> float:
         """(1 if the item is about the entity named, else UNLINKED) x (0.5 + 0.5 x coverage): the
         share of what is asked that the item covers. A question that asks nothing beyond its
         entity ("What is X?") is answered by X's lead sentence. Evidence about an entity the
         question does not name ("the largest country in Africa" -> Algeria) is weighed by how
         much of the whole question (`whole`) it covers, its title included: up to 1 when all;
-        a Chinese sentence that writes half of what the question says (`described`, see
-        says_half_of) as about the entity named."""
+        a Chinese sentence that writes most of what the question says (`described`, see
+        says_most_of) as about the entity named."""
         about = 1.0 if subjects.get(item.title) == 0 else 0.9 if item.title in subjects else UNLINKED
         if item.kind == "expansion":  # the acronym asked about, spelled out beside it ("Lunar Module (LM)")
             return 1.0 if item.attribute.endswith("(beside it)") else 0.95  # above a sentence's most (0.925)
         if item.kind == "reverse":  # a fact whose value the question names: the subject answers it
             covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
             return 0.9 * (0.5 + 0.5 * covered)
-        if not subjects and described and item.kind in ("sentence", "lead") and says_half_of(described, item.text):
+        if not subjects and described and item.kind in ("sentence", "lead") and says_most_of(described, item.text):
             return 0.5 + 0.5 * 0.85 * whole.coverage(set(terms(item.text)) | set(implied))
         if not subjects and whole is not None and whole.weights and item.kind in ("sentence", "lead"):
             covered = 0.85 * whole.coverage(set(terms(item.text)) | set(terms(item.title)))
@@ -315,7 +316,7 @@ class Reader:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
         kind = answer_type(form)
         # (not "What is X?": a sentence that mentions a name the graph lacks says nothing of what it is)
-        described = zh_description(form) if not links and not asks_what_is(question, form) else ""
+        described = zh_description(form) if not links and not asks_what_is(question, form) else []
         known = known_terms(question, links)
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
         candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
@@ -444,24 +445,29 @@ def asks_what_is(question: str, form: str) -> bool:
     return bool(TELL.search(question) or DEFINITION.match(form) or ZH_WHAT_IS.search(form))
 
 
-def zh_description(question: str) -> str:
-    """What a Chinese question says of the thing it asks about, without its question words and
-    spaces ("世界上最高的电波塔是哪个？" -> 世界上最高电波塔); '' for a question without Chinese or
-    longer than MAX_DESCRIBED (says_half_of's work grows with it)."""
+def zh_description(question: str) -> list[str]:
+    """What a Chinese question says of the thing it asks about: its runs between question words
+    ("世界上最高的电波塔是哪个？" -> 世界上最高, 电波塔); none for a question without Chinese or
+    longer than MAX_DESCRIBED (says_most_of's work grows with it)."""
     if not CJK_RUN.search(question):
-        return ""
-    said = re.sub(r"\s+", "", without_zh_question_words(in_simplified(question).lower()))
-    return said if len(said) <= MAX_DESCRIBED else ""
+        return []
+    runs = re.findall(r"\w+", without_zh_question_words(in_simplified(question).lower()))
+    return runs if sum(map(len, runs)) <= MAX_DESCRIBED else []
 
 
-def says_half_of(described: str, text: str) -> bool:
-    """Whether a text writes at least half of a Chinese question's description as one run, and at
-    least SAID_CHARS characters: "东京晴空塔...是世界上最高的电波塔" for 世界上最高的电波塔是哪个？. Chinese
-    names the thing asked about by describing it, where English would write its name (a superlative,
-    a reverse look-up: 号青莲居士的是哪位诗人？); a run that long is as sure a sign as a name linked."""
-    n = max(SAID_CHARS, (len(described) + 1) // 2)  # a longer common run holds one of this length
+def says_most_of(described: list[str], text: str) -> bool:
+    """Whether a text writes most (SAID_SHARE) of a Chinese question's description, in runs of two
+    or more characters, one of them SAID_CHARS or more, and every 最 / 第 of it as the question does:
+    "东京晴空塔...是世界上最高的电波塔" for 世界上最高的电波塔是哪个？, not "中国第二长河...世界第六长河"
+    for 世界第二长河是哪条？ nor "含沙量最大" for 含沙量最小的河流. Chinese names the thing asked about
+    by describing it, where English would write its name (a superlative, a reverse look-up:
+    号青莲居士的是哪位诗人？); a description written this fully is as sure a sign as a name linked."""
     text = in_simplified(text).lower()
-    return len(described) >= n and any(described[i:i + n] in text for i in range(len(described) - n + 1))
+    if any(m[0] not in text for run in described for m in re.finditer(r"[最第].", run)):
+        return False
+    runs = [next((n for n in range(len(run), 1, -1) if any(run[i:i + n] in text for i in range(len(run) - n + 1))), 0)
+            for run in described]  # the longest piece of each run the text writes
+    return max(runs, default=0) >= SAID_CHARS and sum(runs) >= SAID_SHARE * sum(map(len, described))
 
 
 def unknown_name_asked(question: str) -> bool:
