@@ -316,10 +316,12 @@ class Reader:
             subjects.setdefault(self.kb.title(article), 1)  # as a second entity's: 0.9
         kind = answer_type(form)
         # (not "What is X?": a sentence that mentions a name the graph lacks says nothing of what it is)
-        described = zh_description(form) if not links and not asks_what_is(question, form) else []
+        what_is = asks_what_is(question, form)  # "What is X?": what X is, never a fact or sentence mentioning X
+        described = zh_description(form) if not links and not what_is else []
         known = known_terms(question, links)
         wanted = set().union(*asked.covers.values())  # the terms that cover what is asked
-        candidates = self.candidates(links, passages) + self.reverse(question, links) + self.expansions(question, links, passages)
+        reverse = self.reverse(question, links) if not what_is else []  # "What is 诺贝尔物理学奖?" is not who won it
+        candidates = self.candidates(links, passages) + reverse + self.expansions(question, links, passages)
         # what the conversation just said (the last question and reply), for telling equal items apart
         last_exchange = " ".join(turn[:MAX_REPLY_CHARS] for turn in history[-2:] if turn)
         context, items = set(terms(last_exchange)) - known, []

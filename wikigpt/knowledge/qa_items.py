@@ -11,7 +11,6 @@ Questions about the articles of one split, with their reference answers, in four
 The train split's questions teach the model (wikiqa.grounded_conversations) and choose the
 "not found" threshold (calibrate); the val split's are the held-out benchmark (wikiqa.evaluate_qa).
 """
-import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -138,13 +137,11 @@ def out_of_corpus_items(reader: Reader, titles: list[str], n: int, seed: int = 0
             if (len(target) >= 4 and target not in skip and not re.search(r"[\d():/,]", target)
                     and not kb.knows(target) and not reader.links(target)):
                 names.append(target)
-    names = rng.sample(sorted(set(names)), len(set(names)))
+    names = sorted(set(names))
     zh = [z for z in zh_names if not reader.links(z)]
     n_zh = min(len(zh), n // 3)
-    # nor one a fact's value names: the graph read backwards answers "Tell me about 诺贝尔物理学奖"
-    # (爱因斯坦's award), so it is no question the corpus cannot answer (looked up only as drawn)
-    names = list(itertools.islice((t for t in names if not kb.facts_naming([t], limit=20)), n - n_zh))
-    items = [QAItem(rng.choice(OUT_OF_CORPUS["en"]).format(t=t), "", "", "en", "out-of-corpus") for t in names]
+    items = [QAItem(rng.choice(OUT_OF_CORPUS["en"]).format(t=t), "", "", "en", "out-of-corpus")
+             for t in rng.sample(names, min(n - n_zh, len(names)))]
     items += [QAItem(rng.choice(OUT_OF_CORPUS["zh"]).format(t=t), "", "", "zh", "out-of-corpus")
               for t in rng.sample(zh, n_zh)]
     return items
