@@ -192,6 +192,8 @@ def test_and_what_about_in_chinese_carries_the_last_entity(reader):
     first = reader.find("太阳表面温度是多少？")
     found = reader.find("那核心呢？", history=["太阳表面温度是多少？", first.best.quoted])
     assert found.links and found.links[0].title == "太阳" and "1,570万K" in found.best.text, found.items[:3]
+    other = reader.find("韩国的人口呢？", history=["北京的人口是多少？", "21893095"])  # another country: not Beijing
+    assert all(link.title != "北京市" for link in other.links) and not other.answerable, other.items[:3]
 
 
 @pytest.mark.parametrize("question, text", [

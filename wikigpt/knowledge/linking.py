@@ -11,7 +11,7 @@ that names none is about.
 import re
 from dataclasses import replace
 
-from wikigpt.knowledge.analysis import STOPWORDS, terms
+from wikigpt.knowledge.analysis import STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
 from wikigpt.knowledge.questions import (NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, table_phrases,
                                          without_zh_question_words)
@@ -95,12 +95,11 @@ class Linker:
         carried link spans nothing of the question (units 0): nothing is cut from what it asks. A
         question that says it changes the subject ("unrelated, but ...": NEW_TOPIC) carries
         nothing, and nothing is carried past it; nor does one that names a name the conversation has
-        not used and says no "it" ("Who is Barack Obama?" after Angola's capital, "and Zimbabwe?"),
-        unless it asks "and ...?" in Chinese (那核心呢？ after the sun's surface temperature)."""
+        not used and says no "it" ("Who is Barack Obama?" after Angola's capital, "and Zimbabwe?";
+        names_new: a Chinese "and ...?" of words the last entity's article holds is none)."""
         if links and not PRONOUNS.search(question) or NEW_TOPIC.match(question):
             return links  # it names its own, or says it asks about something else
-        if not links and not PRONOUNS.search(question) and not ZH_AND_WHAT.search(question) and \
-                self.names_new(question, history):
+        if not links and not PRONOUNS.search(question) and self.names_new(question, history):
             return links  # about a name the graph lacks: not the last entity's
         person = PERSON_PRONOUNS.search(question)
         recent = list(enumerate(history))[-6:]  # the last three exchanges
@@ -132,13 +131,24 @@ class Linker:
         three exchanges did not ("Americans" after "... American Revolutionary War" is no new one);
         in Chinese, which has no capitals, two or more characters left of it (question words and
         the table's words aside) that share none with them: 吉他是什么？ after Beijing's mayor is
-        about a guitar, 最高峰呢？ after 珠穆朗玛峰 still about the mountain."""
+        about a guitar, 最高峰呢？ after 珠穆朗玛峰 still about the mountain; unless it asks "and
+        ...?" (那 / 还有 / 呢) of words the last entity's article holds (那核心呢？ after the sun)."""
         said = set(terms(" ".join(without_abstention(t)[:MAX_REPLY_CHARS] for t in history[-6:] if t)))
         if CJK_RUN.search(question):
-            rest = without_zh_question_words(table_phrases(question.lower())[1])
-            return any(len(run) >= 2 and not set(terms(run)) & said for run in CJK_RUN.findall(rest))
+            new = [run for run in CJK_RUN.findall(without_zh_question_words(table_phrases(question.lower())[1]))
+                   if len(run) >= 2 and not set(terms(run)) & said]
+            return bool(new) and not (ZH_AND_WHAT.search(question) and self.all_about_the_last(new, history))
         return any(set(terms(m[0])) - said - self.stopwords for m in NAME_WORD.finditer(question)
                    if m[0].lower() not in NOT_NAMES)
+
+    def all_about_the_last(self, words: list[str], history: list[str]) -> bool:
+        """Whether the articles the last exchanges named write each of these words in one of their
+        best passages: 那核心呢？ asks more of the sun (核心, its core), 韩国的首都呢？ after Japan's capital
+        asks about another country."""
+        named = {l.title for turn in history[-6:] if turn
+                 for l in self.links(without_abstention(turn)[:MAX_REPLY_CHARS], guess=False)}
+        return all(any(p.title in named and in_simplified(word) in in_simplified(p.text)
+                       for p in self.index.search(word, OWN_WORD_PASSAGES)) for word in words)
 
     @staticmethod
     def _carry(link: Link, links: list[Link]) -> list[Link]:
