@@ -2,7 +2,7 @@
 exceptions evidence.py reads yes / no by): the type of answer asked and whether a text holds one,
 how near it is to the words asked, a conversation's lead-ins and topic switches."""
 from wikigpt.knowledge.analysis import terms
-from wikigpt.knowledge.evidence import EXCEPTED
+from wikigpt.knowledge.yes_no import EXCEPTED
 from wikigpt.knowledge.questions import ANSWER_TYPES, NEW_TOPIC, has_new, typed_distance, without_lead_in
 
 

@@ -44,6 +44,7 @@ DEFAULT_THRESHOLD = 0.75  # between "names an entity and covers what is asked" (
 PENDING = "pending"  # the index info's calibration until retrieve.py --build has chosen the threshold
 UNLINKED = 0.5  # weight of evidence about an entity the question does not name
 OFF_TYPE = 0.85  # the weight of evidence that lacks what the question asks for
+SENTENCE = 0.85  # a sentence's coverage counts this much: below a field or heading that names what is asked
 # a Chinese sentence writing this share of a question's description, in a run of this many characters
 # or more, is about what the question describes (says_most_of)
 SAID_SHARE, SAID_CHARS, MAX_DESCRIBED = 0.75, 4, 40
@@ -254,9 +255,9 @@ class Reader:
             covered = whole.coverage(set(terms(f"{item.attribute} {item.title}")) | set(terms(item.text)))
             return 0.9 * (0.5 + 0.5 * covered)
         if not subjects and described and item.kind in ("sentence", "lead") and says_most_of(described, item.text):
-            return 0.5 + 0.5 * 0.85 * whole.coverage(set(terms(item.text)) | set(implied))
+            return 0.5 + 0.5 * SENTENCE * whole.coverage(set(terms(item.text)) | set(implied))
         if not subjects and whole is not None and whole.weights and item.kind in ("sentence", "lead"):
-            covered = 0.85 * whole.coverage(set(terms(item.text)) | set(terms(item.title)))
+            covered = SENTENCE * whole.coverage(set(terms(item.text)) | set(terms(item.title)))
             return (UNLINKED + (1 - UNLINKED) * covered ** 2) * (0.5 + 0.5 * covered)
         if not asked.weights:
             return about if item.kind == "lead" and item.title in subjects else about * 0.5
@@ -269,7 +270,7 @@ class Reader:
             names = set(terms(item.attribute))
             coverage = max(asked.coverage(names), 0.9 * asked.coverage(names | set(terms(item.text)) | set(implied)))
         else:
-            coverage = 0.85 * asked.coverage(set(terms(item.text)) | set(terms(item.attribute)) | set(implied))
+            coverage = SENTENCE * asked.coverage(set(terms(item.text)) | set(terms(item.attribute)) | set(implied))
         form = 0.95 if (item.kind == "fact") == asked.tell else 1.0  # "tell me about": a section
         return about * (0.5 + 0.5 * coverage) * (form if item.kind in ("fact", "section") else 1.0)
 

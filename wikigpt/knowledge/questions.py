@@ -100,8 +100,12 @@ ASKED |= {w.translate(TRADITIONAL): v for w, v in ASKED.items() if re.match(f"[{
 ZH_QUESTION_WORDS = sorted(set(ZH_QUESTION_WORDS) | {w.translate(TRADITIONAL) for w in ZH_QUESTION_WORDS},
                            key=lambda w: (-len(w), w))  # removed longest first: "是什么" before "什么"
 # what a question asks for, by its words; evidence of another type is worth less ("When did it land?"
-# answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before)
-ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?number of\b|\bwhat(?:'s| is)? the number of\b|"
+# answered by a sentence without a date: 9 of the 34 wrong answers of the natural dev set before).
+# Chinese first, by its own words: 几月几号 is a date, 多少 any number (温度是多少: "5,772K"; a count of
+# things is English's "how many"), 几乎 ("almost") none
+ANSWER_TYPES = [("date", re.compile(r"[什啥][么麼]?时候|[什啥][麼]?時候|何时|何時|哪一?[年天日]|[几幾][月号號]|哪个世纪|哪個世紀")),
+                ("number", re.compile(r"多少|[几幾](?!乎)|多[高长長远遠大重深久宽寬]")),
+                ("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?number of\b|\bwhat(?:'s| is)? the number of\b|"
                                      r"\bwhat (?:share|fraction|proportion|percentage|percent)\b", re.I)),
                 ("number", re.compile(r"\bhow (?:long|tall|big|old|far|high|deep)\b", re.I)),
                 ("date", re.compile(r"^\s*when\b|\bwhat (?:year|date|day)\b|\bwhich year\b|\bin what year\b", re.I)),
@@ -109,10 +113,6 @@ ANSWER_TYPES = [("count", re.compile(r"\bhow (?:many|much)\b|^\s*(?:the\s+)?numb
                 # "where was he from?", "what country was she from", "what nationality was X?"
                 ("origin", re.compile(r"\b(?:where|what (?:country|state|nation|nationality))\b"  # bounded: linear
                                       r"(?![^?!.]{0,80}?\b(?:name|word)\b)[^?!.]{0,80}?\bfrom\b|\bnationality\b", re.I))]
-# Chinese asks a date or a number with its own words, first: 几月几号 is a date, 多少 any number (温度是多少:
-# "5,772K"; a count of things is English's "how many")
-ANSWER_TYPES = [("date", re.compile(r"[什啥][么麼]?时候|[什啥][麼]?時候|何时|何時|哪一?[年天日]|[几幾][月号號]|哪个世纪|哪個世紀")),
-                ("number", re.compile(r"多少|[几幾]|多[高长長远遠大重深久宽寬]"))] + ANSWER_TYPES
 MEASURED_TYPES = ("count", "number", "date", "person")  # whose distance to the asked words is measured (typed_distance)
 # a name's letters: "Frank Borman", "Frank O'Connor", "Émile Zola", "Mileva Marić", "Łukasz" (Latin-1,
 # and Latin Extended-A, whose upper and lower case letters alternate: counted as either)
