@@ -32,6 +32,20 @@ _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _workers and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // _workers))
 
+# Libraries the tests import in this process set variables that tests/forked_commands.py counts as
+# startup variables: torch its TORCHINDUCTOR_CACHE_DIR (to its default, /tmp/torchinductor_<user>)
+# the first time a test compiles, scikit-learn and joblib KMP_DUPLICATE_LIB_OK and KMP_INIT_AT_FORK
+# (read by Intel's OpenMP, which no library here loads) as they are imported. From then on every
+# command of that worker saw a startup variable changed and started a new interpreter instead of a
+# fork, ~2 s more each: ~120 commands of a whole run, 18 of test_train.py run alone. Set to
+# those values before any command runs, they no longer change (test_forked_commands.py checks it).
+from torch._inductor.runtime.cache_dir_utils import cache_dir  # noqa: E402
+
+cache_dir()  # the variable if it is set, else torch's default (the folder made), now in os.environ
+os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "True")  # sklearn/__init__.py's values
+os.environ.setdefault("KMP_INIT_AT_FORK", "FALSE")
+STARTUP_ENV = dict(os.environ)  # what the commands' fork server starts with
+
 
 # The files that take longest first (seconds on the 2-core machine, a fresh clone's compile cache:
 # docs/tests.md): `make test` hands whole files to 2 workers in this order (with

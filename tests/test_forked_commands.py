@@ -87,3 +87,19 @@ def test_what_python_or_torch_read_as_they_start_gets_a_new_interpreter(script, 
     assert forks.forkable([script], {**os.environ, "WIKIGPT_API_KEY": "x", "WIKIGPT_TEST_FORK": "1"})
     assert not forks.forkable(["-m", "pytest"], dict(os.environ))
     assert not forks.forkable([script], {**os.environ, "WIKIGPT_TEST_FORK": "0"})
+
+
+def test_what_the_tests_import_and_compile_in_process_changes_no_startup_variable():
+    """torch's first compile in a test's process set TORCHINDUCTOR_CACHE_DIR in os.environ, and
+    importing scikit-learn KMP_DUPLICATE_LIB_OK and KMP_INIT_AT_FORK: every command after it was
+    a new interpreter (conftest.py sets them first)."""
+    import joblib  # noqa: F401
+    import sklearn  # noqa: F401
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from conftest import STARTUP_ENV
+
+    cache_dir()  # what a compile calls first
+    forks = CommandForks(ROOT)
+    forks.server, forks.server_env = object(), STARTUP_ENV  # as the fork server started by the first command
+    assert forks.forkable(["train.py"], dict(os.environ))
