@@ -8,9 +8,9 @@ file, with its own arguments, folder, environment, input and output files, and e
 
 What stays a new interpreter (subprocess.run, as before): a "-m" / "-c" invocation, a call made
 while another is running (the server runs one command at a time), and an environment that
-changes what Python or torch read as they start (PYTHON*, OMP_*, MKL_*, CUDA*, LD_*, TORCH*):
-those cannot be changed in a process that has started. Set WIKIGPT_TEST_FORK=0 to run every
-command in a new interpreter.
+changes what Python, torch or a preloaded module read as they start (PYTHON*, OMP_*, MKL_*, CUDA*,
+LD_*, TORCH*, MPL*...): those cannot be changed in a process that has started. Set
+WIKIGPT_TEST_FORK=0 to run every command in a new interpreter.
 
 Run as a script, this file is the server: it reads one request (JSON) per line on stdin and
 answers two lines on stdout: the command's process id, then its exit status.
@@ -21,8 +21,18 @@ import subprocess
 import sys
 import threading
 
+# What the server imports before it forks (the seconds a fork saves): numpy and torch, which every
+# command imports first, and what a training run imports as it goes: torch's compiler (the
+# optimizers import it, with sympy), distributed checkpointing (the checkpoint code) and the
+# matplotlib figure its loss plot is drawn on, ~1.1 s of each train.py / chat_sft.py run here.
+# Third-party modules only (the project's own are imported by each command, from its own folder),
+# none that prints a warning or starts a thread as it is imported; what they read from the
+# environment as they are imported (MPL*, XDG_*, SYMPY*, TORCH*) is a startup variable below.
+PRELOADED = ("numpy", "torch", "torch._dynamo", "torch.distributed.checkpoint", "matplotlib", "matplotlib.figure",
+             "matplotlib.backends.backend_agg")
+
 # read as Python or torch start: a process forked after they did cannot take a new value
-STARTUP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "KMP_", "CUDA", "LD_", "TORCH", "PYTORCH")
+STARTUP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "KMP_", "CUDA", "LD_", "TORCH", "PYTORCH", "MPL", "XDG_", "SYMPY")
 
 
 class CommandForks:
@@ -145,7 +155,7 @@ def run_command(request):
 
 def serve():
     import importlib
-    for module in ("numpy", "torch"):  # what every command imports first: the seconds a fork saves
+    for module in PRELOADED:
         importlib.import_module(module)
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
