@@ -18,6 +18,7 @@ from torch._dynamo.utils import counters
 from model import GPT, GPTConfig
 from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import Engine, Request, generate, warmed_engine
+from wikigpt.decoding.engine_thread import PREFILL_TOKENS
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, SamplingParams
 
 ONE_USER = 256  # new tokens of the one-user runs (fewer where the context is shorter)
@@ -134,13 +135,52 @@ def shared_prefill_rows(model, name: str, n: int = 8, repeats: int = 3) -> list:
              f"(x{best[False] / best[True]:.1f})")]
 
 
+def chunked_prefill_rows(streams: int = 4, repeats: int = 3) -> list:
+    """A long prompt joins while `streams` requests decode: the streams' longest wait between two
+    tokens, and the newcomer's time to its first token, with its prompt prefilled whole before the
+    next step against in chunks between steps (Engine.fill's budget; a server's is
+    engine_thread.PREFILL_TOKENS). The random 6x384 model with a 1,024-token context, a 960-token
+    prompt; interleaved, best of `repeats` each."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8192, block_size=1024, n_layer=6, n_head=6, n_embd=384)).eval()
+    prompt = [(11 * j) % 200 + 1 for j in range(960)]
+    budgets = {"whole": float("inf"), **{f"in chunks of {c}": c for c in (PREFILL_TOKENS, PREFILL_TOKENS // 2,
+                                                                         PREFILL_TOKENS // 4)}}
+    best = {name: (float("inf"), float("inf")) for name in budgets}
+    for round in range(repeats + 1):  # round 0 warms up
+        for name, budget in budgets.items():
+            engine = Engine(model, n_slots=8, compile=False)
+            for i in range(streams):
+                engine.add(Request([(7 * i + j) % 200 + 1 for j in range(16)], 200, SamplingParams()))
+            for _ in range(3):
+                engine.step()
+            newcomer = Request(prompt, 4, SamplingParams())
+            t = last = time.perf_counter()
+            engine.join(newcomer)
+            wait, first = 0.0, None
+            while len(newcomer.tokens) < 2:  # until it has decoded beside them
+                engine.fill(budget)
+                if newcomer.tokens and first is None:
+                    first = time.perf_counter() - t
+                engine.step()
+                now = time.perf_counter()
+                wait, last = max(wait, now - last), now
+            if round:
+                best[name] = (min(best[name][0], wait), min(best[name][1], first))
+    whole = best["whole"][0]
+    return [(f"a 960-token prompt joins {streams} streams (6x384 random init), prefilled {name}",
+             f"the streams' longest wait between two tokens {w * 1e3:,.0f} ms (x{whole / w:.1f} shorter than whole), "
+             f"the newcomer's first token after {f * 1e3:,.0f} ms") for name, (w, f) in best.items()]
+
+
 def random_6x384():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
 
 
 def decode_rows(ckpt: str) -> list:
-    rows = one_user_rows(random_6x384(), "6x384 random init") + shared_prefill_rows(random_6x384(), "6x384 random init")
+    rows = (one_user_rows(random_6x384(), "6x384 random init") + shared_prefill_rows(random_6x384(), "6x384 random init")
+            + chunked_prefill_rows())
     if not Path(ckpt).is_file():
         return rows + [("decode, demo chat model", f"skipped: no chat checkpoint at {ckpt} (run make demo first)")]
     model, tok, _ = load_model(ckpt, "cpu")

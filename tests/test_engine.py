@@ -7,6 +7,7 @@ Most compiled tests run dynamo with its "eager" backend (the `dynamo_only` fixtu
 guards, recompiles and the recompile limit are dynamo's, whatever backend turns the graphs into
 code, and inductor takes seconds per graph on a CPU. One test compiles through inductor."""
 import functools
+import math
 import queue
 import random
 import threading
@@ -108,9 +109,10 @@ def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(m
         while engine.active:
             engine.step()
         counted = list(prefills)
-        engine.add(Request(other[::-1], 2))  # into slot 0; then a step runs without the others' slots:
-        engine.step()  # their rows' first keys are written over, so their prompt can be copied no more
-        assert tuple(prompt) not in engine.prefilled and tuple(other[::-1]) in engine.prefilled
+        engine.add(Request(other[::-1], 2))  # into slot 0, which held `prompt`: slot 0 holds it no more;
+        engine.step()  # a step's padding rows write only the last position, which no prompt reaches
+        assert engine.prefilled[tuple(prompt)][0] == ({1, 3, 4} if share else {4})  # (unshared: the last prefill's)
+        assert tuple(other[::-1]) in engine.prefilled
         return [r.tokens for r in reqs], counted
     (shared, prefills), (own, own_prefills) = run(True), run(False)
     assert prefills == [40, 20] and own_prefills == [40, 40, 20, 40, 40]
@@ -118,7 +120,8 @@ def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(m
     assert len({tuple(t) for t in shared}) == 5  # each choice drew its own tokens
 
 
-def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_leave_until_a_step(monkeypatch):
+def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_leave_until_their_slots_are_taken(
+        monkeypatch):
     model, prefills = tiny_model(), []
     real = model.hidden_states
     monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
@@ -142,10 +145,20 @@ def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_lea
     last = Request(prompt, 1, seed=4)
     engine.add(last)  # ... and the next choice copies its keys, no step having run
     assert prefills == [30] and all(torch.equal(k[last.slot, :, :30], o) for k, o in zip(engine.cache.k, own))
-    engine.add(Request([7, 8, 9], 5))
-    engine.step()  # a step without the slots that held it: their first keys are written over
-    engine.add(Request(prompt, 1, seed=5))
-    assert prefills == [30, 3, 30]
+    engine.add(Request([7, 8, 9], 5))  # into slot 0
+    engine.step()  # a step without the other slots that hold it: their padding rows leave its keys as they are
+    again = Request(prompt, 1, seed=5)
+    engine.add(again)
+    assert prefills == [30, 3] and all(torch.equal(k[again.slot, :, :30], o) for k, o in zip(engine.cache.k, own))
+    while engine.active:
+        engine.step()
+    for i in range(4):  # every slot taken by another prompt: nothing holds it any more
+        engine.add(Request([10 + i, 11, 12], 5))
+    engine.step()
+    while engine.active:
+        engine.step()
+    engine.add(Request(prompt, 1, seed=6))
+    assert prefills == [30, 3, 3, 3, 3, 3, 30]
 
 
 def test_cancel_frees_the_slot_and_stops_the_tokens():
@@ -207,19 +220,19 @@ def test_max_queue_0_means_no_waiting_not_always_busy():
 
 
 
-def test_a_batch_being_prefilled_is_counted_once_so_requests_that_fit_are_taken():
+def test_requests_in_their_slots_before_their_prefill_are_counted_once_so_requests_that_fit_are_taken():
     thread = EngineThread(tiny_model(), n_slots=4, max_queue=0)
-    add, placed, go = thread.engine.add, threading.Event(), threading.Event()
+    fill, entered, go = thread.engine.fill, threading.Event(), threading.Event()
 
-    def slow_add(req):  # the first request of the batch is in its slot; the others wait to join
-        add(req)
-        placed.set()
+    def slow_fill(*args, **kwargs):  # the batch has taken its slots; its prompts are not prefilled yet
+        entered.set()
         assert go.wait(30)
-    thread.engine.add = slow_add
+        return fill(*args, **kwargs)
+    thread.engine.fill = slow_fill
     try:
         thread.submit([Request([1, 2], 3) for _ in range(3)])
-        assert placed.wait(30) and thread.active == 1  # one placed, two still joining
-        assert thread.queue_depth == 2  # what /health says is queued: they wait for their slot too
+        assert entered.wait(30) and thread.active == 3
+        assert thread.queue_depth == 3  # what /health says is queued: no token yet
         thread.submit([Request([3], 3)])  # 3 held + 1 = the 4 slots: taken, not refused as busy
         with pytest.raises(QueueFull):
             thread.submit([Request([4], 3)])
@@ -228,30 +241,68 @@ def test_a_batch_being_prefilled_is_counted_once_so_requests_that_fit_are_taken(
         thread.stop()
 
 
+def test_a_prompt_prefilled_in_chunks_between_steps_gives_the_tokens_of_one_prefill(monkeypatch):
+    """Engine.fill(budget): a long prompt's prefill goes on over several calls, other streams decoding
+    between them (their padding rows run over its slot); its first token's logits agree with one
+    whole prefill's within ROW_LOGIT_TOLERANCE, and its seeded tokens, drawn with a repetition penalty
+    over the prompt's ids, are the same."""
+    model, firsts = tiny_model(), []
+    real_pick = engine_module.pick
+    monkeypatch.setattr(engine_module, "pick", lambda state, model, rows, logits, k_max: (
+        firsts.append(logits.clone()), real_pick(state, model, rows, logits, k_max))[1])
+    prompt = [(7 * i) % 290 + 1 for i in range(50)]
+    params = SamplingParams(temperature=1.0, repetition_penalty=1.3)
 
-def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch):
-    """One client's 8 choices of a long prompt were all prefilled before the next decode step:
-    every stream stood still meanwhile (~3 s here at a 950-token prompt). Past PREFILL_TOKENS
-    of prompts, newcomers join one step later."""
+    def run(budget):
+        engine, firsts[:] = Engine(model, n_slots=4, compile=False), []
+        streams = [Request([3, 4 + i], 40, params, seed=i) for i in range(2)]
+        for stream in streams:
+            engine.add(stream)  # slots 0 and 1, decoding: a step runs 4 rows
+        long = Request(prompt, 8, params, seed=2)
+        engine.join(long)  # slot 2: a padding row of every step while it is prefilled
+        fills = []
+        while not long.tokens:
+            fills.append(engine.fill(budget))
+            engine.step()
+        while not long.finished:
+            engine.step()
+        return fills, long.tokens, firsts[-1], len(streams[0].tokens)
+    (fills, tokens, first, streamed), (whole, whole_tokens, whole_first, _) = run(16), run(math.inf)
+    assert fills == [16, 16, 16, 2] and whole == [50]
+    assert streamed > 4  # the stream got a token after every chunk
+    torch.testing.assert_close(first, whole_first, rtol=0, atol=engine_module.ROW_LOGIT_TOLERANCE)
+    assert tokens == whole_tokens
+
+
+def test_streams_get_a_token_between_chunks_of_the_prefills_of_long_newcomers(monkeypatch):
+    """One client's 8 choices of a long prompt were all prefilled before the next decode step, then
+    one long prompt still was: every stream stood still meanwhile (~3 s, then ~1.2 s here at a
+    950-token prompt). While any stream decodes, at most PREFILL_TOKENS of prompts run between two
+    steps; a long one goes on after the next."""
     monkeypatch.setattr(engine_thread_module, "PREFILL_TOKENS", 40)
     thread, calls, done = EngineThread(tiny_model(), n_slots=8), [], threading.Event()
-    add, step = thread.engine.add, thread.engine.step
-    # each add's prompt tokens run through the model (a prompt a slot holds: 0, copied)
-    thread.engine.add = lambda req: (calls.append(thread.engine.prefill_cost(req.prompt)), add(req))
+    fill, step = thread.engine.fill, thread.engine.step
+
+    def counted_fill(budget, on_error=None):  # each fill's budget and the prompt tokens it ran
+        calls.append((budget, fill(budget, on_error)))
+        return calls[-1][1]
+    thread.engine.fill = counted_fill
     thread.engine.step = lambda: (calls.append("step"), time.sleep(0.005), step())
     try:
-        stream = Request([1, 2], 40, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
+        stream = Request([1, 2], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
         thread.submit([stream])
         deadline = time.time() + 30
         while not thread.active and time.time() < deadline:
             time.sleep(0.001)
-        thread.submit([Request(list(range(1 + i, 31 + i)), 1) for i in range(4)])  # 4 x 30 prompt tokens, beside it
+        thread.submit([Request(list(range(1 + i, 31 + i)), 1) for i in range(2)])  # 2 x 30 prompt tokens, beside it
+        thread.submit([Request(list(range(100, 155)), 1)])  # 55 tokens: more than a step's budget
         # 3 choices of one prompt, each ending at its first token (its slot left, its keys still there)
         thread.submit([Request(list(range(50, 80)), 1, seed=i) for i in range(3)])
         assert done.wait(30)
-        longs = [n for n, c in enumerate(calls) if c == 30]
-        assert len(longs) == 5 and all("step" in calls[a:b] for a, b in zip(longs, longs[1:])), calls  # one per step
-        assert calls[longs[4]:longs[4] + 3] == [30, 0, 0]  # a prompt's choices: one prefill, two copies
+        fills = [c for c in calls if c != "step"][1:]  # (the first: the stream's own prompt, nothing decoding)
+        assert all(b == 40 and ran <= 40 for b, ran in fills), calls  # the stream decodes throughout
+        assert sum(ran for _, ran in fills) == 2 * 30 + 55 + 30, calls  # the choices: one prefill, two copies
+        assert all(calls[i + 1] == "step" for i, c in enumerate(calls[:-1]) if c != "step")  # a step after each fill
         while thread.active and time.time() < deadline:
             time.sleep(0.001)
         calls.clear()
@@ -259,7 +310,7 @@ def test_streams_get_a_token_between_the_prefills_of_long_newcomers(monkeypatch)
         end = lambda r, t, f: f and (ended.append(r), len(ended) == 4 and all_ended.set())  # noqa: E731
         thread.submit([Request(list(range(1 + i, 31 + i)), 2, emit=end) for i in range(4)])
         assert all_ended.wait(30)
-        assert calls[:5] == [30, 30, 30, 30, "step"]  # with nothing decoding, nobody waits: all join at once
+        assert calls[:2] == [(math.inf, 120), "step"]  # with nothing decoding, nobody waits: all join at once
     finally:
         thread.stop()
 

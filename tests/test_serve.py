@@ -389,13 +389,13 @@ def test_a_crash_in_generation_is_a_500_and_a_busy_server_a_429(chat_ckpt, capsy
 
     model, tok, _ = load_model(chat_ckpt, "cpu")
     thread = EngineThread(model, n_slots=4)
-    real_add = thread.engine.add
+    real_fill_one = thread.engine.fill_one
 
-    def add(req):  # a fault inside the model for one particular prompt
+    def fill_one(req, budget):  # a fault inside the model for one particular prompt's prefill
         if len(req.prompt) > 12:
             raise RuntimeError("simulated fault")
-        real_add(req)
-    thread.engine.add = add
+        return real_fill_one(req, budget)
+    thread.engine.fill_one = fill_one
     server = Server(model, tok, Settings(model_name="t"), thread)
 
     def broken_prompts(body):  # a fault outside generation: a bug, or a file gone from under the server

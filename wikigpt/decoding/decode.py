@@ -67,18 +67,21 @@ class SlotCache:
         self.v = [torch.zeros(shape, device=device, dtype=model.act_dtype) for _ in range(cfg.n_layer)]
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,)
         self.live = torch.zeros(n_slots, dtype=torch.bool, device=device)  # (S,) rows with a request
-        # this forward: a prefill of slot `slot`, or a decode of n rows over `span` keys, masked
-        # unless every one is a key of the row (one row, its own keys: an eager step alone)
-        self.slot, self.n, self.span, self.masked = None, 0, cfg.block_size, True
+        # this forward: a prefill of slot `slot` from position `start` (a prompt's chunk), or a decode
+        # of n rows over `span` keys, masked unless every one is a key of the row (one row, its own
+        # keys: an eager step alone)
+        self.slot, self.start, self.n, self.span, self.masked = None, 0, 0, cfg.block_size, True
         self.decoding = None  # a decode step's (where the new keys go, key mask), made once for all layers
 
     def positions(self, T: int):
         device = self.pos.device
         if self.slot is not None:
-            return self.pos[self.slot] + torch.arange(T, device=device)[None]  # (1, T)
-        # rows without a request compute at position 0, unused (theirs may be past the end)
-        at = torch.where(self.live[:self.n], self.pos[:self.n], 0)  # (n,)
+            return self.start + torch.arange(T, device=device)[None]  # (1, T)
         H, T_max = self.k[0].shape[1:3]
+        # rows without a request compute at the last position, unused: no prompt reaches it (at most
+        # block_size - 1 tokens), so a prompt a slot holds or is being prefilled with stays whole,
+        # and a row that reaches it writes its own key there before it reads it
+        at = torch.where(self.live[:self.n], self.pos[:self.n], T_max - 1)  # (n,)
         # row r's new key, head h, in a layer's (S*H*T, D) view: one index_copy_ per layer
         heads = torch.arange(self.n, device=device)[:, None] * H + torch.arange(H, device=device)[None]  # (n, H)
         rows = (heads * T_max + at[:, None]).view(-1)  # (n*H,)
@@ -87,10 +90,15 @@ class SlotCache:
         return at[:, None]  # (n, 1)
 
     def attend(self, layer: int, q, k, v):
-        if self.slot is not None:  # prefill one fresh slot: causal attention within the prompt
-            T = k.size(2)
-            self.k[layer][self.slot, :, :T], self.v[layer][self.slot, :, :T] = k[0], v[0]
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
+        if self.slot is not None:  # prefill a slot: causal attention over its prompt so far
+            s, T = self.start, k.size(2)
+            self.k[layer][self.slot, :, s:s + T], self.v[layer][self.slot, :, s:s + T] = k[0], v[0]
+            if s == 0:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (1, H, T, D)
+            keys, values = self.k[layer][self.slot, None, :, :s + T], self.v[layer][self.slot, None, :, :s + T]
+            # a later chunk: its query i sits at position s + i and sees keys 0 .. s + i
+            visible = torch.arange(s + T, device=q.device)[None] <= s + torch.arange(T, device=q.device)[:, None]
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (1, H, T, D)
         rows, visible = self.decoding
         D = k.size(-1)
         self.k[layer].view(-1, D).index_copy_(0, rows, k.reshape(-1, D))  # k, v: (n, H, 1, D)
@@ -101,7 +109,7 @@ class SlotCache:
 
     def advance(self, T: int):
         if self.slot is not None:
-            self.pos[self.slot] += T
+            self.pos[self.slot] = self.start + T
         else:
             self.pos[:self.n] += self.live[:self.n].long()  # rows without a request stay where they are
         self.decoding = None

@@ -2,8 +2,10 @@
 Continuous batching: many requests decoded together, one batched forward per step.
 
 Each request owns a slot (one row) of a batched KV cache and sits at its own position in it.
-A new request is prefilled alone into a free slot (its first token comes out of that prefill),
-then joins the next decode step; a finished or cancelled one leaves and frees its slot. A
+A new request joins a free slot and its prompt is prefilled there alone (its first token comes
+out of that prefill), in chunks between decode steps when the caller bounds the tokens a fill
+may run (a server does: a long prompt then holds the other streams for one chunk, not the
+whole prompt); then it joins the next decode step. A finished or cancelled one leaves and frees its slot. A
 request whose prompt a slot holds already (the n choices of one request) copies that slot's
 keys and values instead: one prefill per prompt, not per choice. A server runs the engine on
 its own thread (engine_thread.py).
@@ -34,6 +36,8 @@ and records them all, on the thread that will step the engine.
     engine = Engine(model, n_slots=16)
     engine.add(Request(prompt_ids, 64, SamplingParams(), stop_tokens={end}, seed=0, emit=print))
     while engine.active: engine.step()
+    # or, the prefill in chunks of at most 512 prompt tokens between two steps (EngineThread's way):
+    engine.join(request); while engine.active: engine.fill(512); engine.step()
 """
 import math
 import threading
@@ -70,6 +74,7 @@ class Request:
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
+    filled: int = 0  # prompt tokens prefilled into its slot so far
     finished: bool = False
     cancelled: bool = False
 
@@ -88,9 +93,10 @@ class Engine:
         self.state = DecodeState(model, self.n_slots, tok)
         self.cache = self.state.cache
         self.by_slot: dict[int, Request] = {}
+        self.filling: list[Request] = []  # in a slot, their prompts being prefilled: in the order they joined
         # prompt -> [the slots whose first keys and values are its own, its last logits (1, V)] (see
         # shared_prefill). A slot's stay intact while it decodes and after it leaves, until it is
-        # taken again or a step runs without it (a step writes position 0 of the rows it pads with)
+        # taken again (a step's padding rows write only the last position, which no prompt reaches)
         self.prefilled: dict[tuple, list] = {}
         self.prompt_in: dict[int, tuple] = {}  # slot -> the prompt of `prefilled` it holds
         self.device = model.device
@@ -151,38 +157,80 @@ class Engine:
             on_graph()
         self.warmed = True
 
-    @torch.no_grad()
     def add(self, req: Request):
         """Prefill the request's prompt into the lowest free slot and emit its first token."""
+        self.join(req)
+        self.fill()
+
+    def join(self, req: Request):
+        """Take the lowest free slot for the request; fill() prefills its prompt there."""
         if not req.prompt or len(req.prompt) >= self.model.cfg.block_size:
             raise ValueError(f"prompt of {len(req.prompt)} tokens: need 1..{self.model.cfg.block_size - 1}")
-        slot = min(set(range(self.n_slots)) - set(self.by_slot))
-        req.slot, st = slot, self.state
-        self.by_slot[slot] = req
-        prompt = torch.tensor([req.prompt], device=self.device)  # (1, T)
-        # the slot's state, written once as it joins (host -> device copies, no sync)
-        st.seen[slot] = False
-        st.seen[slot, prompt[0]] = True
-        st.knobs[slot] = torch.tensor(knobs_row(req.params))
-        st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, req.utf8_state
-        st.copy_w[slot] = 0.0
-        key = tuple(req.prompt)
-        self.forget(slot, keep=key)  # its rows are this request's now
-        logits = self.shared_prefill(key, slot)
-        if logits is None:
-            self.cache.pos[slot], self.cache.live[slot], self.cache.slot = 0, True, slot
+        req.slot = min(set(range(self.n_slots)) - set(self.by_slot))
+        self.by_slot[req.slot] = req
+        self.filling.append(req)
+        self.forget(req.slot, keep=tuple(req.prompt))  # its rows are this request's now
+
+    def fill(self, budget: float = math.inf, on_error=None) -> int:
+        """Prefill the joined requests' prompts in the order they joined, running at most `budget`
+        prompt tokens through the model (at least one while any is left): a prompt past the budget
+        goes on from where it stopped at the next call; a prompt a slot holds costs nothing (copied).
+        Each request whose prompt is in emits its first token. A request whose prefill fails is
+        released, then on_error(request, error) is called, or (without on_error) the error raised.
+        Returns the prompt tokens run."""
+        ran = 0
+        for req in list(self.filling):
+            if req.cancelled:
+                self.release(req)
+                continue
+            if ran >= budget and tuple(req.prompt) not in self.prefilled:
+                break  # the streams decoding get their next token first
             try:
-                x = self.model.hidden_states(prompt, self.cache)
+                ran += self.fill_one(req, budget - ran)
+            except Exception as e:
+                self.release(req)
+                if on_error is None:
+                    raise
+                on_error(req, e)
+        return ran
+
+    @torch.no_grad()
+    def fill_one(self, req: Request, budget: float) -> int:
+        """Run the next chunk of the request's prompt (at most `budget` tokens, at least one); once it
+        is all in, write the slot's state and emit the first token. Returns the tokens run."""
+        key, slot = tuple(req.prompt), req.slot
+        logits = self.shared_prefill(key, slot) if req.filled == 0 else None
+        ran = 0
+        if logits is None:
+            ran = int(min(len(key) - req.filled, max(budget, 1)))
+            chunk = torch.tensor([req.prompt[req.filled:req.filled + ran]], device=self.device)  # (1, ran)
+            self.cache.slot, self.cache.start = slot, req.filled
+            try:
+                x = self.model.hidden_states(chunk, self.cache)  # (1, ran, C)
             finally:
                 self.cache.slot = None
+            req.filled += ran
+            if req.filled < len(key):
+                return ran
             logits = self.model.lm_head(x[:, -1]).float()  # (1, V)
             self.prefilled[key] = [set(), logits]
         self.prefilled[key][0].add(slot)
         self.prompt_in[slot] = key
+        self.filling.remove(req)
+        # the slot's state, written once its prompt is in (host -> device copies, no sync): not as it
+        # joins, since the decode steps between its chunks compute its row as padding
+        st, prompt = self.state, torch.tensor(req.prompt, device=self.device)
+        st.seen[slot] = False
+        st.seen[slot, prompt] = True
+        st.knobs[slot] = torch.tensor(knobs_row(req.params))
+        st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, req.utf8_state
+        st.copy_w[slot] = 0.0
+        self.cache.pos[slot], self.cache.live[slot] = len(key), True
         self.set_copy([req])
         token = pick(st, self.model, torch.tensor([slot], device=self.device), logits,
                      candidates([req.params.top_k], self.model.cfg.padded_vocab))
         self.emitted([req], token.tolist())
+        return ran
 
     def shared_prefill(self, prompt: tuple, slot: int) -> torch.Tensor | None:
         """When a slot holds this very prompt's keys and values (the n choices of a request),
@@ -199,7 +247,6 @@ class Engine:
             for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
                 k[slot, :, :T] = k[src, :, :T]  # keys past T are the source's own reply: not copied
                 v[slot, :, :T] = v[src, :, :T]
-        self.cache.pos[slot], self.cache.live[slot] = T, True
         return logits
 
     def forget(self, slot: int, keep: tuple | None = None):
@@ -213,19 +260,13 @@ class Engine:
         if not slots:
             self.prefilled.pop(prompt, None)
 
-    def prefill_cost(self, prompt: list[int]) -> int:
-        """Prompt tokens add() would run through the model: none for a prompt a slot holds."""
-        return 0 if tuple(prompt) in self.prefilled else len(prompt)
-
     @torch.no_grad()
     def step(self):
-        """One decode step for every active request: one batched forward, one token each."""
+        """One decode step for every request whose prompt is in: one batched forward, one token each."""
         self.drop_cancelled()
-        if not self.by_slot:
+        reqs = [self.by_slot[s] for s in sorted(self.by_slot) if self.by_slot[s].tokens]
+        if not reqs:
             return
-        for slot in [s for s in self.prompt_in if s not in self.by_slot]:
-            self.forget(slot)  # this step writes over position 0 of the rows without a request
-        reqs = [self.by_slot[s] for s in sorted(self.by_slot)]
         self.cache.n = bucket(reqs[-1].slot + 1, self.n_slots)
         # the longest row's keys: its prompt and tokens, the newest of which this step writes; a
         # compiled step rounds them up to a span (one graph each), an eager one attends to just those
@@ -267,6 +308,8 @@ class Engine:
 
     def release(self, req: Request):
         req.finished = True
+        if req in self.filling:
+            self.filling.remove(req)
         if req.slot is not None and self.by_slot.get(req.slot) is req:
             del self.by_slot[req.slot]
             self.cache.live[req.slot] = False

@@ -14,11 +14,11 @@ from collections import deque
 from model import GPT
 from wikigpt.decoding.engine import Engine, Request
 
-# Prompt tokens prefilled between two decode steps while others decode: past it, newcomers wait
-# for the next step (one always joins). Every joiner was prefilled before the next step, so one
-# client's requests of 8 choices of a ~950-token prompt held every stream for ~3 s a time here;
-# a step now waits for at most one long prompt's prefill, or a few short ones (8 chat turns join at
-# once); a choice of a prompt held already costs nothing here (Engine.shared_prefill copies it).
+# Prompt tokens prefilled between two decode steps while others decode; a longer prompt goes on
+# after the next step (Engine.fill: a chunked prefill). Prefilling each newcomer whole before the
+# next step held every stream for ~3 s a time here (one client's 8 choices of a ~950-token
+# prompt), and one long prompt still held them for its whole prefill (1.2 s); a choice of a
+# prompt a slot holds costs nothing here (Engine.shared_prefill copies it).
 PREFILL_TOKENS = 512
 
 
@@ -36,7 +36,6 @@ class EngineThread:
         self.engine = Engine(model, n_slots, tok, compile)
         self.max_queue = max_queue
         self.waiting: deque[Request] = deque()
-        self.joining: list[Request] = []  # taken from `waiting`, being prefilled into a slot
         self.wake = threading.Condition()
         self.stopped = False
         self.progress: queue.SimpleQueue | None = None
@@ -54,9 +53,9 @@ class EngineThread:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a slot: queued, or taken to join but not yet in their slot."""
-        joining = [r for r in self.joining if r.slot is None and not r.cancelled]
-        return len(self.waiting) + len(joining)
+        """Requests waiting for a slot, or in one with their prompt not yet prefilled (no token yet)."""
+        filling = [r for r in list(self.engine.filling) if not r.cancelled]  # (copied at once: see placed)
+        return len(self.waiting) + len(filling)
 
     @property
     def active(self) -> int:
@@ -69,9 +68,9 @@ class EngineThread:
 
     @property
     def held(self) -> int:
-        """Requests decoding, joining or waiting: what the capacity bounds."""
+        """Requests in a slot or waiting for one: what the capacity bounds."""
         with self.wake:
-            return len(self.waiting) + self.placed_or_joining()
+            return len(self.waiting) + self.placed()
 
     def submit(self, requests: list[Request]):
         """Queue requests together (all or none), or raise QueueFull."""
@@ -83,12 +82,10 @@ class EngineThread:
             self.waiting.extend(requests)
             self.wake.notify()
 
-    def placed_or_joining(self) -> int:
-        """Requests in a slot or being prefilled into one, each counted once: a joining request
-        takes its slot as its prefill begins, and counting both (the slots and the joining
-        count) refused requests that fit while a batch was joining (429 with slots free)."""
-        held = [*self.joining, *self.engine.by_slot.values()]  # copied at once (the engine thread changes them)
-        return len({id(r) for r in held if not r.finished and not r.cancelled})
+    def placed(self) -> int:
+        """Requests in a slot (a request moves from `waiting` to a slot under the lock: counted once)."""
+        held = list(self.engine.by_slot.values())  # copied at once (the engine thread changes them)
+        return sum(1 for r in held if not r.finished and not r.cancelled)
 
     def cancel(self, req: Request):
         req.cancelled = True  # the engine thread drops it before its next step
@@ -115,33 +112,22 @@ class EngineThread:
                 self.progress.put(False)
 
     def _admit(self, budget: float):
-        """On the engine thread, between two steps: prefill the requests waiting now into the
-        free slots, one at a time, while their prompts fit the budget (one always joins; a
-        choice of a prompt a slot holds costs nothing, as it is then, not as it was when they
-        began). A failure fails that request alone."""
-        first = True
+        """On the engine thread, between two steps: the requests waiting take the free slots (no
+        work: Engine.join), then at most `budget` tokens of the prompts joined are prefilled (at
+        least one). A failure fails that request alone."""
+        failed = []
         with self.wake:
-            newcomers = {id(r) for r in self.waiting}  # later ones join after the next step
-        while True:
-            with self.wake:
-                if self.stopped or not self.waiting or not self.engine.free_slots \
-                        or id(self.waiting[0]) not in newcomers:
-                    return
-                cost = self.engine.prefill_cost(self.waiting[0].prompt)
-                if not first and cost > max(budget, 0):
-                    return  # the streams decoding get their next token first
+            while not self.stopped and self.waiting and self.engine.free_slots:
                 req = self.waiting.popleft()
                 if req.cancelled:  # (cancel() sets the flag before it takes the lock to remove it)
                     continue
-                self.joining = [req]
-            first, budget = False, budget - cost
-            try:
-                self.engine.add(req)
-            except Exception as e:
-                self.engine.release(req)
-                req.emit(req, None, f"error: {type(e).__name__}: {e}")
-            finally:
-                self.joining = []  # in a slot now (or failed)
+                try:
+                    self.engine.join(req)
+                except Exception as e:
+                    failed.append((req, e))
+        self.engine.fill(budget, on_error=lambda req, e: failed.append((req, e)))
+        for req, e in failed:  # (outside the lock: emit may call back into cancel)
+            req.emit(req, None, f"error: {type(e).__name__}: {e}")
 
     def _run(self):
         self.warm_up()
