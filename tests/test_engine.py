@@ -231,8 +231,8 @@ def test_requests_in_their_slots_before_their_prefill_are_counted_once_so_reques
     thread.engine.fill = slow_fill
     try:
         thread.submit([Request([1, 2], 3) for _ in range(3)])
-        assert entered.wait(30) and thread.active == 3
-        assert thread.queue_depth == 3  # what /health says is queued: no token yet
+        assert entered.wait(30) and thread.active == 3  # in their slots, not yet decoding
+        assert thread.queue_depth == 0 and thread.held == 3  # what /health says is queued: none; each counted once
         thread.submit([Request([3], 3)])  # 3 held + 1 = the 4 slots: taken, not refused as busy
         with pytest.raises(QueueFull):
             thread.submit([Request([4], 3)])
@@ -313,6 +313,28 @@ def test_streams_get_a_token_between_chunks_of_the_prefills_of_long_newcomers(mo
         assert calls[:2] == [(math.inf, 120), "step"]  # with nothing decoding, nobody waits: all join at once
     finally:
         thread.stop()
+
+
+def test_a_prompt_left_alone_by_the_streams_that_finished_is_prefilled_whole_and_a_budget_of_0_still_moves(
+        monkeypatch):
+    monkeypatch.setattr(engine_thread_module, "PREFILL_TOKENS", 4)
+    thread, calls, done = EngineThread(tiny_model(), n_slots=4, start=False), [], threading.Event()
+    fill = thread.engine.fill
+    thread.engine.fill = lambda budget, on_error=None: (calls.append(budget), fill(budget, on_error))[1]
+    stream = Request([1, 2], 2)  # its prompt in, then one more step and it is done
+    thread.submit([stream, Request(list(range(3, 63)), 1, emit=lambda r, t, f: f and done.set())])
+    thread.engine.join(thread.waiting.popleft())
+    fill()  # the stream decodes; the 60-token prompt is left to the thread
+    thread.start()
+    try:
+        assert done.wait(30)
+        assert calls.count(4) <= 2 and math.inf in calls, calls  # chunks only while the stream decoded
+    finally:
+        thread.stop()
+    engine = Engine(tiny_model(), n_slots=2)
+    engine.join(Request([5, 6, 7], 2))
+    assert engine.fill(0) == 1 and engine.fill(-3) == 1 and engine.fill(0) == 1  # at least one token, each call
+    assert engine.decoding == 1
 
 
 # ----- the compiled step as a GPU needs it

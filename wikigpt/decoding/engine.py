@@ -114,6 +114,11 @@ class Engine:
         return len(self.by_slot)
 
     @property
+    def decoding(self) -> int:
+        """Requests in a slot whose prompt is in (they have a token): what a step decodes."""
+        return len(self.by_slot) - len(self.filling)
+
+    @property
     def free_slots(self) -> int:
         return self.capacity - len(self.by_slot)
 
@@ -183,7 +188,7 @@ class Engine:
             if req.cancelled:
                 self.release(req)
                 continue
-            if ran >= budget and tuple(req.prompt) not in self.prefilled:
+            if ran >= max(budget, 1) and tuple(req.prompt) not in self.prefilled:
                 break  # the streams decoding get their next token first
             try:
                 ran += self.fill_one(req, budget - ran)
@@ -264,7 +269,7 @@ class Engine:
     def step(self):
         """One decode step for every request whose prompt is in: one batched forward, one token each."""
         self.drop_cancelled()
-        reqs = [self.by_slot[s] for s in sorted(self.by_slot) if self.by_slot[s].tokens]
+        reqs = [self.by_slot[s] for s in sorted(self.by_slot) if self.by_slot[s] not in self.filling]
         if not reqs:
             return
         self.cache.n = bucket(reqs[-1].slot + 1, self.n_slots)

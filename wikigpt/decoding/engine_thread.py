@@ -1,8 +1,8 @@
 """
 The engine for a server: a background thread steps it, so the event loop never blocks. Requests
-are submitted from any thread, wait in a bounded queue for a free slot, and join between two
-decode steps within a budget of prompt tokens; a compiled engine warms up on this thread first
-(CUDA graph trees are per thread).
+are submitted from any thread, wait in a bounded queue for a free slot, and take it between two
+decode steps; their prompts are prefilled there within a budget of prompt tokens between two steps
+(a long one in chunks); a compiled engine warms up on this thread first (CUDA graph trees are per thread).
 
     thread = EngineThread(model, n_slots=16, max_queue=64)
     thread.submit([Request(prompt_ids, 64, emit=on_token)])   # or QueueFull: answer 429
@@ -53,9 +53,8 @@ class EngineThread:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a slot, or in one with their prompt not yet prefilled (no token yet)."""
-        filling = [r for r in list(self.engine.filling) if not r.cancelled]  # (copied at once: see placed)
-        return len(self.waiting) + len(filling)
+        """Requests waiting for a slot (one in a slot, its prompt being prefilled, counts as active)."""
+        return len(self.waiting)
 
     @property
     def active(self) -> int:
@@ -137,7 +136,7 @@ class EngineThread:
                     self.wake.wait()
                 if self.stopped:
                     return
-            self._admit(PREFILL_TOKENS if self.engine.active else float("inf"))
+            self._admit(PREFILL_TOKENS if self.engine.decoding else float("inf"))
             try:
                 self.engine.step()
             except Exception as e:  # one batched forward: its failure fails the requests in it

@@ -137,7 +137,7 @@ class Server:
                               registry=r, buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1))
         Gauge("wikigpt_queue_depth", "requests waiting for a slot or for their prompt",
               registry=r).set_function(lambda: self.queued)
-        Gauge("wikigpt_active_sequences", "requests being decoded", registry=r).set_function(lambda: engine.active)
+        Gauge("wikigpt_active_sequences", "requests in a slot: decoding, or their prompt being prefilled", registry=r).set_function(lambda: engine.active)
         r.register(ProtocolWarnings())  # counted by uvicorn's log filter: those requests never reach the app
 
     # ----- building prompts
