@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from wikigpt.chat.chat_template import ContextOverflow, prompt_room  # noqa: E402
 from wikigpt.cli import UsageError, run_main  # noqa: E402
 from wikigpt.decoding.load import add_model_args, load_model  # noqa: E402
@@ -92,6 +93,12 @@ def print_likelihood(args, reader: Reader, model, tok, info):
         print(f"  {ROWS[key].format(k=args.k):46s} {round(count, 1):6g} {count / max(n, 1):6.2f}")  # random: a mean
 
 
+def shown(folder) -> str:
+    """The question set's folder as the index info and messages name it (bench/natural_qa, bench/zh_sample)."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def refuse_declining_all(threshold: float, folder):
     """Stop before storing a threshold that declines every question: no cut kept the wrong
     answers' upper bound at MAX_WRONG, which takes more questions than a small dev split has."""
@@ -148,7 +155,7 @@ def main(argv):
                                                              + templates)
         refuse_declining_all(reader.threshold, args.natural)
         add_index_info(args.data, reader.confidence.to_info() | {"rules_abstain_below": reader.rules_threshold,
-            "abstain_below": reader.threshold, "abstain_chosen_on": "bench/natural_qa dev (confidence, held-out folds)"})
+            "abstain_below": reader.threshold, "abstain_chosen_on": f"{shown(args.natural)} dev (confidence, held-out folds)"})
         print(f"confidence trained on all of dev, 'not found' below {reader.threshold:.4f} -> {args.data}/index; "
               "as read with it (dev, seen in training):")
     if args.ab:
@@ -169,9 +176,9 @@ def main(argv):
             sys.exit("--calibrate chooses on the dev split only: drop --split test")
         t = choose_threshold(scores_of(reader, load_natural("dev", args.natural)))  # on the confidence's scale when one is stored
         refuse_declining_all(t, args.natural)
-        add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": "bench/natural_qa dev"})
+        add_index_info(args.data, {"abstain_below": t, "abstain_chosen_on": f"{shown(args.natural)} dev"})
         reader.threshold = t
-        print(f"'not found' below {t:.4f}, chosen on bench/natural_qa's dev split -> {args.data}/index")
+        print(f"'not found' below {t:.4f}, chosen on {shown(args.natural)}'s dev split -> {args.data}/index")
     report = evaluate_reader(reader, load_natural(args.split, args.natural), args.threshold)
     print(f"{args.split} split, {args.data}")
     print(format_natural(report))

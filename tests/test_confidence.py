@@ -58,6 +58,23 @@ def test_too_small_a_dev_split_stores_no_threshold_that_declines_everything(read
     assert (data / "index" / "wikigpt_index.json").read_text() == info  # nothing stored
 
 
+def test_a_threshold_chosen_on_another_question_set_is_stored_with_that_sets_name(reader, tmp_path):
+    """--natural bench/zh_sample --calibrate said, and stored, "chosen on bench/natural_qa's dev split"."""
+    data, natural = tmp_path / "data", tmp_path / "natural"
+    shutil.copytree(reader.index.folder, data)
+    natural.mkdir()
+    rows = [{"id": f"q{n:03d}", "split": "dev", "kind": "date", "article": "Stonebridge Gazette",
+             "question": "When was the Stonebridge Gazette first published?", "answers": ["1852"]} for n in range(1, 46) if n % 3]
+    (natural / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (natural / "conversations.jsonl").write_text("")
+    outside = [{"id": f"o{n:02d}", "split": "dev", "near_miss": False, "question": "Who painted the Mona Lisa?"}
+               for n in (1, 2, 4, 5)]
+    (natural / "out_of_corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in outside))
+    bench_main(["--data", str(data), "--natural", str(natural), "--calibrate"])
+    info = json.loads((data / "index" / "wikigpt_index.json").read_text())
+    assert info["abstain_chosen_on"] == f"{natural} dev"
+
+
 @pytest.mark.parametrize("files, message", [
     ({"questions.jsonl": '{"id": "q1", "question": "x"}\n'}, r"questions.jsonl:1: a record needs split, kind, article, answers"),
     ({"questions.jsonl": "not json\n"}, r"questions.jsonl:1: not valid JSON"),
