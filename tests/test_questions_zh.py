@@ -257,3 +257,40 @@ def test_a_description_is_written_with_its_superlative_and_ordinal():
     assert not says_most_of(zh_description("世界上含沙量最小的河流是哪条？"), sentence)  # 最大 is no 最小
     assert not says_most_of(zh_description("世界第二长河是哪条？"), sentence)  # 第六 is no 第二
     assert not says_most_of(zh_description("What is the largest river?"), sentence)  # English: no description
+
+
+@pytest.mark.parametrize("plain, hedged", [
+    ("明长城的总长度是多少？", "明长城的总长度大概是多少？"),  # "roughly": no word of what is asked
+    ("野生大熊猫数量是多少？", "野生大熊猫数量一共是多少？"),  # "in all"
+    ("太阳的核心温度是多少？", "太阳的核心温度到底是多少？"),  # "on earth"
+    ("大熊猫吃什么？", "大熊猫吃什么东西？"),  # "what thing": 东西 is the question's word, not the sentence's
+])
+def test_hedges_and_fillers_are_not_read_as_asked(reader, plain, hedged):
+    """大概, 一共, 到底 ... weighed as the rarest words asked (a Wikipedia sentence rarely writes them):
+    the sentence that answers scored under the threshold."""
+    def asked(question):
+        return set(reader.asked(question, reader.links(question)).weights)
+    assert asked(hedged) == asked(plain)
+    assert reader.find(hedged).best.text == reader.find(plain).best.text
+
+
+def test_what_something_is_called_and_what_happened_when_are_read_by_the_words_sentences_use(reader):
+    called = reader.asked("被称为诗仙的是谁？", [])  # the sentence says 被后人誉为“诗仙”
+    assert any({"称为", "誉为"} <= covers for covers in called.covers.values()), called.covers
+    happened = reader.asked("关东大地震是哪一天发生的？", [])  # 发生 "happened": a date, as English's "happen"
+    assert "date" in happened.weights and "发生" not in happened.weights
+
+
+def test_a_follow_up_that_names_another_entity_and_asks_nothing_else_asks_the_last_question_of_it(reader):
+    """那上海市呢？ after 北京市的人口是多少？ asks Shanghai's population (it was answered with Shanghai's
+    lead); "and 上海市?" the same in English; a follow-up that asks its own question is read as it is."""
+    first = reader.find("北京市的人口是多少？")
+    assert first.answerable and first.best.text == "21893095"
+    history = ["北京市的人口是多少？", first.best.quoted]
+    for follow_up in ("那上海市呢？", "上海市呢", "那么上海市的呢？"):
+        found = reader.find(follow_up, history=history)
+        assert found.answerable and (found.best.title, found.best.text) == ("上海市", "24870895"), found.items[:3]
+    assert reader.linker.asked_again("and 上海市?", ["What is the population of 北京市?", "21893095"]) == \
+        "What is the population of 上海市?"
+    for own in ("上海市是什么？", "上海市的面积呢？", "Who is 上海市?", "那北京市呢？"):  # its own question; the same entity
+        assert reader.linker.asked_again(own, history) == own

@@ -296,7 +296,7 @@ class Reader:
 
     def rank(self, question: str, k: int | None, history: list[str]) -> Found:
         """The evidence for find, best first; nothing judged yet."""
-        question = question.strip()
+        question = self.linker.asked_again(question.strip(), history)  # 那德国呢？: the last question, of 德国
         form = without_lead_in(question)  # "and when did he die": what is asked, read without "and"
         links = self.linker.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from wikigpt.knowledge.analysis import STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
-from wikigpt.knowledge.questions import (NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, table_phrases,
+from wikigpt.knowledge.questions import (ELLIPTICAL, NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, table_phrases,
                                          without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK
 from wikigpt.knowledge.replies import without_abstention
@@ -125,6 +125,20 @@ class Linker:
             if top:
                 return self._carry(top[0], links)
         return links
+
+    def asked_again(self, question: str, history: list[str]) -> str:
+        """A follow-up that names another entity and asks nothing else (ELLIPTICAL: 那德国呢？ after
+        日本的国际电话区号是多少, "and Zimbabwe?" after "What is the capital of Zambia?") asks the last
+        question of it: that question with the follow-up's name in place of its entity's (as asked,
+        when it named one itself); any other question as it is."""
+        last = history[-2] if len(history) >= 2 else ""
+        own = self.links(question, guess=False)
+        if not last or not own or not ELLIPTICAL.match(question[:own[0].start] + question[own[0].end:]):
+            return question
+        before = self.links(last, guess=False)
+        if not before or before[0].subject == own[0].subject:
+            return question
+        return last[:before[0].start] + question[own[0].start:own[0].end] + last[before[0].end:]
 
     def names_new(self, question: str, history: list[str]) -> bool:
         """Whether a question writes a name (a capitalised word inside a sentence) that the last

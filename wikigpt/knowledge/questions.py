@@ -38,9 +38,17 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "叫什么", "叫做什么", "称为什么", "有人知道", "有谁知道", "谁知道", "我想知道", "想知道",
                      "啊", "呀", "嘛", "啦", "哦",
                      # what someone does (是干嘛的: who is X), "this / that" (这个词 is the word the sentence says)
-                     "是干嘛的", "干嘛的", "是干什么的", "干什么的", "这个", "那个"]
+                     "是干嘛的", "干嘛的", "是干什么的", "干什么的", "这个", "那个",
+                     # "what thing / what place" (东西, 地方: the question's words, not the sentence's), "how" (咋)
+                     "什么东西", "啥东西", "哪个地方", "什么地方", "啥地方", "咋",
+                     # hedges and fillers that say nothing of what is asked, as English's "roughly", "on
+                     # earth", "in all" (大概 人身上的水占体重多少, 一共分成几个州): a Wikipedia sentence rarely
+                     # writes them, so they weighed as the rarest words asked and the answer scored low
+                     "大概", "大约", "差不多", "到底", "究竟", "一共", "总共", "算是", "的话", "能不能", "可不可以"]
 # "which" with its measure word (哪首 "which song", 哪部, 哪条): the measure word is no word of what is asked
 ZH_QUESTION_WORDS += [f"哪{m}" for m in "首部本条所家种场届支只颗块"]
+# "how many" with its measure word (几个 联邦州, 几种), and "what percent": a number is asked (ANSWER_TYPES)
+ZH_QUESTION_WORDS += [f"几{m}" for m in "个种位次座条颗所家本部只届名"] + ["百分之多少", "百分之几"]
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -85,17 +93,23 @@ ASKED = {
     # Chinese forms of "when", "where ... born", "how tall / long"
     "什么时候": "date year", "何时": "date year", "哪一年": "year date", "出生地": "birth place",
     "出生于哪里": "birth place", "出生在哪里": "birth place", "在哪里出生": "birth place", "在哪出生": "birth place",
+    "出生在哪": "birth place", "出生在哪儿": "birth place", "在哪儿出生": "birth place",
     # "how tall / long / far / heavy": the field's name, and the words a Chinese sentence says it with (a
     # sentence has no field name: "明长城的总长度为8,851.8公里")
     "高度": "height elevation", "多高": "height elevation 高度 海拔", "海拔": "elevation", "长度": "length",
     "多长": "length 长度 全长", "多远": "distance 距离", "多重": "weight mass 重量 质量",
     "哪天": "date", "哪一天": "date", "哪年": "year date", "啥时候": "date year", "多大": "area size 面积",
     "意思": "meaning 意为 意思 意指 含义",  # 在藏语中意为“大地之母”
+    # "happened" (是哪一天发生的: a date, as English's "happen"); what someone or something is called
+    # (被称为诗仙的是谁？ - 被后人誉为“诗仙”)
+    "发生": "date", "称为": "称为 誉为 称作 叫做 又称 别称 俗称", "叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
+    "被称为": "称为 誉为 称作 叫做 又称 别称 俗称", "被叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
+    "誉为": "誉为 称为 称作", "被誉为": "誉为 称为 称作",
 }
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
-TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没",
-                            "麼誰裡兒個幾請訴關於紹問嗎長時為貨幣積語總統國領導師經濟歷氣體軍稱區碼們沒")
+TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没约话东发誉",
+                            "麼誰裡兒個幾請訴關於紹問嗎長時為貨幣積語總統國領導師經濟歷氣體軍稱區碼們沒約話東發譽")
 ASKED |= {w.translate(TRADITIONAL): v for w, v in ASKED.items() if re.match(f"[{CJK}]", w)}
 ZH_QUESTION_WORDS = sorted(set(ZH_QUESTION_WORDS) | {w.translate(TRADITIONAL) for w in ZH_QUESTION_WORDS},
                            key=lambda w: (-len(w), w))  # removed longest first: "是什么" before "什么"
@@ -156,6 +170,10 @@ _ZH_PRONOUN = r"^[\s，,]*(?:那么|那|请问|还有)?[\s，,]*(?:{})(?![人乡
 ZH_LEAD = re.compile(_ZH_PRONOUN.format("它们|他们|她们|它|他|她|那么|那"))  # what asked() leaves out
 # "and ...?" in Chinese: 那核心呢？ (after the sun's surface temperature), 还有它的面积？ - about the last entity
 ZH_AND_WHAT = re.compile(r"^[\s，,]*(?:那么|那|还有|還有)|呢[\s？?！!。]*$")
+# what is left of a follow-up that names another entity and asks nothing else: 那德国呢？, 德国的呢,
+# "and Zimbabwe?", "what about Albania?" (it asks the last question of that entity: Linker.asked_again)
+ELLIPTICAL = re.compile(r"^[\s,，]*(?:and\s+what\s+about|what\s+about|how\s+about|and|那么|那|还有|還有)?"
+                        r"[\s,，]*(?:的)?\s*(?:呢)?[\s?？!！。]*$", re.I)
 PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b|" + _ZH_PRONOUN.format("他|她"), re.I)
 PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b|"
                       + _ZH_PRONOUN.format("它|他|她"), re.I)
