@@ -25,7 +25,7 @@ PAGES = [
     ("大熊猫", "'''大熊猫'''是中国特有的熊科动物。\n\n" + FILLER + "\n\n== 习性 ==\n大熊猫虽属食肉目，但其食物的99%是竹子。"
             "\n\n流行说法认为大熊猫会冬眠，但这一说法是错误的。\n\n== 保护 ==\n第四次调查的结果：野生大熊猫数量为1,864只。\n\n"
             + FILLER * 2),
-    ("太阳", "'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。太阳的核心温度约为1,570万K。太阳是一颗恒星，任何探测器都无法在其表面着陆。"
+    ("太阳", "{{Infobox planet |radius = 696,340 km |age = 约46亿年 |mass = 1.989×10³⁰ kg}}'''太阳'''是太阳系的中心天体。\n\n" + FILLER + "\n\n== 结构 ==\n太阳的可见表面称为光球，温度约为5,772K。太阳的核心温度约为1,570万K。太阳是一颗恒星，任何探测器都无法在其表面着陆。"
            "\n\n" + FILLER + "\n\n== 形成 ==\n约46亿年前，一团分子云在引力作用下坍缩，形成了太阳。\n\n" + FILLER),
     ("长城", "'''长城'''是中国古代的军事防御工程。\n\n" + FILLER + "\n\n== 历史 ==\n明朝对长城进行了大规模的修建。中国有一种说法认为长城在月球上也能看到。"
            "2009年，国家文物局公布明长城的总长度为8,851.8公里。1987年，长城被列为世界遗产。\n\n" + FILLER * 2),
@@ -294,3 +294,16 @@ def test_a_follow_up_that_names_another_entity_and_asks_nothing_else_asks_the_la
         "What is the population of 上海市?"
     for own in ("上海市是什么？", "上海市的面积呢？", "Who is 上海市?", "那北京市呢？"):  # its own question; the same entity
         assert reader.linker.asked_again(own, history) == own
+
+
+@pytest.mark.parametrize("question, attribute, text", [
+    ("太阳的半径是多少？", "radius", "696,340 km"),
+    ("太陽的半徑是多少？", "radius", "696,340 km"),
+    ("太阳几岁了？", "age", "约46亿年"),
+    ("太阳的质量是多少", "mass", "1.989×10³⁰ kg"),
+])
+def test_fields_zhwiki_names_in_english_are_asked_by_their_chinese_words(reader, question, attribute, text):
+    """zhwiki's infoboxes name most fields in English (radius, age, calling_code, MolarMass): 半径, 几岁,
+    区号, 摩尔质量 asked of them were declined, the field never read as what was asked."""
+    found = reader.find(question)
+    assert found.answerable and (found.best.attribute, found.best.text) == (attribute, text), found.items[:3]

@@ -102,14 +102,20 @@ ASKED = {
     "意思": "meaning 意为 意思 意指 含义",  # 在藏语中意为“大地之母”
     # "happened" (是哪一天发生的: a date, as English's "happen"); what someone or something is called
     # (被称为诗仙的是谁？ - 被后人誉为“诗仙”)
+    # the Chinese words for infobox fields zhwiki names in English ({{Infobox country |calling_code = +81}},
+    # {{Infobox chembox |MolarMass = ...}}, the planets' radius, age, period)
+    "区号": "calling code", "电话区号": "calling code", "摩尔质量": "molar mass", "分子量": "molar mass",
+    "半径": "radius", "质量": "mass", "年龄": "age", "几岁": "age", "多少岁": "age", "温度": "temperature",
+    "密度": "density", "熔点": "melting", "沸点": "boiling", "化学式": "formula", "分子式": "formula",
+    "周期": "period", "域名": "cctld domain",
     "发生": "date", "称为": "称为 誉为 称作 叫做 又称 别称 俗称", "叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
     "被称为": "称为 誉为 称作 叫做 又称 别称 俗称", "被叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
     "誉为": "誉为 称为 称作", "被誉为": "誉为 称为 称作",
 }
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
-TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没约话东发誉",
-                            "麼誰裡兒個幾請訴關於紹問嗎長時為貨幣積語總統國領導師經濟歷氣體軍稱區碼們沒約話東發譽")
+TRADITIONAL = str.maketrans("么谁里儿个几请诉关于绍问吗长时为货币积语总统国领导师经济历气体军称区码们没约话东发誉电号质径龄岁温点",
+                            "麼誰裡兒個幾請訴關於紹問嗎長時為貨幣積語總統國領導師經濟歷氣體軍稱區碼們沒約話東發譽電號質徑齡歲溫點")
 ASKED |= {w.translate(TRADITIONAL): v for w, v in ASKED.items() if re.match(f"[{CJK}]", w)}
 ZH_QUESTION_WORDS = sorted(set(ZH_QUESTION_WORDS) | {w.translate(TRADITIONAL) for w in ZH_QUESTION_WORDS},
                            key=lambda w: (-len(w), w))  # removed longest first: "是什么" before "什么"
