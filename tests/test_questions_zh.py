@@ -274,6 +274,12 @@ def test_hedges_and_fillers_are_not_read_as_asked(reader, plain, hedged):
     assert reader.find(hedged).best.text == reader.find(plain).best.text
 
 
+def test_later_and_to_where_are_no_words_of_what_is_asked():
+    from wikigpt.knowledge.questions import without_zh_question_words
+    assert without_zh_question_words("他后来被流放到哪里？").split() == ["被流放"]  # 李白被流放夜郎
+    assert without_zh_question_words("长城一共有多长").split() == ["长城", "多长"]  # (多长: a length, ASKED)
+
+
 def test_what_something_is_called_and_what_happened_when_are_read_by_the_words_sentences_use(reader):
     called = reader.asked("被称为诗仙的是谁？", [])  # the sentence says 被后人誉为“诗仙”
     assert any({"称为", "誉为"} <= covers for covers in called.covers.values()), called.covers

@@ -41,10 +41,12 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      "是干嘛的", "干嘛的", "是干什么的", "干什么的", "这个", "那个",
                      # "what thing / what place" (东西, 地方: the question's words, not the sentence's), "how" (咋)
                      "什么东西", "啥东西", "哪个地方", "什么地方", "啥地方", "咋",
+                     # "(to) where": 被流放到哪里, 去哪儿 (the sentence says 流放夜郎)
+                     "到哪里", "到哪儿", "到哪", "去哪里", "去哪儿", "去哪",
                      # hedges and fillers that say nothing of what is asked, as English's "roughly", "on
                      # earth", "in all" (大概 人身上的水占体重多少, 一共分成几个州): a Wikipedia sentence rarely
                      # writes them, so they weighed as the rarest words asked and the answer scored low
-                     "大概", "大约", "差不多", "到底", "究竟", "一共", "总共", "算是", "的话", "能不能", "可不可以"]
+                     "大概", "大约", "差不多", "到底", "究竟", "一共", "总共", "算是", "的话", "能不能", "可不可以", "后来"]
 # "which" with its measure word (哪首 "which song", 哪部, 哪条): the measure word is no word of what is asked
 ZH_QUESTION_WORDS += [f"哪{m}" for m in "首部本条所家种场届支只颗块"]
 # "how many" with its measure word (几个 联邦州, 几种), and "what percent": a number is asked (ANSWER_TYPES)
@@ -104,7 +106,7 @@ ASKED = {
     # (被称为诗仙的是谁？ - 被后人誉为“诗仙”)
     # the Chinese words for infobox fields zhwiki names in English ({{Infobox country |calling_code = +81}},
     # {{Infobox chembox |MolarMass = ...}}, the planets' radius, age, period)
-    "区号": "calling code", "电话区号": "calling code", "摩尔质量": "molar mass", "分子量": "molar mass",
+    "区号": "calling code", "电话区号": "calling code", "国际电话区号": "calling code", "摩尔质量": "molar mass", "分子量": "molar mass",
     "半径": "radius", "质量": "mass", "年龄": "age", "几岁": "age", "多少岁": "age", "温度": "temperature",
     "密度": "density", "熔点": "melting", "沸点": "boiling", "化学式": "formula", "分子式": "formula",
     "周期": "period", "域名": "cctld domain",
