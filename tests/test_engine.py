@@ -287,7 +287,7 @@ def test_streams_get_a_token_between_chunks_of_the_prefills_of_long_newcomers(mo
         calls.append((budget, fill(budget, on_error)))
         return calls[-1][1]
     thread.engine.fill = counted_fill
-    thread.engine.step = lambda: (calls.append("step"), time.sleep(0.005), step())
+    thread.engine.step = lambda: (calls.append("step"), time.sleep(0.01), step())  # the stream outlasts the joins
     try:
         stream = Request([1, 2], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
         thread.submit([stream])
