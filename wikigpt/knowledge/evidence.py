@@ -296,7 +296,8 @@ class Reader:
 
     def rank(self, question: str, k: int | None, history: list[str]) -> Found:
         """The evidence for find, best first; nothing judged yet."""
-        question = self.linker.asked_again(question.strip(), history)  # 那德国呢？: the last question, of 德国
+        said = question.strip()
+        question = self.linker.asked_again(said, history)  # 那德国呢？: the last question, of 德国 (as read)
         form = without_lead_in(question)  # "and when did he die": what is asked, read without "and"
         links = self.linker.carried(question, self.links(question), history)
         query = f"{question} {links[0].title}" if links and not links[0].units else question
@@ -357,7 +358,7 @@ class Reader:
             ranked = settle(form, asked, ranked)
         elif not links and unknown_name_asked(form):  # "Tell me about A. S. Neill.": no article is about him,
             ranked = [replace(i, score=round(i.score * UNSETTLED, 4)) for i in ranked]  # and a mention is no answer
-        return Found(question, language(question), links, ranked, passages, self.threshold,
+        return Found(question, language(said), links, ranked, passages, self.threshold,  # the reply in the user's language
                      features=dict(zip((i.text for i in ranked), measured)),  # for training the ranker
                      kind=question_kind(question, bool(history), bool(links), ranked[0].kind if ranked else ""))
 

@@ -129,14 +129,17 @@ class Linker:
     def asked_again(self, question: str, history: list[str]) -> str:
         """A follow-up that names another entity and asks nothing else (ELLIPTICAL: 那德国呢？ after
         日本的国际电话区号是多少, "and Zimbabwe?" after "What is the capital of Zambia?") asks the last
-        question of it: that question with the follow-up's name in place of its entity's (as asked,
-        when it named one itself); any other question as it is."""
-        last = history[-2] if len(history) >= 2 else ""
-        own = self.links(question, guess=False)
-        if not last or not own or not ELLIPTICAL.match(question[:own[0].start] + question[own[0].end:]):
+        question of it: that question (as it was read: 那法国呢？ after 那德国呢？ asks the capital too)
+        with the follow-up's name in place of its entity's. Any other question is read as it is, and
+        so is a follow-up after a question that named no entity, or two (北京市的人口比上海市多吗？)."""
+        if len(history) < 2 or not history[-2]:
             return question
+        own = self.links(question, guess=False)
+        if not own or not ELLIPTICAL.match(question[:own[0].start] + question[own[0].end:]):
+            return question
+        last = self.asked_again(history[-2], history[:-2])
         before = self.links(last, guess=False)
-        if not before or before[0].subject == own[0].subject:
+        if len({l.subject for l in before}) != 1 or before[0].subject == own[0].subject:
             return question
         return last[:before[0].start] + question[own[0].start:own[0].end] + last[before[0].end:]
 

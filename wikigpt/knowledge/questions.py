@@ -46,11 +46,15 @@ ZH_QUESTION_WORDS = ["请告诉我关于", "告诉我关于", "介绍一下", "�
                      # hedges and fillers that say nothing of what is asked, as English's "roughly", "on
                      # earth", "in all" (大概 人身上的水占体重多少, 一共分成几个州): a Wikipedia sentence rarely
                      # writes them, so they weighed as the rarest words asked and the answer scored low
-                     "大概", "大约", "差不多", "到底", "究竟", "一共", "总共", "算是", "的话", "能不能", "可不可以", "后来"]
+                     # (一共 and 总共 before a verb: 一共 alone is inside 第一共和国)
+                     "大概", "大约", "差不多", "到底", "究竟", "一共有", "一共是", "一共分", "总共有", "总共是", "算是",
+                     "能不能", "可不可以", "后来"]
 # "which" with its measure word (哪首 "which song", 哪部, 哪条): the measure word is no word of what is asked
 ZH_QUESTION_WORDS += [f"哪{m}" for m in "首部本条所家种场届支只颗块"]
 # "how many" with its measure word (几个 联邦州, 几种), and "what percent": a number is asked (ANSWER_TYPES)
-ZH_QUESTION_WORDS += [f"几{m}" for m in "个种位次座条颗所家本部只届名"] + ["百分之多少", "百分之几"]
+ZH_QUESTION_WORDS += [f"几{m}" for m in "个种位次座条颗所家本只届名"] + ["百分之多少", "百分之几"]  # (几部分: parts)
+# the words a sentence says what something is called with (ASKED's 被称为, 被誉为)
+CALLED = "称为 誉为 称作 叫做 又称 别称 俗称"
 # a question's word -> the words infobox fields and section headings use for it (en + zh)
 ASKED = {
     "capital": "capital", "首都": "capital", "首府": "capital", "population": "population",
@@ -102,17 +106,15 @@ ASKED = {
     "多长": "length 长度 全长", "多远": "distance 距离", "多重": "weight mass 重量 质量",
     "哪天": "date", "哪一天": "date", "哪年": "year date", "啥时候": "date year", "多大": "area size 面积",
     "意思": "meaning 意为 意思 意指 含义",  # 在藏语中意为“大地之母”
-    # "happened" (是哪一天发生的: a date, as English's "happen"); what someone or something is called
-    # (被称为诗仙的是谁？ - 被后人誉为“诗仙”)
     # the Chinese words for infobox fields zhwiki names in English ({{Infobox country |calling_code = +81}},
-    # {{Infobox chembox |MolarMass = ...}}, the planets' radius, age, period)
-    "区号": "calling code", "电话区号": "calling code", "国际电话区号": "calling code", "摩尔质量": "molar mass", "分子量": "molar mass",
-    "半径": "radius", "质量": "mass", "年龄": "age", "几岁": "age", "多少岁": "age", "温度": "temperature",
-    "密度": "density", "熔点": "melting", "沸点": "boiling", "化学式": "formula", "分子式": "formula",
-    "周期": "period", "域名": "cctld domain",
-    "发生": "date", "称为": "称为 誉为 称作 叫做 又称 别称 俗称", "叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
-    "被称为": "称为 誉为 称作 叫做 又称 别称 俗称", "被叫做": "称为 誉为 称作 叫做 又称 别称 俗称",
-    "誉为": "誉为 称为 称作", "被誉为": "誉为 称为 称作",
+    # {{Infobox chembox |MolarMass = ...}}, a planet's radius and age). 区号 is the calling code's word only
+    # ("calling": "code" alone is also a postal code's); 几岁 stays asked (a person's age is "N岁" in a sentence)
+    "区号": "calling", "电话区号": "calling", "国际电话区号": "calling", "摩尔质量": "molar mass", "分子量": "molar mass",
+    "半径": "radius", "质量": "mass", "年龄": "age", "温度": "temperature", "密度": "density", "熔点": "melting",
+    "沸点": "boiling", "化学式": "formula", "分子式": "formula", "周期": "period", "域名": "cctld domain",
+    # what someone or something is said to be (被称为诗仙的是谁？ - 被后人誉为“诗仙”); not 叫做 / 称为 alone,
+    # which ask a name (德国的首都叫做什么？ asks the capital)
+    "被称为": CALLED, "被叫做": CALLED, "被誉为": CALLED, "誉为": CALLED,
 }
 # A question may be written in traditional characters (zhwiki mixes both): the tables' Chinese words
 # are recognised in either form (of the characters they use: 么 -> 麼, 货币 -> 貨幣, ...)
@@ -178,10 +180,12 @@ _ZH_PRONOUN = r"^[\s，,]*(?:那么|那|请问|还有)?[\s，,]*(?:{})(?![人乡
 ZH_LEAD = re.compile(_ZH_PRONOUN.format("它们|他们|她们|它|他|她|那么|那"))  # what asked() leaves out
 # "and ...?" in Chinese: 那核心呢？ (after the sun's surface temperature), 还有它的面积？ - about the last entity
 ZH_AND_WHAT = re.compile(r"^[\s，,]*(?:那么|那|还有|還有)|呢[\s？?！!。]*$")
-# what is left of a follow-up that names another entity and asks nothing else: 那德国呢？, 德国的呢,
-# "and Zimbabwe?", "what about Albania?" (it asks the last question of that entity: Linker.asked_again)
-ELLIPTICAL = re.compile(r"^[\s,，]*(?:and\s+what\s+about|what\s+about|how\s+about|and|那么|那|还有|還有)?"
-                        r"[\s,，]*(?:的)?\s*(?:呢)?[\s?？!！。]*$", re.I)
+# what is left of a follow-up that names another entity and asks nothing else: 那德国呢？, 德国呢,
+# "and Zimbabwe?", "so what about the UK?" (it asks the last question of that entity: Linker.asked_again);
+# an "and" / "what about" / 那 before it or a 呢 after it: a name alone may be a question of its own
+_ALSO = r"(?:(?:so|ok|okay|well)[\s,]+)?(?:and\s+what\s+about|what\s+about|how\s+about|and|那么|那麼|那|还有|還有)"
+ELLIPTICAL = re.compile(rf"^[\s,，]*{_ALSO}[\s,，]*(?:the\s+)?\s*(?:'s|的)?\s*(?:呢)?[\s?？!！。]*$"
+                        r"|^[\s,，]*(?:的)?\s*呢[\s?？!！。]*$", re.I)
 PERSON_PRONOUNS = re.compile(r"\b(?:he|his|him|she|her)\b|" + _ZH_PRONOUN.format("他|她"), re.I)
 PRONOUNS = re.compile(r"\b(?:it|its|they|their|them|he|his|him|she|her|this|that|there)\b|"
                       + _ZH_PRONOUN.format("它|他|她"), re.I)
