@@ -305,6 +305,8 @@ def test_a_follow_up_that_names_another_entity_and_asks_nothing_else_asks_the_la
     assert reader.linker.asked_again("那麼上海市呢", history) == "上海市的人口是多少？"  # traditional 那麼
     after = history + ["那上海市呢？", "24870895"]  # one after another: the question as it was read
     assert reader.linker.asked_again("那臺北市呢？", after) == "臺北市的人口是多少？"
+    carried = history + ["它的面积是多少？", "16410.54 km²"]  # its entity carried by 它: the name in its place
+    assert reader.linker.asked_again("那上海市呢？", carried) == "上海市的面积是多少？"
     two = ["北京市的人口比上海市多吗？", "是的"]  # a question of two entities: not rewritten
     assert reader.linker.asked_again("那臺北市呢？", two) == "那臺北市呢？"
     found = reader.find("那上海市呢？", history=["What is the population of 北京市?", "21893095"])

@@ -13,8 +13,8 @@ from dataclasses import replace
 
 from wikigpt.knowledge.analysis import STOPWORDS, in_simplified, terms
 from wikigpt.knowledge.graph import GUESSED, Knowledge, Link, name_units, without_qualifier
-from wikigpt.knowledge.questions import (ELLIPTICAL, NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, table_phrases,
-                                         without_zh_question_words)
+from wikigpt.knowledge.questions import (ELLIPTICAL, NEW_TOPIC, PERSON_PRONOUNS, PRONOUNS, ZH_AND_WHAT, ZH_PRONOUN_AT,
+                                         table_phrases, without_zh_question_words)
 from wikigpt.knowledge.sentences import CJK
 from wikigpt.knowledge.replies import without_abstention
 from wikigpt.knowledge.retrieval import Index
@@ -131,7 +131,8 @@ class Linker:
         日本的国际电话区号是多少, "and Zimbabwe?" after "What is the capital of Zambia?") asks the last
         question of it: that question (as it was read: 那法国呢？ after 那德国呢？ asks the capital too)
         with the follow-up's name in place of its entity's. Any other question is read as it is, and
-        so is a follow-up after a question that named no entity, or two (北京市的人口比上海市多吗？)."""
+        so is a follow-up after a question of two entities (北京市的人口比上海市多吗？); after one that said
+        它 / 他 / 她 (它的面积是多少？), the name goes in place of the pronoun."""
         if len(history) < 2 or not history[-2]:
             return question
         own = self.links(question, guess=False)
@@ -139,9 +140,12 @@ class Linker:
             return question
         last = self.asked_again(history[-2], history[:-2])
         before = self.links(last, guess=False)
+        name = question[own[0].start:own[0].end]
+        if not before and (pronoun := ZH_PRONOUN_AT.match(last)):
+            return last[:pronoun.start(1)] + name + last[pronoun.end(1):]
         if len({l.subject for l in before}) != 1 or before[0].subject == own[0].subject:
             return question
-        return last[:before[0].start] + question[own[0].start:own[0].end] + last[before[0].end:]
+        return last[:before[0].start] + name + last[before[0].end:]
 
     def names_new(self, question: str, history: list[str]) -> bool:
         """Whether a question writes a name (a capitalised word inside a sentence) that the last

@@ -178,6 +178,7 @@ SKIPPABLE = {"of", "and", "for", "the", "de", "la", "des", "du", "in", "on", "to
 # character is mostly part of a word (吉他 "guitar", 其他 / 其它 "other", 他人 "others")
 _ZH_PRONOUN = r"^[\s，,]*(?:那么|那|请问|还有)?[\s，,]*(?:{})(?![人乡国者])"
 ZH_LEAD = re.compile(_ZH_PRONOUN.format("它们|他们|她们|它|他|她|那么|那"))  # what asked() leaves out
+ZH_PRONOUN_AT = re.compile(_ZH_PRONOUN.format("(它们|他们|她们|它|他|她)"))  # its pronoun, to put a name in
 # "and ...?" in Chinese: 那核心呢？ (after the sun's surface temperature), 还有它的面积？ - about the last entity
 ZH_AND_WHAT = re.compile(r"^[\s，,]*(?:那么|那|还有|還有)|呢[\s？?！!。]*$")
 # what is left of a follow-up that names another entity and asks nothing else: 那德国呢？, 德国呢,
