@@ -59,14 +59,16 @@ test: setup $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The page answers from Wikipedia when the demo's dataset has its index (the page's switch turns
-# it off per conversation); without it, the model alone
+# it off per conversation); without it, the model alone. SERVE_ARGS: more serve.py options
+# (make serve SERVE_ARGS="--port 8001"; python serve.py -h lists them)
+SERVE_ARGS ?=
 serve: setup
 	@if [ -f $(DEMO_DATA)/index/wikigpt_index.json ]; then \
-		echo "$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA)"; \
-		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA); \
+		echo "$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) $(SERVE_ARGS)"; \
+		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt --rag --data $(DEMO_DATA) $(SERVE_ARGS); \
 	else \
 		echo "note: $(DEMO_DATA) has no search index: the page answers with the model alone. For answers from Wikipedia, run make demo (or: $(PY) retrieve.py --data $(DEMO_DATA) --build)"; \
-		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt; \
+		$(PY) serve.py --ckpt $(DEMO_OUT)/chat/best.pt $(SERVE_ARGS); \
 	fi
 
 bench: setup

@@ -56,3 +56,12 @@ def test_full_demo_at_tiny_scale(tmp_path):
     for kind in ("lead", "fact", "section", "out-of-corpus", "abstention"):  # the per-kind table, printed
         assert re.search(rf"^  {kind} ", out, re.M), kind
     assert f"wrote {tmp_path / 'out' / 'loss.png'} (2 runs)" in out
+
+
+def test_make_serve_passes_its_options_to_serve_py(tmp_path):
+    """make serve had no way to change the port (8000 taken: a user had to find serve.py's command)."""
+    r = subprocess.run(["make", "-n", "--no-print-directory", "serve", f"PY={sys.executable}",
+                        f"DEMO_DATA={tmp_path}", "SERVE_ARGS=--port 8001 --slots 2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"serve.py --ckpt out/chat/best.pt --port 8001 --slots 2" in r.stdout  # (no index there: the model alone)

@@ -101,6 +101,20 @@ def test_circa_does_not_end_a_sentence():
                                      "Then ca. 1200 he came back."]
 
 
+def test_an_opening_sentence_just_over_the_bound_stays_whole_and_a_long_one_is_cut_between_words():
+    """Andorra's 241-character opening was cut at 240: the lead answer lost its period."""
+    from wikigpt.knowledge.sentences import opening_sentence
+    andorra = ("Andorra, officially the Principality of Andorra, also called the Principality of the Valleys of "
+               "Andorra, is a sovereign landlocked microstate in Southwestern Europe, located in the eastern "
+               "Pyrenees mountains and bordered by Spain and France.")
+    assert len(andorra) == 241 and opening_sentence(andorra + " Created under a charter in 988.") == andorra
+    long = "The river " + "flows far " * 40 + "to the sea."
+    cut = opening_sentence(long)
+    assert cut.endswith("far…") and len(cut) <= 241 and long.startswith(cut[:-1])  # whole words, marked as cut
+    chinese = "长江" + "流经很多地方" * 60 + "。"
+    assert opening_sentence(chinese) == chinese[:240] + "…"
+
+
 def test_a_chinese_quote_is_not_cut_at_the_sentence_ends_inside_it():
     """《静夜思》's quoted poem was cut after 霜。 and a reply quoted half of it; 子曰's quote became
     three sentences. A quote never closed holds its sentence ends for MAX_QUOTED characters only."""
