@@ -159,12 +159,13 @@ def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_lea
     assert prefills == [30, 3, 3, 3, 3, 3, 30]
 
 
-def test_a_prompt_prefilled_in_chunks_between_steps_gives_the_tokens_of_one_prefill(monkeypatch):
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])  # learned positions, rotary
+def test_a_prompt_prefilled_in_chunks_between_steps_gives_the_tokens_of_one_prefill(monkeypatch, arch):
     """Engine.fill(budget): a long prompt's prefill goes on over several calls, other streams decoding
     between them (their padding rows run over its slot); its first token's logits agree with one
     whole prefill's within ROW_LOGIT_TOLERANCE, and its seeded tokens, drawn with a repetition penalty
     over the prompt's ids, are the same."""
-    model, firsts = tiny_model(), []
+    model, firsts = tiny_model(arch), []
     real_pick = engine_module.pick
     monkeypatch.setattr(engine_module, "pick", lambda state, model, rows, logits, k_max: (
         firsts.append(logits.clone()), real_pick(state, model, rows, logits, k_max))[1])
