@@ -51,7 +51,8 @@ def reply(model, tok, history: list[Message], args, reader: Reader | None = None
     pieces = [text] if text is not None else []
     if text is None:
         tokens = generate(model, ids, args.max_new_tokens, params, stop_tokens=tok.stops,
-                          seed=args.seed, tok=tok, copy_from=copy, compile=getattr(args, "compile", False))
+                          seed=args.seed, tok=tok, copy_from=copy, compile=getattr(args, "compile", False),
+                          reuse=True)  # the last turn's prompt and reply: not prefilled again
         pieces = stream_text(tok, tokens)
     shown = []
     for piece in pieces:

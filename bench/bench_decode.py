@@ -1,8 +1,9 @@
 """
 The engine's decode step: eager against compiled (torch.compile, fullgraph=True), int8 against
 float32 weights (tokens/s of the demo chat model at batch 1 and 8); one user's request through
-the engine against model.generate; n choices of one prompt prefilled once against once each; and
-a compiled chat session's compile time, in one run.
+the engine against model.generate; n choices of one prompt prefilled once against once each; a
+long prompt prefilled whole or in chunks beside decoding streams; a chat's next turn prefilling
+only its new tokens against its whole history; and a compiled chat session's compile time, in one run.
 
     python bench/bench.py --only decode --ckpt out/chat/best.pt
 
@@ -173,6 +174,40 @@ def chunked_prefill_rows(streams: int = 4, repeats: int = 3) -> list:
              f"the newcomer's first token after {f * 1e3:,.0f} ms") for name, (w, f) in best.items()]
 
 
+def conversation_rows(turns: int = 9, repeats: int = 3) -> list:
+    """A chat's turns through the engine, each prompt the last prompt, its reply (64 tokens) and a
+    40-token message: the last turn's time to its first token and the prompt tokens prefilled, with the
+    slot's keys and values of the last prompt and reply reused (Engine.reuse_prefix) against the
+    whole history prefilled each turn. The random 6x384 model with a 1,024-token context; best of
+    `repeats` each."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8192, block_size=1024, n_layer=6, n_head=6, n_embd=384)).eval()
+    best = {}
+    for round in range(repeats + 1):  # round 0 warms up
+        for reuse in (True, False):
+            engine = Engine(model, n_slots=8, compile=False)
+            if not reuse:
+                engine.reuse_prefix = lambda req: None
+            prompt, firsts, prefilled = [], [], 0  # the turns' times to their first tokens
+            for turn in range(turns):
+                prompt = prompt + [(13 * j + turn) % 200 + 1 for j in range(40)]
+                req = Request(prompt, 64, SamplingParams(), seed=turn)
+                t = time.perf_counter()
+                engine.join(req)
+                prefilled += engine.fill()
+                firsts.append(time.perf_counter() - t)
+                while engine.active:
+                    engine.step()
+                prompt = prompt + req.tokens
+            if round:
+                best[reuse] = min(best.get(reuse, (float("inf"), 0)), (firsts[-1], prefilled))
+    (last, tokens), (last_all, tokens_all) = best[True], best[False]
+    return [(f"a chat of {turns} turns (40-token messages, 64-token replies; 6x384 random init), the last "
+             f"prompt {len(prompt) - 64} tokens", f"the last turn's first token after {last * 1e3:,.0f} ms reusing the "
+             f"slot's keys, {last_all * 1e3:,.0f} ms prefilling it all (x{last_all / last:.1f}); prompt tokens "
+             f"prefilled over the turns {tokens:,} against {tokens_all:,}")]
+
+
 def random_6x384():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
@@ -180,7 +215,7 @@ def random_6x384():
 
 def decode_rows(ckpt: str) -> list:
     rows = (one_user_rows(random_6x384(), "6x384 random init") + shared_prefill_rows(random_6x384(), "6x384 random init")
-            + chunked_prefill_rows())
+            + chunked_prefill_rows() + conversation_rows())
     if not Path(ckpt).is_file():
         return rows + [("decode, demo chat model", f"skipped: no chat checkpoint at {ckpt} (run make demo first)")]
     model, tok, _ = load_model(ckpt, "cpu")

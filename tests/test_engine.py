@@ -87,78 +87,6 @@ def test_a_decode_rows_logits_agree_within_1e_5_alone_and_in_a_full_batch_and_gr
     assert crowded_tokens == alone_tokens
 
 
-def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(monkeypatch):
-    """n choices of one prompt: one prefill, then copies of its keys and values (8 choices of a
-    950-token prompt were 8 prefills); each choice gets the tokens a prefill of its own gives."""
-    model = tiny_model()
-    real = model.hidden_states
-    prompt, other = list(range(1, 41)), list(range(100, 120))
-
-    def run(share: bool):
-        engine, prefills = Engine(model, n_slots=8, compile=False), []
-        monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-            prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
-        if not share:
-            monkeypatch.setattr(engine, "shared_prefill", lambda req, slot: None)
-        reqs = [Request(prompt, 12, SamplingParams(temperature=1.0), seed=i) for i in range(4)]
-        reqs.insert(2, Request(other, 12, SamplingParams(temperature=1.0), seed=9))  # another prompt between
-        for r in reqs:
-            engine.add(r)
-        while engine.active:
-            engine.step()
-        counted = list(prefills)
-        engine.add(Request(other[::-1], 2))  # into slot 0, which held `prompt`: slot 0 holds it no more;
-        engine.step()  # a step's padding rows write only the last position, which no prompt reaches
-        assert engine.prefilled[tuple(prompt)][0] == ({1, 3, 4} if share else {4})  # (unshared: the last prefill's)
-        assert tuple(other[::-1]) in engine.prefilled
-        return [r.tokens for r in reqs], counted
-    (shared, prefills), (own, own_prefills) = run(True), run(False)
-    assert prefills == [40, 20] and own_prefills == [40, 40, 20, 40, 40]
-    assert shared == own  # the copied keys and values are the prefill's own
-    assert len({tuple(t) for t in shared}) == 5  # each choice drew its own tokens
-
-
-def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_leave_until_their_slots_are_taken(
-        monkeypatch):
-    model, prefills = tiny_model(), []
-    real = model.hidden_states
-    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-        prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
-    engine, prompt = Engine(model, n_slots=4, compile=False), list(range(1, 31))
-    first, second = Request(prompt, 2, seed=0), Request(prompt, 12, seed=1)
-    engine.add(first), engine.add(second)
-    while not first.finished:
-        engine.step()
-    third = Request(prompt, 2, seed=2)  # the slot that prefilled it has left; the copy in slot 1 lends it
-    engine.add(third)
-    assert prefills == [30] and third.slot == 0
-    for k in engine.cache.k:
-        assert torch.equal(k[third.slot, :, :30], k[second.slot, :, :30])
-    own = [k[second.slot, :, :30].clone() for k in engine.cache.k]  # the prompt's keys, by its prefill
-    while engine.active:
-        engine.step()
-    lone = Request(prompt, 1, seed=3)  # every slot has left, their first keys are still there: a copy
-    engine.add(lone)
-    assert lone.finished  # it ended at its first token, so its slot left too...
-    last = Request(prompt, 1, seed=4)
-    engine.add(last)  # ... and the next choice copies its keys, no step having run
-    assert prefills == [30] and all(torch.equal(k[last.slot, :, :30], o) for k, o in zip(engine.cache.k, own))
-    engine.add(Request([7, 8, 9], 5))  # into slot 0
-    engine.step()  # a step without the other slots that hold it: their padding rows leave its keys as they are
-    again = Request(prompt, 1, seed=5)
-    engine.add(again)
-    assert prefills == [30, 3] and all(torch.equal(k[again.slot, :, :30], o) for k, o in zip(engine.cache.k, own))
-    while engine.active:
-        engine.step()
-    for i in range(4):  # every slot taken by another prompt: nothing holds it any more
-        engine.add(Request([10 + i, 11, 12], 5))
-    engine.step()
-    while engine.active:
-        engine.step()
-    engine.add(Request(prompt, 1, seed=6))
-    assert prefills == [30, 3, 3, 3, 3, 3, 30]
-
-
 @pytest.mark.parametrize("arch", ["gpt2", "modern"])  # learned positions, rotary
 def test_a_prompt_prefilled_in_chunks_between_steps_gives_the_tokens_of_one_prefill(monkeypatch, arch):
     """Engine.fill(budget): a long prompt's prefill goes on over several calls, other streams decoding
@@ -218,11 +146,13 @@ def graphs_made() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
 
-def test_a_kept_engine_shares_no_prompt_across_calls_so_changed_weights_are_read():
+@pytest.mark.parametrize("reuse", [False, True])
+def test_a_kept_engine_shares_no_prompt_across_calls_so_changed_weights_are_read(reuse):
     """generate() keeps one engine per model: a prompt it held for the last call must not be
-    copied into the next, since the weights may have changed in between (a training run's samples)."""
+    copied into the next, since the weights may have changed in between (a training run's samples);
+    only a call that asks to reuse them reads what a call with reuse left (chat.py's turns)."""
     model, prompt = tiny_model(), [5, 6, 7, 8]
-    list(generate(model, prompt, 4, GREEDY))
+    list(generate(model, prompt, 4, GREEDY, reuse=reuse))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.5)

@@ -109,7 +109,7 @@ def test_streams_get_a_token_between_chunks_of_the_prefills_of_long_newcomers(mo
     thread.engine.fill = counted_fill
     thread.engine.step = lambda: (calls.append("step"), time.sleep(0.01), step())  # the stream outlasts the joins
     try:
-        stream = Request([1, 2], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())
+        stream = Request([200, 201], 60, SamplingParams(temperature=1.0), emit=lambda r, t, f: f and done.set())  # (no prompt below starts like it)
         thread.submit([stream])
         deadline = time.time() + 30
         while not thread.active and time.time() < deadline:
@@ -128,7 +128,7 @@ def test_streams_get_a_token_between_chunks_of_the_prefills_of_long_newcomers(mo
         calls.clear()
         ended, all_ended = [], threading.Event()
         end = lambda r, t, f: f and (ended.append(r), len(ended) == 4 and all_ended.set())  # noqa: E731
-        thread.submit([Request(list(range(1 + i, 31 + i)), 2, emit=end) for i in range(4)])
+        thread.submit([Request(list(range(210 + i, 240 + i)), 2, emit=end) for i in range(4)])  # prompts no slot holds
         assert all_ended.wait(30)
         assert calls[:2] == [(math.inf, 120), "step"]  # with nothing decoding, nobody waits: all join at once
     finally:

@@ -109,6 +109,24 @@ def test_chat_completion_with_the_openai_sdk(client):
     assert r.choices[0].message.content == REPLIES["What is a river?"]
 
 
+def test_a_conversations_next_turn_prefills_only_its_new_message(client):
+    """The next request of a chat sends the last prompt's messages, the reply and a new message:
+    the slot that answered holds the keys and values of all of it but the new message, and the
+    usage says so as OpenAI's API does (prompt_tokens_details.cached_tokens)."""
+    messages = [{"role": "user", "content": "Hello"}]
+    first = client.chat.completions.create(model="any", temperature=0, messages=messages)
+    assert first.choices[0].message.content == REPLIES["Hello"]
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "What is a river?"}]
+    second = client.chat.completions.create(model="any", temperature=0, messages=messages)
+    assert second.choices[0].message.content == REPLIES["What is a river?"]
+    # the first prompt and reply, but the reply's last token (the turn's end), which no step read back
+    held = first.usage.prompt_tokens + first.usage.completion_tokens - 1
+    assert second.usage.prompt_tokens_details.cached_tokens == held
+    assert second.usage.prompt_tokens > second.usage.prompt_tokens_details.cached_tokens
+
+
 def test_streaming_deltas_join_to_the_reply_and_end_with_usage(client):
     chunks = list(client.chat.completions.create(model="any", temperature=0, stream=True,
                                                  stream_options={"include_usage": True}, **ask("Hello")))

@@ -7,8 +7,9 @@ out of that prefill), in chunks between decode steps when the caller bounds the 
 may run (a server does: a long prompt then holds the other streams for one chunk, not the
 whole prompt); then it joins the next decode step. A finished or cancelled one leaves and frees its slot. A
 request whose prompt a slot holds already (the n choices of one request) copies that slot's
-keys and values instead: one prefill per prompt, not per choice. A server runs the engine on
-its own thread (engine_thread.py).
+keys and values instead: one prefill per prompt, not per choice; one whose prompt starts with
+what a slot holds (a chat's next turn: the last prompt and its reply) prefills only the rest.
+A server runs the engine on its own thread (engine_thread.py).
 Batching is worth several times the throughput of serving one request at a time. The step
 (wikigpt/decoding/decode.py) runs from state on the device: the host reads one thing per step, the new
 tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
@@ -75,6 +76,7 @@ class Request:
     tokens: list = field(default_factory=list)  # generated so far
     slot: int | None = None
     filled: int = 0  # prompt tokens prefilled into its slot so far
+    reused: int = 0  # of them, the ones whose keys and values a slot held already (reuse_prefix, shared_prefill)
     finished: bool = False
     cancelled: bool = False
 
@@ -99,6 +101,9 @@ class Engine:
         # taken again (a step's padding rows write only the last position, which no prompt reaches)
         self.prefilled: dict[tuple, list] = {}
         self.prompt_in: dict[int, tuple] = {}  # slot -> the prompt of `prefilled` it holds
+        # a free slot -> the tokens whose keys and values its rows hold from position 0: the last request's
+        # prompt and reply (a request in a slot: see holding). A new prompt that starts with them reuses them
+        self.left: dict[int, tuple] = {}
         self.device = model.device
         compile = self.device.type == "cuda" if compile is None else compile
         self.step_fn = Step(self.graph_count if compile else 0, self.device.type == "cuda")
@@ -168,13 +173,45 @@ class Engine:
         self.fill()
 
     def join(self, req: Request):
-        """Take the lowest free slot for the request; fill() prefills its prompt there."""
+        """Take a free slot for the request (the one holding the longest start of its prompt, else
+        the lowest); fill() prefills its prompt there, after what it reuses (reuse_prefix)."""
         if not req.prompt or len(req.prompt) >= self.model.cfg.block_size:
             raise ValueError(f"prompt of {len(req.prompt)} tokens: need 1..{self.model.cfg.block_size - 1}")
-        req.slot = min(set(range(self.n_slots)) - set(self.by_slot))
+        key = tuple(req.prompt)
+        free = sorted(set(range(self.n_slots)) - set(self.by_slot))
+        # the free slot whose rows hold the longest start of this prompt (a conversation's next turn
+        # goes back to its slot), else the lowest (the decode batch spans the slots up to the highest)
+        req.slot = max(free, key=lambda s: (common_prefix(self.left.get(s, ()), key), -s))
+        if key not in self.prefilled:  # (the n choices of one prompt share its last logits: fill_one)
+            self.reuse_prefix(req)
+        self.left.pop(req.slot, None)
         self.by_slot[req.slot] = req
         self.filling.append(req)
-        self.forget(req.slot, keep=tuple(req.prompt))  # its rows are this request's now
+        self.forget(req.slot, keep=key)  # its rows are this request's now
+
+    def holding(self, slot: int) -> tuple:
+        """The tokens whose keys and values the slot's rows hold from position 0: a request's prompt
+        as far as it is prefilled and its reply but the newest token (a step writes the keys of the
+        token it reads), or what its last request left there."""
+        req = self.by_slot.get(slot)
+        if req is None:
+            return self.left.get(slot, ())
+        return tuple(req.prompt[:req.filled]) + tuple(req.tokens[:-1] if req.filled == len(req.prompt) else ())
+
+    def reuse_prefix(self, req: Request):
+        """Start the request's prefill after the longest start of its prompt that a slot's rows hold
+        (a chat's next turn: the last prompt and reply, then the new message): those keys and
+        values are copied into its slot, unless they are there already. At least the prompt's last
+        token is prefilled: its logits give the first token (so no reused position reaches the
+        last, block_size - 1, which a step's padding rows write)."""
+        key = tuple(req.prompt)
+        lengths = {s: common_prefix(self.holding(s), key) for s in set(self.left) | set(self.by_slot)}
+        src = max(lengths, key=lambda s: (lengths[s], s == req.slot), default=None)
+        n = min(lengths.get(src, 0), len(key) - 1)
+        if n > 0:
+            if src != req.slot:
+                self.copy_rows(src, req.slot, n)
+            req.filled = req.reused = n
 
     def fill(self, budget: float = math.inf, on_error=None) -> int:
         """Prefill the joined requests' prompts in the order they joined, running at most `budget`
@@ -206,7 +243,9 @@ class Engine:
         key, slot = tuple(req.prompt), req.slot
         logits = self.shared_prefill(key, slot) if req.filled == 0 else None
         ran = 0
-        if logits is None:
+        if logits is not None:
+            req.reused = len(key)
+        else:
             ran = int(min(len(key) - req.filled, max(budget, 1)))
             chunk = torch.tensor([req.prompt[req.filled:req.filled + ran]], device=self.device)  # (1, ran)
             self.cache.slot, self.cache.start = slot, req.filled
@@ -221,6 +260,7 @@ class Engine:
             self.prefilled[key] = [set(), logits]
         self.prefilled[key][0].add(slot)
         self.prompt_in[slot] = key
+        req.filled = len(key)
         self.filling.remove(req)
         # the slot's state, written once its prompt is in (host -> device copies, no sync): not as it
         # joins, since the decode steps between its chunks compute its row as padding
@@ -248,11 +288,14 @@ class Engine:
         slots, logits = held
         T = len(prompt)
         if slot not in slots:  # (a slot that held it, taken again, holds it still)
-            src = min(slots)
-            for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
-                k[slot, :, :T] = k[src, :, :T]  # keys past T are the source's own reply: not copied
-                v[slot, :, :T] = v[src, :, :T]
+            self.copy_rows(min(slots), slot, T)  # keys past T are the source's own reply: not copied
         return logits
+
+    def copy_rows(self, src: int, dst: int, n: int):
+        """The keys and values of positions [0, n) from one slot's rows to another's (a device copy)."""
+        for k, v in zip(self.cache.k, self.cache.v):  # (S, H, block_size, D) per layer
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
 
     def forget(self, slot: int, keep: tuple | None = None):
         """The slot's rows no longer hold its prompt's keys (unless that prompt is `keep`)."""
@@ -316,6 +359,7 @@ class Engine:
         if req in self.filling:
             self.filling.remove(req)
         if req.slot is not None and self.by_slot.get(req.slot) is req:
+            self.left[req.slot] = self.holding(req.slot)
             del self.by_slot[req.slot]
             self.cache.live[req.slot] = False
 
@@ -328,13 +372,27 @@ class Engine:
             self.release(req)
             req.emit(req, None, f"error: {message}")
 
-    def clear(self):
+    def clear(self, forget: bool = True):
         """Release every request (a generate() closed half-way, warm-up's dummies) and forget
-        every prompt held: the weights may change before the next call (a training run's samples)."""
+        every prompt held (unless not `forget`): the weights may change before the next call (a
+        training run's samples)."""
         for req in list(self.by_slot.values()):
             self.release(req)
+        if not forget:
+            return
         self.prefilled.clear()
         self.prompt_in.clear()
+        self.left.clear()
+
+
+def common_prefix(a: tuple, b: tuple) -> int:
+    """How many tokens two sequences share from the start. A binary search over slices compared
+    whole (C loops): a join compares the prompt with every slot's, up to a context each."""
+    lo, hi = 0, min(len(a), len(b)) + 1  # a[:lo] == b[:lo]; a[:hi] differs from b[:hi] (or is past the end)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
 
 
 _ENGINES = threading.Lock()  # guards the engines kept with each model, and their leases
@@ -367,29 +425,34 @@ def warmed_engine(model: GPT, tok, n_slots: int = 1) -> Engine:
 
 
 @contextmanager
-def leased(model: GPT, n_slots: int, tok, compile: bool | None):
+def leased(model: GPT, n_slots: int, tok, compile: bool | None, reuse: bool = False):
     """engine_for's engine, held for one call; while another call holds it (a generator not run
-    to its end, another thread), a private eager engine instead."""
+    to its end, another thread), a private eager engine instead. reuse: the keys and values the
+    last call left are read (chat.py's turns, whose weights never change), else forgotten."""
     engine = engine_for(model, n_slots, tok, compile)
     with _ENGINES:
         mine, engine.leased = not engine.leased, True
     if not mine:
         engine = Engine(model, n_slots, tok, compile=False)
+    engine.clear(forget=not reuse)  # what a call with reuse left, if the weights have changed since
     try:
         yield engine
     finally:
-        engine.clear()  # a generator closed half-way leaves its request in a slot; the weights may change
+        engine.clear(forget=not reuse)  # a generator closed half-way leaves its request in a slot
         if mine:
             engine.leased = False
 
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
-             stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False, utf8_state: int = 0):
+             stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False, utf8_state: int = 0,
+             reuse: bool = False):
     """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
     tokenizer, as the server does, to keep the text valid UTF-8; utf8_state: a prompt that ends
     inside a character, Tokenizer.utf8_state_after). compile: through the compiled step
-    (warmed_engine warms it first); one-shot tools decode eagerly."""
-    with leased(model, 1, tok, compile) as engine:
+    (warmed_engine warms it first); one-shot tools decode eagerly. reuse: a prompt that starts
+    with the last reuse call's prompt and reply prefills only the rest (a chat's turns; only
+    while the weights stay as they were)."""
+    with leased(model, 1, tok, compile, reuse) as engine:
         out = []
         req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
                       emit=lambda r, token, finish: out.append(token), copy_from=copy_from, utf8_state=utf8_state)
