@@ -19,7 +19,7 @@ import sys
 
 from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.decoding.engine import generate, warmed_engine
+from wikigpt.decoding.generate import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
 from wikigpt.knowledge.conversation import find_in_conversation
 from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, listed, reader_of

@@ -31,7 +31,7 @@ from wikigpt.run.dist import setup_dist
 from wikigpt.run.resume import check_start
 from wikigpt.run.durable import write_text
 from wikigpt.run.output_paths import inside_dataset
-from wikigpt.decoding.engine import generate
+from wikigpt.decoding.generate import generate
 from wikigpt.chat.chat_template import show_mask
 from wikigpt.knowledge.retrieval import Index
 from wikigpt.decoding.sampling import CHAT_DEFAULTS

@@ -45,7 +45,7 @@ from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.run.progress import progress_bar
 from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
-from wikigpt.decoding.engine import generate_batch
+from wikigpt.decoding.generate import generate_batch
 from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import INDEX_DIR, Index
 from wikigpt.run.runlog import METRICS, is_loss_plot, plot_runs, read_metrics

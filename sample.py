@@ -11,7 +11,7 @@ import sys
 from model import context_window
 from wikigpt.decoding.load import add_model_args, load_model
 from wikigpt.cli import UsageError, run_main
-from wikigpt.decoding.engine import generate, warmed_engine
+from wikigpt.decoding.generate import generate, warmed_engine
 from wikigpt.decoding.sampling import add_sampling_args, params_from_args
 from wikigpt.tokenizer import stream_text
 

@@ -233,7 +233,7 @@ def mlp_rows(args) -> list:
 def decode_tok_s(model, batch: int, new_tokens=64, prompt_len=16) -> float:
     """Greedy decoding with the KV cache: batch 1 through model.generate, batch 8 through the
     serving engine (one batched forward per step)."""
-    from wikigpt.decoding.engine import generate_batch
+    from wikigpt.decoding.generate import generate_batch
     from wikigpt.decoding.sampling import SamplingParams
 
     prompts = [[(7 * i + j) % 200 + 1 for j in range(prompt_len)] for i in range(batch)]

@@ -18,7 +18,8 @@ from torch._dynamo.utils import counters
 
 from model import GPT, GPTConfig
 from wikigpt.decoding.load import load_model
-from wikigpt.decoding.engine import Engine, Request, generate, warmed_engine
+from wikigpt.decoding.engine import Engine, Request
+from wikigpt.decoding.generate import generate, warmed_engine
 from wikigpt.decoding.engine_thread import PREFILL_TOKENS
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, SamplingParams
 

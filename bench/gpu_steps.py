@@ -234,7 +234,8 @@ def check_engine(work: Path):
     """The engine eager vs compiled (CUDA graphs on a GPU) at 1/8/16 rows, greedy tokens equal,
     a second generate() compiling nothing, and (on a GPU) a 48-slot server engine warming up."""
     from wikigpt.decoding.load import load_model
-    from wikigpt.decoding.engine import Engine, generate, warmed_engine
+    from wikigpt.decoding.engine import Engine
+    from wikigpt.decoding.generate import generate, warmed_engine
     from wikigpt.decoding.sampling import SamplingParams
 
     ckpt = next(p for p in (work / "train_bfloat16" / "best.pt", work / "train_float32" / "best.pt") if p.is_file())

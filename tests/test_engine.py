@@ -20,7 +20,8 @@ from torch._dynamo.utils import counters
 import wikigpt.decoding.decode as decode_module
 import wikigpt.decoding.engine as engine_module
 from model import GPT, GPTConfig
-from wikigpt.decoding.engine import Engine, Request, generate
+from wikigpt.decoding.engine import Engine, Request
+from wikigpt.decoding.generate import generate
 from wikigpt.decoding.engine_thread import EngineThread
 from wikigpt.decoding.sampling import SamplingParams
 

@@ -10,7 +10,8 @@ import torch
 from test_engine import GREEDY, tiny_model
 
 import wikigpt.decoding.engine as engine_module
-from wikigpt.decoding.engine import Engine, Request, generate
+from wikigpt.decoding.engine import Engine, Request
+from wikigpt.decoding.generate import generate
 from wikigpt.decoding.sampling import SamplingParams
 
 
@@ -179,3 +180,42 @@ def test_a_chats_turns_through_generate_prefill_only_their_new_tokens(monkeypatc
     again = list(generate(model, turn, 8, GREEDY, reuse=True))
     assert runs == [20, 4]  # the reply's last token and the new message
     assert again == list(model.generate(turn, 8, temperature=0))
+
+
+def test_conversations_taking_turns_each_reuse_their_own_last_turn_and_decode_in_the_lowest_slot():
+    """Conversations that come back in turns on an idle server: each request takes the lowest slot
+    (the decode batch stays narrow), and what the slot's last conversation left there is copied
+    to a free slot first, so each next turn finds its own prompt and reply."""
+    model = tiny_model()
+    engine, held = Engine(model, n_slots=8, compile=False), {}
+    for turn in range(3):
+        for talk in range(4):  # 4 conversations, one turn each in turn, sharing their first tokens
+            prompt = held.get(talk, [1, 2]) + [100 + 10 * talk + turn, 7]
+            req = Request(prompt, 5, GREEDY)
+            engine.add(req)
+            assert req.slot == 0
+            assert req.reused == (len(held[talk]) - 1 if talk in held else 2 if turn or talk else 0)
+            while engine.active:
+                engine.step()
+            held[talk] = prompt + req.tokens
+
+
+def test_the_choices_of_a_prompt_joined_together_prefill_it_once_after_what_a_slot_holds(monkeypatch):
+    """A server joins a request's n choices before it prefills them: the first reuses what a slot
+    holds and prefills the rest, in chunks within the budget; the others copy it."""
+    model, runs = tiny_model(), []
+    real = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
+        runs.append(idx.size(1)) if getattr(cache, "slot", None) is not None else None, real(idx, cache))[1])
+    engine = Engine(model, n_slots=8, compile=False)
+    engine.add(Request([1, 2, 3, 4], 1))  # leaves [1, 2, 3, 4] in slot 0
+    prompt = [1, 2, 3] + list(range(50, 90))
+    choices = [Request(prompt, 3, SamplingParams(temperature=1.0), seed=i) for i in range(6)]
+    for c in choices:
+        engine.join(c)
+    runs.clear()
+    while any(not c.tokens for c in choices):
+        engine.fill(16)
+        engine.step()
+    assert runs == [16, 16, 8]  # 40 tokens after the 3 reused, once
+    assert [c.reused for c in choices] == [3] + [len(prompt)] * 5

@@ -23,7 +23,7 @@ from wikigpt.cli import UsageError, load_config
 from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.config import TrainConfig
 from wikigpt.adapt.distill import distill_cross_entropy
-from wikigpt.decoding.engine import generate_batch
+from wikigpt.decoding.generate import generate_batch
 from wikigpt.adapt.prune import Plan, choose, choose_layers, mean_loss, mean_loss_masked, masked, prune, unit_scores
 from wikigpt.decoding.sampling import SamplingParams
 

@@ -17,7 +17,8 @@ from conftest import ROOT, TINY, run_cli
 from test_engine import tiny_model
 
 from wikigpt.decoding.load import load_model
-from wikigpt.decoding.engine import Request, generate
+from wikigpt.decoding.engine import Request
+from wikigpt.decoding.generate import generate
 from wikigpt.decoding.engine_thread import EngineThread
 from wikigpt.decoding.sampling import SamplingParams
 from wikigpt.server.app import authorized

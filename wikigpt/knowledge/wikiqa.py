@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from wikigpt.chat.chat_template import Message, fit_history, prompt_room
 from wikigpt.prep.data import read_articles
-from wikigpt.decoding.engine import generate_batch
+from wikigpt.decoding.generate import generate_batch
 from wikigpt.knowledge.evidence import Item, Reader
 from wikigpt.knowledge.replies import ABSTAIN, is_abstention
 from wikigpt.knowledge.grounding import copy_plan, evidence_prompt, grounded_question, reader_of

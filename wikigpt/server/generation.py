@@ -359,9 +359,9 @@ class Server:
         return shown
 
     def usage(self, choices: list[Choice]) -> dict:
-        firsts = {id(c.prompt): c for c in reversed(choices)}.values()  # a prompt's first choice prefilled it
+        firsts = {id(c.prompt): c for c in reversed(choices)}.values()  # one choice per prompt: the first
         prompt = sum(len(c.prompt) for c in firsts)
-        cached = sum(c.request.reused for c in firsts if c.request is not None)  # the last turn's keys, reused
+        cached = sum(c.request.reused for c in firsts if c.request is not None)  # (the others copy its prompt whole)
         done = sum(c.tokens for c in choices)
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done,
                 "prompt_tokens_details": {"cached_tokens": cached}}
