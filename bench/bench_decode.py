@@ -176,37 +176,42 @@ def chunked_prefill_rows(streams: int = 4, repeats: int = 3) -> list:
 
 
 def conversation_rows(turns: int = 9, repeats: int = 3) -> list:
-    """A chat's turns through the engine, each prompt the last prompt, its reply (64 tokens) and a
-    40-token message: the last turn's time to its first token and the prompt tokens prefilled, with the
-    slot's keys and values of the last prompt and reply reused (Engine.reuse_prefix) against the
-    whole history prefilled each turn. The random 6x384 model with a 1,024-token context; best of
-    `repeats` each."""
+    """Chats through the engine, each turn's prompt the last prompt, its reply (64 tokens) and a
+    40-token message: the last turn's time to its first token and the prompt tokens prefilled, with
+    the keys and values of the last prompt and reply reused (Engine.reuse_prefix) against the whole
+    history prefilled each turn; one chat, then 4 taking turns (Engine.keep_left). The random 6x384
+    model with a 1,024-token context, 8 slots; best of `repeats` each."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=8192, block_size=1024, n_layer=6, n_head=6, n_embd=384)).eval()
-    best = {}
-    for round in range(repeats + 1):  # round 0 warms up
-        for reuse in (True, False):
-            engine = Engine(model, n_slots=8, compile=False)
-            if not reuse:
-                engine.reuse_prefix = lambda req: None
-            prompt, firsts, prefilled = [], [], 0  # the turns' times to their first tokens
-            for turn in range(turns):
-                prompt = prompt + [(13 * j + turn) % 200 + 1 for j in range(40)]
-                req = Request(prompt, 64, SamplingParams(), seed=turn)
-                t = time.perf_counter()
-                engine.join(req)
-                prefilled += engine.fill()
-                firsts.append(time.perf_counter() - t)
-                while engine.active:
-                    engine.step()
-                prompt = prompt + req.tokens
-            if round:
-                best[reuse] = min(best.get(reuse, (float("inf"), 0)), (firsts[-1], prefilled))
-    (last, tokens), (last_all, tokens_all) = best[True], best[False]
-    return [(f"a chat of {turns} turns (40-token messages, 64-token replies; 6x384 random init), the last "
-             f"prompt {len(prompt) - 64} tokens", f"the last turn's first token after {last * 1e3:,.0f} ms reusing the "
-             f"slot's keys, {last_all * 1e3:,.0f} ms prefilling it all (x{last_all / last:.1f}); prompt tokens "
-             f"prefilled over the turns {tokens:,} against {tokens_all:,}")]
+    rows = []
+    for talks in (1, 4):
+        best = {}
+        for round in range(repeats + 1):  # round 0 warms up
+            for reuse in (True, False):
+                engine = Engine(model, n_slots=8, compile=False)
+                if not reuse:
+                    engine.reuse_prefix = lambda req: None
+                prompts, last, prefilled = [[] for _ in range(talks)], 0.0, 0
+                for turn in range(turns):
+                    for talk, prompt in enumerate(prompts):
+                        prompt += [(13 * j + turn + talk) % 200 + 1 for j in range(40)]
+                        req = Request(list(prompt), 64, SamplingParams(), seed=turn)
+                        t = time.perf_counter()
+                        engine.join(req)
+                        prefilled += engine.fill()
+                        last = time.perf_counter() - t  # (the last turn's counts)
+                        while engine.active:
+                            engine.step()
+                        prompt += req.tokens
+                if round:
+                    best[reuse] = min(best.get(reuse, (float("inf"), 0)), (last, prefilled))
+        (last, tokens), (last_all, tokens_all) = best[True], best[False]
+        rows.append((f"{talks} chat{'s taking turns' if talks > 1 else ''}, {turns} turns{' each' * (talks > 1)} (40-token messages, "
+                     f"64-token replies; 6x384 random init), the last prompt {len(prompts[-1]) - 64} tokens",
+                     f"the last turn's first token after {last * 1e3:,.0f} ms reusing the keys, {last_all * 1e3:,.0f} "
+                     f"ms prefilling it all (x{last_all / last:.1f}); prompt tokens prefilled {tokens:,} against "
+                     f"{tokens_all:,}"))
+    return rows
 
 
 def random_6x384():
