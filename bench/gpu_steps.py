@@ -255,14 +255,22 @@ def check_engine(work: Path):
     first = list(generate(exact, prompt, 48, greedy, tok=tok, compile=True))
     graphs = graphs_compiled()
     second = list(generate(exact, tok.encode("A second prompt"), 48, greedy, tok=tok, compile=True))
-    torch.backends.cuda.matmul.allow_tf32 = True  # as load_model set it: the rows below measure speed
     more = graphs_compiled() - graphs
+    # a chat's next turn: the keys of the last prompt and reply (written by the compiled steps) reused
+    list(generate(exact, prompt, 48, greedy, tok=tok, compile=True, reuse=True))
+    held, turn = len(engine.left.get(0, ())), prompt + first + tok.encode(" Then")
+    reused = list(generate(exact, turn, 32, greedy, tok=tok, compile=True, reuse=True))
+    whole = list(generate(exact, turn, 32, greedy, tok=tok))
+    torch.backends.cuda.matmul.allow_tf32 = True  # as load_model set it: the rows below measure speed
     not_compiled = not_compiled_why(engine, cudagraph_skips() - skips)  # else eager was compared with eager
     same = first == eager
     row("engine greedy tokens, eager vs " + label, f"{not_compiled}{'equal' if same else 'FAILED: different'} "
                                                    "(48 tokens, float32)")
     row("two generate() calls after warm-up", f"{not_compiled}{'' if more == 0 and second else 'FAILED: '}"
                                               f"{more} new graphs")
+    row("a chat's next turn reusing its keys, vs prefilled whole", f"{not_compiled}"
+        f"{'equal' if reused == whole and held == len(prompt) + len(first) - 1 else 'FAILED: different'} (greedy, "
+        f"{held} of {len(turn)} prompt tokens reused, float32)")
     if not CUDA:
         return row("48-slot server engine warm-up", NOT_RUN)
     skips, t = cudagraph_skips(), time.perf_counter()
