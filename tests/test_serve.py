@@ -126,6 +126,9 @@ def test_a_conversations_next_turn_prefills_only_its_new_message(client):
     held = first.usage.prompt_tokens + first.usage.completion_tokens - 1
     assert second.usage.prompt_tokens_details.cached_tokens == held
     assert second.usage.prompt_tokens > second.usage.prompt_tokens_details.cached_tokens
+    metrics = httpx.get(str(client.base_url).removesuffix("/v1/") + "/metrics").text
+    counted = float(re.search(r"^wikigpt_prompt_tokens_cached_total (\S+)$", metrics, re.M).group(1))
+    assert counted >= held  # every request's since the server started
 
 
 def test_streaming_deltas_join_to_the_reply_and_end_with_usage(client):

@@ -130,6 +130,8 @@ class Server:
         self.requests = Counter("wikigpt_requests", "HTTP requests by route (app.ROUTES, else other) and status",
                                 ["path", "status"], registry=r)
         self.tokens_in = Counter("wikigpt_prompt_tokens", "prompt tokens processed", registry=r)
+        self.tokens_cached = Counter("wikigpt_prompt_tokens_cached", "prompt tokens whose keys and values a slot "
+                                     "held already: not prefilled (a chat's last turn, a prompt's choices)", registry=r)
         self.tokens_out = Counter("wikigpt_completion_tokens", "tokens generated", registry=r)
         self.ttft = Histogram("wikigpt_time_to_first_token_seconds", "request arrival to first token", registry=r,
                               buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
@@ -340,6 +342,8 @@ class Server:
             (self.ttft if clock[1] is None else self.tpot).observe(now - (clock[1] or clock[0]))
             clock[1] = now
             self.tokens_out.inc(token is not None)
+            if not c.tokens:  # its first token: its prompt is in
+                self.tokens_cached.inc(c.request.reused)
             delta = c.add(token, finish)
             if c.finish:
                 self.engine.cancel(c.request)  # a stop string may end it before the engine does
