@@ -226,6 +226,8 @@ class Engine:
         n = min(lengths.get(src, 0), len(key) - 1)
         if n > 0:
             if src != req.slot:
+                self.left.pop(req.slot, None)  # (claimed no more before they are written over)
+                self.forget(req.slot)
                 self.copy_rows(src, req.slot, n)
             req.filled = req.reused = n
 

@@ -111,9 +111,9 @@ class EngineThread:
                 self.progress.put(False)
 
     def _admit(self, budget: float):
-        """On the engine thread, between two steps: the requests waiting take the free slots (no
-        work: Engine.join), then at most `budget` tokens of the prompts joined are prefilled (at
-        least one). A failure fails that request alone."""
+        """On the engine thread, between two steps: the requests waiting take the free slots
+        (Engine.join: no model work, at most copies of keys a slot holds), then at most `budget`
+        tokens of the prompts joined are prefilled (at least one). A failure fails that request alone."""
         failed = []
         with self.wake:
             while not self.stopped and self.waiting and self.engine.free_slots:
