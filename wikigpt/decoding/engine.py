@@ -219,7 +219,8 @@ class Engine:
         (a chat's next turn: the last prompt and reply, then the new message): those keys and
         values are copied into its slot, unless they are there already. At least the prompt's last
         token is prefilled: its logits give the first token (so no reused position reaches the
-        last, block_size - 1, which a step's padding rows write)."""
+        last, block_size - 1, which a step's padding rows write). A prompt a slot holds whole
+        keeps its last logits too: shared_prefill, nothing prefilled."""
         key = tuple(req.prompt)
         lengths = {s: common_prefix(self.holding(s), key) for s in set(self.left) | set(self.by_slot)}
         src = max(lengths, key=lambda s: (lengths[s], s == req.slot), default=None)
