@@ -10,8 +10,9 @@ Chat with a fine-tuned checkpoint in the terminal (or one reply for scripts).
 
 Commands: /reset clears the conversation (with --rag, the article it was about too), /quit (or Ctrl-D) leaves;
 another /word is refused as an unknown command (it would otherwise go to the model).
-Replies are decoded by wikigpt/decoding/engine.py exactly as serve.py decodes them: same seed, same reply.
-One engine serves every turn; --compile compiles its step once, before the first reply.
+Replies are decoded by wikigpt/decoding/engine.py exactly as serve.py decodes them: same seed, same reply
+(in float32; 16-bit weights: within their rounding). One engine serves every turn, each prefilling only
+its new message (the last turn's keys are kept); --compile compiles its step once, before the first reply.
 """
 import argparse
 import re

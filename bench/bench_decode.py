@@ -186,7 +186,7 @@ def conversation_rows(turns: int = 9, repeats: int = 3) -> list:
     rows = []
     for talks in (1, 4):
         best = {}
-        for round in range(repeats + 1):  # round 0 warms up
+        for rep in range(repeats + 1):  # the first warms up
             for reuse in (True, False):
                 engine = Engine(model, n_slots=8, compile=False)
                 if not reuse:
@@ -203,7 +203,7 @@ def conversation_rows(turns: int = 9, repeats: int = 3) -> list:
                         while engine.active:
                             engine.step()
                         prompt += req.tokens
-                if round:
+                if rep:
                     best[reuse] = min(best.get(reuse, (float("inf"), 0)), (last, prefilled))
         (last, tokens), (last_all, tokens_all) = best[True], best[False]
         rows.append((f"{talks} chat{'s taking turns' if talks > 1 else ''}, {turns} turns{' each' * (talks > 1)} (40-token messages, "

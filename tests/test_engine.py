@@ -1,7 +1,8 @@
 """wikigpt/decoding/engine.py: continuous batching that never changes a request's tokens (beyond
 ROW_LOGIT_TOLERANCE), a prompt prefilled in chunks as whole, and the compiled step as a GPU needs it: one
-engine per model reused by every call, a graph count the recompile limit allows, warm-up on the
-serving thread, eager decoding when compiling fails, and attention over only the keys in use.
+engine per model reused by every call (generate.py), a graph count the recompile limit allows, warm-up on
+the serving thread, eager decoding when compiling fails, and attention over only the keys in use. Keys
+a slot holds, reused: test_engine_reuse.py.
 
 Most compiled tests run dynamo with its "eager" backend (the `dynamo_only` fixture): graphs,
 guards, recompiles and the recompile limit are dynamo's, whatever backend turns the graphs into

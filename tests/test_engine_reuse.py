@@ -15,17 +15,22 @@ from wikigpt.decoding.generate import generate
 from wikigpt.decoding.sampling import SamplingParams
 
 
+def counted_prefills(monkeypatch, model) -> list:
+    """The number of tokens of each prefill (a forward into a slot) the model runs from now on."""
+    runs, real = [], model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
+        runs.append(idx.size(1)) if getattr(cache, "slot", None) is not None else None, real(idx, cache))[1])
+    return runs
+
+
 def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(monkeypatch):
     """n choices of one prompt: one prefill, then copies of its keys and values (8 choices of a
     950-token prompt were 8 prefills); each choice gets the tokens a prefill of its own gives."""
     model = tiny_model()
-    real = model.hidden_states
     prompt, other = list(range(1, 41)), list(range(100, 120))
 
     def run(share: bool):
-        engine, prefills = Engine(model, n_slots=8, compile=False), []
-        monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-            prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
+        engine, prefills = Engine(model, n_slots=8, compile=False), counted_prefills(monkeypatch, model)
         if not share:
             monkeypatch.setattr(engine, "shared_prefill", lambda req, slot: None)
         reqs = [Request(prompt, 12, SamplingParams(temperature=1.0), seed=i) for i in range(4)]
@@ -48,10 +53,8 @@ def test_the_choices_of_one_prompt_share_its_prefill_and_draw_their_own_tokens(m
 
 def test_a_prompt_stays_shared_while_any_slot_holds_it_and_after_its_holders_leave_until_their_slots_are_taken(
         monkeypatch):
-    model, prefills = tiny_model(), []
-    real = model.hidden_states
-    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-        prefills.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
+    model = tiny_model()
+    prefills = counted_prefills(monkeypatch, model)
     engine, prompt = Engine(model, n_slots=4, compile=False), list(range(1, 31))
     first, second = Request(prompt, 2, seed=0), Request(prompt, 12, seed=1)
     engine.add(first), engine.add(second)
@@ -104,10 +107,8 @@ def test_a_chats_next_turn_prefills_only_what_its_slot_does_not_hold(monkeypatch
     back to holds the keys and values of all but the reply's newest token, so only the rest is
     prefilled; its first logits agree with a whole prefill's within ROW_LOGIT_TOLERANCE and its
     greedy reply is the same. A prompt that starts like a decoding stream's copies that part."""
-    model, firsts, runs = tiny_model(arch), first_logits(monkeypatch), []
-    real = model.hidden_states
-    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-        runs.append(idx.size(1)) if cache is not None and cache.slot is not None else None, real(idx, cache))[1])
+    model, firsts = tiny_model(arch), first_logits(monkeypatch)
+    runs = counted_prefills(monkeypatch, model)
     engine, other = Engine(model, n_slots=4, compile=False), Request([9, 8, 7], 30, GREEDY)
     engine.add(Request([1, 2], 30, GREEDY))  # slot 0, then the chat's first turn in slot 1
     first = Request(list(range(20, 40)), 6, GREEDY)
@@ -170,10 +171,8 @@ def test_prompts_that_share_their_starts_joining_leaving_and_cancelled_in_any_or
 
 
 def test_a_chats_turns_through_generate_prefill_only_their_new_tokens(monkeypatch):
-    model, runs = tiny_model(), []
-    real = model.hidden_states
-    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-        runs.append(idx.size(1)) if getattr(cache, "slot", None) is not None else None, real(idx, cache))[1])
+    model = tiny_model()
+    runs = counted_prefills(monkeypatch, model)
     prompt = list(range(10, 30))
     reply = list(generate(model, prompt, 8, GREEDY, reuse=True))
     turn = prompt + reply + [40, 41, 42]
@@ -197,16 +196,20 @@ def test_conversations_taking_turns_each_reuse_their_own_last_turn_and_decode_in
             assert req.reused == (len(held[talk]) - 1 if talk in held else 2 if turn or talk else 0)
             while engine.active:
                 engine.step()
+            fresh = Engine(model, n_slots=1, compile=False)
+            alone = Request(prompt, 5, GREEDY)
+            fresh.add(alone)
+            while fresh.active:
+                fresh.step()
+            assert req.tokens == alone.tokens  # the keys it reused were its own
             held[talk] = prompt + req.tokens
 
 
 def test_the_choices_of_a_prompt_joined_together_prefill_it_once_after_what_a_slot_holds(monkeypatch):
     """A server joins a request's n choices before it prefills them: the first reuses what a slot
     holds and prefills the rest, in chunks within the budget; the others copy it."""
-    model, runs = tiny_model(), []
-    real = model.hidden_states
-    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: (
-        runs.append(idx.size(1)) if getattr(cache, "slot", None) is not None else None, real(idx, cache))[1])
+    model = tiny_model()
+    runs = counted_prefills(monkeypatch, model)
     engine = Engine(model, n_slots=8, compile=False)
     engine.add(Request([1, 2, 3, 4], 1))  # leaves [1, 2, 3, 4] in slot 0
     prompt = [1, 2, 3] + list(range(50, 90))

@@ -106,7 +106,7 @@ class Engine:
         compile = self.device.type == "cuda" if compile is None else compile
         self.step_fn = Step(self.graph_count if compile else 0, self.device.type == "cuda")
         self.warmed = False
-        self.leased = False  # held by a generate() call (see engine_for)
+        self.leased = False  # held by a generate() call (see generate.leased)
 
     @property
     def compiled(self) -> bool:
