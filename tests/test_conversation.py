@@ -92,7 +92,7 @@ def listed_sources(reader, question):
 
 @pytest.fixture(scope="module")
 def rag_server(talk):
-    from test_serve import LiveServer
+    from live_server import LiveServer
 
     s = LiveServer(talk[1], "--rag", "--data", str(talk[0]))
     yield s

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 from conftest import TINY, run_cli
-from test_serve import LiveServer
+from live_server import LiveServer
 
 import prune as prune_cmd
 from model import GPT, GPTConfig

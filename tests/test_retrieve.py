@@ -390,7 +390,7 @@ def test_chat_rag_answers_small_talk_with_the_model_alone(rag_chat):
 
 def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
     import httpx
-    from test_serve import LiveServer
+    from live_server import LiveServer
 
     title = next(read_articles(rag_data, "val"))["title"]
     best = reader_of(Index.open(rag_data)).find(f"What is {title}?").best

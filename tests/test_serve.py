@@ -1,11 +1,7 @@
 """serve.py: real clients (the openai SDK, raw HTTP, Chromium) against a live server on
 127.0.0.1, continuous batching, bad input, and the web page (the engine alone: test_engine.py)."""
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from types import SimpleNamespace
@@ -13,14 +9,12 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from conftest import ROOT, TINY, run_cli
-from test_engine import tiny_model
+from conftest import TINY, run_cli
+from live_server import LiveServer
 
 from wikigpt.decoding.load import load_model
 from wikigpt.decoding.engine import Request
-from wikigpt.decoding.generate import generate
 from wikigpt.decoding.engine_thread import EngineThread
-from wikigpt.decoding.sampling import SamplingParams
 from wikigpt.server.app import authorized
 from wikigpt.server.checks import Settings
 from wikigpt.server.generation import Server
@@ -45,39 +39,6 @@ def chat_ckpt(tiny_data, tmp_path_factory):
                 "--sft_val_fraction=0.1", *TINY, "--block_size=128")
     assert r.returncode == 0, r.stderr
     return root / "chat" / "best.pt"
-
-
-class LiveServer:
-    """`python serve.py --port 0` as a real process; the URL comes from its first line. Its
-    stderr goes to a file (a pipe nobody reads would block the server once 64 KB of log
-    lines filled it); `log()` reads it."""
-
-    def __init__(self, ckpt, *args, env=None):
-        self.stderr = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt", str(ckpt), "--port", "0", *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     env={**os.environ, **(env or {})})
-        line = self.proc.stdout.readline()  # blocks until the socket is bound (or the process died)
-        assert "http://127.0.0.1:" in line, line + self.log()
-        self.url = line.split(" on ")[1].split()[0]
-        for _ in range(100):  # uvicorn starts serving right after that line
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-
-    def log(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -534,62 +495,6 @@ def test_the_page_makes_only_web_addresses_of_sources_clickable(server):
             assert links == [["A", "https://en.wikipedia.org/wiki/River"], ["SPAN", None], ["SPAN", None], ["SPAN", None]]
         finally:
             browser.close()
-
-
-def test_replies_are_always_valid_utf8_with_the_tokenizer(tiny_data):
-    from wikigpt.prep.data import load_dataset
-
-    tok = load_dataset(tiny_data).tokenizer  # byte-level: any byte sequence is one step away
-    model = tiny_model()  # random weights: they pick bytes with no regard for UTF-8
-    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
-    prompt = tok.encode("你好，世界")
-
-    def text(seed, constrained):
-        ids = list(generate(model, prompt, 40, params, seed=seed, tok=tok if constrained else None))
-        return tok.decode(ids).rstrip("\ufffd")  # a reply cut by max_tokens may end inside a character
-    assert any("\ufffd" in text(seed, False) for seed in range(10))  # unconstrained: broken characters
-    assert not any("\ufffd" in text(seed, True) for seed in range(10))
-
-
-def test_text_past_the_context_stays_valid_utf8_where_a_window_ends_inside_a_character(tiny_data):
-    """sample.py goes on past the context in windows, each a new request: one that started as if
-    its prompt ended between characters broke the character the last window had begun (a review
-    found U+FFFD in a long sample). Here windows of 8 tokens over random weights, and a request
-    whose prompt ends inside a character."""
-    from sample import continuation
-    from wikigpt.prep.data import load_dataset
-
-    tok = load_dataset(tiny_data).tokenizer
-    model = tiny_model()
-    model.cfg.block_size = 8
-    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
-    prompt = tok.encode("你好")
-    for seed in range(6):
-        ids = list(continuation(model, prompt, 60, params, seed=seed, tok=tok))
-        assert "\ufffd" not in tok.decode(prompt + ids).rstrip("\ufffd"), seed
-    byte = {tok.enc.decode_single_token_bytes(i): i for i in range(tok.n_vocab)}
-    cut = prompt + [byte[b"\xe4"]]  # the first byte of a three-byte character
-    assert tok.utf8_state_after(cut) == 2 and tok.utf8_state_after(prompt) == 0
-    for seed in range(6):
-        ids = list(generate(model, cut, 6, params, seed=seed, tok=tok, utf8_state=tok.utf8_state_after(cut)))
-        assert "\ufffd" not in tok.decode(cut + ids).rstrip("\ufffd"), seed
-
-
-def test_the_utf8_table_follows_real_text_and_refuses_broken_bytes(tiny_data):
-    from wikigpt.prep.data import load_dataset
-
-    tok = load_dataset(tiny_data).tokenizer  # bpe:300: every byte is a token
-    table = tok.utf8_table(320)
-    state = 0
-    for i in tok.encode("Grüße aus 北京 🎉 नमस्ते"):
-        state = int(table[state, i])
-        assert state >= 0
-    assert state == 0
-    byte = {tok.enc.decode_single_token_bytes(i): i for i in range(tok.n_vocab)}
-    assert table[0, byte[b"\x80"]] == -1 and table[1, byte[b"\x80"]] == 0  # continuation: only when awaited
-    assert table[2, byte[b"a"]] == -1  # a new character may not start inside one
-    assert table[0, byte[b"\xe0"]] == 4 and table[4, byte[b"\x91"]] == -1  # overlong E0 91
-    assert table[0, byte[b"\xc0"]] == -1 and table[0, byte[b"\xff"]] == -1  # never UTF-8
 
 
 def test_an_int8_server_gives_the_learned_replies(chat_ckpt):

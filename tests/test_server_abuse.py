@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 import httpx
 import pytest
 import torch
-from test_serve import LiveServer
+from live_server import LiveServer
 
 from model import GPT, GPTConfig
 from wikigpt.checkpoint import build_checkpoint, save_checkpoint
