@@ -28,14 +28,16 @@ CHAT_TURNS = 20
 
 
 def engine_tok_s(model, rows: int, compile: bool, new_tokens: int = 64,
-                 repeats: int = 3) -> tuple[float, float, Engine]:
-    """(decode tokens/s, seconds of warm-up, the engine) of `rows` requests decoded together. A
-    compiled engine whose step failed to compile decoded eagerly: engine.compiled says which ran."""
+                 repeats: int = 3, logprobs: int | None = None) -> tuple[float, float, Engine]:
+    """(decode tokens/s, seconds of warm-up, the engine) of `rows` requests decoded together (each
+    asking for `logprobs` alternatives, if not None). A compiled engine whose step failed to
+    compile decoded eagerly: engine.compiled says which ran."""
     engine = Engine(model, n_slots=rows, compile=compile)
 
     def run(n):
         for i in range(rows):
-            engine.add(Request([(7 * i + j) % 200 + 1 for j in range(16)], n, SamplingParams(temperature=0.8)))
+            engine.add(Request([(7 * i + j) % 200 + 1 for j in range(16)], n, SamplingParams(temperature=0.8),
+                               logprobs=logprobs))
         t, steps = time.perf_counter(), 0
         while engine.active:
             engine.step()
@@ -214,6 +216,18 @@ def conversation_rows(turns: int = 9, repeats: int = 3) -> list:
     return rows
 
 
+def logprob_rows(model, name: str, rows: int = 8) -> list:
+    """What asking for each token's logprob and 5 alternatives costs a batch of 8 (Engine.logprobs:
+    a log-softmax and a top-k of the rows that ask, one more read from the device per step)."""
+    out = []
+    for compile in (False, True):
+        plain = max(engine_tok_s(model, rows, compile)[0] for _ in range(2))
+        asked = max(engine_tok_s(model, rows, compile, logprobs=5)[0] for _ in range(2))
+        out.append((f"decode with logprobs (top 5), {name}, batch {rows}, {'compiled' if compile else 'eager'}",
+                    f"{asked:,.0f} tok/s vs {plain:,.0f} without (x{asked / plain:.2f})"))
+    return out
+
+
 def random_6x384():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384)).eval()
@@ -221,7 +235,7 @@ def random_6x384():
 
 def decode_rows(ckpt: str) -> list:
     rows = (one_user_rows(random_6x384(), "6x384 random init") + shared_prefill_rows(random_6x384(), "6x384 random init")
-            + chunked_prefill_rows() + conversation_rows())
+            + chunked_prefill_rows() + conversation_rows() + logprob_rows(random_6x384(), "6x384 random init"))
     if not Path(ckpt).is_file():
         return rows + [("decode, demo chat model", f"skipped: no chat checkpoint at {ckpt} (run make demo first)")]
     model, tok, _ = load_model(ckpt, "cpu")

@@ -404,8 +404,9 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
         generated = lambda: float(re.search(r"^wikigpt_completion_tokens_total (\S+)$",  # noqa: E731
                                             httpx.get(s.url + "/metrics").text, re.M)[1])
         before = generated()
-        r = ask("What is the capital of Ruritania?", n=2)
+        r = ask("What is the capital of Ruritania?", n=2, logprobs=True)
         assert all(is_abstention(c["message"]["content"]) for c in r["choices"])  # nothing invented
+        assert all(c["logprobs"] is None for c in r["choices"])  # said, not the model's: no logprobs to give
         assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] > 0
         assert generated() == before  # said, not generated
         with httpx.stream("POST", s.url + "/v1/chat/completions", timeout=60, json={"stream": True, "n": 2,
@@ -418,8 +419,9 @@ def test_serve_rag_copies_the_evidence_or_says_not_found(rag_chat, rag_data):
                 ends[choice["index"]] = choice["finish_reason"] or ends.get(choice["index"])
         assert ends == {0: "length", 1: "length"} and texts[0] == texts[1]  # cut at max_tokens, as any reply
         assert texts[0] and ABSTAIN["en"].startswith(texts[0])
-        r = ask("What is the capital of Ruritania?", copy=0)  # the model alone: it writes its reply
+        r = ask("What is the capital of Ruritania?", copy=0, logprobs=True)  # the model alone: it writes its reply
         assert generated() > before
+        assert r["choices"][0]["logprobs"]["content"]  # and its tokens' logprobs
         r = ask(f"What is {title}?", rag=False)
         assert "sources" not in r
         before = generated()

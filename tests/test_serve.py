@@ -195,7 +195,7 @@ BAD = [
     ("stream", ask("hi", stream="yes"), 400, "'stream' must be true or false"),
     ("too long", ask("word " * 400), 400, "only 127 fit in the context"),
     ("oversized body", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413, "over the limit"),
-    ("logprobs", ask("hi", logprobs=True, top_logprobs=2), 400, "does not support token log-probabilities"),
+    ("echo", ask("hi", echo=True), 400, "does not support echoing the prompt"),
     ("tools", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "does not support tool calls"),
     ("tools to choose", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto"), 400,
      "does not support tool calls"),

@@ -129,17 +129,19 @@ class DecodeState:
         # with a tokenizer: only ids that keep each reply valid UTF-8 (tokenizer.utf8_table)
         self.utf8 = tok.utf8_table(V).to(device) if tok is not None else None  # (8, V)
         self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
-        self.copying = self.penalty = self.nucleus = self.sampling = True  # see use()
+        self.raw = torch.zeros(S, V, device=device)  # its last logits as the model gave them (for logprobs)
+        self.copying = self.penalty = self.nucleus = self.sampling = self.logprobs = True  # see use()
         if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
             for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
-                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state):
+                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state, self.raw):
                 torch._dynamo.mark_static_address(t)
 
-    def use(self, params: list, copying: bool, everything: bool):
+    def use(self, params: list, copying: bool, logprobs: bool, everything: bool):
         """Which parts of sampling this step's rows use, from their options (the host knows them):
-        an eager step skips the others, whose ops would leave every logit as it is; a compiled
-        step (everything) runs them all, one graph whatever the rows ask."""
+        an eager step skips the others, whose ops would leave every logit as it is (or, logprobs,
+        keeps no copy of them); a compiled step (everything) runs them all, one graph whatever the rows ask."""
         self.copying = everything or copying
+        self.logprobs = everything or logprobs
         self.penalty = everything or any(p.repetition_penalty != 1 for p in params)
         self.nucleus = everything or any(p.top_p < 1 for p in params)
         self.sampling = everything or any(p.temperature > 0 for p in params)
@@ -160,6 +162,8 @@ def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
     """Sample the next token of `rows` (a slice or index tensor) from their logits (n, V) and
     update their state: all on the device. k_max: see sampling.candidates. Returns the
     tokens, (n,) int64."""
+    if state.logprobs:  # what the model gave, before copying and sampling options: for Engine.logprobs
+        state.raw[rows] = logits
     if state.copying:
         logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
     allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None

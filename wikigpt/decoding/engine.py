@@ -12,7 +12,7 @@ what a slot holds (a chat's next turn: the last prompt and its reply) prefills o
 A server runs the engine on its own thread (engine_thread.py).
 Batching is worth several times the throughput of serving one request at a time. The step
 (wikigpt/decoding/decode.py) runs from state on the device: the host reads one thing per step, the new
-tokens, so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
+tokens (and, for requests that ask, their log-probabilities), so torch.compile takes it whole, on a GPU as CUDA graphs (a handful of launches a step).
 
 What a request may count on, whatever else is in the batch (tests/test_engine.py checks each):
   - its logits agree within ROW_LOGIT_TOLERANCE with those it gets decoded alone (float32);
@@ -52,6 +52,8 @@ from wikigpt.decoding.sampling import CopySource, SamplingParams, candidates, kn
 
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5
+# the most alternatives a token's log-probability comes with (OpenAI's API allows 20)
+MAX_TOP_LOGPROBS = 20
 # Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
 # on the second call and replay it from the third (on a CPU the first call compiles it).
 WARM_CALLS = 3
@@ -70,8 +72,10 @@ class Request:
     emit: Callable = lambda request, token, finish_reason: None
     copy_from: CopySource | None = None  # the evidence to copy, when params.copy > 0
     utf8_state: int = 0  # the UTF-8 decoder's state where the prompt ends (0: whole characters; see sample.py)
+    logprobs: int | None = None  # each token's log-probability and this many likeliest others (None: none)
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
+    token_logprobs: list = field(default_factory=list)  # with logprobs, per token: (its logprob, [(id, logprob)])
     slot: int | None = None
     filled: int = 0  # prompt tokens prefilled into its slot so far
     reused: int = 0  # of them, the ones whose keys and values a slot held already (reuse_prefix, shared_prefill)
@@ -175,6 +179,8 @@ class Engine:
         highest in use); fill() prefills its prompt there, after what it reuses (reuse_prefix)."""
         if not req.prompt or len(req.prompt) >= self.model.cfg.block_size:
             raise ValueError(f"prompt of {len(req.prompt)} tokens: need 1..{self.model.cfg.block_size - 1}")
+        if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs={req.logprobs}: need 0..{MAX_TOP_LOGPROBS} alternatives")
         key = tuple(req.prompt)
         req.slot = min(set(range(self.n_slots)) - set(self.by_slot))
         self.keep_left(req.slot, key)
@@ -350,7 +356,7 @@ class Engine:
         sampling the rows use (DecodeState.use)."""
         st = self.state
         copying = [r for r in reqs if r.params.copy > 0 and r.copy_from is not None]
-        st.use([r.params for r in reqs], bool(copying), self.compiled)
+        st.use([r.params for r in reqs], bool(copying), any(r.logprobs is not None for r in reqs), self.compiled)
         for r in copying:
             q = r.copy_from.prior(r.tokens)
             st.copy_w[r.slot] = r.params.copy if q else 0.0
@@ -361,6 +367,7 @@ class Engine:
 
     def emitted(self, reqs: list[Request], tokens: list[int]):
         """The host's side of a step: record each request's new token, finish it if it is done."""
+        self.logprobs(reqs, tokens)
         for req, token in zip(reqs, tokens):
             req.tokens.append(token)
             finish = None
@@ -372,6 +379,21 @@ class Engine:
             if finish:
                 self.release(req)
             req.emit(req, token, finish)
+
+    def logprobs(self, reqs: list[Request], tokens: list[int]):
+        """For the requests that ask (Request.logprobs), their new token's log-probability and the
+        likeliest ids', under the model's own distribution (the logits pick() kept: before the
+        copy, the penalty and temperature reshaped them, as vLLM reports them). Only when some
+        request asks: one more small read from the device."""
+        asking = [(r, t) for r, t in zip(reqs, tokens) if r.logprobs is not None]
+        if not asking:
+            return
+        slots = torch.tensor([r.slot for r, _ in asking], device=self.device)
+        lp = torch.log_softmax(self.state.raw[slots, :self.model.cfg.vocab_size], dim=-1)  # (n, vocab)
+        chosen = lp.gather(1, torch.tensor([[t] for _, t in asking], device=self.device))[:, 0]  # (n,)
+        top = lp.topk(max(r.logprobs for r, _ in asking), dim=-1)  # (n, k) each, likeliest first
+        for (r, _), c, values, ids in zip(asking, chosen.tolist(), top.values.tolist(), top.indices.tolist()):
+            r.token_logprobs.append((c, list(zip(ids, values))[:r.logprobs]))
 
     def release(self, req: Request):
         req.finished = True

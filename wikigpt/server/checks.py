@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from wikigpt.chat.chat_template import Message
+from wikigpt.decoding.engine import MAX_TOP_LOGPROBS
 from wikigpt.decoding.sampling import RANGES, SamplingParams
 
 ROLES = ("system", "user", "assistant")
@@ -141,6 +142,24 @@ def sampling_of(body: dict, defaults: SamplingParams) -> SamplingParams:
     return params
 
 
+def logprobs_of(body: dict, chat: bool) -> int | None:
+    """How many alternatives each generated token's log-probability comes with, or None when the
+    request asks for none. Chat: "logprobs": true and "top_logprobs": 0-20; /v1/completions:
+    "logprobs": 0-20 (OpenAI's allows 5 there; vLLM, like this server, 20)."""
+    if not chat:
+        if body.get("top_logprobs") is not None:
+            raise ApiError(400, "'top_logprobs' is a chat field; on /v1/completions send 'logprobs': N (the "
+                                f"alternatives per token, 0-{MAX_TOP_LOGPROBS})", "top_logprobs")
+        return number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
+    asked = body.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):
+        raise ApiError(400, f"'logprobs' must be true or false, got {shown(asked)}", "logprobs")
+    top = number(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
+    if top is not None and not asked:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if asked else None
+
+
 def stop_strings(body: dict, limit: int, max_chars: int) -> list[str]:
     stop = body.get("stop")
     if stop is None:
@@ -232,10 +251,9 @@ async def read_body(request, settings: Settings) -> dict:
 
 
 # fields of OpenAI's API that would change what a reply means; a client that sends them gets a
-# 400 instead of a reply without them (a harness reading logprobs would score nothing, one that
-# limits the answer to a few tokens with logit_bias would get free text)
-UNSUPPORTED = {"logprobs": "token log-probabilities", "top_logprobs": "token log-probabilities",
-               "echo": "echoing the prompt", "suffix": "text after the completion (fill-in)",
+# 400 instead of a reply without them (a harness reading the prompt's logprobs with echo would score
+# nothing, one that limits the answer to a few tokens with logit_bias would get free text)
+UNSUPPORTED = {"echo": "echoing the prompt (and its log-probabilities)", "suffix": "text after the completion (fill-in)",
                "tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls",
                "function_call": "function calls", "response_format": "structured output",
                "logit_bias": "biasing tokens", "presence_penalty": "presence penalties (use repetition_penalty)",

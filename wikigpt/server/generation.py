@@ -17,8 +17,8 @@ from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, reade
 from wikigpt.knowledge.questions import small_talk
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, RANGES, SamplingParams
 from wikigpt.server.connections import ProtocolWarnings
-from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, number, read_messages, sampling_of,
-                                   stop_strings, text_limits)
+from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, logprobs_of, number, read_messages,
+                                   sampling_of, stop_strings, text_limits)
 from wikigpt.tokenizer import TextStream
 
 # How often a reply in progress asks whether its client is still there: often enough that one
@@ -73,6 +73,18 @@ def kmp_fallback(s: str) -> list[int]:
 
 
 @dataclass
+class TokenLogprob:
+    """A generated token's log-probability, its likeliest alternatives [(id, logprob)], and
+    where its text lies in the choice's text (text[start:end]; empty while a character it
+    begins is incomplete)."""
+    token: int
+    logprob: float
+    top: list
+    start: int
+    end: int
+
+
+@dataclass
 class Choice:
     index: int
     prompt: list[int]
@@ -83,6 +95,8 @@ class Choice:
     tokens: int = 0
     finish: str | None = None
     request: Request | None = field(default=None, repr=False)
+    logprobs: list | None = None  # with logprobs asked: a TokenLogprob per token shown (not the end token)
+    handed: int = 0  # of them, the ones handed out (new_logprobs)
     scan: StopScan = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -94,16 +108,31 @@ class Choice:
         if token is not None:
             self.tokens += 1
             self.text += self.stream.push(token)  # a special token that ended it shows as nothing
+            if self.logprobs is not None and token not in self.request.stop_tokens:
+                # the engine's thread appends a token's entry before it emits the token (and may be steps ahead)
+                logprob, top = self.request.token_logprobs[self.tokens - 1]
+                self.logprobs.append(TokenLogprob(token, logprob, top, scanned, len(self.text)))
         if finish:
             self.text += self.stream.flush()
         cut = self.scan.feed(self.text, scanned)
         if cut >= 0:
             self.text, finish = self.text[:cut], "stop"
+            if self.logprobs is not None:  # the tokens of the stop string, and any after it, were never shown
+                self.logprobs = self.logprobs[:self.handed] + [t for t in self.logprobs[self.handed:] if t.start < cut]
         self.finish = finish
         held = 0 if finish else self.scan.held
         delta = self.text[self.sent:len(self.text) - held]  # hold back a possible stop string's start
         self.sent += len(delta)
         return delta
+
+    def new_logprobs(self) -> list[TokenLogprob]:
+        """The entries of the tokens whose text has been handed out since the last call (all
+        that are left once the choice has finished)."""
+        if self.logprobs is None:
+            return []
+        shown = len(self.logprobs) if self.finish else sum(t.end <= self.sent for t in self.logprobs)
+        new, self.handed = self.logprobs[self.handed:shown], shown
+        return new
 
 
 def deliver(loop, events: asyncio.Queue, event: tuple):
@@ -171,6 +200,7 @@ class Server:
         number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
         sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
         stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
+        logprobs_of(body, chat)
         self.max_tokens(body)
         if chat and not isinstance(body.get("rag", True), bool):
             raise ApiError(400, "'rag' must be true or false", "rag")
@@ -273,6 +303,7 @@ class Server:
         if found is not None:
             params, said, copy_from = copy_plan(self.tok, found, params)
         stops = stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
+        top_logprobs = logprobs_of(body, chat)
         max_new = self.max_tokens(body)
         ends = self.tok.stops  # the turn's end, the document's, or another turn begun
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -282,7 +313,8 @@ class Server:
                 c = Choice(len(choices), prompt, TextStream(self.tok), stops)
                 c.request = Request(prompt, max_new, params, ends, None if seed is None else seed + j,
                                     emit=lambda r, t, f, c=c: deliver(loop, events, (c, t, f)),
-                                    copy_from=copy_from)
+                                    copy_from=copy_from, logprobs=top_logprobs)
+                c.logprobs = [] if top_logprobs is not None and said is None else None  # said: not the model's
                 choices.append(c)
         if said is not None:  # "not found": said as it is, nothing generated
             self.tokens_in.inc(sum(len(c.prompt) for c in choices))

@@ -16,6 +16,30 @@ def reply_head(chat: bool, model_name: str) -> dict:
             "created": int(time.time()), "model": model_name}
 
 
+def logprobs_json(c, entries: list, chat: bool) -> dict | None:
+    """A choice's "logprobs" for these tokens (TokenLogprob) in the endpoint's shape: chat's
+    {"content": [{token, logprob, bytes, top_logprobs}]}, or the completions' token, token_logprobs,
+    top_logprobs and text_offset lists. None where none were asked, or the reply was not
+    generated (a "not found" said as it is)."""
+    if c.logprobs is None:
+        return None
+    enc = c.stream.tok.enc
+
+    def piece(token: int) -> tuple[str, list[int]]:  # a token's text (a part of a character: U+FFFD) and bytes
+        raw = enc.decode_single_token_bytes(token)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    if chat:
+        def one(token, logprob):
+            text, raw = piece(token)
+            return {"token": text, "logprob": logprob, "bytes": raw}
+        return {"content": [one(t.token, t.logprob) | {"top_logprobs": [one(i, lp) for i, lp in t.top]}
+                            for t in entries], "refusal": None}
+    return {"tokens": [piece(t.token)[0] for t in entries], "token_logprobs": [t.logprob for t in entries],
+            "top_logprobs": [{piece(i)[0]: lp for i, lp in t.top} for t in entries],
+            "text_offset": [t.start for t in entries]}
+
+
 async def json_reply(events, head: dict, chat: bool, usage, cited: dict) -> dict:
     """The whole reply as one object, once every choice has finished."""
     done = {}
@@ -23,8 +47,8 @@ async def json_reply(events, head: dict, chat: bool, usage, cited: dict) -> dict
         done[c.index] = c
     choices = [done[i] for i in sorted(done)]
     out = [({"index": c.index, "message": {"role": "assistant", "content": c.text}} if chat
-            else {"index": c.index, "text": c.text}) | {"finish_reason": c.finish, "logprobs": None}
-           for c in choices]
+            else {"index": c.index, "text": c.text})
+           | {"finish_reason": c.finish, "logprobs": logprobs_json(c, c.new_logprobs(), chat)} for c in choices]
     return head | {"choices": out, "usage": usage(choices)} | cited
 
 
@@ -38,9 +62,9 @@ async def sse_reply(first, events, head: dict, chat: bool, usage, cited: dict, i
     Later errors arrive as an error object in the stream, before [DONE]."""
     stream_kind = head["object"] + ".chunk" if chat else head["object"]
 
-    def chunk(c, piece: dict, finish=None, **extra) -> str:
+    def chunk(c, piece: dict, finish=None, logprobs=None, **extra) -> str:
         return event(head | {"object": stream_kind, "choices": [
-            {"index": c.index, **piece, "finish_reason": finish, "logprobs": None}]} | extra)
+            {"index": c.index, **piece, "finish_reason": finish, "logprobs": logprobs}]} | extra)
 
     def text(delta: str) -> dict:
         return {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
@@ -53,8 +77,9 @@ async def sse_reply(first, events, head: dict, chat: bool, usage, cited: dict, i
             if chat and c.index not in seen:  # the first delta of each choice carries the role
                 seen.add(c.index)
                 yield chunk(c, {"delta": {"role": "assistant", "content": ""}}, **cited)
-            if delta:
-                yield chunk(c, text(delta))
+            new = c.new_logprobs()  # the tokens of this delta's text (a finish: any left)
+            if delta or new:
+                yield chunk(c, text(delta), logprobs=logprobs_json(c, new, chat))
             if c.finish:
                 ended.append(c)
                 yield chunk(c, text(""), c.finish)

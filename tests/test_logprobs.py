@@ -1,0 +1,143 @@
+"""Token log-probabilities: the engine's (Request.logprobs) against a whole forward pass of the
+model, and the server's `logprobs` fields through the openai client (chat: logprobs +
+top_logprobs; /v1/completions: logprobs N), streamed or not, cut by a stop string, refused when
+malformed."""
+import random
+
+import httpx
+import pytest
+import torch
+from live_server import LiveServer
+from test_engine import tiny_model
+
+from wikigpt.decoding.engine import Engine, Request
+from wikigpt.decoding.load import load_model
+from wikigpt.decoding.sampling import SamplingParams
+
+# a token's logprob from the engine's one-row steps vs a whole forward over prompt + reply:
+# float32 sums in another order (measured 5e-7 on the tiny model)
+LOGPROB_TOLERANCE = 1e-4
+
+
+def forward_logprobs(model, prompt: list[int], reply: list[int]) -> torch.Tensor:
+    """(len(reply), vocab): the model's log-probabilities of the next token at each reply position."""
+    ids = torch.tensor([prompt + reply])
+    with torch.no_grad():
+        logits, _ = model(ids, targets=ids)  # with targets: the logits of every position
+    return torch.log_softmax(logits[0, len(prompt) - 1:-1, :model.cfg.vocab_size].float(), dim=-1)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_each_tokens_logprob_is_the_models_own_whatever_the_sampling_and_the_batch(compile):
+    """Sampled with a temperature and a repetition penalty beside requests that ask for none:
+    each token's logprob and its alternatives are the model's distribution at that position
+    (before the sampling options reshaped it), a compiled step's as an eager one's."""
+    model, rng = tiny_model(), random.Random(0)
+    engine = Engine(model, n_slots=4, compile=compile)
+    reqs = [Request([rng.randrange(300) for _ in range(5 + i)], 12, SamplingParams(temperature=1.0,
+                    repetition_penalty=1.3), seed=i, logprobs=None if i == 1 else 3 * i) for i in range(4)]
+    for r in reqs:
+        engine.add(r)
+    while engine.active:
+        engine.step()
+    assert reqs[1].token_logprobs == []  # asked for none
+    for r in reqs[:1] + reqs[2:]:
+        assert len(r.token_logprobs) == len(r.tokens) == 12
+        expected = forward_logprobs(model, r.prompt, r.tokens)
+        for token, (logprob, top), row in zip(r.tokens, r.token_logprobs, expected):
+            assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE
+            assert len(top) == r.logprobs
+            values = [v for _, v in top]
+            assert values == sorted(values, reverse=True)
+            torch.testing.assert_close(torch.tensor(values), row.topk(r.logprobs).values, rtol=0,
+                                       atol=LOGPROB_TOLERANCE)
+            for i, v in top:  # each alternative is that id's own logprob
+                assert abs(v - row[i].item()) < LOGPROB_TOLERANCE
+
+
+def test_the_engine_refuses_more_alternatives_than_it_keeps():
+    engine = Engine(tiny_model(), n_slots=1)
+    with pytest.raises(ValueError, match="0..20"):
+        engine.add(Request([1, 2], 3, logprobs=21))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_ckpt):
+    import openai
+    s = LiveServer(tiny_ckpt)
+    yield s.url, openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    s.stop()
+
+
+GREEDY = {"temperature": 0, "extra_body": {"repetition_penalty": 1.0}}  # the model's argmax, nothing reshaped
+
+
+def test_completion_logprobs_are_the_models_and_each_greedy_token_its_top_one(served, tiny_ckpt):
+    _, client = served
+    model, tok, _ = load_model(tiny_ckpt, "cpu")
+    prompt = [tok.doc_sep] + tok.encode("Article 3 is about")
+    reply = list(model.generate(prompt, 8, temperature=0))  # greedy: the tokens the server picks
+    r = client.completions.create(model="t", prompt="Article 3 is about", max_tokens=8, logprobs=3, **GREEDY)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == tok.decode(reply) == "".join(lp.tokens)
+    assert lp.text_offset == [len(tok.decode(reply[:i])) for i in range(len(reply))]
+    expected = forward_logprobs(model, prompt, reply)
+    for token, logprob, top, row in zip(reply, lp.token_logprobs, lp.top_logprobs, expected):
+        assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE
+        assert len(top) == 3 and max(top.values()) == logprob  # greedy: the chosen one is the likeliest
+
+
+def test_chat_logprobs_streamed_equal_the_whole_replys_and_their_bytes_are_its_text(served):
+    _, client = served
+    ask = dict(model="t", messages=[{"role": "user", "content": "Hello"}], max_tokens=10, logprobs=True,
+               top_logprobs=2, n=2, seed=5, temperature=1.0)
+    whole = client.chat.completions.create(**ask)
+    streamed = {0: [], 1: []}
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.logprobs.content if c.logprobs else []
+    for choice in whole.choices:
+        content = choice.logprobs.content
+        assert content == streamed[choice.index]
+        assert b"".join(bytes(t.bytes) for t in content).decode() == choice.message.content
+        assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    plain = client.chat.completions.create(**{k: v for k, v in ask.items() if "logprobs" not in k})
+    assert all(c.logprobs is None for c in plain.choices)  # none asked, none sent
+
+
+def test_a_stop_string_cuts_the_logprobs_with_the_text_streamed_or_not(served):
+    """A stop string's tokens, and any after it, are not listed; a token the cut splits is (its
+    start was shown), in a stream too, where its text was held back as a possible stop."""
+    _, client = served
+    ask = dict(model="t", prompt="Article 5", max_tokens=16, logprobs=0, **GREEDY)
+    tokens = client.completions.create(**ask).choices[0].logprobs.tokens
+    tried = set()
+    for at in range(2, len(tokens)):
+        text, token = "".join(tokens[:at]), tokens[at]
+        for split, stop, shown, listed in ((False, token, text, tokens[:at]),
+                                           (True, token[1:], text + token[:1], tokens[:at + 1])):
+            if split in tried or not stop.strip() or len(token) < 2 or stop in text + token[:1]:
+                continue  # one case of each; the stop string must first appear at this token
+            tried.add(split)
+            whole = client.completions.create(**ask, stop=[stop]).choices[0]
+            assert (whole.text, whole.logprobs.tokens) == (shown, listed)
+            chunks = [c.choices[0] for c in client.completions.create(**ask, stop=[stop], stream=True)]
+            assert "".join(c.text for c in chunks) == shown
+            assert [t for c in chunks if c.logprobs for t in c.logprobs.tokens] == listed
+    assert tried == {False, True}, f"no token of {tokens} to stop at"
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("chat/completions", {"logprobs": "yes"}, "'logprobs' must be true or false"),
+    ("chat/completions", {"top_logprobs": 2}, "needs 'logprobs': true"),
+    ("chat/completions", {"logprobs": True, "top_logprobs": 21}, "between 0 and 20"),
+    ("completions", {"logprobs": 21}, "between 0 and 20"),
+    ("completions", {"top_logprobs": 2}, "send 'logprobs': N"),
+    ("completions", {"logprobs": 1, "echo": True}, "does not support echoing the prompt"),
+])
+def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served, path, body, message):
+    url, client = served
+    base = {"messages": [{"role": "user", "content": "hi"}]} if path.startswith("chat") else {"prompt": "hi"}
+    r = httpx.post(f"{url}/v1/{path}", json=base | body, timeout=30)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+    assert client.completions.create(model="t", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
