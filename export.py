@@ -25,7 +25,6 @@ sampler could never pick.
 """
 import argparse
 import errno
-import glob
 import json
 import os
 import secrets
@@ -37,7 +36,7 @@ import torch
 from wikigpt.checkpoint import DTYPES, load_checkpoint, model_from_checkpoint
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.output_paths import output_path_problem
-from wikigpt.run.durable import alive, fsync_path, link_new, replace_durably
+from wikigpt.run.durable import dead_writers_temps, fsync_path, link_new, replace_durably
 from wikigpt.prep.workdir import publish
 from wikigpt.adapt.hf_tokenizer import chat_template, tokenizer_json
 from wikigpt.decoding.sampling import CHAT_DEFAULTS
@@ -311,10 +310,8 @@ def export(ckpt_path, out: Path, dtype: str = "float32", overwrite: bool = False
 def clear_stale_temps(out: Path):
     """Delete what export.py runs to `out` that were killed mid-write (no `finally` ran) left
     beside it, each up to a whole export; a live run's stays."""
-    for old in out.parent.glob(f".{glob.escape(out.name)}.*-*{TMP_SUFFIX}"):
-        pid = old.name[len(out.name) + 2:].split("-", 1)[0]
-        if pid.isdigit() and not alive(int(pid)):
-            remove(old)
+    for old in dead_writers_temps(out.parent, f".{out.name}", TMP_SUFFIX):
+        remove(old)
 
 
 def remove(path: Path):

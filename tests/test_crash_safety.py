@@ -22,6 +22,7 @@ import train
 from wikigpt.run import fsdp
 from wikigpt.checkpoint import load_checkpoint, save_checkpoint
 from wikigpt.cli import UsageError
+from wikigpt.run.output_paths import output_path_problem
 from wikigpt.prep.data import DatasetError
 from wikigpt.config import TrainConfig
 
@@ -262,6 +263,21 @@ def fake_dcp(folder: Path, complete: bool = True):
     return folder
 
 
+def test_no_tool_writes_into_a_sharded_checkpoint_that_the_next_save_replaces_whole(tiny_ckpt, tmp_path):
+    """A file put in last.dcp was deleted with it at the run's next save (fsdp.swap_in)."""
+    (tmp_path / "run").mkdir()
+    dcp = fake_dcp(tmp_path / "run" / "last.dcp")
+    before = sorted(p.name for p in dcp.iterdir())
+    for args, out in ((["convert.py", "int8", tiny_ckpt], dcp / "int8.pt"),
+                      (["export.py", "--ckpt", tiny_ckpt, "--format", "gguf", "--out"], dcp / "sub" / "m.gguf")):
+        r = run_cli(*args, out)
+        assert r.returncode == 2 and f"is inside {dcp}, a sharded checkpoint that training replaces whole" in r.stderr
+        assert "Traceback" not in r.stderr and sorted(p.name for p in dcp.iterdir()) == before
+    for name in ("last.dcp.tmp", "last.dcp.old"):  # the folders of a save being swapped in
+        assert "a sharded checkpoint" in output_path_problem(tmp_path / "run" / name / "x.pt", "--out")
+    assert output_path_problem(tmp_path / "run" / "last.dcp.pt", "--out") is None  # a file named so is fine
+
+
 @pytest.mark.parametrize("left, resumed", [
     ({"last.dcp": True, "last.dcp.old": True}, "last.dcp"),  # cut after the second rename
     ({"last.dcp.old": True, "last.dcp.tmp": True}, "last.dcp.tmp"),  # between the renames: the newer one
@@ -374,11 +390,13 @@ def test_a_writer_killed_mid_save_leaves_no_temporary_file_after_the_next_save(t
     stale = tmp_path / f"best.pt.{dead.stdout.strip()}-0badc0de.tmp"  # a finished process's pid
     live = tmp_path / f"best.pt.{os.getpid()}-feedf00d.tmp"  # this one's: a save in progress
     other = tmp_path / "last.pt.1-0badc0de.tmp"  # another file's
-    for f in (stale, live, other):
+    users = [tmp_path / "best.pt.2024-12-01.tmp", tmp_path / "best.pt.12-draft.tmp"]  # no writer's: "2024" is no pid
+    for f in (stale, live, other, *users):
         f.write_bytes(b"x" * 1000)
     with replacing(dest) as tmp:
         tmp.write_bytes(b"new")
     assert dest.read_bytes() == b"new" and not stale.exists() and live.exists() and other.exists()
+    assert all(f.exists() for f in users)
 
 
 # ----------------------------------------------------------------------------------------

@@ -417,11 +417,12 @@ def test_what_a_killed_export_left_is_cleared_and_a_running_ones_is_not(tiny_ckp
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".hf.{dead.stdout.strip()}-0badc0de.tmp-export"  # a finished process's
     live = tmp_path / f".hf.{os.getpid()}-feedf00d.tmp-export"  # this one's: an export in progress
-    for folder in (stale, live):
+    users = tmp_path / ".hf.2024-12-01.tmp-export"  # a user's name of that shape: "2024" is no pid
+    for folder in (stale, live, users):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x" * 1000)
     export(tiny_ckpt, tmp_path / "hf")
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and users.exists()
 
 
 class Killed(BaseException):

@@ -14,6 +14,7 @@ and a crash at any point leaves either the old file or the new one.
 import errno
 import glob
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,13 +84,20 @@ def link_new(src: Path, dest: Path):
     fsync_path(dest.parent)
 
 
+def dead_writers_temps(folder: Path, name: str, suffix: str) -> list[Path]:
+    """The temporary files in `folder` of writers of `name` that died mid-save (SIGKILL, the OOM
+    killer: no `finally` ran): names of the exact form `NAME.PID-8HEX` + suffix (replacing()'s,
+    export.py's) whose process is gone. A user's `NAME.2024-12-01.tmp` is no writer's: kept."""
+    own = re.compile(rf"{re.escape(name)}\.(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}")
+    return [p for p in folder.glob(f"{glob.escape(name)}.*-*{suffix}")
+            if (m := own.fullmatch(p.name)) and not alive(int(m[1]))]
+
+
 def clear_stale(path: Path, suffix: str) -> None:
-    """Delete the temporary files of writers of `path` that died mid-save (SIGKILL, the OOM
-    killer: no `finally` ran), each up to a whole checkpoint; a live writer's stays."""
-    for old in path.parent.glob(f"{glob.escape(path.name)}.*-*{suffix}"):
-        pid = old.name[len(path.name) + 1:].split("-", 1)[0]
-        if pid.isdigit() and not alive(int(pid)):
-            old.unlink(missing_ok=True)
+    """Delete what dead writers of `path` left beside it, each up to a whole checkpoint; a live
+    writer's stays."""
+    for old in dead_writers_temps(path.parent, path.name, suffix):
+        old.unlink(missing_ok=True)
 
 
 def alive(pid: int) -> bool:

@@ -51,6 +51,14 @@ def file_above(path) -> tuple[Path, str] | None:
     return None
 
 
+def replaced_whole_above(path) -> Path | None:
+    """The folder above `path` that training replaces whole at its next save, if any: a sharded
+    checkpoint (last.dcp, or its .tmp / .old while one is swapped in: fsdp.swap_in). A file put
+    there would be deleted with it."""
+    return next((above for above in Path(path).absolute().parents
+                 if above.name.endswith((".dcp", ".dcp.tmp", ".dcp.old"))), None)
+
+
 def output_path_problem(path, option: str) -> str | None:
     """The one-line error (what, where, how to fix) for writing an output at `path`, or None."""
     if there := odd_entry(path):
@@ -62,6 +70,9 @@ def output_path_problem(path, option: str) -> str | None:
         above, what = blocked
         return (f"{option} {path}: {above} is {what}, where a folder should be: choose another "
                 f"{option} (nothing was changed).")
+    if folder := replaced_whole_above(path):
+        return (f"{option} {path} is inside {folder}, a sharded checkpoint that training replaces whole at its "
+                f"next save (what else is in it goes with it): choose a path outside it (nothing was changed).")
     return None
 
 
