@@ -250,6 +250,9 @@ def check_out(out: Path, format: str, overwrite: bool):
     export: refused, with pipes, devices, sockets and a path under a file, before anything is opened."""
     if problem := output_path_problem(out, "--out"):
         raise UsageError(problem)
+    if out.name in ("", ".", ".."):  # the export is renamed into its place: a shell's current folder would vanish
+        raise UsageError(f"--out {str(out) or repr('')} names no folder or file of its own: give one, e.g. "
+                         f"--out {Path(out, 'hf') if format == 'hf' else Path(out, 'model.gguf')} (nothing was changed).")
     if format == "hf" and out.is_file():
         raise UsageError(f"{out} is a file, and a transformers export is a folder: choose another --out.")
     try:

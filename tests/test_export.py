@@ -346,6 +346,19 @@ def test_out_under_a_file_is_refused_and_a_new_folder_above_is_made(tiny_ckpt, t
     assert gguf_file.read_bytes()[:4] == b"GGUF"
 
 
+def test_out_that_names_the_current_or_parent_folder_is_refused(tiny_ckpt, tmp_path, monkeypatch):
+    """`--out .` in an empty folder ended in a traceback (a ValueError of its temporary's name) after
+    the model had loaded; renamed into place, the export would have replaced the shell's folder."""
+    from export import export
+
+    monkeypatch.chdir(tmp_path)
+    for out, format, example in ((".", "hf", "hf"), ("", "gguf", "model.gguf"), ("..", "hf", "../hf")):
+        with pytest.raises(UsageError, match=re.escape(f"names no folder or file of its own: give one, e.g. --out {example}")):
+            export(tiny_ckpt, out, format=format)
+    assert list(tmp_path.iterdir()) == []
+    assert_refused(export_cli(tiny_ckpt, "."), "--out . names no folder or file of its own")
+
+
 def test_out_that_cannot_be_read_is_refused(tiny_ckpt, tmp_path, monkeypatch):
     """What a user who may not read --out meets (root reads everything: the error is simulated)."""
     from export import export
