@@ -174,3 +174,41 @@ def test_a_build_never_deletes_what_it_did_not_write_in_the_index_folder(tiny_da
     (data / "index.tmp" / "draft.txt").unlink()
     (data / "index" / "wikigpt_index.json.4242-0a1b2c3d.tmp").write_text("{")  # a write of its own a kill cut short
     assert build_index(data, quiet=True, workers=1)["generation"] == before["generation"] + 1
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "a line that is not JSON"])
+def test_damaged_kept_articles_are_one_error_and_the_old_index_stays(tiny_data, tmp_path, damage):
+    """retrieve.py --build over an articles file cut short (EOFError) or with a broken line inside
+    (JSONDecodeError) ended in a traceback, and a query said only "built from other articles"."""
+    import gzip
+    from conftest import run_cli
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    assert run_cli("retrieve.py", "--data", data, "--build").returncode == 0
+    info = (data / INDEX_DIR / INFO).read_bytes()
+    articles = data / "articles.jsonl.gz"
+    if damage == "cut in half":
+        articles.write_bytes(articles.read_bytes()[:articles.stat().st_size // 2])
+    else:
+        lines = gzip.decompress(articles.read_bytes()).splitlines(keepends=True)
+        articles.write_bytes(gzip.compress(b"".join(lines[:3] + [lines[3][:40] + b"\n"] + lines[4:])))
+    r = run_cli("retrieve.py", "--data", data, "--build")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{articles} is damaged after" in r.stderr and "prepare_wiki.py command plus --overwrite" in r.stderr
+    assert (data / INDEX_DIR / INFO).read_bytes() == info  # the old index left as it was
+
+
+def test_a_folder_that_is_no_dataset_is_said_to_be_none(tmp_path):
+    """Given an index/ or any folder of the user's, --build advised rebuilding it as "an older
+    prepare_wiki.py's" dataset with --overwrite."""
+    from conftest import run_cli
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "mine", tmp_path / "empty"):
+        r = run_cli("retrieve.py", "--data", folder, "--build")
+        assert r.returncode == 2 and f"{folder} is not a dataset folder" in r.stderr
+        assert "made by an older" not in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"

@@ -22,6 +22,7 @@ import os
 import re
 import resource
 import struct
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,15 @@ def refuse_a_run_folder(folder: Path):
                            "folder prepare_wiki.py wrote, e.g. --data data/demo.")
 
 
+def refuse_a_foreign_folder(folder: Path):
+    """A folder with no meta.json that holds nothing prepare_wiki.py writes (a run's, an index/,
+    one of the user's) is said to be no dataset, before any advice to rebuild it."""
+    refuse_a_run_folder(folder)
+    if not any(folder.glob("*.bin")) and not (folder / "tokenizer.json").exists():
+        raise DatasetError(f"{folder} is not a dataset folder (no meta.json, shards or tokenizer): give the folder "
+                           "prepare_wiki.py wrote (e.g. --data data/demo).")
+
+
 def no_such_dataset(folder: Path) -> DatasetError:
     """A folder that is not there: a dataset beside it of a close name is most likely what was meant
     (--data data/dmeo), else it is still to be built."""
@@ -184,10 +194,7 @@ def load_dataset(path) -> TokenDataset:
     if not path.is_dir():
         raise no_such_dataset(path)
     if not meta_path.is_file():
-        refuse_a_run_folder(path)
-        if not any(path.glob("*.bin")) and not (path / "tokenizer.json").exists():  # nothing prepare_wiki.py writes
-            raise DatasetError(f"{path} is not a dataset folder (no meta.json, shards or tokenizer): give the folder "
-                               "prepare_wiki.py wrote (e.g. --data data/demo).")
+        refuse_a_foreign_folder(path)
         raise DatasetError(f"{path} has no meta.json, so it is not a complete dataset (an "
                            "interrupted prepare_wiki.py run?). Re-run prepare_wiki.py --overwrite.")
     try:
@@ -257,12 +264,20 @@ def read_articles(folder, split: str | None = None):
     if not folder.is_dir():
         raise no_such_dataset(folder)
     if not path.is_file():
-        refuse_a_run_folder(folder)
+        if not (folder / "meta.json").is_file():
+            refuse_a_foreign_folder(folder)
         raise DatasetError(f"{folder} has no kept articles ({ARTICLES}): it was made by an older "
                            f"prepare_wiki.py. Rebuild it with the same source and options plus "
                            f"--overwrite, e.g. `python prepare_wiki.py --out {folder} --overwrite`.")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if split is None or row["split"] == split:
-                yield row
+    line_no = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                row = json.loads(line)
+                if split is None or row["split"] == split:
+                    yield row
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as e:  # cut short, bit rot, not ours
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise DatasetError(f"{path} is damaged after {line_no:,} articles ({what}): it is the dataset's only copy of "
+                           "its articles, so rebuild the dataset: the same prepare_wiki.py command plus --overwrite."
+                           ) from None
