@@ -374,6 +374,11 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
         eval_main(["plot", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "c" / "loss.png")])
     assert (tmp_path / "c" / "loss.png").read_bytes() == (tmp_path / "own.png").read_bytes()
     eval_main(["plot", str(tmp_path / "c"), "--out", str(tmp_path / "c" / "loss.png")])  # the run's own, redrawn: yes
+    drawn = (tmp_path / "c" / "loss.png").read_bytes()
+    for runs in ([tmp_path / "b"], [tmp_path / "b", tmp_path]):  # another run's plot, that run not drawn: no
+        with pytest.raises(UsageError, match=r"is the loss plot of the run .*c, which its training draws"):
+            eval_main(["plot", *map(str, runs), "--out", str(tmp_path / "c" / "loss.png")])
+    assert (tmp_path / "c" / "loss.png").read_bytes() == drawn
     with pytest.raises(UsageError, match=r"the plot is a PNG; give a path ending in .png"):  # PNG bytes in x.pdf before
         eval_main(["plot", str(tmp_path / "b"), "--out", str(tmp_path / "x.pdf")])
     assert not (tmp_path / "x.pdf").exists()
