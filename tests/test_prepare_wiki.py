@@ -473,6 +473,28 @@ def test_overwrite_replaces_only_a_dataset(small_dump, tmp_path, capsys):
     assert (half / "meta.json").is_file()
 
 
+def test_overwrite_keeps_a_users_file_put_in_the_index_or_the_work_folders(small_dump, tmp_path, capsys):
+    """Only the top level was looked at: an int8.pt or a report put in index/ went with the index."""
+    ds = tmp_path / "ds"
+    build(small_dump, ds)
+    index = ds / "index"
+    (index / "titles").mkdir(parents=True)  # what retrieve.py --build writes there
+    for name in ("wikigpt_index.json", "passages.sqlite", "passages.sqlite-journal", "lead_ids.i64",
+                 "data.csc.index.npy"):
+        (index / name).write_bytes(b"x")
+    for mine in (index / "int8.pt", ds / "parts" / "notes.txt"):
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text("mine")
+        with pytest.raises(SystemExit) as e:
+            build(small_dump, ds, "--overwrite")
+        said = f"{mine.parent.name}/{mine.name}, which prepare_wiki.py did not make"
+        assert e.value.code == 2 and said in capsys.readouterr().err
+        assert mine.read_text() == "mine" and (index / "wikigpt_index.json").is_file()
+        mine.unlink()
+    build(small_dump, ds, "--overwrite")  # the index's own files and the folders' parts only: replaced
+    assert (ds / "meta.json").is_file() and not index.exists()
+
+
 def test_a_link_or_a_file_above_as_out_is_refused_and_left_alone(small_dump, tmp_path, capsys):
     dataset = tmp_path / "ds"
     build(small_dump, dataset)

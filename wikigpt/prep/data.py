@@ -112,6 +112,26 @@ MADE_BY = "prepare_wiki.py"  # meta.json's "made_by": a folder prepare_wiki.py -
 DATASET_NAMES = re.compile(r"(meta\.json|tokenizer\.json|articles\.jsonl\.gz|knowledge\.sqlite|(train|val)_\d{3,}\.bin"
                            r"|index|index\.tmp|progress\.json|parts|knowledge-parts|[^/]*\.tmp)")
 MODEL_FILES = re.compile(r".*\.(safetensors|pt|pth|ckpt|gguf|onnx)$|config\.json|pytorch_model\.bin")
+# what those folders hold: retrieve.py's index (index_build.OWN_ENTRIES and FORMAT_1_ENTRIES, its info
+# and progress files' temporaries), the work folder's parts; anything else in them is a user's, kept
+INDEX_NAMES = re.compile(r"(wikigpt_index|progress)\.json(\.\d+-[0-9a-f]+\.tmp)?|lead_ids\.i64|passages"
+                         r"|passages\.sqlite(-journal|-wal|-shm)?|titles|lead_ids\.npy|corpus\.jsonl|[a-z_.]+\.index\.(npy|json)"
+                         r"|corpus\.mmindex\.json")
+INNER_NAMES = {"index": INDEX_NAMES, "index.tmp": INDEX_NAMES, "parts": re.compile(r"part-\d{5,}\.jsonl(\.gz|\.tmp)"),
+               "knowledge-parts": re.compile(r"\d{5,}\.(jsonl|tmp)")}
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of a dataset (or its work folder) that prepare_wiki.py and retrieve.py do not
+    write, at the top or in the folders they fill (`index/int8.pt` is a user's: --overwrite
+    deleted it with the index)."""
+    out = []
+    for entry in sorted(folder.iterdir()):
+        if not DATASET_NAMES.fullmatch(entry.name):
+            out.append(entry.name)
+        elif entry.name in INNER_NAMES and entry.is_dir() and not entry.is_symlink():
+            out += [f"{entry.name}/{e.name}" for e in sorted(entry.iterdir()) if not INNER_NAMES[entry.name].fullmatch(e.name)]
+    return out
 
 
 def not_replaceable(folder: Path) -> str | None:
@@ -125,7 +145,7 @@ def not_replaceable(folder: Path) -> str | None:
     if holds_a_run(folder):
         return "holds a training run (checkpoints)"
     meta = _json_or_empty(folder / "meta.json")
-    foreign = [n for n in names if not DATASET_NAMES.fullmatch(n)]
+    foreign = foreign_entries(folder)
     if not names or (meta.get("made_by") == MADE_BY and not foreign):  # a file put in a dataset it made: kept
         return None
     if not foreign and ({"format_version", "shards", "tokenizer"} <= meta.keys() or "progress.json" in names
