@@ -47,6 +47,9 @@ def quantise(src: str, out: Path):
 
 def gather_shards(src: Path, out: Path):
     """last.dcp -> one weights-only checkpoint file, read by one process without a process group."""
+    if src.is_file():
+        raise UsageError(f"{src} is a file, and `convert.py dcp` reads a sharded checkpoint folder (out_dir/last.dcp): "
+                         "a checkpoint file is one file already, loaded as it is by sample.py, chat.py, serve.py.")
     if not src.is_dir():
         raise UsageError(f"{src}: no such checkpoint folder (train.py --shard=fsdp writes out_dir/last.dcp).")
     if (src / "last.dcp").is_dir():  # the run's out_dir

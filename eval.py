@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import sys
 import time
 from collections import Counter
@@ -268,8 +269,9 @@ def run_eval(args) -> dict:
     if args.natural not in ("none", "auto"):  # a question set that cannot be read: said before any work
         natural.load_natural(args.natural_split, Path(args.natural))
     models = []
-    labels = distinct_names([Path(path) for path in args.ckpt], least=2)  # a/chat/best.pt, b/chat/best.pt
-    for path, label in zip(args.ckpt, labels):
+    ckpts = list({Path(path).resolve(): path for path in reversed(args.ckpt)}.values())[::-1]  # twice: once
+    labels = distinct_names([Path(path) for path in ckpts], least=2)  # a/chat/best.pt, b/chat/best.pt
+    for path, label in zip(ckpts, labels):
         model, tok, info = load_model(path, args.device, args.dtype)
         info["label"] = label  # what a model's scores are kept under: one per model
         models.append((model, tok, info))
@@ -307,7 +309,8 @@ def run_eval(args) -> dict:
                                f"{args.top_p}, repetition penalty {args.repetition_penalty}, seed {args.seed}).")
         index = Index.open(data) if (Path(data) / INDEX_DIR).is_dir() else None
         if index is None:
-            report["notes"].append(f"knowledge: {data} has no search index (python retrieve.py --data {data} --build).")
+            report["notes"].append(f"knowledge: {data} has no search index (python retrieve.py --data "
+                                   f"{shlex.quote(str(data))} --build).")
         per_model = {}
         for model, tok, info in chat:
             print(f"chat: {info['label']} ...", file=sys.stderr)

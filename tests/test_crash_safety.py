@@ -226,6 +226,9 @@ def test_convert_dcp_names_the_folder_to_give_not_train_pys_options(tmp_path):
                                          r"last.dcp folder") as e:
         convert.gather_shards(tmp_path / "run" / "last.dcp", tmp_path / "out.pt")
     assert "--resume" not in str(e.value) and not (tmp_path / "out.pt").exists()
+    (tmp_path / "best.pt").write_bytes(b"weights")  # a checkpoint file: said to be one, not "no such folder"
+    with pytest.raises(UsageError, match=r"best.pt is a file, and `convert.py dcp` reads a sharded checkpoint folder"):
+        convert.gather_shards(tmp_path / "best.pt", tmp_path / "out.pt")
 
 
 def test_a_dcp_item_that_is_not_plain_data_is_refused_and_runs_nothing(tmp_path):

@@ -203,6 +203,11 @@ def test_two_checkpoints_of_one_name_keep_their_own_columns(runs, tiny_data, tmp
     assert [c["label"] for c in report["checkpoints"]] == [f"{runs.name}/chat/best.pt", "b/chat/best.pt"]
     losses = next(row["values"] for row in report["rows"] if row["metric"] == "held-out assistant-token loss")
     assert losses[0] != losses[1]  # (one label: the second model's loss in both columns)
+    same = runs / "chat" / ".." / "chat" / "best.pt"  # one checkpoint given twice: one column (it had two, labelled //...)
+    r = evaluate("--ckpt", runs / "chat" / "best.pt", "--ckpt", same, "--data", tiny_data, "--bpb_only",
+                 "--eval_tokens=512", out=tmp_path / "same.json")
+    assert r.returncode == 0, r.stderr
+    assert [c["label"] for c in json.loads((tmp_path / "same.json").read_text())["checkpoints"]] == ["chat/best.pt"]
 
 
 @pytest.fixture(scope="module")
