@@ -234,7 +234,7 @@ def check_engine(work: Path):
     """The engine eager vs compiled (CUDA graphs on a GPU) at 1/8/16 rows, greedy tokens equal,
     a second generate() compiling nothing, and (on a GPU) a 48-slot server engine warming up."""
     from wikigpt.decoding.load import load_model
-    from wikigpt.decoding.engine import Engine
+    from wikigpt.decoding.engine import Engine, Request
     from wikigpt.decoding.generate import generate, warmed_engine
     from wikigpt.decoding.sampling import SamplingParams
 
@@ -261,6 +261,13 @@ def check_engine(work: Path):
     held, turn = len(engine.left.get(0, ())), prompt + first + tok.encode(" Then")
     reused = list(generate(exact, turn, 32, greedy, tok=tok, compile=True, reuse=True))
     whole = list(generate(exact, turn, 32, greedy, tok=tok))
+    # each token's logprob as the compiled steps keep its logits (under CUDA graphs, a static buffer)
+    asked = [Request(prompt, 16, greedy, logprobs=5) for _ in range(2)]
+    for e, req in zip((engine, Engine(exact, 1, tok, compile=False)), asked):
+        e.add(req)
+        while e.active:
+            e.step()
+    worst = max(abs(a[0] - b[0]) for a, b in zip(*(r.token_logprobs for r in asked)))
     torch.backends.cuda.matmul.allow_tf32 = True  # as load_model set it: the rows below measure speed
     not_compiled = not_compiled_why(engine, cudagraph_skips() - skips)  # else eager was compared with eager
     same = first == eager
@@ -271,6 +278,9 @@ def check_engine(work: Path):
     row("a chat's next turn reusing its keys, vs prefilled whole", f"{not_compiled}"
         f"{'equal' if reused == whole and held == len(prompt) + len(first) - 1 else 'FAILED: different'} (greedy, "
         f"{held} of {len(turn)} prompt tokens reused, float32)")
+    same = asked[0].tokens == asked[1].tokens and len(asked[0].token_logprobs) == 16 and worst < 1e-3
+    row("token logprobs, eager vs " + label, f"{not_compiled}{'equal' if same else 'FAILED: different'} "
+                                             f"(16 tokens, worst {worst:.1e}, float32)")
     if not CUDA:
         return row("48-slot server engine warm-up", NOT_RUN)
     skips, t = cudagraph_skips(), time.perf_counter()
