@@ -141,3 +141,17 @@ def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served,
     r = httpx.post(f"{url}/v1/{path}", json=base | body, timeout=30)
     assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
     assert client.completions.create(model="t", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_a_broken_models_logprobs_are_still_numbers_json_can_carry():
+    """NaN logits (weights gone bad) would have been NaN in the reply, which JSON cannot carry (a 500)."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight[7] = float("nan")  # one id's logit NaN, the rest fine
+    req = Request([1, 2, 3], 3, SamplingParams(temperature=0), logprobs=20)
+    engine = Engine(model, n_slots=1)
+    engine.add(req)
+    while engine.active:
+        engine.step()
+    values = [v for logprob, top in req.token_logprobs for v in [logprob] + [x for _, x in top]]
+    assert values and all(-9999.0 <= v <= 0 for v in values)

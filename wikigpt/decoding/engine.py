@@ -52,8 +52,9 @@ from wikigpt.decoding.sampling import CopySource, SamplingParams, candidates, kn
 
 # a row's float32 logits alone vs in any batch (see the docstring): 100x the differences seen
 ROW_LOGIT_TOLERANCE = 1e-5
-# the most alternatives a token's log-probability comes with (OpenAI's API allows 20)
-MAX_TOP_LOGPROBS = 20
+# the most alternatives a token's log-probability comes with (OpenAI's API allows 20), and the
+# log-probability given for an impossible token (OpenAI's -9999.0)
+MAX_TOP_LOGPROBS, NO_LOGPROB = 20, -9999.0
 # Calls of each graph in warm_up(): CUDA graph trees run a new graph once as a warm-up, record it
 # on the second call and replay it from the third (on a CPU the first call compiles it).
 WARM_CALLS = 3
@@ -390,6 +391,7 @@ class Engine:
             return
         slots = torch.tensor([r.slot for r, _ in asking], device=self.device)
         lp = torch.log_softmax(self.state.raw[slots, :self.model.cfg.vocab_size], dim=-1)  # (n, vocab)
+        lp = lp.nan_to_num(nan=NO_LOGPROB).clamp(min=NO_LOGPROB)  # JSON has no -inf or NaN (a broken model's)
         chosen = lp.gather(1, torch.tensor([[t] for _, t in asking], device=self.device))[:, 0]  # (n,)
         top = lp.topk(max(r.logprobs for r, _ in asking), dim=-1)  # (n, k) each, likeliest first
         for (r, _), c, values, ids in zip(asking, chosen.tolist(), top.values.tolist(), top.indices.tolist()):
