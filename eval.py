@@ -49,7 +49,7 @@ from wikigpt.run.durable import write_text
 from wikigpt.decoding.generate import generate_batch
 from wikigpt.knowledge.grounding import reader_of
 from wikigpt.knowledge.retrieval import INDEX_DIR, Index
-from wikigpt.run.runlog import METRICS, PLOT, is_loss_plot, plot_runs, read_metrics
+from wikigpt.run.runlog import METRICS, PLOT, distinct_names, is_loss_plot, plot_runs, read_metrics
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, add_sampling_knobs, params_from_args
 from wikigpt.chat.chat_template import ContextOverflow, Message, fit_history, prompt_room
 from wikigpt.run.dist import Dist
@@ -406,17 +406,6 @@ def _dig(d, keys):
 
 
 # ----------------------------------------------------------------------------------------
-
-def distinct_names(folders: list[Path], least: int = 1) -> list[str]:
-    """Each run's folder name (or file's), with as many folders above it as tell them apart, at
-    least `least` parts: a/run and b/run, not run and run."""
-    parts = [f.resolve().parts for f in folders]
-    for k in range(least, max(map(len, parts), default=1) + 1):
-        names = ["/".join(p[-k:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return names
-
 
 def plot_main(argv):
     p = argparse.ArgumentParser(prog="eval.py plot", description="Overlay the loss curves of several runs.")

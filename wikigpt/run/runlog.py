@@ -148,3 +148,14 @@ def draw_runs(runs: list[tuple[str, list[dict]]]):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, **(dict(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2) if below else {}))
     return fig
+
+
+def distinct_names(folders: list[Path], least: int = 1) -> list[str]:
+    """Each run's folder name (or file's), with as many folders above it as tell them apart, at
+    least `least` parts: a/run and b/run, not run and run."""
+    parts = [f.resolve().parts for f in folders]
+    for k in range(least, max(map(len, parts), default=1) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return names
