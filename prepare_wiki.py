@@ -49,7 +49,8 @@ from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import (TOKENIZER_CHARS, UNREADABLE, Progress, damaged, encode_pass, even_sample,
                                  iter_articles)
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock
+from wikigpt.prep.workdir import (PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock,
+                                   work_folder)
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -486,8 +487,8 @@ def main(argv=None):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: progress is saved in {Path(args.out).parent}/.{Path(args.out).name}"
-              ".partial; run the same command again to continue.", file=sys.stderr)
+        print(f"\ninterrupted: progress is saved in {work_folder(Path(args.out))}; run the same command "
+              "again to continue.", file=sys.stderr)
         sys.exit(130)
 
 

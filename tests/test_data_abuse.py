@@ -309,7 +309,7 @@ def test_a_resumed_download_never_splices_two_versions(tmp_path, capsys, changed
     from wikigpt.prep.download import download
     from wikigpt.prep.dumps import WikiError
 
-    old, new = os.urandom(3_000_000), os.urandom(3_000_000)
+    old, new = b"BZh" + os.urandom(3_000_000), b"BZh" + os.urandom(3_000_000)  # a .bz2 starts so (else refused)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/wiki-latest.xml.bz2"
@@ -366,7 +366,7 @@ def test_two_runs_downloading_one_file_into_one_cache_get_it_whole_and_once(tmp_
     place: a corrupt dump, cached for good. The second now waits for the first, then uses its file."""
     from wikigpt.prep.download import download
 
-    _Slow.data, _Slow.requests, got = os.urandom(1_000_000), [], []
+    _Slow.data, _Slow.requests, got = b"BZh" + os.urandom(1_000_000), [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/wiki-latest.xml.bz2"

@@ -95,8 +95,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
+        """A tokenizer.json that save() wrote; one cut short or overwritten (a copy that failed, a
+        full disk) is a TokenizerError that names it, as a damaged meta.json is a DatasetError."""
+        fix = "Copy it again from where the dataset was made, or re-run prepare_wiki.py --overwrite."
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise TokenizerError(f"{path}: not valid JSON ({e}), so not a tokenizer this code wrote. {fix}") from None
+        if not isinstance(spec, dict) or spec.get("kind") not in ("gpt2", "bpe"):
+            raise TokenizerError(f"{path}: not a tokenizer this code wrote (no \"kind\" of 'gpt2' or 'bpe'). {fix}")
+        return cls(spec)
 
     def save(self, path):
         write_text(path, json.dumps(self.spec))  # whole or not at all, even after a crash

@@ -33,6 +33,7 @@ of ~0.03 terms and scores ~30x too small. Passage text is in SQLite rather than 
 fields: measured on 0.8 M passages, half the serving memory (158 vs 289 MB) and a third of the
 time to fetch k passages (0.05 vs 0.16 ms), and any SQLite client reads it.
 """
+import errno
 import gzip
 import hashlib
 import json
@@ -43,7 +44,7 @@ import sqlite3
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
@@ -291,10 +292,12 @@ class _Writers:
             self.libc.malloc_trim(0)  # the flushed segments' memory back to the system
 
     def close(self):
-        self.writer.wait_merging_threads()
-        self.twriter.wait_merging_threads()
-        self.leads.close()
-        self.store.db.close()
+        try:
+            self.writer.wait_merging_threads()
+            self.twriter.wait_merging_threads()
+        finally:  # the files too when a writer's thread failed
+            self.leads.close()
+            self.store.db.close()
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,6 +354,21 @@ def not_ours(path: Path) -> str | None:
     return None
 
 
+@contextmanager
+def _full_disk_said(tmp: Path, final: Path):
+    """A full disk, which SQLite ("database or disk is full") and tantivy ("No space left on device
+    (os error 28)") say in errors of their own: one paragraph, not a traceback. What the build
+    committed stays in index.tmp for the next run, and index/ is as it was (only publish swaps it)."""
+    try:
+        yield
+    except (sqlite3.OperationalError, ValueError, OSError) as e:
+        if getattr(e, "errno", None) != errno.ENOSPC and not re.search(r"disk is full|No space left", str(e)):
+            raise
+        raise UsageError(f"the disk is full: the index build could not write {tmp} ({e}). The index in {final} "
+                         "was not changed. Free some space and run this again: the build continues from its "
+                         "last checkpoint.") from None
+
+
 def _publish(tmp: Path, final: Path):
     fsync_tree(tmp)  # the new index on disk before the old one goes
     publish(tmp, final)  # swapped in one step: a crash leaves the old index or the new, never none
@@ -401,16 +419,22 @@ def _build(folder: Path, max_chars: int, quiet: bool, commit_every: int, workers
         print(f"resuming the index build after {resumed_after:,} articles ({state['passages']:,} passages)")
     workers = usable_cores() if workers is None else workers
     pool = _start_workers(workers)  # before the writers: see there
-    writers = _Writers(tmp, state)
+    bar = progress_bar(desc="index", unit=" articles", disable=quiet, initial=resumed_after)
     try:
-        articles = islice(_articles_from(folder, resumed_after), stop_after)
-        bar = progress_bar(desc="index", unit=" articles", disable=quiet, initial=resumed_after)
-        _feed(writers, _analysed(pool, _chunks(articles), max_chars, 2 * workers), commit_every, bar)
-        bar.close()
+        with _full_disk_said(tmp, final):
+            writers = _Writers(tmp, state)
+            try:
+                articles = islice(_articles_from(folder, resumed_after), stop_after)
+                _feed(writers, _analysed(pool, _chunks(articles), max_chars, 2 * workers), commit_every, bar)
+            except BaseException:
+                with suppress(Exception):  # tantivy's threads, stopped by the same failure (a full disk, say),
+                    writers.close()  # fail again as they end: "Worker thread failed", which would hide it
+                raise
+            writers.close()
     finally:
+        bar.close()  # before any error message
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        writers.close()
     if stop_after is not None:
         return {"stopped_after": writers.articles, "passages": writers.passages}
     if writers.passages == 0:

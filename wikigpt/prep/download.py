@@ -20,6 +20,7 @@ from pathlib import Path
 from wikigpt.run.lock import holder
 from wikigpt.run.progress import progress_bar
 from wikigpt.run.durable import replace_durably, write_text
+from wikigpt.prep.dumps import HTML, described
 from wikigpt.prep.errors import WikiError
 
 
@@ -59,8 +60,30 @@ def download(url: str, cache_dir: Path) -> Path:
         with one_download(dest, url):
             if not dest.is_file():  # else the run this one waited for finished it
                 return _fetch(url, dest)
+    if came := unlike_its_name(dest, dest):  # an older version kept whatever the server sent
+        raise WikiError(f"{dest}, the cached download of {url}, is {came}, not the {dest.suffix} file its "
+                        f"name says (a server's error page, kept by an older version). Delete {dest} and run "
+                        "this again to download it anew.")
     print(f"using cached {dest}")
     return dest
+
+
+# What a source's first bytes are, by its name. A server may answer a missing file or a login with an
+# HTML page and status 200; cached, every later run would use it ("using cached") and fail.
+MAGIC = {".bz2": b"BZh", ".gz": b"\x1f\x8b", ".parquet": b"PAR1", ".xml": b"<"}
+
+
+def unlike_its_name(path: Path, name: Path) -> str | None:
+    """What the file at `path` is (an HTML page, text...) when it does not start as `name` says
+    (MAGIC; an .xml may start with a byte-order mark or blanks, and is no HTML page); None when it
+    does, or when the name says nothing (.jsonl, say)."""
+    magic = MAGIC.get(name.suffix)
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n") if name.suffix == ".xml" else head
+    if magic is None or (start.startswith(magic) and not HTML.match(start)):
+        return None
+    return described(head) if head.strip() else "an empty file"
 
 
 @contextmanager
@@ -93,7 +116,7 @@ def _fetch(url: str, dest: Path) -> Path:
         with requests.get(url, headers=headers, stream=True, timeout=60) as r:
             if r.status_code == 416 and have:  # nothing after byte `have`: whole, or not this file
                 if _completed(r, have):
-                    return _finish(part, saved, dest)
+                    return _finish(part, saved, dest, url)
                 part.unlink()
                 raise WikiError(f"downloading {url}: the {have} bytes in {part} are more than the file "
                                 "holds now; they were removed: run the same command again.")
@@ -122,10 +145,17 @@ def _fetch(url: str, dest: Path) -> Path:
                             "this machine's network, or give a dump file downloaded elsewhere.")
         raise WikiError(f"downloading {url} failed ({str(e)[:300]}). Run the same command again: it resumes "
                         f"from the {kept:,} bytes in {part}.")
-    return _finish(part, saved, dest)
+    return _finish(part, saved, dest, url)
 
 
-def _finish(part: Path, saved: Path, dest: Path) -> Path:
+def _finish(part: Path, saved: Path, dest: Path, url: str) -> Path:
+    """The whole download into the cache, if it is what its name says; else it is not kept."""
+    if came := unlike_its_name(part, dest):  # (part's name ends in .part)
+        part.unlink()
+        saved.unlink(missing_ok=True)
+        raise WikiError(f"downloading {url}: the server sent {came}, not the {dest.suffix} file the URL names "
+                        "(an error or login page, answered as a success?). Nothing was kept in the cache. Check "
+                        "the URL (open it in a browser), or download the dump by hand and give its path.")
     replace_durably(part, dest)
     saved.unlink(missing_ok=True)
     return dest

@@ -230,10 +230,17 @@ def reader_for(path: Path):
         return read_xml
     if head.startswith(b"{") or not head:
         return read_jsonl
-    looks = head[:60].decode("utf-8", "replace").split("\n")[0]
-    kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" or b >= 0x80 for b in head[:200]) else "binary data"
-    raise WikiError(f"{path}: not a source this tool reads: it starts with {kind} ({looks!r}). "
-                    + EXPECTED_SOURCES)
+    raise WikiError(f"{path}: not a source this tool reads: it starts with {described(head)}. " + EXPECTED_SOURCES)
+
+
+HTML = re.compile(rb"\s*<(!doctype\s+html|html)\b", re.I)  # a web server's error or login page
+
+
+def described(head: bytes) -> str:
+    """A file's first bytes, as a message names them: an HTML page, text or binary data, and how it starts."""
+    looks = head.lstrip()[:60].decode("utf-8", "replace").split("\n")[0]
+    text = all(32 <= b < 127 or b in b"\t\r\n" or b >= 0x80 for b in head[:200])
+    return f"{'an HTML page' if HTML.match(head) else 'text' if text else 'binary data'} ({looks!r})"
 
 
 INDEX_NAME = re.compile(r"-index\d*\.txt")  # enwiki-...-multistream-index.txt.bz2, ...-index1.txt-p1p41242.bz2
@@ -245,11 +252,25 @@ def source_files(path: Path) -> list[Path]:
                        and not INDEX_NAME.search(p.name))  # an index is read with its dump
         if not files:
             raise WikiError(f"{path}: the folder holds no source files. " + EXPECTED_SOURCES)
-        return files
-    if not path.is_file():
+    elif not path.is_file():
         raise WikiError(f"{path}: no such file or folder. Pass a dump (.xml/.xml.bz2/.xml.gz), "
                         "a .jsonl/.parquet of articles, a folder of them, or an https:// URL.")
-    return [path]
+    else:
+        files = [path]
+    if all(map(_holds_nothing, files)):  # said now, not as "only 0 article(s) left after cleaning"
+        raise WikiError(f"{path}: {'the file' if files == [path] else 'every file in the folder'} is empty (no text "
+                        "in it, even once decompressed): nothing to prepare. Was its download or copy cut short? Do "
+                        "it again, or give another source.")
+    return files
+
+
+def _holds_nothing(path: Path) -> bool:
+    """0 bytes, blanks, or a .bz2/.gz of nothing; read only when small (no article fits in 4 KiB)."""
+    with open(path, "rb") as raw:
+        try:
+            return path.stat().st_size <= 4096 and not open_maybe_compressed(raw).read(4096).strip()
+        except (OSError, EOFError):  # a damaged start is said where the file is read
+            return False
 
 
 def default_source() -> Path:

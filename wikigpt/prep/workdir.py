@@ -34,11 +34,18 @@ def fingerprint(files, args) -> dict:
             "options": options, "format_version": FORMAT_VERSION}
 
 
+def work_folder(out: Path) -> Path:
+    """The hidden folder beside `out` (.NAME.partial), from the resolved path: `--out .` has no name,
+    and its parent "." is `out` itself, so the work folder ended up inside it."""
+    out = out.resolve()
+    return out.parent / f".{out.name}.partial"
+
+
 def open_work(out: Path, files, args) -> tuple[Path, dict]:
     """The work folder beside `out`, locked for this run, and its saved progress: resumed when it
     was made by the same command on the same source files, started afresh otherwise (only ever
     emptying a folder prepare_wiki.py made). Refused while another run writes there."""
-    work = out.parent / f".{out.name}.partial"
+    work = work_folder(out)
     want = fingerprint(files, args)
     fresh = not work.exists()
     if fresh:
@@ -121,6 +128,9 @@ def publish(work: Path, out: Path):
     """The finished work folder becomes `out`, every byte of it on disk first. An old `out`
     (--overwrite) is swapped out in one step where the system can (Linux: renameat2 with
     RENAME_EXCHANGE), so that no moment is without a whole dataset at `out`."""
+    out = out.resolve()  # `--out .`: "." cannot be renamed, and has no name to put beside it
+    if out == Path.cwd():  # the swap leaves the shell that ran us in the old folder, deleted below
+        print(f"note: {out}, the folder this was run in, is replaced by a new one: `cd {out}` to see it.")
     if not out.exists():
         replace_durably(work, out)
         return

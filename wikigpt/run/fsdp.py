@@ -201,6 +201,19 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise _Foreign(f"{module}.{name}")
 
 
+# what torch raises for a shard file cut short or garbled: its zip reader ("PytorchStreamReader failed
+# reading zip archive"), its unpickler (EOFError, "invalid load key"), the file gone (OSError)
+CUT_SHORT = (RuntimeError, EOFError, OSError, pickle.UnpicklingError)
+
+
+def unreadable(folder, name: str, e: Exception) -> UsageError:
+    """A file of the folder that cannot be read: cut short or overwritten (a copy that failed, a
+    full disk), or not of a sharded checkpoint. The folder is left as it is."""
+    return UsageError(f"{folder}: cannot read its {name} ({type(e).__name__}): the folder is truncated, damaged, "
+                      "or not a sharded checkpoint (nothing in it was changed). Copy it again from where the run "
+                      "wrote it, or start from the run's best.pt, a whole checkpoint of its own.")
+
+
 def read_metadata_file(path: Path, folder) -> Metadata:
     """A .metadata file, unpickled with only DCP's own classes allowed."""
     try:
@@ -213,8 +226,7 @@ def read_metadata_file(path: Path, folder) -> Metadata:
         raise UsageError(f"{folder} is not a complete sharded checkpoint (no {path.name}). Start without --resume, "
                          "or point at the last.dcp folder of the run that wrote it.")
     except Exception as e:  # truncated, or not a pickle at all
-        raise UsageError(f"{folder}: cannot read its {path.name} ({type(e).__name__}): the folder is truncated "
-                         "or not a sharded checkpoint.")
+        raise unreadable(folder, path.name, e)
     if not isinstance(metadata, Metadata):
         raise UsageError(f"{folder} is not a checkpoint this code wrote: its metadata is a "
                          f"{type(metadata).__name__}; refusing to load it.")
@@ -274,9 +286,13 @@ def load_shards(state: dict, folder, no_dist: bool = False):
                 warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, storage_reader=reader, no_dist=no_dist)
     except CheckpointException as e:  # DCP wraps what a process raised: ours says what to do
-        ours = [error for error, _ in e.failures.values() if isinstance(error, UsageError)]
+        errors = [error for error, _ in e.failures.values()]
+        ours = [error for error in errors if isinstance(error, UsageError)]
         if ours:
             raise ours[0] from None
+        cut = [error for error in errors if isinstance(error, CUT_SHORT)]
+        if cut:
+            raise unreadable(folder, "shard files (*.distcp)", cut[0]) from None
         raise
 
 
@@ -288,7 +304,11 @@ def load_train_state(folder: Path) -> dict:
         raise UsageError(f"{folder} is not a complete sharded checkpoint (no {TRAIN_STATE}). Start without "
                          "--resume, or point out_dir at the run that wrote it.")
     SafeReader(folder).read_metadata()
-    return upgrade(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # cut short: torch's message is about its zip reader, not about the file
+        raise unreadable(folder, TRAIN_STATE, e) from None
+    return upgrade(state)
 
 
 def load(folder: Path, model: GPT, optimizers: list):
