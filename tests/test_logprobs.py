@@ -55,6 +55,34 @@ def test_each_tokens_logprob_is_the_models_own_whatever_the_sampling_and_the_bat
                 assert abs(v - row[i].item()) < LOGPROB_TOLERANCE
 
 
+def test_the_prompts_logprobs_are_the_models_chunked_shared_or_after_a_reused_start():
+    """echo's scores: each prompt token after the first, within 1e-4 of a whole forward's, whether the
+    prompt is prefilled in chunks between another stream's steps, is a prompt another slot holds
+    (the n choices: each prefills it), or starts with what a slot holds (a chat's next turn)."""
+    model, rng = tiny_model(), random.Random(1)
+    prompt = [rng.randrange(300) for _ in range(20)]
+    engine = Engine(model, n_slots=4)
+    other = Request([5, 6, 7], 30, SamplingParams(temperature=0))
+    engine.add(other)  # decoding while the prompts are prefilled in chunks of 7
+    asked = [Request(prompt, 4, SamplingParams(temperature=0), logprobs=2, prompt_logprobs=True) for _ in range(2)]
+    later = Request(prompt + [9, 10], 2, SamplingParams(temperature=0), logprobs=0, prompt_logprobs=True)
+    for r in asked:
+        engine.join(r)
+    while any(not r.finished for r in asked):
+        engine.fill(7)
+        engine.step()
+    engine.add(later)  # its start is in the slots: prefilled whole all the same
+    while engine.active:
+        engine.step()
+    for r in asked + [later]:
+        expected = forward_logprobs(model, r.prompt[:1], r.prompt[1:])
+        assert len(r.prompt_token_logprobs) == len(r.prompt) - 1
+        for token, (logprob, top), row in zip(r.prompt[1:], r.prompt_token_logprobs, expected):
+            assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE and len(top) == r.logprobs
+            assert all(abs(v - row[i].item()) < LOGPROB_TOLERANCE for i, v in top)
+    assert other.prompt_token_logprobs == [] and asked[0].tokens == asked[1].tokens
+
+
 def test_the_engine_refuses_more_alternatives_than_it_keeps():
     engine = Engine(tiny_model(), n_slots=1)
     with pytest.raises(ValueError, match="0..20"):
@@ -85,6 +113,33 @@ def test_completion_logprobs_are_the_models_and_each_greedy_token_its_top_one(se
     for token, logprob, top, row in zip(reply, lp.token_logprobs, lp.top_logprobs, expected):
         assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE
         assert len(top) == 3 and max(top.values()) == logprob  # greedy: the chosen one is the likeliest
+
+
+def test_echo_gives_the_prompt_and_its_tokens_logprobs_before_the_reply(served, tiny_ckpt):
+    """What a harness scoring a continuation reads (lm-evaluation-harness's local-completions):
+    `echo` with `logprobs`, the prompt's tokens scored by the model, streamed as whole, n=2."""
+    _, client = served
+    model, tok, _ = load_model(tiny_ckpt, "cpu")
+    text = "Article 7 is about topic"
+    prompt = [tok.doc_sep] + tok.encode(text)
+    expected = forward_logprobs(model, prompt[:1], prompt[1:])
+    ask = dict(model="t", prompt=text, max_tokens=3, logprobs=1, echo=True, n=2, **GREEDY)
+    whole = client.completions.create(**ask)
+    streamed = {0: [], 1: []}
+    for chunk in client.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            streamed[c.index].append(c)
+    for choice in whole.choices:
+        lp, n = choice.logprobs, len(prompt) - 1
+        assert choice.text.startswith(text) and "".join(lp.tokens) == choice.text and len(lp.tokens) == n + 3
+        assert "".join(lp.tokens[:n]) == text and lp.text_offset[n] == len(text)
+        for token, logprob, top, row in zip(prompt[1:], lp.token_logprobs, lp.top_logprobs, expected):
+            assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE and len(top) == 1
+        chunks = streamed[choice.index]
+        assert "".join(c.text for c in chunks) == choice.text
+        assert [t for c in chunks if c.logprobs for t in c.logprobs.token_logprobs] == lp.token_logprobs
+    plain = client.completions.create(model="t", prompt=text, max_tokens=3, echo=True, **GREEDY).choices[0]
+    assert plain.text == whole.choices[0].text and plain.logprobs is None  # echo alone: the text only
 
 
 def test_chat_logprobs_streamed_equal_the_whole_replys_and_their_bytes_are_its_text(served):
@@ -133,7 +188,8 @@ def test_a_stop_string_cuts_the_logprobs_with_the_text_streamed_or_not(served):
     ("chat/completions", {"logprobs": True, "top_logprobs": 21}, "between 0 and 20"),
     ("completions", {"logprobs": 21}, "between 0 and 20"),
     ("completions", {"top_logprobs": 2}, "send 'logprobs': N"),
-    ("completions", {"logprobs": 1, "echo": True}, "does not support echoing the prompt"),
+    ("completions", {"echo": "yes"}, "'echo' must be true or false"),
+    ("chat/completions", {"echo": True}, "'echo' is a /v1/completions field"),
 ])
 def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served, path, body, message):
     url, client = served

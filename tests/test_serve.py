@@ -195,7 +195,7 @@ BAD = [
     ("stream", ask("hi", stream="yes"), 400, "'stream' must be true or false"),
     ("too long", ask("word " * 400), 400, "only 127 fit in the context"),
     ("oversized body", b'{"messages": "' + b"x" * (2 << 20) + b'"}', 413, "over the limit"),
-    ("echo", ask("hi", echo=True), 400, "does not support echoing the prompt"),
+    ("echo", ask("hi", echo=True), 400, "'echo' is a /v1/completions field"),
     ("tools", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}]), 400, "does not support tool calls"),
     ("tools to choose", ask("hi", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto"), 400,
      "does not support tool calls"),

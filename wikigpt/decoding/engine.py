@@ -74,9 +74,11 @@ class Request:
     copy_from: CopySource | None = None  # the evidence to copy, when params.copy > 0
     utf8_state: int = 0  # the UTF-8 decoder's state where the prompt ends (0: whole characters; see sample.py)
     logprobs: int | None = None  # each token's log-probability and this many likeliest others (None: none)
+    prompt_logprobs: bool = False  # the prompt's tokens' too (after the first): prefilled whole, nothing reused
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     token_logprobs: list = field(default_factory=list)  # with logprobs, per token: (its logprob, [(id, logprob)])
+    prompt_token_logprobs: list = field(default_factory=list)  # with prompt_logprobs, the same for prompt[1:]
     slot: int | None = None
     filled: int = 0  # prompt tokens prefilled into its slot so far
     reused: int = 0  # of them, the ones whose keys and values a slot held already (reuse_prefix, shared_prefill)
@@ -186,7 +188,7 @@ class Engine:
         req.slot = min(set(range(self.n_slots)) - set(self.by_slot))
         self.keep_left(req.slot, key)
         # (the n choices of one prompt: the first prefills it, the others copy it and share its last logits)
-        if key not in self.prefilled and all(tuple(r.prompt) != key for r in self.filling):
+        if key not in self.prefilled and all(tuple(r.prompt) != key for r in self.filling) and not req.prompt_logprobs:
             self.reuse_prefix(req)
         self.left.pop(req.slot, None)
         self.by_slot[req.slot] = req
@@ -267,7 +269,7 @@ class Engine:
         """Run the next chunk of the request's prompt (at most `budget` tokens, at least one); once it
         is all in, write the slot's state and emit the first token. Returns the tokens run."""
         key, slot = tuple(req.prompt), req.slot
-        logits = self.shared_prefill(key, slot) if req.filled == 0 else None
+        logits = self.shared_prefill(key, slot) if req.filled == 0 and not req.prompt_logprobs else None
         ran = 0
         if logits is not None:
             req.reused = len(key)
@@ -279,6 +281,8 @@ class Engine:
                 x = self.model.hidden_states(chunk, self.cache)  # (1, ran, C)
             finally:
                 self.cache.slot = None
+            if req.prompt_logprobs:
+                self.prompt_logprobs(req, x[0], req.filled)
             req.filled += ran
             if req.filled < len(key):
                 return ran
@@ -383,19 +387,32 @@ class Engine:
 
     def logprobs(self, reqs: list[Request], tokens: list[int]):
         """For the requests that ask (Request.logprobs), their new token's log-probability and the
-        likeliest ids', under the model's own distribution (the logits pick() kept: before the
-        copy, the penalty and temperature reshaped them, as vLLM reports them). Only when some
-        request asks: one more small read from the device."""
+        likeliest ids' (scored), from the logits pick() kept: before the copy, the penalty and
+        temperature reshaped them, as vLLM reports them. Only when some request asks: one more
+        small read from the device."""
         asking = [(r, t) for r, t in zip(reqs, tokens) if r.logprobs is not None]
-        if not asking:
-            return
-        slots = torch.tensor([r.slot for r, _ in asking], device=self.device)
-        lp = torch.log_softmax(self.state.raw[slots, :self.model.cfg.vocab_size], dim=-1)  # (n, vocab)
+        if asking:
+            slots = torch.tensor([r.slot for r, _ in asking], device=self.device)
+            rows = self.scored(self.state.raw[slots], [t for _, t in asking], max(r.logprobs for r, _ in asking))
+            for (r, _), (logprob, top) in zip(asking, rows):
+                r.token_logprobs.append((logprob, top[:r.logprobs]))
+
+    def prompt_logprobs(self, req: Request, x, start: int):
+        """The same for the prompt's tokens that follow the chunk's positions (x (T, C), from position
+        `start`): what a completion's `echo` scores."""
+        targets = req.prompt[start + 1:start + 1 + x.size(0)]  # (the last position's next token is generated)
+        if targets and req.logprobs is not None:
+            req.prompt_token_logprobs += self.scored(self.model.lm_head(x[:len(targets)]), targets, req.logprobs)
+
+    def scored(self, logits, targets: list[int], k: int) -> list[tuple[float, list]]:
+        """Per row of logits (n, V): (the log-probability of its target id, [(id, logprob)] of its k
+        likeliest ids), under the model's own distribution."""
+        lp = torch.log_softmax(logits[:, :self.model.cfg.vocab_size].float(), dim=-1)  # (n, vocab)
         lp = lp.nan_to_num(nan=NO_LOGPROB).clamp(min=NO_LOGPROB)  # JSON has no -inf or NaN (a broken model's)
-        chosen = lp.gather(1, torch.tensor([[t] for _, t in asking], device=self.device))[:, 0]  # (n,)
-        top = lp.topk(max(r.logprobs for r, _ in asking), dim=-1)  # (n, k) each, likeliest first
-        for (r, _), c, values, ids in zip(asking, chosen.tolist(), top.values.tolist(), top.indices.tolist()):
-            r.token_logprobs.append((c, list(zip(ids, values))[:r.logprobs]))
+        chosen = lp.gather(1, torch.tensor(targets, device=self.device)[:, None])[:, 0]  # (n,)
+        top = lp.topk(k, dim=-1)  # (n, k) each, likeliest first
+        return [(c, list(zip(ids, values))) for c, values, ids in
+                zip(chosen.tolist(), top.values.tolist(), top.indices.tolist())]
 
     def release(self, req: Request):
         req.finished = True

@@ -142,6 +142,16 @@ def sampling_of(body: dict, defaults: SamplingParams) -> SamplingParams:
     return params
 
 
+def echo_of(body: dict, chat: bool) -> bool:
+    """/v1/completions' `echo`: the prompt before the completion (with `logprobs`, its tokens' too)."""
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise ApiError(400, f"'echo' must be true or false, got {shown(echo)}", "echo")
+    if echo and chat:
+        raise ApiError(400, "'echo' is a /v1/completions field: a chat reply never repeats the messages", "echo")
+    return echo
+
+
 def logprobs_of(body: dict, chat: bool) -> int | None:
     """How many alternatives each generated token's log-probability comes with, or None when the
     request asks for none. Chat: "logprobs": true and "top_logprobs": 0-20; /v1/completions:
@@ -251,9 +261,9 @@ async def read_body(request, settings: Settings) -> dict:
 
 
 # fields of OpenAI's API that would change what a reply means; a client that sends them gets a
-# 400 instead of a reply without them (a harness reading the prompt's logprobs with echo would score
-# nothing, one that limits the answer to a few tokens with logit_bias would get free text)
-UNSUPPORTED = {"echo": "echoing the prompt (and its log-probabilities)", "suffix": "text after the completion (fill-in)",
+# 400 instead of a reply without them (a harness that limits the answer to a few tokens with logit_bias
+# would get free text)
+UNSUPPORTED = {"suffix": "text after the completion (fill-in)",
                "tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls",
                "function_call": "function calls", "response_format": "structured output",
                "logit_bias": "biasing tokens", "presence_penalty": "presence penalties (use repetition_penalty)",

@@ -17,8 +17,8 @@ from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, reade
 from wikigpt.knowledge.questions import small_talk
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, RANGES, SamplingParams
 from wikigpt.server.connections import ProtocolWarnings
-from wikigpt.server.checks import (ApiError, Settings, check_chars, internal_error, logprobs_of, number, read_messages,
-                                   sampling_of, stop_strings, text_limits)
+from wikigpt.server.checks import (ApiError, Settings, check_chars, echo_of, internal_error, logprobs_of, number,
+                                   read_messages, sampling_of, stop_strings, text_limits)
 from wikigpt.tokenizer import TextStream
 
 # How often a reply in progress asks whether its client is still there: often enough that one
@@ -104,8 +104,10 @@ class Choice:
 
     def add(self, token: int | None, finish: str | None) -> str:
         """Take one engine event; return the text that may be shown now."""
-        scanned = len(self.text)
+        scanned = len(self.text)  # (an echoed prompt is never scanned for stop strings)
         if token is not None:
+            if self.tokens == 0 and self.text and self.logprobs is not None:
+                self.echo_logprobs()  # its prompt's are in: the engine scored them before this first token
             self.tokens += 1
             self.text += self.stream.push(token)  # a special token that ended it shows as nothing
             if self.logprobs is not None and token not in self.request.stop_tokens:
@@ -124,6 +126,14 @@ class Choice:
         delta = self.text[self.sent:len(self.text) - held]  # hold back a possible stop string's start
         self.sent += len(delta)
         return delta
+
+    def echo_logprobs(self):
+        """The echoed prompt's tokens (after the document start the prompt was given) as entries."""
+        stream, at = TextStream(self.stream.tok), 0
+        for token, (logprob, top) in zip(self.prompt[1:], self.request.prompt_token_logprobs):
+            piece = stream.push(token)
+            self.logprobs.append(TokenLogprob(token, logprob, top, at, at + len(piece)))
+            at += len(piece)
 
     def new_logprobs(self) -> list[TokenLogprob]:
         """The entries of the tokens whose text has been handed out since the last call (all
@@ -201,6 +211,7 @@ class Server:
         sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
         stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
         logprobs_of(body, chat)
+        echo_of(body, chat)
         self.max_tokens(body)
         if chat and not isinstance(body.get("rag", True), bool):
             raise ApiError(400, "'rag' must be true or false", "rag")
@@ -303,17 +314,19 @@ class Server:
         if found is not None:
             params, said, copy_from = copy_plan(self.tok, found, params)
         stops = stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
-        top_logprobs = logprobs_of(body, chat)
+        top_logprobs, echo = logprobs_of(body, chat), echo_of(body, chat)
         max_new = self.max_tokens(body)
         ends = self.tok.stops  # the turn's end, the document's, or another turn begun
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         choices = []
         for p, prompt in enumerate(prompts):
             for j in range(n):
-                c = Choice(len(choices), prompt, TextStream(self.tok), stops)
+                c = Choice(len(choices), prompt, TextStream(self.tok), stops,
+                           text=self.tok.decode(prompt[1:]) if echo else "")  # (after the document start)
                 c.request = Request(prompt, max_new, params, ends, None if seed is None else seed + j,
                                     emit=lambda r, t, f, c=c: deliver(loop, events, (c, t, f)),
-                                    copy_from=copy_from, logprobs=top_logprobs)
+                                    copy_from=copy_from, logprobs=top_logprobs,
+                                    prompt_logprobs=echo and top_logprobs is not None)
                 c.logprobs = [] if top_logprobs is not None and said is None else None  # said: not the model's
                 choices.append(c)
         if said is not None:  # "not found": said as it is, nothing generated
