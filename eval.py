@@ -44,7 +44,7 @@ from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_di
 from wikigpt.decoding.load import add_dtype_arg, load_model
 from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.run.progress import progress_bar
-from wikigpt.prep.data import holds_a_run, load_dataset
+from wikigpt.prep.data import load_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.generate import generate_batch
 from wikigpt.knowledge.grounding import reader_of
@@ -417,7 +417,7 @@ def plot_main(argv):
     replaceable(out, is_loss_plot(out), metrics, "--out")  # a plot of ours: not a photo, not a run's metrics
     runs, given = [], list(dict.fromkeys(map(Path, args.runs)))  # a run given twice is drawn once
     folder = out.resolve().parent
-    if out.name == PLOT and ((folder / METRICS).is_file() or holds_a_run(folder)) \
+    if out.name == PLOT and (folder / METRICS).is_file() \
             and folder not in {p.resolve().parent for p in metrics}:  # a run's own plot, of a run not drawn
         raise UsageError(f"--out {out} is the loss plot of the run {folder}, which its training draws: write the "
                          "comparison elsewhere (nothing was changed).")

@@ -153,6 +153,19 @@ def test_an_html_page_for_a_dump_is_not_cached(html_mirror, tmp_path, capsys, na
     assert _Pages.asked == [f"/{name}"] * 2 and not (tmp_path / "ds").exists()  # downloaded again, each time
 
 
+@pytest.mark.parametrize("name,content,refused", [
+    ("d.xml.gz", b"<mediawiki xmlns=...>", False),  # a .gz sent with Content-Encoding: gzip arrives unpacked
+    ("d.jsonl.bz2", b'{"title": "A", "text": "B"}', False),
+    ("d.xml", b"\xef\xbb\xbf  <mediawiki>", False), ("d.xml.bz2", b"BZh91AY&SY", False),
+    ("d.xml.gz", b"<!DOCTYPE html><html>Not found</html>", True), ("d.xml", b"<html><body>login", True),
+    ("d.xml.bz2", b"Service unavailable", True)])
+def test_a_download_is_kept_when_its_content_is_readable_whatever_its_name(tmp_path, name, content, refused):
+    """The readers tell a source by its content: only an HTML page, or bytes no reader takes, is refused."""
+    from wikigpt.prep.download import unlike_its_name
+    (tmp_path / name).write_bytes(content)
+    assert bool(unlike_its_name(tmp_path / name, tmp_path / name)) == refused
+
+
 def test_an_html_page_cached_by_an_older_version_is_named_with_how_to_fix_it(tmp_path, capsys):
     cache, name = tmp_path / "cache", "enwiki-latest-pages-articles.xml.bz2"
     cache.mkdir()

@@ -384,6 +384,10 @@ def test_eval_out_never_replaces_an_input_or_a_file_eval_did_not_write(tmp_path)
         with pytest.raises(UsageError, match=r"is the loss plot of the run .*c, which its training draws"):
             eval_main(["plot", *map(str, runs), "--out", str(tmp_path / "c" / "loss.png")])
     assert (tmp_path / "c" / "loss.png").read_bytes() == drawn
+    (tmp_path / "stray.pt").write_bytes(b"weights")  # a checkpoint beside the plot does not make a run
+    eval_main(["plot", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "d" / "loss.png")])
+    (tmp_path / "d" / "stray.pt").write_bytes(b"weights")
+    eval_main(["plot", str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(tmp_path / "d" / "loss.png")])
     with pytest.raises(UsageError, match=r"the plot is a PNG; give a path ending in .png"):  # PNG bytes in x.pdf before
         eval_main(["plot", str(tmp_path / "b"), "--out", str(tmp_path / "x.pdf")])
     assert not (tmp_path / "x.pdf").exists()

@@ -134,12 +134,45 @@ def test_echo_gives_the_prompt_and_its_tokens_logprobs_before_the_reply(served, 
         assert choice.text.startswith(text) and "".join(lp.tokens) == choice.text and len(lp.tokens) == n + 3
         assert "".join(lp.tokens[:n]) == text and lp.text_offset[n] == len(text)
         for token, logprob, top, row in zip(prompt[1:], lp.token_logprobs, lp.top_logprobs, expected):
-            assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE and len(top) == 1
+            assert abs(logprob - row[token].item()) < LOGPROB_TOLERANCE and 1 <= len(top) <= 2
         chunks = streamed[choice.index]
         assert "".join(c.text for c in chunks) == choice.text
         assert [t for c in chunks if c.logprobs for t in c.logprobs.token_logprobs] == lp.token_logprobs
     plain = client.completions.create(model="t", prompt=text, max_tokens=3, echo=True, **GREEDY).choices[0]
     assert plain.text == whole.choices[0].text and plain.logprobs is None  # echo alone: the text only
+
+
+def test_a_sampled_token_is_among_its_own_alternatives_on_completions(served):
+    """OpenAI's completions list the chosen token beside the top N (up to N + 1), as vLLM does:
+    a reader of the likeliest alternatives finds the token it was given."""
+    _, client = served
+    r = client.completions.create(model="t", prompt="Article 3 is", logprobs=1, temperature=2.0, seed=3, max_tokens=16)
+    lp = r.choices[0].logprobs
+    assert all(tok in top and top[tok] == logprob and len(top) <= 2
+               for tok, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs))
+
+
+def test_a_stop_string_at_a_character_split_over_tokens_cuts_streamed_as_whole():
+    """A token holding a character's first bytes shows no text: handed out at once, it went out in a
+    stream although the stop string beginning with that character then cut it from the text."""
+    from wikigpt.server.generation import Choice
+    from wikigpt.tokenizer import TextStream, Tokenizer
+
+    tok = Tokenizer({"kind": "gpt2"})
+    ids = tok.encode("Hi 你好 there")  # 你 is two tokens
+    assert any(not tok.enc.decode_single_token_bytes(i).decode("utf-8", "ignore") for i in ids)
+
+    def listed(streamed: bool):
+        c = Choice(0, [1], TextStream(tok), ["你好"], logprobs=[])
+        c.request = Request([1], 50, stop_tokens=tok.stops, logprobs=0, token_logprobs=[(-0.5, [])] * len(ids))
+        text, got = "", []
+        for k, t in enumerate(ids):
+            if not c.finish:
+                text += c.add(t, "length" if k == len(ids) - 1 else None)
+                got += c.new_logprobs() if streamed else []
+        return text, [e.token for e in got + c.new_logprobs()]
+    whole, streamed = listed(False), listed(True)
+    assert whole == streamed == ("Hi ", ids[:2])
 
 
 def test_chat_logprobs_streamed_equal_the_whole_replys_and_their_bytes_are_its_text(served):

@@ -80,8 +80,11 @@ def unlike_its_name(path: Path, name: Path) -> str | None:
     magic = MAGIC.get(name.suffix)
     with open(path, "rb") as f:
         head = f.read(1024)
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n") if name.suffix == ".xml" else head
-    if magic is None or (start.startswith(magic) and not HTML.match(start)):
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    # XML or JSON lines, whatever the name: a server that sends a .gz with Content-Encoding: gzip has it
+    # unpacked on the way (requests does), and the readers tell a source by its content
+    text = start[:1] in (b"<", b"{") and not HTML.match(start)
+    if magic is None or text or (head.startswith(magic) and magic != b"<"):
         return None
     return described(head) if head.strip() else "an empty file"
 

@@ -22,6 +22,7 @@ import json
 import re
 import sys
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -269,7 +270,7 @@ def _holds_nothing(path: Path) -> bool:
     with open(path, "rb") as raw:
         try:
             return path.stat().st_size <= 4096 and not open_maybe_compressed(raw).read(4096).strip()
-        except (OSError, EOFError):  # a damaged start is said where the file is read
+        except (OSError, EOFError, zlib.error):  # a damaged start is said where the file is read
             return False
 
 

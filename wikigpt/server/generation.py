@@ -140,7 +140,10 @@ class Choice:
         that are left once the choice has finished)."""
         if self.logprobs is None:
             return []
-        shown = len(self.logprobs) if self.finish else sum(t.end <= self.sent for t in self.logprobs)
+        # (a token holding only a character's first bytes shows no text: it goes out with the next)
+        shown = len(self.logprobs) if self.finish else next(
+            (i + 1 for i in range(len(self.logprobs) - 1, self.handed - 1, -1)
+             if self.logprobs[i].start < self.logprobs[i].end <= self.sent), self.handed)
         new, self.handed = self.logprobs[self.handed:shown], shown
         return new
 

@@ -36,7 +36,8 @@ def logprobs_json(c, entries: list, chat: bool) -> dict | None:
         return {"content": [one(t.token, t.logprob) | {"top_logprobs": [one(i, lp) for i, lp in t.top]}
                             for t in entries], "refusal": None}
     return {"tokens": [piece(t.token)[0] for t in entries], "token_logprobs": [t.logprob for t in entries],
-            "top_logprobs": [{piece(i)[0]: lp for i, lp in t.top} for t in entries],
+            # the token itself among its alternatives, as OpenAI's completions give it (up to logprobs + 1)
+            "top_logprobs": [{piece(i)[0]: lp for i, lp in t.top} | {piece(t.token)[0]: t.logprob} for t in entries],
             "text_offset": [t.start for t in entries]}
 
 
