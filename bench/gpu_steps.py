@@ -263,10 +263,15 @@ def check_engine(work: Path):
     whole = list(generate(exact, turn, 32, greedy, tok=tok))
     # each token's logprob as the compiled steps keep its logits (under CUDA graphs, a static buffer)
     asked = [Request(prompt, 16, greedy, logprobs=5) for _ in range(2)]
-    for e, req in zip((engine, Engine(exact, 1, tok, compile=False)), asked):
-        e.add(req)
-        while e.active:
-            e.step()
+    # OpenAI's penalties and a bias, read from the static buffers of counts and biases
+    penalised = SamplingParams(temperature=0, frequency_penalty=0.8, presence_penalty=0.4, logit_bias={eager[0]: -100})
+    pushed = [Request(prompt, 24, penalised) for _ in range(2)]
+    eager_engine = Engine(exact, 1, tok, compile=False)
+    for e, reqs in zip((engine, eager_engine), zip(asked, pushed)):
+        for req in reqs:
+            e.add(req)
+            while e.active:
+                e.step()
     worst = max(abs(a[0] - b[0]) for a, b in zip(*(r.token_logprobs for r in asked)))
     torch.backends.cuda.matmul.allow_tf32 = True  # as load_model set it: the rows below measure speed
     not_compiled = not_compiled_why(engine, cudagraph_skips() - skips)  # else eager was compared with eager
@@ -281,6 +286,9 @@ def check_engine(work: Path):
     same = asked[0].tokens == asked[1].tokens and len(asked[0].token_logprobs) == 16 and worst < 1e-3
     row("token logprobs, eager vs " + label, f"{not_compiled}{'equal' if same else 'FAILED: different'} "
                                              f"(16 tokens, worst {worst:.1e}, float32)")
+    same = pushed[0].tokens == pushed[1].tokens and eager[0] not in pushed[0].tokens and len(pushed[0].tokens) == 24
+    row("presence/frequency penalties and logit_bias, eager vs " + label,
+        f"{not_compiled}{'equal' if same else 'FAILED: different'} (24 greedy tokens, float32)")
     if not CUDA:
         return row("48-slot server engine warm-up", NOT_RUN)
     skips, t = cudagraph_skips(), time.perf_counter()

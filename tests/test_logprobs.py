@@ -142,6 +142,25 @@ def test_echo_gives_the_prompt_and_its_tokens_logprobs_before_the_reply(served, 
     assert plain.text == whole.choices[0].text and plain.logprobs is None  # echo alone: the text only
 
 
+def test_token_id_prompts_are_scored_as_their_text_is(served, tiny_ckpt):
+    """lm-evaluation-harness sends its prompts as token ids: one list of ids, or a list of them
+    (a choice each), echoed and scored as the same prompt sent as text."""
+    _, client = served
+    _, tok, _ = load_model(tiny_ckpt, "cpu")
+    texts = ["Article 7 is about topic", "Article 3"]
+    ask = dict(model="t", max_tokens=1, logprobs=1, echo=True, **GREEDY)
+    as_text = [client.completions.create(prompt=t, **ask).choices[0] for t in texts]
+    as_ids = client.completions.create(prompt=tok.encode(texts[0]), **ask).choices
+    many = client.completions.create(prompt=[tok.encode(t) for t in texts], **ask).choices
+    assert [c.index for c in many] == [0, 1]
+    for text, text_choice, id_choice in [(texts[0], as_text[0], as_ids[0]), (texts[0], as_text[0], many[0]),
+                                         (texts[1], as_text[1], many[1])]:
+        assert id_choice.text == text_choice.text and id_choice.text.startswith(text)
+        assert id_choice.logprobs.tokens == text_choice.logprobs.tokens
+        torch.testing.assert_close(id_choice.logprobs.token_logprobs, text_choice.logprobs.token_logprobs,
+                                   rtol=0, atol=LOGPROB_TOLERANCE)
+
+
 def test_a_sampled_token_is_among_its_own_alternatives_on_completions(served):
     """OpenAI's completions list the chosen token beside the top N (up to N + 1), as vLLM does:
     a reader of the likeliest alternatives finds the token it was given."""
@@ -223,6 +242,13 @@ def test_a_stop_string_cuts_the_logprobs_with_the_text_streamed_or_not(served):
     ("completions", {"top_logprobs": 2}, "send 'logprobs': N"),
     ("completions", {"echo": "yes"}, "'echo' must be true or false"),
     ("chat/completions", {"echo": True}, "'echo' is a /v1/completions field"),
+    ("completions", {"prompt": [1, "a"]}, "prompt holds 'a': token ids are integers from 0 to"),
+    ("completions", {"prompt": [5, -1]}, "prompt holds -1: token ids are integers"),
+    ("completions", {"prompt": [10**9]}, "prompt holds 1000000000: token ids"),
+    ("completions", {"prompt": [[1, 2], []]}, "prompt[1] must be a string or a non-empty list of token ids"),
+    ("completions", {"prompt": [[1, 2], [3, None]]}, "prompt[1] holds None"),
+    ("completions", {"prompt": [True, 2]}, "'prompt' must be a string, a list of token ids, or a non-empty list"),
+    ("completions", {"prompt": [3] * 5000}, "prompt is 5,000 tokens; the model's context holds"),
 ])
 def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served, path, body, message):
     url, client = served

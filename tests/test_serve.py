@@ -201,10 +201,6 @@ BAD = [
      "does not support tool calls"),
     ("a tool required", ask("hi", tool_choice="required"), 400, "does not support tool calls"),
     ("json output", ask("hi", response_format={"type": "json_object"}), 400, "does not support structured output"),
-    ("logit_bias", ask("hi", logit_bias={"50256": -100}), 400, "does not support biasing tokens"),
-    ("logit_bias junk", ask("hi", logit_bias="junk"), 400, "does not support biasing tokens"),
-    ("presence_penalty", ask("hi", presence_penalty=0.6), 400, "presence penalties (use repetition_penalty)"),
-    ("frequency_penalty", ask("hi", frequency_penalty=-1), 400, "frequency penalties (use repetition_penalty)"),
 ]
 
 

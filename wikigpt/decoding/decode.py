@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT
-from wikigpt.decoding.sampling import mix_dense, sample_tokens, uniform
+from wikigpt.decoding.sampling import KNOBS, mix_dense, sample_tokens, uniform
 
 ROW_GROUP = 4  # the smallest bucket of decode rows beside other rows (see wikigpt/decoding/engine.py)
 # Decode attention's key spans. Each is a graph of its own per row bucket, compiled (seconds to
@@ -121,7 +121,9 @@ class DecodeState:
         self.cache = SlotCache(model, S)
         self.last = torch.zeros(S, dtype=torch.long, device=device)  # each slot's newest token
         self.seen = torch.zeros(S, V, dtype=torch.bool, device=device)  # ids in its text so far
-        self.knobs = torch.zeros(S, 4, device=device)  # its sampling options (sampling.KNOBS)
+        self.knobs = torch.zeros(S, len(KNOBS), device=device)  # its sampling options (sampling.KNOBS)
+        self.counts = torch.zeros(S, V, device=device)  # times each id is in its reply (presence, frequency)
+        self.bias = torch.zeros(S, V, device=device)  # added to its logits (logit_bias)
         self.key = torch.zeros(S, dtype=torch.long, device=device)  # its random stream...
         self.count = torch.zeros(S, dtype=torch.long, device=device)  # ...and the draws taken
         self.copy_w = torch.zeros(S, device=device)  # its copy weight this step (0: none)
@@ -131,9 +133,10 @@ class DecodeState:
         self.utf8_state = torch.zeros(S, dtype=torch.long, device=device)  # its decoder state
         self.raw = torch.zeros(S, V, device=device)  # its last logits as the model gave them (for logprobs)
         self.copying = self.penalty = self.nucleus = self.sampling = self.logprobs = True  # see use()
+        self.counting = self.biased = True
         if device.type == "cuda":  # CUDA graphs replay on these very buffers (no copy in or out)
             for t in (*self.cache.k, *self.cache.v, self.cache.pos, self.cache.live, self.last, self.seen,
-                      self.knobs, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state, self.raw):
+                      self.knobs, self.counts, self.bias, self.key, self.count, self.copy_w, self.copy_q, self.utf8_state, self.raw):
                 torch._dynamo.mark_static_address(t)
 
     def use(self, params: list, copying: bool, logprobs: bool, everything: bool):
@@ -145,10 +148,12 @@ class DecodeState:
         self.penalty = everything or any(p.repetition_penalty != 1 for p in params)
         self.nucleus = everything or any(p.top_p < 1 for p in params)
         self.sampling = everything or any(p.temperature > 0 for p in params)
+        self.counting = everything or any(p.counting for p in params)
+        self.biased = everything or any(p.logit_bias for p in params)
 
     def mutable(self) -> tuple:
         """What a step changes besides the keys and values (which a rerun writes again the same)."""
-        return self.cache.pos, self.last, self.seen, self.count, self.utf8_state
+        return self.cache.pos, self.last, self.seen, self.counts, self.count, self.utf8_state
 
     def snapshot(self) -> list:
         return [t.clone() for t in self.mutable()]
@@ -166,13 +171,17 @@ def pick(state: DecodeState, model: GPT, rows, logits, k_max: int):
         state.raw[rows] = logits
     if state.copying:
         logits = mix_dense(logits, state.copy_q[rows], state.copy_w[rows])
+    if state.biased:  # on the distribution the reply is drawn from: -100 bans an id even from a copy
+        logits = logits + state.bias[rows]
     allowed = state.utf8[state.utf8_state[rows]] >= 0 if state.utf8 is not None else None
     u = uniform(state.key[rows], state.count[rows]) if state.sampling else None
     tokens = sample_tokens(logits, model.cfg.vocab_size, state.seen[rows], state.knobs[rows], u, allowed, k_max,
-                           state.penalty, state.nucleus)
+                           state.penalty, state.nucleus, state.counts[rows] if state.counting else None)
     n = tokens.size(0)
     idx = torch.arange(state.last.size(0), device=tokens.device)[rows]  # (n,) the slots
     state.seen[idx, tokens] = True
+    if state.counting:
+        state.counts[idx, tokens] += 1
     if state.utf8 is not None:
         state.utf8_state[idx] = state.utf8[state.utf8_state[idx], tokens]
     state.count[idx] += 1

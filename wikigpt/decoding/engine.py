@@ -184,6 +184,8 @@ class Engine:
             raise ValueError(f"prompt of {len(req.prompt)} tokens: need 1..{self.model.cfg.block_size - 1}")
         if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"logprobs={req.logprobs}: need 0..{MAX_TOP_LOGPROBS} alternatives")
+        if any(not 0 <= i < self.model.cfg.vocab_size for i in req.params.logit_bias or {}):
+            raise ValueError(f"logit_bias names a token id outside the vocabulary (0..{self.model.cfg.vocab_size - 1})")
         key = tuple(req.prompt)
         req.slot = min(set(range(self.n_slots)) - set(self.by_slot))
         self.keep_left(req.slot, key)
@@ -298,6 +300,11 @@ class Engine:
         st.seen[slot] = False
         st.seen[slot, prompt] = True
         st.knobs[slot] = torch.tensor(knobs_row(req.params))
+        st.counts[slot] = 0.0
+        st.bias[slot] = 0.0
+        if req.params.logit_bias:
+            bias = req.params.logit_bias
+            st.bias[slot, list(bias)] = torch.tensor(list(bias.values()), dtype=st.bias.dtype, device=self.device)
         st.key[slot], st.count[slot], st.utf8_state[slot] = seed_of(req.seed), 0, req.utf8_state
         st.copy_w[slot] = 0.0
         self.cache.pos[slot], self.cache.live[slot] = len(key), True

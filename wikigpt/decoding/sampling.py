@@ -12,7 +12,10 @@ import torch
 
 # valid ranges, checked the same way on the command line and in server requests
 RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "top_k": (0, 10**6),
-          "repetition_penalty": (0.5, 2.0), "copy": (0.0, 1.0)}
+          "repetition_penalty": (0.5, 2.0), "copy": (0.0, 1.0),
+          "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}  # (OpenAI's ranges)
+# logit_bias: OpenAI's bounds, a bias of -100..100 on at most 300 ids (-100 bans an id, 100 forces it)
+MAX_BIAS, MAX_BIASED_IDS = 100.0, 300
 
 
 @dataclass
@@ -22,6 +25,11 @@ class SamplingParams:
     top_p: float = 0.95  # nucleus: the smallest set reaching this mass (1: off)
     repetition_penalty: float = 1.1  # CTRL-style penalty on tokens already seen (1: off)
     copy: float = 0.0  # with --rag: weight of copying the best evidence (see CopySource; 0: off)
+    # OpenAI's penalties, subtracted from a logit per time its id is in the reply so far (frequency)
+    # and once if it is there at all (presence); the prompt does not count (0: off)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict | None = None  # {token id: bias added to its logit, -100..100} (None: none)
 
     def problems(self) -> list[str]:
         """What is out of range, as messages naming the field and its valid range."""
@@ -31,7 +39,17 @@ class SamplingParams:
             if not lo <= value <= hi or (name == "top_p" and value == 0):
                 bounds = f"in (0, {hi}]" if name == "top_p" else f"between {lo} and {hi}"
                 out.append(f"{name} must be {bounds}, got {value}")
+        bias = self.logit_bias or {}
+        if len(bias) > MAX_BIASED_IDS:
+            out.append(f"logit_bias may bias at most {MAX_BIASED_IDS} token ids, got {len(bias)}")
+        out += [f"logit_bias[{i}] must be between {-MAX_BIAS:g} and {MAX_BIAS:g}, got {b}"
+                for i, b in bias.items() if not -MAX_BIAS <= b <= MAX_BIAS][:1]
         return out
+
+    @property
+    def counting(self) -> bool:
+        """Does it penalise ids by their count in the reply (presence or frequency penalty)?"""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
 
     def kwargs(self) -> dict:
         """As keyword arguments of a generate() call (transformers' generation config)."""
@@ -62,6 +80,10 @@ def add_sampling_knobs(p: argparse.ArgumentParser, defaults: SamplingParams = Sa
     p.add_argument("--top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1: off)")
     p.add_argument("--repetition_penalty", type=float, default=defaults.repetition_penalty, help="1: off")
+    p.add_argument("--presence_penalty", type=float, default=defaults.presence_penalty,
+                   help="subtracted once from the logit of each token already in the reply, -2..2 (0: off)")
+    p.add_argument("--frequency_penalty", type=float, default=defaults.frequency_penalty,
+                   help="subtracted per time a token is already in the reply, -2..2 (0: off)")
 
 
 def add_copy_arg(p: argparse.ArgumentParser):
@@ -75,7 +97,8 @@ def params_from_args(args) -> SamplingParams:
 
     copy = getattr(args, "copy", None)
     copy = copy if copy is not None else RAG_COPY if getattr(args, "rag", False) else 0.0
-    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, copy)
+    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty, copy,
+                            getattr(args, "presence_penalty", 0.0), getattr(args, "frequency_penalty", 0.0))
     problems = params.problems()
     if getattr(args, "max_new_tokens", 1) < 1:
         problems.append(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
@@ -84,11 +107,12 @@ def params_from_args(args) -> SamplingParams:
     return params
 
 
-KNOBS = ("temperature", "top_k", "top_p", "repetition_penalty")  # the columns of a knobs tensor
+# the columns of a knobs tensor
+KNOBS = ("temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 
 
 def knobs_row(params: SamplingParams) -> list[float]:
-    """A request's sampling options as one row of the (n, 4) knobs tensor (top_k 0: off)."""
+    """A request's sampling options as one row of the (n, len(KNOBS)) knobs tensor (top_k 0: off)."""
     return [float(getattr(params, name)) for name in KNOBS]
 
 
@@ -120,17 +144,18 @@ def candidates(top_ks: list[int], vocab: int) -> int:
 
 
 def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: int | None = None,
-                  penalty: bool = True, nucleus: bool = True):
+                  penalty: bool = True, nucleus: bool = True, counts=None):
     """Pick one token per row, all on the device, with no host sync (torch.compile(fullgraph=True)
     takes it): logits (n, V); seen (n, V) bool, ids already in each row's text (for the
-    repetition penalty); knobs (n, 4) float, each row's KNOBS; u (n,) uniform numbers (None:
+    repetition penalty); knobs (n, len(KNOBS)) float, each row's KNOBS; u (n,) uniform numbers (None:
     every row is greedy); allowed (n, V) bool, if given, rules ids out (e.g. those that would
     break UTF-8); k_max: every row's top_k is at most this (see candidates(); None: V);
     penalty, nucleus: False when no row has a repetition penalty, a top_p (their ops would
-    change nothing: an eager step skips them). Every step is row-wise, so a row's token never
-    depends on the other rows. Returns (n,) int64."""
+    change nothing: an eager step skips them); counts (n, V) float, how often each id is in each
+    row's reply so far, for the presence and frequency penalties (None: no row has one). Every
+    step is row-wise, so a row's token never depends on the other rows. Returns (n,) int64."""
     V = logits.size(-1)
-    temperature, top_k, top_p, rep = (knobs[:, i:i + 1] for i in range(4))  # each (n, 1)
+    temperature, top_k, top_p, rep, presence, frequency = (knobs[:, i:i + 1] for i in range(len(KNOBS)))  # (n, 1)
     if vocab_size < V:
         padding = torch.arange(V, device=logits.device) >= vocab_size  # (V,): never real tokens
         logits = logits.masked_fill(padding, -float("inf"))
@@ -139,6 +164,8 @@ def sample_tokens(logits, vocab_size: int, seen, knobs, u, allowed=None, k_max: 
     if penalty:
         penalised = torch.where(logits > 0, logits / rep, logits * rep)  # CTRL-style
         logits = torch.where(seen & (rep != 1.0), penalised, logits)
+    if counts is not None:  # OpenAI's: additive, after the repetition penalty (vLLM's order)
+        logits = logits - frequency * counts - presence * (counts > 0).float()
     greedy = logits.argmax(dim=-1)  # (n,)
     if u is None:
         return greedy

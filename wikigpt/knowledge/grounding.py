@@ -142,14 +142,15 @@ def copy_plan(tok: Tokenizer, found: Found, params: SamplingParams):
     "not found" with the closest evidence, said as it is (nothing generated); otherwise the
     EvidenceCopy of the best evidence to mix into the model's choices, decoded greedily (the
     answer is read back, not sampled: at temperature 0.7 one token drawn off the copy can start
-    an invented number or a loop) and with the repetition penalty off (the evidence is in the
-    prompt by construction: a penalty would push the copy away). With params.copy == 0, the
+    an invented number or a loop) and with the repetition penalties off (the evidence is in the
+    prompt by construction, and may say a word twice: a penalty would push the copy away). With params.copy == 0, the
     model alone, sampled as asked: (params, None, None)."""
     if params.copy <= 0:
         return params, None, None
     if not found.answerable or found.best is None:
         return params, not_found(found), None
-    return replace(params, temperature=0.0, repetition_penalty=1.0), None, EvidenceCopy.from_item(tok, found.best)
+    return (replace(params, temperature=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0),
+            None, EvidenceCopy.from_item(tok, found.best))
 
 
 def reader_of(index: Index, k: int | None = None) -> Reader:

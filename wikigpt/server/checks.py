@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from wikigpt.chat.chat_template import Message
 from wikigpt.decoding.engine import MAX_TOP_LOGPROBS
-from wikigpt.decoding.sampling import RANGES, SamplingParams
+from wikigpt.decoding.sampling import MAX_BIASED_IDS, RANGES, SamplingParams
 
 ROLES = ("system", "user", "assistant")
 # The text a prompt can use is bounded by the context: English Wikipedia runs about 4.5
@@ -129,17 +129,35 @@ def number(body: dict, name: str, default, lo, hi, integer=False):
     return value
 
 
-def sampling_of(body: dict, defaults: SamplingParams) -> SamplingParams:
-    params = SamplingParams(
-        temperature=float(number(body, "temperature", defaults.temperature, *RANGES["temperature"])),
-        top_k=number(body, "top_k", defaults.top_k, *RANGES["top_k"], integer=True),
-        top_p=float(number(body, "top_p", defaults.top_p, *RANGES["top_p"])),
-        repetition_penalty=float(number(body, "repetition_penalty", defaults.repetition_penalty,
-                                        *RANGES["repetition_penalty"])),
-        copy=float(number(body, "copy", defaults.copy, *RANGES["copy"])))
+def sampling_of(body: dict, defaults: SamplingParams, vocab_size: int) -> SamplingParams:
+    knobs = {name: number(body, name, getattr(defaults, name), lo, hi, integer=name == "top_k")
+             for name, (lo, hi) in RANGES.items()}  # (top_k an int, the others numbers: floats below)
+    params = SamplingParams(**{k: v if k == "top_k" else float(v) for k, v in knobs.items()},
+                            logit_bias=logit_bias_of(body, vocab_size))
     for problem in params.problems():
-        raise ApiError(400, problem, problem.split()[0])
+        raise ApiError(400, problem, problem.split()[0].split("[")[0])
     return params
+
+
+def logit_bias_of(body: dict, vocab_size: int) -> dict | None:
+    """OpenAI's `logit_bias`: {"token id": bias}, the ids this model's tokenizer gives (keys are
+    strings in JSON), each bias -100..100 (checked with the other knobs: SamplingParams.problems)."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise ApiError(400, f"'logit_bias' must be an object of token ids to biases, got {shown(bias)}", "logit_bias")
+    if len(bias) > MAX_BIASED_IDS:
+        raise ApiError(400, f"'logit_bias' may bias at most {MAX_BIASED_IDS} token ids, got {len(bias)}", "logit_bias")
+    out = {}
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
+            raise ApiError(400, f"'logit_bias' keys must be token ids of this model's tokenizer, 0 to "
+                                f"{vocab_size - 1}, got {shown(key)}", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, f"'logit_bias' values must be numbers, got {shown(value)} for {key}", "logit_bias")
+        out[int(key)] = float(value)
+    return out or None
 
 
 def echo_of(body: dict, chat: bool) -> bool:
@@ -168,6 +186,24 @@ def logprobs_of(body: dict, chat: bool) -> int | None:
     if top is not None and not asked:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
     return (top or 0) if asked else None
+
+
+def is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_token_ids(ids, vocab_size: int, limit: int, param: str):
+    """A prompt given as token ids: a non-empty list of at most `limit` ids of the vocabulary (its
+    length checked first: the ids' loop never runs past the context)."""
+    if not isinstance(ids, list) or not ids:
+        raise ApiError(400, f"{param} must be a string or a non-empty list of token ids", param)
+    if len(ids) > limit:
+        raise ApiError(400, f"{param} is {len(ids):,} tokens; the model's context holds {limit} after the "
+                            "document start. Shorten it.", param, "context_length_exceeded")
+    for t in ids:
+        if not (is_token_id(t) and 0 <= t < vocab_size):
+            raise ApiError(400, f"{param} holds {shown(t)}: token ids are integers from 0 to {vocab_size - 1} "
+                                "(this checkpoint's tokenizer's)", param)
 
 
 def stop_strings(body: dict, limit: int, max_chars: int) -> list[str]:
@@ -261,13 +297,10 @@ async def read_body(request, settings: Settings) -> dict:
 
 
 # fields of OpenAI's API that would change what a reply means; a client that sends them gets a
-# 400 instead of a reply without them (a harness that limits the answer to a few tokens with logit_bias
-# would get free text)
+# 400 instead of a reply without them (a client asking for JSON would get free text)
 UNSUPPORTED = {"suffix": "text after the completion (fill-in)",
                "tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls",
-               "function_call": "function calls", "response_format": "structured output",
-               "logit_bias": "biasing tokens", "presence_penalty": "presence penalties (use repetition_penalty)",
-               "frequency_penalty": "frequency penalties (use repetition_penalty)"}
+               "function_call": "function calls", "response_format": "structured output"}
 
 
 def refuse_unsupported(body: dict):

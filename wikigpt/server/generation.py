@@ -17,8 +17,9 @@ from wikigpt.knowledge.grounding import cited, copy_plan, evidence_prompt, reade
 from wikigpt.knowledge.questions import small_talk
 from wikigpt.decoding.sampling import CHAT_DEFAULTS, RAG_COPY, RANGES, SamplingParams
 from wikigpt.server.connections import ProtocolWarnings
-from wikigpt.server.checks import (ApiError, Settings, check_chars, echo_of, internal_error, logprobs_of, number,
-                                   read_messages, sampling_of, stop_strings, text_limits)
+from wikigpt.server.checks import (ApiError, Settings, check_chars, check_token_ids, echo_of, internal_error,
+                                   is_token_id, logprobs_of, number, read_messages, sampling_of, stop_strings,
+                                   text_limits)
 from wikigpt.tokenizer import TextStream
 
 # How often a reply in progress asks whether its client is still there: often enough that one
@@ -211,7 +212,7 @@ class Server:
         gets its 400 on a busy server too, not a 429 that the OpenAI client retries (and, with --rag,
         not after a retrieval). Checked again where used."""
         number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
-        sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams())
+        sampling_of(body, CHAT_DEFAULTS if chat else SamplingParams(), self.model.cfg.vocab_size)
         stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
         logprobs_of(body, chat)
         echo_of(body, chat)
@@ -223,7 +224,7 @@ class Server:
         if chat:
             read_messages(body, self.settings)
         else:
-            self.prompt_texts(body)
+            self.completion_prompt_parts(body)
 
     def chat_prompt(self, body: dict, max_tokens: int) -> tuple[list[int], Found | None, list]:
         """The prompt ids, the evidence found for the last turn (read in the whole conversation the
@@ -250,23 +251,32 @@ class Server:
         ids, found, sources = evidence_prompt(reader, self.tok, kept, room, self.block - 1, found)
         return ids, found, cited(found, sources, number(body, "copy", RAG_COPY, *RANGES["copy"]) > 0)
 
-    def prompt_texts(self, body: dict) -> list[str]:
-        """/v1/completions' prompts: one string or a list of them, each and all within their limits."""
+    def completion_prompt_parts(self, body: dict) -> list[str | list[int]]:
+        """/v1/completions' prompts: text (a string or a list of them, each and all within their
+        limits) or token ids of this checkpoint's tokenizer (a list of ids, or a list of such lists:
+        what lm-evaluation-harness sends), each shorter than the context."""
         prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", "prompt")
+        one = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and is_token_id(prompt[0]))
+        prompts = [prompt] if one else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, (str, list)) for p in prompts):
+            raise ApiError(400, "'prompt' must be a string, a list of token ids, or a non-empty list of either",
+                           "prompt")
         self.check_room(self.n(body) * len(prompts))
         total = 0
         for i, p in enumerate(prompts):
-            total += len(p)
-            check_chars(len(p), total, self.settings, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
+            param = "prompt" if one else f"prompt[{i}]"
+            if isinstance(p, str):
+                total += len(p)
+                check_chars(len(p), total, self.settings, param)
+            else:
+                check_token_ids(p, self.model.cfg.vocab_size, self.block - 1, param)  # (after the document start)
         return prompts
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         out = []
-        for p in self.prompt_texts(body):
-            ids = [self.tok.doc_sep] + self.tok.encode(p)  # articles were trained as <|endoftext|>text
+        for p in self.completion_prompt_parts(body):
+            # articles were trained as <|endoftext|>text: token ids too go after the document start
+            ids = [self.tok.doc_sep] + (self.tok.encode(p) if isinstance(p, str) else p)
             if len(ids) >= self.block:
                 raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {self.block}. "
                                     "Shorten it.", "prompt", "context_length_exceeded")
@@ -282,7 +292,7 @@ class Server:
         """The rows a request asks for: n x its prompts (a list of prompts on /v1/completions;
         malformed ones count as one and are refused when the prompt is read)."""
         prompt = body.get("prompt")
-        many = not chat and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+        many = not chat and isinstance(prompt, list) and prompt and not is_token_id(prompt[0])
         return self.n(body) * (len(prompt) if many else 1)
 
     def n(self, body: dict) -> int:
@@ -313,7 +323,7 @@ class Server:
         self.check_room(n * len(prompts))
         seed = number(body, "seed", None, -2**63, 2**63 - 1, integer=True)
         defaults = replace(CHAT_DEFAULTS, copy=RAG_COPY) if found else CHAT_DEFAULTS if chat else SamplingParams()
-        params, said, copy_from = sampling_of(body, defaults), None, None
+        params, said, copy_from = sampling_of(body, defaults, self.model.cfg.vocab_size), None, None
         if found is not None:
             params, said, copy_from = copy_plan(self.tok, found, params)
         stops = stop_strings(body, self.settings.max_stop, self.settings.max_stop_chars)
