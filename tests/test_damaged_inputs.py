@@ -4,6 +4,8 @@ HTML page in place of a dump, `--out .`, an empty source. Each is one paragraph 
 wrong and where, exit status 2, and nothing the user had is changed."""
 import bz2
 import errno
+import gzip
+import hashlib
 import http.server
 import shutil
 import sqlite3
@@ -224,3 +226,41 @@ def test_a_folder_of_empty_files_is_said_to_be_empty(tmp_path, capsys):
     assert stop.value.code == 2
     assert f"{folder}: every file in the folder is empty" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()
+
+
+# ----- a damaged compressed source of articles (JSON lines, parquet) -----
+
+def articles_jsonl(n: int = 2000) -> bytes:
+    # hashes: text that compresses little, so that the damage falls past the decompressor's first read
+    return b"\n".join(b'{"title": "Article %d", "text": "Article %d is about %s."}'
+                      % (i, i, hashlib.sha256(b"%d" % i).hexdigest().encode()) for i in range(n))
+
+
+def damaged_parquet() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [f"Article {i} is about the number {i} and its many uses. " * 20 for i in range(600)]
+    out = io.BytesIO()
+    pq.write_table(pa.table({"title": [f"A{i}" for i in range(600)], "text": rows}), out, row_group_size=100)
+    data = bytearray(out.getvalue())
+    at = len(data) * 2 // 5  # inside the third row group's compressed pages
+    data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("cut.jsonl.gz", gzip.compress(articles_jsonl())[:-200], "the compressed file ends early (truncated download?)"),
+    ("bad-crc.jsonl.gz", gzip.compress(articles_jsonl())[:-8] + b"\0" * 8, "cannot read this as a compressed "
+                                                                           "JSON-lines file (CRC check failed"),
+    ("flipped.parquet", damaged_parquet(), "of 6 is damaged"),
+])
+def test_a_damaged_compressed_source_is_one_line_and_loses_nothing(tmp_path, capsys, name, content, said):
+    source = tmp_path / name
+    source.write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        prepare_main([str(source), "--out", str(tmp_path / "ds"), "--tokenizer", "bpe:300"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{source}: " in err and said in err and "Download it again" in err, err
+    assert "Traceback" not in err and source.read_bytes() == content and not (tmp_path / "ds").exists()

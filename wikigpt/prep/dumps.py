@@ -151,27 +151,40 @@ def read_xml(path: Path, progress):
 def read_jsonl(path: Path, progress):
     """Pre-extracted articles, one JSON object per line with "title" and "text"
     (Hugging Face exports, WikiExtractor --json). Text is taken as plain text."""
+    rows = 0
     with open(path, "rb") as raw:
-        for lineno, (line, too_large) in enumerate(capped_lines(open_maybe_compressed(raw)), 1):
-            if too_large:  # over MAX_PAGE_BYTES: skipped, counted, named by its title
-                yield RawPage(_jsonl_title(line), "", "plain", {}, "too_large")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise WikiError(f"{path}:{lineno}: bytes that are not UTF-8 at column {e.start + 1}. "
-                                "Re-encode the file as UTF-8.")
-            except json.JSONDecodeError as e:
-                raise WikiError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                                'Each line must be one object like {"title": ..., "text": ...}.')
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise WikiError(f'{path}:{lineno}: expected an object with a string "text" field '
-                                f"(and a \"title\"), got {str(row)[:80]!r}.")
-            progress.at(raw.tell())
-            info = {k: str(row[k]) for k in ("id", "url") if row.get(k)}
-            yield RawPage(str(row.get("title", "")), row["text"], "plain", info)
+        stream = open_maybe_compressed(raw)
+        try:
+            for lineno, (line, too_large) in enumerate(capped_lines(stream), 1):
+                if too_large:  # over MAX_PAGE_BYTES: skipped, counted, named by its title
+                    yield RawPage(_jsonl_title(line), "", "plain", {}, "too_large")
+                    continue
+                if line.strip():
+                    rows += 1
+                    page = jsonl_page(path, lineno, line)
+                    progress.at(raw.tell())
+                    yield page
+        except EOFError:
+            raise WikiError(truncated_message(path, rows, rows))
+        except (OSError, zlib.error) as e:  # a damaged .gz or .bz2: a bad CRC, a corrupt block
+            raise WikiError(f"{path}: cannot read this as a {'compressed ' if stream is not raw else ''}JSON-lines "
+                            f"file ({e}) after {rows} articles were read. Download it again.")
+
+
+def jsonl_page(path: Path, lineno: int, line: bytes) -> RawPage:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise WikiError(f"{path}:{lineno}: bytes that are not UTF-8 at column {e.start + 1}. "
+                        "Re-encode the file as UTF-8.")
+    except json.JSONDecodeError as e:
+        raise WikiError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
+                        'Each line must be one object like {"title": ..., "text": ...}.')
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise WikiError(f'{path}:{lineno}: expected an object with a string "text" field '
+                        f"(and a \"title\"), got {str(row)[:80]!r}.")
+    info = {k: str(row[k]) for k in ("id", "url") if row.get(k)}
+    return RawPage(str(row.get("title", "")), row["text"], "plain", info)
 
 
 _JSON_TITLE = re.compile(rb'"title"\s*:\s*("(?:[^"\\]|\\.){0,1024}")')
@@ -200,7 +213,10 @@ def read_parquet(path: Path, progress):
     size = path.stat().st_size
     extra = [c for c in ("id", "url") if c in columns]  # wikimedia/wikipedia has both
     for i in range(pf.num_row_groups):
-        table = pf.read_row_group(i, columns=["title", "text", *extra]).to_pydict()
+        try:
+            table = pf.read_row_group(i, columns=["title", "text", *extra]).to_pydict()
+        except (OSError, ValueError) as e:  # pyarrow's: corrupt compressed data, a bad page header
+            raise WikiError(f"{path}: row group {i + 1} of {pf.num_row_groups} is damaged ({e}). Download it again.")
         for j, (title, text) in enumerate(zip(table["title"], table["text"])):
             info = {c: str(table[c][j]) for c in extra if table[c][j]}
             too_large = len(text or "") > MAX_PAGE_BYTES  # the cap of every source (pagecap.py)
