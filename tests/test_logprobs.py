@@ -248,7 +248,7 @@ def test_a_stop_string_cuts_the_logprobs_with_the_text_streamed_or_not(served):
     ("completions", {"prompt": [[1, 2], []]}, "prompt[1] must be a string or a non-empty list of token ids"),
     ("completions", {"prompt": [[1, 2], [3, None]]}, "prompt[1] holds None"),
     ("completions", {"prompt": [True, 2]}, "'prompt' must be a string, a list of token ids, or a non-empty list"),
-    ("completions", {"prompt": [3] * 5000}, "prompt is 5,000 tokens; the model's context holds"),
+    ("completions", {"prompt": [3] * 5000}, "prompt is 5,000 tokens, more than the model's context holds (31)"),
 ])
 def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served, path, body, message):
     url, client = served

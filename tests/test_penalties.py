@@ -137,6 +137,32 @@ def test_the_servers_penalties_and_bias_are_openais(served, tiny_ckpt):
     assert not expected.startswith(tok.decode([banned]))
 
 
+def test_tokenize_gives_the_ids_that_logit_bias_takes(served, tiny_ckpt):
+    """vLLM's /tokenize and /detokenize: a text's ids, which a +100 bias then forces, and back."""
+    url, client = served
+    _, tok, _ = load_model(tiny_ckpt, "cpu")
+    r = httpx.post(url + "/tokenize", json={"prompt": "Article 3"}, timeout=30).json()
+    assert r == {"count": len(tok.encode("Article 3")), "max_model_len": 32, "tokens": tok.encode("Article 3")}
+    assert httpx.post(url + "/detokenize", json={"tokens": r["tokens"]}, timeout=30).json() == {"prompt": "Article 3"}
+    forced = r["tokens"][-1]
+    reply = client.completions.create(model="t", prompt="hi", max_tokens=3, temperature=0,
+                                      logit_bias={str(forced): 100}).choices[0].text
+    assert reply == tok.decode([forced] * 3)
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("/tokenize", {"prompt": 5}, "'prompt' must be a string"),
+    ("/tokenize", {"prompt": "x" * (16 * 32 + 1)}, "characters (limit 512"),  # 16 a token of its 32
+    ("/detokenize", {"tokens": "hi"}, "tokens must be a string or a non-empty list of token ids"),
+    ("/detokenize", {"tokens": [1, -1]}, "tokens holds -1"),
+    ("/detokenize", {"tokens": [1] * 33}, "tokens is 33 tokens, more than the model's context holds (32)"),
+])
+def test_malformed_tokenize_requests_get_a_400(served, path, body, message):
+    url, _ = served
+    r = httpx.post(url + path, json=body, timeout=30)
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
 BAD = [
     ({"logit_bias": "junk"}, "'logit_bias' must be an object of token ids to biases"),
     ({"logit_bias": {"hello": 5}}, "'logit_bias' keys must be token ids of this model's tokenizer"),

@@ -282,6 +282,9 @@ def test_api_key_is_required_when_set(chat_ckpt):
             r = httpx.post(s.url + "/v1/chat/completions", json=ask("Hello"), headers=headers)
             assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
         assert httpx.get(s.url + "/metrics").status_code == 401
+        for path, body in (("/tokenize", {"prompt": "Hello"}), ("/detokenize", {"tokens": [1]})):
+            assert httpx.post(s.url + path, json=body).status_code == 401
+            assert httpx.post(s.url + path, json=body, headers={"Authorization": "Bearer sk-test-123"}).status_code == 200
         assert httpx.get(s.url + "/health").json()["auth"] is True  # the page asks for a key
         r = httpx.post(s.url + "/v1/chat/completions", json=ask("Hello", temperature=0),
                        headers={"Authorization": "Bearer sk-test-123"}, timeout=30)

@@ -11,14 +11,15 @@ from functools import cache
 from pathlib import Path
 
 from wikigpt.knowledge.grounding import listed
-from wikigpt.server.checks import ApiError, internal_error, read_body, refuse_unsupported
+from wikigpt.server.checks import ApiError, check_chars, check_token_ids, internal_error, read_body, refuse_unsupported
 from wikigpt.server.generation import Server
 from wikigpt.server.replies import json_reply, reply_head, sse_reply
 
 WEB = Path(__file__).resolve().parent.parent.parent / "web"  # index.html, app.js, style.css
 # the request counter's path label: these routes, and "other" for any other path (a label per
 # path would let anyone grow the metrics without bound by asking for random ones)
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics", "/")
+KEYED = ("/v1/", "/tokenize", "/detokenize", "/metrics")  # what --api_key guards (the page and /health are open)
 
 
 def authorized(scope, api_key: str) -> bool:
@@ -44,7 +45,7 @@ def refusal(scope, settings) -> ApiError | None:
                              f"{host!r}: open it by one of those names. (Another name is how a web page reaches a "
                              "local server through DNS rebinding; a server with --api_key answers any name.)")
     path = scope["path"]
-    if settings.api_key and (path.startswith("/v1/") or path == "/metrics") and not authorized(scope, settings.api_key):
+    if settings.api_key and path.startswith(KEYED) and not authorized(scope, settings.api_key):
         return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
                         code="invalid_api_key")
     return None
@@ -175,6 +176,25 @@ def create_app(server: Server):
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
         return await complete(server, request, chat=False)
+
+    @app.post("/tokenize")
+    async def tokenize(request: HttpRequest):
+        """vLLM's: the ids this checkpoint's tokenizer gives a text (what logit_bias and a token prompt
+        take; /v1/completions puts the document start before a prompt's)."""
+        body = await read_body(request, server.settings)
+        text = body.get("prompt")
+        if not isinstance(text, str):
+            raise ApiError(400, "'prompt' must be a string: the text to tokenize", "prompt")
+        check_chars(len(text), len(text), server.settings, "prompt")
+        ids = await server.off_loop(server.tok.encode, text)
+        return {"count": len(ids), "max_model_len": server.block, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: HttpRequest):
+        """vLLM's: the text of token ids (at most a context of them)."""
+        ids = (await read_body(request, server.settings)).get("tokens")
+        check_token_ids(ids, server.model.cfg.vocab_size, server.block, "tokens")
+        return {"prompt": await server.off_loop(server.tok.decode, ids)}
 
     @app.get("/v1/models")
     async def models():

@@ -193,13 +193,14 @@ def is_token_id(value) -> bool:
 
 
 def check_token_ids(ids, vocab_size: int, limit: int, param: str):
-    """A prompt given as token ids: a non-empty list of at most `limit` ids of the vocabulary (its
-    length checked first: the ids' loop never runs past the context)."""
+    """Token ids a client sends (a prompt, /detokenize's): a non-empty list of at most `limit`
+    (the context's room) ids of the vocabulary; its length is checked first, so the loop over
+    the ids never runs past a context."""
     if not isinstance(ids, list) or not ids:
         raise ApiError(400, f"{param} must be a string or a non-empty list of token ids", param)
     if len(ids) > limit:
-        raise ApiError(400, f"{param} is {len(ids):,} tokens; the model's context holds {limit} after the "
-                            "document start. Shorten it.", param, "context_length_exceeded")
+        raise ApiError(400, f"{param} is {len(ids):,} tokens, more than the model's context holds ({limit}). "
+                            "Shorten it.", param, "context_length_exceeded")
     for t in ids:
         if not (is_token_id(t) and 0 <= t < vocab_size):
             raise ApiError(400, f"{param} holds {shown(t)}: token ids are integers from 0 to {vocab_size - 1} "
