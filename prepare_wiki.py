@@ -49,8 +49,8 @@ from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import (TOKENIZER_CHARS, UNREADABLE, Progress, damaged, encode_pass, even_sample,
                                  iter_articles)
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import (PROGRESS, generation, made_from, not_in_use, open_work, publish, unlock,
-                                   work_folder)
+from wikigpt.prep.workdir import (PROGRESS, generation, made_from, not_in_use, open_work, publish, saved_tokenizer,
+                                   unlock, work_folder)
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -323,8 +323,8 @@ def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
     """Pass 2: the tokenizer (bpe: trained on an even sample of the train split), saved in the work folder."""
     if args.tokenizer == "gpt2":
         tok = Tokenizer.from_name("gpt2")
-    elif state.get("tokenizer"):
-        return Tokenizer.load(work / "tokenizer.json")
+    elif state.get("tokenizer") and (saved := saved_tokenizer(work)) is not None:
+        return saved
     else:
         t = time.time()
         # BPE training holds every distinct chunk its pattern cuts the text into, and in Chinese

@@ -264,3 +264,26 @@ def test_a_damaged_compressed_source_is_one_line_and_loses_nothing(tmp_path, cap
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"{source}: " in err and said in err and "Download it again" in err, err
     assert "Traceback" not in err and source.read_bytes() == content and not (tmp_path / "ds").exists()
+
+
+def test_a_damaged_tokenizer_in_an_interrupted_runs_work_folder_is_trained_again(small_dump, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import prepare_wiki
+
+    def crash(*a, **k):  # killed after the tokenizer was trained and saved
+        raise RuntimeError("killed")
+    out, args = tmp_path / "ds", [str(small_dump), "--out", str(tmp_path / "ds"), "--tokenizer", "bpe:300"]
+    monkeypatch.setattr(prepare_wiki, "encode_pass", crash)
+    with pytest.raises(RuntimeError):
+        prepare_main(args)
+    monkeypatch.undo()
+    saved = tmp_path / ".ds.partial" / "tokenizer.json"
+    first = saved.read_bytes()
+    saved.write_bytes(first[:len(first) // 2])  # cut short on a disk that filled
+    capsys.readouterr()
+    prepare_main(args)  # the same command resumes
+    captured = capsys.readouterr()
+    assert f"note: {saved}, saved by this run before it stopped, is damaged: training the tokenizer again." \
+        in captured.err
+    assert "training bpe:300 tokenizer" in captured.out and "Traceback" not in captured.err
+    assert (out / "tokenizer.json").read_bytes() == first and load_dataset(out).meta["splits"]["train"]["articles"] > 0

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from wikigpt.run.durable import fsync_path, fsync_tree, replace_durably
 from wikigpt.run.lock import Busy, lock_folder, release
 from wikigpt.prep.errors import WikiError
 from wikigpt.prep.shards import TOKENIZER_CHARS
+from wikigpt.tokenizer import Tokenizer, TokenizerError
 
 PROGRESS = "progress.json"  # in the work folder: what is done, and for which command
 _held = {}  # work folder -> the descriptor holding its lock, from open_work to unlock
@@ -68,6 +70,18 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
     state = {"fingerprint": want}
     atomic_write_json(work / PROGRESS, state)
     return work, state
+
+
+def saved_tokenizer(work: Path) -> Tokenizer | None:
+    """The tokenizer an interrupted run saved in its work folder, or None when that file is
+    damaged (bit rot, a disk that filled): the run then trains it again, as it would have."""
+    path = work / "tokenizer.json"
+    try:
+        return Tokenizer.load(path)
+    except (TokenizerError, OSError):
+        print(f"note: {path}, saved by this run before it stopped, is damaged: training the tokenizer again.",
+              file=sys.stderr)
+        return None
 
 
 def made_from(want: dict) -> str:
