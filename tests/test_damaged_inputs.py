@@ -287,3 +287,25 @@ def test_a_damaged_tokenizer_in_an_interrupted_runs_work_folder_is_trained_again
         in captured.err
     assert "training bpe:300 tokenizer" in captured.out and "Traceback" not in captured.err
     assert (out / "tokenizer.json").read_bytes() == first and load_dataset(out).meta["splits"]["train"]["articles"] > 0
+
+
+# ----- a checkpoint with a flipped bit -----
+
+def test_a_checkpoint_with_a_flipped_bit_is_refused_naming_the_entry(tiny_ckpt, tmp_path):
+    import zipfile
+
+    from wikigpt.checkpoint import load_checkpoint
+    from wikigpt.cli import UsageError
+    damaged = tmp_path / "best.pt"
+    data = bytearray(tiny_ckpt.read_bytes())
+    with zipfile.ZipFile(tiny_ckpt) as z:  # the largest tensor's bytes: where a weight sits
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    header = data[entry.header_offset:entry.header_offset + 30]  # a zip local header: the name and extra follow
+    start = entry.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    data[start + entry.file_size // 2] ^= 0x01  # (stored, not compressed: torch.save's)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=f"the checkpoint is damaged: its entry {entry.filename} fails the checksum"):
+        load_checkpoint(damaged)
+    r = run_cli("sample.py", "--ckpt", str(damaged), "--prompt", "hi", "--max_new_tokens", "2")
+    assert r.returncode == 2 and "fails the checksum" in r.stderr and "Traceback" not in r.stderr
+    assert load_checkpoint(tiny_ckpt)["model"]  # the same bytes unflipped load
