@@ -43,7 +43,8 @@ from wikigpt.run.durable import fsync_path, replace_durably
 from wikigpt.run.output_paths import output_path_problem, path_error
 from wikigpt.knowledge.graph import KNOWLEDGE, write_knowledge
 from wikigpt.prep.download import download
-from wikigpt.prep.dumps import Stitcher, WikiError, default_source, index_name, source_files, truncated_message
+from wikigpt.prep.dumps import WikiError, default_source, source_files, truncated_message
+from wikigpt.prep.ranges import Stitcher, index_name
 from wikigpt.prep.jobs import Kept, JobOptions, Seen, clean_job, digest, gzip_member, source_jobs
 from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import (TOKENIZER_CHARS, UNREADABLE, Progress, damaged, encode_pass, even_sample,

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: its commands and wikigpt/
 
-from wikigpt.prep.dumps import default_source, write_multistream
+from wikigpt.prep.dumps import default_source
+from wikigpt.prep.ranges import write_multistream
 
 LEFTOVERS = {"{{": "{{", "}}": "}}", "[[": "[[", "[[File:": "[[File:", "<ref": "<ref",
              "&amp;": "&amp;", "&lt;": "&lt;", "&nbsp;": "&nbsp;"}

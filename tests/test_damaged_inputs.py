@@ -309,3 +309,23 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused_naming_the_entry(tiny_ckpt, 
     r = run_cli("sample.py", "--ckpt", str(damaged), "--prompt", "hi", "--max_new_tokens", "2")
     assert r.returncode == 2 and "fails the checksum" in r.stderr and "Traceback" not in r.stderr
     assert load_checkpoint(tiny_ckpt)["model"]  # the same bytes unflipped load
+    for bit in (0x01, 0x80):  # a flip in the first entry's header: one line (torch.load's), not zipfile's traceback
+        header = bytearray(tiny_ckpt.read_bytes())
+        header[26] ^= bit
+        damaged.write_bytes(bytes(header))
+        with pytest.raises(UsageError, match="cannot read the checkpoint|fails the checksum"):
+            load_checkpoint(damaged)
+
+
+def test_a_checkpoint_saved_without_checksums_loads(tiny_ckpt, tmp_path):
+    import torch
+
+    from wikigpt.checkpoint import load_checkpoint
+    from wikigpt.run.durable import failed_checksum
+    ckpt, plain = torch.load(tiny_ckpt, weights_only=True), tmp_path / "no_crc.pt"
+    torch.serialization.set_crc32_options(False)  # every entry's CRC written as 0
+    try:
+        torch.save(ckpt, plain)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert failed_checksum(plain) is None and load_checkpoint(plain)["model"].keys() == ckpt["model"].keys()

@@ -140,7 +140,7 @@ def test_one_stream_gzip_page_and_jsonl_line_bombs_are_skipped(tmp_path):
 
 
 def test_an_index_of_one_endless_line_is_not_read_whole(tmp_path, a_run, capsys):
-    from wikigpt.prep.dumps import range_plan, write_multistream
+    from wikigpt.prep.ranges import range_plan, write_multistream
 
     pages = pages_of_words(30, 40)
     xml = dump_xml(*pages).encode()
@@ -155,7 +155,7 @@ def test_an_index_of_one_endless_line_is_not_read_whole(tmp_path, a_run, capsys)
 
 
 def test_a_page_over_the_cap_is_skipped_alike_in_every_layout_of_a_dump(tmp_path, capsys):
-    from wikigpt.prep.dumps import write_multistream
+    from wikigpt.prep.ranges import write_multistream
 
     block = " ".join(random.Random(0).choice(PROSE.split()) for _ in range(10_000))
     pages = pages_of_words(6, 60) + [page("Huge", block * (5 * 2**20 // len(block)))] + pages_of_words(6, 60, "Late")

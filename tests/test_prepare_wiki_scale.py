@@ -19,7 +19,7 @@ from conftest import dump_xml, page, run_cli
 from test_prepare_wiki import build
 
 from prepare_wiki import main
-from wikigpt.prep.dumps import range_plan, write_multistream
+from wikigpt.prep.ranges import range_plan, write_multistream
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):

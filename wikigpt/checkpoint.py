@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.cli import UsageError
-from wikigpt.run.durable import replacing
+from wikigpt.run.durable import failed_checksum, replacing
 from model import GPT, GPTConfig
 from wikigpt.tokenizer import Tokenizer
 
@@ -160,17 +160,6 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UsageError(f"{path}: checkpoint version {version}, this code reads version "
                          f"{CHECKPOINT_VERSION}. Use the wikigpt version that wrote it.")
     return upgrade(ckpt)
-
-
-def failed_checksum(path: Path) -> str | None:
-    """The first entry of a torch.save archive whose bytes fail the CRC-32 torch.save wrote for it,
-    or None: torch.load checks none, and a flipped bit in a weight loaded silently. Read just before
-    torch.load, which then reads the file from the page cache (docs/measured.md: ~0.3 s a GB)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip()
-    except (zipfile.BadZipFile, EOFError):  # a broken archive, not a flipped bit: torch.load says so below
-        return None
 
 
 def upgrade(ckpt: dict) -> dict:

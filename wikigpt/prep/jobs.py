@@ -15,7 +15,8 @@ import mwparserfromhell  # noqa: F401  imported here, before any page's time bou
 import numpy as np
 
 from wikigpt.prep.data import ARTICLES_GZIP
-from wikigpt.prep.dumps import parse_pages, range_plan, reader_for
+from wikigpt.prep.dumps import reader_for
+from wikigpt.prep.ranges import parse_pages, range_plan
 from wikigpt.prep.facts import article_knowledge
 from wikigpt.prep.pagecap import PageBatches, RangeXml
 from wikigpt.prep.wikitext import CleanSettings, clean_wikitext, finish_article, link_target
@@ -113,7 +114,7 @@ def _where(path, start, end, compressed, skip, offset) -> str:
 def clean_job(job):
     """Worker: ("pages", pages, opts) or ("range", path, start, end, compressed, url_prefix, opts)
     -> (clean_pages' results, gzip member and redirects, stitch): stitch = (head, has_body, tail,
-    truncated) of a range, for dumps.Stitcher. A range is parsed and cleaned a batch of pages at
+    truncated) of a range, for ranges.Stitcher. A range is parsed and cleaned a batch of pages at
     a time as it is decompressed, so no more than a batch of it is ever held."""
     if job[0] == "pages":
         return clean_pages(job[1], job[2]), None

@@ -199,7 +199,7 @@ class RangeXml:
 
 
 class PageBatches:
-    """Splits a range's XML pieces as dumps.split_pages splits the whole: its head (before the
+    """Splits a range's XML pieces as ranges.split_pages splits the whole: its head (before the
     first <page>), its whole pages, and its tail; the pages come out in batches of about
     BATCH_BYTES, so a range of many pages is never held whole either."""
 
