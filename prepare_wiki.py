@@ -50,8 +50,8 @@ from wikigpt.prep.pagecap import MAX_PAGE_BYTES
 from wikigpt.prep.shards import (TOKENIZER_CHARS, UNREADABLE, Progress, damaged, encode_pass, even_sample,
                                  iter_articles)
 from wikigpt.prep.wikitext import CleanSettings
-from wikigpt.prep.workdir import (PROGRESS, generation, made_from, not_in_use, open_work, publish, saved_tokenizer,
-                                   unlock, work_folder)
+from wikigpt.prep.workdir import (PROGRESS, file_digest, generation, made_from, not_in_use, open_work, publish,
+                                   saved_tokenizer, unlock, work_folder)
 from wikigpt.prep.workers import WorkerLost, ordered_map, run_now, worker_pool
 from wikigpt.tokenizer import Tokenizer, TokenizerError, gpt2_encoding, parse_bpe_name
 
@@ -324,7 +324,7 @@ def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
     """Pass 2: the tokenizer (bpe: trained on an even sample of the train split), saved in the work folder."""
     if args.tokenizer == "gpt2":
         tok = Tokenizer.from_name("gpt2")
-    elif state.get("tokenizer") and (saved := saved_tokenizer(work)) is not None:
+    elif state.get("tokenizer") and (saved := saved_tokenizer(work, state["tokenizer"])) is not None:
         return saved
     else:
         t = time.time()
@@ -337,7 +337,7 @@ def tokenizer_for(args, work: Path, state: dict) -> Tokenizer:
         print(f"  trained in {time.time() - t:.1f}s")
     tok.save(work / "tokenizer.json")
     fsync_path(work / "tokenizer.json")  # on disk before the progress that says it is there
-    state["tokenizer"] = True
+    state["tokenizer"] = file_digest(work / "tokenizer.json")  # what a resumed run checks it against
     atomic_write_json(work / PROGRESS, state)
     return tok
 

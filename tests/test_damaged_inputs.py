@@ -38,7 +38,9 @@ def one_paragraph(r, *phrases):
     (lambda b: b[:100], "not valid JSON (Unterminated string"),  # a copy cut short
     (lambda b: b"\xff\xfe", "not valid JSON ('utf-8' codec can't decode byte 0xff"),
     (lambda b: b"[1, 2]", "not a tokenizer this code wrote"),
-], ids=["cut short", "not UTF-8", "not a spec"])
+    (lambda b: b.replace(b'"AA=="', b'"AA<="', 1), "its merges do not make a tokenizer (Error: Incorrect padding)"),
+    (lambda b: b.replace(b'["AQ==", 1]', b'["AQ==", 3]', 1), "its merges do not make a tokenizer (PanicException"),
+], ids=["cut short", "not UTF-8", "not a spec", "a merge not base64", "a rank changed (tiktoken panics)"])
 def test_a_damaged_tokenizer_json_is_named_in_one_line(tiny_data, tmp_path, damage, said):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -266,8 +268,17 @@ def test_a_damaged_compressed_source_is_one_line_and_loses_nothing(tmp_path, cap
     assert "Traceback" not in err and source.read_bytes() == content and not (tmp_path / "ds").exists()
 
 
+def another_last_merge(data: bytes) -> bytes:
+    """tokenizer.json with its last merge's bytes changed into others (one base64 letter): a
+    tokenizer still, silently another one."""
+    at = data.rindex(b'["') + 2
+    return data[:at] + (b"B" if data[at:at + 1] != b"B" else b"C") + data[at + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:len(b) // 2], lambda b: b.replace(b'"AA=="', b'"AA<="', 1),
+                                    another_last_merge], ids=["cut short", "not base64", "another merge"])
 def test_a_damaged_tokenizer_in_an_interrupted_runs_work_folder_is_trained_again(small_dump, tmp_path, monkeypatch,
-                                                                                  capsys):
+                                                                                  capsys, damage):
     import prepare_wiki
 
     def crash(*a, **k):  # killed after the tokenizer was trained and saved
@@ -279,7 +290,8 @@ def test_a_damaged_tokenizer_in_an_interrupted_runs_work_folder_is_trained_again
     monkeypatch.undo()
     saved = tmp_path / ".ds.partial" / "tokenizer.json"
     first = saved.read_bytes()
-    saved.write_bytes(first[:len(first) // 2])  # cut short on a disk that filled
+    saved.write_bytes(damage(first))
+    assert saved.read_bytes() != first
     capsys.readouterr()
     prepare_main(args)  # the same command resumes
     captured = capsys.readouterr()

@@ -105,7 +105,13 @@ class Tokenizer:
             raise TokenizerError(f"{path}: not valid JSON ({e}), so not a tokenizer this code wrote. {fix}") from None
         if not isinstance(spec, dict) or spec.get("kind") not in ("gpt2", "bpe"):
             raise TokenizerError(f"{path}: not a tokenizer this code wrote (no \"kind\" of 'gpt2' or 'bpe'). {fix}")
-        return cls(spec)
+        try:
+            return cls(spec)
+        except (KeyboardInterrupt, SystemExit, TokenizerError):
+            raise
+        except BaseException as e:  # a damaged rank or pattern: base64's, re's, or tiktoken's Rust panic
+            raise TokenizerError(f"{path}: its merges do not make a tokenizer ({type(e).__name__}: "
+                                 f"{str(e)[:100]}): it is damaged. {fix}") from None
 
     def save(self, path):
         write_text(path, json.dumps(self.spec))  # whole or not at all, even after a crash

@@ -72,16 +72,25 @@ def open_work(out: Path, files, args) -> tuple[Path, dict]:
     return work, state
 
 
-def saved_tokenizer(work: Path) -> Tokenizer | None:
-    """The tokenizer an interrupted run saved in its work folder, or None when that file is
-    damaged (bit rot, a disk that filled): the run then trains it again, as it would have."""
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def saved_tokenizer(work: Path, digest: str | bool) -> Tokenizer | None:
+    """The tokenizer an interrupted run saved in its work folder, if its bytes are still the ones
+    whose SHA-256 it noted (`digest`; True: noted by an older version, which kept none); None when
+    they are not (bit rot, a disk that filled): the run then trains it again, as it would have.
+    Without the digest a flipped bit in a merge could load as another tokenizer, silently."""
     path = work / "tokenizer.json"
     try:
-        return Tokenizer.load(path)
+        if digest is True or file_digest(path) == digest:
+            return Tokenizer.load(path)
     except (TokenizerError, OSError):
-        print(f"note: {path}, saved by this run before it stopped, is damaged: training the tokenizer again.",
-              file=sys.stderr)
-        return None
+        pass
+    print(f"note: {path}, saved by this run before it stopped, is damaged: training the tokenizer again.",
+          file=sys.stderr)
+    return None
 
 
 def made_from(want: dict) -> str:
