@@ -306,7 +306,8 @@ def run_eval(args) -> dict:
         examples = reply_examples(convs, args.max_examples, args.seed)
         report["notes"].append(f"chat: {len(convs)} conversations ({where}); {len(examples)} replies "
                                f"sampled (temperature {args.temperature}, top-k {args.top_k}, top-p "
-                               f"{args.top_p}, repetition penalty {args.repetition_penalty}, seed {args.seed}).")
+                               f"{args.top_p}, repetition penalty {args.repetition_penalty}, presence / frequency "
+                               f"penalties {args.presence_penalty} / {args.frequency_penalty}, seed {args.seed}).")
         index = Index.open(data) if (Path(data) / INDEX_DIR).is_dir() else None
         if index is None:
             report["notes"].append(f"knowledge: {data} has no search index (python retrieve.py --data "

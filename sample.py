@@ -30,11 +30,11 @@ def continuation(model, ids: list[int], max_new_tokens: int, params, stop_tokens
     """The engine's decoding, past the end of the context too: when the context is full, go on
     from model.context_window (its last 3/4), until max_new_tokens or a stop token. Yields each
     token as the engine makes it (tok: keeps the text valid UTF-8, as the server does)."""
-    ids, end = list(ids), len(ids) + max_new_tokens
+    ids, start, end = list(ids), len(ids), len(ids) + max_new_tokens
     state = 0  # the UTF-8 decoder's where the text ends: a window may end inside a character
-    while len(ids) < end:
+    while len(ids) < end:  # (the penalties count the whole reply, not the window's part of it)
         for token in generate(model, context_window(ids, model.cfg.block_size), end - len(ids), params, stop_tokens,
-                              seed, tok, compile=compile, utf8_state=state):
+                              seed, tok, compile=compile, utf8_state=state, reply_before=ids[start:]):
             ids.append(token)
             state = tok.utf8_state_after([token], state) if tok is not None else 0
             yield token

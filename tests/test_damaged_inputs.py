@@ -341,3 +341,12 @@ def test_a_checkpoint_saved_without_checksums_loads(tiny_ckpt, tmp_path):
     finally:
         torch.serialization.set_crc32_options(True)
     assert failed_checksum(plain) is None and load_checkpoint(plain)["model"].keys() == ckpt["model"].keys()
+
+
+def test_a_bad_line_inside_a_compressed_source_says_it_may_be_damage(tmp_path, capsys):
+    source = tmp_path / "bad.jsonl.gz"
+    source.write_bytes(gzip.compress(articles_jsonl(20) + b"\n{not json\n"))
+    with pytest.raises(SystemExit):
+        prepare_main([str(source), "--out", str(tmp_path / "ds"), "--tokenizer", "bpe:300"])
+    err = capsys.readouterr().err
+    assert f"{source}:21: not valid JSON" in err and "if it was downloaded or copied, do that again" in err

@@ -161,6 +161,21 @@ def test_token_id_prompts_are_scored_as_their_text_is(served, tiny_ckpt):
                                    rtol=0, atol=LOGPROB_TOLERANCE)
 
 
+def test_a_token_prompt_that_ends_inside_a_character_is_finished_by_the_reply(served, tiny_ckpt):
+    """A byte-level prompt may stop after a character's first bytes: its reply may give the rest
+    (the UTF-8 mask goes on from the prompt's state), and the text shows the whole character once."""
+    url, client = served
+    _, tok, _ = load_model(tiny_ckpt, "cpu")
+    ids = tok.encode("Tom 中")
+    assert tok.decode(ids[-1:]) != "中"  # the character is in more than one token
+    cut = next(i for i in range(len(ids) - 1, 0, -1) if tok.decode(ids[:i]).endswith("\ufffd"))
+    rest = ids[cut:]  # the tokens that finish it
+    r = client.completions.create(model="t", prompt=ids[:cut], max_tokens=len(rest), temperature=0, echo=True,
+                                  logit_bias={str(t): 100 for t in rest})
+    assert r.choices[0].text == "Tom 中"
+    assert client.completions.create(model="t", prompt=[3] * 30, max_tokens=1).usage.prompt_tokens == 31  # room: 30
+
+
 def test_a_sampled_token_is_among_its_own_alternatives_on_completions(served):
     """OpenAI's completions list the chosen token beside the top N (up to N + 1), as vLLM does:
     a reader of the likeliest alternatives finds the token it was given."""
@@ -248,7 +263,8 @@ def test_a_stop_string_cuts_the_logprobs_with_the_text_streamed_or_not(served):
     ("completions", {"prompt": [[1, 2], []]}, "prompt[1] must be a string or a non-empty list of token ids"),
     ("completions", {"prompt": [[1, 2], [3, None]]}, "prompt[1] holds None"),
     ("completions", {"prompt": [True, 2]}, "'prompt' must be a string, a list of token ids, or a non-empty list"),
-    ("completions", {"prompt": [3] * 5000}, "prompt is 5,000 tokens, more than the model's context holds (31)"),
+    ("completions", {"prompt": [3] * 31}, "prompt is 31 tokens, more than the model's context leaves room for (30)"),
+    ("completions", {"prompt": [3] * 5000}, "prompt is 5,000 tokens, more than the model's context leaves room for (30)"),
 ])
 def test_malformed_logprob_fields_get_a_400_and_the_server_keeps_serving(served, path, body, message):
     url, client = served

@@ -74,6 +74,7 @@ def test_each_request_gets_its_own_penalties_and_bias_beside_requests_asking_non
             SamplingParams(temperature=0, repetition_penalty=1.0, logit_bias={5: 100}, frequency_penalty=0.3)]  # an int
     prompts = [[3, 14, 15, 92], [6, 5, 35], [8, 9, 7, 9, 3], [2, 7, 1]]
     engine = Engine(model, n_slots=4, compile=compile)
+    assert engine.compiled == compile
 
     def run(params_list):
         reqs = [Request(p, 12, params) for p, params in zip(prompts, params_list)]
@@ -91,6 +92,7 @@ def test_each_request_gets_its_own_penalties_and_bias_beside_requests_asking_non
     assert max(Counter(got[2]).values()) > max(Counter(got[0]).values())  # negative ones repeat more
     assert got[3] == [5] * 12  # a +100 bias: the first token (from the prompt's logits) too
     assert run(asks) == got  # the same slots again: counts from zero, not the last request's
+    assert engine.compiled == compile  # (a compiled step that fell back to eager would say so)
 
     copied = Request([3, 14, 15], 6, SamplingParams(temperature=0, copy=0.9), copy_from=Always(11))
     banned = Request([3, 14, 15], 6, SamplingParams(temperature=0, copy=0.9, logit_bias={11: -100.0}),
@@ -100,6 +102,38 @@ def test_each_request_gets_its_own_penalties_and_bias_beside_requests_asking_non
     while engine.active:
         engine.step()
     assert copied.tokens == [11] * 6 and 11 not in banned.tokens
+
+
+def test_a_reply_before_the_prompts_end_counts_and_sample_py_passes_it_on_at_each_window(monkeypatch):
+    """sample.py goes on past the context in windows, each a new request whose prompt holds the reply
+    so far: the penalties count that reply (not only this window's part), as the formula does."""
+    import sample
+
+    model = tiny_model()
+    params = SamplingParams(temperature=0, repetition_penalty=1.0, frequency_penalty=0.9, presence_penalty=0.3)
+    prompt = [3, 14, 15, 9]
+    earlier = list(model.generate(prompt, 8, temperature=0))  # a reply begun before: what the model likes here
+    req = Request(prompt + earlier, 10, params, reply_before=earlier)
+    engine = Engine(model, n_slots=1)
+    engine.add(req)
+    while engine.active:
+        engine.step()
+
+    def reference(counted: list[int]) -> list[int]:  # the formula, counting `counted` and the new tokens
+        new = []
+        for _ in range(10):
+            with torch.no_grad():
+                row = model(torch.tensor([prompt + earlier + new]))[0][0, -1, :300].float()
+            for token, count in Counter(counted + new).items():
+                row[token] -= params.frequency_penalty * count + params.presence_penalty
+            new.append(row.argmax().item())
+        return new
+    assert req.tokens == reference(earlier) != reference([])  # (the earlier tokens change the reply)
+    calls = []
+    real = sample.generate
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: calls.append(list(k["reply_before"])) or real(*a, **k))
+    out = list(sample.continuation(model, [1, 2, 3], 150, params))  # 150 tokens through a 64-token context
+    assert len(calls) >= 3 and calls[0] == [] and all(c == out[:len(c)] and c for c in calls[1:])
 
 
 def test_the_engine_refuses_a_bias_on_an_id_outside_the_vocabulary():
@@ -144,6 +178,7 @@ def test_tokenize_gives_the_ids_that_logit_bias_takes(served, tiny_ckpt):
     r = httpx.post(url + "/tokenize", json={"prompt": "Article 3"}, timeout=30).json()
     assert r == {"count": len(tok.encode("Article 3")), "max_model_len": 32, "tokens": tok.encode("Article 3")}
     assert httpx.post(url + "/detokenize", json={"tokens": r["tokens"]}, timeout=30).json() == {"prompt": "Article 3"}
+    assert httpx.post(url + "/detokenize", json={"tokens": []}, timeout=30).json() == {"prompt": ""}  # (vLLM's too)
     forced = r["tokens"][-1]
     reply = client.completions.create(model="t", prompt="hi", max_tokens=3, temperature=0,
                                       logit_bias={str(forced): 100}).choices[0].text
@@ -153,9 +188,9 @@ def test_tokenize_gives_the_ids_that_logit_bias_takes(served, tiny_ckpt):
 @pytest.mark.parametrize("path,body,message", [
     ("/tokenize", {"prompt": 5}, "'prompt' must be a string"),
     ("/tokenize", {"prompt": "x" * (16 * 32 + 1)}, "characters (limit 512"),  # 16 a token of its 32
-    ("/detokenize", {"tokens": "hi"}, "tokens must be a string or a non-empty list of token ids"),
+    ("/detokenize", {"tokens": "hi"}, "tokens must be a list of token ids, got 'hi'"),
     ("/detokenize", {"tokens": [1, -1]}, "tokens holds -1"),
-    ("/detokenize", {"tokens": [1] * 33}, "tokens is 33 tokens, more than the model's context holds (32)"),
+    ("/detokenize", {"tokens": [1] * 33}, "tokens is 33 tokens, more than the model's context leaves room for (32)"),
 ])
 def test_malformed_tokenize_requests_get_a_400(served, path, body, message):
     url, _ = served
@@ -169,8 +204,10 @@ BAD = [
     ({"logit_bias": {"99999999": 5}}, "'logit_bias' keys must be token ids"),
     ({"logit_bias": {"-3": 5}}, "'logit_bias' keys must be token ids"),
     ({"logit_bias": {"5": "x"}}, "'logit_bias' values must be numbers"),
-    ({"logit_bias": {"5": 1000}}, "logit_bias[5] must be between -100 and 100"),
+    ({"logit_bias": {"5": 1000}}, "'logit_bias' values must be between -100 and 100, got 1000 for 5"),
     ({"logit_bias": {str(i): 1 for i in range(301)}}, "may bias at most 300 token ids"),
+    ({"logit_bias": {"5": 10**400}}, "'logit_bias' values must be between -100 and 100, got 1000"),  # float() overflowed: a 500
+    ({"logit_bias": {"9" * 5000: 1}}, "'logit_bias' keys must be token ids"),  # int() refused 4,300+ digits: a 500
     ({"presence_penalty": 3}, "'presence_penalty' must be between -2.0 and 2.0"),
     ({"frequency_penalty": "x"}, "'frequency_penalty' must be a number"),
 ]

@@ -204,9 +204,19 @@ class TextStream:
     """Token ids in, text out, never splitting a UTF-8 character across two pieces (one
     Chinese character is often two or three byte-level tokens). Special tokens show as nothing."""
 
-    def __init__(self, tok: Tokenizer):
+    def __init__(self, tok: Tokenizer, pending: bytes = b""):
         self.tok = tok
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.decoder.decode(pending)  # the start of a character that the text before left unfinished
+
+    @staticmethod
+    def text_and_pending(tok: Tokenizer, ids) -> tuple[str, bytes]:
+        """The text of ids (as decode() gives it), but for the bytes of a character they leave
+        unfinished (a prompt of token ids may end inside one), returned apart: a TextStream(tok,
+        pending) goes on from there. Two C loops (tiktoken's, the codec's), not one per token."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(tok.enc.decode_bytes(ids))
+        return text, decoder.getstate()[0]
 
     def push(self, token: int) -> str:
         if token in self.tok.stops:

@@ -75,6 +75,8 @@ class Request:
     utf8_state: int = 0  # the UTF-8 decoder's state where the prompt ends (0: whole characters; see sample.py)
     logprobs: int | None = None  # each token's log-probability and this many likeliest others (None: none)
     prompt_logprobs: bool = False  # the prompt's tokens' too (after the first): prefilled whole, nothing reused
+    reply_before: list = field(default_factory=list)  # a reply's tokens before this request (sample.py's last
+    # context window): counted by the presence and frequency penalties as this request's own
     # state, owned by the engine
     tokens: list = field(default_factory=list)  # generated so far
     token_logprobs: list = field(default_factory=list)  # with logprobs, per token: (its logprob, [(id, logprob)])
@@ -301,6 +303,9 @@ class Engine:
         st.seen[slot, prompt] = True
         st.knobs[slot] = torch.tensor(knobs_row(req.params))
         st.counts[slot] = 0.0
+        if req.reply_before:  # sample.py's next context window: the reply so far counts
+            before = torch.tensor(req.reply_before, device=self.device)
+            st.counts[slot].index_add_(0, before, torch.ones(len(before), device=self.device))
         st.bias[slot] = 0.0
         if req.params.logit_bias:
             bias = req.params.logit_bias

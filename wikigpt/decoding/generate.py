@@ -66,17 +66,19 @@ def leased(model: GPT, n_slots: int, tok, compile: bool | None, reuse: bool = Fa
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, params: SamplingParams,
              stop_tokens=(), seed=None, tok=None, copy_from=None, compile: bool = False, utf8_state: int = 0,
-             reuse: bool = False):
+             reuse: bool = False, reply_before=()):
     """Yield the new tokens of one request, decoded exactly as the server decodes it (pass the
     tokenizer, as the server does, to keep the text valid UTF-8; utf8_state: a prompt that ends
     inside a character, Tokenizer.utf8_state_after). compile: through the compiled step
     (warmed_engine warms it first); one-shot tools decode eagerly. reuse: a prompt that starts
     with the last reuse call's prompt and reply prefills only the rest (a chat's turns; only
-    while the weights stay as they were)."""
+    while the weights stay as they were). reply_before: the reply's tokens before this prompt's end
+    (a context window moved on), counted by the presence and frequency penalties."""
     with leased(model, 1, tok, compile, reuse) as engine:
         out = []
         req = Request(list(prompt), max_new_tokens, params, set(stop_tokens), seed,
-                      emit=lambda r, token, finish: out.append(token), copy_from=copy_from, utf8_state=utf8_state)
+                      emit=lambda r, token, finish: out.append(token), copy_from=copy_from, utf8_state=utf8_state,
+                      reply_before=list(reply_before))
         engine.add(req)
         while True:
             yield from out

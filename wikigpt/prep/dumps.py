@@ -148,7 +148,11 @@ def read_jsonl(path: Path, progress):
                     continue
                 if line.strip():
                     rows += 1
-                    page = jsonl_page(path, lineno, line)
+                    try:
+                        page = jsonl_page(path, lineno, line)
+                    except WikiError as e:  # a damaged .gz decompresses to garbage before its CRC is read
+                        raise WikiError(f"{e} In a compressed file this is also what damage looks like: if it was "
+                                        "downloaded or copied, do that again." if stream is not raw else str(e))
                     progress.at(raw.tell())
                     yield page
         except EOFError:

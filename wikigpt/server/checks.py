@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from wikigpt.chat.chat_template import Message
 from wikigpt.decoding.engine import MAX_TOP_LOGPROBS
-from wikigpt.decoding.sampling import MAX_BIASED_IDS, RANGES, SamplingParams
+from wikigpt.decoding.sampling import MAX_BIAS, MAX_BIASED_IDS, RANGES, SamplingParams
 
 ROLES = ("system", "user", "assistant")
 # The text a prompt can use is bounded by the context: English Wikipedia runs about 4.5
@@ -151,11 +151,15 @@ def logit_bias_of(body: dict, vocab_size: int) -> dict | None:
         raise ApiError(400, f"'logit_bias' may bias at most {MAX_BIASED_IDS} token ids, got {len(bias)}", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
+        # (the key's length first: int() of thousands of digits is slow, or refused)
+        if not (key.isascii() and key.isdigit() and len(key) <= len(str(vocab_size)) and int(key) < vocab_size):
             raise ApiError(400, f"'logit_bias' keys must be token ids of this model's tokenizer, 0 to "
                                 f"{vocab_size - 1}, got {shown(key)}", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ApiError(400, f"'logit_bias' values must be numbers, got {shown(value)} for {key}", "logit_bias")
+        if not -MAX_BIAS <= value <= MAX_BIAS:  # (before float(): an integer of 400 digits overflows it)
+            raise ApiError(400, f"'logit_bias' values must be between {-MAX_BIAS:g} and {MAX_BIAS:g}, got "
+                                f"{shown(value)} for {key}", "logit_bias")
         out[int(key)] = float(value)
     return out or None
 
@@ -192,15 +196,15 @@ def is_token_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_token_ids(ids, vocab_size: int, limit: int, param: str):
-    """Token ids a client sends (a prompt, /detokenize's): a non-empty list of at most `limit`
-    (the context's room) ids of the vocabulary; its length is checked first, so the loop over
+def check_token_ids(ids, vocab_size: int, limit: int, param: str, shape: str = "a non-empty list of token ids"):
+    """Token ids a client sends (a prompt, /detokenize's): a list of at most `limit` (the room
+    the context leaves) ids of the vocabulary; its length is checked first, so the loop over
     the ids never runs past a context."""
-    if not isinstance(ids, list) or not ids:
-        raise ApiError(400, f"{param} must be a string or a non-empty list of token ids", param)
+    if not isinstance(ids, list) or (not ids and "non-empty" in shape):
+        raise ApiError(400, f"{param} must be {shape}, got {shown(ids)}", param)
     if len(ids) > limit:
-        raise ApiError(400, f"{param} is {len(ids):,} tokens, more than the model's context holds ({limit}). "
-                            "Shorten it.", param, "context_length_exceeded")
+        raise ApiError(400, f"{param} is {len(ids):,} tokens, more than the model's context leaves room for "
+                            f"({limit}). Shorten it.", param, "context_length_exceeded")
     for t in ids:
         if not (is_token_id(t) and 0 <= t < vocab_size):
             raise ApiError(400, f"{param} holds {shown(t)}: token ids are integers from 0 to {vocab_size - 1} "

@@ -269,7 +269,9 @@ class Server:
                 total += len(p)
                 check_chars(len(p), total, self.settings, param)
             else:
-                check_token_ids(p, self.model.cfg.vocab_size, self.block - 1, param)  # (after the document start)
+                # after the document start, and a token left for the reply: block - 2
+                check_token_ids(p, self.model.cfg.vocab_size, self.block - 2, param,
+                                "a string or a non-empty list of token ids")
         return prompts
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
@@ -333,12 +335,16 @@ class Server:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         choices = []
         for p, prompt in enumerate(prompts):
+            # a completion's prompt of token ids may end inside a character: its reply finishes it
+            # (chat prompts end with a turn marker)
+            shown, pending = ("", b"") if chat else TextStream.text_and_pending(self.tok, prompt[1:])
+            utf8_state = self.tok.utf8_state_after(prompt) if pending else 0
             for j in range(n):
-                c = Choice(len(choices), prompt, TextStream(self.tok), stops,
-                           text=self.tok.decode(prompt[1:]) if echo else "")  # (after the document start)
+                c = Choice(len(choices), prompt, TextStream(self.tok, pending), stops,
+                           text=shown if echo else "")  # (after the document start)
                 c.request = Request(prompt, max_new, params, ends, None if seed is None else seed + j,
                                     emit=lambda r, t, f, c=c: deliver(loop, events, (c, t, f)),
-                                    copy_from=copy_from, logprobs=top_logprobs,
+                                    copy_from=copy_from, utf8_state=utf8_state, logprobs=top_logprobs,
                                     prompt_logprobs=echo and top_logprobs is not None)
                 c.logprobs = [] if top_logprobs is not None and said is None else None  # said: not the model's
                 choices.append(c)
