@@ -39,8 +39,11 @@ def one_paragraph(r, *phrases):
     (lambda b: b"\xff\xfe", "not valid JSON ('utf-8' codec can't decode byte 0xff"),
     (lambda b: b"[1, 2]", "not a tokenizer this code wrote"),
     (lambda b: b.replace(b'"AA=="', b'"AA<="', 1), "its merges do not make a tokenizer (Error: Incorrect padding)"),
-    (lambda b: b.replace(b'["AQ==", 1]', b'["AQ==", 3]', 1), "its merges do not make a tokenizer (PanicException"),
-], ids=["cut short", "not UTF-8", "not a spec", "a merge not base64", "a rank changed (tiktoken panics)"])
+    (lambda b: b.replace(b'["AQ==", 1]', b'["AQ==", 3]', 1), "its merges do not make a tokenizer (ValueError: the "
+                                                              "merge ranks are not 0 to N-1, each once)"),
+    (lambda b: b.replace(b'"AQ==", 1]', b'"AQ==", 1000]', 1), "its merges do not make a tokenizer (ValueError: "
+                                                                "the merge ranks are not 0 to N-1"),  # a gap: silent
+], ids=["cut short", "not UTF-8", "not a spec", "a merge not base64", "a rank repeated", "a rank with a gap"])
 def test_a_damaged_tokenizer_json_is_named_in_one_line(tiny_data, tmp_path, damage, said):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -316,14 +319,21 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused_naming_the_entry(tiny_ckpt, 
     start = entry.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
     data[start + entry.file_size // 2] ^= 0x01  # (stored, not compressed: torch.save's)
     damaged.write_bytes(bytes(data))
-    with pytest.raises(UsageError, match=f"the checkpoint is damaged: its entry {entry.filename} fails the checksum"):
+    with pytest.raises(UsageError, match=f"the checkpoint is damaged: its entry {entry.filename} fails the checksum or"):
         load_checkpoint(damaged)
     r = run_cli("sample.py", "--ckpt", str(damaged), "--prompt", "hi", "--max_new_tokens", "2")
     assert r.returncode == 2 and "fails the checksum" in r.stderr and "Traceback" not in r.stderr
     assert load_checkpoint(tiny_ckpt)["model"]  # the same bytes unflipped load
-    for bit in (0x01, 0x80):  # a flip in the first entry's header: one line (torch.load's), not zipfile's traceback
+    # a weight's local header: its name's length flipped, torch.load read the weight from elsewhere, silently
+    header = bytearray(tiny_ckpt.read_bytes())
+    header[entry.header_offset + 26] ^= 0x01
+    damaged.write_bytes(bytes(header))
+    with pytest.raises(UsageError, match=f"its entry {entry.filename} fails the checksum or the header"):
+        load_checkpoint(damaged)
+    # the first entry's header, and the zip64 end record's disk number (zipfile raised from is_zipfile): one line
+    for at, bit in ((26, 0x01), (26, 0x80), (bytes(data).rindex(b"PK\x06\x07") + 4, 0x01)):
         header = bytearray(tiny_ckpt.read_bytes())
-        header[26] ^= bit
+        header[at] ^= bit
         damaged.write_bytes(bytes(header))
         with pytest.raises(UsageError, match="cannot read the checkpoint|fails the checksum"):
             load_checkpoint(damaged)

@@ -173,6 +173,16 @@ def test_a_token_prompt_that_ends_inside_a_character_is_finished_by_the_reply(se
     r = client.completions.create(model="t", prompt=ids[:cut], max_tokens=len(rest), temperature=0, echo=True,
                                   logit_bias={str(t): 100 for t in rest})
     assert r.choices[0].text == "Tom 中"
+    byte = tok.enc.encode_single_token  # a lone byte's id (a byte-level BPE has all 256)
+    # \xc3 then the start of 中: \xc3 cannot go on with \xe4, which starts a character again
+    r = client.completions.create(model="t", prompt=tok.encode("Tom ") + [byte(b"\xc3"), byte(b"\xe4"), byte(b"\xb8")],
+                                  max_tokens=1, temperature=0, echo=True, logit_bias={str(byte(b"\xad")): 100})
+    assert r.choices[0].text == "Tom \ufffd中"
+    # a special token inside a prompt of ids: the echoed text shows its name, and the offsets count it
+    ids = tok.encode("Tom is") + [tok.doc_sep] + tok.encode(" here")
+    lp = client.completions.create(model="t", prompt=ids, max_tokens=2, echo=True, logprobs=1).choices[0].logprobs
+    assert "".join(lp.tokens).startswith("Tom is<|endoftext|> here")
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
     assert client.completions.create(model="t", prompt=[3] * 30, max_tokens=1).usage.prompt_tokens == 31  # room: 30
 
 

@@ -146,11 +146,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found. Train one first (python train.py ...) or check the path.")
     unreadable = f"{path}: cannot read the checkpoint, it is truncated or not a wikigpt checkpoint"
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+    try:
+        archive = zipfile.is_zipfile(path)  # torch.save writes a zip archive
+    except zipfile.BadZipFile:  # (a flipped bit in its zip64 end record)
+        archive = False
+    if not archive:
         raise UsageError(f"{unreadable} (not a torch.save archive).")
     if (bad := failed_checksum(path)) is not None:
-        raise UsageError(f"{path}: the checkpoint is damaged: its entry {bad} fails the checksum written with it "
-                         "(a bit flipped on the disk or in a copy). Copy it again, or use another checkpoint.")
+        raise UsageError(f"{path}: the checkpoint is damaged: its entry {bad} fails the checksum or the header written "
+                         "with it (a bit flipped on the disk or in a copy). Copy it again, or use another checkpoint.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch's message is about torch.load's options, not about the file

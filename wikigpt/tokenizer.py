@@ -59,6 +59,8 @@ class Tokenizer:
                 special[tok] = base.n_vocab + i
         elif spec["kind"] == "bpe":
             ranks = {base64.b64decode(b): r for b, r in spec["ranks"]}
+            if sorted(ranks.values()) != list(range(len(ranks))):  # damaged: tiktoken would panic, or leave a gap
+                raise ValueError("the merge ranks are not 0 to N-1, each once")
             pattern = spec["pattern"]
             special = {tok: len(ranks) + i for i, tok in enumerate(names)}
         else:
@@ -111,7 +113,7 @@ class Tokenizer:
             raise
         except BaseException as e:  # a damaged rank or pattern: base64's, re's, or tiktoken's Rust panic
             raise TokenizerError(f"{path}: its merges do not make a tokenizer ({type(e).__name__}: "
-                                 f"{str(e)[:100]}): it is damaged. {fix}") from None
+                                 f"{' '.join(str(e).split())[:100]}): it is damaged. {fix}") from None
 
     def save(self, path):
         write_text(path, json.dumps(self.spec))  # whole or not at all, even after a crash
@@ -164,7 +166,9 @@ class Tokenizer:
         """The UTF-8 decoder's state (utf8_table's) after the bytes of `ids`, from `state`."""
         for i in ids:
             for byte in self.enc.decode_single_token_bytes(i):
-                state = max(_utf8_next(state, byte), 0)  # (an invalid byte: read as a fresh start)
+                # a byte that cannot go on from here is read again as a start, as Python's codec reads it
+                state = _utf8_next(state, byte)
+                state = max(_utf8_next(0, byte), 0) if state < 0 else state
         return state
 
     def has_chat_tokens(self) -> bool:

@@ -130,9 +130,11 @@ class Choice:
 
     def echo_logprobs(self):
         """The echoed prompt's tokens (after the document start the prompt was given) as entries."""
-        stream, at = TextStream(self.stream.tok), 0
+        tok = self.stream.tok
+        stream, at = TextStream(tok), 0
         for token, (logprob, top) in zip(self.prompt[1:], self.request.prompt_token_logprobs):
-            piece = stream.push(token)
+            # (a special token in a prompt of ids is shown as its name, as the echoed text shows it)
+            piece = tok.decode([token]) if token in tok.stops else stream.push(token)
             self.logprobs.append(TokenLogprob(token, logprob, top, at, at + len(piece)))
             at += len(piece)
 
