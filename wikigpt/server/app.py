@@ -193,7 +193,7 @@ def create_app(server: Server):
     async def detokenize(request: HttpRequest):
         """vLLM's: the text of token ids (at most a context of them)."""
         ids = (await read_body(request, server.settings)).get("tokens")
-        check_token_ids(ids, server.model.cfg.vocab_size, server.block, "tokens", "a list of token ids")
+        check_token_ids(ids, server.model.cfg.vocab_size, server.block, "tokens", "a list of token ids", empty_ok=True)
         return {"prompt": await server.off_loop(server.tok.decode, ids)}
 
     @app.get("/v1/models")

@@ -196,11 +196,11 @@ def is_token_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_token_ids(ids, vocab_size: int, limit: int, param: str, shape: str = "a non-empty list of token ids"):
+def check_token_ids(ids, vocab_size: int, limit: int, param: str, shape: str, empty_ok: bool = False):
     """Token ids a client sends (a prompt, /detokenize's): a list of at most `limit` (the room
     the context leaves) ids of the vocabulary; its length is checked first, so the loop over
     the ids never runs past a context."""
-    if not isinstance(ids, list) or (not ids and "non-empty" in shape):
+    if not isinstance(ids, list) or not (ids or empty_ok):
         raise ApiError(400, f"{param} must be {shape}, got {shown(ids)}", param)
     if len(ids) > limit:
         raise ApiError(400, f"{param} is {len(ids):,} tokens, more than the model's context leaves room for "
