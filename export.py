@@ -166,6 +166,8 @@ def write_gguf(path: Path, ckpt: dict, tok, config: dict, weights: dict, dtype: 
     w.add_token_merges([" ".join(m) for m in merges])
     w.add_bos_token_id(tok.doc_sep)
     w.add_eos_token_id(config["eos_token_id"])
+    if chat:  # llama.cpp ends a chat turn at its EOT token
+        w.add_eot_token_id(tok.end_of_turn)
     w.add_add_bos_token(not chat)  # base models read documents as "<|endoftext|>text"; chat turns start bare
     if chat:
         w.add_chat_template(chat_template())

@@ -242,6 +242,8 @@ def test_gguf_holds_the_same_tensors_tokenizer_and_template(chat_export, tmp_pat
     assert field["general.architecture"] == "qwen3" and field["qwen3.block_count"] == c.n_layer
     assert field["qwen3.context_length"] == c.block_size and field["qwen3.attention.head_count"] == c.n_head
     assert field["tokenizer.ggml.eos_token_id"] == tok.end_of_turn and field["tokenizer.ggml.add_bos_token"] is False
+    assert field["tokenizer.ggml.eot_token_id"] == tok.end_of_turn
+    assert "tokenizer.ggml.eot_token_id" not in gguf.GGUFReader(tmp_path / "b.gguf").fields  # a base model has no turns
     assert field["tokenizer.chat_template"] == chat_template()
     hf_tok = json.loads((folder / "tokenizer.json").read_text())
     vocab = sorted(hf_tok["model"]["vocab"], key=hf_tok["model"]["vocab"].get) + list(tok.special)
