@@ -203,6 +203,55 @@ def test_a_request_past_the_capacity_is_refused_before_its_prompt_is_built(rando
         engine.stop()
 
 
+def test_tokenize_requests_are_admitted_like_prompts(random_ckpt):
+    """/tokenize and /detokenize share the prompt thread: a flood of them queued there without bound
+    and every prompt waited behind it. Each now counts as a prompt being built, up to the capacity."""
+    from fastapi.testclient import TestClient
+
+    from wikigpt.decoding.engine_thread import EngineThread
+    from wikigpt.decoding.load import load_model
+    from wikigpt.server.app import create_app
+    from wikigpt.server.checks import Settings
+    from wikigpt.server.generation import Server
+
+    model, tok, _ = load_model(random_ckpt, "cpu")
+    engine = EngineThread(model, n_slots=2, max_queue=1)  # 3 at once
+    server, gate, started = Server(model, tok, Settings(), engine), threading.Event(), threading.Event()
+    encode = tok.encode
+
+    def slow_encode(text):  # the prompt thread held (a long text, a slow machine)
+        started.set()
+        assert gate.wait(30)
+        return encode(text)
+    tok.encode = slow_encode
+    held = []
+    try:
+        with TestClient(create_app(server)) as http:
+            posting = [threading.Thread(target=lambda: held.append(http.post("/tokenize", json={"prompt": "hi"})))
+                       for _ in range(3)]
+            try:
+                for t in posting:
+                    t.start()
+                assert started.wait(30)
+                deadline = time.monotonic() + 10
+                while http.get("/health").json()["queued"] < 3 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert http.get("/health").json()["queued"] == 3  # the three, waiting in the prompt thread
+                for path, body in (("/tokenize", {"prompt": "hi"}), ("/detokenize", {"tokens": [1, 2]}),
+                                   ("/v1/completions", {"prompt": "hi", "max_tokens": 2})):
+                    r = http.post(path, json=body)  # answered at once: nothing more queues behind them
+                    assert r.status_code == 429 and "being prepared" in r.json()["error"]["message"], (path, r.text)
+            finally:
+                gate.set()
+                for t in posting:
+                    t.join(30)
+            assert [r.status_code for r in held] == [200] * 3 and held[0].json()["tokens"] == encode("hi")
+            assert http.post("/detokenize", json={"tokens": encode("hi")}).json()["prompt"] == "hi"
+            assert http.get("/health").json()["queued"] == 0
+    finally:
+        engine.stop()
+
+
 def test_a_wrong_value_is_quoted_by_its_start_not_echoed_whole(random_ckpt):
     """repr'ing a 1 MiB list took as long as parsing it, and the 400 echoed 1.5 MB back."""
     from fastapi.testclient import TestClient

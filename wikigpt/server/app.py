@@ -186,7 +186,7 @@ def create_app(server: Server):
         if not isinstance(text, str):
             raise ApiError(400, "'prompt' must be a string: the text to tokenize", "prompt")
         check_chars(len(text), len(text), server.settings, "prompt")
-        ids = await server.off_loop(server.tok.encode, text)
+        ids = await server.tokens_admitted(server.tok.encode, text)
         return {"count": len(ids), "max_model_len": server.block, "tokens": ids}
 
     @app.post("/detokenize")
@@ -194,7 +194,7 @@ def create_app(server: Server):
         """vLLM's: the text of token ids (at most a context of them)."""
         ids = (await read_body(request, server.settings)).get("tokens")
         check_token_ids(ids, server.model.cfg.vocab_size, server.block, "tokens", "a list of token ids", empty_ok=True)
-        return {"prompt": await server.off_loop(server.tok.decode, ids)}
+        return {"prompt": await server.tokens_admitted(server.tok.decode, ids)}
 
     @app.get("/v1/models")
     async def models():

@@ -198,16 +198,24 @@ class Server:
         only at submit, a burst queued its retrieval work in the one prompt thread and a request
         then waited seconds there for its 429 (~190 waiting behind 4 slots + 4 queued)."""
         self.check_room(choices)  # never fits: a 400, not a 429 to retry
-        held = self.engine.held + self.preparing
-        if held + choices > self.engine.capacity:
+        return await self.admitted(build, choices, self.engine.held + self.preparing, *args)
+
+    async def tokens_admitted(self, work, *args):
+        """off_loop(work, *args) for /tokenize and /detokenize: each counts as a prompt being built
+        (they share its thread, and a flood of them would delay every prompt), but not the engine's
+        rows, which a client that waits for no reply need not wait for."""
+        return await self.admitted(work, 1, self.preparing, *args)
+
+    async def admitted(self, work, rows: int, held: int, *args):
+        if held + rows > self.engine.capacity:
             raise ApiError(429, f"the server is busy: {held} choices are running, "
                                 f"waiting or being prepared (limit {self.engine.capacity}). Retry in a moment.",
                            code="queue_full")
-        self.preparing += choices  # counted on the event loop only: no lock
+        self.preparing += rows  # counted on the event loop only: no lock
         try:
-            return await self.off_loop(build, *args)
+            return await self.off_loop(work, *args)
         finally:
-            self.preparing -= choices
+            self.preparing -= rows
 
     def check_fields(self, body: dict, chat: bool):
         """A request's own fields, checked before its capacity (prompts_admitted): a wrong request
