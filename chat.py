@@ -18,7 +18,7 @@ import argparse
 import re
 import sys
 
-from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
+from wikigpt.decoding.load import add_model_args, add_rag_args, check_rag_args, load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.decoding.generate import generate, warmed_engine
 from wikigpt.knowledge.evidence import RETRIEVE_K, Reader
@@ -76,9 +76,7 @@ def main(argv):
     add_rag_args(p, RETRIEVE_K)
     add_copy_arg(p)
     args = p.parse_args(argv)
-    rag_k_given = any(a == "--rag_k" or a.startswith("--rag_k=") for a in argv)  # it has a default
-    if not args.rag and (args.copy is not None or args.data or rag_k_given):
-        raise UsageError("--copy, --data and --rag_k choose how --rag answers from Wikipedia: add --rag.")
+    check_rag_args(p, args)
     params_from_args(args)  # refuse out-of-range options before loading anything
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     if not tok.has_chat_tokens():
@@ -88,7 +86,7 @@ def main(argv):
               "text as Wikipedia would. Fine-tune it with chat_sft.py for replies.", file=sys.stderr)
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt is empty: give a question, e.g. --prompt \"What is the capital of Andorra?\"")
-    reader = reader_of(open_index(args.data or info["data"], args.rag_k), args.rag_k) if args.rag else None
+    reader = reader_of(open_index(args.data, args.rag_k, info["data"]), args.rag_k) if args.rag else None
     if reader is not None and reader.note:
         print(f"note: {reader.note}", file=sys.stderr)
     start = [Message("system", args.system)] if args.system else []

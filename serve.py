@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.decoding.decode import cache_bytes
-from wikigpt.decoding.load import add_model_args, add_rag_args, load_model
+from wikigpt.decoding.load import add_model_args, add_rag_args, check_rag_args, load_model
 from wikigpt.cli import UsageError, run_main
 from wikigpt.run.progress import progress_bar
 from wikigpt.decoding.engine_thread import EngineThread
@@ -69,12 +69,13 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
-    if min(args.slots, args.threads, args.max_body_bytes, args.max_tokens_limit, args.max_connections) < 1 \
-            or args.max_queue < 0:
-        raise UsageError("--slots, --threads, --max_body_bytes, --max_tokens_limit and --max_connections must be "
-                         ">= 1, --max_queue >= 0")
-    if min(args.request_timeout, args.stall_timeout, args.header_timeout) <= 0:
-        raise UsageError("--request_timeout, --stall_timeout and --header_timeout must be > 0 (seconds)")
+    for name in ("slots", "threads", "max_body_bytes", "max_tokens_limit", "max_connections", "max_queue"):
+        if (value := getattr(args, name)) < (0 if name == "max_queue" else 1):
+            raise UsageError(f"--{name} must be >= {0 if name == 'max_queue' else 1}, got {value}")
+    for name in ("request_timeout", "stall_timeout", "header_timeout"):
+        if not (value := getattr(args, name)) > 0:  # NaN too
+            raise UsageError(f"--{name} must be > 0 seconds, got {value:g}")
+    check_rag_args(p, args)
     if not args.api_key and not is_loopback(args.host) and not args.insecure_no_key:
         raise UsageError(f"--host {args.host} lets other machines reach the server, and no API key is set: anyone "
                          "there could use the model. Set a key (--api_key KEY, or WIKIGPT_API_KEY=KEY; clients "
@@ -132,7 +133,11 @@ def main(argv):
     # at 8 streaming clients: 615 tok/s with 1 model thread, 531 with 2 (which starve the loop)
     model, tok, info = load_model(args.ckpt, args.device, args.dtype)
     torch.set_num_threads(args.threads)  # after load_model's own default (the cores usable): --threads wins
-    index = open_index(args.data or info["data"], args.rag_k) if args.rag else None
+    if info["kind"] == "pretrain" and tok.has_chat_tokens():
+        print(f"note: {args.ckpt} is a base (pretrained) model, never taught the chat turns: its chat replies "
+              "continue text as Wikipedia would (/v1/completions is its use). Fine-tune it with chat_sft.py.",
+              file=sys.stderr)
+    index = open_index(args.data, args.rag_k, info["data"]) if args.rag else None
     if index is not None and (reader := reader_of(index, args.rag_k)).note:
         print(f"note: {reader.note}", file=sys.stderr)
     name = args.model_name or f"wikigpt-{Path(args.ckpt).resolve().parent.name}"

@@ -12,6 +12,7 @@ from conftest import PROSE, dump_xml, page, run_cli
 
 from prepare_wiki import main as prepare
 from wikigpt.chat.chat_template import Message, render_chat
+from wikigpt.cli import UsageError
 from wikigpt.prep.data import DatasetError, load_dataset, read_articles
 from wikigpt.knowledge.evidence import Reader
 from wikigpt.knowledge.replies import ABSTAIN, EvidenceCopy, is_abstention, not_found
@@ -544,6 +545,17 @@ def test_chat_refuses_an_empty_question_and_one_longer_than_the_context(tiny_ckp
     assert r.returncode == 2 and "--prompt is empty" in r.stderr
     r = run_cli("chat.py", "--ckpt", tiny_ckpt, "--prompt", "word " * 400, "--max_new_tokens", "8")
     assert r.returncode == 2 and "Shorten it" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rag_without_data_names_the_checkpoints_dataset_when_it_is_not_here(tmp_path, monkeypatch):
+    from wikigpt.knowledge.retrieval import open_index
+    monkeypatch.chdir(tmp_path)  # a relative path the training run wrote, read from elsewhere
+    with pytest.raises(UsageError, match=r"trained on data/demo, which is not a folder here: pass --data"):
+        open_index("", 8, "data/demo")
+    with pytest.raises(UsageError, match="pass --data DATA_FOLDER"):
+        open_index("", 8, "")
+    with pytest.raises(DatasetError, match="nope: no such folder"):  # a --data given is read as given
+        open_index("nope", 8, "data/demo")
 
 
 def test_chat_says_a_base_model_is_one_and_refuses_rag_options_without_rag(tiny_ckpt):

@@ -217,11 +217,29 @@ def test_a_port_in_use_and_an_address_not_here_are_told_apart(server, chat_ckpt)
     assert r.returncode == 2 and "Pick another --port" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--host", "192.0.2.1", "--port", "0", "--api_key", "k")  # TEST-NET-1
     assert r.returncode == 2 and "Check --host" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("serve.py", "--ckpt", chat_ckpt, "--max_body_bytes", "-1")
-    assert r.returncode == 2 and "--max_body_bytes" in r.stderr and "Traceback" not in r.stderr
+    for flag, value, said in (("--max_body_bytes", "-1", "--max_body_bytes must be >= 1, got -1"),
+                              ("--slots", "0", "--slots must be >= 1, got 0"),
+                              ("--max_queue", "-1", "--max_queue must be >= 0, got -1"),
+                              ("--stall_timeout", "nan", "--stall_timeout must be > 0 seconds, got nan"),
+                              ("--data", "data/demo", "--data choose how --rag answers"),
+                              ("--rag_k", "3", "--rag_k choose how --rag answers")):
+        r = run_cli("serve.py", "--ckpt", chat_ckpt, flag, value)  # the flag named, not six at once; none ignored
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    base = chat_ckpt.parent.parent / "pre" / "last.pt"
+    r = run_cli("serve.py", "--ckpt", base, "--port", port)  # said before the port is found taken
+    assert r.returncode == 2 and "is a base (pretrained) model, never taught the chat turns" in r.stderr, r.stderr
     r = run_cli("serve.py", "--ckpt", chat_ckpt, "--port", "0", "--slots", "1000000000")  # an allocator traceback before
     assert r.returncode == 2 and re.search(r"--slots 1000000000: the key/value cache of 1000000000 slots needs "
                                            r"[\d.]+ GiB, more than .* Lower --slots", r.stderr), r.stderr
+
+
+def test_a_server_without_rag_refuses_a_request_asking_for_it(server):
+    for field, value in (("rag", True), ("copy", 0.5)):
+        r = httpx.post(server + "/v1/chat/completions", json=ask("Hello", max_tokens=4, **{field: value}), timeout=60)
+        assert r.status_code == 400 and "started without --rag" in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"] == field
+    r = httpx.post(server + "/v1/chat/completions", json=ask("Hello", max_tokens=4, rag=False), timeout=60)
+    assert r.status_code == 200  # what the page sends to turn grounding off asks nothing the server lacks
 
 
 def test_the_cache_size_checked_is_the_cache_made(chat_ckpt):

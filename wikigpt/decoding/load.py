@@ -84,3 +84,12 @@ def add_rag_args(p: argparse.ArgumentParser, rag_k: int):
                    "(default: the one the checkpoint was trained on)")
     p.add_argument("--rag_k", type=int, default=rag_k,
                    help="with --rag: passages retrieved per question, whose sentences compete as evidence")
+
+
+def check_rag_args(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """--data, --rag_k (and --copy) say how --rag answers: without --rag they would do nothing,
+    so they are refused rather than ignored."""
+    given = [name for name, set_ in (("--copy", getattr(args, "copy", None) is not None), ("--data", bool(args.data)),
+                                     ("--rag_k", args.rag_k != p.get_default("rag_k"))) if set_]
+    if given and not args.rag:
+        raise UsageError(f"{' and '.join(given)} choose how --rag answers from Wikipedia: add --rag (or drop them).")

@@ -242,10 +242,14 @@ class Index:
         return [self.passage(pid, score) for score, pid in found]
 
 
-def open_index(folder: str, k: int) -> Index:
-    """The index for a tool's --rag option, with the tool-level checks."""
-    if not folder:
-        raise UsageError("--rag needs the dataset folder with the index: pass --data DATA_FOLDER.")
+def open_index(given: str, k: int, trained_on: str = "") -> Index:
+    """The index for a tool's --rag option: the --data folder `given`, else the dataset the
+    checkpoint was trained on (`trained_on`, as the training run wrote it), with the tool-level checks."""
     if k < 1:
         raise UsageError(f"--rag_k must be at least 1, got {k}")
-    return Index.open(folder)
+    if not given and not trained_on:
+        raise UsageError("--rag needs the dataset folder with the index: pass --data DATA_FOLDER.")
+    if not given and not Path(trained_on).is_dir():  # a relative path, from where training ran
+        raise UsageError(f"--rag: the checkpoint was trained on {trained_on}, which is not a folder here: "
+                         "pass --data DATA_FOLDER (that dataset, with its index).")
+    return Index.open(given or trained_on)

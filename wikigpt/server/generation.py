@@ -229,6 +229,9 @@ class Server:
         self.max_tokens(body)
         if chat and not isinstance(body.get("rag", True), bool):
             raise ApiError(400, "'rag' must be true or false", "rag")
+        if chat and self.index is None and (asked := [f for f in ("rag", "copy") if body.get(f) not in (None, False)]):
+            raise ApiError(400, f"'{asked[0]}': this server answers from the model alone (serve.py was started "
+                                "without --rag): drop it, or start serve.py with --rag", asked[0])
         # the text's shape and size too (an image part, a message over its limit): a pass over what
         # the body's parser already read (at most max_messages messages, max_body_bytes), no tokenizing
         if chat:
