@@ -326,6 +326,27 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
     assert reader.find("and when did it print a map?", history=history).links[0].title == "Valley Almanac"
 
 
+def test_and_x_after_a_follow_up_that_said_it_asks_that_follow_ups_question_of_x(reader):
+    """"and Algeria?" after "What is the capital of Angola?" / "What currency does it use?" was read
+    as it is (Algeria's lead): the last question wrote no name to put Algeria's in place of. The
+    name goes where its "it" / "its" was, or after what it asked when it said neither."""
+    again = reader.linker.asked_again
+    said = ["What is the Valley Almanac?", "a yearly book of the valley", "When was it first published?", "1901"]
+    assert again("and the Stonebridge Gazette?", said) == "When was Stonebridge Gazette first published?"
+    found = reader.find("and the Stonebridge Gazette?", history=said)
+    assert found.links[0].title == "Stonebridge Gazette" and "1852" in found.best.text, found.items[:3]
+    its = ["What is the Valley Almanac?", "a yearly book", "Who was its first editor?", "Tomos Rhys"]
+    assert again("what about Stonebridge Gazette?", its) == "Who was Stonebridge Gazette's first editor?"
+    deeper = said + ["and the Stonebridge Gazette?", "1852"]  # the last question as it was read: two levels deep
+    assert again("and Valley Almanac?", deeper) == "When was Valley Almanac first published?"
+    none = ["What is the Valley Almanac?", "a yearly book", "What was printed first?", "a map"]  # nor "it"
+    assert again("and Stonebridge Gazette?", none) == "What was printed first of Stonebridge Gazette?"
+    named = ["When was the Valley Almanac first published?", "1901"]  # a name written: put in its place, as before
+    assert again("and the Stonebridge Gazette?", named) == "When was the Stonebridge Gazette first published?"
+    alone = ["When was it first published?", "1852"]  # "it" of nothing the conversation said: read as it is
+    assert again("and the Stonebridge Gazette?", alone) == "and the Stonebridge Gazette?"
+
+
 def test_he_after_a_reply_naming_someone_without_an_article_searches_for_that_someone(reader):
     history = ["Who edited the Stonebridge Gazette?", "Its first editor was Tobias Marlow, of Stonebridge Gazette fame."]
     links = reader.links("Stonebridge Gazette")

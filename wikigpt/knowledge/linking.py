@@ -30,6 +30,9 @@ MAX_REPLY_CHARS = 2000  # of a reply read for a name: a served conversation's re
 # with the question (searches, phrases looked up in the graph); the longest of bench/natural_qa is 102
 MAX_QUESTION_CHARS = 1000
 MAX_GUESSED_WORDS = 32  # a question's words tried as a title guessed: one fuzzy look-up in the titles each
+# what an English follow-up says for the entity it carries: the name goes in its place (asked_again);
+# group 1, a possessive ("its capital": "Algeria's capital"); "her" only before a word ("her husband")
+EN_PRONOUN = re.compile(r"\b(?:(its|his|their|her(?=\s+[^\W\d_]))|it|he|she|they|him|them|her)\b", re.I)
 OWN_WORD_PASSAGES = 5  # a corpus word is a title's other form when all its best passages are that article's
 
 
@@ -132,7 +135,9 @@ class Linker:
         question of it: that question (as it was read: 那法国呢？ after 那德国呢？ asks the capital too)
         with the follow-up's name in place of its entity's. Any other question is read as it is, and
         so is a follow-up after a question of two entities (北京市的人口比上海市多吗？); after one that said
-        它 / 他 / 她 (它的面积是多少？), the name goes in place of the pronoun."""
+        它 / 他 / 她 (它的面积是多少？), the name goes in place of the pronoun, and so it does after an
+        English follow-up whose entity was carried ("What currency does it use?": "What currency does
+        Algeria use?"; one that said no "it" gets "of Algeria" after what it asked)."""
         if len(history) < 2 or not history[-2]:
             return question
         own = self.links(question, guess=False)
@@ -143,6 +148,11 @@ class Linker:
         name = question[own[0].start:own[0].end]
         if not before and (pronoun := ZH_PRONOUN_AT.match(last)):
             return last[:pronoun.start(1)] + name + last[pronoun.end(1):]
+        if not before and not CJK_RUN.search(last) and self.carried(last, [], history[:-2]):
+            # its entity carried ("What currency does it use?"): no name written to replace, so the
+            # name goes where "it" / "its" was, or after what it asked when it said none ("of X")
+            said = EN_PRONOUN.sub(lambda m: f"{name}'s" if m[1] else name, last)
+            return said if said != last else re.sub(r"[\s?!.]*$", f" of {name}?", last, count=1)
         if len({l.subject for l in before}) != 1 or before[0].subject == own[0].subject:
             return question
         return last[:before[0].start] + name + last[before[0].end:]
