@@ -44,7 +44,7 @@ from wikigpt.chat.sft_data import heldout_conversations, parse_sft_data, read_di
 from wikigpt.decoding.load import add_dtype_arg, load_model
 from wikigpt.cli import UsageError, output_file, run_main
 from wikigpt.run.progress import progress_bar
-from wikigpt.prep.data import load_dataset
+from wikigpt.prep.data import load_dataset, same_dataset
 from wikigpt.run.durable import write_text
 from wikigpt.decoding.generate import generate_batch
 from wikigpt.knowledge.grounding import reader_of
@@ -285,10 +285,15 @@ def run_eval(args) -> dict:
     report = {"checkpoints": [{"path": i["path"], "label": i["label"], "kind": i["kind"], "step": i["step"],
                                "parameters": m.n_params(), "tokenizer": t.name} for m, t, i in models],
               "settings": {k: v for k, v in vars(args).items() if k != "command"}, "rows": [], "notes": []}
-    elsewhere = [i["label"] for _, _, i in models if not i["data"] or Path(i["data"]).resolve() != Path(data).resolve()]
+    same = {i["label"]: same_dataset(i["data"], data) for _, _, i in models}
+    elsewhere, unknown = [k for k, v in same.items() if v is False], [k for k, v in same.items() if v is None]
     if elsewhere:  # another dataset's val split may hold articles of their train split
         report["notes"].append(f"data: {data} is not the dataset {', '.join(elsewhere)} trained on: its val articles "
                                "may be ones they trained on, and their val rows then overstate them.")
+    if unknown:
+        report["notes"].append(f"data: whether {data} is the dataset {', '.join(unknown)} trained on cannot be told "
+                               "(the folder recorded is not found from here): if not, its val articles may be ones "
+                               "they trained on.")
     chat = [(m, t, i) for m, t, i in models if i["kind"] == "sft"]
     if chat and not args.bpb_only:  # read first: a dialogue file that cannot be used is said before any work
         convs, where = chat_conversations(args, [i for _, _, i in chat], chat[0][1], min(m.cfg.block_size for m, _, _ in chat))

@@ -43,6 +43,20 @@ def continuation(model, ids: list[int], max_new_tokens: int, params, stop_tokens
         seed = None if seed is None else seed + 1_000_003  # a fresh stream for the next window
 
 
+# the sampling knobs model.generate (--no_cache) does not apply, each with its value that is "off"
+# (what --no_cache does anyway): it samples with temperature and top_k only
+NO_CACHE_IGNORES = {"top_p": 1.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+def check_no_cache_knobs(p: argparse.ArgumentParser, args):
+    """Refuse a knob that --no_cache would silently ignore: one set to neither its default nor 'off'."""
+    given = [f"--{name} {getattr(args, name):g}" for name, off in NO_CACHE_IGNORES.items()
+             if getattr(args, name) not in (p.get_default(name), off)]
+    if given:
+        raise UsageError(f"{', '.join(given)}: --no_cache applies only temperature and top_k (drop --no_cache "
+                         "to use them).")
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -51,13 +65,15 @@ def main(argv):
     p.add_argument("--prompt_file", default="", help="read the prompt from this file")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--no_cache", action="store_true", help="model.py's own generate, the sampler to read: the whole "
-                   "context per token, temperature and top_k only (greedy: the engine's tokens)")
+                   "context per token, temperature and top_k only, refusing the other knobs (greedy: the engine's tokens)")
     args = p.parse_args(argv)
     if args.prompt and args.prompt_file:
         raise UsageError("--prompt and --prompt_file both give the prompt: choose one.")
     if args.num_samples < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args.num_samples}.")
     params = params_from_args(args)
+    if args.no_cache:
+        check_no_cache_knobs(p, args)
     model, tok, _ = load_model(args.ckpt, args.device, args.dtype)
     prompt = read_prompt(args)
     # articles were trained as "<|endoftext|>Title\n\ntext": start the same way

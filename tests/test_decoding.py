@@ -77,6 +77,22 @@ def test_sample_py_greedy_is_the_same_with_and_without_the_engine(tiny_ckpt):
     assert engine.stdout == plain.stdout
 
 
+def test_sample_py_no_cache_refuses_the_knobs_it_would_ignore(tiny_ckpt):
+    """--no_cache samples with temperature and top_k only: a top_p or penalty set to something
+    else is refused in one line, not silently dropped; defaults and 'off' values still run."""
+    args = ["sample.py", "--ckpt", tiny_ckpt, "--prompt", "Article 3", "--max_new_tokens", "4", "--no_cache"]
+    for knobs, named in ((["--top_p", "0.5"], "--top_p 0.5"), (["--repetition_penalty", "1.3"], "--repetition_penalty 1.3"),
+                         (["--presence_penalty", "0.5", "--frequency_penalty", "-1"],
+                          "--presence_penalty 0.5, --frequency_penalty -1")):
+        r = run_cli(*args, *knobs)
+        assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+        assert r.stderr.strip() == f"error: {named}: --no_cache applies only temperature and top_k (drop --no_cache " \
+                                   "to use them).", r.stderr
+    r = run_cli(*args, "--temperature", "0.5", "--top_k", "5", "--top_p", "0.95", "--repetition_penalty", "1",
+                "--presence_penalty", "0")  # applied, the default, off: nothing ignored
+    assert r.returncode == 0, r.stderr
+
+
 def test_no_command_imports_the_compiler_until_it_compiles():
     """torch._dynamo takes ~1.2 s to import: every sample.py, chat.py, serve.py and eval.py
     process paid it at start (a module-level read of its exception types), compiled or not."""

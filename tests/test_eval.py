@@ -240,6 +240,35 @@ def test_different_tokenizers_compare_by_bits_per_byte_only(runs, other_tokenize
     assert len(said) == 1 and f"{tiny_data} is not the dataset out/best.pt trained on" in said[0], report["notes"]
 
 
+def test_a_copy_of_the_training_data_is_the_same_dataset_and_a_path_not_found_is_said_as_such(runs, tiny_data, tmp_path):
+    """The checkpoints' dataset is told by what it holds (meta.json less where and when it was made),
+    not by its path: a copy, made again from another source path, gets no "not the dataset" note;
+    a relative recorded path is read from where eval.py runs, and where it is not found the note says
+    that this cannot be told (it said "not the dataset" before); a dataset with other splits gets it."""
+    copy = shutil.copytree(tiny_data, tmp_path / "copy")
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "source": "/elsewhere/dump.xml", "made_from": "0" * 16,
+                                                "seconds": 9.9, "generation": 7}))  # the same dump made again
+    relative = load_checkpoint(runs / "chat" / "best.pt")
+    relative["train_config"]["data"] = tiny_data.name  # as a run started in tiny_data's parent records it
+    save_checkpoint(tmp_path / "relative.pt", relative)
+
+    def data_notes(ckpt, cwd):
+        r = run_cli(ROOT / "eval.py", "--bpb_only", "--eval_tokens=512", "--device=cpu", "--ckpt", ckpt, "--data", copy,
+                    "--out", tmp_path / "r.json", cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        return [n for n in json.loads((tmp_path / "r.json").read_text())["notes"] if n.startswith("data:")]
+
+    for ckpt, cwd in ((runs / "chat" / "best.pt", tmp_path), (runs / "base" / "best.pt", tmp_path),
+                      (tmp_path / "relative.pt", tiny_data.parent)):
+        assert data_notes(ckpt, cwd) == [], ckpt
+    unknown = data_notes(tmp_path / "relative.pt", tmp_path)
+    assert len(unknown) == 1 and "cannot be told (the folder recorded is not found from here)" in unknown[0], unknown
+    meta["splits"]["val"]["articles"] += 1  # other articles in val: another dataset
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert "is not the dataset chat/best.pt trained on" in data_notes(runs / "chat" / "best.pt", tmp_path)[0]
+
+
 def test_a_folder_as_out_is_refused_before_the_evaluation(runs, tmp_path):
     r = evaluate("--ckpt", runs / "chat" / "best.pt", out=tmp_path)
     assert r.returncode == 2 and "is a folder: give a file path" in r.stderr and "Traceback" not in r.stderr

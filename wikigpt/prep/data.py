@@ -16,6 +16,7 @@ Each shard = a 32-byte header + the tokens:
 so a loader can refuse a truncated, foreign or mismatched file before training on garbage.
 """
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -262,6 +263,33 @@ def read_json_object(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+# meta.json's fields that say where and when a dataset was made, not what it holds
+PROVENANCE = ("source", "made_from", "seconds", "generation")
+
+
+def dataset_fingerprint(folder) -> str | None:
+    """What a dataset folder holds, as a digest of its meta.json less PROVENANCE: every file's size,
+    each split's articles, chars, bytes and tokens, the tokenizer, seed and options. The same for
+    a copy of the folder, or the same dump made again from another path ("made_from" differs then:
+    it digests the source's path and mtime); datasets with other articles in a split differ. None
+    without a folder or a readable meta.json."""
+    meta = _json_or_empty(Path(folder) / "meta.json") if folder else {}
+    if not meta:
+        return None
+    held = {k: v for k, v in meta.items() if k not in PROVENANCE}
+    return hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_dataset(recorded: str, folder) -> bool | None:
+    """Is `folder` the dataset a checkpoint recorded (`recorded`: the path its run was given, often
+    relative to where it trained)? Told by what the two hold, not by their paths (a copy is the same
+    dataset); None when that cannot be told: `recorded` is not found from here, or holds no meta.json."""
+    theirs, ours = dataset_fingerprint(recorded), dataset_fingerprint(folder)
+    if theirs and ours:
+        return theirs == ours
+    return True if recorded and Path(recorded).resolve() == Path(folder).resolve() else None
 
 
 # ----------------------------------------------------------------------------------------
