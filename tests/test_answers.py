@@ -329,7 +329,7 @@ def test_a_follow_up_after_a_question_that_named_nothing_is_about_the_article_it
 def test_and_x_after_a_follow_up_that_said_it_asks_that_follow_ups_question_of_x(reader):
     """"and Algeria?" after "What is the capital of Angola?" / "What currency does it use?" was read
     as it is (Algeria's lead): the last question wrote no name to put Algeria's in place of. The
-    name goes where its "it" / "its" was, or after what it asked when it said neither."""
+    name goes where its first "it" / "its" was; a last message that said none is not rewritten."""
     again = reader.linker.asked_again
     said = ["What is the Valley Almanac?", "a yearly book of the valley", "When was it first published?", "1901"]
     assert again("and the Stonebridge Gazette?", said) == "When was Stonebridge Gazette first published?"
@@ -339,8 +339,11 @@ def test_and_x_after_a_follow_up_that_said_it_asks_that_follow_ups_question_of_x
     assert again("what about Stonebridge Gazette?", its) == "Who was Stonebridge Gazette's first editor?"
     deeper = said + ["and the Stonebridge Gazette?", "1852"]  # the last question as it was read: two levels deep
     assert again("and Valley Almanac?", deeper) == "When was Valley Almanac first published?"
-    none = ["What is the Valley Almanac?", "a yearly book", "What was printed first?", "a map"]  # nor "it"
-    assert again("and Stonebridge Gazette?", none) == "What was printed first of Stonebridge Gazette?"
+    for last in ("What was printed first?", "Thanks!", "Who wrote this?"):  # no "it" to put the name in place of
+        talk = ["What is the Valley Almanac?", "a yearly book", last, "ok"]
+        assert again("and Stonebridge Gazette?", talk) == "and Stonebridge Gazette?", last  # read as it is
+    two = ["What is the Valley Almanac?", "a yearly book", "Who founded it and where did he live?", "Tomos Rhys"]
+    assert again("and Stonebridge Gazette?", two) == "Who founded Stonebridge Gazette and where did he live?"
     named = ["When was the Valley Almanac first published?", "1901"]  # a name written: put in its place, as before
     assert again("and the Stonebridge Gazette?", named) == "When was the Stonebridge Gazette first published?"
     alone = ["When was it first published?", "1852"]  # "it" of nothing the conversation said: read as it is

@@ -137,7 +137,7 @@ class Linker:
         so is a follow-up after a question of two entities (北京市的人口比上海市多吗？); after one that said
         它 / 他 / 她 (它的面积是多少？), the name goes in place of the pronoun, and so it does after an
         English follow-up whose entity was carried ("What currency does it use?": "What currency does
-        Algeria use?"; one that said no "it" gets "of Algeria" after what it asked)."""
+        Algeria use?")."""
         if len(history) < 2 or not history[-2]:
             return question
         own = self.links(question, guess=False)
@@ -148,11 +148,11 @@ class Linker:
         name = question[own[0].start:own[0].end]
         if not before and (pronoun := ZH_PRONOUN_AT.match(last)):
             return last[:pronoun.start(1)] + name + last[pronoun.end(1):]
-        if not before and not CJK_RUN.search(last) and self.carried(last, [], history[:-2]):
-            # its entity carried ("What currency does it use?"): no name written to replace, so the
-            # name goes where "it" / "its" was, or after what it asked when it said none ("of X")
-            said = EN_PRONOUN.sub(lambda m: f"{name}'s" if m[1] else name, last)
-            return said if said != last else re.sub(r"[\s?!.]*$", f" of {name}?", last, count=1)
+        if not before and not CJK_RUN.search(last) and EN_PRONOUN.search(last) and self.carried(last, [], history[:-2]):
+            # its entity carried ("What currency does it use?"): no name written to replace, so the name
+            # goes where the first "it" / "its" was (a later "he" may be someone else: "who founded it
+            # and where did he live?"); a last message without one ("Thanks!") is no question to ask again
+            return EN_PRONOUN.sub(lambda m: f"{name}'s" if m[1] else name, last, count=1)
         if len({l.subject for l in before}) != 1 or before[0].subject == own[0].subject:
             return question
         return last[:before[0].start] + name + last[before[0].end:]
