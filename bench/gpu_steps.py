@@ -6,6 +6,7 @@ prints its rows as 'ROW<TAB>name<TAB>value' lines. A row that shows a defect sta
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -62,8 +63,24 @@ def gpt2_124m(vocab: int = 50304) -> GPTConfig:
 # ----------------------------------------------------------------------------------------
 
 def nvidia_gpu_present() -> bool:
-    """The NVIDIA driver's files are there, whatever torch sees."""
-    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
+    """An NVIDIA GPU is on this machine, whatever torch sees: the driver's files, its device node,
+    or `nvidia-smi -L` listing one (WSL2 and some containers have no /proc/driver/nvidia)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    try:
+        return bool(smi) and "GPU " in subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def not_run() -> str:
+    """The row of a check that needs CUDA, torch having none: FAILED where the machine has a GPU
+    (a CPU build of torch, a driver it cannot use), else a CPU run's honest "not run"."""
+    if nvidia_gpu_present():
+        return "FAILED: not run, torch sees no GPU on this machine that has one (see the device row)"
+    return NOT_RUN
 
 
 def check_env(work: Path):
@@ -93,7 +110,7 @@ def check_data(work: Path):
 def check_model(work: Path):
     """gpt2_124m's shape on synthetic tokens: one compiled micro-step and a full step."""
     if not CUDA:
-        return row("gpt2_124m shape, compiled, bf16", NOT_RUN)
+        return row("gpt2_124m shape, compiled, bf16", not_run())
     from torch._dynamo.utils import counters
     from wikigpt.optim import build_optimizers
     from wikigpt.config import TrainConfig
@@ -152,7 +169,8 @@ def attention_kernel(model: GPT, x) -> str:
         model(x[:2])
         torch.cuda.synchronize()
     names = {e.key for e in prof.key_averages()}
-    for kernel, pattern in (("flash attention", r"flash"), ("cuDNN attention", r"cudnn.*(fmha|attn|sdpa)"),
+    # cuDNN first: its kernels' names may say "flash" too
+    for kernel, pattern in (("cuDNN attention", r"cudnn.*(fmha|attn|sdpa|flash)"), ("flash attention", r"flash"),
                             ("memory-efficient attention", r"fmha|efficient_attention|mem_eff"),
                             ):
         if any(re.search(pattern, n, re.I) for n in names):
@@ -172,7 +190,7 @@ def train_run(work: Path, name: str, dtype: str, *extra) -> tuple[dict, str]:
 def check_train(work: Path, dtype: str):
     label = f"train.py 20 steps, {dtype}" + (", gpt2_124m shape" if CUDA else ", demo shape")
     if dtype == "float16" and not CUDA:
-        return row(label, NOT_RUN)
+        return row(label, not_run())
     summary, log = train_run(work, f"train_{dtype}", dtype, "--sync_check=true")
     peak, _ = peak_flops(DEVICE, torch.bfloat16 if CUDA else torch.float32)
     eager = EAGER_WARNING in log
@@ -290,7 +308,7 @@ def check_engine(work: Path):
     row("presence/frequency penalties and logit_bias, eager vs " + label,
         f"{not_compiled}{'equal' if same else 'FAILED: different'} (24 greedy tokens, float32)")
     if not CUDA:
-        return row("48-slot server engine warm-up", NOT_RUN)
+        return row("48-slot server engine warm-up", not_run())
     skips, t = cudagraph_skips(), time.perf_counter()
     engine = Engine(model, 48, tok, compile=True)
     engine.warm_up()
@@ -356,23 +374,26 @@ def check_fsdp(work: Path):
     a run stopped at half and resumed ends where a straight run does (within 1e-3: attention's
     backward adds with atomics, so two runs are close, not bitwise equal)."""
     if not CUDA:
-        return row("FSDP on 1 GPU", NOT_RUN)
+        return row("FSDP on 1 GPU", not_run())
     seen = fsdp_dtypes(gpt2_124m(), "cuda", "nccl")
     right = seen == {"stream": torch.float32, "weight": torch.bfloat16}
     row("FSDP residual stream / block weights", f"{'' if right else 'FAILED: '}{seen.get('stream')} / {seen.get('weight')}")
+    # compiled, as --shard=fsdp trains by default: a fallback to eager fails the row
     runs = ["--shard=fsdp", "--max_steps=20", "--eval_interval=10", "--batch_size=8", "--grad_accum=1",
-            "--compile=false", "--total_batch_tokens=0"]
-    straight, _ = train_run(work, "fsdp_straight", "bfloat16", *runs)
-    train_run(work, "fsdp_resumed", "bfloat16", *runs, "--stop_after=10")
-    resumed, _ = train_run(work, "fsdp_resumed", "bfloat16", *runs, "--resume=true")
+            "--total_batch_tokens=0"]
+    straight, logs = train_run(work, "fsdp_straight", "bfloat16", *runs)
+    _, first_half = train_run(work, "fsdp_resumed", "bfloat16", *runs, "--stop_after=10")
+    resumed, second_half = train_run(work, "fsdp_resumed", "bfloat16", *runs, "--resume=true")
+    eager = any(EAGER_WARNING in log for log in (logs, first_half, second_half))
     gap = abs(resumed["val"]["loss"] - straight["val"]["loss"])
-    row("FSDP on 1 GPU, stopped at step 10 and resumed", f"{'' if gap < 1e-3 else 'FAILED: '}val loss "
+    row("FSDP on 1 GPU, compiled, stopped at step 10 and resumed", f"{'FAILED: fell back to eager; ' if eager else ''}"
+        f"{'' if gap < 1e-3 else 'FAILED: '}val loss "
         f"{resumed['val']['loss']:.4f} vs straight {straight['val']['loss']:.4f} (gap {gap:.1e}, bound 1e-3)")
 
 
 def check_int8(work: Path):
     if not CUDA:
-        return row("int8 checkpoint on the GPU", NOT_RUN)
+        return row("int8 checkpoint on the GPU", not_run())
     base = work / "train_bfloat16" / "best.pt"
     int8 = work / "int8.pt"
     int8.unlink(missing_ok=True)

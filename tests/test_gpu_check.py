@@ -1,4 +1,5 @@
-"""bench/gpu_check.py cannot mislead on a machine without CUDA: the rows that need it say so,
+"""bench/gpu_check.py cannot mislead on a machine without CUDA: the rows that need it say so and
+the run does not pass (exit 3, unless --cpu), or fail where the machine has a GPU torch cannot see,
 a check that hangs becomes a FAILED row (and leaves nothing running), a check the budget leaves
 out or a mistyped name fails the run, recompiles are counted, and an engine that fell back to
 eager is not reported as compiled."""
@@ -16,17 +17,24 @@ import gpu_check  # noqa: E402
 import gpu_steps  # noqa: E402
 
 
-def test_the_gpu_check_on_a_cpu_marks_the_cuda_rows_not_run(tmp_path):
-    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--only", "env,model,train_fp16,fsdp,int8",
-                        "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+def run_gpu_check(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "bench/gpu_check.py", *args, "--work", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_gpu_check_on_a_cpu_marks_the_cuda_rows_not_run_and_does_not_pass(tmp_path):
+    r = run_gpu_check(tmp_path, "--only", "env,model,train_fp16,fsdp,int8")
+    assert r.returncode == 3, r.stdout + r.stderr  # no failure, but no GPU was checked either
     table = dict(line.strip("| ").split(" | ", 1) for line in r.stdout.splitlines() if line.startswith("| ")
                  and "---" not in line)
     assert table["device"].startswith("cpu")
     for name in ("gpt2_124m shape, compiled, bf16", "train.py 20 steps, float16, demo shape", "FSDP on 1 GPU",
                  "int8 checkpoint on the GPU"):
         assert table[name] == "not run (needs CUDA)", (name, table)
-    assert "no failure" in r.stdout
+    assert "no failure; 4 rows need CUDA and were not run: no GPU was checked" in r.stdout
+    assert "exit 3: this was not a GPU check" in r.stdout
+    r = run_gpu_check(tmp_path, "--only", "env,int8", "--cpu")  # a CPU run on purpose
+    assert r.returncode == 0 and "no failure; 1 rows need CUDA" in r.stdout and "exit 3" not in r.stdout, r.stdout
 
 
 def test_a_check_past_its_timeout_is_a_failed_row(tmp_path):
@@ -96,9 +104,13 @@ def test_a_gpu_that_torch_cannot_see_is_a_failed_row(tmp_path, monkeypatch, caps
     gpu_steps.check_env(tmp_path)
     device = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ROW\tdevice"))
     assert device.split("\t")[2].startswith("FAILED: this machine has an NVIDIA GPU, torch"), device
+    gpu_steps.check_int8(tmp_path)  # and each row that needs CUDA: not a "not run" that passes
+    assert "ROW\tint8 checkpoint on the GPU\tFAILED: not run, torch sees no GPU" in capsys.readouterr().out
     monkeypatch.setattr(gpu_steps, "nvidia_gpu_present", lambda: False)  # a CPU machine: no failure
     gpu_steps.check_env(tmp_path)
-    assert "ROW\tdevice\tcpu, torch" in capsys.readouterr().out
+    gpu_steps.check_int8(tmp_path)
+    out = capsys.readouterr().out
+    assert "ROW\tdevice\tcpu, torch" in out and "ROW\tint8 checkpoint on the GPU\tnot run (needs CUDA)" in out
 
 
 def test_the_fsdp_check_runs_its_step_and_leaves_no_torchrun_variables_to_the_train_runs_after_it(monkeypatch):

@@ -68,6 +68,29 @@ def test_warm_up_compiles_each_row_bucket_before_the_first_request(monkeypatch):
     assert engine.compiled and engine.graph_count == 2 and set(engine.step_fn.calls.values()) == {3}
 
 
+def test_every_tensor_the_compiled_step_reads_is_a_weight_or_a_buffer_marked_static(monkeypatch, tiny_data):
+    """Under CUDA graphs a step's input that is not static (a weight, or a state buffer marked so)
+    is copied into the graph's own buffer at every replay: the UTF-8 table was, 3.2 MB a step."""
+    import wikigpt.decoding.decode as decode
+    from wikigpt.prep.data import load_dataset
+
+    inputs = []
+
+    def recording(graph, example_inputs):  # a dynamo backend: sees the graph's inputs, runs it as traced
+        inputs.extend(t for t in example_inputs if isinstance(t, torch.Tensor))
+        return graph.forward
+    monkeypatch.setattr(decode, "compiled_step", lambda graphs, cuda: torch.compile(
+        decode.decode_step, fullgraph=True, dynamic=False, backend=recording))
+    model, tok = tiny(), load_dataset(tiny_data).tokenizer  # bpe:300: the UTF-8 table is used
+    engine = Engine(model, n_slots=2, tok=tok, compile=True)
+    engine.add(Request([1, 2, 3], 4, SamplingParams(temperature=0.8, top_p=0.9), seed=0))
+    while engine.active:
+        engine.step()
+    assert engine.compiled and engine.state.utf8 is not None and inputs
+    static = {t.data_ptr() for t in (*model.parameters(), *model.buffers(), *engine.state.buffers())}
+    assert all(t.data_ptr() in static for t in inputs), [tuple(t.shape) for t in inputs if t.data_ptr() not in static]
+
+
 def test_the_training_micro_step_compiles_whole():
     model = tiny().train()
     x, y = torch.randint(0, 300, (2, 48)), torch.randint(0, 300, (2, 48))
