@@ -16,26 +16,28 @@ Training itself is train.py's loop; the dialogue batches come from wikigpt/chat/
 split) and wikigpt/chat/sft_rows.py (rows, packing).
 """
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
-from train import resolve_resume, starting_point, train
+from train import resolve_resume, resumable_checkpoint, starting_point, train
 from wikigpt.knowledge import wikiqa
 from wikigpt.batches import batch_plan
+from wikigpt.checkpoint import refuse_unrunnable
 from wikigpt.decoding.load import load_model
-from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, load_config, run_main
+from wikigpt.cli import RUN_INTERRUPTED, UsageError, load_config, run_main
 from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
-from wikigpt.run.resume import check_start
+from wikigpt.run.resume import check_start, keep_checkpoint_shape
 from wikigpt.run.durable import write_text
 from wikigpt.run.output_paths import inside_dataset
 from wikigpt.decoding.generate import generate
 from wikigpt.chat.chat_template import show_mask
 from wikigpt.knowledge.retrieval import Index
 from wikigpt.decoding.sampling import CHAT_DEFAULTS
-from wikigpt.chat.sft_rows import SFTBatches, TokenRows, tokenize_dialogues, val_set
+from wikigpt.chat.sft_rows import SFTBatches, TokenRows, first_train_rows, tokenize_dialogues, val_set
 from wikigpt.tokenizer import ASSISTANT, Tokenizer
 
 
@@ -59,30 +61,57 @@ def end_of_turn_rate(model, tok: Tokenizer, rows: TokenRows, n: int, max_new_tok
     return ended / max(tried, 1), tried
 
 
-def main(argv):
-    cfg = load_config(SFTConfig, argv)
-    resume = resolve_resume(cfg)
-    dist = setup_dist(cfg)
-    start = starting_point(cfg, resume)
-    check_start(dist, start, cfg)
+def chat_model(cfg: SFTConfig, start, say: bool) -> tuple[dict, Tokenizer]:
+    """(checkpoint, tokenizer) of the model to fine-tune, refused here if it cannot be; cfg.data
+    set to the dataset it learned from unless given (said when `say`)."""
     ckpt = start.checkpoint
     if ckpt is None:
         raise UsageError("chat_sft.py needs a pretrained model: set init_from (e.g. "
                          "--init_from=out/demo/best.pt) or resume=true.")
     if ckpt.get("kind") not in ("pretrain", "sft"):
         raise UsageError(f"{cfg.init_from} is not a wikigpt model checkpoint (kind {ckpt.get('kind')!r}).")
+    if not start.resume:  # LoRA adapters or int8 weights: train.py's build_model would refuse them later
+        refuse_unrunnable(ckpt, cfg.init_from, "init_from")
     learned_from = ckpt.get("train_config", {}).get("data", "")
     if "data" not in cfg.keys_set and learned_from:  # chat.py --rag and eval.py then find the same folder
         cfg.data = learned_from
-        if dist.master:
+        if say:
             print(f"data: {cfg.data} (the dataset {cfg.init_from or 'the run'} learned from; --data=FOLDER "
                   "to choose another)")
-    if not resume and (problem := inside_dataset(cfg)):  # the dataset as it is now known
-        raise UsageError(problem)
     tok = Tokenizer(ckpt["tokenizer"])
     if not tok.has_chat_tokens():
         raise UsageError(f"{cfg.init_from}: its tokenizer has no chat tokens (<|user|>, <|assistant|>, "
                          "<|end|>...). Pretrain on a dataset made by this version of prepare_wiki.py.")
+    return ckpt, tok
+
+
+def show_examples(cfg: SFTConfig):
+    """Print the first show_examples train rows with their loss masks, tokenized in memory: out_dir
+    is only read (the checkpoint a resume would start from), so it needs no --overwrite."""
+    if int(os.environ.get("RANK", "0")):  # under torchrun: process 0 shows, the others would repeat it
+        return
+    resume = cfg.resume == "true" or (cfg.resume == "auto" and resumable_checkpoint(cfg) is not None)
+    ckpt, tok = chat_model(cfg, starting_point(cfg, resume), say=True)
+    rows = first_train_rows(cfg, tok, ckpt["model_config"]["block_size"], cfg.show_examples)
+    if not rows:
+        raise UsageError("no train conversations: give more dialogue data.")
+    for i, (ids, mask) in enumerate(rows):
+        print(f"--- row {i} ({sum(mask)} of {len(ids)} tokens learned, in [[...]]) ---")
+        print(show_mask(tok, ids, mask))
+
+
+def main(argv):
+    cfg = load_config(SFTConfig, argv)
+    if cfg.show_examples:  # only a look at the rows: no run starts, so out_dir is neither claimed nor written
+        return show_examples(cfg)
+    resume = resolve_resume(cfg)
+    dist = setup_dist(cfg)
+    start = starting_point(cfg, resume)
+    keep_checkpoint_shape(cfg, start, dist.master)
+    check_start(dist, start, cfg)
+    ckpt, tok = chat_model(cfg, start, dist.master)  # before tokenizing: a refused run writes nothing
+    if not resume and (problem := inside_dataset(cfg)):  # the dataset as it is now known
+        raise UsageError(problem)
     block_size = ckpt["model_config"]["block_size"]
     # The others wait while process 0 tokenizes (the first run: minutes for a large --sft_data), in
     # a gloo group of their own: in one of NCCL's, its watchdog would end the wait after 10 minutes
@@ -97,12 +126,6 @@ def main(argv):
     if dist.master:
         print(f"dialogues: {meta['train']['rows']:,} train rows ({meta['train']['supervised_tokens']:,} "
               f"supervised of {meta['train']['tokens']:,} tokens), {meta['val']['rows']:,} val rows; {folder}")
-    if cfg.show_examples:
-        for i in range(min(cfg.show_examples, len(train_rows))):
-            ids, mask = train_rows.row(i)
-            print(f"--- row {i} ({int(mask.sum())} of {len(ids)} tokens learned, in [[...]]) ---")
-            print(show_mask(tok, ids.tolist(), mask.tolist()))
-        return
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = SFTBatches(train_rows, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
     summary = train(cfg, dist, tok, batches, val_set(val_rows, block_size, cfg.eval_tokens), "sft", start)
@@ -126,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main(main, CHECKPOINTS_INTACT)
+    run_main(main, RUN_INTERRUPTED)

@@ -23,10 +23,10 @@ from wikigpt.batches import PretrainBatches, batch_plan, val_windows
 from wikigpt.checkpoint import (BackgroundSaver, build_checkpoint, load_checkpoint, model_from_checkpoint,
                                 refuse_unrunnable)
 from wikigpt.loss import NextTokenLoss
-from wikigpt.cli import CHECKPOINTS_INTACT, UsageError, load_config, run_main
+from wikigpt.cli import RUN_INTERRUPTED, UsageError, load_config, run_main
 from wikigpt.config import TrainConfig
 from wikigpt.prep.data import load_dataset
-from wikigpt.run.resume import check_start
+from wikigpt.run.resume import check_start, keep_checkpoint_shape
 from wikigpt.run.dist import Dist, data_parallel, gradient_sync, out_of_time, pick_dtype, setup_dist
 from wikigpt.loss_eval import evaluate, token_bytes_table
 from wikigpt.optim import build_optimizers, lr_factor
@@ -73,8 +73,9 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
                    resume_step=run.step if start.resume else None)
     checkpoints = Checkpoints(cfg, kind, model, optimizers, tok, lora, dist, scaler)
 
-    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)
-    first_val, stop_reason = None, "max_steps"
+    stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)  # stop_after: a part, to be resumed (said so)
+    stop_reason = "max_steps" if stop_at == cfg.max_steps else f"stop_after {stop_at}: resume with --resume=true"
+    first_val = None
     with BackgroundSaver() as saver:  # on any way out, the write in flight finishes first
         while True:
             # ---- evaluate and checkpoint (a resumed run's first step was evaluated before)
@@ -142,14 +143,15 @@ def main(argv):
     cfg = load_config(TrainConfig, argv)
     resume = resolve_resume(cfg)
     dist = setup_dist(cfg)
-    if dist.master:
-        print("config:", json.dumps(asdict(cfg)))
     ds = load_dataset(cfg.data)
     from wikigpt.run.output_paths import inside_dataset
     if not resume and (problem := inside_dataset(cfg)):
         raise UsageError(problem)
     start = starting_point(cfg, resume)
+    keep_checkpoint_shape(cfg, start, dist.master)
     check_start(dist, start, cfg)  # the same settings as the run it resumes, the same step everywhere
+    if dist.master:
+        print("config:", json.dumps(asdict(cfg)))
     block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
     micro, _ = batch_plan(cfg, block_size, dist.world)
     batches = PretrainBatches(ds.train, block_size, micro, cfg.seed, dist.rank, dist.world, dist.device)
@@ -167,9 +169,9 @@ def resolve_resume(cfg: TrainConfig) -> bool:
     from wikigpt.run import fsdp
     from wikigpt.run.output_paths import claim_out_dir, start_new_run
     problem = claim_out_dir(cfg.out_dir)  # before out_dir is read: two runs never both find it free
-    if cfg.resume == "auto" and not problem:
-        fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")  # never a silent start over
-        cfg.resume = "true" if resumable_checkpoint(cfg) else "false"
+    if cfg.resume != "false" and not problem:  # auto: never a silent start over; true: not "last.pt not found"
+        fsdp.refuse_other_kind(Path(cfg.out_dir), cfg.shard == "fsdp")
+        cfg.resume = "true" if cfg.resume == "true" or resumable_checkpoint(cfg) else "false"
     restart = not problem and cfg.resume == "false" and fsdp.lost_before_first_save(Path(cfg.out_dir))
     if problem or cfg.resume == "false" and (problem := start_new_run(cfg, restart)):  # never over another run
         raise UsageError(problem)
@@ -383,4 +385,4 @@ def check_finite(log: TrainLog, last_ckpt: Path, cfg: TrainConfig):
 
 
 if __name__ == "__main__":
-    run_main(main, CHECKPOINTS_INTACT)
+    run_main(main, RUN_INTERRUPTED)

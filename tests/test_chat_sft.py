@@ -109,6 +109,30 @@ def test_a_folder_or_a_binary_file_as_dialogues_is_named_as_such(tmp_path, tiny_
         assert "--skip_bad_records" not in str(e.value)
 
 
+def test_an_empty_dialogue_file_is_named(tmp_path):
+    """An empty --sft_data file was "no train conversations: give more dialogue data", naming no file."""
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("none.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UsageError, match=f"dialogue file .*{name} is empty"):
+            list(read_dialogues(tmp_path / name, SFTConfig(skip_bad_records=True), []))
+
+
+def test_a_utf8_bom_is_read_past_and_invalid_utf8_still_refused(tmp_path):
+    """Windows editors start a file with a BOM: it was refused as "line 1: not valid JSON
+    (Unexpected UTF-8 BOM ...)"."""
+    bom = b"\xef\xbb\xbf"
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS.values()).encode()
+    (tmp_path / "plain.jsonl").write_bytes(lines)
+    expected = list(read_dialogues(tmp_path / "plain.jsonl", SFTConfig(), []))
+    (tmp_path / "bom.jsonl").write_bytes(bom + lines)
+    (tmp_path / "bom.json").write_bytes(bom + json.dumps(list(RECORDS.values())).encode())
+    for name in ("bom.jsonl", "bom.json"):
+        assert list(read_dialogues(tmp_path / name, SFTConfig(), [])) == expected
+    (tmp_path / "bad.jsonl").write_bytes(bom + lines + b'{"prompt": "\xff"}\n')
+    with pytest.raises(UsageError, match=r"bad.jsonl, line 5: not valid JSON \('utf-8' codec can't decode"):
+        list(read_dialogues(tmp_path / "bad.jsonl", SFTConfig(), []))
+
+
 def test_sft_data_weights_parse():
     assert parse_sft_data("a.jsonl, b.json:0.5") == [(Path("a.jsonl"), 1.0), (Path("b.json"), 0.5)]
     assert parse_sft_data(r"C:\data\chat.jsonl") == [(Path(r"C:\data\chat.jsonl"), 1.0)]
@@ -206,6 +230,28 @@ def test_show_examples_prints_masks(shown):
     assert re.search(r"<\|endoftext\|><\|user\|>Hi \d+<\|end\|><\|assistant\|>\[\[Hello\.<\|end\|>\]\]",
                      stdout)
     assert not list(out.glob("*.pt"))  # it only shows, it does not train
+    assert sorted(p.name for p in out.iterdir()) == ["d.jsonl"]  # and tokenizes in memory: no sft_tokens-*
+
+
+def test_show_examples_leaves_an_out_dir_holding_a_run_alone(tiny_ckpt, tmp_path):
+    """docs/chat.md's `--show_examples=1` after a run was refused ("holds a run already ...
+    --overwrite=true"): showing rows claimed out_dir and tokenized into it. Here out_dir holds a
+    run, then also a running one's lock, and is neither needed nor changed."""
+    from wikigpt.run.lock import lock_folder, release
+    out = tmp_path / "chat"
+    out.mkdir()
+    (out / "best.pt").write_bytes(Path(tiny_ckpt).read_bytes())
+    show = ["chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={out}", "--show_examples=2",
+            f"--sft_data={write_dialogues(tmp_path / 'd.jsonl', 20)}", "--sft_val_fraction=0.2", *TINY]
+    for locked in (False, True):
+        held = lock_folder(out) if locked else None
+        try:
+            r = run_cli(*show)
+        finally:
+            release(held)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("--- row ") == 2 and "[[" in r.stdout
+        assert sorted(p.name for p in out.iterdir()) == ["best.pt"]
 
 
 def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckpt, tiny_data, tmp_path, shown):
@@ -318,6 +364,19 @@ def test_sft_refuses_a_non_model_and_a_tokenizer_without_chat_tokens(tiny_ckpt, 
         assert r.returncode == 2 and "no chat tokens" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_sft_refuses_a_lora_checkpoint_before_writing_anything(tiny_ckpt, tmp_path):
+    """A LoRA run's checkpoint as init_from was refused (train.py's build_model) only after the
+    dialogues were tokenized into out_dir/sft_tokens-*."""
+    lora = load_checkpoint(tiny_ckpt)
+    lora["lora"] = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": "attn", "token_rows": [], "base": "x.pt"}
+    save_checkpoint(tmp_path / "lora.pt", lora)
+    data = write_dialogues(tmp_path / "d.jsonl", 20)
+    r = run_cli("chat_sft.py", f"--init_from={tmp_path / 'lora.pt'}", f"--sft_data={data}", f"--out_dir={tmp_path / 'o'}",
+                *TINY)
+    assert r.returncode == 2 and "holds LoRA adapters, not a whole model" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # made to be locked, removed as it stayed empty
+
+
 def test_sft_bad_file_is_a_clear_error_and_nothing_is_written(tiny_ckpt, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\nnot json\n')
     r = run_cli("chat_sft.py", f"--init_from={tiny_ckpt}", f"--sft_data={tmp_path / 'bad.jsonl'}",
@@ -386,10 +445,10 @@ def test_the_other_processes_wait_for_process_0_to_tokenize_beyond_the_groups_ti
     script.write_text(SFT_SLOW_TOKENIZING)
     r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
                 f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'chat'}",
-                f"--sft_data={write_dialogues(tmp_path / 'd.jsonl', 20)}", "--show_examples=1", *TINY,
-                env={"PYTHONPATH": str(ROOT)})
+                f"--sft_data={write_dialogues(tmp_path / 'd.jsonl', 20)}", "--max_steps=1", "--eval_interval=1",
+                "--eot_check=0", *TINY, env={"PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("--- row 0 (") == 2  # both processes read the folder process 0 wrote
+    assert "2 process(es) on cpu" in r.stdout  # both trained on the rows process 0 wrote
 
 
 def test_sft_under_two_process_torchrun(tiny_ckpt, tmp_path):

@@ -25,6 +25,7 @@ from wikigpt.config import TrainConfig
     ("lr=inf", "lr must be > 0 and finite"),
     ("beta2=1.5", r"beta2 must be in \[0, 1\)"),
     ("mlp=geglu", "mlp must be auto, gelu, relu2 or swiglu, got 'geglu'"),
+    ("n_embd=66", r"n_embd / n_head must be even with arch=modern .*got 11 \(e.g. --n_embd=72\)"),  # was model.py's traceback
 ])
 def test_out_of_range_settings_are_refused_by_name(setting, message):
     with pytest.raises(UsageError, match="config: " + message):
@@ -36,6 +37,7 @@ def test_zero_stays_off_and_the_range_ends_are_accepted():
                       min_lr_frac=1.0, decay_frac=1.0, weight_decay=0.0)
     cfg.validate()
     TrainConfig(min_lr_frac=0.0, beta1=0.0).validate()
+    TrainConfig(arch="gpt2", n_embd=66).validate()  # learned positions: any head size
 
 
 def test_shards_shorter_than_a_window_are_named_as_the_cause():
@@ -55,3 +57,4 @@ def test_eval_tokens_below_block_size_blames_eval_tokens_not_the_split():
     assert x.shape == (1, 32) and y[0, -1] == 32
     with pytest.raises(UsageError, match=r"the val split \(20 tokens\) is shorter than block_size 32"):
         val_windows([np.arange(20, dtype=np.uint16)], block_size=32, n_tokens=512)
+

@@ -297,14 +297,16 @@ def test_the_folder_a_cut_save_left_is_the_one_resumed_and_the_next_save_tidies_
     assert sorted(p.name for p in tmp_path.iterdir()) == (["last.dcp"] if resumed else [])
 
 
-def test_resume_auto_never_restarts_from_0_beside_the_other_kind_of_checkpoint(tmp_path):
+@pytest.mark.parametrize("resume", ["auto", "true"])  # true said "last.pt not found" beside a last.dcp
+def test_a_resume_beside_the_other_kind_of_checkpoint_says_which_it_is(tmp_path, resume):
     fake_dcp(tmp_path / "last.dcp")
-    with pytest.raises(UsageError, match=r"last.dcp.*--shard=fsdp"):
-        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto"))
+    with pytest.raises(UsageError, match=r"last.dcp is the last checkpoint of a run with --shard=fsdp: resume it "
+                                         r"with --shard=fsdp"):
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume=resume))
     shutil.rmtree(tmp_path / "last.dcp")
     save_checkpoint(tmp_path / "last.pt", {"version": 1})
     with pytest.raises(UsageError, match=r"last.pt.*without --shard=fsdp"):
-        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume="auto", shard="fsdp"))
+        train.resolve_resume(TrainConfig(out_dir=str(tmp_path), resume=resume, shard="fsdp"))
 
 
 def test_a_new_run_never_replaces_a_runs_checkpoints_or_the_weights_it_starts_from(tmp_path):
@@ -429,6 +431,15 @@ def test_a_full_disk_stops_training_in_one_line_and_keeps_the_previous_checkpoin
         with BackgroundSaver() as saver:
             saver.save([(path, {"step": 2})])
     assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_folder_torch_save_may_not_write_in_is_said_so_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    def save(obj, f, *args, **kwargs):  # torch's words for a read-only folder (chmod 555, not root)
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: Permission denied")
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(PermissionError, match=r"\[Errno 13\] Permission denied"):
+        save_checkpoint(tmp_path / "x.pt", {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_any_other_error_of_torch_save_is_not_taken_for_a_full_disk(tmp_path, monkeypatch):

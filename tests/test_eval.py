@@ -441,16 +441,18 @@ def test_a_read_only_folder_or_a_full_disk_is_one_line_and_other_os_errors_keep_
 
 
 def test_ctrl_c_says_interrupted_and_only_a_run_that_writes_checkpoints_speaks_of_them(capsys):
-    from wikigpt.cli import CHECKPOINTS_INTACT, run_main
+    from wikigpt.cli import CHECKPOINTS_INTACT, RUN_INTERRUPTED, run_main
 
     def pressed(argv):
         raise KeyboardInterrupt
-    for message in ("interrupted.", CHECKPOINTS_INTACT):  # serve.py and chat.py; train.py
+    for message in ("interrupted.", CHECKPOINTS_INTACT, RUN_INTERRUPTED):  # serve.py and chat.py; prune.py; train.py
         with pytest.raises(SystemExit) as stop:
             run_main(pressed, *([message] if message != "interrupted." else []))
         assert stop.value.code == 130 and capsys.readouterr().err == message + "\n"
-    for command in ("train.py", "chat_sft.py", "prune.py"):
-        assert "run_main(main, CHECKPOINTS_INTACT)" in (ROOT / command).read_text(), command
+    assert RUN_INTERRUPTED.endswith("Continue the run: the same command with --resume=auto.")
+    for command, message in (("train.py", "RUN_INTERRUPTED"), ("chat_sft.py", "RUN_INTERRUPTED"),
+                             ("prune.py", "CHECKPOINTS_INTACT")):
+        assert f"run_main(main, {message})" in (ROOT / command).read_text(), command
 
 
 def bounded_cli(*args):

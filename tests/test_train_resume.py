@@ -87,17 +87,20 @@ def test_a_finished_run_resumed_ends_with_the_same_checkpoint(tiny_data, tmp_pat
     assert before["bad_evals"] >= 1 and after["bad_evals"] == before["bad_evals"] and same_weights(before, after)
 
 
-def test_a_dataset_of_another_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump,
-                                                                            stopped_run):
+def test_another_dataset_or_tokenizer_is_refused_and_the_run_left_as_it_was(tiny_data, tmp_path, small_dump,
+                                                                           stopped_run):
     other = tmp_path / "other"  # another text, a smaller vocabulary: the ids fit, and mean other words
     r = run_cli("prepare_wiki.py", small_dump, "--out", other, "--tokenizer", "bpe:280", "--min_chars", "10")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "run"  # a run on tiny_data's tokenizer: the module's stopped run, copied (a train.py start ~5 s)
     shutil.copytree(stopped_run, run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    for args in ([f"--out_dir={run}", "--resume=true"], [f"--out_dir={tmp_path / 'new'}", f"--init_from={run / 'last.pt'}"]):
-        r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, *args)
-        assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
+    # resumed on another dataset: its saved position would read other windows (it trained on, silently)
+    r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, f"--out_dir={run}", "--resume=true")
+    assert r.returncode == 2 and f"data {tiny_data} -> {other} (another dataset" in r.stderr, r.stderr
+    r = run_cli("train.py", f"--data={other}", "--max_steps=4", *TINY, f"--out_dir={tmp_path / 'new'}",
+                f"--init_from={run / 'last.pt'}")
+    assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     # the other way round, a larger vocabulary than the model's: said as the tokenizer too (before: "the
     # model has 280 token ids but the tokenizer 300", which names no option and no fix)
@@ -126,12 +129,15 @@ def test_a_resume_with_other_optimizer_or_data_settings_is_refused_and_one_that_
     common = [f"--data={tiny_data}", f"--out_dir={tmp_path}", *STOPPED]
     shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    r = run_cli("train.py", *common, "--resume=true", "--lr=1", "--seed=5", "--beta2=0.99", "--block_size=16")
-    said = "seed 1337 -> 5, lr 0.01 -> 1.0, beta2 0.95 -> 0.99, block_size 32 -> 16"  # the optimizer's state would keep lr 0.01
+    r = run_cli("train.py", *common, "--resume=true", "--lr=1", "--seed=5", "--beta2=0.99", "--block_size=16",
+                "--n_layer=3", "--dropout=0.1")  # the shape and dropout: the checkpoint's model's, silently
+    said = ("seed 1337 -> 5, lr 0.01 -> 1.0, beta2 0.95 -> 0.99, block_size 32 -> 16, n_layer 2 -> 3, "
+            "dropout 0.0 -> 0.1")  # the optimizer's state would keep lr 0.01
     assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    r = run_cli("train.py", *common, "--resume=true", "--max_steps=6", "--eval_interval=3", "--batch_size=2",
-                "--grad_accum=2")  # longer, and the same rows per step in smaller micro-batches
+    copy = shutil.copytree(tiny_data, tmp_path.parent / f"{tmp_path.name}-data")  # the dataset copied: the same
+    r = run_cli("train.py", *common, f"--data={copy}", "--resume=true", "--max_steps=6", "--eval_interval=3",
+                "--batch_size=2", "--grad_accum=2")  # longer, and the same rows per step in smaller micro-batches
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
 
 
@@ -146,7 +152,7 @@ def test_machines_that_would_resume_from_different_steps_stop_with_one_clear_lin
         assert code != 0 and err.count("make out_dir one shared folder") == 1, err[-2000:]
 
 
-def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused(tiny_data, tmp_path):
+def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused_and_a_file_for_out_dir_named(tiny_data, tmp_path):
     """Two runs in one out_dir both trained and both said "Checkpoints: ...": one's checkpoints were
     lost, metrics.jsonl held two rows per eval. The first holds out_dir's lock for its whole run."""
     from wikigpt.run.lock import lock_folder, release
@@ -164,6 +170,12 @@ def test_a_second_run_into_an_out_dir_a_run_is_writing_is_refused(tiny_data, tmp
     finally:
         release(held)
     assert claim_out_dir(out) is None  # free once the first has ended
+    (tmp_path / "notes.txt").write_text("mine")  # an out_dir that is a file (or inside one): said so
+    for given in ("notes.txt", "notes.txt/run"):
+        said = claim_out_dir(tmp_path / given)
+        assert said == (f"out_dir {tmp_path / given}: {tmp_path / 'notes.txt'} is a file, not a folder. Give a folder "
+                        "for the run's checkpoints (--out_dir=...)."), said
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_overwrite_killed_in_its_first_save_never_resumes_the_run_it_replaces(tiny_data, tmp_path, patched,
@@ -179,3 +191,19 @@ def test_overwrite_killed_in_its_first_save_never_resumes_the_run_it_replaces(ti
     r = run_cli("train.py", *common, "--resume=true")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr  # nothing of the old run to continue
     # (the same command again starts the new run over its step 0: test_crash_safety's first-save test)
+
+
+def test_init_from_keeps_its_checkpoints_shape_says_so_and_records_it(tiny_data, tmp_path, stopped_run):
+    """The shape asked for beside init_from was dropped in silence, and the checkpoints' train_config
+    then said block_size 16 of a model whose context is 32."""
+    init = stopped_run / "last.pt"  # n_layer 2, block_size 32 (TINY)
+    r = run_cli("train.py", f"--data={tiny_data}", f"--out_dir={tmp_path / 'run'}", f"--init_from={init}", *TINY,
+                "--max_steps=1", "--eval_interval=1", "--block_size=16", "--n_layer=3")
+    assert r.returncode == 0, r.stderr
+    assert f"note: the model keeps the shape of {init}: block_size 32 (asked: 16), n_layer 2 (asked: 3)" in r.stdout
+    # one step, with TINY's two of warmup: said (the SFT config's 20 with a short --max_steps, silent before)
+    assert "warning: warmup_steps >= max_steps (1): the learning rate never reaches its peak" in r.stdout
+    assert '"block_size": 32' in r.stdout and '"n_layer": 2' in r.stdout  # the config line: what trains
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["train_config"]["block_size"] == saved["model_config"]["block_size"] == 32
+    assert saved["train_config"]["n_layer"] == saved["model_config"]["n_layer"] == 2

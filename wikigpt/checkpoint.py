@@ -14,7 +14,6 @@ tensors and Python values: loading a file never runs code from it):
     optimizer, data, best_val, bad_evals: exact resume (last.pt only; dropout is seeded by step)
     lora | quant | merged_from: adapters only, int8 weights, or what convert.py merged
 """
-import errno
 import threading
 import zipfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from wikigpt.cli import UsageError
-from wikigpt.run.durable import failed_checksum, replacing
+from wikigpt.run.durable import failed_checksum, replacing, writer_error
 from model import GPT, GPTConfig
 from wikigpt.tokenizer import Tokenizer
 
@@ -46,9 +45,8 @@ def save_checkpoint(path: Path, state: dict):
     with replacing(path) as tmp:
         try:
             torch.save(state, tmp)
-        except RuntimeError as e:  # torch's zip writer (inline_container) says a full disk without an errno
-            full = "inline_container" in str(e)
-            raise OSError(errno.ENOSPC, "No space left on device? (the write stopped short)") if full else e
+        except RuntimeError as e:
+            raise writer_error(e) from e
 
 
 def cpu_copy(obj, copied: dict, spare: dict):

@@ -50,8 +50,10 @@ def output_file(path, option: str) -> Path:
     return path
 
 
-# what Ctrl-C says where a run writes checkpoints (train.py, chat_sft.py, prune.py); elsewhere "interrupted."
+# what Ctrl-C says where a run writes checkpoints (prune.py; train.py and chat_sft.py, which go on: the
+# same command again is refused); elsewhere "interrupted."
 CHECKPOINTS_INTACT = "interrupted: the checkpoints already written, if any, are intact."
+RUN_INTERRUPTED = CHECKPOINTS_INTACT + " Continue the run: the same command with --resume=auto."
 
 
 def run_main(main_fn, interrupted: str = "interrupted."):

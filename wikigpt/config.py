@@ -61,8 +61,7 @@ class TrainConfig:
     lora_special_rows: bool = opt(True, "also train the special tokens' embedding and head rows")
     # distillation (distill.py): also learn the predictions of a bigger model (docs/prune.md)
     teacher: str = opt("", "teacher checkpoint to distil from, same tokenizer (empty: off)")
-    # healing a pruned demo model, 30 steps at lr 1e-3: val bpb 2.500 with alpha 0.5, 2.246 with 0.9,
-    # 2.242 with 1.0 (docs/prune.md)
+    # 0.9: what healed a pruned demo model best (docs/prune.md)
     distill_alpha: float = opt(0.9, "loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * cross-entropy")
     distill_temperature: float = opt(2.0, "T: both distributions are softened by it in the KL term")
     # system
@@ -104,6 +103,8 @@ class TrainConfig:
              "overwrite=true starts a new one in its place: give one of them")
         need(self.seed < 2**32, f"seed must be below 2**32, got {self.seed}")
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head})")
+        need(self.arch != "modern" or self.n_embd // self.n_head % 2 == 0, "n_embd / n_head must be even with arch=modern "
+             f"(rotary turns pairs), got {self.n_embd // self.n_head} (e.g. --n_embd={self.n_embd + self.n_head})")
         need(not (self.lora_rank and self.shard == "fsdp"), "LoRA trains a few parameters on a frozen "
              "model, which DDP already fits: use shard=none with lora_rank")
         need(not self.lora_rank or self.init_from or self.resume != "false",

@@ -25,7 +25,7 @@ class SFTConfig(TrainConfig):
     system_prompt: str = opt("", "system turn added to conversations that have none")
     sft_val_fraction: float = opt(0.05, "share of conversations held out for val")
     skip_bad_records: bool = opt(False, "skip malformed records (and say how many) instead of failing")
-    show_examples: int = opt(0, "print this many training rows with their loss mask, then exit")
+    show_examples: int = opt(0, "print this many training rows with their loss mask, then exit (out_dir untouched)")
     eot_check: int = opt(50, "after training, how many held-out prompts to test for <|end|>")
     # knowledge: questions about the articles of `data`, answered from retrieved passages
     grounded_qa: float = opt(0.0, "weight of grounded Wikipedia QA conversations (wikiqa.py; 0: off)")

@@ -3,6 +3,7 @@ Dialogue data for chat fine-tuning: files in four formats (openai, sharegpt, alp
 or the built-in dialogues, checked into conversations (lists of Message) and split into train
 and val by a stable hash, so that eval.py finds the very conversations a run held out.
 """
+import codecs
 import hashlib
 import importlib.util
 import json
@@ -85,10 +86,12 @@ def read_dialogues(path: Path, cfg: SFTConfig, skipped: list):
         if head.startswith(b"\x1f\x8b") or b"\0" in head:  # gzip, a token shard, a checkpoint: no record to skip
             kind = "a gzip file: decompress it first" if head.startswith(b"\x1f\x8b") else "binary data"
             raise UsageError(f"dialogue file {path} is not text but {kind}; dialogues are JSONL (or a JSON array).")
-        f.seek(0)
+        start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0  # Windows editors write one
+        f.seek(start)
         is_array = next((line.lstrip()[:1] for line in f if line.strip()), b"") == b"["
-        f.seek(0)
+        f.seek(start)
         where, records = ("item", _json_array(path, f)) if is_array else ("line", _json_lines(f))
+        n = 0
         for n, record in records:
             try:
                 if isinstance(record, Exception):
@@ -101,6 +104,8 @@ def read_dialogues(path: Path, cfg: SFTConfig, skipped: list):
                     raise UsageError(f"{path}, {where} {n}: {e}. Fix the record, or pass "
                                      "--skip_bad_records=true to skip such records.")
                 skipped.append(f"{path}:{n}")
+        if n == 0:  # else "no train conversations", with no word of which file gave none
+            raise UsageError(f"dialogue file {path} is empty: it holds no records (JSONL, or a JSON array).")
 
 
 def _json_lines(f):

@@ -4,6 +4,7 @@ turn boundaries), packed into block_size windows for training and for the fixed 
 Only the assistant's tokens and its end-of-turn token are learned (mask 1).
 """
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -89,11 +90,40 @@ class SplitCounts:
         self.supervised_tokens += sum(mask)
 
 
+def grounded_index(cfg: SFTConfig) -> Index | None:
+    """The retrieval index of `data` when grounded QA conversations join the mix, else None."""
+    return Index.open(cfg.data) if cfg.grounded_qa else None
+
+
+def split_rows(cfg: SFTConfig, tok: Tokenizer, block_size: int, index, skipped: list, cuts: Counter):
+    """(split, ids, mask) of every row, in the order they are stored: each conversation's split
+    decided by its hash, a train one's rows repeated by its source's weight."""
+    conv_index = 0
+    for weight, conversations in conversation_sources(cfg, skipped, tok, block_size, index):
+        for conv in conversations:
+            h = split_hash(cfg.seed, conv_index)
+            conv_index += 1
+            split = "val" if is_val(h, cfg.sft_val_fraction) else "train"
+            # weight: repeat whole conversations (val: once) - 2.5 means 2 or 3 times
+            repeats = 1 if split == "val" else int(weight) + ((h >> 20) % 1000 < 1000 * (weight % 1))
+            for ids, mask in rows_of(tok, conv, block_size + 1, cuts):
+                for _ in range(repeats):
+                    yield split, ids, mask
+
+
+def first_train_rows(cfg: SFTConfig, tok: Tokenizer, block_size: int, n: int) -> list[tuple[list, list]]:
+    """The first n train rows (ids, mask) that tokenize_dialogues would store, tokenized in memory
+    and only as far as needed: what --show_examples prints, with nothing written anywhere."""
+    rows = (row for split, *row in split_rows(cfg, tok, block_size, grounded_index(cfg), [], Counter())
+            if split == "train")
+    return list(itertools.islice(rows, n))
+
+
 def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
     """Tokenize every conversation once into out_dir/sft_tokens-<hash>/; reused while the
     inputs (files, settings, tokenizer) are unchanged. Written to a temporary folder first."""
     paths = [path for path, _ in parse_sft_data(cfg.sft_data)]
-    index = Index.open(cfg.data) if cfg.grounded_qa else None
+    index = grounded_index(cfg)
     grounded = [cfg.grounded_qa, index.info] if index else []  # the info holds its articles' fingerprint
     key = json.dumps([cfg.sft_data or BUILTIN_WEIGHTS, cfg.sft_format, cfg.system_prompt, cfg.sft_val_fraction,
                       cfg.seed, block_size, tok.spec.get("kind"), tok.n_vocab, grounded,
@@ -111,21 +141,12 @@ def tokenize_dialogues(cfg: SFTConfig, tok: Tokenizer, block_size: int) -> Path:
                    for s in ("train", "val")}  # rows are streamed to disk, never all in RAM
         offsets = {"train": [0], "val": [0]}
         cuts = Counter()
-        conv_index = 0
-        for weight, conversations in conversation_sources(cfg, skipped, tok, block_size, index):
-            for conv in conversations:
-                h = split_hash(cfg.seed, conv_index)
-                conv_index += 1
-                split = "val" if is_val(h, cfg.sft_val_fraction) else "train"
-                # weight: repeat whole conversations (val: once) - 2.5 means 2 or 3 times
-                repeats = 1 if split == "val" else int(weight) + ((h >> 20) % 1000 < 1000 * (weight % 1))
-                for ids, mask in rows_of(tok, conv, block_size + 1, cuts):
-                    for _ in range(repeats):
-                        tokens_file, mask_file = writers[split]
-                        np.array(ids, dtype=np.uint16).tofile(tokens_file)
-                        np.array(mask, dtype=np.uint8).tofile(mask_file)
-                        offsets[split].append(offsets[split][-1] + len(ids))
-                        counts[split].add(ids, mask)
+        for split, ids, mask in split_rows(cfg, tok, block_size, index, skipped, cuts):
+            tokens_file, mask_file = writers[split]
+            np.array(ids, dtype=np.uint16).tofile(tokens_file)
+            np.array(mask, dtype=np.uint8).tofile(mask_file)
+            offsets[split].append(offsets[split][-1] + len(ids))
+            counts[split].add(ids, mask)
         for handle in (handle for pair in writers.values() for handle in pair):
             handle.close()
         if skipped:

@@ -141,3 +141,15 @@ def failed_checksum(path) -> str | None:
             except (zipfile.BadZipFile, EOFError, NotImplementedError, UnicodeDecodeError, RuntimeError):
                 return entry.filename  # (BadZipFile too when what was read does not give the CRC-32 written)
     return None
+
+
+def writer_error(e: RuntimeError) -> Exception:
+    """torch's zip writer (inline_container) raises RuntimeError for the OS's errors: one that names
+    its cause ("open file failed with strerror: Permission denied") becomes that OSError; a short
+    write without one ("unexpected pos ...") is what a full disk gave."""
+    if "inline_container" not in str(e):
+        return e
+    if said := re.search(r"strerror: ([^,\n]+)", str(e)):
+        code = next((n for n in errno.errorcode if os.strerror(n) == said[1].strip()), errno.EIO)
+        return OSError(code, os.strerror(code) if code != errno.EIO else said[1].strip())
+    return OSError(errno.ENOSPC, "No space left on device? (the write stopped short)")

@@ -104,15 +104,16 @@ def resumable(folder: Path) -> Path | None:
 
 
 def refuse_other_kind(out_dir: Path, sharded: bool):
-    """resume=auto beside only the other kind's checkpoint (last.pt of an unsharded run, last.dcp
-    of a sharded one) would start that run over from step 0, over its files: refused."""
+    """A resume beside only the other kind's checkpoint (last.pt of an unsharded run, last.dcp of
+    a sharded one): resume=auto would start that run over from step 0, over its files, and
+    resume=true said the checkpoint of its own kind was not found. Refused, saying which it is."""
     folder, single = resumable(out_dir / "last.dcp"), out_dir / "last.pt"
     other = (single if sharded and folder is None and single.exists() else
              folder if not sharded and folder is not None and not single.exists() else None)
     if other is not None:
         raise UsageError(f"{other} is the last checkpoint of a run {'without' if sharded else 'with'} "
                          f"--shard=fsdp: resume it {'without' if sharded else 'with'} --shard=fsdp, or choose "
-                         "another out_dir (resume=auto never starts a run over beside its checkpoint).")
+                         "another out_dir (a resume never starts a run over beside its checkpoint).")
 
 
 def lost_before_first_save(out_dir: Path) -> bool:

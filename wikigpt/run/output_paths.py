@@ -123,6 +123,8 @@ def claim_out_dir(out_dir) -> str | None:
     out = Path(out_dir)
     if int(os.environ.get("RANK", "0")) != 0 or out.resolve() in _held:
         return None
+    if file := next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None):
+        return f"out_dir {out}: {file} is a file, not a folder. Give a folder for the run's checkpoints (--out_dir=...)."
     if not out.is_dir():
         out.mkdir(parents=True, exist_ok=True)
         atexit.register(remove_if_empty, out)

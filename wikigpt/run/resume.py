@@ -2,16 +2,21 @@
 What a resumed run must share with the run it continues, checked before any work (train.py's
 and chat_sft.py's main): the settings its saved state holds (the optimizer's state brings back
 its learning rates, betas and weight decay; the data position means something only in the same
-order of the same windows), and, on several machines, the step every process starts from.
+order of the same windows), and, on several machines, the step every process starts from; and
+the shape a model from init_from keeps.
 """
 import torch
 
 from wikigpt.cli import UsageError
+from wikigpt.prep.data import same_dataset
 
 # changed on --resume, each would be ignored while the log said otherwise (the learning rates,
 # betas, weight decay: the optimizer's state restores the old ones) or silently change the data
 # (batch_size and grad_accum may change: the data position counts rows, not micro-batches)
 KEPT_ON_RESUME = ("seed", "optimizer", "lr", "muon_lr", "weight_decay", "beta1", "beta2", "block_size")
+# the model's shape and dropout: a resumed model is the checkpoint's (from init_from they are
+# that checkpoint's by construction: train.keep_checkpoint_shape)
+SHAPE = ("n_layer", "n_head", "n_embd", "arch", "mlp", "dropout")
 
 
 def check_start(dist, start, cfg):
@@ -26,8 +31,26 @@ def check_start(dist, start, cfg):
             raise UsageError(f"the processes would start from steps {steps} (-1: from scratch), each reading "
                              f"{cfg.out_dir} on its own machine: make out_dir one shared folder, or copy it to each.")
     saved = start.checkpoint.get("train_config", {}) if start.resume else {}
-    changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in KEPT_ON_RESUME
-               if k in saved and saved[k] != getattr(cfg, k)]
+    kept = KEPT_ON_RESUME + (() if saved.get("init_from") else SHAPE)
+    changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in kept if k in saved and saved[k] != getattr(cfg, k)]
+    if saved.get("data") and same_dataset(saved["data"], cfg.data) is False:  # a copy of it is the same
+        changed.append(f"data {saved['data']} -> {cfg.data} (another dataset: the saved position in its windows "
+                       "would read other text)")
     if changed:
         raise UsageError(f"--resume continues a run with its own settings, and these differ: {', '.join(changed)}. "
                          "Resume with the run's settings, or start a new run (another out_dir, init_from=its best.pt).")
+
+
+def keep_checkpoint_shape(cfg, start, master: bool = True):
+    """A model from init_from has its checkpoint's shape, whatever the settings say: cfg is made to
+    say so too (the config line and the checkpoints' train_config record what trained), and a shape
+    a file or the command line asked for otherwise is noted, not silently dropped."""
+    if not cfg.init_from or start.checkpoint is None:
+        return
+    shape = start.checkpoint["model_config"]
+    other = [f"{k} {shape[k]!r} (asked: {getattr(cfg, k)!r})" for k in ("block_size", *SHAPE)
+             if k in getattr(cfg, "keys_set", ()) and shape[k] != getattr(cfg, k) and not (k == "mlp" and cfg.mlp == "auto")]
+    if other and master:
+        print(f"note: the model keeps the shape of {cfg.init_from}: {', '.join(other)}")
+    for k in ("block_size", *SHAPE):
+        setattr(cfg, k, shape[k])

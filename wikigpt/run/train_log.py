@@ -75,6 +75,8 @@ class TrainLog:
              f"{str(dtype).replace('torch.', '')} | {self.tokens_per_step:,} tokens/step = {d.world} process(es) "
              f"x {accum} micro-step(s) x {micro} rows x {mcfg.block_size}")
         self(f"MFU is against {self.flops_peak / 1e12:.2f} TFLOP/s: {self.peak_note}")
+        if self.cfg.warmup_steps >= self.cfg.max_steps:  # e.g. the SFT config's warmup with a short --max_steps
+            self(f"warning: warmup_steps >= max_steps ({self.cfg.max_steps}): the learning rate never reaches its peak")
         if lora:
             self(f"LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {lora['targets']}: {self.trainable:,} "
                  f"trainable parameters ({100 * self.trainable / model.n_params():.2f}%), base "
