@@ -32,7 +32,6 @@ from wikigpt.chat.sft_config import SFTConfig
 from wikigpt.run.dist import setup_dist
 from wikigpt.run.resume import check_start, keep_checkpoint_shape
 from wikigpt.run.durable import write_text
-from wikigpt.run.output_paths import inside_dataset
 from wikigpt.decoding.generate import generate
 from wikigpt.chat.chat_template import show_mask
 from wikigpt.knowledge.retrieval import Index
@@ -108,10 +107,8 @@ def main(argv):
     dist = setup_dist(cfg)
     start = starting_point(cfg, resume)
     keep_checkpoint_shape(cfg, start, dist.master)
-    check_start(dist, start, cfg)
     ckpt, tok = chat_model(cfg, start, dist.master)  # before tokenizing: a refused run writes nothing
-    if not resume and (problem := inside_dataset(cfg)):  # the dataset as it is now known
-        raise UsageError(problem)
+    check_start(dist, start, cfg)  # with cfg.data as chat_model settled it (the checkpoint's unless given)
     block_size = ckpt["model_config"]["block_size"]
     # The others wait while process 0 tokenizes (the first run: minutes for a large --sft_data), in
     # a gloo group of their own: in one of NCCL's, its watchdog would end the wait after 10 minutes

@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, dist: Dist, tok: Tokenizer, batches, val_xy, kind: s
     checkpoints = Checkpoints(cfg, kind, model, optimizers, tok, lora, dist, scaler)
 
     stop_at = min(cfg.max_steps, cfg.stop_after or cfg.max_steps)  # stop_after: a part, to be resumed (said so)
-    stop_reason = "max_steps" if stop_at == cfg.max_steps else f"stop_after {stop_at}: resume with --resume=true"
+    stop_reason = "max_steps" if stop_at == cfg.max_steps else f"stop_after {stop_at}: --resume=true, a later stop_after"
     first_val = None
     with BackgroundSaver() as saver:  # on any way out, the write in flight finishes first
         while True:
@@ -144,12 +144,9 @@ def main(argv):
     resume = resolve_resume(cfg)
     dist = setup_dist(cfg)
     ds = load_dataset(cfg.data)
-    from wikigpt.run.output_paths import inside_dataset
-    if not resume and (problem := inside_dataset(cfg)):
-        raise UsageError(problem)
     start = starting_point(cfg, resume)
     keep_checkpoint_shape(cfg, start, dist.master)
-    check_start(dist, start, cfg)  # the same settings as the run it resumes, the same step everywhere
+    check_start(dist, start, cfg)  # out_dir outside the dataset; a resume's settings and step as its run's
     if dist.master:
         print("config:", json.dumps(asdict(cfg)))
     block_size = start.checkpoint["model_config"]["block_size"] if start.checkpoint else cfg.block_size
@@ -348,7 +345,9 @@ class Checkpoints:
         return self.model.state_dict()
 
     def checkpoint(self, run: Progress, weights, **extra) -> dict:
-        return build_checkpoint(self.kind, weights, asdict(self.model.cfg), self.tok.spec, train_config=asdict(self.cfg),
+        # what the dataset held (resume.check_start read it): a resume on another one is refused
+        config = asdict(self.cfg) | {"data_fingerprint": getattr(self.cfg, "data_fingerprint", None)}
+        return build_checkpoint(self.kind, weights, asdict(self.model.cfg), self.tok.spec, train_config=config,
                                 step=run.step, val=run.val, **({"lora": self.lora} if self.lora else {}), **extra)
 
 

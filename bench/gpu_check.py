@@ -11,7 +11,7 @@ gpt2_124m's real shape (vocab 50304, context 1024) on synthetic tokens (compile 
 and full-step tokens/s and MFU, peak memory, graph breaks and graphs compiled after the first
 step, the attention kernel); train.py end to end in bf16 and fp16 (a fallback to eager fails the
 row) with the host syncs of one of its own steps; the engine eager vs CUDA graphs (a fallback to
-eager fails the row); serve.py under 8 streams; FSDP on one GPU, compiled; int8 refused. On a CPU
+eager fails the row); serve.py under 8 streams; torchrun DDP where there are 2 GPUs; FSDP on one GPU, compiled; int8 refused. On a CPU
 the rows that need CUDA say "not run", the rest run at the demo's scale, and the run exits 3 (no
 GPU was checked) unless --cpu says that was meant; on a machine with a GPU that torch does not
 see, those rows are FAILED.
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ROOT / "bench" / "gpu_steps.py"  # the checks themselves, one per process
 # (check, its timeout in seconds): generous for a cold compile on a GPU, far above a CPU run
 CHECKS = [("env", 60), ("data", 150), ("model", 180), ("train_bf16", 180), ("train_fp16", 150),
-          ("engine", 180), ("serve", 150), ("fsdp", 150), ("int8", 60)]
-# The timeouts are each check's bound on a hang; together (1,260 s) they are the worst case, not a
+          ("engine", 180), ("serve", 150), ("ddp", 150), ("fsdp", 300), ("int8", 60)]  # fsdp: 3 compiled runs
+# The timeouts are each check's bound on a hang; together (1,560 s) they are the worst case, not a
 # healthy run's time. The budget is what a healthy run takes on one GPU, cold (on a 2-core CPU the
 # whole check ran in about 5 minutes), and keeps the table inside a lent machine's time: a check
 # it cuts short or leaves out did not pass, so its row says FAILED (--budget gives more time).

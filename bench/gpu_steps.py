@@ -178,10 +178,11 @@ def attention_kernel(model: GPT, x) -> str:
     return "FAILED: the math fallback (no fused attention kernel ran)"
 
 
-def train_run(work: Path, name: str, dtype: str, *extra) -> tuple[dict, str]:
+def train_run(work: Path, name: str, dtype: str, *extra, processes: int = 1) -> tuple[dict, str]:
     out = work / name
     shape = ["config/gpt2_124m.toml", "--batch_size=8", "--grad_accum=1"] if CUDA else ["config/demo_cpu.toml"]
-    r = command("train.py", *shape, f"--data={work / 'data'}", f"--out_dir={out}", "--overwrite=true", "--max_steps=20",
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    r = command(*launch, "train.py", *shape, f"--data={work / 'data'}", f"--out_dir={out}", "--overwrite=true", "--max_steps=20",
                 "--eval_interval=20", "--eval_tokens=16384", "--log_interval=5", "--warmup_steps=5",
                 f"--dtype={dtype}", "--total_batch_tokens=0", *extra)
     return json.loads((out / SUMMARY).read_text()), r.stdout + r.stderr
@@ -202,6 +203,24 @@ def check_train(work: Path, dtype: str):
         row(f"host syncs in one train.py step, {dtype}",
             f"{'FAILED: ' if not syncs or syncs[2] != '0' else ''}"
             + (f"{syncs[2]} in step {syncs[1]}{syncs[3]}" if syncs else "train.py did not report them"))
+
+
+def check_ddp(work: Path):
+    """torchrun over 2 GPUs, as a multi-GPU user's first command runs: DDP over NCCL, compiled, the
+    distributed Muon; the same weights on both at the end. NCCL takes one process per GPU: one GPU
+    cannot run it."""
+    label = "torchrun DDP on 2 GPUs, 20 steps, bf16"
+    if not CUDA:
+        return row(label, not_run())
+    if torch.cuda.device_count() < 2:
+        return row(label, "skipped: one GPU here (NCCL runs one process per GPU)")
+    summary, log = train_run(work, "ddp", "bfloat16", processes=2)
+    peak, _ = peak_flops(DEVICE, torch.bfloat16)
+    same = "weights identical on all 2 processes: yes" in log
+    row(label, f"{'FAILED: fell back to eager; ' if EAGER_WARNING in log else ''}"
+               f"{'' if same else 'FAILED: the processes ended with different weights; '}{summary['tok_per_s']:,.0f} tok/s, "
+               f"MFU {100 * summary['tok_per_s'] * summary['flops_per_token'] / (2 * peak):.1f}%, "
+               f"val loss {summary['val']['loss']:.3f}")
 
 
 def check_serve(work: Path):
@@ -406,7 +425,7 @@ def check_int8(work: Path):
 CHECKS = {"env": check_env, "data": check_data, "model": check_model,
           "train_bf16": lambda w: check_train(w, "bfloat16" if CUDA else "float32"),
           "train_fp16": lambda w: check_train(w, "float16"), "engine": check_engine, "serve": check_serve,
-          "fsdp": check_fsdp,
+          "ddp": check_ddp, "fsdp": check_fsdp,
           "int8": check_int8}
 
 

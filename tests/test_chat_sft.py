@@ -270,6 +270,24 @@ def test_sft_takes_the_base_checkpoints_dataset_unless_told_and_says_so(tiny_ckp
     assert not (tiny_data / "chat").exists() and not (tiny_data / "runs").exists()  # nothing left in it
 
 
+def test_a_chat_sft_run_resumes_with_its_own_command_whatever_data_wiki_holds(tiny_ckpt, tiny_data, tmp_path):
+    """chat_sft.py's dataset is its base's unless given: the resume compared the default data/wiki
+    (here another dataset, as prepare_wiki.py's plain run leaves one) with the run's, and refused."""
+    import shutil
+
+    here = tmp_path / "cwd"
+    other = shutil.copytree(tiny_data, here / "data" / "wiki")
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(meta | {"options": "another dataset"}))  # what it holds differs
+    data = write_dialogues(tmp_path / "d.jsonl", 20)
+    command = [ROOT / "chat_sft.py", f"--init_from={tiny_ckpt}", f"--out_dir={tmp_path / 'o'}", f"--sft_data={data}",
+               "--max_steps=4", "--eval_interval=2", "--eot_check=0", *TINY]
+    first = run_cli(*command, "--stop_after=2", cwd=here)
+    assert first.returncode == 0, first.stderr
+    r = run_cli(*command, "--resume=auto", cwd=here)
+    assert r.returncode == 0 and "resuming" in r.stdout and "done (max_steps) at step 4" in r.stdout, r.stderr
+
+
 def test_one_shot_reply(tiny_chat):
     r = run_cli("chat.py", "--ckpt", tiny_chat[0], "--prompt", "What is 3 plus 3?", "--seed", "0",
                 "--max_new_tokens", "20")

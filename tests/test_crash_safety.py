@@ -437,7 +437,7 @@ def test_a_folder_torch_save_may_not_write_in_is_said_so_not_taken_for_a_full_di
     def save(obj, f, *args, **kwargs):  # torch's words for a read-only folder (chmod 555, not root)
         raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: Permission denied")
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(PermissionError, match=r"\[Errno 13\] Permission denied"):
+    with pytest.raises(PermissionError, match=r"\[Errno 13\] Permission denied: '.*x.pt'"):  # the path named
         save_checkpoint(tmp_path / "x.pt", {})
     assert list(tmp_path.iterdir()) == []
 

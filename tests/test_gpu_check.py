@@ -23,15 +23,15 @@ def run_gpu_check(tmp_path, *args) -> subprocess.CompletedProcess:
 
 
 def test_the_gpu_check_on_a_cpu_marks_the_cuda_rows_not_run_and_does_not_pass(tmp_path):
-    r = run_gpu_check(tmp_path, "--only", "env,model,train_fp16,fsdp,int8")
+    r = run_gpu_check(tmp_path, "--only", "env,model,train_fp16,ddp,fsdp,int8")
     assert r.returncode == 3, r.stdout + r.stderr  # no failure, but no GPU was checked either
     table = dict(line.strip("| ").split(" | ", 1) for line in r.stdout.splitlines() if line.startswith("| ")
                  and "---" not in line)
     assert table["device"].startswith("cpu")
-    for name in ("gpt2_124m shape, compiled, bf16", "train.py 20 steps, float16, demo shape", "FSDP on 1 GPU",
-                 "int8 checkpoint on the GPU"):
+    for name in ("gpt2_124m shape, compiled, bf16", "train.py 20 steps, float16, demo shape",
+                 "torchrun DDP on 2 GPUs, 20 steps, bf16", "FSDP on 1 GPU", "int8 checkpoint on the GPU"):
         assert table[name] == "not run (needs CUDA)", (name, table)
-    assert "no failure; 4 rows need CUDA and were not run: no GPU was checked" in r.stdout
+    assert "no failure; 5 rows need CUDA and were not run: no GPU was checked" in r.stdout
     assert "exit 3: this was not a GPU check" in r.stdout
     r = run_gpu_check(tmp_path, "--only", "env,int8", "--cpu")  # a CPU run on purpose
     assert r.returncode == 0 and "no failure; 1 rows need CUDA" in r.stdout and "exit 3" not in r.stdout, r.stdout

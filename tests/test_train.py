@@ -122,7 +122,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path, straight_run):
         assert r.returncode == 0, r.stderr
     assert "resuming" in second.stdout
     # the first part says it stopped early (a script reading its summary took it for finished)
-    assert "done (stop_after 6: resume with --resume=true) at step 6" in first.stdout, first.stdout[-500:]
+    assert "done (stop_after 6: --resume=true, a later stop_after) at step 6" in first.stdout, first.stdout[-500:]
     assert "done (max_steps) at step 12" in second.stdout
     expected = losses(straight_run[1])
     assert len(expected) == 12

@@ -102,6 +102,18 @@ def test_another_dataset_or_tokenizer_is_refused_and_the_run_left_as_it_was(tiny
                 f"--init_from={run / 'last.pt'}")
     assert r.returncode == 2 and "was trained with another tokenizer" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # told by what the dataset held when the run saved: the folder made again with other articles is
+    # another dataset, a copy elsewhere the same (the path's content was read at the resume before)
+    from wikigpt.prep.data import dataset_fingerprint
+    from wikigpt.run.resume import other_dataset
+    saved = load_checkpoint(run / "last.pt")["train_config"]
+    assert saved["data_fingerprint"] == dataset_fingerprint(tiny_data)
+    copy = shutil.copytree(tiny_data, tmp_path / "copy")
+    remade = shutil.copytree(tiny_data, tmp_path / "remade")
+    meta = json.loads((remade / "meta.json").read_text())
+    (remade / "meta.json").write_text(json.dumps(meta | {"options": "other articles"}))
+    assert not other_dataset(saved, copy) and other_dataset(saved | {"data": str(remade)}, remade)
+    assert other_dataset({"data": str(remade)}, copy)  # a checkpoint without the record: the path as it is now
     # the other way round, a larger vocabulary than the model's: said as the tokenizer too (before: "the
     # model has 280 token ids but the tokenizer 300", which names no option and no fix)
     small = tmp_path / "small"

@@ -46,7 +46,7 @@ def save_checkpoint(path: Path, state: dict):
         try:
             torch.save(state, tmp)
         except RuntimeError as e:
-            raise writer_error(e) from e
+            raise writer_error(e, path) from e
 
 
 def cpu_copy(obj, copied: dict, spare: dict):

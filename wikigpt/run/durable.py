@@ -143,7 +143,7 @@ def failed_checksum(path) -> str | None:
     return None
 
 
-def writer_error(e: RuntimeError) -> Exception:
+def writer_error(e: RuntimeError, path) -> Exception:
     """torch's zip writer (inline_container) raises RuntimeError for the OS's errors: one that names
     its cause ("open file failed with strerror: Permission denied") becomes that OSError; a short
     write without one ("unexpected pos ...") is what a full disk gave."""
@@ -151,5 +151,5 @@ def writer_error(e: RuntimeError) -> Exception:
         return e
     if said := re.search(r"strerror: ([^,\n]+)", str(e)):
         code = next((n for n in errno.errorcode if os.strerror(n) == said[1].strip()), errno.EIO)
-        return OSError(code, os.strerror(code) if code != errno.EIO else said[1].strip())
+        return OSError(code, os.strerror(code) if code != errno.EIO else said[1].strip(), str(path))
     return OSError(errno.ENOSPC, "No space left on device? (the write stopped short)")
