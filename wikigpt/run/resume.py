@@ -15,7 +15,7 @@ from wikigpt.prep.data import dataset_fingerprint, same_dataset
 # (batch_size and grad_accum may change: the data position counts rows, not micro-batches)
 KEPT_ON_RESUME = ("seed", "optimizer", "lr", "muon_lr", "weight_decay", "beta1", "beta2", "block_size")
 # the model's shape and dropout: a resumed model is the checkpoint's (from init_from they are
-# that checkpoint's by construction: train.keep_checkpoint_shape)
+# that checkpoint's by construction: keep_checkpoint_shape below)
 SHAPE = ("n_layer", "n_head", "n_embd", "arch", "mlp", "dropout")
 
 
@@ -60,10 +60,10 @@ def keep_checkpoint_shape(cfg, start, master: bool = True):
     a file or the command line asked for otherwise is noted, not silently dropped."""
     if not cfg.init_from or start.checkpoint is None:
         return
-    shape = start.checkpoint["model_config"]
-    other = [f"{k} {shape[k]!r} (asked: {getattr(cfg, k)!r})" for k in ("block_size", *SHAPE)
+    shape, keys = start.checkpoint["model_config"], ("block_size", *SHAPE)
+    other = [f"{k} {shape[k]!r} (asked: {getattr(cfg, k)!r})" for k in keys
              if k in getattr(cfg, "keys_set", ()) and shape[k] != getattr(cfg, k) and not (k == "mlp" and cfg.mlp == "auto")]
     if other and master:
         print(f"note: the model keeps the shape of {start.path}: {', '.join(other)}")
-    for k in ("block_size", *SHAPE):
+    for k in keys:
         setattr(cfg, k, shape[k])
